@@ -1,0 +1,15 @@
+"""fastlstm: fast LSTM, GRU and RNN layers for the CPU, with a small Keras-like API.
+
+    import fastlstm as fl
+    model = fl.Sequential([fl.layers.LSTM(64), fl.layers.Dense(1)])
+
+Layers (``fl.layers``) sit on functional ops (``fl.ops``) that run on a backend: the
+compiled ``cpu`` kernels (default), the ``numpy`` oracle, or ``cupy`` on a GPU.
+"""
+from ._version import __version__
+from . import activations
+from .backends import available as available_backends, current_backend, set_backend, use_backend
+from . import ops
+
+__all__ = ["__version__", "activations", "ops", "set_backend", "use_backend", "current_backend",
+           "available_backends"]

@@ -1,0 +1,67 @@
+"""The ``cpu`` backend (default): the compiled kernels of ``src_c/`` behind the ``Ops`` API."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Cache, Grads
+from .numpy_ops import NumpyOps
+
+try:
+    from .. import _lstm
+except ImportError as exc:  # pragma: no cover - only in a source tree without a build
+    raise ImportError(
+        "fastlstm's compiled kernels are not built. Install the package (pip install .) or, "
+        "in a source checkout, build in place (pip install -e . / python setup.py build_ext "
+        f"--inplace). Import error: {exc}") from exc
+
+
+def _u8(mask):
+    return None if mask is None else mask.view(np.uint8)
+
+
+class CpuOps(NumpyOps):
+    name = "cpu"
+
+    @staticmethod
+    def isa() -> str:
+        """The elementwise code path this CPU runs (avx512, avx2, baseline, neon)."""
+        return _lstm.isa()
+
+    def lstm_forward(self, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole=None,
+                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
+                     activation, recurrent_activation, coupled=False, go_backwards=False,
+                     return_sequences=True, training=False):
+        if x.shape[1] == 0:    # empty batch: nothing to compute, let the oracle shape it
+            return super().lstm_forward(
+                x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, coupled=coupled,
+                go_backwards=go_backwards, return_sequences=return_sequences,
+                training=training)
+        y, h, c, saved = _lstm.forward(
+            x, kernel, recurrent_kernel, bias, h0, c0, peephole, _u8(mask), input_dropout_mask,
+            recurrent_dropout_mask, activation, recurrent_activation, coupled, go_backwards,
+            return_sequences, training)
+        cache = None
+        if training:
+            saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, peephole=peephole,
+                         mask=mask, input_dropout_mask=input_dropout_mask,
+                         recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                         recurrent_activation=recurrent_activation, coupled=coupled,
+                         go_backwards=go_backwards, return_sequences=return_sequences,
+                         has_bias=bias is not None)
+            cache = Cache(self.name, "lstm", saved)
+        return y, h, c, cache
+
+    def lstm_backward(self, cache, dy=None, dh=None, dc=None):
+        if "gates" in cache.data:          # made by the oracle path above (empty batch)
+            return super().lstm_backward(cache, dy, dh, dc)
+        d = cache.take(self.name, "lstm")
+        dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
+            d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
+            d["peephole"], _u8(d["mask"]), d["input_dropout_mask"], d["recurrent_dropout_mask"],
+            d["activation"], d["recurrent_activation"], d["coupled"], d["go_backwards"],
+            d["return_sequences"], d["has_bias"], dy, dh, dc)
+        return Grads(inputs=dx, h0=dh0, c0=dc0, kernel=dW, recurrent_kernel=dU, bias=db,
+                     peephole=dP)

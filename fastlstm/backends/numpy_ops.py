@@ -1,0 +1,38 @@
+"""The ``numpy`` backend: the oracle in ``oracle/``, as an ``Ops`` object.
+
+It is the base class of every backend: a backend overrides the methods it runs faster and
+inherits the rest. Every method takes already-validated, time-major arrays (``fastlstm.ops``
+checks user input once for all backends).
+"""
+from __future__ import annotations
+
+import numpy
+
+from .oracle import lstm as _lstm
+
+
+class NumpyOps:
+    name = "numpy"
+    xp = numpy
+
+    def asarray(self, a, dtype=None):
+        return self.xp.asarray(a, dtype=dtype)
+
+    # -- LSTM --------------------------------------------------------------------------
+    def lstm_forward(self, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole=None,
+                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
+                     activation, recurrent_activation, coupled=False, go_backwards=False,
+                     return_sequences=True, training=False):
+        """x [T,B,I] -> (y [T,B,H] or [B,H], h_T [B,H], c_T [B,H], cache or None)."""
+        y, h, c, cache = _lstm.forward(
+            self.xp, x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
+            input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
+            activation=activation, recurrent_activation=recurrent_activation, coupled=coupled,
+            go_backwards=go_backwards, return_sequences=return_sequences, training=training,
+            backend=self.name)
+        return y, h, c, cache
+
+    def lstm_backward(self, cache, dy=None, dh=None, dc=None):
+        """Gradients (``Grads``) of the forward that made ``cache``, given the gradients of
+        its outputs (``None`` = zero)."""
+        return _lstm.backward(self.xp, cache, dy, dh, dc, backend=self.name)

@@ -1,0 +1,164 @@
+"""LSTM oracle (plain, peephole, coupled input-forget), forward and BPTT.
+
+Per step, with ``ra`` the recurrent activation and ``a`` the activation:
+    z  = (x_t * dx_mask) W + b + (h_{t-1} * dh_mask) U        blocks [i|f|c|o] ([f|c|o] CIFG)
+    i  = ra(z_i + P_i * c_{t-1})        (CIFG: i = 1 - f)
+    f  = ra(z_f + P_f * c_{t-1})
+    g  = a(z_c)
+    c_t = f * c_{t-1} + i * g
+    o  = ra(z_o + P_o * c_t)
+    h_t = o * a(c_t)
+Peephole terms are present only with ``peephole`` given (Gers & Schmidhuber).
+"""
+from __future__ import annotations
+
+from ..base import Cache, Grads
+
+
+def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
+            input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
+            coupled, go_backwards, return_sequences, training, backend="numpy"):
+    T, B, _ = x.shape
+    H = recurrent_kernel.shape[0]
+    a, ra = activation, recurrent_activation
+    blocks = 3 if coupled else 4
+
+    xin = x if input_dropout_mask is None else x * input_dropout_mask[None]
+    xw = xin @ kernel                                   # [T,B,G]
+    if bias is not None:
+        xw = xw + bias
+    h, c = h0, c0
+    out = xp.zeros((B, H), x.dtype)
+    ys = xp.empty((T, B, H), x.dtype) if return_sequences else None
+    if training:
+        gates = xp.empty((T, B, blocks * H), x.dtype)   # post-activation, by time t
+        cs = xp.empty((T, B, H), x.dtype)               # c_t
+        h_prev = xp.empty((T, B, H), x.dtype)           # h_{t-1}, as it entered step t
+        c_prev = xp.empty((T, B, H), x.dtype)
+    for s in range(T):
+        t = T - 1 - s if go_backwards else s
+        hin = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
+        z = xw[t] + hin @ recurrent_kernel
+        if coupled:
+            zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
+        else:
+            zi, zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+        if peephole is not None:
+            zf = zf + peephole[1] * c
+            if not coupled:
+                zi = zi + peephole[0] * c
+        f = ra(zf, xp)
+        i = 1 - f if coupled else ra(zi, xp)
+        g = a(zc, xp)
+        c_new = f * c + i * g
+        if peephole is not None:
+            zo = zo + peephole[2] * c_new
+        o = ra(zo, xp)
+        h_new = o * a(c_new, xp)
+        if training:
+            gates[t] = xp.concatenate([f, g, o] if coupled else [i, f, g, o], axis=1)
+            cs[t], h_prev[t], c_prev[t] = c_new, h, c
+        if mask is not None:
+            m = mask[t][:, None]
+            h_new = xp.where(m, h_new, h)
+            c_new = xp.where(m, c_new, c)
+            out = xp.where(m, h_new, out)
+        else:
+            out = h_new
+        h, c = h_new, c_new
+        if return_sequences:
+            ys[s] = out
+    y = ys if return_sequences else out
+    cache = None
+    if training:
+        cache = Cache(backend, "lstm", dict(
+            x=xin, gates=gates, cs=cs, h_prev=h_prev, c_prev=c_prev, kernel=kernel,
+            recurrent_kernel=recurrent_kernel, peephole=peephole, mask=mask,
+            input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
+            activation=a, recurrent_activation=ra, coupled=coupled, go_backwards=go_backwards,
+            return_sequences=return_sequences, has_bias=bias is not None))
+    return y, h, c, cache
+
+
+def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
+    d = cache.take(backend, "lstm")
+    x, gates, cs = d["x"], d["gates"], d["cs"]
+    h_prev, c_prev = d["h_prev"], d["c_prev"]
+    W, U, P = d["kernel"], d["recurrent_kernel"], d["peephole"]
+    mask, a, ra, coupled = d["mask"], d["activation"], d["recurrent_activation"], d["coupled"]
+    rdm = d["recurrent_dropout_mask"]
+    T, B, _ = x.shape
+    H = U.shape[0]
+    dtype = x.dtype
+
+    dh = xp.zeros((B, H), dtype) if dh_T is None else dh_T.astype(dtype, copy=True)
+    dc = xp.zeros((B, H), dtype) if dc_T is None else dc_T.astype(dtype, copy=True)
+    dout = xp.zeros((B, H), dtype)        # gradient reaching the output carried by masked steps
+    if dy is not None and not d["return_sequences"]:
+        dout = dout + dy
+    dz_all = xp.zeros(gates.shape, dtype)
+    dP = xp.zeros((3, H), dtype) if P is not None else None
+    for s in reversed(range(T)):
+        t = T - 1 - s if d["go_backwards"] else s
+        if dy is not None and d["return_sequences"]:
+            dout = dout + dy[s]
+        if mask is not None:
+            m = mask[t][:, None]
+            dh_step = xp.where(m, dh + dout, 0)
+            dc_step = xp.where(m, dc, 0)
+        else:
+            m = None
+            dh_step, dc_step = dh + dout, dc
+        if coupled:
+            f, g, o = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
+            i = 1 - f
+        else:
+            i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
+        c, cp = cs[t], c_prev[t]
+        ac = a(c, xp)
+        do = dh_step * ac
+        dzo = do * ra.grad_from_output(o, xp)
+        dcs = dc_step + dh_step * o * a.grad_from_output(ac, xp)
+        if P is not None:
+            dcs = dcs + dzo * P[2]
+        dg = dcs * i
+        dzc = dg * a.grad_from_output(g, xp)
+        dcp = dcs * f
+        if coupled:
+            dzf = dcs * (cp - g) * ra.grad_from_output(f, xp)
+            parts = [dzf, dzc, dzo]
+        else:
+            dzi = dcs * g * ra.grad_from_output(i, xp)
+            dzf = dcs * cp * ra.grad_from_output(f, xp)
+            parts = [dzi, dzf, dzc, dzo]
+        if P is not None:
+            dcp = dcp + dzf * P[1]
+            dP[1] += (dzf * cp).sum(0)
+            dP[2] += (dzo * c).sum(0)
+            if not coupled:
+                dcp = dcp + dzi * P[0]
+                dP[0] += (dzi * cp).sum(0)
+        dz = xp.concatenate(parts, axis=1)
+        dz_all[t] = dz
+        dhp = dz @ U.T
+        if rdm is not None:
+            dhp = dhp * rdm
+        if m is not None:
+            dh = xp.where(m, dhp, dh)
+            dc = xp.where(m, dcp, dc)
+            dout = xp.where(m, 0, dout)
+        else:
+            dh, dc = dhp, dcp
+            dout = xp.zeros_like(dout)
+    G = gates.shape[2]
+    dz2 = dz_all.reshape(T * B, G)
+    dx = (dz2 @ W.T).reshape(T, B, -1)
+    if d["input_dropout_mask"] is not None:
+        dx = dx * d["input_dropout_mask"][None]
+    hin = h_prev if rdm is None else h_prev * rdm[None]
+    return Grads(
+        inputs=dx, h0=dh, c0=dc,
+        kernel=x.reshape(T * B, -1).T @ dz2,
+        recurrent_kernel=hin.reshape(T * B, H).T @ dz2,
+        bias=dz2.sum(0) if d["has_bias"] else None,
+        peephole=dP)

@@ -1,0 +1,64 @@
+"""Build the compiled kernels of fastlstm.
+
+Every ``src_c/_*.pyx`` becomes the extension module ``fastlstm._*``, linked with the
+elementwise gate code in ``src_c/gates.c``. BLAS comes from ``scipy.linalg.cython_blas``
+(cimported), so no BLAS library is linked here.
+
+Environment switches:
+  FASTLSTM_BOUNDSCHECK=1   rebuild with Cython bounds/wraparound/initialization checks on.
+  FASTLSTM_ANNOTATE=1      write Cython's HTML annotation next to the generated C.
+"""
+import glob
+import os
+import platform
+import sys
+
+from setuptools import Extension, setup
+from Cython.Build import cythonize
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = "src_c"
+checks = os.environ.get("FASTLSTM_BOUNDSCHECK", "0") not in ("", "0")
+
+directives = {
+    "language_level": 3,
+    "boundscheck": checks,
+    "wraparound": checks,
+    "initializedcheck": checks,
+    "nonecheck": checks,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+if sys.platform == "win32":
+    cflags = ["/O2"]
+else:
+    # No -march=native: gates.c picks AVX-512/AVX2 code at run time (function multi-versioning).
+    cflags = ["-O3", "-fno-math-errno", "-Wno-unused-function"]
+    if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
+        cflags.append("-fno-semantic-interposition")
+
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if checks:
+    macros.append(("FASTLSTM_CHECKS", "1"))
+
+extensions = []
+for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
+    name = os.path.splitext(os.path.basename(pyx))[0]
+    extensions.append(Extension(
+        "fastlstm." + name,
+        sources=[pyx, os.path.join(SRC, "gates.c")],
+        include_dirs=[SRC],
+        define_macros=macros,
+        extra_compile_args=cflags,
+    ))
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        build_dir="build/cython",
+        annotate=os.environ.get("FASTLSTM_ANNOTATE", "0") not in ("", "0"),
+        include_path=[SRC],
+    ),
+)

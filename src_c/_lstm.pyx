@@ -1,0 +1,286 @@
+# LSTM forward and BPTT over whole sequences, GIL released (plain, peephole, CIFG).
+#
+# Shapes use the notation of fastlstm/backends/oracle/__init__.py. The callers
+# (fastlstm/backends/cpu_ops.py) pass C-contiguous arrays of one dtype whose shapes
+# they have checked; nothing here allocates per timestep.
+#
+# Forward:  Z = X W + b for all T*B rows (one GEMM); per step Z[t] += h U (GEMM, GEMV at
+#           B=1), then one fused elementwise pass turns Z[t] into gates and updates h, c.
+# Backward: per step the elementwise pass writes dZ[t] over the saved gates and dh_{t-1} =
+#           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
+import numpy as np
+
+from libc.string cimport memcpy, memset
+from blas cimport floating, gemm, gemv
+from gates cimport (fl_act, make_act, mul, merge_rows, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
+                    fl_lstm_bwd_step_f, fl_lstm_bwd_step_d, fl_isa_name, fl_force_isa_level)
+
+
+def isa():
+    """Name of the elementwise code path chosen for this CPU."""
+    return fl_isa_name().decode()
+
+
+def force_isa_level(int level):
+    """Run a lower ISA variant (0 baseline, 1 AVX2, 2 AVX-512); -1 = automatic. For tests."""
+    fl_force_isa_level(level)
+
+
+cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
+                          const floating *peep, const unsigned char *mask, const floating *h_in,
+                          const floating *c_in, floating *h_out, floating *c_out,
+                          const floating *out_prev, floating *out, floating *scratch) noexcept nogil:
+    if floating is float:
+        fl_lstm_fwd_step_f(B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out,
+                           out_prev, out, scratch)
+    else:
+        fl_lstm_fwd_step_d(B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out,
+                           out_prev, out, scratch)
+
+
+cdef inline void bwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
+                          const floating *c, const floating *c_prev, const floating *peep,
+                          const unsigned char *mask, const floating *dy, const floating *dh,
+                          floating *dc, floating *dout, floating *dpeep,
+                          floating *scratch) noexcept nogil:
+    if floating is float:
+        fl_lstm_bwd_step_f(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, dh, dc, dout,
+                           dpeep, scratch)
+    else:
+        fl_lstm_bwd_step_d(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, dh, dc, dout,
+                           dpeep, scratch)
+
+
+cdef inline void recurrent_product(int B, int H, int G, const floating *h, const floating *U,
+                                   floating beta, floating *z) noexcept nogil:
+    """z[B,G] = h[B,H] U[H,G] + beta z."""
+    if B == 1:
+        gemv(True, H, G, <floating>1, U, G, h, beta, z)
+    else:
+        gemm(False, False, B, G, H, <floating>1, h, H, U, G, beta, z, G)
+
+
+cdef inline void recurrent_grad(int B, int H, int G, const floating *dz, const floating *U,
+                                floating *dh) noexcept nogil:
+    """dh[B,H] = dz[B,G] U^T."""
+    if B == 1:
+        gemv(False, H, G, <floating>1, U, G, dz, <floating>0, dh)
+    else:
+        gemm(False, True, B, H, G, <floating>1, dz, G, U, G, <floating>0, dh, H)
+
+
+cdef inline floating *ptr_or_null(floating[::1] a):
+    return NULL if a is None else &a[0]
+
+
+def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
+            floating[::1] bias, floating[:, ::1] h0, floating[:, ::1] c0,
+            floating[:, ::1] peephole, const unsigned char[:, ::1] mask,
+            floating[:, ::1] input_dropout_mask, floating[:, ::1] recurrent_dropout_mask,
+            activation, recurrent_activation, bint coupled, bint go_backwards,
+            bint return_sequences, bint training):
+    """x [T,B,I], kernel [I,G], recurrent_kernel [H,G], bias [G]|None, h0, c0 [B,H],
+    peephole [3,H]|None, mask [T,B] uint8|None, input_dropout_mask [B,I]|None,
+    recurrent_dropout_mask [B,H]|None.
+
+    Returns (y, h_T, c_T, saved): y is [T,B,H] by step when return_sequences, else [B,H];
+    saved is None unless training, then a dict of what backward needs.
+    """
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
+    cdef long BH = <long>B * H, BG = <long>B * G, TB = <long>T * B
+    dtype = np.float32 if floating is float else np.float64
+    cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
+    cdef bint has_mask = mask is not None
+    cdef bint has_rdrop = recurrent_dropout_mask is not None
+
+    # Input projection for all steps: Z = (X * input_dropout_mask) W + b.
+    cdef floating[:, :, ::1] xin = x
+    if input_dropout_mask is not None:
+        xin = np.empty_like(np.asarray(x))
+    z_arr = np.empty((T, B, G), dtype)
+    cdef floating[:, :, ::1] Z = z_arr
+    cdef floating *pZ = &Z[0, 0, 0]
+    cdef floating *pb = ptr_or_null(bias)
+    cdef long r, t, s
+    with nogil:
+        if input_dropout_mask is not None:
+            for r in range(T):
+                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
+        if pb != NULL:
+            for r in range(TB):
+                memcpy(pZ + r * G, pb, G * sizeof(floating))
+        gemm(False, False, <int>TB, G, I, <floating>1, &xin[0, 0, 0], I, &kernel[0, 0], G,
+             <floating>(1 if pb != NULL else 0), pZ, G)
+
+    h_arr = np.array(h0, dtype=dtype, copy=True)
+    c_first = np.array(c0, dtype=dtype, copy=True)
+    cdef floating[:, ::1] h = h_arr, cf = c_first
+    cdef floating[:, :, ::1] C, HIN, Y
+    cdef floating[:, ::1] outbuf, hd
+    cst_arr = hin_arr = y_arr = out_arr = None
+    if training:
+        cst_arr = np.empty((T, B, H), dtype)     # c state after step t
+        hin_arr = np.empty((T, B, H), dtype)     # (h_{t-1} * recurrent dropout), as used by U
+        C, HIN = cst_arr, hin_arr
+    elif has_rdrop:
+        hd = np.empty((B, H), dtype)
+    if return_sequences:
+        y_arr = np.empty((T, B, H), dtype)
+        Y = y_arr
+    elif has_mask:
+        out_arr = np.zeros((B, H), dtype)
+        outbuf = out_arr
+    scratch_arr = np.empty(H, dtype)
+    cdef floating[::1] scratch = scratch_arr
+
+    cdef floating *ph = &h[0, 0]
+    cdef floating *pc = &cf[0, 0]
+    cdef floating *pc_out
+    cdef floating *hin
+    cdef floating *pout
+    cdef floating *pout_prev
+    cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
+    cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
+    cdef const unsigned char *pm = NULL
+    with nogil:
+        for s in range(T):
+            t = T - 1 - s if go_backwards else s
+            if training:
+                hin = &HIN[t, 0, 0]
+                if has_rdrop:
+                    mul(ph, prd, hin, BH)
+                else:
+                    memcpy(hin, ph, BH * sizeof(floating))
+            elif has_rdrop:
+                hin = &hd[0, 0]
+                mul(ph, prd, hin, BH)
+            else:
+                hin = ph
+            recurrent_product(B, H, G, hin, &recurrent_kernel[0, 0], <floating>1, pZ + t * BG)
+            pc_out = &C[t, 0, 0] if training else pc
+            pout = pout_prev = NULL
+            if has_mask:
+                pm = &mask[t, 0]
+                if return_sequences:
+                    pout = &Y[s, 0, 0]
+                    pout_prev = &Y[s - 1, 0, 0] if s > 0 else NULL
+                else:
+                    pout = pout_prev = &outbuf[0, 0]
+            fwd_step(B, H, coupled, act, ract, pZ + t * BG, pP, pm, ph, pc, ph, pc_out,
+                     pout_prev, pout, &scratch[0])
+            pc = pc_out
+            if return_sequences and not has_mask:
+                memcpy(&Y[s, 0, 0], ph, BH * sizeof(floating))
+
+    c_last = np.array(<floating[:B, :H]> pc, copy=True) if B > 0 and H > 0 else np.empty((B, H), dtype)
+    if return_sequences:
+        y = y_arr
+    elif has_mask:
+        y = out_arr
+    else:
+        y = h_arr.copy()
+    saved = None
+    if training:
+        saved = dict(x=np.asarray(xin), z=z_arr, c=cst_arr, hin=hin_arr,
+                     c0=np.asarray(c0))
+    return y, h_arr, c_last, saved
+
+
+def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c,
+             floating[:, :, ::1] hin, floating[:, ::1] c0, floating[:, ::1] kernel,
+             floating[:, ::1] recurrent_kernel, floating[:, ::1] peephole,
+             const unsigned char[:, ::1] mask, floating[:, ::1] input_dropout_mask,
+             floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
+             bint coupled, bint go_backwards, bint return_sequences, bint has_bias,
+             dy, dh_T, dc_T):
+    """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
+    the gate gradients). dy: [T,B,H] (return_sequences) or [B,H] or None; dh_T, dc_T:
+    [B,H] or None, all of this dtype and C-contiguous.
+
+    Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None).
+    """
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
+    cdef long BH = <long>B * H, BG = <long>B * G, TB = <long>T * B
+    dtype = np.float32 if floating is float else np.float64
+    cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
+    cdef bint has_mask = mask is not None
+    cdef bint has_rdrop = recurrent_dropout_mask is not None
+
+    dh_arr = np.zeros((B, H), dtype) if dh_T is None else np.array(dh_T, dtype=dtype, copy=True)
+    dc_arr = np.zeros((B, H), dtype) if dc_T is None else np.array(dc_T, dtype=dtype, copy=True)
+    cdef floating[:, ::1] dh = dh_arr, dc = dc_arr, dout, dhp
+    cdef floating[:, :, ::1] DY
+    cdef floating *pdout = NULL
+    cdef floating *pdhp
+    if has_mask:
+        dout_arr = np.zeros((B, H), dtype)
+        if dy is not None and not return_sequences:
+            dout_arr += dy
+        dout = dout_arr
+        pdout = &dout[0, 0]
+    elif dy is not None and not return_sequences:
+        dh_arr += dy
+    if dy is not None and return_sequences:
+        DY = dy
+    dhp_arr = np.empty((B, H), dtype) if (has_mask or has_rdrop) else None
+    if dhp_arr is not None:
+        dhp = dhp_arr
+        pdhp = &dhp[0, 0]
+    else:
+        pdhp = &dh[0, 0]
+    dpeep_arr = np.zeros((3, H), dtype) if peephole is not None else None
+    cdef floating[:, ::1] dpeep_v
+    cdef floating *pdpeep = NULL
+    if dpeep_arr is not None:
+        dpeep_v = dpeep_arr
+        pdpeep = &dpeep_v[0, 0]
+    scratch_arr = np.empty(5 * H, dtype)
+    cdef floating[::1] scratch = scratch_arr
+    cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
+    cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
+    cdef const unsigned char *pm = NULL
+    cdef const floating *pdy
+    cdef const floating *pcp
+    cdef floating *pZ = &z[0, 0, 0]
+    cdef bint seq_dy = dy is not None and return_sequences
+    cdef long s, t, tp
+
+    dx_arr = np.empty((T, B, I), dtype)
+    dW_arr = np.empty((I, G), dtype)
+    dU_arr = np.empty((H, G), dtype)
+    db_arr = np.empty(G, dtype) if has_bias else None
+    ones_arr = np.ones(TB, dtype) if has_bias else None
+    cdef floating[:, :, ::1] dx = dx_arr
+    cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
+    cdef floating[::1] db, ones
+    if has_bias:
+        db, ones = db_arr, ones_arr
+
+    with nogil:
+        for s in range(T - 1, -1, -1):
+            t = T - 1 - s if go_backwards else s
+            tp = t + 1 if go_backwards else t - 1
+            pcp = &c[tp, 0, 0] if s > 0 else &c0[0, 0]
+            pdy = &DY[s, 0, 0] if seq_dy else NULL
+            if has_mask:
+                pm = &mask[t, 0]
+            bwd_step(B, H, coupled, act, ract, pZ + t * BG, &c[t, 0, 0], pcp, pP, pm, pdy,
+                     &dh[0, 0], &dc[0, 0], pdout, pdpeep, &scratch[0])
+            recurrent_grad(B, H, G, pZ + t * BG, &recurrent_kernel[0, 0], pdhp)
+            if has_mask or has_rdrop:
+                merge_rows(B, H, pm, prd, pdhp, &dh[0, 0])
+        # Weight and input gradients: single products over all T*B rows.
+        gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, G, <floating>0,
+             &dW[0, 0], G)
+        gemm(True, False, H, G, <int>TB, <floating>1, &hin[0, 0, 0], H, pZ, G, <floating>0,
+             &dU[0, 0], G)
+        if has_bias:
+            gemv(True, <int>TB, G, <floating>1, pZ, G, &ones[0], <floating>0, &db[0])
+        gemm(False, True, <int>TB, I, G, <floating>1, pZ, G, &kernel[0, 0], G, <floating>0,
+             &dx[0, 0, 0], I)
+        if input_dropout_mask is not None:
+            for t in range(T):
+                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])
+    return dx_arr, dh_arr, dc_arr, dW_arr, dU_arr, db_arr, dpeep_arr

@@ -1,0 +1,146 @@
+/* Instantiates gates_impl.h per dtype and ISA, and the run-time dispatch between them. */
+#include "gates.h"
+#include "gates_math.h"
+
+#define FL_CAT(a, b) a##b
+#define FL_XCAT(a, b) FL_CAT(a, b)
+#define FL_CAT3(a, b, c) a##b##c
+#define FL_XCAT3(a, b, c) FL_CAT3(a, b, c)
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define FL_X86_DISPATCH 1
+#else
+#define FL_X86_DISPATCH 0
+#endif
+
+/* Each body is one #include of the template; the sets of bodies differ only by target. */
+#define FL_TARGET
+#define V __generic
+#define REAL float
+#define S _f
+#include "gates_impl.h"
+#undef REAL
+#undef S
+#define REAL double
+#define S _d
+#include "gates_impl.h"
+#undef REAL
+#undef S
+#undef V
+#undef FL_TARGET
+
+#if FL_X86_DISPATCH
+#if defined(__clang__)
+#define FL_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+#else
+#define FL_TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,prefer-vector-width=512")))
+#endif
+#define FL_TARGET FL_TARGET_AVX512
+#define V __avx512
+#define REAL float
+#define S _f
+#include "gates_impl.h"
+#undef REAL
+#undef S
+#define REAL double
+#define S _d
+#include "gates_impl.h"
+#undef REAL
+#undef S
+#undef V
+#undef FL_TARGET
+
+#define FL_TARGET __attribute__((target("avx2,fma")))
+#define V __avx2
+#define REAL float
+#define S _f
+#include "gates_impl.h"
+#undef REAL
+#undef S
+#define REAL double
+#define S _d
+#include "gates_impl.h"
+#undef REAL
+#undef S
+#undef V
+#undef FL_TARGET
+#endif
+
+static int fl_forced_level = -1;
+static int fl_detected_level = -1;
+
+int fl_isa_level(void) {
+    if (fl_forced_level >= 0) return fl_forced_level;
+    if (fl_detected_level < 0) {
+        int level = 0;
+#if FL_X86_DISPATCH
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
+        if (level && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+            level = 2;
+#endif
+        fl_detected_level = level;
+    }
+    return fl_detected_level;
+}
+
+void fl_force_isa_level(int level) {
+    int best;
+    fl_forced_level = -1;
+    best = fl_isa_level();
+    fl_forced_level = (level < 0 || level > best) ? -1 : level;
+}
+
+const char *fl_isa_name(void) {
+    switch (fl_isa_level()) {
+    case 2: return "avx512";
+    case 1: return "avx2";
+    default:
+#if defined(__aarch64__)
+        return "neon";
+#else
+        return "baseline";
+#endif
+    }
+}
+
+#if FL_X86_DISPATCH
+#define FL_DISPATCH(name, args)                                                  \
+    do {                                                                         \
+        switch (fl_isa_level()) {                                                \
+        case 2: name##__avx512 args; return;                                     \
+        case 1: name##__avx2 args; return;                                       \
+        default: name##__generic args; return;                                   \
+        }                                                                        \
+    } while (0)
+#else
+#define FL_DISPATCH(name, args) do { name##__generic args; return; } while (0)
+#endif
+
+#define FL_EXPORTS(REAL, S)                                                                  \
+void fl_act_forward##S(fl_act act, REAL *z, long n) {                                        \
+    FL_DISPATCH(fl_act_forward##S, (act, z, n)); }                                           \
+void fl_act_grad##S(fl_act act, const REAL *y, const REAL *g, REAL *out, long n) {           \
+    FL_DISPATCH(fl_act_grad##S, (act, y, g, out, n)); }                                      \
+void fl_mul##S(const REAL *a, const REAL *b, REAL *out, long n) {                            \
+    FL_DISPATCH(fl_mul##S, (a, b, out, n)); }                                                \
+void fl_merge_rows##S(int B, int H, const unsigned char *mask, const REAL *scale,            \
+                      const REAL *src, REAL *dst) {                                          \
+    FL_DISPATCH(fl_merge_rows##S, (B, H, mask, scale, src, dst)); }                          \
+void fl_lstm_fwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract, REAL *z,        \
+                         const REAL *peep, const unsigned char *mask, const REAL *h_in,      \
+                         const REAL *c_in, REAL *h_out, REAL *c_out, const REAL *out_prev,   \
+                         REAL *out, REAL *scratch) {                                         \
+    FL_DISPATCH(fl_lstm_fwd_step##S, (B, H, coupled, act, ract, z, peep, mask, h_in, c_in,   \
+                                      h_out, c_out, out_prev, out, scratch)); }              \
+void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract, REAL *z,        \
+                         const REAL *c, const REAL *c_prev, const REAL *peep,                \
+                         const unsigned char *mask, const REAL *dy, const REAL *dh,          \
+                         REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch) {                 \
+    FL_DISPATCH(fl_lstm_bwd_step##S, (B, H, coupled, act, ract, z, c, c_prev, peep, mask,    \
+                                      dy, dh, dc, dout, dpeep, scratch)); }
+
+FL_EXPORTS(float, _f)
+FL_EXPORTS(double, _d)

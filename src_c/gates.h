@@ -1,0 +1,67 @@
+/* Elementwise gate kernels of fastlstm, in float (_f) and double (_d).
+ *
+ * Each public function dispatches once per call to a variant compiled for AVX-512, AVX2+FMA
+ * or the baseline ISA (chosen at run time with __builtin_cpu_supports), so the loops vectorize
+ * without -march=native at build time. Shapes follow the notation of
+ * fastlstm/backends/oracle/__init__.py: B rows, H units, G gate width, row-major.
+ */
+#ifndef FASTLSTM_GATES_H
+#define FASTLSTM_GATES_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Must match the codes in fastlstm/activations.py. */
+enum fl_act_kind { FL_TANH = 0, FL_SIGMOID = 1, FL_HARD_SIGMOID = 2, FL_RELU = 3,
+                   FL_LINEAR = 4, FL_SOFTSIGN = 5 };
+
+typedef struct {
+    int kind;
+    double alpha, beta;   /* hard sigmoid: clip(alpha*x + beta, 0, 1) */
+} fl_act;
+
+/* Which variant runs here: 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline. */
+int fl_isa_level(void);
+const char *fl_isa_name(void);
+/* Force a lower variant (tests); -1 restores automatic choice. */
+void fl_force_isa_level(int level);
+
+#define FL_DECLARE(REAL, S)                                                                   \
+/* z[0:n] = act(z[0:n]) */                                                                    \
+void fl_act_forward##S(fl_act act, REAL *z, long n);                                          \
+/* out[0:n] = g[0:n] * act'(.) written through y = act(.); out may alias y or g */                                           \
+void fl_act_grad##S(fl_act act, const REAL *y, const REAL *g, REAL *out, long n);                             \
+/* out[0:n] = a[0:n] * b[0:n] */                                                              \
+void fl_mul##S(const REAL *a, const REAL *b, REAL *out, long n);                              \
+/* rows b with mask[b] (or all rows when mask is NULL): dst[b] = src[b] (* scale[b]) */        \
+void fl_merge_rows##S(int B, int H, const unsigned char *mask, const REAL *scale,              \
+                      const REAL *src, REAL *dst);                                            \
+/* One LSTM step after the recurrent product. z [B,G]: pre-activations in, gates out       \
+ * (rows of masked steps are left as they are). h_in, c_in [B,H]: state before the step;    \
+ * h_out, c_out [B,H]: after it (may alias h_in, c_in; masked rows copy the input state).   \
+ * out [B,H]: the step's output, out_prev [B,H] the previous one (NULL = zeros); both are   \
+ * used only with a mask. peep [3,H] or NULL. scratch [H]. */                                \
+void fl_lstm_fwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,                  \
+                         REAL *z, const REAL *peep, const unsigned char *mask,                \
+                         const REAL *h_in, const REAL *c_in, REAL *h_out, REAL *c_out,        \
+                         const REAL *out_prev, REAL *out, REAL *scratch);                     \
+/* Backward of one LSTM step. z [B,G]: gates in, gate gradients (pre-activation) out.         \
+ * c [B,H]: c_t; c_prev [B,H]: c_{t-1}. dy [B,H] or NULL: gradient of this step's output.     \
+ * dh [B,H]: gradient reaching h_t from later steps (read). dc [B,H]: in dc_t, out dc_{t-1}   \
+ * (masked rows keep theirs). dout [B,H] (only with a mask): output gradient carried over     \
+ * masked steps. dpeep [3,H] or NULL: accumulated. scratch [5H]. */                            \
+void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,                  \
+                         REAL *z, const REAL *c, const REAL *c_prev, const REAL *peep,        \
+                         const unsigned char *mask, const REAL *dy, const REAL *dh,           \
+                         REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch);
+
+FL_DECLARE(float, _f)
+FL_DECLARE(double, _d)
+
+#undef FL_DECLARE
+
+#ifdef __cplusplus
+}
+#endif
+#endif
