@@ -13,17 +13,7 @@ import numpy as np
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from gates cimport (fl_act, make_act, mul, merge_rows, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
-                    fl_lstm_bwd_step_f, fl_lstm_bwd_step_d, fl_isa_name, fl_force_isa_level)
-
-
-def isa():
-    """Name of the elementwise code path chosen for this CPU."""
-    return fl_isa_name().decode()
-
-
-def force_isa_level(int level):
-    """Run a lower ISA variant (0 baseline, 1 AVX2, 2 AVX-512); -1 = automatic. For tests."""
-    fl_force_isa_level(level)
+                    fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
 
 cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,

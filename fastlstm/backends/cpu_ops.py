@@ -25,7 +25,8 @@ class CpuOps(NumpyOps):
     @staticmethod
     def isa() -> str:
         """The elementwise code path this CPU runs (avx512, avx2, baseline, neon)."""
-        return _lstm.isa()
+        from .. import _gates
+        return _gates.isa()
 
     def lstm_forward(self, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole=None,
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy
 
+from .oracle import gru as _gru
 from .oracle import lstm as _lstm
+from .oracle import simple_rnn as _simple_rnn
 
 
 class NumpyOps:
@@ -36,3 +38,37 @@ class NumpyOps:
         """Gradients (``Grads``) of the forward that made ``cache``, given the gradients of
         its outputs (``None`` = zero)."""
         return _lstm.backward(self.xp, cache, dy, dh, dc, backend=self.name)
+
+    # -- GRU ---------------------------------------------------------------------------
+    def gru_forward(self, x, kernel, recurrent_kernel, bias, h0, *, reset_after=True,
+                    mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
+                    activation, recurrent_activation, go_backwards=False,
+                    return_sequences=True, training=False):
+        """x [T,B,I] -> (y [T,B,H] or [B,H], h_T [B,H], cache or None).
+
+        bias is [2,G] (row 0 input, row 1 recurrent) with ``reset_after``, else [G]."""
+        return _gru.forward(
+            self.xp, x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
+            input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
+            activation=activation, recurrent_activation=recurrent_activation,
+            go_backwards=go_backwards, return_sequences=return_sequences, training=training,
+            backend=self.name)
+
+    def gru_backward(self, cache, dy=None, dh=None):
+        """Gradients (``Grads``) of the GRU forward that made ``cache``."""
+        return _gru.backward(self.xp, cache, dy, dh, backend=self.name)
+
+    # -- SimpleRNN ---------------------------------------------------------------------
+    def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
+                           input_dropout_mask=None, recurrent_dropout_mask=None, activation,
+                           go_backwards=False, return_sequences=True, training=False):
+        """x [T,B,I] -> (y [T,B,H] or [B,H], h_T [B,H], cache or None)."""
+        return _simple_rnn.forward(
+            self.xp, x, kernel, recurrent_kernel, bias, h0, mask=mask,
+            input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
+            activation=activation, go_backwards=go_backwards, return_sequences=return_sequences,
+            training=training, backend=self.name)
+
+    def simple_rnn_backward(self, cache, dy=None, dh=None):
+        """Gradients (``Grads``) of the SimpleRNN forward that made ``cache``."""
+        return _simple_rnn.backward(self.xp, cache, dy, dh, backend=self.name)

@@ -1,0 +1,99 @@
+"""SimpleRNN oracle (Keras 3 ``SimpleRNNCell``), forward and BPTT.
+
+Per step, with ``a`` the activation:
+    h_t = a((x_t * dx_mask) W + b + (h_{t-1} * dh_mask) U)
+"""
+from __future__ import annotations
+
+from ..base import Cache, Grads
+
+
+def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_mask,
+            recurrent_dropout_mask, activation, go_backwards, return_sequences, training,
+            backend="numpy"):
+    T, B, _ = x.shape
+    H = recurrent_kernel.shape[0]
+    a = activation
+
+    xin = x if input_dropout_mask is None else x * input_dropout_mask[None]
+    xw = xin @ kernel                                   # [T,B,H]
+    if bias is not None:
+        xw = xw + bias
+    h = h0
+    out = xp.zeros((B, H), x.dtype)
+    ys = xp.empty((T, B, H), x.dtype) if return_sequences else None
+    if training:
+        hs = xp.empty((T, B, H), x.dtype)               # a(.) of step t (before masking)
+        h_prev = xp.empty((T, B, H), x.dtype)           # h_{t-1} as it entered step t
+    for s in range(T):
+        t = T - 1 - s if go_backwards else s
+        hin = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
+        h_new = a(xw[t] + hin @ recurrent_kernel, xp)
+        if training:
+            hs[t], h_prev[t] = h_new, h
+        if mask is not None:
+            m = mask[t][:, None]
+            h_new = xp.where(m, h_new, h)
+            out = xp.where(m, h_new, out)
+        else:
+            out = h_new
+        h = h_new
+        if return_sequences:
+            ys[s] = out
+    y = ys if return_sequences else out
+    cache = None
+    if training:
+        cache = Cache(backend, "simple_rnn", dict(
+            x=xin, hs=hs, h_prev=h_prev, kernel=kernel, recurrent_kernel=recurrent_kernel,
+            mask=mask, input_dropout_mask=input_dropout_mask,
+            recurrent_dropout_mask=recurrent_dropout_mask, activation=a,
+            go_backwards=go_backwards, return_sequences=return_sequences,
+            has_bias=bias is not None))
+    return y, h, cache
+
+
+def backward(xp, cache, dy, dh_T, backend="numpy"):
+    d = cache.take(backend, "simple_rnn")
+    x, hs, h_prev = d["x"], d["hs"], d["h_prev"]
+    W, U, mask, a = d["kernel"], d["recurrent_kernel"], d["mask"], d["activation"]
+    rdm = d["recurrent_dropout_mask"]
+    T, B, _ = x.shape
+    H = U.shape[0]
+    dtype = x.dtype
+
+    dh = xp.zeros((B, H), dtype) if dh_T is None else dh_T.astype(dtype, copy=True)
+    dout = xp.zeros((B, H), dtype)        # gradient reaching the output carried by masked steps
+    if dy is not None and not d["return_sequences"]:
+        dout = dout + dy
+    dz_all = xp.zeros((T, B, H), dtype)
+    for s in reversed(range(T)):
+        t = T - 1 - s if d["go_backwards"] else s
+        if dy is not None and d["return_sequences"]:
+            dout = dout + dy[s]
+        if mask is not None:
+            m = mask[t][:, None]
+            dh_step = xp.where(m, dh + dout, 0)
+        else:
+            m = None
+            dh_step = dh + dout
+        dz = dh_step * a.grad_from_output(hs[t], xp)
+        dz_all[t] = dz
+        dhp = dz @ U.T
+        if rdm is not None:
+            dhp = dhp * rdm
+        if m is not None:
+            dh = xp.where(m, dhp, dh)
+            dout = xp.where(m, 0, dout)
+        else:
+            dh = dhp
+            dout = xp.zeros_like(dout)
+    dz2 = dz_all.reshape(T * B, H)
+    dx = (dz2 @ W.T).reshape(T, B, -1)
+    if d["input_dropout_mask"] is not None:
+        dx = dx * d["input_dropout_mask"][None]
+    hin = h_prev if rdm is None else h_prev * rdm[None]
+    return Grads(
+        inputs=dx, h0=dh,
+        kernel=x.reshape(T * B, -1).T @ dz2,
+        recurrent_kernel=hin.reshape(T * B, H).T @ dz2,
+        bias=dz2.sum(0) if d["has_bias"] else None)

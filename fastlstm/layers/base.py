@@ -1,0 +1,148 @@
+"""The layer base: weights, lazy build, configuration, and the training-call protocol.
+
+Every layer has
+    y = layer(x, ...)                              inference (Keras call semantics)
+    y, backprop = layer.forward_train(x, ...)      training forward; backprop(dy) -> Gradients
+    layer.get_weights() / set_weights(ws)          Keras order and layouts
+    layer.get_config() / Layer.from_config(cfg)    JSON-serialisable, Keras names
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import numpy as np
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in _DTYPES:
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def as_float_array(name, x, dtype, ndim=None):
+    """x as an ndarray of ``dtype`` (a copy only when needed), with a clear error otherwise."""
+    if isinstance(x, np.ndarray) and x.dtype == dtype:
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:
+            raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from exc
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+        arr = arr.astype(dtype, copy=False)
+    if ndim is not None and arr.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
+    return arr
+
+
+@dataclass
+class Gradients:
+    """What ``backprop`` returns: data gradients only (regularization is the caller's)."""
+
+    inputs: Any                          # dL/dx, shape of x
+    initial_state: Optional[List[Any]]   # like initial_state; None if none was given
+    weights: List[Any]                   # aligned with layer.get_weights()
+
+
+class Layer:
+    """Base class: holds weights as NumPy arrays and builds them on first call."""
+
+    _registry: dict = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Layer._registry[cls.__name__] = cls
+
+    def __init__(self, name=None, dtype="float32", trainable=True):
+        self.dtype = check_dtype(dtype)
+        self.name = name if name is not None else _auto_name(type(self).__name__)
+        if not isinstance(self.name, str):
+            raise TypeError(f"name: expected a string, got {type(name).__name__}")
+        self.trainable = check_bool("trainable", trainable)
+        self.built = False
+        self.input_shape = None
+
+    # -- weights ---------------------------------------------------------------------
+    @property
+    def weight_names(self) -> List[str]:
+        """Names of the weight attributes, in get_weights() order."""
+        return []
+
+    @property
+    def weights(self) -> List[np.ndarray]:
+        return [getattr(self, n) for n in self.weight_names]
+
+    def get_weights(self) -> List[np.ndarray]:
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights) -> None:
+        if not self.built:
+            raise ValueError(f"{self.name}: set_weights before the layer is built; call it once "
+                             "or call build(input_shape) first")
+        names = self.weight_names
+        weights = list(weights)
+        if len(weights) != len(names):
+            raise ValueError(f"weights: {self.name} expects {len(names)} arrays ({', '.join(names)}), "
+                             f"got {len(weights)}")
+        new = []
+        for n, cur, w in zip(names, self.weights, weights):
+            arr = as_float_array(n, w, self.dtype)
+            if arr.shape != cur.shape:
+                raise ValueError(f"weights: {n} of {self.name} expects shape {cur.shape}, got {arr.shape}")
+            new.append(np.array(arr, dtype=self.dtype, order="C", copy=True))
+        for n, arr in zip(names, new):
+            setattr(self, n, arr)
+
+    def count_params(self) -> int:
+        return int(sum(w.size for w in self.weights))
+
+    # -- configuration -------------------------------------------------------------------
+    def get_config(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    # -- building --------------------------------------------------------------------------
+    def build(self, input_shape) -> None:
+        self.input_shape = tuple(input_shape)
+        self.built = True
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+_counters: dict = {}
+
+
+def _auto_name(cls_name: str) -> str:
+    base = "".join("_" + c.lower() if c.isupper() else c for c in cls_name).lstrip("_")
+    n = _counters.get(base, 0)
+    _counters[base] = n + 1
+    return base if n == 0 else f"{base}_{n}"

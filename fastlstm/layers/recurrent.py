@@ -1,0 +1,408 @@
+"""Recurrent layers with Keras semantics over the functional ops: LSTM, GRU, SimpleRNN.
+
+Layers take batch-major input ``(batch, timesteps, features)`` and convert once to the
+time-major layout of the kernels. ``RecurrentLayer`` holds everything the three share
+(arguments, masks, states, dropout, stateful carry-over, the training protocol); each
+subclass states its weights and which op runs it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import activations, initializers, ops, regularizers
+from .base import (Gradients, Layer, as_float_array, check_bool, check_positive_int)
+
+
+def _check_rate(name, p):
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"{name}: expected a float in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _check_seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: expected a non-negative integer or None, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def _serialize_regularizer(reg):
+    return None if reg is None else regularizers.serialize(reg)
+
+
+class RecurrentLayer(Layer):
+    """Shared machinery of LSTM, GRU and SimpleRNN layers (not used directly)."""
+
+    #: names of the state tensors, in Keras order (LSTM: h, c)
+    state_names = ("h",)
+
+    def __init__(self, units, activation="tanh", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
+                 unroll=False):
+        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        self.units = check_positive_int("units", units)
+        self.activation = activations.get(activation, "activation")
+        self.use_bias = check_bool("use_bias", use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.recurrent_initializer = initializers.get(recurrent_initializer, "recurrent_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
+        self.recurrent_regularizer = regularizers.get(recurrent_regularizer, "recurrent_regularizer")
+        self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
+        self.activity_regularizer = regularizers.get(activity_regularizer, "activity_regularizer")
+        self.dropout = _check_rate("dropout", dropout)
+        self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+        self.seed = _check_seed(seed)
+        self._rng = np.random.default_rng(self.seed)
+        self.return_sequences = check_bool("return_sequences", return_sequences)
+        self.return_state = check_bool("return_state", return_state)
+        self.go_backwards = check_bool("go_backwards", go_backwards)
+        self.stateful = check_bool("stateful", stateful)
+        self.unroll = check_bool("unroll", unroll)   # accepted for Keras parity; no effect
+        self.states = None
+        self.last_activity_loss = 0.0
+
+    # -- subclass hooks ----------------------------------------------------------------
+    def _create_weights(self, input_dim):
+        raise NotImplementedError
+
+    def _run(self, x, states, mask, input_dropout_mask, recurrent_dropout_mask, training,
+             return_sequences=None):
+        """Time-major op call -> (y, final_states, cache); return_sequences None = the layer's."""
+        raise NotImplementedError
+
+    def _run_backward(self, cache, dy, dstates):
+        """-> ops Grads."""
+        raise NotImplementedError
+
+    def _weight_grads(self, grads):
+        return [grads.kernel, grads.recurrent_kernel] + ([grads.bias] if self.use_bias else [])
+
+    # -- building ----------------------------------------------------------------------
+    @property
+    def weight_names(self):
+        return ["kernel", "recurrent_kernel"] + (["bias"] if self.use_bias else [])
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape: {self.name} expects (batch, timesteps, features), "
+                             f"got {input_shape}")
+        input_dim = check_positive_int("input_shape[-1]", input_shape[-1])
+        self._create_weights(input_dim)
+        super().build(input_shape)
+
+    @property
+    def input_dim(self):
+        return self.kernel.shape[0] if self.built else None
+
+    def compute_output_shape(self, input_shape):
+        B, T = input_shape[0], input_shape[1]
+        out = (B, T, self.units) if self.return_sequences else (B, self.units)
+        if self.return_state:
+            return [out] + [(B, self.units)] * len(self.state_names)
+        return out
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.return_sequences:
+            return None
+        if mask is not None and self.go_backwards:
+            return np.ascontiguousarray(np.asarray(mask)[:, ::-1])
+        return mask
+
+    # -- states ------------------------------------------------------------------------
+    def get_initial_state(self, batch_size):
+        """Zero states for ``batch_size`` rows: a list of (batch, units) arrays."""
+        batch_size = check_positive_int("batch_size", batch_size)
+        return [np.zeros((batch_size, self.units), self.dtype) for _ in self.state_names]
+
+    def reset_states(self, rows=None):
+        """Zero the carried states of a stateful layer: all rows, or only ``rows``
+        (indices or a boolean mask over the batch), e.g. when one stream ends."""
+        if not self.stateful:
+            raise ValueError(f"{self.name}: reset_states needs stateful=True")
+        if self.states is None:
+            return
+        if rows is None:
+            for s in self.states:
+                s[...] = 0
+            return
+        B = self.states[0].shape[0]
+        idx = np.asarray(rows)
+        if idx.dtype == bool:
+            if idx.shape != (B,):
+                raise ValueError(f"rows: expected a boolean mask of shape ({B},), got shape {idx.shape}")
+        else:
+            if idx.dtype.kind not in "iu":
+                raise TypeError(f"rows: expected row indices or a boolean mask, got dtype {idx.dtype}")
+            if idx.size and (idx.min() < -B or idx.max() >= B):
+                raise ValueError(f"rows: indices must be in [0, {B}) for the stateful batch of "
+                                 f"{B}, got {idx.tolist()}")
+        for s in self.states:
+            s[idx] = 0
+
+    # -- input handling ----------------------------------------------------------------------
+    def _prepare(self, x, mask, initial_state, training):
+        x = as_float_array("x", x, self.dtype)
+        if x.ndim != 3:
+            raise ValueError(f"x: {self.name} expects a 3-D array (batch, timesteps, features), "
+                             f"got shape {x.shape}")
+        B, T, I = x.shape
+        if not self.built:
+            self.build(x.shape)
+        elif I != self.input_dim:
+            raise ValueError(f"x: {self.name} was built for {self.input_dim} features, "
+                             f"got {I} (shape {x.shape})")
+        if T < 1:
+            raise ValueError(f"x: expected at least one timestep, got shape {x.shape}")
+        xt = np.ascontiguousarray(x.transpose(1, 0, 2))
+        mt = None
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.shape != (B, T):
+                raise ValueError(f"mask: expected shape ({B}, {T}) (batch, timesteps), got {m.shape}")
+            if m.dtype != bool:
+                if m.dtype.kind not in "iub":
+                    raise TypeError(f"mask: expected a boolean array, got dtype {m.dtype}")
+                m = m != 0
+            mt = np.ascontiguousarray(m.T)
+        states = self._initial_states(initial_state, B)
+        idm = rdm = None
+        if training and self.dropout > 0:
+            idm = self._dropout_mask((B, I), self.dropout)
+        if training and self.recurrent_dropout > 0:
+            rdm = self._dropout_mask((B, self.units), self.recurrent_dropout)
+        return xt, mt, states, idm, rdm
+
+    def _dropout_mask(self, shape, rate):
+        keep = self._rng.random(shape) >= rate
+        return (keep / (1.0 - rate)).astype(self.dtype)
+
+    def _initial_states(self, initial_state, B):
+        n = len(self.state_names)
+        if initial_state is None:
+            if self.stateful and self.states is not None:
+                if self.states[0].shape[0] != B:
+                    raise ValueError(f"x: stateful {self.name} carries states for a batch of "
+                                     f"{self.states[0].shape[0]}, got a batch of {B}; call "
+                                     "reset_states() and rebuild for another batch size")
+                return list(self.states)
+            return None
+        if not isinstance(initial_state, (list, tuple)):
+            initial_state = [initial_state]
+        if len(initial_state) != n:
+            raise ValueError(f"initial_state: {self.name} expects {n} arrays "
+                             f"({', '.join(self.state_names)}), got {len(initial_state)}")
+        out = []
+        for name, s in zip(self.state_names, initial_state):
+            s = as_float_array(f"initial_state[{name}]", s, self.dtype)
+            if s.shape != (B, self.units):
+                raise ValueError(f"initial_state[{name}]: expected shape ({B}, {self.units}), got {s.shape}")
+            out.append(s)
+        return out
+
+    def _outputs(self, y, states):
+        out = y.transpose(1, 0, 2) if self.return_sequences else y
+        if self.return_state:
+            return [out] + list(states)
+        return out
+
+    def _remember(self, states):
+        if self.stateful:
+            self.states = [np.array(s, copy=True) for s in states]
+
+    # -- calls -----------------------------------------------------------------------------
+    def __call__(self, x, mask=None, initial_state=None, training=False):
+        xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training)
+        y, final, _ = self._run(xt, states, mt, idm, rdm, training=False)
+        self._remember(final)
+        return self._outputs(y, final)
+
+    def forward_train(self, x, mask=None, initial_state=None):
+        """Training forward (dropout active). Returns ``(outputs, backprop)``; ``backprop(d_out)``
+        takes gradients mirroring ``outputs`` (None entries = zero) and returns ``Gradients``."""
+        given_state = initial_state is not None
+        xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True)
+        y, final, cache = self._run(xt, states, mt, idm, rdm, training=True)
+        self._remember(final)
+        outputs = self._outputs(y, final)
+        out = outputs[0] if self.return_state else outputs
+        act_grad = None
+        self.last_activity_loss = 0.0
+        if self.activity_regularizer is not None:
+            self.last_activity_loss = float(self.activity_regularizer(out))
+            act_grad = self.activity_regularizer.gradient(out)
+        n_states = len(self.state_names)
+        used = [False]
+
+        def backprop(d_out):
+            if used[0]:
+                raise RuntimeError(f"{self.name}: backprop of this forward_train was already run")
+            used[0] = True
+            if self.return_state:
+                if not isinstance(d_out, (list, tuple)) or len(d_out) != 1 + n_states:
+                    raise ValueError(f"d_out: expected a list of {1 + n_states} gradients "
+                                     f"(output, {', '.join(self.state_names)}), got {type(d_out).__name__}")
+                dy, dstates = d_out[0], list(d_out[1:])
+            else:
+                dy, dstates = d_out, [None] * n_states
+            if dy is not None:
+                dy = as_float_array("d_out", dy, self.dtype)
+                if dy.shape != out.shape:
+                    raise ValueError(f"d_out: expected shape {out.shape}, got {dy.shape}")
+            if act_grad is not None:
+                dy = act_grad if dy is None else dy + act_grad
+            if dy is not None and self.return_sequences:
+                dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+            g = self._run_backward(cache, dy, dstates)
+            init_grads = None
+            if given_state:
+                init_grads = [g.h0, g.c0] if n_states == 2 else [g.h0]
+            return Gradients(inputs=g.inputs.transpose(1, 0, 2), initial_state=init_grads,
+                             weights=self._weight_grads(g))
+
+        return outputs, backprop
+
+    def step(self, x_t, states):
+        """One timestep for streaming: x_t (batch, features), states as from
+        get_initial_state(batch). Returns ``(y_t, new_states)``; no dropout, no mask, and the
+        layer's own stateful states are left alone."""
+        x_t = as_float_array("x_t", x_t, self.dtype)
+        if x_t.ndim != 2:
+            raise ValueError(f"x_t: expected a 2-D array (batch, features), got shape {x_t.shape}")
+        if not self.built:
+            self.build((x_t.shape[0], 1, x_t.shape[1]))
+        elif x_t.shape[1] != self.input_dim:
+            raise ValueError(f"x_t: {self.name} was built for {self.input_dim} features, "
+                             f"got {x_t.shape[1]} (shape {x_t.shape})")
+        states = self._initial_states(list(states), x_t.shape[0])
+        y, final, _ = self._run(x_t[None], states, None, None, None, training=False,
+                                return_sequences=False)
+        return y, final
+
+    # -- regularization ------------------------------------------------------------------
+    def _regularized(self):
+        pairs = [(self.kernel_regularizer, "kernel"), (self.recurrent_regularizer, "recurrent_kernel")]
+        if self.use_bias:
+            pairs.append((self.bias_regularizer, "bias"))
+        return pairs
+
+    def regularization_loss(self) -> float:
+        """Weight-regularization loss (kernel, recurrent kernel, bias penalties)."""
+        if not self.built:
+            return 0.0
+        return float(sum(reg(getattr(self, n)) for reg, n in self._regularized() if reg is not None))
+
+    def regularization_grads(self):
+        """Gradients of regularization_loss, aligned with get_weights() (None = zero)."""
+        grads = {n: (reg.gradient(getattr(self, n)) if reg is not None else None)
+                 for reg, n in self._regularized()}
+        return [grads.get(n) for n in self.weight_names]
+
+    # -- configuration -----------------------------------------------------------------------
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(
+            units=self.units, activation=activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            recurrent_initializer=initializers.serialize(self.recurrent_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=_serialize_regularizer(self.kernel_regularizer),
+            recurrent_regularizer=_serialize_regularizer(self.recurrent_regularizer),
+            bias_regularizer=_serialize_regularizer(self.bias_regularizer),
+            activity_regularizer=_serialize_regularizer(self.activity_regularizer),
+            dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, seed=self.seed,
+            return_sequences=self.return_sequences, return_state=self.return_state,
+            go_backwards=self.go_backwards, stateful=self.stateful)
+        return cfg
+
+
+class LSTM(RecurrentLayer):
+    """Long short-term memory layer (Hochreiter & Schmidhuber), Keras 3 semantics and weights.
+
+    Weights: ``kernel (I, 4H)``, ``recurrent_kernel (H, 4H)``, ``bias (4H,)`` with column blocks
+    ``[i|f|c|o]``; with ``coupled_input_forget=True`` (CIFG: input gate = 1 - forget gate) the
+    blocks are ``[f|c|o]``; with ``use_peepholes=True`` a fourth weight ``peephole (3, H)``,
+    rows ``[i, f, o]`` (diagonal peepholes: i and f see c_{t-1}, o sees c_t; the i row is
+    unused with CIFG).
+    """
+
+    state_names = ("h", "c")
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
+                 recurrent_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 dropout=0.0, recurrent_dropout=0.0, seed=None, return_sequences=False,
+                 return_state=False, go_backwards=False, stateful=False, dtype="float32",
+                 use_peepholes=False, coupled_input_forget=False, peephole_initializer="zeros",
+                 name=None, trainable=True, unroll=False):
+        super().__init__(
+            units, activation=activation, use_bias=use_bias,
+            kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer, bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
+            return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
+            name=name, trainable=trainable, unroll=unroll)
+        self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
+        self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
+        self.use_peepholes = check_bool("use_peepholes", use_peepholes)
+        self.coupled_input_forget = check_bool("coupled_input_forget", coupled_input_forget)
+        self.peephole_initializer = initializers.get(peephole_initializer, "peephole_initializer")
+
+    @property
+    def gate_blocks(self):
+        return 3 if self.coupled_input_forget else 4
+
+    @property
+    def weight_names(self):
+        return super().weight_names + (["peephole"] if self.use_peepholes else [])
+
+    def _create_weights(self, input_dim):
+        H, nb, dt = self.units, self.gate_blocks, self.dtype
+        self.kernel = np.ascontiguousarray(self.kernel_initializer((input_dim, nb * H), dt), dt)
+        self.recurrent_kernel = np.ascontiguousarray(
+            initializers.recurrent_kernel(self.recurrent_initializer, H, nb, dt), dt)
+        if self.use_bias:
+            forget_block = 0 if self.coupled_input_forget else 1
+            self.bias = np.ascontiguousarray(initializers.lstm_bias(
+                self.bias_initializer, H, nb, self.unit_forget_bias, forget_block, dt), dt)
+        if self.use_peepholes:
+            self.peephole = np.ascontiguousarray(self.peephole_initializer((3, H), dt), dt)
+
+    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None):
+        h0, c0 = states if states is not None else (None, None)
+        if return_sequences is None:
+            return_sequences = self.return_sequences
+        y, h, c, cache = ops.lstm_forward(
+            x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None, h0, c0,
+            peephole=self.peephole if self.use_peepholes else None, mask=mask,
+            input_dropout_mask=idm, recurrent_dropout_mask=rdm, activation=self.activation,
+            recurrent_activation=self.recurrent_activation,
+            coupled_input_forget=self.coupled_input_forget, go_backwards=self.go_backwards,
+            return_sequences=return_sequences, training=training)
+        return y, [h, c], cache
+
+    def _run_backward(self, cache, dy, dstates):
+        return ops.lstm_backward(cache, dy, dstates[0], dstates[1])
+
+    def _weight_grads(self, grads):
+        return super()._weight_grads(grads) + ([grads.peephole] if self.use_peepholes else [])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(recurrent_activation=activations.serialize(self.recurrent_activation),
+                   unit_forget_bias=self.unit_forget_bias, use_peepholes=self.use_peepholes,
+                   coupled_input_forget=self.coupled_input_forget,
+                   peephole_initializer=initializers.serialize(self.peephole_initializer))
+        return cfg

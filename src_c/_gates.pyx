@@ -1,0 +1,40 @@
+# The elementwise layer of the kernels as seen from Python: which ISA variant runs, and the
+# vectorized activations themselves, so tests can measure them against NumPy.
+from blas cimport floating
+from gates cimport (fl_act, make_act, act_forward, fl_act_grad_f, fl_act_grad_d, fl_isa_name,
+                    fl_isa_level, fl_force_isa_level)
+
+
+def isa():
+    """Name of the elementwise code path running on this CPU: avx512, avx2, baseline or neon."""
+    return fl_isa_name().decode()
+
+
+def isa_level():
+    return fl_isa_level()
+
+
+def force_isa_level(int level):
+    """Run a lower variant (0 baseline, 1 AVX2, 2 AVX-512; capped at what the CPU has);
+    -1 restores the automatic choice. Process-wide: for tests and benchmarks."""
+    fl_force_isa_level(level)
+
+
+def activation_forward(floating[::1] z, activation):
+    """z = act(z) in place, through the compiled kernel."""
+    cdef fl_act a = make_act(activation)
+    if z.shape[0]:
+        act_forward(a, &z[0], z.shape[0])
+
+
+def activation_grad(floating[::1] y, floating[::1] g, floating[::1] out, activation):
+    """out = g * act'(.) expressed through y = act(.), through the compiled kernel."""
+    cdef fl_act a = make_act(activation)
+    if y.shape[0] != g.shape[0] or y.shape[0] != out.shape[0]:
+        raise ValueError("y, g, out: expected equal lengths")
+    if y.shape[0] == 0:
+        return
+    if floating is float:
+        fl_act_grad_f(a, &y[0], &g[0], &out[0], y.shape[0])
+    else:
+        fl_act_grad_d(a, &y[0], &g[0], &out[0], y.shape[0])

@@ -1,0 +1,315 @@
+"""LSTM ops: every compiled backend against the NumPy oracle, for every kernel option and
+both dtypes, forward and every gradient; finite differences in float64; property tests."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastlstm as fl
+from fastlstm import ops
+from fastlstm.activations import HardSigmoid
+
+from conftest import DTYPES, assert_close, compiled_backends
+
+ACTS = ["tanh", "sigmoid", "hard_sigmoid", HardSigmoid(0.2, 0.5), "relu", "linear", "softsign"]
+
+# Kernel option sets: each is compared cpu-vs-oracle in both dtypes.
+OPTION_SETS = {
+    "plain": {},
+    "no_bias": dict(bias=False),
+    "initial_state": dict(h0=True, c0=True),
+    "mask_gaps": dict(mask="gaps"),
+    "mask_full_rows": dict(mask="full_rows"),
+    "go_backwards": dict(go_backwards=True),
+    "last_output": dict(return_sequences=False),
+    "recurrent_dropout": dict(recurrent_dropout_mask=True),
+    "input_dropout": dict(input_dropout_mask=True),
+    "peepholes": dict(peephole=True),
+    "cifg": dict(coupled_input_forget=True),
+    "cifg_peepholes": dict(coupled_input_forget=True, peephole=True),
+    "everything": dict(h0=True, c0=True, mask="full_rows", go_backwards=True, peephole=True,
+                       recurrent_dropout_mask=True, input_dropout_mask=True),
+    "everything_cifg_last": dict(h0=True, c0=True, mask="gaps", go_backwards=True,
+                                 peephole=True, coupled_input_forget=True, bias=False,
+                                 return_sequences=False, recurrent_dropout_mask=True),
+}
+for _a in ACTS:
+    _n = _a if isinstance(_a, str) else "hard_sigmoid_0.2"
+    OPTION_SETS[f"act_{_n}"] = dict(activation=_a)
+    OPTION_SETS[f"ract_{_n}"] = dict(recurrent_activation=_a)
+
+
+def make_problem(rng, dtype, T, B, I, H, opts):
+    coupled = opts.get("coupled_input_forget", False)
+    G = (3 if coupled else 4) * H
+    sc = 1.0 / np.sqrt(I + H)
+    kw = dict(
+        x=rng.standard_normal((T, B, I)).astype(dtype),
+        kernel=(rng.standard_normal((I, G)) * sc).astype(dtype),
+        recurrent_kernel=(rng.standard_normal((H, G)) * sc).astype(dtype),
+        bias=(rng.standard_normal(G) * 0.5).astype(dtype) if opts.get("bias", True) else None,
+        h0=rng.standard_normal((B, H)).astype(dtype) if opts.get("h0") else None,
+        c0=rng.standard_normal((B, H)).astype(dtype) if opts.get("c0") else None,
+        peephole=(rng.standard_normal((3, H)) * 0.5).astype(dtype) if opts.get("peephole") else None,
+        coupled_input_forget=coupled,
+        go_backwards=opts.get("go_backwards", False),
+        return_sequences=opts.get("return_sequences", True),
+        activation=opts.get("activation", "tanh"),
+        recurrent_activation=opts.get("recurrent_activation", "sigmoid"),
+    )
+    m = opts.get("mask")
+    if m is not None:
+        mask = rng.random((T, B)) > 0.35
+        if m == "full_rows" and B > 1:
+            mask[:, 0] = False          # a fully masked row
+            mask[:, -1] = True
+        kw["mask"] = mask
+    if opts.get("recurrent_dropout_mask"):
+        kw["recurrent_dropout_mask"] = ((rng.random((B, H)) > 0.3) / 0.7).astype(dtype)
+    if opts.get("input_dropout_mask"):
+        kw["input_dropout_mask"] = ((rng.random((B, I)) > 0.3) / 0.7).astype(dtype)
+    return kw
+
+
+def output_grads(rng, dtype, T, B, H, return_sequences):
+    dy = rng.standard_normal((T, B, H) if return_sequences else (B, H)).astype(dtype)
+    return dy, rng.standard_normal((B, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)
+
+
+def run(backend, kw, grads):
+    with fl.use_backend(backend):
+        y, h, c, cache = ops.lstm_forward(training=True, **kw)
+        y_inf, h_inf, c_inf, none = ops.lstm_forward(training=False, **kw)
+        g = ops.lstm_backward(cache, *grads)
+    assert none is None
+    return (y, h, c), (y_inf, h_inf, c_inf), g
+
+
+GRAD_FIELDS = ["inputs", "h0", "c0", "kernel", "recurrent_kernel", "bias", "peephole"]
+
+
+def compare_backend(backend, kw, grads, dtype):
+    (y, h, c), inf, g = run(backend, kw, grads)
+    (ry, rh, rc), _, rg = run("numpy", kw, grads)
+    for name, a, b in [("y", y, ry), ("h", h, rh), ("c", c, rc)]:
+        assert a.dtype == dtype, name
+        assert_close(a, b, dtype, name)
+    for name, a, b in zip(["y", "h", "c"], inf, (y, h, c)):   # inference == training forward
+        assert_close(a, b, dtype, "inference " + name)
+    for f in GRAD_FIELDS:
+        a, b = getattr(g, f), getattr(rg, f)
+        assert (a is None) == (b is None), f
+        if a is not None:
+            assert a.dtype == dtype, f
+            assert_close(a, b, dtype, "d" + f)
+
+
+@pytest.mark.parametrize("backend", compiled_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("opt_name", list(OPTION_SETS))
+def test_backend_matches_oracle(backend, dtype, opt_name):
+    opts = OPTION_SETS[opt_name]
+    rng = np.random.default_rng(abs(hash(opt_name)) % 2**32)
+    T, B, I, H = 7, 4, 5, 6
+    kw = make_problem(rng, dtype, T, B, I, H, opts)
+    grads = output_grads(rng, dtype, T, B, H, kw["return_sequences"])
+    compare_backend(backend, kw, grads, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("backend", compiled_backends())
+@pytest.mark.parametrize("B", [1, 2, 33])
+def test_batch_sizes_and_gemv_path(backend, B):
+    """B=1 takes the GEMV path; odd batch sizes exercise vector remainders."""
+    rng = np.random.default_rng(B)
+    kw = make_problem(rng, np.float32, 5, B, 19, 37, dict(peephole=True, mask="gaps"))
+    grads = output_grads(rng, np.float32, 5, B, 37, True)
+    compare_backend(backend, kw, grads, np.dtype(np.float32))
+
+
+@pytest.mark.parametrize("backend", compiled_backends())
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_every_isa_variant_matches_oracle(backend, level):
+    from fastlstm import _gates
+    _gates.force_isa_level(level)
+    try:
+        rng = np.random.default_rng(level)
+        for dtype in DTYPES:
+            kw = make_problem(rng, dtype, 4, 3, 5, 17, dict(peephole=True, mask="gaps"))
+            grads = output_grads(rng, dtype, 4, 3, 17, True)
+            compare_backend(backend, kw, grads, np.dtype(dtype))
+    finally:
+        _gates.force_isa_level(-1)
+
+
+# -- finite differences (float64) --------------------------------------------------------
+
+FD_OPTIONS = {
+    "plain": dict(h0=True, c0=True),
+    "peep_mask_back": dict(h0=True, c0=True, peephole=True, mask="full_rows", go_backwards=True),
+    "cifg_dropout": dict(h0=True, c0=True, coupled_input_forget=True, peephole=True,
+                         recurrent_dropout_mask=True, input_dropout_mask=True),
+    "last_softsign": dict(h0=True, c0=True, return_sequences=False, activation="softsign",
+                          recurrent_activation="hard_sigmoid", mask="gaps"),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + compiled_backends())
+@pytest.mark.parametrize("opt_name", list(FD_OPTIONS))
+def test_gradients_by_finite_differences(backend, opt_name):
+    rng = np.random.default_rng(7)
+    T, B, I, H = 4, 3, 3, 2
+    kw = make_problem(rng, np.float64, T, B, I, H, FD_OPTIONS[opt_name])
+    dy, dh, dc = output_grads(rng, np.float64, T, B, H, kw["return_sequences"])
+
+    def loss(**over):
+        with fl.use_backend(backend):
+            y, h, c, _ = ops.lstm_forward(**{**kw, **over})
+        return float((y * dy).sum() + (h * dh).sum() + (c * dc).sum())
+
+    with fl.use_backend(backend):
+        _, _, _, cache = ops.lstm_forward(training=True, **kw)
+        g = ops.lstm_backward(cache, dy, dh, dc)
+    arg_of = dict(inputs="x", h0="h0", c0="c0", kernel="kernel",
+                  recurrent_kernel="recurrent_kernel", bias="bias", peephole="peephole")
+    eps = 1e-6
+    for field, arg in arg_of.items():
+        base = kw[arg]
+        if base is None:
+            continue
+        num = np.zeros_like(base)
+        for idx in np.ndindex(base.shape):
+            plus, minus = base.copy(), base.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            num[idx] = (loss(**{arg: plus}) - loss(**{arg: minus})) / (2 * eps)
+        np.testing.assert_allclose(getattr(g, field), num, rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{backend} d{field}")
+
+
+# -- property tests ----------------------------------------------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(T=st.integers(1, 6), B=st.integers(1, 4), I=st.integers(1, 5), H=st.integers(1, 5),
+       dtype=st.sampled_from(DTYPES), mask=st.sampled_from([None, "gaps", "full_rows", "none_set"]),
+       peephole=st.booleans(), coupled=st.booleans(), go_backwards=st.booleans(),
+       return_sequences=st.booleans(), bias=st.booleans(), h0=st.booleans(),
+       rdrop=st.booleans(), seed=st.integers(0, 2**31))
+def test_property_backends_agree(T, B, I, H, dtype, mask, peephole, coupled, go_backwards,
+                                 return_sequences, bias, h0, rdrop, seed):
+    rng = np.random.default_rng(seed)
+    opts = dict(mask=None if mask in (None, "none_set") else mask, peephole=peephole,
+                coupled_input_forget=coupled, go_backwards=go_backwards,
+                return_sequences=return_sequences, bias=bias, h0=h0, c0=h0,
+                recurrent_dropout_mask=rdrop)
+    kw = make_problem(rng, dtype, T, B, I, H, opts)
+    if mask == "none_set":
+        kw["mask"] = np.zeros((T, B), bool)           # every step of every row masked
+    grads = output_grads(rng, dtype, T, B, H, return_sequences)
+    for backend in compiled_backends():
+        compare_backend(backend, kw, grads, np.dtype(dtype))
+
+
+def test_fully_masked_rows_keep_initial_state_and_output_zero():
+    rng = np.random.default_rng(3)
+    kw = make_problem(rng, np.float64, 5, 3, 4, 3, dict(h0=True, c0=True))
+    kw["mask"] = np.zeros((5, 3), bool)
+    kw["mask"][2:, 1] = True
+    for backend in ["numpy"] + compiled_backends():
+        with fl.use_backend(backend):
+            y, h, c, _ = ops.lstm_forward(**kw)
+        for row in (0, 2):
+            np.testing.assert_array_equal(h[row], kw["h0"][row])
+            np.testing.assert_array_equal(c[row], kw["c0"][row])
+            np.testing.assert_array_equal(y[:, row], 0)
+        np.testing.assert_array_equal(y[:2, 1], 0)     # before the row's first unmasked step
+        assert np.all(y[2:, 1] != 0)
+
+
+def test_empty_batch():
+    rng = np.random.default_rng(0)
+    kw = make_problem(rng, np.float32, 3, 0, 2, 4, {})
+    y, h, c, cache = ops.lstm_forward(training=True, **kw)
+    assert y.shape == (3, 0, 4) and h.shape == (0, 4)
+    g = ops.lstm_backward(cache, np.zeros_like(y))
+    assert g.inputs.shape == (3, 0, 2) and np.all(g.kernel == 0)
+
+
+def test_cache_serves_one_backward():
+    rng = np.random.default_rng(0)
+    kw = make_problem(rng, np.float32, 3, 2, 2, 4, {})
+    for backend in ["numpy"] + compiled_backends():
+        with fl.use_backend(backend):
+            y, h, c, cache = ops.lstm_forward(training=True, **kw)
+            ops.lstm_backward(cache, y)
+            with pytest.raises(RuntimeError, match="already"):
+                ops.lstm_backward(cache, y)
+
+
+# -- bad input --------------------------------------------------------------------------
+
+def _good(dtype=np.float32):
+    return make_problem(np.random.default_rng(0), dtype, 3, 2, 4, 5, {})
+
+
+@pytest.mark.parametrize("arg, value, exc, words", [
+    ("x", np.zeros((3, 2)), ValueError, "x: expected a 3-D"),
+    ("x", np.zeros((0, 2, 4)), ValueError, "at least one timestep"),
+    ("x", np.zeros((3, 2, 5)), ValueError, "kernel: expected shape (5, 20), got (4, 20)"),
+    ("x", np.full((3, 2, 4), "a"), TypeError, "x: expected a real numeric array"),
+    ("kernel", np.zeros((4, 19), np.float32), ValueError, "kernel: expected shape (4, 20), got (4, 19)"),
+    ("recurrent_kernel", np.zeros((5, 5), np.float32), ValueError, "recurrent_kernel"),
+    ("bias", np.zeros(19), ValueError, "bias: expected shape (20)"),
+    ("h0", np.zeros((2, 4)), ValueError, "h0: expected shape (2, 5), got (2, 4)"),
+    ("c0", np.zeros((3, 5)), ValueError, "c0: expected shape (2, 5)"),
+    ("peephole", np.zeros((2, 5)), ValueError, "peephole: expected shape (3, 5)"),
+    ("mask", np.ones((2, 3), bool), ValueError, "mask: expected shape (3, 2)"),
+    ("mask", np.ones((3, 2), np.float32), TypeError, "mask: expected a boolean"),
+    ("recurrent_dropout_mask", np.ones((2, 4)), ValueError, "recurrent_dropout_mask"),
+    ("input_dropout_mask", np.ones((2, 5)), ValueError, "input_dropout_mask"),
+    ("activation", "swish", ValueError, "activation: unknown activation 'swish'"),
+    ("recurrent_activation", 3, TypeError, "recurrent_activation"),
+    ("kernel", np.zeros((4, 20), np.int32), TypeError, "kernel: expected float32 or float64"),
+    ("x", np.array([["a"]]), ValueError, "x: expected a 3-D"),
+])
+def test_bad_input_names_the_argument(arg, value, exc, words):
+    kw = _good()
+    kw[arg] = value
+    for backend in ["numpy"] + compiled_backends():
+        with fl.use_backend(backend):
+            with pytest.raises(exc) as info:
+                ops.lstm_forward(**kw)
+        assert words in str(info.value)
+
+
+def test_bad_output_gradient_shape():
+    y, h, c, cache = ops.lstm_forward(training=True, **_good())
+    with pytest.raises(ValueError, match=r"dy: expected shape \(3, 2, 5\)"):
+        ops.lstm_backward(cache, np.zeros((2, 3, 5)))
+    with pytest.raises(TypeError, match="cache"):
+        ops.lstm_backward("not a cache")
+
+
+def test_layouts_and_dtypes_give_the_same_answer():
+    """Fortran-ordered, strided and float64-into-float32 inputs match contiguous ones."""
+    kw = _good()
+    ref = ops.lstm_forward(**kw)[0]
+    big = np.zeros((6, 2, 8), np.float32)
+    big[::2, :, ::2] = kw["x"]
+    for x in (np.asfortranarray(kw["x"]), big[::2, :, ::2], kw["x"].astype(np.float64)):
+        out = ops.lstm_forward(**{**kw, "x": x})[0]
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, ref)
+    out = ops.lstm_forward(**{**kw, "recurrent_kernel": np.asfortranarray(kw["recurrent_kernel"])})[0]
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_nan_input_propagates_without_crashing():
+    kw = _good()
+    kw["x"] = kw["x"].copy()
+    kw["x"][1, 0, 2] = np.nan
+    kw["x"][2, 1, 0] = np.inf
+    for backend in ["numpy"] + compiled_backends():
+        with fl.use_backend(backend):
+            y, h, c, cache = ops.lstm_forward(training=True, **kw)
+            ops.lstm_backward(cache, np.ones_like(y))
+        assert np.isnan(y[1:, 0]).any()
+        assert np.isfinite(y[0]).all()
