@@ -10,6 +10,8 @@ from ._version import __version__
 from . import activations
 from .backends import available as available_backends, current_backend, set_backend, use_backend
 from . import ops
+from . import initializers, regularizers, layers
+from .threads import get_num_threads, set_num_threads
 
-__all__ = ["__version__", "activations", "ops", "set_backend", "use_backend", "current_backend",
-           "available_backends"]
+__all__ = ["__version__", "activations", "ops", "initializers", "regularizers", "layers", "set_backend", "use_backend", "current_backend",
+           "available_backends", "set_num_threads", "get_num_threads"]

@@ -274,3 +274,34 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
             for t in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])
     return dx_arr, dh_arr, dc_arr, dW_arr, dU_arr, db_arr, dpeep_arr
+
+
+def step(floating[:, ::1] x, floating[:, ::1] h, floating[:, ::1] c,
+         floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel, floating[::1] bias,
+         floating[:, ::1] peephole, activation, recurrent_activation, bint coupled,
+         floating[:, ::1] h_out, floating[:, ::1] c_out, floating[:, ::1] z,
+         floating[::1] scratch):
+    """One timestep for streaming, into preallocated buffers: x [B,I], h, c [B,H] ->
+    h_out, c_out [B,H]; z [B,G] and scratch [H] are work space. Shapes are the caller's
+    responsibility (fastlstm.layers.LSTM.step checks them)."""
+    cdef int B = x.shape[0], I = x.shape[1], H = recurrent_kernel.shape[0]
+    cdef int G = recurrent_kernel.shape[1]
+    cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
+    cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
+    cdef floating beta = 0
+    cdef int r
+    if B == 0:
+        return
+    with nogil:
+        if bias is not None:
+            for r in range(B):
+                memcpy(&z[r, 0], &bias[0], G * sizeof(floating))
+            beta = 1
+        if B == 1:
+            gemv(True, I, G, <floating>1, &kernel[0, 0], G, &x[0, 0], beta, &z[0, 0])
+        else:
+            gemm(False, False, B, G, I, <floating>1, &x[0, 0], I, &kernel[0, 0], G, beta,
+                 &z[0, 0], G)
+        recurrent_product(B, H, G, &h[0, 0], &recurrent_kernel[0, 0], <floating>1, &z[0, 0])
+        fwd_step(B, H, coupled, act, ract, &z[0, 0], pP, NULL, &h[0, 0], &c[0, 0],
+                 &h_out[0, 0], &c_out[0, 0], NULL, NULL, &scratch[0])

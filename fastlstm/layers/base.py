@@ -8,6 +8,7 @@ Every layer has
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
@@ -55,6 +56,15 @@ def as_float_array(name, x, dtype, ndim=None):
     if ndim is not None and arr.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
     return arr
+
+
+def activity_penalty(regularizer, output):
+    """``(loss, d loss / d output)`` of an activity regularizer, divided by the batch size
+    (``output.shape[0]``) as Keras 2 and 3 do, so its strength does not depend on the batch."""
+    n = output.shape[0] if output.ndim > 0 and output.shape[0] > 0 else 1
+    loss = float(regularizer(output)) / n
+    grad = np.asarray(regularizer.gradient(output), dtype=output.dtype) / output.dtype.type(n)
+    return loss, grad
 
 
 @dataclass
@@ -141,8 +151,15 @@ class Layer:
 _counters: dict = {}
 
 
+def _snake_case(name: str) -> str:
+    """Keras's ``to_snake_case``: LSTM -> lstm, SimpleRNN -> simple_rnn, Dense -> dense."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
 def _auto_name(cls_name: str) -> str:
-    base = "".join("_" + c.lower() if c.isupper() else c for c in cls_name).lstrip("_")
+    base = _snake_case(cls_name)
     n = _counters.get(base, 0)
     _counters[base] = n + 1
     return base if n == 0 else f"{base}_{n}"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, initializers, ops, regularizers
-from .base import (Gradients, Layer, as_float_array, check_bool, check_positive_int)
+from .. import backends as fl_backends
+from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
+                   check_positive_int)
 
 
 def _check_rate(name, p):
@@ -27,6 +29,11 @@ def _check_seed(seed):
     if seed < 0:
         raise ValueError(f"seed: expected a non-negative integer or None, got {seed!r}")
     return int(seed)
+
+
+def _lstm_kernels():
+    from .. import _lstm
+    return _lstm
 
 
 def _serialize_regularizer(reg):
@@ -191,8 +198,9 @@ class RecurrentLayer(Layer):
             if self.stateful and self.states is not None:
                 if self.states[0].shape[0] != B:
                     raise ValueError(f"x: stateful {self.name} carries states for a batch of "
-                                     f"{self.states[0].shape[0]}, got a batch of {B}; call "
-                                     "reset_states() and rebuild for another batch size")
+                                     f"{self.states[0].shape[0]}, got a batch of {B}; a "
+                                     "stateful layer keeps one batch size (reset_states() keeps "
+                                     "it too); set layer.states = None to start over with another")
                 return list(self.states)
             return None
         if not isinstance(initial_state, (list, tuple)):
@@ -237,8 +245,7 @@ class RecurrentLayer(Layer):
         act_grad = None
         self.last_activity_loss = 0.0
         if self.activity_regularizer is not None:
-            self.last_activity_loss = float(self.activity_regularizer(out))
-            act_grad = self.activity_regularizer.gradient(out)
+            self.last_activity_loss, act_grad = activity_penalty(self.activity_regularizer, out)
         n_states = len(self.state_names)
         used = [False]
 
@@ -274,15 +281,27 @@ class RecurrentLayer(Layer):
         """One timestep for streaming: x_t (batch, features), states as from
         get_initial_state(batch). Returns ``(y_t, new_states)``; no dropout, no mask, and the
         layer's own stateful states are left alone."""
-        x_t = as_float_array("x_t", x_t, self.dtype)
-        if x_t.ndim != 2:
-            raise ValueError(f"x_t: expected a 2-D array (batch, features), got shape {x_t.shape}")
+        if not (isinstance(x_t, np.ndarray) and x_t.dtype == self.dtype and x_t.ndim == 2):
+            x_t = as_float_array("x_t", x_t, self.dtype)
+            if x_t.ndim != 2:
+                raise ValueError(f"x_t: expected a 2-D array (batch, features), got shape {x_t.shape}")
         if not self.built:
             self.build((x_t.shape[0], 1, x_t.shape[1]))
         elif x_t.shape[1] != self.input_dim:
             raise ValueError(f"x_t: {self.name} was built for {self.input_dim} features, "
                              f"got {x_t.shape[1]} (shape {x_t.shape})")
-        states = self._initial_states(list(states), x_t.shape[0])
+        return self._step(np.ascontiguousarray(x_t), self._step_states(states, x_t.shape[0]))
+
+    def _step_states(self, states, B):
+        """Validated states for step(); the common case (right arrays) costs a few checks."""
+        n, shape = len(self.state_names), (B, self.units)
+        if (isinstance(states, (list, tuple)) and len(states) == n
+                and all(isinstance(s, np.ndarray) and s.dtype == self.dtype and s.shape == shape
+                        and s.flags.c_contiguous for s in states)):
+            return states
+        return [np.ascontiguousarray(s) for s in self._initial_states(list(states), B)]
+
+    def _step(self, x_t, states):
         y, final, _ = self._run(x_t[None], states, None, None, None, training=False,
                                 return_sequences=False)
         return y, final
@@ -321,7 +340,7 @@ class RecurrentLayer(Layer):
             activity_regularizer=_serialize_regularizer(self.activity_regularizer),
             dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, seed=self.seed,
             return_sequences=self.return_sequences, return_state=self.return_state,
-            go_backwards=self.go_backwards, stateful=self.stateful)
+            go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll)
         return cfg
 
 
@@ -359,6 +378,7 @@ class LSTM(RecurrentLayer):
         self.use_peepholes = check_bool("use_peepholes", use_peepholes)
         self.coupled_input_forget = check_bool("coupled_input_forget", coupled_input_forget)
         self.peephole_initializer = initializers.get(peephole_initializer, "peephole_initializer")
+        self._step_work = None      # (z [B,G], scratch [H]) reused by step()
 
     @property
     def gate_blocks(self):
@@ -395,6 +415,22 @@ class LSTM(RecurrentLayer):
 
     def _run_backward(self, cache, dy, dstates):
         return ops.lstm_backward(cache, dy, dstates[0], dstates[1])
+
+    def _step(self, x_t, states):
+        if fl_backends.current_backend() != "cpu":
+            return super()._step(x_t, states)
+        B, H = x_t.shape[0], self.units
+        work = self._step_work
+        if work is None or work[0].shape[0] != B:
+            work = self._step_work = (np.empty((B, self.gate_blocks * H), self.dtype),
+                                      np.empty(H, self.dtype))
+        h, c = np.empty((B, H), self.dtype), np.empty((B, H), self.dtype)
+        _lstm_kernels().step(x_t, states[0], states[1], self.kernel, self.recurrent_kernel,
+                             self.bias if self.use_bias else None,
+                             self.peephole if self.use_peepholes else None, self.activation,
+                             self.recurrent_activation, self.coupled_input_forget, h, c,
+                             work[0], work[1])
+        return h, [h, c]
 
     def _weight_grads(self, grads):
         return super()._weight_grads(grads) + ([grads.peephole] if self.use_peepholes else [])

@@ -1,0 +1,66 @@
+"""Recurrent layers: inference, training step (forward + backward), streaming step, memory."""
+import numpy as np
+
+try:
+    import fastlstm as fl
+except ImportError:  # asv imports benchmarks before checking the environment
+    fl = None
+
+from .common import DTYPES, SIZES, inputs, parse, threads
+
+CELLS = ["lstm", "lstm_peephole", "lstm_cifg", "gru", "simple_rnn"]
+
+
+def make_layer(cell, H, dtype, return_sequences=True):
+    kw = dict(return_sequences=return_sequences, dtype=dtype)
+    if cell == "lstm":
+        return fl.layers.LSTM(H, **kw)
+    if cell == "lstm_peephole":
+        return fl.layers.LSTM(H, use_peepholes=True, **kw)
+    if cell == "lstm_cifg":
+        return fl.layers.LSTM(H, coupled_input_forget=True, **kw)
+    if cell == "gru":
+        return fl.layers.GRU(H, **kw)
+    return fl.layers.SimpleRNN(H, **kw)
+
+
+class Recurrent:
+    params = (CELLS, DTYPES, SIZES)
+    param_names = ["cell", "dtype", "T_B_H"]
+    timeout = 120
+
+    def setup(self, cell, dtype, size):
+        if cell in ("gru", "simple_rnn") and not hasattr(fl.layers, "GRU"):
+            raise NotImplementedError
+        threads(2)
+        T, B, I, H = parse(size)
+        self.x = inputs(size, dtype)
+        self.layer = make_layer(cell, H, dtype)
+        self.layer.build(self.x.shape)
+        self.dy = np.ones((B, T, H), dtype)
+
+    def time_inference(self, cell, dtype, size):
+        self.layer(self.x)
+
+    def time_train_step(self, cell, dtype, size):
+        y, backprop = self.layer.forward_train(self.x)
+        backprop(self.dy)
+
+    def peakmem_train_step(self, cell, dtype, size):
+        y, backprop = self.layer.forward_train(self.x)
+        backprop(self.dy)
+
+
+class Streaming:
+    params = ([64, 128, 256],)
+    param_names = ["units"]
+
+    def setup(self, units):
+        threads(2)
+        self.layer = fl.layers.LSTM(units)
+        self.layer.build((1, 1, units))
+        self.x = np.zeros((1, units), np.float32)
+        self.state = self.layer.get_initial_state(1)
+
+    def time_step(self, units):
+        self.layer.step(self.x, self.state)

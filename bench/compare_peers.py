@@ -1,0 +1,222 @@
+"""fastlstm against PyTorch, ONNX Runtime and the NumPy oracle, side by side in one process.
+
+    python bench/compare_peers.py [--quick] [--cells lstm,gru] [--threads 2] [--no-stream]
+
+Same weights and inputs for every implementation; float32; timings are medians over
+alternating blocks (A*k, B*k, A*k, ...) with a short pause between blocks, because PyTorch's
+and ONNX Runtime's thread pools keep spinning after their work and would steal the cores
+from whatever runs next. Prints ms per call, GEMM GFLOP/s, the fraction of this machine's
+measured SGEMM rate (scipy's BLAS, the one fastlstm uses, same threads) and the ratios
+fastlstm / peer (< 1 means fastlstm is faster).
+
+FLOPs count the GEMMs only: forward 2*T*B*(I+H)*G with G = 4H (LSTM), 3H (GRU); training
+(forward + backward to inputs and all weights) = 3x forward.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+
+import numpy as np
+
+LSTM_CONFIGS = [(100, 1, 128), (100, 16, 128), (100, 32, 256), (50, 64, 512), (25, 128, 1024)]
+GRU_CONFIGS = LSTM_CONFIGS[1:4]
+STREAM_UNITS = [64, 128, 256]
+
+
+def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.05) -> dict:
+    """Median seconds per call of each function, timed in alternating blocks."""
+    for f in fns.values():          # warm-up (allocations, thread pools, lazy init)
+        f()
+        f()
+    samples = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, f in fns.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            for _ in range(per_block):
+                f()
+            samples[name].append((time.perf_counter() - t0) / per_block)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def sgemm_rate(threads: int) -> float:
+    """GFLOP/s of scipy's SGEMM (the BLAS fastlstm calls) on large square products."""
+    from scipy.linalg.blas import sgemm
+    from threadpoolctl import threadpool_limits
+    n = 2048
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
+    b = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
+    with threadpool_limits(threads, user_api="blas"):
+        t = timed_blocks({"sgemm": lambda: sgemm(1.0, a, b)}, reps=5, per_block=2)["sgemm"]
+    return 2.0 * n ** 3 / t / 1e9
+
+
+def build(cell, T, B, H, threads, with_onnx):
+    import torch
+    import fastlstm as fl
+    I = H
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    if cell == "lstm":
+        tm = torch.nn.LSTM(I, H, batch_first=True)
+        layer = fl.layers.LSTM(H, return_sequences=True)
+        layer.build(x.shape)
+        layer.set_weights([tm.weight_ih_l0.detach().numpy().T, tm.weight_hh_l0.detach().numpy().T,
+                           (tm.bias_ih_l0 + tm.bias_hh_l0).detach().numpy()])
+        gates = 4
+    else:
+        tm = torch.nn.GRU(I, H, batch_first=True)
+        layer = fl.layers.GRU(H, return_sequences=True)
+        layer.build(x.shape)
+        layer.set_weights(torch_gru_weights(tm))
+        gates = 3
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        ref = tm(xt)[0].numpy()
+    err = float(np.abs(layer(x) - ref).max())
+    impls_inf = {
+        "fastlstm": lambda: layer(x),
+        "torch": lambda: _torch_inf(tm, xt),
+    }
+    if with_onnx:
+        sess = _onnx_session(tm, xt, threads)
+        if sess is not None:
+            impls_inf["onnxruntime"] = lambda: sess.run(None, {"x": x})
+    dy = np.ones((B, T, H), np.float32)
+
+    def fl_train():
+        y, backprop = layer.forward_train(x)
+        backprop(dy)
+
+    xg = xt.clone().requires_grad_(True)
+
+    def torch_train():
+        tm.zero_grad(set_to_none=True)
+        y, _ = tm(xg)
+        y.sum().backward()
+
+    impls_train = {"fastlstm": fl_train, "torch": torch_train}
+    flops = 2.0 * T * B * (I + H) * gates * H
+    return impls_inf, impls_train, flops, err, layer, x
+
+
+def torch_gru_weights(tm):
+    """PyTorch GRU [r|z|n] with b_ih, b_hh -> Keras reset_after layout [z|r|h], bias (2, 3H)."""
+    def reorder(a):
+        r, z, n = np.split(a.detach().numpy(), 3, axis=0)
+        return np.concatenate([z, r, n], axis=0)
+    return [reorder(tm.weight_ih_l0).T, reorder(tm.weight_hh_l0).T,
+            np.stack([reorder(tm.bias_ih_l0), reorder(tm.bias_hh_l0)])]
+
+
+def _torch_inf(tm, xt):
+    import torch
+    with torch.inference_mode():
+        return tm(xt)
+
+
+def _onnx_session(tm, xt, threads):
+    try:
+        import onnxruntime as ort
+        import torch
+    except ImportError:
+        return None
+    buf = io.BytesIO()
+    torch.onnx.export(tm, (xt,), buf, input_names=["x"], output_names=["y", "h"], dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+
+def oracle_time(layer, x):
+    import fastlstm as fl
+    with fl.use_backend("numpy"):
+        return timed_blocks({"oracle": lambda: layer(x)}, reps=3, per_block=1)["oracle"]
+
+
+def streaming(threads, reps, per_block):
+    import torch
+    import fastlstm as fl
+    rows = []
+    for H in STREAM_UNITS:
+        I = H
+        torch.manual_seed(0)
+        cell = torch.nn.LSTMCell(I, H)
+        layer = fl.layers.LSTM(H)
+        layer.build((1, 1, I))
+        layer.set_weights([cell.weight_ih.detach().numpy().T, cell.weight_hh.detach().numpy().T,
+                           (cell.bias_ih + cell.bias_hh).detach().numpy()])
+        x = np.random.default_rng(0).standard_normal((1, I)).astype(np.float32)
+        state = layer.get_initial_state(1)
+        xt = torch.from_numpy(x)
+        hc = (torch.zeros(1, H), torch.zeros(1, H))
+
+        def fl_step():
+            layer.step(x, state)
+
+        def torch_step():
+            with torch.inference_mode():
+                cell(xt, hc)
+
+        t = timed_blocks({"fastlstm": fl_step, "torch": torch_step}, reps, per_block * 20)
+        rows.append((H, t["fastlstm"], t["torch"]))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--cells", default="lstm,gru")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--no-oracle", action="store_true")
+    p.add_argument("--no-stream", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+    import fastlstm as fl
+    torch.set_num_threads(args.threads)
+    fl.set_num_threads(args.threads)
+    reps, per_block = (3, 2) if args.quick else (7, 3)
+    peak = sgemm_rate(args.threads)
+    print(f"fastlstm {fl.__version__}, torch {torch.__version__}, {args.threads} threads, "
+          f"elementwise {fl.backends.get_ops('cpu').isa()}; scipy SGEMM 2048^3: {peak:.1f} GFLOP/s")
+    hdr = (f"{'cell':4s} {'T':>4s} {'B':>4s} {'I=H':>5s} | {'mode':5s} | {'fastlstm':>9s} "
+           f"{'torch':>9s} {'onnxrt':>9s} {'oracle':>9s} | {'fl GF/s':>7s} {'%sgemm':>6s} | "
+           f"{'fl/torch':>8s} {'fl/ort':>7s} {'fl/best':>7s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for cell in args.cells.split(","):
+        configs = LSTM_CONFIGS if cell == "lstm" else GRU_CONFIGS
+        for T, B, H in configs:
+            inf, train, F, err, layer, x = build(cell, T, B, H, args.threads, not args.no_onnx)
+            t_inf = timed_blocks(inf, reps, per_block)
+            t_tr = timed_blocks(train, reps, max(1, per_block - 1))
+            t_or = None if args.no_oracle or H > 512 else oracle_time(layer, x)
+            for mode, t, flops in (("infer", t_inf, F), ("train", t_tr, 3 * F)):
+                f, tt, to = t["fastlstm"], t["torch"], t.get("onnxruntime")
+                best = min(v for k, v in t.items() if k != "fastlstm")
+                gf = flops / f / 1e9
+                print(f"{cell:4s} {T:4d} {B:4d} {H:5d} | {mode:5s} | {f * 1e3:8.2f}ms "
+                      f"{tt * 1e3:8.2f}ms {(to * 1e3 if to else float('nan')):8.2f}ms "
+                      f"{(t_or * 1e3 if (t_or and mode == 'infer') else float('nan')):8.2f}ms | "
+                      f"{gf:7.1f} {100 * gf / peak:5.0f}% | {f / tt:8.2f} "
+                      f"{(f / to if to else float('nan')):7.2f} {f / best:7.2f}")
+            if err > 1e-4:
+                print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
+    if not args.no_stream:
+        print("\nstreaming: one step() at batch 1 vs torch.nn.LSTMCell, per step")
+        for H, f, t in streaming(args.threads, reps, per_block):
+            print(f"  H={H:4d}: fastlstm {f * 1e6:7.1f} us  torch {t * 1e6:7.1f} us  ratio {f / t:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
