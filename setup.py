@@ -34,7 +34,7 @@ if sys.platform == "win32":
     cflags = ["/O2"]
 else:
     # No -march=native: gates.c picks AVX-512/AVX2 code at run time (function multi-versioning).
-    cflags = ["-O3", "-fno-math-errno", "-Wno-unused-function"]
+    cflags = ["-O3", "-fno-math-errno", "-Wno-unused-function", "-Wno-psabi"]
     if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
         cflags.append("-fno-semantic-interposition")
 

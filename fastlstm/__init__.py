@@ -15,3 +15,6 @@ from .threads import get_num_threads, set_num_threads
 
 __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", "layers", "set_backend", "use_backend", "current_backend",
            "available_backends", "set_num_threads", "get_num_threads"]
+from .models import Sequential, load_model
+
+__all__ += ["Sequential", "load_model"]

@@ -1,7 +1,17 @@
-"""Command line: ``python -m fastlstm [info | check]``.
+"""Command line: ``python -m fastlstm [demo adding | demo airline | info | check | bench]``.
 
-``info`` prints the version, the build, BLAS and threads; ``check`` runs the compiled LSTM
-forward and backward against the NumPy oracle on random data and says whether they agree.
+With no command: two lines of ``info``, then ``demo adding``.
+
+``demo adding``   the adding problem (T=100): an LSTM and a SimpleRNN of the same size trained
+                  side by side; per-epoch test MSE, a text chart and the verdict.
+``demo airline``  monthly airline passengers 1949-1960: an LSTM forecasts 1959-1960, scored
+                  against the seasonal-naive baseline.
+                  Both take ``--plot FILE.png`` (needs matplotlib) and size options
+                  (``--epochs``, ...) for a quicker run.
+``info``          the version, the build, BLAS and threads.
+``check``         the compiled LSTM forward and backward against the NumPy oracle.
+``bench``         a quick speed check: compiled LSTM against the oracle (and PyTorch when
+                  installed), training and inference, under 30 s.
 """
 from __future__ import annotations
 
@@ -74,21 +84,196 @@ def run_check(seed=0, verbose=True):
     return ok
 
 
+def _block_times(fn, reps, per_block):
+    fn()
+    out = []
+    for _ in range(reps):
+        time.sleep(0.02)
+        t0 = time.perf_counter()
+        for _ in range(per_block):
+            fn()
+        out.append((time.perf_counter() - t0) / per_block)
+    return out
+
+
+def run_bench(print_fn=print, budget_s=25.0):
+    """Training (forward + backward) and inference time of the compiled LSTM against the
+    oracle and, when importable, ``torch.nn.LSTM``, at a few sizes; medians of alternating
+    blocks. Returns ``{(T, B, I, H): {impl: seconds}}``."""
+    import fastlstm as fl
+    from fastlstm import ops
+
+    sizes = [(100, 1, 32, 64), (100, 32, 32, 128), (50, 64, 64, 256)]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    print_fn(f"LSTM forward+backward (train) and forward (infer), float32, median ms of "
+             f"alternating blocks; BLAS threads {fl.get_num_threads()}"
+             + (f", torch threads {torch.get_num_threads()}" if torch else
+                " (PyTorch not installed: pip install torch to compare)"))
+    head = f"{'T':>4} {'B':>4} {'I':>4} {'H':>5} | {'fastlstm':>9} {'oracle':>9} "
+    head += f"{'torch':>9} | {'oracle/fl':>9}" + (f" {'torch/fl':>9}" if torch else "")
+    print_fn(head)
+    results = {}
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for T, B, I, H in sizes:
+        if time.perf_counter() - t_start > budget_s:
+            print_fn("(time budget reached: larger sizes skipped)")
+            break
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        W = (rng.standard_normal((I, 4 * H)) / np.sqrt(I)).astype(np.float32)
+        U = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
+        b = np.zeros(4 * H, np.float32)
+        dy = np.ones((T, B, H), np.float32)
+
+        def train(backend):
+            def fn():
+                with fl.use_backend(backend):
+                    y, h, c, cache = ops.lstm_forward(x, W, U, b, training=True)
+                    ops.lstm_backward(cache, dy)
+            return fn
+
+        def infer(backend):
+            def fn():
+                with fl.use_backend(backend):
+                    ops.lstm_forward(x, W, U, b)
+            return fn
+
+        fns = {"fastlstm": (train("cpu"), infer("cpu")), "oracle": (train("numpy"), infer("numpy"))}
+        if torch is not None:
+            net = torch.nn.LSTM(I, H)
+            xt = torch.from_numpy(x)
+            dyt = torch.from_numpy(dy)
+
+            def torch_train():
+                net.zero_grad()
+                xi = xt.detach().requires_grad_(True)
+                out, _ = net(xi)
+                out.backward(dyt)
+
+            def torch_infer():
+                with torch.no_grad():
+                    net(xt)
+            fns["torch"] = (torch_train, torch_infer)
+        per_block = max(1, int(2e7 / (8 * T * B * H * (I + H) + 1e6)))
+        times = {k: {"train": [], "infer": []} for k in fns}
+        for _ in range(3):                                  # alternating blocks
+            for name, (tr, inf) in fns.items():
+                times[name]["train"] += _block_times(tr, 1, per_block)
+                times[name]["infer"] += _block_times(inf, 1, per_block)
+        med = {k: {m: float(np.median(v[m])) for m in v} for k, v in times.items()}
+        results[(T, B, I, H)] = med
+        for mode in ("train", "infer"):
+            fl_t = med["fastlstm"][mode]
+            tt = med["torch"][mode] if "torch" in med else None
+            line = (f"{T:4d} {B:4d} {I:4d} {H:5d} | {fl_t * 1e3:9.2f} {med['oracle'][mode] * 1e3:9.2f} "
+                    f"{(tt * 1e3 if tt else float('nan')):9.2f} | {med['oracle'][mode] / fl_t:9.1f}")
+            if tt:
+                line += f" {tt / fl_t:9.2f}"
+            print_fn(line + f"  {mode}")
+    print_fn("ratios > 1: fastlstm is faster. The machine may be shared: quote ratios, not times; "
+             "bench/compare_peers.py runs the full comparison (ONNX Runtime too).")
+    return results
+
+
+def _short_info():
+    import fastlstm as fl
+    return [f"fastlstm {fl.__version__}: backends {', '.join(fl.available_backends())} "
+            f"(active: {fl.current_backend()}), BLAS threads {fl.get_num_threads()}",
+            "(python -m fastlstm info: the full build report; -h: every command)"]
+
+
+def _add_demo_parsers(sub):
+    demo = sub.add_parser("demo", help="run a demo: adding (default) or airline")
+    demos = demo.add_subparsers(dest="demo")
+    add = demos.add_parser("adding", help="adding problem: LSTM against SimpleRNN")
+    add.add_argument("--timesteps", type=int, default=100, help="sequence length T (100)")
+    add.add_argument("--units", type=int, default=32, help="hidden units of each model (32)")
+    add.add_argument("--epochs", type=int, default=None, help="training epochs")
+    add.add_argument("--train", type=int, default=3200, help="training sequences (3200)")
+    add.add_argument("--test", type=int, default=1000, help="test sequences (1000)")
+    add.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (0.003)")
+    add.add_argument("--seed", type=int, default=0)
+    add.add_argument("--plot", metavar="FILE.png", default=None,
+                     help="save the learning curves (needs matplotlib)")
+    air = demos.add_parser("airline", help="airline passengers: LSTM forecast of 1959-1960")
+    air.add_argument("--epochs", type=int, default=300, help="epochs per model (300)")
+    air.add_argument("--ensemble", type=int, default=5, help="models averaged (5)")
+    air.add_argument("--units", type=int, default=16, help="hidden units (16)")
+    air.add_argument("--seed", type=int, default=0)
+    air.add_argument("--plot", metavar="FILE.png", default=None,
+                     help="save the forecast (needs matplotlib)")
+
+
+def _positive(parser, name, value):
+    if value is not None and value < 1:
+        parser.error(f"--{name}: expected a positive integer, got {value}")
+
+
+def _run_demo(args, parser):
+    from fastlstm import demos
+
+    which = args.demo or "adding"
+    if which == "adding":
+        for name in ("timesteps", "units", "epochs", "train", "test"):
+            _positive(parser, name, getattr(args, name, None))
+        if args.timesteps < 2:
+            parser.error(f"--timesteps: expected at least 2, got {args.timesteps}")
+        epochs = args.epochs if args.epochs is not None else DEFAULT_ADDING_EPOCHS
+        demos.run_adding(timesteps=args.timesteps, units=args.units, epochs=epochs,
+                         n_train=args.train, n_test=args.test, learning_rate=args.lr,
+                         seed=args.seed, plot=args.plot)
+    else:
+        for name in ("epochs", "ensemble", "units"):
+            _positive(parser, name, getattr(args, name))
+        demos.run_airline(units=args.units, epochs=args.epochs, ensemble=args.ensemble,
+                          seed=args.seed, plot=args.plot)
+    return 0
+
+
+#: epochs of ``demo adding`` (100 steps each)
+DEFAULT_ADDING_EPOCHS = 40
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastlstm",
-                                     description="fastlstm: fast recurrent layers for the CPU")
+    parser = argparse.ArgumentParser(
+        prog="python -m fastlstm",
+        description="fastlstm: fast recurrent layers for the CPU. With no command: a short "
+                    "info, then the adding-problem demo.")
     sub = parser.add_subparsers(dest="command")
+    _add_demo_parsers(sub)
     sub.add_parser("info", help="version, build, BLAS and threads")
     sub.add_parser("check", help="compiled kernels against the NumPy oracle")
+    sub.add_parser("bench", help="quick speed check against the oracle and PyTorch (< 30 s)")
     args = parser.parse_args(argv)
-    if args.command in (None, "info"):
+    if args.command is None:
+        print("\n".join(_short_info()))
+        print()
+        return _run_default(parser)
+    if args.command == "info":
         print("\n".join(info_lines()))
-    if args.command in (None, "check"):
+        return 0
+    if args.command == "check":
         if not run_check():
             print("fastlstm check FAILED: the compiled kernels disagree with the oracle",
                   file=sys.stderr)
             return 1
+        return 0
+    if args.command == "bench":
+        run_bench()
+        return 0
+    if args.command == "demo":
+        if args.demo is None:
+            return _run_default(parser)
+        return _run_demo(args, parser)
     return 0
+
+
+def _run_default(parser):
+    args = parser.parse_args(["demo", "adding"])
+    return _run_demo(args, parser)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from . import activations as _activations
 from .backends import get_ops
 from .backends.base import Cache, Grads
 
-__all__ = ["lstm_forward", "lstm_backward", "Grads"]
+__all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+           "simple_rnn_forward", "simple_rnn_backward", "Grads"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -76,6 +77,47 @@ def _float_dtype(name, a):
     return dt
 
 
+def _sequence_args(x, kernel, recurrent_kernel, blocks):
+    """Checks shared by every cell's forward: x [T,B,I], recurrent_kernel [H, blocks*H],
+    kernel [I, blocks*H]. Returns (ops, chk, x, kernel, recurrent_kernel, (T, B, I, H))."""
+    ops = _ops_for(x)
+    xp = ops.xp
+    dtype = _float_dtype("kernel", kernel)
+    chk = _Checker(xp, dtype)
+    xa = xp.asarray(x)
+    if xa.ndim != 3:
+        raise ValueError(f"x: expected a 3-D time-major array (T, B, I), got shape {_shape_str(xa.shape)}")
+    T, B, I = xa.shape
+    if T < 1:
+        raise ValueError(f"x: expected at least one timestep, got shape {_shape_str(xa.shape)}")
+    U = chk.array("recurrent_kernel", recurrent_kernel, (None, None))
+    H = U.shape[0]
+    G = blocks * H
+    if H < 1 or U.shape[1] != G:
+        raise ValueError(f"recurrent_kernel: expected shape (H, {'H' if blocks == 1 else f'{blocks}*H'}), "
+                         f"got {_shape_str(U.shape)}")
+    x = chk.array("x", xa, (T, B, I))
+    W = chk.array("kernel", kernel, (I, G))
+    return ops, chk, x, W, U, (T, B, I, H)
+
+
+def _state_arg(chk, name, a, B, H):
+    a = chk.array(name, a, (B, H), optional=True)
+    return chk.xp.zeros((B, H), chk.dtype) if a is None else a
+
+
+def _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H):
+    return (chk.mask("mask", mask, (T, B)),
+            chk.array("input_dropout_mask", input_dropout_mask, (B, I), optional=True),
+            chk.array("recurrent_dropout_mask", recurrent_dropout_mask, (B, H), optional=True))
+
+
+def _attach_info(cache, ops, chk, T, B, H, return_sequences):
+    if cache is not None:
+        cache.info = dict(T=T, B=B, H=H, dtype=chk.dtype, return_sequences=return_sequences,
+                          ops=ops)
+
+
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, peephole=None,
                  mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                  activation="tanh", recurrent_activation="sigmoid",
@@ -91,34 +133,14 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
-    ops = _ops_for(x)
-    xp = ops.xp
-    dtype = _float_dtype("kernel", kernel)
-    chk = _Checker(xp, dtype)
     coupled = bool(coupled_input_forget)
-    xa = xp.asarray(x)
-    if xa.ndim != 3:
-        raise ValueError(f"x: expected a 3-D time-major array (T, B, I), got shape {_shape_str(xa.shape)}")
-    T, B, I = xa.shape
-    if T < 1:
-        raise ValueError(f"x: expected at least one timestep, got shape {_shape_str(xa.shape)}")
-    U = chk.array("recurrent_kernel", recurrent_kernel, (None, None))
-    H = U.shape[0]
-    G = (3 if coupled else 4) * H
-    if H < 1 or U.shape[1] != G:
-        raise ValueError(f"recurrent_kernel: expected shape (H, {3 if coupled else 4}*H), "
-                         f"got {_shape_str(U.shape)}")
-    x = chk.array("x", xa, (T, B, I))
-    W = chk.array("kernel", kernel, (I, G))
-    b = chk.array("bias", bias, (G,), optional=True)
-    h0 = chk.array("h0", h0, (B, H), optional=True)
-    c0 = chk.array("c0", c0, (B, H), optional=True)
-    h0 = xp.zeros((B, H), dtype) if h0 is None else h0
-    c0 = xp.zeros((B, H), dtype) if c0 is None else c0
+    ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel,
+                                                     3 if coupled else 4)
+    b = chk.array("bias", bias, (U.shape[1],), optional=True)
+    h0 = _state_arg(chk, "h0", h0, B, H)
+    c0 = _state_arg(chk, "c0", c0, B, H)
     P = chk.array("peephole", peephole, (3, H), optional=True)
-    m = chk.mask("mask", mask, (T, B))
-    idm = chk.array("input_dropout_mask", input_dropout_mask, (B, I), optional=True)
-    rdm = chk.array("recurrent_dropout_mask", recurrent_dropout_mask, (B, H), optional=True)
+    m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
     act = _activations.get(activation, "activation")
     ract = _activations.get(recurrent_activation, "recurrent_activation")
     y, h, c, cache = ops.lstm_forward(
@@ -126,14 +148,93 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract, coupled=coupled,
         go_backwards=bool(go_backwards), return_sequences=bool(return_sequences),
         training=bool(training))
-    if cache is not None:
-        cache.info = dict(T=T, B=B, H=H, dtype=dtype, return_sequences=bool(return_sequences),
-                          ops=ops)
+    _attach_info(cache, ops, chk, T, B, H, bool(return_sequences))
     return y, h, c, cache
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=True,
+                mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
+                activation="tanh", recurrent_activation="sigmoid", go_backwards=False,
+                return_sequences=True, training=False):
+    """GRU over a sequence (Keras 3 ``GRUCell``).
+
+    x [T,B,I]; kernel [I,3H]; recurrent_kernel [H,3H], blocks [z|r|h]; bias [2,3H] (row 0
+    input, row 1 recurrent bias) with ``reset_after`` (the default, as cuDNN and PyTorch),
+    [3H] without, or None; h0 [B,H] or None (zeros); mask [T,B] bool or None;
+    input_dropout_mask [B,I]; recurrent_dropout_mask [B,H] (applied to h_{t-1} in every
+    recurrent product, not in the ``z * h_{t-1}`` carry, as Keras). The dtype is the
+    kernel's (float32 or float64); other arrays are converted to it.
+
+    Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
+    ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
+    """
+    reset_after = bool(reset_after)
+    ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel, 3)
+    G = 3 * H
+    try:
+        b = chk.array("bias", bias, (2, G) if reset_after else (G,), optional=True)
+    except ValueError as exc:
+        form = ("(row 0 input bias, row 1 recurrent bias)" if reset_after
+                else "(one input bias)")
+        raise ValueError(f"{exc}; reset_after={reset_after} takes a bias of shape "
+                         f"{'(2, 3*H)' if reset_after else '(3*H,)'} {form}") from None
+    h0 = _state_arg(chk, "h0", h0, B, H)
+    m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
+    act = _activations.get(activation, "activation")
+    ract = _activations.get(recurrent_activation, "recurrent_activation")
+    y, h, cache = ops.gru_forward(
+        x, W, U, b, h0, reset_after=reset_after, mask=m, input_dropout_mask=idm,
+        recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract,
+        go_backwards=bool(go_backwards), return_sequences=bool(return_sequences),
+        training=bool(training))
+    _attach_info(cache, ops, chk, T, B, H, bool(return_sequences))
+    return y, h, cache
+
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=None,
+                       input_dropout_mask=None, recurrent_dropout_mask=None, activation="tanh",
+                       go_backwards=False, return_sequences=True, training=False):
+    """SimpleRNN over a sequence: ``h_t = act(x_t W + h_{t-1} U + b)``.
+
+    x [T,B,I]; kernel [I,H]; recurrent_kernel [H,H]; bias [H] or None; h0 [B,H] or None
+    (zeros); mask [T,B] bool or None; input_dropout_mask [B,I]; recurrent_dropout_mask
+    [B,H]. The dtype is the kernel's (float32 or float64); other arrays are converted to it.
+
+    Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
+    ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
+    """
+    ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel, 1)
+    b = chk.array("bias", bias, (H,), optional=True)
+    h0 = _state_arg(chk, "h0", h0, B, H)
+    m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
+    act = _activations.get(activation, "activation")
+    y, h, cache = ops.simple_rnn_forward(
+        x, W, U, b, h0, mask=m, input_dropout_mask=idm, recurrent_dropout_mask=rdm,
+        activation=act, go_backwards=bool(go_backwards),
+        return_sequences=bool(return_sequences), training=bool(training))
+    _attach_info(cache, ops, chk, T, B, H, bool(return_sequences))
+    return y, h, cache
 
 
 def _grad_arg(chk, name, g, shape):
     return None if g is None else chk.array(name, g, shape)
+
+
+def _backward_args(cache, cell, forward_name, dy, states):
+    """Checks shared by every cell's backward; ``states`` is [(name, array)] of the
+    gradients of the final states. Returns (ops, dy, [state gradients])."""
+    if not isinstance(cache, Cache) or cache.info is None:
+        raise TypeError(f"cache: expected the cache of {forward_name}(training=True), "
+                        f"got {type(cache).__name__}")
+    if cache.cell != cell:
+        raise ValueError(f"cache: expected the cache of {forward_name}(training=True), "
+                         f"got one from {cache.cell}_forward")
+    info = cache.info
+    ops = info["ops"]
+    chk = _Checker(ops.xp, info["dtype"])
+    T, B, H = info["T"], info["B"], info["H"]
+    dy = _grad_arg(chk, "dy", dy, (T, B, H) if info["return_sequences"] else (B, H))
+    return ops, dy, [_grad_arg(chk, name, g, (B, H)) for name, g in states]
 
 
 def lstm_backward(cache, dy=None, dh=None, dc=None) -> Grads:
@@ -142,14 +243,28 @@ def lstm_backward(cache, dy=None, dh=None, dc=None) -> Grads:
     dy mirrors y ([T,B,H] or [B,H]); dh, dc [B,H] are the gradients of h_T and c_T; ``None``
     means zero. Returns ``Grads`` (inputs, h0, c0, kernel, recurrent_kernel, bias, peephole).
     """
-    if not isinstance(cache, Cache):
-        raise TypeError(f"cache: expected the cache of lstm_forward(training=True), "
-                        f"got {type(cache).__name__}")
-    info = cache.info
-    ops = info["ops"]
-    chk = _Checker(ops.xp, info["dtype"])
-    T, B, H = info["T"], info["B"], info["H"]
-    dy = _grad_arg(chk, "dy", dy, (T, B, H) if info["return_sequences"] else (B, H))
-    dh = _grad_arg(chk, "dh", dh, (B, H))
-    dc = _grad_arg(chk, "dc", dc, (B, H))
+    ops, dy, (dh, dc) = _backward_args(cache, "lstm", "lstm_forward", dy,
+                                       [("dh", dh), ("dc", dc)])
     return ops.lstm_backward(cache, dy, dh, dc)
+
+
+def gru_backward(cache, dy=None, dh=None) -> Grads:
+    """Gradients of the ``gru_forward`` that returned ``cache``.
+
+    dy mirrors y ([T,B,H] or [B,H]); dh [B,H] is the gradient of h_T; ``None`` means zero.
+    Returns ``Grads`` (inputs, h0, kernel, recurrent_kernel, bias); bias is [2,3H] with
+    ``reset_after``, else [3H], or None without a bias.
+    """
+    ops, dy, (dh,) = _backward_args(cache, "gru", "gru_forward", dy, [("dh", dh)])
+    return ops.gru_backward(cache, dy, dh)
+
+
+def simple_rnn_backward(cache, dy=None, dh=None) -> Grads:
+    """Gradients of the ``simple_rnn_forward`` that returned ``cache``.
+
+    dy mirrors y ([T,B,H] or [B,H]); dh [B,H] is the gradient of h_T; ``None`` means zero.
+    Returns ``Grads`` (inputs, h0, kernel, recurrent_kernel, bias).
+    """
+    ops, dy, (dh,) = _backward_args(cache, "simple_rnn", "simple_rnn_forward", dy,
+                                    [("dh", dh)])
+    return ops.simple_rnn_backward(cache, dy, dh)

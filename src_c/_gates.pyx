@@ -1,7 +1,7 @@
 # The elementwise layer of the kernels as seen from Python: which ISA variant runs, and the
 # vectorized activations themselves, so tests can measure them against NumPy.
 from blas cimport floating
-from gates cimport (fl_act, make_act, act_forward, fl_act_grad_f, fl_act_grad_d, fl_isa_name,
+from gates cimport (fl_act, make_act, act_forward, matmul_acc, fl_act_grad_f, fl_act_grad_d, fl_isa_name,
                     fl_isa_level, fl_force_isa_level)
 
 
@@ -38,3 +38,18 @@ def activation_grad(floating[::1] y, floating[::1] g, floating[::1] out, activat
         fl_act_grad_f(a, &y[0], &g[0], &out[0], y.shape[0])
     else:
         fl_act_grad_d(a, &y[0], &g[0], &out[0], y.shape[0])
+
+
+def matmul_accumulate(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c, int repeat=1):
+    """c += a @ w through the per-step kernel (``repeat`` times, for benchmarks)."""
+    if a.shape[1] != w.shape[0] or c.shape[0] != a.shape[0] or c.shape[1] != w.shape[1]:
+        raise ValueError(f"a, w, c: expected shapes (M,K), (K,N), (M,N), got "
+                         f"{(a.shape[0], a.shape[1])}, {(w.shape[0], w.shape[1])}, "
+                         f"{(c.shape[0], c.shape[1])}")
+    if a.shape[0] == 0 or w.shape[1] == 0:
+        return
+    cdef int r
+    with nogil:
+        for r in range(repeat):
+            matmul_acc(a.shape[0], w.shape[1], a.shape[1], &a[0, 0], a.shape[1], &w[0, 0],
+                       w.shape[1], &c[0, 0], c.shape[1])

@@ -12,8 +12,23 @@ import numpy as np
 
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
-from gates cimport (fl_act, make_act, mul, merge_rows, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
-                    fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, fl_lstm_fwd_step_f,
+                    fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+
+# Per-step recurrent products: our register-blocked kernel reads the recurrent weights in
+# place while they fit in cache; past that, BLAS (which repacks them, but blocks for cache).
+cdef long OWN_MATMUL_MAX_BYTES = 8 << 20
+cdef int matmul_policy = 0          # 0 auto, 1 always BLAS, 2 always own kernel
+
+
+def set_recurrent_matmul(str which):
+    """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
+    global matmul_policy
+    matmul_policy = {"auto": 0, "blas": 1, "own": 2}[which]
+
+
+cdef inline bint use_own(long weight_bytes) noexcept nogil:
+    return matmul_policy == 2 or (matmul_policy == 0 and weight_bytes <= OWN_MATMUL_MAX_BYTES)
 
 
 cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
@@ -43,17 +58,24 @@ cdef inline void bwd_step(int B, int H, int coupled, fl_act act, fl_act ract, fl
 
 cdef inline void recurrent_product(int B, int H, int G, const floating *h, const floating *U,
                                    floating beta, floating *z) noexcept nogil:
-    """z[B,G] = h[B,H] U[H,G] + beta z."""
-    if B == 1:
+    """z[B,G] = h[B,H] U[H,G] + beta z (beta is 0 or 1)."""
+    if use_own(<long>H * G * sizeof(floating)):
+        if beta == 0:
+            memset(z, 0, <long>B * G * sizeof(floating))
+        matmul_acc(B, G, H, h, H, U, G, z, G)
+    elif B == 1:
         gemv(True, H, G, <floating>1, U, G, h, beta, z)
     else:
         gemm(False, False, B, G, H, <floating>1, h, H, U, G, beta, z, G)
 
 
 cdef inline void recurrent_grad(int B, int H, int G, const floating *dz, const floating *U,
-                                floating *dh) noexcept nogil:
-    """dh[B,H] = dz[B,G] U^T."""
-    if B == 1:
+                                const floating *UT, floating *dh) noexcept nogil:
+    """dh[B,H] = dz[B,G] U^T; UT [G,H] is U transposed (row-major) or NULL for BLAS."""
+    if UT != NULL:
+        memset(dh, 0, <long>B * H * sizeof(floating))
+        matmul_acc(B, H, G, dz, G, UT, H, dh, H)
+    elif B == 1:
         gemv(False, H, G, <floating>1, U, G, dz, <floating>0, dh)
     else:
         gemm(False, True, B, H, G, <floating>1, dz, G, U, G, <floating>0, dh, H)
@@ -237,6 +259,12 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long s, t, tp
 
+    cdef floating[:, ::1] UT
+    cdef const floating *pUT = NULL
+    if use_own(<long>H * G * sizeof(floating)):
+        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        pUT = &UT[0, 0]
+
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
     dU_arr = np.empty((H, G), dtype)
@@ -258,7 +286,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
                 pm = &mask[t, 0]
             bwd_step(B, H, coupled, act, ract, pZ + t * BG, &c[t, 0, 0], pcp, pP, pm, pdy,
                      &dh[0, 0], &dc[0, 0], pdout, pdpeep, &scratch[0])
-            recurrent_grad(B, H, G, pZ + t * BG, &recurrent_kernel[0, 0], pdhp)
+            recurrent_grad(B, H, G, pZ + t * BG, &recurrent_kernel[0, 0], pUT, pdhp)
             if has_mask or has_rdrop:
                 merge_rows(B, H, pm, prd, pdhp, &dh[0, 0])
         # Weight and input gradients: single products over all T*B rows.
@@ -297,7 +325,11 @@ def step(floating[:, ::1] x, floating[:, ::1] h, floating[:, ::1] c,
             for r in range(B):
                 memcpy(&z[r, 0], &bias[0], G * sizeof(floating))
             beta = 1
-        if B == 1:
+        if use_own(<long>I * G * sizeof(floating)):
+            if beta == 0:
+                memset(&z[0, 0], 0, <long>B * G * sizeof(floating))
+            matmul_acc(B, G, I, &x[0, 0], I, &kernel[0, 0], G, &z[0, 0], G)
+        elif B == 1:
             gemv(True, I, G, <floating>1, &kernel[0, 0], G, &x[0, 0], beta, &z[0, 0])
         else:
             gemm(False, False, B, G, I, <floating>1, &x[0, 0], I, &kernel[0, 0], G, beta,

@@ -1,4 +1,5 @@
-/* Instantiates gates_impl.h per dtype and ISA, and the run-time dispatch between them. */
+/* Instantiates gates_impl.h (with the GRU and SimpleRNN kernels of gru_impl.h and
+ * simple_rnn_impl.h) per dtype and ISA, and the run-time dispatch between them. */
 #include "gates.h"
 #include "gates_math.h"
 
@@ -16,17 +17,25 @@
 /* Each body is one #include of the template; the sets of bodies differ only by target. */
 #define FL_TARGET
 #define V __generic
+#define FL_VBYTES 16
 #define REAL float
 #define S _f
 #include "gates_impl.h"
+#include "matmul_impl.h"
+#include "gru_impl.h"
+#include "simple_rnn_impl.h"
 #undef REAL
 #undef S
 #define REAL double
 #define S _d
 #include "gates_impl.h"
+#include "matmul_impl.h"
+#include "gru_impl.h"
+#include "simple_rnn_impl.h"
 #undef REAL
 #undef S
 #undef V
+#undef FL_VBYTES
 #undef FL_TARGET
 
 #if FL_X86_DISPATCH
@@ -38,32 +47,48 @@
 #endif
 #define FL_TARGET FL_TARGET_AVX512
 #define V __avx512
+#define FL_VBYTES 64
 #define REAL float
 #define S _f
 #include "gates_impl.h"
+#include "matmul_impl.h"
+#include "gru_impl.h"
+#include "simple_rnn_impl.h"
 #undef REAL
 #undef S
 #define REAL double
 #define S _d
 #include "gates_impl.h"
+#include "matmul_impl.h"
+#include "gru_impl.h"
+#include "simple_rnn_impl.h"
 #undef REAL
 #undef S
 #undef V
+#undef FL_VBYTES
 #undef FL_TARGET
 
 #define FL_TARGET __attribute__((target("avx2,fma")))
 #define V __avx2
+#define FL_VBYTES 32
 #define REAL float
 #define S _f
 #include "gates_impl.h"
+#include "matmul_impl.h"
+#include "gru_impl.h"
+#include "simple_rnn_impl.h"
 #undef REAL
 #undef S
 #define REAL double
 #define S _d
 #include "gates_impl.h"
+#include "matmul_impl.h"
+#include "gru_impl.h"
+#include "simple_rnn_impl.h"
 #undef REAL
 #undef S
 #undef V
+#undef FL_VBYTES
 #undef FL_TARGET
 #endif
 
@@ -140,7 +165,41 @@ void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract, REA
                          const unsigned char *mask, const REAL *dy, const REAL *dh,          \
                          REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch) {                 \
     FL_DISPATCH(fl_lstm_bwd_step##S, (B, H, coupled, act, ract, z, c, c_prev, peep, mask,    \
-                                      dy, dh, dc, dout, dpeep, scratch)); }
+                                      dy, dh, dc, dout, dpeep, scratch)); }                  \
+void fl_add_mul##S(const REAL *a, const REAL *b, REAL *out, long n) {                        \
+    FL_DISPATCH(fl_add_mul##S, (a, b, out, n)); }                                            \
+void fl_gru_fwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin, REAL *rh) {    \
+    FL_DISPATCH(fl_gru_fwd_reset##S, (B, H, ract, z, hin, rh)); }                            \
+void fl_gru_fwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,     \
+                        const unsigned char *mask, const REAL *h_in, REAL *h_out,            \
+                        const REAL *out_prev, REAL *out) {                                   \
+    FL_DISPATCH(fl_gru_fwd_step##S, (B, H, reset_after, act, ract, z, mask, h_in, h_out,     \
+                                     out_prev, out)); }                                      \
+void fl_gru_bwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,     \
+                        const REAL *h_prev, const unsigned char *mask, const REAL *dy,       \
+                        REAL *dh, REAL *dout, REAL *scratch) {                               \
+    FL_DISPATCH(fl_gru_bwd_step##S, (B, H, reset_after, act, ract, z, h_prev, mask, dy, dh,  \
+                                     dout, scratch)); }                                      \
+void fl_gru_bwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin,                \
+                         const REAL *drh, const unsigned char *mask, REAL *dhin,             \
+                         int accumulate, REAL *scratch) {                                    \
+    FL_DISPATCH(fl_gru_bwd_reset##S, (B, H, ract, z, hin, drh, mask, dhin, accumulate,       \
+                                      scratch)); }                                           \
+void fl_rnn_fwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,        \
+                        const REAL *h_in, REAL *h_out, const REAL *out_prev, REAL *out) {    \
+    FL_DISPATCH(fl_rnn_fwd_step##S, (B, H, act, z, mask, h_in, h_out, out_prev, out)); }     \
+void fl_rnn_bwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,        \
+                        const REAL *dy, const REAL *dh, REAL *dout, REAL *scratch) {         \
+    FL_DISPATCH(fl_rnn_bwd_step##S, (B, H, act, z, mask, dy, dh, dout, scratch)); }
 
 FL_EXPORTS(float, _f)
 FL_EXPORTS(double, _d)
+
+/* The per-step recurrent product (matmul_impl.h). */
+#define FL_EXPORTS_MATMUL(REAL, S)                                                          \
+void fl_matmul_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *W, int ldw,  \
+                      REAL *C, int ldc) {                                                   \
+    FL_DISPATCH(fl_matmul_acc##S, (M, N, K, A, lda, W, ldw, C, ldc)); }
+
+FL_EXPORTS_MATMUL(float, _f)
+FL_EXPORTS_MATMUL(double, _d)

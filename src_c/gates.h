@@ -54,12 +54,48 @@ void fl_lstm_fwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,    
 void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,                  \
                          REAL *z, const REAL *c, const REAL *c_prev, const REAL *peep,        \
                          const unsigned char *mask, const REAL *dy, const REAL *dh,           \
-                         REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch);
+                         REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch);             \
+/* out[0:n] += a[0:n] * b[0:n] */                                                            \
+void fl_add_mul##S(const REAL *a, const REAL *b, REAL *out, long n);                          \
+/* GRU (layouts of the gate rows in gru_impl.h). reset_after=0, between the two recurrent   \
+ * products: z [B,3H] columns 0:2H := ra(.), rh [B,H] = r * hin. */                           \
+void fl_gru_fwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin, REAL *rh);      \
+/* One GRU step after the recurrent product(s). z [B,4H] (reset_after) or [B,3H]:          \
+ * pre-activations in, z, r, n out (masked rows left as they are). h_in/h_out [B,H] may     \
+ * alias; out, out_prev [B,H] as in fl_lstm_fwd_step (used only with a mask). */             \
+void fl_gru_fwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,      \
+                        const unsigned char *mask, const REAL *h_in, REAL *h_out,             \
+                        const REAL *out_prev, REAL *out);                                     \
+/* Backward of one GRU step before the recurrent products: gate gradients over z; dh [B,H]  \
+ * in: gradient from later steps, out: its carry share s*z; h_prev [B,H]; dy [B,H] or NULL;  \
+ * dout [B,H] only with a mask. scratch [2H]. */                                              \
+void fl_gru_bwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,      \
+                        const REAL *h_prev, const unsigned char *mask, const REAL *dy,        \
+                        REAL *dh, REAL *dout, REAL *scratch);                                 \
+/* reset_after=0: given drh = dn U_h^T [B,H], dr over column block 1 of z [B,3H] and         \
+ * dhin [B,H] (+)= drh * r. scratch [H]. */                                                   \
+void fl_gru_bwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin,                 \
+                         const REAL *drh, const unsigned char *mask, REAL *dhin,              \
+                         int accumulate, REAL *scratch);                                      \
+/* One SimpleRNN step after the recurrent product: z [B,H] := act(z); h_in, h_out, out,      \
+ * out_prev as in fl_lstm_fwd_step. */                                                        \
+void fl_rnn_fwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,         \
+                        const REAL *h_in, REAL *h_out, const REAL *out_prev, REAL *out);      \
+/* Its backward: z [B,H] := (dh + dy + dout) act'(.) (masked rows 0, dout += dy). scratch [H] */ \
+void fl_rnn_bwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,         \
+                        const REAL *dy, const REAL *dh, REAL *dout, REAL *scratch);
 
 FL_DECLARE(float, _f)
 FL_DECLARE(double, _d)
 
 #undef FL_DECLARE
+
+/* C[M,N] += A[M,K] W[K,N], row-major with leading dimensions: the per-step recurrent
+ * product, register-blocked, W read in place (no packing). */
+void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                     float *C, int ldc);
+void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W, int ldw,
+                     double *C, int ldc);
 
 #ifdef __cplusplus
 }

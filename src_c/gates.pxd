@@ -35,6 +35,52 @@ cdef extern from "gates.h" nogil:
                             const double *c, const double *c_prev, const double *peep,
                             const unsigned char *mask, const double *dy, const double *dh,
                             double *dc, double *dout, double *dpeep, double *scratch)
+    void fl_add_mul_f(const float *a, const float *b, float *out, long n)
+    void fl_gru_fwd_reset_f(int B, int H, fl_act ract, float *z, const float *hin, float *rh)
+    void fl_gru_fwd_step_f(int B, int H, int reset_after, fl_act act, fl_act ract, float *z,
+                           const unsigned char *mask, const float *h_in, float *h_out,
+                           const float *out_prev, float *out)
+    void fl_gru_bwd_step_f(int B, int H, int reset_after, fl_act act, fl_act ract, float *z,
+                           const float *h_prev, const unsigned char *mask, const float *dy,
+                           float *dh, float *dout, float *scratch)
+    void fl_gru_bwd_reset_f(int B, int H, fl_act ract, float *z, const float *hin,
+                            const float *drh, const unsigned char *mask, float *dhin,
+                            int accumulate, float *scratch)
+    void fl_rnn_fwd_step_f(int B, int H, fl_act act, float *z, const unsigned char *mask,
+                           const float *h_in, float *h_out, const float *out_prev, float *out)
+    void fl_rnn_bwd_step_f(int B, int H, fl_act act, float *z, const unsigned char *mask,
+                           const float *dy, const float *dh, float *dout, float *scratch)
+    void fl_add_mul_d(const double *a, const double *b, double *out, long n)
+    void fl_gru_fwd_reset_d(int B, int H, fl_act ract, double *z, const double *hin, double *rh)
+    void fl_gru_fwd_step_d(int B, int H, int reset_after, fl_act act, fl_act ract, double *z,
+                           const unsigned char *mask, const double *h_in, double *h_out,
+                           const double *out_prev, double *out)
+    void fl_gru_bwd_step_d(int B, int H, int reset_after, fl_act act, fl_act ract, double *z,
+                           const double *h_prev, const unsigned char *mask, const double *dy,
+                           double *dh, double *dout, double *scratch)
+    void fl_gru_bwd_reset_d(int B, int H, fl_act ract, double *z, const double *hin,
+                            const double *drh, const unsigned char *mask, double *dhin,
+                            int accumulate, double *scratch)
+    void fl_rnn_fwd_step_d(int B, int H, fl_act act, double *z, const unsigned char *mask,
+                           const double *h_in, double *h_out, const double *out_prev, double *out)
+    void fl_rnn_bwd_step_d(int B, int H, fl_act act, double *z, const unsigned char *mask,
+                           const double *dy, const double *dh, double *dout, double *scratch)
+
+
+cdef extern from "gates.h" nogil:
+    void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                         float *C, int ldc)
+    void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W,
+                         int ldw, double *C, int ldc)
+
+
+cdef inline void matmul_acc(int M, int N, int K, const floating *A, int lda, const floating *W,
+                            int ldw, floating *C, int ldc) noexcept nogil:
+    """C[M,N] += A[M,K] W[K,N] (row-major), without packing W: the per-step product."""
+    if floating is float:
+        fl_matmul_acc_f(M, N, K, A, lda, W, ldw, C, ldc)
+    else:
+        fl_matmul_acc_d(M, N, K, A, lda, W, ldw, C, ldc)
 
 
 cdef inline fl_act make_act(object activation):
@@ -66,3 +112,11 @@ cdef inline void merge_rows(int B, int H, const unsigned char *mask, const float
         fl_merge_rows_f(B, H, mask, scale, src, dst)
     else:
         fl_merge_rows_d(B, H, mask, scale, src, dst)
+
+
+cdef inline void add_mul(const floating *a, const floating *b, floating *out,
+                         long n) noexcept nogil:
+    if floating is float:
+        fl_add_mul_f(a, b, out, n)
+    else:
+        fl_add_mul_d(a, b, out, n)

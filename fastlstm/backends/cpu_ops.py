@@ -7,7 +7,7 @@ from .base import Cache, Grads
 from .numpy_ops import NumpyOps
 
 try:
-    from .. import _lstm
+    from .. import _gru, _lstm, _simple_rnn
 except ImportError as exc:  # pragma: no cover - only in a source tree without a build
     raise ImportError(
         "fastlstm's compiled kernels are not built. Install the package (pip install .) or, "
@@ -66,3 +66,75 @@ class CpuOps(NumpyOps):
             d["return_sequences"], d["has_bias"], dy, dh, dc)
         return Grads(inputs=dx, h0=dh0, c0=dc0, kernel=dW, recurrent_kernel=dU, bias=db,
                      peephole=dP)
+
+    # -- GRU ---------------------------------------------------------------------------
+    def gru_forward(self, x, kernel, recurrent_kernel, bias, h0, *, reset_after=True,
+                    mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
+                    activation, recurrent_activation, go_backwards=False,
+                    return_sequences=True, training=False):
+        if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
+            return super().gru_forward(
+                x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, go_backwards=go_backwards,
+                return_sequences=return_sequences, training=training)
+        y, h, saved = _gru.forward(
+            x, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1), h0,
+            _u8(mask), input_dropout_mask, recurrent_dropout_mask, activation,
+            recurrent_activation, reset_after, go_backwards, return_sequences, training)
+        cache = None
+        if training:
+            saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel,
+                         reset_after=reset_after, mask=mask,
+                         input_dropout_mask=input_dropout_mask,
+                         recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                         recurrent_activation=recurrent_activation, go_backwards=go_backwards,
+                         return_sequences=return_sequences, has_bias=bias is not None)
+            cache = Cache(self.name, "gru", saved)
+        return y, h, cache
+
+    def gru_backward(self, cache, dy=None, dh=None):
+        if "gates" in cache.data:          # made by the oracle path above
+            return super().gru_backward(cache, dy, dh)
+        d = cache.take(self.name, "gru")
+        dx, dh0, dW, dU, db = _gru.backward(
+            d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"], d["recurrent_kernel"],
+            _u8(d["mask"]), d["input_dropout_mask"], d["recurrent_dropout_mask"],
+            d["activation"], d["recurrent_activation"], d["reset_after"], d["go_backwards"],
+            d["return_sequences"], d["has_bias"], dy, dh)
+        return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
+
+    # -- SimpleRNN ---------------------------------------------------------------------
+    def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
+                           input_dropout_mask=None, recurrent_dropout_mask=None, activation,
+                           go_backwards=False, return_sequences=True, training=False):
+        if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
+            return super().simple_rnn_forward(
+                x, kernel, recurrent_kernel, bias, h0, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                go_backwards=go_backwards, return_sequences=return_sequences,
+                training=training)
+        y, h, saved = _simple_rnn.forward(
+            x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,
+            recurrent_dropout_mask, activation, go_backwards, return_sequences, training)
+        cache = None
+        if training:
+            saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask,
+                         input_dropout_mask=input_dropout_mask,
+                         recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                         go_backwards=go_backwards, return_sequences=return_sequences,
+                         has_bias=bias is not None)
+            cache = Cache(self.name, "simple_rnn", saved)
+        return y, h, cache
+
+    def simple_rnn_backward(self, cache, dy=None, dh=None):
+        if "hs" in cache.data:             # made by the oracle path above
+            return super().simple_rnn_backward(cache, dy, dh)
+        d = cache.take(self.name, "simple_rnn")
+        dx, dh0, dW, dU, db = _simple_rnn.backward(
+            d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], _u8(d["mask"]),
+            d["input_dropout_mask"], d["recurrent_dropout_mask"], d["activation"],
+            d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh)
+        return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)

@@ -1,5 +1,12 @@
 """Keras-like layers. Recurrent layers take batch-major input (batch, timesteps, features)."""
 from .base import Gradients, Layer
-from .recurrent import LSTM, RecurrentLayer
+from .recurrent import GRU, LSTM, RecurrentLayer, SimpleRNN
+from .cells import RNN, GRUCell, LSTMCell, SimpleRNNCell
+from .core import Dense, Dropout, Embedding, Masking
+from .wrappers import Bidirectional
+from .serialization import deserialize, serialize
 
-__all__ = ["Layer", "Gradients", "RecurrentLayer", "LSTM"]
+__all__ = ["Layer", "Gradients", "RecurrentLayer", "LSTM", "GRU", "SimpleRNN", "RNN",
+           "LSTMCell", "GRUCell", "SimpleRNNCell"]
+__all__ += ["Dense", "Embedding", "Masking", "Dropout", "Bidirectional", "serialize",
+            "deserialize"]

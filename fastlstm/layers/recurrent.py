@@ -442,3 +442,89 @@ class LSTM(RecurrentLayer):
                    coupled_input_forget=self.coupled_input_forget,
                    peephole_initializer=initializers.serialize(self.peephole_initializer))
         return cfg
+
+
+class GRU(RecurrentLayer):
+    """Gated recurrent unit (Cho et al.), Keras 3 semantics and weights.
+
+    Weights: ``kernel (I, 3H)``, ``recurrent_kernel (H, 3H)``, blocks ``[z|r|h]``.
+    ``reset_after=True`` (default; the cuDNN/PyTorch form): ``bias (2, 3H)`` (input row,
+    recurrent row) and ``h~ = act(x W_h + b_h + r * (h U_h + b'_h))``.
+    ``reset_after=False`` (Keras 2 / original form): ``bias (3H,)`` and
+    ``h~ = act(x W_h + b_h + (r * h) U_h)``. Both: ``h_t = z * h_{t-1} + (1 - z) * h~``.
+    """
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, reset_after=True, dtype="float32",
+                 name=None, trainable=True, unroll=False):
+        super().__init__(
+            units, activation=activation, use_bias=use_bias,
+            kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer, bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
+            return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
+            name=name, trainable=trainable, unroll=unroll)
+        self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
+        self.reset_after = check_bool("reset_after", reset_after)
+
+    def _create_weights(self, input_dim):
+        H, dt = self.units, self.dtype
+        self.kernel = np.ascontiguousarray(self.kernel_initializer((input_dim, 3 * H), dt), dt)
+        self.recurrent_kernel = np.ascontiguousarray(
+            initializers.recurrent_kernel(self.recurrent_initializer, H, 3, dt), dt)
+        if self.use_bias:
+            shape = (2, 3 * H) if self.reset_after else (3 * H,)
+            self.bias = np.ascontiguousarray(self.bias_initializer(shape, dt), dt)
+
+    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None):
+        if return_sequences is None:
+            return_sequences = self.return_sequences
+        y, h, cache = ops.gru_forward(
+            x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+            states[0] if states is not None else None, reset_after=self.reset_after, mask=mask,
+            input_dropout_mask=idm, recurrent_dropout_mask=rdm, activation=self.activation,
+            recurrent_activation=self.recurrent_activation, go_backwards=self.go_backwards,
+            return_sequences=return_sequences, training=training)
+        return y, [h], cache
+
+    def _run_backward(self, cache, dy, dstates):
+        return ops.gru_backward(cache, dy, dstates[0])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(recurrent_activation=activations.serialize(self.recurrent_activation),
+                   reset_after=self.reset_after)
+        return cfg
+
+
+class SimpleRNN(RecurrentLayer):
+    """Fully connected recurrent layer: ``h_t = act(x_t K + h_{t-1} R + b)``, Keras 3 weights
+    ``kernel (I, H)``, ``recurrent_kernel (H, H)``, ``bias (H,)``."""
+
+    def _create_weights(self, input_dim):
+        H, dt = self.units, self.dtype
+        self.kernel = np.ascontiguousarray(self.kernel_initializer((input_dim, H), dt), dt)
+        self.recurrent_kernel = np.ascontiguousarray(
+            initializers.recurrent_kernel(self.recurrent_initializer, H, 1, dt), dt)
+        if self.use_bias:
+            self.bias = np.ascontiguousarray(self.bias_initializer((H,), dt), dt)
+
+    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None):
+        if return_sequences is None:
+            return_sequences = self.return_sequences
+        y, h, cache = ops.simple_rnn_forward(
+            x, self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+            states[0] if states is not None else None, mask=mask, input_dropout_mask=idm,
+            recurrent_dropout_mask=rdm, activation=self.activation,
+            go_backwards=self.go_backwards, return_sequences=return_sequences,
+            training=training)
+        return y, [h], cache
+
+    def _run_backward(self, cache, dy, dstates):
+        return ops.simple_rnn_backward(cache, dy, dstates[0])

@@ -135,7 +135,7 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
             dh = dhp
             dout = xp.zeros_like(dout)
     dZ = dz_in.reshape(T * B, 3 * H)
-    dx = (dZ @ W.T).reshape(T, B, -1)
+    dx = (dZ @ W.T).reshape(T, B, W.shape[0])
     if d["input_dropout_mask"] is not None:
         dx = dx * d["input_dropout_mask"][None]
     hin_all = (h_prev if rdm is None else h_prev * rdm[None]).reshape(T * B, H)
@@ -147,5 +147,5 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
         rh_all = gates[:, :, H:2 * H].reshape(T * B, H) * hin_all
         dU = xp.concatenate([hin_all.T @ dZ[:, :2 * H], rh_all.T @ dZ[:, 2 * H:]], axis=1)
         db = dZ.sum(0) if d["has_bias"] else None
-    return Grads(inputs=dx, h0=dh, kernel=x.reshape(T * B, -1).T @ dZ, recurrent_kernel=dU,
-                 bias=db)
+    dW = x.reshape(T * B, W.shape[0]).T @ dZ
+    return Grads(inputs=dx, h0=dh, kernel=dW, recurrent_kernel=dU, bias=db)

@@ -88,12 +88,12 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
             dh = dhp
             dout = xp.zeros_like(dout)
     dz2 = dz_all.reshape(T * B, H)
-    dx = (dz2 @ W.T).reshape(T, B, -1)
+    dx = (dz2 @ W.T).reshape(T, B, W.shape[0])
     if d["input_dropout_mask"] is not None:
         dx = dx * d["input_dropout_mask"][None]
     hin = h_prev if rdm is None else h_prev * rdm[None]
     return Grads(
         inputs=dx, h0=dh,
-        kernel=x.reshape(T * B, -1).T @ dz2,
+        kernel=x.reshape(T * B, W.shape[0]).T @ dz2,
         recurrent_kernel=hin.reshape(T * B, H).T @ dz2,
         bias=dz2.sum(0) if d["has_bias"] else None)

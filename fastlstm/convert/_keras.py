@@ -1,0 +1,754 @@
+"""Keras <-> fastlstm. Weights need no reordering (fastlstm uses Keras 3's layouts and gate
+orders); what needs care is the configuration: every option is mapped or refused, and
+``hard_sigmoid`` means ``clip(0.2x + 0.5)`` in Keras 2 but ``clip(x/6 + 0.5)`` in Keras 3.
+
+Files are read without TensorFlow (and without Keras): a ``.keras`` archive is a zip of
+``config.json``, ``metadata.json`` and ``model.weights.h5``, read with zipfile, json and
+h5py; a legacy ``.h5`` model (Keras 2 / tf.keras, or Keras 3's legacy writer) keeps its
+config in the ``model_config`` attribute and its weights under ``model_weights``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+
+from ._common import (ConversionError, assemble, is_keras3_hard_sigmoid,
+                      is_sequential, layers_of, new_layer, require, resolve_dtype, rnn_kind,
+                      set_built_weights)
+
+__all__ = ["from_keras", "to_keras"]
+
+_RNN = ("LSTM", "GRU", "SimpleRNN")
+_SUPPORTED = _RNN + ("Bidirectional", "Dense", "Embedding", "Masking", "Dropout")
+# Keys that describe how Keras computes or builds, never what: accepted and left alone.
+_HARMLESS = {"name", "trainable", "dtype", "module", "registered_name", "build_config",
+             "implementation", "unroll", "use_cudnn", "batch_input_shape", "batch_shape",
+             "input_dim", "input_length", "input_shape", "synchronized", "shared_object_id"}
+_INITIALIZERS = ("kernel_initializer", "recurrent_initializer", "bias_initializer",
+                 "embeddings_initializer")
+_REGULARIZERS = ("kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+                 "activity_regularizer", "embeddings_regularizer")
+_CONSTRAINTS = ("kernel_constraint", "recurrent_constraint", "bias_constraint",
+                "embeddings_constraint")
+
+
+def _snake_case(name):
+    """Keras's ``to_snake_case`` (how Keras 3 names layer groups in weight files)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    name = re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+    return name if not name.startswith("_") else "private" + name
+
+
+def _major(version):
+    if version is None:
+        return None
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise ValueError(f"keras_version: expected a version such as '2.15.0' or '3.4', "
+                         f"got {version!r}") from None
+
+
+class _Context:
+    """What a conversion needs besides the layer config: the Keras major version (for
+    ``hard_sigmoid``), the target dtype, and whether training-only options may be dropped."""
+
+    def __init__(self, keras_major, dtype, drop_training_options):
+        self.keras_major = keras_major
+        self.dtype = dtype
+        self.drop = drop_training_options
+
+
+# -- Keras config -> fastlstm layers ---------------------------------------------------------
+def _activation(spec, ctx, where, allow_softmax=False):
+    from .. import activations
+    if isinstance(spec, dict):
+        # Keras 3 may serialise a built-in function as {"class_name": "function", "config": name}
+        if spec.get("class_name") in ("function", "builtins.function") and isinstance(
+                spec.get("config"), str):
+            spec = spec["config"]
+        else:
+            raise ConversionError(f"from_keras: {where}: custom activation {spec!r} has no "
+                                  "fastlstm equivalent")
+    if spec is None or spec == "linear":
+        return "linear"
+    if spec == "hard_sigmoid":
+        if ctx.keras_major is None:
+            raise ConversionError(
+                f"from_keras: {where}: 'hard_sigmoid' is clip(0.2x+0.5, 0, 1) in Keras 2 but "
+                "clip(x/6+0.5, 0, 1) in Keras 3, and this source does not say which Keras "
+                "wrote it; pass keras_version='2' or '3'")
+        if ctx.keras_major < 3:
+            return activations.HardSigmoid(0.2, 0.5)
+        return "hard_sigmoid"
+    if spec == "softmax" and allow_softmax:
+        return "softmax"
+    if isinstance(spec, str) and spec in activations.NAMES:
+        return spec
+    raise ConversionError(f"from_keras: {where}: activation {spec!r} has no fastlstm "
+                          f"equivalent (supported: {list(activations.NAMES)}"
+                          f"{' and softmax' if allow_softmax else ''})")
+
+
+def _dtype_name(weights, ctx):
+    src = weights[0].dtype if weights else None
+    return resolve_dtype(ctx.dtype, src).name
+
+
+class _Options:
+    """Walks one Keras layer config, consuming keys; ``finish()`` refuses what is left."""
+
+    def __init__(self, class_name, config, ctx):
+        self.cls = class_name
+        self.cfg = dict(config)
+        self.ctx = ctx
+        self.where = f"{class_name} {config.get('name', '')!r}"
+        self.used = set(_HARMLESS)
+
+    def take(self, key, default=None):
+        self.used.add(key)
+        return self.cfg.get(key, default)
+
+    def require(self, key, expected, why):
+        value = self.take(key, expected)
+        if value != expected:
+            raise ConversionError(f"from_keras: {self.where} has {key}={value!r}: {why}")
+
+    def initializer(self, key, out):
+        from .. import initializers
+        spec = self.take(key)
+        if spec is None:
+            return
+        try:
+            out[key] = initializers.get(spec, key)
+        except (TypeError, ValueError):
+            # Initializers only shape a fresh build; the converted weights are set below.
+            warnings.warn(f"from_keras: {self.where}: {key} {spec!r} has no fastlstm "
+                          "equivalent; the layer keeps fastlstm's default (it only matters "
+                          "if the layer is re-initialised)", stacklevel=4)
+
+    def regularizer(self, key, out):
+        from .. import regularizers
+        spec = self.take(key)
+        if spec is None:
+            return
+        try:
+            out[key] = regularizers.get(spec, key)
+        except (TypeError, ValueError) as exc:
+            if self.ctx.drop:
+                return
+            raise ConversionError(f"from_keras: {self.where}: {key} {spec!r} has no fastlstm "
+                                  f"equivalent ({exc}); pass drop_training_options=True to "
+                                  "leave it out (inference is unchanged)") from None
+
+    def constraints(self):
+        for key in _CONSTRAINTS:
+            spec = self.take(key)
+            if spec is not None and not self.ctx.drop:
+                raise ConversionError(f"from_keras: {self.where} has {key}={spec!r}; fastlstm "
+                                      "has no weight constraints; pass "
+                                      "drop_training_options=True to leave them out "
+                                      "(inference is unchanged)")
+
+    def finish(self):
+        left = {k: v for k, v in self.cfg.items() if k not in self.used}
+        # Keras 3 additions that are off by default.
+        for k in ("lora_rank", "lora_alpha", "quantization_config", "gradient_checkpointing"):
+            if k in left and not left[k]:
+                left.pop(k)
+        if left:
+            raise ConversionError(f"from_keras: {self.where} has options fastlstm cannot map: "
+                                  f"{left}")
+
+
+def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
+    o = _Options(class_name, config, ctx)
+    kw = dict(units=o.take("units"), use_bias=o.take("use_bias", True))
+    kw["activation"] = _activation(o.take("activation", "tanh"), ctx, o.where + " activation")
+    if class_name in ("LSTM", "GRU"):
+        kw["recurrent_activation"] = _activation(o.take("recurrent_activation", "sigmoid"), ctx,
+                                                 o.where + " recurrent_activation")
+    if class_name == "LSTM":
+        kw["unit_forget_bias"] = o.take("unit_forget_bias", True)
+    if class_name == "GRU":
+        reset_after = o.take("reset_after")
+        if reset_after is None:        # old configs: tell the form from the bias shape
+            reset_after = bool(kw["use_bias"]) and np.ndim(weights[2]) == 2
+        kw["reset_after"] = bool(reset_after)
+    for key in ("return_sequences", "return_state", "go_backwards", "stateful"):
+        kw[key] = bool(o.take(key, False))
+    o.require("time_major", False, "fastlstm layers take batch-major input")
+    zero = o.take("zero_output_for_mask", False)
+    if zero and not (in_bidirectional and zero == kw["return_sequences"]):
+        raise ConversionError(
+            f"from_keras: {o.where} has zero_output_for_mask=True: fastlstm's recurrent layers "
+            "carry the previous output through masked steps (Keras's default); only "
+            "Bidirectional zeroes them")
+    for key in ("dropout", "recurrent_dropout"):
+        rate = float(o.take(key, 0.0))
+        if rate and not ctx.drop:
+            kw[key] = rate
+    seed = o.take("seed")
+    if isinstance(seed, int):
+        kw["seed"] = seed
+    for key in _INITIALIZERS[:3]:
+        o.initializer(key, kw)
+    for key in _REGULARIZERS[:4]:
+        o.regularizer(key, kw)
+    o.constraints()
+    o.take("cell")
+    o.finish()
+    kw["trainable"] = bool(o.cfg.get("trainable", True))
+    kw["dtype"] = _dtype_name(weights, ctx)
+    layer = new_layer(class_name, "from_keras", **kw)
+    return set_built_weights(layer, (None, None, np.shape(weights[0])[0]),
+                             [np.asarray(w, kw["dtype"]) for w in weights])
+
+
+def _inner(entry):
+    """(class_name, config) of a nested serialised layer."""
+    return entry["class_name"], entry.get("config", {})
+
+
+def _layer(class_name, config, weights, ctx):
+    """One fastlstm layer from a Keras class name, config and weights (get_weights order)."""
+    if class_name in _RNN:
+        return _rnn_layer(class_name, config, weights, ctx)
+    if class_name == "Bidirectional":
+        o = _Options(class_name, config, ctx)
+        fcls, fcfg = _inner(o.take("layer"))
+        back = o.take("backward_layer")
+        merge_mode = o.take("merge_mode", "concat")
+        o.finish()
+        if fcls not in _RNN:
+            raise ConversionError(f"from_keras: {o.where} wraps a {fcls}; fastlstm's "
+                                  "Bidirectional takes LSTM, GRU or SimpleRNN")
+        bcls, bcfg = _inner(back) if back else (fcls, dict(fcfg, go_backwards=not fcfg.get(
+            "go_backwards", False), name="backward_" + str(fcfg.get("name", ""))))
+        if bcls not in _RNN:
+            raise ConversionError(f"from_keras: {o.where}: backward layer {bcls} is not a "
+                                  "recurrent layer")
+        n_f = len(weights) // 2
+        fwd = _rnn_layer(fcls, fcfg, weights[:n_f], ctx, in_bidirectional=True)
+        bwd = _rnn_layer(bcls, bcfg, weights[n_f:], ctx, in_bidirectional=True)
+        layer = new_layer("Bidirectional", "from_keras", layer=fwd, merge_mode=merge_mode,
+                          backward_layer=bwd, name=config.get("name"))
+        # fastlstm's Bidirectional rebuilds its forward copy from the config: load weights.
+        return set_built_weights(layer, (None, None, np.shape(weights[0])[0]),
+                                 [np.asarray(w, fwd.dtype) for w in weights])
+    if class_name == "Dense":
+        o = _Options(class_name, config, ctx)
+        kw = dict(units=o.take("units"), use_bias=o.take("use_bias", True))
+        kw["activation"] = _activation(o.take("activation"), ctx, o.where + " activation",
+                                       allow_softmax=True)
+        for key in ("kernel_initializer", "bias_initializer"):
+            o.initializer(key, kw)
+        for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
+            o.regularizer(key, kw)
+        o.constraints()
+        o.finish()
+        kw.update(name=config.get("name"), trainable=bool(config.get("trainable", True)),
+                  dtype=_dtype_name(weights, ctx))
+        layer = new_layer("Dense", "from_keras", **kw)
+        return set_built_weights(layer, (None, np.shape(weights[0])[0]),
+                                 [np.asarray(w, kw["dtype"]) for w in weights])
+    if class_name == "Embedding":
+        o = _Options(class_name, config, ctx)
+        kw = dict(input_dim=o.take("input_dim"), output_dim=o.take("output_dim"),
+                  mask_zero=bool(o.take("mask_zero", False)))
+        o.initializer("embeddings_initializer", kw)
+        for key in ("embeddings_regularizer", "activity_regularizer"):
+            o.regularizer(key, kw)
+        o.constraints()
+        o.take("weights")
+        o.finish()
+        kw.update(name=config.get("name"), trainable=bool(config.get("trainable", True)),
+                  dtype=_dtype_name(weights, ctx))
+        layer = new_layer("Embedding", "from_keras", **kw)
+        layer.build(None)
+        layer.set_weights([np.asarray(w, kw["dtype"]) for w in weights])
+        return layer
+    if class_name == "Masking":
+        o = _Options(class_name, config, ctx)
+        value = o.take("mask_value", 0.0)
+        o.finish()
+        return new_layer("Masking", "from_keras", mask_value=float(value),
+                         name=config.get("name"), dtype=resolve_dtype(ctx.dtype).name)
+    if class_name == "Dropout":
+        o = _Options(class_name, config, ctx)
+        kw = dict(rate=float(o.take("rate")), noise_shape=o.take("noise_shape"))
+        seed = o.take("seed")
+        if isinstance(seed, int):
+            kw["seed"] = seed
+        o.finish()
+        return new_layer("Dropout", "from_keras", name=config.get("name"),
+                         dtype=resolve_dtype(ctx.dtype).name, **kw)
+    raise ConversionError(f"from_keras: layer {class_name} {config.get('name', '')!r} has no "
+                          f"fastlstm equivalent (supported: {list(_SUPPORTED)}, InputLayer)")
+
+
+def _model_layers(model_config):
+    """[(class_name, config)] of a serialised Sequential (Keras 2 or 3 form), InputLayer
+    excluded; also the input dtype if an InputLayer says so."""
+    cls = model_config.get("class_name")
+    if cls != "Sequential":
+        if cls in _SUPPORTED:
+            return [(cls, model_config.get("config", {}))]
+        raise ConversionError(f"from_keras: a {cls} model is not supported; from_keras reads "
+                              "Sequential models and single layers (rebuild a functional "
+                              "model as a Sequential)")
+    inner = model_config.get("config", {})
+    entries = inner if isinstance(inner, list) else inner.get("layers", [])
+    out = []
+    for e in entries:
+        if e["class_name"] == "InputLayer":
+            continue
+        out.append((e["class_name"], e.get("config", {})))
+    return out
+
+
+def _is_keras3_config(obj):
+    """Keras 3 writes ``"module"`` next to each ``"class_name"``; Keras 2 does not."""
+    if isinstance(obj, dict):
+        if "class_name" in obj and "module" in obj:
+            return True
+        return any(_is_keras3_config(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_is_keras3_config(v) for v in obj)
+    return False
+
+
+def _check_masks(steps, purpose):
+    """Keras passes a go_backwards layer's mask on unchanged although its output sequence is
+    reversed; fastlstm reverses the mask with the output. The two compute differently when
+    such a mask reaches another recurrent layer: refuse that. ``steps``: per layer,
+    (kind, name, makes_mask, return_sequences, go_backwards), kind 'mask', 'rnn' or 'other'."""
+    active = flipped = False
+    for kind, name, makes_mask, rs, back in steps:
+        if makes_mask:
+            active, flipped = True, False
+        elif kind == "rnn" and active:
+            if flipped:
+                raise ConversionError(
+                    f"{purpose}: {name} receives the mask of an earlier go_backwards layer "
+                    "with return_sequences=True: Keras passes that mask on unreversed while "
+                    "fastlstm reverses it with the output, so the two would compute "
+                    "differently")
+            if not rs:
+                active = False
+            elif back:
+                flipped = not flipped
+
+
+def _keras_steps(entries):
+    out = []
+    for cls, cfg in entries:
+        if cls == "Bidirectional":
+            inner = cfg["layer"].get("config", {})
+            out.append(("rnn", cls, False, bool(inner.get("return_sequences")), False))
+        elif cls in _RNN:
+            out.append(("rnn", f"{cls} {cfg.get('name', '')!r}", False,
+                        bool(cfg.get("return_sequences")), bool(cfg.get("go_backwards"))))
+        else:
+            makes = cls == "Masking" or (cls == "Embedding" and bool(cfg.get("mask_zero")))
+            out.append(("other", cls, makes, True, False))
+    return out
+
+
+def _fl_steps(layers):
+    out = []
+    for layer in layers:
+        cls = type(layer).__name__
+        if cls == "Bidirectional":
+            out.append(("rnn", layer.name, False, layer.return_sequences, False))
+        elif rnn_kind(layer) is not None:
+            out.append(("rnn", f"{cls} {layer.name!r}", False, layer.return_sequences,
+                        layer.go_backwards))
+        else:
+            makes = cls == "Masking" or (cls == "Embedding" and layer.mask_zero)
+            out.append(("other", cls, makes, True, False))
+    return out
+
+
+def _build(entries, weight_lists, ctx):
+    """fastlstm layers from [(class_name, config)] and their weight lists; one dtype for
+    all (the ``dtype`` asked for, else the first weights')."""
+    _check_masks(_keras_steps(entries), "from_keras")
+    if ctx.dtype is None:
+        first = next((ws[0] for ws in weight_lists if ws), None)
+        ctx.dtype = resolve_dtype(None, None if first is None else first.dtype)
+    return [_layer(cls, cfg, ws, ctx) for (cls, cfg), ws in zip(entries, weight_lists)]
+
+
+def _load_into_copies(architecture, weight_lists, dtype):
+    """Fresh copies of the fastlstm layers of ``architecture`` holding ``weight_lists``."""
+    from ..layers import deserialize, serialize
+    out = []
+    for layer, ws in zip(layers_of(architecture, "from_keras", expand_cells=False),
+                         weight_lists):
+        spec = serialize(layer)
+        if dtype is not None:
+            _set_dtype(spec, dtype.name)
+        copy = deserialize(spec)
+        if ws:
+            shape = ((None, None) if type(layer).__name__ == "Embedding"
+                     else (None, None, np.shape(ws[0])[0]))
+            copy.build(shape)
+            copy.set_weights([np.asarray(w, copy.dtype) for w in ws])
+        out.append(copy)
+    return out
+
+
+def _set_dtype(spec, dtype):
+    cfg = spec["config"]
+    if "dtype" in cfg:
+        cfg["dtype"] = dtype
+    for key in ("layer", "backward_layer"):
+        if isinstance(cfg.get(key), dict):
+            _set_dtype(cfg[key], dtype)
+
+
+# -- weights in files ----------------------------------------------------------------------------
+def _keras3_weight_lists(h5, entries, where):
+    """Per layer, its arrays from a Keras 3 weights file (group names: snake_case of the
+    class name, made unique in order: lstm, lstm_1, ...)."""
+    root = h5["layers"] if "layers" in h5 else None
+    used = {}
+    out = []
+    for cls, _ in entries:
+        base = _snake_case(cls)
+        key = base if base not in used else f"{base}_{used[base] + 1}"
+        used[base] = used.get(base, -1) + 1
+        if root is None or key not in root:
+            if cls in ("Masking", "Dropout"):
+                out.append([])
+                continue
+            raise ConversionError(f"from_keras: {where} has no weights for layer {key!r} "
+                                  f"({cls}); found {sorted(root) if root is not None else []}")
+        g = root[key]
+        if cls == "Bidirectional":
+            out.append(_vars(g["forward_layer"].get("cell", g["forward_layer"]))
+                       + _vars(g["backward_layer"].get("cell", g["backward_layer"])))
+        elif cls in _RNN:
+            out.append(_vars(g["cell"] if "cell" in g else g))
+        else:
+            out.append(_vars(g))
+    return out
+
+
+def _vars(group):
+    if "vars" not in group:
+        return []
+    v = group["vars"]
+    return [np.asarray(v[k]) for k in sorted(v, key=int)]
+
+
+def _legacy_weight_lists(h5, entries, config_names):
+    """Per layer, its arrays from a legacy (Keras 2 / tf.keras) HDF5 file, by layer name."""
+    g = h5["model_weights"] if "model_weights" in h5 else h5
+    out = []
+    for (cls, cfg), name in zip(entries, config_names):
+        if name not in g:
+            if cls in ("Masking", "Dropout"):
+                out.append([])
+                continue
+            raise ConversionError(f"from_keras: the HDF5 file has no weights for layer "
+                                  f"{name!r} ({cls})")
+        lg = g[name]
+        names = [n.decode() if isinstance(n, bytes) else n
+                 for n in lg.attrs.get("weight_names", [])]
+        out.append([np.asarray(lg[n]) for n in names])
+    return out
+
+
+def _read_keras_archive(path):
+    h5py = require("h5py", "fastlstm.convert.from_keras (reading .keras files)")
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        if "config.json" not in names or "model.weights.h5" not in names:
+            raise ConversionError(f"from_keras: {path} is not a Keras 3 .keras archive "
+                                  f"(no config.json / model.weights.h5; found {sorted(names)})")
+        config = json.loads(z.read("config.json"))
+        meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
+        data = z.read("model.weights.h5")
+    with h5py.File(io.BytesIO(data), "r") as h5:
+        entries = _model_layers(config)
+        weights = _keras3_weight_lists(h5, entries, str(path))
+    return entries, weights, meta.get("keras_version"), True
+
+
+def _read_legacy_h5(path, h5):
+    raw = h5.attrs["model_config"]
+    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    version = h5.attrs.get("keras_version")
+    if isinstance(version, bytes):
+        version = version.decode()
+    entries = _model_layers(config)
+    names = [cfg.get("name") for _, cfg in entries]
+    return entries, _legacy_weight_lists(h5, entries, names), version, _is_keras3_config(config)
+
+
+def _architecture_entries(architecture, ctx_version):
+    """[(class_name, config)] from a fastlstm model/layer or a Keras config (dict/JSON)."""
+    from ..layers.base import Layer
+    if isinstance(architecture, (str, bytes)):
+        architecture = json.loads(architecture)
+    if isinstance(architecture, dict):
+        version = architecture.get("keras_version", ctx_version)
+        return _model_layers(architecture), version, _is_keras3_config(architecture)
+    if isinstance(architecture, Layer) or is_sequential(architecture):
+        entries = [(type(layer).__name__, {"name": layer.name})
+                   for layer in layers_of(architecture, "from_keras", expand_cells=False)]
+        return entries, ctx_version, True
+    raise TypeError("from_keras: architecture: expected a fastlstm model or layer, or a Keras "
+                    f"config (dict or JSON string), got {type(architecture).__name__}")
+
+
+# -- public: from_keras ---------------------------------------------------------------------
+def from_keras(obj, architecture=None, dtype=None, keras_version=None,
+               drop_training_options=False):
+    """A fastlstm layer (from a Keras layer) or ``fl.Sequential`` (from a Keras Sequential
+    model or a file) computing what the Keras source computes.
+
+    ``obj``: a Keras 3 layer (LSTM, GRU in both forms, SimpleRNN, Bidirectional, Dense,
+    Embedding, Masking, Dropout) or ``keras.Sequential`` of them; or a path to a ``.keras``
+    file, a legacy ``.h5``/``.hdf5`` full-model file (Keras 2, tf.keras or Keras 3), or a
+    ``.weights.h5`` file together with ``architecture`` (a fastlstm model/layer whose layers
+    match the file's, or a Keras model config as a dict or JSON string). Files are read with
+    zipfile, json and h5py: neither Keras nor TensorFlow is needed.
+
+    ``keras_version``: which Keras wrote the source, when the source does not say (it
+    decides ``hard_sigmoid``: Keras 2's is ``HardSigmoid(0.2, 0.5)``, Keras 3's is
+    ``clip(x/6 + 0.5)``). ``dtype``: float32 or float64, default the source weights' dtype.
+    Dropout layers and rates are kept (fastlstm trains with them; inference ignores them).
+    Initializers are mapped where fastlstm has them (a warning otherwise: they only matter on
+    re-initialisation). Options fastlstm cannot express raise ``ConversionError``; weight
+    constraints and unmappable regularizers (training-only) raise unless
+    ``drop_training_options=True``, which also leaves out dropout rates inside recurrent
+    layers.
+    """
+    dt = None if dtype is None else resolve_dtype(dtype)
+    if isinstance(obj, (str, os.PathLike)):
+        path = os.fspath(obj)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"from_keras: no such file: {path}")
+        if zipfile.is_zipfile(path):
+            if architecture is not None:
+                raise ValueError("from_keras: a .keras file holds its architecture; do not "
+                                 "pass architecture=")
+            entries, weights, version, k3 = _read_keras_archive(path)
+        else:
+            h5py = require("h5py", "fastlstm.convert.from_keras (reading .h5 files)")
+            with h5py.File(path, "r") as h5:
+                if "model_config" in h5.attrs and architecture is None:
+                    entries, weights, version, k3 = _read_legacy_h5(path, h5)
+                elif architecture is None:
+                    raise ValueError(f"from_keras: {path} holds weights only; pass "
+                                     "architecture= (a fastlstm model, or the Keras model "
+                                     "config as a dict or JSON string)")
+                else:
+                    entries, version, k3 = _architecture_entries(architecture, keras_version)
+                    if "layers" in h5:
+                        weights = _keras3_weight_lists(h5, entries, path)
+                    else:
+                        names = list(h5.attrs.get("layer_names", []))
+                        names = [n.decode() if isinstance(n, bytes) else n for n in names]
+                        weights = _legacy_weight_lists(
+                            h5, entries, names if len(names) == len(entries)
+                            else [cfg.get("name") for _, cfg in entries])
+                    v2 = h5.attrs.get("keras_version")
+                    if v2 is not None and version is None:
+                        version = v2.decode() if isinstance(v2, bytes) else v2
+        if keras_version is not None:
+            version = keras_version
+        major = _major(version)
+        if major is None and k3:
+            major = 3
+        if architecture is not None and not isinstance(architecture, (str, bytes, dict)):
+            return assemble(_load_into_copies(architecture, weights, dt),
+                            model=is_sequential(architecture))
+        ctx = _Context(major, dt, drop_training_options)
+        return assemble(_build(entries, weights, ctx), model=True)
+
+    keras_mod = type(obj).__module__.split(".")[0]
+    if keras_mod not in ("keras", "tf_keras", "tensorflow"):
+        raise TypeError(f"from_keras: expected a Keras layer or Sequential model, or a path "
+                        f"to a .keras/.h5 file, got {type(obj).__name__}")
+    version = keras_version or getattr(sys.modules.get(keras_mod), "__version__", None)
+    if keras_mod == "tensorflow":
+        version = keras_version or "2"
+    ctx = _Context(_major(version), dt, drop_training_options)
+    cls = type(obj).__name__
+    if hasattr(obj, "layers") and cls != "Bidirectional":
+        if cls != "Sequential":
+            raise ConversionError(f"from_keras: a {cls} model is not supported; from_keras "
+                                  "reads Sequential models and single layers")
+        entries = [(type(l).__name__, l.get_config()) for l in obj.layers
+                   if type(l).__name__ != "InputLayer"]
+        weights = [[np.asarray(w) for w in l.get_weights()] for l in obj.layers
+                   if type(l).__name__ != "InputLayer"]
+        return assemble(_build(entries, weights, ctx), name=obj.name, model=True)
+    return _build([(cls, obj.get_config())], [[np.asarray(w) for w in obj.get_weights()]],
+                  ctx)[0]
+
+
+# -- fastlstm -> Keras ----------------------------------------------------------------------
+def _keras_activation(act, where, allow_softmax=False):
+    from .. import activations
+    if getattr(act, "name", None) == "softmax" and allow_softmax:
+        return "softmax"
+    if act.code == activations.HARD_SIGMOID:
+        if is_keras3_hard_sigmoid(act):
+            return "hard_sigmoid"
+        raise ConversionError(f"to_keras: {where} uses HardSigmoid(alpha={act.alpha}, "
+                              f"beta={act.beta}); Keras 3 has only hard_sigmoid = "
+                              "clip(x/6 + 0.5, 0, 1)")
+    return act.name
+
+
+def _keras_spec(keras, kind, spec, where):
+    if spec is None:
+        return None
+    module = getattr(keras, kind)
+    try:
+        return module.deserialize(spec)
+    except Exception as exc:
+        raise ConversionError(f"to_keras: {where}: {spec!r} has no Keras equivalent "
+                              f"({exc})") from None
+
+
+def _to_keras_layer(keras, layer):
+    from .. import initializers, regularizers
+    cls = type(layer).__name__
+    where = f"{cls} {layer.name!r}"
+    kind = rnn_kind(layer)
+    dtype = layer.dtype.name
+    if kind is not None:
+        if kind == "LSTM":
+            if layer.use_peepholes:
+                raise ConversionError(f"to_keras: {where} has use_peepholes=True; Keras's LSTM "
+                                      "has no peephole connections")
+            if layer.coupled_input_forget:
+                raise ConversionError(f"to_keras: {where} has coupled_input_forget=True; "
+                                      "Keras's LSTM has no coupled input-forget gate")
+        kw = dict(units=layer.units, activation=_keras_activation(layer.activation, where),
+                  use_bias=layer.use_bias, dropout=layer.dropout,
+                  recurrent_dropout=layer.recurrent_dropout, seed=layer.seed,
+                  return_sequences=layer.return_sequences, return_state=layer.return_state,
+                  go_backwards=layer.go_backwards, stateful=layer.stateful, unroll=layer.unroll,
+                  name=layer.name, trainable=layer.trainable, dtype=dtype)
+        if kind in ("LSTM", "GRU"):
+            kw["recurrent_activation"] = _keras_activation(layer.recurrent_activation, where)
+        if kind == "LSTM":
+            kw["unit_forget_bias"] = layer.unit_forget_bias
+        if kind == "GRU":
+            kw["reset_after"] = layer.reset_after
+        for key, module, kname in (
+                ("kernel_initializer", initializers, "initializers"),
+                ("recurrent_initializer", initializers, "initializers"),
+                ("bias_initializer", initializers, "initializers"),
+                ("kernel_regularizer", regularizers, "regularizers"),
+                ("recurrent_regularizer", regularizers, "regularizers"),
+                ("bias_regularizer", regularizers, "regularizers"),
+                ("activity_regularizer", regularizers, "regularizers")):
+            value = getattr(layer, key, None)
+            if value is not None:
+                kw[key] = _keras_spec(keras, kname, module.serialize(value), f"{where} {key}")
+        out = getattr(keras.layers, kind)(**kw)
+        shape = (None, None, layer.input_dim)
+    elif cls == "Bidirectional":
+        fwd = _to_keras_layer(keras, layer.forward_layer)[0]
+        bwd = _to_keras_layer(keras, layer.backward_layer)[0]
+        out = keras.layers.Bidirectional(fwd, merge_mode=layer.merge_mode, backward_layer=bwd,
+                                         name=layer.name)
+        shape = (None, None, layer.forward_layer.input_dim)
+    elif cls == "Dense":
+        kw = dict(units=layer.units, use_bias=layer.use_bias, name=layer.name,
+                  trainable=layer.trainable, dtype=dtype,
+                  activation=_keras_activation(layer.activation, where, allow_softmax=True))
+        for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
+            value = getattr(layer, key, None)
+            if value is not None:
+                kw[key] = _keras_spec(keras, "regularizers", regularizers.serialize(value),
+                                      f"{where} {key}")
+        out = keras.layers.Dense(**kw)
+        shape = (None, layer.input_dim)
+    elif cls == "Embedding":
+        kw = dict(input_dim=layer.input_dim, output_dim=layer.output_dim,
+                  mask_zero=layer.mask_zero, name=layer.name, trainable=layer.trainable,
+                  dtype=dtype)
+        for key in ("embeddings_regularizer", "activity_regularizer"):
+            value = getattr(layer, key, None)
+            if value is not None:
+                kw[key] = _keras_spec(keras, "regularizers", regularizers.serialize(value),
+                                      f"{where} {key}")
+        out = keras.layers.Embedding(**kw)
+        shape = (None, None)
+    elif cls == "Masking":
+        out = keras.layers.Masking(mask_value=layer.mask_value, name=layer.name, dtype=dtype)
+        shape = None
+    elif cls == "Dropout":
+        out = keras.layers.Dropout(layer.rate, noise_shape=layer.noise_shape, seed=layer.seed,
+                                   name=layer.name, dtype=dtype)
+        shape = None
+    else:
+        raise ConversionError(f"to_keras: {where} has no Keras equivalent")
+    return out, shape
+
+
+def to_keras(obj):
+    """A Keras 3 layer or ``keras.Sequential`` with the configuration and weights of a
+    fastlstm layer or ``fl.Sequential`` (LSTM without peepholes/CIFG, GRU, SimpleRNN,
+    Bidirectional, Dense, Embedding, Masking, Dropout). Built layers get their weights;
+    a model also gets a ``keras.Input`` of the first layer's input shape.
+
+    Raises ``ConversionError`` for what Keras cannot express (peepholes, CIFG, a hard sigmoid
+    other than Keras 3's ``clip(x/6 + 0.5)``, other layers).
+    """
+    keras = require("keras", "fastlstm.convert.to_keras")
+    layers = layers_of(obj, "to_keras")
+    for layer in layers:
+        if type(layer).__name__ not in ("Masking", "Dropout") and not layer.built:
+            raise ValueError(f"to_keras: {layer.name} is not built; call the model once or "
+                             "build(input_shape) first")
+    _check_masks(_fl_steps(layers), "to_keras")
+    converted = [_to_keras_layer(keras, layer) for layer in layers]
+    if not is_sequential(obj) and len(layers) == 1:
+        out, shape = converted[0]
+        if shape is not None:
+            out.build(shape)
+            out.set_weights(layers[0].get_weights())
+        return out
+    first, shape = layers[0], converted[0][1]
+    if type(first).__name__ == "Embedding":
+        inp = keras.Input(shape=(None,), dtype="int64")
+    else:
+        weighted = [l for l, (_, s) in zip(layers, converted) if s is not None]
+        in_shape = getattr(obj, "input_shape", None)
+        if weighted:
+            first_w, shape_w = weighted[0], converted[layers.index(weighted[0])][1]
+            rank = len(shape_w) if in_shape is None else len(in_shape)
+            # time stays dynamic: (None, features) for sequences
+            in_shape = (None,) * (rank - 1) + (_input_dim(first_w),)
+        elif in_shape is None:
+            raise ValueError("to_keras: cannot tell the model's input shape; call it once")
+        inp = keras.Input(shape=tuple(in_shape[1:]), dtype=first.dtype.name)
+    model = keras.Sequential([inp] + [k for k, _ in converted], name=getattr(obj, "name", None))
+    for layer, klayer in zip(layers, model.layers):
+        if layer.get_weights():
+            klayer.set_weights(layer.get_weights())
+    return model
+
+
+def _input_dim(layer):
+    if type(layer).__name__ == "Bidirectional":
+        return layer.forward_layer.input_dim
+    return layer.input_dim

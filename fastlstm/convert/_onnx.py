@@ -1,0 +1,1124 @@
+"""ONNX <-> fastlstm with the standard ``LSTM`` / ``GRU`` / ``RNN`` operators.
+
+Export (``to_onnx``) writes one recurrent node per layer (``direction`` "forward",
+"reverse" for ``go_backwards``, "bidirectional" for ``Bidirectional``), ``Transpose`` between
+fastlstm's batch-major ``(B, T, F)`` and ONNX's time-major ``(T, B, F)``, ``MatMul`` / ``Add``
+and an activation for ``Dense``, ``Gather`` for ``Embedding``; batch and sequence length are
+dynamic. Weight layouts: ONNX keeps ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)``
+(input bias then recurrent bias) and for the LSTM ``P (D, 3H)``; its LSTM gates are
+``[i|o|f|c]``, peepholes ``[i|o|f]``; GRU gates ``[z|r|h]`` as Keras, and
+``linear_before_reset=1`` is Keras's ``reset_after=True``.
+
+Coupled input-forget gate (CIFG): ONNX's ``input_forget=1`` is not defined in the ONNX
+text beyond "couple the input and forget gates"; ONNX Runtime computes ``f = 1 - i`` with
+``i`` from the *input*-gate weights (and ignores the forget-gate weights and peephole).
+fastlstm's CIFG is ``i = 1 - f`` with ``f`` from the forget-gate weights. With a recurrent
+activation ``s`` where ``s(-z) = 1 - s(z)`` (sigmoid, or a hard sigmoid with beta = 0.5) the
+two agree when ONNX's input-gate block holds the *negated* forget-gate weights, biases and
+peephole: ``i_onnx = s(-z_f) = 1 - f``, ``f_onnx = 1 - i_onnx = f``. That is what is
+exported (the forget block also keeps the true forget weights); other recurrent activations
+raise. Verified against ONNX Runtime in the tests.
+
+Activation parameters: ONNX Runtime consumes ``activation_alpha`` / ``activation_beta``
+only for the functions that take them, in order. To read the same under the other
+interpretation (one value per function), a graph that needs any parameters writes ``tanh`` as
+``ScaledTanh(1, 1)`` and ``linear`` as ``Affine(1, 0)``.
+
+Masks: ONNX's ``sequence_lens`` covers only trailing padding. ``Masking`` and
+``Embedding(mask_zero=True)`` export as the per-row count of unmasked steps fed to every
+following recurrent node, so a masked model exports exactly when every row's padding is at
+its end (post-padding; Keras's ``pad_sequences(padding="post")``). Steps past a row's length
+then match fastlstm: a one-directional ``return_sequences`` layer repeats its last valid
+output (fastlstm carries it; exported with ``GatherElements``), Bidirectional outputs are
+zeros (as Keras and fastlstm), final states are those at the last valid step. Pre-padded
+rows give different results: ONNX has no way to skip leading steps.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._common import (FL_TO_ONNX_LSTM, ONNX_TO_FL_LSTM, PEEPHOLE_SWAP, ConversionError,
+                      assemble, blocks, fl_layers, layers_of, new_layer, require,
+                      resolve_dtype, rnn_kind, set_built_weights)
+
+__all__ = ["to_onnx", "from_onnx"]
+
+_MIN_OPSET = 14
+_ONNX_KIND = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
+_FL_KIND = {v: k for k, v in _ONNX_KIND.items()}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+_PARAMETRISED = {"HardSigmoid": 2, "Affine": 2, "ScaledTanh": 2, "LeakyRelu": 1,
+                 "ThresholdedRelu": 1, "Elu": 1}
+_INT64_MIN = -(2 ** 63)
+
+
+# ================================ export ====================================================
+class _Builder:
+    """Collects nodes and initializers with unique names (onnx helper API)."""
+
+    def __init__(self, onnx, np_dtype, opset):
+        self.onnx = onnx
+        self.h = onnx.helper
+        self.np_dtype = np.dtype(np_dtype)
+        TP = onnx.TensorProto
+        self.elem = TP.DOUBLE if self.np_dtype == np.float64 else TP.FLOAT
+        self.opset = opset
+        self.nodes, self.inits, self.used = [], [], set()
+
+    def name(self, base):
+        n, k = base, 0
+        while n in self.used:
+            k += 1
+            n = f"{base}_{k}"
+        self.used.add(n)
+        return n
+
+    def const(self, arr, base, dtype=None):
+        arr = np.array(arr, dtype if dtype is not None else self.np_dtype, order="C")  # keeps 0-d
+        name = self.name(base)
+        self.inits.append(self.onnx.numpy_helper.from_array(arr, name))
+        return name
+
+    def i64(self, values, base):
+        return self.const(np.asarray(values, np.int64), base, np.int64)
+
+    def op(self, op_type, inputs, base=None, n_out=1, **attrs):
+        base = base or op_type.lower()
+        outs = [self.name(f"{base}_out{k}" if n_out > 1 else base) for k in range(n_out)]
+        self.nodes.append(self.h.make_node(op_type, list(inputs), outs, name=self.name(
+            f"{base}_node"), **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    def transpose(self, x, perm, base="transpose"):
+        return self.op("Transpose", [x], base, perm=list(perm))
+
+    def squeeze(self, x, axes, base="squeeze"):
+        return self.op("Squeeze", [x, self.i64(axes, base + "_axes")], base)
+
+    def unsqueeze(self, x, axes, base="unsqueeze"):
+        return self.op("Unsqueeze", [x, self.i64(axes, base + "_axes")], base)
+
+    def reduce(self, op_type, x, axes, keepdims, base):
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, [x, self.i64(axes, base + "_axes")], base, keepdims=keepdims)
+        return self.op(op_type, [x], base, axes=list(axes), keepdims=keepdims)
+
+    def reverse_time(self, x, base="reverse_time"):
+        """x[::-1] along axis 0 (dynamic length)."""
+        return self.op("Slice", [x, self.i64([-1], base + "_starts"),
+                                 self.i64([_INT64_MIN], base + "_ends"),
+                                 self.i64([0], base + "_axes"), self.i64([-1], base + "_steps")],
+                       base)
+
+
+class _Flow:
+    """The tensor flowing between layers during export."""
+
+    def __init__(self, value, rank, lens=None, trailing=True):
+        self.value = value          # tensor name, batch-major
+        self.rank = rank            # 3: (B, T, F); 2: (B, F)
+        self.lens = lens            # int32 (B,) unmasked-step counts, or None (no mask)
+        self.trailing = trailing    # the mask is still post-padding in this tensor's order
+
+
+def _onnx_activation(act, where):
+    """(ONNX name, alpha, beta) of a fastlstm activation."""
+    from .. import activations
+    c = act.code
+    if c == activations.TANH:
+        return ("Tanh", None, None)
+    if c == activations.SIGMOID:
+        return ("Sigmoid", None, None)
+    if c == activations.RELU:
+        return ("Relu", None, None)
+    if c == activations.SOFTSIGN:
+        return ("Softsign", None, None)
+    if c == activations.LINEAR:
+        return ("Affine", 1.0, 0.0)
+    if c == activations.HARD_SIGMOID:
+        return ("HardSigmoid", act.alpha, act.beta)
+    raise ConversionError(f"to_onnx: {where}: activation {act!r} has no ONNX equivalent")
+
+
+def _activation_attrs(funcs, onnx_kind):
+    """The activations / activation_alpha / activation_beta attributes (none if default)."""
+    n_dirs = len(funcs) // len(_DEFAULT_ACTS[onnx_kind])
+    if [f[0] for f in funcs] == _DEFAULT_ACTS[onnx_kind] * n_dirs:
+        return {}
+    if any(f[1] is not None for f in funcs if f[0] != "Affine"):
+        # Parameters are needed: write tanh as ScaledTanh(1, 1) so that more (ideally all)
+        # functions take them and both readings of the ONNX text agree.
+        funcs = [("ScaledTanh", 1.0, 1.0) if f[0] == "Tanh" else f for f in funcs]
+    attrs = {"activations": [f[0] for f in funcs]}
+    alphas = [f[1] for f in funcs if f[1] is not None]
+    betas = [f[2] for f in funcs if f[2] is not None]
+    if alphas:
+        attrs["activation_alpha"] = [float(a) for a in alphas]
+        attrs["activation_beta"] = [float(b) for b in betas]
+    return attrs
+
+
+def _lstm_direction(layer, where):
+    """ONNX (W, R, B, P or None) of one fastlstm LSTM direction (float64)."""
+    from .. import activations
+    H = layer.units
+    ws = [np.asarray(w, np.float64) for w in layer.get_weights()]
+    kernel, rec = ws[0], ws[1]
+    bias = ws[2] if layer.use_bias else np.zeros(kernel.shape[1])
+    peep = ws[-1] if layer.use_peepholes else None
+    if layer.coupled_input_forget:
+        ra = layer.recurrent_activation
+        symmetric = ra.code == activations.SIGMOID or (
+            ra.code == activations.HARD_SIGMOID and ra.beta == 0.5)
+        if not symmetric:
+            raise ConversionError(
+                f"to_onnx: {where} has coupled_input_forget=True with recurrent_activation "
+                f"{ra!r}: ONNX's input_forget computes f = 1 - i from the input gate, which "
+                "equals fastlstm's i = 1 - f only for an activation with s(-z) = 1 - s(z) "
+                "(sigmoid, or a hard sigmoid with beta=0.5)")
+        # fastlstm [f|c|o] -> [i|f|c|o] with i = -f (see the module notes).
+        kernel = np.concatenate([-kernel[:, :H], kernel], axis=1)
+        rec = np.concatenate([-rec[:, :H], rec], axis=1)
+        bias = np.concatenate([-bias[:H], bias])
+        if peep is not None:
+            peep = np.stack([-peep[1], peep[1], peep[2]])
+    W = blocks(kernel.T, FL_TO_ONNX_LSTM, 4)
+    R = blocks(rec.T, FL_TO_ONNX_LSTM, 4)
+    B = np.concatenate([blocks(bias, FL_TO_ONNX_LSTM, 4), np.zeros(4 * H)])
+    P = None if peep is None else blocks(peep, PEEPHOLE_SWAP, 3).reshape(-1)
+    return W, R, B, P
+
+
+def _direction(layer, kind, where):
+    if kind == "LSTM":
+        return _lstm_direction(layer, where)
+    ws = [np.asarray(w, np.float64) for w in layer.get_weights()]
+    G = _GATES[_ONNX_KIND[kind]]
+    H = layer.units
+    if not layer.use_bias:
+        B = np.zeros(2 * G * H)
+    elif kind == "GRU" and layer.reset_after:
+        B = np.concatenate([ws[2][0], ws[2][1]])
+    else:
+        B = np.concatenate([ws[2], np.zeros(G * H)])
+    return ws[0].T, ws[1].T, B, None
+
+
+def _functions(layer, kind, where):
+    main = _onnx_activation(layer.activation, where + " activation")
+    if kind == "SimpleRNN":
+        return [main]
+    rec = _onnx_activation(layer.recurrent_activation, where + " recurrent_activation")
+    return [rec, main, main] if kind == "LSTM" else [rec, main]
+
+
+def _recurrent_node(b, dirs, direction, x_tbf, lens, where):
+    """One ONNX LSTM/GRU/RNN node for the direction layers ``dirs`` -> (Y, Y_h, Y_c)."""
+    kind = rnn_kind(dirs[0])
+    okind = _ONNX_KIND[kind]
+    for layer in dirs:
+        if rnn_kind(layer) != kind or layer.units != dirs[0].units:
+            raise ConversionError(f"to_onnx: {where}: both directions of an ONNX node have "
+                                  "one cell type and hidden size")
+    H = dirs[0].units
+    parts = [_direction(layer, kind, f"{where}") for layer in dirs]
+    attrs = dict(hidden_size=H, direction=direction)
+    funcs = []
+    for layer in dirs:
+        funcs += _functions(layer, kind, where)
+    attrs.update(_activation_attrs(funcs, okind))
+    if kind == "GRU":
+        forms = {layer.reset_after for layer in dirs}
+        if len(forms) > 1:
+            raise ConversionError(f"to_onnx: {where}: one direction has reset_after=True, the "
+                                  "other False; an ONNX GRU node has one linear_before_reset")
+        attrs["linear_before_reset"] = int(forms.pop())
+    if kind == "LSTM":
+        cifg = {layer.coupled_input_forget for layer in dirs}
+        if len(cifg) > 1:
+            raise ConversionError(f"to_onnx: {where}: one direction has coupled_input_forget, "
+                                  "the other not; an ONNX LSTM node has one input_forget")
+        if cifg.pop():
+            attrs["input_forget"] = 1
+    W = b.const(np.stack([p[0] for p in parts]), "W")
+    R = b.const(np.stack([p[1] for p in parts]), "R")
+    inputs = [x_tbf, W, R]
+    if any(layer.use_bias for layer in dirs):
+        inputs.append(b.const(np.stack([p[2] for p in parts]), "B"))
+    else:
+        inputs.append("")
+    inputs.append(lens if lens is not None else "")
+    if kind == "LSTM" and any(p[3] is not None for p in parts):
+        P = np.stack([p[3] if p[3] is not None else np.zeros(3 * H) for p in parts])
+        inputs += ["", "", b.const(P, "P")]
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    n_out = 3 if kind == "LSTM" else 2
+    outs = b.op(okind, inputs, okind.lower(), n_out=n_out, **attrs)
+    return outs[0], outs[1], (outs[2] if kind == "LSTM" else None)
+
+
+def _carry_forward(b, y_tbh, lens):
+    """Steps past each row's length repeat its last valid output: y[min(t, len-1)]."""
+    shape = b.op("Shape", [y_tbh], "carry_shape")
+    T = b.op("Gather", [shape, b.i64(0, "carry_t_index")], "carry_T", axis=0)
+    steps = b.op("Range", [b.i64(0, "carry_start"), T, b.i64(1, "carry_delta")], "carry_steps")
+    t_col = b.unsqueeze(steps, [1], "carry_t")
+    last = b.op("Sub", [b.op("Cast", [lens], "carry_lens", to=b.onnx.TensorProto.INT64),
+                        b.i64(1, "carry_one")], "carry_last")
+    idx = b.op("Min", [t_col, b.unsqueeze(last, [0], "carry_last_row")], "carry_idx")
+    idx = b.op("Expand", [b.unsqueeze(idx, [2], "carry_idx3"), shape], "carry_idx_full")
+    return b.op("GatherElements", [y_tbh, idx], "carried", axis=0)
+
+
+def _export_recurrent(b, layer, flow, where, outputs):
+    """Appends the nodes of a recurrent layer or Bidirectional; returns the new flow."""
+    L = fl_layers()
+    if flow.rank != 3:
+        raise ConversionError(f"to_onnx: {where} needs a sequence input (B, T, F)")
+    if flow.lens is not None and not flow.trailing:
+        raise ConversionError(
+            f"to_onnx: {where} gets a mask that an earlier go_backwards layer reversed into "
+            "leading padding, which ONNX's sequence_lens cannot express")
+    bidir = isinstance(layer, L.Bidirectional)
+    if bidir:
+        f, bw = layer.forward_layer, layer.backward_layer
+        if f.go_backwards or not bw.go_backwards:
+            raise ConversionError(f"to_onnx: {where}: its forward layer runs backwards; an ONNX "
+                                  "bidirectional node runs the first direction forwards")
+        dirs, direction = [f, bw], "bidirectional"
+        main = f
+        if layer.merge_mode is None:
+            raise ConversionError(f"to_onnx: {where} has merge_mode=None (two outputs); use "
+                                  "concat, sum, ave or mul")
+    else:
+        dirs, direction, main = [layer], ("reverse" if layer.go_backwards else "forward"), layer
+    x_tbf = b.transpose(flow.value, (1, 0, 2), "to_time_major")
+    Y, Y_h, Y_c = _recurrent_node(b, dirs, direction, x_tbf, flow.lens, where)
+    rs = main.return_sequences
+    if bidir:
+        mode = layer.merge_mode
+        if rs:
+            if mode == "concat":
+                out = b.op("Reshape", [b.transpose(Y, (2, 0, 1, 3), "y_btdh"),
+                                       b.i64([0, 0, -1], "concat_shape")], "bidirectional_out")
+            else:
+                red = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}[mode]
+                out = b.transpose(b.reduce(red, Y, [1], 0, "merge_" + mode), (1, 0, 2),
+                                  "bidirectional_out")
+        else:
+            if mode == "concat":
+                out = b.op("Reshape", [b.transpose(Y_h, (1, 0, 2), "h_bdh"),
+                                       b.i64([0, -1], "concat_shape")], "bidirectional_out")
+            else:
+                red = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}[mode]
+                out = b.reduce(red, Y_h, [0], 0, "merge_" + mode)
+        new = _Flow(out, 3 if rs else 2, flow.lens if rs else None, flow.trailing)
+        if main.return_state:
+            for d in range(2):
+                outputs.append(b.op("Gather", [Y_h, b.i64(d, "dir")], "state_h", axis=0))
+                if Y_c is not None:
+                    outputs.append(b.op("Gather", [Y_c, b.i64(d, "dir")], "state_c", axis=0))
+        return new
+    if rs:
+        y = b.squeeze(Y, [1], "y_tbh")
+        if layer.go_backwards:
+            y = b.reverse_time(y)            # fastlstm returns the steps in processing order
+        elif flow.lens is not None:
+            y = _carry_forward(b, y, flow.lens)
+        out = b.transpose(y, (1, 0, 2), "to_batch_major")
+        new = _Flow(out, 3, flow.lens, flow.trailing and not layer.go_backwards)
+    else:
+        new = _Flow(b.squeeze(Y_h, [0], "last_h"), 2)
+    if layer.return_state:
+        outputs.append(b.squeeze(Y_h, [0], "state_h"))
+        if Y_c is not None:
+            outputs.append(b.squeeze(Y_c, [0], "state_c"))
+    return new
+
+
+def _export_dense(b, layer, flow, where):
+    from .. import activations
+    z = b.op("MatMul", [flow.value, b.const(layer.get_weights()[0], "kernel")], "dense_matmul")
+    if layer.use_bias:
+        z = b.op("Add", [z, b.const(layer.get_weights()[1], "bias")], "dense_bias")
+    act = layer.activation
+    if getattr(act, "name", None) == "softmax" and not hasattr(act, "code"):
+        z = b.op("Softmax", [z], "softmax", axis=-1)
+    elif act.code != activations.LINEAR:
+        name, alpha, beta = _onnx_activation(act, where + " activation")
+        kw = {} if alpha is None else dict(alpha=float(alpha), beta=float(beta))
+        z = b.op(name, [z], name.lower(), **kw)
+    return _Flow(z, flow.rank, flow.lens, flow.trailing)
+
+
+def _keep_to_lens(b, keep_bool):
+    keep_i = b.op("Cast", [keep_bool], "keep_int", to=b.onnx.TensorProto.INT32)
+    return b.reduce("ReduceSum", keep_i, [1], 0, "seq_lens")
+
+
+def to_onnx(obj, path=None, opset=17, dtype=None, input_name="input", output_name="output",
+            check=True):
+    """Write a fastlstm layer or ``fl.Sequential`` as an ONNX model; returns the ModelProto.
+
+    Standard operators only: ``LSTM`` (peepholes in ``P``, order ``[i|o|f]``; CIFG through
+    ``input_forget=1``), ``GRU`` (``linear_before_reset=1`` for ``reset_after=True``),
+    ``RNN``; ``direction`` "forward" / "reverse" (go_backwards) / "bidirectional"
+    (Bidirectional; merge modes concat, sum, ave, mul); activations ``Sigmoid``, ``Tanh``,
+    ``Relu``, ``Softsign``, ``HardSigmoid`` (alpha/beta), ``Affine`` (linear);
+    ``MatMul``/``Add`` and an activation or ``Softmax`` for Dense; ``Gather`` for Embedding
+    (then the input is int64 ``(batch, time)``); Dropout is the identity; Masking and
+    ``Embedding(mask_zero=True)`` become ``sequence_lens`` (post-padding only: see the module
+    notes). The input ``input_name`` is batch-major ``(batch, time, features)`` with dynamic
+    batch and time; outputs: ``output_name`` and, for a single layer with
+    ``return_state=True``, ``state_h`` (and ``state_c``) per direction.
+
+    ``opset``: 14 or later (default 17). ``dtype``: the graph's float type, default the
+    model's (ONNX Runtime runs LSTM/GRU/RNN in float32 only; a float64 graph is valid ONNX
+    for runtimes that do). ``check``: run ``onnx.checker.check_model`` (full check).
+    """
+    onnx = require("onnx", "fastlstm.convert.to_onnx")
+    from .. import __version__
+    layers = layers_of(obj, "to_onnx")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not (
+            _MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
+        raise ValueError(f"opset: expected an integer in [{_MIN_OPSET}, "
+                         f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
+    L = fl_layers()
+    for layer in layers:
+        if not isinstance(layer, (L.Masking, L.Dropout)) and not layer.built:
+            raise ValueError(f"to_onnx: {layer.name} is not built; call the model once or "
+                             "build(input_shape) first")
+    dt = resolve_dtype(dtype, layers[0].dtype)
+    b = _Builder(onnx, dt, opset)
+    TP = onnx.TensorProto
+    first = next((l for l in layers if not isinstance(l, (L.Masking, L.Dropout))), None)
+    if first is None:
+        raise ConversionError("to_onnx: the model has no layer with weights")
+    if isinstance(layers[0], L.Embedding):
+        inp = onnx.helper.make_tensor_value_info(input_name, TP.INT64, ["batch", "time"])
+        rank = 2
+    else:
+        if isinstance(first, L.Bidirectional):
+            in_dim = first.forward_layer.input_dim
+        elif isinstance(first, L.Embedding):
+            raise ConversionError(f"to_onnx: {first.name}: an Embedding must be the first layer")
+        else:
+            in_dim = first.input_dim
+        rank = 3
+        shape = getattr(obj, "input_shape", None)
+        if rnn_kind(first) is None and not isinstance(first, L.Bidirectional) and shape:
+            rank = len(shape)
+        dims = ["batch", "time", in_dim] if rank == 3 else ["batch"] + list(shape[1:])
+        inp = onnx.helper.make_tensor_value_info(input_name, b.elem, dims)
+    b.used.add(input_name)
+    flow = _Flow(input_name, rank)
+    extra_outputs = []
+    for i, layer in enumerate(layers):
+        where = f"{type(layer).__name__} {layer.name!r}"
+        if isinstance(layer, L.Dropout):
+            continue
+        if isinstance(layer, L.Masking):
+            if flow.rank != 3:
+                raise ConversionError(f"to_onnx: {where} needs a sequence input (B, T, F)")
+            differs = b.op("Not", [b.op("Equal", [flow.value, b.const(
+                np.asarray(layer.mask_value), "mask_value")], "is_mask_value")], "differs")
+            keep_f = b.reduce("ReduceMax", b.op("Cast", [differs], "differs_float", to=b.elem),
+                              [2], 0, "keep")
+            keep = b.op("Cast", [keep_f], "keep_bool", to=TP.BOOL)
+            masked = b.op("Mul", [flow.value, b.unsqueeze(keep_f, [2], "keep_col")], "masked")
+            flow = _Flow(masked, 3, _keep_to_lens(b, keep), True)
+        elif isinstance(layer, L.Embedding):
+            if i != 0:
+                raise ConversionError(f"to_onnx: {where}: an Embedding must be the first layer")
+            emb = b.op("Gather", [b.const(layer.get_weights()[0], "embeddings"), flow.value],
+                       "embedded", axis=0)
+            lens = None
+            if layer.mask_zero:
+                keep = b.op("Not", [b.op("Equal", [flow.value, b.i64(0, "zero")], "is_zero")],
+                            "keep_bool")
+                lens = _keep_to_lens(b, keep)
+            flow = _Flow(emb, 3, lens, True)
+        elif isinstance(layer, L.Dense):
+            flow = _export_dense(b, layer, flow, where)
+        elif rnn_kind(layer) is not None or isinstance(layer, L.Bidirectional):
+            if (layer.return_state if rnn_kind(layer) else layer.return_state) and len(layers) > 1:
+                raise ConversionError(f"to_onnx: {where} has return_state=True inside a model")
+            if getattr(layer, "stateful", False):
+                raise ConversionError(f"to_onnx: {where} has stateful=True; an ONNX graph "
+                                      "keeps no state between runs")
+            flow = _export_recurrent(b, layer, flow, where, extra_outputs)
+        else:
+            raise ConversionError(f"to_onnx: {where} has no ONNX export")
+    out = b.op("Identity", [flow.value], output_name)
+    out_dims = ["batch", "time", None] if flow.rank == 3 else ["batch", None]
+    outputs = [onnx.helper.make_tensor_value_info(out, b.elem, out_dims)]
+    for name in extra_outputs:
+        outputs.append(onnx.helper.make_tensor_value_info(name, b.elem, ["batch", None]))
+    graph = onnx.helper.make_graph(b.nodes, getattr(obj, "name", "fastlstm"), [inp], outputs,
+                                   b.inits)
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="fastlstm",
+                                   producer_version=__version__)
+    model.ir_version = max(onnx.helper.find_min_ir_version_for(opsets), 8)
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+    if path is not None:
+        onnx.save(model, os.fspath(path))
+    return model
+
+
+# ================================ import ====================================================
+class _Const:
+    def __init__(self, arr):
+        self.arr = np.asarray(arr)
+
+
+class _Sym:
+    """A value computed from the input's shape (Shape -> Gather -> Concat ...); ``zero``
+    when it is known to be all zeros (ConstantOfShape(0) and what keeps it so)."""
+
+    def __init__(self, zero=False):
+        self.zero = zero
+
+
+class _Seq:
+    """Data derived from the graph input: the chain of fastlstm layer specs that computes it
+    (batch-major), its axis labels in this tensor, and the feature size.
+
+    Labels: 'A0', 'A1' the input's first two axes until a recurrent node tells which is time
+    (then 'T', 'B'); 'F' the feature axis; 'D' a recurrent node's direction axis.
+    ``rev``: fastlstm's time order is the reverse of this tensor's time axis."""
+
+    def __init__(self, chain, axes, feat, ndir=1, rev=False, is_int=False):
+        self.chain = tuple(chain)
+        self.axes = tuple(axes)
+        self.feat = feat
+        self.ndir = ndir
+        self.rev = rev
+        self.is_int = is_int
+
+    def but(self, **kw):
+        d = dict(chain=self.chain, axes=self.axes, feat=self.feat, ndir=self.ndir,
+                 rev=self.rev, is_int=self.is_int)
+        d.update(kw)
+        return _Seq(**d)
+
+
+_SUPPORTED_OPS = ("LSTM", "GRU", "RNN", "Transpose", "Squeeze", "Unsqueeze", "Reshape",
+                  "Slice", "Concat", "Shape", "Gather", "ConstantOfShape", "Constant",
+                  "Identity", "Dropout", "Cast", "Expand", "MatMul", "Gemm", "Add", "Relu",
+                  "Tanh", "Sigmoid", "Softsign", "HardSigmoid", "Softmax", "ReduceSum",
+                  "ReduceMean", "ReduceProd")
+_DENSE_ACTS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softsign": "softsign"}
+
+
+class _Reader:
+    def __init__(self, onnx, model, dtype):
+        self.onnx = onnx
+        self.model = model
+        self.dtype = dtype
+        self.vals = {}
+        self.resolved = {}          # 'A0'/'A1' -> 'T'/'B'
+        self.first_float = None
+
+    def attrs(self, node):
+        out = {}
+        for a in node.attribute:
+            v = self.onnx.helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode()
+            elif isinstance(v, list) and v and isinstance(v[0], bytes):
+                v = [s.decode() for s in v]
+            out[a.name] = v
+        return out
+
+    def err(self, node, msg):
+        return ConversionError(f"from_onnx: node {node.name or node.op_type!r} "
+                               f"({node.op_type}): {msg}")
+
+    def get(self, name):
+        if name == "":
+            return None
+        return self.vals[name]
+
+    def const(self, node, name, what):
+        v = self.get(name)
+        if not isinstance(v, _Const):
+            raise self.err(node, f"{what} must be a constant (initializer)")
+        return v.arr
+
+    def label(self, a):
+        return self.resolved.get(a, a)
+
+    # -- run ------------------------------------------------------------------------------
+    def run(self):
+        g = self.model.graph
+        numpy_helper = self.onnx.numpy_helper
+        for init in g.initializer:
+            self.vals[init.name] = _Const(numpy_helper.to_array(init))
+        inputs = [i for i in g.input if i.name not in self.vals]
+        if len(inputs) != 1:
+            raise ConversionError(f"from_onnx: expected one data input, got "
+                                  f"{[i.name for i in inputs]}")
+        inp = inputs[0]
+        tt = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        TP = self.onnx.TensorProto
+        if tt.elem_type in (TP.INT64, TP.INT32):
+            if len(dims) != 2:
+                raise ConversionError(f"from_onnx: integer input {inp.name!r} must be "
+                                      f"(batch, time), got rank {len(dims)}")
+            self.vals[inp.name] = _Seq((), ("A0", "A1"), None, is_int=True)
+        elif tt.elem_type in (TP.FLOAT, TP.DOUBLE, TP.FLOAT16):
+            self.first_float = np.float64 if tt.elem_type == TP.DOUBLE else np.float32
+            if len(dims) == 3:
+                self.vals[inp.name] = _Seq((), ("A0", "A1", "F"), dims[2])
+            elif len(dims) == 2:
+                self.vals[inp.name] = _Seq((), ("B", "F"), dims[1])
+            else:
+                raise ConversionError(f"from_onnx: input {inp.name!r} has rank {len(dims)}; "
+                                      "expected (batch, time, features)")
+        else:
+            raise ConversionError(f"from_onnx: input {inp.name!r} has element type "
+                                  f"{tt.elem_type}; expected float or int64")
+        if not g.output:
+            raise ConversionError("from_onnx: the graph has no output")
+        target = g.output[0].name
+        needed = self._needed(g, target)
+        for k, node in enumerate(g.node):
+            if k in needed:
+                self.step(node)
+        out = self.vals.get(target)
+        if not isinstance(out, _Seq) or not out.chain:
+            raise ConversionError(f"from_onnx: the first output {target!r} is not computed "
+                                  "from the input by supported operators")
+        return self.finish(out, target)
+
+    def _needed(self, g, target):
+        """Indices of the nodes the target depends on (others may use any operator)."""
+        nodes = list(g.node)
+        producer = {o: k for k, node in enumerate(nodes) for o in node.output}
+        needed, stack, seen = set(), [target], set()
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in producer:
+                continue
+            seen.add(name)
+            k = producer[name]
+            needed.add(k)
+            stack.extend(i for i in nodes[k].input if i)
+        return needed
+
+    # -- one node -------------------------------------------------------------------------
+    def step(self, node):
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            raise self.err(node, f"operator domain {node.domain!r} is not supported")
+        if op not in _SUPPORTED_OPS:
+            raise self.err(node, f"operator {op} is not supported by from_onnx (supported: "
+                           f"{', '.join(_SUPPORTED_OPS)})")
+        ins = [self.get(n) for n in node.input]
+        a = self.attrs(node)
+        if op == "Constant":
+            self.vals[node.output[0]] = _Const(self._constant(node, a))
+            return
+        if op in ("LSTM", "GRU", "RNN"):
+            for name, v in zip(node.output, self.recurrent(node, ins, a)):
+                if name:
+                    self.vals[name] = v
+            return
+        seqs = [v for v in ins if isinstance(v, _Seq)]
+        if not seqs:
+            if all(isinstance(v, _Const) or v is None for v in ins) and not any(
+                    isinstance(v, _Sym) for v in ins):
+                self.vals[node.output[0]] = _Const(self.fold(node, op, ins, a))
+            else:
+                self.vals[node.output[0]] = self.sym(node, op, ins, a)
+            return
+        self.vals[node.output[0]] = self.data(node, op, ins, a, seqs)
+
+    def _constant(self, node, a):
+        if "value" in a:
+            return self.onnx.numpy_helper.to_array(a["value"])
+        for k in ("value_float", "value_int"):
+            if k in a:
+                return np.asarray(a[k])
+        for k in ("value_floats", "value_ints"):
+            if k in a:
+                return np.asarray(a[k])
+        raise self.err(node, f"unsupported Constant attributes {sorted(a)}")
+
+    def _axes(self, node, ins, a, idx=1):
+        if len(ins) > idx and ins[idx] is not None:
+            return [int(v) for v in np.asarray(self.const(node, node.input[idx], "axes")).ravel()]
+        return list(a.get("axes", []))
+
+    def fold(self, node, op, ins, a):
+        """Constant folding of the layout/shape ops on constants."""
+        x = ins[0].arr if ins and ins[0] is not None else None
+        if op == "Identity" or op == "Dropout":
+            return x
+        if op == "Transpose":
+            return np.transpose(x, a.get("perm"))
+        if op == "Squeeze":
+            axes = self._axes(node, ins, a)
+            return np.squeeze(x, tuple(axes)) if axes else np.squeeze(x)
+        if op == "Unsqueeze":
+            out = x
+            for ax in sorted(ax % (x.ndim + len(self._axes(node, ins, a)))
+                             for ax in self._axes(node, ins, a)):
+                out = np.expand_dims(out, ax)
+            return out
+        if op == "Reshape":
+            shape = [int(s) for s in ins[1].arr]
+            shape = [x.shape[i] if s == 0 and not a.get("allowzero") else s
+                     for i, s in enumerate(shape)]
+            return x.reshape(shape)
+        if op == "Concat":
+            return np.concatenate([v.arr for v in ins], axis=a["axis"])
+        if op == "Gather":
+            return np.take(x, ins[1].arr, axis=a.get("axis", 0))
+        if op == "Slice":
+            starts, ends = ins[1].arr, ins[2].arr
+            axes = ins[3].arr if len(ins) > 3 and ins[3] is not None else range(len(starts))
+            steps = ins[4].arr if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+            sl = [slice(None)] * x.ndim
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                dim = x.shape[ax]
+                e = None if (st < 0 and e < -dim) else min(int(e), dim) if e >= 0 else int(e)
+                sl[ax] = slice(int(s), e, int(st))
+            return x[tuple(sl)]
+        if op == "Cast":
+            return x.astype(self.onnx.helper.tensor_dtype_to_np_dtype(a["to"]))
+        if op == "ConstantOfShape":
+            fill = self.onnx.numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1)
+            return np.full([int(s) for s in x], fill.ravel()[0], fill.dtype)
+        if op == "Expand":
+            return x * np.ones([int(s) for s in ins[1].arr], x.dtype)
+        if op == "Add":
+            return ins[0].arr + ins[1].arr
+        raise self.err(node, f"{op} on constants is not supported")
+
+    def sym(self, node, op, ins, a):
+        """Values computed from the input's shape: only zero-filled tensors matter (initial
+        states); anything else stays an opaque shape value."""
+        if op == "ConstantOfShape":
+            fill = self.onnx.numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1)
+            return _Sym(zero=not np.any(fill))
+        if op == "Expand":
+            return _Sym(zero=isinstance(ins[0], _Const) and not np.any(ins[0].arr))
+        if op in ("Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Cast",
+                  "Identity"):
+            return _Sym(zero=isinstance(ins[0], _Sym) and ins[0].zero)
+        if op == "Concat":
+            return _Sym(zero=all((isinstance(v, _Sym) and v.zero)
+                                 or (isinstance(v, _Const) and not np.any(v.arr)) for v in ins))
+        return _Sym()
+
+    # -- data ops ---------------------------------------------------------------------------
+    def data(self, node, op, ins, a, seqs):
+        x = ins[0]
+        if op == "Shape":
+            return _Sym()
+        if op in ("Identity", "Dropout"):
+            return x
+        if op == "Cast":
+            return x
+        if not isinstance(x, _Seq):
+            if op in ("Add", "MatMul") and isinstance(ins[1], _Seq):
+                if op == "Add":
+                    return self.add(node, ins[1], ins[0])
+            if op == "Gather" and isinstance(ins[1], _Seq):
+                return self.embedding(node, ins[0], ins[1], a)
+            raise self.err(node, "unsupported use of the data tensor")
+        if op == "Transpose":
+            perm = a.get("perm", list(reversed(range(len(x.axes)))))
+            return x.but(axes=[x.axes[p] for p in perm])
+        if op == "Squeeze":
+            axes = [ax % len(x.axes) for ax in self._axes(node, ins, a)]
+            for ax in axes:
+                if x.axes[ax] != "D" or x.ndir != 1:
+                    raise self.err(node, f"squeezes axis {ax} ({x.axes[ax]}); only a single "
+                                   "direction axis can be squeezed")
+            return x.but(axes=[l for i, l in enumerate(x.axes) if i not in axes])
+        if op == "Reshape":
+            return self.reshape(node, x, [int(s) for s in self.const(node, node.input[1],
+                                                                      "shape")], a)
+        if op == "Slice":
+            return self.slice(node, x, ins)
+        if op in ("ReduceSum", "ReduceMean", "ReduceProd"):
+            return self.merge_reduce(node, op, x, ins, a)
+        if op == "MatMul":
+            w = self.const(node, node.input[1], "the MatMul weight")
+            return self.dense(node, x, w, None)
+        if op == "Gemm":
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+                raise self.err(node, "only Gemm with transA=0, alpha=1, beta=1 is supported")
+            w = self.const(node, node.input[1], "the Gemm weight")
+            if a.get("transB", 0):
+                w = w.T
+            c = self.const(node, node.input[2], "the Gemm bias") if len(node.input) > 2 and \
+                node.input[2] else None
+            return self.dense(node, x, w, c)
+        if op == "Add":
+            return self.add(node, x, ins[1])
+        if op in _DENSE_ACTS or op in ("HardSigmoid", "Softmax"):
+            return self.activation(node, op, x, a)
+        raise self.err(node, f"{op} on the data tensor is not supported")
+
+    def _last_dense(self, node, x):
+        if not x.chain or x.chain[-1][0] != "dense" or x.rev:
+            return None
+        return x.chain[-1]
+
+    def dense(self, node, x, w, bias):
+        if x.axes[-1] != "F" or "D" in x.axes:
+            raise self.err(node, f"MatMul on axes {self._labels(x)}; expected the features last")
+        if x.feat is not None and w.shape[0] != x.feat:
+            raise self.err(node, f"weight rows {w.shape[0]} != features {x.feat}")
+        spec = ("dense", {"kernel": w, "bias": bias, "activation": None})
+        return x.but(chain=x.chain + (spec,), feat=w.shape[1])
+
+    def add(self, node, x, other):
+        if not isinstance(other, _Const):
+            raise self.err(node, "Add of two data tensors is not supported")
+        last = self._last_dense(node, x)
+        if last is None or last[1]["bias"] is not None or last[1]["activation"] is not None:
+            raise self.err(node, "Add is supported only as the bias of a MatMul (Dense)")
+        b = np.asarray(other.arr)
+        if b.size != x.feat or (b.ndim > 1 and any(s != 1 for s in b.shape[:-1])):
+            raise self.err(node, f"bias of shape {b.shape} for {x.feat} features")
+        spec = ("dense", dict(last[1], bias=b.reshape(-1)))
+        return x.but(chain=x.chain[:-1] + (spec,))
+
+    def activation(self, node, op, x, a):
+        last = self._last_dense(node, x)
+        if last is None or last[1]["activation"] is not None:
+            raise self.err(node, f"{op} is supported only after a MatMul (as Dense's "
+                           "activation)")
+        if op == "Softmax":
+            axis = a.get("axis", -1)
+            if axis not in (-1, len(x.axes) - 1):
+                raise self.err(node, f"Softmax over axis {axis}; only the last axis")
+            act = "softmax"
+        elif op == "HardSigmoid":
+            act = _hard_sigmoid(a.get("alpha", 0.2), a.get("beta", 0.5))
+        else:
+            act = _DENSE_ACTS[op]
+        spec = ("dense", dict(last[1], activation=act))
+        return x.but(chain=x.chain[:-1] + (spec,))
+
+    def embedding(self, node, table, idx, a):
+        if not isinstance(table, _Const) or not idx.is_int or idx.chain or a.get("axis", 0):
+            raise self.err(node, "Gather is supported as an Embedding lookup of the integer "
+                           "input in a constant table")
+        w = table.arr
+        if w.ndim != 2:
+            raise self.err(node, f"embedding table of shape {w.shape}")
+        return _Seq((("embedding", {"embeddings": w}),), idx.axes + ("F",), w.shape[1])
+
+    def _labels(self, x):
+        return tuple(self.label(l) for l in x.axes)
+
+    def reshape(self, node, x, shape, a):
+        axes = list(x.axes)
+        n = len(axes)
+        if len(shape) == n - 1 and n >= 2 and axes[-2:] == ["D", "F"]:
+            head = shape[:-1]
+            if all(s == 0 for s in head) and not a.get("allowzero") and shape[-1] in (
+                    -1, x.ndir * (x.feat or -2)):
+                return self._merge(node, x, "concat", axes[:-2] + ["F"])
+        raise self.err(node, f"Reshape of axes {self._labels(x)} to {shape} is not supported "
+                       "(only merging the direction and feature axes, as bidirectional "
+                       "concatenation)")
+
+    def merge_reduce(self, node, op, x, ins, a):
+        axes = [ax % len(x.axes) for ax in self._axes(node, ins, a)]
+        if len(axes) != 1 or x.axes[axes[0]] != "D" or a.get("keepdims", 1):
+            raise self.err(node, f"{op} is supported over the direction axis with keepdims=0")
+        mode = {"ReduceSum": "sum", "ReduceMean": "ave", "ReduceProd": "mul"}[op]
+        return self._merge(node, x, mode, [l for i, l in enumerate(x.axes) if i != axes[0]])
+
+    def _merge(self, node, x, mode, new_axes):
+        kind, spec = x.chain[-1]
+        if kind != "rnn" or spec.get("merge") is not None:
+            raise self.err(node, "merging directions that are not a recurrent node's output")
+        if x.ndir == 1:
+            if mode != "concat":
+                raise self.err(node, "reducing a single direction")
+            return x.but(axes=new_axes)
+        spec = dict(spec, merge=mode)
+        feat = x.feat * 2 if mode == "concat" else x.feat
+        return x.but(chain=x.chain[:-1] + (("rnn", spec),), axes=new_axes, feat=feat, ndir=1)
+
+    def slice(self, node, x, ins):
+        starts = self.const(node, node.input[1], "starts")
+        ends = self.const(node, node.input[2], "ends")
+        axes = self.const(node, node.input[3], "axes") if len(node.input) > 3 and \
+            node.input[3] else np.arange(len(starts))
+        steps = self.const(node, node.input[4], "steps") if len(node.input) > 4 and \
+            node.input[4] else np.ones(len(starts), np.int64)
+        if len(starts) == 1 and steps[0] == -1 and starts[0] == -1 and ends[0] <= -(2 ** 31):
+            ax = int(axes[0]) % len(x.axes)
+            if self.label(x.axes[ax]) in ("T", "A0", "A1") and x.chain and \
+                    x.chain[-1][0] == "rnn":
+                return x.but(rev=not x.rev)
+        raise self.err(node, "Slice of the data tensor is supported only as a reversal of the "
+                       "time axis of a recurrent output")
+
+    # -- recurrent nodes -----------------------------------------------------------------------
+    def recurrent(self, node, ins, a):
+        op = node.op_type
+        x = ins[0]
+        if not isinstance(x, _Seq):
+            raise self.err(node, "X must come from the graph input")
+        if x.rev:
+            raise self.err(node, "X is a reversed sequence; fastlstm has no layer that "
+                           "reverses time")
+        if len(x.axes) != 3 or x.axes[2] != "F" or "D" in x.axes:
+            raise self.err(node, f"X has axes {self._labels(x)}; expected (time, batch, "
+                           "features)")
+        layout = a.get("layout", 0)
+        t_ax, b_ax = (0, 1) if layout == 0 else (1, 0)
+        for ax, want in ((t_ax, "T"), (b_ax, "B")):
+            lab = self.label(x.axes[ax])
+            if lab in ("A0", "A1"):
+                self.resolved[lab] = want
+            elif lab != want:
+                raise self.err(node, f"X has {lab} where the operator expects {want} "
+                               f"(axes {self._labels(x)}, layout={layout})")
+        if a.get("clip") is not None:
+            raise self.err(node, f"clip={a['clip']} (cell clipping) has no fastlstm equivalent")
+        W = self.const(node, node.input[1], "W")
+        R = self.const(node, node.input[2], "R")
+        n_in = len(node.input)
+        B = self.const(node, node.input[3], "B") if n_in > 3 and node.input[3] else None
+        if n_in > 4 and node.input[4]:
+            raise self.err(node, "sequence_lens (masking) is not supported by from_onnx")
+        for k, what in ((5, "initial_h"), (6, "initial_c")):
+            if n_in > k and node.input[k]:
+                v = ins[k]
+                zero = (isinstance(v, _Sym) and v.zero) or (
+                    isinstance(v, _Const) and not np.any(v.arr))
+                if not zero:
+                    raise self.err(node, f"{what} must be absent or zeros (fastlstm layers "
+                                   "start from zero states; pass initial_state= yourself)")
+        P = self.const(node, node.input[7], "P") if op == "LSTM" and n_in > 7 and \
+            node.input[7] else None
+        direction = a.get("direction", "forward")
+        D = 2 if direction == "bidirectional" else 1
+        H = int(a["hidden_size"]) if "hidden_size" in a else R.shape[-1]
+        G = _GATES[op]
+        if W.shape[0] != D or W.shape[1] != G * H or R.shape != (D, G * H, H):
+            raise self.err(node, f"W {W.shape} / R {R.shape} do not fit {op} with "
+                           f"hidden_size={H}, {D} direction(s)")
+        if x.feat is not None and W.shape[2] != x.feat:
+            raise self.err(node, f"W expects {W.shape[2]} input features, X has {x.feat}")
+        funcs = _parse_activations(self, node, a, op, D)
+        dirs = []
+        for d in range(D):
+            backwards = direction == "reverse" or d == 1
+            dirs.append(_layer_spec(self, node, op, a, d, W, R, B, P, H, funcs[d], backwards))
+        spec = {"op": op, "dirs": dirs, "merge": None, "units": H, "input_dim": W.shape[2]}
+        rev = direction == "reverse"
+        y = x.but(chain=x.chain + (("rnn", dict(spec, mode="seq")),),
+                  axes=(x.axes[t_ax], "D", x.axes[b_ax], "F") if layout == 0
+                  else (x.axes[b_ax], x.axes[t_ax], "D", "F"), feat=H, ndir=D, rev=rev)
+        h_axes = ("D", x.axes[b_ax], "F") if layout == 0 else (x.axes[b_ax], "D", "F")
+        y_h = x.but(chain=x.chain + (("rnn", dict(spec, mode="last")),), axes=h_axes, feat=H,
+                    ndir=D, rev=False)
+        y_c = _Sym()       # the cell state: fastlstm layers cannot output it alone
+        return [y, y_h, y_c][:len(node.output)]
+
+    # -- result ------------------------------------------------------------------------------
+    def finish(self, out, target):
+        labels = [self.label(l) for l in out.axes]
+        if out.rev:
+            raise ConversionError(f"from_onnx: output {target!r} is a reverse-direction "
+                                  "sequence in input order; fastlstm's go_backwards returns "
+                                  "it in processing order, and no layer reverses time")
+        if "D" in labels:
+            raise ConversionError(f"from_onnx: output {target!r} keeps a direction axis "
+                                  f"(axes {labels}); fastlstm merges directions")
+        labels = ["B" if l == "A0" else "T" if l == "A1" else l for l in labels]
+        if labels not in (["B", "T", "F"], ["T", "B", "F"], ["B", "F"]):
+            raise ConversionError(f"from_onnx: output {target!r} has axes {labels}")
+        dt = resolve_dtype(self.dtype, self.first_float or _first_weight_dtype(out.chain))
+        return _build_chain(out.chain, dt)
+
+
+def _first_weight_dtype(chain):
+    for kind, spec in chain:
+        if kind == "dense":
+            return spec["kernel"].dtype
+    return None
+
+
+def _hard_sigmoid(alpha, beta):
+    from .. import activations
+    alpha, beta = float(alpha), float(beta)
+    if np.isclose(alpha, 1 / 6, rtol=0, atol=1e-7) and beta == 0.5:
+        return "hard_sigmoid"
+    return activations.HardSigmoid(alpha, beta)
+
+
+def _parse_activations(reader, node, a, op, D):
+    """Per direction, the fastlstm activations of the node's function list."""
+    n = len(_DEFAULT_ACTS[op])
+    names = a.get("activations") or _DEFAULT_ACTS[op] * D
+    if len(names) != n * D:
+        raise reader.err(node, f"{len(names)} activations for {D} direction(s) of {op}; "
+                         f"expected {n * D}")
+    alphas = list(a.get("activation_alpha", []))
+    betas = list(a.get("activation_beta", []))
+    out = []
+    for name in names:
+        need = _PARAMETRISED.get(name, 0)
+        if need:
+            al = alphas.pop(0) if alphas else None
+            be = betas.pop(0) if (betas and need == 2) else None
+            if name == "HardSigmoid":
+                out.append(_hard_sigmoid(0.2 if al is None else al, 0.5 if be is None else be))
+            elif name == "Affine" and al == 1.0 and be == 0.0:
+                out.append("linear")
+            elif name == "ScaledTanh" and al == 1.0 and be == 1.0:
+                out.append("tanh")
+            else:
+                raise reader.err(node, f"activation {name}(alpha={al}, beta={be}) has no "
+                                 "fastlstm equivalent")
+        else:
+            fl_name = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Relu": "relu",
+                       "Softsign": "softsign"}.get(name)
+            if fl_name is None:
+                raise reader.err(node, f"activation {name} has no fastlstm equivalent")
+            out.append(fl_name)
+    return [out[d * n:(d + 1) * n] for d in range(D)]
+
+
+def _symmetric(act):
+    from .. import activations
+    a = activations.get(act)
+    return a.code == activations.SIGMOID or (a.code == activations.HARD_SIGMOID and a.beta == 0.5)
+
+
+def _layer_spec(reader, node, op, a, d, W, R, B, P, H, funcs, backwards):
+    """fastlstm constructor arguments and weights (float64) of one direction."""
+    W, R = W[d].astype(np.float64), R[d].astype(np.float64)
+    G = _GATES[op]
+    Wb = B[d, :G * H].astype(np.float64) if B is not None else np.zeros(G * H)
+    Rb = B[d, G * H:].astype(np.float64) if B is not None else np.zeros(G * H)
+    use_bias = B is not None
+    kw = dict(units=H, use_bias=use_bias, go_backwards=backwards)
+    if op == "LSTM":
+        f, g, h = funcs
+        if g != h:
+            raise reader.err(node, f"cell activation {g} differs from output activation {h}; "
+                             "fastlstm's LSTM uses one activation for both")
+        kw.update(recurrent_activation=f, activation=g)
+        kernel = blocks(W, ONNX_TO_FL_LSTM, 4).T
+        rec = blocks(R, ONNX_TO_FL_LSTM, 4).T
+        bias = blocks(Wb + Rb, ONNX_TO_FL_LSTM, 4)
+        peep = None
+        if P is not None and np.any(P[d]):
+            peep = blocks(P[d].astype(np.float64), PEEPHOLE_SWAP, 3).reshape(3, H)
+        if a.get("input_forget", 0):
+            if not _symmetric(f):
+                raise reader.err(node, f"input_forget=1 with recurrent activation {f}: "
+                                 "fastlstm's CIFG (i = 1 - f) matches ONNX Runtime's (f = 1 - "
+                                 "i) only for sigmoid or a hard sigmoid with beta=0.5")
+            # ONNX Runtime: f = 1 - s(z_i) = s(-z_i): fastlstm's forget block is -i.
+            kernel = np.concatenate([-kernel[:, :H], kernel[:, 2 * H:]], axis=1)
+            rec = np.concatenate([-rec[:, :H], rec[:, 2 * H:]], axis=1)
+            bias = np.concatenate([-bias[:H], bias[2 * H:]])
+            kw["coupled_input_forget"] = True
+            if peep is not None:
+                peep = np.stack([np.zeros(H), -peep[0], peep[2]])
+        ws = [kernel, rec] + ([bias] if use_bias else [])
+        if peep is not None:
+            kw["use_peepholes"] = True
+            ws.append(peep)
+        return ("LSTM", kw, ws)
+    if op == "GRU":
+        kw.update(recurrent_activation=funcs[0], activation=funcs[1])
+        lbr = bool(a.get("linear_before_reset", 0))
+        kw["reset_after"] = lbr
+        ws = [W.T, R.T]
+        if use_bias:
+            ws.append(np.stack([Wb, Rb]) if lbr else Wb + Rb)
+        return ("GRU", kw, ws)
+    kw.update(activation=funcs[0])
+    return ("SimpleRNN", kw, [W.T, R.T] + ([Wb + Rb] if use_bias else []))
+
+
+def _build_chain(chain, dt):
+    out = []
+    purpose = "from_onnx"
+    for kind, spec in chain:
+        if kind == "embedding":
+            layer = new_layer("Embedding", purpose, input_dim=spec["embeddings"].shape[0],
+                              output_dim=spec["embeddings"].shape[1], dtype=dt.name)
+            layer.build(None)
+            layer.set_weights([spec["embeddings"].astype(dt)])
+        elif kind == "dense":
+            w = spec["kernel"]
+            layer = new_layer("Dense", purpose, units=w.shape[1],
+                              use_bias=spec["bias"] is not None,
+                              activation=spec["activation"], dtype=dt.name)
+            ws = [w] + ([spec["bias"]] if spec["bias"] is not None else [])
+            set_built_weights(layer, (None, w.shape[0]), [np.asarray(v, dt) for v in ws])
+        else:
+            rs = spec["mode"] == "seq"
+            dirs = []
+            for cls, kw, ws in spec["dirs"]:
+                layer = new_layer(cls, purpose, return_sequences=rs, dtype=dt.name, **kw)
+                set_built_weights(layer, (None, None, spec["input_dim"]),
+                                  [np.asarray(w, dt) for w in ws])
+                dirs.append((layer, ws))
+            if len(dirs) == 1:
+                layer = dirs[0][0]
+            else:
+                if spec["merge"] is None:
+                    raise ConversionError("from_onnx: a bidirectional node's output keeps its "
+                                          "two directions apart; fastlstm merges them")
+                layer = new_layer("Bidirectional", purpose, layer=dirs[0][0],
+                                  backward_layer=dirs[1][0], merge_mode=spec["merge"])
+                set_built_weights(layer, (None, None, spec["input_dim"]),
+                                  [np.asarray(w, dt) for w in dirs[0][1] + dirs[1][1]])
+        out.append(layer)
+    return assemble(out)
+
+
+def from_onnx(model, dtype=None):
+    """A fastlstm layer or ``fl.Sequential`` computing an ONNX graph's first output.
+
+    ``model``: a path, serialized bytes, or an ``onnx.ModelProto``. Reads graphs of standard
+    ``LSTM`` / ``GRU`` / ``RNN`` nodes (any direction, peepholes, ``input_forget``,
+    ``linear_before_reset``, the activations fastlstm has, zero or absent initial states)
+    with ``Transpose`` / ``Squeeze`` / ``Unsqueeze`` / ``Reshape`` (bidirectional concat) /
+    ``ReduceSum|Mean|Prod`` (other merge modes) / ``Slice`` (time reversal) around them,
+    ``MatMul`` (+ ``Add`` + activation or ``Softmax``) or ``Gemm`` as Dense, ``Gather`` on the
+    integer input as Embedding, and the shape arithmetic that builds zero initial states.
+    That covers what ``torch.onnx.export(..., dynamo=False)`` writes for ``nn.LSTM`` /
+    ``nn.GRU`` / ``nn.RNN`` (single or multi-layer, bidirectional, batch_first or not) and
+    what ``to_onnx`` writes without masks.
+
+    The result takes batch-major input and returns batch-major output, also when the graph is
+    time-major (``batch_first=False``). Only the first graph output is converted. Operators
+    or attributes it cannot map raise ``ConversionError`` naming them (``sequence_lens``,
+    ``clip``, non-zero initial states, other operators). ``dtype``: float32 or float64,
+    default the graph's.
+    """
+    onnx = require("onnx", "fastlstm.convert.from_onnx")
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(os.fspath(model))
+    elif isinstance(model, (bytes, bytearray)):
+        model = onnx.load_from_string(bytes(model))
+    elif not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"from_onnx: expected a path, bytes or onnx.ModelProto, got "
+                        f"{type(model).__name__}")
+    dt = None if dtype is None else resolve_dtype(dtype)
+    return _Reader(onnx, model, dt).run()

@@ -1,0 +1,295 @@
+"""The demos behind ``python -m fastlstm demo ...``, on data embedded in the package.
+
+``adding``
+    The adding problem (Hochreiter & Schmidhuber 1997) with T=100: an LSTM and a SimpleRNN
+    of the same size are trained side by side on the same data; their per-epoch test MSE is
+    printed as a table and a text chart, then a verdict against the baseline of always
+    predicting 1 (MSE 1/6 ~ 0.167). The LSTM should go near 0, the SimpleRNN stay near the
+    baseline: its gradient through 100 steps of ``tanh`` vanishes.
+``airline``
+    Monthly airline passengers 1949-1960 (Box & Jenkins): an LSTM trained on 1949-1958
+    forecasts 1959-1960, scored by MAE, RMSE and MAPE against the seasonal-naive baseline.
+
+Each ``run_*`` function returns its numbers in a dict (the tests use them) and prints
+through ``print_fn``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+__all__ = ["run_adding", "run_airline", "text_chart", "save_plot"]
+
+PLOT_HINT = "matplotlib is not installed: `pip install matplotlib` (or fastlstm[plot]) to save plots"
+
+
+# ------------------------------------------------------------------------------ adding problem
+
+
+def _adding_model(cell, units, seed):
+    import fastlstm as fl
+    glorot = fl.initializers.GlorotUniform(seed=seed + 1)
+    rnn = getattr(fl.layers, cell)(units, seed=seed,
+                                   kernel_initializer=fl.initializers.GlorotUniform(seed=seed),
+                                   recurrent_initializer=fl.initializers.Orthogonal(seed=seed + 2))
+    return fl.Sequential([rnn, fl.layers.Dense(1, kernel_initializer=glorot)],
+                         name=f"adding_{cell.lower()}")
+
+
+def text_chart(curves, baseline=None, height=10, floor=1e-4):
+    """A log-scale text chart of per-epoch values: one letter per curve and epoch (the first
+    letter of the curve's name; ``*`` where two meet), ``-`` on the baseline's row."""
+    names = list(curves)
+    n = max(len(v) for v in curves.values())
+    values = [max(float(v), floor) for c in curves.values() for v in c]
+    top = math.log10(max(values + ([baseline] if baseline else [])))
+    bottom = math.log10(min(values))
+    if top - bottom < 1:
+        bottom = top - 1
+    rows = [[" "] * n for _ in range(height)]
+
+    def row_of(v):
+        frac = (math.log10(max(v, floor)) - bottom) / (top - bottom)
+        return min(height - 1, max(0, int(round((1 - frac) * (height - 1)))))
+
+    if baseline:
+        b = row_of(baseline)
+        rows[b] = ["-"] * n
+    for name in names:
+        mark = name[0]
+        for epoch, v in enumerate(curves[name]):
+            r = row_of(float(v))
+            rows[r][epoch] = "*" if rows[r][epoch] not in (" ", "-", mark) else mark
+    lines = []
+    for i, row in enumerate(rows):
+        level = 10 ** (top - (top - bottom) * i / (height - 1))
+        lines.append(f"{level:9.1e} |" + "".join(row))
+    lines.append(" " * 10 + "+" + "-" * n)
+    lines.append(" " * 11 + "epoch 1" + (f"{n:>{max(n - 7, 1)}}" if n > 8 else ""))
+    legend = ", ".join(f"{name[0]} = {name}" for name in names)
+    if baseline:
+        legend += f", - = baseline {baseline:.3f}"
+    lines.append(" " * 11 + legend)
+    return lines
+
+
+def run_adding(timesteps=100, units=32, epochs=40, n_train=3200, n_test=1000, batch_size=32,
+               learning_rate=3e-3, seed=0, cells=("LSTM", "SimpleRNN"), plot=None,
+               print_fn=print):
+    """Train one model per cell on the adding problem; returns a dict with ``curves``
+    (cell -> per-epoch test MSE), ``seconds`` (cell -> training time), ``final``,
+    ``baseline`` and ``train_loss`` (cell -> per-epoch training loss)."""
+    import fastlstm as fl
+    from .datasets.adding import BASELINE_MSE, adding_problem
+
+    available = [c for c in cells if hasattr(fl.layers, c)]
+    missing = [c for c in cells if c not in available]
+    x, y = adding_problem(n_train, timesteps, seed=seed)
+    x_test, y_test = adding_problem(n_test, timesteps, seed=seed + 1000)
+    baseline = float(np.mean((y_test - 1.0) ** 2))
+    print_fn(f"Adding problem, T={timesteps}: {n_train} training and {n_test} test sequences "
+             f"(seed {seed}); {units} units + Dense(1), Adam(lr={learning_rate}), batch "
+             f"{batch_size}, {epochs} epochs of {math.ceil(n_train / batch_size)} steps.")
+    print_fn(f"Baseline (always predict 1): test MSE {baseline:.4f} (in theory 1/6 = "
+             f"{BASELINE_MSE:.4f}).")
+    for c in missing:
+        print_fn(f"({c} is not available in this build: skipped)")
+    models = {}
+    for c in available:
+        m = _adding_model(c, units, seed)
+        m.compile(fl.optimizers.Adam(learning_rate), "mse")
+        models[c] = m
+    curves = {c: [] for c in available}
+    train_loss = {c: [] for c in available}
+    seconds = {c: 0.0 for c in available}
+    header = "epoch " + "".join(f"{c + ' test MSE':>20}" for c in available) + "      seconds"
+    print_fn(header)
+    rng_state = np.random.get_state()
+    for epoch in range(epochs):
+        cells_text = ""
+        for c in available:
+            np.random.seed(seed * 7919 + epoch)   # the same batch order for every cell
+            t0 = time.perf_counter()
+            hist = models[c].fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+            seconds[c] += time.perf_counter() - t0
+            mse = float(models[c].evaluate(x_test, y_test, batch_size=500))
+            curves[c].append(mse)
+            train_loss[c].append(float(hist.history["loss"][-1]))
+            cells_text += f"{mse:20.4f}"
+        total = sum(seconds.values())
+        print_fn(f"{epoch + 1:5d} {cells_text}{total:13.1f}")
+    np.random.set_state(rng_state)
+    final = {c: curves[c][-1] for c in available}
+    print_fn("")
+    print_fn("Test MSE per epoch (log scale):")
+    for line in text_chart(curves, baseline=baseline):
+        print_fn(line)
+    print_fn("")
+    for c in available:
+        best = min(curves[c])
+        if final[c] < 0.01:
+            verdict = "solved (test MSE below 0.01: it carries the first value across the sequence)"
+        elif final[c] < 0.5 * baseline:
+            verdict = "partly learned (well below the baseline, not yet near 0)"
+        else:
+            verdict = "did not learn: stays at the baseline (it cannot carry information that far)"
+        print_fn(f"{c:>10}: final test MSE {final[c]:.4f} (best {best:.4f}), trained in "
+                 f"{seconds[c]:.1f} s -> {verdict}")
+    if plot:
+        save_plot(plot, "adding", curves=curves, baseline=baseline, print_fn=print_fn)
+    return {"curves": curves, "train_loss": train_loss, "seconds": seconds, "final": final,
+            "baseline": baseline, "models": models}
+
+
+# ------------------------------------------------------------------------------------- airline
+
+
+def _airline_windows(z, start, end, window):
+    """Inputs ``(n, window, 1)``: the ``window`` log values before each target, minus the
+    last of them; targets ``(n, 1)``: the change from the last value to the target."""
+    xs, ys = [], []
+    for t in range(max(start, window), end):
+        w = z[t - window:t]
+        xs.append(w - w[-1])
+        ys.append(z[t] - w[-1])
+    return np.array(xs)[..., None], np.array(ys)[:, None]
+
+
+def _scores(actual, forecast):
+    err = forecast - actual
+    return {"MAE": float(np.mean(np.abs(err))), "RMSE": float(np.sqrt(np.mean(err ** 2))),
+            "MAPE": float(np.mean(np.abs(err) / actual) * 100)}
+
+
+def run_airline(units=16, window=12, epochs=300, batch_size=16, learning_rate=3e-3, ensemble=5,
+                seed=0, plot=None, print_fn=print):
+    """Forecast 1959-1960 from 1949-1958. Returns a dict with the forecasts and scores:
+    ``recursive`` (24 months ahead from December 1958, each forecast fed back) and
+    ``one_step`` (each month from the actual previous months), each against its
+    seasonal-naive baseline."""
+    import fastlstm as fl
+    from .datasets import load_airline
+
+    months, passengers = load_airline()
+    y_all = passengers.astype(np.float64)
+    z = np.log(y_all)
+    n_train, horizon = 120, 24
+    x_tr, d_tr = _airline_windows(z, window, n_train, window)
+    scale = float(np.std(d_tr))
+    print_fn(f"Airline passengers (Box & Jenkins): {months[0]}..{months[-1]}, "
+             f"train {months[0]}..{months[n_train - 1]}, test {months[n_train]}..{months[-1]}.")
+    print_fn(f"Model: log series, windows of {window} months relative to their last value "
+             f"(scaled by {1 / scale:.1f}), LSTM({units}) + Dense(1) predicting the next change; "
+             f"{ensemble} seeds averaged, {epochs} epochs each, Adam(lr={learning_rate}).")
+    models = []
+    t0 = time.perf_counter()
+    for k in range(ensemble):
+        s = seed * 100 + k
+        m = fl.Sequential([
+            fl.layers.LSTM(units, seed=s, kernel_initializer=fl.initializers.GlorotUniform(seed=s),
+                           recurrent_initializer=fl.initializers.Orthogonal(seed=s + 1)),
+            fl.layers.Dense(1, kernel_initializer=fl.initializers.GlorotUniform(seed=s + 2))])
+        m.compile(fl.optimizers.Adam(learning_rate), "mse")
+        state = np.random.get_state()
+        np.random.seed(s)
+        m.fit(x_tr / scale, d_tr / scale, batch_size=batch_size, epochs=epochs, verbose=0)
+        np.random.set_state(state)
+        models.append(m)
+    seconds = time.perf_counter() - t0
+
+    def predict_change(windows):
+        return np.mean([m.predict(windows / scale, batch_size=256)[:, 0] for m in models],
+                       axis=0) * scale
+
+    # Recursive: 24 months from the end of 1958, each forecast appended to the history.
+    hist = list(z[:n_train])
+    for _ in range(horizon):
+        w = np.array(hist[-window:])
+        hist.append(w[-1] + predict_change((w - w[-1])[None, :, None])[0])
+    rec = np.exp(np.array(hist[n_train:]))
+    # One step: every test month from the actual months before it.
+    x_te, _ = _airline_windows(z, n_train, n_train + horizon, window)
+    one = np.exp(z[n_train - 1:n_train + horizon - 1] + predict_change(x_te))
+    actual = y_all[n_train:]
+    snaive_rec = np.tile(y_all[n_train - 12:n_train], 2)      # 1958 repeated
+    snaive_one = y_all[n_train - 12:n_train + horizon - 12]    # the same month a year before
+    results = {
+        "recursive": {"forecast": rec, "scores": _scores(actual, rec),
+                      "baseline": _scores(actual, snaive_rec), "baseline_forecast": snaive_rec},
+        "one_step": {"forecast": one, "scores": _scores(actual, one),
+                     "baseline": _scores(actual, snaive_one), "baseline_forecast": snaive_one},
+        "actual": actual, "months": months[n_train:], "seconds": seconds,
+    }
+    print_fn(f"Trained in {seconds:.1f} s.")
+    print_fn("")
+    print_fn("month     actual   LSTM 24-ahead  snaive(1958)   LSTM 1-step  snaive(y-12)")
+    for i in range(horizon):
+        print_fn(f"{months[n_train + i]}  {actual[i]:7.0f}  {rec[i]:13.0f}  {snaive_rec[i]:12.0f}  "
+                 f"{one[i]:12.0f}  {snaive_one[i]:12.0f}")
+    print_fn("")
+    print_fn(f"{'forecast of 1959-1960':44s}{'MAE':>8}{'RMSE':>8}{'MAPE':>8}")
+    rows = [("LSTM, 24 months ahead from Dec 1958", results["recursive"]["scores"]),
+            ("seasonal naive, 1958 repeated", results["recursive"]["baseline"]),
+            ("LSTM, one month ahead (actual history)", results["one_step"]["scores"]),
+            ("seasonal naive, same month last year", results["one_step"]["baseline"])]
+    for name, sc in rows:
+        print_fn(f"{name:44s}{sc['MAE']:8.1f}{sc['RMSE']:8.1f}{sc['MAPE']:7.1f}%")
+    print_fn("")
+    for key, label in (("recursive", "24 months ahead"), ("one_step", "one month ahead")):
+        ours, base = results[key]["scores"]["MAPE"], results[key]["baseline"]["MAPE"]
+        if ours < base:
+            print_fn(f"{label}: the LSTM beats the seasonal-naive baseline (MAPE {ours:.1f}% "
+                     f"vs {base:.1f}%).")
+        else:
+            print_fn(f"{label}: the LSTM does NOT beat the seasonal-naive baseline (MAPE "
+                     f"{ours:.1f}% vs {base:.1f}%).")
+    if plot:
+        save_plot(plot, "airline", months=months, series=y_all, n_train=n_train,
+                  forecasts={"LSTM 24 months ahead": rec, "LSTM one month ahead": one,
+                             "seasonal naive (1958 repeated)": snaive_rec},
+                  print_fn=print_fn)
+    return results
+
+
+# --------------------------------------------------------------------------------------- plots
+
+
+def save_plot(path, kind, print_fn=print, **data):
+    """Save the adding learning curves or the airline forecast as a picture; returns True,
+    or False (with a hint) when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print_fn(f"--plot {path}: {PLOT_HINT}")
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if kind == "adding":
+        for name, curve in data["curves"].items():
+            ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
+        ax.axhline(data["baseline"], color="gray", linestyle="--", label="baseline (predict 1)")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test MSE")
+        ax.set_title("Adding problem: test MSE per epoch")
+    else:
+        months, series, n_train = data["months"], data["series"], data["n_train"]
+        t = np.arange(len(series))
+        ax.plot(t, series, color="black", label="actual")
+        for name, fc in data["forecasts"].items():
+            ax.plot(t[n_train:], fc, label=name)
+        ticks = t[::12]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([m[:4] for m in months[::12]], rotation=45)
+        ax.axvline(n_train - 0.5, color="gray", linestyle=":")
+        ax.set_ylabel("passengers (thousands)")
+        ax.set_title("Airline passengers: forecast of 1959-1960")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print_fn(f"plot saved to {path}")
+    return True

@@ -1,0 +1,332 @@
+"""``Bidirectional``: a recurrent layer run over the sequence in both directions (Keras 3).
+
+Keras semantics, kept exactly:
+
+- the forward copy is rebuilt from the layer's config (named ``forward_<name>``), the backward
+  copy from the same config with ``go_backwards`` flipped (named ``backward_<name>``), so the
+  wrapped instance's weights are not reused; weights are ordered forward then backward;
+- with ``return_sequences`` the backward copy's output (in its own step order, i.e. reversed)
+  is flipped back to input order before merging, and masked timesteps of both directions are
+  zeros (Keras forces ``zero_output_for_mask`` there); without it the last outputs merge;
+- ``merge_mode``: ``"concat"`` (last axis), ``"sum"``, ``"mul"``, ``"ave"``, or ``None``
+  (a list ``[forward, backward]``);
+- ``return_state``: ``[output(s)..., forward states..., backward states...]``;
+- ``initial_state``: the forward states then the backward states (half each).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Gradients, Layer, as_float_array, check_dtype
+from .recurrent import RecurrentLayer
+
+__all__ = ["Bidirectional"]
+
+_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+def _removeprefix(name, prefix):
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def _copy_layer(layer, name, **changes):
+    cfg = dict(layer.get_config())
+    cfg.update(changes, name=name)
+    return type(layer).from_config(cfg)
+
+
+class Bidirectional(Layer):
+    """Runs ``layer`` forwards and a copy of it backwards and merges their outputs.
+
+    ``layer`` and ``backward_layer`` are recurrent layers (LSTM, GRU, SimpleRNN). A given
+    ``backward_layer`` is used as it is and must have the opposite ``go_backwards`` and the
+    same ``stateful``, ``return_sequences`` and ``return_state`` as ``layer``.
+    """
+
+    def __init__(self, layer, merge_mode="concat", backward_layer=None, name=None, dtype=None,
+                 trainable=True):
+        if not isinstance(layer, RecurrentLayer):
+            raise TypeError(f"layer: expected a recurrent layer (LSTM, GRU, SimpleRNN), "
+                            f"got {type(layer).__name__}")
+        if backward_layer is not None and not isinstance(backward_layer, RecurrentLayer):
+            raise TypeError(f"backward_layer: expected a recurrent layer or None, "
+                            f"got {type(backward_layer).__name__}")
+        if not (merge_mode is None or (isinstance(merge_mode, str) and merge_mode in _MERGE_MODES)):
+            raise ValueError(f"merge_mode: expected one of {list(_MERGE_MODES)}, "
+                             f"got {merge_mode!r}")
+        if dtype is not None and check_dtype(dtype) != layer.dtype:
+            raise ValueError(f"dtype: Bidirectional takes the dtype of its layer "
+                             f"({layer.dtype.name}), got {dtype!r}")
+        super().__init__(name=name, dtype=layer.dtype, trainable=trainable)
+        self.forward_layer = _copy_layer(layer, "forward_" + _removeprefix(layer.name, "forward_"))
+        if backward_layer is None:
+            self.backward_layer = _copy_layer(
+                layer, "backward_" + _removeprefix(layer.name, "backward_"),
+                go_backwards=not layer.go_backwards)
+        else:
+            self.backward_layer = backward_layer
+        self._verify()
+        self.merge_mode = merge_mode
+        self.last_activity_loss = 0.0
+
+    def _verify(self):
+        f, b = self.forward_layer, self.backward_layer
+        if f.go_backwards == b.go_backwards:
+            raise ValueError(f"backward_layer: expected go_backwards={not f.go_backwards} "
+                             f"(the opposite of the forward layer's), got {b.go_backwards}")
+        for attr in ("stateful", "return_sequences", "return_state"):
+            if getattr(f, attr) != getattr(b, attr):
+                raise ValueError(f"backward_layer: expected {attr}={getattr(f, attr)} as the "
+                                 f"forward layer, got {getattr(b, attr)}")
+        if f.dtype != b.dtype:
+            raise ValueError(f"backward_layer: expected dtype {f.dtype.name} as the forward "
+                             f"layer, got {b.dtype.name}")
+        if len(f.state_names) != len(b.state_names):
+            raise ValueError(f"backward_layer: expected {len(f.state_names)} states as the "
+                             f"forward layer, got {len(b.state_names)}")
+
+    # -- attributes of the wrapped pair --------------------------------------------------
+    @property
+    def return_sequences(self):
+        return self.forward_layer.return_sequences
+
+    @property
+    def return_state(self):
+        return self.forward_layer.return_state
+
+    @property
+    def stateful(self):
+        return self.forward_layer.stateful
+
+    @property
+    def states(self):
+        f, b = self.forward_layer.states, self.backward_layer.states
+        if f is None or b is None:
+            return None
+        return list(f) + list(b)
+
+    @property
+    def built(self):
+        return self.forward_layer.built and self.backward_layer.built
+
+    @built.setter
+    def built(self, value):       # the base __init__ sets it; the pair decides
+        pass
+
+    @property
+    def weights(self):
+        return self.forward_layer.weights + self.backward_layer.weights
+
+    @property
+    def weight_names(self):
+        return ([f"forward/{n}" for n in self.forward_layer.weight_names]
+                + [f"backward/{n}" for n in self.backward_layer.weight_names])
+
+    def get_weights(self):
+        return self.forward_layer.get_weights() + self.backward_layer.get_weights()
+
+    def set_weights(self, weights):
+        if not self.built:
+            raise ValueError(f"{self.name}: set_weights before the layer is built; call it once "
+                             "or call build(input_shape) first")
+        weights = list(weights)
+        nf = len(self.forward_layer.weight_names)
+        nb = len(self.backward_layer.weight_names)
+        if len(weights) != nf + nb:
+            raise ValueError(f"weights: {self.name} expects {nf + nb} arrays ({nf} forward then "
+                             f"{nb} backward), got {len(weights)}")
+        self.forward_layer.set_weights(weights[:nf])
+        self.backward_layer.set_weights(weights[nf:])
+
+    def build(self, input_shape):
+        if not self.forward_layer.built:
+            self.forward_layer.build(input_shape)
+        if not self.backward_layer.built:
+            self.backward_layer.build(input_shape)
+        self.input_shape = tuple(input_shape)
+
+    def _record_shape(self):
+        if self.input_shape is None:           # built lazily by the sublayers' first call
+            self.input_shape = self.forward_layer.input_shape
+
+    # -- states --------------------------------------------------------------------------
+    def get_initial_state(self, batch_size):
+        """Zero states: the forward layer's, then the backward layer's."""
+        return (self.forward_layer.get_initial_state(batch_size)
+                + self.backward_layer.get_initial_state(batch_size))
+
+    def reset_states(self, rows=None):
+        """Reset the carried states of both directions (all rows, or only ``rows``)."""
+        if not self.stateful:
+            raise ValueError(f"{self.name}: reset_states needs stateful=True")
+        self.forward_layer.reset_states(rows)
+        self.backward_layer.reset_states(rows)
+
+    # -- shapes and masks ----------------------------------------------------------------
+    def compute_output_shape(self, input_shape):
+        out = self.forward_layer.compute_output_shape(input_shape)
+        states = []
+        if self.return_state:
+            out, states = out[0], list(out[1:])
+        if self.merge_mode == "concat":
+            out = tuple(out[:-1]) + (2 * out[-1],)
+        outs = [out, out] if self.merge_mode is None else [out]
+        if self.return_state:
+            return outs + states + states
+        return outs if self.merge_mode is None else out
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.return_sequences or mask is None:
+            return [None, None] if self.merge_mode is None else None
+        mask = np.asarray(mask)
+        return [mask, mask] if self.merge_mode is None else mask
+
+    # -- calls ---------------------------------------------------------------------------
+    def _split_state(self, initial_state):
+        if initial_state is None:
+            return None, None
+        n = len(self.forward_layer.state_names)
+        if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2 * n:
+            got = len(initial_state) if isinstance(initial_state, (list, tuple)) else 1
+            raise ValueError(f"initial_state: {self.name} expects {2 * n} arrays (the forward "
+                             f"layer's {n} states, then the backward layer's {n}), got {got}")
+        return list(initial_state[:n]), list(initial_state[n:])
+
+    def _step_masks(self, x, mask):
+        """Masks in each direction's step order, (B, T, 1), for zeroing masked outputs."""
+        if mask is None or not self.return_sequences:
+            return None, None
+        m = np.asarray(mask)
+        if m.ndim != 2:          # the sublayers check the shape and name it
+            return None, None
+        m = (m != 0)[:, :, None]
+        rev = m[:, ::-1]
+        return (rev if self.forward_layer.go_backwards else m,
+                rev if self.backward_layer.go_backwards else m)
+
+    def _merge(self, y, y_rev):
+        mode = self.merge_mode
+        if mode == "concat":
+            return np.concatenate([y, y_rev], axis=-1)
+        if mode == "sum":
+            return y + y_rev
+        if mode == "ave":
+            return (y + y_rev) / self.dtype.type(2)
+        if mode == "mul":
+            return y * y_rev
+        return [y, y_rev]
+
+    def _assemble(self, of, ob, mf, mb):
+        """Outputs of the two layers -> (outputs, y, y_rev) as Keras returns them."""
+        if self.return_state:
+            y, sf = of[0], list(of[1:])
+            yb, sb = ob[0], list(ob[1:])
+        else:
+            y, yb, sf, sb = of, ob, [], []
+        if mf is not None:
+            zero = self.dtype.type(0)
+            y, yb = np.where(mf, y, zero), np.where(mb, yb, zero)
+        y_rev = np.ascontiguousarray(yb[:, ::-1]) if self.return_sequences else yb
+        merged = self._merge(y, y_rev)
+        if self.return_state:
+            head = merged if self.merge_mode is None else [merged]
+            return head + sf + sb, y, y_rev
+        return merged, y, y_rev
+
+    def __call__(self, x, mask=None, initial_state=None, training=False):
+        fs, bs = self._split_state(initial_state)
+        of = self.forward_layer(x, mask=mask, initial_state=fs, training=training)
+        ob = self.backward_layer(x, mask=mask, initial_state=bs, training=training)
+        self._record_shape()
+        mf, mb = self._step_masks(x, mask)
+        return self._assemble(of, ob, mf, mb)[0]
+
+    def forward_train(self, x, mask=None, initial_state=None):
+        """Training forward. ``backprop(d_out)`` takes gradients mirroring the outputs (None
+        entries = zero); ``Gradients.weights`` are forward then backward, and
+        ``initial_state`` gradients forward then backward (None if none was given)."""
+        fs, bs = self._split_state(initial_state)
+        of, back_f = self.forward_layer.forward_train(x, mask=mask, initial_state=fs)
+        ob, back_b = self.backward_layer.forward_train(x, mask=mask, initial_state=bs)
+        self._record_shape()
+        self.last_activity_loss = (self.forward_layer.last_activity_loss
+                                   + self.backward_layer.last_activity_loss)
+        mf, mb = self._step_masks(x, mask)
+        outputs, y, y_rev = self._assemble(of, ob, mf, mb)
+        n_states = len(self.forward_layer.state_names)
+        n_out = 2 if self.merge_mode is None else 1
+
+        def backprop(d_out):
+            if self.return_state or self.merge_mode is None:
+                n = n_out + (2 * n_states if self.return_state else 0)
+                if not isinstance(d_out, (list, tuple)) or len(d_out) != n:
+                    raise ValueError(f"d_out: expected a list of {n} gradients mirroring the "
+                                     f"outputs, got {type(d_out).__name__}")
+                d_out = list(d_out)
+                d_head, d_sf = d_out[:n_out], d_out[n_out:n_out + n_states]
+                d_sb = d_out[n_out + n_states:]
+            else:
+                d_head, d_sf, d_sb = [d_out], [], []
+            if self.merge_mode is None:
+                dy, dy_rev = d_head
+            else:
+                dy, dy_rev = self._unmerge(d_head[0], y, y_rev)
+            if dy_rev is not None and self.return_sequences:
+                dy_rev = dy_rev[:, ::-1]
+            if mf is not None:
+                zero = self.dtype.type(0)
+                dy = None if dy is None else np.where(mf, dy, zero)
+                dy_rev = None if dy_rev is None else np.where(mb, dy_rev, zero)
+            gf = back_f([dy] + d_sf if self.return_state else dy)
+            gb = back_b([dy_rev] + d_sb if self.return_state else dy_rev)
+            init = None
+            if initial_state is not None:
+                init = list(gf.initial_state) + list(gb.initial_state)
+            return Gradients(inputs=gf.inputs + gb.inputs, initial_state=init,
+                             weights=list(gf.weights) + list(gb.weights))
+
+        return outputs, backprop
+
+    def _unmerge(self, d, y, y_rev):
+        if d is None:
+            return None, None
+        d = as_float_array("d_out", d, self.dtype)
+        expected = (y.shape[:-1] + (2 * y.shape[-1],) if self.merge_mode == "concat"
+                    else y.shape)
+        if d.shape != expected:
+            raise ValueError(f"d_out: expected shape {expected}, got {d.shape}")
+        mode = self.merge_mode
+        if mode == "concat":
+            H = y.shape[-1]
+            return d[..., :H], d[..., H:]
+        if mode == "sum":
+            return d, d
+        if mode == "ave":
+            half = d / self.dtype.type(2)
+            return half, half
+        return d * y_rev, d * y      # mul
+
+    # -- regularization -------------------------------------------------------------------
+    def regularization_loss(self) -> float:
+        return self.forward_layer.regularization_loss() + self.backward_layer.regularization_loss()
+
+    def regularization_grads(self):
+        return (self.forward_layer.regularization_grads()
+                + self.backward_layer.regularization_grads())
+
+    # -- configuration --------------------------------------------------------------------
+    def get_config(self):
+        from .serialization import serialize
+        cfg = super().get_config()
+        cfg.update(merge_mode=self.merge_mode, layer=serialize(self.forward_layer),
+                   backward_layer=serialize(self.backward_layer))
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        from .serialization import deserialize
+        config = dict(config)
+        config["layer"] = deserialize(config["layer"])
+        if config.get("backward_layer") is not None:
+            config["backward_layer"] = deserialize(config["backward_layer"])
+        return cls(**config)

@@ -1,0 +1,677 @@
+"""``Sequential``: a stack of layers with Keras 3's training loop.
+
+    model = fl.Sequential([fl.layers.LSTM(32), fl.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+    history = model.fit(x, y, batch_size=32, epochs=10, validation_split=0.1)
+    model.evaluate(x_test, y_test); model.predict(x_new)
+    model.save("model.npz"); model = fl.load_model("model.npz")
+
+One training step (``train_on_batch`` and each batch of ``fit``):
+
+1. ``forward_train`` through the layers (training semantics: dropout active). Each layer's
+   ``compute_mask(inputs, mask)`` goes to the next layer's ``mask=`` (Embedding with
+   ``mask_zero`` or Masking -> recurrent layers; Dense and Dropout pass a mask through).
+2. ``loss.value_and_grad(y, y_pred, w)``, where ``w`` is ``sample_weight`` combined with the
+   mask of the last layer's output as Keras 3's ``apply_mask`` does (masked timesteps weigh
+   0, the others ``total / valid`` so the loss is the mean over valid timesteps).
+3. Backprop in reverse; each trainable layer's weight gradients plus its
+   ``regularization_grads()``.
+4. ``optimizer.apply(grads, params)`` on the flat list of every trainable layer's weight
+   arrays, in layer order then ``get_weights()`` order. The arrays are updated in place and
+   are the layers' own attributes, collected afresh each step (so ``set_weights`` is safe).
+
+The reported loss is the data loss plus the layers' weight-regularization losses and the
+activity losses of this forward pass (Keras 3's ``compute_loss``); the epoch's ``loss`` is
+the mean of the batch losses weighted by batch size (Keras 3's loss tracker). Metrics are
+accumulated over the epoch from the training-mode predictions.
+
+Shuffling draws from NumPy's global generator (``np.random.permutation``), so
+``np.random.seed(n)`` makes ``fit`` repeatable (with seeded layers).
+
+Stateful layers and truncated BPTT: with ``stateful=True`` a recurrent layer carries its
+final states into the next batch, and gradients stop at the batch boundary. Cut a long
+sequence of ``B`` streams into consecutive windows so that row ``i`` of batch ``k + 1``
+continues row ``i`` of batch ``k``, and train with ``fit(shuffle=False, batch_size=B)``,
+calling ``model.reset_states()`` at the start of each epoch (a ``LambdaCallback``); the
+number of samples must be a multiple of ``B``.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import losses as losses_module
+from . import metrics as metrics_module
+from . import optimizers as optimizers_module
+from .layers.base import Layer, _auto_name, activity_penalty
+from .losses import squeeze_or_expand_to_same_rank
+
+__all__ = ["Sequential", "load_model"]
+
+
+def _takes_argument(fn, name):
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _check_batch_size(batch_size, argument="batch_size"):
+    if batch_size is None:
+        return 32
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"{argument}: expected a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _as_data(name, value, required=True):
+    """``value`` as an ndarray with at least one axis (integer input stays integer)."""
+    if value is None:
+        if required:
+            raise ValueError(f"{name}: expected an array, got None")
+        return None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value) \
+            and len({v.shape for v in value}) > 1:
+        raise TypeError(f"{name}: a Sequential model takes one array, got a list of "
+                        f"{len(value)} arrays of different shapes")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged nested lists and the like
+        raise TypeError(f"{name}: expected an array, got {type(value).__name__} ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        raise ValueError(f"{name}: expected an array with a batch axis, got a scalar")
+    return arr
+
+
+def _check_lengths(x, y, sample_weight):
+    n = x.shape[0]
+    if y is not None and y.shape[0] != n:
+        raise ValueError(f"x and y: expected the same number of samples (first axis), got "
+                         f"x with {n} (shape {x.shape}) and y with {y.shape[0]} (shape {y.shape})")
+    if sample_weight is not None and sample_weight.shape[0] != n:
+        raise ValueError(f"sample_weight: expected {n} entries (one per sample of x), got "
+                         f"shape {sample_weight.shape}")
+    return n
+
+
+def _masked_weights(sample_weight, mask, values_shape, reduction):
+    """Keras 3's ``losses.loss.apply_mask``: the output mask folded into the sample weights.
+
+    For a mean-like reduction the valid entries weigh ``total / valid`` and masked ones 0, so
+    that ``sum_over_batch_size`` averages over valid entries only."""
+    if mask is None:
+        return sample_weight
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(values_shape):
+        return sample_weight           # a mask that does not describe the loss values
+    if reduction in ("mean", "sum_over_batch_size"):
+        valid = int(mask.sum())
+        scale = mask.size / valid if valid else 0.0
+        weights = np.where(mask, scale, 0.0)
+    else:
+        weights = mask.astype(np.float64)
+    if sample_weight is None:
+        return weights
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    weights, sw = squeeze_or_expand_to_same_rank(weights, sw)
+    if 0 < sw.ndim < weights.ndim:     # per-sample weights on per-timestep values
+        sw = sw.reshape(sw.shape + (1,) * (weights.ndim - sw.ndim))
+    return sw * weights
+
+
+class Sequential:
+    """A linear stack of layers, trained like a Keras 3 ``Sequential`` model.
+
+    ``layers`` are fastlstm layers with one output each (no ``return_state``). The model is
+    built on its first call, or by ``build(input_shape)`` with the batch axis ``None``.
+    """
+
+    def __init__(self, layers=None, name=None):
+        self.name = name if name is not None else _auto_name("Sequential")
+        if not isinstance(self.name, str):
+            raise TypeError(f"name: expected a string, got {type(name).__name__}")
+        self._layers = []
+        self._input_shape = None        # (None, ...) once known
+        self.optimizer = None
+        self.loss = None
+        self.compiled = False
+        self._compile_metrics = []
+        self._loss_tracker = metrics_module.Mean(name="loss")
+        self.stop_training = False
+        self.history = None
+        if layers is not None:
+            if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+                raise TypeError(f"layers: expected a list of layers, got {type(layers).__name__}")
+            for layer in layers:
+                self.add(layer)
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    def add(self, layer):
+        """Append ``layer`` to the stack."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer: expected a fastlstm layer (fl.layers.*), got "
+                            f"{type(layer).__name__} {layer!r}")
+        if getattr(layer, "return_state", False):
+            raise ValueError(f"layer: {layer.name} has return_state=True; every layer of a "
+                             "Sequential model must have one output (use the layer directly to "
+                             "get its states)")
+        if any(other.name == layer.name for other in self._layers):
+            raise ValueError(f"layer: the name {layer.name!r} is already used in "
+                             f"{self.name}; layers of a model need unique names")
+        if any(other is layer for other in self._layers):
+            raise ValueError(f"layer: {layer.name} is already in {self.name}")
+        self._layers.append(layer)
+
+    def pop(self):
+        """Remove and return the last layer."""
+        if not self._layers:
+            raise IndexError(f"{self.name}: pop from a model with no layers")
+        return self._layers.pop()
+
+    @property
+    def built(self):
+        return bool(self._layers) and all(layer.built for layer in self._layers)
+
+    def _require_layers(self, what):
+        if not self._layers:
+            raise ValueError(f"{what}: {self.name} has no layers; pass a list of layers to "
+                             "Sequential([...]) or call add(layer)")
+
+    def build(self, input_shape):
+        """Build every layer for inputs of ``input_shape`` (the batch axis may be None)."""
+        self._require_layers("build")
+        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
+            raise TypeError(f"input_shape: expected a tuple such as (None, timesteps, features), "
+                            f"got {input_shape!r}")
+        shape = tuple(None if d is None else int(d) for d in input_shape)
+        if len(shape) < 2:
+            raise ValueError(f"input_shape: expected at least (batch, features), got {shape}")
+        self._input_shape = (None,) + shape[1:]
+        current = self._input_shape
+        for layer in self._layers:
+            if not layer.built:
+                layer.build(current)
+            current = self._output_shape(layer, current)
+
+    @staticmethod
+    def _output_shape(layer, input_shape):
+        fn = getattr(layer, "compute_output_shape", None)
+        if fn is None:
+            return None
+        return tuple(fn(input_shape))
+
+    def _record_input(self, x):
+        if self._input_shape is None:
+            self._input_shape = (None,) + tuple(np.shape(x)[1:])
+
+    def _output_shapes(self):
+        shapes, current = [], self._input_shape
+        for layer in self._layers:
+            current = None if current is None else self._output_shape(layer, current)
+            shapes.append(current)
+        return shapes
+
+    @property
+    def input_shape(self):
+        return self._input_shape
+
+    @property
+    def output_shape(self):
+        shapes = self._output_shapes() if self._layers else [None]
+        return shapes[-1]
+
+    # -- weights -----------------------------------------------------------------------
+    @property
+    def weights(self):
+        """The layers' weight arrays themselves (not copies), in layer order."""
+        return [w for layer in self._layers if layer.built for w in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        return [w for layer in self._layers if layer.built and layer.trainable for w in layer.weights]
+
+    def get_weights(self):
+        """Copies of every layer's weights, concatenated in layer order."""
+        return [w for layer in self._layers if layer.built for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        """Set every layer's weights from one list (as returned by ``get_weights``)."""
+        self._require_layers("set_weights")
+        if not self.built:
+            raise ValueError(f"set_weights: {self.name} is not built yet; call "
+                             "build(input_shape) or call the model on data first")
+        weights = list(weights)
+        counts = [len(layer.weight_names) for layer in self._layers]
+        if len(weights) != sum(counts):
+            raise ValueError(f"weights: {self.name} expects {sum(counts)} arrays "
+                             f"({', '.join(f'{l.name}: {c}' for l, c in zip(self._layers, counts))}), "
+                             f"got {len(weights)}")
+        start = 0
+        for layer, count in zip(self._layers, counts):
+            layer.set_weights(weights[start:start + count])
+            start += count
+
+    def count_params(self):
+        return int(sum(w.size for w in self.weights))
+
+    def reset_states(self):
+        """Zero the carried states of every stateful layer."""
+        for layer in self._layers:
+            if getattr(layer, "stateful", False):
+                layer.reset_states()
+
+    # -- summary -------------------------------------------------------------------------
+    def summary(self, line_length=None, print_fn=None):
+        """Print the layers, their output shapes and parameter counts, like Keras."""
+        if not self.built:
+            raise ValueError(f"summary: {self.name} has not been built yet; call "
+                             "build(input_shape) or call the model on a batch of data first")
+        print_fn = print if print_fn is None else print_fn
+        width = max(int(line_length or 0), 72)
+        c1, c2 = int(width * 0.45), int(width * 0.33)
+        c3 = width - c1 - c2
+
+        def row(a, b, c):
+            return f" {a:<{c1 - 1}}{b:<{c2}}{c:>{c3}}"
+
+        def size(n_bytes):
+            units = ["B", "KB", "MB", "GB", "TB"]
+            value, unit = float(n_bytes), 0
+            while value >= 1024 and unit < len(units) - 1:
+                value /= 1024
+                unit += 1
+            return f"{value:.2f} {units[unit]}"
+
+        lines = [f'Model: "{self.name}"', "_" * width, row("Layer (type)", "Output Shape", "Param #"),
+                 "=" * width]
+        for i, (layer, shape) in enumerate(zip(self._layers, self._output_shapes())):
+            name = f"{layer.name} ({type(layer).__name__})"
+            shape_text = "?" if shape is None else str(shape)
+            lines.append(row(name, shape_text, f"{layer.count_params():,}"))
+            lines.append("=" * width if i == len(self._layers) - 1 else "")
+        total = sum(w.size for w in self.weights)
+        trainable = sum(w.size for w in self.trainable_weights)
+        nbytes = sum(w.nbytes for w in self.weights)
+        tbytes = sum(w.nbytes for w in self.trainable_weights)
+        lines += [f" Total params: {total:,} ({size(nbytes)})",
+                  f" Trainable params: {trainable:,} ({size(tbytes)})",
+                  f" Non-trainable params: {total - trainable:,} ({size(nbytes - tbytes)})",
+                  "_" * width]
+        for line in lines:
+            print_fn(line)
+
+    # -- inference ---------------------------------------------------------------------------
+    def _forward(self, x, mask=None, training=False, with_activity=False):
+        """Inference pass -> (output, output mask, activity loss)."""
+        out, activity = x, 0.0
+        for layer in self._layers:
+            kwargs = {}
+            if mask is not None and _takes_argument(layer.__call__, "mask"):
+                kwargs["mask"] = mask
+            if training and _takes_argument(layer.__call__, "training"):
+                kwargs["training"] = True
+            y = layer(out, **kwargs)
+            if isinstance(y, (list, tuple)):
+                raise ValueError(f"{layer.name} returned {len(y)} outputs; every layer of a "
+                                 "Sequential model must have one")
+            if with_activity and getattr(layer, "activity_regularizer", None) is not None:
+                activity += activity_penalty(layer.activity_regularizer, np.asarray(y))[0]
+            mask = layer.compute_mask(out, mask)
+            out = y
+        return out, mask, activity
+
+    def __call__(self, x, mask=None, training=False):
+        """The whole batch through every layer (no batching). ``training=True`` runs
+        dropout as in training; states of stateful layers are carried."""
+        self._require_layers("call")
+        x = _as_data("x", x)
+        self._record_input(x)
+        return self._forward(x, mask=mask, training=training)[0]
+
+    def predict_on_batch(self, x):
+        return np.asarray(self(x))
+
+    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
+        """Outputs for ``x`` computed ``batch_size`` samples at a time, concatenated."""
+        self._require_layers("predict")
+        x = _as_data("x", x)
+        batch_size = _check_batch_size(batch_size)
+        self._record_input(x)
+        n = x.shape[0]
+        steps = max(1, math.ceil(n / batch_size))
+        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=1, steps=steps)
+        cbs.on_predict_begin()
+        outputs = []
+        for step in range(steps):
+            cbs.on_predict_batch_begin(step)
+            out = self._forward(x[step * batch_size:(step + 1) * batch_size])[0]
+            outputs.append(np.asarray(out))
+            cbs.on_predict_batch_end(step, {"outputs": out})
+        cbs.on_predict_end()
+        if n == 0:
+            return outputs[0]
+        return np.concatenate(outputs, axis=0)
+
+    # -- compile -------------------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        """Choose the optimizer, loss and metrics (names, config dicts or instances)."""
+        if loss is None:
+            raise ValueError("loss: compile needs a loss, e.g. loss='mse' or a "
+                             "fastlstm.losses.Loss; got None")
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = losses_module.get(loss)
+        if not hasattr(self.loss, "value_and_grad"):
+            raise TypeError(f"loss: expected a fastlstm.losses.Loss (with value_and_grad), got "
+                            f"{type(self.loss).__name__}")
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, dict, metrics_module.Metric)):
+            metrics = [metrics]
+        elif isinstance(metrics, dict):
+            raise TypeError("metrics: expected a list of metrics")
+        self._compile_metrics = [metrics_module.get(m) for m in metrics]
+        names = ["loss"] + [m.name for m in self._compile_metrics]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"metrics: the names {duplicates} are used twice; give each metric "
+                             "its own name (the loss is 'loss')")
+        self.compiled = True
+
+    def _assert_compiled(self, method):
+        if not self.compiled:
+            raise ValueError(f"{method}: call compile(optimizer, loss, metrics) before "
+                             f"{method}()")
+
+    @property
+    def metrics(self):
+        """The loss tracker then the compiled metrics (as Keras 3's ``model.metrics``)."""
+        return [self._loss_tracker] + list(self._compile_metrics)
+
+    @property
+    def metrics_names(self):
+        return [m.name for m in self.metrics]
+
+    def reset_metrics(self):
+        for m in self.metrics:
+            m.reset_state()
+
+    def _results(self):
+        return {m.name: float(m.result()) for m in self.metrics}
+
+    def _flatten(self, logs):
+        results = [logs[name] for name in self.metrics_names if name in logs]
+        results += [logs[k] for k in sorted(logs) if k not in self.metrics_names]
+        return results[0] if len(results) == 1 else results
+
+    # -- loss and metrics ------------------------------------------------------------------------
+    def _loss_weights(self, y_pred, mask, sample_weight):
+        """(loss weights, metric weights) from sample_weight and the output mask."""
+        if mask is None:
+            return sample_weight, sample_weight
+        values_shape = np.shape(y_pred)[:-1]
+        return (_masked_weights(sample_weight, mask, values_shape, self.loss.reduction),
+                _masked_weights(sample_weight, mask, values_shape, "sum"))
+
+    def _data_loss(self, y, y_pred, weights, grad):
+        try:
+            if grad:
+                return self.loss.value_and_grad(y, y_pred, weights)
+            return self.loss(y, y_pred, weights), None
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"y: the targets do not fit the model output for loss "
+                            f"{self.loss.name!r}: y has shape {np.shape(y)}, the model output "
+                            f"has shape {np.shape(y_pred)}. {exc}") from None
+
+    def _update_metrics(self, loss, n, y, y_pred, metric_weights):
+        self._loss_tracker.update_state(loss, sample_weight=n)
+        for m in self._compile_metrics:
+            m.update_state(y, y_pred, sample_weight=metric_weights)
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _train_step(self, x, y, sample_weight):
+        layers = self._layers
+        out, mask, backprops = x, None, []
+        for layer in layers:
+            kwargs = {"mask": mask} if mask is not None and _takes_argument(layer.forward_train, "mask") else {}
+            y_layer, backprop = layer.forward_train(out, **kwargs)
+            if isinstance(y_layer, (list, tuple)):
+                raise ValueError(f"{layer.name} returned {len(y_layer)} outputs; every layer of "
+                                 "a Sequential model must have one")
+            mask = layer.compute_mask(out, mask)
+            backprops.append(backprop)
+            out = y_layer
+        loss_w, metric_w = self._loss_weights(out, mask, sample_weight)
+        loss, d_out = self._data_loss(y, out, loss_w, grad=True)
+        trainable = [layer.trainable and bool(layer.weight_names) for layer in layers]
+        # Regularization is measured before the update, as Keras adds it in the forward pass.
+        total = loss
+        for layer, train in zip(layers, trainable):
+            total += float(getattr(layer, "last_activity_loss", 0.0) or 0.0)
+            if train and hasattr(layer, "regularization_loss"):
+                total += float(layer.regularization_loss())
+        first = next((i for i, t in enumerate(trainable) if t), None)
+        layer_grads = [None] * len(layers)
+        if first is not None:
+            for i in range(len(layers) - 1, first - 1, -1):
+                g = backprops[i](d_out)
+                d_out = g.inputs
+                if trainable[i]:
+                    grads = list(g.weights)
+                    reg = layers[i].regularization_grads() if hasattr(layers[i], "regularization_grads") else None
+                    if reg is not None:
+                        grads = [gw if rw is None else (rw if gw is None else gw + rw)
+                                 for gw, rw in zip(grads, reg)]
+                    layer_grads[i] = grads
+            params, grads = [], []
+            for layer, lg in zip(layers, layer_grads):
+                if lg is None:
+                    continue
+                ws = layer.weights
+                if len(lg) != len(ws):
+                    raise RuntimeError(f"{layer.name}: backprop gave {len(lg)} weight gradients "
+                                       f"for {len(ws)} weights")
+                params += ws
+                grads += lg
+            if any(g is not None for g in grads):
+                self.optimizer.apply(grads, params)
+        self._update_metrics(total, np.shape(out)[0], y, out, metric_w)
+        return total
+
+    def _test_step(self, x, y, sample_weight):
+        out, mask, activity = self._forward(x, with_activity=True)
+        loss_w, metric_w = self._loss_weights(out, mask, sample_weight)
+        loss = self._data_loss(y, out, loss_w, grad=False)[0] + activity
+        loss += sum(float(layer.regularization_loss()) for layer in self._layers
+                    if layer.trainable and hasattr(layer, "regularization_loss"))
+        self._update_metrics(loss, np.shape(out)[0], y, out, metric_w)
+        return loss
+
+    def train_on_batch(self, x, y, sample_weight=None, return_dict=False):
+        """One optimizer step on one batch. Returns the loss (with metrics, a list
+        ``[loss, *metrics]``; ``return_dict=True``: a dict), from the forward pass before the
+        update, as Keras does."""
+        self._assert_compiled("train_on_batch")
+        self._require_layers("train_on_batch")
+        x, y = _as_data("x", x), _as_data("y", y)
+        sw = _as_data("sample_weight", sample_weight, required=False)
+        _check_lengths(x, y, sw)
+        self._record_input(x)
+        self.reset_metrics()
+        self._train_step(x, y, sw)
+        logs = self._results()
+        return logs if return_dict else self._flatten(logs)
+
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
+        """Loss and metrics of one batch in inference mode."""
+        self._assert_compiled("test_on_batch")
+        self._require_layers("test_on_batch")
+        x, y = _as_data("x", x), _as_data("y", y)
+        sw = _as_data("sample_weight", sample_weight, required=False)
+        _check_lengths(x, y, sw)
+        self._record_input(x)
+        self.reset_metrics()
+        self._test_step(x, y, sw)
+        logs = self._results()
+        return logs if return_dict else self._flatten(logs)
+
+    # -- loops -------------------------------------------------------------------------------------
+    def _test_loop(self, x, y, sample_weight, batch_size, cbs):
+        n = x.shape[0]
+        steps = max(1, math.ceil(n / batch_size))
+        self.reset_metrics()
+        cbs.on_test_begin()
+        for step in range(steps):
+            sl = slice(step * batch_size, (step + 1) * batch_size)
+            cbs.on_test_batch_begin(step)
+            self._test_step(x[sl], y[sl], None if sample_weight is None else sample_weight[sl])
+            cbs.on_test_batch_end(step, self._results())
+        logs = self._results()
+        cbs.on_test_end(logs)
+        return logs
+
+    def evaluate(self, x, y, batch_size=32, verbose=0, sample_weight=None, return_dict=False,
+                 callbacks=None):
+        """Loss and metrics over ``x, y`` in inference mode, ``batch_size`` at a time: the
+        loss alone, ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
+        self._assert_compiled("evaluate")
+        self._require_layers("evaluate")
+        x, y = _as_data("x", x), _as_data("y", y)
+        sw = _as_data("sample_weight", sample_weight, required=False)
+        n = _check_lengths(x, y, sw)
+        if n == 0:
+            raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
+        batch_size = _check_batch_size(batch_size)
+        self._record_input(x)
+        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=1,
+                                            steps=math.ceil(n / batch_size))
+        logs = self._test_loop(x, y, sw, batch_size, cbs)
+        return logs if return_dict else self._flatten(logs)
+
+    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, sample_weight=None, initial_epoch=0,
+            validation_batch_size=None):
+        """Train for ``epochs`` epochs (from ``initial_epoch``) and return the ``History``.
+
+        Keras 3 semantics: ``validation_split`` takes the *last* fraction of the samples, before
+        shuffling; ``shuffle=True`` draws a new order each epoch; the last batch may be short.
+        ``verbose``: 0 silent, 1 a live progress bar, 2 one line per epoch. Per-epoch logs:
+        ``loss``, the metric names, and ``val_loss``/``val_<metric>`` with validation data.
+        Setting ``model.stop_training = True`` (e.g. from a callback) ends training after the
+        current batch.
+        """
+        self._assert_compiled("fit")
+        self._require_layers("fit")
+        x, y = _as_data("x", x), _as_data("y", y)
+        sw = _as_data("sample_weight", sample_weight, required=False)
+        n = _check_lengths(x, y, sw)
+        batch_size = _check_batch_size(batch_size)
+        val_batch = _check_batch_size(validation_batch_size or batch_size, "validation_batch_size")
+        for argname, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{argname}: expected a non-negative integer, got {value!r}")
+        if shuffle not in (True, False):
+            raise ValueError(f"shuffle: expected True or False, got {shuffle!r}")
+        if verbose == "auto":
+            verbose = 1
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose: expected 0, 1, 2 or 'auto', got {verbose!r}")
+
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data: expected a tuple (x_val, y_val) or "
+                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+                                 + (f" of length {len(validation_data)}"
+                                    if isinstance(validation_data, (tuple, list)) else ""))
+            vx = _as_data("validation_data[0]", validation_data[0])
+            vy = _as_data("validation_data[1]", validation_data[1])
+            vsw = _as_data("validation_data[2]", validation_data[2], required=False) \
+                if len(validation_data) == 3 else None
+            _check_lengths(vx, vy, vsw)
+            if vx.shape[0] == 0:
+                raise ValueError("validation_data: expected at least one sample")
+            val = (vx, vy, vsw)
+        elif validation_split:
+            if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+                    or not 0.0 < validation_split < 1.0:
+                raise ValueError(f"validation_split: expected a float in (0, 1), got "
+                                 f"{validation_split!r}")
+            split_at = int(math.floor(n * (1.0 - validation_split)))
+            if split_at == 0 or split_at == n:
+                raise ValueError(f"validation_split: {n} samples cannot be split into a training "
+                                 f"and a validation set with validation_split={validation_split}")
+            val = (x[split_at:], y[split_at:], None if sw is None else sw[split_at:])
+            x, y = x[:split_at], y[:split_at]
+            sw = None if sw is None else sw[:split_at]
+            n = split_at
+        if n == 0:
+            raise ValueError(f"x: expected at least one training sample, got shape {x.shape}")
+
+        self._record_input(x)
+        steps = math.ceil(n / batch_size)
+        cbs = callbacks_module.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
+                                            model=self, verbose=verbose, epochs=epochs, steps=steps)
+        self.stop_training = False
+        cbs.on_train_begin()
+        epoch_logs = {}
+        for epoch in range(initial_epoch, epochs):
+            self.reset_metrics()
+            cbs.on_epoch_begin(epoch)
+            order = np.random.permutation(n) if shuffle else None
+            for step in range(steps):
+                if order is None:
+                    sl = slice(step * batch_size, (step + 1) * batch_size)
+                else:
+                    sl = order[step * batch_size:(step + 1) * batch_size]
+                cbs.on_train_batch_begin(step)
+                self._train_step(x[sl], y[sl], None if sw is None else sw[sl])
+                cbs.on_train_batch_end(step, self._results())
+                if self.stop_training:
+                    break
+            epoch_logs = self._results()
+            if val is not None:
+                val_logs = self._test_loop(val[0], val[1], val[2], val_batch, cbs)
+                epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
+            cbs.on_epoch_end(epoch, epoch_logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(epoch_logs)
+        return cbs.history
+
+    # -- configuration and saving ----------------------------------------------------------------
+    def get_config(self):
+        from .layers import serialize
+        return {"name": self.name, "layers": [serialize(layer) for layer in self._layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        from .layers import deserialize
+        return cls([deserialize(c) for c in config.get("layers", [])], name=config.get("name"))
+
+    def save(self, path):
+        """Write the model (architecture, weights, compile settings, optimizer state) to one
+        ``.npz`` file; see :mod:`fastlstm.saving` for the format. No pickle is used."""
+        from .saving import save_model
+        save_model(self, path)
+
+    def __repr__(self):
+        return f"<Sequential name={self.name!r} layers={[layer.name for layer in self._layers]}>"
+
+
+def load_model(path, compile=True):
+    """Read a model written by ``Sequential.save`` (see :mod:`fastlstm.saving`)."""
+    from .saving import load_model as _load
+    return _load(path, compile=compile)

@@ -1,0 +1,355 @@
+# GRU forward and BPTT over whole sequences, GIL released (Keras 3 GRUCell, both forms).
+#
+# Shapes use the notation of fastlstm/backends/oracle/__init__.py; the equations are those of
+# fastlstm/backends/oracle/gru.py and the gate-buffer layouts those of src_c/gru_impl.h. The
+# callers (fastlstm/backends/cpu_ops.py) pass C-contiguous arrays of one dtype whose shapes
+# they have checked, with B >= 1, I >= 1, H >= 1; nothing here allocates per timestep.
+#
+# reset_after=True, Z [T,B,4H] = [z | r | rec_h | n]:
+#   Forward:  Z[:, 0:2H] = X W_zr + b_zr + b'_zr, Z[:, 2H:3H] = b'_h, Z[:, 3H:4H] = X W_h + b_h
+#             for all T*B rows (two GEMMs); per step Z[t, :, 0:3H] += hin U (one GEMM, GEMV at
+#             B=1), then one fused pass (gates, n = a(. + r * rec_h), h update).
+#   Backward: per step one fused pass writes [dz | dr | d rec_h | dn] over Z[t] and the carry
+#             share of dh_{t-1}, then dh_{t-1} += Z[t, :, 0:3H] U^T; then dW, dU, dX, db
+#             as products over all T*B rows.
+# reset_after=False, Z [T,B,3H] = [z | r | n]:
+#   Forward:  Z = X W + b (one GEMM); per step Z[t, :, 0:2H] += hin U_zr, a pass for z, r and
+#             rh = r * hin, Z[t, :, 2H:] += rh U_h, a pass for n and the h update.
+#   Backward: per step a pass (dz, dn, carry), drh = dn U_h^T, a pass (dr, drh * r), then
+#             dh_{t-1} += [dz dr] U_zr^T; then the products over all T*B rows.
+import numpy as np
+
+from libc.string cimport memcpy
+from blas cimport floating, gemm, gemv
+from gates cimport (fl_act, make_act, mul, merge_rows, add_mul,
+                    fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
+                    fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
+
+
+cdef inline void fwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
+                           floating *rh) noexcept nogil:
+    if floating is float:
+        fl_gru_fwd_reset_f(B, H, ract, z, hin, rh)
+    else:
+        fl_gru_fwd_reset_d(B, H, ract, z, hin, rh)
+
+
+cdef inline void fwd_step(int B, int H, int reset_after, fl_act act, fl_act ract, floating *z,
+                          const unsigned char *mask, const floating *h_in, floating *h_out,
+                          const floating *out_prev, floating *out) noexcept nogil:
+    if floating is float:
+        fl_gru_fwd_step_f(B, H, reset_after, act, ract, z, mask, h_in, h_out, out_prev, out)
+    else:
+        fl_gru_fwd_step_d(B, H, reset_after, act, ract, z, mask, h_in, h_out, out_prev, out)
+
+
+cdef inline void bwd_step(int B, int H, int reset_after, fl_act act, fl_act ract, floating *z,
+                          const floating *h_prev, const unsigned char *mask, const floating *dy,
+                          floating *dh, floating *dout, floating *scratch) noexcept nogil:
+    if floating is float:
+        fl_gru_bwd_step_f(B, H, reset_after, act, ract, z, h_prev, mask, dy, dh, dout, scratch)
+    else:
+        fl_gru_bwd_step_d(B, H, reset_after, act, ract, z, h_prev, mask, dy, dh, dout, scratch)
+
+
+cdef inline void bwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
+                           const floating *drh, const unsigned char *mask, floating *dhin,
+                           int accumulate, floating *scratch) noexcept nogil:
+    if floating is float:
+        fl_gru_bwd_reset_f(B, H, ract, z, hin, drh, mask, dhin, accumulate, scratch)
+    else:
+        fl_gru_bwd_reset_d(B, H, ract, z, hin, drh, mask, dhin, accumulate, scratch)
+
+
+cdef inline void recurrent_product(int B, int H, int N, const floating *h, const floating *U,
+                                   int ldu, floating *z, int ldz) noexcept nogil:
+    """z[B,N] (row stride ldz) += h[B,H] U[H,N] (row stride ldu)."""
+    if B == 1:
+        gemv(True, H, N, <floating>1, U, ldu, h, <floating>1, z)
+    else:
+        gemm(False, False, B, N, H, <floating>1, h, H, U, ldu, <floating>1, z, ldz)
+
+
+cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz,
+                                const floating *U, int ldu, floating beta,
+                                floating *dh) noexcept nogil:
+    """dh[B,H] = dz[B,N] (row stride ldz) U[H,N]^T (row stride ldu) + beta dh."""
+    if B == 1:
+        gemv(False, H, N, <floating>1, U, ldu, dz, beta, dh)
+    else:
+        gemm(False, True, B, H, N, <floating>1, dz, ldz, U, ldu, beta, dh, H)
+
+
+def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
+            floating[::1] bias, floating[:, ::1] h0, const unsigned char[:, ::1] mask,
+            floating[:, ::1] input_dropout_mask, floating[:, ::1] recurrent_dropout_mask,
+            activation, recurrent_activation, bint reset_after, bint go_backwards,
+            bint return_sequences, bint training):
+    """x [T,B,I], kernel [I,3H], recurrent_kernel [H,3H], bias [6H] (reset_after: rows 0, 1 of
+    the [2,3H] bias, flattened) or [3H] or None, h0 [B,H], mask [T,B] uint8|None,
+    input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
+
+    Returns (y, h_T, saved): y is [T,B,H] by step when return_sequences, else [B,H]; saved is
+    None unless training, then a dict of what backward needs.
+    """
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
+    cdef int ZW = 4 * H if reset_after else G       # width of a row of Z
+    cdef long BH = <long>B * H, BZ = <long>B * ZW, TB = <long>T * B
+    dtype = np.float32 if floating is float else np.float64
+    cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
+    cdef bint has_mask = mask is not None
+    cdef bint has_rdrop = recurrent_dropout_mask is not None
+    cdef bint has_bias = bias is not None
+
+    # Every row of Z starts as the bias row, then the input GEMM(s) accumulate into it.
+    brow_arr = np.zeros(ZW, dtype)
+    if has_bias:
+        b = np.asarray(bias)
+        if reset_after:
+            brow_arr[:2 * H] = b[:2 * H] + b[3 * H:5 * H]
+            brow_arr[2 * H:3 * H] = b[5 * H:]
+            brow_arr[3 * H:] = b[2 * H:3 * H]
+        else:
+            brow_arr[:] = b
+    cdef floating[::1] brow = brow_arr
+    cdef bint fill = has_bias or reset_after
+    cdef floating beta_in = 1 if fill else 0
+
+    cdef floating[:, :, ::1] xin = x
+    if input_dropout_mask is not None:
+        xin = np.empty_like(np.asarray(x))
+    z_arr = np.empty((T, B, ZW), dtype)
+    cdef floating[:, :, ::1] Z = z_arr
+    cdef floating *pZ = &Z[0, 0, 0]
+    cdef const floating *pW = &kernel[0, 0]
+    cdef const floating *pU = &recurrent_kernel[0, 0]
+    cdef long r, t, s
+    with nogil:
+        if input_dropout_mask is not None:
+            for r in range(T):
+                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
+        if fill:
+            for r in range(TB):
+                memcpy(pZ + r * ZW, &brow[0], ZW * sizeof(floating))
+        if reset_after:
+            gemm(False, False, <int>TB, 2 * H, I, <floating>1, &xin[0, 0, 0], I, pW, G,
+                 beta_in, pZ, ZW)
+            gemm(False, False, <int>TB, H, I, <floating>1, &xin[0, 0, 0], I, pW + 2 * H, G,
+                 beta_in, pZ + 3 * H, ZW)
+        else:
+            gemm(False, False, <int>TB, G, I, <floating>1, &xin[0, 0, 0], I, pW, G,
+                 beta_in, pZ, ZW)
+
+    h_arr = np.array(h0, dtype=dtype, copy=True)
+    cdef floating[:, ::1] h = h_arr
+    cdef floating[:, :, ::1] HPREV, HIN, RH, Y
+    cdef floating[:, ::1] outbuf, hd, rhb
+    hprev_arr = hin_arr = rh_arr = y_arr = out_arr = None
+    if training:
+        hprev_arr = np.empty((T, B, H), dtype)     # h_{t-1} as it entered step t
+        HPREV = hprev_arr
+        if has_rdrop:
+            hin_arr = np.empty((T, B, H), dtype)   # h_{t-1} * recurrent dropout
+            HIN = hin_arr
+        if not reset_after:
+            rh_arr = np.empty((T, B, H), dtype)    # r * hin, the input of U_h
+            RH = rh_arr
+    else:
+        if has_rdrop:
+            hd = np.empty((B, H), dtype)
+        if not reset_after:
+            rhb = np.empty((B, H), dtype)
+    if return_sequences:
+        y_arr = np.empty((T, B, H), dtype)
+        Y = y_arr
+    elif has_mask:
+        out_arr = np.zeros((B, H), dtype)
+        outbuf = out_arr
+
+    cdef floating *ph = &h[0, 0]
+    cdef floating *hin
+    cdef floating *prh
+    cdef floating *zt
+    cdef floating *pout
+    cdef floating *pout_prev
+    cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
+    cdef const unsigned char *pm = NULL
+    with nogil:
+        for s in range(T):
+            t = T - 1 - s if go_backwards else s
+            zt = pZ + t * BZ
+            if training:
+                memcpy(&HPREV[t, 0, 0], ph, BH * sizeof(floating))
+                if has_rdrop:
+                    hin = &HIN[t, 0, 0]
+                    mul(ph, prd, hin, BH)
+                else:
+                    hin = &HPREV[t, 0, 0]
+            elif has_rdrop:
+                hin = &hd[0, 0]
+                mul(ph, prd, hin, BH)
+            else:
+                hin = ph
+            pout = pout_prev = NULL
+            if has_mask:
+                pm = &mask[t, 0]
+                if return_sequences:
+                    pout = &Y[s, 0, 0]
+                    pout_prev = &Y[s - 1, 0, 0] if s > 0 else NULL
+                else:
+                    pout = pout_prev = &outbuf[0, 0]
+            if reset_after:
+                recurrent_product(B, H, G, hin, pU, G, zt, ZW)
+            else:
+                prh = &RH[t, 0, 0] if training else &rhb[0, 0]
+                recurrent_product(B, H, 2 * H, hin, pU, G, zt, ZW)
+                fwd_reset(B, H, ract, zt, hin, prh)
+                recurrent_product(B, H, H, prh, pU + 2 * H, G, zt + 2 * H, ZW)
+            fwd_step(B, H, reset_after, act, ract, zt, pm, ph, ph, pout_prev, pout)
+            if return_sequences and not has_mask:
+                memcpy(&Y[s, 0, 0], ph, BH * sizeof(floating))
+
+    if return_sequences:
+        y = y_arr
+    elif has_mask:
+        y = out_arr
+    else:
+        y = h_arr.copy()
+    saved = None
+    if training:
+        saved = dict(x=np.asarray(xin), z=z_arr, h_prev=hprev_arr, hin=hin_arr, rh=rh_arr)
+    return y, h_arr, saved
+
+
+def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h_prev,
+             floating[:, :, ::1] hin, floating[:, :, ::1] rh, floating[:, ::1] kernel,
+             floating[:, ::1] recurrent_kernel, const unsigned char[:, ::1] mask,
+             floating[:, ::1] input_dropout_mask, floating[:, ::1] recurrent_dropout_mask,
+             activation, recurrent_activation, bint reset_after, bint go_backwards,
+             bint return_sequences, bint has_bias, dy, dh_T):
+    """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
+    reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
+    [T,B,H] (return_sequences) or [B,H] or None; dh_T: [B,H] or None, all of this dtype and
+    C-contiguous.
+
+    Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None); dbias is [2,3H] with
+    reset_after, else [3H].
+    """
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
+    cdef int ZW = 4 * H if reset_after else G
+    cdef long BH = <long>B * H, BZ = <long>B * ZW, TB = <long>T * B
+    dtype = np.float32 if floating is float else np.float64
+    cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
+    cdef bint has_mask = mask is not None
+    cdef bint has_rdrop = recurrent_dropout_mask is not None
+    if has_rdrop and hin is None:
+        raise ValueError("hin: required with a recurrent dropout mask")
+    if not reset_after and rh is None:
+        raise ValueError("rh: required with reset_after=False")
+
+    dh_arr = np.zeros((B, H), dtype) if dh_T is None else np.array(dh_T, dtype=dtype, copy=True)
+    cdef floating[:, ::1] dh = dh_arr, dout, dhin_v, drh_v
+    cdef floating[:, :, ::1] DY
+    cdef floating *pdout = NULL
+    if has_mask:
+        dout_arr = np.zeros((B, H), dtype)
+        if dy is not None and not return_sequences:
+            dout_arr += dy
+        dout = dout_arr
+        pdout = &dout[0, 0]
+    elif dy is not None and not return_sequences:
+        dh_arr += dy
+    if dy is not None and return_sequences:
+        DY = dy
+    cdef floating *pdh = &dh[0, 0]
+    # With recurrent dropout the recurrent share of dh_{t-1} is formed apart, then scaled.
+    cdef floating *ptarget = pdh
+    if has_rdrop:
+        dhin_v = np.empty((B, H), dtype)
+        ptarget = &dhin_v[0, 0]
+    cdef floating *pdrh = NULL
+    if not reset_after:
+        drh_v = np.empty((B, H), dtype)
+        pdrh = &drh_v[0, 0]
+    scratch_arr = np.empty(2 * H, dtype)
+    cdef floating[::1] scratch = scratch_arr
+    cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
+    cdef const floating *pU = &recurrent_kernel[0, 0]
+    cdef const floating *pW = &kernel[0, 0]
+    cdef const unsigned char *pm = NULL
+    cdef const floating *pdy
+    cdef const floating *phin
+    cdef floating *pZ = &z[0, 0, 0]
+    cdef floating *zt
+    cdef bint seq_dy = dy is not None and return_sequences
+    cdef floating beta_rec = 0 if has_rdrop else 1
+    cdef long s, t
+
+    dx_arr = np.empty((T, B, I), dtype)
+    dW_arr = np.empty((I, G), dtype)
+    dU_arr = np.empty((H, G), dtype)
+    colsum_arr = np.empty(ZW, dtype) if has_bias else None
+    ones_arr = np.ones(TB, dtype) if has_bias else None
+    cdef floating[:, :, ::1] dx = dx_arr
+    cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
+    cdef floating[::1] colsum, ones
+    if has_bias:
+        colsum, ones = colsum_arr, ones_arr
+    cdef const floating *pHin = &hin[0, 0, 0] if has_rdrop else &h_prev[0, 0, 0]
+
+    with nogil:
+        for s in range(T - 1, -1, -1):
+            t = T - 1 - s if go_backwards else s
+            zt = pZ + t * BZ
+            pdy = &DY[s, 0, 0] if seq_dy else NULL
+            if has_mask:
+                pm = &mask[t, 0]
+            bwd_step(B, H, reset_after, act, ract, zt, &h_prev[t, 0, 0], pm, pdy, pdh, pdout,
+                     &scratch[0])
+            if reset_after:
+                recurrent_grad(B, H, G, zt, ZW, pU, G, beta_rec, ptarget)
+            else:
+                phin = &hin[t, 0, 0] if has_rdrop else &h_prev[t, 0, 0]
+                recurrent_grad(B, H, H, zt + 2 * H, ZW, pU + 2 * H, G, <floating>0, pdrh)
+                bwd_reset(B, H, ract, zt, phin, pdrh, pm, ptarget, not has_rdrop, &scratch[0])
+                recurrent_grad(B, H, 2 * H, zt, ZW, pU, G, <floating>1, ptarget)
+            if has_rdrop:       # masked rows of ptarget are 0: their dh stays
+                add_mul(ptarget, prd, pdh, BH)
+        # Weight and input gradients: single products over all T*B rows.
+        if reset_after:
+            gemm(True, False, I, 2 * H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
+                 <floating>0, &dW[0, 0], G)
+            gemm(True, False, I, H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ + 3 * H, ZW,
+                 <floating>0, &dW[0, 2 * H], G)
+            gemm(True, False, H, G, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
+                 &dU[0, 0], G)
+            gemm(False, True, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pW, G, <floating>0,
+                 &dx[0, 0, 0], I)
+            gemm(False, True, <int>TB, I, H, <floating>1, pZ + 3 * H, ZW, pW + 2 * H, G,
+                 <floating>1, &dx[0, 0, 0], I)
+        else:
+            gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW, <floating>0,
+                 &dW[0, 0], G)
+            gemm(True, False, H, 2 * H, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
+                 &dU[0, 0], G)
+            gemm(True, False, H, H, <int>TB, <floating>1, &rh[0, 0, 0], H, pZ + 2 * H, ZW,
+                 <floating>0, &dU[0, 2 * H], G)
+            gemm(False, True, <int>TB, I, G, <floating>1, pZ, ZW, pW, G, <floating>0,
+                 &dx[0, 0, 0], I)
+        if has_bias:
+            gemv(True, <int>TB, ZW, <floating>1, pZ, ZW, &ones[0], <floating>0, &colsum[0])
+        if input_dropout_mask is not None:
+            for t in range(T):
+                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])
+    db = None
+    if has_bias:
+        if reset_after:
+            db = np.empty((2, G), dtype)
+            db[0, :2 * H] = colsum_arr[:2 * H]
+            db[0, 2 * H:] = colsum_arr[3 * H:]
+            db[1] = colsum_arr[:3 * H]
+        else:
+            db = colsum_arr
+    return dx_arr, dh_arr, dW_arr, dU_arr, db

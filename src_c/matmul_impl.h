@@ -1,0 +1,70 @@
+/* Template: a small register-blocked product for the per-step recurrent matmul,
+ * C[M,N] += A[M,K] W[K,N], all row-major. Included by gates.c once per (REAL, ISA) with
+ * FL_VBYTES, the vector width of that ISA.
+ *
+ * Why not BLAS here: per step the product is small (M = batch rows), and BLAS repacks
+ * the whole W (the recurrent kernel, reused at every step) on every call. This kernel reads
+ * W straight from cache, RB rows at a time, keeping RB x NV vector accumulators in
+ * registers; GCC/clang vector extensions compile it to zmm, ymm or xmm code per ISA. */
+
+#define FN(name) FL_XCAT3(name, S, V)
+#define FL_VL (FL_VBYTES / (int)sizeof(REAL))
+#define FL_RB 4
+#if FL_VBYTES >= 64
+#define FL_NV 4
+#else
+#define FL_NV 2
+#endif
+
+typedef REAL FN(vec) __attribute__((vector_size(FL_VBYTES)));
+
+FL_INLINE FN(vec) FN(vload)(const REAL *p) { FN(vec) v; memcpy(&v, p, sizeof v); return v; }
+FL_INLINE void FN(vstore)(REAL *p, FN(vec) v) { memcpy(p, &v, sizeof v); }
+
+/* Columns [j, j + NV*VL) for rows [i, i + R), R <= FL_RB (a compile-time count when inlined). */
+FL_INLINE void FN(mm_block)(int R, int K, const REAL *A, int lda, const REAL *W, int ldw,
+                            REAL *C, int ldc) {
+    FN(vec) acc[FL_RB][FL_NV];
+    int r, v, k;
+    for (r = 0; r < R; r++)
+        for (v = 0; v < FL_NV; v++) acc[r][v] = FN(vload)(C + (long)r * ldc + v * FL_VL);
+    for (k = 0; k < K; k++) {
+        const REAL *w = W + (long)k * ldw;
+        FN(vec) wv[FL_NV];
+        for (v = 0; v < FL_NV; v++) wv[v] = FN(vload)(w + v * FL_VL);
+        for (r = 0; r < R; r++) {
+            const REAL a = A[(long)r * lda + k];
+            for (v = 0; v < FL_NV; v++) acc[r][v] += wv[v] * a;
+        }
+    }
+    for (r = 0; r < R; r++)
+        for (v = 0; v < FL_NV; v++) FN(vstore)(C + (long)r * ldc + v * FL_VL, acc[r][v]);
+}
+
+FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int lda,
+                                        const REAL *W, int ldw, REAL *C, int ldc) {
+    const int step = FL_NV * FL_VL;
+    int i, j = 0;
+    for (; j + step <= N; j += step) {
+        for (i = 0; i + FL_RB <= M; i += FL_RB)
+            FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
+        for (; i < M; i++)
+            FN(mm_block)(1, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
+    }
+    if (j < N) {   /* leftover columns: plain loops, vectorized over j by the compiler */
+        for (i = 0; i < M; i++) {
+            const REAL *a = A + (long)i * lda;
+            REAL *c = C + (long)i * ldc;
+            for (int k = 0; k < K; k++) {
+                const REAL ak = a[k];
+                const REAL *w = W + (long)k * ldw;
+                for (int jj = j; jj < N; jj++) c[jj] += ak * w[jj];
+            }
+        }
+    }
+}
+
+#undef FN
+#undef FL_VL
+#undef FL_RB
+#undef FL_NV
