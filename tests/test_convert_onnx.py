@@ -1,6 +1,7 @@
 """fastlstm.convert <-> ONNX: to_onnx run by ONNX Runtime (every cell option, directions,
 merge modes, masks as sequence_lens, Embedding, Dense), from_onnx of its own graphs and of
 torch.onnx.export's, float64 through the ONNX reference evaluator, and the errors."""
+import contextlib
 import io
 import sys
 import warnings
@@ -178,6 +179,22 @@ def test_from_torch_onnx_export(kind, num_layers, bidirectional, batch_first):
     with torch.no_grad():
         y = m(xt)[0].numpy()
     assert_same(model(x), y if batch_first else y.transpose(1, 0, 2), np.float32)
+
+
+def test_from_torch_dynamo_export():
+    """The dynamo exporter computes the bidirectional reshape target from Shape/Slice/Mul."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(2)
+    m = torch.nn.GRU(4, 5, num_layers=2, bidirectional=True).eval()      # time-major
+    x = np.random.default_rng(9).standard_normal((3, 6, 4)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2)))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(m, (xt,), dynamo=True, dynamic_shapes=(
+            {0: torch.export.Dim("t"), 1: torch.export.Dim("b")},))
+    model = from_onnx(program.model_proto)
+    with torch.no_grad():
+        assert_same(model(x), m(xt)[0].numpy().transpose(1, 0, 2), np.float32)
 
 
 def test_from_torch_onnx_export_with_linear_head():

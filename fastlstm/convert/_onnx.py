@@ -479,10 +479,12 @@ class _Const:
 
 class _Sym:
     """A value computed from the input's shape (Shape -> Gather -> Concat ...); ``zero``
-    when it is known to be all zeros (ConstantOfShape(0) and what keeps it so)."""
+    when it is known to be all zeros (ConstantOfShape(0) and what keeps it so); ``dims``
+    when it is a known shape vector: entries are ints or axis labels ('A0', 'T', ...)."""
 
-    def __init__(self, zero=False):
+    def __init__(self, zero=False, dims=None):
         self.zero = zero
+        self.dims = dims
 
 
 class _Seq:
@@ -512,7 +514,7 @@ _SUPPORTED_OPS = ("LSTM", "GRU", "RNN", "Transpose", "Squeeze", "Unsqueeze", "Re
                   "Slice", "Concat", "Shape", "Gather", "ConstantOfShape", "Constant",
                   "Identity", "Dropout", "Cast", "Expand", "MatMul", "Gemm", "Add", "Relu",
                   "Tanh", "Sigmoid", "Softsign", "HardSigmoid", "Softmax", "ReduceSum",
-                  "ReduceMean", "ReduceProd")
+                  "ReduceMean", "ReduceProd", "Mul")
 _DENSE_ACTS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softsign": "softsign"}
 
 
@@ -701,29 +703,70 @@ class _Reader:
             return x * np.ones([int(s) for s in ins[1].arr], x.dtype)
         if op == "Add":
             return ins[0].arr + ins[1].arr
+        if op == "Mul":
+            return ins[0].arr * ins[1].arr
         raise self.err(node, f"{op} on constants is not supported")
 
     def sym(self, node, op, ins, a):
-        """Values computed from the input's shape: only zero-filled tensors matter (initial
-        states); anything else stays an opaque shape value."""
+        """Values computed from the input's shape: zero-filled tensors (initial states) and
+        shape vectors (targets of Reshape); anything else stays opaque."""
         if op == "ConstantOfShape":
             fill = self.onnx.numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1)
             return _Sym(zero=not np.any(fill))
         if op == "Expand":
             return _Sym(zero=isinstance(ins[0], _Const) and not np.any(ins[0].arr))
+        x = ins[0]
+        zero = isinstance(x, _Sym) and x.zero
+        dims = x.dims if isinstance(x, _Sym) else None
+        if op == "Slice" and dims is not None:
+            starts, ends = self._ints(ins, 1), self._ints(ins, 2)
+            axes, steps = self._ints(ins, 3), self._ints(ins, 4)
+            ok = (starts is not None and ends is not None and len(starts) == 1
+                  and (axes is None or axes == [0]) and (steps is None or steps == [1]))
+            dims = dims[slice(starts[0], min(ends[0], len(dims)))] if ok else None
+            return _Sym(zero, dims)
+        if op == "Gather" and dims is not None:
+            idx = self._ints(ins, 1)
+            return _Sym(zero, [dims[i] for i in idx] if idx is not None else None)
         if op in ("Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Cast",
                   "Identity"):
-            return _Sym(zero=isinstance(ins[0], _Sym) and ins[0].zero)
+            return _Sym(zero, dims)
         if op == "Concat":
+            parts = []
+            for v in ins:
+                if isinstance(v, _Const) and v.arr.ndim <= 1:
+                    parts += [int(e) for e in np.atleast_1d(v.arr)]
+                elif isinstance(v, _Sym) and v.dims is not None:
+                    parts += list(v.dims)
+                else:
+                    parts = None
+                    break
             return _Sym(zero=all((isinstance(v, _Sym) and v.zero)
-                                 or (isinstance(v, _Const) and not np.any(v.arr)) for v in ins))
+                                 or (isinstance(v, _Const) and not np.any(v.arr)) for v in ins),
+                        dims=parts)
+        if op == "Mul":
+            vals = [v.dims if isinstance(v, _Sym) else
+                    [int(e) for e in np.atleast_1d(v.arr)] if isinstance(v, _Const) else None
+                    for v in ins]
+            if all(d is not None and len(d) == 1 and isinstance(d[0], (int, np.integer))
+                   for d in vals):
+                return _Sym(dims=[int(vals[0][0]) * int(vals[1][0])])
         return _Sym()
+
+    def _ints(self, ins, k):
+        if len(ins) <= k or ins[k] is None:
+            return None
+        if isinstance(ins[k], _Const):
+            return [int(e) for e in np.atleast_1d(ins[k].arr)]
+        return None
 
     # -- data ops ---------------------------------------------------------------------------
     def data(self, node, op, ins, a, seqs):
         x = ins[0]
         if op == "Shape":
-            return _Sym()
+            dims = [x.feat if l == "F" else x.ndir if l == "D" else l for l in x.axes]
+            dims = dims[slice(a.get("start", 0), a.get("end"))]
+            return _Sym(dims=None if any(d is None for d in dims) else dims)
         if op in ("Identity", "Dropout"):
             return x
         if op == "Cast":
@@ -746,8 +789,12 @@ class _Reader:
                                    "direction axis can be squeezed")
             return x.but(axes=[l for i, l in enumerate(x.axes) if i not in axes])
         if op == "Reshape":
-            return self.reshape(node, x, [int(s) for s in self.const(node, node.input[1],
-                                                                      "shape")], a)
+            target = ins[1]
+            if isinstance(target, _Sym) and target.dims is not None:
+                shape = list(target.dims)
+            else:
+                shape = [int(s) for s in self.const(node, node.input[1], "shape")]
+            return self.reshape(node, x, shape, a)
         if op == "Slice":
             return self.slice(node, x, ins)
         if op in ("ReduceSum", "ReduceMean", "ReduceProd"):
@@ -825,12 +872,29 @@ class _Reader:
         return tuple(self.label(l) for l in x.axes)
 
     def reshape(self, node, x, shape, a):
+        """Only merging a trailing (direction, feature) pair: bidirectional concatenation.
+        ``shape`` entries: ints (0 copies a dim, -1 infers one) or axis labels."""
         axes = list(x.axes)
         n = len(axes)
+
+        def keeps(entry, label):
+            if isinstance(entry, str):
+                return self.label(entry) == self.label(label)
+            return entry == 0 and not a.get("allowzero")
+
         if len(shape) == n - 1 and n >= 2 and axes[-2:] == ["D", "F"]:
+            merged = x.ndir * (x.feat or -2)
             head = shape[:-1]
-            if all(s == 0 for s in head) and not a.get("allowzero") and shape[-1] in (
-                    -1, x.ndir * (x.feat or -2)):
+            if shape[-1] == merged:
+                # the feature size is explicit: one -1 may stand for a leading axis, and a
+                # positive size for a symbolic one (an exporter that fixed that size)
+                ok = sum(e == -1 for e in head) <= 1 and all(
+                    keeps(e, l) or e == -1 or (isinstance(e, (int, np.integer)) and e > 0
+                                               and self.label(l) in ("A0", "A1", "T", "B"))
+                    for e, l in zip(head, axes))
+            else:
+                ok = shape[-1] == -1 and all(keeps(e, l) for e, l in zip(head, axes))
+            if ok:
                 return self._merge(node, x, "concat", axes[:-2] + ["F"])
         raise self.err(node, f"Reshape of axes {self._labels(x)} to {shape} is not supported "
                        "(only merging the direction and feature axes, as bidirectional "
@@ -1103,8 +1167,10 @@ def from_onnx(model, dtype=None):
     ``MatMul`` (+ ``Add`` + activation or ``Softmax``) or ``Gemm`` as Dense, ``Gather`` on the
     integer input as Embedding, and the shape arithmetic that builds zero initial states.
     That covers what ``torch.onnx.export(..., dynamo=False)`` writes for ``nn.LSTM`` /
-    ``nn.GRU`` / ``nn.RNN`` (single or multi-layer, bidirectional, batch_first or not) and
-    what ``to_onnx`` writes without masks.
+    ``nn.GRU`` / ``nn.RNN`` (single or multi-layer, bidirectional, batch_first or not), what
+    the dynamo exporter writes for ``nn.LSTM`` / ``nn.GRU`` (it unrolls ``nn.RNN`` into
+    MatMul/Tanh steps instead of an RNN node, which is refused), and what ``to_onnx`` writes
+    without masks.
 
     The result takes batch-major input and returns batch-major output, also when the graph is
     time-major (``batch_first=False``). Only the first graph output is converted. Operators
