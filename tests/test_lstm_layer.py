@@ -208,3 +208,27 @@ def test_step_equals_sequence_call():
     for t in range(6):
         y_t, state = layer.step(x[:, t], state)
         np.testing.assert_allclose(y_t, ys[:, t], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_step_plan_follows_weight_changes(dtype, B):
+    """step() binds to the weight arrays: in-place updates show, set_weights rebinds."""
+    rng = np.random.default_rng(8)
+    layer = LSTM(6, use_peepholes=True, peephole_initializer="random_normal", dtype=dtype)
+    layer.build((B, 1, 4))
+    x = rng.standard_normal((B, 4)).astype(dtype)
+    state = [rng.standard_normal((B, 6)).astype(dtype) for _ in range(2)]
+    y1, _ = layer.step(x, state)
+    layer.kernel *= 0.5                                       # in place, like an optimizer
+    y2, _ = layer.step(x, state)
+    with fl.use_backend("numpy"):
+        ref2, _ = layer.step(x, state)
+    assert_close(y2, ref2, dtype)
+    assert not np.allclose(y1, y2)
+    layer.set_weights([w * 2 for w in layer.get_weights()])   # new arrays
+    y3, new_state = layer.step(x, state)
+    with fl.use_backend("numpy"):
+        ref3, ref_state = layer.step(x, state)
+    assert_close(y3, ref3, dtype)
+    assert_close(new_state[1], ref_state[1], dtype)

@@ -313,3 +313,39 @@ def test_nan_input_propagates_without_crashing():
             ops.lstm_backward(cache, np.ones_like(y))
         assert np.isnan(y[1:, 0]).any()
         assert np.isfinite(y[0]).all()
+
+
+@pytest.mark.parametrize("policy", ["blas", "own"])
+@pytest.mark.parametrize("B", [1, 5, 16])
+def test_both_recurrent_product_paths_match_oracle(policy, B):
+    """The per-step product runs on our register-blocked kernel or on BLAS; both are exact."""
+    from fastlstm import _lstm
+    _lstm.set_recurrent_matmul(policy)
+    try:
+        rng = np.random.default_rng(B)
+        for dtype in DTYPES:
+            kw = make_problem(rng, dtype, 4, B, 7, 37, dict(peephole=True, mask="gaps",
+                                                            recurrent_dropout_mask=True))
+            grads = output_grads(rng, dtype, 4, B, 37, True)
+            compare_backend("cpu", kw, grads, np.dtype(dtype))
+    finally:
+        _lstm.set_recurrent_matmul("auto")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 128, 512), (4, 3, 64), (5, 17, 130),
+                                     (16, 128, 512), (3, 64, 37)])
+def test_matmul_kernel_every_isa(level, M, K, N):
+    from fastlstm import _gates
+    rng = np.random.default_rng(M * 1000 + N)
+    _gates.force_isa_level(level)
+    try:
+        for dtype in DTYPES:
+            a = rng.standard_normal((M, K)).astype(dtype)
+            w = rng.standard_normal((K, N)).astype(dtype)
+            c0 = rng.standard_normal((M, N)).astype(dtype)
+            c = c0.copy()
+            _gates.matmul_accumulate(a, w, c)
+            assert_close(c, c0 + a.astype(np.float64) @ w.astype(np.float64), dtype)
+    finally:
+        _gates.force_isa_level(-1)
