@@ -38,6 +38,28 @@ else:
     if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
         cflags.append("-fno-semantic-interposition")
 
+def openmp_flags():
+    """-fopenmp where the compiler takes it (GCC, clang with libomp); else the time loops run
+    on one thread. FASTLSTM_OPENMP=0 turns it off."""
+    if sys.platform == "win32" or os.environ.get("FASTLSTM_OPENMP", "1") == "0":
+        return [], []
+    import subprocess
+    import sysconfig
+    import tempfile
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+        try:
+            ok = subprocess.run(cc + ["-fopenmp", src, "-o", os.path.join(tmp, "t")],
+                                capture_output=True).returncode == 0
+        except OSError:
+            ok = False
+    return (["-fopenmp"], ["-fopenmp"]) if ok else ([], [])
+
+
+omp_compile, omp_link = openmp_flags()
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if checks:
     macros.append(("FASTLSTM_CHECKS", "1"))
@@ -49,8 +71,10 @@ for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
         "fastlstm." + name,
         sources=[pyx, os.path.join(SRC, "gates.c")],
         include_dirs=[SRC],
+        depends=sorted(glob.glob(os.path.join(SRC, "*.h")) + glob.glob(os.path.join(SRC, "*.pxd"))),
         define_macros=macros,
-        extra_compile_args=cflags,
+        extra_compile_args=cflags + omp_compile,
+        extra_link_args=omp_link,
     ))
 
 setup(

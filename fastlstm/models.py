@@ -53,12 +53,20 @@ from .losses import squeeze_or_expand_to_same_rank
 __all__ = ["Sequential", "load_model"]
 
 
+_SIGNATURES = {}
+
+
 def _takes_argument(fn, name):
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    """Whether the callable accepts the keyword ``name`` (cached per function)."""
+    key = (getattr(fn, "__func__", fn), name)
+    if key not in _SIGNATURES:
+        try:
+            params = inspect.signature(fn).parameters
+            _SIGNATURES[key] = name in params or any(p.kind == p.VAR_KEYWORD
+                                                     for p in params.values())
+        except (TypeError, ValueError):
+            _SIGNATURES[key] = False
+    return _SIGNATURES[key]
 
 
 def _check_batch_size(batch_size, argument="batch_size"):
@@ -215,6 +223,14 @@ class Sequential:
         if self._input_shape is None:
             self._input_shape = (None,) + tuple(np.shape(x)[1:])
 
+    def _as_input(self, x):
+        """Float input in the first layer's dtype, converted once for all batches (integer
+        input, for an Embedding, is left alone)."""
+        dtype = self._layers[0].dtype if self._layers else None
+        if x.dtype.kind == "f" and dtype is not None and x.dtype != dtype:
+            return x.astype(dtype)
+        return x
+
     def _output_shapes(self):
         shapes, current = [], self._input_shape
         for layer in self._layers:
@@ -345,7 +361,7 @@ class Sequential:
     def predict(self, x, batch_size=32, verbose=0, callbacks=None):
         """Outputs for ``x`` computed ``batch_size`` samples at a time, concatenated."""
         self._require_layers("predict")
-        x = _as_data("x", x)
+        x = self._as_input(_as_data("x", x))
         batch_size = _check_batch_size(batch_size)
         self._record_input(x)
         n = x.shape[0]
@@ -379,8 +395,6 @@ class Sequential:
             metrics = []
         elif isinstance(metrics, (str, dict, metrics_module.Metric)):
             metrics = [metrics]
-        elif isinstance(metrics, dict):
-            raise TypeError("metrics: expected a list of metrics")
         self._compile_metrics = [metrics_module.get(m) for m in metrics]
         names = ["loss"] + [m.name for m in self._compile_metrics]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -547,7 +561,7 @@ class Sequential:
         loss alone, ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
         self._assert_compiled("evaluate")
         self._require_layers("evaluate")
-        x, y = _as_data("x", x), _as_data("y", y)
+        x, y = self._as_input(_as_data("x", x)), _as_data("y", y)
         sw = _as_data("sample_weight", sample_weight, required=False)
         n = _check_lengths(x, y, sw)
         if n == 0:
@@ -574,7 +588,7 @@ class Sequential:
         """
         self._assert_compiled("fit")
         self._require_layers("fit")
-        x, y = _as_data("x", x), _as_data("y", y)
+        x, y = self._as_input(_as_data("x", x)), _as_data("y", y)
         sw = _as_data("sample_weight", sample_weight, required=False)
         n = _check_lengths(x, y, sw)
         batch_size = _check_batch_size(batch_size)
@@ -596,7 +610,7 @@ class Sequential:
                                  f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
                                  + (f" of length {len(validation_data)}"
                                     if isinstance(validation_data, (tuple, list)) else ""))
-            vx = _as_data("validation_data[0]", validation_data[0])
+            vx = self._as_input(_as_data("validation_data[0]", validation_data[0]))
             vy = _as_data("validation_data[1]", validation_data[1])
             vsw = _as_data("validation_data[2]", validation_data[2], required=False) \
                 if len(validation_data) == 3 else None

@@ -161,7 +161,7 @@ def _read_doc(reader):
              f"shape {raw.shape}")
     try:
         doc = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise reader.error(f"{DOC_KEY!r} is not valid UTF-8 JSON ({exc})") from None
     _require(isinstance(doc, dict), reader, f"{DOC_KEY!r} must hold a JSON object")
     fmt = doc.get("format")
@@ -185,7 +185,9 @@ def _read_array(reader, entry, what, dtype_kinds="f"):
              f"{what}: {entry['key']!r} has dtype {arr.dtype}, expected a "
              f"{'float' if dtype_kinds == 'f' else 'numeric'} array")
     if "shape" in entry:
-        _require(list(arr.shape) == list(entry["shape"]), reader,
+        _require(isinstance(entry["shape"], list), reader,
+                 f"{what}: malformed shape {entry['shape']!r} for {entry['key']!r}")
+        _require(list(arr.shape) == entry["shape"], reader,
                  f"{what}: {entry['key']!r} has shape {arr.shape}, the description says "
                  f"{tuple(entry['shape'])}")
     return arr
@@ -194,11 +196,20 @@ def _read_array(reader, entry, what, dtype_kinds="f"):
 def load_model(path, compile=True):
     """Read a model written by :func:`save_model`; ``compile=False`` skips the loss, metrics
     and optimizer. Raises ``ValueError`` naming the problem for any unreadable file."""
+    path = os.fspath(path)
+    try:
+        return _load(path, compile)
+    except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        # A description that passed the checks above but is still malformed somewhere.
+        raise ValueError(f"{path}: malformed model description "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _load(path, compile):
     from .layers import deserialize
     from .models import Sequential
     from . import losses, metrics, optimizers
 
-    path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file")
     try:
@@ -222,6 +233,11 @@ def load_model(path, compile=True):
         _require(isinstance(layer_specs, list) and layer_specs, reader,
                  "model: the layer list is missing or empty")
         config = spec.get("config") or {}
+        _require(isinstance(config, dict), reader, f"model: malformed config {config!r}")
+        shape = spec.get("input_shape")
+        _require(shape is None or (isinstance(shape, list) and all(
+            d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in shape)),
+            reader, f"model: malformed input_shape {shape!r}")
         layers = []
         for i, entry in enumerate(layer_specs):
             _require(isinstance(entry, dict), reader, f"layer {i}: malformed entry")

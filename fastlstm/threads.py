@@ -21,8 +21,31 @@ def set_num_threads(n: int) -> None:
     _limiter = threadpool_limits(limits=n, user_api="blas")
 
 
+def set_loop_threads(n: int) -> None:
+    """Split the batch rows of the compiled time loops over up to ``n`` OpenMP threads
+    (default 1). Rows never interact inside a recurrence, so each thread runs the whole
+    sequence for its rows with no barrier per step. Off by default: measured on 2 cores,
+    OpenMP threads beside BLAS's own spinning threads lose more than they gain unless BLAS
+    runs on one thread (``set_num_threads(1)``), e.g. several processes serving in parallel."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
+    _set_kernel_threads(n)
+
+
+def _set_kernel_threads(n: int) -> None:
+    import importlib
+    for name in ("_lstm", "_gru", "_simple_rnn"):
+        try:
+            mod = importlib.import_module(f"fastlstm.{name}")
+        except ImportError:
+            continue
+        if hasattr(mod, "set_threads"):
+            mod.set_threads(n)
+
+
+
 def get_num_threads() -> int:
-    """BLAS threads fastlstm's kernels run with (the largest of the loaded BLAS pools)."""
+    """Threads fastlstm's kernels run with (the largest of the loaded BLAS pools)."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:

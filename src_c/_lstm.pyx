@@ -10,6 +10,7 @@
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
 
+from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, fl_lstm_fwd_step_f,
@@ -25,6 +26,25 @@ def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
     global matmul_policy
     matmul_policy = {"auto": 0, "blas": 1, "own": 2}[which]
+
+
+cdef int max_threads = 1           # set by fastlstm.set_num_threads
+
+
+def set_threads(int n):
+    """Threads for the time loops (each takes a share of the batch rows)."""
+    global max_threads
+    max_threads = max(1, n)
+
+
+cdef inline int row_chunks(int B, long weight_bytes) noexcept nogil:
+    """How many threads share the time loop. Rows of a batch never interact inside the
+    recurrence, so each thread runs the whole sequence for its rows: no barrier per step.
+    Only on the own-kernel path (BLAS threads itself) and with >= 4 rows per thread."""
+    if not use_own(weight_bytes):
+        return 1
+    cdef int n = B // 4
+    return max(1, min(n, max_threads))
 
 
 cdef inline bint use_own(long weight_bytes) noexcept nogil:
@@ -85,6 +105,57 @@ cdef inline floating *ptr_or_null(floating[::1] a):
     return NULL if a is None else &a[0]
 
 
+cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backwards,
+                       bint training, bint return_sequences, bint coupled, fl_act act,
+                       fl_act ract, floating *Z, const floating *U, const floating *P,
+                       const unsigned char *mask, const floating *rdrop, floating *HIN,
+                       floating *C, floating *Y, floating *out, floating *hd, floating *h,
+                       floating *c, floating *scratch) noexcept nogil:
+    """The forward time loop for batch rows [b0, b0+nb). Z [T,B,G] holds the input
+    projection and becomes the gates; HIN, C [T,B,H] are saved when training; Y [T,B,H]
+    (return_sequences) or out [B,H] (masked last output) receive the outputs; h, c [B,H]
+    are the state (c is advanced in C when training); hd [B,H] holds h*rdrop at inference."""
+    cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
+    cdef long nbh = <long>nb * H
+    cdef long s, t
+    cdef floating *ph = h + rh
+    cdef floating *pc = c + rh
+    cdef floating *pc_out
+    cdef floating *hin
+    cdef floating *po
+    cdef floating *po_prev
+    cdef const unsigned char *pm = NULL
+    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
+    for s in range(T):
+        t = T - 1 - s if go_backwards else s
+        if training:
+            hin = HIN + t * BH + rh
+            if prd != NULL:
+                mul(ph, prd, hin, nbh)
+            else:
+                memcpy(hin, ph, nbh * sizeof(floating))
+        elif prd != NULL:
+            hin = hd + rh
+            mul(ph, prd, hin, nbh)
+        else:
+            hin = ph
+        recurrent_product(nb, H, G, hin, U, <floating>1, Z + t * BG + rg)
+        pc_out = C + t * BH + rh if training else pc
+        po = po_prev = NULL
+        if mask != NULL:
+            pm = mask + t * B + b0
+            if return_sequences:
+                po = Y + s * BH + rh
+                po_prev = Y + (s - 1) * BH + rh if s > 0 else NULL
+            else:
+                po = po_prev = out + rh
+        fwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, P, pm, ph, pc, ph, pc_out,
+                 po_prev, po, scratch)
+        pc = pc_out
+        if return_sequences and mask == NULL:
+            memcpy(Y + s * BH + rh, ph, nbh * sizeof(floating))
+
+
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
             floating[::1] bias, floating[:, ::1] h0, floating[:, ::1] c0,
             floating[:, ::1] peephole, const unsigned char[:, ::1] mask,
@@ -143,49 +214,33 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     elif has_mask:
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
-    scratch_arr = np.empty(H, dtype)
+    cdef int nchunks = row_chunks(B, <long>H * G * sizeof(floating))
+    scratch_arr = np.empty(nchunks * H, dtype)
     cdef floating[::1] scratch = scratch_arr
-
-    cdef floating *ph = &h[0, 0]
-    cdef floating *pc = &cf[0, 0]
-    cdef floating *pc_out
-    cdef floating *hin
-    cdef floating *pout
-    cdef floating *pout_prev
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
-    cdef const unsigned char *pm = NULL
+    cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
+    cdef floating *pHIN = &HIN[0, 0, 0] if training else NULL
+    cdef floating *pC = &C[0, 0, 0] if training else NULL
+    cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
+    cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
+    cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
+    cdef int ci, b0
     with nogil:
-        for s in range(T):
-            t = T - 1 - s if go_backwards else s
-            if training:
-                hin = &HIN[t, 0, 0]
-                if has_rdrop:
-                    mul(ph, prd, hin, BH)
-                else:
-                    memcpy(hin, ph, BH * sizeof(floating))
-            elif has_rdrop:
-                hin = &hd[0, 0]
-                mul(ph, prd, hin, BH)
-            else:
-                hin = ph
-            recurrent_product(B, H, G, hin, &recurrent_kernel[0, 0], <floating>1, pZ + t * BG)
-            pc_out = &C[t, 0, 0] if training else pc
-            pout = pout_prev = NULL
-            if has_mask:
-                pm = &mask[t, 0]
-                if return_sequences:
-                    pout = &Y[s, 0, 0]
-                    pout_prev = &Y[s - 1, 0, 0] if s > 0 else NULL
-                else:
-                    pout = pout_prev = &outbuf[0, 0]
-            fwd_step(B, H, coupled, act, ract, pZ + t * BG, pP, pm, ph, pc, ph, pc_out,
-                     pout_prev, pout, &scratch[0])
-            pc = pc_out
-            if return_sequences and not has_mask:
-                memcpy(&Y[s, 0, 0], ph, BH * sizeof(floating))
+        if nchunks == 1:
+            forward_rows(T, B, H, G, 0, B, go_backwards, training, return_sequences, coupled,
+                         act, ract, pZ, &recurrent_kernel[0, 0], pP, pm, prd, pHIN, pC, pY,
+                         pout, phd, &h[0, 0], &cf[0, 0], &scratch[0])
+        else:
+            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                b0 = <int>(<long>ci * B // nchunks)
+                forward_rows(T, B, H, G, b0, <int>(<long>(ci + 1) * B // nchunks) - b0,
+                             go_backwards, training, return_sequences, coupled, act, ract, pZ,
+                             &recurrent_kernel[0, 0], pP, pm, prd, pHIN, pC, pY, pout, phd,
+                             &h[0, 0], &cf[0, 0], &scratch[0] + <long>ci * H)
 
-    c_last = np.array(<floating[:B, :H]> pc, copy=True) if B > 0 and H > 0 else np.empty((B, H), dtype)
+    # The final cell state: the last step's saved state (masked rows copied theirs in).
+    c_last = cst_arr[0 if go_backwards else T - 1].copy() if training else c_first
     if return_sequences:
         y = y_arr
     elif has_mask:
@@ -197,6 +252,35 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         saved = dict(x=np.asarray(xin), z=z_arr, c=cst_arr, hin=hin_arr,
                      c0=np.asarray(c0))
     return y, h_arr, c_last, saved
+
+
+cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backwards,
+                        bint coupled, fl_act act, fl_act ract, floating *Z, const floating *C,
+                        const floating *c0, const floating *U, const floating *UT,
+                        const floating *P, const unsigned char *mask, const floating *rdrop,
+                        const floating *DY, floating *dh, floating *dc, floating *dout,
+                        floating *dhp, floating *dpeep, floating *scratch) noexcept nogil:
+    """The backward time loop for batch rows [b0, b0+nb): Z [T,B,G] gates in, gate
+    gradients out; dh, dc [B,H] in: gradients of the final state, out: of the initial state.
+    dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL."""
+    cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
+    cdef long s, t, tp
+    cdef const floating *pcp
+    cdef const unsigned char *pm = NULL
+    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
+    cdef floating *pout = NULL if dout == NULL else dout + rh
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if go_backwards else s
+        tp = t + 1 if go_backwards else t - 1
+        pcp = C + tp * BH + rh if s > 0 else c0 + rh
+        if mask != NULL:
+            pm = mask + t * B + b0
+        bwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, C + t * BH + rh, pcp, P, pm,
+                 DY + s * BH + rh if DY != NULL else NULL, dh + rh, dc + rh, pout, dpeep,
+                 scratch)
+        recurrent_grad(nb, H, G, Z + t * BG + rg, U, UT, dhp + rh)
+        if mask != NULL or rdrop != NULL:
+            merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
 
 def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c,
@@ -248,16 +332,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if dpeep_arr is not None:
         dpeep_v = dpeep_arr
         pdpeep = &dpeep_v[0, 0]
-    scratch_arr = np.empty(5 * H, dtype)
+    scratch_arr = np.empty(max_threads * 5 * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
-    cdef const unsigned char *pm = NULL
-    cdef const floating *pdy
-    cdef const floating *pcp
+    cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
     cdef floating *pZ = &z[0, 0, 0]
     cdef bint seq_dy = dy is not None and return_sequences
-    cdef long s, t, tp
+    cdef long t
 
     cdef floating[:, ::1] UT
     cdef const floating *pUT = NULL
@@ -276,19 +358,30 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if has_bias:
         db, ones = db_arr, ones_arr
 
+    cdef int nchunks = row_chunks(B, <long>H * G * sizeof(floating))
+    cdef int ci, b0
+    cdef floating[:, ::1] part
+    if nchunks > 1 and dpeep_arr is not None:       # one accumulator per thread, summed after
+        part_arr = np.zeros((nchunks, 3 * H), dtype)
+        part = part_arr
     with nogil:
-        for s in range(T - 1, -1, -1):
-            t = T - 1 - s if go_backwards else s
-            tp = t + 1 if go_backwards else t - 1
-            pcp = &c[tp, 0, 0] if s > 0 else &c0[0, 0]
-            pdy = &DY[s, 0, 0] if seq_dy else NULL
-            if has_mask:
-                pm = &mask[t, 0]
-            bwd_step(B, H, coupled, act, ract, pZ + t * BG, &c[t, 0, 0], pcp, pP, pm, pdy,
-                     &dh[0, 0], &dc[0, 0], pdout, pdpeep, &scratch[0])
-            recurrent_grad(B, H, G, pZ + t * BG, &recurrent_kernel[0, 0], pUT, pdhp)
-            if has_mask or has_rdrop:
-                merge_rows(B, H, pm, prd, pdhp, &dh[0, 0])
+        if nchunks == 1:
+            backward_rows(T, B, H, G, 0, B, go_backwards, coupled, act, ract, pZ, &c[0, 0, 0],
+                          &c0[0, 0], &recurrent_kernel[0, 0], pUT, pP, pm, prd,
+                          &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], &dc[0, 0], pdout, pdhp,
+                          pdpeep, &scratch[0])
+        else:
+            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                b0 = <int>(<long>ci * B // nchunks)
+                backward_rows(T, B, H, G, b0, <int>(<long>(ci + 1) * B // nchunks) - b0,
+                              go_backwards, coupled, act, ract, pZ, &c[0, 0, 0], &c0[0, 0],
+                              &recurrent_kernel[0, 0], pUT, pP, pm, prd,
+                              &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], &dc[0, 0], pdout,
+                              pdhp, &part[ci, 0] if pdpeep != NULL else NULL,
+                              &scratch[0] + <long>ci * 5 * H)
+    if nchunks > 1 and dpeep_arr is not None:
+        dpeep_arr += part_arr.sum(0).reshape(3, H)
+    with nogil:
         # Weight and input gradients: single products over all T*B rows.
         gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, G, <floating>0,
              &dW[0, 0], G)

@@ -54,8 +54,8 @@ def test_text_chart_marks_each_curve_and_the_baseline():
     lines = demos.text_chart({"LSTM": [0.17, 0.05, 0.001], "Simple": [0.17, 0.16, 0.17]},
                              baseline=0.167, height=6)
     body = [l.split("|", 1)[1] for l in lines[:6]]
-    assert body[0] == "*SS" and body[-1] == "  L"
-    assert "L = LSTM, S = Simple, - = baseline 0.167" in lines[-1]
+    assert body[0] == "*SS  <- baseline 0.167" and body[-1] == "  L"
+    assert "L = LSTM, S = Simple, - = baseline, * = both" in lines[-1]
 
 
 def test_cli_airline_short_budget(capsys):

@@ -349,3 +349,19 @@ def test_matmul_kernel_every_isa(level, M, K, N):
             assert_close(c, c0 + a.astype(np.float64) @ w.astype(np.float64), dtype)
     finally:
         _gates.force_isa_level(-1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("opt_name", ["everything", "everything_cifg_last", "plain"])
+def test_threaded_time_loop_matches_oracle(threads, opt_name):
+    """Batch rows are split across threads for the whole sequence; uneven splits too."""
+    from fastlstm import _lstm
+    _lstm.set_threads(threads)
+    try:
+        rng = np.random.default_rng(seed_of(threads, opt_name))
+        for dtype in DTYPES:
+            kw = make_problem(rng, dtype, 6, 13, 5, 9, OPTION_SETS[opt_name])
+            grads = output_grads(rng, dtype, 6, 13, 9, kw["return_sequences"])
+            compare_backend("cpu", kw, grads, np.dtype(dtype))
+    finally:
+        _lstm.set_threads(1)

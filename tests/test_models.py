@@ -217,6 +217,21 @@ def test_fit_history_keys_validation_split_and_loss_weighting():
     assert hist.history["val_mae"][-1] == pytest.approx(val["mae"], rel=1e-12)
 
 
+def test_validation_data_and_frozen_layers():
+    model, x, y = model_and_data(n=30, metrics=["mae"])
+    model.build((None, 6, 3))
+    model.layers[0].trainable = False
+    frozen = model.layers[0].get_weights()
+    hist = model.fit(x[:20], y[:20], batch_size=8, epochs=2, validation_data=(x[20:], y[20:]),
+                     verbose=0)
+    assert list(hist.history) == ["loss", "mae", "val_loss", "val_mae"]
+    assert hist.history["val_loss"][-1] == pytest.approx(model.evaluate(x[20:], y[20:])[0], rel=1e-12)
+    for a, b in zip(model.layers[0].get_weights(), frozen):
+        np.testing.assert_array_equal(a, b)
+    assert len(model.trainable_weights) == 2 and len(model.weights) == 5
+    assert model.weights[0] is model.layers[0].kernel
+
+
 def test_epoch_loss_is_the_batch_size_weighted_mean():
     """Keras 3: the loss tracker weighs each batch loss by its batch size; with a zero
     learning rate the epoch loss is the mean over all samples."""
