@@ -21,6 +21,7 @@ import numpy as np
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
+from products cimport recurrent_grad, recurrent_product, set_policy, use_own
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
                     fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
@@ -61,23 +62,9 @@ cdef inline void bwd_reset(int B, int H, fl_act ract, floating *z, const floatin
         fl_gru_bwd_reset_d(B, H, ract, z, hin, drh, mask, dhin, accumulate, scratch)
 
 
-cdef inline void recurrent_product(int B, int H, int N, const floating *h, const floating *U,
-                                   int ldu, floating *z, int ldz) noexcept nogil:
-    """z[B,N] (row stride ldz) += h[B,H] U[H,N] (row stride ldu)."""
-    if B == 1:
-        gemv(True, H, N, <floating>1, U, ldu, h, <floating>1, z)
-    else:
-        gemm(False, False, B, N, H, <floating>1, h, H, U, ldu, <floating>1, z, ldz)
-
-
-cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz,
-                                const floating *U, int ldu, floating beta,
-                                floating *dh) noexcept nogil:
-    """dh[B,H] = dz[B,N] (row stride ldz) U[H,N]^T (row stride ldu) + beta dh."""
-    if B == 1:
-        gemv(False, H, N, <floating>1, U, ldu, dz, beta, dh)
-    else:
-        gemm(False, True, B, H, N, <floating>1, dz, ldz, U, ldu, beta, dh, H)
+def set_recurrent_matmul(str which):
+    """'auto' (default), 'blas' or 'own': the per-step products, for tests and benchmarks."""
+    set_policy(which)
 
 
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
@@ -200,12 +187,12 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
                 else:
                     pout = pout_prev = &outbuf[0, 0]
             if reset_after:
-                recurrent_product(B, H, G, hin, pU, G, zt, ZW)
+                recurrent_product(B, H, G, hin, pU, G, <floating>1, zt, ZW)
             else:
                 prh = &RH[t, 0, 0] if training else &rhb[0, 0]
-                recurrent_product(B, H, 2 * H, hin, pU, G, zt, ZW)
+                recurrent_product(B, H, 2 * H, hin, pU, G, <floating>1, zt, ZW)
                 fwd_reset(B, H, ract, zt, hin, prh)
-                recurrent_product(B, H, H, prh, pU + 2 * H, G, zt + 2 * H, ZW)
+                recurrent_product(B, H, H, prh, pU + 2 * H, G, <floating>1, zt + 2 * H, ZW)
             fwd_step(B, H, reset_after, act, ract, zt, pm, ph, ph, pout_prev, pout)
             if return_sequences and not has_mask:
                 memcpy(&Y[s, 0, 0], ph, BH * sizeof(floating))
@@ -298,6 +285,11 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     if has_bias:
         colsum, ones = colsum_arr, ones_arr
     cdef const floating *pHin = &hin[0, 0, 0] if has_rdrop else &h_prev[0, 0, 0]
+    cdef floating[:, ::1] UT                          # U^T [G,H] for the own-kernel path
+    cdef const floating *pUT = NULL
+    if use_own(<long>H * G * sizeof(floating)):
+        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        pUT = &UT[0, 0]
 
     with nogil:
         for s in range(T - 1, -1, -1):
@@ -309,12 +301,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
             bwd_step(B, H, reset_after, act, ract, zt, &h_prev[t, 0, 0], pm, pdy, pdh, pdout,
                      &scratch[0])
             if reset_after:
-                recurrent_grad(B, H, G, zt, ZW, pU, G, beta_rec, ptarget)
+                recurrent_grad(B, H, G, zt, ZW, pU, G, pUT, beta_rec, ptarget)
             else:
                 phin = &hin[t, 0, 0] if has_rdrop else &h_prev[t, 0, 0]
-                recurrent_grad(B, H, H, zt + 2 * H, ZW, pU + 2 * H, G, <floating>0, pdrh)
+                recurrent_grad(B, H, H, zt + 2 * H, ZW, pU + 2 * H, G,
+                               pUT + 2 * H * H if pUT != NULL else NULL, <floating>0, pdrh)
                 bwd_reset(B, H, ract, zt, phin, pdrh, pm, ptarget, not has_rdrop, &scratch[0])
-                recurrent_grad(B, H, 2 * H, zt, ZW, pU, G, <floating>1, ptarget)
+                recurrent_grad(B, H, 2 * H, zt, ZW, pU, G, pUT, <floating>1, ptarget)
             if has_rdrop:       # masked rows of ptarget are 0: their dh stays
                 add_mul(ptarget, prd, pdh, BH)
         # Weight and input gradients: single products over all T*B rows.

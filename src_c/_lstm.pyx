@@ -13,19 +13,13 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
+from products cimport recurrent_grad, recurrent_product, set_policy, use_own
 from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, fl_lstm_fwd_step_f,
                     fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
-# Per-step recurrent products: our register-blocked kernel reads the recurrent weights in
-# place while they fit in cache; past that, BLAS (which repacks them, but blocks for cache).
-cdef long OWN_MATMUL_MAX_BYTES = 8 << 20
-cdef int matmul_policy = 0          # 0 auto, 1 always BLAS, 2 always own kernel
-
-
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
-    global matmul_policy
-    matmul_policy = {"auto": 0, "blas": 1, "own": 2}[which]
+    set_policy(which)
 
 
 cdef int max_threads = 1           # set by fastlstm.set_num_threads
@@ -45,10 +39,6 @@ cdef inline int row_chunks(int B, long weight_bytes) noexcept nogil:
         return 1
     cdef int n = B // 4
     return max(1, min(n, max_threads))
-
-
-cdef inline bint use_own(long weight_bytes) noexcept nogil:
-    return matmul_policy == 2 or (matmul_policy == 0 and weight_bytes <= OWN_MATMUL_MAX_BYTES)
 
 
 cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
@@ -74,31 +64,6 @@ cdef inline void bwd_step(int B, int H, int coupled, fl_act act, fl_act ract, fl
     else:
         fl_lstm_bwd_step_d(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, dh, dc, dout,
                            dpeep, scratch)
-
-
-cdef inline void recurrent_product(int B, int H, int G, const floating *h, const floating *U,
-                                   floating beta, floating *z) noexcept nogil:
-    """z[B,G] = h[B,H] U[H,G] + beta z (beta is 0 or 1)."""
-    if use_own(<long>H * G * sizeof(floating)):
-        if beta == 0:
-            memset(z, 0, <long>B * G * sizeof(floating))
-        matmul_acc(B, G, H, h, H, U, G, z, G)
-    elif B == 1:
-        gemv(True, H, G, <floating>1, U, G, h, beta, z)
-    else:
-        gemm(False, False, B, G, H, <floating>1, h, H, U, G, beta, z, G)
-
-
-cdef inline void recurrent_grad(int B, int H, int G, const floating *dz, const floating *U,
-                                const floating *UT, floating *dh) noexcept nogil:
-    """dh[B,H] = dz[B,G] U^T; UT [G,H] is U transposed (row-major) or NULL for BLAS."""
-    if UT != NULL:
-        memset(dh, 0, <long>B * H * sizeof(floating))
-        matmul_acc(B, H, G, dz, G, UT, H, dh, H)
-    elif B == 1:
-        gemv(False, H, G, <floating>1, U, G, dz, <floating>0, dh)
-    else:
-        gemm(False, True, B, H, G, <floating>1, dz, G, U, G, <floating>0, dh, H)
 
 
 cdef inline floating *ptr_or_null(floating[::1] a):
@@ -139,7 +104,7 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backw
             mul(ph, prd, hin, nbh)
         else:
             hin = ph
-        recurrent_product(nb, H, G, hin, U, <floating>1, Z + t * BG + rg)
+        recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + t * BG + rg, G)
         pc_out = C + t * BH + rh if training else pc
         po = po_prev = NULL
         if mask != NULL:
@@ -278,7 +243,7 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
         bwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, C + t * BH + rh, pcp, P, pm,
                  DY + s * BH + rh if DY != NULL else NULL, dh + rh, dc + rh, pout, dpeep,
                  scratch)
-        recurrent_grad(nb, H, G, Z + t * BG + rg, U, UT, dhp + rh)
+        recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
@@ -442,7 +407,7 @@ cdef class StepPlan:
             else:
                 gemm(False, False, B, G, I, <float>1, &x[0, 0], I, &self.W[0, 0], G, beta,
                      &self.z[0, 0], G)
-            recurrent_product(B, H, G, &h[0, 0], &self.U[0, 0], <float>1, &self.z[0, 0])
+            recurrent_product(B, H, G, &h[0, 0], &self.U[0, 0], G, <float>1, &self.z[0, 0], G)
             fwd_step(B, H, self.coupled, self.act, self.ract, &self.z[0, 0], pP, NULL, &h[0, 0],
                      &c[0, 0], &h_out[0, 0], &c_out[0, 0], NULL, NULL, &self.scratch[0])
 
@@ -477,6 +442,6 @@ def step(floating[:, ::1] x, floating[:, ::1] h, floating[:, ::1] c,
         else:
             gemm(False, False, B, G, I, <floating>1, &x[0, 0], I, &kernel[0, 0], G, beta,
                  &z[0, 0], G)
-        recurrent_product(B, H, G, &h[0, 0], &recurrent_kernel[0, 0], <floating>1, &z[0, 0])
+        recurrent_product(B, H, G, &h[0, 0], &recurrent_kernel[0, 0], G, <floating>1, &z[0, 0], G)
         fwd_step(B, H, coupled, act, ract, &z[0, 0], pP, NULL, &h[0, 0], &c[0, 0],
                  &h_out[0, 0], &c_out[0, 0], NULL, NULL, &scratch[0])

@@ -13,6 +13,7 @@ import numpy as np
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
+from products cimport recurrent_grad, recurrent_product, set_policy, use_own
 from gates cimport (fl_act, make_act, mul, merge_rows, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
                     fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
 
@@ -35,22 +36,9 @@ cdef inline void bwd_step(int B, int H, fl_act act, floating *z, const unsigned 
         fl_rnn_bwd_step_d(B, H, act, z, mask, dy, dh, dout, scratch)
 
 
-cdef inline void recurrent_product(int B, int H, const floating *h, const floating *U,
-                                   floating *z) noexcept nogil:
-    """z[B,H] += h[B,H] U[H,H]."""
-    if B == 1:
-        gemv(True, H, H, <floating>1, U, H, h, <floating>1, z)
-    else:
-        gemm(False, False, B, H, H, <floating>1, h, H, U, H, <floating>1, z, H)
-
-
-cdef inline void recurrent_grad(int B, int H, const floating *dz, const floating *U,
-                                floating *dh) noexcept nogil:
-    """dh[B,H] = dz[B,H] U^T."""
-    if B == 1:
-        gemv(False, H, H, <floating>1, U, H, dz, <floating>0, dh)
-    else:
-        gemm(False, True, B, H, H, <floating>1, dz, H, U, H, <floating>0, dh, H)
+def set_recurrent_matmul(str which):
+    """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
+    set_policy(which)
 
 
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
@@ -126,7 +114,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
                 mul(ph, prd, hin, BH)
             else:
                 hin = ph
-            recurrent_product(B, H, hin, &recurrent_kernel[0, 0], pZ + t * BH)
+            recurrent_product(B, H, H, hin, &recurrent_kernel[0, 0], H, <floating>1, pZ + t * BH, H)
             pout = pout_prev = NULL
             if has_mask:
                 pm = &mask[t, 0]
@@ -200,6 +188,12 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long s, t
 
+    cdef floating[:, ::1] UT                          # U^T for the own-kernel path
+    cdef const floating *pUT = NULL
+    if use_own(<long>H * H * sizeof(floating)):
+        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        pUT = &UT[0, 0]
+
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, H), dtype)
     dU_arr = np.empty((H, H), dtype)
@@ -218,7 +212,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
             if has_mask:
                 pm = &mask[t, 0]
             bwd_step(B, H, act, pZ + t * BH, pm, pdy, &dh[0, 0], pdout, &scratch[0])
-            recurrent_grad(B, H, pZ + t * BH, &recurrent_kernel[0, 0], pdhp)
+            recurrent_grad(B, H, H, pZ + t * BH, H, &recurrent_kernel[0, 0], H, pUT, <floating>0, pdhp)
             if has_mask or has_rdrop:
                 merge_rows(B, H, pm, prd, pdhp, &dh[0, 0])
         # Weight and input gradients: single products over all T*B rows.

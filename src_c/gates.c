@@ -195,6 +195,8 @@ void fl_rnn_bwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *
 FL_EXPORTS(float, _f)
 FL_EXPORTS(double, _d)
 
+int fl_matmul_policy = 0;
+
 /* The per-step recurrent product (matmul_impl.h). */
 #define FL_EXPORTS_MATMUL(REAL, S)                                                          \
 void fl_matmul_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *W, int ldw,  \

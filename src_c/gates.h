@@ -90,6 +90,9 @@ FL_DECLARE(double, _d)
 
 #undef FL_DECLARE
 
+/* Which per-step product the cells use: 0 auto, 1 BLAS, 2 own kernel (one per module). */
+extern int fl_matmul_policy;
+
 /* C[M,N] += A[M,K] W[K,N], row-major with leading dimensions: the per-step recurrent
  * product, register-blocked, W read in place (no packing). */
 void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *W, int ldw,

@@ -1,0 +1,66 @@
+"""The per-step products of every cell run on our register-blocked kernel or on BLAS
+(chosen by weight size); both paths must agree with the oracle, forward and backward."""
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm import ops
+
+from conftest import DTYPES, assert_close, seed_of
+
+
+def _modules():
+    from fastlstm import _gru, _lstm, _simple_rnn
+    return [_lstm, _gru, _simple_rnn]
+
+
+def _problem(cell, rng, dtype, T, B, I, H, reset_after=True):
+    G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell] * H
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    W = (rng.standard_normal((I, G)) / np.sqrt(I)).astype(dtype)
+    U = (rng.standard_normal((H, G)) / np.sqrt(H)).astype(dtype)
+    bshape = (2, G) if (cell == "gru" and reset_after) else (G,)
+    b = rng.standard_normal(bshape).astype(dtype) * 0.3
+    kw = dict(mask=rng.random((T, B)) > 0.3, go_backwards=True,
+              recurrent_dropout_mask=((rng.random((B, H)) > 0.3) / 0.7).astype(dtype),
+              h0=rng.standard_normal((B, H)).astype(dtype))
+    if cell == "gru":
+        kw["reset_after"] = reset_after
+    return (x, W, U, b), kw
+
+
+def _run(cell, backend, args, kw, dy):
+    fwd = getattr(ops, f"{cell}_forward")
+    bwd = getattr(ops, f"{cell}_backward")
+    with fl.use_backend(backend):
+        out = fwd(*args, training=True, **kw)
+        g = bwd(out[-1], dy)
+    return out[0], g
+
+
+@pytest.mark.parametrize("policy", ["blas", "own"])
+@pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                               ("simple_rnn", True)])
+@pytest.mark.parametrize("B", [1, 6])
+def test_product_paths_match_oracle(policy, cell, reset_after, B):
+    for m in _modules():
+        m.set_recurrent_matmul(policy)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of(policy, cell, reset_after, B))
+            args, kw = _problem(cell, rng, dtype, 5, B, 7, 19, reset_after)
+            dy = rng.standard_normal((5, B, 19)).astype(dtype)
+            y, g = _run(cell, "cpu", args, kw, dy)
+            ry, rg = _run(cell, "numpy", args, kw, dy)
+            assert_close(y, ry, dtype, "y")
+            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
+                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+    finally:
+        for m in _modules():
+            m.set_recurrent_matmul("auto")
+
+
+def test_bad_policy_name():
+    from fastlstm import _lstm
+    with pytest.raises(ValueError, match="which: expected 'auto', 'blas' or 'own'"):
+        _lstm.set_recurrent_matmul("fast")
