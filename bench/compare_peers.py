@@ -27,7 +27,7 @@ GRU_CONFIGS = LSTM_CONFIGS[1:4]
 STREAM_UNITS = [64, 128, 256]
 
 
-def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.05) -> dict:
+def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2) -> dict:
     """Median seconds per call of each function, timed in alternating blocks."""
     for f in fns.values():          # warm-up (allocations, thread pools, lazy init)
         f()
