@@ -11,10 +11,12 @@ from . import activations
 from .backends import available as available_backends, current_backend, set_backend, use_backend
 from . import ops
 from . import initializers, regularizers, layers
-from .threads import get_num_threads, set_loop_threads, set_num_threads
+from .threads import get_num_threads, init_threads as _init_threads, set_loop_threads, set_num_threads
 
 __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", "layers", "set_backend", "use_backend", "current_backend",
            "available_backends", "set_num_threads", "get_num_threads", "set_loop_threads"]
 from .models import Sequential, load_model
 
 __all__ += ["Sequential", "load_model"]
+
+_init_threads()

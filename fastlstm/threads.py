@@ -1,34 +1,54 @@
-"""Thread control: one setting for the BLAS that the kernels call (scipy's OpenBLAS/MKL).
+"""Threads: one setting for fastlstm's kernels.
 
-The kernels release the GIL for whole sequences and parallelise through BLAS; running more
-BLAS threads than cores (or beside another busy thread pool) only slows them down.
+The LSTM kernels parallelise themselves (OpenMP) over independent slices — batch rows in
+the time loops (rows never interact inside a recurrence, so no barrier per step), row or
+column slices of the large products — and call BLAS single-threaded inside, as
+scikit-learn's KMeans does. One thread pool then owns the cores: BLAS's idle workers spin
+for a while after each call and would fight OpenMP's threads for the same cores.
+The GRU and SimpleRNN kernels still thread through BLAS.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 _limiter = None
+_blas_libs = None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` BLAS threads in fastlstm's kernels (process-wide)."""
+    """Use ``n`` threads in fastlstm's kernels: their own parallel loops and the BLAS
+    (scipy's) that the GRU and SimpleRNN kernels call (process-wide)."""
     global _limiter
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
+    _check(n)
     from threadpoolctl import threadpool_limits
     if _limiter is not None:
         _limiter.restore_original_limits()
     _limiter = threadpool_limits(limits=n, user_api="blas")
+    _set_kernel_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads fastlstm's kernels run with."""
+    from . import _lstm
+    return _lstm.get_threads()
 
 
 def set_loop_threads(n: int) -> None:
-    """Split the batch rows of the compiled time loops over up to ``n`` OpenMP threads
-    (default 1). Rows never interact inside a recurrence, so each thread runs the whole
-    sequence for its rows with no barrier per step. Off by default: measured on 2 cores,
-    OpenMP threads beside BLAS's own spinning threads lose more than they gain unless BLAS
-    runs on one thread (``set_num_threads(1)``), e.g. several processes serving in parallel."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
+    """Only the kernels' own parallel loops (BLAS threads unchanged)."""
+    _check(n)
     _set_kernel_threads(n)
 
 
@@ -43,12 +63,37 @@ def _set_kernel_threads(n: int) -> None:
             mod.set_threads(n)
 
 
+def _scipy_blas():
+    """threadpoolctl controllers of the BLAS the kernels call (scipy's, not numpy's)."""
+    global _blas_libs
+    if _blas_libs is None:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (load it before looking)
+            from threadpoolctl import ThreadpoolController
+            libs = ThreadpoolController().lib_controllers
+        except Exception:
+            libs = []
+        _blas_libs = [c for c in libs if c.user_api == "blas"
+                      and "numpy" not in c.filepath.replace(os.sep, "/")]
+    return _blas_libs
 
-def get_num_threads() -> int:
-    """Threads fastlstm's kernels run with (the largest of the loaded BLAS pools)."""
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS on one thread for the duration (about a microsecond to set and restore)."""
+    libs = _scipy_blas()
+    saved = [c.num_threads for c in libs]
+    for c, n in zip(libs, saved):
+        if n != 1:
+            c.set_num_threads(1)
     try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return os.cpu_count() or 1
-    pools = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-    return max(pools) if pools else 1
+        yield
+    finally:
+        for c, n in zip(libs, saved):
+            if n != 1:
+                c.set_num_threads(n)
+
+
+def init_threads() -> None:
+    """At import: the kernels' loops use the cores this process may run on."""
+    _set_kernel_threads(_cores())

@@ -26,19 +26,45 @@ cdef int max_threads = 1           # set by fastlstm.set_num_threads
 
 
 def set_threads(int n):
-    """Threads for the time loops (each takes a share of the batch rows)."""
+    """Threads for the kernels' own parallel loops (fastlstm.set_num_threads sets it).
+
+    The callers run these kernels with BLAS limited to one thread (fastlstm.threads): the
+    parallelism is ours, over independent slices, so one thread pool owns the cores —
+    BLAS's spinning workers and OpenMP's would otherwise fight over them."""
     global max_threads
     max_threads = max(1, n)
 
 
-cdef inline int row_chunks(int B, long weight_bytes) noexcept nogil:
-    """How many threads share the time loop. Rows of a batch never interact inside the
-    recurrence, so each thread runs the whole sequence for its rows: no barrier per step.
-    Only on the own-kernel path (BLAS threads itself) and with >= 4 rows per thread."""
-    if not use_own(weight_bytes):
-        return 1
-    cdef int n = B // 4
-    return max(1, min(n, max_threads))
+def get_threads():
+    return max_threads
+
+
+cdef inline int row_chunks(int B) noexcept nogil:
+    """Threads for the time loops. Batch rows never interact inside a recurrence, so each
+    thread runs the whole sequence for its rows: no barrier per step (>= 4 rows each, the
+    row blocking of the product kernel)."""
+    return max(1, min(B // 4, max_threads))
+
+
+cdef inline int split(long n, long grain) noexcept nogil:
+    """Threads for an n-wide product split into slices of at least `grain`."""
+    return <int>max(1, min(n // grain, <long>max_threads))
+
+
+cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
+                              const floating *W, const floating *b, floating *Z) noexcept nogil:
+    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection."""
+    cdef long r
+    if b != NULL:
+        for r in range(r0, r0 + nr):
+            memcpy(Z + r * G, b, G * sizeof(floating))
+    elif use_own(<long>I * G * sizeof(floating)):
+        memset(Z + r0 * G, 0, nr * G * sizeof(floating))
+    if use_own(<long>I * G * sizeof(floating)):
+        matmul_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
+    else:
+        gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
+             <floating>(1 if b != NULL else 0), Z + r0 * G, G)
 
 
 cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
@@ -151,15 +177,18 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pZ = &Z[0, 0, 0]
     cdef floating *pb = ptr_or_null(bias)
     cdef long r, t, s
+    cdef int nproj = split(TB, 64)
+    cdef long ci
     with nogil:
         if input_dropout_mask is not None:
             for r in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
-        if pb != NULL:
-            for r in range(TB):
-                memcpy(pZ + r * G, pb, G * sizeof(floating))
-        gemm(False, False, <int>TB, G, I, <floating>1, &xin[0, 0, 0], I, &kernel[0, 0], G,
-             <floating>(1 if pb != NULL else 0), pZ, G)
+        if nproj == 1:
+            project_rows(0, TB, I, G, &xin[0, 0, 0], &kernel[0, 0], pb, pZ)
+        else:
+            for ci in prange(nproj, num_threads=nproj, schedule="static"):
+                project_rows(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, G,
+                             &xin[0, 0, 0], &kernel[0, 0], pb, pZ)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     c_first = np.array(c0, dtype=dtype, copy=True)
@@ -179,7 +208,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     elif has_mask:
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
-    cdef int nchunks = row_chunks(B, <long>H * G * sizeof(floating))
+    cdef int nchunks = row_chunks(B)
     scratch_arr = np.empty(nchunks * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
@@ -190,7 +219,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
-    cdef int ci, b0
+    cdef int b0
     with nogil:
         if nchunks == 1:
             forward_rows(T, B, H, G, 0, B, go_backwards, training, return_sequences, coupled,
@@ -246,6 +275,30 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
         recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
+
+
+cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
+                                 const floating *W, const floating *WT,
+                                 floating *dX) noexcept nogil:
+    """Rows [r0, r0+nr) of dX = dZ W^T; WT [G,I] = W^T for our kernel, or NULL for BLAS."""
+    if WT != NULL:
+        memset(dX + r0 * I, 0, nr * I * sizeof(floating))
+        matmul_acc(<int>nr, I, G, dZ + r0 * G, G, WT, I, dX + r0 * I, I)
+    else:
+        gemm(False, True, <int>nr, I, G, <floating>1, dZ + r0 * G, G, W, G, <floating>0,
+             dX + r0 * I, I)
+
+
+cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const floating *X,
+                           const floating *Hin, const floating *dZ, const floating *ones,
+                           floating *dW, floating *dU, floating *db) noexcept nogil:
+    """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ."""
+    gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
+         dW + g0, G)
+    gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
+         dU + g0, G)
+    if db != NULL:
+        gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)
 
 
 def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c,
@@ -320,10 +373,20 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef floating[:, :, ::1] dx = dx_arr
     cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
     cdef floating[::1] db, ones
+    cdef floating *pdb = NULL
+    cdef const floating *pones = NULL
     if has_bias:
         db, ones = db_arr, ones_arr
+        pdb, pones = &db[0], &ones[0]
+    cdef int ncols = split(G, 64), nrows = split(TB, 64)
+    cdef long g0, r0
+    cdef floating[:, ::1] WT                          # W^T [G,I] for the own-kernel path
+    cdef const floating *pWT = NULL
+    if use_own(<long>I * G * sizeof(floating)):
+        WT = np.ascontiguousarray(np.asarray(kernel).T)
+        pWT = &WT[0, 0]
 
-    cdef int nchunks = row_chunks(B, <long>H * G * sizeof(floating))
+    cdef int nchunks = row_chunks(B)
     cdef int ci, b0
     cdef floating[:, ::1] part
     if nchunks > 1 and dpeep_arr is not None:       # one accumulator per thread, summed after
@@ -347,15 +410,23 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if nchunks > 1 and dpeep_arr is not None:
         dpeep_arr += part_arr.sum(0).reshape(3, H)
     with nogil:
-        # Weight and input gradients: single products over all T*B rows.
-        gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, G, <floating>0,
-             &dW[0, 0], G)
-        gemm(True, False, H, G, <int>TB, <floating>1, &hin[0, 0, 0], H, pZ, G, <floating>0,
-             &dU[0, 0], G)
-        if has_bias:
-            gemv(True, <int>TB, G, <floating>1, pZ, G, &ones[0], <floating>0, &db[0])
-        gemm(False, True, <int>TB, I, G, <floating>1, pZ, G, &kernel[0, 0], G, <floating>0,
-             &dx[0, 0, 0], I)
+        # Weight and input gradients: products over all T*B rows, split into column slices
+        # (dW, dU, db: no reduction across threads) and row slices (dx).
+        if ncols == 1:
+            weight_grad_cols(0, G, I, H, G, TB, &x[0, 0, 0], &hin[0, 0, 0], pZ, pones,
+                             &dW[0, 0], &dU[0, 0], pdb)
+        else:
+            for ci in prange(ncols, num_threads=ncols, schedule="static"):
+                g0 = ci * G // ncols
+                weight_grad_cols(g0, (ci + 1) * G // ncols - g0, I, H, G, TB, &x[0, 0, 0],
+                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb)
+        if nrows == 1:
+            input_grad_rows(0, TB, I, G, pZ, &kernel[0, 0], pWT, &dx[0, 0, 0])
+        else:
+            for ci in prange(nrows, num_threads=nrows, schedule="static"):
+                r0 = ci * TB // nrows
+                input_grad_rows(r0, (ci + 1) * TB // nrows - r0, I, G, pZ, &kernel[0, 0], pWT,
+                                &dx[0, 0, 0])
         if input_dropout_mask is not None:
             for t in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])

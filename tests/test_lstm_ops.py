@@ -356,6 +356,7 @@ def test_matmul_kernel_every_isa(level, M, K, N):
 def test_threaded_time_loop_matches_oracle(threads, opt_name):
     """Batch rows are split across threads for the whole sequence; uneven splits too."""
     from fastlstm import _lstm
+    before = _lstm.get_threads()
     _lstm.set_threads(threads)
     try:
         rng = np.random.default_rng(seed_of(threads, opt_name))
@@ -364,4 +365,4 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
             grads = output_grads(rng, dtype, 6, 13, 9, kw["return_sequences"])
             compare_backend("cpu", kw, grads, np.dtype(dtype))
     finally:
-        _lstm.set_threads(1)
+        _lstm.set_threads(before)

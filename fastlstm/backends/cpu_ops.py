@@ -5,6 +5,7 @@ import numpy as np
 
 from .base import Cache, Grads
 from .numpy_ops import NumpyOps
+from ..threads import single_threaded_blas
 
 try:
     from .. import _gru, _lstm, _simple_rnn
@@ -40,10 +41,11 @@ class CpuOps(NumpyOps):
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training)
-        y, h, c, saved = _lstm.forward(
-            x, kernel, recurrent_kernel, bias, h0, c0, peephole, _u8(mask), input_dropout_mask,
-            recurrent_dropout_mask, activation, recurrent_activation, coupled, go_backwards,
-            return_sequences, training)
+        with single_threaded_blas():      # the kernel threads itself (fastlstm.threads)
+            y, h, c, saved = _lstm.forward(
+                x, kernel, recurrent_kernel, bias, h0, c0, peephole, _u8(mask),
+                input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
+                coupled, go_backwards, return_sequences, training)
         cache = None
         if training:
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, peephole=peephole,
@@ -59,11 +61,12 @@ class CpuOps(NumpyOps):
         if "gates" in cache.data:          # made by the oracle path above (empty batch)
             return super().lstm_backward(cache, dy, dh, dc)
         d = cache.take(self.name, "lstm")
-        dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
-            d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
-            d["peephole"], _u8(d["mask"]), d["input_dropout_mask"], d["recurrent_dropout_mask"],
-            d["activation"], d["recurrent_activation"], d["coupled"], d["go_backwards"],
-            d["return_sequences"], d["has_bias"], dy, dh, dc)
+        with single_threaded_blas():
+            dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
+                d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
+                d["peephole"], _u8(d["mask"]), d["input_dropout_mask"],
+                d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
+                d["coupled"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, dc)
         return Grads(inputs=dx, h0=dh0, c0=dc0, kernel=dW, recurrent_kernel=dU, bias=db,
                      peephole=dP)
 
