@@ -108,7 +108,7 @@ def run_bench(print_fn=print, budget_s=15.0):
     except ImportError:
         torch = None
     print_fn(f"LSTM forward+backward (train) and forward (infer), float32, median ms of "
-             f"alternating blocks; BLAS threads {fl.get_num_threads()}"
+             f"alternating blocks; threads {fl.get_num_threads()}"
              + (f", torch threads {torch.get_num_threads()}" if torch else
                 " (PyTorch not installed: pip install torch to compare)"))
     head = f"{'T':>4} {'B':>4} {'I':>4} {'H':>5} | {'fastlstm':>9} {'oracle':>9} "
@@ -183,7 +183,7 @@ def run_bench(print_fn=print, budget_s=15.0):
 def _short_info():
     import fastlstm as fl
     return [f"fastlstm {fl.__version__}: backends {', '.join(fl.available_backends())} "
-            f"(active: {fl.current_backend()}), BLAS threads {fl.get_num_threads()}",
+            f"(active: {fl.current_backend()}), threads {fl.get_num_threads()}",
             "(python -m fastlstm info: the full build report; -h: every command)"]
 
 
@@ -198,8 +198,8 @@ def _add_demo_parsers(sub):
     add.add_argument("--test", type=int, default=1000, help="test sequences (1000)")
     add.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (0.003)")
     add.add_argument("--seed", type=int, default=0)
-    add.add_argument("--threads", type=int, default=1,
-                     help="threads (1: fastest for these small models)")
+    add.add_argument("--threads", type=int, default=None,
+                     help="threads (default: fastlstm's, all cores)")
     add.add_argument("--plot", metavar="FILE.png", default=None,
                      help="save the learning curves (needs matplotlib)")
     air = demos.add_parser("airline", help="airline passengers: LSTM forecast of 1959-1960")

@@ -11,10 +11,8 @@
     forecasts 1959-1960, scored by MAE, RMSE and MAPE against the seasonal-naive baseline.
 
 Each ``run_*`` function returns its numbers in a dict (the tests use them) and prints
-through ``print_fn``. The demos' models are small, so they run with one thread
-(``threads=1``): for products this small, a second BLAS thread only adds synchronisation,
-and on a busy machine it waits for a core at every product (measured on 2 shared cores:
-an LSTM training step 10x slower with 2 threads than with 1).
+through ``print_fn``. The adding demo runs on fastlstm's threads (its LSTM kernels split the
+batch rows over the cores); the airline models are so small that one thread is as fast.
 """
 from __future__ import annotations
 
@@ -98,7 +96,7 @@ def text_chart(curves, baseline=None, height=10, floor=1e-4):
 
 def run_adding(timesteps=100, units=32, epochs=50, n_train=3200, n_test=1000, batch_size=32,
                learning_rate=3e-3, seed=0, cells=("LSTM", "SimpleRNN"), plot=None,
-               threads=1, print_fn=print):
+               threads=None, print_fn=print):
     """Train one model per cell on the adding problem; returns a dict with ``curves``
     (cell -> per-epoch test MSE), ``seconds`` (cell -> training time), ``final``,
     ``baseline`` and ``train_loss`` (cell -> per-epoch training loss)."""
@@ -120,7 +118,7 @@ def _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_
     print_fn(f"Adding problem, T={timesteps}: {n_train} training and {n_test} test sequences "
              f"(seed {seed}); {units} units + Dense(1), Adam(lr={learning_rate}), batch "
              f"{batch_size}, {epochs} epochs of {math.ceil(n_train / batch_size)} steps"
-             + (f", {threads} thread{'s' if threads > 1 else ''}." if threads else "."))
+             + f", {threads or fl.get_num_threads()} thread(s).")
     print_fn(f"Baseline (always predict 1): test MSE {baseline:.4f} (in theory 1/6 = "
              f"{BASELINE_MSE:.4f}).")
     for c in missing:
