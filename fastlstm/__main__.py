@@ -33,7 +33,8 @@ def info_lines():
     lines = [
         f"fastlstm {fl.__version__}  (package: {os.path.dirname(fl.__file__)})",
         f"python {platform.python_version()}  numpy {np.__version__}  scipy {scipy.__version__}",
-        f"machine {platform.machine()}  cores {os.cpu_count()}  elementwise kernels: {_gates.isa()}",
+        f"machine {platform.machine()}  cores {os.cpu_count()}  elementwise kernels: {_gates.isa()}  "
+        f"kernel threads: {fl.get_num_threads()}",
         f"backends available: {', '.join(fl.available_backends())}  (active: {fl.current_backend()})",
     ]
     try:

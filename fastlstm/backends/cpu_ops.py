@@ -33,7 +33,7 @@ class CpuOps(NumpyOps):
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
                      return_sequences=True, training=False):
-        if x.shape[1] == 0:    # empty batch: nothing to compute, let the oracle shape it
+        if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle shapes it
             return super().lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
                 input_dropout_mask=input_dropout_mask,
