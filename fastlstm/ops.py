@@ -25,10 +25,6 @@ def _ops_for(x):
     return get_ops()
 
 
-def _xp_of(ops):
-    return ops.xp
-
-
 def _shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
 

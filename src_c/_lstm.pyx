@@ -39,15 +39,31 @@ def get_threads():
     return max_threads
 
 
-cdef inline int row_chunks(int B) noexcept nogil:
+# Below this many multiply-adds a parallel region costs more than it saves: waking an idle
+# thread took milliseconds on the shared virtual machines we measured on.
+cdef double parallel_min_macs = 1 << 25
+
+
+def set_parallel_threshold(double macs):
+    """Smallest product (in multiply-adds) split over threads; tests set 0."""
+    global parallel_min_macs
+    parallel_min_macs = macs
+
+
+cdef inline int row_chunks(int T, int B, int H, int G) noexcept nogil:
     """Threads for the time loops. Batch rows never interact inside a recurrence, so each
     thread runs the whole sequence for its rows: no barrier per step (>= 4 rows each, the
     row blocking of the product kernel)."""
+    if <double>T * B * H * G < parallel_min_macs:
+        return 1
     return max(1, min(B // 4, max_threads))
 
 
-cdef inline int split(long n, long grain) noexcept nogil:
-    """Threads for an n-wide product split into slices of at least `grain`."""
+cdef inline int split(long n, long grain, double macs) noexcept nogil:
+    """Threads for a product of `macs` multiply-adds split along an n-wide dimension into
+    slices of at least `grain`."""
+    if macs < parallel_min_macs:
+        return 1
     return <int>max(1, min(n // grain, <long>max_threads))
 
 
@@ -177,7 +193,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pZ = &Z[0, 0, 0]
     cdef floating *pb = ptr_or_null(bias)
     cdef long r, t, s
-    cdef int nproj = split(TB, 64)
+    cdef int nproj = split(TB, 64, <double>TB * I * G)
     cdef long ci
     with nogil:
         if input_dropout_mask is not None:
@@ -208,7 +224,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     elif has_mask:
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
-    cdef int nchunks = row_chunks(B)
+    cdef int nchunks = row_chunks(T, B, H, G)
     scratch_arr = np.empty(nchunks * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
@@ -378,7 +394,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if has_bias:
         db, ones = db_arr, ones_arr
         pdb, pones = &db[0], &ones[0]
-    cdef int ncols = split(G, 64), nrows = split(TB, 64)
+    cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
+    cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef long g0, r0
     cdef floating[:, ::1] WT                          # W^T [G,I] for the own-kernel path
     cdef const floating *pWT = NULL
@@ -386,7 +403,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         WT = np.ascontiguousarray(np.asarray(kernel).T)
         pWT = &WT[0, 0]
 
-    cdef int nchunks = row_chunks(B)
+    cdef int nchunks = row_chunks(T, B, H, G)
     cdef int ci, b0
     cdef floating[:, ::1] part
     if nchunks > 1 and dpeep_arr is not None:       # one accumulator per thread, summed after

@@ -358,6 +358,7 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
     from fastlstm import _lstm
     before = _lstm.get_threads()
     _lstm.set_threads(threads)
+    _lstm.set_parallel_threshold(0)          # split even these small problems
     try:
         rng = np.random.default_rng(seed_of(threads, opt_name))
         for dtype in DTYPES:
@@ -366,3 +367,4 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
             compare_backend("cpu", kw, grads, np.dtype(dtype))
     finally:
         _lstm.set_threads(before)
+        _lstm.set_parallel_threshold(1 << 25)
