@@ -41,7 +41,7 @@ def get_threads():
 
 # Below this many multiply-adds a parallel region costs more than it saves: waking an idle
 # thread took milliseconds on the shared virtual machines we measured on.
-cdef double parallel_min_macs = 1 << 25
+cdef double parallel_min_macs = 1 << 27
 
 
 def set_parallel_threshold(double macs):

@@ -367,4 +367,4 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
             compare_backend("cpu", kw, grads, np.dtype(dtype))
     finally:
         _lstm.set_threads(before)
-        _lstm.set_parallel_threshold(1 << 25)
+        _lstm.set_parallel_threshold(1 << 27)
