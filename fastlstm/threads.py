@@ -94,6 +94,16 @@ def single_threaded_blas():
                 c.set_num_threads(n)
 
 
+# OpenBLAS core types with AVX-512 kernels: there BLAS beats our kernel on the many-row
+# products (input projection, input gradient); with AVX2 kernels ours is faster.
+_AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
+
+
 def init_threads() -> None:
-    """At import: the kernels' loops use the cores this process may run on."""
+    """At import: the kernels' loops use the cores this process may run on, and the
+    many-row products go to BLAS when its kernels are AVX-512 ones."""
     _set_kernel_threads(_cores())
+    arch = " ".join(str(c.architecture).lower() for c in _scipy_blas()
+                    if getattr(c, "architecture", None))
+    from . import _lstm
+    _lstm.set_projection_blas(any(a in arch for a in _AVX512_CORES))

@@ -42,6 +42,14 @@ def get_threads():
 # Below this many multiply-adds a parallel region costs more than it saves: waking an idle
 # thread took milliseconds on the shared virtual machines we measured on.
 cdef double parallel_min_macs = 1 << 27
+cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
+
+
+def set_projection_blas(bint on):
+    """Run the input projection and the input gradient (many rows: BLAS's home ground) on
+    BLAS even when the weights fit our kernel. Worth it when the BLAS has AVX-512 kernels."""
+    global projections_on_blas
+    projections_on_blas = on
 
 
 def set_parallel_threshold(double macs):
@@ -71,12 +79,13 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
                               const floating *W, const floating *b, floating *Z) noexcept nogil:
     """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection."""
     cdef long r
+    cdef bint own = use_own(<long>I * G * sizeof(floating)) and not projections_on_blas
     if b != NULL:
         for r in range(r0, r0 + nr):
             memcpy(Z + r * G, b, G * sizeof(floating))
-    elif use_own(<long>I * G * sizeof(floating)):
+    elif own:
         memset(Z + r0 * G, 0, nr * G * sizeof(floating))
-    if use_own(<long>I * G * sizeof(floating)):
+    if own:
         matmul_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
     else:
         gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
@@ -399,7 +408,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef long g0, r0
     cdef floating[:, ::1] WT                          # W^T [G,I] for the own-kernel path
     cdef const floating *pWT = NULL
-    if use_own(<long>I * G * sizeof(floating)):
+    if use_own(<long>I * G * sizeof(floating)) and not projections_on_blas:
         WT = np.ascontiguousarray(np.asarray(kernel).T)
         pWT = &WT[0, 0]
 

@@ -64,3 +64,24 @@ def test_bad_policy_name():
     from fastlstm import _lstm
     with pytest.raises(ValueError, match="which: expected 'auto', 'blas' or 'own'"):
         _lstm.set_recurrent_matmul("fast")
+
+
+@pytest.mark.parametrize("on_blas", [False, True])
+def test_lstm_projection_paths_match_oracle(on_blas):
+    """The input projection and input gradient run on BLAS or on our kernel (chosen at
+    import from the BLAS's core type); both are exact."""
+    from fastlstm import _lstm
+    _lstm.set_projection_blas(on_blas)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("projection", on_blas))
+            args, kw = _problem("lstm", rng, dtype, 6, 5, 9, 11)
+            dy = rng.standard_normal((6, 5, 11)).astype(dtype)
+            y, g = _run("lstm", "cpu", args, kw, dy)
+            ry, rg = _run("lstm", "numpy", args, kw, dy)
+            assert_close(y, ry, dtype, "y")
+            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
+                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+    finally:
+        from fastlstm.threads import init_threads
+        init_threads()
