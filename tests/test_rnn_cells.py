@@ -123,3 +123,22 @@ def test_bad_cells():
         RNN([])
     with pytest.raises(TypeError, match="return_sequences is an argument of RNN"):
         LSTMCell(3, return_sequences=True)
+
+
+def test_rnn_of_cells_trains_saves_and_loads_in_a_model(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 7, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+    model = fl.Sequential([RNN([LSTMCell(5, kernel_regularizer="l2"), GRUCell(4)]),
+                           fl.layers.Dense(1)])
+    model.compile("adam", "mse")
+    before = model.predict(x)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    after = model.predict(x)
+    assert not np.allclose(before, after)            # the cells' weights were trained
+    assert model.layers[0].weight_names[0] == "cell_0/kernel"
+    model.save(tmp_path / "m.npz")
+    loaded = fl.load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.predict(x), after)
+    cfg = model.layers[0].get_config()
+    assert [c["class_name"] for c in cfg["cell"]] == ["LSTMCell", "GRUCell"]

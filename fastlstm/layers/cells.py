@@ -129,6 +129,13 @@ class RNN(Layer):
 
     # -- weights -------------------------------------------------------------------------
     @property
+    def weight_names(self):
+        if self.compiled:
+            return [f"cell_{k}/{n}" for k, c in enumerate(self.cells) for n in c._layer.weight_names]
+        return [f"cell_{k}/weight_{j}" for k, c in enumerate(self.cells)
+                for j in range(len(c.get_weights()))]
+
+    @property
     def weights(self):
         return [w for c in self.cells for w in (c._layer.weights if self.compiled else c.get_weights())]
 
@@ -144,6 +151,48 @@ class RNN(Layer):
         if weights:
             raise ValueError(f"weights: {len(weights)} arrays too many for {self.name}")
 
+    def regularization_loss(self):
+        return float(sum(c._layer.regularization_loss() for c in self.cells)) if self.compiled else 0.0
+
+    def regularization_grads(self):
+        if not self.compiled:
+            return [None] * len(self.weight_names)
+        return [g for c in self.cells for g in c._layer.regularization_grads()]
+
+    @property
+    def last_activity_loss(self):
+        return float(sum(c._layer.last_activity_loss for c in self.cells)) if self.compiled else 0.0
+
+    def compute_output_shape(self, input_shape):
+        B, T = input_shape[0], input_shape[1]
+        units = _state_sizes(self.cells[-1])[0]
+        out = (B, T, units) if self.return_sequences else (B, units)
+        if self.return_state:
+            return [out] + [(B, s) for c in self.cells for s in _state_sizes(c)]
+        return out
+
+    def get_config(self):
+        if not self.compiled:
+            raise ValueError(f"{self.name}: a user-defined cell has no configuration to save")
+        cfg = super().get_config()
+        cfg.update(cell=[{"class_name": type(c).__name__, "config": c.get_config()}
+                         for c in self.cells],
+                   return_sequences=self.return_sequences, return_state=self.return_state,
+                   go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        classes = {"LSTMCell": LSTMCell, "GRUCell": GRUCell, "SimpleRNNCell": SimpleRNNCell}
+        cells = []
+        for spec in config.pop("cell"):
+            if spec.get("class_name") not in classes:
+                raise ValueError(f"cell: unknown cell class {spec.get('class_name')!r}; expected "
+                                 f"one of {sorted(classes)}")
+            cells.append(classes[spec["class_name"]].from_config(spec["config"]))
+        return cls(cells, **config)
+
     def count_params(self):
         return int(sum(w.size for w in self.get_weights()))
 
@@ -152,8 +201,7 @@ class RNN(Layer):
         for c in self.cells:
             if hasattr(c, "build") and not getattr(c, "built", False):
                 c.build((None, dim))
-            sizes = _state_sizes(c)
-            dim = getattr(c, "output_size", sizes[0])
+            dim = getattr(c, "output_size", _state_sizes(c)[0])
         super().build(input_shape)
 
     def compute_mask(self, inputs, mask=None):
