@@ -1,11 +1,11 @@
 """Threads: one setting for fastlstm's kernels.
 
-The LSTM kernels parallelise themselves (OpenMP) over independent slices — batch rows in
-the time loops (rows never interact inside a recurrence, so no barrier per step), row or
-column slices of the large products — and call BLAS single-threaded inside, as
-scikit-learn's KMeans does. One thread pool then owns the cores: BLAS's idle workers spin
-for a while after each call and would fight OpenMP's threads for the same cores.
-The GRU and SimpleRNN kernels still thread through BLAS.
+The LSTM and GRU kernels parallelise themselves (OpenMP) over independent slices — batch
+rows in the time loops (rows never interact inside a recurrence, so no barrier per step),
+row or column slices of the large products — and call BLAS single-threaded inside, as
+scikit-learn's KMeans does; the SimpleRNN kernel runs on one thread. One thread pool then
+owns the cores: BLAS's idle workers spin for a while after each call and would fight
+OpenMP's threads for the same cores.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def _check(n):
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in fastlstm's kernels: their own parallel loops and the BLAS
-    (scipy's) that the GRU and SimpleRNN kernels call (process-wide)."""
+    """Use ``n`` threads in fastlstm's kernels (process-wide); also sets the threads of the
+    BLAS (scipy's) for calls outside fastlstm's kernels, which run it single-threaded."""
     global _limiter
     _check(n)
     from threadpoolctl import threadpool_limits

@@ -21,7 +21,9 @@ import numpy as np
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
-from products cimport recurrent_grad, recurrent_product, set_policy, use_own
+from cython.parallel cimport prange
+from products cimport (fl_max_threads, par_gemm, recurrent_grad, recurrent_product,
+                      row_chunks, set_kernel_threads, set_policy, split, use_own)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
                     fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
@@ -62,9 +64,69 @@ cdef inline void bwd_reset(int B, int H, fl_act ract, floating *z, const floatin
         fl_gru_bwd_reset_d(B, H, ract, z, hin, drh, mask, dhin, accumulate, scratch)
 
 
+def set_threads(int n, double parallel_min_macs=-1):
+    """Threads for this module's parallel loops (see fastlstm/threads.py)."""
+    set_kernel_threads(n, parallel_min_macs)
+
+
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step products, for tests and benchmarks."""
     set_policy(which)
+
+
+cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint reset_after,
+                       bint go_backwards, bint training, bint return_sequences, fl_act act,
+                       fl_act ract, floating *Z, const floating *U, const unsigned char *mask,
+                       const floating *rdrop, floating *HPREV, floating *HIN, floating *RH,
+                       floating *Y, floating *out, floating *hd, floating *h) noexcept nogil:
+    """The forward time loop for batch rows [b0, b0+nb) (see the header for Z's layout).
+    HPREV, HIN [T,B,H] are saved when training (HIN only with recurrent dropout); RH is
+    [T,B,H] when training, [B,H] work space at inference (reset_after=False only); Y [T,B,H]
+    or out [B,H] receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] the state."""
+    cdef long BH = <long>B * H, BZ = <long>B * ZW, rh0 = <long>b0 * H, rz = <long>b0 * ZW
+    cdef long nbh = <long>nb * H
+    cdef long s, t
+    cdef floating *ph = h + rh0
+    cdef floating *hin
+    cdef floating *prh
+    cdef floating *zt
+    cdef floating *po
+    cdef floating *po_prev
+    cdef const unsigned char *pm = NULL
+    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh0
+    for s in range(T):
+        t = T - 1 - s if go_backwards else s
+        zt = Z + t * BZ + rz
+        if training:
+            memcpy(HPREV + t * BH + rh0, ph, nbh * sizeof(floating))
+            if prd != NULL:
+                hin = HIN + t * BH + rh0
+                mul(ph, prd, hin, nbh)
+            else:
+                hin = HPREV + t * BH + rh0
+        elif prd != NULL:
+            hin = hd + rh0
+            mul(ph, prd, hin, nbh)
+        else:
+            hin = ph
+        po = po_prev = NULL
+        if mask != NULL:
+            pm = mask + t * B + b0
+            if return_sequences:
+                po = Y + s * BH + rh0
+                po_prev = Y + (s - 1) * BH + rh0 if s > 0 else NULL
+            else:
+                po = po_prev = out + rh0
+        if reset_after:
+            recurrent_product(nb, H, G, hin, U, G, <floating>1, zt, ZW)
+        else:
+            prh = (RH + t * BH + rh0) if training else (RH + rh0)
+            recurrent_product(nb, H, 2 * H, hin, U, G, <floating>1, zt, ZW)
+            fwd_reset(nb, H, ract, zt, hin, prh)
+            recurrent_product(nb, H, H, prh, U + 2 * H, G, <floating>1, zt + 2 * H, ZW)
+        fwd_step(nb, H, reset_after, act, ract, zt, pm, ph, ph, po_prev, po)
+        if return_sequences and mask == NULL:
+            memcpy(Y + s * BH + rh0, ph, nbh * sizeof(floating))
 
 
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
@@ -112,6 +174,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef const floating *pW = &kernel[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
     cdef long r, t, s
+    cdef int nproj = split(TB, 64, <double>TB * I * G)
     with nogil:
         if input_dropout_mask is not None:
             for r in range(T):
@@ -120,13 +183,13 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             for r in range(TB):
                 memcpy(pZ + r * ZW, &brow[0], ZW * sizeof(floating))
         if reset_after:
-            gemm(False, False, <int>TB, 2 * H, I, <floating>1, &xin[0, 0, 0], I, pW, G,
-                 beta_in, pZ, ZW)
-            gemm(False, False, <int>TB, H, I, <floating>1, &xin[0, 0, 0], I, pW + 2 * H, G,
-                 beta_in, pZ + 3 * H, ZW)
+            par_gemm(False, False, <int>TB, 2 * H, I, <floating>1, &xin[0, 0, 0], I, pW, G,
+                     beta_in, pZ, ZW, nproj, True)
+            par_gemm(False, False, <int>TB, H, I, <floating>1, &xin[0, 0, 0], I, pW + 2 * H, G,
+                     beta_in, pZ + 3 * H, ZW, nproj, True)
         else:
-            gemm(False, False, <int>TB, G, I, <floating>1, &xin[0, 0, 0], I, pW, G,
-                 beta_in, pZ, ZW)
+            par_gemm(False, False, <int>TB, G, I, <floating>1, &xin[0, 0, 0], I, pW, G,
+                     beta_in, pZ, ZW, nproj, True)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr
@@ -154,48 +217,30 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
 
-    cdef floating *ph = &h[0, 0]
-    cdef floating *hin
-    cdef floating *prh
-    cdef floating *zt
-    cdef floating *pout
-    cdef floating *pout_prev
+    cdef int nchunks = row_chunks(T, B, H, G)
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
-    cdef const unsigned char *pm = NULL
+    cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
+    cdef floating *pHP = &HPREV[0, 0, 0] if training else NULL
+    cdef floating *pHIN = &HIN[0, 0, 0] if (training and has_rdrop) else NULL
+    cdef floating *pRH = NULL
+    if not reset_after:
+        pRH = &RH[0, 0, 0] if training else &rhb[0, 0]
+    cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
+    cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
+    cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
+    cdef long ci
+    cdef int b0
     with nogil:
-        for s in range(T):
-            t = T - 1 - s if go_backwards else s
-            zt = pZ + t * BZ
-            if training:
-                memcpy(&HPREV[t, 0, 0], ph, BH * sizeof(floating))
-                if has_rdrop:
-                    hin = &HIN[t, 0, 0]
-                    mul(ph, prd, hin, BH)
-                else:
-                    hin = &HPREV[t, 0, 0]
-            elif has_rdrop:
-                hin = &hd[0, 0]
-                mul(ph, prd, hin, BH)
-            else:
-                hin = ph
-            pout = pout_prev = NULL
-            if has_mask:
-                pm = &mask[t, 0]
-                if return_sequences:
-                    pout = &Y[s, 0, 0]
-                    pout_prev = &Y[s - 1, 0, 0] if s > 0 else NULL
-                else:
-                    pout = pout_prev = &outbuf[0, 0]
-            if reset_after:
-                recurrent_product(B, H, G, hin, pU, G, <floating>1, zt, ZW)
-            else:
-                prh = &RH[t, 0, 0] if training else &rhb[0, 0]
-                recurrent_product(B, H, 2 * H, hin, pU, G, <floating>1, zt, ZW)
-                fwd_reset(B, H, ract, zt, hin, prh)
-                recurrent_product(B, H, H, prh, pU + 2 * H, G, <floating>1, zt + 2 * H, ZW)
-            fwd_step(B, H, reset_after, act, ract, zt, pm, ph, ph, pout_prev, pout)
-            if return_sequences and not has_mask:
-                memcpy(&Y[s, 0, 0], ph, BH * sizeof(floating))
+        if nchunks == 1:
+            forward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, training,
+                         return_sequences, act, ract, pZ, pU, pm, prd, pHP, pHIN, pRH, pY, pout,
+                         phd, &h[0, 0])
+        else:
+            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                b0 = <int>(ci * B // nchunks)
+                forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
+                             reset_after, go_backwards, training, return_sequences, act, ract,
+                             pZ, pU, pm, prd, pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
 
     if return_sequences:
         y = y_arr
@@ -207,6 +252,50 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     if training:
         saved = dict(x=np.asarray(xin), z=z_arr, h_prev=hprev_arr, hin=hin_arr, rh=rh_arr)
     return y, h_arr, saved
+
+
+cdef inline const unsigned char *mask_ptr(const unsigned char[:, ::1] mask) noexcept nogil:
+    return NULL if mask is None else &mask[0, 0]
+
+
+cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint reset_after,
+                        bint go_backwards, fl_act act, fl_act ract, floating *Z,
+                        const floating *HPREV, const floating *HIN, const unsigned char *mask,
+                        const floating *rdrop, const floating *DY, const floating *U,
+                        const floating *UT, floating *dh, floating *dout, floating *target,
+                        floating *drh, floating *scratch) noexcept nogil:
+    """The backward time loop for batch rows [b0, b0+nb): Z [T,B,ZW] gates in, gradients
+    out; dh [B,H] in: gradient of the final state, out: of the initial state. With recurrent
+    dropout, target [B,H] gathers the recurrent share of dh_{t-1} before scaling (else it is
+    dh itself); drh [B,H] is work space (reset_after=False)."""
+    cdef long BH = <long>B * H, BZ = <long>B * ZW, rh0 = <long>b0 * H, rz = <long>b0 * ZW
+    cdef long s, t
+    cdef floating *zt
+    cdef const floating *phin
+    cdef const unsigned char *pm = NULL
+    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh0
+    cdef floating *pdh = dh + rh0
+    cdef floating *ptg = target + rh0
+    cdef floating *pdo = NULL if dout == NULL else dout + rh0
+    cdef floating *pdrh = NULL if drh == NULL else drh + rh0
+    cdef floating beta_rec = 0 if rdrop != NULL else 1
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if go_backwards else s
+        zt = Z + t * BZ + rz
+        if mask != NULL:
+            pm = mask + t * B + b0
+        bwd_step(nb, H, reset_after, act, ract, zt, HPREV + t * BH + rh0, pm,
+                 DY + s * BH + rh0 if DY != NULL else NULL, pdh, pdo, scratch)
+        if reset_after:
+            recurrent_grad(nb, H, G, zt, ZW, U, G, UT, beta_rec, ptg)
+        else:
+            phin = (HIN if HIN != NULL else HPREV) + t * BH + rh0
+            recurrent_grad(nb, H, H, zt + 2 * H, ZW, U + 2 * H, G,
+                           UT + 2 * H * H if UT != NULL else NULL, <floating>0, pdrh)
+            bwd_reset(nb, H, ract, zt, phin, pdrh, pm, ptg, rdrop == NULL, scratch)
+            recurrent_grad(nb, H, 2 * H, zt, ZW, U, G, UT, <floating>1, ptg)
+        if prd != NULL:       # masked rows of the target are 0: their dh stays
+            add_mul(ptg, prd, pdh, <long>nb * H)
 
 
 def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h_prev,
@@ -260,19 +349,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     if not reset_after:
         drh_v = np.empty((B, H), dtype)
         pdrh = &drh_v[0, 0]
-    scratch_arr = np.empty(2 * H, dtype)
+    scratch_arr = np.empty(fl_max_threads * 2 * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
     cdef const floating *pW = &kernel[0, 0]
-    cdef const unsigned char *pm = NULL
-    cdef const floating *pdy
-    cdef const floating *phin
     cdef floating *pZ = &z[0, 0, 0]
-    cdef floating *zt
     cdef bint seq_dy = dy is not None and return_sequences
-    cdef floating beta_rec = 0 if has_rdrop else 1
-    cdef long s, t
+    cdef long t
 
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
@@ -291,46 +375,48 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
 
+    cdef int nchunks = row_chunks(T, B, H, G)
+    cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
+    cdef int nrows = split(TB, 64, <double>TB * I * G)
+    cdef const floating *pH = &h_prev[0, 0, 0]
+    cdef const floating *pHIN = &hin[0, 0, 0] if has_rdrop else NULL
+    cdef const floating *pRH = &rh[0, 0, 0] if not reset_after else NULL
+    cdef long ci
+    cdef int b0
     with nogil:
-        for s in range(T - 1, -1, -1):
-            t = T - 1 - s if go_backwards else s
-            zt = pZ + t * BZ
-            pdy = &DY[s, 0, 0] if seq_dy else NULL
-            if has_mask:
-                pm = &mask[t, 0]
-            bwd_step(B, H, reset_after, act, ract, zt, &h_prev[t, 0, 0], pm, pdy, pdh, pdout,
-                     &scratch[0])
-            if reset_after:
-                recurrent_grad(B, H, G, zt, ZW, pU, G, pUT, beta_rec, ptarget)
-            else:
-                phin = &hin[t, 0, 0] if has_rdrop else &h_prev[t, 0, 0]
-                recurrent_grad(B, H, H, zt + 2 * H, ZW, pU + 2 * H, G,
-                               pUT + 2 * H * H if pUT != NULL else NULL, <floating>0, pdrh)
-                bwd_reset(B, H, ract, zt, phin, pdrh, pm, ptarget, not has_rdrop, &scratch[0])
-                recurrent_grad(B, H, 2 * H, zt, ZW, pU, G, pUT, <floating>1, ptarget)
-            if has_rdrop:       # masked rows of ptarget are 0: their dh stays
-                add_mul(ptarget, prd, pdh, BH)
-        # Weight and input gradients: single products over all T*B rows.
-        if reset_after:
-            gemm(True, False, I, 2 * H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
-                 <floating>0, &dW[0, 0], G)
-            gemm(True, False, I, H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ + 3 * H, ZW,
-                 <floating>0, &dW[0, 2 * H], G)
-            gemm(True, False, H, G, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
-                 &dU[0, 0], G)
-            gemm(False, True, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pW, G, <floating>0,
-                 &dx[0, 0, 0], I)
-            gemm(False, True, <int>TB, I, H, <floating>1, pZ + 3 * H, ZW, pW + 2 * H, G,
-                 <floating>1, &dx[0, 0, 0], I)
+        if nchunks == 1:
+            backward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, act, ract, pZ, pH,
+                          pHIN, mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, pU, pUT,
+                          pdh, pdout, ptarget, pdrh, &scratch[0])
         else:
-            gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW, <floating>0,
-                 &dW[0, 0], G)
-            gemm(True, False, H, 2 * H, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
-                 &dU[0, 0], G)
-            gemm(True, False, H, H, <int>TB, <floating>1, &rh[0, 0, 0], H, pZ + 2 * H, ZW,
-                 <floating>0, &dU[0, 2 * H], G)
-            gemm(False, True, <int>TB, I, G, <floating>1, pZ, ZW, pW, G, <floating>0,
-                 &dx[0, 0, 0], I)
+            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                b0 = <int>(ci * B // nchunks)
+                backward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
+                              reset_after, go_backwards, act, ract, pZ, pH, pHIN,
+                              mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, pU, pUT,
+                              pdh, pdout, ptarget, pdrh, &scratch[0] + ci * 2 * H)
+        # Weight and input gradients: products over all T*B rows, split into column slices
+        # (weights) and row slices (inputs) over the threads.
+        if reset_after:
+            par_gemm(True, False, I, 2 * H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
+                     <floating>0, &dW[0, 0], G, ncols, False)
+            par_gemm(True, False, I, H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ + 3 * H, ZW,
+                     <floating>0, &dW[0, 2 * H], G, ncols, False)
+            par_gemm(True, False, H, G, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
+                     &dU[0, 0], G, ncols, False)
+            par_gemm(False, True, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pW, G, <floating>0,
+                     &dx[0, 0, 0], I, nrows, True)
+            par_gemm(False, True, <int>TB, I, H, <floating>1, pZ + 3 * H, ZW, pW + 2 * H, G,
+                     <floating>1, &dx[0, 0, 0], I, nrows, True)
+        else:
+            par_gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
+                     <floating>0, &dW[0, 0], G, ncols, False)
+            par_gemm(True, False, H, 2 * H, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
+                     &dU[0, 0], G, ncols, False)
+            par_gemm(True, False, H, H, <int>TB, <floating>1, &rh[0, 0, 0], H, pZ + 2 * H, ZW,
+                     <floating>0, &dU[0, 2 * H], G, ncols, False)
+            par_gemm(False, True, <int>TB, I, G, <floating>1, pZ, ZW, pW, G, <floating>0,
+                     &dx[0, 0, 0], I, nrows, True)
         if has_bias:
             gemv(True, <int>TB, ZW, <floating>1, pZ, ZW, &ones[0], <floating>0, &colsum[0])
         if input_dropout_mask is not None:

@@ -13,7 +13,8 @@ import numpy as np
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
-from products cimport recurrent_grad, recurrent_product, set_policy, use_own
+from products cimport (fl_max_threads, recurrent_grad, recurrent_product, row_chunks,
+                      set_kernel_threads, set_policy, split, use_own)
 from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, fl_lstm_fwd_step_f,
                     fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
@@ -22,27 +23,21 @@ def set_recurrent_matmul(str which):
     set_policy(which)
 
 
-cdef int max_threads = 1           # set by fastlstm.set_num_threads
+cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
 
 
-def set_threads(int n):
-    """Threads for the kernels' own parallel loops (fastlstm.set_num_threads sets it).
+def set_threads(int n, double parallel_min_macs=-1):
+    """Threads for the kernels' own parallel loops (fastlstm.set_num_threads sets it), and
+    optionally the smallest product worth splitting (tests set 0).
 
     The callers run these kernels with BLAS limited to one thread (fastlstm.threads): the
     parallelism is ours, over independent slices, so one thread pool owns the cores —
     BLAS's spinning workers and OpenMP's would otherwise fight over them."""
-    global max_threads
-    max_threads = max(1, n)
+    set_kernel_threads(n, parallel_min_macs)
 
 
 def get_threads():
-    return max_threads
-
-
-# Below this many multiply-adds a parallel region costs more than it saves: waking an idle
-# thread took milliseconds on the shared virtual machines we measured on.
-cdef double parallel_min_macs = 1 << 27
-cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
+    return fl_max_threads
 
 
 def set_projection_blas(bint on):
@@ -50,29 +45,6 @@ def set_projection_blas(bint on):
     BLAS even when the weights fit our kernel. Worth it when the BLAS has AVX-512 kernels."""
     global projections_on_blas
     projections_on_blas = on
-
-
-def set_parallel_threshold(double macs):
-    """Smallest product (in multiply-adds) split over threads; tests set 0."""
-    global parallel_min_macs
-    parallel_min_macs = macs
-
-
-cdef inline int row_chunks(int T, int B, int H, int G) noexcept nogil:
-    """Threads for the time loops. Batch rows never interact inside a recurrence, so each
-    thread runs the whole sequence for its rows: no barrier per step (>= 4 rows each, the
-    row blocking of the product kernel)."""
-    if <double>T * B * H * G < parallel_min_macs:
-        return 1
-    return max(1, min(B // 4, max_threads))
-
-
-cdef inline int split(long n, long grain, double macs) noexcept nogil:
-    """Threads for a product of `macs` multiply-adds split along an n-wide dimension into
-    slices of at least `grain`."""
-    if macs < parallel_min_macs:
-        return 1
-    return <int>max(1, min(n // grain, <long>max_threads))
 
 
 cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
@@ -375,7 +347,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if dpeep_arr is not None:
         dpeep_v = dpeep_arr
         pdpeep = &dpeep_v[0, 0]
-    scratch_arr = np.empty(max_threads * 5 * H, dtype)
+    scratch_arr = np.empty(fl_max_threads * 5 * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]

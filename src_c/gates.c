@@ -196,6 +196,9 @@ FL_EXPORTS(float, _f)
 FL_EXPORTS(double, _d)
 
 int fl_matmul_policy = 0;
+int fl_max_threads = 1;
+/* Waking an idle thread took milliseconds on the shared virtual machines measured. */
+double fl_parallel_min_macs = 134217728.0;   /* 2^27 */
 
 /* The per-step recurrent product (matmul_impl.h). */
 #define FL_EXPORTS_MATMUL(REAL, S)                                                          \

@@ -92,6 +92,10 @@ FL_DECLARE(double, _d)
 
 /* Which per-step product the cells use: 0 auto, 1 BLAS, 2 own kernel (one per module). */
 extern int fl_matmul_policy;
+/* Threads of the kernels' own parallel loops, and the smallest work (multiply-adds) worth
+ * splitting over them (one copy per extension module; fastlstm.threads sets them all). */
+extern int fl_max_threads;
+extern double fl_parallel_min_macs;
 
 /* C[M,N] += A[M,K] W[K,N], row-major with leading dimensions: the per-step recurrent
  * product, register-blocked, W read in place (no packing). */

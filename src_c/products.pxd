@@ -4,12 +4,15 @@
 # Per step the products are small (batch rows x units) and BLAS would repack the recurrent
 # kernel on every call; our kernel reads it in place while it fits in cache. Past
 # OWN_MAX_BYTES of weights, BLAS (which blocks for cache and threads) is faster.
+from cython.parallel cimport prange
 from libc.string cimport memset
 from blas cimport floating, gemm, gemv
 from gates cimport matmul_acc
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
+    int fl_max_threads            # threads of the kernels' own parallel loops
+    double fl_parallel_min_macs   # smallest product split over threads
 
 cdef enum:
     OWN_MAX_BYTES = 8 << 20
@@ -22,6 +25,30 @@ cdef inline int set_policy(str which) except -1:
     except KeyError:
         raise ValueError(f"which: expected 'auto', 'blas' or 'own', got {which!r}") from None
     return 0
+
+
+cdef inline void set_kernel_threads(int n, double min_macs) noexcept:
+    global fl_max_threads, fl_parallel_min_macs
+    fl_max_threads = max(1, n)
+    if min_macs >= 0:
+        fl_parallel_min_macs = min_macs
+
+
+cdef inline int row_chunks(int T, int B, int H, int G) noexcept nogil:
+    """Threads for a time loop. Batch rows never interact inside a recurrence, so each
+    thread runs the whole sequence for its rows: no barrier per step (>= 4 rows each, the
+    row blocking of the product kernel)."""
+    if <double>T * B * H * G < fl_parallel_min_macs:
+        return 1
+    return max(1, min(B // 4, fl_max_threads))
+
+
+cdef inline int split(long n, long grain, double macs) noexcept nogil:
+    """Threads for a product of `macs` multiply-adds split along an n-wide dimension into
+    slices of at least `grain`."""
+    if macs < fl_parallel_min_macs:
+        return 1
+    return <int>max(1, min(n // grain, <long>fl_max_threads))
 
 
 cdef inline bint use_own(long weight_bytes) noexcept nogil:
@@ -56,3 +83,26 @@ cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz
         gemv(False, H, N, <floating>1, U, ldu, dz, beta, dh)
     else:
         gemm(False, True, B, H, N, <floating>1, dz, ldz, U, ldu, beta, dh, H)
+
+
+cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, floating alpha,
+                          const floating *A, int lda, const floating *B, int ldb, floating beta,
+                          floating *C, int ldc, int nthreads, bint by_rows) noexcept nogil:
+    """The shim's row-major gemm, split over `nthreads` threads by rows of C (by_rows) or by
+    its columns; each slice is an independent single-threaded BLAS call (the callers limit
+    BLAS to one thread while the kernels run: fastlstm.threads)."""
+    cdef int n = max(1, nthreads), k, a, e
+    if n == 1:
+        gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        return
+    for k in prange(n, num_threads=n, schedule="static"):
+        if by_rows:
+            a = <int>(<long>k * M // n)
+            e = <int>(<long>(k + 1) * M // n)
+            gemm(trans_a, trans_b, e - a, N, K, alpha, A + (a if trans_a else <long>a * lda),
+                 lda, B, ldb, beta, C + <long>a * ldc, ldc)
+        else:
+            a = <int>(<long>k * N // n)
+            e = <int>(<long>(k + 1) * N // n)
+            gemm(trans_a, trans_b, M, e - a, K, alpha, A, lda,
+                 B + (<long>a * ldb if trans_b else a), ldb, beta, C + a, ldc)

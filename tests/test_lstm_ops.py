@@ -357,8 +357,7 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
     """Batch rows are split across threads for the whole sequence; uneven splits too."""
     from fastlstm import _lstm
     before = _lstm.get_threads()
-    _lstm.set_threads(threads)
-    _lstm.set_parallel_threshold(0)          # split even these small problems
+    _lstm.set_threads(threads, 0)            # split even these small problems
     try:
         rng = np.random.default_rng(seed_of(threads, opt_name))
         for dtype in DTYPES:
@@ -366,5 +365,4 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
             grads = output_grads(rng, dtype, 6, 13, 9, kw["return_sequences"])
             compare_backend("cpu", kw, grads, np.dtype(dtype))
     finally:
-        _lstm.set_threads(before)
-        _lstm.set_parallel_threshold(1 << 27)
+        _lstm.set_threads(before, 1 << 27)

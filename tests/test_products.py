@@ -85,3 +85,23 @@ def test_lstm_projection_paths_match_oracle(on_blas):
     finally:
         from fastlstm.threads import init_threads
         init_threads()
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_threaded_loops_match_oracle(threads, reset_after):
+    """GRU rows split over threads for the whole sequence, products split in slices."""
+    from fastlstm import _gru
+    _gru.set_threads(threads, 0)                 # split even this small problem
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("gru-threads", threads, reset_after))
+            args, kw = _problem("gru", rng, dtype, 6, 13, 9, 11, reset_after)
+            dy = rng.standard_normal((6, 13, 11)).astype(dtype)
+            y, g = _run("gru", "cpu", args, kw, dy)
+            ry, rg = _run("gru", "numpy", args, kw, dy)
+            assert_close(y, ry, dtype, "y")
+            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
+                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+    finally:
+        _gru.set_threads(fl.get_num_threads(), 1 << 27)

@@ -82,10 +82,11 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
                 return_sequences=return_sequences, training=training)
-        y, h, saved = _gru.forward(
-            x, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1), h0,
-            _u8(mask), input_dropout_mask, recurrent_dropout_mask, activation,
-            recurrent_activation, reset_after, go_backwards, return_sequences, training)
+        with single_threaded_blas():
+            y, h, saved = _gru.forward(
+                x, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1), h0,
+                _u8(mask), input_dropout_mask, recurrent_dropout_mask, activation,
+                recurrent_activation, reset_after, go_backwards, return_sequences, training)
         cache = None
         if training:
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel,
@@ -101,11 +102,12 @@ class CpuOps(NumpyOps):
         if "gates" in cache.data:          # made by the oracle path above
             return super().gru_backward(cache, dy, dh)
         d = cache.take(self.name, "gru")
-        dx, dh0, dW, dU, db = _gru.backward(
-            d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"], d["recurrent_kernel"],
-            _u8(d["mask"]), d["input_dropout_mask"], d["recurrent_dropout_mask"],
-            d["activation"], d["recurrent_activation"], d["reset_after"], d["go_backwards"],
-            d["return_sequences"], d["has_bias"], dy, dh)
+        with single_threaded_blas():
+            dx, dh0, dW, dU, db = _gru.backward(
+                d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"],
+                d["recurrent_kernel"], _u8(d["mask"]), d["input_dropout_mask"],
+                d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
+                d["reset_after"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh)
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
 
     # -- SimpleRNN ---------------------------------------------------------------------
@@ -119,9 +121,12 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training)
-        y, h, saved = _simple_rnn.forward(
-            x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,
-            recurrent_dropout_mask, activation, go_backwards, return_sequences, training)
+        # Single-threaded BLAS here too: no BLAS workers left spinning beside the other
+        # kernels' threads (the SimpleRNN's products are a quarter of an LSTM's).
+        with single_threaded_blas():
+            y, h, saved = _simple_rnn.forward(
+                x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,
+                recurrent_dropout_mask, activation, go_backwards, return_sequences, training)
         cache = None
         if training:
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask,
@@ -136,8 +141,9 @@ class CpuOps(NumpyOps):
         if "hs" in cache.data:             # made by the oracle path above
             return super().simple_rnn_backward(cache, dy, dh)
         d = cache.take(self.name, "simple_rnn")
-        dx, dh0, dW, dU, db = _simple_rnn.backward(
-            d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], _u8(d["mask"]),
-            d["input_dropout_mask"], d["recurrent_dropout_mask"], d["activation"],
-            d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh)
+        with single_threaded_blas():
+            dx, dh0, dW, dU, db = _simple_rnn.backward(
+                d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], _u8(d["mask"]),
+                d["input_dropout_mask"], d["recurrent_dropout_mask"], d["activation"],
+                d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh)
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
