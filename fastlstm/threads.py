@@ -29,8 +29,9 @@ def _check(n):
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in fastlstm's kernels (process-wide); also sets the threads of the
-    BLAS (scipy's) for calls outside fastlstm's kernels, which run it single-threaded."""
+    """Use ``n`` threads in fastlstm's kernels, process-wide. Also limits the BLAS libraries
+    (NumPy's and SciPy's, through threadpoolctl) to ``n`` threads: the ``numpy`` backend and
+    everything outside the compiled kernels use them; the kernels run BLAS single-threaded."""
     global _limiter
     _check(n)
     from threadpoolctl import threadpool_limits
