@@ -1,0 +1,68 @@
+"""The vectorized activations of the compiled kernels (src_c/gates_math.h) against NumPy,
+on every ISA variant: exp-based ones within a few ulp, the others exact."""
+import numpy as np
+import pytest
+
+from fastlstm import activations as A
+
+from conftest import DTYPES
+
+LEVELS = [0, 1, 2]
+
+
+def _points(dtype):
+    x = np.concatenate([np.linspace(-30, 30, 20001), np.linspace(-1e-3, 1e-3, 1001),
+                        np.geomspace(1e-30, 20, 500), -np.geomspace(1e-30, 20, 500),
+                        [0.0, -0.0, 0.5499, 0.5501, 0.2499, 0.2501, 87.9, -86.9, 100, -100]])
+    return x.astype(dtype)
+
+
+def _reference(name, x):
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        return {"tanh": np.tanh(x64), "sigmoid": 1 / (1 + np.exp(-x64))}[name]
+
+
+@pytest.fixture(params=LEVELS, ids=["baseline", "avx2", "avx512"])
+def level(request):
+    from fastlstm import _gates
+    _gates.force_isa_level(request.param)
+    yield request.param
+    _gates.force_isa_level(-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_exp_based_activations_within_a_few_ulp(level, dtype, name):
+    from fastlstm import _gates
+    x = _points(dtype)
+    z = x.copy()
+    _gates.activation_forward(z, A.get(name))
+    ref = _reference(name, x)
+    eps = np.finfo(dtype).eps
+    big = np.abs(ref) > np.finfo(dtype).tiny * 1e6       # relative error where it means something
+    rel = np.abs(z[big] - ref[big]) / np.abs(ref[big])
+    assert rel.max() < 4 * eps, f"{name} {np.dtype(dtype).name}: {rel.max() / eps:.2f} ulp"
+    assert np.abs(z - ref).max() < 2 * eps                  # and tiny absolutely everywhere
+    nan = np.array([np.nan], dtype)
+    _gates.activation_forward(nan, A.get(name))
+    assert np.isnan(nan[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act", ["hard_sigmoid", A.HardSigmoid(0.2, 0.5), "relu", "linear",
+                                 "softsign"])
+def test_other_activations_and_every_gradient(level, dtype, act):
+    from fastlstm import _gates
+    act = A.get(act)
+    x = _points(dtype)
+    z = x.copy()
+    _gates.activation_forward(z, act)
+    eps = np.finfo(dtype).eps     # C may fuse alpha*x + beta into one FMA: absolute slack too
+    np.testing.assert_allclose(z, act(x), rtol=2 * eps, atol=2 * eps)
+    for a in (act, A.get("tanh"), A.get("sigmoid")):
+        y = a(x)
+        g = np.linspace(-2, 2, x.size).astype(dtype)
+        out = np.empty_like(y)
+        _gates.activation_grad(y, g, out, a)
+        np.testing.assert_allclose(out, g * a.grad_from_output(y), rtol=4 * eps, atol=4 * eps)
