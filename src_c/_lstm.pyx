@@ -23,6 +23,7 @@ def set_recurrent_matmul(str which):
     set_policy(which)
 
 
+cdef long INFER_Z_BYTES = 8 << 20      # inference projects this much of Z at a time
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
 
 
@@ -38,6 +39,12 @@ def set_threads(int n, double parallel_min_macs=-1):
 
 def get_threads():
     return fl_max_threads
+
+
+def set_inference_chunk_bytes(long nbytes):
+    """How much of the input projection inference computes at a time (tests set it small)."""
+    global INFER_Z_BYTES
+    INFER_Z_BYTES = max(1, nbytes)
 
 
 def set_projection_blas(bint on):
@@ -93,16 +100,17 @@ cdef inline floating *ptr_or_null(floating[::1] a):
     return NULL if a is None else &a[0]
 
 
-cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backwards,
-                       bint training, bint return_sequences, bint coupled, fl_act act,
-                       fl_act ract, floating *Z, const floating *U, const floating *P,
-                       const unsigned char *mask, const floating *rdrop, floating *HIN,
-                       floating *C, floating *Y, floating *out, floating *hd, floating *h,
-                       floating *c, floating *scratch) noexcept nogil:
-    """The forward time loop for batch rows [b0, b0+nb). Z [T,B,G] holds the input
-    projection and becomes the gates; HIN, C [T,B,H] are saved when training; Y [T,B,H]
-    (return_sequences) or out [B,H] (masked last output) receive the outputs; h, c [B,H]
-    are the state (c is advanced in C when training); hd [B,H] holds h*rdrop at inference."""
+cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long s1, long zt0,
+                       bint go_backwards, bint training, bint return_sequences, bint coupled,
+                       fl_act act, fl_act ract, floating *Z, const floating *U,
+                       const floating *P, const unsigned char *mask, const floating *rdrop,
+                       floating *HIN, floating *C, floating *Y, floating *out, floating *hd,
+                       floating *h, floating *c, floating *scratch) noexcept nogil:
+    """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
+    projection of times zt0, zt0+1, ... ([*,B,G]) and becomes the gates; HIN, C [T,B,H] are
+    saved when training; Y [T,B,H] (return_sequences) or out [B,H] (masked last output)
+    receive the outputs; h, c [B,H] are the state (when training c starts in c and advances
+    in C, so training runs all steps in one call); hd [B,H] holds h*rdrop at inference."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
     cdef long nbh = <long>nb * H
     cdef long s, t
@@ -114,7 +122,7 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backw
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
     cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
-    for s in range(T):
+    for s in range(s0, s1):
         t = T - 1 - s if go_backwards else s
         if training:
             hin = HIN + t * BH + rh
@@ -127,7 +135,7 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backw
             mul(ph, prd, hin, nbh)
         else:
             hin = ph
-        recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + t * BG + rg, G)
+        recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + (t - zt0) * BG + rg, G)
         pc_out = C + t * BH + rh if training else pc
         po = po_prev = NULL
         if mask != NULL:
@@ -137,7 +145,7 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backw
                 po_prev = Y + (s - 1) * BH + rh if s > 0 else NULL
             else:
                 po = po_prev = out + rh
-        fwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, P, pm, ph, pc, ph, pc_out,
+        fwd_step(nb, H, coupled, act, ract, Z + (t - zt0) * BG + rg, P, pm, ph, pc, ph, pc_out,
                  po_prev, po, scratch)
         pc = pc_out
         if return_sequences and mask == NULL:
@@ -165,27 +173,20 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef bint has_mask = mask is not None
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
-    # Input projection for all steps: Z = (X * input_dropout_mask) W + b.
+    # Input projection Z = (X * input_dropout_mask) W + b. Training keeps it for all steps
+    # (backward needs the gates); inference projects chunks of steps so that its memory does
+    # not grow with T*B*G.
+    cdef long r, t, s
     cdef floating[:, :, ::1] xin = x
     if input_dropout_mask is not None:
         xin = np.empty_like(np.asarray(x))
-    z_arr = np.empty((T, B, G), dtype)
+        for r in range(T):
+            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
+    cdef long chunk = T if training else max(1, min(<long>T, INFER_Z_BYTES // (BG * sizeof(floating))))
+    z_arr = np.empty((chunk, B, G), dtype)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef floating *pb = ptr_or_null(bias)
-    cdef long r, t, s
-    cdef int nproj = split(TB, 64, <double>TB * I * G)
-    cdef long ci
-    with nogil:
-        if input_dropout_mask is not None:
-            for r in range(T):
-                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
-        if nproj == 1:
-            project_rows(0, TB, I, G, &xin[0, 0, 0], &kernel[0, 0], pb, pZ)
-        else:
-            for ci in prange(nproj, num_threads=nproj, schedule="static"):
-                project_rows(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, G,
-                             &xin[0, 0, 0], &kernel[0, 0], pb, pZ)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     c_first = np.array(c0, dtype=dtype, copy=True)
@@ -217,18 +218,35 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
     cdef int b0
+    cdef long s0, s1, t_lo, nrows_c, ci
+    cdef int nproj
+    s0 = 0
     with nogil:
-        if nchunks == 1:
-            forward_rows(T, B, H, G, 0, B, go_backwards, training, return_sequences, coupled,
-                         act, ract, pZ, &recurrent_kernel[0, 0], pP, pm, prd, pHIN, pC, pY,
-                         pout, phd, &h[0, 0], &cf[0, 0], &scratch[0])
-        else:
-            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
-                b0 = <int>(<long>ci * B // nchunks)
-                forward_rows(T, B, H, G, b0, <int>(<long>(ci + 1) * B // nchunks) - b0,
-                             go_backwards, training, return_sequences, coupled, act, ract, pZ,
-                             &recurrent_kernel[0, 0], pP, pm, prd, pHIN, pC, pY, pout, phd,
-                             &h[0, 0], &cf[0, 0], &scratch[0] + <long>ci * H)
+        while s0 < T:
+            s1 = min(<long>T, s0 + chunk)
+            t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
+            nrows_c = (s1 - s0) * B
+            nproj = split(nrows_c, 64, <double>nrows_c * I * G)
+            if nproj == 1:
+                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+            else:
+                for ci in prange(nproj, num_threads=nproj, schedule="static"):
+                    project_rows(ci * nrows_c // nproj,
+                                 (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, G,
+                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+            if nchunks == 1:
+                forward_rows(T, B, H, G, 0, B, s0, s1, t_lo, go_backwards, training,
+                             return_sequences, coupled, act, ract, pZ, &recurrent_kernel[0, 0],
+                             pP, pm, prd, pHIN, pC, pY, pout, phd, &h[0, 0], &cf[0, 0],
+                             &scratch[0])
+            else:
+                for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                    b0 = <int>(ci * B // nchunks)
+                    forward_rows(T, B, H, G, b0, <int>((ci + 1) * B // nchunks) - b0, s0, s1,
+                                 t_lo, go_backwards, training, return_sequences, coupled, act,
+                                 ract, pZ, &recurrent_kernel[0, 0], pP, pm, prd, pHIN, pC, pY,
+                                 pout, phd, &h[0, 0], &cf[0, 0], &scratch[0] + ci * H)
+            s0 = s1
 
     # The final cell state: the last step's saved state (masked rows copied theirs in).
     c_last = cst_arr[0 if go_backwards else T - 1].copy() if training else c_first

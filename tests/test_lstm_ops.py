@@ -366,3 +366,42 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
             compare_backend("cpu", kw, grads, np.dtype(dtype))
     finally:
         _lstm.set_threads(before, 1 << 27)
+
+
+@pytest.mark.parametrize("opt_name", ["plain", "everything", "everything_cifg_last"])
+def test_inference_in_time_chunks_equals_one_pass(opt_name):
+    """Inference projects the input a few steps at a time; the result is the same."""
+    from fastlstm import _lstm
+    rng = np.random.default_rng(seed_of("chunks", opt_name))
+    for dtype in DTYPES:
+        kw = make_problem(rng, dtype, 11, 6, 5, 7, OPTION_SETS[opt_name])
+        for k in ("input_dropout_mask", "recurrent_dropout_mask"):
+            kw.pop(k, None)
+        ref = ops.lstm_forward(**kw)
+        _lstm.set_inference_chunk_bytes(3 * 6 * 28 * np.dtype(dtype).itemsize)  # 3 steps
+        try:
+            got = ops.lstm_forward(**kw)
+        finally:
+            _lstm.set_inference_chunk_bytes(8 << 20)
+        for a, b in zip(got[:3], ref[:3]):
+            np.testing.assert_array_equal(a, b)
+        with fl.use_backend("numpy"):
+            oracle = ops.lstm_forward(**kw)
+        assert_close(got[0], oracle[0], dtype)
+
+
+def test_inference_memory_does_not_grow_with_sequence_length():
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    B, I, H = 8, 16, 64
+    kw = make_problem(rng, np.float32, 2, B, I, H, {})
+    peaks = {}
+    for T in (500, 8000):
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        tracemalloc.start()
+        ops.lstm_forward(**{**kw, "x": x, "return_sequences": False})
+        peaks[T] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    z_bytes = 8000 * B * 4 * H * 4                    # what a full projection would take
+    assert peaks[8000] < z_bytes / 4
+    assert peaks[8000] < 2 * peaks[500] + (1 << 20)
