@@ -19,6 +19,8 @@
 #             dh_{t-1} += [dz dr] U_zr^T; then the products over all T*B rows.
 import numpy as np
 
+from fastlstm.backends.grad_buffers import state_grads
+
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
@@ -325,18 +327,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     if not reset_after and rh is None:
         raise ValueError("rh: required with reset_after=False")
 
-    dh_arr = np.zeros((B, H), dtype) if dh_T is None else np.array(dh_T, dtype=dtype, copy=True)
+    dh_arr, dout_arr = state_grads(B, H, dtype, dy, dh_T, has_mask, return_sequences)
     cdef floating[:, ::1] dh = dh_arr, dout, dhin_v, drh_v
     cdef floating[:, :, ::1] DY
     cdef floating *pdout = NULL
     if has_mask:
-        dout_arr = np.zeros((B, H), dtype)
-        if dy is not None and not return_sequences:
-            dout_arr += dy
         dout = dout_arr
         pdout = &dout[0, 0]
-    elif dy is not None and not return_sequences:
-        dh_arr += dy
     if dy is not None and return_sequences:
         DY = dy
     cdef floating *pdh = &dh[0, 0]

@@ -11,6 +11,8 @@
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
 
+from fastlstm.backends.grad_buffers import state_grads
+
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from products cimport recurrent_grad, recurrent_product, set_policy, use_own
@@ -158,19 +160,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef bint has_mask = mask is not None
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
-    dh_arr = np.zeros((B, H), dtype) if dh_T is None else np.array(dh_T, dtype=dtype, copy=True)
+    dh_arr, dout_arr = state_grads(B, H, dtype, dy, dh_T, has_mask, return_sequences)
     cdef floating[:, ::1] dh = dh_arr, dout, dhp
     cdef floating[:, :, ::1] DY
     cdef floating *pdout = NULL
     cdef floating *pdhp
     if has_mask:
-        dout_arr = np.zeros((B, H), dtype)
-        if dy is not None and not return_sequences:
-            dout_arr += dy
         dout = dout_arr
         pdout = &dout[0, 0]
-    elif dy is not None and not return_sequences:
-        dh_arr += dy
     if dy is not None and return_sequences:
         DY = dy
     dhp_arr = np.empty((B, H), dtype) if (has_mask or has_rdrop) else None
