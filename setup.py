@@ -18,6 +18,8 @@ from Cython.Build import cythonize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = "src_c"
+# Headers shared with the CUDA kernels of the cupy backend ship inside the package.
+SHARED_INCLUDE = os.path.join("fastlstm", "include")
 checks = os.environ.get("FASTLSTM_BOUNDSCHECK", "0") not in ("", "0")
 
 directives = {
@@ -70,8 +72,9 @@ for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
     extensions.append(Extension(
         "fastlstm." + name,
         sources=[pyx, os.path.join(SRC, "gates.c")],
-        include_dirs=[SRC],
-        depends=sorted(glob.glob(os.path.join(SRC, "*.h")) + glob.glob(os.path.join(SRC, "*.pxd"))),
+        include_dirs=[SRC, SHARED_INCLUDE],
+        depends=sorted(glob.glob(os.path.join(SRC, "*.h")) + glob.glob(os.path.join(SRC, "*.pxd"))
+                       + glob.glob(os.path.join(SHARED_INCLUDE, "*.h"))),
         define_macros=macros,
         extra_compile_args=cflags + omp_compile,
         extra_link_args=omp_link,

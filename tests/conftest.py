@@ -44,10 +44,27 @@ def seed_of(*parts):
     return zlib.crc32(repr(parts).encode())
 
 
+def _register_cuda_host_backend():
+    """Backend "cupy_host": the cupy backend's code and CUDA kernel source, run on the host
+    (tests/cuda_host.py), so that every oracle comparison below also covers the GPU kernels.
+    Registered only where a C++ compiler exists; built on first use."""
+    from fastlstm import backends
+    from cuda_host import cxx_compiler
+    if cxx_compiler() is None:
+        return False
+    backends._REGISTRY["cupy_host"] = ("cuda_host", "HostCupyOps")
+    return True
+
+
+HAVE_CUDA_HOST = _register_cuda_host_backend()
+
+
 def compiled_backends():
-    """Non-oracle backends that run here (the GPU one has its own test module)."""
+    """Non-oracle backends that run here: the CPU kernels and the CUDA kernels built for the
+    host (the real GPU run has its own test module)."""
     import fastlstm as fl
-    return [b for b in fl.available_backends() if b not in ("numpy", "cupy")]
+    out = [b for b in fl.available_backends() if b not in ("numpy", "cupy")]
+    return out + (["cupy_host"] if HAVE_CUDA_HOST else [])
 
 
 @pytest.fixture(params=DTYPES, ids=["f32", "f64"])

@@ -1,4 +1,4 @@
-"""The vectorized activations of the compiled kernels (src_c/gates_math.h) against NumPy,
+"""The vectorized activations of the compiled kernels (fastlstm/include/gates_math.h) against NumPy,
 on every ISA variant: exp-based ones within a few ulp, the others exact."""
 import numpy as np
 import pytest

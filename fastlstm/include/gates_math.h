@@ -1,5 +1,10 @@
 /* Branch-free exp, sigmoid and tanh that compilers vectorize (no libm calls).
  *
+ * Shared by the CPU kernels (src_c/gates.c, per ISA) and the CUDA kernels of the cupy backend
+ * (fastlstm/backends/cuda/), so both compute the gates with the same functions. Under nvcc or
+ * NVRTC (__CUDACC__) the functions are __device__ and no system header is included (NVRTC has
+ * none); bit casts use the CUDA intrinsics there and memcpy on the host.
+ *
  * exp: x = n*ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by its Taylor
  * polynomial (degree 7 float / 13 double, truncation error below half an ulp), 2^n built
  * in the exponent bits; n is read from the low mantissa bits after adding 1.5*2^p, which
@@ -9,19 +14,33 @@
  */
 #ifndef FASTLSTM_GATES_MATH_H
 #define FASTLSTM_GATES_MATH_H
+
+#if defined(__CUDACC__)
+#define FL_INLINE static __forceinline__ __device__
+typedef int fl_i32;
+typedef long long fl_i64;
+#define fl_f32_bits(x) __float_as_int(x)
+#define fl_bits_f32(k) __int_as_float(k)
+#define fl_f64_bits(x) __double_as_longlong(x)
+#define fl_bits_f64(k) __longlong_as_double(k)
+#else
 #include <stdint.h>
 #include <string.h>
-
 #define FL_INLINE static inline __attribute__((always_inline))
+typedef int32_t fl_i32;
+typedef int64_t fl_i64;
+FL_INLINE fl_i32 fl_f32_bits(float x) { fl_i32 k; memcpy(&k, &x, sizeof k); return k; }
+FL_INLINE float fl_bits_f32(fl_i32 k) { float x; memcpy(&x, &k, sizeof x); return x; }
+FL_INLINE fl_i64 fl_f64_bits(double x) { fl_i64 k; memcpy(&k, &x, sizeof k); return k; }
+FL_INLINE double fl_bits_f64(fl_i64 k) { double x; memcpy(&x, &k, sizeof x); return x; }
+#endif
 
 FL_INLINE float fl_exp_f(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     float kf = x * 1.44269504088896341f + 12582912.0f;   /* 1.5 * 2^23 */
     float n = kf - 12582912.0f;
-    int32_t k;
-    memcpy(&k, &kf, sizeof k);
-    k = k - 0x4B400000;                                   /* bits of 1.5 * 2^23 */
+    fl_i32 k = fl_f32_bits(kf) - 0x4B400000;             /* bits of 1.5 * 2^23 */
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.0f / 5040.0f;
@@ -32,10 +51,7 @@ FL_INLINE float fl_exp_f(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t eb = (k + 127) << 23;
-    float scale;
-    memcpy(&scale, &eb, sizeof scale);
-    return p * scale;
+    return p * fl_bits_f32((k + 127) << 23);
 }
 
 FL_INLINE double fl_exp_d(double x) {
@@ -43,9 +59,7 @@ FL_INLINE double fl_exp_d(double x) {
     x = x > 709.0 ? 709.0 : x;
     double kd = x * 1.4426950408889634074 + 6755399441055744.0;   /* 1.5 * 2^52 */
     double n = kd - 6755399441055744.0;
-    int64_t k;
-    memcpy(&k, &kd, sizeof k);
-    k = k - INT64_C(0x4338000000000000);
+    fl_i64 k = fl_f64_bits(kd) - 0x4338000000000000LL;
     double r = x - n * 6.93145751953125E-1;
     r = r - n * 1.42860682030941723212E-6;
     double p = 1.0 / 6227020800.0;              /* 1/13! */
@@ -62,10 +76,7 @@ FL_INLINE double fl_exp_d(double x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    int64_t eb = (k + 1023) << 52;
-    double scale;
-    memcpy(&scale, &eb, sizeof scale);
-    return p * scale;
+    return p * fl_bits_f64((k + 1023) << 52);
 }
 
 FL_INLINE float fl_sigmoid_f(float x) { return 1.0f / (1.0f + fl_exp_f(-x)); }
