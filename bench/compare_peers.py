@@ -1,6 +1,7 @@
 """fastlstm against PyTorch, ONNX Runtime and the NumPy oracle, side by side in one process.
 
     python bench/compare_peers.py [--quick] [--cells lstm,gru] [--threads 2] [--no-stream]
+                                  [--memory]
 
 Same weights and inputs for every implementation; float32; timings are medians over
 alternating blocks (A*k, B*k, A*k, ...) with a short pause between blocks, because PyTorch's
@@ -11,6 +12,14 @@ fastlstm / peer (< 1 means fastlstm is faster).
 
 FLOPs count the GEMMs only: forward 2*T*B*(I+H)*G with G = 4H (LSTM), 3H (GRU); training
 (forward + backward to inputs and all weights) = 3x forward.
+
+``--memory`` adds the peak memory of one training step (forward + backward) of fastlstm and
+of PyTorch, each measured in a fresh process (Linux): after a warm-up step, the resident-set
+high-water mark is reset (/proc/self/clear_refs) and the growth over the resident set before
+the step is read from VmHWM. glibc is told to return every block of 64 KiB and more to the
+system when freed (MALLOC_MMAP_THRESHOLD_), so memory kept from the warm-up step cannot hide
+the step's own allocations. "saved" is what BPTT has to keep whatever the implementation:
+the post-activation gates and the cell and hidden state of every step, T*B*(G+2H) floats.
 """
 from __future__ import annotations
 
@@ -170,6 +179,58 @@ def streaming(threads, reps, per_block):
     return rows
 
 
+def _rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(spec):
+    """In a fresh process: peak extra resident memory (bytes) of one training step."""
+    import gc
+    lib, cell, T, B, H, threads = spec.split(",")
+    T, B, H, threads = int(T), int(B), int(H), int(threads)
+    import torch
+    import fastlstm as fl
+    torch.set_num_threads(threads)
+    fl.set_num_threads(threads)
+    _, train, *_ = build(cell, T, B, H, threads, with_onnx=False)
+    step = train["fastlstm" if lib == "fastlstm" else "torch"]
+    step()                                   # warm-up: lazy init, thread pools, caches
+    gc.collect()
+    base = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                         # reset VmHWM to the current RSS
+    step()
+    print((_rss_kib("VmHWM") - base) * 1024)
+    return 0
+
+
+def memory_rows(cells, threads):
+    import os
+    import subprocess
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    rows = []
+    for cell in cells:
+        configs = LSTM_CONFIGS if cell == "lstm" else GRU_CONFIGS
+        G = (4 if cell == "lstm" else 3)
+        for T, B, H in configs:
+            got = {}
+            for lib in ("fastlstm", "torch"):
+                res = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__),
+                     f"--memory-child={lib},{cell},{T},{B},{H},{threads}"],
+                    capture_output=True, text=True, env=env)
+                if res.returncode != 0:
+                    raise RuntimeError(f"memory child {lib} {cell} failed:\n{res.stderr}")
+                got[lib] = int(res.stdout.strip().splitlines()[-1])
+            saved = T * B * (G * H + 2 * H) * 4
+            rows.append((cell, T, B, H, got["fastlstm"], got["torch"], saved))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -178,7 +239,12 @@ def main(argv=None):
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-oracle", action="store_true")
     p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--memory", action="store_true",
+                   help="also the peak memory of a training step, vs PyTorch (Linux)")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_child:
+        return memory_child(args.memory_child)
 
     import torch
     import fastlstm as fl
@@ -215,6 +281,14 @@ def main(argv=None):
         print("\nstreaming: one step() at batch 1 vs torch.nn.LSTMCell, per step")
         for H, f, t in streaming(args.threads, reps, per_block):
             print(f"  H={H:4d}: fastlstm {f * 1e6:7.1f} us  torch {t * 1e6:7.1f} us  ratio {f / t:.2f}")
+    if args.memory:
+        print("\nmemory: peak growth of one training step (forward + backward), MiB")
+        print(f"{'cell':4s} {'T':>4s} {'B':>4s} {'I=H':>5s} | {'fastlstm':>9s} {'torch':>9s} "
+              f"{'fl/torch':>8s} | {'saved':>7s} {'fl/saved':>8s}")
+        mib = 1 << 20
+        for cell, T, B, H, f, t, saved in memory_rows(args.cells.split(","), args.threads):
+            print(f"{cell:4s} {T:4d} {B:4d} {H:5d} | {f / mib:9.1f} {t / mib:9.1f} "
+                  f"{f / t:8.2f} | {saved / mib:7.1f} {f / saved:8.2f}")
     return 0
 
 
