@@ -18,13 +18,14 @@ import re
 import numpy as np
 
 __all__ = ["KernelSet", "CudaKernels", "SOURCE_DIR", "INCLUDE_DIR", "kernel_source",
-           "parse_signatures"]
+           "expanded_source", "parse_signatures"]
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 INCLUDE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "include")
 MAIN_SOURCE = "rnn_kernels.cu"
 BODY_SOURCE = "rnn_kernels_impl.cuh"
 
+_INCLUDE_RE = re.compile(r'^#include\s+"([\w.]+)"[^\n]*$', re.M)
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+FN\((\w+)\)\s*\((.*?)\)\s*\{', re.S)
 _TYPES = {"long long": "l", "int": "i", "double": "d"}
 
@@ -32,6 +33,23 @@ _TYPES = {"long long": "l", "int": "i", "double": "d"}
 def kernel_source(name: str = MAIN_SOURCE) -> str:
     with open(os.path.join(SOURCE_DIR, name), encoding="utf-8") as f:
         return f.read()
+
+
+def expanded_source() -> str:
+    """rnn_kernels.cu with its local #includes written in: the one string CuPy compiles.
+
+    CuPy caches compiled modules by their source text, so the headers must be part of it (an
+    #include would let a stale binary survive a change of a header)."""
+    def expand(match):
+        name = match.group(1)
+        for folder in (SOURCE_DIR, INCLUDE_DIR):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    return f"// ---- {name}\n" + _INCLUDE_RE.sub(expand, f.read())
+        raise FileNotFoundError(f"{MAIN_SOURCE}: #include \"{name}\" not found in "
+                                f"{SOURCE_DIR} or {INCLUDE_DIR}")
+    return _INCLUDE_RE.sub(expand, kernel_source(MAIN_SOURCE))
 
 
 def parse_signatures(body: str) -> dict:
@@ -122,9 +140,7 @@ class CudaKernels(KernelSet):
 
     def module(self):
         if self._module is None:
-            self._module = self.cupy.RawModule(
-                code=kernel_source(MAIN_SOURCE),
-                options=("-I" + SOURCE_DIR, "-I" + INCLUDE_DIR, "--std=c++14"))
+            self._module = self.cupy.RawModule(code=expanded_source(), options=("--std=c++14",))
         return self._module
 
     def _launch(self, fullname, n, args):
