@@ -44,6 +44,7 @@ import numbers
 import numpy as np
 
 from . import callbacks as callbacks_module
+from . import devices
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
@@ -88,7 +89,7 @@ def _as_data(name, value, required=True):
         raise TypeError(f"{name}: a Sequential model takes one array, got a list of "
                         f"{len(value)} arrays of different shapes")
     try:
-        arr = np.asarray(value)
+        arr = np.asarray(devices.to_host(value))
     except Exception as exc:  # ragged nested lists and the like
         raise TypeError(f"{name}: expected an array, got {type(value).__name__} ({exc})") from None
     if arr.dtype.kind not in "biuf":
@@ -147,6 +148,7 @@ class Sequential:
             raise TypeError(f"name: expected a string, got {type(name).__name__}")
         self._layers = []
         self._input_shape = None        # (None, ...) once known
+        self.device = "cpu"
         self.optimizer = None
         self.loss = None
         self.compiled = False
@@ -179,6 +181,8 @@ class Sequential:
                              f"{self.name}; layers of a model need unique names")
         if any(other is layer for other in self._layers):
             raise ValueError(f"layer: {layer.name} is already in {self.name}")
+        if layer.device != self.device:
+            layer.to(self.device)
         self._layers.append(layer)
 
     def pop(self):
@@ -186,6 +190,22 @@ class Sequential:
         if not self._layers:
             raise IndexError(f"{self.name}: pop from a model with no layers")
         return self._layers.pop()
+
+    def to(self, device):
+        """Move every layer's weights (and the optimizer's state, at its next step) to
+        ``device`` ("cpu" or "cuda"); returns the model. Data given to fit/evaluate/predict
+        stays where it is and goes to the device a batch at a time; the loss and the metrics
+        are computed on the host from the outputs."""
+        device = devices.check_device(device)
+        for layer in self._layers:     # check all before moving any
+            if device != "cpu" and not layer.runs_on_gpu:
+                raise NotImplementedError(
+                    f"{layer.name}: {type(layer).__name__} runs on the CPU only; {self.name} "
+                    f"cannot move to {device!r}")
+        for layer in self._layers:
+            layer.to(device)
+        self.device = device
+        return self
 
     @property
     def built(self):
@@ -342,7 +362,7 @@ class Sequential:
                 raise ValueError(f"{layer.name} returned {len(y)} outputs; every layer of a "
                                  "Sequential model must have one")
             if with_activity and getattr(layer, "activity_regularizer", None) is not None:
-                activity += activity_penalty(layer.activity_regularizer, np.asarray(y))[0]
+                activity += activity_penalty(layer.activity_regularizer, y)[0]
             mask = layer.compute_mask(out, mask)
             out = y
         return out, mask, activity
@@ -351,12 +371,13 @@ class Sequential:
         """The whole batch through every layer (no batching). ``training=True`` runs
         dropout as in training; states of stateful layers are carried."""
         self._require_layers("call")
-        x = _as_data("x", x)
+        if not devices.is_device_array(x):      # GPU input goes straight to the layers
+            x = _as_data("x", x)
         self._record_input(x)
         return self._forward(x, mask=mask, training=training)[0]
 
     def predict_on_batch(self, x):
-        return np.asarray(self(x))
+        return devices.to_host(self(x))
 
     def predict(self, x, batch_size=32, verbose=0, callbacks=None):
         """Outputs for ``x`` computed ``batch_size`` samples at a time, concatenated."""
@@ -373,7 +394,7 @@ class Sequential:
         for step in range(steps):
             cbs.on_predict_batch_begin(step)
             out = self._forward(x[step * batch_size:(step + 1) * batch_size])[0]
-            outputs.append(np.asarray(out))
+            outputs.append(devices.to_host(out))
             cbs.on_predict_batch_end(step, {"outputs": out})
         cbs.on_predict_end()
         if n == 0:
@@ -466,6 +487,7 @@ class Sequential:
             mask = layer.compute_mask(out, mask)
             backprops.append(backprop)
             out = y_layer
+        out, mask = devices.to_host(out), devices.to_host(mask)    # loss and metrics: host
         loss_w, metric_w = self._loss_weights(out, mask, sample_weight)
         loss, d_out = self._data_loss(y, out, loss_w, grad=True)
         trainable = [layer.trainable and bool(layer.weight_names) for layer in layers]
@@ -505,6 +527,7 @@ class Sequential:
 
     def _test_step(self, x, y, sample_weight):
         out, mask, activity = self._forward(x, with_activity=True)
+        out, mask = devices.to_host(out), devices.to_host(mask)
         loss_w, metric_w = self._loss_weights(out, mask, sample_weight)
         loss = self._data_loss(y, out, loss_w, grad=False)[0] + activity
         loss += sum(float(layer.regularization_loss()) for layer in self._layers

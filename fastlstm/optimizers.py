@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from . import devices
 from . import schedules as _schedules
 from .schedules import LearningRateSchedule
 
@@ -129,7 +130,7 @@ class Optimizer:
 
     def _build(self, params):
         if self._slots is None:
-            self._slots = [{name: np.full(p.shape, init, dtype=p.dtype)
+            self._slots = [{name: devices.module_of(p).full(p.shape, init, dtype=p.dtype)
                             for name, init in self._slot_specs()} for p in params]
             return
         if len(self._slots) != len(params):
@@ -145,7 +146,11 @@ class Optimizer:
                         f"params[{i}] has shape {p.shape}."
                     )
                 if arr.dtype != p.dtype:
-                    slots[name] = arr.astype(p.dtype)
+                    arr = slots[name] = arr.astype(p.dtype)
+                if devices.is_device_array(arr) != devices.is_device_array(p):
+                    # restored state, or a model moved between devices: follow the weights
+                    slots[name] = (devices.module_of(p).asarray(arr) if devices.is_device_array(p)
+                                   else devices.to_host(arr))
 
     def _clip(self, grads):
         if self.clipnorm is not None:
@@ -173,19 +178,20 @@ class Optimizer:
                 f"len(grads)={len(grads)}, len(params)={len(params)}."
             )
         for i, p in enumerate(params):
-            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
+            if not (isinstance(p, np.ndarray) or devices.is_device_array(p)) \
+                    or p.dtype not in (np.float32, np.float64):
                 raise TypeError(
-                    f"params[{i}] must be a float32 or float64 numpy array (it is updated in "
+                    f"params[{i}] must be a float32 or float64 NumPy or CuPy array (it is updated in "
                     f"place). Received: {type(p).__name__} of dtype {getattr(p, 'dtype', None)}."
                 )
-            if not p.flags.writeable:
+            if isinstance(p, np.ndarray) and not p.flags.writeable:
                 raise ValueError(f"params[{i}] is read-only; it must be writeable.")
         self._build(params)
         live = []
         for i, (g, p) in enumerate(zip(grads, params)):
             if g is None:  # Keras skips parameters without a gradient
                 continue
-            g = np.asarray(g)
+            g = devices.module_of(p).asarray(g)
             if g.shape != p.shape:
                 raise ValueError(
                     f"grads[{i}] has shape {g.shape} but params[{i}] has shape {p.shape}."
@@ -233,7 +239,7 @@ class Optimizer:
             state["learning_rate"] = np.asarray(self._learning_rate, dtype=np.float64)
         for i, slots in enumerate(self._slots or []):
             for name, arr in slots.items():
-                state[f"{name}/{i}"] = arr.copy()
+                state[f"{name}/{i}"] = np.array(devices.to_host(arr), copy=True)
         return state
 
     def set_state(self, state):

@@ -26,6 +26,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from . import devices
+
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
 
 
@@ -45,7 +47,8 @@ def _check_factor(value: Any, name: str, default: float) -> float:
 
 
 def _as_float_array(w: Any) -> np.ndarray:
-    w = np.asarray(w)
+    """``w`` as a float array of its own array module (NumPy, or CuPy for GPU weights)."""
+    w = w if devices.is_device_array(w) else np.asarray(w)
     if w.dtype.kind != "f":
         w = w.astype(np.float64)
     return w
@@ -81,19 +84,21 @@ class L1L2(Regularizer):
 
     def __call__(self, w) -> float:
         w = _as_float_array(w)
+        xp = devices.module_of(w)
         # Accumulate in float64: the penalty is a single scalar, so precision is free.
         loss = 0.0
         if self.l1:
-            loss += self.l1 * float(np.sum(np.abs(w), dtype=np.float64))
+            loss += self.l1 * float(xp.sum(xp.abs(w), dtype=np.float64))
         if self.l2:
-            loss += self.l2 * float(np.sum(np.square(w, dtype=np.float64)))
+            loss += self.l2 * float(xp.sum(xp.square(w, dtype=np.float64)))
         return loss
 
     def gradient(self, w) -> np.ndarray:
         w = _as_float_array(w)
-        g = np.zeros_like(w)
+        xp = devices.module_of(w)
+        g = xp.zeros_like(w)
         if self.l1:
-            g += w.dtype.type(self.l1) * np.sign(w)  # sign(0) == 0: the subgradient at 0
+            g += w.dtype.type(self.l1) * xp.sign(w)  # sign(0) == 0: the subgradient at 0
         if self.l2:
             g += w.dtype.type(2.0 * self.l2) * w
         return g

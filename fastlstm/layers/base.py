@@ -14,6 +14,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from .. import devices
+
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -41,10 +43,16 @@ def check_bool(name, value):
     return bool(value)
 
 
-def as_float_array(name, x, dtype, ndim=None):
-    """x as an ndarray of ``dtype`` (a copy only when needed), with a clear error otherwise."""
+def as_float_array(name, x, dtype, ndim=None, device="cpu"):
+    """x as an array of ``dtype`` on ``device`` (a copy only when needed), with a clear
+    error otherwise."""
+    if device != "cpu":
+        return _as_device_float_array(name, x, dtype, ndim, device)
     if isinstance(x, np.ndarray) and x.dtype == dtype:
         arr = x
+    elif devices.is_device_array(x):
+        raise TypeError(f"{name}: got a CuPy (GPU) array for a layer on the CPU; move the layer "
+                        "with layer.to('cuda') (model.to('cuda')), or the array with .get()")
     else:
         try:
             arr = np.asarray(x)
@@ -58,12 +66,26 @@ def as_float_array(name, x, dtype, ndim=None):
     return arr
 
 
+def _as_device_float_array(name, x, dtype, ndim, device):
+    xp = devices.array_module(device)
+    try:
+        arr = devices.to_device(x if hasattr(x, "dtype") else np.asarray(x), device)
+    except Exception as exc:
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from exc
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(dtype, copy=False)
+    if ndim is not None and arr.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
+    return xp.asarray(arr)
+
+
 def activity_penalty(regularizer, output):
     """``(loss, d loss / d output)`` of an activity regularizer, divided by the batch size
     (``output.shape[0]``) as Keras 2 and 3 do, so its strength does not depend on the batch."""
     n = output.shape[0] if output.ndim > 0 and output.shape[0] > 0 else 1
     loss = float(regularizer(output)) / n
-    grad = np.asarray(regularizer.gradient(output), dtype=output.dtype) / output.dtype.type(n)
+    grad = regularizer.gradient(output).astype(output.dtype, copy=False) / output.dtype.type(n)
     return loss, grad
 
 
@@ -77,7 +99,10 @@ class Gradients:
 
 
 class Layer:
-    """Base class: holds weights as NumPy arrays and builds them on first call."""
+    """Base class: holds weights as arrays of its device and builds them on first call."""
+
+    # Whether layer.to("cuda") is supported (the layer's math runs on CuPy arrays).
+    runs_on_gpu = False
 
     _registry: dict = {}
 
@@ -93,6 +118,7 @@ class Layer:
         self.trainable = check_bool("trainable", trainable)
         self.built = False
         self.input_shape = None
+        self.device = "cpu"
 
     # -- weights ---------------------------------------------------------------------
     @property
@@ -105,7 +131,8 @@ class Layer:
         return [getattr(self, n) for n in self.weight_names]
 
     def get_weights(self) -> List[np.ndarray]:
-        return [w.copy() for w in self.weights]
+        """Copies of the weights as NumPy arrays (from the GPU too), in Keras order."""
+        return [np.array(devices.to_host(w), copy=True) for w in self.weights]
 
     def set_weights(self, weights) -> None:
         if not self.built:
@@ -118,12 +145,38 @@ class Layer:
                              f"got {len(weights)}")
         new = []
         for n, cur, w in zip(names, self.weights, weights):
-            arr = as_float_array(n, w, self.dtype)
+            arr = as_float_array(n, devices.to_host(w), self.dtype)
             if arr.shape != cur.shape:
                 raise ValueError(f"weights: {n} of {self.name} expects shape {cur.shape}, got {arr.shape}")
-            new.append(np.array(arr, dtype=self.dtype, order="C", copy=True))
+            new.append(devices.to_device(np.array(arr, dtype=self.dtype, order="C", copy=True),
+                                         self.device))
         for n, arr in zip(names, new):
             setattr(self, n, arr)
+
+    # -- device ----------------------------------------------------------------------------
+    @property
+    def xp(self):
+        """The array module of this layer's device (NumPy or CuPy)."""
+        return devices.array_module(self.device)
+
+    def to(self, device):
+        """Move the weights (and carried states) to ``device`` ("cpu" or "cuda") and run there
+        from now on; returns the layer. Inputs given as NumPy arrays are copied to the device
+        at each call; outputs stay on it."""
+        device = devices.check_device(device)
+        if device != "cpu" and not self.runs_on_gpu:
+            raise NotImplementedError(f"{self.name}: {type(self).__name__} runs on the CPU only; "
+                                      f"cannot move it to {device!r}")
+        devices.array_module(device)       # fail here if CuPy or the GPU is missing
+        if self.built:
+            for n in self.weight_names:
+                setattr(self, n, devices.to_device(getattr(self, n), device))
+        self.device = device
+        self._moved(device)
+        return self
+
+    def _moved(self, device):
+        """Hook: move whatever else the layer keeps on its device (states, sublayers)."""
 
     def count_params(self) -> int:
         return int(sum(w.size for w in self.weights))
@@ -138,7 +191,11 @@ class Layer:
 
     # -- building --------------------------------------------------------------------------
     def build(self, input_shape) -> None:
+        """Subclasses create their weights (on the host) and then call this."""
         self.input_shape = tuple(input_shape)
+        if self.device != "cpu":
+            for n in self.weight_names:
+                setattr(self, n, devices.to_device(getattr(self, n), self.device))
         self.built = True
 
     def compute_mask(self, inputs, mask=None):

@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from .. import activations, initializers, regularizers
+from .. import activations, devices, initializers, regularizers
 from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
                    check_positive_int)
 from .recurrent import _check_rate, _check_seed, _serialize_regularizer
@@ -28,7 +28,7 @@ class _Softmax:
     name = "softmax"
 
     def __call__(self, z):
-        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        e = devices.module_of(z).exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
     @staticmethod
@@ -91,8 +91,8 @@ class _CoreLayer(Layer):
 
     def _check_dy(self, dy, shape):
         if dy is None:
-            return np.zeros(shape, self.dtype)
-        dy = as_float_array("d_out", dy, self.dtype)
+            return self.xp.zeros(shape, self.dtype)
+        dy = as_float_array("d_out", dy, self.dtype, device=self.device)
         if dy.shape != tuple(shape):
             raise ValueError(f"d_out: expected shape {tuple(shape)}, got {dy.shape}")
         return dy
@@ -115,6 +115,8 @@ class Dense(_CoreLayer):
     Activations: the names of ``fastlstm.activations`` (``None`` = linear), a
     ``HardSigmoid(alpha, beta)``, and ``"softmax"`` (over the last axis).
     """
+
+    runs_on_gpu = True
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
@@ -159,7 +161,7 @@ class Dense(_CoreLayer):
         return tuple(input_shape)[:-1] + (self.units,)
 
     def _prepare(self, x):
-        x = as_float_array("x", x, self.dtype)
+        x = as_float_array("x", x, self.dtype, device=self.device)
         if x.ndim < 2:
             raise ValueError(f"x: {self.name} expects an array of at least 2 dimensions "
                              f"(batch, ..., features), got shape {x.shape}")
@@ -178,7 +180,7 @@ class Dense(_CoreLayer):
             return _SOFTMAX(z)
         if self.activation.code == activations.LINEAR:
             return z
-        return self.activation(z, np).astype(self.dtype, copy=False)
+        return self.activation(z, self.xp).astype(self.dtype, copy=False)
 
     def __call__(self, x, mask=None, training=False):
         return self._forward(self._prepare(x))
@@ -201,7 +203,7 @@ class Dense(_CoreLayer):
             elif self.activation.code == activations.LINEAR:
                 dz = dy
             else:
-                dz = dy * self.activation.grad_from_output(y, np)
+                dz = dy * self.activation.grad_from_output(y, self.xp)
             dz2 = dz.reshape(-1, self.units)
             x2 = x.reshape(-1, x.shape[-1])
             weights = [x2.T @ dz2] + ([dz2.sum(axis=0)] if self.use_bias else [])
@@ -337,7 +339,7 @@ class Masking(_CoreLayer):
         return np.any(x != self.dtype.type(self.mask_value), axis=-1)
 
     def _prepare(self, x):
-        x = as_float_array("x", x, self.dtype)
+        x = as_float_array("x", x, self.dtype, device=self.device)
         if x.ndim < 2:
             raise ValueError(f"x: {self.name} expects an array of at least 2 dimensions "
                              f"(batch, ..., features), got shape {x.shape}")
@@ -381,6 +383,8 @@ class Dropout(_CoreLayer):
     Keras: ``None`` entries take the input's size) shares one draw along axes of size 1.
     Reproducible from ``seed``. A mask passes through."""
 
+    runs_on_gpu = True
+
     def __init__(self, rate, noise_shape=None, seed=None, dtype="float32", name=None,
                  trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
@@ -415,10 +419,10 @@ class Dropout(_CoreLayer):
                 raise ValueError(f"noise_shape: {self.noise_shape} does not broadcast to the "
                                  f"input shape {shape}")
         keep = self._rng.random(draw) >= self.rate
-        return (keep / (1.0 - self.rate)).astype(self.dtype)
+        return devices.to_device((keep / (1.0 - self.rate)).astype(self.dtype), self.device)
 
     def _prepare(self, x):
-        x = as_float_array("x", x, self.dtype)
+        x = as_float_array("x", x, self.dtype, device=self.device)
         if not self.built:
             self.build(x.shape)
         return x

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations, initializers, ops, regularizers
+from .. import activations, devices, initializers, ops, regularizers
 from .. import backends as fl_backends
 from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
                    check_positive_int)
@@ -45,6 +45,7 @@ class RecurrentLayer(Layer):
 
     #: names of the state tensors, in Keras order (LSTM: h, c)
     state_names = ("h",)
+    runs_on_gpu = True
 
     def __init__(self, units, activation="tanh", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
@@ -121,6 +122,8 @@ class RecurrentLayer(Layer):
         if not self.return_sequences:
             return None
         if mask is not None and self.go_backwards:
+            if devices.is_device_array(mask):
+                return devices.module_of(mask).ascontiguousarray(mask[:, ::-1])
             return np.ascontiguousarray(np.asarray(mask)[:, ::-1])
         return mask
 
@@ -128,7 +131,7 @@ class RecurrentLayer(Layer):
     def get_initial_state(self, batch_size):
         """Zero states for ``batch_size`` rows: a list of (batch, units) arrays."""
         batch_size = check_positive_int("batch_size", batch_size)
-        return [np.zeros((batch_size, self.units), self.dtype) for _ in self.state_names]
+        return [self.xp.zeros((batch_size, self.units), self.dtype) for _ in self.state_names]
 
     def reset_states(self, rows=None):
         """Zero the carried states of a stateful layer: all rows, or only ``rows``
@@ -142,7 +145,7 @@ class RecurrentLayer(Layer):
                 s[...] = 0
             return
         B = self.states[0].shape[0]
-        idx = np.asarray(rows)
+        idx = np.asarray(devices.to_host(rows))
         if idx.dtype == bool:
             if idx.shape != (B,):
                 raise ValueError(f"rows: expected a boolean mask of shape ({B},), got shape {idx.shape}")
@@ -152,12 +155,17 @@ class RecurrentLayer(Layer):
             if idx.size and (idx.min() < -B or idx.max() >= B):
                 raise ValueError(f"rows: indices must be in [0, {B}) for the stateful batch of "
                                  f"{B}, got {idx.tolist()}")
+        idx = devices.to_device(idx, self.device)
         for s in self.states:
             s[idx] = 0
 
+    def _moved(self, device):
+        if self.states is not None:
+            self.states = [devices.to_device(s, device) for s in self.states]
+
     # -- input handling ----------------------------------------------------------------------
     def _prepare(self, x, mask, initial_state, training):
-        x = as_float_array("x", x, self.dtype)
+        x = as_float_array("x", x, self.dtype, device=self.device)
         if x.ndim != 3:
             raise ValueError(f"x: {self.name} expects a 3-D array (batch, timesteps, features), "
                              f"got shape {x.shape}")
@@ -169,17 +177,17 @@ class RecurrentLayer(Layer):
                              f"got {I} (shape {x.shape})")
         if T < 1:
             raise ValueError(f"x: expected at least one timestep, got shape {x.shape}")
-        xt = np.ascontiguousarray(x.transpose(1, 0, 2))
+        xt = self.xp.ascontiguousarray(x.transpose(1, 0, 2))
         mt = None
         if mask is not None:
-            m = np.asarray(mask)
+            m = np.asarray(devices.to_host(mask))
             if m.shape != (B, T):
                 raise ValueError(f"mask: expected shape ({B}, {T}) (batch, timesteps), got {m.shape}")
             if m.dtype != bool:
                 if m.dtype.kind not in "iub":
                     raise TypeError(f"mask: expected a boolean array, got dtype {m.dtype}")
                 m = m != 0
-            mt = np.ascontiguousarray(m.T)
+            mt = devices.to_device(np.ascontiguousarray(m.T), self.device)
         states = self._initial_states(initial_state, B)
         idm = rdm = None
         if training and self.dropout > 0:
@@ -190,7 +198,7 @@ class RecurrentLayer(Layer):
 
     def _dropout_mask(self, shape, rate):
         keep = self._rng.random(shape) >= rate
-        return (keep / (1.0 - rate)).astype(self.dtype)
+        return devices.to_device((keep / (1.0 - rate)).astype(self.dtype), self.device)
 
     def _initial_states(self, initial_state, B):
         n = len(self.state_names)
@@ -210,7 +218,7 @@ class RecurrentLayer(Layer):
                              f"({', '.join(self.state_names)}), got {len(initial_state)}")
         out = []
         for name, s in zip(self.state_names, initial_state):
-            s = as_float_array(f"initial_state[{name}]", s, self.dtype)
+            s = as_float_array(f"initial_state[{name}]", s, self.dtype, device=self.device)
             if s.shape != (B, self.units):
                 raise ValueError(f"initial_state[{name}]: expected shape ({B}, {self.units}), got {s.shape}")
             out.append(s)
@@ -224,12 +232,13 @@ class RecurrentLayer(Layer):
 
     def _remember(self, states):
         if self.stateful:
-            self.states = [np.array(s, copy=True) for s in states]
+            self.states = [s.copy() for s in states]
 
     # -- calls -----------------------------------------------------------------------------
     def __call__(self, x, mask=None, initial_state=None, training=False):
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training)
-        y, final, _ = self._run(xt, states, mt, idm, rdm, training=False)
+        with devices.backend_context(self.device):
+            y, final, _ = self._run(xt, states, mt, idm, rdm, training=False)
         self._remember(final)
         return self._outputs(y, final)
 
@@ -238,7 +247,8 @@ class RecurrentLayer(Layer):
         takes gradients mirroring ``outputs`` (None entries = zero) and returns ``Gradients``."""
         given_state = initial_state is not None
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True)
-        y, final, cache = self._run(xt, states, mt, idm, rdm, training=True)
+        with devices.backend_context(self.device):
+            y, final, cache = self._run(xt, states, mt, idm, rdm, training=True)
         self._remember(final)
         outputs = self._outputs(y, final)
         out = outputs[0] if self.return_state else outputs
@@ -261,14 +271,18 @@ class RecurrentLayer(Layer):
             else:
                 dy, dstates = d_out, [None] * n_states
             if dy is not None:
-                dy = as_float_array("d_out", dy, self.dtype)
+                dy = as_float_array("d_out", dy, self.dtype, device=self.device)
                 if dy.shape != out.shape:
                     raise ValueError(f"d_out: expected shape {out.shape}, got {dy.shape}")
             if act_grad is not None:
                 dy = act_grad if dy is None else dy + act_grad
             if dy is not None and self.return_sequences:
-                dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-            g = self._run_backward(cache, dy, dstates)
+                dy = self.xp.ascontiguousarray(dy.transpose(1, 0, 2))
+            if self.device != "cpu":      # the ops check them; only the device is ours
+                dstates = [None if d is None else devices.to_device(d, self.device)
+                           for d in dstates]
+            with devices.backend_context(self.device):
+                g = self._run_backward(cache, dy, dstates)
             init_grads = None
             if given_state:
                 init_grads = [g.h0, g.c0] if n_states == 2 else [g.h0]
@@ -281,8 +295,9 @@ class RecurrentLayer(Layer):
         """One timestep for streaming: x_t (batch, features), states as from
         get_initial_state(batch). Returns ``(y_t, new_states)``; no dropout, no mask, and the
         layer's own stateful states are left alone."""
-        if not (isinstance(x_t, np.ndarray) and x_t.dtype == self.dtype and x_t.ndim == 2):
-            x_t = as_float_array("x_t", x_t, self.dtype)
+        if not (isinstance(x_t, np.ndarray) and x_t.dtype == self.dtype and x_t.ndim == 2
+                and self.device == "cpu"):
+            x_t = as_float_array("x_t", x_t, self.dtype, device=self.device)
             if x_t.ndim != 2:
                 raise ValueError(f"x_t: expected a 2-D array (batch, features), got shape {x_t.shape}")
         if not self.built:
@@ -290,7 +305,7 @@ class RecurrentLayer(Layer):
         elif x_t.shape[1] != self.input_dim:
             raise ValueError(f"x_t: {self.name} was built for {self.input_dim} features, "
                              f"got {x_t.shape[1]} (shape {x_t.shape})")
-        return self._step(np.ascontiguousarray(x_t), self._step_states(states, x_t.shape[0]))
+        return self._step(self.xp.ascontiguousarray(x_t), self._step_states(states, x_t.shape[0]))
 
     def _step_states(self, states, B):
         """Validated states for step(); the common case (right arrays) costs a few checks."""
@@ -299,11 +314,12 @@ class RecurrentLayer(Layer):
                 and all(isinstance(s, np.ndarray) and s.dtype == self.dtype and s.shape == shape
                         and s.flags.c_contiguous for s in states)):
             return states
-        return [np.ascontiguousarray(s) for s in self._initial_states(list(states), B)]
+        return [self.xp.ascontiguousarray(s) for s in self._initial_states(list(states), B)]
 
     def _step(self, x_t, states):
-        y, final, _ = self._run(x_t[None], states, None, None, None, training=False,
-                                return_sequences=False)
+        with devices.backend_context(self.device):
+            y, final, _ = self._run(x_t[None], states, None, None, None, training=False,
+                                    return_sequences=False)
         return y, final
 
     # -- regularization ------------------------------------------------------------------
@@ -431,7 +447,7 @@ class LSTM(RecurrentLayer):
         return run
 
     def _step(self, x_t, states):
-        if fl_backends.current_backend() != "cpu":
+        if self.device != "cpu" or fl_backends.current_backend() != "cpu":
             return super()._step(x_t, states)
         B, H = x_t.shape[0], self.units
         weights = (self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
