@@ -1,7 +1,7 @@
 """fastlstm against PyTorch, ONNX Runtime and the NumPy oracle, side by side in one process.
 
     python bench/compare_peers.py [--quick] [--cells lstm,gru] [--threads 2] [--no-stream]
-                                  [--memory]
+                                  [--memory] [--gpu]
 
 Same weights and inputs for every implementation; float32; timings are medians over
 alternating blocks (A*k, B*k, A*k, ...) with a short pause between blocks, because PyTorch's
@@ -12,6 +12,10 @@ fastlstm / peer (< 1 means fastlstm is faster).
 
 FLOPs count the GEMMs only: forward 2*T*B*(I+H)*G with G = 4H (LSTM), 3H (GRU); training
 (forward + backward to inputs and all weights) = 3x forward.
+
+``--gpu`` compares instead fastlstm's cupy backend (layers moved with ``.to("cuda")``) with
+``torch.nn.LSTM``/``GRU`` on CUDA (cuDNN), both synchronised after every call, on the card it
+finds; it needs CuPy, a CUDA build of PyTorch and an NVIDIA GPU.
 
 ``--memory`` adds the peak memory of one training step (forward + backward) of fastlstm and
 of PyTorch, each measured in a fresh process (Linux): after a warm-up step, the resident-set
@@ -179,6 +183,67 @@ def streaming(threads, reps, per_block):
     return rows
 
 
+def gpu_rows(cells, reps, per_block):
+    """(cell, T, B, H, mode, fastlstm s, torch s) per configuration, on the GPU."""
+    import cupy
+    import torch
+    import fastlstm as fl
+    if not torch.cuda.is_available():
+        raise RuntimeError("--gpu needs a CUDA build of PyTorch and a GPU")
+    rows = []
+    for cell in cells:
+        configs = LSTM_CONFIGS if cell == "lstm" else GRU_CONFIGS
+        for T, B, H in configs:
+            torch.manual_seed(0)
+            x = np.random.default_rng(0).standard_normal((B, T, H)).astype(np.float32)
+            if cell == "lstm":
+                tm = torch.nn.LSTM(H, H, batch_first=True)
+                layer = fl.layers.LSTM(H, return_sequences=True)
+                layer.build(x.shape)
+                layer.set_weights([tm.weight_ih_l0.detach().numpy().T,
+                                   tm.weight_hh_l0.detach().numpy().T,
+                                   (tm.bias_ih_l0 + tm.bias_hh_l0).detach().numpy()])
+            else:
+                tm = torch.nn.GRU(H, H, batch_first=True)
+                layer = fl.layers.GRU(H, return_sequences=True)
+                layer.build(x.shape)
+                layer.set_weights(torch_gru_weights(tm))
+            layer.to("cuda")
+            tm = tm.cuda()
+            xg, xt = cupy.asarray(x), torch.from_numpy(x).cuda()
+            dy = cupy.ones((B, T, H), cupy.float32)
+            xtg = xt.clone().requires_grad_(True)
+
+            def fl_inf():
+                layer(xg)
+                cupy.cuda.Device().synchronize()
+
+            def torch_inf():
+                with torch.inference_mode():
+                    tm(xt)
+                torch.cuda.synchronize()
+
+            def fl_train():
+                _, backprop = layer.forward_train(xg)
+                backprop(dy)
+                cupy.cuda.Device().synchronize()
+
+            def torch_train():
+                tm.zero_grad(set_to_none=True)
+                tm(xtg)[0].sum().backward()
+                torch.cuda.synchronize()
+
+            err = float(np.abs(cupy.asnumpy(layer(xg))
+                               - _torch_inf(tm, xt)[0].cpu().numpy()).max())
+            if err > 1e-4:
+                print(f"  WARNING: {cell} {T} {B} {H}: fastlstm and torch differ by {err:.1e}")
+            for mode, fns in (("infer", {"fastlstm": fl_inf, "torch": torch_inf}),
+                              ("train", {"fastlstm": fl_train, "torch": torch_train})):
+                t = timed_blocks(fns, reps, per_block, pause=0.0)
+                rows.append((cell, T, B, H, mode, t["fastlstm"], t["torch"]))
+    return rows
+
+
 def _rss_kib(field):
     with open("/proc/self/status") as f:
         for line in f:
@@ -242,9 +307,32 @@ def main(argv=None):
     p.add_argument("--memory", action="store_true",
                    help="also the peak memory of a training step, vs PyTorch (Linux)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    p.add_argument("--gpu", action="store_true",
+                   help="fastlstm's cupy backend vs PyTorch (cuDNN) on the GPU instead")
     args = p.parse_args(argv)
     if args.memory_child:
         return memory_child(args.memory_child)
+    if args.gpu:
+        try:
+            import cupy
+            from fastlstm.backends.cupy_ops import _import_cupy
+            _import_cupy()
+        except (ImportError, RuntimeError) as exc:
+            print(f"--gpu: {exc}", file=sys.stderr)
+            return 2
+        import torch
+        import fastlstm as fl
+        reps, per_block = (3, 2) if args.quick else (7, 3)
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        print(f"fastlstm {fl.__version__} (cupy {cupy.__version__}), torch {torch.__version__} "
+              f"(cuDNN {torch.backends.cudnn.version()}), {name}, float32")
+        print(f"{'cell':4s} {'T':>4s} {'B':>4s} {'I=H':>5s} | {'mode':5s} | {'fastlstm':>9s} "
+              f"{'torch':>9s} | {'fl/torch':>8s}")
+        for cell, T, B, H, mode, f, t in gpu_rows(args.cells.split(","), reps, per_block):
+            print(f"{cell:4s} {T:4d} {B:4d} {H:5d} | {mode:5s} | {f * 1e3:8.2f}ms "
+                  f"{t * 1e3:8.2f}ms | {f / t:8.2f}")
+        return 0
 
     import torch
     import fastlstm as fl
