@@ -241,7 +241,8 @@ class Sequential:
 
     def _record_input(self, x):
         if self._input_shape is None:
-            self._input_shape = (None,) + tuple(np.shape(x)[1:])
+            self._input_shape = (None,) + tuple(x.shape[1:] if hasattr(x, "shape")
+                                                else np.shape(x)[1:])
 
     def _as_input(self, x):
         """Float input in the first layer's dtype, converted once for all batches (integer
