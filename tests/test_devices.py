@@ -67,6 +67,12 @@ LAYERS = {
     "gru_reset_before": lambda: fl.layers.GRU(4, reset_after=False, return_state=True, seed=2),
     "simple_rnn": lambda: fl.layers.SimpleRNN(3, activation="relu", return_sequences=True,
                                               dropout=0.1, seed=5),
+    "bidirectional_concat": lambda: fl.layers.Bidirectional(
+        fl.layers.LSTM(3, return_sequences=True, seed=1)),
+    "bidirectional_ave_state": lambda: fl.layers.Bidirectional(
+        fl.layers.GRU(3, return_state=True, seed=1), merge_mode="ave"),
+    "bidirectional_none": lambda: fl.layers.Bidirectional(
+        fl.layers.SimpleRNN(3, return_sequences=True), merge_mode=None),
 }
 
 
@@ -95,6 +101,8 @@ def test_layer_on_device_matches_cpu(device, name):
     assert_close(_host(first_d), first_c, np.float32, "training output")
     dy = rng.standard_normal(first_c.shape).astype(np.float32)
     d_out = [dy] + [None] * (len(out_c) - 1) if isinstance(out_c, list) else dy
+    if name == "bidirectional_none":
+        d_out = [dy, 2 * dy]
     g_d, g_c = bp_d(d_out), bp_c(d_out)
     assert _on_device(g_d.inputs, device)
     assert_close(_host(g_d.inputs), g_c.inputs, np.float32, "d inputs")
@@ -175,9 +183,9 @@ def test_sequential_fit_on_device_matches_cpu(device, optimizer):
 
 @pytest.mark.skipif(not HAVE_CUDA_HOST, reason="needs a C++ compiler")
 def test_moving_what_cannot_move_is_a_clear_error():
-    bi = fl.layers.Bidirectional(fl.layers.LSTM(3))
+    cells = fl.layers.RNN(fl.layers.LSTMCell(3))
     with pytest.raises(NotImplementedError, match="runs on the CPU only"):
-        bi.to("cuda_host")
+        cells.to("cuda_host")
     lstm = fl.layers.LSTM(3)
     model = fl.Sequential([lstm, fl.layers.Embedding(5, 2)])
     with pytest.raises(NotImplementedError, match="embedding.*runs on the CPU only"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import devices
 from .base import Gradients, Layer, as_float_array, check_dtype
 from .recurrent import RecurrentLayer
 
@@ -43,6 +44,8 @@ class Bidirectional(Layer):
     same ``stateful``, ``return_sequences`` and ``return_state`` as ``layer``.
     """
 
+    runs_on_gpu = True
+
     def __init__(self, layer, merge_mode="concat", backward_layer=None, name=None, dtype=None,
                  trainable=True):
         if not isinstance(layer, RecurrentLayer):
@@ -68,6 +71,17 @@ class Bidirectional(Layer):
         self._verify()
         self.merge_mode = merge_mode
         self.last_activity_loss = 0.0
+        if self.backward_layer.device != self.forward_layer.device:
+            self.backward_layer.to(self.forward_layer.device)
+        self.device = self.forward_layer.device
+
+    def to(self, device):
+        """Move both directions to ``device`` ("cpu" or "cuda"); returns the layer."""
+        device = devices.check_device(device)
+        self.forward_layer.to(device)
+        self.backward_layer.to(device)
+        self.device = device
+        return self
 
     def _verify(self):
         f, b = self.forward_layer, self.backward_layer
@@ -178,7 +192,7 @@ class Bidirectional(Layer):
     def compute_mask(self, inputs, mask=None):
         if not self.return_sequences or mask is None:
             return [None, None] if self.merge_mode is None else None
-        mask = np.asarray(mask)
+        mask = mask if devices.is_device_array(mask) else np.asarray(mask)
         return [mask, mask] if self.merge_mode is None else mask
 
     # -- calls ---------------------------------------------------------------------------
@@ -196,10 +210,10 @@ class Bidirectional(Layer):
         """Masks in each direction's step order, (B, T, 1), for zeroing masked outputs."""
         if mask is None or not self.return_sequences:
             return None, None
-        m = np.asarray(mask)
+        m = np.asarray(devices.to_host(mask))
         if m.ndim != 2:          # the sublayers check the shape and name it
             return None, None
-        m = (m != 0)[:, :, None]
+        m = devices.to_device((m != 0)[:, :, None], self.device)
         rev = m[:, ::-1]
         return (rev if self.forward_layer.go_backwards else m,
                 rev if self.backward_layer.go_backwards else m)
@@ -207,7 +221,7 @@ class Bidirectional(Layer):
     def _merge(self, y, y_rev):
         mode = self.merge_mode
         if mode == "concat":
-            return np.concatenate([y, y_rev], axis=-1)
+            return self.xp.concatenate([y, y_rev], axis=-1)
         if mode == "sum":
             return y + y_rev
         if mode == "ave":
@@ -225,8 +239,8 @@ class Bidirectional(Layer):
             y, yb, sf, sb = of, ob, [], []
         if mf is not None:
             zero = self.dtype.type(0)
-            y, yb = np.where(mf, y, zero), np.where(mb, yb, zero)
-        y_rev = np.ascontiguousarray(yb[:, ::-1]) if self.return_sequences else yb
+            y, yb = self.xp.where(mf, y, zero), self.xp.where(mb, yb, zero)
+        y_rev = self.xp.ascontiguousarray(yb[:, ::-1]) if self.return_sequences else yb
         merged = self._merge(y, y_rev)
         if self.return_state:
             head = merged if self.merge_mode is None else [merged]
@@ -275,8 +289,9 @@ class Bidirectional(Layer):
                 dy_rev = dy_rev[:, ::-1]
             if mf is not None:
                 zero = self.dtype.type(0)
-                dy = None if dy is None else np.where(mf, dy, zero)
-                dy_rev = None if dy_rev is None else np.where(mb, dy_rev, zero)
+                dy = None if dy is None else self.xp.where(mf, devices.to_device(dy, self.device), zero)
+                dy_rev = (None if dy_rev is None
+                          else self.xp.where(mb, devices.to_device(dy_rev, self.device), zero))
             gf = back_f([dy] + d_sf if self.return_state else dy)
             gb = back_b([dy_rev] + d_sb if self.return_state else dy_rev)
             init = None
@@ -290,7 +305,7 @@ class Bidirectional(Layer):
     def _unmerge(self, d, y, y_rev):
         if d is None:
             return None, None
-        d = as_float_array("d_out", d, self.dtype)
+        d = as_float_array("d_out", d, self.dtype, device=self.device)
         expected = (y.shape[:-1] + (2 * y.shape[-1],) if self.merge_mode == "concat"
                     else y.shape)
         if d.shape != expected:
