@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 
+import numpy
 from setuptools import Extension, setup
 from Cython.Build import cythonize
 
@@ -70,7 +71,7 @@ for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
     extensions.append(Extension(
         "fastlstm." + name,
         sources=[pyx, os.path.join(SRC, "gates.c")],
-        include_dirs=[SRC],
+        include_dirs=[SRC, numpy.get_include()],   # _lstm's step cimports numpy
         depends=sorted(glob.glob(os.path.join(SRC, "*.h")) + glob.glob(os.path.join(SRC, "*.pxd"))),
         define_macros=macros,
         extra_compile_args=cflags + omp_compile,

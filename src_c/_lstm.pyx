@@ -9,6 +9,9 @@
 # Backward: per step the elementwise pass writes dZ[t] over the saved gates and dh_{t-1} =
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
 
 from fastlstm.backends.grad_buffers import state_grads
 
@@ -447,85 +450,153 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
 
 
 
+cdef inline bint rows_of(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols,
+                         bint contiguous) noexcept:
+    """a is an aligned, native-order ndarray [rows, cols] of typenum whose rows are contiguous
+    (and packed one after another when `contiguous`)."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 2
+            or cnp.PyArray_DIM(arr, 0) != rows or cnp.PyArray_DIM(arr, 1) != cols
+            or not cnp.PyArray_ISBEHAVED_RO(arr)):
+        return False
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr)
+    if cols > 1 and cnp.PyArray_STRIDE(arr, 1) != item:
+        return False
+    if rows > 1 and cnp.PyArray_STRIDE(arr, 0) != cols * item:
+        return not contiguous and cnp.PyArray_STRIDE(arr, 0) % item == 0 \
+            and cnp.PyArray_STRIDE(arr, 0) >= cols * item
+    return True
+
+
+cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx,
+                          const floating *h, const floating *c, const floating *W,
+                          const floating *U, const floating *b, const floating *P, bint coupled,
+                          fl_act act, fl_act ract, floating *z, floating *scratch,
+                          floating *h_out, floating *c_out) noexcept nogil:
+    """One step: z = [x, h] [W; U] + b (both products accumulate into z, which stays in
+    cache), then the gates and the new h, c."""
+    cdef int r
+    cdef floating beta = 0
+    if b != NULL:
+        for r in range(B):
+            memcpy(z + <long>r * G, b, G * sizeof(floating))
+        beta = 1
+    if use_own(<long>I * G * sizeof(floating)):
+        if b == NULL:
+            memset(z, 0, <long>B * G * sizeof(floating))
+        matmul_acc(B, G, I, x, ldx, W, G, z, G)
+    elif B == 1:
+        gemv(True, I, G, <floating>1, W, G, x, beta, z)
+    else:
+        gemm(False, False, B, G, I, <floating>1, x, ldx, W, G, beta, z, G)
+    recurrent_product(B, H, G, h, U, G, <floating>1, z, G)
+    fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
+
+
 cdef class StepPlan:
-    """A streaming step bound to one layer's weights: acquiring the weight views once per
-    weight set keeps the per-call cost of ``run`` to a few microseconds. Float32 only."""
-    cdef float[:, ::1] W, U, P, z
-    cdef float[::1] b, scratch
+    """A streaming step bound to one layer's weight arrays (in-place updates show; other
+    arrays need a new plan). ``call`` checks its arguments with a few C comparisons and runs
+    the step into new output arrays: the whole call costs about a microsecond more than the
+    arithmetic."""
+    cdef readonly object kernel, recurrent_kernel, bias, peephole
+    cdef object z_arr, scratch_arr
+    cdef void *pW
+    cdef void *pU
+    cdef void *pb
+    cdef void *pP
+    cdef void *pz
+    cdef void *pscratch
+    cdef int typenum, n_in, n_units, n_gates, n_batch
     cdef fl_act act, ract
-    cdef bint coupled, has_bias, has_peep
-    cdef int n_in, n_units, n_gates, n_batch
-    cdef readonly object weights
+    cdef bint coupled
 
     def __init__(self, kernel, recurrent_kernel, bias, peephole, activation, recurrent_activation,
                  bint coupled, int batch):
-        self.weights = (kernel, recurrent_kernel, bias, peephole)
-        self.W, self.U = kernel, recurrent_kernel
-        self.n_in, self.n_units = kernel.shape[0], recurrent_kernel.shape[0]
-        self.n_gates = recurrent_kernel.shape[1]
-        self.has_bias, self.has_peep = bias is not None, peephole is not None
-        if self.has_bias:
-            self.b = bias
-        if self.has_peep:
-            self.P = peephole
+        """Raises ValueError when a weight is not an aligned C-contiguous array of one float
+        dtype with the shapes of an LSTM (the layer then takes the general path)."""
+        if not cnp.PyArray_Check(kernel) or kernel.ndim != 2 or recurrent_kernel.ndim != 2:
+            raise ValueError("StepPlan: expected 2-D kernel and recurrent_kernel arrays")
+        cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>kernel)
+        if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+            raise ValueError("StepPlan: weights must be float32 or float64")
+        cdef Py_ssize_t I = kernel.shape[0], H = recurrent_kernel.shape[0]
+        cdef Py_ssize_t G = recurrent_kernel.shape[1]
+        ok = (batch >= 1 and I >= 1 and H >= 1 and rows_of(kernel, typenum, I, G, True)
+              and rows_of(recurrent_kernel, typenum, H, G, True)
+              and G == (3 if coupled else 4) * H
+              and (bias is None or rows_of(bias.reshape(1, -1) if cnp.PyArray_Check(bias)
+                                           and bias.ndim == 1 else None, typenum, 1, G, True))
+              and (peephole is None or rows_of(peephole, typenum, 3, H, True)))
+        if not ok:
+            raise ValueError("StepPlan: weights are not C-contiguous arrays of one float dtype "
+                             "with LSTM shapes")
+        self.kernel, self.recurrent_kernel, self.bias, self.peephole = (
+            kernel, recurrent_kernel, bias, peephole)
+        self.typenum = typenum
+        self.n_in, self.n_units, self.n_gates, self.n_batch = I, H, G, batch
+        self.pW = cnp.PyArray_DATA(<cnp.ndarray>kernel)
+        self.pU = cnp.PyArray_DATA(<cnp.ndarray>recurrent_kernel)
+        self.pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+        self.pP = NULL if peephole is None else cnp.PyArray_DATA(<cnp.ndarray>peephole)
         self.act, self.ract = make_act(activation), make_act(recurrent_activation)
-        self.coupled, self.n_batch = coupled, batch
-        self.z = np.empty((batch, self.n_gates), np.float32)
-        self.scratch = np.empty(self.n_units, np.float32)
+        self.coupled = coupled
+        dtype = np.float32 if typenum == cnp.NPY_FLOAT else np.float64
+        self.z_arr = np.empty((batch, G), dtype)
+        self.scratch_arr = np.empty(H, dtype)
+        self.pz = cnp.PyArray_DATA(<cnp.ndarray>self.z_arr)
+        self.pscratch = cnp.PyArray_DATA(<cnp.ndarray>self.scratch_arr)
 
-    def run(self, float[:, ::1] x, float[:, ::1] h, float[:, ::1] c, float[:, ::1] h_out,
-            float[:, ::1] c_out):
-        """x [B,I], h, c [B,H] -> h_out, c_out [B,H] (shapes checked by the caller)."""
-        cdef int B = self.n_batch, I = self.n_in, H = self.n_units, G = self.n_gates, r
-        cdef float beta = 0
-        cdef const float *pP = &self.P[0, 0] if self.has_peep else NULL
+    @property
+    def batch(self):
+        return self.n_batch
+
+    def bound_to(self, layer):
+        """Whether the layer's weight attributes are still the arrays this plan reads."""
+        return (layer.kernel is self.kernel and layer.recurrent_kernel is self.recurrent_kernel
+                and (self.bias is None or layer.bias is self.bias)
+                and (self.peephole is None or layer.peephole is self.peephole))
+
+    def call(self, layer, x, states):
+        """``(h, [h, c])`` of one step of `layer` from x [B,I] and states [h, c] [B,H], or None
+        when anything is not what the plan runs as is (other weights, batch, dtype, shapes,
+        layout): the caller then checks and converts, and raises on bad input."""
+        if not (layer.kernel is self.kernel and layer.recurrent_kernel is self.recurrent_kernel
+                and (self.bias is None or layer.bias is self.bias)
+                and (self.peephole is None or layer.peephole is self.peephole)):
+            return None
+        cdef int B = self.n_batch, I = self.n_in, H = self.n_units, G = self.n_gates
+        cdef int tn = self.typenum
+        if not rows_of(x, tn, B, I, False):
+            return None
+        if not ((type(states) is list or type(states) is tuple) and len(states) == 2):
+            return None
+        h, c = states[0], states[1]
+        if not (rows_of(h, tn, B, H, True) and rows_of(c, tn, B, H, True)):
+            return None
+        cdef cnp.npy_intp dims[2]
+        dims[0], dims[1] = B, H
+        h_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+        c_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+        cdef void *px = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void *ph = cnp.PyArray_DATA(<cnp.ndarray>h)
+        cdef void *pc = cnp.PyArray_DATA(<cnp.ndarray>c)
+        cdef void *pho = cnp.PyArray_DATA(<cnp.ndarray>h_out)
+        cdef void *pco = cnp.PyArray_DATA(<cnp.ndarray>c_out)
+        cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
+                                               // cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
         with nogil:
-            if self.has_bias:
-                for r in range(B):
-                    memcpy(&self.z[r, 0], &self.b[0], G * sizeof(float))
-                beta = 1
-            if use_own(<long>I * G * sizeof(float)):
-                if beta == 0:
-                    memset(&self.z[0, 0], 0, <long>B * G * sizeof(float))
-                matmul_acc(B, G, I, &x[0, 0], I, &self.W[0, 0], G, &self.z[0, 0], G)
+            if tn == cnp.NPY_FLOAT:
+                step_run(B, I, H, G, <const float *>px, ldx, <const float *>ph,
+                         <const float *>pc, <const float *>self.pW, <const float *>self.pU,
+                         <const float *>self.pb, <const float *>self.pP, self.coupled,
+                         self.act, self.ract, <float *>self.pz, <float *>self.pscratch,
+                         <float *>pho, <float *>pco)
             else:
-                gemm(False, False, B, G, I, <float>1, &x[0, 0], I, &self.W[0, 0], G, beta,
-                     &self.z[0, 0], G)
-            recurrent_product(B, H, G, &h[0, 0], &self.U[0, 0], G, <float>1, &self.z[0, 0], G)
-            fwd_step(B, H, self.coupled, self.act, self.ract, &self.z[0, 0], pP, NULL, &h[0, 0],
-                     &c[0, 0], &h_out[0, 0], &c_out[0, 0], NULL, NULL, &self.scratch[0])
-
-
-def step(floating[:, ::1] x, floating[:, ::1] h, floating[:, ::1] c,
-         floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel, floating[::1] bias,
-         floating[:, ::1] peephole, activation, recurrent_activation, bint coupled,
-         floating[:, ::1] h_out, floating[:, ::1] c_out, floating[:, ::1] z,
-         floating[::1] scratch):
-    """One timestep for streaming, into preallocated buffers: x [B,I], h, c [B,H] ->
-    h_out, c_out [B,H]; z [B,G] and scratch [H] are work space. Shapes are the caller's
-    responsibility (fastlstm.layers.LSTM.step checks them)."""
-    cdef int B = x.shape[0], I = x.shape[1], H = recurrent_kernel.shape[0]
-    cdef int G = recurrent_kernel.shape[1]
-    cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
-    cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
-    cdef floating beta = 0
-    cdef int r
-    if B == 0:
-        return
-    with nogil:
-        if bias is not None:
-            for r in range(B):
-                memcpy(&z[r, 0], &bias[0], G * sizeof(floating))
-            beta = 1
-        if use_own(<long>I * G * sizeof(floating)):
-            if beta == 0:
-                memset(&z[0, 0], 0, <long>B * G * sizeof(floating))
-            matmul_acc(B, G, I, &x[0, 0], I, &kernel[0, 0], G, &z[0, 0], G)
-        elif B == 1:
-            gemv(True, I, G, <floating>1, &kernel[0, 0], G, &x[0, 0], beta, &z[0, 0])
-        else:
-            gemm(False, False, B, G, I, <floating>1, &x[0, 0], I, &kernel[0, 0], G, beta,
-                 &z[0, 0], G)
-        recurrent_product(B, H, G, &h[0, 0], &recurrent_kernel[0, 0], G, <floating>1, &z[0, 0], G)
-        fwd_step(B, H, coupled, act, ract, &z[0, 0], pP, NULL, &h[0, 0], &c[0, 0],
-                 &h_out[0, 0], &c_out[0, 0], NULL, NULL, &scratch[0])
+                step_run(B, I, H, G, <const double *>px, ldx, <const double *>ph,
+                         <const double *>pc, <const double *>self.pW, <const double *>self.pU,
+                         <const double *>self.pb, <const double *>self.pP, self.coupled,
+                         self.act, self.ract, <double *>self.pz, <double *>self.pscratch,
+                         <double *>pho, <double *>pco)
+        return h_out, [h_out, c_out]

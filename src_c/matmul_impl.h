@@ -41,10 +41,48 @@ FL_INLINE void FN(mm_block)(int R, int K, const REAL *A, int lda, const REAL *W,
         for (v = 0; v < FL_NV; v++) FN(vstore)(C + (long)r * ldc + v * FL_VL, acc[r][v]);
 }
 
+/* One row: c[N] += a[K] W[K,N]. Streams W row by row, 8 rows per pass over c (c stays in
+ * L1): sequential reads that the prefetchers follow, and 8 FMAs per load and store of c.
+ * The block kernel below instead walks down columns with a row stride, and its 4-8
+ * accumulator chains leave the FMA units waiting on latency at a single row. */
+FL_INLINE void FN(gemv_rows)(int R, int N, const REAL *a, const REAL *W, int ldw, REAL *c) {
+    int j = 0;
+    const REAL *w[8];
+    REAL s[8];
+    for (int r = 0; r < 8; r++) {
+        w[r] = W + (long)(r < R ? r : 0) * ldw;
+        s[r] = r < R ? a[r] : 0;
+    }
+    for (; j + FL_VL <= N; j += FL_VL) {
+        FN(vec) acc0 = FN(vload)(c + j), acc1 = FN(vload)(w[0] + j) * s[0];
+        for (int r = 1; r < R; r += 2) {
+            acc0 += FN(vload)(w[r] + j) * s[r];
+            if (r + 1 < R) acc1 += FN(vload)(w[r + 1] + j) * s[r + 1];
+        }
+        FN(vstore)(c + j, acc0 + acc1);
+    }
+    for (; j < N; j++) {
+        REAL t = c[j];
+        for (int r = 0; r < R; r++) t += s[r] * w[r][j];
+        c[j] = t;
+    }
+}
+
+FL_TARGET static void FN(fl_gemv_acc)(int N, int K, const REAL *a, const REAL *W, int ldw,
+                                      REAL *c) {
+    int k = 0;
+    for (; k + 8 <= K; k += 8) FN(gemv_rows)(8, N, a + k, W + (long)k * ldw, ldw, c);
+    if (k < K) FN(gemv_rows)(K - k, N, a + k, W + (long)k * ldw, ldw, c);
+}
+
 FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int lda,
                                         const REAL *W, int ldw, REAL *C, int ldc) {
     const int step = FL_NV * FL_VL;
     int i, j = 0;
+    if (M == 1) {
+        FN(fl_gemv_acc)(N, K, A, W, ldw, C);
+        return;
+    }
     for (; j + step <= N; j += step) {
         for (i = 0; i + FL_RB <= M; i += FL_RB)
             FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);

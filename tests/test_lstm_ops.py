@@ -333,7 +333,8 @@ def test_both_recurrent_product_paths_match_oracle(policy, B):
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
-@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 128, 512), (4, 3, 64), (5, 17, 130),
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 128, 512), (1, 13, 37), (1, 8, 16),
+                                     (1, 21, 130), (4, 3, 64), (5, 17, 130),
                                      (16, 128, 512), (3, 64, 37)])
 def test_matmul_kernel_every_isa(level, M, K, N):
     from fastlstm import _gates
