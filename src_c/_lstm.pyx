@@ -20,7 +20,8 @@ from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from products cimport (fl_max_threads, recurrent_grad, recurrent_product, row_chunks,
                       set_kernel_threads, set_policy, split, use_own)
-from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, fl_lstm_fwd_step_f,
+from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, matmul_packed_acc,
+                    pack_panels, fl_lstm_fwd_step_f,
                     fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
 def set_recurrent_matmul(str which):
@@ -60,8 +61,10 @@ def set_projection_blas(bint on):
 
 
 cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
-                              const floating *W, const floating *b, floating *Z) noexcept nogil:
-    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection."""
+                              const floating *W, const floating *Wp, const floating *b,
+                              floating *Z) noexcept nogil:
+    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection. Wp: W packed by
+    pack_weights for our kernel, or NULL."""
     cdef long r
     cdef bint own = use_own(<long>I * G * sizeof(floating)) and not projections_on_blas
     if b != NULL:
@@ -69,7 +72,9 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
             memcpy(Z + r * G, b, G * sizeof(floating))
     elif own:
         memset(Z + r0 * G, 0, nr * G * sizeof(floating))
-    if own:
+    if own and Wp != NULL:
+        matmul_packed_acc(<int>nr, G, I, X + r0 * I, I, Wp, Z + r0 * G, G)
+    elif own:
         matmul_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
     else:
         gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
@@ -105,15 +110,24 @@ cdef inline floating *ptr_or_null(floating[::1] a):
     return NULL if a is None else &a[0]
 
 
+cdef object packed(floating[:, ::1] w, dtype):
+    """w [K,N] packed for matmul_packed_acc, a new 1-D array."""
+    arr = np.empty(w.shape[0] * w.shape[1], dtype)
+    cdef floating[::1] v = arr
+    pack_panels(<int>w.shape[0], <int>w.shape[1], &w[0, 0], <int>w.shape[1], &v[0])
+    return arr
+
+
 cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long s1, long zt0,
                        bint go_backwards, bint training, bint return_sequences, bint coupled,
                        fl_act act, fl_act ract, floating *Z, const floating *U,
-                       const floating *P, const unsigned char *mask, const floating *rdrop,
+                       const floating *Up, const floating *P, const unsigned char *mask, const floating *rdrop,
                        floating *HIN, floating *C, floating *Y, floating *out, floating *hd,
                        floating *h, floating *c, floating *scratch) noexcept nogil:
     """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
     projection of times zt0, zt0+1, ... ([*,B,G]) and becomes the gates; HIN, C [T,B,H] are
-    saved when training; Y [T,B,H] (return_sequences) or out [B,H] (masked last output)
+    saved when training; Up is U packed for our kernel, or NULL; Y [T,B,H]
+    (return_sequences) or out [B,H] (masked last output)
     receive the outputs; h, c [B,H] are the state (when training c starts in c and advances
     in C, so training runs all steps in one call); hd [B,H] holds h*rdrop at inference."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
@@ -140,7 +154,10 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
             mul(ph, prd, hin, nbh)
         else:
             hin = ph
-        recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + (t - zt0) * BG + rg, G)
+        if Up != NULL:
+            matmul_packed_acc(nb, G, H, hin, H, Up, Z + (t - zt0) * BG + rg, G)
+        else:
+            recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + (t - zt0) * BG + rg, G)
         pc_out = C + t * BH + rh if training else pc
         po = po_prev = NULL
         if mask != NULL:
@@ -212,6 +229,22 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
     cdef int nchunks = row_chunks(T, B, H, G)
+    # Our kernel reads the weights packed, in contiguous column panels that it streams and
+    # that stay in L1 across row blocks (one copy per call, reused by every step and row).
+    up_arr = packed(recurrent_kernel, dtype) \
+        if T >= 2 and use_own(<long>H * G * sizeof(floating)) else None
+    wp_arr = packed(kernel, dtype) \
+        if TB >= 8 and use_own(<long>I * G * sizeof(floating)) and not projections_on_blas \
+        else None
+    cdef floating[::1] upv, wpv
+    cdef const floating *pUp = NULL
+    cdef const floating *pWp = NULL
+    if up_arr is not None:
+        upv = up_arr
+        pUp = &upv[0]
+    if wp_arr is not None:
+        wpv = wp_arr
+        pWp = &wpv[0]
     scratch_arr = np.empty(nchunks * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
@@ -233,23 +266,24 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             nrows_c = (s1 - s0) * B
             nproj = split(nrows_c, 64, <double>nrows_c * I * G)
             if nproj == 1:
-                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp,
+                             pb, pZ)
             else:
                 for ci in prange(nproj, num_threads=nproj, schedule="static"):
                     project_rows(ci * nrows_c // nproj,
                                  (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, G,
-                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ)
             if nchunks == 1:
                 forward_rows(T, B, H, G, 0, B, s0, s1, t_lo, go_backwards, training,
                              return_sequences, coupled, act, ract, pZ, &recurrent_kernel[0, 0],
-                             pP, pm, prd, pHIN, pC, pY, pout, phd, &h[0, 0], &cf[0, 0],
+                             pUp, pP, pm, prd, pHIN, pC, pY, pout, phd, &h[0, 0], &cf[0, 0],
                              &scratch[0])
             else:
                 for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                     b0 = <int>(ci * B // nchunks)
                     forward_rows(T, B, H, G, b0, <int>((ci + 1) * B // nchunks) - b0, s0, s1,
                                  t_lo, go_backwards, training, return_sequences, coupled, act,
-                                 ract, pZ, &recurrent_kernel[0, 0], pP, pm, prd, pHIN, pC, pY,
+                                 ract, pZ, &recurrent_kernel[0, 0], pUp, pP, pm, prd, pHIN, pC, pY,
                                  pout, phd, &h[0, 0], &cf[0, 0], &scratch[0] + ci * H)
             s0 = s1
 

@@ -102,6 +102,37 @@ FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int 
     }
 }
 
+/* The same product over W packed by fl_pack_panels (gates.c): column panels of FL_PANEL_BYTES,
+ * each K x w contiguous. Row-major W with a power-of-two row stride (G = 4H floats) maps a
+ * column block's rows onto a few L1 sets, so it was re-read from L2 for every 4-row block;
+ * a packed panel (32 KiB at K = 128) stays in L1 across all row blocks. */
+FL_TARGET static void FN(fl_matmul_packed_acc)(int M, int N, int K, const REAL *A, int lda,
+                                               const REAL *Wp, REAL *C, int ldc) {
+    const int step = FL_NV * FL_VL, PW = FL_PANEL_BYTES / (int)sizeof(REAL);
+    for (int j = 0; j < N; j += PW) {
+        const int w = N - j < PW ? N - j : PW, wv = w - w % step;
+        const REAL *P = Wp + (long)j * K;
+        int i, s;
+        for (i = 0; i + FL_RB <= M; i += FL_RB)
+            for (s = 0; s < wv; s += step)
+                FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, P + s, w, C + (long)i * ldc + j + s, ldc);
+        for (; i < M; i++)
+            for (s = 0; s < wv; s += step)
+                FN(mm_block)(1, K, A + (long)i * lda, lda, P + s, w, C + (long)i * ldc + j + s, ldc);
+        if (wv < w) {
+            for (i = 0; i < M; i++) {
+                const REAL *a = A + (long)i * lda;
+                REAL *c = C + (long)i * ldc + j;
+                for (int k = 0; k < K; k++) {
+                    const REAL ak = a[k];
+                    const REAL *p = P + (long)k * w;
+                    for (int jj = wv; jj < w; jj++) c[jj] += ak * p[jj];
+                }
+            }
+        }
+    }
+}
+
 #undef FN
 #undef FL_VL
 #undef FL_RB

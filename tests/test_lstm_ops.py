@@ -334,7 +334,8 @@ def test_both_recurrent_product_paths_match_oracle(policy, B):
 
 @pytest.mark.parametrize("level", [0, 1, 2])
 @pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 128, 512), (1, 13, 37), (1, 8, 16),
-                                     (1, 21, 130), (4, 3, 64), (5, 17, 130),
+                                     (1, 21, 130), (4, 3, 64), (5, 17, 130), (9, 5, 200),
+                                     (7, 6, 72),
                                      (16, 128, 512), (3, 64, 37)])
 def test_matmul_kernel_every_isa(level, M, K, N):
     from fastlstm import _gates
@@ -348,6 +349,9 @@ def test_matmul_kernel_every_isa(level, M, K, N):
             c = c0.copy()
             _gates.matmul_accumulate(a, w, c)
             assert_close(c, c0 + a.astype(np.float64) @ w.astype(np.float64), dtype)
+            c = c0.copy()
+            _gates.matmul_packed_accumulate(a, w, c)       # over column panels of w
+            assert_close(c, c0 + a.astype(np.float64) @ w.astype(np.float64), dtype, "packed")
     finally:
         _gates.force_isa_level(-1)
 
