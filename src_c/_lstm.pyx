@@ -21,7 +21,7 @@ from blas cimport floating, gemm, gemv
 from products cimport (fl_max_threads, recurrent_grad, recurrent_product, row_chunks,
                       set_kernel_threads, set_policy, split, use_own)
 from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, matmul_packed_acc,
-                    pack_panels, fl_lstm_fwd_step_f,
+                    matmul_tn_acc, pack_panels, fl_lstm_fwd_step_f,
                     fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
 def set_recurrent_matmul(str which):
@@ -345,12 +345,22 @@ cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating 
 
 cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const floating *X,
                            const floating *Hin, const floating *dZ, const floating *ones,
-                           floating *dW, floating *dU, floating *db) noexcept nogil:
-    """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ."""
-    gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
-         dW + g0, G)
-    gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
-         dU + g0, G)
+                           floating *dW, floating *dU, floating *db, bint own) noexcept nogil:
+    """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
+    kernel (reads X and Hin as they are, transposed) or on BLAS."""
+    cdef long r
+    if own:
+        for r in range(I):
+            memset(dW + r * G + g0, 0, ng * sizeof(floating))
+        for r in range(H):
+            memset(dU + r * G + g0, 0, ng * sizeof(floating))
+        matmul_tn_acc(I, <int>ng, <int>TB, X, I, dZ + g0, G, dW + g0, G)
+        matmul_tn_acc(H, <int>ng, <int>TB, Hin, H, dZ + g0, G, dU + g0, G)
+    else:
+        gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
+             dW + g0, G)
+        gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
+             dU + g0, G)
     if db != NULL:
         gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)
 
@@ -428,6 +438,9 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         db, ones = db_arr, ones_arr
         pdb, pones = &db[0], &ones[0]
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
+    # The weight gradients on our kernel unless the BLAS has AVX-512 kernels (as the
+    # projection): measured 1.4x faster than the AVX2 BLAS at T*B = 1600, I = H = 128.
+    cdef bint own_wgrad = use_own(<long>(I + H) * G * sizeof(floating)) and not projections_on_blas
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef long g0, r0
     cdef floating[:, ::1] WT                          # W^T [G,I] for the own-kernel path
@@ -464,12 +477,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         # (dW, dU, db: no reduction across threads) and row slices (dx).
         if ncols == 1:
             weight_grad_cols(0, G, I, H, G, TB, &x[0, 0, 0], &hin[0, 0, 0], pZ, pones,
-                             &dW[0, 0], &dU[0, 0], pdb)
+                             &dW[0, 0], &dU[0, 0], pdb, own_wgrad)
         else:
             for ci in prange(ncols, num_threads=ncols, schedule="static"):
                 g0 = ci * G // ncols
                 weight_grad_cols(g0, (ci + 1) * G // ncols - g0, I, H, G, TB, &x[0, 0, 0],
-                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb)
+                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb,
+                                 own_wgrad)
         if nrows == 1:
             input_grad_rows(0, TB, I, G, pZ, &kernel[0, 0], pWT, &dx[0, 0, 0])
         else:

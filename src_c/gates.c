@@ -221,5 +221,12 @@ void fl_pack_panels##S(int K, int N, const REAL *W, int ldw, REAL *Wp) {        
 
 FL_EXPORTS_MATMUL(float, _f)
 FL_EXPORTS_MATMUL(double, _d)
+#define FL_EXPORTS_TN(REAL, S)                                                              \
+void fl_matmul_tn_acc##S(int M, int N, int K, const REAL *AT, int ldat, const REAL *W,      \
+                         int ldw, REAL *C, int ldc) {                                       \
+    FL_DISPATCH(fl_matmul_tn_acc##S, (M, N, K, AT, ldat, W, ldw, C, ldc)); }
+
+FL_EXPORTS_TN(float, _f)
+FL_EXPORTS_TN(double, _d)
 FL_EXPORTS_PACKED(float, _f)
 FL_EXPORTS_PACKED(double, _d)

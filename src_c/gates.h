@@ -115,6 +115,12 @@ void fl_matmul_packed_acc_f(int M, int N, int K, const float *A, int lda, const 
 void fl_matmul_packed_acc_d(int M, int N, int K, const double *A, int lda, const double *Wp,
                             double *C, int ldc);
 
+/* C[M,N] += A^T W with A given as AT[K,M] (row stride ldat): the weight gradients. */
+void fl_matmul_tn_acc_f(int M, int N, int K, const float *AT, int ldat, const float *W, int ldw,
+                        float *C, int ldc);
+void fl_matmul_tn_acc_d(int M, int N, int K, const double *AT, int ldat, const double *W,
+                        int ldw, double *C, int ldc);
+
 #ifdef __cplusplus
 }
 #endif

@@ -110,6 +110,22 @@ cdef inline void matmul_packed_acc(int M, int N, int K, const floating *A, int l
         fl_matmul_packed_acc_d(M, N, K, A, lda, Wp, C, ldc)
 
 
+cdef extern from "gates.h" nogil:
+    void fl_matmul_tn_acc_f(int M, int N, int K, const float *AT, int ldat, const float *W,
+                            int ldw, float *C, int ldc)
+    void fl_matmul_tn_acc_d(int M, int N, int K, const double *AT, int ldat, const double *W,
+                            int ldw, double *C, int ldc)
+
+
+cdef inline void matmul_tn_acc(int M, int N, int K, const floating *AT, int ldat,
+                               const floating *W, int ldw, floating *C, int ldc) noexcept nogil:
+    """C[M,N] += AT[K,M]^T W[K,N] (row-major, leading dimensions ldat, ldw, ldc)."""
+    if floating is float:
+        fl_matmul_tn_acc_f(M, N, K, AT, ldat, W, ldw, C, ldc)
+    else:
+        fl_matmul_tn_acc_d(M, N, K, AT, ldat, W, ldw, C, ldc)
+
+
 cdef inline fl_act make_act(object activation):
     """The C description of a fastlstm.activations.Activation."""
     cdef fl_act a

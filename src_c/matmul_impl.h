@@ -133,6 +133,54 @@ FL_TARGET static void FN(fl_matmul_packed_acc)(int M, int N, int K, const REAL *
     }
 }
 
+/* C[M,N] += A^T W with A given as AT[K,M] (row stride ldat): the weight gradients
+ * X^T dZ over all T*B rows, without a transposed copy. The 4 row values of a block are
+ * adjacent in AT. K is blocked so that a block of W rows is re-read from L2, not memory,
+ * by every row block of C. */
+FL_INLINE void FN(mm_block_tn)(int R, int K, const REAL *AT, int ldat, const REAL *W, int ldw,
+                               REAL *C, int ldc) {
+    FN(vec) acc[FL_RB][FL_NV];
+    int r, v, k;
+    for (r = 0; r < R; r++)
+        for (v = 0; v < FL_NV; v++) acc[r][v] = FN(vload)(C + (long)r * ldc + v * FL_VL);
+    for (k = 0; k < K; k++) {
+        const REAL *w = W + (long)k * ldw;
+        const REAL *a = AT + (long)k * ldat;
+        FN(vec) wv[FL_NV];
+        for (v = 0; v < FL_NV; v++) wv[v] = FN(vload)(w + v * FL_VL);
+        for (r = 0; r < R; r++)
+            for (v = 0; v < FL_NV; v++) acc[r][v] += wv[v] * a[r];
+    }
+    for (r = 0; r < R; r++)
+        for (v = 0; v < FL_NV; v++) FN(vstore)(C + (long)r * ldc + v * FL_VL, acc[r][v]);
+}
+
+FL_TARGET static void FN(fl_matmul_tn_acc)(int M, int N, int K, const REAL *AT, int ldat,
+                                           const REAL *W, int ldw, REAL *C, int ldc) {
+    const int step = FL_NV * FL_VL, KC = 256;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC;
+        const REAL *A0 = AT + (long)k0 * ldat, *W0 = W + (long)k0 * ldw;
+        int i, j = 0;
+        for (; j + step <= N; j += step) {
+            for (i = 0; i + FL_RB <= M; i += FL_RB)
+                FN(mm_block_tn)(FL_RB, kc, A0 + i, ldat, W0 + j, ldw, C + (long)i * ldc + j, ldc);
+            for (; i < M; i++)
+                FN(mm_block_tn)(1, kc, A0 + i, ldat, W0 + j, ldw, C + (long)i * ldc + j, ldc);
+        }
+        if (j < N) {
+            for (i = 0; i < M; i++) {
+                REAL *c = C + (long)i * ldc;
+                for (int k = 0; k < kc; k++) {
+                    const REAL ak = A0[(long)k * ldat + i];
+                    const REAL *w = W0 + (long)k * ldw;
+                    for (int jj = j; jj < N; jj++) c[jj] += ak * w[jj];
+                }
+            }
+        }
+    }
+}
+
 #undef FN
 #undef FL_VL
 #undef FL_RB
