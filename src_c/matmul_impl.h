@@ -135,8 +135,9 @@ FL_TARGET static void FN(fl_matmul_packed_acc)(int M, int N, int K, const REAL *
 
 /* C[M,N] += A^T W with A given as AT[K,M] (row stride ldat): the weight gradients
  * X^T dZ over all T*B rows, without a transposed copy. The 4 row values of a block are
- * adjacent in AT. K is blocked so that a block of W rows is re-read from L2, not memory,
- * by every row block of C. */
+ * adjacent in AT. Each block of W (KC rows x one column block) is copied once into a
+ * contiguous panel that stays in L1 for all row blocks of C (W's power-of-two row stride
+ * would map it onto a few L1 sets). */
 FL_INLINE void FN(mm_block_tn)(int R, int K, const REAL *AT, int ldat, const REAL *W, int ldw,
                                REAL *C, int ldc) {
     FN(vec) acc[FL_RB][FL_NV];
@@ -157,16 +158,20 @@ FL_INLINE void FN(mm_block_tn)(int R, int K, const REAL *AT, int ldat, const REA
 
 FL_TARGET static void FN(fl_matmul_tn_acc)(int M, int N, int K, const REAL *AT, int ldat,
                                            const REAL *W, int ldw, REAL *C, int ldc) {
-    const int step = FL_NV * FL_VL, KC = 256;
+    enum { KC = 128 };
+    const int step = FL_NV * FL_VL;
+    REAL panel[KC * FL_NV * FL_VL];   /* 32 KiB: one block of W, copied to stay in L1 */
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const REAL *A0 = AT + (long)k0 * ldat, *W0 = W + (long)k0 * ldw;
         int i, j = 0;
         for (; j + step <= N; j += step) {
+            for (int k = 0; k < kc; k++)
+                memcpy(panel + (long)k * step, W0 + (long)k * ldw + j, step * sizeof(REAL));
             for (i = 0; i + FL_RB <= M; i += FL_RB)
-                FN(mm_block_tn)(FL_RB, kc, A0 + i, ldat, W0 + j, ldw, C + (long)i * ldc + j, ldc);
+                FN(mm_block_tn)(FL_RB, kc, A0 + i, ldat, panel, step, C + (long)i * ldc + j, ldc);
             for (; i < M; i++)
-                FN(mm_block_tn)(1, kc, A0 + i, ldat, W0 + j, ldw, C + (long)i * ldc + j, ldc);
+                FN(mm_block_tn)(1, kc, A0 + i, ldat, panel, step, C + (long)i * ldc + j, ldc);
         }
         if (j < N) {
             for (i = 0; i < M; i++) {
