@@ -67,6 +67,30 @@ def test_bad_policy_name():
 
 
 @pytest.mark.parametrize("on_blas", [False, True])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_gru_projection_paths_match_oracle(on_blas, reset_after, use_bias):
+    """The GRU input projection runs on BLAS or on our kernel over packed weights."""
+    from fastlstm import _gru
+    _gru.set_projection_blas(on_blas)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("gru-projection", on_blas, reset_after))
+            args, kw = _problem("gru", rng, dtype, 6, 5, 9, 70, reset_after)
+            if not use_bias:
+                args = args[:3] + (None,)
+            dy = rng.standard_normal((6, 5, 70)).astype(dtype)
+            y, g = _run("gru", "cpu", args, kw, dy)
+            ry, rg = _run("gru", "numpy", args, kw, dy)
+            assert_close(y, ry, dtype, "y")
+            for f in ("inputs", "h0", "kernel", "recurrent_kernel"):
+                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+    finally:
+        from fastlstm.threads import init_threads
+        init_threads()
+
+
+@pytest.mark.parametrize("on_blas", [False, True])
 def test_lstm_projection_paths_match_oracle(on_blas):
     """The input projection and input gradient run on BLAS or on our kernel (chosen at
     import from the BLAS's core type); both are exact."""
