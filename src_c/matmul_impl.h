@@ -83,6 +83,36 @@ FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int 
         FN(fl_gemv_acc)(N, K, A, W, ldw, C);
         return;
     }
+    if (M >= 32) {   /* many row blocks: share L1 copies of W's blocks (as fl_matmul_tn_acc) */
+        enum { KC = 128 };
+        REAL panel[KC * FL_NV * FL_VL];
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            const int kc = K - k0 < KC ? K - k0 : KC;
+            const REAL *A0 = A + k0, *W0 = W + (long)k0 * ldw;
+            for (j = 0; j + step <= N; j += step) {
+                for (int k = 0; k < kc; k++)
+                    memcpy(panel + (long)k * step, W0 + (long)k * ldw + j, step * sizeof(REAL));
+                for (i = 0; i + FL_RB <= M; i += FL_RB)
+                    FN(mm_block)(FL_RB, kc, A0 + (long)i * lda, lda, panel, step,
+                                 C + (long)i * ldc + j, ldc);
+                for (; i < M; i++)
+                    FN(mm_block)(1, kc, A0 + (long)i * lda, lda, panel, step,
+                                 C + (long)i * ldc + j, ldc);
+            }
+        }
+        if (j < N) {
+            for (i = 0; i < M; i++) {
+                const REAL *a = A + (long)i * lda;
+                REAL *c = C + (long)i * ldc;
+                for (int k = 0; k < K; k++) {
+                    const REAL ak = a[k];
+                    const REAL *w = W + (long)k * ldw;
+                    for (int jj = j; jj < N; jj++) c[jj] += ak * w[jj];
+                }
+            }
+        }
+        return;
+    }
     for (; j + step <= N; j += step) {
         for (i = 0; i + FL_RB <= M; i += FL_RB)
             FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
