@@ -310,7 +310,8 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
                         floating *dhp, floating *dpeep, floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,G] gates in, gate
     gradients out; dh, dc [B,H] in: gradients of the final state, out: of the initial state.
-    dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL."""
+    dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL;
+    UT is U^T packed for our kernel, or NULL for BLAS."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
     cdef long s, t, tp
     cdef const floating *pcp
@@ -326,7 +327,11 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
         bwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, C + t * BH + rh, pcp, P, pm,
                  DY + s * BH + rh if DY != NULL else NULL, dh + rh, dc + rh, pout, dpeep,
                  scratch)
-        recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, <floating>0, dhp + rh)
+        if UT != NULL:     # U^T packed: dh = dz U^T on our kernel
+            memset(dhp + rh, 0, <long>nb * H * sizeof(floating))
+            matmul_packed_acc(nb, H, G, Z + t * BG + rg, G, UT, dhp + rh, H)
+        else:
+            recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, NULL, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
@@ -418,11 +423,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long t
 
-    cdef floating[:, ::1] UT
+    cdef floating[:, ::1] UT2
+    cdef floating[::1] UT
     cdef const floating *pUT = NULL
-    if use_own(<long>H * G * sizeof(floating)):
-        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
-        pUT = &UT[0, 0]
+    if use_own(<long>H * G * sizeof(floating)):      # U^T in the panels of our kernel
+        UT2 = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        UT = packed(UT2, dtype)
+        pUT = &UT[0]
 
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
