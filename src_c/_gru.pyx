@@ -223,14 +223,15 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef int nproj = split(TB, 64, <double>TB * I * G)
     # Our kernel reads the weights packed in column panels (see _lstm.forward): the input
     # kernel for the projection, the recurrent kernel for the time loop; [z r] and h blocks
-    # apart where they land in different places.
-    cdef bint own_proj = use_own(<long>I * G * sizeof(floating)) and not projections_on_blas
+    # apart where they land in different places. One copy per call: from a few dozen rows.
+    cdef bint own_proj = (TB >= 32 and use_own(<long>I * G * sizeof(floating))
+                          and not projections_on_blas)
     wp1 = wp2 = up1 = up2 = None
     if own_proj:
         wp1 = packed_cols(kernel, 0, 2 * H if reset_after else G, dtype)
         if reset_after:
             wp2 = packed_cols(kernel, 2 * H, H, dtype)
-    if T >= 2 and use_own(<long>H * G * sizeof(floating)):
+    if TB >= 32 and use_own(<long>H * G * sizeof(floating)):
         up1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
         if not reset_after:
             up2 = packed_cols(recurrent_kernel, 2 * H, H, dtype)

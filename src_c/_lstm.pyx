@@ -230,11 +230,11 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         outbuf = out_arr
     cdef int nchunks = row_chunks(T, B, H, G)
     # Our kernel reads the weights packed, in contiguous column panels that it streams and
-    # that stay in L1 across row blocks (one copy per call, reused by every step and row).
+    # that stay in L1 across row blocks: one copy per call, worth it from a few dozen rows.
     up_arr = packed(recurrent_kernel, dtype) \
-        if T >= 2 and use_own(<long>H * G * sizeof(floating)) else None
+        if TB >= 32 and use_own(<long>H * G * sizeof(floating)) else None
     wp_arr = packed(kernel, dtype) \
-        if TB >= 8 and use_own(<long>I * G * sizeof(floating)) and not projections_on_blas \
+        if TB >= 32 and use_own(<long>I * G * sizeof(floating)) and not projections_on_blas \
         else None
     cdef floating[::1] upv, wpv
     cdef const floating *pUp = NULL

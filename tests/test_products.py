@@ -42,14 +42,15 @@ def _run(cell, backend, args, kw, dy):
 @pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False),
                                                ("simple_rnn", True)])
 @pytest.mark.parametrize("B", [1, 6])
-def test_product_paths_match_oracle(policy, cell, reset_after, B):
+@pytest.mark.parametrize("T", [5, 40])     # 40 steps: weights packed at one row too
+def test_product_paths_match_oracle(policy, cell, reset_after, B, T):
     for m in _modules():
         m.set_recurrent_matmul(policy)
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of(policy, cell, reset_after, B))
-            args, kw = _problem(cell, rng, dtype, 5, B, 7, 19, reset_after)
-            dy = rng.standard_normal((5, B, 19)).astype(dtype)
+            args, kw = _problem(cell, rng, dtype, T, B, 7, 19, reset_after)
+            dy = rng.standard_normal((T, B, 19)).astype(dtype)
             y, g = _run(cell, "cpu", args, kw, dy)
             ry, rg = _run(cell, "numpy", args, kw, dy)
             assert_close(y, ry, dtype, "y")
@@ -76,10 +77,10 @@ def test_gru_projection_paths_match_oracle(on_blas, reset_after, use_bias):
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of("gru-projection", on_blas, reset_after))
-            args, kw = _problem("gru", rng, dtype, 6, 5, 9, 70, reset_after)
+            args, kw = _problem("gru", rng, dtype, 8, 5, 9, 70, reset_after)   # 40 rows: packed
             if not use_bias:
                 args = args[:3] + (None,)
-            dy = rng.standard_normal((6, 5, 70)).astype(dtype)
+            dy = rng.standard_normal((8, 5, 70)).astype(dtype)
             y, g = _run("gru", "cpu", args, kw, dy)
             ry, rg = _run("gru", "numpy", args, kw, dy)
             assert_close(y, ry, dtype, "y")
@@ -99,8 +100,8 @@ def test_lstm_projection_paths_match_oracle(on_blas):
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of("projection", on_blas))
-            args, kw = _problem("lstm", rng, dtype, 6, 5, 9, 11)
-            dy = rng.standard_normal((6, 5, 11)).astype(dtype)
+            args, kw = _problem("lstm", rng, dtype, 7, 5, 9, 11)    # 35 rows: packed weights
+            dy = rng.standard_normal((7, 5, 11)).astype(dtype)
             y, g = _run("lstm", "cpu", args, kw, dy)
             ry, rg = _run("lstm", "numpy", args, kw, dy)
             assert_close(y, ry, dtype, "y")
