@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 
+import numpy
 from setuptools import Extension, setup
 from Cython.Build import cythonize
 
@@ -66,15 +67,29 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if checks:
     macros.append(("FASTLSTM_CHECKS", "1"))
 
+def gates_source(name):
+    """A one-line source that includes gates.c, one per extension: with a shared source,
+    parallel builds (-j) compiled it into one object file from several compilers at once and
+    linked whatever was there (missing symbols at import)."""
+    path = os.path.join("build", "gates", name + "_gates.c")
+    text = '#include "gates.c"\n'
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+    return path
+
+
 extensions = []
 for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
     name = os.path.splitext(os.path.basename(pyx))[0]
     extensions.append(Extension(
         "fastlstm." + name,
-        sources=[pyx, os.path.join(SRC, "gates.c")],
-        include_dirs=[SRC, SHARED_INCLUDE],
+        sources=[pyx, gates_source(name)],
+        include_dirs=[SRC, SHARED_INCLUDE, numpy.get_include()],   # _lstm's step cimports numpy
         depends=sorted(glob.glob(os.path.join(SRC, "*.h")) + glob.glob(os.path.join(SRC, "*.pxd"))
-                       + glob.glob(os.path.join(SHARED_INCLUDE, "*.h"))),
+                       + glob.glob(os.path.join(SHARED_INCLUDE, "*.h"))
+                       + [os.path.join(SRC, "gates.c")]),
         define_macros=macros,
         extra_compile_args=cflags + omp_compile,
         extra_link_args=omp_link,

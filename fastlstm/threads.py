@@ -106,5 +106,7 @@ def init_threads() -> None:
     _set_kernel_threads(_cores())
     arch = " ".join(str(c.architecture).lower() for c in _scipy_blas()
                     if getattr(c, "architecture", None))
-    from . import _lstm
-    _lstm.set_projection_blas(any(a in arch for a in _AVX512_CORES))
+    from . import _gru, _lstm
+    on_blas = any(a in arch for a in _AVX512_CORES)
+    _lstm.set_projection_blas(on_blas)
+    _gru.set_projection_blas(on_blas)

@@ -1,7 +1,10 @@
 # The elementwise layer of the kernels as seen from Python: which ISA variant runs, and the
 # vectorized activations themselves, so tests can measure them against NumPy.
+import numpy as np
+
 from blas cimport floating
-from gates cimport (fl_act, make_act, act_forward, matmul_acc, fl_act_grad_f, fl_act_grad_d, fl_isa_name,
+from gates cimport (fl_act, make_act, act_forward, matmul_acc, matmul_packed_acc, pack_panels,
+                    matmul_tn_acc, fl_act_grad_f, fl_act_grad_d, fl_isa_name,
                     fl_isa_level, fl_force_isa_level)
 
 
@@ -53,3 +56,34 @@ def matmul_accumulate(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c
         for r in range(repeat):
             matmul_acc(a.shape[0], w.shape[1], a.shape[1], &a[0, 0], a.shape[1], &w[0, 0],
                        w.shape[1], &c[0, 0], c.shape[1])
+
+
+def matmul_packed_accumulate(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c,
+                             int repeat=1):
+    """c += a @ w through the kernel over packed weights (packs w first)."""
+    if a.shape[1] != w.shape[0] or c.shape[0] != a.shape[0] or c.shape[1] != w.shape[1]:
+        raise ValueError("a, w, c: expected shapes (M,K), (K,N), (M,N)")
+    if a.shape[0] == 0 or w.shape[1] == 0 or w.shape[0] == 0:
+        return
+    wp_arr = np.empty(w.shape[0] * w.shape[1], np.asarray(w).dtype)
+    cdef floating[::1] wp = wp_arr
+    cdef int r
+    with nogil:
+        pack_panels(w.shape[0], w.shape[1], &w[0, 0], w.shape[1], &wp[0])
+        for r in range(repeat):
+            matmul_packed_acc(a.shape[0], w.shape[1], a.shape[1], &a[0, 0], a.shape[1], &wp[0],
+                              &c[0, 0], c.shape[1])
+
+
+def matmul_tn_accumulate(floating[:, ::1] at, floating[:, ::1] w, floating[:, ::1] c,
+                         int repeat=1):
+    """c += at.T @ w through the weight-gradient kernel."""
+    if at.shape[0] != w.shape[0] or c.shape[0] != at.shape[1] or c.shape[1] != w.shape[1]:
+        raise ValueError("at, w, c: expected shapes (K,M), (K,N), (M,N)")
+    if at.shape[1] == 0 or w.shape[1] == 0 or w.shape[0] == 0:
+        return
+    cdef int r
+    with nogil:
+        for r in range(repeat):
+            matmul_tn_acc(at.shape[1], w.shape[1], at.shape[0], &at[0, 0], at.shape[1], &w[0, 0],
+                          w.shape[1], &c[0, 0], c.shape[1])

@@ -21,12 +21,12 @@ import numpy as np
 
 from fastlstm.backends.grad_buffers import state_grads
 
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
 from products cimport (fl_max_threads, par_gemm, recurrent_grad, recurrent_product,
                       row_chunks, set_kernel_threads, set_policy, split, use_own)
-from gates cimport (fl_act, make_act, mul, merge_rows, add_mul,
+from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, matmul_packed_acc, pack_panels,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
                     fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
 
@@ -78,13 +78,16 @@ def set_recurrent_matmul(str which):
 
 cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint reset_after,
                        bint go_backwards, bint training, bint return_sequences, fl_act act,
-                       fl_act ract, floating *Z, const floating *U, const unsigned char *mask,
+                       fl_act ract, floating *Z, const floating *U, const floating *Up,
+                       const floating *Up2, const unsigned char *mask,
                        const floating *rdrop, floating *HPREV, floating *HIN, floating *RH,
                        floating *Y, floating *out, floating *hd, floating *h) noexcept nogil:
     """The forward time loop for batch rows [b0, b0+nb) (see the header for Z's layout).
     HPREV, HIN [T,B,H] are saved when training (HIN only with recurrent dropout); RH is
     [T,B,H] when training, [B,H] work space at inference (reset_after=False only); Y [T,B,H]
-    or out [B,H] receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] the state."""
+    or out [B,H] receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] the state.
+    Up (and Up2): U packed for our kernel (reset_after: all of U; else U_zr and U_h), or
+    NULL."""
     cdef long BH = <long>B * H, BZ = <long>B * ZW, rh0 = <long>b0 * H, rz = <long>b0 * ZW
     cdef long nbh = <long>nb * H
     cdef long s, t
@@ -119,16 +122,57 @@ cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint 
                 po_prev = Y + (s - 1) * BH + rh0 if s > 0 else NULL
             else:
                 po = po_prev = out + rh0
-        if reset_after:
+        if reset_after and Up != NULL:
+            matmul_packed_acc(nb, G, H, hin, H, Up, zt, ZW)
+        elif reset_after:
             recurrent_product(nb, H, G, hin, U, G, <floating>1, zt, ZW)
         else:
             prh = (RH + t * BH + rh0) if training else (RH + rh0)
-            recurrent_product(nb, H, 2 * H, hin, U, G, <floating>1, zt, ZW)
+            if Up != NULL:
+                matmul_packed_acc(nb, 2 * H, H, hin, H, Up, zt, ZW)
+            else:
+                recurrent_product(nb, H, 2 * H, hin, U, G, <floating>1, zt, ZW)
             fwd_reset(nb, H, ract, zt, hin, prh)
-            recurrent_product(nb, H, H, prh, U + 2 * H, G, <floating>1, zt + 2 * H, ZW)
+            if Up2 != NULL:
+                matmul_packed_acc(nb, H, H, prh, H, Up2, zt + 2 * H, ZW)
+            else:
+                recurrent_product(nb, H, H, prh, U + 2 * H, G, <floating>1, zt + 2 * H, ZW)
         fwd_step(nb, H, reset_after, act, ract, zt, pm, ph, ph, po_prev, po)
         if return_sequences and mask == NULL:
             memcpy(Y + s * BH + rh0, ph, nbh * sizeof(floating))
+
+
+cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
+
+
+def set_projection_blas(bint on):
+    """Run the input projection on BLAS even when the weights fit our kernel."""
+    global projections_on_blas
+    projections_on_blas = on
+
+
+cdef object packed_cols(floating[:, ::1] w, int j0, int n, dtype):
+    """Columns [j0, j0+n) of w [K,N] packed for matmul_packed_acc, a new 1-D array."""
+    arr = np.empty(w.shape[0] * n, dtype)
+    cdef floating[::1] v = arr
+    pack_panels(<int>w.shape[0], n, &w[0, 0] + j0, <int>w.shape[1], &v[0])
+    return arr
+
+
+cdef inline const floating *ptr_or_null(floating[::1] a):
+    return NULL if a is None else &a[0]
+
+
+cdef inline void project_own(long r0, long nr, int I, int H, int ZW, bint reset_after,
+                             const floating *X, const floating *Wp1, const floating *Wp2,
+                             floating *Z) noexcept nogil:
+    """Rows [r0, r0+nr) of the input projection on our kernel: Z[:, 0:2H] += X W_zr and
+    Z[:, 3H:4H] += X W_h (reset_after), or Z += X W."""
+    if reset_after:
+        matmul_packed_acc(<int>nr, 2 * H, I, X + r0 * I, I, Wp1, Z + r0 * ZW, ZW)
+        matmul_packed_acc(<int>nr, H, I, X + r0 * I, I, Wp2, Z + r0 * ZW + 3 * H, ZW)
+    else:
+        matmul_packed_acc(<int>nr, 3 * H, I, X + r0 * I, I, Wp1, Z + r0 * ZW, ZW)
 
 
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
@@ -177,6 +221,26 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef const floating *pU = &recurrent_kernel[0, 0]
     cdef long r, t, s
     cdef int nproj = split(TB, 64, <double>TB * I * G)
+    # Our kernel reads the weights packed in column panels (see _lstm.forward): the input
+    # kernel for the projection, the recurrent kernel for the time loop; [z r] and h blocks
+    # apart where they land in different places. One copy per call: from a few dozen rows.
+    cdef bint own_proj = (TB >= 32 and use_own(<long>I * G * sizeof(floating))
+                          and not projections_on_blas)
+    wp1 = wp2 = up1 = up2 = None
+    if own_proj:
+        wp1 = packed_cols(kernel, 0, 2 * H if reset_after else G, dtype)
+        if reset_after:
+            wp2 = packed_cols(kernel, 2 * H, H, dtype)
+    if TB >= 32 and use_own(<long>H * G * sizeof(floating)):
+        up1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
+        if not reset_after:
+            up2 = packed_cols(recurrent_kernel, 2 * H, H, dtype)
+    cdef floating[::1] vw1 = wp1, vw2 = wp2, vu1 = up1, vu2 = up2
+    cdef const floating *pWp1 = ptr_or_null(vw1)
+    cdef const floating *pWp2 = ptr_or_null(vw2)
+    cdef const floating *pUp1 = ptr_or_null(vu1)
+    cdef const floating *pUp2 = ptr_or_null(vu2)
+    cdef long ci
     with nogil:
         if input_dropout_mask is not None:
             for r in range(T):
@@ -184,7 +248,16 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         if fill:
             for r in range(TB):
                 memcpy(pZ + r * ZW, &brow[0], ZW * sizeof(floating))
-        if reset_after:
+        elif own_proj:
+            memset(pZ, 0, TB * ZW * sizeof(floating))
+        if own_proj:
+            if nproj == 1:
+                project_own(0, TB, I, H, ZW, reset_after, &xin[0, 0, 0], pWp1, pWp2, pZ)
+            else:
+                for ci in prange(nproj, num_threads=nproj, schedule="static"):
+                    project_own(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, H,
+                                ZW, reset_after, &xin[0, 0, 0], pWp1, pWp2, pZ)
+        elif reset_after:
             par_gemm(False, False, <int>TB, 2 * H, I, <floating>1, &xin[0, 0, 0], I, pW, G,
                      beta_in, pZ, ZW, nproj, True)
             par_gemm(False, False, <int>TB, H, I, <floating>1, &xin[0, 0, 0], I, pW + 2 * H, G,
@@ -230,19 +303,19 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
-    cdef long ci
     cdef int b0
     with nogil:
         if nchunks == 1:
             forward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, training,
-                         return_sequences, act, ract, pZ, pU, pm, prd, pHP, pHIN, pRH, pY, pout,
+                         return_sequences, act, ract, pZ, pU, pUp1, pUp2, pm, prd, pHP, pHIN, pRH, pY, pout,
                          phd, &h[0, 0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(ci * B // nchunks)
                 forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
                              reset_after, go_backwards, training, return_sequences, act, ract,
-                             pZ, pU, pm, prd, pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
+                             pZ, pU, pUp1, pUp2, pm, prd, pHP, pHIN, pRH, pY, pout, phd,
+                             &h[0, 0])
 
     if return_sequences:
         y = y_arr

@@ -9,6 +9,9 @@
 # Backward: per step the elementwise pass writes dZ[t] over the saved gates and dh_{t-1} =
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
 
 from fastlstm.backends.grad_buffers import state_grads
 
@@ -17,7 +20,8 @@ from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from products cimport (fl_max_threads, recurrent_grad, recurrent_product, row_chunks,
                       set_kernel_threads, set_policy, split, use_own)
-from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, fl_lstm_fwd_step_f,
+from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, matmul_packed_acc,
+                    matmul_tn_acc, pack_panels, fl_lstm_fwd_step_f,
                     fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
 def set_recurrent_matmul(str which):
@@ -57,8 +61,10 @@ def set_projection_blas(bint on):
 
 
 cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
-                              const floating *W, const floating *b, floating *Z) noexcept nogil:
-    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection."""
+                              const floating *W, const floating *Wp, const floating *b,
+                              floating *Z) noexcept nogil:
+    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection. Wp: W packed by
+    pack_weights for our kernel, or NULL."""
     cdef long r
     cdef bint own = use_own(<long>I * G * sizeof(floating)) and not projections_on_blas
     if b != NULL:
@@ -66,7 +72,9 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
             memcpy(Z + r * G, b, G * sizeof(floating))
     elif own:
         memset(Z + r0 * G, 0, nr * G * sizeof(floating))
-    if own:
+    if own and Wp != NULL:
+        matmul_packed_acc(<int>nr, G, I, X + r0 * I, I, Wp, Z + r0 * G, G)
+    elif own:
         matmul_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
     else:
         gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
@@ -102,15 +110,24 @@ cdef inline floating *ptr_or_null(floating[::1] a):
     return NULL if a is None else &a[0]
 
 
+cdef object packed(floating[:, ::1] w, dtype):
+    """w [K,N] packed for matmul_packed_acc, a new 1-D array."""
+    arr = np.empty(w.shape[0] * w.shape[1], dtype)
+    cdef floating[::1] v = arr
+    pack_panels(<int>w.shape[0], <int>w.shape[1], &w[0, 0], <int>w.shape[1], &v[0])
+    return arr
+
+
 cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long s1, long zt0,
                        bint go_backwards, bint training, bint return_sequences, bint coupled,
                        fl_act act, fl_act ract, floating *Z, const floating *U,
-                       const floating *P, const unsigned char *mask, const floating *rdrop,
+                       const floating *Up, const floating *P, const unsigned char *mask, const floating *rdrop,
                        floating *HIN, floating *C, floating *Y, floating *out, floating *hd,
                        floating *h, floating *c, floating *scratch) noexcept nogil:
     """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
     projection of times zt0, zt0+1, ... ([*,B,G]) and becomes the gates; HIN, C [T,B,H] are
-    saved when training; Y [T,B,H] (return_sequences) or out [B,H] (masked last output)
+    saved when training; Up is U packed for our kernel, or NULL; Y [T,B,H]
+    (return_sequences) or out [B,H] (masked last output)
     receive the outputs; h, c [B,H] are the state (when training c starts in c and advances
     in C, so training runs all steps in one call); hd [B,H] holds h*rdrop at inference."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
@@ -137,7 +154,10 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
             mul(ph, prd, hin, nbh)
         else:
             hin = ph
-        recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + (t - zt0) * BG + rg, G)
+        if Up != NULL:
+            matmul_packed_acc(nb, G, H, hin, H, Up, Z + (t - zt0) * BG + rg, G)
+        else:
+            recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + (t - zt0) * BG + rg, G)
         pc_out = C + t * BH + rh if training else pc
         po = po_prev = NULL
         if mask != NULL:
@@ -209,6 +229,22 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
     cdef int nchunks = row_chunks(T, B, H, G)
+    # Our kernel reads the weights packed, in contiguous column panels that it streams and
+    # that stay in L1 across row blocks: one copy per call, worth it from a few dozen rows.
+    up_arr = packed(recurrent_kernel, dtype) \
+        if TB >= 32 and use_own(<long>H * G * sizeof(floating)) else None
+    wp_arr = packed(kernel, dtype) \
+        if TB >= 32 and use_own(<long>I * G * sizeof(floating)) and not projections_on_blas \
+        else None
+    cdef floating[::1] upv, wpv
+    cdef const floating *pUp = NULL
+    cdef const floating *pWp = NULL
+    if up_arr is not None:
+        upv = up_arr
+        pUp = &upv[0]
+    if wp_arr is not None:
+        wpv = wp_arr
+        pWp = &wpv[0]
     scratch_arr = np.empty(nchunks * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
@@ -230,23 +266,24 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             nrows_c = (s1 - s0) * B
             nproj = split(nrows_c, 64, <double>nrows_c * I * G)
             if nproj == 1:
-                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp,
+                             pb, pZ)
             else:
                 for ci in prange(nproj, num_threads=nproj, schedule="static"):
                     project_rows(ci * nrows_c // nproj,
                                  (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, G,
-                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ)
             if nchunks == 1:
                 forward_rows(T, B, H, G, 0, B, s0, s1, t_lo, go_backwards, training,
                              return_sequences, coupled, act, ract, pZ, &recurrent_kernel[0, 0],
-                             pP, pm, prd, pHIN, pC, pY, pout, phd, &h[0, 0], &cf[0, 0],
+                             pUp, pP, pm, prd, pHIN, pC, pY, pout, phd, &h[0, 0], &cf[0, 0],
                              &scratch[0])
             else:
                 for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                     b0 = <int>(ci * B // nchunks)
                     forward_rows(T, B, H, G, b0, <int>((ci + 1) * B // nchunks) - b0, s0, s1,
                                  t_lo, go_backwards, training, return_sequences, coupled, act,
-                                 ract, pZ, &recurrent_kernel[0, 0], pP, pm, prd, pHIN, pC, pY,
+                                 ract, pZ, &recurrent_kernel[0, 0], pUp, pP, pm, prd, pHIN, pC, pY,
                                  pout, phd, &h[0, 0], &cf[0, 0], &scratch[0] + ci * H)
             s0 = s1
 
@@ -273,7 +310,8 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
                         floating *dhp, floating *dpeep, floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,G] gates in, gate
     gradients out; dh, dc [B,H] in: gradients of the final state, out: of the initial state.
-    dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL."""
+    dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL;
+    UT is U^T packed for our kernel, or NULL for BLAS."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
     cdef long s, t, tp
     cdef const floating *pcp
@@ -289,7 +327,11 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
         bwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, C + t * BH + rh, pcp, P, pm,
                  DY + s * BH + rh if DY != NULL else NULL, dh + rh, dc + rh, pout, dpeep,
                  scratch)
-        recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, <floating>0, dhp + rh)
+        if UT != NULL:     # U^T packed: dh = dz U^T on our kernel
+            memset(dhp + rh, 0, <long>nb * H * sizeof(floating))
+            matmul_packed_acc(nb, H, G, Z + t * BG + rg, G, UT, dhp + rh, H)
+        else:
+            recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, NULL, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
@@ -308,12 +350,22 @@ cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating 
 
 cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const floating *X,
                            const floating *Hin, const floating *dZ, const floating *ones,
-                           floating *dW, floating *dU, floating *db) noexcept nogil:
-    """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ."""
-    gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
-         dW + g0, G)
-    gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
-         dU + g0, G)
+                           floating *dW, floating *dU, floating *db, bint own) noexcept nogil:
+    """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
+    kernel (reads X and Hin as they are, transposed) or on BLAS."""
+    cdef long r
+    if own:
+        for r in range(I):
+            memset(dW + r * G + g0, 0, ng * sizeof(floating))
+        for r in range(H):
+            memset(dU + r * G + g0, 0, ng * sizeof(floating))
+        matmul_tn_acc(I, <int>ng, <int>TB, X, I, dZ + g0, G, dW + g0, G)
+        matmul_tn_acc(H, <int>ng, <int>TB, Hin, H, dZ + g0, G, dU + g0, G)
+    else:
+        gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
+             dW + g0, G)
+        gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
+             dU + g0, G)
     if db != NULL:
         gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)
 
@@ -371,11 +423,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long t
 
-    cdef floating[:, ::1] UT
+    cdef floating[:, ::1] UT2
+    cdef floating[::1] UT
     cdef const floating *pUT = NULL
-    if use_own(<long>H * G * sizeof(floating)):
-        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
-        pUT = &UT[0, 0]
+    if use_own(<long>H * G * sizeof(floating)):      # U^T in the panels of our kernel
+        UT2 = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        UT = packed(UT2, dtype)
+        pUT = &UT[0]
 
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
@@ -391,6 +445,9 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         db, ones = db_arr, ones_arr
         pdb, pones = &db[0], &ones[0]
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
+    # The weight gradients on our kernel unless the BLAS has AVX-512 kernels (as the
+    # projection): measured 1.4x faster than the AVX2 BLAS at T*B = 1600, I = H = 128.
+    cdef bint own_wgrad = use_own(<long>(I + H) * G * sizeof(floating)) and not projections_on_blas
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef long g0, r0
     cdef floating[:, ::1] WT                          # W^T [G,I] for the own-kernel path
@@ -427,12 +484,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         # (dW, dU, db: no reduction across threads) and row slices (dx).
         if ncols == 1:
             weight_grad_cols(0, G, I, H, G, TB, &x[0, 0, 0], &hin[0, 0, 0], pZ, pones,
-                             &dW[0, 0], &dU[0, 0], pdb)
+                             &dW[0, 0], &dU[0, 0], pdb, own_wgrad)
         else:
             for ci in prange(ncols, num_threads=ncols, schedule="static"):
                 g0 = ci * G // ncols
                 weight_grad_cols(g0, (ci + 1) * G // ncols - g0, I, H, G, TB, &x[0, 0, 0],
-                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb)
+                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb,
+                                 own_wgrad)
         if nrows == 1:
             input_grad_rows(0, TB, I, G, pZ, &kernel[0, 0], pWT, &dx[0, 0, 0])
         else:
@@ -447,85 +505,153 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
 
 
 
+cdef inline bint rows_of(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols,
+                         bint contiguous) noexcept:
+    """a is an aligned, native-order ndarray [rows, cols] of typenum whose rows are contiguous
+    (and packed one after another when `contiguous`)."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 2
+            or cnp.PyArray_DIM(arr, 0) != rows or cnp.PyArray_DIM(arr, 1) != cols
+            or not cnp.PyArray_ISBEHAVED_RO(arr)):
+        return False
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr)
+    if cols > 1 and cnp.PyArray_STRIDE(arr, 1) != item:
+        return False
+    if rows > 1 and cnp.PyArray_STRIDE(arr, 0) != cols * item:
+        return not contiguous and cnp.PyArray_STRIDE(arr, 0) % item == 0 \
+            and cnp.PyArray_STRIDE(arr, 0) >= cols * item
+    return True
+
+
+cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx,
+                          const floating *h, const floating *c, const floating *W,
+                          const floating *U, const floating *b, const floating *P, bint coupled,
+                          fl_act act, fl_act ract, floating *z, floating *scratch,
+                          floating *h_out, floating *c_out) noexcept nogil:
+    """One step: z = [x, h] [W; U] + b (both products accumulate into z, which stays in
+    cache), then the gates and the new h, c."""
+    cdef int r
+    cdef floating beta = 0
+    if b != NULL:
+        for r in range(B):
+            memcpy(z + <long>r * G, b, G * sizeof(floating))
+        beta = 1
+    if use_own(<long>I * G * sizeof(floating)):
+        if b == NULL:
+            memset(z, 0, <long>B * G * sizeof(floating))
+        matmul_acc(B, G, I, x, ldx, W, G, z, G)
+    elif B == 1:
+        gemv(True, I, G, <floating>1, W, G, x, beta, z)
+    else:
+        gemm(False, False, B, G, I, <floating>1, x, ldx, W, G, beta, z, G)
+    recurrent_product(B, H, G, h, U, G, <floating>1, z, G)
+    fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
+
+
 cdef class StepPlan:
-    """A streaming step bound to one layer's weights: acquiring the weight views once per
-    weight set keeps the per-call cost of ``run`` to a few microseconds. Float32 only."""
-    cdef float[:, ::1] W, U, P, z
-    cdef float[::1] b, scratch
+    """A streaming step bound to one layer's weight arrays (in-place updates show; other
+    arrays need a new plan). ``call`` checks its arguments with a few C comparisons and runs
+    the step into new output arrays: the whole call costs about a microsecond more than the
+    arithmetic."""
+    cdef readonly object kernel, recurrent_kernel, bias, peephole
+    cdef object z_arr, scratch_arr
+    cdef void *pW
+    cdef void *pU
+    cdef void *pb
+    cdef void *pP
+    cdef void *pz
+    cdef void *pscratch
+    cdef int typenum, n_in, n_units, n_gates, n_batch
     cdef fl_act act, ract
-    cdef bint coupled, has_bias, has_peep
-    cdef int n_in, n_units, n_gates, n_batch
-    cdef readonly object weights
+    cdef bint coupled
 
     def __init__(self, kernel, recurrent_kernel, bias, peephole, activation, recurrent_activation,
                  bint coupled, int batch):
-        self.weights = (kernel, recurrent_kernel, bias, peephole)
-        self.W, self.U = kernel, recurrent_kernel
-        self.n_in, self.n_units = kernel.shape[0], recurrent_kernel.shape[0]
-        self.n_gates = recurrent_kernel.shape[1]
-        self.has_bias, self.has_peep = bias is not None, peephole is not None
-        if self.has_bias:
-            self.b = bias
-        if self.has_peep:
-            self.P = peephole
+        """Raises ValueError when a weight is not an aligned C-contiguous array of one float
+        dtype with the shapes of an LSTM (the layer then takes the general path)."""
+        if not cnp.PyArray_Check(kernel) or kernel.ndim != 2 or recurrent_kernel.ndim != 2:
+            raise ValueError("StepPlan: expected 2-D kernel and recurrent_kernel arrays")
+        cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>kernel)
+        if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+            raise ValueError("StepPlan: weights must be float32 or float64")
+        cdef Py_ssize_t I = kernel.shape[0], H = recurrent_kernel.shape[0]
+        cdef Py_ssize_t G = recurrent_kernel.shape[1]
+        ok = (batch >= 1 and I >= 1 and H >= 1 and rows_of(kernel, typenum, I, G, True)
+              and rows_of(recurrent_kernel, typenum, H, G, True)
+              and G == (3 if coupled else 4) * H
+              and (bias is None or rows_of(bias.reshape(1, -1) if cnp.PyArray_Check(bias)
+                                           and bias.ndim == 1 else None, typenum, 1, G, True))
+              and (peephole is None or rows_of(peephole, typenum, 3, H, True)))
+        if not ok:
+            raise ValueError("StepPlan: weights are not C-contiguous arrays of one float dtype "
+                             "with LSTM shapes")
+        self.kernel, self.recurrent_kernel, self.bias, self.peephole = (
+            kernel, recurrent_kernel, bias, peephole)
+        self.typenum = typenum
+        self.n_in, self.n_units, self.n_gates, self.n_batch = I, H, G, batch
+        self.pW = cnp.PyArray_DATA(<cnp.ndarray>kernel)
+        self.pU = cnp.PyArray_DATA(<cnp.ndarray>recurrent_kernel)
+        self.pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+        self.pP = NULL if peephole is None else cnp.PyArray_DATA(<cnp.ndarray>peephole)
         self.act, self.ract = make_act(activation), make_act(recurrent_activation)
-        self.coupled, self.n_batch = coupled, batch
-        self.z = np.empty((batch, self.n_gates), np.float32)
-        self.scratch = np.empty(self.n_units, np.float32)
+        self.coupled = coupled
+        dtype = np.float32 if typenum == cnp.NPY_FLOAT else np.float64
+        self.z_arr = np.empty((batch, G), dtype)
+        self.scratch_arr = np.empty(H, dtype)
+        self.pz = cnp.PyArray_DATA(<cnp.ndarray>self.z_arr)
+        self.pscratch = cnp.PyArray_DATA(<cnp.ndarray>self.scratch_arr)
 
-    def run(self, float[:, ::1] x, float[:, ::1] h, float[:, ::1] c, float[:, ::1] h_out,
-            float[:, ::1] c_out):
-        """x [B,I], h, c [B,H] -> h_out, c_out [B,H] (shapes checked by the caller)."""
-        cdef int B = self.n_batch, I = self.n_in, H = self.n_units, G = self.n_gates, r
-        cdef float beta = 0
-        cdef const float *pP = &self.P[0, 0] if self.has_peep else NULL
+    @property
+    def batch(self):
+        return self.n_batch
+
+    def bound_to(self, layer):
+        """Whether the layer's weight attributes are still the arrays this plan reads."""
+        return (layer.kernel is self.kernel and layer.recurrent_kernel is self.recurrent_kernel
+                and (self.bias is None or layer.bias is self.bias)
+                and (self.peephole is None or layer.peephole is self.peephole))
+
+    def call(self, layer, x, states):
+        """``(h, [h, c])`` of one step of `layer` from x [B,I] and states [h, c] [B,H], or None
+        when anything is not what the plan runs as is (other weights, batch, dtype, shapes,
+        layout): the caller then checks and converts, and raises on bad input."""
+        if not (layer.kernel is self.kernel and layer.recurrent_kernel is self.recurrent_kernel
+                and (self.bias is None or layer.bias is self.bias)
+                and (self.peephole is None or layer.peephole is self.peephole)):
+            return None
+        cdef int B = self.n_batch, I = self.n_in, H = self.n_units, G = self.n_gates
+        cdef int tn = self.typenum
+        if not rows_of(x, tn, B, I, False):
+            return None
+        if not ((type(states) is list or type(states) is tuple) and len(states) == 2):
+            return None
+        h, c = states[0], states[1]
+        if not (rows_of(h, tn, B, H, True) and rows_of(c, tn, B, H, True)):
+            return None
+        cdef cnp.npy_intp dims[2]
+        dims[0], dims[1] = B, H
+        h_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+        c_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+        cdef void *px = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void *ph = cnp.PyArray_DATA(<cnp.ndarray>h)
+        cdef void *pc = cnp.PyArray_DATA(<cnp.ndarray>c)
+        cdef void *pho = cnp.PyArray_DATA(<cnp.ndarray>h_out)
+        cdef void *pco = cnp.PyArray_DATA(<cnp.ndarray>c_out)
+        cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
+                                               // cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
         with nogil:
-            if self.has_bias:
-                for r in range(B):
-                    memcpy(&self.z[r, 0], &self.b[0], G * sizeof(float))
-                beta = 1
-            if use_own(<long>I * G * sizeof(float)):
-                if beta == 0:
-                    memset(&self.z[0, 0], 0, <long>B * G * sizeof(float))
-                matmul_acc(B, G, I, &x[0, 0], I, &self.W[0, 0], G, &self.z[0, 0], G)
+            if tn == cnp.NPY_FLOAT:
+                step_run(B, I, H, G, <const float *>px, ldx, <const float *>ph,
+                         <const float *>pc, <const float *>self.pW, <const float *>self.pU,
+                         <const float *>self.pb, <const float *>self.pP, self.coupled,
+                         self.act, self.ract, <float *>self.pz, <float *>self.pscratch,
+                         <float *>pho, <float *>pco)
             else:
-                gemm(False, False, B, G, I, <float>1, &x[0, 0], I, &self.W[0, 0], G, beta,
-                     &self.z[0, 0], G)
-            recurrent_product(B, H, G, &h[0, 0], &self.U[0, 0], G, <float>1, &self.z[0, 0], G)
-            fwd_step(B, H, self.coupled, self.act, self.ract, &self.z[0, 0], pP, NULL, &h[0, 0],
-                     &c[0, 0], &h_out[0, 0], &c_out[0, 0], NULL, NULL, &self.scratch[0])
-
-
-def step(floating[:, ::1] x, floating[:, ::1] h, floating[:, ::1] c,
-         floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel, floating[::1] bias,
-         floating[:, ::1] peephole, activation, recurrent_activation, bint coupled,
-         floating[:, ::1] h_out, floating[:, ::1] c_out, floating[:, ::1] z,
-         floating[::1] scratch):
-    """One timestep for streaming, into preallocated buffers: x [B,I], h, c [B,H] ->
-    h_out, c_out [B,H]; z [B,G] and scratch [H] are work space. Shapes are the caller's
-    responsibility (fastlstm.layers.LSTM.step checks them)."""
-    cdef int B = x.shape[0], I = x.shape[1], H = recurrent_kernel.shape[0]
-    cdef int G = recurrent_kernel.shape[1]
-    cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
-    cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
-    cdef floating beta = 0
-    cdef int r
-    if B == 0:
-        return
-    with nogil:
-        if bias is not None:
-            for r in range(B):
-                memcpy(&z[r, 0], &bias[0], G * sizeof(floating))
-            beta = 1
-        if use_own(<long>I * G * sizeof(floating)):
-            if beta == 0:
-                memset(&z[0, 0], 0, <long>B * G * sizeof(floating))
-            matmul_acc(B, G, I, &x[0, 0], I, &kernel[0, 0], G, &z[0, 0], G)
-        elif B == 1:
-            gemv(True, I, G, <floating>1, &kernel[0, 0], G, &x[0, 0], beta, &z[0, 0])
-        else:
-            gemm(False, False, B, G, I, <floating>1, &x[0, 0], I, &kernel[0, 0], G, beta,
-                 &z[0, 0], G)
-        recurrent_product(B, H, G, &h[0, 0], &recurrent_kernel[0, 0], G, <floating>1, &z[0, 0], G)
-        fwd_step(B, H, coupled, act, ract, &z[0, 0], pP, NULL, &h[0, 0], &c[0, 0],
-                 &h_out[0, 0], &c_out[0, 0], NULL, NULL, &scratch[0])
+                step_run(B, I, H, G, <const double *>px, ldx, <const double *>ph,
+                         <const double *>pc, <const double *>self.pW, <const double *>self.pU,
+                         <const double *>self.pb, <const double *>self.pP, self.coupled,
+                         self.act, self.ract, <double *>self.pz, <double *>self.pscratch,
+                         <double *>pho, <double *>pco)
+        return h_out, [h_out, c_out]

@@ -206,5 +206,27 @@ void fl_matmul_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *W
                       REAL *C, int ldc) {                                                   \
     FL_DISPATCH(fl_matmul_acc##S, (M, N, K, A, lda, W, ldw, C, ldc)); }
 
+#define FL_EXPORTS_PACKED(REAL, S)                                                          \
+void fl_matmul_packed_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *Wp,   \
+                             REAL *C, int ldc) {                                            \
+    FL_DISPATCH(fl_matmul_packed_acc##S, (M, N, K, A, lda, Wp, C, ldc)); }                  \
+void fl_pack_panels##S(int K, int N, const REAL *W, int ldw, REAL *Wp) {                    \
+    const int PW = FL_PANEL_BYTES / (int)sizeof(REAL);                                       \
+    for (int j = 0; j < N; j += PW) {                                                        \
+        const int w = N - j < PW ? N - j : PW;                                               \
+        for (int k = 0; k < K; k++)                                                          \
+            memcpy(Wp + (long)j * K + (long)k * w, W + (long)k * ldw + j, w * sizeof(REAL)); \
+    }                                                                                        \
+}
+
 FL_EXPORTS_MATMUL(float, _f)
 FL_EXPORTS_MATMUL(double, _d)
+#define FL_EXPORTS_TN(REAL, S)                                                              \
+void fl_matmul_tn_acc##S(int M, int N, int K, const REAL *AT, int ldat, const REAL *W,      \
+                         int ldw, REAL *C, int ldc) {                                       \
+    FL_DISPATCH(fl_matmul_tn_acc##S, (M, N, K, AT, ldat, W, ldw, C, ldc)); }
+
+FL_EXPORTS_TN(float, _f)
+FL_EXPORTS_TN(double, _d)
+FL_EXPORTS_PACKED(float, _f)
+FL_EXPORTS_PACKED(double, _d)

@@ -104,6 +104,23 @@ void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *
 void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W, int ldw,
                      double *C, int ldc);
 
+/* W[K,N] (row stride ldw) -> Wp[K*N]: column panels of FL_PANEL_BYTES (the last one
+ * narrower), each K x (panel width) row-major; and C[M,N] += A[M,K] W[K,N] over it. For
+ * products that reuse one W over many row blocks (the time loops, the projections). */
+#define FL_PANEL_BYTES 256
+void fl_pack_panels_f(int K, int N, const float *W, int ldw, float *Wp);
+void fl_pack_panels_d(int K, int N, const double *W, int ldw, double *Wp);
+void fl_matmul_packed_acc_f(int M, int N, int K, const float *A, int lda, const float *Wp,
+                            float *C, int ldc);
+void fl_matmul_packed_acc_d(int M, int N, int K, const double *A, int lda, const double *Wp,
+                            double *C, int ldc);
+
+/* C[M,N] += A^T W with A given as AT[K,M] (row stride ldat): the weight gradients. */
+void fl_matmul_tn_acc_f(int M, int N, int K, const float *AT, int ldat, const float *W, int ldw,
+                        float *C, int ldc);
+void fl_matmul_tn_acc_d(int M, int N, int K, const double *AT, int ldat, const double *W,
+                        int ldw, double *C, int ldc);
+
 #ifdef __cplusplus
 }
 #endif

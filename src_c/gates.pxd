@@ -83,6 +83,49 @@ cdef inline void matmul_acc(int M, int N, int K, const floating *A, int lda, con
         fl_matmul_acc_d(M, N, K, A, lda, W, ldw, C, ldc)
 
 
+cdef extern from "gates.h" nogil:
+    void fl_pack_panels_f(int K, int N, const float *W, int ldw, float *Wp)
+    void fl_pack_panels_d(int K, int N, const double *W, int ldw, double *Wp)
+    void fl_matmul_packed_acc_f(int M, int N, int K, const float *A, int lda, const float *Wp,
+                                float *C, int ldc)
+    void fl_matmul_packed_acc_d(int M, int N, int K, const double *A, int lda,
+                                const double *Wp, double *C, int ldc)
+
+
+cdef inline void pack_panels(int K, int N, const floating *W, int ldw,
+                             floating *Wp) noexcept nogil:
+    """Wp[K*N] := W[K,N] in the column panels of matmul_packed_acc."""
+    if floating is float:
+        fl_pack_panels_f(K, N, W, ldw, Wp)
+    else:
+        fl_pack_panels_d(K, N, W, ldw, Wp)
+
+
+cdef inline void matmul_packed_acc(int M, int N, int K, const floating *A, int lda,
+                                   const floating *Wp, floating *C, int ldc) noexcept nogil:
+    """C[M,N] += A[M,K] W[K,N] with W packed by pack_panels."""
+    if floating is float:
+        fl_matmul_packed_acc_f(M, N, K, A, lda, Wp, C, ldc)
+    else:
+        fl_matmul_packed_acc_d(M, N, K, A, lda, Wp, C, ldc)
+
+
+cdef extern from "gates.h" nogil:
+    void fl_matmul_tn_acc_f(int M, int N, int K, const float *AT, int ldat, const float *W,
+                            int ldw, float *C, int ldc)
+    void fl_matmul_tn_acc_d(int M, int N, int K, const double *AT, int ldat, const double *W,
+                            int ldw, double *C, int ldc)
+
+
+cdef inline void matmul_tn_acc(int M, int N, int K, const floating *AT, int ldat,
+                               const floating *W, int ldw, floating *C, int ldc) noexcept nogil:
+    """C[M,N] += AT[K,M]^T W[K,N] (row-major, leading dimensions ldat, ldw, ldc)."""
+    if floating is float:
+        fl_matmul_tn_acc_f(M, N, K, AT, ldat, W, ldw, C, ldc)
+    else:
+        fl_matmul_tn_acc_d(M, N, K, AT, ldat, W, ldw, C, ldc)
+
+
 cdef inline fl_act make_act(object activation):
     """The C description of a fastlstm.activations.Activation."""
     cdef fl_act a

@@ -210,6 +210,108 @@ def test_step_equals_sequence_call():
         np.testing.assert_allclose(y_t, ys[:, t], rtol=1e-6, atol=1e-6)
 
 
+STEP_OPTIONS = {
+    "plain": {},
+    "peepholes": dict(use_peepholes=True, peephole_initializer="random_normal"),
+    "cifg": dict(coupled_input_forget=True),
+    "cifg_peepholes_no_bias": dict(coupled_input_forget=True, use_peepholes=True,
+                                   peephole_initializer="random_normal", use_bias=False),
+    "activations": dict(activation="softsign", recurrent_activation="hard_sigmoid",
+                        bias_initializer="random_normal"),
+}
+
+
+@pytest.mark.parametrize("opt", list(STEP_OPTIONS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B, I, H", [(1, 5, 7), (1, 19, 33), (4, 3, 16), (3, 9, 5)])
+def test_compiled_step_equals_sequence_call(opt, dtype, B, I, H):
+    """The compiled step (plan bound to the weights, one-row product at B=1) walks the same
+    trajectory as one call over the whole sequence, from a given state, x_t strided or not."""
+    rng = np.random.default_rng(hash((opt, dtype, B, I, H)) % 2**32)
+    T = 5
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    layer = LSTM(H, return_sequences=True, return_state=True, dtype=dtype,
+                 **STEP_OPTIONS[opt])
+    layer.build(x.shape)
+    state = [rng.standard_normal((B, H)).astype(dtype) for _ in range(2)]
+    ys, h_T, c_T = layer(x, initial_state=state)
+    for t in range(T):
+        x_t = x[:, t] if t % 2 else np.ascontiguousarray(x[:, t])
+        y_t, state = layer.step(x_t, state)
+        assert y_t.dtype == dtype and y_t.shape == (B, H)
+        assert_close(y_t, ys[:, t], dtype, f"t={t}")
+    assert_close(state[0], h_T, dtype, "h")
+    assert_close(state[1], c_T, dtype, "c")
+    assert layer._step_plan is not None and layer._step_plan.batch == B
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_step_converts_what_the_plan_does_not_take(dtype):
+    """Lists, other dtypes, tuples, Fortran-order or strided states and a new batch size all
+    give the result of well-formed arrays."""
+    rng = np.random.default_rng(11)
+    layer = LSTM(6, dtype=dtype)
+    layer.build((2, 1, 4))
+    x = rng.standard_normal((2, 4)).astype(dtype)
+    h, c = (rng.standard_normal((2, 6)).astype(dtype) for _ in range(2))
+    ref, (ref_h, ref_c) = layer.step(x, [h, c])
+    wide = np.longdouble                                    # converts without rounding
+    variants = [
+        (x.tolist(), [h, c]),
+        (x.astype(wide), [h.astype(wide), c.astype(wide)]),
+        (x, (h, c)),
+        (np.asfortranarray(x), [np.asfortranarray(h), np.asfortranarray(c)]),
+        (np.repeat(x, 2, axis=1)[:, ::2], [np.repeat(h, 2, axis=1)[:, ::2], c]),
+    ]
+    for k, (xv, sv) in enumerate(variants):
+        y, (hv, cv) = layer.step(xv, sv)
+        assert y.dtype == dtype
+        assert_close(y, ref, dtype, f"variant {k}")
+        assert_close(cv, ref_c, dtype, f"variant {k}")
+    y1, _ = layer.step(x[:1], [h[:1], c[:1]])              # batch 1: a new plan
+    assert_close(y1, ref[:1], dtype, "batch 1")
+    y2, _ = layer.step(x, [h, c])                           # and back
+    assert_close(y2, ref, dtype, "batch 2")
+
+
+def test_step_errors_once_the_plan_exists():
+    layer = LSTM(3)
+    layer.build((2, 1, 4))
+    state = layer.get_initial_state(2)
+    layer.step(np.zeros((2, 4), np.float32), state)
+    assert layer._step_plan is not None
+    cases = [
+        (np.zeros((2, 5), np.float32), state, ValueError, r"x_t.*4 features, got 5"),
+        (np.zeros((2, 1, 4), np.float32), state, ValueError, r"x_t.*2-D"),
+        (np.zeros((2, 4), np.float32), layer.get_initial_state(3), ValueError,
+         r"initial_state\[h\].*\(2, 3\)"),
+        (np.zeros((2, 4), np.float32), state[:1], ValueError, r"initial_state.*expects 2 arrays"),
+        (np.full((2, 4), "s"), state, TypeError, r"x_t: expected a real numeric array"),
+        (np.zeros((2, 4), np.float32), [state[0], np.zeros((2, 4), np.float32)], ValueError,
+         r"initial_state\[c\].*\(2, 3\)"),
+    ]
+    for x, s, exc, words in cases:
+        with pytest.raises(exc, match=words):
+            layer.step(x, s)
+
+
+def test_step_with_weights_the_plan_cannot_bind():
+    """Weights replaced by non-contiguous arrays: step takes the general path, same result."""
+    rng = np.random.default_rng(12)
+    layer = LSTM(5, use_peepholes=True, peephole_initializer="random_normal")
+    layer.build((3, 1, 4))
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    state = [rng.standard_normal((3, 5)).astype(np.float32) for _ in range(2)]
+    ref, _ = layer.step(x, state)
+    layer.kernel = np.asfortranarray(layer.kernel)
+    layer.recurrent_kernel = np.asfortranarray(layer.recurrent_kernel)
+    y, _ = layer.step(x, state)
+    assert_close(y, ref, np.float32)
+    with fl.use_backend("numpy"):
+        ry, _ = layer.step(x, state)
+    assert_close(y, ry, np.float32)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("B", [1, 3])
 def test_step_plan_follows_weight_changes(dtype, B):

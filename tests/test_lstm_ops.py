@@ -333,7 +333,9 @@ def test_both_recurrent_product_paths_match_oracle(policy, B):
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
-@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 128, 512), (4, 3, 64), (5, 17, 130),
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 128, 512), (1, 13, 37), (1, 8, 16),
+                                     (1, 21, 130), (4, 3, 64), (5, 17, 130), (9, 5, 200),
+                                     (7, 6, 72), (600, 9, 70),
                                      (16, 128, 512), (3, 64, 37)])
 def test_matmul_kernel_every_isa(level, M, K, N):
     from fastlstm import _gates
@@ -347,6 +349,15 @@ def test_matmul_kernel_every_isa(level, M, K, N):
             c = c0.copy()
             _gates.matmul_accumulate(a, w, c)
             assert_close(c, c0 + a.astype(np.float64) @ w.astype(np.float64), dtype)
+            c = c0.copy()
+            _gates.matmul_packed_accumulate(a, w, c)       # over column panels of w
+            assert_close(c, c0 + a.astype(np.float64) @ w.astype(np.float64), dtype, "packed")
+            at = np.ascontiguousarray(a.T)                  # weight-gradient form: at.T @ w
+            wt = rng.standard_normal((M, N)).astype(dtype)
+            c1 = rng.standard_normal((K, N)).astype(dtype)
+            c = c1.copy()
+            _gates.matmul_tn_accumulate(a, wt, c)
+            assert_close(c, c1 + at.astype(np.float64) @ wt.astype(np.float64), dtype, "tn")
     finally:
         _gates.force_isa_level(-1)
 

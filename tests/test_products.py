@@ -42,14 +42,15 @@ def _run(cell, backend, args, kw, dy):
 @pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False),
                                                ("simple_rnn", True)])
 @pytest.mark.parametrize("B", [1, 6])
-def test_product_paths_match_oracle(policy, cell, reset_after, B):
+@pytest.mark.parametrize("T", [5, 40])     # 40 steps: weights packed at one row too
+def test_product_paths_match_oracle(policy, cell, reset_after, B, T):
     for m in _modules():
         m.set_recurrent_matmul(policy)
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of(policy, cell, reset_after, B))
-            args, kw = _problem(cell, rng, dtype, 5, B, 7, 19, reset_after)
-            dy = rng.standard_normal((5, B, 19)).astype(dtype)
+            args, kw = _problem(cell, rng, dtype, T, B, 7, 19, reset_after)
+            dy = rng.standard_normal((T, B, 19)).astype(dtype)
             y, g = _run(cell, "cpu", args, kw, dy)
             ry, rg = _run(cell, "numpy", args, kw, dy)
             assert_close(y, ry, dtype, "y")
@@ -67,6 +68,30 @@ def test_bad_policy_name():
 
 
 @pytest.mark.parametrize("on_blas", [False, True])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_gru_projection_paths_match_oracle(on_blas, reset_after, use_bias):
+    """The GRU input projection runs on BLAS or on our kernel over packed weights."""
+    from fastlstm import _gru
+    _gru.set_projection_blas(on_blas)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("gru-projection", on_blas, reset_after))
+            args, kw = _problem("gru", rng, dtype, 8, 5, 9, 70, reset_after)   # 40 rows: packed
+            if not use_bias:
+                args = args[:3] + (None,)
+            dy = rng.standard_normal((8, 5, 70)).astype(dtype)
+            y, g = _run("gru", "cpu", args, kw, dy)
+            ry, rg = _run("gru", "numpy", args, kw, dy)
+            assert_close(y, ry, dtype, "y")
+            for f in ("inputs", "h0", "kernel", "recurrent_kernel"):
+                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+    finally:
+        from fastlstm.threads import init_threads
+        init_threads()
+
+
+@pytest.mark.parametrize("on_blas", [False, True])
 def test_lstm_projection_paths_match_oracle(on_blas):
     """The input projection and input gradient run on BLAS or on our kernel (chosen at
     import from the BLAS's core type); both are exact."""
@@ -75,8 +100,8 @@ def test_lstm_projection_paths_match_oracle(on_blas):
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of("projection", on_blas))
-            args, kw = _problem("lstm", rng, dtype, 6, 5, 9, 11)
-            dy = rng.standard_normal((6, 5, 11)).astype(dtype)
+            args, kw = _problem("lstm", rng, dtype, 7, 5, 9, 11)    # 35 rows: packed weights
+            dy = rng.standard_normal((7, 5, 11)).astype(dtype)
             y, g = _run("lstm", "cpu", args, kw, dy)
             ry, rg = _run("lstm", "numpy", args, kw, dy)
             assert_close(y, ry, dtype, "y")

@@ -394,7 +394,7 @@ class LSTM(RecurrentLayer):
         self.use_peepholes = check_bool("use_peepholes", use_peepholes)
         self.coupled_input_forget = check_bool("coupled_input_forget", coupled_input_forget)
         self.peephole_initializer = initializers.get(peephole_initializer, "peephole_initializer")
-        self._step_plan = None      # (batch, weights, run) reused by step()
+        self._step_plan = None      # StepPlan reused by step()
 
     @property
     def gate_blocks(self):
@@ -432,32 +432,36 @@ class LSTM(RecurrentLayer):
     def _run_backward(self, cache, dy, dstates):
         return ops.lstm_backward(cache, dy, dstates[0], dstates[1])
 
-    def _make_step_plan(self, B, weights):
-        """A callable (x, h, c, h_out, c_out) for step(), bound to the current weight arrays
-        (weights updated in place stay bound; set_weights makes a new plan)."""
-        k = _lstm_kernels()
-        args = weights + (self.activation, self.recurrent_activation, self.coupled_input_forget)
-        if self.dtype == np.float32:
-            return k.StepPlan(*args, B).run
-        G, H = self.gate_blocks * self.units, self.units
-        z, scratch = np.empty((B, G), self.dtype), np.empty(H, self.dtype)
-
-        def run(x, h, c, h_out, c_out):
-            k.step(x, h, c, *args[:4], *args[4:], h_out, c_out, z, scratch)
-        return run
+    def step(self, x_t, states):
+        # The hot path of streaming: a plan bound to the current weights takes well-formed
+        # arguments as they are; anything else goes through the checks of the general path.
+        plan = self._step_plan
+        if plan is not None and self.device == "cpu" and fl_backends.current_backend() == "cpu":
+            out = plan.call(self, x_t, states)
+            if out is not None:
+                return out
+        return super().step(x_t, states)
 
     def _step(self, x_t, states):
-        if self.device != "cpu" or fl_backends.current_backend() != "cpu":
-            return super()._step(x_t, states)
-        B, H = x_t.shape[0], self.units
-        weights = (self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
-                   self.peephole if self.use_peepholes else None)
-        plan = self._step_plan
-        if (plan is None or plan[0] != B or any(a is not b for a, b in zip(plan[1], weights))):
-            plan = self._step_plan = (B, weights, self._make_step_plan(B, weights))
-        h, c = np.empty((B, H), self.dtype), np.empty((B, H), self.dtype)
-        plan[2](x_t, states[0], states[1], h, c)
-        return h, [h, c]
+        if self.device == "cpu" and fl_backends.current_backend() == "cpu":
+            plan = self._step_plan
+            if plan is None or plan.batch != x_t.shape[0] or not plan.bound_to(self):
+                plan = self._step_plan = self._make_step_plan(x_t.shape[0])
+            out = plan.call(self, x_t, states) if plan is not None else None
+            if out is not None:
+                return out
+        return super()._step(x_t, states)
+
+    def _make_step_plan(self, B):
+        """The compiled step bound to the current weight arrays (weights updated in place
+        stay bound; set_weights makes a new plan), or None when they do not suit it."""
+        try:
+            return _lstm_kernels().StepPlan(
+                self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+                self.peephole if self.use_peepholes else None, self.activation,
+                self.recurrent_activation, self.coupled_input_forget, B)
+        except ValueError:
+            return None
 
     def _weight_grads(self, grads):
         return super()._weight_grads(grads) + ([grads.peephole] if self.use_peepholes else [])
