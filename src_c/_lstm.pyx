@@ -18,9 +18,9 @@ from blas cimport floating, gemm, gemv
 from products cimport (fl_matmul_policy, fl_max_threads, recurrent_grad, recurrent_grad_packed,
                       recurrent_product, recurrent_product_packed, row_chunks,
                       set_kernel_threads, set_policy, split, use_own, use_packed)
-from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, gemm_acc, pack_b,
-                    fl_lstm_fwd_step_f,
-                    fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, gemm_acc, gemm_packed_acc,
+                    pack_b, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
+                    fl_lstm_bwd_step_d)
 
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
@@ -65,19 +65,18 @@ cdef inline bint own_products() noexcept nogil:
 
 
 cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
-                              const floating *W, const floating *b, floating *Z) noexcept nogil:
-    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection."""
+                              const floating *W, const floating *Wp, const floating *b,
+                              floating *Z) noexcept nogil:
+    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection, on our GEMM with W
+    packed by pack_b (Wp) or on BLAS (Wp NULL)."""
     cdef long r
-    cdef bint own = own_products()
     if b != NULL:
         for r in range(r0, r0 + nr):
             memcpy(Z + r * G, b, G * sizeof(floating))
-    elif own:
+    elif Wp != NULL:
         memset(Z + r0 * G, 0, nr * G * sizeof(floating))
-    if own and nr >= 8:
-        gemm_acc(False, <int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
-    elif own:
-        matmul_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
+    if Wp != NULL:
+        gemm_packed_acc(<int>nr, G, I, X + r0 * I, I, Wp, Z + r0 * G, G)
     else:
         gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
              <floating>(1 if b != NULL else 0), Z + r0 * G, G)
@@ -240,6 +239,14 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
+    # W packed once per call: inference projects chunk by chunk, and every thread of a chunk
+    # would pack all of W again.
+    cdef floating[::1] Wp
+    cdef floating[:, :] Wv = kernel
+    cdef const floating *pWp = NULL
+    if own_products():
+        Wp = pack_b(Wv)
+        pWp = &Wp[0]
     cdef int b0
     cdef long s0, s1, t_lo, nrows_c, ci
     cdef int nproj
@@ -251,12 +258,13 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             nrows_c = (s1 - s0) * B
             nproj = split(nrows_c, 64, <double>nrows_c * I * G)
             if nproj == 1:
-                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp,
+                             pb, pZ)
             else:
                 for ci in prange(nproj, num_threads=nproj, schedule="static"):
                     project_rows(ci * nrows_c // nproj,
                                  (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, G,
-                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pb, pZ)
+                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ)
             if nchunks == 1:
                 forward_rows(T, B, H, G, 0, B, s0, s1, t_lo, go_backwards, training,
                              return_sequences, coupled, act, ract, pZ, &recurrent_kernel[0, 0],
@@ -321,15 +329,13 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
 
 
 cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
-                                 const floating *W, const floating *WT,
+                                 const floating *W, const floating *WTp,
                                  floating *dX) noexcept nogil:
-    """Rows [r0, r0+nr) of dX = dZ W^T; WT [G,I] = W^T for our kernel, or NULL for BLAS."""
-    if WT != NULL:
+    """Rows [r0, r0+nr) of dX = dZ W^T; WTp: W^T [G,I] packed by pack_b for our GEMM, or
+    NULL for BLAS."""
+    if WTp != NULL:
         memset(dX + r0 * I, 0, nr * I * sizeof(floating))
-        if nr >= 8:
-            gemm_acc(False, <int>nr, I, G, dZ + r0 * G, G, WT, I, dX + r0 * I, I)
-        else:
-            matmul_acc(<int>nr, I, G, dZ + r0 * G, G, WT, I, dX + r0 * I, I)
+        gemm_packed_acc(<int>nr, I, G, dZ + r0 * G, G, WTp, dX + r0 * I, I)
     else:
         gemm(False, True, <int>nr, I, G, <floating>1, dZ + r0 * G, G, W, G, <floating>0,
              dX + r0 * I, I)
@@ -432,12 +438,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef long g0, r0
-    cdef floating[:, ::1] WT                          # W^T [G,I] for the own-kernel path
+    cdef floating[:, :] WT                            # W^T [G,I], packed, for our GEMM
+    cdef floating[::1] WTp
     cdef const floating *pWT = NULL
     cdef bint own = own_products()
     if own:
         WT = np.ascontiguousarray(np.asarray(kernel).T)
-        pWT = &WT[0, 0]
+        WTp = pack_b(WT)
+        pWT = &WTp[0]
 
     cdef int nchunks = row_chunks(T, B, H, G)
     cdef int ci, b0

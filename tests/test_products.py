@@ -171,9 +171,10 @@ def test_lstm_packed_products_match_oracle(policy, threads):
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of("lstm-packed", policy, threads))
-            # 19 rows in 2 threads of 9-10 rows x 230 units: past use_packed's threshold
-            args, kw = _problem("lstm", rng, dtype, 4, 19, 70, 230)
-            dy = rng.standard_normal((4, 19, 230)).astype(dtype)
+            # 19 rows in 2 threads of 9-10 rows x 230 units: past use_packed's threshold;
+            # 7 * 19 rows: the many-row products split over 2 threads too
+            args, kw = _problem("lstm", rng, dtype, 7, 19, 70, 230)
+            dy = rng.standard_normal((7, 19, 230)).astype(dtype)
             y, g = _run("lstm", "cpu", args, kw, dy)
             ry, rg = _run("lstm", "numpy", args, kw, dy)
             assert_close(y, ry, dtype, "y")
