@@ -4,8 +4,8 @@ import numpy as np
 
 from blas cimport floating
 from gates cimport (fl_act, make_act, act_forward, matmul_acc, matmul_packed_acc, pack_panels,
-                    matmul_tn_acc, fl_act_grad_f, fl_act_grad_d, fl_isa_name,
-                    fl_isa_level, fl_force_isa_level)
+                    gemm_acc, gemm_packed_acc, pack_b, fl_act_grad_f,
+                    fl_act_grad_d, fl_isa_name, fl_isa_level, fl_force_isa_level)
 
 
 def isa():
@@ -75,15 +75,31 @@ def matmul_packed_accumulate(floating[:, ::1] a, floating[:, ::1] w, floating[:,
                               &c[0, 0], c.shape[1])
 
 
-def matmul_tn_accumulate(floating[:, ::1] at, floating[:, ::1] w, floating[:, ::1] c,
-                         int repeat=1):
-    """c += at.T @ w through the weight-gradient kernel."""
-    if at.shape[0] != w.shape[0] or c.shape[0] != at.shape[1] or c.shape[1] != w.shape[1]:
-        raise ValueError("at, w, c: expected shapes (K,M), (K,N), (M,N)")
-    if at.shape[1] == 0 or w.shape[1] == 0 or w.shape[0] == 0:
+def gemm_accumulate(floating[:, :] a, floating[:, :] b, floating[:, :] c,
+                    bint trans_a=False, bint packed=False):
+    """c += op(a) @ b through the packed GEMM, op(a) = a.T with trans_a; with packed, b is
+    packed once first (as the recurrent kernel is) and a must not be transposed. Rows of a,
+    b and c may be strided (views of wider arrays)."""
+    cdef int M = a.shape[1] if trans_a else a.shape[0]
+    cdef int K = a.shape[0] if trans_a else a.shape[1]
+    cdef int N = b.shape[1]
+    cdef floating[::1] bp
+    if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
+        raise ValueError("a, b, c: shapes do not match c += op(a) @ b")
+    if packed and trans_a:
+        raise ValueError("packed: only for a not transposed")
+    if M == 0 or N == 0 or K == 0:
         return
-    cdef int r
-    with nogil:
-        for r in range(repeat):
-            matmul_tn_acc(at.shape[1], w.shape[1], at.shape[0], &at[0, 0], at.shape[1], &w[0, 0],
-                          w.shape[1], &c[0, 0], c.shape[1])
+    if (a.strides[1] != sizeof(floating) or b.strides[1] != sizeof(floating)
+            or c.strides[1] != sizeof(floating)):
+        raise ValueError("a, b, c: expected contiguous rows")
+    cdef int lda = <int>(a.strides[0] // sizeof(floating))
+    cdef int ldb = <int>(b.strides[0] // sizeof(floating))
+    cdef int ldc = <int>(c.strides[0] // sizeof(floating))
+    if packed:
+        bp = pack_b(b)
+        with nogil:
+            gemm_packed_acc(M, N, K, &a[0, 0], lda, &bp[0], &c[0, 0], ldc)
+    else:
+        with nogil:
+            gemm_acc(trans_a, M, N, K, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], ldc)

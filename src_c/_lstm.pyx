@@ -18,11 +18,12 @@ from fastlstm.backends.grad_buffers import state_grads
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
-from products cimport (fl_max_threads, recurrent_grad, recurrent_product, row_chunks,
-                      set_kernel_threads, set_policy, split, use_own)
-from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, matmul_packed_acc,
-                    matmul_tn_acc, pack_panels, fl_lstm_fwd_step_f,
-                    fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+from products cimport (fl_matmul_policy, fl_max_threads, recurrent_grad, recurrent_grad_packed,
+                      recurrent_product, recurrent_product_packed, row_chunks,
+                      set_kernel_threads, set_policy, split, use_own, use_packed)
+from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, gemm_acc, gemm_packed_acc,
+                    pack_b, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
+                    fl_lstm_bwd_step_d)
 
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
@@ -60,22 +61,25 @@ def set_projection_blas(bint on):
     projections_on_blas = on
 
 
+cdef inline bint own_products() noexcept nogil:
+    """The many-row products (input projection, input and weight gradients) on our packed
+    GEMM, unless BLAS has AVX-512 kernels (as fast there) or policy 'blas' is forced."""
+    return fl_matmul_policy != 1 and not projections_on_blas
+
+
 cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
                               const floating *W, const floating *Wp, const floating *b,
                               floating *Z) noexcept nogil:
-    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection. Wp: W packed by
-    pack_weights for our kernel, or NULL."""
+    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection, on our GEMM with W
+    packed by pack_b (Wp) or on BLAS (Wp NULL)."""
     cdef long r
-    cdef bint own = use_own(<long>I * G * sizeof(floating)) and not projections_on_blas
     if b != NULL:
         for r in range(r0, r0 + nr):
             memcpy(Z + r * G, b, G * sizeof(floating))
-    elif own:
+    elif Wp != NULL:
         memset(Z + r0 * G, 0, nr * G * sizeof(floating))
-    if own and Wp != NULL:
-        matmul_packed_acc(<int>nr, G, I, X + r0 * I, I, Wp, Z + r0 * G, G)
-    elif own:
-        matmul_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
+    if Wp != NULL:
+        gemm_packed_acc(<int>nr, G, I, X + r0 * I, I, Wp, Z + r0 * G, G)
     else:
         gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
              <floating>(1 if b != NULL else 0), Z + r0 * G, G)
@@ -110,26 +114,19 @@ cdef inline floating *ptr_or_null(floating[::1] a):
     return NULL if a is None else &a[0]
 
 
-cdef object packed(floating[:, ::1] w, dtype):
-    """w [K,N] packed for matmul_packed_acc, a new 1-D array."""
-    arr = np.empty(w.shape[0] * w.shape[1], dtype)
-    cdef floating[::1] v = arr
-    pack_panels(<int>w.shape[0], <int>w.shape[1], &w[0, 0], <int>w.shape[1], &v[0])
-    return arr
-
-
 cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long s1, long zt0,
                        bint go_backwards, bint training, bint return_sequences, bint coupled,
                        fl_act act, fl_act ract, floating *Z, const floating *U,
-                       const floating *Up, const floating *P, const unsigned char *mask, const floating *rdrop,
+                       const floating *Up, const floating *P, const unsigned char *mask,
+                       const floating *rdrop,
                        floating *HIN, floating *C, floating *Y, floating *out, floating *hd,
                        floating *h, floating *c, floating *scratch) noexcept nogil:
     """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
     projection of times zt0, zt0+1, ... ([*,B,G]) and becomes the gates; HIN, C [T,B,H] are
-    saved when training; Up is U packed for our kernel, or NULL; Y [T,B,H]
-    (return_sequences) or out [B,H] (masked last output)
-    receive the outputs; h, c [B,H] are the state (when training c starts in c and advances
-    in C, so training runs all steps in one call); hd [B,H] holds h*rdrop at inference."""
+    saved when training; Up is U packed by pack_b, or NULL; Y [T,B,H] (return_sequences) or
+    out [B,H] (masked last output) receive the outputs; h, c [B,H] are the state (when
+    training c starts in c and advances in C, so training runs all steps in one call); hd
+    [B,H] holds h*rdrop at inference."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
     cdef long nbh = <long>nb * H
     cdef long s, t
@@ -155,7 +152,7 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
         else:
             hin = ph
         if Up != NULL:
-            matmul_packed_acc(nb, G, H, hin, H, Up, Z + (t - zt0) * BG + rg, G)
+            recurrent_product_packed(nb, H, G, hin, Up, <floating>1, Z + (t - zt0) * BG + rg, G)
         else:
             recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + (t - zt0) * BG + rg, G)
         pc_out = C + t * BH + rh if training else pc
@@ -229,22 +226,12 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
     cdef int nchunks = row_chunks(T, B, H, G)
-    # Our kernel reads the weights packed, in contiguous column panels that it streams and
-    # that stay in L1 across row blocks: one copy per call, worth it from a few dozen rows.
-    up_arr = packed(recurrent_kernel, dtype) \
-        if TB >= 32 and use_own(<long>H * G * sizeof(floating)) else None
-    wp_arr = packed(kernel, dtype) \
-        if TB >= 32 and use_own(<long>I * G * sizeof(floating)) and not projections_on_blas \
-        else None
-    cdef floating[::1] upv, wpv
     cdef const floating *pUp = NULL
-    cdef const floating *pWp = NULL
-    if up_arr is not None:
-        upv = up_arr
-        pUp = &upv[0]
-    if wp_arr is not None:
-        wpv = wp_arr
-        pWp = &wpv[0]
+    cdef floating[::1] Up
+    cdef floating[:, :] Uv = recurrent_kernel
+    if use_packed(B // nchunks, H):
+        Up = pack_b(Uv)
+        pUp = &Up[0]
     scratch_arr = np.empty(nchunks * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
@@ -255,6 +242,14 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
+    # W packed once per call: inference projects chunk by chunk, and every thread of a chunk
+    # would pack all of W again.
+    cdef floating[::1] Wp
+    cdef floating[:, :] Wv = kernel
+    cdef const floating *pWp = NULL
+    if own_products():
+        Wp = pack_b(Wv)
+        pWp = &Wp[0]
     cdef int b0
     cdef long s0, s1, t_lo, nrows_c, ci
     cdef int nproj
@@ -283,8 +278,8 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
                     b0 = <int>(ci * B // nchunks)
                     forward_rows(T, B, H, G, b0, <int>((ci + 1) * B // nchunks) - b0, s0, s1,
                                  t_lo, go_backwards, training, return_sequences, coupled, act,
-                                 ract, pZ, &recurrent_kernel[0, 0], pUp, pP, pm, prd, pHIN, pC, pY,
-                                 pout, phd, &h[0, 0], &cf[0, 0], &scratch[0] + ci * H)
+                                 ract, pZ, &recurrent_kernel[0, 0], pUp, pP, pm, prd, pHIN, pC,
+                                 pY, pout, phd, &h[0, 0], &cf[0, 0], &scratch[0] + ci * H)
             s0 = s1
 
     # The final cell state: the last step's saved state (masked rows copied theirs in).
@@ -305,13 +300,14 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
 cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_backwards,
                         bint coupled, fl_act act, fl_act ract, floating *Z, const floating *C,
                         const floating *c0, const floating *U, const floating *UT,
-                        const floating *P, const unsigned char *mask, const floating *rdrop,
+                        const floating *UTp, const floating *P, const unsigned char *mask,
+                        const floating *rdrop,
                         const floating *DY, floating *dh, floating *dc, floating *dout,
                         floating *dhp, floating *dpeep, floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,G] gates in, gate
-    gradients out; dh, dc [B,H] in: gradients of the final state, out: of the initial state.
-    dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL;
-    UT is U^T packed for our kernel, or NULL for BLAS."""
+    gradients out (UTp: U^T packed by pack_b, or NULL); dh, dc [B,H] in: gradients of the
+    final state, out: of the initial state.
+    dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
     cdef long s, t, tp
     cdef const floating *pcp
@@ -327,22 +323,22 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
         bwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, C + t * BH + rh, pcp, P, pm,
                  DY + s * BH + rh if DY != NULL else NULL, dh + rh, dc + rh, pout, dpeep,
                  scratch)
-        if UT != NULL:     # U^T packed: dh = dz U^T on our kernel
-            memset(dhp + rh, 0, <long>nb * H * sizeof(floating))
-            matmul_packed_acc(nb, H, G, Z + t * BG + rg, G, UT, dhp + rh, H)
+        if UTp != NULL:
+            recurrent_grad_packed(nb, H, G, Z + t * BG + rg, G, UTp, <floating>0, dhp + rh)
         else:
-            recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, NULL, <floating>0, dhp + rh)
+            recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
 
 cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
-                                 const floating *W, const floating *WT,
+                                 const floating *W, const floating *WTp,
                                  floating *dX) noexcept nogil:
-    """Rows [r0, r0+nr) of dX = dZ W^T; WT [G,I] = W^T for our kernel, or NULL for BLAS."""
-    if WT != NULL:
+    """Rows [r0, r0+nr) of dX = dZ W^T; WTp: W^T [G,I] packed by pack_b for our GEMM, or
+    NULL for BLAS."""
+    if WTp != NULL:
         memset(dX + r0 * I, 0, nr * I * sizeof(floating))
-        matmul_acc(<int>nr, I, G, dZ + r0 * G, G, WT, I, dX + r0 * I, I)
+        gemm_packed_acc(<int>nr, I, G, dZ + r0 * G, G, WTp, dX + r0 * I, I)
     else:
         gemm(False, True, <int>nr, I, G, <floating>1, dZ + r0 * G, G, W, G, <floating>0,
              dX + r0 * I, I)
@@ -352,15 +348,15 @@ cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const
                            const floating *Hin, const floating *dZ, const floating *ones,
                            floating *dW, floating *dU, floating *db, bint own) noexcept nogil:
     """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
-    kernel (reads X and Hin as they are, transposed) or on BLAS."""
+    packed GEMM (own) or BLAS."""
     cdef long r
     if own:
         for r in range(I):
             memset(dW + r * G + g0, 0, ng * sizeof(floating))
         for r in range(H):
             memset(dU + r * G + g0, 0, ng * sizeof(floating))
-        matmul_tn_acc(I, <int>ng, <int>TB, X, I, dZ + g0, G, dW + g0, G)
-        matmul_tn_acc(H, <int>ng, <int>TB, Hin, H, dZ + g0, G, dU + g0, G)
+        gemm_acc(True, I, <int>ng, <int>TB, X, I, dZ + g0, G, dW + g0, G)
+        gemm_acc(True, H, <int>ng, <int>TB, Hin, H, dZ + g0, G, dU + g0, G)
     else:
         gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
              dW + g0, G)
@@ -423,13 +419,11 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long t
 
-    cdef floating[:, ::1] UT2
-    cdef floating[::1] UT
+    cdef floating[:, ::1] UT
     cdef const floating *pUT = NULL
-    if use_own(<long>H * G * sizeof(floating)):      # U^T in the panels of our kernel
-        UT2 = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
-        UT = packed(UT2, dtype)
-        pUT = &UT[0]
+    if use_own(<long>H * G * sizeof(floating)):
+        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        pUT = &UT[0, 0]
 
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
@@ -445,19 +439,26 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         db, ones = db_arr, ones_arr
         pdb, pones = &db[0], &ones[0]
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
-    # The weight gradients on our kernel unless the BLAS has AVX-512 kernels (as the
-    # projection): measured 1.4x faster than the AVX2 BLAS at T*B = 1600, I = H = 128.
-    cdef bint own_wgrad = use_own(<long>(I + H) * G * sizeof(floating)) and not projections_on_blas
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef long g0, r0
-    cdef floating[:, ::1] WT                          # W^T [G,I] for the own-kernel path
+    cdef floating[:, :] WT                            # W^T [G,I], packed, for our GEMM
+    cdef floating[::1] WTp
     cdef const floating *pWT = NULL
-    if use_own(<long>I * G * sizeof(floating)) and not projections_on_blas:
+    cdef bint own = own_products()
+    if own:
         WT = np.ascontiguousarray(np.asarray(kernel).T)
-        pWT = &WT[0, 0]
+        WTp = pack_b(WT)
+        pWT = &WTp[0]
 
     cdef int nchunks = row_chunks(T, B, H, G)
     cdef int ci, b0
+    cdef floating[::1] UTp_v
+    cdef floating[:, :] UTm
+    cdef const floating *pUTp = NULL
+    if use_packed(B // nchunks, G):
+        UTm = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        UTp_v = pack_b(UTm)
+        pUTp = &UTp_v[0]
     cdef floating[:, ::1] part
     if nchunks > 1 and dpeep_arr is not None:       # one accumulator per thread, summed after
         part_arr = np.zeros((nchunks, 3 * H), dtype)
@@ -465,7 +466,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     with nogil:
         if nchunks == 1:
             backward_rows(T, B, H, G, 0, B, go_backwards, coupled, act, ract, pZ, &c[0, 0, 0],
-                          &c0[0, 0], &recurrent_kernel[0, 0], pUT, pP, pm, prd,
+                          &c0[0, 0], &recurrent_kernel[0, 0], pUT, pUTp, pP, pm, prd,
                           &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], &dc[0, 0], pdout, pdhp,
                           pdpeep, &scratch[0])
         else:
@@ -473,7 +474,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
                 b0 = <int>(<long>ci * B // nchunks)
                 backward_rows(T, B, H, G, b0, <int>(<long>(ci + 1) * B // nchunks) - b0,
                               go_backwards, coupled, act, ract, pZ, &c[0, 0, 0], &c0[0, 0],
-                              &recurrent_kernel[0, 0], pUT, pP, pm, prd,
+                              &recurrent_kernel[0, 0], pUT, pUTp, pP, pm, prd,
                               &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], &dc[0, 0], pdout,
                               pdhp, &part[ci, 0] if pdpeep != NULL else NULL,
                               &scratch[0] + <long>ci * 5 * H)
@@ -484,13 +485,12 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         # (dW, dU, db: no reduction across threads) and row slices (dx).
         if ncols == 1:
             weight_grad_cols(0, G, I, H, G, TB, &x[0, 0, 0], &hin[0, 0, 0], pZ, pones,
-                             &dW[0, 0], &dU[0, 0], pdb, own_wgrad)
+                             &dW[0, 0], &dU[0, 0], pdb, own)
         else:
             for ci in prange(ncols, num_threads=ncols, schedule="static"):
                 g0 = ci * G // ncols
                 weight_grad_cols(g0, (ci + 1) * G // ncols - g0, I, H, G, TB, &x[0, 0, 0],
-                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb,
-                                 own_wgrad)
+                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb, own)
         if nrows == 1:
             input_grad_rows(0, TB, I, G, pZ, &kernel[0, 0], pWT, &dx[0, 0, 0])
         else:

@@ -2,6 +2,8 @@
  * simple_rnn_impl.h) per dtype and ISA, and the run-time dispatch between them. */
 #include "gates.h"
 #include "gates_math.h"
+#include <stdlib.h>
+#include <string.h>
 
 #define FL_CAT(a, b) a##b
 #define FL_XCAT(a, b) FL_CAT(a, b)
@@ -13,6 +15,32 @@
 #else
 #define FL_X86_DISPATCH 0
 #endif
+
+
+/* Packed panels of the GEMM in matmul_impl.h: FL_PW columns (256 bytes) on every ISA, so a
+ * kernel packed once can be used by whichever variant runs. */
+#define FL_PW (256 / (int)sizeof(REAL))
+#define FL_KC 256                                               /* depth of a packed block */
+#define FL_NC ((512 << 10) / (FL_KC * (int)sizeof(REAL)))       /* its width: 512 KiB, in L2 */
+#define fl_pack_padded(S) FL_XCAT(fl_pack_padded, S)
+
+/* B[K,N] (row stride ldb) into ceil(N/PW) panels laid out [panel][k][PW], the last one
+ * zero-padded. */
+#define FL_PACK(T, S, PW)                                                                    \
+static void fl_pack_padded##S(int K, int N, const T *B, long ldb, T *dst) {                  \
+    int p, k, w;                                                                             \
+    for (p = 0; p * PW < N; p++) {                                                           \
+        T *d = dst + (long)p * K * PW;                                                       \
+        w = N - p * PW < PW ? N - p * PW : PW;                                               \
+        for (k = 0; k < K; k++) {                                                            \
+            memcpy(d + (long)k * PW, B + (long)k * ldb + (long)p * PW, w * sizeof(T));       \
+            if (w < PW) memset(d + (long)k * PW + w, 0, (PW - w) * sizeof(T));              \
+        }                                                                                    \
+    }                                                                                        \
+}
+FL_PACK(float, _f, 64)
+FL_PACK(double, _d, 32)
+#undef FL_PACK
 
 /* Each body is one #include of the template; the sets of bodies differ only by target. */
 #define FL_TARGET
@@ -221,12 +249,43 @@ void fl_pack_panels##S(int K, int N, const REAL *W, int ldw, REAL *Wp) {        
 
 FL_EXPORTS_MATMUL(float, _f)
 FL_EXPORTS_MATMUL(double, _d)
-#define FL_EXPORTS_TN(REAL, S)                                                              \
-void fl_matmul_tn_acc##S(int M, int N, int K, const REAL *AT, int ldat, const REAL *W,      \
-                         int ldw, REAL *C, int ldc) {                                       \
-    FL_DISPATCH(fl_matmul_tn_acc##S, (M, N, K, AT, ldat, W, ldw, C, ldc)); }
-
-FL_EXPORTS_TN(float, _f)
-FL_EXPORTS_TN(double, _d)
 FL_EXPORTS_PACKED(float, _f)
 FL_EXPORTS_PACKED(double, _d)
+
+/* The packed GEMM (matmul_impl.h). */
+#define FL_EXPORTS_GEMM(REAL, S)                                                            \
+long fl_packed_size##S(int K, int N) {                                                      \
+    return (long)K * ((N + FL_PW - 1) / FL_PW) * FL_PW; }                                   \
+void fl_pack_b##S(int K, int N, const REAL *B, int ldb, REAL *Bp) {                         \
+    if (K > 0 && N > 0) fl_pack_padded##S(K, N, B, ldb, Bp); }                              \
+void fl_gemm_packed##S(int trans, int M, int N, int K, const REAL *A, int lda,              \
+                       const REAL *Bp, REAL *C, int ldc) {                                  \
+    if (M <= 0 || N <= 0 || K <= 0) return;                                                 \
+    FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, NULL, 0, Bp, C, ldc, NULL)); }     \
+static void fl_gemm_any##S(int trans, int M, int N, int K, const REAL *A, int lda,          \
+                           const REAL *B, int ldb, REAL *C, int ldc, REAL *buf) {           \
+    FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, B, ldb, NULL, C, ldc, buf)); }     \
+void fl_gemm##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,      \
+                int ldb, REAL *C, int ldc) {                                                \
+    REAL *buf;                                                                              \
+    long i, j, k;                                                                           \
+    if (M <= 0 || N <= 0 || K <= 0) return;                                                 \
+    buf = (REAL *)aligned_alloc(64, (size_t)FL_KC * FL_NC * sizeof(REAL));                  \
+    if (buf != NULL) {                                                                      \
+        fl_gemm_any##S(trans, M, N, K, A, lda, B, ldb, C, ldc, buf);                        \
+        free(buf);                                                                          \
+        return;                                                                             \
+    }                                                                                       \
+    for (i = 0; i < M; i++)          /* out of memory: slow but right */                    \
+        for (k = 0; k < K; k++) {                                                           \
+            const REAL a = trans ? A[k * lda + i] : A[i * lda + k];                         \
+            for (j = 0; j < N; j++) C[i * ldc + j] += a * B[k * ldb + j];                   \
+        }                                                                                   \
+}
+
+#define REAL float
+FL_EXPORTS_GEMM(float, _f)
+#undef REAL
+#define REAL double
+FL_EXPORTS_GEMM(double, _d)
+#undef REAL

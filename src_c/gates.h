@@ -115,11 +115,23 @@ void fl_matmul_packed_acc_f(int M, int N, int K, const float *A, int lda, const 
 void fl_matmul_packed_acc_d(int M, int N, int K, const double *A, int lda, const double *Wp,
                             double *C, int ldc);
 
-/* C[M,N] += A^T W with A given as AT[K,M] (row stride ldat): the weight gradients. */
-void fl_matmul_tn_acc_f(int M, int N, int K, const float *AT, int ldat, const float *W, int ldw,
-                        float *C, int ldc);
-void fl_matmul_tn_acc_d(int M, int N, int K, const double *AT, int ldat, const double *W,
-                        int ldw, double *C, int ldc);
+/* C[M,N] += op(A)[M,K] B[K,N], row-major: op(A) = A [M,K] (trans = 0) or A^T with A [K,M]
+ * (trans = 1), both read in place with row stride lda; B [K,N] row stride ldb, packed
+ * block by block (a 512 KiB work buffer per call). For the many-row products. */
+void fl_gemm_f(int trans, int M, int N, int K, const float *A, int lda, const float *B,
+               int ldb, float *C, int ldc);
+void fl_gemm_d(int trans, int M, int N, int K, const double *A, int lda, const double *B,
+               int ldb, double *C, int ldc);
+/* The same with B packed once beforehand (a weight reused at every step): fl_pack_b writes
+ * fl_packed_size(K, N) elements to Bp. */
+long fl_packed_size_f(int K, int N);
+long fl_packed_size_d(int K, int N);
+void fl_pack_b_f(int K, int N, const float *B, int ldb, float *Bp);
+void fl_pack_b_d(int K, int N, const double *B, int ldb, double *Bp);
+void fl_gemm_packed_f(int trans, int M, int N, int K, const float *A, int lda,
+                      const float *Bp, float *C, int ldc);
+void fl_gemm_packed_d(int trans, int M, int N, int K, const double *A, int lda,
+                      const double *Bp, double *C, int ldc);
 
 #ifdef __cplusplus
 }

@@ -111,19 +111,58 @@ cdef inline void matmul_packed_acc(int M, int N, int K, const floating *A, int l
 
 
 cdef extern from "gates.h" nogil:
-    void fl_matmul_tn_acc_f(int M, int N, int K, const float *AT, int ldat, const float *W,
-                            int ldw, float *C, int ldc)
-    void fl_matmul_tn_acc_d(int M, int N, int K, const double *AT, int ldat, const double *W,
-                            int ldw, double *C, int ldc)
+    void fl_gemm_f(int trans, int M, int N, int K, const float *A, int lda, const float *B,
+                   int ldb, float *C, int ldc)
+    void fl_gemm_d(int trans, int M, int N, int K, const double *A, int lda, const double *B,
+                   int ldb, double *C, int ldc)
+    long fl_packed_size_f(int K, int N)
+    long fl_packed_size_d(int K, int N)
+    void fl_pack_b_f(int K, int N, const float *B, int ldb, float *Bp)
+    void fl_pack_b_d(int K, int N, const double *B, int ldb, double *Bp)
+    void fl_gemm_packed_f(int trans, int M, int N, int K, const float *A, int lda,
+                          const float *Bp, float *C, int ldc)
+    void fl_gemm_packed_d(int trans, int M, int N, int K, const double *A, int lda,
+                          const double *Bp, double *C, int ldc)
 
 
-cdef inline void matmul_tn_acc(int M, int N, int K, const floating *AT, int ldat,
-                               const floating *W, int ldw, floating *C, int ldc) noexcept nogil:
-    """C[M,N] += AT[K,M]^T W[K,N] (row-major, leading dimensions ldat, ldw, ldc)."""
+cdef inline void gemm_acc(bint trans, int M, int N, int K, const floating *A, int lda,
+                          const floating *B, int ldb, floating *C, int ldc) noexcept nogil:
+    """C[M,N] += op(A) B[K,N] on the packed GEMM; op(A) = A [M,K] or, with trans, A^T for
+    A [K,M]. All row-major."""
     if floating is float:
-        fl_matmul_tn_acc_f(M, N, K, AT, ldat, W, ldw, C, ldc)
+        fl_gemm_f(trans, M, N, K, A, lda, B, ldb, C, ldc)
     else:
-        fl_matmul_tn_acc_d(M, N, K, AT, ldat, W, ldw, C, ldc)
+        fl_gemm_d(trans, M, N, K, A, lda, B, ldb, C, ldc)
+
+
+cdef inline object pack_b(floating[:, :] B):
+    """B [K,N] (rows may be strided) packed into the panels gemm_packed_acc reads (a new 1-D
+    array)."""
+    import numpy as np
+    cdef int K = B.shape[0], N = B.shape[1]
+    cdef floating[::1] out
+    if K == 0 or N == 0:
+        return np.zeros(1, np.float32 if floating is float else np.float64)
+    if B.strides[1] != sizeof(floating):
+        raise ValueError("B: expected contiguous rows")
+    if floating is float:
+        arr = np.empty(max(1, fl_packed_size_f(K, N)), np.float32)
+        out = arr
+        fl_pack_b_f(K, N, &B[0, 0], <int>(B.strides[0] // sizeof(float)), &out[0])
+    else:
+        arr = np.empty(max(1, fl_packed_size_d(K, N)), np.float64)
+        out = arr
+        fl_pack_b_d(K, N, &B[0, 0], <int>(B.strides[0] // sizeof(double)), &out[0])
+    return arr
+
+
+cdef inline void gemm_packed_acc(int M, int N, int K, const floating *A, int lda,
+                                 const floating *Bp, floating *C, int ldc) noexcept nogil:
+    """C[M,N] += A[M,K] B with B [K,N] packed beforehand by pack_b."""
+    if floating is float:
+        fl_gemm_packed_f(0, M, N, K, A, lda, Bp, C, ldc)
+    else:
+        fl_gemm_packed_d(0, M, N, K, A, lda, Bp, C, ldc)
 
 
 cdef inline fl_act make_act(object activation):

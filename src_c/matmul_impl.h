@@ -83,7 +83,7 @@ FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int 
         FN(fl_gemv_acc)(N, K, A, W, ldw, C);
         return;
     }
-    if (M >= 32) {   /* many row blocks: share L1 copies of W's blocks (as fl_matmul_tn_acc) */
+    if (M >= 32) {   /* many row blocks: share L1 copies of W's blocks */
         enum { KC = 128 };
         REAL panel[KC * FL_NV * FL_VL];
         for (int k0 = 0; k0 < K; k0 += KC) {
@@ -163,58 +163,107 @@ FL_TARGET static void FN(fl_matmul_packed_acc)(int M, int N, int K, const REAL *
     }
 }
 
-/* C[M,N] += A^T W with A given as AT[K,M] (row stride ldat): the weight gradients
- * X^T dZ over all T*B rows, without a transposed copy. The 4 row values of a block are
- * adjacent in AT. Each block of W (KC rows x one column block) is copied once into a
- * contiguous panel that stays in L1 for all row blocks of C (W's power-of-two row stride
- * would map it onto a few L1 sets). */
-FL_INLINE void FN(mm_block_tn)(int R, int K, const REAL *AT, int ldat, const REAL *W, int ldw,
-                               REAL *C, int ldc) {
-    FN(vec) acc[FL_RB][FL_NV];
-    int r, v, k;
-    for (r = 0; r < R; r++)
-        for (v = 0; v < FL_NV; v++) acc[r][v] = FN(vload)(C + (long)r * ldc + v * FL_VL);
-    for (k = 0; k < K; k++) {
-        const REAL *w = W + (long)k * ldw;
-        const REAL *a = AT + (long)k * ldat;
-        FN(vec) wv[FL_NV];
-        for (v = 0; v < FL_NV; v++) wv[v] = FN(vload)(w + v * FL_VL);
-        for (r = 0; r < R; r++)
-            for (v = 0; v < FL_NV; v++) acc[r][v] += wv[v] * a[r];
-    }
-    for (r = 0; r < R; r++)
-        for (v = 0; v < FL_NV; v++) FN(vstore)(C + (long)r * ldc + v * FL_VL, acc[r][v]);
-}
+/* Packed GEMM for the many-row products (input projection, input and weight gradients) and
+ * the recurrent product with a pre-packed kernel: C[M,N] += op(A)[M,K] B[K,N], op(A) = A
+ * or A^T read in place, B packed into panels of FL_PW columns (fl_pack_b). Blocking: a
+ * KC x NC block of packed B stays in L2 while each MR-row slice of A (in L1) sweeps it;
+ * every panel is read contiguously, so wide B no longer thrashes the TLB and cache sets
+ * the way strided reads of W in place do. */
+#define FL_MR 6
+#define FL_CH (FL_NV * FL_VL)                 /* columns of one register tile */
 
-FL_TARGET static void FN(fl_matmul_tn_acc)(int M, int N, int K, const REAL *AT, int ldat,
-                                           const REAL *W, int ldw, REAL *C, int ldc) {
-    enum { KC = 128 };
-    const int step = FL_NV * FL_VL;
-    REAL panel[KC * FL_NV * FL_VL];   /* 32 KiB: one block of W, copied to stay in L1 */
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        const int kc = K - k0 < KC ? K - k0 : KC;
-        const REAL *A0 = AT + (long)k0 * ldat, *W0 = W + (long)k0 * ldw;
-        int i, j = 0;
-        for (; j + step <= N; j += step) {
-            for (int k = 0; k < kc; k++)
-                memcpy(panel + (long)k * step, W0 + (long)k * ldw + j, step * sizeof(REAL));
-            for (i = 0; i + FL_RB <= M; i += FL_RB)
-                FN(mm_block_tn)(FL_RB, kc, A0 + i, ldat, panel, step, C + (long)i * ldc + j, ldc);
-            for (; i < M; i++)
-                FN(mm_block_tn)(1, kc, A0 + i, ldat, panel, step, C + (long)i * ldc + j, ldc);
+/* C rows [0,R) x columns [0,ncols) of one panel += op(A) slice x panel (kc deep). */
+FL_INLINE void FN(gk_tile)(const int R, const int trans, int kc, const REAL *a, long lda,
+                           const REAL *b, REAL *c, long ldc, int ncols) {
+    int j0, r, v, k;
+    for (j0 = 0; j0 < ncols; j0 += FL_CH) {
+        FN(vec) acc[FL_MR][FL_NV];
+        const REAL *bj = b + j0;
+        for (r = 0; r < R; r++)
+            for (v = 0; v < FL_NV; v++) acc[r][v] = (FN(vec)){0};
+        for (k = 0; k < kc; k++) {
+            FN(vec) bv[FL_NV];
+            for (v = 0; v < FL_NV; v++) bv[v] = FN(vload)(bj + (long)k * FL_PW + v * FL_VL);
+            for (r = 0; r < R; r++) {
+                const REAL ar = trans ? a[(long)k * lda + r] : a[(long)r * lda + k];
+                for (v = 0; v < FL_NV; v++) acc[r][v] += bv[v] * ar;
+            }
         }
-        if (j < N) {
-            for (i = 0; i < M; i++) {
-                REAL *c = C + (long)i * ldc;
-                for (int k = 0; k < kc; k++) {
-                    const REAL ak = A0[(long)k * ldat + i];
-                    const REAL *w = W0 + (long)k * ldw;
-                    for (int jj = j; jj < N; jj++) c[jj] += ak * w[jj];
+        if (j0 + FL_CH <= ncols) {
+            for (r = 0; r < R; r++)
+                for (v = 0; v < FL_NV; v++) {
+                    REAL *p = c + (long)r * ldc + j0 + v * FL_VL;
+                    FN(vstore)(p, FN(vload)(p) + acc[r][v]);
                 }
+        } else {                                  /* last, partial tile of the matrix */
+            REAL t[FL_CH];
+            for (r = 0; r < R; r++) {
+                REAL *p = c + (long)r * ldc + j0;
+                for (v = 0; v < FL_NV; v++) FN(vstore)(t + v * FL_VL, acc[r][v]);
+                for (k = 0; k < ncols - j0; k++) p[k] += t[k];
             }
         }
     }
 }
+
+/* Row counts and the transpose as compile-time constants of gk_tile. */
+#define FL_TILE_CASE(n)                                                                   \
+    case n:                                                                               \
+        if (trans) FN(gk_tile)(n, 1, kc, a, lda, b, cp, ldc, ncols);                       \
+        else FN(gk_tile)(n, 0, kc, a, lda, b, cp, ldc, ncols);                            \
+        break;
+
+FL_TARGET static void FN(gk_tiles)(int R, int trans, int kc, const REAL *a, long lda,
+                                   const REAL *blk, long ps, int nc, REAL *c, long ldc) {
+    int p;
+    for (p = 0; p * FL_PW < nc; p++) {
+        const REAL *b = blk + (long)p * ps;
+        REAL *cp = c + (long)p * FL_PW;
+        int ncols = nc - p * FL_PW < FL_PW ? nc - p * FL_PW : FL_PW;
+        switch (R) {
+        FL_TILE_CASE(6)
+        FL_TILE_CASE(5)
+        FL_TILE_CASE(4)
+        FL_TILE_CASE(3)
+        FL_TILE_CASE(2)
+        FL_TILE_CASE(1)
+        default: break;
+        }
+    }
+}
+#undef FL_TILE_CASE
+
+/* C[M,N] += op(A) B. B is either row-major (ldb; packed here block by block into buf, which
+ * holds FL_KC * FL_NC elements) or, when Bp != NULL, pre-packed whole by fl_pack_b. A is
+ * [M,K] (trans = 0) or [K,M] (trans = 1), row stride lda. */
+FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL *A, long lda,
+                                      const REAL *B, long ldb, const REAL *Bp, REAL *C,
+                                      long ldc, REAL *buf) {
+    int pc, jc, ic;
+    for (pc = 0; pc < K; pc += FL_KC) {
+        const int kc = K - pc < FL_KC ? K - pc : FL_KC;
+        for (jc = 0; jc < N; jc += FL_NC) {
+            const int nc = N - jc < FL_NC ? N - jc : FL_NC;
+            const REAL *blk;
+            long ps;
+            if (Bp != NULL) {
+                blk = Bp + (long)(jc / FL_PW) * K * FL_PW + (long)pc * FL_PW;
+                ps = (long)K * FL_PW;
+            } else {
+                fl_pack_padded(S)(kc, nc, B + (long)pc * ldb + jc, ldb, buf);
+                blk = buf;
+                ps = (long)kc * FL_PW;
+            }
+            for (ic = 0; ic < M; ic += FL_MR) {
+                const int R = M - ic < FL_MR ? M - ic : FL_MR;
+                const REAL *a = trans ? A + (long)pc * lda + ic : A + (long)ic * lda + pc;
+                FN(gk_tiles)(R, trans, kc, a, lda, blk, ps, nc, C + (long)ic * ldc + jc, ldc);
+            }
+        }
+    }
+}
+#undef FL_MR
+#undef FL_CH
 
 #undef FN
 #undef FL_VL

@@ -7,7 +7,7 @@
 from cython.parallel cimport prange
 from libc.string cimport memset
 from blas cimport floating, gemm, gemv
-from gates cimport matmul_acc
+from gates cimport gemm_packed_acc, matmul_acc
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
@@ -68,6 +68,33 @@ cdef inline void recurrent_product(int B, int H, int N, const floating *h, const
         gemv(True, H, N, <floating>1, U, ldu, h, beta, z)
     else:
         gemm(False, False, B, N, H, <floating>1, h, H, U, ldu, beta, z, ldz)
+
+
+cdef inline bint use_packed(int rows, int K) noexcept nogil:
+    """The per-step product on the packed GEMM, its kernel packed once per call (it is reused
+    at every step): faster than reading the kernel in place from about 2048 rows x depth up
+    (measured from 16 x 128), below that packing does not pay off. Not with policy 'blas'."""
+    return fl_matmul_policy != 1 and <long>rows * K >= 2048
+
+
+cdef inline void recurrent_product_packed(int B, int H, int N, const floating *h,
+                                          const floating *Up, floating beta, floating *z,
+                                          int ldz) noexcept nogil:
+    """recurrent_product with U [H,N] packed by pack_b (fl_pack_b)."""
+    cdef int r
+    if beta == 0:
+        for r in range(B):
+            memset(z + <long>r * ldz, 0, N * sizeof(floating))
+    gemm_packed_acc(B, N, H, h, H, Up, z, ldz)
+
+
+cdef inline void recurrent_grad_packed(int B, int H, int N, const floating *dz, int ldz,
+                                       const floating *UTp, floating beta,
+                                       floating *dh) noexcept nogil:
+    """recurrent_grad with U^T [N,H] packed by pack_b."""
+    if beta == 0:
+        memset(dh, 0, <long>B * H * sizeof(floating))
+    gemm_packed_acc(B, H, N, dz, ldz, UTp, dh, H)
 
 
 cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz,

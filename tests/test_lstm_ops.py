@@ -352,12 +352,6 @@ def test_matmul_kernel_every_isa(level, M, K, N):
             c = c0.copy()
             _gates.matmul_packed_accumulate(a, w, c)       # over column panels of w
             assert_close(c, c0 + a.astype(np.float64) @ w.astype(np.float64), dtype, "packed")
-            at = np.ascontiguousarray(a.T)                  # weight-gradient form: at.T @ w
-            wt = rng.standard_normal((M, N)).astype(dtype)
-            c1 = rng.standard_normal((K, N)).astype(dtype)
-            c = c1.copy()
-            _gates.matmul_tn_accumulate(a, wt, c)
-            assert_close(c, c1 + at.astype(np.float64) @ wt.astype(np.float64), dtype, "tn")
     finally:
         _gates.force_isa_level(-1)
 

@@ -130,3 +130,82 @@ def test_gru_threaded_loops_match_oracle(threads, reset_after):
                 assert_close(getattr(g, f), getattr(rg, f), dtype, f)
     finally:
         _gru.set_threads(fl.get_num_threads(), 1 << 27)
+
+
+# The packed GEMM of the many-row products: sizes around its register tile (6 rows, 64 or
+# 32 columns), its blocks (256 deep, 512 or 256 wide), degenerate sizes and strided views.
+GEMM_SHAPES = [(1, 1, 1), (1, 70, 5), (6, 64, 1), (7, 65, 3), (5, 33, 257), (13, 100, 300),
+               (37, 600, 70), (12, 530, 513)]
+
+
+@pytest.fixture(params=[0, 1, 2], ids=["baseline", "avx2", "avx512"])
+def isa_level(request):
+    from fastlstm import _gates
+    _gates.force_isa_level(request.param)       # capped at what the CPU has
+    yield request.param
+    _gates.force_isa_level(-1)
+
+
+@pytest.mark.parametrize("mode", ["plain", "trans_a", "packed"])
+@pytest.mark.parametrize("shape", GEMM_SHAPES)
+def test_packed_gemm_matches_numpy(isa_level, mode, shape):
+    from fastlstm import _gates
+    M, N, K = shape
+    for dtype in DTYPES:
+        rng = np.random.default_rng(seed_of("gemm", mode, *shape))
+        trans = mode == "trans_a"
+        # views into wider arrays: every leading dimension exceeds its row length
+        a_full = rng.standard_normal((K, M + 3) if trans else (M, K + 3)).astype(dtype)
+        b_full = rng.standard_normal((K, N + 5)).astype(dtype)
+        c_full = rng.standard_normal((M, N + 2)).astype(dtype)
+        a = a_full[:, 1:M + 1] if trans else a_full[:, 1:K + 1]
+        b, c = b_full[:, 2:N + 2], c_full[:, :N]
+        before = c_full.copy()
+        ref = c.astype(np.float64) + (a.T if trans else a).astype(np.float64) @ b
+        _gates.gemm_accumulate(a, b, c, trans_a=trans, packed=mode == "packed")
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(c, ref, rtol=tol, atol=tol * np.sqrt(K) * 4)
+        np.testing.assert_array_equal(c_full[:, N:], before[:, N:])   # padding untouched
+
+
+def test_packed_gemm_empty_and_bad_shapes():
+    from fastlstm import _gates
+    c = np.ones((3, 0), np.float32)
+    _gates.gemm_accumulate(np.ones((3, 4), np.float32), np.ones((4, 0), np.float32), c)
+    c = np.ones((3, 2), np.float32)
+    _gates.gemm_accumulate(np.ones((3, 0), np.float32), np.ones((0, 2), np.float32), c)
+    np.testing.assert_array_equal(c, 1)
+    with pytest.raises(ValueError):
+        _gates.gemm_accumulate(np.ones((3, 4)), np.ones((5, 2)), np.ones((3, 2)))
+    with pytest.raises(ValueError):
+        _gates.gemm_accumulate(np.ones((4, 3)), np.ones((4, 2)), np.ones((3, 2)),
+                               trans_a=True, packed=True)
+
+
+@pytest.mark.parametrize("policy", ["auto", "own", "blas"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_packed_products_match_oracle(policy, threads):
+    """Sizes where the LSTM runs its many-row products and both per-step products on the
+    packed GEMM (auto: with the recurrent kernel packed once per call), split over threads
+    or not, against the oracle and against the BLAS path."""
+    from fastlstm import _lstm
+    from fastlstm.threads import init_threads
+    _lstm.set_recurrent_matmul(policy)
+    _lstm.set_projection_blas(False)
+    _lstm.set_threads(threads, 0)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("lstm-packed", policy, threads))
+            # 19 rows in 2 threads of 9-10 rows x 230 units: past use_packed's threshold;
+            # 7 * 19 rows: the many-row products split over 2 threads too
+            args, kw = _problem("lstm", rng, dtype, 7, 19, 70, 230)
+            dy = rng.standard_normal((7, 19, 230)).astype(dtype)
+            y, g = _run("lstm", "cpu", args, kw, dy)
+            ry, rg = _run("lstm", "numpy", args, kw, dy)
+            assert_close(y, ry, dtype, "y")
+            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
+                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+    finally:
+        _lstm.set_recurrent_matmul("auto")
+        _lstm.set_threads(fl.get_num_threads(), 1 << 27)
+        init_threads()
