@@ -59,6 +59,18 @@ def _register_cuda_host_backend():
 HAVE_CUDA_HOST = _register_cuda_host_backend()
 
 
+def _cupy_or_none():
+    """CuPy when it and a GPU are usable here, else None."""
+    try:
+        from fastlstm.backends.cupy_ops import _import_cupy
+        return _import_cupy()
+    except RuntimeError:
+        return None
+
+
+CUPY = _cupy_or_none()
+
+
 def compiled_backends():
     """Non-oracle backends that run here: the CPU kernels and the CUDA kernels built for the
     host (the real GPU run has its own test module)."""

@@ -23,7 +23,7 @@ from fastlstm import backends, ops
 from fastlstm.backends import cuda_kernels
 from fastlstm.backends.numpy_ops import NumpyOps
 
-from conftest import DTYPES, HAVE_CUDA_HOST, assert_close, seed_of
+from conftest import CUPY, DTYPES, HAVE_CUDA_HOST, assert_close, seed_of
 import test_gru_ops
 import test_lstm_ops
 import test_simple_rnn_ops
@@ -32,15 +32,6 @@ KERNELS = ["lstm_fwd_step", "lstm_bwd_step", "merge_dh", "gru_fwd_step", "gru_fw
            "gru_fwd_step0", "gru_bwd_step", "gru_bwd_reset0", "rnn_fwd_step", "rnn_bwd_step"]
 
 
-def _cupy_or_none():
-    try:
-        from fastlstm.backends.cupy_ops import _import_cupy
-        return _import_cupy()
-    except RuntimeError:
-        return None
-
-
-CUPY = _cupy_or_none()
 gpu = pytest.mark.skipif(CUPY is None, reason="needs CuPy and an NVIDIA GPU")
 host = pytest.mark.skipif(not HAVE_CUDA_HOST, reason="needs a C++ compiler")
 

@@ -12,18 +12,9 @@ import pytest
 import fastlstm as fl
 from fastlstm import backends, devices
 
-from conftest import HAVE_CUDA_HOST, assert_close
+from conftest import CUPY, HAVE_CUDA_HOST, assert_close
 
 
-def _cupy_or_none():
-    try:
-        from fastlstm.backends.cupy_ops import _import_cupy
-        return _import_cupy()
-    except RuntimeError:
-        return None
-
-
-CUPY = _cupy_or_none()
 DEVICES = (["cuda_host"] if HAVE_CUDA_HOST else []) + (["cuda"] if CUPY is not None else [])
 
 

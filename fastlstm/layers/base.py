@@ -46,16 +46,16 @@ def check_bool(name, value):
 def as_float_array(name, x, dtype, ndim=None, device="cpu"):
     """x as an array of ``dtype`` on ``device`` (a copy only when needed), with a clear
     error otherwise."""
-    if device != "cpu":
-        return _as_device_float_array(name, x, dtype, ndim, device)
-    if isinstance(x, np.ndarray) and x.dtype == dtype:
+    if device == "cpu" and isinstance(x, np.ndarray) and x.dtype == dtype:
         arr = x
-    elif devices.is_device_array(x):
-        raise TypeError(f"{name}: got a CuPy (GPU) array for a layer on the CPU; move the layer "
-                        "with layer.to('cuda') (model.to('cuda')), or the array with .get()")
     else:
+        if device == "cpu" and devices.is_device_array(x):
+            raise TypeError(f"{name}: got a CuPy (GPU) array for a layer on the CPU; move the "
+                            "layer with layer.to('cuda') (model.to('cuda')), or the array "
+                            "with .get()")
         try:
-            arr = np.asarray(x)
+            arr = x if hasattr(x, "dtype") and device != "cpu" else np.asarray(x)
+            arr = devices.to_device(arr, device)
         except Exception as exc:
             raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from exc
         if arr.dtype.kind not in "fiub":
@@ -64,20 +64,6 @@ def as_float_array(name, x, dtype, ndim=None, device="cpu"):
     if ndim is not None and arr.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
     return arr
-
-
-def _as_device_float_array(name, x, dtype, ndim, device):
-    xp = devices.array_module(device)
-    try:
-        arr = devices.to_device(x if hasattr(x, "dtype") else np.asarray(x), device)
-    except Exception as exc:
-        raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from exc
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-    arr = arr.astype(dtype, copy=False)
-    if ndim is not None and arr.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
-    return xp.asarray(arr)
 
 
 def activity_penalty(regularizer, output):
