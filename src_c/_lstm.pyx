@@ -18,12 +18,12 @@ from fastlstm.backends.grad_buffers import state_grads
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
-from products cimport (fl_matmul_policy, fl_max_threads, recurrent_grad, recurrent_grad_packed,
-                      recurrent_product, recurrent_product_packed, row_chunks,
-                      set_kernel_threads, set_policy, split, use_own, use_packed)
-from gates cimport (fl_act, make_act, mul, merge_rows, matmul_acc, gemm_acc, gemm_packed_acc,
-                    pack_b, matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
-                    fl_lstm_bwd_step_d)
+from products cimport (fl_matmul_policy, fl_max_threads, product, recurrent_grad,
+                      recurrent_grad_packed, recurrent_product, recurrent_product_packed,
+                      row_chunks, set_kernel_threads, set_policy, split, use_own, use_packed)
+from gates cimport (fl_act, make_act, mul, merge_rows, gemm_acc, gemm_packed_acc, pack_b,
+                    matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
+                    fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
@@ -550,14 +550,7 @@ cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx
         for r in range(B):
             memcpy(z + <long>r * G, b, G * sizeof(floating))
         beta = 1
-    if use_own(<long>I * G * sizeof(floating)):
-        if b == NULL:
-            memset(z, 0, <long>B * G * sizeof(floating))
-        matmul_acc(B, G, I, x, ldx, W, G, z, G)
-    elif B == 1:
-        gemv(True, I, G, <floating>1, W, G, x, beta, z)
-    else:
-        gemm(False, False, B, G, I, <floating>1, x, ldx, W, G, beta, z, G)
+    product(B, I, G, x, ldx, W, G, beta, z, G)
     recurrent_product(B, H, G, h, U, G, <floating>1, z, G)
     fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 

@@ -100,24 +100,14 @@ FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int 
                                  C + (long)i * ldc + j, ldc);
             }
         }
-        if (j < N) {
-            for (i = 0; i < M; i++) {
-                const REAL *a = A + (long)i * lda;
-                REAL *c = C + (long)i * ldc;
-                for (int k = 0; k < K; k++) {
-                    const REAL ak = a[k];
-                    const REAL *w = W + (long)k * ldw;
-                    for (int jj = j; jj < N; jj++) c[jj] += ak * w[jj];
-                }
-            }
+        j = N - N % step;       /* the columns left to the plain loops below */
+    } else {
+        for (; j + step <= N; j += step) {
+            for (i = 0; i + FL_RB <= M; i += FL_RB)
+                FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
+            for (; i < M; i++)
+                FN(mm_block)(1, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
         }
-        return;
-    }
-    for (; j + step <= N; j += step) {
-        for (i = 0; i + FL_RB <= M; i += FL_RB)
-            FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
-        for (; i < M; i++)
-            FN(mm_block)(1, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
     }
     if (j < N) {   /* leftover columns: plain loops, vectorized over j by the compiler */
         for (i = 0; i < M; i++) {

@@ -55,19 +55,26 @@ cdef inline bint use_own(long weight_bytes) noexcept nogil:
     return fl_matmul_policy == 2 or (fl_matmul_policy == 0 and weight_bytes <= OWN_MAX_BYTES)
 
 
-cdef inline void recurrent_product(int B, int H, int N, const floating *h, const floating *U,
-                                   int ldu, floating beta, floating *z, int ldz) noexcept nogil:
-    """z[B,N] (row stride ldz) = h[B,H] U[H,N] (row stride ldu) + beta z; beta is 0 or 1."""
+cdef inline void product(int B, int K, int N, const floating *a, int lda, const floating *W,
+                         int ldw, floating beta, floating *z, int ldz) noexcept nogil:
+    """z[B,N] (row stride ldz) = a[B,K] (row stride lda) W[K,N] (row stride ldw) + beta z;
+    beta is 0 or 1. Our kernel while W fits in cache, else BLAS (GEMV for one row)."""
     cdef int r
-    if use_own(<long>H * N * sizeof(floating)):
+    if use_own(<long>K * N * sizeof(floating)):
         if beta == 0:
             for r in range(B):
                 memset(z + <long>r * ldz, 0, N * sizeof(floating))
-        matmul_acc(B, N, H, h, H, U, ldu, z, ldz)
+        matmul_acc(B, N, K, a, lda, W, ldw, z, ldz)
     elif B == 1:
-        gemv(True, H, N, <floating>1, U, ldu, h, beta, z)
+        gemv(True, K, N, <floating>1, W, ldw, a, beta, z)
     else:
-        gemm(False, False, B, N, H, <floating>1, h, H, U, ldu, beta, z, ldz)
+        gemm(False, False, B, N, K, <floating>1, a, lda, W, ldw, beta, z, ldz)
+
+
+cdef inline void recurrent_product(int B, int H, int N, const floating *h, const floating *U,
+                                   int ldu, floating beta, floating *z, int ldz) noexcept nogil:
+    """z[B,N] (row stride ldz) = h[B,H] U[H,N] (row stride ldu) + beta z; beta is 0 or 1."""
+    product(B, H, N, h, H, U, ldu, beta, z, ldz)
 
 
 cdef inline bint use_packed(int rows, int K) noexcept nogil:
