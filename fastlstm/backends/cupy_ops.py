@@ -84,6 +84,19 @@ class CupyOps(NumpyOps):
         self.xp.multiply(h, rdm, out=buf)
         return buf
 
+    def _dh_from(self, dz, UT, dh, dhp, m8, t, rdm):
+        """dh_{t-1} from the step's gate gradients dz: dz U^T, times the recurrent dropout
+        mask, on unmasked rows (masked rows keep dh). dhp: work space, or None when there is
+        neither mask nor dropout (dz U^T is then written into dh directly)."""
+        if dhp is None:
+            self.xp.matmul(dz, UT, out=dh)
+            return
+        dt = dz.dtype
+        self.xp.matmul(dz, UT, out=dhp)
+        self.kernels("merge_dh", dt, dh.size, dh.shape[1], m8 is not None, rdm is not None,
+                     False, False, self._dummy(self.xp.uint8) if m8 is None else m8[t],
+                     self._opt(rdm, dt), self._dummy(dt), dhp, self._dummy(dt), dh)
+
     def _backward_init(self, B, H, dtype, dy, dh_T, return_sequences):
         xp = self.xp
         dh = xp.zeros((B, H), dtype) if dh_T is None else dh_T.astype(dtype, copy=True)
@@ -149,8 +162,7 @@ class CupyOps(NumpyOps):
         m8 = self._mask8(d["mask"])
         u8 = self._dummy(xp.uint8)
         UT = xp.ascontiguousarray(U.T)
-        direct = m8 is None and rdm is None      # dh_{t-1} = dz U^T exactly: no merge kernel
-        dhp = None if direct else xp.empty((B, H), dt)
+        dhp = None if m8 is None and rdm is None else xp.empty((B, H), dt)
         peep = self._opt(P, dt)
         has_dy = dy is not None and rs
         for s in reversed(range(T)):
@@ -160,13 +172,7 @@ class CupyOps(NumpyOps):
               *_act(d["activation"]), *_act(d["recurrent_activation"]), gates[t], cs[t],
               c_prev[t], peep, u8 if m8 is None else m8[t], dy[s] if has_dy else self._dummy(dt),
               dh, dc, dout, dz)
-            if direct:
-                xp.matmul(dz, UT, out=dh)
-            else:
-                xp.matmul(dz, UT, out=dhp)
-                k("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, False, False,
-                  u8 if m8 is None else m8[t], self._opt(rdm, dt), self._dummy(dt), dhp,
-                  self._dummy(dt), dh)
+            self._dh_from(dz, UT, dh, dhp, m8, t, rdm)
         dz2 = gates.reshape(T * B, G)
         dx = xp.matmul(dz2, W.T).reshape(T, B, I)
         if d["input_dropout_mask"] is not None:
@@ -361,8 +367,7 @@ class CupyOps(NumpyOps):
         m8 = self._mask8(d["mask"])
         u8 = self._dummy(xp.uint8)
         UT = xp.ascontiguousarray(U.T)
-        direct = m8 is None and rdm is None
-        dhp = None if direct else xp.empty((B, H), dt)
+        dhp = None if m8 is None and rdm is None else xp.empty((B, H), dt)
         dz_all = xp.empty((T, B, H), dt)
         for s in reversed(range(T)):
             t = T - 1 - s if d["go_backwards"] else s
@@ -370,12 +375,7 @@ class CupyOps(NumpyOps):
             k("rnn_bwd_step", dt, B * H, H, m8 is not None, has_dy, d["activation"].code,
               d["activation"].alpha, hs[t], mt, dy[s] if has_dy else self._dummy(dt), dh, dout,
               dz_all[t])
-            if direct:
-                xp.matmul(dz_all[t], UT, out=dh)
-            else:
-                xp.matmul(dz_all[t], UT, out=dhp)
-                k("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, False, False, mt,
-                  self._opt(rdm, dt), self._dummy(dt), dhp, self._dummy(dt), dh)
+            self._dh_from(dz_all[t], UT, dh, dhp, m8, t, rdm)
         dz2 = dz_all.reshape(T * B, H)
         dx = xp.matmul(dz2, W.T).reshape(T, B, I)
         if d["input_dropout_mask"] is not None:
