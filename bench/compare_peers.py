@@ -41,7 +41,13 @@ STREAM_UNITS = [64, 128, 256]
 
 
 def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2) -> dict:
-    """Median seconds per call of each function, timed in alternating blocks."""
+    """Median seconds per call of each function, timed in alternating blocks.
+
+    The pause lets the previous library's spinning threads go idle; one untimed call after
+    it wakes this library's threads again. On virtual machines waking an idle vCPU after a
+    pause costs milliseconds (6-8 ms measured here, for any OpenMP program): a cost of the
+    host, paid by whichever library runs first, which the timed calls would otherwise
+    charge to the multithreaded ones at random."""
     for f in fns.values():          # warm-up (allocations, thread pools, lazy init)
         f()
         f()
@@ -49,6 +55,7 @@ def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2) -> di
     for _ in range(reps):
         for name, f in fns.items():
             time.sleep(pause)
+            f()
             t0 = time.perf_counter()
             for _ in range(per_block):
                 f()

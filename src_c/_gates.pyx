@@ -4,7 +4,7 @@ import numpy as np
 
 from blas cimport floating
 from gates cimport (fl_act, make_act, act_forward, matmul_acc, matmul_packed_acc, pack_panels,
-                    gemm_acc, gemm_packed_acc, pack_b, fl_act_grad_f,
+                    gemm_acc, gemm_packed_acc, gemm_set, gemm_packed_set, pack_b, fl_act_grad_f,
                     fl_act_grad_d, fl_isa_name, fl_isa_level, fl_force_isa_level)
 
 
@@ -76,30 +76,48 @@ def matmul_packed_accumulate(floating[:, ::1] a, floating[:, ::1] w, floating[:,
 
 
 def gemm_accumulate(floating[:, :] a, floating[:, :] b, floating[:, :] c,
-                    bint trans_a=False, bint packed=False):
+                    bint trans_a=False, bint packed=False, bint overwrite=False,
+                    floating[::1] bias=None):
     """c += op(a) @ b through the packed GEMM, op(a) = a.T with trans_a; with packed, b is
-    packed once first (as the recurrent kernel is) and a must not be transposed. Rows of a,
-    b and c may be strided (views of wider arrays)."""
+    packed once first (as the recurrent kernel is) and a must not be transposed. With
+    overwrite, c = op(a) @ b (+ bias, packed only) and c is never read. Rows of a, b and c
+    may be strided (views of wider arrays)."""
     cdef int M = a.shape[1] if trans_a else a.shape[0]
     cdef int K = a.shape[0] if trans_a else a.shape[1]
     cdef int N = b.shape[1]
     cdef floating[::1] bp
+    cdef const floating *pbias = NULL
     if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
         raise ValueError("a, b, c: shapes do not match c += op(a) @ b")
     if packed and trans_a:
         raise ValueError("packed: only for a not transposed")
-    if M == 0 or N == 0 or K == 0:
+    if bias is not None:
+        if not (packed and overwrite):
+            raise ValueError("bias: only with packed and overwrite")
+        if bias.shape[0] != N:
+            raise ValueError(f"bias: expected {N} values, got {bias.shape[0]}")
+        if N > 0:
+            pbias = &bias[0]
+    if M == 0 or N == 0 or (K == 0 and not overwrite):
         return
-    if (a.strides[1] != sizeof(floating) or b.strides[1] != sizeof(floating)
-            or c.strides[1] != sizeof(floating)):
+    if (c.strides[1] != sizeof(floating) or (K > 0 and (a.strides[1] != sizeof(floating)
+                                                          or b.strides[1] != sizeof(floating)))):
         raise ValueError("a, b, c: expected contiguous rows")
-    cdef int lda = <int>(a.strides[0] // sizeof(floating))
-    cdef int ldb = <int>(b.strides[0] // sizeof(floating))
+    cdef int lda = <int>(a.strides[0] // sizeof(floating)) if K > 0 else 1
+    cdef int ldb = <int>(b.strides[0] // sizeof(floating)) if K > 0 else 1
     cdef int ldc = <int>(c.strides[0] // sizeof(floating))
+    cdef const floating *pa = &a[0, 0] if K > 0 else NULL
+    cdef const floating *pb = &b[0, 0] if K > 0 else NULL
     if packed:
         bp = pack_b(b)
         with nogil:
-            gemm_packed_acc(M, N, K, &a[0, 0], lda, &bp[0], &c[0, 0], ldc)
+            if overwrite:
+                gemm_packed_set(M, N, K, pa, lda, &bp[0], pbias, &c[0, 0], ldc)
+            else:
+                gemm_packed_acc(M, N, K, pa, lda, &bp[0], &c[0, 0], ldc)
     else:
         with nogil:
-            gemm_acc(trans_a, M, N, K, &a[0, 0], lda, &b[0, 0], ldb, &c[0, 0], ldc)
+            if overwrite:
+                gemm_set(trans_a, M, N, K, pa, lda, pb, ldb, &c[0, 0], ldc)
+            else:
+                gemm_acc(trans_a, M, N, K, pa, lda, pb, ldb, &c[0, 0], ldc)

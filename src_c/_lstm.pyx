@@ -21,7 +21,7 @@ from blas cimport floating, gemm, gemv
 from products cimport (fl_matmul_policy, fl_max_threads, product, recurrent_grad,
                       recurrent_grad_packed, recurrent_product, recurrent_product_packed,
                       row_chunks, set_kernel_threads, set_policy, split, use_own, use_packed)
-from gates cimport (fl_act, make_act, mul, merge_rows, gemm_acc, gemm_packed_acc, pack_b,
+from gates cimport (fl_act, make_act, mul, merge_rows, gemm_set, gemm_packed_set, pack_b,
                     matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
                     fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
@@ -73,16 +73,14 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
     """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection, on our GEMM with W
     packed by pack_b (Wp) or on BLAS (Wp NULL)."""
     cdef long r
+    if Wp != NULL:       # the bias goes in with the product's first store: no pass of its own
+        gemm_packed_set(<int>nr, G, I, X + r0 * I, I, Wp, b, Z + r0 * G, G)
+        return
     if b != NULL:
         for r in range(r0, r0 + nr):
             memcpy(Z + r * G, b, G * sizeof(floating))
-    elif Wp != NULL:
-        memset(Z + r0 * G, 0, nr * G * sizeof(floating))
-    if Wp != NULL:
-        gemm_packed_acc(<int>nr, G, I, X + r0 * I, I, Wp, Z + r0 * G, G)
-    else:
-        gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
-             <floating>(1 if b != NULL else 0), Z + r0 * G, G)
+    gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
+         <floating>(1 if b != NULL else 0), Z + r0 * G, G)
 
 
 cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
@@ -349,8 +347,7 @@ cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating 
     """Rows [r0, r0+nr) of dX = dZ W^T; WTp: W^T [G,I] packed by pack_b for our GEMM, or
     NULL for BLAS."""
     if WTp != NULL:
-        memset(dX + r0 * I, 0, nr * I * sizeof(floating))
-        gemm_packed_acc(<int>nr, I, G, dZ + r0 * G, G, WTp, dX + r0 * I, I)
+        gemm_packed_set(<int>nr, I, G, dZ + r0 * G, G, WTp, NULL, dX + r0 * I, I)
     else:
         gemm(False, True, <int>nr, I, G, <floating>1, dZ + r0 * G, G, W, G, <floating>0,
              dX + r0 * I, I)
@@ -361,14 +358,9 @@ cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const
                            floating *dW, floating *dU, floating *db, bint own) noexcept nogil:
     """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
     packed GEMM (own) or BLAS."""
-    cdef long r
     if own:
-        for r in range(I):
-            memset(dW + r * G + g0, 0, ng * sizeof(floating))
-        for r in range(H):
-            memset(dU + r * G + g0, 0, ng * sizeof(floating))
-        gemm_acc(True, I, <int>ng, <int>TB, X, I, dZ + g0, G, dW + g0, G)
-        gemm_acc(True, H, <int>ng, <int>TB, Hin, H, dZ + g0, G, dU + g0, G)
+        gemm_set(True, I, <int>ng, <int>TB, X, I, dZ + g0, G, dW + g0, G)
+        gemm_set(True, H, <int>ng, <int>TB, Hin, H, dZ + g0, G, dU + g0, G)
     else:
         gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
              dW + g0, G)

@@ -20,7 +20,7 @@
 /* Packed panels of the GEMM in matmul_impl.h: FL_PW columns (256 bytes) on every ISA, so a
  * kernel packed once can be used by whichever variant runs. */
 #define FL_PW (256 / (int)sizeof(REAL))
-#define FL_KC 256                                               /* depth of a packed block */
+#define FL_KC 512       /* depth of a packed block: C is read and written once per block */
 #define FL_NC ((512 << 10) / (FL_KC * (int)sizeof(REAL)))       /* its width: 512 KiB, in L2 */
 #define fl_pack_padded(S) FL_XCAT(fl_pack_padded, S)
 
@@ -225,8 +225,11 @@ FL_EXPORTS(double, _d)
 
 int fl_matmul_policy = 0;
 int fl_max_threads = 1;
-/* Waking an idle thread took milliseconds on the shared virtual machines measured. */
-double fl_parallel_min_macs = 134217728.0;   /* 2^27 */
+/* Below this much work the kernels stay on one thread: each parallel region costs a wake-up
+ * of the other threads (microseconds while they still spin, milliseconds on virtual machines
+ * whose idle vCPUs the host has descheduled). With warm threads, 2 of them already take an
+ * LSTM of 13M multiply-adds (T=100, B=8, H=64) to 0.6x its one-thread time. */
+double fl_parallel_min_macs = 16777216.0;   /* 2^24 */
 
 /* The per-step recurrent product (matmul_impl.h). */
 #define FL_EXPORTS_MATMUL(REAL, S)                                                          \
@@ -252,36 +255,66 @@ FL_EXPORTS_MATMUL(double, _d)
 FL_EXPORTS_PACKED(float, _f)
 FL_EXPORTS_PACKED(double, _d)
 
-/* The packed GEMM (matmul_impl.h). */
+/* The packed GEMM (matmul_impl.h). The _set forms overwrite C with the product plus an
+ * optional bias row; with K = 0 that is the bias (or zeros) alone. */
 #define FL_EXPORTS_GEMM(REAL, S)                                                            \
 long fl_packed_size##S(int K, int N) {                                                      \
     return (long)K * ((N + FL_PW - 1) / FL_PW) * FL_PW; }                                   \
 void fl_pack_b##S(int K, int N, const REAL *B, int ldb, REAL *Bp) {                         \
     if (K > 0 && N > 0) fl_pack_padded##S(K, N, B, ldb, Bp); }                              \
+static void fl_fill_rows##S(int M, int N, const REAL *bias, REAL *C, int ldc) {             \
+    for (long i = 0; i < M; i++) {                                                          \
+        if (bias != NULL) memcpy(C + i * ldc, bias, (size_t)N * sizeof(REAL));              \
+        else memset(C + i * ldc, 0, (size_t)N * sizeof(REAL));                              \
+    }                                                                                       \
+}                                                                                           \
+static void fl_gemm_packed_run##S(int trans, int M, int N, int K, const REAL *A, int lda,   \
+                                  const REAL *Bp, const REAL *bias, int init, REAL *C,      \
+                                  int ldc) {                                                \
+    if (M <= 0 || N <= 0) return;                                                           \
+    if (K <= 0) {                                                                           \
+        if (init) fl_fill_rows##S(M, N, bias, C, ldc);                                      \
+        return;                                                                             \
+    }                                                                                       \
+    FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, NULL, 0, Bp, bias, init, C, ldc,   \
+                                 NULL)); }                                                  \
 void fl_gemm_packed##S(int trans, int M, int N, int K, const REAL *A, int lda,              \
                        const REAL *Bp, REAL *C, int ldc) {                                  \
-    if (M <= 0 || N <= 0 || K <= 0) return;                                                 \
-    FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, NULL, 0, Bp, C, ldc, NULL)); }     \
+    fl_gemm_packed_run##S(trans, M, N, K, A, lda, Bp, NULL, 0, C, ldc); }                   \
+void fl_gemm_packed_set##S(int M, int N, int K, const REAL *A, int lda, const REAL *Bp,     \
+                           const REAL *bias, REAL *C, int ldc) {                            \
+    fl_gemm_packed_run##S(0, M, N, K, A, lda, Bp, bias, 1, C, ldc); }                       \
 static void fl_gemm_any##S(int trans, int M, int N, int K, const REAL *A, int lda,          \
-                           const REAL *B, int ldb, REAL *C, int ldc, REAL *buf) {           \
-    FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, B, ldb, NULL, C, ldc, buf)); }     \
-void fl_gemm##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,      \
-                int ldb, REAL *C, int ldc) {                                                \
+                           const REAL *B, int ldb, int init, REAL *C, int ldc, REAL *buf) { \
+    FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, B, ldb, NULL, NULL, init, C, ldc,  \
+                                 buf)); }                                                   \
+static void fl_gemm_run_or_loop##S(int trans, int M, int N, int K, const REAL *A, int lda,  \
+                                   const REAL *B, int ldb, int init, REAL *C, int ldc) {    \
     REAL *buf;                                                                              \
     long i, j, k;                                                                           \
-    if (M <= 0 || N <= 0 || K <= 0) return;                                                 \
+    if (M <= 0 || N <= 0) return;                                                           \
+    if (init) {                                                                             \
+        if (K <= 0) { fl_fill_rows##S(M, N, NULL, C, ldc); return; }                        \
+    } else if (K <= 0) return;                                                              \
     buf = (REAL *)aligned_alloc(64, (size_t)FL_KC * FL_NC * sizeof(REAL));                  \
     if (buf != NULL) {                                                                      \
-        fl_gemm_any##S(trans, M, N, K, A, lda, B, ldb, C, ldc, buf);                        \
+        fl_gemm_any##S(trans, M, N, K, A, lda, B, ldb, init, C, ldc, buf);                  \
         free(buf);                                                                          \
         return;                                                                             \
     }                                                                                       \
+    if (init) fl_fill_rows##S(M, N, NULL, C, ldc);                                          \
     for (i = 0; i < M; i++)          /* out of memory: slow but right */                    \
         for (k = 0; k < K; k++) {                                                           \
             const REAL a = trans ? A[k * lda + i] : A[i * lda + k];                         \
             for (j = 0; j < N; j++) C[i * ldc + j] += a * B[k * ldb + j];                   \
         }                                                                                   \
-}
+}                                                                                           \
+void fl_gemm##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,      \
+                int ldb, REAL *C, int ldc) {                                                \
+    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 0, C, ldc); }                    \
+void fl_gemm_set##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,  \
+                    int ldb, REAL *C, int ldc) {                                            \
+    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 1, C, ldc); }
 
 #define REAL float
 FL_EXPORTS_GEMM(float, _f)

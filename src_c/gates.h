@@ -132,6 +132,16 @@ void fl_gemm_packed_f(int trans, int M, int N, int K, const float *A, int lda,
                       const float *Bp, float *C, int ldc);
 void fl_gemm_packed_d(int trans, int M, int N, int K, const double *A, int lda,
                       const double *Bp, double *C, int ldc);
+/* C = op(A) B (fl_gemm_set) or C = A Bp + bias (fl_gemm_packed_set; bias a row of N, or
+ * NULL): C is overwritten, never read, so it needs no clearing beforehand. */
+void fl_gemm_set_f(int trans, int M, int N, int K, const float *A, int lda, const float *B,
+                   int ldb, float *C, int ldc);
+void fl_gemm_set_d(int trans, int M, int N, int K, const double *A, int lda, const double *B,
+                   int ldb, double *C, int ldc);
+void fl_gemm_packed_set_f(int M, int N, int K, const float *A, int lda, const float *Bp,
+                          const float *bias, float *C, int ldc);
+void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda, const double *Bp,
+                          const double *bias, double *C, int ldc);
 
 #ifdef __cplusplus
 }

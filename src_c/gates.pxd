@@ -123,6 +123,14 @@ cdef extern from "gates.h" nogil:
                           const float *Bp, float *C, int ldc)
     void fl_gemm_packed_d(int trans, int M, int N, int K, const double *A, int lda,
                           const double *Bp, double *C, int ldc)
+    void fl_gemm_set_f(int trans, int M, int N, int K, const float *A, int lda, const float *B,
+                       int ldb, float *C, int ldc)
+    void fl_gemm_set_d(int trans, int M, int N, int K, const double *A, int lda,
+                       const double *B, int ldb, double *C, int ldc)
+    void fl_gemm_packed_set_f(int M, int N, int K, const float *A, int lda, const float *Bp,
+                              const float *bias, float *C, int ldc)
+    void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda,
+                              const double *Bp, const double *bias, double *C, int ldc)
 
 
 cdef inline void gemm_acc(bint trans, int M, int N, int K, const floating *A, int lda,
@@ -133,6 +141,15 @@ cdef inline void gemm_acc(bint trans, int M, int N, int K, const floating *A, in
         fl_gemm_f(trans, M, N, K, A, lda, B, ldb, C, ldc)
     else:
         fl_gemm_d(trans, M, N, K, A, lda, B, ldb, C, ldc)
+
+
+cdef inline void gemm_set(bint trans, int M, int N, int K, const floating *A, int lda,
+                          const floating *B, int ldb, floating *C, int ldc) noexcept nogil:
+    """C[M,N] = op(A) B[K,N]: gemm_acc that overwrites C (never read, no clearing needed)."""
+    if floating is float:
+        fl_gemm_set_f(trans, M, N, K, A, lda, B, ldb, C, ldc)
+    else:
+        fl_gemm_set_d(trans, M, N, K, A, lda, B, ldb, C, ldc)
 
 
 cdef inline object pack_b(floating[:, :] B):
@@ -163,6 +180,17 @@ cdef inline void gemm_packed_acc(int M, int N, int K, const floating *A, int lda
         fl_gemm_packed_f(0, M, N, K, A, lda, Bp, C, ldc)
     else:
         fl_gemm_packed_d(0, M, N, K, A, lda, Bp, C, ldc)
+
+
+cdef inline void gemm_packed_set(int M, int N, int K, const floating *A, int lda,
+                                 const floating *Bp, const floating *bias, floating *C,
+                                 int ldc) noexcept nogil:
+    """C[M,N] = A[M,K] B + bias (a row of N, or NULL) with B packed by pack_b; C is
+    overwritten, never read."""
+    if floating is float:
+        fl_gemm_packed_set_f(M, N, K, A, lda, Bp, bias, C, ldc)
+    else:
+        fl_gemm_packed_set_d(M, N, K, A, lda, Bp, bias, C, ldc)
 
 
 cdef inline fl_act make_act(object activation):

@@ -162,9 +162,13 @@ FL_TARGET static void FN(fl_matmul_packed_acc)(int M, int N, int K, const REAL *
 #define FL_MR 6
 #define FL_CH (FL_NV * FL_VL)                 /* columns of one register tile */
 
-/* C rows [0,R) x columns [0,ncols) of one panel += op(A) slice x panel (kc deep). */
+/* C rows [0,R) x columns [0,ncols) of one panel += op(A) slice x panel (kc deep); with
+ * init, C = that product + bias (a row, or zero when NULL): the first block of a product that
+ * overwrites C neither reads C nor needs C cleared or filled with the bias beforehand (one
+ * pass over C saved: it is the size of the input projection). */
 FL_INLINE void FN(gk_tile)(const int R, const int trans, int kc, const REAL *a, long lda,
-                           const REAL *b, REAL *c, long ldc, int ncols) {
+                           const REAL *b, REAL *c, long ldc, int ncols, const REAL *bias,
+                           int init) {
     int j0, r, v, k;
     for (j0 = 0; j0 < ncols; j0 += FL_CH) {
         FN(vec) acc[FL_MR][FL_NV];
@@ -180,17 +184,30 @@ FL_INLINE void FN(gk_tile)(const int R, const int trans, int kc, const REAL *a, 
             }
         }
         if (j0 + FL_CH <= ncols) {
-            for (r = 0; r < R; r++)
-                for (v = 0; v < FL_NV; v++) {
-                    REAL *p = c + (long)r * ldc + j0 + v * FL_VL;
-                    FN(vstore)(p, FN(vload)(p) + acc[r][v]);
-                }
+            if (init) {
+                FN(vec) bb[FL_NV];
+                for (v = 0; v < FL_NV; v++)
+                    bb[v] = bias != NULL ? FN(vload)(bias + j0 + v * FL_VL) : (FN(vec)){0};
+                for (r = 0; r < R; r++)
+                    for (v = 0; v < FL_NV; v++)
+                        FN(vstore)(c + (long)r * ldc + j0 + v * FL_VL, acc[r][v] + bb[v]);
+            } else {
+                for (r = 0; r < R; r++)
+                    for (v = 0; v < FL_NV; v++) {
+                        REAL *p = c + (long)r * ldc + j0 + v * FL_VL;
+                        FN(vstore)(p, FN(vload)(p) + acc[r][v]);
+                    }
+            }
         } else {                                  /* last, partial tile of the matrix */
             REAL t[FL_CH];
             for (r = 0; r < R; r++) {
                 REAL *p = c + (long)r * ldc + j0;
                 for (v = 0; v < FL_NV; v++) FN(vstore)(t + v * FL_VL, acc[r][v]);
-                for (k = 0; k < ncols - j0; k++) p[k] += t[k];
+                if (init)
+                    for (k = 0; k < ncols - j0; k++)
+                        p[k] = t[k] + (bias != NULL ? bias[j0 + k] : (REAL)0);
+                else
+                    for (k = 0; k < ncols - j0; k++) p[k] += t[k];
             }
         }
     }
@@ -199,15 +216,17 @@ FL_INLINE void FN(gk_tile)(const int R, const int trans, int kc, const REAL *a, 
 /* Row counts and the transpose as compile-time constants of gk_tile. */
 #define FL_TILE_CASE(n)                                                                   \
     case n:                                                                               \
-        if (trans) FN(gk_tile)(n, 1, kc, a, lda, b, cp, ldc, ncols);                       \
-        else FN(gk_tile)(n, 0, kc, a, lda, b, cp, ldc, ncols);                            \
+        if (trans) FN(gk_tile)(n, 1, kc, a, lda, b, cp, ldc, ncols, bp, init);             \
+        else FN(gk_tile)(n, 0, kc, a, lda, b, cp, ldc, ncols, bp, init);                  \
         break;
 
 FL_TARGET static void FN(gk_tiles)(int R, int trans, int kc, const REAL *a, long lda,
-                                   const REAL *blk, long ps, int nc, REAL *c, long ldc) {
+                                   const REAL *blk, long ps, int nc, REAL *c, long ldc,
+                                   const REAL *bias, int init) {
     int p;
     for (p = 0; p * FL_PW < nc; p++) {
         const REAL *b = blk + (long)p * ps;
+        const REAL *bp = bias != NULL ? bias + (long)p * FL_PW : NULL;
         REAL *cp = c + (long)p * FL_PW;
         int ncols = nc - p * FL_PW < FL_PW ? nc - p * FL_PW : FL_PW;
         switch (R) {
@@ -223,12 +242,14 @@ FL_TARGET static void FN(gk_tiles)(int R, int trans, int kc, const REAL *a, long
 }
 #undef FL_TILE_CASE
 
-/* C[M,N] += op(A) B. B is either row-major (ldb; packed here block by block into buf, which
- * holds FL_KC * FL_NC elements) or, when Bp != NULL, pre-packed whole by fl_pack_b. A is
- * [M,K] (trans = 0) or [K,M] (trans = 1), row stride lda. */
+/* C[M,N] += op(A) B, or with init C = op(A) B + bias (bias a row of N, or NULL for none).
+ * B is either row-major (ldb; packed here block by block into buf, which holds
+ * FL_KC * FL_NC elements) or, when Bp != NULL, pre-packed whole by fl_pack_b. A is [M,K]
+ * (trans = 0) or [K,M] (trans = 1), row stride lda. K > 0. */
 FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL *A, long lda,
-                                      const REAL *B, long ldb, const REAL *Bp, REAL *C,
-                                      long ldc, REAL *buf) {
+                                      const REAL *B, long ldb, const REAL *Bp,
+                                      const REAL *bias, int init, REAL *C, long ldc,
+                                      REAL *buf) {
     int pc, jc, ic;
     for (pc = 0; pc < K; pc += FL_KC) {
         const int kc = K - pc < FL_KC ? K - pc : FL_KC;
@@ -247,7 +268,8 @@ FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL
             for (ic = 0; ic < M; ic += FL_MR) {
                 const int R = M - ic < FL_MR ? M - ic : FL_MR;
                 const REAL *a = trans ? A + (long)pc * lda + ic : A + (long)ic * lda + pc;
-                FN(gk_tiles)(R, trans, kc, a, lda, blk, ps, nc, C + (long)ic * ldc + jc, ldc);
+                FN(gk_tiles)(R, trans, kc, a, lda, blk, ps, nc, C + (long)ic * ldc + jc, ldc,
+                             bias != NULL ? bias + jc : NULL, init && pc == 0);
             }
         }
     }

@@ -7,7 +7,7 @@
 from cython.parallel cimport prange
 from libc.string cimport memset
 from blas cimport floating, gemm, gemv
-from gates cimport gemm_packed_acc, matmul_acc
+from gates cimport gemm_packed_acc, gemm_packed_set, matmul_acc
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
@@ -88,11 +88,10 @@ cdef inline void recurrent_product_packed(int B, int H, int N, const floating *h
                                           const floating *Up, floating beta, floating *z,
                                           int ldz) noexcept nogil:
     """recurrent_product with U [H,N] packed by pack_b (fl_pack_b)."""
-    cdef int r
     if beta == 0:
-        for r in range(B):
-            memset(z + <long>r * ldz, 0, N * sizeof(floating))
-    gemm_packed_acc(B, N, H, h, H, Up, z, ldz)
+        gemm_packed_set(B, N, H, h, H, Up, NULL, z, ldz)
+    else:
+        gemm_packed_acc(B, N, H, h, H, Up, z, ldz)
 
 
 cdef inline void recurrent_grad_packed(int B, int H, int N, const floating *dz, int ldz,
@@ -100,8 +99,9 @@ cdef inline void recurrent_grad_packed(int B, int H, int N, const floating *dz, 
                                        floating *dh) noexcept nogil:
     """recurrent_grad with U^T [N,H] packed by pack_b."""
     if beta == 0:
-        memset(dh, 0, <long>B * H * sizeof(floating))
-    gemm_packed_acc(B, H, N, dz, ldz, UTp, dh, H)
+        gemm_packed_set(B, H, N, dz, ldz, UTp, NULL, dh, H)
+    else:
+        gemm_packed_acc(B, H, N, dz, ldz, UTp, dh, H)
 
 
 cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz,

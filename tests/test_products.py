@@ -168,6 +168,34 @@ def test_packed_gemm_matches_numpy(isa_level, mode, shape):
         np.testing.assert_array_equal(c_full[:, N:], before[:, N:])   # padding untouched
 
 
+@pytest.mark.parametrize("mode", ["plain", "trans_a", "packed", "packed_bias"])
+@pytest.mark.parametrize("shape", GEMM_SHAPES + [(9, 70, 1100), (4, 3, 0)])
+def test_packed_gemm_overwrites(isa_level, mode, shape):
+    """The overwriting forms (input projection with its bias, gradients) never read C: C
+    starts as NaN and must come out as exactly the product (plus the bias)."""
+    from fastlstm import _gates
+    M, N, K = shape
+    for dtype in DTYPES:
+        rng = np.random.default_rng(seed_of("gemm_set", mode, *shape))
+        trans = mode == "trans_a"
+        a_full = rng.standard_normal((K, M + 3) if trans else (M, K + 3)).astype(dtype)
+        b_full = rng.standard_normal((K, N + 5)).astype(dtype)
+        c_full = rng.standard_normal((M, N + 2)).astype(dtype)
+        a = a_full[:, 1:M + 1] if trans else a_full[:, 1:K + 1]
+        b, c = b_full[:, 2:N + 2], c_full[:, :N]
+        c[...] = np.nan
+        before = c_full.copy()
+        bias = rng.standard_normal(N).astype(dtype) if mode == "packed_bias" else None
+        ref = (a.T if trans else a).astype(np.float64) @ b
+        if bias is not None:
+            ref = ref + bias
+        _gates.gemm_accumulate(a, b, c, trans_a=trans, packed=mode.startswith("packed"),
+                               overwrite=True, bias=bias)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(c, ref, rtol=tol, atol=tol * np.sqrt(max(K, 1)) * 4)
+        np.testing.assert_array_equal(c_full[:, N:], before[:, N:])   # padding untouched
+
+
 def test_packed_gemm_empty_and_bad_shapes():
     from fastlstm import _gates
     c = np.ones((3, 0), np.float32)
