@@ -245,6 +245,33 @@ def test_compiled_step_equals_sequence_call(opt, dtype, B, I, H):
     assert layer._step_plan is not None and layer._step_plan.batch == B
 
 
+@pytest.mark.parametrize("opt", list(STEP_OPTIONS) + ["no_bias"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_split_step_equals_sequence_call(opt, dtype):
+    """From 1 MiB of weights a batch-1 step splits its units over the threads (16-unit groups,
+    here 17 of them: an uneven split and a last group of 8); it walks the same trajectory as
+    the sequence call. Peepholes keep the one-thread step."""
+    from fastlstm.threads import get_num_threads, set_loop_threads
+    rng = np.random.default_rng(hash((opt, dtype)) % 2**32)
+    T, I, H = 4, 200, 264
+    x = rng.standard_normal((1, T, I)).astype(dtype)
+    options = dict(use_bias=False) if opt == "no_bias" else STEP_OPTIONS[opt]
+    layer = LSTM(H, return_sequences=True, return_state=True, dtype=dtype, **options)
+    layer.build(x.shape)
+    state = [rng.standard_normal((1, H)).astype(dtype) for _ in range(2)]
+    ys, h_T, c_T = layer(x, initial_state=state)
+    before = get_num_threads()
+    set_loop_threads(2)
+    try:
+        for t in range(T):
+            y_t, state = layer.step(x[:, t], state)
+            assert_close(y_t, ys[:, t], dtype, f"t={t}")
+    finally:
+        set_loop_threads(before)
+    assert_close(state[0], h_T, dtype, "h")
+    assert_close(state[1], c_T, dtype, "c")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_step_converts_what_the_plan_does_not_take(dtype):
     """Lists, other dtypes, tuples, Fortran-order or strided states and a new batch size all
