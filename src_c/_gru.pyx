@@ -24,7 +24,7 @@ from fastlstm.backends.grad_buffers import state_grads
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
-from products cimport (fl_max_threads, par_gemm, recurrent_grad, recurrent_product,
+from products cimport (fl_matmul_policy, fl_max_threads, par_gemm, recurrent_grad, recurrent_product,
                       row_chunks, set_kernel_threads, set_policy, split, use_own)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, matmul_packed_acc, pack_panels,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
@@ -449,6 +449,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef const floating *pH = &h_prev[0, 0, 0]
+    cdef bint own = fl_matmul_policy != 1 and not projections_on_blas
+    cdef floating[:, ::1] WT                          # W^T [G,I]: the input gradient's B
+    cdef const floating *pWx = pW
+    cdef int ldwx = G
+    if own:
+        WT = np.ascontiguousarray(np.asarray(kernel).T)
+        pWx, ldwx = &WT[0, 0], I
     cdef const floating *pHIN = &hin[0, 0, 0] if has_rdrop else NULL
     cdef const floating *pRH = &rh[0, 0, 0] if not reset_after else NULL
     cdef long ci
@@ -466,27 +473,29 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
                               mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, pU, pUT,
                               pdh, pdout, ptarget, pdrh, &scratch[0] + ci * 2 * H)
         # Weight and input gradients: products over all T*B rows, split into column slices
-        # (weights) and row slices (inputs) over the threads.
+        # (weights) and row slices (inputs) over the threads; on our packed GEMM (the input
+        # gradient then reads W^T) unless BLAS has AVX-512 kernels.
         if reset_after:
             par_gemm(True, False, I, 2 * H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
-                     <floating>0, &dW[0, 0], G, ncols, False)
+                     <floating>0, &dW[0, 0], G, ncols, False, own)
             par_gemm(True, False, I, H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ + 3 * H, ZW,
-                     <floating>0, &dW[0, 2 * H], G, ncols, False)
+                     <floating>0, &dW[0, 2 * H], G, ncols, False, own)
             par_gemm(True, False, H, G, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
-                     &dU[0, 0], G, ncols, False)
-            par_gemm(False, True, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pW, G, <floating>0,
-                     &dx[0, 0, 0], I, nrows, True)
-            par_gemm(False, True, <int>TB, I, H, <floating>1, pZ + 3 * H, ZW, pW + 2 * H, G,
-                     <floating>1, &dx[0, 0, 0], I, nrows, True)
+                     &dU[0, 0], G, ncols, False, own)
+            par_gemm(False, not own, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pWx, ldwx,
+                     <floating>0, &dx[0, 0, 0], I, nrows, True, own)
+            par_gemm(False, not own, <int>TB, I, H, <floating>1, pZ + 3 * H, ZW,
+                     pWx + (2 * H * ldwx if own else 2 * H), ldwx, <floating>1, &dx[0, 0, 0],
+                     I, nrows, True, own)
         else:
             par_gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
-                     <floating>0, &dW[0, 0], G, ncols, False)
+                     <floating>0, &dW[0, 0], G, ncols, False, own)
             par_gemm(True, False, H, 2 * H, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
-                     &dU[0, 0], G, ncols, False)
+                     &dU[0, 0], G, ncols, False, own)
             par_gemm(True, False, H, H, <int>TB, <floating>1, &rh[0, 0, 0], H, pZ + 2 * H, ZW,
-                     <floating>0, &dU[0, 2 * H], G, ncols, False)
-            par_gemm(False, True, <int>TB, I, G, <floating>1, pZ, ZW, pW, G, <floating>0,
-                     &dx[0, 0, 0], I, nrows, True)
+                     <floating>0, &dU[0, 2 * H], G, ncols, False, own)
+            par_gemm(False, not own, <int>TB, I, G, <floating>1, pZ, ZW, pWx, ldwx,
+                     <floating>0, &dx[0, 0, 0], I, nrows, True, own)
         if has_bias:
             gemv(True, <int>TB, ZW, <floating>1, pZ, ZW, &ones[0], <floating>0, &colsum[0])
         if input_dropout_mask is not None:

@@ -7,7 +7,7 @@
 from cython.parallel cimport prange
 from libc.string cimport memset
 from blas cimport floating, gemm, gemv
-from gates cimport gemm_packed_acc, gemm_packed_set, matmul_acc
+from gates cimport gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, matmul_acc
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
@@ -119,24 +119,40 @@ cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz
         gemm(False, True, B, H, N, <floating>1, dz, ldz, U, ldu, beta, dh, H)
 
 
+cdef inline void slice_gemm(bint trans_a, bint trans_b, int M, int N, int K, floating alpha,
+                            const floating *A, int lda, const floating *B, int ldb,
+                            floating beta, floating *C, int ldc, bint own) noexcept nogil:
+    """One slice of par_gemm: BLAS, or with own our packed GEMM (which takes alpha 1, beta 0
+    or 1 and B not transposed: the caller passes B^T row-major instead)."""
+    if own:
+        if beta == 0:
+            gemm_set(trans_a, M, N, K, A, lda, B, ldb, C, ldc)
+        else:
+            gemm_acc(trans_a, M, N, K, A, lda, B, ldb, C, ldc)
+    else:
+        gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+
+
 cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, floating alpha,
                           const floating *A, int lda, const floating *B, int ldb, floating beta,
-                          floating *C, int ldc, int nthreads, bint by_rows) noexcept nogil:
+                          floating *C, int ldc, int nthreads, bint by_rows,
+                          bint own=False) noexcept nogil:
     """The shim's row-major gemm, split over `nthreads` threads by rows of C (by_rows) or by
     its columns; each slice is an independent single-threaded BLAS call (the callers limit
-    BLAS to one thread while the kernels run: fastlstm.threads)."""
+    BLAS to one thread while the kernels run: fastlstm.threads), or with own a call of our
+    packed GEMM (see slice_gemm for what it takes)."""
     cdef int n = max(1, nthreads), k, a, e
     if n == 1:
-        gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        slice_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, own)
         return
     for k in prange(n, num_threads=n, schedule="static"):
         if by_rows:
             a = <int>(<long>k * M // n)
             e = <int>(<long>(k + 1) * M // n)
-            gemm(trans_a, trans_b, e - a, N, K, alpha, A + (a if trans_a else <long>a * lda),
-                 lda, B, ldb, beta, C + <long>a * ldc, ldc)
+            slice_gemm(trans_a, trans_b, e - a, N, K, alpha, A + (a if trans_a else <long>a * lda),
+                       lda, B, ldb, beta, C + <long>a * ldc, ldc, own)
         else:
             a = <int>(<long>k * N // n)
             e = <int>(<long>(k + 1) * N // n)
-            gemm(trans_a, trans_b, M, e - a, K, alpha, A, lda,
-                 B + (<long>a * ldb if trans_b else a), ldb, beta, C + a, ldc)
+            slice_gemm(trans_a, trans_b, M, e - a, K, alpha, A, lda,
+                       B + (<long>a * ldb if trans_b else a), ldb, beta, C + a, ldc, own)
