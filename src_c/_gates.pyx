@@ -77,14 +77,17 @@ def matmul_packed_accumulate(floating[:, ::1] a, floating[:, ::1] w, floating[:,
 
 def gemm_accumulate(floating[:, :] a, floating[:, :] b, floating[:, :] c,
                     bint trans_a=False, bint packed=False, bint overwrite=False,
-                    floating[::1] bias=None):
+                    floating[::1] bias=None, floating[:, :] b_t=None):
     """c += op(a) @ b through the packed GEMM, op(a) = a.T with trans_a; with packed, b is
-    packed once first (as the recurrent kernel is) and a must not be transposed. With
-    overwrite, c = op(a) @ b (+ bias, packed only) and c is never read. Rows of a, b and c
-    may be strided (views of wider arrays)."""
+    packed once first (as the recurrent kernel is) and a must not be transposed; b_t (with
+    packed): b is packed from b_t, its transpose, instead. With overwrite,
+    c = op(a) @ b (+ bias, packed only) and c is never read. Rows of a, b and c may be
+    strided (views of wider arrays)."""
     cdef int M = a.shape[1] if trans_a else a.shape[0]
     cdef int K = a.shape[0] if trans_a else a.shape[1]
     cdef int N = b.shape[1]
+    if b_t is not None and (not packed or b_t.shape[0] != N or b_t.shape[1] != K):
+        raise ValueError("b_t: expected b's transpose, with packed")
     cdef floating[::1] bp
     cdef const floating *pbias = NULL
     if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
@@ -109,7 +112,7 @@ def gemm_accumulate(floating[:, :] a, floating[:, :] b, floating[:, :] c,
     cdef const floating *pa = &a[0, 0] if K > 0 else NULL
     cdef const floating *pb = &b[0, 0] if K > 0 else NULL
     if packed:
-        bp = pack_b(b)
+        bp = pack_b(b) if b_t is None else pack_b(b_t, True)
         with nogil:
             if overwrite:
                 gemm_packed_set(M, N, K, pa, lda, &bp[0], pbias, &c[0, 0], ldc)

@@ -423,11 +423,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long t
 
-    cdef floating[:, ::1] UT
-    cdef const floating *pUT = NULL
-    if use_own(<long>H * G * sizeof(floating)):
-        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
-        pUT = &UT[0, 0]
 
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
@@ -445,24 +440,26 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef long g0, r0
-    cdef floating[:, :] WT                            # W^T [G,I], packed, for our GEMM
-    cdef floating[::1] WTp
+    cdef floating[::1] WTp                            # W^T [G,I], packed, for our GEMM
     cdef const floating *pWT = NULL
     cdef bint own = own_products()
+    cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
     if own:
-        WT = np.ascontiguousarray(np.asarray(kernel).T)
-        WTp = pack_b(WT)
+        WTp = pack_b(Wv, True)
         pWT = &WTp[0]
 
     cdef int nchunks = row_chunks(T, B, H, G)
     cdef int ci, b0
     cdef floating[::1] UTp_v
-    cdef floating[:, :] UTm
     cdef const floating *pUTp = NULL
+    cdef floating[:, ::1] UT                          # U^T [G,H] for the in-place kernel
+    cdef const floating *pUT = NULL
     if use_packed(B // nchunks, G):
-        UTm = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
-        UTp_v = pack_b(UTm)
+        UTp_v = pack_b(Uv, True)
         pUTp = &UTp_v[0]
+    elif use_own(<long>H * G * sizeof(floating)):
+        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        pUT = &UT[0, 0]
     cdef floating[:, ::1] part
     if nchunks > 1 and dpeep_arr is not None:       # one accumulator per thread, summed after
         part_arr = np.zeros((nchunks, 3 * H), dtype)

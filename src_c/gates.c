@@ -42,6 +42,32 @@ FL_PACK(float, _f, 64)
 FL_PACK(double, _d, 32)
 #undef FL_PACK
 
+/* The same panels of B^T [K,N] read from B [N,K] (row stride ldb) in one pass: a transposed
+ * weight (the input and recurrent gradients read W^T and U^T) without a transposed copy
+ * first, which took longer than the product's packing. 64 k at a time keep the panel rows
+ * being written in L1. */
+#define FL_PACK_T(T, S, PW)                                                                  \
+static void fl_pack_padded_t##S(int K, int N, const T *B, long ldb, T *dst) {                \
+    int p, k, k0, j, w, kn;                                                                  \
+    for (p = 0; p * PW < N; p++) {                                                           \
+        T *d = dst + (long)p * K * PW;                                                       \
+        w = N - p * PW < PW ? N - p * PW : PW;                                               \
+        for (k0 = 0; k0 < K; k0 += 64) {                                                     \
+            kn = K - k0 < 64 ? K - k0 : 64;                                                  \
+            for (j = 0; j < w; j++) {                                                        \
+                const T *src = B + (long)(p * PW + j) * ldb + k0;                            \
+                for (k = 0; k < kn; k++) d[(long)(k0 + k) * PW + j] = src[k];                \
+            }                                                                                \
+            if (w < PW)                                                                      \
+                for (k = 0; k < kn; k++)                                                     \
+                    memset(d + (long)(k0 + k) * PW + w, 0, (PW - w) * sizeof(T));            \
+        }                                                                                    \
+    }                                                                                        \
+}
+FL_PACK_T(float, _f, 64)
+FL_PACK_T(double, _d, 32)
+#undef FL_PACK_T
+
 /* Each body is one #include of the template; the sets of bodies differ only by target. */
 #define FL_TARGET
 #define V __generic
@@ -262,6 +288,8 @@ long fl_packed_size##S(int K, int N) {                                          
     return (long)K * ((N + FL_PW - 1) / FL_PW) * FL_PW; }                                   \
 void fl_pack_b##S(int K, int N, const REAL *B, int ldb, REAL *Bp) {                         \
     if (K > 0 && N > 0) fl_pack_padded##S(K, N, B, ldb, Bp); }                              \
+void fl_pack_bt##S(int K, int N, const REAL *B, int ldb, REAL *Bp) {                        \
+    if (K > 0 && N > 0) fl_pack_padded_t##S(K, N, B, ldb, Bp); }                            \
 static void fl_fill_rows##S(int M, int N, const REAL *bias, REAL *C, int ldc) {             \
     for (long i = 0; i < M; i++) {                                                          \
         if (bias != NULL) memcpy(C + i * ldc, bias, (size_t)N * sizeof(REAL));              \

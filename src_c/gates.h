@@ -128,6 +128,9 @@ long fl_packed_size_f(int K, int N);
 long fl_packed_size_d(int K, int N);
 void fl_pack_b_f(int K, int N, const float *B, int ldb, float *Bp);
 void fl_pack_b_d(int K, int N, const double *B, int ldb, double *Bp);
+/* The same for B^T [K,N], given B [N,K] (row stride ldb). */
+void fl_pack_bt_f(int K, int N, const float *B, int ldb, float *Bp);
+void fl_pack_bt_d(int K, int N, const double *B, int ldb, double *Bp);
 void fl_gemm_packed_f(int trans, int M, int N, int K, const float *A, int lda,
                       const float *Bp, float *C, int ldc);
 void fl_gemm_packed_d(int trans, int M, int N, int K, const double *A, int lda,

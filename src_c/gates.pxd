@@ -119,6 +119,8 @@ cdef extern from "gates.h" nogil:
     long fl_packed_size_d(int K, int N)
     void fl_pack_b_f(int K, int N, const float *B, int ldb, float *Bp)
     void fl_pack_b_d(int K, int N, const double *B, int ldb, double *Bp)
+    void fl_pack_bt_f(int K, int N, const float *B, int ldb, float *Bp)
+    void fl_pack_bt_d(int K, int N, const double *B, int ldb, double *Bp)
     void fl_gemm_packed_f(int trans, int M, int N, int K, const float *A, int lda,
                           const float *Bp, float *C, int ldc)
     void fl_gemm_packed_d(int trans, int M, int N, int K, const double *A, int lda,
@@ -152,24 +154,32 @@ cdef inline void gemm_set(bint trans, int M, int N, int K, const floating *A, in
         fl_gemm_set_d(trans, M, N, K, A, lda, B, ldb, C, ldc)
 
 
-cdef inline object pack_b(floating[:, :] B):
+cdef inline object pack_b(floating[:, :] B, bint transposed=False):
     """B [K,N] (rows may be strided) packed into the panels gemm_packed_acc reads (a new 1-D
-    array)."""
+    array); with transposed, B^T packed so, B given as [N,K]."""
     import numpy as np
-    cdef int K = B.shape[0], N = B.shape[1]
+    cdef int K = B.shape[1] if transposed else B.shape[0]
+    cdef int N = B.shape[0] if transposed else B.shape[1]
     cdef floating[::1] out
     if K == 0 or N == 0:
         return np.zeros(1, np.float32 if floating is float else np.float64)
     if B.strides[1] != sizeof(floating):
         raise ValueError("B: expected contiguous rows")
+    cdef int ldb = <int>(B.strides[0] // sizeof(floating))
     if floating is float:
         arr = np.empty(max(1, fl_packed_size_f(K, N)), np.float32)
         out = arr
-        fl_pack_b_f(K, N, &B[0, 0], <int>(B.strides[0] // sizeof(float)), &out[0])
+        if transposed:
+            fl_pack_bt_f(K, N, &B[0, 0], ldb, &out[0])
+        else:
+            fl_pack_b_f(K, N, &B[0, 0], ldb, &out[0])
     else:
         arr = np.empty(max(1, fl_packed_size_d(K, N)), np.float64)
         out = arr
-        fl_pack_b_d(K, N, &B[0, 0], <int>(B.strides[0] // sizeof(double)), &out[0])
+        if transposed:
+            fl_pack_bt_d(K, N, &B[0, 0], ldb, &out[0])
+        else:
+            fl_pack_b_d(K, N, &B[0, 0], ldb, &out[0])
     return arr
 
 

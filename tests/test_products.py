@@ -168,6 +168,25 @@ def test_packed_gemm_matches_numpy(isa_level, mode, shape):
         np.testing.assert_array_equal(c_full[:, N:], before[:, N:])   # padding untouched
 
 
+@pytest.mark.parametrize("shape", GEMM_SHAPES + [(9, 70, 1100), (3, 130, 65)])
+def test_packing_a_transposed_weight(isa_level, shape):
+    """W^T packed straight from W (the gradients' transposed kernels) equals packing a
+    transposed copy: same products, bit for bit."""
+    from fastlstm import _gates
+    M, N, K = shape
+    for dtype in DTYPES:
+        rng = np.random.default_rng(seed_of("pack_t", *shape))
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w_full = rng.standard_normal((N, K + 3)).astype(dtype)     # b = w^T, strided rows
+        w = w_full[:, 1:K + 1]
+        b = np.ascontiguousarray(w.T)
+        c1 = rng.standard_normal((M, N)).astype(dtype)
+        c2 = c1.copy()
+        _gates.gemm_accumulate(a, b, c1, packed=True)
+        _gates.gemm_accumulate(a, b, c2, packed=True, b_t=w)
+        np.testing.assert_array_equal(c2, c1)
+
+
 @pytest.mark.parametrize("mode", ["plain", "trans_a", "packed", "packed_bias"])
 @pytest.mark.parametrize("shape", GEMM_SHAPES + [(9, 70, 1100), (4, 3, 0)])
 def test_packed_gemm_overwrites(isa_level, mode, shape):
