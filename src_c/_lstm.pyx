@@ -21,7 +21,7 @@ from blas cimport floating, gemm, gemv
 from products cimport (fl_matmul_policy, fl_max_threads, product, recurrent_grad,
                       recurrent_grad_packed, recurrent_product, recurrent_product_packed,
                       row_chunks, set_kernel_threads, set_policy, split, use_own, use_packed)
-from gates cimport (fl_act, make_act, mul, merge_rows, gemm_set, gemm_packed_set, pack_b,
+from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b,
                     matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
                     fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
@@ -359,8 +359,8 @@ cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const
     """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
     packed GEMM (own) or BLAS."""
     if own:
-        gemm_set(True, I, <int>ng, <int>TB, X, I, dZ + g0, G, dW + g0, G)
-        gemm_set(True, H, <int>ng, <int>TB, Hin, H, dZ + g0, G, dU + g0, G)
+        gemm2_set(True, I, H, <int>ng, <int>TB, X, I, Hin, H, dZ + g0, G, dW + g0, G,
+                  dU + g0, G)
     else:
         gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
              dW + g0, G)

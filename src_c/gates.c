@@ -305,7 +305,7 @@ static void fl_gemm_packed_run##S(int trans, int M, int N, int K, const REAL *A,
         return;                                                                             \
     }                                                                                       \
     FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, NULL, 0, Bp, bias, init, C, ldc,   \
-                                 NULL)); }                                                  \
+                                 0, NULL, 0, NULL, 0, NULL)); }                             \
 void fl_gemm_packed##S(int trans, int M, int N, int K, const REAL *A, int lda,              \
                        const REAL *Bp, REAL *C, int ldc) {                                  \
     fl_gemm_packed_run##S(trans, M, N, K, A, lda, Bp, NULL, 0, C, ldc); }                   \
@@ -313,36 +313,56 @@ void fl_gemm_packed_set##S(int M, int N, int K, const REAL *A, int lda, const RE
                            const REAL *bias, REAL *C, int ldc) {                            \
     fl_gemm_packed_run##S(0, M, N, K, A, lda, Bp, bias, 1, C, ldc); }                       \
 static void fl_gemm_any##S(int trans, int M, int N, int K, const REAL *A, int lda,          \
-                           const REAL *B, int ldb, int init, REAL *C, int ldc, REAL *buf) { \
+                           const REAL *B, int ldb, int init, REAL *C, int ldc, int M2,      \
+                           const REAL *A2, int lda2, REAL *C2, int ldc2, REAL *buf) {       \
     FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, B, ldb, NULL, NULL, init, C, ldc,  \
-                                 buf)); }                                                   \
-static void fl_gemm_run_or_loop##S(int trans, int M, int N, int K, const REAL *A, int lda,  \
-                                   const REAL *B, int ldb, int init, REAL *C, int ldc) {    \
-    REAL *buf;                                                                              \
-    long i, j, k;                                                                           \
-    if (M <= 0 || N <= 0) return;                                                           \
-    if (init) {                                                                             \
-        if (K <= 0) { fl_fill_rows##S(M, N, NULL, C, ldc); return; }                        \
-    } else if (K <= 0) return;                                                              \
-    buf = (REAL *)aligned_alloc(64, (size_t)FL_KC * FL_NC * sizeof(REAL));                  \
-    if (buf != NULL) {                                                                      \
-        fl_gemm_any##S(trans, M, N, K, A, lda, B, ldb, init, C, ldc, buf);                  \
-        free(buf);                                                                          \
-        return;                                                                             \
-    }                                                                                       \
+                                 M2, A2, lda2, C2, ldc2, buf)); }                           \
+static void fl_gemm_loop##S(int trans, int M, int N, int K, const REAL *A, int lda,         \
+                            const REAL *B, int ldb, int init, REAL *C, int ldc) {           \
+    long i, j, k;                    /* out of memory: slow but right */                    \
     if (init) fl_fill_rows##S(M, N, NULL, C, ldc);                                          \
-    for (i = 0; i < M; i++)          /* out of memory: slow but right */                    \
+    for (i = 0; i < M; i++)                                                                 \
         for (k = 0; k < K; k++) {                                                           \
             const REAL a = trans ? A[k * lda + i] : A[i * lda + k];                         \
             for (j = 0; j < N; j++) C[i * ldc + j] += a * B[k * ldb + j];                   \
         }                                                                                   \
 }                                                                                           \
+static void fl_gemm_run_or_loop##S(int trans, int M, int N, int K, const REAL *A, int lda,  \
+                                   const REAL *B, int ldb, int init, REAL *C, int ldc,      \
+                                   int M2, const REAL *A2, int lda2, REAL *C2, int ldc2) {  \
+    REAL *buf;                                                                              \
+    if (N <= 0) return;                                                                     \
+    if (M < 0) M = 0;                                                                       \
+    if (M2 < 0) M2 = 0;                                                                     \
+    if (M == 0 && M2 == 0) return;                                                          \
+    if (K <= 0) {                                                                           \
+        if (init) {                                                                         \
+            fl_fill_rows##S(M, N, NULL, C, ldc);                                            \
+            fl_fill_rows##S(M2, N, NULL, C2, ldc2);                                         \
+        }                                                                                   \
+        return;                                                                             \
+    }                                                                                       \
+    buf = (REAL *)aligned_alloc(64, (size_t)FL_KC * FL_NC * sizeof(REAL));                  \
+    if (buf != NULL) {                                                                      \
+        fl_gemm_any##S(trans, M, N, K, A, lda, B, ldb, init, C, ldc, M2, A2, lda2, C2,      \
+                       ldc2, buf);                                                          \
+        free(buf);                                                                          \
+        return;                                                                             \
+    }                                                                                       \
+    fl_gemm_loop##S(trans, M, N, K, A, lda, B, ldb, init, C, ldc);                          \
+    fl_gemm_loop##S(trans, M2, N, K, A2, lda2, B, ldb, init, C2, ldc2);                     \
+}                                                                                           \
 void fl_gemm##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,      \
                 int ldb, REAL *C, int ldc) {                                                \
-    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 0, C, ldc); }                    \
+    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 0, C, ldc, 0, NULL, 0, NULL, 0); } \
 void fl_gemm_set##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,  \
                     int ldb, REAL *C, int ldc) {                                            \
-    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 1, C, ldc); }
+    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 1, C, ldc, 0, NULL, 0, NULL, 0); } \
+void fl_gemm2_set##S(int trans, int M, int M2, int N, int K, const REAL *A, int lda,        \
+                     const REAL *A2, int lda2, const REAL *B, int ldb, REAL *C, int ldc,    \
+                     REAL *C2, int ldc2) {                                                  \
+    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 1, C, ldc, M2, A2, lda2, C2,     \
+                           ldc2); }
 
 #define REAL float
 FL_EXPORTS_GEMM(float, _f)

@@ -129,6 +129,12 @@ cdef extern from "gates.h" nogil:
                        int ldb, float *C, int ldc)
     void fl_gemm_set_d(int trans, int M, int N, int K, const double *A, int lda,
                        const double *B, int ldb, double *C, int ldc)
+    void fl_gemm2_set_f(int trans, int M, int M2, int N, int K, const float *A, int lda,
+                        const float *A2, int lda2, const float *B, int ldb, float *C, int ldc,
+                        float *C2, int ldc2)
+    void fl_gemm2_set_d(int trans, int M, int M2, int N, int K, const double *A, int lda,
+                        const double *A2, int lda2, const double *B, int ldb, double *C,
+                        int ldc, double *C2, int ldc2)
     void fl_gemm_packed_set_f(int M, int N, int K, const float *A, int lda, const float *Bp,
                               const float *bias, float *C, int ldc)
     void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda,
@@ -152,6 +158,16 @@ cdef inline void gemm_set(bint trans, int M, int N, int K, const floating *A, in
         fl_gemm_set_f(trans, M, N, K, A, lda, B, ldb, C, ldc)
     else:
         fl_gemm_set_d(trans, M, N, K, A, lda, B, ldb, C, ldc)
+
+
+cdef inline void gemm2_set(bint trans, int M, int M2, int N, int K, const floating *A, int lda,
+                           const floating *A2, int lda2, const floating *B, int ldb,
+                           floating *C, int ldc, floating *C2, int ldc2) noexcept nogil:
+    """C = op(A) B and C2 = op(A2) B in one pass: each block of B is packed once for both."""
+    if floating is float:
+        fl_gemm2_set_f(trans, M, M2, N, K, A, lda, A2, lda2, B, ldb, C, ldc, C2, ldc2)
+    else:
+        fl_gemm2_set_d(trans, M, M2, N, K, A, lda, A2, lda2, B, ldb, C, ldc, C2, ldc2)
 
 
 cdef inline object pack_b(floating[:, :] B, bint transposed=False):

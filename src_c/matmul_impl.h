@@ -245,12 +245,15 @@ FL_TARGET static void FN(gk_tiles)(int R, int trans, int kc, const REAL *a, long
 /* C[M,N] += op(A) B, or with init C = op(A) B + bias (bias a row of N, or NULL for none).
  * B is either row-major (ldb; packed here block by block into buf, which holds
  * FL_KC * FL_NC elements) or, when Bp != NULL, pre-packed whole by fl_pack_b. A is [M,K]
- * (trans = 0) or [K,M] (trans = 1), row stride lda. K > 0. */
+ * (trans = 0) or [K,M] (trans = 1), row stride lda. K > 0. With M2 > 0 a second product
+ * C2[M2,N] (=|+=) op(A2) B shares every packed block of B (the weight gradients X^T dZ and
+ * H^T dZ: dZ, the larger operand, is packed once for both). */
 FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL *A, long lda,
                                       const REAL *B, long ldb, const REAL *Bp,
                                       const REAL *bias, int init, REAL *C, long ldc,
+                                      int M2, const REAL *A2, long lda2, REAL *C2, long ldc2,
                                       REAL *buf) {
-    int pc, jc, ic;
+    int pc, jc, ic, part;
     for (pc = 0; pc < K; pc += FL_KC) {
         const int kc = K - pc < FL_KC ? K - pc : FL_KC;
         for (jc = 0; jc < N; jc += FL_NC) {
@@ -265,11 +268,17 @@ FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL
                 blk = buf;
                 ps = (long)kc * FL_PW;
             }
-            for (ic = 0; ic < M; ic += FL_MR) {
-                const int R = M - ic < FL_MR ? M - ic : FL_MR;
-                const REAL *a = trans ? A + (long)pc * lda + ic : A + (long)ic * lda + pc;
-                FN(gk_tiles)(R, trans, kc, a, lda, blk, ps, nc, C + (long)ic * ldc + jc, ldc,
-                             bias != NULL ? bias + jc : NULL, init && pc == 0);
+            for (part = 0; part < 2; part++) {
+                const int m = part ? M2 : M;
+                const REAL *Ap = part ? A2 : A;
+                const long la = part ? lda2 : lda, lc = part ? ldc2 : ldc;
+                REAL *Cp = part ? C2 : C;
+                for (ic = 0; ic < m; ic += FL_MR) {
+                    const int R = m - ic < FL_MR ? m - ic : FL_MR;
+                    const REAL *a = trans ? Ap + (long)pc * la + ic : Ap + (long)ic * la + pc;
+                    FN(gk_tiles)(R, trans, kc, a, la, blk, ps, nc, Cp + (long)ic * lc + jc, lc,
+                                 bias != NULL ? bias + jc : NULL, init && pc == 0);
+                }
             }
         }
     }
