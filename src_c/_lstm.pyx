@@ -457,7 +457,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if use_packed(B // nchunks, G):
         UTp_v = pack_b(Uv, True)
         pUTp = &UTp_v[0]
-    elif use_own(<long>H * G * sizeof(floating)):
+    elif B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
     cdef floating[:, ::1] part

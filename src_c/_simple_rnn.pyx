@@ -187,7 +187,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
 
     cdef floating[:, ::1] UT                          # U^T for the own-kernel path
     cdef const floating *pUT = NULL
-    if use_own(<long>H * H * sizeof(floating)):
+    if B > 1 and use_own(<long>H * H * sizeof(floating)):   # one row reads U by rows
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
 

@@ -261,7 +261,9 @@ double fl_parallel_min_macs = 16777216.0;   /* 2^24 */
 #define FL_EXPORTS_MATMUL(REAL, S)                                                          \
 void fl_matmul_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *W, int ldw,  \
                       REAL *C, int ldc) {                                                   \
-    FL_DISPATCH(fl_matmul_acc##S, (M, N, K, A, lda, W, ldw, C, ldc)); }
+    FL_DISPATCH(fl_matmul_acc##S, (M, N, K, A, lda, W, ldw, C, ldc)); }                     \
+void fl_gemv_t_acc##S(int N, int K, const REAL *W, int ldw, const REAL *x, REAL *y) {       \
+    if (N > 0) FL_DISPATCH(fl_gemv_t_acc##S, (N, K, W, ldw, x, y)); }
 
 #define FL_EXPORTS_PACKED(REAL, S)                                                          \
 void fl_matmul_packed_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *Wp,   \

@@ -103,6 +103,9 @@ void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *
                      float *C, int ldc);
 void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W, int ldw,
                      double *C, int ldc);
+/* y[N] += W[N,K] x[K] (row stride ldw): the one-row product with a transposed weight. */
+void fl_gemv_t_acc_f(int N, int K, const float *W, int ldw, const float *x, float *y);
+void fl_gemv_t_acc_d(int N, int K, const double *W, int ldw, const double *x, double *y);
 
 /* W[K,N] (row stride ldw) -> Wp[K*N]: column panels of FL_PANEL_BYTES (the last one
  * narrower), each K x (panel width) row-major; and C[M,N] += A[M,K] W[K,N] over it. For

@@ -72,6 +72,17 @@ cdef extern from "gates.h" nogil:
                          float *C, int ldc)
     void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W,
                          int ldw, double *C, int ldc)
+    void fl_gemv_t_acc_f(int N, int K, const float *W, int ldw, const float *x, float *y)
+    void fl_gemv_t_acc_d(int N, int K, const double *W, int ldw, const double *x, double *y)
+
+
+cdef inline void gemv_t_acc(int N, int K, const floating *W, int ldw, const floating *x,
+                            floating *y) noexcept nogil:
+    """y[N] += W[N,K] x[K]: a row of the product with W^T, reading W by rows."""
+    if floating is float:
+        fl_gemv_t_acc_f(N, K, W, ldw, x, y)
+    else:
+        fl_gemv_t_acc_d(N, K, W, ldw, x, y)
 
 
 cdef inline void matmul_acc(int M, int N, int K, const floating *A, int lda, const floating *W,

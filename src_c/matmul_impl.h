@@ -75,6 +75,36 @@ FL_TARGET static void FN(fl_gemv_acc)(int N, int K, const REAL *a, const REAL *W
     if (k < K) FN(gemv_rows)(K - k, N, a + k, W + (long)k * ldw, ldw, c);
 }
 
+/* y[N] += W[N,K] x[K]: a dot product per row of W, for the gradient dh = dz U^T at one row
+ * (U^T as U read by rows: no transposed copy of U). 4 rows at a time, two accumulators each;
+ * x stays in L1 while W streams through once. */
+FL_TARGET static void FN(fl_gemv_t_acc)(int N, int K, const REAL *W, int ldw, const REAL *x,
+                                        REAL *y) {
+    int i = 0, k, r, l;
+    for (; i < N; i += 4) {
+        const int R = N - i < 4 ? N - i : 4;
+        FN(vec) a0[4], a1[4];
+        REAL s[4];
+        for (r = 0; r < 4; r++) a0[r] = a1[r] = (FN(vec)){0};
+        for (k = 0; k + 2 * FL_VL <= K; k += 2 * FL_VL) {
+            const FN(vec) x0 = FN(vload)(x + k), x1 = FN(vload)(x + k + FL_VL);
+            for (r = 0; r < R; r++) {
+                const REAL *w = W + (long)(i + r) * ldw + k;
+                a0[r] += FN(vload)(w) * x0;
+                a1[r] += FN(vload)(w + FL_VL) * x1;
+            }
+        }
+        for (r = 0; r < R; r++) {
+            const FN(vec) a = a0[r] + a1[r];
+            REAL t = 0;
+            for (l = 0; l < FL_VL; l++) t += a[l];
+            for (int kk = k; kk < K; kk++) t += W[(long)(i + r) * ldw + kk] * x[kk];
+            s[r] = t;
+        }
+        for (r = 0; r < R; r++) y[i + r] += s[r];
+    }
+}
+
 FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int lda,
                                         const REAL *W, int ldw, REAL *C, int ldc) {
     const int step = FL_NV * FL_VL;

@@ -7,7 +7,7 @@
 from cython.parallel cimport prange
 from libc.string cimport memset
 from blas cimport floating, gemm, gemv
-from gates cimport gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, matmul_acc
+from gates cimport gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemv_t_acc, matmul_acc
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
@@ -108,8 +108,13 @@ cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz
                                 const floating *U, int ldu, const floating *UT,
                                 floating beta, floating *dh) noexcept nogil:
     """dh[B,H] = dz[B,N] (row stride ldz) U[H,N]^T (row stride ldu) + beta dh; beta is 0 or
-    1. UT [N,H] row-major is the same block of U transposed (own kernel), or NULL (BLAS)."""
-    if UT != NULL:
+    1. UT [N,H] row-major is the same block of U transposed (own kernel), or NULL (BLAS).
+    One row needs no UT: a dot product per row of U, while U fits in cache."""
+    if B == 1 and use_own(<long>H * N * sizeof(floating)):
+        if beta == 0:
+            memset(dh, 0, H * sizeof(floating))
+        gemv_t_acc(H, N, U, ldu, dz, dh)
+    elif UT != NULL:
         if beta == 0:
             memset(dh, 0, <long>B * H * sizeof(floating))
         matmul_acc(B, H, N, dz, ldz, UT, H, dh, H)
