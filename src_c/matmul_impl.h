@@ -75,33 +75,66 @@ FL_TARGET static void FN(fl_gemv_acc)(int N, int K, const REAL *a, const REAL *W
     if (k < K) FN(gemv_rows)(K - k, N, a + k, W + (long)k * ldw, ldw, c);
 }
 
+/* The sum of a vector's lanes: halves folded onto each other down to 16 bytes (a few
+ * shuffles and adds), then the last 2-4 lanes; a plain loop over the lanes was a chain of
+ * dependent scalar adds that dominated a short dot product. */
+FL_INLINE REAL FN(hsum)(FN(vec) a) {
+    typedef REAL q16 __attribute__((vector_size(16)));
+    q16 q, r;
+    int l;
+    REAL t = 0;
+#if FL_VBYTES >= 64
+    typedef REAL q32 __attribute__((vector_size(32)));
+    q32 lo, hi;
+    memcpy(&lo, &a, 32);
+    memcpy(&hi, (const char *)&a + 32, 32);
+    lo += hi;
+    memcpy(&q, &lo, 16);
+    memcpy(&r, (const char *)&lo + 16, 16);
+    q += r;
+#elif FL_VBYTES >= 32
+    memcpy(&q, &a, 16);
+    memcpy(&r, (const char *)&a + 16, 16);
+    q += r;
+#else
+    memcpy(&q, &a, 16);
+#endif
+    (void)r;
+    for (l = 0; l < (int)(16 / sizeof(REAL)); l++) t += q[l];
+    return t;
+}
+
 /* y[N] += W[N,K] x[K]: a dot product per row of W, for the gradient dh = dz U^T at one row
- * (U^T as U read by rows: no transposed copy of U). 4 rows at a time, two accumulators each;
- * x stays in L1 while W streams through once. */
+ * (U^T as U read by rows: no transposed copy of U). R rows at a time (a compile-time count
+ * when inlined), two accumulators each; x stays in L1 while W streams through once. */
+FL_INLINE void FN(gemv_t_rows)(const int R, int K, const REAL *W, int ldw, const REAL *x,
+                               REAL *y) {
+    FN(vec) a0[4], a1[4];
+    int k, r;
+    for (r = 0; r < R; r++) a0[r] = a1[r] = (FN(vec)){0};
+    for (k = 0; k + 2 * FL_VL <= K; k += 2 * FL_VL) {
+        const FN(vec) x0 = FN(vload)(x + k), x1 = FN(vload)(x + k + FL_VL);
+        for (r = 0; r < R; r++) {
+            a0[r] += FN(vload)(W + (long)r * ldw + k) * x0;
+            a1[r] += FN(vload)(W + (long)r * ldw + k + FL_VL) * x1;
+        }
+    }
+    for (r = 0; r < R; r++) {
+        REAL t = FN(hsum)(a0[r] + a1[r]);
+        for (int kk = k; kk < K; kk++) t += W[(long)r * ldw + kk] * x[kk];
+        y[r] += t;
+    }
+}
+
 FL_TARGET static void FN(fl_gemv_t_acc)(int N, int K, const REAL *W, int ldw, const REAL *x,
                                         REAL *y) {
-    int i = 0, k, r, l;
-    for (; i < N; i += 4) {
-        const int R = N - i < 4 ? N - i : 4;
-        FN(vec) a0[4], a1[4];
-        REAL s[4];
-        for (r = 0; r < 4; r++) a0[r] = a1[r] = (FN(vec)){0};
-        for (k = 0; k + 2 * FL_VL <= K; k += 2 * FL_VL) {
-            const FN(vec) x0 = FN(vload)(x + k), x1 = FN(vload)(x + k + FL_VL);
-            for (r = 0; r < R; r++) {
-                const REAL *w = W + (long)(i + r) * ldw + k;
-                a0[r] += FN(vload)(w) * x0;
-                a1[r] += FN(vload)(w + FL_VL) * x1;
-            }
-        }
-        for (r = 0; r < R; r++) {
-            const FN(vec) a = a0[r] + a1[r];
-            REAL t = 0;
-            for (l = 0; l < FL_VL; l++) t += a[l];
-            for (int kk = k; kk < K; kk++) t += W[(long)(i + r) * ldw + kk] * x[kk];
-            s[r] = t;
-        }
-        for (r = 0; r < R; r++) y[i + r] += s[r];
+    int i = 0;
+    for (; i + 4 <= N; i += 4) FN(gemv_t_rows)(4, K, W + (long)i * ldw, ldw, x, y + i);
+    switch (N - i) {
+    case 3: FN(gemv_t_rows)(3, K, W + (long)i * ldw, ldw, x, y + i); break;
+    case 2: FN(gemv_t_rows)(2, K, W + (long)i * ldw, ldw, x, y + i); break;
+    case 1: FN(gemv_t_rows)(1, K, W + (long)i * ldw, ldw, x, y + i); break;
+    default: break;
     }
 }
 
