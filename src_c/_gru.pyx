@@ -24,8 +24,8 @@ from fastlstm.backends.grad_buffers import state_grads
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
-from products cimport (fl_matmul_policy, fl_max_threads, par_gemm, recurrent_grad, recurrent_product,
-                      row_chunks, set_kernel_threads, set_policy, split, use_own)
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
+                      recurrent_grad, recurrent_product, row_chunks, set_kernel_threads, set_policy, split, use_own)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, matmul_packed_acc, pack_panels,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
                     fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
@@ -69,6 +69,11 @@ cdef inline void bwd_reset(int B, int H, fl_act ract, floating *z, const floatin
 def set_threads(int n, double parallel_min_macs=-1):
     """Threads for this module's parallel loops (see fastlstm/threads.py)."""
     set_kernel_threads(n, parallel_min_macs)
+
+
+def get_parallel_min_macs():
+    """The smallest product (multiply-adds) the kernels split over threads."""
+    return fl_parallel_min_macs
 
 
 def set_recurrent_matmul(str which):

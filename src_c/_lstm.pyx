@@ -18,12 +18,17 @@ from fastlstm.backends.grad_buffers import state_grads
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
-from products cimport (fl_matmul_policy, fl_max_threads, product, recurrent_grad,
-                      recurrent_grad_packed, recurrent_product, recurrent_product_packed,
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, product,
+                      recurrent_grad, recurrent_grad_packed, recurrent_product, recurrent_product_packed,
                       row_chunks, set_kernel_threads, set_policy, split, use_own, use_packed)
 from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b,
                     matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
                     fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+
+def get_parallel_min_macs():
+    """The smallest product (multiply-adds) the kernels split over threads."""
+    return fl_parallel_min_macs
+
 
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
@@ -454,7 +459,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef const floating *pUTp = NULL
     cdef floating[:, ::1] UT                          # U^T [G,H] for the in-place kernel
     cdef const floating *pUT = NULL
-    if use_packed(B // nchunks, G):
+    # One row over a long sequence: U^T packed beats both in-place one-row products.
+    if use_packed(B // nchunks, G) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
         UTp_v = pack_b(Uv, True)
         pUTp = &UTp_v[0]
     elif B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows

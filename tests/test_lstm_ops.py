@@ -318,15 +318,17 @@ def test_nan_input_propagates_without_crashing():
 @pytest.mark.parametrize("policy", ["blas", "own"])
 @pytest.mark.parametrize("B", [1, 5, 16])
 def test_both_recurrent_product_paths_match_oracle(policy, B):
-    """The per-step product runs on our register-blocked kernel or on BLAS; both are exact."""
+    """The per-step product runs on our register-blocked kernel or on BLAS; both are exact.
+    One row over 32 steps or more takes U^T packed in backward."""
     from fastlstm import _lstm
     _lstm.set_recurrent_matmul(policy)
+    T = 40 if B == 1 else 4
     try:
         rng = np.random.default_rng(B)
         for dtype in DTYPES:
-            kw = make_problem(rng, dtype, 4, B, 7, 37, dict(peephole=True, mask="gaps",
+            kw = make_problem(rng, dtype, T, B, 7, 37, dict(peephole=True, mask="gaps",
                                                             recurrent_dropout_mask=True))
-            grads = output_grads(rng, dtype, 4, B, 37, True)
+            grads = output_grads(rng, dtype, T, B, 37, True)
             compare_backend("cpu", kw, grads, np.dtype(dtype))
     finally:
         _lstm.set_recurrent_matmul("auto")
@@ -361,7 +363,7 @@ def test_matmul_kernel_every_isa(level, M, K, N):
 def test_threaded_time_loop_matches_oracle(threads, opt_name):
     """Batch rows are split across threads for the whole sequence; uneven splits too."""
     from fastlstm import _lstm
-    before = _lstm.get_threads()
+    before, min_macs = _lstm.get_threads(), _lstm.get_parallel_min_macs()
     _lstm.set_threads(threads, 0)            # split even these small problems
     try:
         rng = np.random.default_rng(seed_of(threads, opt_name))
@@ -370,7 +372,7 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
             grads = output_grads(rng, dtype, 6, 13, 9, kw["return_sequences"])
             compare_backend("cpu", kw, grads, np.dtype(dtype))
     finally:
-        _lstm.set_threads(before, 1 << 27)
+        _lstm.set_threads(before, min_macs)
 
 
 @pytest.mark.parametrize("opt_name", ["plain", "everything", "everything_cifg_last"])

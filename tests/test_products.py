@@ -117,6 +117,7 @@ def test_lstm_projection_paths_match_oracle(on_blas):
 def test_gru_threaded_loops_match_oracle(threads, reset_after):
     """GRU rows split over threads for the whole sequence, products split in slices."""
     from fastlstm import _gru
+    min_macs = _gru.get_parallel_min_macs()
     _gru.set_threads(threads, 0)                 # split even this small problem
     try:
         for dtype in DTYPES:
@@ -129,7 +130,7 @@ def test_gru_threaded_loops_match_oracle(threads, reset_after):
             for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
                 assert_close(getattr(g, f), getattr(rg, f), dtype, f)
     finally:
-        _gru.set_threads(fl.get_num_threads(), 1 << 27)
+        _gru.set_threads(fl.get_num_threads(), min_macs)
 
 
 # The packed GEMM of the many-row products: sizes around its register tile (6 rows, 64 or
@@ -239,6 +240,7 @@ def test_lstm_packed_products_match_oracle(policy, threads):
     from fastlstm.threads import init_threads
     _lstm.set_recurrent_matmul(policy)
     _lstm.set_projection_blas(False)
+    min_macs = _lstm.get_parallel_min_macs()
     _lstm.set_threads(threads, 0)
     try:
         for dtype in DTYPES:
@@ -254,5 +256,5 @@ def test_lstm_packed_products_match_oracle(policy, threads):
                 assert_close(getattr(g, f), getattr(rg, f), dtype, f)
     finally:
         _lstm.set_recurrent_matmul("auto")
-        _lstm.set_threads(fl.get_num_threads(), 1 << 27)
+        _lstm.set_threads(fl.get_num_threads(), min_macs)
         init_threads()
