@@ -143,6 +143,12 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
     cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
+    # Returning the sequence without a mask, each step writes its h straight into Y and the
+    # next step reads it there (no copy per step); h gets the last one at the end.
+    cdef bint ydirect = return_sequences and mask == NULL
+    cdef floating *ph_out = ph
+    if ydirect and s0 > 0:
+        ph = Y + (s0 - 1) * BH + rh
     for s in range(s0, s1):
         t = T - 1 - s if go_backwards else s
         if training:
@@ -171,11 +177,14 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
                 po_prev = Y + (s - 1) * BH + rh if s > 0 else NULL
             else:
                 po = po_prev = out + rh
-        fwd_step(nb, H, coupled, act, ract, Z + (t - zt0) * BG + rg, P, pm, ph, pc, ph, pc_out,
-                 po_prev, po, scratch)
+        if ydirect:
+            ph_out = Y + s * BH + rh
+        fwd_step(nb, H, coupled, act, ract, Z + (t - zt0) * BG + rg, P, pm, ph, pc, ph_out,
+                 pc_out, po_prev, po, scratch)
+        ph = ph_out
         pc = pc_out
-        if return_sequences and mask == NULL:
-            memcpy(Y + s * BH + rh, ph, nbh * sizeof(floating))
+    if ydirect and s1 > s0:
+        memcpy(h + rh, ph, nbh * sizeof(floating))
 
 
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
