@@ -385,11 +385,11 @@ def test_inference_in_time_chunks_equals_one_pass(opt_name):
         for k in ("input_dropout_mask", "recurrent_dropout_mask"):
             kw.pop(k, None)
         ref = ops.lstm_forward(**kw)
-        _lstm.set_inference_chunk_bytes(3 * 6 * 28 * np.dtype(dtype).itemsize)  # 3 steps
+        _lstm.set_inference_chunk_bytes(3 * 6 * 28 * np.dtype(dtype).itemsize, 1)  # 3 steps
         try:
             got = ops.lstm_forward(**kw)
         finally:
-            _lstm.set_inference_chunk_bytes(8 << 20)
+            _lstm.set_inference_chunk_bytes(2 << 20, 512)
         for a, b in zip(got[:3], ref[:3]):
             np.testing.assert_array_equal(a, b)
         with fl.use_backend("numpy"):
