@@ -569,43 +569,39 @@ cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx
 
 
 cdef enum:
-    STEP_SPLIT_MIN_BYTES = 1 << 20   # weights from which a batch-1 step splits its units
+    STEP_SPLIT_MIN_BYTES = 1 << 20   # weights from which a batch-1 step splits its columns
 
 
-cdef inline void step_units(int I, int H, int G, int u0, int u1, const floating *x,
-                            const floating *h, const floating *c, const floating *W,
-                            const floating *U, const floating *b, bint coupled, fl_act act,
-                            fl_act ract, floating *z, floating *scratch, floating *h_out,
-                            floating *c_out) noexcept nogil:
-    """Units [u0, u1) of a batch-1 step without peepholes: every gate's columns of those units
-    (z holds them gate after gate, nblk * (u1 - u0)), then their new h and c. A thread that
-    always takes the same units reads only its share of W and U, which stays in its core's L2."""
-    cdef int nblk = G // H, n = u1 - u0, g
-    for g in range(nblk):
-        if b != NULL:
-            memcpy(z + g * n, b + g * H + u0, n * sizeof(floating))
-        else:
-            memset(z + g * n, 0, n * sizeof(floating))
-        product(1, I, n, x, I, W + g * H + u0, G, <floating>1, z + g * n, n)
-        product(1, H, n, h, H, U + g * H + u0, G, <floating>1, z + g * n, n)
-    fwd_step(1, n, coupled, act, ract, z, NULL, NULL, h + u0, c + u0, h_out + u0, c_out + u0,
-             NULL, NULL, scratch + u0)
+cdef inline void step_cols(int I, int H, int G, int c0, int c1, const floating *x,
+                           const floating *h, const floating *W, const floating *U,
+                           const floating *b, floating *z) noexcept nogil:
+    """Columns [c0, c1) of a batch-1 step's z = b + x W + h U. A thread that always takes the
+    same columns reads only its share of W and U (rows of contiguous columns, which stream
+    well), and that share stays in its core's L2."""
+    cdef int n = c1 - c0
+    if b != NULL:
+        memcpy(z + c0, b + c0, n * sizeof(floating))
+    else:
+        memset(z + c0, 0, n * sizeof(floating))
+    product(1, I, n, x, I, W + c0, G, <floating>1, z + c0, G)
+    product(1, H, n, h, H, U + c0, G, <floating>1, z + c0, G)
 
 
 cdef inline void step_split(int nt, int I, int H, int G, const floating *x, const floating *h,
                             const floating *c, const floating *W, const floating *U,
-                            const floating *b, bint coupled, fl_act act, fl_act ract,
-                            floating *z, floating *scratch, floating *h_out,
+                            const floating *b, const floating *P, bint coupled, fl_act act,
+                            fl_act ract, floating *z, floating *scratch, floating *h_out,
                             floating *c_out) noexcept nogil:
-    """A batch-1 step with its units split over nt threads (slices of whole 16-unit groups:
-    full vectors), one parallel region and no barrier inside."""
-    cdef int k, u0, u1, groups = (H + 15) // 16
+    """A batch-1 step whose products are split by columns over nt threads (whole 16-column
+    groups: full vectors) in one parallel region; the gates, a few hundred values, follow on
+    this thread."""
+    cdef int k, c0, c1, groups = (G + 15) // 16
     for k in prange(nt, num_threads=nt, schedule="static"):
-        u0 = min(H, (k * groups // nt) * 16)
-        u1 = min(H, ((k + 1) * groups // nt) * 16)
-        if u1 > u0:
-            step_units(I, H, G, u0, u1, x, h, c, W, U, b, coupled, act, ract,
-                       z + (G // H) * u0, scratch, h_out, c_out)
+        c0 = min(G, (k * groups // nt) * 16)
+        c1 = min(G, ((k + 1) * groups // nt) * 16)
+        if c1 > c0:
+            step_cols(I, H, G, c0, c1, x, h, W, U, b, z)
+    fwd_step(1, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
 cdef class StepPlan:
@@ -699,22 +695,24 @@ cdef class StepPlan:
         cdef void *pco = cnp.PyArray_DATA(<cnp.ndarray>c_out)
         cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
                                                // cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
-        cdef int nt = min(fl_max_threads, max(1, H // 64))
-        if (B == 1 and nt > 1 and self.pP == NULL and fl_matmul_policy != 1
+        cdef int nt = min(fl_max_threads, max(1, G // 256))
+        if (B == 1 and nt > 1 and fl_matmul_policy != 1
                 and <long>(I + H) * G * cnp.PyArray_ITEMSIZE(<cnp.ndarray>x) >= STEP_SPLIT_MIN_BYTES):
             with nogil:
                 if tn == cnp.NPY_FLOAT:
                     step_split(nt, I, H, G, <const float *>px, <const float *>ph,
                                <const float *>pc, <const float *>self.pW,
-                               <const float *>self.pU, <const float *>self.pb, self.coupled,
-                               self.act, self.ract, <float *>self.pz, <float *>self.pscratch,
-                               <float *>pho, <float *>pco)
+                               <const float *>self.pU, <const float *>self.pb,
+                               <const float *>self.pP, self.coupled, self.act, self.ract,
+                               <float *>self.pz, <float *>self.pscratch, <float *>pho,
+                               <float *>pco)
                 else:
                     step_split(nt, I, H, G, <const double *>px, <const double *>ph,
                                <const double *>pc, <const double *>self.pW,
-                               <const double *>self.pU, <const double *>self.pb, self.coupled,
-                               self.act, self.ract, <double *>self.pz, <double *>self.pscratch,
-                               <double *>pho, <double *>pco)
+                               <const double *>self.pU, <const double *>self.pb,
+                               <const double *>self.pP, self.coupled, self.act, self.ract,
+                               <double *>self.pz, <double *>self.pscratch, <double *>pho,
+                               <double *>pco)
             return h_out, [h_out, c_out]
         with nogil:
             if tn == cnp.NPY_FLOAT:

@@ -248,9 +248,9 @@ def test_compiled_step_equals_sequence_call(opt, dtype, B, I, H):
 @pytest.mark.parametrize("opt", list(STEP_OPTIONS) + ["no_bias"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_split_step_equals_sequence_call(opt, dtype):
-    """From 1 MiB of weights a batch-1 step splits its units over the threads (16-unit groups,
-    here 17 of them: an uneven split and a last group of 8); it walks the same trajectory as
-    the sequence call. Peepholes keep the one-thread step."""
+    """From 1 MiB of weights a batch-1 step splits its products' columns over the threads
+    (16-column groups, an uneven split with a last group of 8); it walks the same trajectory
+    as the sequence call."""
     from fastlstm.threads import get_num_threads, set_loop_threads
     rng = np.random.default_rng(hash((opt, dtype)) % 2**32)
     T, I, H = 4, 200, 264
