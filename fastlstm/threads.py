@@ -95,14 +95,15 @@ def single_threaded_blas():
                 c.set_num_threads(n)
 
 
-# OpenBLAS core types with AVX-512 kernels: there BLAS beats our kernel on the many-row
-# products (input projection, input gradient); with AVX2 kernels ours is faster.
+# OpenBLAS core types with AVX-512 kernels: there BLAS is a little faster than our packed GEMM
+# on the gradients' many-row products (input and weight gradients); with AVX2 kernels ours is
+# faster. The input projection stays on ours either way.
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
 
 
 def init_threads() -> None:
     """At import: the kernels' loops use the cores this process may run on, and the
-    many-row products go to BLAS when its kernels are AVX-512 ones."""
+    gradients' many-row products go to BLAS when its kernels are AVX-512 ones."""
     _set_kernel_threads(_cores())
     arch = " ".join(str(c.architecture).lower() for c in _scipy_blas()
                     if getattr(c, "architecture", None))

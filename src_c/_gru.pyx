@@ -151,7 +151,8 @@ cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (
 
 
 def set_projection_blas(bint on):
-    """Run the input projection on BLAS even when the weights fit our kernel."""
+    """Run the gradients' many-row products on BLAS (when it has AVX-512 kernels: faster
+    there at the larger sizes); the input projection stays on our kernel, as fast or faster."""
     global projections_on_blas
     projections_on_blas = on
 
@@ -229,8 +230,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # Our kernel reads the weights packed in column panels (see _lstm.forward): the input
     # kernel for the projection, the recurrent kernel for the time loop; [z r] and h blocks
     # apart where they land in different places. One copy per call: from a few dozen rows.
-    cdef bint own_proj = (TB >= 32 and use_own(<long>I * G * sizeof(floating))
-                          and not projections_on_blas)
+    cdef bint own_proj = TB >= 32 and use_own(<long>I * G * sizeof(floating))
     wp1 = wp2 = up1 = up2 = None
     if own_proj:
         wp1 = packed_cols(kernel, 0, 2 * H if reset_after else G, dtype)
