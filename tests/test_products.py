@@ -147,13 +147,16 @@ def isa_level(request):
     _gates.force_isa_level(-1)
 
 
-@pytest.mark.parametrize("mode", ["plain", "trans_a", "packed"])
-@pytest.mark.parametrize("shape", GEMM_SHAPES)
-def test_packed_gemm_matches_numpy(isa_level, mode, shape):
+@pytest.mark.parametrize("mode, overwrite", [(m, o) for m in ("plain", "trans_a", "packed")
+                                              for o in (False, True)] + [("packed_bias", True)])
+@pytest.mark.parametrize("shape", GEMM_SHAPES + [(9, 70, 1100), (4, 3, 0)])
+def test_packed_gemm_matches_numpy(isa_level, mode, shape, overwrite):
+    """C += op(A) B, or with overwrite C = op(A) B (+ bias): the overwriting forms (input
+    projection with its bias, gradients) never read C, which starts as NaN for them."""
     from fastlstm import _gates
     M, N, K = shape
     for dtype in DTYPES:
-        rng = np.random.default_rng(seed_of("gemm", mode, *shape))
+        rng = np.random.default_rng(seed_of("gemm", mode, overwrite, *shape))
         trans = mode == "trans_a"
         # views into wider arrays: every leading dimension exceeds its row length
         a_full = rng.standard_normal((K, M + 3) if trans else (M, K + 3)).astype(dtype)
@@ -161,11 +164,19 @@ def test_packed_gemm_matches_numpy(isa_level, mode, shape):
         c_full = rng.standard_normal((M, N + 2)).astype(dtype)
         a = a_full[:, 1:M + 1] if trans else a_full[:, 1:K + 1]
         b, c = b_full[:, 2:N + 2], c_full[:, :N]
+        ref = (a.T if trans else a).astype(np.float64) @ b
+        if overwrite:
+            c[...] = np.nan
+        else:
+            ref = ref + c
+        bias = rng.standard_normal(N).astype(dtype) if mode == "packed_bias" else None
+        if bias is not None:
+            ref = ref + bias
         before = c_full.copy()
-        ref = c.astype(np.float64) + (a.T if trans else a).astype(np.float64) @ b
-        _gates.gemm_accumulate(a, b, c, trans_a=trans, packed=mode == "packed")
+        _gates.gemm_accumulate(a, b, c, trans_a=trans, packed=mode.startswith("packed"),
+                               overwrite=overwrite, bias=bias)
         tol = 1e-5 if dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(c, ref, rtol=tol, atol=tol * np.sqrt(K) * 4)
+        np.testing.assert_allclose(c, ref, rtol=tol, atol=tol * np.sqrt(max(K, 1)) * 4)
         np.testing.assert_array_equal(c_full[:, N:], before[:, N:])   # padding untouched
 
 
@@ -186,34 +197,6 @@ def test_packing_a_transposed_weight(isa_level, shape):
         _gates.gemm_accumulate(a, b, c1, packed=True)
         _gates.gemm_accumulate(a, b, c2, packed=True, b_t=w)
         np.testing.assert_array_equal(c2, c1)
-
-
-@pytest.mark.parametrize("mode", ["plain", "trans_a", "packed", "packed_bias"])
-@pytest.mark.parametrize("shape", GEMM_SHAPES + [(9, 70, 1100), (4, 3, 0)])
-def test_packed_gemm_overwrites(isa_level, mode, shape):
-    """The overwriting forms (input projection with its bias, gradients) never read C: C
-    starts as NaN and must come out as exactly the product (plus the bias)."""
-    from fastlstm import _gates
-    M, N, K = shape
-    for dtype in DTYPES:
-        rng = np.random.default_rng(seed_of("gemm_set", mode, *shape))
-        trans = mode == "trans_a"
-        a_full = rng.standard_normal((K, M + 3) if trans else (M, K + 3)).astype(dtype)
-        b_full = rng.standard_normal((K, N + 5)).astype(dtype)
-        c_full = rng.standard_normal((M, N + 2)).astype(dtype)
-        a = a_full[:, 1:M + 1] if trans else a_full[:, 1:K + 1]
-        b, c = b_full[:, 2:N + 2], c_full[:, :N]
-        c[...] = np.nan
-        before = c_full.copy()
-        bias = rng.standard_normal(N).astype(dtype) if mode == "packed_bias" else None
-        ref = (a.T if trans else a).astype(np.float64) @ b
-        if bias is not None:
-            ref = ref + bias
-        _gates.gemm_accumulate(a, b, c, trans_a=trans, packed=mode.startswith("packed"),
-                               overwrite=True, bias=bias)
-        tol = 1e-5 if dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(c, ref, rtol=tol, atol=tol * np.sqrt(max(K, 1)) * 4)
-        np.testing.assert_array_equal(c_full[:, N:], before[:, N:])   # padding untouched
 
 
 def test_packed_gemm_empty_and_bad_shapes():
