@@ -25,7 +25,8 @@ from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
-                      recurrent_grad, recurrent_product, row_chunks, set_kernel_threads, set_policy, split, use_own)
+                      recurrent_grad, recurrent_product, row_chunks, set_kernel_threads,
+                      set_policy, split, use_own)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, matmul_packed_acc, pack_panels,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
                     fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)

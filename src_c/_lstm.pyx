@@ -19,11 +19,13 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, product,
-                      recurrent_grad, recurrent_grad_packed, recurrent_product, recurrent_product_packed,
-                      row_chunks, set_kernel_threads, set_policy, split, use_own, use_packed)
+                      recurrent_grad, recurrent_grad_packed, recurrent_product,
+                      recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
+                      use_own, use_packed)
 from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b,
                     matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
                     fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+
 
 def get_parallel_min_macs():
     """The smallest product (multiply-adds) the kernels split over threads."""
@@ -448,7 +450,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long t
 
-
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
     dU_arr = np.empty((H, G), dtype)
@@ -698,8 +699,8 @@ cdef class StepPlan:
         cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
                                                // cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
         cdef int nt = min(fl_max_threads, max(1, G // 256))
-        if (B == 1 and nt > 1 and fl_matmul_policy != 1
-                and <long>(I + H) * G * cnp.PyArray_ITEMSIZE(<cnp.ndarray>x) >= STEP_SPLIT_MIN_BYTES):
+        cdef long weight_bytes = <long>(I + H) * G * cnp.PyArray_ITEMSIZE(<cnp.ndarray>x)
+        if B == 1 and nt > 1 and fl_matmul_policy != 1 and weight_bytes >= STEP_SPLIT_MIN_BYTES:
             with nogil:
                 if tn == cnp.NPY_FLOAT:
                     step_split(nt, I, H, G, <const float *>px, <const float *>ph,

@@ -7,7 +7,8 @@
 from cython.parallel cimport prange
 from libc.string cimport memset
 from blas cimport floating, gemm, gemv
-from gates cimport gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemv_t_acc, matmul_acc
+from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemv_t_acc,
+                   matmul_acc)
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
@@ -154,8 +155,9 @@ cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, float
         if by_rows:
             a = <int>(<long>k * M // n)
             e = <int>(<long>(k + 1) * M // n)
-            slice_gemm(trans_a, trans_b, e - a, N, K, alpha, A + (a if trans_a else <long>a * lda),
-                       lda, B, ldb, beta, C + <long>a * ldc, ldc, own)
+            slice_gemm(trans_a, trans_b, e - a, N, K, alpha,
+                       A + (a if trans_a else <long>a * lda), lda, B, ldb, beta,
+                       C + <long>a * ldc, ldc, own)
         else:
             a = <int>(<long>k * N // n)
             e = <int>(<long>(k + 1) * N // n)
