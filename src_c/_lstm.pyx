@@ -8,6 +8,8 @@
 #           B=1), then one fused elementwise pass turns Z[t] into gates and updates h, c.
 # Backward: per step the elementwise pass writes dZ[t] over the saved gates and dh_{t-1} =
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
+import threading
+
 import numpy as np
 cimport numpy as cnp
 
@@ -35,6 +37,29 @@ def get_parallel_min_macs():
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
     set_policy(which)
+
+
+# Buffers that never leave a call (inference's chunk of Z, the packed kernels of the forward)
+# are kept per thread between calls, up to this size each: fresh ones cost a page fault
+# per 4 KiB at every call, measured up to a few hundred microseconds at (T,B,H) = (100,16,128).
+cdef long WORKSPACE_MAX_BYTES = 64 << 20
+_workspace = threading.local()
+
+
+def workspace(str slot, long n, dtype):
+    """n elements of this thread's buffer `slot` of dtype, kept for the next call (a new
+    array past WORKSPACE_MAX_BYTES). Only for buffers a call does not return."""
+    dt = np.dtype(dtype)
+    if n * dt.itemsize > WORKSPACE_MAX_BYTES:
+        return np.empty(n, dt)
+    buffers = getattr(_workspace, "buffers", None)
+    if buffers is None:
+        buffers = _workspace.buffers = {}
+    buf = buffers.get((slot, dt.char))
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(max(n, 1), dt)
+        buffers[(slot, dt.char)] = buf
+    return buf[:n]
 
 
 # Inference projects the input INFER_Z_BYTES of Z at a time (each thread's share then stays
@@ -231,7 +256,10 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     if not training:
         chunk = min(<long>T, max(INFER_Z_BYTES // (BG * sizeof(floating)),
                                  (INFER_MIN_ROWS + B - 1) // max(1, B), 1))
-    z_arr = np.empty((chunk, B, G), dtype)
+    if training:                    # kept for backward
+        z_arr = np.empty((T, B, G), dtype)
+    else:
+        z_arr = workspace("z", chunk * BG, dtype).reshape(chunk, B, G)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef floating *pb = ptr_or_null(bias)
@@ -259,14 +287,14 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[::1] Up
     cdef floating[:, :] Uv = recurrent_kernel
     if use_packed(B // nchunks, H):
-        Up = pack_b(Uv)
+        Up = pack_b(Uv, False, lambda n: workspace("u", n, dtype))
         pUp = &Up[0]
     # A few rows per step: U in L1-sized column panels still beats reading it in place
     # (H = 128, one row: 1.76 -> 1.27 us per step) once the sequence amortises the copy.
     cdef floating[::1] Upan
     cdef const floating *pUpan = NULL
     if pUp == NULL and T * B >= 32 and use_own(<long>H * G * sizeof(floating)):
-        Upan = np.empty(<long>H * G, dtype)
+        Upan = workspace("u", <long>H * G, dtype)
         pack_panels(H, G, &recurrent_kernel[0, 0], G, &Upan[0])
         pUpan = &Upan[0]
     scratch_arr = np.empty(nchunks * H, dtype)
@@ -285,7 +313,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
     if fl_matmul_policy != 1:
-        Wp = pack_b(Wv)
+        Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype))
         pWp = &Wp[0]
     cdef int b0
     cdef long s0, s1, t_lo, nrows_c, ci

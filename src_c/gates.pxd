@@ -181,28 +181,28 @@ cdef inline void gemm2_set(bint trans, int M, int M2, int N, int K, const floati
         fl_gemm2_set_d(trans, M, M2, N, K, A, lda, A2, lda2, B, ldb, C, ldc, C2, ldc2)
 
 
-cdef inline object pack_b(floating[:, :] B, bint transposed=False):
-    """B [K,N] (rows may be strided) packed into the panels gemm_packed_acc reads (a new 1-D
-    array); with transposed, B^T packed so, B given as [N,K]."""
+cdef inline object pack_b(floating[:, :] B, bint transposed=False, object alloc=None):
+    """B [K,N] (rows may be strided) packed into the panels gemm_packed_acc reads (a 1-D
+    array: new, or alloc(n) when given); with transposed, B^T packed so, B given as [N,K]."""
     import numpy as np
     cdef int K = B.shape[1] if transposed else B.shape[0]
     cdef int N = B.shape[0] if transposed else B.shape[1]
     cdef floating[::1] out
+    dtype = np.float32 if floating is float else np.float64
     if K == 0 or N == 0:
-        return np.zeros(1, np.float32 if floating is float else np.float64)
+        return np.zeros(1, dtype)
     if B.strides[1] != sizeof(floating):
         raise ValueError("B: expected contiguous rows")
     cdef int ldb = <int>(B.strides[0] // sizeof(floating))
+    cdef long n = max(1, fl_packed_size_f(K, N) if floating is float else fl_packed_size_d(K, N))
+    arr = np.empty(n, dtype) if alloc is None else alloc(n)
+    out = arr
     if floating is float:
-        arr = np.empty(max(1, fl_packed_size_f(K, N)), np.float32)
-        out = arr
         if transposed:
             fl_pack_bt_f(K, N, &B[0, 0], ldb, &out[0])
         else:
             fl_pack_b_f(K, N, &B[0, 0], ldb, &out[0])
     else:
-        arr = np.empty(max(1, fl_packed_size_d(K, N)), np.float64)
-        out = arr
         if transposed:
             fl_pack_bt_d(K, N, &B[0, 0], ldb, &out[0])
         else:

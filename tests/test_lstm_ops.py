@@ -418,3 +418,30 @@ def test_inference_memory_does_not_grow_with_sequence_length():
     z_bytes = 8000 * B * 4 * H * 4                    # what a full projection would take
     assert peaks[8000] < z_bytes / 4
     assert peaks[8000] < 2 * peaks[500] + (1 << 20)
+
+
+def test_threads_calling_at_once_get_their_own_workspace():
+    """The kernels keep their internal buffers per calling thread between calls (the chunk
+    of gates, the packed kernels): Python threads running sequences of one shape at once
+    (the same buffer sizes) each get their own results, and so do other shapes and dtypes."""
+    import threading
+    rng = np.random.default_rng(seed_of("workspace threads"))
+    shapes = [(np.float32, 80, 16, 48)] * 4 + [(np.float64, 25, 8, 40), (np.float32, 7, 33, 64)]
+    problems = [make_problem(rng, dtype, T, B, 9, H, OPTION_SETS["plain"])
+                for dtype, T, B, H in shapes]
+    refs = [ops.lstm_forward(**kw)[0] for kw in problems]
+    failures = []
+
+    def worker(i):
+        for _ in range(40):
+            got = ops.lstm_forward(**problems[i])[0]
+            if not np.array_equal(got, refs[i]):
+                failures.append(i)
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(problems))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
