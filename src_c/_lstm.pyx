@@ -63,6 +63,16 @@ def workspace(str slot, long n, dtype):
     return buf[:n]
 
 
+def workspace_bytes():
+    """Bytes this thread's kept buffers hold."""
+    return sum(b.nbytes for b in getattr(_workspace, "buffers", {}).values())
+
+
+def clear_workspace():
+    """Drop this thread's kept buffers."""
+    _workspace.buffers = {}
+
+
 # Inference projects the input INFER_Z_BYTES of Z at a time (each thread's share then stays
 # in its L2 for the time loop: 2 MiB measured 1-4% faster than 8 MiB), but at least
 # INFER_MIN_ROWS rows, so that each packed block of W still serves a few hundred rows.
