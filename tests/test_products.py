@@ -38,6 +38,18 @@ def _run(cell, backend, args, kw, dy):
     return out[0], g
 
 
+GRAD_FIELDS = ("inputs", "h0", "kernel", "recurrent_kernel", "bias")
+
+
+def _assert_cpu_matches_oracle(cell, args, kw, dy, dtype, fields=GRAD_FIELDS):
+    """The compiled kernels' output and gradients against the NumPy oracle's."""
+    y, g = _run(cell, "cpu", args, kw, dy)
+    ry, rg = _run(cell, "numpy", args, kw, dy)
+    assert_close(y, ry, dtype, "y")
+    for f in fields:
+        assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+
+
 @pytest.mark.parametrize("policy", ["blas", "own"])
 @pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False),
                                                ("simple_rnn", True)])
@@ -51,11 +63,7 @@ def test_product_paths_match_oracle(policy, cell, reset_after, B, T):
             rng = np.random.default_rng(seed_of(policy, cell, reset_after, B))
             args, kw = _problem(cell, rng, dtype, T, B, 7, 19, reset_after)
             dy = rng.standard_normal((T, B, 19)).astype(dtype)
-            y, g = _run(cell, "cpu", args, kw, dy)
-            ry, rg = _run(cell, "numpy", args, kw, dy)
-            assert_close(y, ry, dtype, "y")
-            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
-                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+            _assert_cpu_matches_oracle(cell, args, kw, dy, dtype)
     finally:
         for m in _modules():
             m.set_recurrent_matmul("auto")
@@ -71,7 +79,9 @@ def test_bad_policy_name():
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_gru_projection_paths_match_oracle(on_blas, reset_after, use_bias):
-    """The GRU input projection runs on BLAS or on our kernel over packed weights."""
+    """The GRU's gradient products run on BLAS or on our packed GEMM (chosen at import from
+    the BLAS's core type), its input projection on our kernel over packed weights either
+    way; both are exact, with and without bias."""
     from fastlstm import _gru
     _gru.set_projection_blas(on_blas)
     try:
@@ -81,11 +91,8 @@ def test_gru_projection_paths_match_oracle(on_blas, reset_after, use_bias):
             if not use_bias:
                 args = args[:3] + (None,)
             dy = rng.standard_normal((8, 5, 70)).astype(dtype)
-            y, g = _run("gru", "cpu", args, kw, dy)
-            ry, rg = _run("gru", "numpy", args, kw, dy)
-            assert_close(y, ry, dtype, "y")
-            for f in ("inputs", "h0", "kernel", "recurrent_kernel"):
-                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+            _assert_cpu_matches_oracle("gru", args, kw, dy, dtype,
+                                       fields=("inputs", "h0", "kernel", "recurrent_kernel"))
     finally:
         from fastlstm.threads import init_threads
         init_threads()
@@ -93,7 +100,7 @@ def test_gru_projection_paths_match_oracle(on_blas, reset_after, use_bias):
 
 @pytest.mark.parametrize("on_blas", [False, True])
 def test_lstm_projection_paths_match_oracle(on_blas):
-    """The input projection and input gradient run on BLAS or on our kernel (chosen at
+    """The LSTM's input and weight gradients run on BLAS or on our packed GEMM (chosen at
     import from the BLAS's core type); both are exact."""
     from fastlstm import _lstm
     _lstm.set_projection_blas(on_blas)
@@ -102,11 +109,7 @@ def test_lstm_projection_paths_match_oracle(on_blas):
             rng = np.random.default_rng(seed_of("projection", on_blas))
             args, kw = _problem("lstm", rng, dtype, 7, 5, 9, 11)    # 35 rows: packed weights
             dy = rng.standard_normal((7, 5, 11)).astype(dtype)
-            y, g = _run("lstm", "cpu", args, kw, dy)
-            ry, rg = _run("lstm", "numpy", args, kw, dy)
-            assert_close(y, ry, dtype, "y")
-            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
-                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+            _assert_cpu_matches_oracle("lstm", args, kw, dy, dtype)
     finally:
         from fastlstm.threads import init_threads
         init_threads()
@@ -124,11 +127,7 @@ def test_gru_threaded_loops_match_oracle(threads, reset_after):
             rng = np.random.default_rng(seed_of("gru-threads", threads, reset_after))
             args, kw = _problem("gru", rng, dtype, 6, 13, 9, 11, reset_after)
             dy = rng.standard_normal((6, 13, 11)).astype(dtype)
-            y, g = _run("gru", "cpu", args, kw, dy)
-            ry, rg = _run("gru", "numpy", args, kw, dy)
-            assert_close(y, ry, dtype, "y")
-            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
-                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+            _assert_cpu_matches_oracle("gru", args, kw, dy, dtype)
     finally:
         _gru.set_threads(fl.get_num_threads(), min_macs)
 
@@ -232,11 +231,7 @@ def test_lstm_packed_products_match_oracle(policy, threads):
             # 7 * 19 rows: the many-row products split over 2 threads too
             args, kw = _problem("lstm", rng, dtype, 7, 19, 70, 230)
             dy = rng.standard_normal((7, 19, 230)).astype(dtype)
-            y, g = _run("lstm", "cpu", args, kw, dy)
-            ry, rg = _run("lstm", "numpy", args, kw, dy)
-            assert_close(y, ry, dtype, "y")
-            for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
-                assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+            _assert_cpu_matches_oracle("lstm", args, kw, dy, dtype)
     finally:
         _lstm.set_recurrent_matmul("auto")
         _lstm.set_threads(fl.get_num_threads(), min_macs)
