@@ -592,41 +592,34 @@ cdef inline bint rows_of(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols
     return True
 
 
+cdef inline void step_products(int B, int I, int H, int G, int c0, int c1, const floating *x,
+                               int ldx, const floating *h, const floating *W,
+                               const floating *U, const floating *b,
+                               floating *z) noexcept nogil:
+    """Columns [c0, c1) of a step's z [B,G] = b + x W + h U: both products accumulate into z,
+    which stays in cache."""
+    cdef int r, n = c1 - c0
+    cdef floating beta = 0
+    if b != NULL:
+        for r in range(B):
+            memcpy(z + <long>r * G + c0, b + c0, n * sizeof(floating))
+        beta = 1
+    product(B, I, n, x, ldx, W + c0, G, beta, z + c0, G)
+    recurrent_product(B, H, n, h, U + c0, G, <floating>1, z + c0, G)
+
+
 cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx,
                           const floating *h, const floating *c, const floating *W,
                           const floating *U, const floating *b, const floating *P, bint coupled,
                           fl_act act, fl_act ract, floating *z, floating *scratch,
                           floating *h_out, floating *c_out) noexcept nogil:
-    """One step: z = [x, h] [W; U] + b (both products accumulate into z, which stays in
-    cache), then the gates and the new h, c."""
-    cdef int r
-    cdef floating beta = 0
-    if b != NULL:
-        for r in range(B):
-            memcpy(z + <long>r * G, b, G * sizeof(floating))
-        beta = 1
-    product(B, I, G, x, ldx, W, G, beta, z, G)
-    recurrent_product(B, H, G, h, U, G, <floating>1, z, G)
+    """One step: z = [x, h] [W; U] + b, then the gates and the new h, c."""
+    step_products(B, I, H, G, 0, G, x, ldx, h, W, U, b, z)
     fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
 cdef enum:
     STEP_SPLIT_MIN_BYTES = 1 << 20   # weights from which a batch-1 step splits its columns
-
-
-cdef inline void step_cols(int I, int H, int G, int c0, int c1, const floating *x,
-                           const floating *h, const floating *W, const floating *U,
-                           const floating *b, floating *z) noexcept nogil:
-    """Columns [c0, c1) of a batch-1 step's z = b + x W + h U. A thread that always takes the
-    same columns reads only its share of W and U (rows of contiguous columns, which stream
-    well), and that share stays in its core's L2."""
-    cdef int n = c1 - c0
-    if b != NULL:
-        memcpy(z + c0, b + c0, n * sizeof(floating))
-    else:
-        memset(z + c0, 0, n * sizeof(floating))
-    product(1, I, n, x, I, W + c0, G, <floating>1, z + c0, G)
-    product(1, H, n, h, H, U + c0, G, <floating>1, z + c0, G)
 
 
 cdef inline void step_split(int nt, int I, int H, int G, const floating *x, const floating *h,
@@ -636,13 +629,14 @@ cdef inline void step_split(int nt, int I, int H, int G, const floating *x, cons
                             floating *c_out) noexcept nogil:
     """A batch-1 step whose products are split by columns over nt threads (whole 16-column
     groups: full vectors) in one parallel region; the gates, a few hundred values, follow on
-    this thread."""
+    this thread. A thread that always takes the same columns reads only its share of W and U
+    (rows of contiguous columns, which stream well), and that share stays in its core's L2."""
     cdef int k, c0, c1, groups = (G + 15) // 16
     for k in prange(nt, num_threads=nt, schedule="static"):
         c0 = min(G, (k * groups // nt) * 16)
         c1 = min(G, ((k + 1) * groups // nt) * 16)
         if c1 > c0:
-            step_cols(I, H, G, c0, c1, x, h, W, U, b, z)
+            step_products(1, I, H, G, c0, c1, x, I, h, W, U, b, z)
     fwd_step(1, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
