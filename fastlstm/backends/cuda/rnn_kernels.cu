@@ -65,6 +65,19 @@ __device__ __forceinline__ R fl_act_grad(int kind, double alpha, R y) {
     }
 }
 
+/* The end of a forward step at element i: an unmasked row (keep) takes the new h, which is
+ * also its output; a masked one keeps its state and repeats its previous output. y, the
+ * step's slab of the output sequence (has_y), gets the output either way. */
+template <typename R>
+__device__ __forceinline__ void fl_store_h(int keep, int has_y, long long i, R hn, R *h,
+                                           R *out, R *y) {
+    if (keep) {
+        h[i] = hn;
+        out[i] = hn;
+    }
+    if (has_y) y[i] = out[i];
+}
+
 #define REAL float
 #define FN(name) name##_f
 #include "rnn_kernels_impl.cuh"

@@ -50,12 +50,9 @@ extern "C" __global__ void FN(lstm_fwd_step)(
             h_prev[i] = hp;
             c_prev[i] = cp;
         }
-        if (!has_mask || mask[b]) {
-            h[i] = hn;
-            c[i] = cn;
-            out[i] = hn;
-        }
-        if (has_y) y[i] = out[i];
+        const int keep = !has_mask || mask[b];
+        if (keep) c[i] = cn;
+        fl_store_h<REAL>(keep, has_y, i, hn, h, out, y);
     }
 }
 
@@ -163,11 +160,7 @@ extern "C" __global__ void FN(gru_fwd_step)(
             rec_h[i] = rh;
             h_prev[i] = hp;
         }
-        if (!has_mask || mask[b]) {
-            h[i] = hn;
-            out[i] = hn;
-        }
-        if (has_y) y[i] = out[i];
+        fl_store_h<REAL>(!has_mask || mask[b], has_y, i, hn, h, out, y);
     }
 }
 
@@ -205,11 +198,7 @@ extern "C" __global__ void FN(gru_fwd_step0)(
         const REAL hn = z * hp + (1 - z) * ng;
         gates[r + 2 * H + j] = ng;
         if (save) h_prev[i] = hp;
-        if (!has_mask || mask[b]) {
-            h[i] = hn;
-            out[i] = hn;
-        }
-        if (has_y) y[i] = out[i];
+        fl_store_h<REAL>(!has_mask || mask[b], has_y, i, hn, h, out, y);
     }
 }
 
@@ -297,11 +286,7 @@ extern "C" __global__ void FN(rnn_fwd_step)(
             hs[i] = hn;
             h_prev[i] = h[i];
         }
-        if (!has_mask || mask[b]) {
-            h[i] = hn;
-            out[i] = hn;
-        }
-        if (has_y) y[i] = out[i];
+        fl_store_h<REAL>(!has_mask || mask[b], has_y, i, hn, h, out, y);
     }
 }
 
