@@ -41,14 +41,18 @@ GRU_CONFIGS = LSTM_CONFIGS[1:4]
 STREAM_UNITS = [64, 128, 256]
 
 
-def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2) -> dict:
+def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2,
+                 warm: float = 0.01) -> dict:
     """Median seconds per call of each function, timed in alternating blocks.
 
-    The pause lets the previous library's spinning threads go idle; one untimed call after
-    it wakes this library's threads again. On virtual machines waking an idle vCPU after a
-    pause costs milliseconds (6-8 ms measured here, for any OpenMP program): a cost of the
-    host, paid by whichever library runs first, which the timed calls would otherwise
-    charge to the multithreaded ones at random."""
+    The pause lets the previous library's spinning threads go idle; untimed calls after it,
+    for at least `warm` seconds, wake this library's threads again. On virtual machines
+    waking an idle vCPU after a pause costs milliseconds (6-8 ms measured here, for any
+    OpenMP program): a cost of the host, paid by whichever library runs first, which the
+    timed calls would otherwise charge to the multithreaded ones at random. One untimed call
+    is not always enough: after it, the next call of a two-thread streaming step still
+    waited one 4 ms scheduler tick in about half the blocks (13 us calls measuring 80 us
+    on average over a block of 60); 10 ms of calls removed those waits."""
     for f in fns.values():          # warm-up (allocations, thread pools, lazy init)
         f()
         f()
@@ -56,7 +60,10 @@ def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2) -> di
     for _ in range(reps):
         for name, f in fns.items():
             time.sleep(pause)
+            t0 = time.perf_counter()
             f()
+            while time.perf_counter() - t0 < warm:
+                f()
             t0 = time.perf_counter()
             for _ in range(per_block):
                 f()

@@ -24,7 +24,7 @@ from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, p
                       recurrent_grad, recurrent_grad_packed, recurrent_product,
                       recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
                       use_own, use_packed)
-from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b,
+from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b, matmul_acc,
                     matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
                     fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
 
@@ -592,20 +592,19 @@ cdef inline bint rows_of(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols
     return True
 
 
-cdef inline void step_products(int B, int I, int H, int G, int c0, int c1, const floating *x,
-                               int ldx, const floating *h, const floating *W,
-                               const floating *U, const floating *b,
-                               floating *z) noexcept nogil:
-    """Columns [c0, c1) of a step's z [B,G] = b + x W + h U: both products accumulate into z,
-    which stays in cache."""
-    cdef int r, n = c1 - c0
+cdef inline void step_products(int B, int I, int H, int G, const floating *x, int ldx,
+                               const floating *h, const floating *W, const floating *U,
+                               const floating *b, floating *z) noexcept nogil:
+    """A step's z [B,G] = b + x W + h U: both products accumulate into z, which stays in
+    cache."""
+    cdef int r
     cdef floating beta = 0
     if b != NULL:
         for r in range(B):
-            memcpy(z + <long>r * G + c0, b + c0, n * sizeof(floating))
+            memcpy(z + <long>r * G, b, G * sizeof(floating))
         beta = 1
-    product(B, I, n, x, ldx, W + c0, G, beta, z + c0, G)
-    recurrent_product(B, H, n, h, U + c0, G, <floating>1, z + c0, G)
+    product(B, I, G, x, ldx, W, G, beta, z, G)
+    recurrent_product(B, H, G, h, U, G, <floating>1, z, G)
 
 
 cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx,
@@ -614,7 +613,7 @@ cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx
                           fl_act act, fl_act ract, floating *z, floating *scratch,
                           floating *h_out, floating *c_out) noexcept nogil:
     """One step: z = [x, h] [W; U] + b, then the gates and the new h, c."""
-    step_products(B, I, H, G, 0, G, x, ldx, h, W, U, b, z)
+    step_products(B, I, H, G, x, ldx, h, W, U, b, z)
     fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
@@ -622,21 +621,41 @@ cdef enum:
     STEP_SPLIT_MIN_BYTES = 1 << 20   # weights from which a batch-1 step splits its columns
 
 
+cdef inline void step_rows(int k0, int k1, int I, int H, int G, const floating *x,
+                           const floating *h, const floating *W, const floating *U,
+                           const floating *b, floating *z) noexcept nogil:
+    """z[G] = b (or 0) + rows [k0, k1) of the product [x, h] [W; U]."""
+    cdef int j0
+    if b != NULL:
+        memcpy(z, b, G * sizeof(floating))
+    else:
+        memset(z, 0, G * sizeof(floating))
+    if k0 < I:
+        matmul_acc(1, G, min(k1, I) - k0, x + k0, I, W + <long>k0 * G, G, z, G)
+    if k1 > I:
+        j0 = max(k0, I) - I
+        matmul_acc(1, G, k1 - I - j0, h + j0, H, U + <long>j0 * G, G, z, G)
+
+
 cdef inline void step_split(int nt, int I, int H, int G, const floating *x, const floating *h,
                             const floating *c, const floating *W, const floating *U,
                             const floating *b, const floating *P, bint coupled, fl_act act,
-                            fl_act ract, floating *z, floating *scratch, floating *h_out,
-                            floating *c_out) noexcept nogil:
-    """A batch-1 step whose products are split by columns over nt threads (whole 16-column
-    groups: full vectors) in one parallel region; the gates, a few hundred values, follow on
-    this thread. A thread that always takes the same columns reads only its share of W and U
-    (rows of contiguous columns, which stream well), and that share stays in its core's L2."""
-    cdef int k, c0, c1, groups = (G + 15) // 16
+                            fl_act ract, floating *z, floating *zpart, floating *scratch,
+                            floating *h_out, floating *c_out) noexcept nogil:
+    """A batch-1 step whose products are split by rows of [W; U] over nt threads (whole
+    8-row groups) in one parallel region: each thread reads a contiguous block of weights
+    (with I = H and two threads, thread 0 all of W and thread 1 all of U), which streams
+    faster than a slice of columns of every row, and sums into its own z (the first one z
+    itself, with the bias; the others zpart [nt-1, G]); this thread adds them up and runs the
+    gates, a few hundred values."""
+    cdef int k, j, K = I + H, groups = (I + H + 7) // 8
     for k in prange(nt, num_threads=nt, schedule="static"):
-        c0 = min(G, (k * groups // nt) * 16)
-        c1 = min(G, ((k + 1) * groups // nt) * 16)
-        if c1 > c0:
-            step_products(1, I, H, G, c0, c1, x, I, h, W, U, b, z)
+        step_rows(min(K, (k * groups // nt) * 8), min(K, ((k + 1) * groups // nt) * 8), I, H, G,
+                  x, h, W, U, b if k == 0 else NULL,
+                  z if k == 0 else zpart + <long>(k - 1) * G)
+    for k in range(1, nt):
+        for j in range(G):
+            z[j] += zpart[<long>(k - 1) * G + j]
     fwd_step(1, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
@@ -646,12 +665,13 @@ cdef class StepPlan:
     the step into new output arrays: the whole call costs about a microsecond more than the
     arithmetic."""
     cdef readonly object kernel, recurrent_kernel, bias, peephole
-    cdef object z_arr, scratch_arr
+    cdef object z_arr, scratch_arr, zpart_arr
     cdef void *pW
     cdef void *pU
     cdef void *pb
     cdef void *pP
     cdef void *pz
+    cdef void *pzpart
     cdef void *pscratch
     cdef int typenum, n_in, n_units, n_gates, n_batch
     cdef fl_act act, ract
@@ -692,6 +712,7 @@ cdef class StepPlan:
         self.scratch_arr = np.empty(H, dtype)
         self.pz = cnp.PyArray_DATA(<cnp.ndarray>self.z_arr)
         self.pscratch = cnp.PyArray_DATA(<cnp.ndarray>self.scratch_arr)
+        self.zpart_arr = None
 
     @property
     def batch(self):
@@ -734,20 +755,23 @@ cdef class StepPlan:
         cdef int nt = min(fl_max_threads, max(1, G // 256))
         cdef long weight_bytes = <long>(I + H) * G * cnp.PyArray_ITEMSIZE(<cnp.ndarray>x)
         if B == 1 and nt > 1 and fl_matmul_policy != 1 and weight_bytes >= STEP_SPLIT_MIN_BYTES:
+            if self.zpart_arr is None or self.zpart_arr.shape[0] < (nt - 1) * G:
+                self.zpart_arr = np.empty((nt - 1) * G, self.z_arr.dtype)
+                self.pzpart = cnp.PyArray_DATA(<cnp.ndarray>self.zpart_arr)
             with nogil:
                 if tn == cnp.NPY_FLOAT:
                     step_split(nt, I, H, G, <const float *>px, <const float *>ph,
                                <const float *>pc, <const float *>self.pW,
                                <const float *>self.pU, <const float *>self.pb,
                                <const float *>self.pP, self.coupled, self.act, self.ract,
-                               <float *>self.pz, <float *>self.pscratch, <float *>pho,
+                               <float *>self.pz, <float *>self.pzpart, <float *>self.pscratch, <float *>pho,
                                <float *>pco)
                 else:
                     step_split(nt, I, H, G, <const double *>px, <const double *>ph,
                                <const double *>pc, <const double *>self.pW,
                                <const double *>self.pU, <const double *>self.pb,
                                <const double *>self.pP, self.coupled, self.act, self.ract,
-                               <double *>self.pz, <double *>self.pscratch, <double *>pho,
+                               <double *>self.pz, <double *>self.pzpart, <double *>self.pscratch, <double *>pho,
                                <double *>pco)
             return h_out, [h_out, c_out]
         with nogil:

@@ -245,12 +245,14 @@ def test_compiled_step_equals_sequence_call(opt, dtype, B, I, H):
     assert layer._step_plan is not None and layer._step_plan.batch == B
 
 
+@pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("opt", list(STEP_OPTIONS) + ["no_bias"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_split_step_equals_sequence_call(opt, dtype):
-    """From 1 MiB of weights a batch-1 step splits its products' columns over the threads
-    (16-column groups, an uneven split with a last group of 8); it walks the same trajectory
-    as the sequence call."""
+def test_split_step_equals_sequence_call(opt, dtype, threads):
+    """From 1 MiB of weights a batch-1 step splits the rows of [W; U] over the threads
+    (8-row groups; with I=200, H=264 the first thread's rows end inside U, and with three
+    threads two partial sums are added to the first); it walks the same trajectory as the
+    sequence call."""
     from fastlstm.threads import get_num_threads, set_loop_threads
     rng = np.random.default_rng(hash((opt, dtype)) % 2**32)
     T, I, H = 4, 200, 264
@@ -261,7 +263,7 @@ def test_split_step_equals_sequence_call(opt, dtype):
     state = [rng.standard_normal((1, H)).astype(dtype) for _ in range(2)]
     ys, h_T, c_T = layer(x, initial_state=state)
     before = get_num_threads()
-    set_loop_threads(2)
+    set_loop_threads(threads)
     try:
         for t in range(T):
             y_t, state = layer.step(x[:, t], state)
