@@ -316,7 +316,7 @@ FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL
                                       const REAL *bias, int init, REAL *C, long ldc,
                                       int M2, const REAL *A2, long lda2, REAL *C2, long ldc2,
                                       REAL *buf) {
-    int pc, jc, ic, part;
+    int pc, jc, ic, part, R;
     for (pc = 0; pc < K; pc += FL_KC) {
         const int kc = K - pc < FL_KC ? K - pc : FL_KC;
         for (jc = 0; jc < N; jc += FL_NC) {
@@ -336,8 +336,12 @@ FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL
                 const REAL *Ap = part ? A2 : A;
                 const long la = part ? lda2 : lda, lc = part ? ldc2 : ldc;
                 REAL *Cp = part ? C2 : C;
-                for (ic = 0; ic < m; ic += FL_MR) {
-                    const int R = m - ic < FL_MR ? m - ic : FL_MR;
+                for (ic = 0; ic < m; ic += R) {
+                    /* 6-row tiles; a remainder of 1-3 rows shares the last 7-9 rows with the
+                     * tile before it (4+4 rather than 6+2): a tile of 1-3 rows reads a whole
+                     * panel from L2 for a few FMAs and runs at about half speed. */
+                    const int left = m - ic;
+                    R = left <= FL_MR ? left : left < FL_MR + 4 ? left - left / 2 : FL_MR;
                     const REAL *a = trans ? Ap + (long)pc * la + ic : Ap + (long)ic * la + pc;
                     FN(gk_tiles)(R, trans, kc, a, la, blk, ps, nc, Cp + (long)ic * lc + jc, lc,
                                  bias != NULL ? bias + jc : NULL, init && pc == 0);

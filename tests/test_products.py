@@ -135,7 +135,7 @@ def test_gru_threaded_loops_match_oracle(threads, reset_after):
 # The packed GEMM of the many-row products: sizes around its register tile (6 rows, 64 or
 # 32 columns), its blocks (256 deep, 512 or 256 wide), degenerate sizes and strided views.
 GEMM_SHAPES = [(1, 1, 1), (1, 70, 5), (6, 64, 1), (7, 65, 3), (5, 33, 257), (13, 100, 300),
-               (37, 600, 70), (12, 530, 513)]
+               (37, 600, 70), (12, 530, 513), (8, 130, 40), (15, 66, 600)]
 
 
 @pytest.fixture(params=[0, 1, 2], ids=["baseline", "avx2", "avx512"])
