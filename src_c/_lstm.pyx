@@ -617,8 +617,11 @@ cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx
     fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
+# Weights from which a batch-1 step splits its rows over the threads. At 512 KiB (I = H = 128)
+# a split step took 3.7-6.5 us against 4.7-4.8 on one thread (bimodal on this virtual
+# machine: not reliably faster); at 800 KiB (H = 160) 5.1-7.2 against 7.4-7.7.
 cdef enum:
-    STEP_SPLIT_MIN_BYTES = 1 << 20   # weights from which a batch-1 step splits its columns
+    STEP_SPLIT_MIN_BYTES = 768 << 10
 
 
 cdef inline void step_rows(int k0, int k1, int I, int H, int G, const floating *x,

@@ -249,7 +249,7 @@ def test_compiled_step_equals_sequence_call(opt, dtype, B, I, H):
 @pytest.mark.parametrize("opt", list(STEP_OPTIONS) + ["no_bias"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_split_step_equals_sequence_call(opt, dtype, threads):
-    """From 1 MiB of weights a batch-1 step splits the rows of [W; U] over the threads
+    """From 768 KiB of weights a batch-1 step splits the rows of [W; U] over the threads
     (8-row groups; with I=200, H=264 the first thread's rows end inside U, and with three
     threads two partial sums are added to the first); it walks the same trajectory as the
     sequence call."""
