@@ -375,32 +375,47 @@ def test_threaded_time_loop_matches_oracle(threads, opt_name):
         _lstm.set_threads(before, min_macs)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("opt_name", ["plain", "everything", "everything_cifg_last", "mask_gaps",
                                       "last_output", "go_backwards"])
-def test_projection_in_time_chunks_equals_one_pass(opt_name):
+def test_projection_in_time_chunks_equals_one_pass(opt_name, threads):
     """Inference projects the input a few steps at a time, just before those steps run,
-    reusing one chunk's buffer; the results are the same, bit for bit, as in one pass, and
-    training (one pass: chunks measured slower there) is unaffected by the setting."""
+    reusing one chunk's buffer (with two threads, each running 4-5 batch rows); the results
+    are the same, bit for bit, as in one pass, and training (one pass: chunks measured slower
+    there) is unaffected by the setting."""
     from fastlstm import _lstm
+    before, min_macs = _lstm.get_threads(), _lstm.get_parallel_min_macs()
     rng = np.random.default_rng(seed_of("chunks", opt_name))
-    for dtype in DTYPES:
-        kw = make_problem(rng, dtype, 11, 6, 5, 7, OPTION_SETS[opt_name])
-        grads = output_grads(rng, dtype, 11, 6, 7, kw["return_sequences"])
-        ref_train, ref_inf, ref_g = run("cpu", kw, grads)
-        _lstm.set_inference_chunk_bytes(3 * 6 * 28 * np.dtype(dtype).itemsize, 1)  # 3 steps
-        try:
-            got_train, got_inf, got_g = run("cpu", kw, grads)
-        finally:
-            _lstm.set_inference_chunk_bytes(2 << 20, 512)
-        for a, b in zip(got_train + got_inf, ref_train + ref_inf):
-            np.testing.assert_array_equal(a, b)
-        for f in GRAD_FIELDS:
-            a, b = getattr(got_g, f), getattr(ref_g, f)
-            assert (a is None) == (b is None), f
-            if a is not None:
-                np.testing.assert_array_equal(a, b, err_msg=f)
-        _, _, oracle_g = run("numpy", kw, grads)
-        assert_close(got_g.kernel, oracle_g.kernel, dtype, "dkernel")
+    B = 9
+    _lstm.set_threads(threads, 0)
+    try:
+        for dtype in DTYPES:
+            kw = make_problem(rng, dtype, 11, B, 5, 7, OPTION_SETS[opt_name])
+            grads = output_grads(rng, dtype, 11, B, 7, kw["return_sequences"])
+            ref_train, ref_inf, ref_g = run("cpu", kw, grads)
+            _lstm.set_inference_chunk_bytes(3 * B * 28 * np.dtype(dtype).itemsize, 1)  # 3 steps
+            try:
+                got_train, got_inf, got_g = run("cpu", kw, grads)
+            finally:
+                _lstm.set_inference_chunk_bytes(2 << 20, 512)
+            check_chunked(dtype, kw, grads, ref_train, ref_inf, ref_g, got_train, got_inf, got_g)
+    finally:
+        _lstm.set_threads(before, min_macs)
+
+
+def check_chunked(dtype, kw, grads, ref_train, ref_inf, ref_g, got_train, got_inf, got_g):
+    """Chunked results equal the one-pass ones bit for bit, and the oracle's within tolerance."""
+    for a, b in zip(got_train + got_inf, ref_train + ref_inf):
+        np.testing.assert_array_equal(a, b)
+    for f in GRAD_FIELDS:
+        a, b = getattr(got_g, f), getattr(ref_g, f)
+        assert (a is None) == (b is None), f
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=f)
+    _, oracle_inf, oracle_g = run("numpy", kw, grads)
+    for a, b in zip(got_inf, oracle_inf):
+        assert_close(a, b, dtype, "inference")
+    assert_close(got_g.kernel, oracle_g.kernel, dtype, "dkernel")
 
 
 def test_inference_memory_does_not_grow_with_sequence_length():
