@@ -19,8 +19,12 @@ def isa_level():
 
 def force_isa_level(int level):
     """Run a lower variant (0 baseline, 1 AVX2, 2 AVX-512; capped at what the CPU has);
-    -1 restores the automatic choice. Process-wide: for tests and benchmarks."""
+    -1 restores the automatic choice. Process-wide, in every extension (each compiles its
+    own copy of the dispatch): for tests and benchmarks."""
+    import importlib
     fl_force_isa_level(level)
+    for name in ("_lstm", "_gru", "_simple_rnn"):
+        importlib.import_module("fastlstm." + name).force_isa_level_here(level)
 
 
 def activation_forward(floating[::1] z, activation):

@@ -27,6 +27,7 @@ from cython.parallel cimport prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
                       recurrent_grad, recurrent_product, row_chunks, set_kernel_threads,
                       set_policy, split, use_own)
+from gates cimport fl_force_isa_level, fl_isa_level
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, matmul_packed_acc, pack_panels,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
                     fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
@@ -442,8 +443,10 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef floating[:, :, ::1] dx = dx_arr
     cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
     cdef floating[::1] colsum, ones
+    cdef floating *psum = NULL
     if has_bias:
         colsum, ones = colsum_arr, ones_arr
+        psum = &colsum[0]
     cdef const floating *pHin = &hin[0, 0, 0] if has_rdrop else &h_prev[0, 0, 0]
     cdef floating[:, ::1] UT                          # U^T [G,H] for the own-kernel path
     cdef const floating *pUT = NULL
@@ -456,6 +459,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef const floating *pH = &h_prev[0, 0, 0]
     cdef bint own = fl_matmul_policy != 1 and not projections_on_blas
+    cdef bint fold = own and has_bias        # db summed by the weight gradients' GEMMs
     cdef floating[:, ::1] WT                          # W^T [G,I]: the input gradient's B
     cdef const floating *pWx = pW
     cdef int ldwx = G
@@ -481,13 +485,15 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         # Weight and input gradients: products over all T*B rows, split into column slices
         # (weights) and row slices (inputs) over the threads; on our packed GEMM (the input
         # gradient then reads W^T) unless BLAS has AVX-512 kernels.
+        # On our GEMM the bias gradient (column sums of Z's rows) is summed from the packed
+        # blocks of the products that pack those columns: no pass of its own over dZ.
         if reset_after:
             par_gemm(True, False, I, 2 * H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
                      <floating>0, &dW[0, 0], G, ncols, False, own)
             par_gemm(True, False, I, H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ + 3 * H, ZW,
-                     <floating>0, &dW[0, 2 * H], G, ncols, False, own)
+                     <floating>0, &dW[0, 2 * H], G, ncols, False, own, psum + 3 * H if fold else NULL)
             par_gemm(True, False, H, G, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
-                     &dU[0, 0], G, ncols, False, own)
+                     &dU[0, 0], G, ncols, False, own, psum if fold else NULL)
             par_gemm(False, not own, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pWx, ldwx,
                      <floating>0, &dx[0, 0, 0], I, nrows, True, own)
             par_gemm(False, not own, <int>TB, I, H, <floating>1, pZ + 3 * H, ZW,
@@ -495,14 +501,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
                      I, nrows, True, own)
         else:
             par_gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
-                     <floating>0, &dW[0, 0], G, ncols, False, own)
+                     <floating>0, &dW[0, 0], G, ncols, False, own, psum if fold else NULL)
             par_gemm(True, False, H, 2 * H, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
                      &dU[0, 0], G, ncols, False, own)
             par_gemm(True, False, H, H, <int>TB, <floating>1, &rh[0, 0, 0], H, pZ + 2 * H, ZW,
                      <floating>0, &dU[0, 2 * H], G, ncols, False, own)
             par_gemm(False, not own, <int>TB, I, G, <floating>1, pZ, ZW, pWx, ldwx,
                      <floating>0, &dx[0, 0, 0], I, nrows, True, own)
-        if has_bias:
+        if has_bias and not fold:
             gemv(True, <int>TB, ZW, <floating>1, pZ, ZW, &ones[0], <floating>0, &colsum[0])
         if input_dropout_mask is not None:
             for t in range(T):
@@ -517,3 +523,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         else:
             db = colsum_arr
     return dx_arr, dh_arr, dW_arr, dU_arr, db
+
+
+def force_isa_level_here(int level):
+    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
+    fastlstm._gates.force_isa_level sets every copy."""
+    fl_force_isa_level(level)
+
+
+def isa_level_here():
+    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
+    return fl_isa_level()

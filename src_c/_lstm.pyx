@@ -24,6 +24,7 @@ from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, p
                       recurrent_grad, recurrent_grad_packed, recurrent_product,
                       recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
                       use_own, use_packed)
+from gates cimport fl_force_isa_level, fl_isa_level
 from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b, matmul_acc,
                     matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
                     fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
@@ -423,15 +424,16 @@ cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const
                            const floating *Hin, const floating *dZ, const floating *ones,
                            floating *dW, floating *dU, floating *db, bint own) noexcept nogil:
     """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
-    packed GEMM (own) or BLAS."""
+    packed GEMM (own; db summed from dZ's packed blocks, no pass of its own over dZ) or
+    BLAS."""
     if own:
         gemm2_set(True, I, H, <int>ng, <int>TB, X, I, Hin, H, dZ + g0, G, dW + g0, G,
-                  dU + g0, G)
-    else:
-        gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
-             dW + g0, G)
-        gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
-             dU + g0, G)
+                  dU + g0, G, NULL if db == NULL else db + g0)
+        return
+    gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
+         dW + g0, G)
+    gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
+         dU + g0, G)
     if db != NULL:
         gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)
 
@@ -791,3 +793,14 @@ cdef class StepPlan:
                          self.act, self.ract, <double *>self.pz, <double *>self.pscratch,
                          <double *>pho, <double *>pco)
         return h_out, [h_out, c_out]
+
+
+def force_isa_level_here(int level):
+    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
+    fastlstm._gates.force_isa_level sets every copy."""
+    fl_force_isa_level(level)
+
+
+def isa_level_here():
+    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
+    return fl_isa_level()

@@ -16,6 +16,7 @@ from fastlstm.backends.grad_buffers import state_grads
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from products cimport recurrent_grad, recurrent_product, set_policy, use_own
+from gates cimport fl_force_isa_level, fl_isa_level
 from gates cimport (fl_act, make_act, mul, merge_rows, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
                     fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
 
@@ -225,3 +226,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
             for t in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])
     return dx_arr, dh_arr, dW_arr, dU_arr, db_arr
+
+
+def force_isa_level_here(int level):
+    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
+    fastlstm._gates.force_isa_level sets every copy."""
+    fl_force_isa_level(level)
+
+
+def isa_level_here():
+    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
+    return fl_isa_level()

@@ -307,7 +307,7 @@ static void fl_gemm_packed_run##S(int trans, int M, int N, int K, const REAL *A,
         return;                                                                             \
     }                                                                                       \
     FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, NULL, 0, Bp, bias, init, C, ldc,   \
-                                 0, NULL, 0, NULL, 0, NULL)); }                             \
+                                 0, NULL, 0, NULL, 0, NULL, NULL)); }                       \
 void fl_gemm_packed##S(int trans, int M, int N, int K, const REAL *A, int lda,              \
                        const REAL *Bp, REAL *C, int ldc) {                                  \
     fl_gemm_packed_run##S(trans, M, N, K, A, lda, Bp, NULL, 0, C, ldc); }                   \
@@ -316,9 +316,10 @@ void fl_gemm_packed_set##S(int M, int N, int K, const REAL *A, int lda, const RE
     fl_gemm_packed_run##S(0, M, N, K, A, lda, Bp, bias, 1, C, ldc); }                       \
 static void fl_gemm_any##S(int trans, int M, int N, int K, const REAL *A, int lda,          \
                            const REAL *B, int ldb, int init, REAL *C, int ldc, int M2,      \
-                           const REAL *A2, int lda2, REAL *C2, int ldc2, REAL *buf) {       \
+                           const REAL *A2, int lda2, REAL *C2, int ldc2, REAL *buf,         \
+                           REAL *bsum) {                                                    \
     FL_DISPATCH(fl_gemm_run##S, (trans, M, N, K, A, lda, B, ldb, NULL, NULL, init, C, ldc,  \
-                                 M2, A2, lda2, C2, ldc2, buf)); }                           \
+                                 M2, A2, lda2, C2, ldc2, buf, bsum)); }                     \
 static void fl_gemm_loop##S(int trans, int M, int N, int K, const REAL *A, int lda,         \
                             const REAL *B, int ldb, int init, REAL *C, int ldc) {           \
     long i, j, k;                    /* out of memory: slow but right */                    \
@@ -331,12 +332,15 @@ static void fl_gemm_loop##S(int trans, int M, int N, int K, const REAL *A, int l
 }                                                                                           \
 static void fl_gemm_run_or_loop##S(int trans, int M, int N, int K, const REAL *A, int lda,  \
                                    const REAL *B, int ldb, int init, REAL *C, int ldc,      \
-                                   int M2, const REAL *A2, int lda2, REAL *C2, int ldc2) {  \
+                                   int M2, const REAL *A2, int lda2, REAL *C2, int ldc2,    \
+                                   REAL *bsum) {                                            \
     REAL *buf;                                                                              \
+    long j, k;                                                                              \
     if (N <= 0) return;                                                                     \
+    if (bsum != NULL) memset(bsum, 0, (size_t)N * sizeof(REAL));                            \
     if (M < 0) M = 0;                                                                       \
     if (M2 < 0) M2 = 0;                                                                     \
-    if (M == 0 && M2 == 0) return;                                                          \
+    if (M == 0 && M2 == 0 && bsum == NULL) return;                                          \
     if (K <= 0) {                                                                           \
         if (init) {                                                                         \
             fl_fill_rows##S(M, N, NULL, C, ldc);                                            \
@@ -347,24 +351,29 @@ static void fl_gemm_run_or_loop##S(int trans, int M, int N, int K, const REAL *A
     buf = (REAL *)aligned_alloc(64, (size_t)FL_KC * FL_NC * sizeof(REAL));                  \
     if (buf != NULL) {                                                                      \
         fl_gemm_any##S(trans, M, N, K, A, lda, B, ldb, init, C, ldc, M2, A2, lda2, C2,      \
-                       ldc2, buf);                                                          \
+                       ldc2, buf, bsum);                                                    \
         free(buf);                                                                          \
         return;                                                                             \
     }                                                                                       \
     fl_gemm_loop##S(trans, M, N, K, A, lda, B, ldb, init, C, ldc);                          \
     fl_gemm_loop##S(trans, M2, N, K, A2, lda2, B, ldb, init, C2, ldc2);                     \
+    if (bsum != NULL)                                                                       \
+        for (k = 0; k < K; k++)                                                             \
+            for (j = 0; j < N; j++) bsum[j] += B[k * ldb + j];                              \
 }                                                                                           \
 void fl_gemm##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,      \
                 int ldb, REAL *C, int ldc) {                                                \
-    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 0, C, ldc, 0, NULL, 0, NULL, 0); } \
+    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 0, C, ldc, 0, NULL, 0, NULL, 0,  \
+                           NULL); }                                                         \
 void fl_gemm_set##S(int trans, int M, int N, int K, const REAL *A, int lda, const REAL *B,  \
                     int ldb, REAL *C, int ldc) {                                            \
-    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 1, C, ldc, 0, NULL, 0, NULL, 0); } \
+    fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 1, C, ldc, 0, NULL, 0, NULL, 0,  \
+                           NULL); }                                                         \
 void fl_gemm2_set##S(int trans, int M, int M2, int N, int K, const REAL *A, int lda,        \
                      const REAL *A2, int lda2, const REAL *B, int ldb, REAL *C, int ldc,    \
-                     REAL *C2, int ldc2) {                                                  \
+                     REAL *C2, int ldc2, REAL *bsum) {                                      \
     fl_gemm_run_or_loop##S(trans, M, N, K, A, lda, B, ldb, 1, C, ldc, M2, A2, lda2, C2,     \
-                           ldc2); }
+                           ldc2, bsum); }
 
 #define REAL float
 FL_EXPORTS_GEMM(float, _f)

@@ -145,13 +145,13 @@ void fl_gemm_set_f(int trans, int M, int N, int K, const float *A, int lda, cons
 void fl_gemm_set_d(int trans, int M, int N, int K, const double *A, int lda, const double *B,
                    int ldb, double *C, int ldc);
 /* Two products sharing B, overwriting C and C2: C = op(A) B, C2 = op(A2) B (A2 [M2,K] or,
- * with trans, [K,M2]). */
+ * with trans, [K,M2]); bsum [N], unless NULL, gets the column sums of B. */
 void fl_gemm2_set_f(int trans, int M, int M2, int N, int K, const float *A, int lda,
                     const float *A2, int lda2, const float *B, int ldb, float *C, int ldc,
-                    float *C2, int ldc2);
+                    float *C2, int ldc2, float *bsum);
 void fl_gemm2_set_d(int trans, int M, int M2, int N, int K, const double *A, int lda,
                     const double *A2, int lda2, const double *B, int ldb, double *C, int ldc,
-                    double *C2, int ldc2);
+                    double *C2, int ldc2, double *bsum);
 void fl_gemm_packed_set_f(int M, int N, int K, const float *A, int lda, const float *Bp,
                           const float *bias, float *C, int ldc);
 void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda, const double *Bp,

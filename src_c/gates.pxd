@@ -142,10 +142,10 @@ cdef extern from "gates.h" nogil:
                        const double *B, int ldb, double *C, int ldc)
     void fl_gemm2_set_f(int trans, int M, int M2, int N, int K, const float *A, int lda,
                         const float *A2, int lda2, const float *B, int ldb, float *C, int ldc,
-                        float *C2, int ldc2)
+                        float *C2, int ldc2, float *bsum)
     void fl_gemm2_set_d(int trans, int M, int M2, int N, int K, const double *A, int lda,
                         const double *A2, int lda2, const double *B, int ldb, double *C,
-                        int ldc, double *C2, int ldc2)
+                        int ldc, double *C2, int ldc2, double *bsum)
     void fl_gemm_packed_set_f(int M, int N, int K, const float *A, int lda, const float *Bp,
                               const float *bias, float *C, int ldc)
     void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda,
@@ -173,12 +173,14 @@ cdef inline void gemm_set(bint trans, int M, int N, int K, const floating *A, in
 
 cdef inline void gemm2_set(bint trans, int M, int M2, int N, int K, const floating *A, int lda,
                            const floating *A2, int lda2, const floating *B, int ldb,
-                           floating *C, int ldc, floating *C2, int ldc2) noexcept nogil:
-    """C = op(A) B and C2 = op(A2) B in one pass: each block of B is packed once for both."""
+                           floating *C, int ldc, floating *C2, int ldc2,
+                           floating *bsum) noexcept nogil:
+    """C = op(A) B and C2 = op(A2) B in one pass: each block of B is packed once for both;
+    bsum [N] (unless NULL) = the column sums of B, summed from each block as it is packed."""
     if floating is float:
-        fl_gemm2_set_f(trans, M, M2, N, K, A, lda, A2, lda2, B, ldb, C, ldc, C2, ldc2)
+        fl_gemm2_set_f(trans, M, M2, N, K, A, lda, A2, lda2, B, ldb, C, ldc, C2, ldc2, bsum)
     else:
-        fl_gemm2_set_d(trans, M, M2, N, K, A, lda, A2, lda2, B, ldb, C, ldc, C2, ldc2)
+        fl_gemm2_set_d(trans, M, M2, N, K, A, lda, A2, lda2, B, ldb, C, ldc, C2, ldc2, bsum)
 
 
 cdef inline object pack_b(floating[:, :] B, bint transposed=False, object alloc=None):

@@ -305,17 +305,37 @@ FL_TARGET static void FN(gk_tiles)(int R, int trans, int kc, const REAL *a, long
 }
 #undef FL_TILE_CASE
 
+/* s[0, ncols) += the column sums of a packed block (kc rows, panels of FL_PW columns ps
+ * apart), read from L2 right after packing: the bias gradient (column sums of dZ) without a
+ * pass of its own over dZ, which is read from memory. */
+FL_INLINE void FN(block_colsums)(int kc, int ncols, const REAL *blk, long ps, REAL *s) {
+    enum { NP = 256 / FL_VBYTES };               /* vectors per panel row (FL_PW is 256 bytes) */
+    int p, k, v, j;
+    for (p = 0; p * FL_PW < ncols; p++) {
+        const REAL *b = blk + (long)p * ps;
+        const int w = ncols - p * FL_PW < FL_PW ? ncols - p * FL_PW : FL_PW;
+        FN(vec) acc[NP];
+        REAL t[FL_PW];
+        for (v = 0; v < NP; v++) acc[v] = (FN(vec)){0};
+        for (k = 0; k < kc; k++)
+            for (v = 0; v < NP; v++) acc[v] += FN(vload)(b + (long)k * FL_PW + v * FL_VL);
+        for (v = 0; v < NP; v++) FN(vstore)(t + v * FL_VL, acc[v]);
+        for (j = 0; j < w; j++) s[p * FL_PW + j] += t[j];
+    }
+}
+
 /* C[M,N] += op(A) B, or with init C = op(A) B + bias (bias a row of N, or NULL for none).
  * B is either row-major (ldb; packed here block by block into buf, which holds
  * FL_KC * FL_NC elements) or, when Bp != NULL, pre-packed whole by fl_pack_b. A is [M,K]
  * (trans = 0) or [K,M] (trans = 1), row stride lda. K > 0. With M2 > 0 a second product
  * C2[M2,N] (=|+=) op(A2) B shares every packed block of B (the weight gradients X^T dZ and
- * H^T dZ: dZ, the larger operand, is packed once for both). */
+ * H^T dZ: dZ, the larger operand, is packed once for both). With bsum (B not pre-packed),
+ * bsum[N] += the column sums of B. */
 FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL *A, long lda,
                                       const REAL *B, long ldb, const REAL *Bp,
                                       const REAL *bias, int init, REAL *C, long ldc,
                                       int M2, const REAL *A2, long lda2, REAL *C2, long ldc2,
-                                      REAL *buf) {
+                                      REAL *buf, REAL *bsum) {
     int pc, jc, ic, part, R;
     for (pc = 0; pc < K; pc += FL_KC) {
         const int kc = K - pc < FL_KC ? K - pc : FL_KC;
@@ -330,6 +350,7 @@ FL_TARGET static void FN(fl_gemm_run)(int trans, int M, int N, int K, const REAL
                 fl_pack_padded(S)(kc, nc, B + (long)pc * ldb + jc, ldb, buf);
                 blk = buf;
                 ps = (long)kc * FL_PW;
+                if (bsum != NULL) FN(block_colsums)(kc, nc, blk, ps, bsum + jc);
             }
             for (part = 0; part < 2; part++) {
                 const int m = part ? M2 : M;

@@ -7,7 +7,7 @@
 from cython.parallel cimport prange
 from libc.string cimport memset
 from blas cimport floating, gemm, gemv
-from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemv_t_acc,
+from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemm2_set, gemv_t_acc,
                    matmul_acc)
 
 cdef extern from "gates.h" nogil:
@@ -127,11 +127,15 @@ cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz
 
 cdef inline void slice_gemm(bint trans_a, bint trans_b, int M, int N, int K, floating alpha,
                             const floating *A, int lda, const floating *B, int ldb,
-                            floating beta, floating *C, int ldc, bint own) noexcept nogil:
+                            floating beta, floating *C, int ldc, bint own,
+                            floating *bsum) noexcept nogil:
     """One slice of par_gemm: BLAS, or with own our packed GEMM (which takes alpha 1, beta 0
-    or 1 and B not transposed: the caller passes B^T row-major instead)."""
+    or 1 and B not transposed: the caller passes B^T row-major instead). bsum (own, beta 0
+    only; else NULL) gets the column sums of B, summed as its blocks are packed."""
     if own:
-        if beta == 0:
+        if bsum != NULL:
+            gemm2_set(trans_a, M, 0, N, K, A, lda, NULL, 0, B, ldb, C, ldc, NULL, 0, bsum)
+        elif beta == 0:
             gemm_set(trans_a, M, N, K, A, lda, B, ldb, C, ldc)
         else:
             gemm_acc(trans_a, M, N, K, A, lda, B, ldb, C, ldc)
@@ -142,14 +146,14 @@ cdef inline void slice_gemm(bint trans_a, bint trans_b, int M, int N, int K, flo
 cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, floating alpha,
                           const floating *A, int lda, const floating *B, int ldb, floating beta,
                           floating *C, int ldc, int nthreads, bint by_rows,
-                          bint own=False) noexcept nogil:
+                          bint own=False, floating *bsum=NULL) noexcept nogil:
     """The shim's row-major gemm, split over `nthreads` threads by rows of C (by_rows) or by
     its columns; each slice is an independent single-threaded BLAS call (the callers limit
     BLAS to one thread while the kernels run: fastlstm.threads), or with own a call of our
-    packed GEMM (see slice_gemm for what it takes)."""
+    packed GEMM (see slice_gemm for what it takes; bsum [N]: split by columns only)."""
     cdef int n = max(1, nthreads), k, a, e
     if n == 1:
-        slice_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, own)
+        slice_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, own, bsum)
         return
     for k in prange(n, num_threads=n, schedule="static"):
         if by_rows:
@@ -157,9 +161,10 @@ cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, float
             e = <int>(<long>(k + 1) * M // n)
             slice_gemm(trans_a, trans_b, e - a, N, K, alpha,
                        A + (a if trans_a else <long>a * lda), lda, B, ldb, beta,
-                       C + <long>a * ldc, ldc, own)
+                       C + <long>a * ldc, ldc, own, NULL)
         else:
             a = <int>(<long>k * N // n)
             e = <int>(<long>(k + 1) * N // n)
             slice_gemm(trans_a, trans_b, M, e - a, K, alpha, A, lda,
-                       B + (<long>a * ldb if trans_b else a), ldb, beta, C + a, ldc, own)
+                       B + (<long>a * ldb if trans_b else a), ldb, beta, C + a, ldc, own,
+                       NULL if bsum == NULL else bsum + a)

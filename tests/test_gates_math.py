@@ -66,3 +66,17 @@ def test_other_activations_and_every_gradient(level, dtype, act):
         out = np.empty_like(y)
         _gates.activation_grad(y, g, out, a)
         np.testing.assert_allclose(out, g * a.grad_from_output(y), rtol=4 * eps, atol=4 * eps)
+
+
+def test_forcing_a_variant_reaches_every_extension():
+    """Each extension compiles its own copy of the ISA dispatch; forcing a variant must reach
+    all of them, or the LSTM/GRU/SimpleRNN tests "per ISA variant" would run AVX-512 only."""
+    from fastlstm import _gates, _gru, _lstm, _simple_rnn
+    best = _gates.isa_level()
+    try:
+        for level in range(best + 1):
+            _gates.force_isa_level(level)
+            assert [m.isa_level_here() for m in (_lstm, _gru, _simple_rnn)] == [level] * 3
+    finally:
+        _gates.force_isa_level(-1)
+    assert [m.isa_level_here() for m in (_lstm, _gru, _simple_rnn)] == [best] * 3
