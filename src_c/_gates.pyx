@@ -81,12 +81,12 @@ def matmul_packed_accumulate(floating[:, ::1] a, floating[:, ::1] w, floating[:,
 
 def gemm_accumulate(floating[:, :] a, floating[:, :] b, floating[:, :] c,
                     bint trans_a=False, bint packed=False, bint overwrite=False,
-                    floating[::1] bias=None, floating[:, :] b_t=None):
+                    floating[::1] bias=None, floating[:, :] b_t=None, int pack_threads=1):
     """c += op(a) @ b through the packed GEMM, op(a) = a.T with trans_a; with packed, b is
     packed once first (as the recurrent kernel is) and a must not be transposed; b_t (with
     packed): b is packed from b_t, its transpose, instead. With overwrite,
     c = op(a) @ b (+ bias, packed only) and c is never read. Rows of a, b and c may be
-    strided (views of wider arrays)."""
+    strided (views of wider arrays). pack_threads: threads that pack b (from 2^18 elements)."""
     cdef int M = a.shape[1] if trans_a else a.shape[0]
     cdef int K = a.shape[0] if trans_a else a.shape[1]
     cdef int N = b.shape[1]
@@ -116,7 +116,8 @@ def gemm_accumulate(floating[:, :] a, floating[:, :] b, floating[:, :] c,
     cdef const floating *pa = &a[0, 0] if K > 0 else NULL
     cdef const floating *pb = &b[0, 0] if K > 0 else NULL
     if packed:
-        bp = pack_b(b) if b_t is None else pack_b(b_t, True)
+        bp = pack_b(b, False, None, pack_threads) if b_t is None else pack_b(b_t, True, None,
+                                                                             pack_threads)
         with nogil:
             if overwrite:
                 gemm_packed_set(M, N, K, pa, lda, &bp[0], pbias, &c[0, 0], ldc)

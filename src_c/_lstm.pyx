@@ -299,7 +299,8 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[::1] Up
     cdef floating[:, :] Uv = recurrent_kernel
     if use_packed(B // nchunks, H):
-        Up = pack_b(Uv, False, lambda n: workspace("u", n, dtype))
+        Up = pack_b(Uv, False, lambda n: workspace("u", n, dtype),
+                    fl_max_threads)
         pUp = &Up[0]
     # A few rows per step: U in L1-sized column panels still beats reading it in place
     # (H = 128, one row: 1.76 -> 1.27 us per step) once the sequence amortises the copy.
@@ -325,7 +326,8 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
     if fl_matmul_policy != 1:
-        Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype))
+        Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype),
+                    fl_max_threads)
         pWp = &Wp[0]
     cdef int b0
     cdef long s0, s1, t_lo, nrows_c, ci
@@ -512,7 +514,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint own = own_products()
     cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
     if own:
-        WTp = pack_b(Wv, True, lambda n: workspace("wt", n, dtype))
+        WTp = pack_b(Wv, True, lambda n: workspace("wt", n, dtype),
+                    fl_max_threads)
         pWT = &WTp[0]
 
     cdef int nchunks = row_chunks(T, B, H, G)
@@ -523,7 +526,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef const floating *pUT = NULL
     # One row over a long sequence: U^T packed beats both in-place one-row products.
     if use_packed(B // nchunks, G) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
-        UTp_v = pack_b(Uv, True, lambda n: workspace("ut", n, dtype))
+        UTp_v = pack_b(Uv, True, lambda n: workspace("ut", n, dtype),
+                    fl_max_threads)
         pUTp = &UTp_v[0]
     elif B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)

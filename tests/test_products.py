@@ -179,6 +179,29 @@ def test_packed_gemm_matches_numpy(isa_level, mode, shape, overwrite):
         np.testing.assert_array_equal(c_full[:, N:], before[:, N:])   # padding untouched
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packing_split_over_threads_is_the_same(transposed):
+    """From 2^18 elements the panels are packed by several threads (uneven shares of 9 and
+    17 panels, the last one partial); the packed kernel, and so every product, is the same
+    bit for bit."""
+    from fastlstm import _gates
+    for dtype in DTYPES:
+        for K, N in ((600, 1100), (257, 1045)):
+            rng = np.random.default_rng(seed_of("pack_threads", transposed, K, N))
+            b_full = rng.standard_normal((K, N + 3)).astype(dtype)
+            b = b_full[:, 1:N + 1]
+            w = np.ascontiguousarray(b.T) if transposed else None
+            a = rng.standard_normal((5, K)).astype(dtype)
+            out = []
+            for threads in (1, 2, 3):
+                c = np.zeros((5, N), dtype)
+                _gates.gemm_accumulate(a, b, c, packed=True, b_t=w, pack_threads=threads)
+                out.append(c)
+            np.testing.assert_array_equal(out[1], out[0])
+            np.testing.assert_array_equal(out[2], out[0])
+            np.testing.assert_allclose(out[0], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("shape", GEMM_SHAPES + [(9, 70, 1100), (3, 130, 65)])
 def test_packing_a_transposed_weight(isa_level, shape):
     """W^T packed straight from W (the gradients' transposed kernels) equals packing a
