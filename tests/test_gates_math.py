@@ -47,6 +47,11 @@ def test_exp_based_activations_within_a_few_ulp(level, dtype, name):
     nan = np.array([np.nan], dtype)
     _gates.activation_forward(nan, A.get(name))
     assert np.isnan(nan[0])
+    if name == "tanh":              # exact at the ends, and a zero keeps its sign
+        ends = np.array([-np.inf, np.inf, -0.0, 0.0], dtype)
+        _gates.activation_forward(ends, A.get(name))
+        np.testing.assert_array_equal(ends, np.array([-1.0, 1.0, 0.0, 0.0], dtype))
+        assert np.signbit(ends[2]) and not np.signbit(ends[3])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
