@@ -491,7 +491,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
             par_gemm(True, False, I, 2 * H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
                      <floating>0, &dW[0, 0], G, ncols, False, own)
             par_gemm(True, False, I, H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ + 3 * H, ZW,
-                     <floating>0, &dW[0, 2 * H], G, ncols, False, own, psum + 3 * H if fold else NULL)
+                     <floating>0, &dW[0, 2 * H], G, ncols, False, own,
+                     psum + 3 * H if fold else NULL)
             par_gemm(True, False, H, G, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
                      &dU[0, 0], G, ncols, False, own, psum if fold else NULL)
             par_gemm(False, not own, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pWx, ldwx,

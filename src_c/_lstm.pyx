@@ -24,10 +24,10 @@ from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, p
                       recurrent_grad, recurrent_grad_packed, recurrent_product,
                       recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
                       use_own, use_packed)
-from gates cimport fl_force_isa_level, fl_isa_level
-from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b, matmul_acc,
-                    matmul_packed_acc, pack_panels, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d,
-                    fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b,
+                    matmul_acc, matmul_packed_acc, pack_panels, fl_force_isa_level, fl_isa_level,
+                    fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
+                    fl_lstm_bwd_step_d)
 
 
 def get_parallel_min_macs():
@@ -299,8 +299,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[::1] Up
     cdef floating[:, :] Uv = recurrent_kernel
     if use_packed(B // nchunks, H):
-        Up = pack_b(Uv, False, lambda n: workspace("u", n, dtype),
-                    fl_max_threads)
+        Up = pack_b(Uv, False, lambda n: workspace("u", n, dtype), fl_max_threads)
         pUp = &Up[0]
     # A few rows per step: U in L1-sized column panels still beats reading it in place
     # (H = 128, one row: 1.76 -> 1.27 us per step) once the sequence amortises the copy.
@@ -326,8 +325,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
     if fl_matmul_policy != 1:
-        Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype),
-                    fl_max_threads)
+        Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype), fl_max_threads)
         pWp = &Wp[0]
     cdef int b0
     cdef long s0, s1, t_lo, nrows_c, ci
@@ -514,8 +512,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef bint own = own_products()
     cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
     if own:
-        WTp = pack_b(Wv, True, lambda n: workspace("wt", n, dtype),
-                    fl_max_threads)
+        WTp = pack_b(Wv, True, lambda n: workspace("wt", n, dtype), fl_max_threads)
         pWT = &WTp[0]
 
     cdef int nchunks = row_chunks(T, B, H, G)
@@ -526,8 +523,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef const floating *pUT = NULL
     # One row over a long sequence: U^T packed beats both in-place one-row products.
     if use_packed(B // nchunks, G) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
-        UTp_v = pack_b(Uv, True, lambda n: workspace("ut", n, dtype),
-                    fl_max_threads)
+        UTp_v = pack_b(Uv, True, lambda n: workspace("ut", n, dtype), fl_max_threads)
         pUTp = &UTp_v[0]
     elif B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
@@ -773,15 +769,15 @@ cdef class StepPlan:
                                <const float *>pc, <const float *>self.pW,
                                <const float *>self.pU, <const float *>self.pb,
                                <const float *>self.pP, self.coupled, self.act, self.ract,
-                               <float *>self.pz, <float *>self.pzpart, <float *>self.pscratch, <float *>pho,
-                               <float *>pco)
+                               <float *>self.pz, <float *>self.pzpart,
+                               <float *>self.pscratch, <float *>pho, <float *>pco)
                 else:
                     step_split(nt, I, H, G, <const double *>px, <const double *>ph,
                                <const double *>pc, <const double *>self.pW,
                                <const double *>self.pU, <const double *>self.pb,
                                <const double *>self.pP, self.coupled, self.act, self.ract,
-                               <double *>self.pz, <double *>self.pzpart, <double *>self.pscratch, <double *>pho,
-                               <double *>pco)
+                               <double *>self.pz, <double *>self.pzpart,
+                               <double *>self.pscratch, <double *>pho, <double *>pco)
             return h_out, [h_out, c_out]
         with nogil:
             if tn == cnp.NPY_FLOAT:
