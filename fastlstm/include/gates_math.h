@@ -36,14 +36,21 @@ FL_INLINE fl_i64 fl_f64_bits(double x) { fl_i64 k; memcpy(&k, &x, sizeof k); ret
 FL_INLINE double fl_bits_f64(fl_i64 k) { double x; memcpy(&x, &k, sizeof x); return x; }
 #endif
 
-FL_INLINE float fl_exp_f(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+/* float x (in the normal range) = n ln2 + r: returns r, *s = 2^n. Shared by exp and tanh. */
+FL_INLINE float fl_reduce_ln2_f(float x, float *s) {
     float kf = x * 1.44269504088896341f + 12582912.0f;   /* 1.5 * 2^23 */
     float n = kf - 12582912.0f;
     fl_i32 k = fl_f32_bits(kf) - 0x4B400000;             /* bits of 1.5 * 2^23 */
     float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    *s = fl_bits_f32((k + 127) << 23);
+    return r - n * -2.12194440e-4f;
+}
+
+FL_INLINE float fl_exp_f(float x) {
+    float s;
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float r = fl_reduce_ln2_f(x, &s);
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
@@ -52,7 +59,7 @@ FL_INLINE float fl_exp_f(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    return p * fl_bits_f32((k + 127) << 23);
+    return p * s;
 }
 
 FL_INLINE double fl_exp_d(double x) {
@@ -90,14 +97,11 @@ FL_INLINE double fl_sigmoid_d(double x) { return 1.0 / (1.0 + fl_exp_d(-x)); }
  * so small x keep their relative accuracy. |2x| is clamped to 20, where tanh rounds to +-1;
  * a zero keeps its sign. */
 FL_INLINE float fl_tanh_f(float x) {
+    float s;                                             /* 2^n */
     float y = 2.0f * x;
     y = y < -20.0f ? -20.0f : y;
     y = y > 20.0f ? 20.0f : y;
-    float kf = y * 1.44269504088896341f + 12582912.0f;   /* 1.5 * 2^23 */
-    float n = kf - 12582912.0f;
-    fl_i32 k = fl_f32_bits(kf) - 0x4B400000;
-    float r = y - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    float r = fl_reduce_ln2_f(y, &s);
     float q = 1.0f / 40320.0f;
     q = q * r + 1.0f / 5040.0f;
     q = q * r + 1.0f / 720.0f;
@@ -106,7 +110,6 @@ FL_INLINE float fl_tanh_f(float x) {
     q = q * r + 1.0f / 6.0f;
     q = q * r + 0.5f;
     q = q * r + 1.0f;
-    float s = fl_bits_f32((k + 127) << 23);              /* 2^n */
     float e = s * (r * q) + (s - 1.0f);
     return x == 0.0f ? x : e / (e + 2.0f);
 }
