@@ -664,6 +664,26 @@ cdef inline void step_split(int nt, int I, int H, int G, const floating *x, cons
     fwd_step(1, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
+cdef inline void plan_step(floating *z, int nt, int B, int I, int H, int G, const void *x,
+                           int ldx, const void *h, const void *c, const void *W, const void *U,
+                           const void *b, const void *P, bint coupled, fl_act act, fl_act ract,
+                           void *zpart, void *scratch, void *h_out,
+                           void *c_out) noexcept nogil:
+    """A StepPlan's step on its untyped buffers, in z's dtype: split over nt > 1 threads
+    (batch 1) or on this thread."""
+    if nt > 1:
+        step_split(nt, I, H, G, <const floating *>x, <const floating *>h,
+                   <const floating *>c, <const floating *>W, <const floating *>U,
+                   <const floating *>b, <const floating *>P, coupled, act, ract, z,
+                   <floating *>zpart, <floating *>scratch, <floating *>h_out,
+                   <floating *>c_out)
+    else:
+        step_run(B, I, H, G, <const floating *>x, ldx, <const floating *>h,
+                 <const floating *>c, <const floating *>W, <const floating *>U,
+                 <const floating *>b, <const floating *>P, coupled, act, ract, z,
+                 <floating *>scratch, <floating *>h_out, <floating *>c_out)
+
+
 cdef class StepPlan:
     """A streaming step bound to one layer's weight arrays (in-place updates show; other
     arrays need a new plan). ``call`` checks its arguments with a few C comparisons and runs
@@ -763,35 +783,17 @@ cdef class StepPlan:
             if self.zpart_arr is None or self.zpart_arr.shape[0] < (nt - 1) * G:
                 self.zpart_arr = np.empty((nt - 1) * G, self.z_arr.dtype)
                 self.pzpart = cnp.PyArray_DATA(<cnp.ndarray>self.zpart_arr)
-            with nogil:
-                if tn == cnp.NPY_FLOAT:
-                    step_split(nt, I, H, G, <const float *>px, <const float *>ph,
-                               <const float *>pc, <const float *>self.pW,
-                               <const float *>self.pU, <const float *>self.pb,
-                               <const float *>self.pP, self.coupled, self.act, self.ract,
-                               <float *>self.pz, <float *>self.pzpart,
-                               <float *>self.pscratch, <float *>pho, <float *>pco)
-                else:
-                    step_split(nt, I, H, G, <const double *>px, <const double *>ph,
-                               <const double *>pc, <const double *>self.pW,
-                               <const double *>self.pU, <const double *>self.pb,
-                               <const double *>self.pP, self.coupled, self.act, self.ract,
-                               <double *>self.pz, <double *>self.pzpart,
-                               <double *>self.pscratch, <double *>pho, <double *>pco)
-            return h_out, [h_out, c_out]
+        else:
+            nt = 1
         with nogil:
             if tn == cnp.NPY_FLOAT:
-                step_run(B, I, H, G, <const float *>px, ldx, <const float *>ph,
-                         <const float *>pc, <const float *>self.pW, <const float *>self.pU,
-                         <const float *>self.pb, <const float *>self.pP, self.coupled,
-                         self.act, self.ract, <float *>self.pz, <float *>self.pscratch,
-                         <float *>pho, <float *>pco)
+                plan_step(<float *>self.pz, nt, B, I, H, G, px, ldx, ph, pc, self.pW, self.pU,
+                          self.pb, self.pP, self.coupled, self.act, self.ract, self.pzpart,
+                          self.pscratch, pho, pco)
             else:
-                step_run(B, I, H, G, <const double *>px, ldx, <const double *>ph,
-                         <const double *>pc, <const double *>self.pW, <const double *>self.pU,
-                         <const double *>self.pb, <const double *>self.pP, self.coupled,
-                         self.act, self.ract, <double *>self.pz, <double *>self.pscratch,
-                         <double *>pho, <double *>pco)
+                plan_step(<double *>self.pz, nt, B, I, H, G, px, ldx, ph, pc, self.pW, self.pU,
+                          self.pb, self.pP, self.coupled, self.act, self.ract, self.pzpart,
+                          self.pscratch, pho, pco)
         return h_out, [h_out, c_out]
 
 
