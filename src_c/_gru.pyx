@@ -438,15 +438,19 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
     dU_arr = np.empty((H, G), dtype)
+    cdef bint own = fl_matmul_policy != 1 and not projections_on_blas
+    cdef bint fold = own and has_bias        # db summed by the weight gradients' GEMMs
     colsum_arr = np.empty(ZW, dtype) if has_bias else None
-    ones_arr = np.ones(TB, dtype) if has_bias else None
+    ones_arr = np.ones(TB, dtype) if has_bias and not fold else None   # BLAS's db: ones^T dZ
     cdef floating[:, :, ::1] dx = dx_arr
     cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
     cdef floating[::1] colsum, ones
     cdef floating *psum = NULL
     if has_bias:
-        colsum, ones = colsum_arr, ones_arr
+        colsum = colsum_arr
         psum = &colsum[0]
+    if ones_arr is not None:
+        ones = ones_arr
     cdef const floating *pHin = &hin[0, 0, 0] if has_rdrop else &h_prev[0, 0, 0]
     cdef floating[:, ::1] UT                          # U^T [G,H] for the own-kernel path
     cdef const floating *pUT = NULL
@@ -458,8 +462,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef const floating *pH = &h_prev[0, 0, 0]
-    cdef bint own = fl_matmul_policy != 1 and not projections_on_blas
-    cdef bint fold = own and has_bias        # db summed by the weight gradients' GEMMs
     cdef floating[:, ::1] WT                          # W^T [G,I]: the input gradient's B
     cdef const floating *pWx = pW
     cdef int ldwx = G

@@ -494,22 +494,25 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
     dU_arr = np.empty((H, G), dtype)
+    cdef bint own = own_products()
     db_arr = np.empty(G, dtype) if has_bias else None
-    ones_arr = np.ones(TB, dtype) if has_bias else None
+    ones_arr = np.ones(TB, dtype) if has_bias and not own else None   # BLAS's db: ones^T dZ
     cdef floating[:, :, ::1] dx = dx_arr
     cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
     cdef floating[::1] db, ones
     cdef floating *pdb = NULL
     cdef const floating *pones = NULL
     if has_bias:
-        db, ones = db_arr, ones_arr
-        pdb, pones = &db[0], &ones[0]
+        db = db_arr
+        pdb = &db[0]
+    if ones_arr is not None:
+        ones = ones_arr
+        pones = &ones[0]
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef long g0, r0
     cdef floating[::1] WTp                            # W^T [G,I], packed, for our GEMM
     cdef const floating *pWT = NULL
-    cdef bint own = own_products()
     cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
     if own:
         WTp = pack_b(Wv, True, lambda n: workspace("wt", n, dtype), fl_max_threads)
