@@ -86,7 +86,7 @@ for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
     extensions.append(Extension(
         "fastlstm." + name,
         sources=[pyx, gates_source(name)],
-        include_dirs=[SRC, SHARED_INCLUDE, numpy.get_include()],   # _lstm's step cimports numpy
+        include_dirs=[SRC, SHARED_INCLUDE, numpy.get_include()],   # _step cimports numpy
         depends=sorted(glob.glob(os.path.join(SRC, "*.h")) + glob.glob(os.path.join(SRC, "*.pxd"))
                        + glob.glob(os.path.join(SHARED_INCLUDE, "*.h"))
                        + [os.path.join(SRC, "gates.c")]),

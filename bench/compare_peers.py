@@ -134,13 +134,14 @@ def build(cell, T, B, H, threads, with_onnx):
     return impls_inf, impls_train, flops, err, layer, x
 
 
-def torch_gru_weights(tm):
-    """PyTorch GRU [r|z|n] with b_ih, b_hh -> Keras reset_after layout [z|r|h], bias (2, 3H)."""
-    def reorder(a):
-        r, z, n = np.split(a.detach().numpy(), 3, axis=0)
+def torch_gru_weights(tm, suffix="_l0"):
+    """PyTorch GRU [r|z|n] with b_ih, b_hh -> Keras reset_after layout [z|r|h], bias (2, 3H);
+    suffix "" for a GRUCell."""
+    def reorder(name):
+        r, z, n = np.split(getattr(tm, name + suffix).detach().numpy(), 3, axis=0)
         return np.concatenate([z, r, n], axis=0)
-    return [reorder(tm.weight_ih_l0).T, reorder(tm.weight_hh_l0).T,
-            np.stack([reorder(tm.bias_ih_l0), reorder(tm.bias_hh_l0)])]
+    return [reorder("weight_ih").T, reorder("weight_hh").T,
+            np.stack([reorder("bias_ih"), reorder("bias_hh")])]
 
 
 def _torch_inf(tm, xt):
@@ -169,32 +170,52 @@ def oracle_time(layer, x):
         return timed_blocks({"oracle": lambda: layer(x)}, reps=3, per_block=1)["oracle"]
 
 
+STREAM_CELLS = [("lstm", "LSTM", "LSTMCell"), ("gru", "GRU", "GRUCell"),
+                ("simple_rnn", "SimpleRNN", "RNNCell")]
+
+
+def _cell_weights(cell, tc):
+    """A torch cell's weights in fastlstm's (Keras) layout."""
+    if cell == "gru":
+        return torch_gru_weights(tc, suffix="")
+    return [tc.weight_ih.detach().numpy().T, tc.weight_hh.detach().numpy().T,
+            (tc.bias_ih + tc.bias_hh).detach().numpy()]
+
+
 def streaming(threads, reps, per_block):
+    """Per step at batch 1: each cell's layer.step against the torch cell of the same
+    weights, H = I in STREAM_UNITS. Rows (cell, H, fastlstm s, torch s, max |difference| of
+    one step's output)."""
     import torch
     import fastlstm as fl
     rows = []
-    for H in STREAM_UNITS:
-        I = H
-        torch.manual_seed(0)
-        cell = torch.nn.LSTMCell(I, H)
-        layer = fl.layers.LSTM(H)
-        layer.build((1, 1, I))
-        layer.set_weights([cell.weight_ih.detach().numpy().T, cell.weight_hh.detach().numpy().T,
-                           (cell.bias_ih + cell.bias_hh).detach().numpy()])
-        x = np.random.default_rng(0).standard_normal((1, I)).astype(np.float32)
-        state = layer.get_initial_state(1)
-        xt = torch.from_numpy(x)
-        hc = (torch.zeros(1, H), torch.zeros(1, H))
-
-        def fl_step():
-            layer.step(x, state)
-
-        def torch_step():
+    for cell, layer_name, torch_name in STREAM_CELLS:
+        for H in STREAM_UNITS:
+            I = H
+            torch.manual_seed(0)
+            tc = getattr(torch.nn, torch_name)(I, H)
+            layer = getattr(fl.layers, layer_name)(H)
+            layer.build((1, 1, I))
+            layer.set_weights(_cell_weights(cell, tc))
+            x = np.random.default_rng(0).standard_normal((1, I)).astype(np.float32)
+            state = [np.full((1, H), 0.1, np.float32) for _ in layer.state_names]
+            xt = torch.from_numpy(x)
+            ts = tuple(torch.from_numpy(s) for s in state)
+            ts = ts if cell == "lstm" else ts[0]
             with torch.inference_mode():
-                cell(xt, hc)
+                ref = tc(xt, ts)
+            ref = (ref[0] if cell == "lstm" else ref).numpy()
+            err = float(np.abs(layer.step(x, state)[0] - ref).max())
 
-        t = timed_blocks({"fastlstm": fl_step, "torch": torch_step}, reps, per_block * 20)
-        rows.append((H, t["fastlstm"], t["torch"]))
+            def fl_step():
+                layer.step(x, state)
+
+            def torch_step():
+                with torch.inference_mode():
+                    tc(xt, ts)
+
+            t = timed_blocks({"fastlstm": fl_step, "torch": torch_step}, reps, per_block * 20)
+            rows.append((cell, H, t["fastlstm"], t["torch"], err))
     return rows
 
 
@@ -384,9 +405,12 @@ def main(argv=None):
             if err > 1e-4:
                 print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
     if not args.no_stream:
-        print("\nstreaming: one step() at batch 1 vs torch.nn.LSTMCell, per step")
-        for H, f, t in streaming(args.threads, reps, per_block):
-            print(f"  H={H:4d}: fastlstm {f * 1e6:7.1f} us  torch {t * 1e6:7.1f} us  ratio {f / t:.2f}")
+        print("\nstreaming: one step() at batch 1 vs torch.nn.LSTMCell, GRUCell, RNNCell, per step")
+        for cell, H, f, t, err in streaming(args.threads, reps, per_block):
+            print(f"  {cell:10s} H={H:4d}: fastlstm {f * 1e6:7.1f} us  torch {t * 1e6:7.1f} us  "
+                  f"ratio {f / t:.2f}")
+            if err > 1e-4:
+                print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
     if args.memory:
         print("\nmemory: peak growth of one training step (forward + backward), MiB")
         print(f"{'cell':4s} {'T':>4s} {'B':>4s} {'I=H':>5s} | {'fastlstm':>9s} {'torch':>9s} "

@@ -55,7 +55,7 @@ def set_loop_threads(n: int) -> None:
 
 def _set_kernel_threads(n: int) -> None:
     import importlib
-    for name in ("_lstm", "_gru", "_simple_rnn"):
+    for name in ("_lstm", "_gru", "_simple_rnn", "_step"):
         try:
             mod = importlib.import_module(f"fastlstm.{name}")
         except ImportError:

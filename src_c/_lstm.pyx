@@ -11,21 +11,18 @@
 import threading
 
 import numpy as np
-cimport numpy as cnp
-
-cnp.import_array()
 
 from fastlstm.backends.grad_buffers import state_grads
 
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, product,
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
                       recurrent_grad, recurrent_grad_packed, recurrent_product,
                       recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
                       use_own, use_packed)
 from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b,
-                    matmul_acc, matmul_packed_acc, pack_panels, fl_force_isa_level, fl_isa_level,
+                    matmul_packed_acc, pack_panels, fl_force_isa_level, fl_isa_level,
                     fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
                     fl_lstm_bwd_step_d)
 
@@ -575,229 +572,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])
     return dx_arr, dh_arr, dc_arr, dW_arr, dU_arr, db_arr, dpeep_arr
 
-
-
-cdef inline bint rows_of(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols,
-                         bint contiguous) noexcept:
-    """a is an aligned, native-order ndarray [rows, cols] of typenum whose rows are contiguous
-    (and packed one after another when `contiguous`)."""
-    if not cnp.PyArray_Check(a):
-        return False
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 2
-            or cnp.PyArray_DIM(arr, 0) != rows or cnp.PyArray_DIM(arr, 1) != cols
-            or not cnp.PyArray_ISBEHAVED_RO(arr)):
-        return False
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr)
-    if cols > 1 and cnp.PyArray_STRIDE(arr, 1) != item:
-        return False
-    if rows > 1 and cnp.PyArray_STRIDE(arr, 0) != cols * item:
-        return not contiguous and cnp.PyArray_STRIDE(arr, 0) % item == 0 \
-            and cnp.PyArray_STRIDE(arr, 0) >= cols * item
-    return True
-
-
-cdef inline void step_products(int B, int I, int H, int G, const floating *x, int ldx,
-                               const floating *h, const floating *W, const floating *U,
-                               const floating *b, floating *z) noexcept nogil:
-    """A step's z [B,G] = b + x W + h U: both products accumulate into z, which stays in
-    cache."""
-    cdef int r
-    cdef floating beta = 0
-    if b != NULL:
-        for r in range(B):
-            memcpy(z + <long>r * G, b, G * sizeof(floating))
-        beta = 1
-    product(B, I, G, x, ldx, W, G, beta, z, G)
-    recurrent_product(B, H, G, h, U, G, <floating>1, z, G)
-
-
-cdef inline void step_run(int B, int I, int H, int G, const floating *x, int ldx,
-                          const floating *h, const floating *c, const floating *W,
-                          const floating *U, const floating *b, const floating *P, bint coupled,
-                          fl_act act, fl_act ract, floating *z, floating *scratch,
-                          floating *h_out, floating *c_out) noexcept nogil:
-    """One step: z = [x, h] [W; U] + b, then the gates and the new h, c."""
-    step_products(B, I, H, G, x, ldx, h, W, U, b, z)
-    fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
-
-
-# Weights from which a batch-1 step splits its rows over the threads. At 512 KiB (I = H = 128)
-# a split step took 3.7-6.5 us against 4.7-4.8 on one thread (bimodal on this virtual
-# machine: not reliably faster); at 800 KiB (H = 160) 5.1-7.2 against 7.4-7.7.
-cdef enum:
-    STEP_SPLIT_MIN_BYTES = 768 << 10
-
-
-cdef inline void step_rows(int k0, int k1, int I, int H, int G, const floating *x,
-                           const floating *h, const floating *W, const floating *U,
-                           const floating *b, floating *z) noexcept nogil:
-    """z[G] = b (or 0) + rows [k0, k1) of the product [x, h] [W; U]."""
-    cdef int j0
-    if b != NULL:
-        memcpy(z, b, G * sizeof(floating))
-    else:
-        memset(z, 0, G * sizeof(floating))
-    if k0 < I:
-        matmul_acc(1, G, min(k1, I) - k0, x + k0, I, W + <long>k0 * G, G, z, G)
-    if k1 > I:
-        j0 = max(k0, I) - I
-        matmul_acc(1, G, k1 - I - j0, h + j0, H, U + <long>j0 * G, G, z, G)
-
-
-cdef inline void step_split(int nt, int I, int H, int G, const floating *x, const floating *h,
-                            const floating *c, const floating *W, const floating *U,
-                            const floating *b, const floating *P, bint coupled, fl_act act,
-                            fl_act ract, floating *z, floating *zpart, floating *scratch,
-                            floating *h_out, floating *c_out) noexcept nogil:
-    """A batch-1 step whose products are split by rows of [W; U] over nt threads (whole
-    8-row groups) in one parallel region: each thread reads a contiguous block of weights
-    (with I = H and two threads, thread 0 all of W and thread 1 all of U), which streams
-    faster than a slice of columns of every row, and sums into its own z (the first one z
-    itself, with the bias; the others zpart [nt-1, G]); this thread adds them up and runs the
-    gates, a few hundred values."""
-    cdef int k, j, K = I + H, groups = (I + H + 7) // 8
-    for k in prange(nt, num_threads=nt, schedule="static"):
-        step_rows(min(K, (k * groups // nt) * 8), min(K, ((k + 1) * groups // nt) * 8), I, H, G,
-                  x, h, W, U, b if k == 0 else NULL,
-                  z if k == 0 else zpart + <long>(k - 1) * G)
-    for k in range(1, nt):
-        for j in range(G):
-            z[j] += zpart[<long>(k - 1) * G + j]
-    fwd_step(1, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
-
-
-cdef inline void plan_step(floating *z, int nt, int B, int I, int H, int G, const void *x,
-                           int ldx, const void *h, const void *c, const void *W, const void *U,
-                           const void *b, const void *P, bint coupled, fl_act act, fl_act ract,
-                           void *zpart, void *scratch, void *h_out,
-                           void *c_out) noexcept nogil:
-    """A StepPlan's step on its untyped buffers, in z's dtype: split over nt > 1 threads
-    (batch 1) or on this thread."""
-    if nt > 1:
-        step_split(nt, I, H, G, <const floating *>x, <const floating *>h,
-                   <const floating *>c, <const floating *>W, <const floating *>U,
-                   <const floating *>b, <const floating *>P, coupled, act, ract, z,
-                   <floating *>zpart, <floating *>scratch, <floating *>h_out,
-                   <floating *>c_out)
-    else:
-        step_run(B, I, H, G, <const floating *>x, ldx, <const floating *>h,
-                 <const floating *>c, <const floating *>W, <const floating *>U,
-                 <const floating *>b, <const floating *>P, coupled, act, ract, z,
-                 <floating *>scratch, <floating *>h_out, <floating *>c_out)
-
-
-cdef class StepPlan:
-    """A streaming step bound to one layer's weight arrays (in-place updates show; other
-    arrays need a new plan). ``call`` checks its arguments with a few C comparisons and runs
-    the step into new output arrays: the whole call costs about a microsecond more than the
-    arithmetic."""
-    cdef readonly object kernel, recurrent_kernel, bias, peephole
-    cdef object z_arr, scratch_arr, zpart_arr
-    cdef void *pW
-    cdef void *pU
-    cdef void *pb
-    cdef void *pP
-    cdef void *pz
-    cdef void *pzpart
-    cdef void *pscratch
-    cdef int typenum, n_in, n_units, n_gates, n_batch
-    cdef fl_act act, ract
-    cdef bint coupled
-
-    def __init__(self, kernel, recurrent_kernel, bias, peephole, activation, recurrent_activation,
-                 bint coupled, int batch):
-        """Raises ValueError when a weight is not an aligned C-contiguous array of one float
-        dtype with the shapes of an LSTM (the layer then takes the general path)."""
-        if not cnp.PyArray_Check(kernel) or kernel.ndim != 2 or recurrent_kernel.ndim != 2:
-            raise ValueError("StepPlan: expected 2-D kernel and recurrent_kernel arrays")
-        cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>kernel)
-        if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
-            raise ValueError("StepPlan: weights must be float32 or float64")
-        cdef Py_ssize_t I = kernel.shape[0], H = recurrent_kernel.shape[0]
-        cdef Py_ssize_t G = recurrent_kernel.shape[1]
-        ok = (batch >= 1 and I >= 1 and H >= 1 and rows_of(kernel, typenum, I, G, True)
-              and rows_of(recurrent_kernel, typenum, H, G, True)
-              and G == (3 if coupled else 4) * H
-              and (bias is None or rows_of(bias.reshape(1, -1) if cnp.PyArray_Check(bias)
-                                           and bias.ndim == 1 else None, typenum, 1, G, True))
-              and (peephole is None or rows_of(peephole, typenum, 3, H, True)))
-        if not ok:
-            raise ValueError("StepPlan: weights are not C-contiguous arrays of one float dtype "
-                             "with LSTM shapes")
-        self.kernel, self.recurrent_kernel, self.bias, self.peephole = (
-            kernel, recurrent_kernel, bias, peephole)
-        self.typenum = typenum
-        self.n_in, self.n_units, self.n_gates, self.n_batch = I, H, G, batch
-        self.pW = cnp.PyArray_DATA(<cnp.ndarray>kernel)
-        self.pU = cnp.PyArray_DATA(<cnp.ndarray>recurrent_kernel)
-        self.pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
-        self.pP = NULL if peephole is None else cnp.PyArray_DATA(<cnp.ndarray>peephole)
-        self.act, self.ract = make_act(activation), make_act(recurrent_activation)
-        self.coupled = coupled
-        dtype = np.float32 if typenum == cnp.NPY_FLOAT else np.float64
-        self.z_arr = np.empty((batch, G), dtype)
-        self.scratch_arr = np.empty(H, dtype)
-        self.pz = cnp.PyArray_DATA(<cnp.ndarray>self.z_arr)
-        self.pscratch = cnp.PyArray_DATA(<cnp.ndarray>self.scratch_arr)
-        self.zpart_arr = None
-
-    @property
-    def batch(self):
-        return self.n_batch
-
-    def bound_to(self, layer):
-        """Whether the layer's weight attributes are still the arrays this plan reads."""
-        return (layer.kernel is self.kernel and layer.recurrent_kernel is self.recurrent_kernel
-                and (self.bias is None or layer.bias is self.bias)
-                and (self.peephole is None or layer.peephole is self.peephole))
-
-    def call(self, layer, x, states):
-        """``(h, [h, c])`` of one step of `layer` from x [B,I] and states [h, c] [B,H], or None
-        when anything is not what the plan runs as is (other weights, batch, dtype, shapes,
-        layout): the caller then checks and converts, and raises on bad input."""
-        if not (layer.kernel is self.kernel and layer.recurrent_kernel is self.recurrent_kernel
-                and (self.bias is None or layer.bias is self.bias)
-                and (self.peephole is None or layer.peephole is self.peephole)):
-            return None
-        cdef int B = self.n_batch, I = self.n_in, H = self.n_units, G = self.n_gates
-        cdef int tn = self.typenum
-        if not rows_of(x, tn, B, I, False):
-            return None
-        if not ((type(states) is list or type(states) is tuple) and len(states) == 2):
-            return None
-        h, c = states[0], states[1]
-        if not (rows_of(h, tn, B, H, True) and rows_of(c, tn, B, H, True)):
-            return None
-        cdef cnp.npy_intp dims[2]
-        dims[0], dims[1] = B, H
-        h_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
-        c_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
-        cdef void *px = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void *ph = cnp.PyArray_DATA(<cnp.ndarray>h)
-        cdef void *pc = cnp.PyArray_DATA(<cnp.ndarray>c)
-        cdef void *pho = cnp.PyArray_DATA(<cnp.ndarray>h_out)
-        cdef void *pco = cnp.PyArray_DATA(<cnp.ndarray>c_out)
-        cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
-                                               // cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
-        cdef int nt = min(fl_max_threads, max(1, G // 256))
-        cdef long weight_bytes = <long>(I + H) * G * cnp.PyArray_ITEMSIZE(<cnp.ndarray>x)
-        if B == 1 and nt > 1 and fl_matmul_policy != 1 and weight_bytes >= STEP_SPLIT_MIN_BYTES:
-            if self.zpart_arr is None or self.zpart_arr.shape[0] < (nt - 1) * G:
-                self.zpart_arr = np.empty((nt - 1) * G, self.z_arr.dtype)
-                self.pzpart = cnp.PyArray_DATA(<cnp.ndarray>self.zpart_arr)
-        else:
-            nt = 1
-        with nogil:
-            if tn == cnp.NPY_FLOAT:
-                plan_step(<float *>self.pz, nt, B, I, H, G, px, ldx, ph, pc, self.pW, self.pU,
-                          self.pb, self.pP, self.coupled, self.act, self.ract, self.pzpart,
-                          self.pscratch, pho, pco)
-            else:
-                plan_step(<double *>self.pz, nt, B, I, H, G, px, ldx, ph, pc, self.pW, self.pU,
-                          self.pb, self.pP, self.coupled, self.act, self.ract, self.pzpart,
-                          self.pscratch, pho, pco)
-        return h_out, [h_out, c_out]
 
 
 def force_isa_level_here(int level):

@@ -76,12 +76,12 @@ def test_other_activations_and_every_gradient(level, dtype, act):
 def test_forcing_a_variant_reaches_every_extension():
     """Each extension compiles its own copy of the ISA dispatch; forcing a variant must reach
     all of them, or the LSTM/GRU/SimpleRNN tests "per ISA variant" would run AVX-512 only."""
-    from fastlstm import _gates, _gru, _lstm, _simple_rnn
+    from fastlstm import _gates, _gru, _lstm, _simple_rnn, _step
     best = _gates.isa_level()
     try:
         for level in range(best + 1):
             _gates.force_isa_level(level)
-            assert [m.isa_level_here() for m in (_lstm, _gru, _simple_rnn)] == [level] * 3
+            assert [m.isa_level_here() for m in (_lstm, _gru, _simple_rnn, _step)] == [level] * 4
     finally:
         _gates.force_isa_level(-1)
-    assert [m.isa_level_here() for m in (_lstm, _gru, _simple_rnn)] == [best] * 3
+    assert [m.isa_level_here() for m in (_lstm, _gru, _simple_rnn, _step)] == [best] * 4

@@ -31,9 +31,9 @@ def _check_seed(seed):
     return int(seed)
 
 
-def _lstm_kernels():
-    from .. import _lstm
-    return _lstm
+def _step_kernels():
+    from .. import _step
+    return _step
 
 
 def _serialize_regularizer(reg):
@@ -76,6 +76,14 @@ class RecurrentLayer(Layer):
         self.unroll = check_bool("unroll", unroll)   # accepted for Keras parity; no effect
         self.states = None
         self.last_activity_loss = 0.0
+        self._step_plan = None      # the compiled step() bound to the weights (fastlstm._step)
+
+    def __getstate__(self):
+        # The plan points into this object's arrays: a copy or an unpickled layer makes its
+        # own at its first step.
+        state = self.__dict__.copy()
+        state["_step_plan"] = None
+        return state
 
     # -- subclass hooks ----------------------------------------------------------------
     def _create_weights(self, input_dim):
@@ -92,6 +100,11 @@ class RecurrentLayer(Layer):
 
     def _weight_grads(self, grads):
         return [grads.kernel, grads.recurrent_kernel] + ([grads.bias] if self.use_bias else [])
+
+    def _new_step_plan(self, B):
+        """The cell's compiled step for batch B bound to the current weight arrays
+        (fastlstm._step); raises ValueError when they do not suit it."""
+        raise ValueError("no compiled step")
 
     # -- building ----------------------------------------------------------------------
     @property
@@ -295,6 +308,13 @@ class RecurrentLayer(Layer):
         """One timestep for streaming: x_t (batch, features), states as from
         get_initial_state(batch). Returns ``(y_t, new_states)``; no dropout, no mask, and the
         layer's own stateful states are left alone."""
+        # The hot path: a plan bound to the current weights takes well-formed arguments as
+        # they are (None otherwise); anything else goes through the checks below.
+        plan = self._step_plan
+        if plan is not None and self.device == "cpu" and fl_backends.current_backend() == "cpu":
+            out = plan.call(self, x_t, states)
+            if out is not None:
+                return out
         if not (isinstance(x_t, np.ndarray) and x_t.dtype == self.dtype and x_t.ndim == 2
                 and self.device == "cpu"):
             x_t = as_float_array("x_t", x_t, self.dtype, device=self.device)
@@ -317,10 +337,25 @@ class RecurrentLayer(Layer):
         return [self.xp.ascontiguousarray(s) for s in self._initial_states(list(states), B)]
 
     def _step(self, x_t, states):
+        if self.device == "cpu" and fl_backends.current_backend() == "cpu":
+            plan = self._step_plan
+            if plan is None or plan.batch != x_t.shape[0] or not plan.bound_to(self):
+                plan = self._step_plan = self._make_step_plan(x_t.shape[0])
+            out = plan.call(self, x_t, states) if plan is not None else None
+            if out is not None:
+                return out
         with devices.backend_context(self.device):
             y, final, _ = self._run(x_t[None], states, None, None, None, training=False,
                                     return_sequences=False)
         return y, final
+
+    def _make_step_plan(self, B):
+        """The compiled step bound to the current weight arrays (weights updated in place
+        stay bound; set_weights makes a new plan), or None when they do not suit it."""
+        try:
+            return self._new_step_plan(B)
+        except ValueError:
+            return None
 
     # -- regularization ------------------------------------------------------------------
     def _regularized(self):
@@ -394,7 +429,6 @@ class LSTM(RecurrentLayer):
         self.use_peepholes = check_bool("use_peepholes", use_peepholes)
         self.coupled_input_forget = check_bool("coupled_input_forget", coupled_input_forget)
         self.peephole_initializer = initializers.get(peephole_initializer, "peephole_initializer")
-        self._step_plan = None      # StepPlan reused by step()
 
     @property
     def gate_blocks(self):
@@ -432,36 +466,11 @@ class LSTM(RecurrentLayer):
     def _run_backward(self, cache, dy, dstates):
         return ops.lstm_backward(cache, dy, dstates[0], dstates[1])
 
-    def step(self, x_t, states):
-        # The hot path of streaming: a plan bound to the current weights takes well-formed
-        # arguments as they are; anything else goes through the checks of the general path.
-        plan = self._step_plan
-        if plan is not None and self.device == "cpu" and fl_backends.current_backend() == "cpu":
-            out = plan.call(self, x_t, states)
-            if out is not None:
-                return out
-        return super().step(x_t, states)
-
-    def _step(self, x_t, states):
-        if self.device == "cpu" and fl_backends.current_backend() == "cpu":
-            plan = self._step_plan
-            if plan is None or plan.batch != x_t.shape[0] or not plan.bound_to(self):
-                plan = self._step_plan = self._make_step_plan(x_t.shape[0])
-            out = plan.call(self, x_t, states) if plan is not None else None
-            if out is not None:
-                return out
-        return super()._step(x_t, states)
-
-    def _make_step_plan(self, B):
-        """The compiled step bound to the current weight arrays (weights updated in place
-        stay bound; set_weights makes a new plan), or None when they do not suit it."""
-        try:
-            return _lstm_kernels().StepPlan(
-                self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
-                self.peephole if self.use_peepholes else None, self.activation,
-                self.recurrent_activation, self.coupled_input_forget, B)
-        except ValueError:
-            return None
+    def _new_step_plan(self, B):
+        return _step_kernels().LSTMStepPlan(
+            self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+            self.peephole if self.use_peepholes else None, self.activation,
+            self.recurrent_activation, self.coupled_input_forget, B)
 
     def _weight_grads(self, grads):
         return super()._weight_grads(grads) + ([grads.peephole] if self.use_peepholes else [])
@@ -527,6 +536,11 @@ class GRU(RecurrentLayer):
     def _run_backward(self, cache, dy, dstates):
         return ops.gru_backward(cache, dy, dstates[0])
 
+    def _new_step_plan(self, B):
+        return _step_kernels().GRUStepPlan(
+            self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+            self.activation, self.recurrent_activation, self.reset_after, B)
+
     def get_config(self):
         cfg = super().get_config()
         cfg.update(recurrent_activation=activations.serialize(self.recurrent_activation),
@@ -559,3 +573,8 @@ class SimpleRNN(RecurrentLayer):
 
     def _run_backward(self, cache, dy, dstates):
         return ops.simple_rnn_backward(cache, dy, dstates[0])
+
+    def _new_step_plan(self, B):
+        return _step_kernels().SimpleRNNStepPlan(
+            self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
+            self.activation, B)

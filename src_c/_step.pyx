@@ -1,0 +1,466 @@
+# One timestep of the LSTM, GRU and SimpleRNN for streaming (layer.step), GIL released.
+#
+# A plan binds a layer's weight arrays themselves, not copies: updates in place (optimizers,
+# users' own loops) show at the next step, and new arrays (set_weights) need a new plan,
+# which the layer makes when bound_to() says so. ``call`` checks its arguments with a few C
+# comparisons and returns None for anything it does not take as is; the layer then goes the
+# general way, which converts or raises. Per step, on the buffers of the plan:
+#   - z = b + x W + h U on this thread (our kernel; a GEMV per product at batch 1), then the
+#     cell's fused elementwise pass of gates.c;
+#   - at batch 1 with weights from STEP_SPLIT_MIN_BYTES, the threads split the rows of
+#     [W; U] instead (split_products), and the partial sums are added up with the bias.
+# The gate layouts are those of the sequence kernels (src_c/gates_impl.h, gru_impl.h).
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+from blas cimport floating
+from products cimport fl_matmul_policy, fl_max_threads, product, set_kernel_threads, set_policy
+from gates cimport (fl_act, make_act, matmul_acc, fl_force_isa_level, fl_isa_level,
+                    fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_gru_fwd_reset_f,
+                    fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_rnn_fwd_step_f,
+                    fl_rnn_fwd_step_d)
+
+# Weights from which a batch-1 step splits its rows over the threads. At 512 KiB (I = H = 128)
+# a split LSTM step took 3.7-6.5 us against 4.7-4.8 on one thread (bimodal on this virtual
+# machine: not reliably faster); at 800 KiB (H = 160) 5.1-7.2 against 7.4-7.7.
+cdef enum:
+    STEP_SPLIT_MIN_BYTES = 768 << 10
+
+
+def set_threads(int n, double parallel_min_macs=-1):
+    """Threads of the split step (see fastlstm/threads.py)."""
+    set_kernel_threads(n, parallel_min_macs)
+
+
+def set_recurrent_matmul(str which):
+    """'auto' (default), 'blas' or 'own': 'blas' keeps the step on one thread and hands the
+    products past our kernel's size to BLAS, as the sequence kernels do (tests)."""
+    set_policy(which)
+
+
+def force_isa_level_here(int level):
+    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
+    fastlstm._gates.force_isa_level sets every copy."""
+    fl_force_isa_level(level)
+
+
+def isa_level_here():
+    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
+    return fl_isa_level()
+
+
+# ------------------------------------------------------------------------------ products
+cdef inline void fill_rows(int B, int N, const floating *b, floating *z, int ldz) noexcept nogil:
+    """Rows of z [B,N] (row stride ldz) := b [N], or zeros without a bias."""
+    cdef int r
+    for r in range(B):
+        if b != NULL:
+            memcpy(z + <long>r * ldz, b, N * sizeof(floating))
+        else:
+            memset(z + <long>r * ldz, 0, N * sizeof(floating))
+
+
+cdef inline void rows_acc(int k0, int k1, int I, int H, int nx, int nh, int ldw,
+                          const floating *x, const floating *h, const floating *W,
+                          const floating *U, floating *zx, floating *zh) noexcept nogil:
+    """zx[nx] := rows [k0, k1) of x W that fall in [0, I), zh[nh] := those of h U (rows I..I+H
+    of [W; U]); the first nx and nh columns of W and U, whose row stride is ldw."""
+    cdef int j0
+    memset(zx, 0, nx * sizeof(floating))
+    memset(zh, 0, nh * sizeof(floating))
+    if k0 < I:
+        matmul_acc(1, nx, min(k1, I) - k0, x + k0, I, W + <long>k0 * ldw, ldw, zx, nx)
+    if k1 > I:
+        j0 = max(k0, I) - I
+        matmul_acc(1, nh, k1 - I - j0, h + j0, H, U + <long>j0 * ldw, ldw, zh, nh)
+
+
+cdef inline void split_products(int nt, int I, int H, int nx, int nh, int ldw,
+                                const floating *x, const floating *h, const floating *W,
+                                const floating *U, floating *zx, floating *zh,
+                                floating *parts) noexcept nogil:
+    """zx = x W, zh = h U at batch 1, the rows of [W; U] split over nt threads in whole 8-row
+    groups, in one parallel region. Each thread reads one contiguous block of weights (with
+    I = H and two threads, one all of W and the other all of U), which streams faster than a
+    slice of the columns of every row, into its own partial sums: the first thread into zx
+    and zh, the others into parts [nt-1, nx+nh]; this thread adds them up."""
+    cdef int k, j, K = I + H, groups = (I + H + 7) // 8
+    cdef long w = nx + nh
+    for k in prange(nt, num_threads=nt, schedule="static"):
+        rows_acc(min(K, (k * groups // nt) * 8), min(K, ((k + 1) * groups // nt) * 8), I, H,
+                 nx, nh, ldw, x, h, W, U, zx if k == 0 else parts + (k - 1) * w,
+                 zh if k == 0 else parts + (k - 1) * w + nx)
+    for k in range(1, nt):
+        for j in range(nx):
+            zx[j] += parts[(k - 1) * w + j]
+        for j in range(nh):
+            zh[j] += parts[(k - 1) * w + nx + j]
+
+
+# ------------------------------------------------------------------------------ cells
+cdef inline void lstm_step(int nt, int B, int I, int H, int G, const floating *x, int ldx,
+                           const floating *h, const floating *c, const floating *W,
+                           const floating *U, const floating *b, const floating *P,
+                           bint coupled, fl_act act, fl_act ract, floating *z, floating *zh,
+                           floating *parts, floating *scratch, floating *h_out,
+                           floating *c_out) noexcept nogil:
+    """z [B,G] = b + x W + h U, then the gates and the new h, c (h_out, c_out)."""
+    cdef int j
+    if nt > 1:
+        split_products(nt, I, H, G, G, G, x, h, W, U, z, zh, parts)
+        for j in range(G):
+            z[j] += zh[j] + (b[j] if b != NULL else 0)
+    else:
+        fill_rows(B, G, b, z, G)
+        product(B, I, G, x, ldx, W, G, <floating>1, z, G)
+        product(B, H, G, h, H, U, G, <floating>1, z, G)
+    if floating is float:
+        fl_lstm_fwd_step_f(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL,
+                           scratch)
+    else:
+        fl_lstm_fwd_step_d(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL,
+                           scratch)
+
+
+cdef inline void gru_bias_row(int H, bint reset_after, const floating *b,
+                              floating *brow) noexcept nogil:
+    """The bias row of z (see _gru.forward): reset_after, from b [2,3H] = [input; recurrent],
+    [b_zr + b'_zr | b'_h | b_h]; else b [3H] itself; zeros without a bias."""
+    cdef int j
+    if b == NULL:
+        memset(brow, 0, (4 if reset_after else 3) * H * sizeof(floating))
+    elif reset_after:
+        for j in range(2 * H):
+            brow[j] = b[j] + b[3 * H + j]
+        memcpy(brow + 2 * H, b + 5 * H, H * sizeof(floating))
+        memcpy(brow + 3 * H, b + 2 * H, H * sizeof(floating))
+    else:
+        memcpy(brow, b, 3 * H * sizeof(floating))
+
+
+cdef inline void gru_step(int nt, int B, int I, int H, bint reset_after, const floating *x,
+                          int ldx, const floating *h, const floating *W, const floating *U,
+                          const floating *b, fl_act act, fl_act ract, floating *z,
+                          floating *zx, floating *zh, floating *parts, floating *brow,
+                          floating *rh, floating *h_out) noexcept nogil:
+    """z [B,ZW] in the layout of gru_impl.h: reset_after, [x W_zr + h U_zr | h U_h | x W_h]
+    plus the bias row; else [x W_zr + h U_zr | x W_h], then rh = r * h and z_h += rh U_h
+    (on this thread: it needs r). Then the gates and h_out."""
+    cdef int G = 3 * H, ZW = 4 * H if reset_after else 3 * H, j, r
+    gru_bias_row(H, reset_after, b, brow)
+    if nt > 1:
+        split_products(nt, I, H, G, G if reset_after else 2 * H, G, x, h, W, U, zx, zh, parts)
+        for j in range(2 * H):
+            z[j] = brow[j] + zx[j] + zh[j]
+        for j in range(2 * H, 3 * H):
+            z[j] = brow[j] + (zh[j] if reset_after else zx[j])
+        if reset_after:
+            for j in range(H):
+                z[3 * H + j] = brow[3 * H + j] + zx[2 * H + j]
+    else:
+        for r in range(B):
+            memcpy(z + <long>r * ZW, brow, ZW * sizeof(floating))
+        if reset_after:
+            product(B, I, 2 * H, x, ldx, W, G, <floating>1, z, ZW)
+            product(B, I, H, x, ldx, W + 2 * H, G, <floating>1, z + 3 * H, ZW)
+            product(B, H, G, h, H, U, G, <floating>1, z, ZW)
+        else:
+            product(B, I, G, x, ldx, W, G, <floating>1, z, ZW)
+            product(B, H, 2 * H, h, H, U, G, <floating>1, z, ZW)
+    if not reset_after:
+        if floating is float:
+            fl_gru_fwd_reset_f(B, H, ract, z, h, rh)
+        else:
+            fl_gru_fwd_reset_d(B, H, ract, z, h, rh)
+        product(B, H, H, rh, H, U + 2 * H, G, <floating>1, z + 2 * H, ZW)
+    if floating is float:
+        fl_gru_fwd_step_f(B, H, reset_after, act, ract, z, NULL, h, h_out, NULL, NULL)
+    else:
+        fl_gru_fwd_step_d(B, H, reset_after, act, ract, z, NULL, h, h_out, NULL, NULL)
+
+
+cdef inline void rnn_step(int nt, int B, int I, int H, const floating *x, int ldx,
+                          const floating *h, const floating *W, const floating *U,
+                          const floating *b, fl_act act, floating *z, floating *zh,
+                          floating *parts, floating *h_out) noexcept nogil:
+    """z [B,H] = b + x W + h U, h_out = act(z)."""
+    cdef int j
+    if nt > 1:
+        split_products(nt, I, H, H, H, H, x, h, W, U, z, zh, parts)
+        for j in range(H):
+            z[j] += zh[j] + (b[j] if b != NULL else 0)
+    else:
+        fill_rows(B, H, b, z, H)
+        product(B, I, H, x, ldx, W, H, <floating>1, z, H)
+        product(B, H, H, h, H, U, H, <floating>1, z, H)
+    if floating is float:
+        fl_rnn_fwd_step_f(B, H, act, z, NULL, h, h_out, NULL, NULL)
+    else:
+        fl_rnn_fwd_step_d(B, H, act, z, NULL, h, h_out, NULL, NULL)
+
+
+# ------------------------------------------------------------------------------ plans
+cdef inline bint rows_of(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols,
+                         bint contiguous) noexcept:
+    """a is an aligned, native-order ndarray [rows, cols] of typenum whose rows are contiguous
+    (and packed one after another when `contiguous`)."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 2
+            or cnp.PyArray_DIM(arr, 0) != rows or cnp.PyArray_DIM(arr, 1) != cols
+            or not cnp.PyArray_ISBEHAVED_RO(arr)):
+        return False
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr)
+    if cols > 1 and cnp.PyArray_STRIDE(arr, 1) != item:
+        return False
+    if rows > 1 and cnp.PyArray_STRIDE(arr, 0) != cols * item:
+        return not contiguous and cnp.PyArray_STRIDE(arr, 0) % item == 0 \
+            and cnp.PyArray_STRIDE(arr, 0) >= cols * item
+    return True
+
+
+cdef inline bint array_of(object a, int typenum, object shape) noexcept:
+    """a is an aligned, native-order, C-contiguous ndarray of typenum and this shape."""
+    return (cnp.PyArray_Check(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and a.shape == shape and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a))
+
+
+cdef inline Py_ssize_t units_of(object recurrent_kernel) noexcept:
+    """H of a recurrent kernel [H, gates*H], or 0 when it is not a 2-D array."""
+    if cnp.PyArray_Check(recurrent_kernel) and recurrent_kernel.ndim == 2:
+        return recurrent_kernel.shape[0]
+    return 0
+
+
+cdef inline void *data_of(object a) noexcept:
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef class StepPlan:
+    """What every cell's plan shares: the bound weights and their checks, the buffers, the
+    checks of a call's arguments and its outputs. A cell's subclass runs the step (run)."""
+    cdef readonly object kernel, recurrent_kernel, bias
+    cdef object buffers                       # arrays behind the pointers below
+    cdef object parts_arr
+    cdef void *pW
+    cdef void *pU
+    cdef void *pb
+    cdef void *pz
+    cdef void *pzx
+    cdef void *pzh
+    cdef void *pparts
+    cdef int typenum, itemsize, n_in, n_units, n_gates, n_batch, n_states
+
+    cdef int bind(self, kernel, recurrent_kernel, bias, int gates, int batch, object bias_shape,
+                  long z_width) except -1:
+        """Checks and binds the weights: kernel [I, gates*H], recurrent_kernel [H, gates*H] of
+        one float dtype, C-contiguous; bias of bias_shape or None. Raises ValueError
+        otherwise (the layer then takes the general path)."""
+        if not (cnp.PyArray_Check(kernel) and cnp.PyArray_Check(recurrent_kernel)
+                and kernel.ndim == 2 and recurrent_kernel.ndim == 2):
+            raise ValueError("StepPlan: expected 2-D kernel and recurrent_kernel arrays")
+        cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>kernel)
+        if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+            raise ValueError("StepPlan: weights must be float32 or float64")
+        cdef Py_ssize_t I = kernel.shape[0], H = recurrent_kernel.shape[0]
+        cdef Py_ssize_t G = recurrent_kernel.shape[1]
+        ok = (batch >= 1 and I >= 1 and H >= 1 and G == gates * H
+              and rows_of(kernel, typenum, I, G, True)
+              and rows_of(recurrent_kernel, typenum, H, G, True)
+              and (bias is None or array_of(bias, typenum, bias_shape)))
+        if not ok:
+            raise ValueError("StepPlan: weights are not C-contiguous arrays of one float dtype "
+                             "with the shapes of the cell")
+        self.kernel, self.recurrent_kernel, self.bias = kernel, recurrent_kernel, bias
+        self.typenum = typenum
+        self.itemsize = cnp.PyArray_ITEMSIZE(<cnp.ndarray>kernel)
+        self.n_in, self.n_units, self.n_gates, self.n_batch = I, H, G, batch
+        self.pW = data_of(kernel)
+        self.pU = data_of(recurrent_kernel)
+        self.pb = data_of(bias)
+        dtype = np.float32 if typenum == cnp.NPY_FLOAT else np.float64
+        z = np.empty(batch * z_width, dtype)
+        zx = np.empty(G, dtype)
+        zh = np.empty(G, dtype)
+        self.buffers = [z, zx, zh]
+        self.pz, self.pzx, self.pzh = data_of(z), data_of(zx), data_of(zh)
+        self.parts_arr = None
+        return 0
+
+    cdef void *buffer(self, Py_ssize_t n):
+        """A new work array of n elements of the weights' dtype, kept with the plan."""
+        arr = np.empty(max(n, 1), np.float32 if self.typenum == cnp.NPY_FLOAT else np.float64)
+        self.buffers.append(arr)
+        return data_of(arr)
+
+    @property
+    def batch(self):
+        return self.n_batch
+
+    cdef bint same_weights(self, layer):
+        return (layer.kernel is self.kernel and layer.recurrent_kernel is self.recurrent_kernel
+                and (self.bias is None or layer.bias is self.bias))
+
+    def bound_to(self, layer):
+        """Whether the layer's weight attributes are still the arrays this plan reads."""
+        return self.same_weights(layer)
+
+    def __reduce__(self):
+        raise TypeError("a StepPlan is bound to arrays in memory and is not copied or "
+                        "pickled; the layer makes a new one")
+
+    def call(self, layer, x, states):
+        """``(h, new_states)`` of one step of `layer` from x [B,I] and its states [B,H], or None
+        when anything is not what the plan runs as is (other weights, batch, dtype, shapes,
+        layout): the caller then checks and converts, and raises on bad input."""
+        if not self.same_weights(layer):
+            return None
+        cdef int B = self.n_batch, I = self.n_in, H = self.n_units, tn = self.typenum
+        if not rows_of(x, tn, B, I, False):
+            return None
+        if not ((type(states) is list or type(states) is tuple)
+                and len(states) == self.n_states):
+            return None
+        h = states[0]
+        c = states[1] if self.n_states == 2 else None
+        if not (rows_of(h, tn, B, H, True) and (c is None or rows_of(c, tn, B, H, True))):
+            return None
+        cdef cnp.npy_intp dims[2]
+        dims[0], dims[1] = B, H
+        h_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+        c_out = cnp.PyArray_EMPTY(2, dims, tn, 0) if c is not None else None
+        cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
+                                               // self.itemsize)
+        # Split at batch 1 from STEP_SPLIT_MIN_BYTES of weights, at least half that a thread.
+        cdef long nbytes = <long>(I + H) * self.n_gates * self.itemsize
+        cdef int nt = <int>min(<long>fl_max_threads, nbytes // (STEP_SPLIT_MIN_BYTES // 2))
+        if B == 1 and nt > 1 and fl_matmul_policy != 1 and nbytes >= STEP_SPLIT_MIN_BYTES:
+            if self.parts_arr is None or self.parts_arr.shape[0] < (nt - 1) * 2 * self.n_gates:
+                self.parts_arr = np.empty((nt - 1) * 2 * self.n_gates, self.buffers[0].dtype)
+                self.pparts = data_of(self.parts_arr)
+        else:
+            nt = 1
+        cdef void *px = data_of(x)
+        cdef void *ph = data_of(h)
+        cdef void *pc = data_of(c)
+        cdef void *pho = data_of(h_out)
+        cdef void *pco = data_of(c_out)
+        with nogil:
+            self.run(nt, B, px, ldx, ph, pc, pho, pco)
+        return h_out, ([h_out] if c is None else [h_out, c_out])
+
+    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+                  void *h_out, void *c_out) noexcept nogil:
+        pass
+
+
+cdef class LSTMStepPlan(StepPlan):
+    """The step of fastlstm.layers.LSTM (plain, peephole, coupled input-forget gate)."""
+    cdef readonly object peephole
+    cdef void *pP
+    cdef void *pscratch
+    cdef fl_act act, ract
+    cdef bint coupled
+
+    def __init__(self, kernel, recurrent_kernel, bias, peephole, activation,
+                 recurrent_activation, bint coupled, int batch):
+        cdef Py_ssize_t H = units_of(recurrent_kernel)
+        cdef int gates = 3 if coupled else 4
+        self.bind(kernel, recurrent_kernel, bias, gates, batch, (gates * H,), gates * H)
+        if peephole is not None and not array_of(peephole, self.typenum, (3, H)):
+            raise ValueError("StepPlan: peephole is not a C-contiguous (3, units) array of the "
+                             "kernel's dtype")
+        self.peephole = peephole
+        self.pP = data_of(peephole)
+        self.pscratch = self.buffer(H)
+        self.act, self.ract = make_act(activation), make_act(recurrent_activation)
+        self.coupled = coupled
+        self.n_states = 2
+
+    cdef bint same_weights(self, layer):
+        return (StepPlan.same_weights(self, layer)
+                and (self.peephole is None or layer.peephole is self.peephole))
+
+    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+                  void *h_out, void *c_out) noexcept nogil:
+        cdef int I = self.n_in, H = self.n_units, G = self.n_gates
+        if self.typenum == cnp.NPY_FLOAT:
+            lstm_step(nt, B, I, H, G, <const float *>x, ldx, <const float *>h,
+                      <const float *>c, <const float *>self.pW, <const float *>self.pU,
+                      <const float *>self.pb, <const float *>self.pP, self.coupled, self.act,
+                      self.ract, <float *>self.pz, <float *>self.pzh, <float *>self.pparts,
+                      <float *>self.pscratch, <float *>h_out, <float *>c_out)
+        else:
+            lstm_step(nt, B, I, H, G, <const double *>x, ldx, <const double *>h,
+                      <const double *>c, <const double *>self.pW, <const double *>self.pU,
+                      <const double *>self.pb, <const double *>self.pP, self.coupled, self.act,
+                      self.ract, <double *>self.pz, <double *>self.pzh, <double *>self.pparts,
+                      <double *>self.pscratch, <double *>h_out, <double *>c_out)
+
+
+cdef class GRUStepPlan(StepPlan):
+    """The step of fastlstm.layers.GRU, both forms (reset_after: bias [2, 3H]; else [3H])."""
+    cdef void *pbrow
+    cdef void *prh
+    cdef fl_act act, ract
+    cdef bint reset_after
+
+    def __init__(self, kernel, recurrent_kernel, bias, activation, recurrent_activation,
+                 bint reset_after, int batch):
+        cdef Py_ssize_t H = units_of(recurrent_kernel)
+        cdef object n = 3 * H
+        bias_shape = (2, n) if reset_after else (n,)
+        self.bind(kernel, recurrent_kernel, bias, 3, batch, bias_shape,
+                  (4 if reset_after else 3) * H)
+        self.pbrow = self.buffer(4 * H)
+        self.prh = self.buffer(batch * H)
+        self.act, self.ract = make_act(activation), make_act(recurrent_activation)
+        self.reset_after = reset_after
+        self.n_states = 1
+
+    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+                  void *h_out, void *c_out) noexcept nogil:
+        cdef int I = self.n_in, H = self.n_units
+        if self.typenum == cnp.NPY_FLOAT:
+            gru_step(nt, B, I, H, self.reset_after, <const float *>x, ldx, <const float *>h,
+                     <const float *>self.pW, <const float *>self.pU, <const float *>self.pb,
+                     self.act, self.ract, <float *>self.pz, <float *>self.pzx,
+                     <float *>self.pzh, <float *>self.pparts, <float *>self.pbrow,
+                     <float *>self.prh, <float *>h_out)
+        else:
+            gru_step(nt, B, I, H, self.reset_after, <const double *>x, ldx, <const double *>h,
+                     <const double *>self.pW, <const double *>self.pU, <const double *>self.pb,
+                     self.act, self.ract, <double *>self.pz, <double *>self.pzx,
+                     <double *>self.pzh, <double *>self.pparts, <double *>self.pbrow,
+                     <double *>self.prh, <double *>h_out)
+
+
+cdef class SimpleRNNStepPlan(StepPlan):
+    """The step of fastlstm.layers.SimpleRNN."""
+    cdef fl_act act
+
+    def __init__(self, kernel, recurrent_kernel, bias, activation, int batch):
+        cdef Py_ssize_t H = units_of(recurrent_kernel)
+        self.bind(kernel, recurrent_kernel, bias, 1, batch, (H,), H)
+        self.act = make_act(activation)
+        self.n_states = 1
+
+    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+                  void *h_out, void *c_out) noexcept nogil:
+        cdef int I = self.n_in, H = self.n_units
+        if self.typenum == cnp.NPY_FLOAT:
+            rnn_step(nt, B, I, H, <const float *>x, ldx, <const float *>h,
+                     <const float *>self.pW, <const float *>self.pU, <const float *>self.pb,
+                     self.act, <float *>self.pz, <float *>self.pzh, <float *>self.pparts,
+                     <float *>h_out)
+        else:
+            rnn_step(nt, B, I, H, <const double *>x, ldx, <const double *>h,
+                     <const double *>self.pW, <const double *>self.pU, <const double *>self.pb,
+                     self.act, <double *>self.pz, <double *>self.pzh, <double *>self.pparts,
+                     <double *>h_out)
