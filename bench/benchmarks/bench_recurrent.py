@@ -52,15 +52,19 @@ class Recurrent:
 
 
 class Streaming:
-    params = ([64, 128, 256],)
-    param_names = ["units"]
+    """One step() at batch 1, every cell (the GRU in both forms)."""
+    params = (CELLS + ["gru_reset_before"], [64, 128, 256])
+    param_names = ["cell", "units"]
 
-    def setup(self, units):
+    def setup(self, cell, units):
         threads(2)
-        self.layer = fl.layers.LSTM(units)
+        if cell == "gru_reset_before":
+            self.layer = fl.layers.GRU(units, reset_after=False)
+        else:
+            self.layer = make_layer(cell, units, "float32", return_sequences=False)
         self.layer.build((1, 1, units))
         self.x = np.zeros((1, units), np.float32)
         self.state = self.layer.get_initial_state(1)
 
-    def time_step(self, units):
+    def time_step(self, cell, units):
         self.layer.step(self.x, self.state)
