@@ -107,7 +107,7 @@ def init_threads() -> None:
     _set_kernel_threads(_cores())
     arch = " ".join(str(c.architecture).lower() for c in _scipy_blas()
                     if getattr(c, "architecture", None))
-    from . import _gru, _lstm
+    from . import _gru, _lstm, _simple_rnn
     on_blas = any(a in arch for a in _AVX512_CORES)
-    _lstm.set_projection_blas(on_blas)
-    _gru.set_projection_blas(on_blas)
+    for mod in (_lstm, _gru, _simple_rnn):
+        mod.set_projection_blas(on_blas)

@@ -16,14 +16,13 @@ from fastlstm.backends.grad_buffers import state_grads
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy
-from blas cimport floating, gemm, gemv
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
-                      recurrent_grad, recurrent_grad_packed, recurrent_product,
+from blas cimport floating
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, input_grad_rows,
+                      project_rows, recurrent_grad, recurrent_grad_packed, recurrent_product,
                       recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
-                      use_own, use_packed)
-from gates cimport (fl_act, make_act, mul, merge_rows, gemm2_set, gemm_packed_set, pack_b,
-                    matmul_packed_acc, pack_panels, fl_force_isa_level, fl_isa_level,
-                    fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
+                      use_own, use_packed, weight_grad_cols)
+from gates cimport (fl_act, make_act, mul, merge_rows, pack_b, matmul_packed_acc, pack_panels,
+                    fl_force_isa_level, fl_isa_level, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
                     fl_lstm_bwd_step_d)
 
 
@@ -114,22 +113,6 @@ cdef inline bint own_products() noexcept nogil:
     """The gradients' many-row products (input and weight gradients) on our packed GEMM,
     unless BLAS has AVX-512 kernels (a little faster there) or policy 'blas' is forced."""
     return fl_matmul_policy != 1 and not projections_on_blas
-
-
-cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
-                              const floating *W, const floating *Wp, const floating *b,
-                              floating *Z) noexcept nogil:
-    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection, on our GEMM with W
-    packed by pack_b (Wp) or on BLAS (Wp NULL)."""
-    cdef long r
-    if Wp != NULL:       # the bias goes in with the product's first store: no pass of its own
-        gemm_packed_set(<int>nr, G, I, X + r0 * I, I, Wp, b, Z + r0 * G, G)
-        return
-    if b != NULL:
-        for r in range(r0, r0 + nr):
-            memcpy(Z + r * G, b, G * sizeof(floating))
-    gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
-         <floating>(1 if b != NULL else 0), Z + r0 * G, G)
 
 
 cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
@@ -403,36 +386,6 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
             recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
-
-
-cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
-                                 const floating *W, const floating *WTp,
-                                 floating *dX) noexcept nogil:
-    """Rows [r0, r0+nr) of dX = dZ W^T; WTp: W^T [G,I] packed by pack_b for our GEMM, or
-    NULL for BLAS."""
-    if WTp != NULL:
-        gemm_packed_set(<int>nr, I, G, dZ + r0 * G, G, WTp, NULL, dX + r0 * I, I)
-    else:
-        gemm(False, True, <int>nr, I, G, <floating>1, dZ + r0 * G, G, W, G, <floating>0,
-             dX + r0 * I, I)
-
-
-cdef void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB, const floating *X,
-                           const floating *Hin, const floating *dZ, const floating *ones,
-                           floating *dW, floating *dU, floating *db, bint own) noexcept nogil:
-    """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
-    packed GEMM (own; db summed from dZ's packed blocks, no pass of its own over dZ) or
-    BLAS."""
-    if own:
-        gemm2_set(True, I, H, <int>ng, <int>TB, X, I, Hin, H, dZ + g0, G, dW + g0, G,
-                  dU + g0, G, NULL if db == NULL else db + g0)
-        return
-    gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
-         dW + g0, G)
-    gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
-         dU + g0, G)
-    if db != NULL:
-        gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)
 
 
 def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c,

@@ -3,7 +3,8 @@
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py, equations those of
 # fastlstm/backends/oracle/simple_rnn.py. The callers (fastlstm/backends/cpu_ops.py) pass
 # C-contiguous arrays of one dtype whose shapes they have checked, with B, I, H >= 1;
-# nothing here allocates per timestep.
+# nothing here allocates per timestep. The products and the threads are the LSTM's
+# (src_c/_lstm.pyx) with G = H and one elementwise pass a step.
 #
 # Forward:  Z = X W + b for all T*B rows (one GEMM); per step Z[t] += hin U (GEMM, GEMV at
 #           B=1), then one pass Z[t] := a(Z[t]) that also updates h (and the masked output).
@@ -13,11 +14,15 @@ import numpy as np
 
 from fastlstm.backends.grad_buffers import state_grads
 
+from cython.parallel cimport prange
 from libc.string cimport memcpy
-from blas cimport floating, gemm, gemv
-from products cimport recurrent_grad, recurrent_product, set_policy, use_own
-from gates cimport fl_force_isa_level, fl_isa_level
-from gates cimport (fl_act, make_act, mul, merge_rows, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
+from blas cimport floating
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, input_grad_rows,
+                      project_rows, recurrent_grad, recurrent_grad_packed, recurrent_product,
+                      recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
+                      use_own, use_packed, weight_grad_cols)
+from gates cimport (fl_act, make_act, mul, merge_rows, pack_b, matmul_packed_acc, pack_panels,
+                    fl_force_isa_level, fl_isa_level, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
                     fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
 
 
@@ -39,9 +44,86 @@ cdef inline void bwd_step(int B, int H, fl_act act, floating *z, const unsigned 
         fl_rnn_bwd_step_d(B, H, act, z, mask, dy, dh, dout, scratch)
 
 
+def set_threads(int n, double parallel_min_macs=-1):
+    """Threads for this module's parallel loops (see fastlstm/threads.py)."""
+    set_kernel_threads(n, parallel_min_macs)
+
+
+def get_parallel_min_macs():
+    """The smallest product (multiply-adds) the kernels split over threads."""
+    return fl_parallel_min_macs
+
+
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
     set_policy(which)
+
+
+cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
+
+
+def set_projection_blas(bint on):
+    """Run the gradients' many-row products on BLAS (when it has AVX-512 kernels); the input
+    projection stays on our packed GEMM."""
+    global projections_on_blas
+    projections_on_blas = on
+
+
+cdef inline const floating *ptr_or_null(floating[::1] a):
+    return NULL if a is None else &a[0]
+
+
+cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, bint training,
+                       bint return_sequences, fl_act act, floating *Z, const floating *U,
+                       const floating *Up, const floating *Upan, const unsigned char *mask,
+                       const floating *rdrop, floating *HIN, floating *Y, floating *out,
+                       floating *hd, floating *h) noexcept nogil:
+    """The forward time loop for batch rows [b0, b0+nb). Z [T,B,H] holds the input projection
+    and becomes the activations; HIN [T,B,H] (h_{t-1} * recurrent dropout, as U sees it) is
+    saved when training; Up is U packed by pack_b (many rows per thread), Upan U in the
+    panels of matmul_packed_acc (a few rows), or both NULL (U read in place); Y [T,B,H]
+    (return_sequences) or out [B,H] (masked last output) receive the outputs; hd [B,H] holds
+    h*rdrop at inference; h [B,H] is the state."""
+    cdef long BH = <long>B * H, rh = <long>b0 * H, nbh = <long>nb * H
+    cdef long s, t
+    cdef floating *ph = h + rh
+    cdef floating *hin
+    cdef floating *zt
+    cdef floating *po
+    cdef floating *po_prev
+    cdef const unsigned char *pm = NULL
+    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
+    for s in range(T):
+        t = T - 1 - s if go_backwards else s
+        if training:
+            hin = HIN + t * BH + rh
+            if prd != NULL:
+                mul(ph, prd, hin, nbh)
+            else:
+                memcpy(hin, ph, nbh * sizeof(floating))
+        elif prd != NULL:
+            hin = hd + rh
+            mul(ph, prd, hin, nbh)
+        else:
+            hin = ph
+        zt = Z + t * BH + rh
+        if Up != NULL:
+            recurrent_product_packed(nb, H, H, hin, Up, <floating>1, zt, H)
+        elif Upan != NULL:
+            matmul_packed_acc(nb, H, H, hin, H, Upan, zt, H)
+        else:
+            recurrent_product(nb, H, H, hin, U, H, <floating>1, zt, H)
+        po = po_prev = NULL
+        if mask != NULL:
+            pm = mask + t * B + b0
+            if return_sequences:
+                po = Y + s * BH + rh
+                po_prev = Y + (s - 1) * BH + rh if s > 0 else NULL
+            else:
+                po = po_prev = out + rh
+        fwd_step(nb, H, act, zt, pm, ph, ph, po_prev, po)
+        if return_sequences and mask == NULL:
+            memcpy(Y + s * BH + rh, ph, nbh * sizeof(floating))
 
 
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
@@ -62,23 +144,31 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef bint has_mask = mask is not None
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
+    cdef long r, ci
     cdef floating[:, :, ::1] xin = x
     if input_dropout_mask is not None:
         xin = np.empty_like(np.asarray(x))
+        for r in range(T):
+            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
     z_arr = np.empty((T, B, H), dtype)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
-    cdef floating *pb = NULL if bias is None else &bias[0]
-    cdef long r, t, s
+    cdef const floating *pb = ptr_or_null(bias)
+    # Input projection Z = X W + b, on our packed GEMM (W packed once) unless policy 'blas'.
+    cdef floating[::1] Wp
+    cdef floating[:, :] Wv = kernel
+    cdef const floating *pWp = NULL
+    if fl_matmul_policy != 1:
+        Wp = pack_b(Wv, False, None, fl_max_threads)
+        pWp = &Wp[0]
+    cdef int nproj = split(TB, 64, <double>TB * I * H)
     with nogil:
-        if input_dropout_mask is not None:
-            for r in range(T):
-                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
-        if pb != NULL:
-            for r in range(TB):
-                memcpy(pZ + r * H, pb, H * sizeof(floating))
-        gemm(False, False, <int>TB, H, I, <floating>1, &xin[0, 0, 0], I, &kernel[0, 0], H,
-             <floating>(1 if pb != NULL else 0), pZ, H)
+        if nproj == 1:
+            project_rows(0, TB, I, H, &xin[0, 0, 0], &kernel[0, 0], pWp, pb, pZ)
+        else:
+            for ci in prange(nproj, num_threads=nproj, schedule="static"):
+                project_rows(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, H,
+                             &xin[0, 0, 0], &kernel[0, 0], pWp, pb, pZ)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr
@@ -97,38 +187,38 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
 
-    cdef floating *ph = &h[0, 0]
-    cdef floating *hin
-    cdef floating *pout
-    cdef floating *pout_prev
+    # The per-step product: U packed for our GEMM (many rows per thread), in L1-sized column
+    # panels (a few rows, over a sequence that amortises the copy), or read in place.
+    cdef int nchunks = row_chunks(T, B, H, H)
+    cdef floating[::1] Up, Upan
+    cdef floating[:, :] Uv = recurrent_kernel
+    cdef const floating *pUp = NULL
+    cdef const floating *pUpan = NULL
+    if use_packed(B // nchunks, H):
+        Up = pack_b(Uv, False, None, fl_max_threads)
+        pUp = &Up[0]
+    elif TB >= 32 and use_own(<long>H * H * sizeof(floating)):
+        Upan = np.empty(<long>H * H, dtype)
+        pack_panels(H, H, &recurrent_kernel[0, 0], H, &Upan[0])
+        pUpan = &Upan[0]
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
-    cdef const unsigned char *pm = NULL
+    cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
+    cdef floating *pHIN = &HIN[0, 0, 0] if training else NULL
+    cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
+    cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
+    cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
+    cdef int b0
     with nogil:
-        for s in range(T):
-            t = T - 1 - s if go_backwards else s
-            if training:
-                hin = &HIN[t, 0, 0]
-                if has_rdrop:
-                    mul(ph, prd, hin, BH)
-                else:
-                    memcpy(hin, ph, BH * sizeof(floating))
-            elif has_rdrop:
-                hin = &hd[0, 0]
-                mul(ph, prd, hin, BH)
-            else:
-                hin = ph
-            recurrent_product(B, H, H, hin, &recurrent_kernel[0, 0], H, <floating>1, pZ + t * BH, H)
-            pout = pout_prev = NULL
-            if has_mask:
-                pm = &mask[t, 0]
-                if return_sequences:
-                    pout = &Y[s, 0, 0]
-                    pout_prev = &Y[s - 1, 0, 0] if s > 0 else NULL
-                else:
-                    pout = pout_prev = &outbuf[0, 0]
-            fwd_step(B, H, act, pZ + t * BH, pm, ph, ph, pout_prev, pout)
-            if return_sequences and not has_mask:
-                memcpy(&Y[s, 0, 0], ph, BH * sizeof(floating))
+        if nchunks == 1:
+            forward_rows(T, B, H, 0, B, go_backwards, training, return_sequences, act, pZ,
+                         &recurrent_kernel[0, 0], pUp, pUpan, pm, prd, pHIN, pY, pout, phd,
+                         &h[0, 0])
+        else:
+            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                b0 = <int>(ci * B // nchunks)
+                forward_rows(T, B, H, b0, <int>((ci + 1) * B // nchunks) - b0, go_backwards,
+                             training, return_sequences, act, pZ, &recurrent_kernel[0, 0], pUp,
+                             pUpan, pm, prd, pHIN, pY, pout, phd, &h[0, 0])
 
     if return_sequences:
         y = y_arr
@@ -140,6 +230,36 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     if training:
         saved = dict(x=np.asarray(xin), z=z_arr, hin=hin_arr)
     return y, h_arr, saved
+
+
+cdef void backward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, fl_act act,
+                        floating *Z, const floating *U, const floating *UT,
+                        const floating *UTp, const unsigned char *mask, const floating *rdrop,
+                        const floating *DY, floating *dh, floating *dout, floating *dhp,
+                        floating *scratch) noexcept nogil:
+    """The backward time loop for batch rows [b0, b0+nb): Z [T,B,H] activations in,
+    pre-activation gradients out (UTp: U^T packed by pack_b; else UT [H,H] row-major for our
+    kernel, or NULL); dh [B,H] in: gradient of the final state, out: of the initial state.
+    dhp [B,H] is work space (or dh itself without mask and dropout)."""
+    cdef long BH = <long>B * H, rh = <long>b0 * H
+    cdef long s, t
+    cdef floating *zt
+    cdef const unsigned char *pm = NULL
+    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
+    cdef floating *pout = NULL if dout == NULL else dout + rh
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if go_backwards else s
+        zt = Z + t * BH + rh
+        if mask != NULL:
+            pm = mask + t * B + b0
+        bwd_step(nb, H, act, zt, pm, DY + s * BH + rh if DY != NULL else NULL, dh + rh, pout,
+                 scratch)
+        if UTp != NULL:
+            recurrent_grad_packed(nb, H, H, zt, H, UTp, <floating>0, dhp + rh)
+        else:
+            recurrent_grad(nb, H, H, zt, H, U, H, UT, <floating>0, dhp + rh)
+        if mask != NULL or rdrop != NULL:
+            merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
 
 def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] hin,
@@ -177,51 +297,82 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         pdhp = &dhp[0, 0]
     else:
         pdhp = &dh[0, 0]
-    scratch_arr = np.empty(H, dtype)
+    scratch_arr = np.empty(fl_max_threads * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
-    cdef const unsigned char *pm = NULL
-    cdef const floating *pdy
+    cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
     cdef floating *pZ = &z[0, 0, 0]
     cdef bint seq_dy = dy is not None and return_sequences
-    cdef long s, t
-
-    cdef floating[:, ::1] UT                          # U^T for the own-kernel path
-    cdef const floating *pUT = NULL
-    if B > 1 and use_own(<long>H * H * sizeof(floating)):   # one row reads U by rows
-        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
-        pUT = &UT[0, 0]
+    cdef long t, ci, g0, r0
+    cdef int b0
 
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, H), dtype)
     dU_arr = np.empty((H, H), dtype)
+    cdef bint own = fl_matmul_policy != 1 and not projections_on_blas
     db_arr = np.empty(H, dtype) if has_bias else None
-    ones_arr = np.ones(TB, dtype) if has_bias else None
+    ones_arr = np.ones(TB, dtype) if has_bias and not own else None   # BLAS's db: ones^T dZ
     cdef floating[:, :, ::1] dx = dx_arr
     cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
     cdef floating[::1] db, ones
+    cdef floating *pdb = NULL
+    cdef const floating *pones = NULL
     if has_bias:
-        db, ones = db_arr, ones_arr
+        db = db_arr
+        pdb = &db[0]
+    if ones_arr is not None:
+        ones = ones_arr
+        pones = &ones[0]
+    cdef floating[::1] WTp                            # W^T [H,I], packed, for our GEMM
+    cdef const floating *pWT = NULL
+    cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
+    if own:
+        WTp = pack_b(Wv, True, None, fl_max_threads)
+        pWT = &WTp[0]
 
+    cdef int nchunks = row_chunks(T, B, H, H)
+    cdef floating[::1] UTp_v
+    cdef const floating *pUTp = NULL
+    cdef floating[:, ::1] UT                          # U^T [H,H] for the in-place kernel
+    cdef const floating *pUT = NULL
+    # One row over a long sequence: U^T packed beats both in-place one-row products.
+    if use_packed(B // nchunks, H) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
+        UTp_v = pack_b(Uv, True, None, fl_max_threads)
+        pUTp = &UTp_v[0]
+    elif B > 1 and use_own(<long>H * H * sizeof(floating)):   # one row reads U by rows
+        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
+        pUT = &UT[0, 0]
+    cdef int ncols = split(H, 64, <double>TB * (I + H) * H)
+    cdef int nrows = split(TB, 64, <double>TB * I * H)
     with nogil:
-        for s in range(T - 1, -1, -1):
-            t = T - 1 - s if go_backwards else s
-            pdy = &DY[s, 0, 0] if seq_dy else NULL
-            if has_mask:
-                pm = &mask[t, 0]
-            bwd_step(B, H, act, pZ + t * BH, pm, pdy, &dh[0, 0], pdout, &scratch[0])
-            recurrent_grad(B, H, H, pZ + t * BH, H, &recurrent_kernel[0, 0], H, pUT, <floating>0, pdhp)
-            if has_mask or has_rdrop:
-                merge_rows(B, H, pm, prd, pdhp, &dh[0, 0])
-        # Weight and input gradients: single products over all T*B rows.
-        gemm(True, False, I, H, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, H, <floating>0,
-             &dW[0, 0], H)
-        gemm(True, False, H, H, <int>TB, <floating>1, &hin[0, 0, 0], H, pZ, H, <floating>0,
-             &dU[0, 0], H)
-        if has_bias:
-            gemv(True, <int>TB, H, <floating>1, pZ, H, &ones[0], <floating>0, &db[0])
-        gemm(False, True, <int>TB, I, H, <floating>1, pZ, H, &kernel[0, 0], H, <floating>0,
-             &dx[0, 0, 0], I)
+        if nchunks == 1:
+            backward_rows(T, B, H, 0, B, go_backwards, act, pZ, &recurrent_kernel[0, 0], pUT,
+                          pUTp, pm, prd, &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], pdout,
+                          pdhp, &scratch[0])
+        else:
+            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                b0 = <int>(ci * B // nchunks)
+                backward_rows(T, B, H, b0, <int>((ci + 1) * B // nchunks) - b0, go_backwards,
+                              act, pZ, &recurrent_kernel[0, 0], pUT, pUTp, pm, prd,
+                              &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], pdout, pdhp,
+                              &scratch[0] + ci * H)
+        # Weight and input gradients: products over all T*B rows, split into column slices
+        # (dW, dU, db: no reduction across threads) and row slices (dx).
+        if ncols == 1:
+            weight_grad_cols(0, H, I, H, H, TB, &x[0, 0, 0], &hin[0, 0, 0], pZ, pones,
+                             &dW[0, 0], &dU[0, 0], pdb, own)
+        else:
+            for ci in prange(ncols, num_threads=ncols, schedule="static"):
+                g0 = ci * H // ncols
+                weight_grad_cols(g0, (ci + 1) * H // ncols - g0, I, H, H, TB, &x[0, 0, 0],
+                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb, own)
+        if nrows == 1:
+            input_grad_rows(0, TB, I, H, pZ, &kernel[0, 0], pWT, &dx[0, 0, 0])
+        else:
+            for ci in prange(nrows, num_threads=nrows, schedule="static"):
+                r0 = ci * TB // nrows
+                input_grad_rows(r0, (ci + 1) * TB // nrows - r0, I, H, pZ, &kernel[0, 0], pWT,
+                                &dx[0, 0, 0])
         if input_dropout_mask is not None:
             for t in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])

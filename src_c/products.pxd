@@ -1,11 +1,12 @@
-# The per-step products of every cell, in one place: the recurrent product h U and its
-# gradient dz U^T, on our register-blocked kernel (gates.c, matmul_impl.h) or on BLAS.
+# The products of every cell, in one place: per step the recurrent product h U and its
+# gradient dz U^T, on our register-blocked kernel (gates.c, matmul_impl.h) or on BLAS; over
+# all T*B rows the input projection and the input and weight gradients (packed GEMM or BLAS).
 #
 # Per step the products are small (batch rows x units) and BLAS would repack the recurrent
 # kernel on every call; our kernel reads it in place while it fits in cache. Past
 # OWN_MAX_BYTES of weights, BLAS (which blocks for cache and threads) is faster.
 from cython.parallel cimport prange
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemm2_set, gemv_t_acc,
                    matmul_acc)
@@ -168,3 +169,51 @@ cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, float
             slice_gemm(trans_a, trans_b, M, e - a, K, alpha, A, lda,
                        B + (<long>a * ldb if trans_b else a), ldb, beta, C + a, ldc, own,
                        NULL if bsum == NULL else bsum + a)
+
+
+# ------------------------------------------------------------- the many-row products
+cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
+                              const floating *W, const floating *Wp, const floating *b,
+                              floating *Z) noexcept nogil:
+    """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection, on our GEMM with W
+    packed by pack_b (Wp) or on BLAS (Wp NULL)."""
+    cdef long r
+    if Wp != NULL:       # the bias goes in with the product's first store: no pass of its own
+        gemm_packed_set(<int>nr, G, I, X + r0 * I, I, Wp, b, Z + r0 * G, G)
+        return
+    if b != NULL:
+        for r in range(r0, r0 + nr):
+            memcpy(Z + r * G, b, G * sizeof(floating))
+    gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
+         <floating>(1 if b != NULL else 0), Z + r0 * G, G)
+
+
+cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
+                                 const floating *W, const floating *WTp,
+                                 floating *dX) noexcept nogil:
+    """Rows [r0, r0+nr) of dX = dZ W^T; WTp: W^T [G,I] packed by pack_b for our GEMM, or
+    NULL for BLAS."""
+    if WTp != NULL:
+        gemm_packed_set(<int>nr, I, G, dZ + r0 * G, G, WTp, NULL, dX + r0 * I, I)
+    else:
+        gemm(False, True, <int>nr, I, G, <floating>1, dZ + r0 * G, G, W, G, <floating>0,
+             dX + r0 * I, I)
+
+
+cdef inline void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB,
+                                  const floating *X, const floating *Hin, const floating *dZ,
+                                  const floating *ones, floating *dW, floating *dU,
+                                  floating *db, bint own) noexcept nogil:
+    """Columns [g0, g0+ng) of dW = X^T dZ, dU = Hin^T dZ and db = column sums of dZ, on our
+    packed GEMM (own; db summed from dZ's packed blocks, no pass of its own over dZ) or
+    BLAS."""
+    if own:
+        gemm2_set(True, I, H, <int>ng, <int>TB, X, I, Hin, H, dZ + g0, G, dW + g0, G,
+                  dU + g0, G, NULL if db == NULL else db + g0)
+        return
+    gemm(True, False, I, <int>ng, <int>TB, <floating>1, X, I, dZ + g0, G, <floating>0,
+         dW + g0, G)
+    gemm(True, False, H, <int>ng, <int>TB, <floating>1, Hin, H, dZ + g0, G, <floating>0,
+         dU + g0, G)
+    if db != NULL:
+        gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)

@@ -132,6 +132,37 @@ def test_gru_threaded_loops_match_oracle(threads, reset_after):
         _gru.set_threads(fl.get_num_threads(), min_macs)
 
 
+@pytest.mark.parametrize("policy", ["auto", "own", "blas"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("on_blas", [False, True])
+def test_simple_rnn_threads_and_product_paths_match_oracle(policy, threads, on_blas):
+    """The SimpleRNN runs the LSTM's machinery: batch rows over threads for the whole
+    sequence (19 rows: 9-10 per thread of 230 units, past use_packed's threshold, so U and
+    U^T packed), the input projection on the packed GEMM (or BLAS under 'blas') split by
+    rows, weight gradients by columns with db summed from dZ's packed blocks, input
+    gradients by rows; with masks, recurrent dropout and go_backwards, then without them and
+    without bias."""
+    from fastlstm import _simple_rnn
+    from fastlstm.threads import init_threads
+    _simple_rnn.set_recurrent_matmul(policy)
+    _simple_rnn.set_projection_blas(on_blas)
+    min_macs = _simple_rnn.get_parallel_min_macs()
+    _simple_rnn.set_threads(threads, 0)          # split even these small products
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("rnn-paths", policy, threads, on_blas))
+            args, kw = _problem("simple_rnn", rng, dtype, 7, 19, 70, 230)
+            dy = rng.standard_normal((7, 19, 230)).astype(dtype)
+            _assert_cpu_matches_oracle("simple_rnn", args, kw, dy, dtype)
+            plain = dict(h0=kw["h0"])
+            _assert_cpu_matches_oracle("simple_rnn", args[:3] + (None,), plain, dy, dtype,
+                                       fields=GRAD_FIELDS[:4])
+    finally:
+        _simple_rnn.set_recurrent_matmul("auto")
+        _simple_rnn.set_threads(fl.get_num_threads(), min_macs)
+        init_threads()
+
+
 # The packed GEMM of the many-row products: sizes around its register tile (6 rows, 64 or
 # 32 columns), its blocks (256 deep, 512 or 256 wide), degenerate sizes and strided views.
 GEMM_SHAPES = [(1, 1, 1), (1, 70, 5), (6, 64, 1), (7, 65, 3), (5, 33, 257), (13, 100, 300),

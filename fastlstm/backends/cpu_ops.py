@@ -121,8 +121,7 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training)
-        # Single-threaded BLAS here too: no BLAS workers left spinning beside the other
-        # kernels' threads (the SimpleRNN's products are a quarter of an LSTM's).
+        # The kernel threads itself, as the LSTM's: BLAS (if it runs) single-threaded inside.
         with single_threaded_blas():
             y, h, saved = _simple_rnn.forward(
                 x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,
