@@ -1,6 +1,6 @@
 """fastlstm against PyTorch, ONNX Runtime and the NumPy oracle, side by side in one process.
 
-    python bench/compare_peers.py [--quick] [--cells lstm,gru] [--threads 2] [--no-stream]
+    python bench/compare_peers.py [--quick] [--cells lstm,gru,rnn] [--threads 2] [--no-stream]
                                   [--memory] [--gpu]
 
 Same weights and inputs for every implementation; float32; timings are medians over
@@ -10,8 +10,8 @@ from whatever runs next. Prints ms per call, GEMM GFLOP/s, the fraction of this 
 measured SGEMM rate (scipy's BLAS, the one fastlstm uses, same threads) and the ratios
 fastlstm / peer (< 1 means fastlstm is faster).
 
-FLOPs count the GEMMs only: forward 2*T*B*(I+H)*G with G = 4H (LSTM), 3H (GRU); training
-(forward + backward to inputs and all weights) = 3x forward.
+FLOPs count the GEMMs only: forward 2*T*B*(I+H)*G with G = 4H (LSTM), 3H (GRU), H (RNN);
+training (forward + backward to inputs and all weights) = 3x forward.
 
 ``--gpu`` compares instead fastlstm's cupy backend (layers moved with ``.to("cuda")``) with
 ``torch.nn.LSTM``/``GRU`` on CUDA (cuDNN), both synchronised after every call, on the card it
@@ -24,7 +24,8 @@ the step is read from VmHWM. glibc is told to return every block of 64 KiB and m
 system when freed (MALLOC_MMAP_THRESHOLD_), so memory kept from the warm-up step cannot hide
 the step's own allocations; the buffers fastlstm keeps between calls (its packed kernels)
 are added to its growth. "saved" is what BPTT has to keep whatever the implementation:
-the post-activation gates and the cell and hidden state of every step, T*B*(G+2H) floats.
+the post-activation gates and the cell and hidden state of every step, T*B*(G+2H) floats
+(LSTM, GRU); for the RNN, whose outputs are its states, T*B*H.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import io
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -84,26 +86,36 @@ def sgemm_rate(threads: int) -> float:
     return 2.0 * n ** 3 / t / 1e9
 
 
-def build(cell, T, B, H, threads, with_onnx):
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def peer_pair(cell, H, x_shape):
+    """The torch module (I = H, batch_first) and the fastlstm layer of one cell ("lstm",
+    "gru", "rnn": SimpleRNN against nn.RNN), with the same weights."""
     import torch
     import fastlstm as fl
-    I = H
     torch.manual_seed(0)
+    if cell == "gru":
+        tm = torch.nn.GRU(H, H, batch_first=True)
+        layer = fl.layers.GRU(H, return_sequences=True)
+        layer.build(x_shape)
+        layer.set_weights(torch_gru_weights(tm))
+        return tm, layer
+    tm = (torch.nn.LSTM if cell == "lstm" else torch.nn.RNN)(H, H, batch_first=True)
+    layer = (fl.layers.LSTM if cell == "lstm" else fl.layers.SimpleRNN)(H, return_sequences=True)
+    layer.build(x_shape)
+    layer.set_weights([tm.weight_ih_l0.detach().numpy().T, tm.weight_hh_l0.detach().numpy().T,
+                       (tm.bias_ih_l0 + tm.bias_hh_l0).detach().numpy()])
+    return tm, layer
+
+
+def build(cell, T, B, H, threads, with_onnx):
+    import torch
+    I = H
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, T, I)).astype(np.float32)
-    if cell == "lstm":
-        tm = torch.nn.LSTM(I, H, batch_first=True)
-        layer = fl.layers.LSTM(H, return_sequences=True)
-        layer.build(x.shape)
-        layer.set_weights([tm.weight_ih_l0.detach().numpy().T, tm.weight_hh_l0.detach().numpy().T,
-                           (tm.bias_ih_l0 + tm.bias_hh_l0).detach().numpy()])
-        gates = 4
-    else:
-        tm = torch.nn.GRU(I, H, batch_first=True)
-        layer = fl.layers.GRU(H, return_sequences=True)
-        layer.build(x.shape)
-        layer.set_weights(torch_gru_weights(tm))
-        gates = 3
+    tm, layer = peer_pair(cell, H, x.shape)
+    gates = GATES[cell]
     xt = torch.from_numpy(x)
     with torch.no_grad():
         ref = tm(xt)[0].numpy()
@@ -157,7 +169,10 @@ def _onnx_session(tm, xt, threads):
     except ImportError:
         return None
     buf = io.BytesIO()
-    torch.onnx.export(tm, (xt,), buf, input_names=["x"], output_names=["y", "h"], dynamo=False)
+    with warnings.catch_warnings():     # the RNN's exporter warns about other batch sizes
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(tm, (xt,), buf, input_names=["x"], output_names=["y", "h"],
+                          dynamo=False)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -230,20 +245,8 @@ def gpu_rows(cells, reps, per_block):
     for cell in cells:
         configs = LSTM_CONFIGS if cell == "lstm" else GRU_CONFIGS
         for T, B, H in configs:
-            torch.manual_seed(0)
             x = np.random.default_rng(0).standard_normal((B, T, H)).astype(np.float32)
-            if cell == "lstm":
-                tm = torch.nn.LSTM(H, H, batch_first=True)
-                layer = fl.layers.LSTM(H, return_sequences=True)
-                layer.build(x.shape)
-                layer.set_weights([tm.weight_ih_l0.detach().numpy().T,
-                                   tm.weight_hh_l0.detach().numpy().T,
-                                   (tm.bias_ih_l0 + tm.bias_hh_l0).detach().numpy()])
-            else:
-                tm = torch.nn.GRU(H, H, batch_first=True)
-                layer = fl.layers.GRU(H, return_sequences=True)
-                layer.build(x.shape)
-                layer.set_weights(torch_gru_weights(tm))
+            tm, layer = peer_pair(cell, H, x.shape)
             layer.to("cuda")
             tm = tm.cuda()
             xg, xt = cupy.asarray(x), torch.from_numpy(x).cuda()
@@ -319,7 +322,7 @@ def memory_rows(cells, threads):
     rows = []
     for cell in cells:
         configs = LSTM_CONFIGS if cell == "lstm" else GRU_CONFIGS
-        G = (4 if cell == "lstm" else 3)
+        G = GATES[cell]
         for T, B, H in configs:
             got = {}
             for lib in ("fastlstm", "torch"):
@@ -330,7 +333,7 @@ def memory_rows(cells, threads):
                 if res.returncode != 0:
                     raise RuntimeError(f"memory child {lib} {cell} failed:\n{res.stderr}")
                 got[lib] = int(res.stdout.strip().splitlines()[-1])
-            saved = T * B * (G * H + 2 * H) * 4
+            saved = T * B * ((G + 2) * H if cell != "rnn" else H) * 4
             rows.append((cell, T, B, H, got["fastlstm"], got["torch"], saved))
     return rows
 
@@ -338,7 +341,8 @@ def memory_rows(cells, threads):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--cells", default="lstm,gru")
+    p.add_argument("--cells", default="lstm,gru,rnn",
+                   help="lstm, gru, rnn (SimpleRNN against nn.RNN), comma-separated")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-oracle", action="store_true")
