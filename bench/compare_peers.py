@@ -169,8 +169,8 @@ def _onnx_session(tm, xt, threads):
     except ImportError:
         return None
     buf = io.BytesIO()
-    with warnings.catch_warnings():     # the RNN's exporter warns about other batch sizes
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():     # the exporter's notices (legacy exporter, batch size)
+        warnings.simplefilter("ignore")
         torch.onnx.export(tm, (xt,), buf, input_names=["x"], output_names=["y", "h"],
                           dynamo=False)
     so = ort.SessionOptions()
