@@ -25,10 +25,12 @@ from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
-                      recurrent_grad, recurrent_product, row_chunks, set_kernel_threads,
-                      set_policy, split, use_own)
+                      recurrent_grad, recurrent_grad_packed, recurrent_product,
+                      recurrent_product_packed, row_chunks, set_kernel_threads, set_policy,
+                      split, use_own, use_packed)
 from gates cimport fl_force_isa_level, fl_isa_level
-from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, matmul_packed_acc, pack_panels,
+from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_set, pack_b,
+                    matmul_packed_acc, pack_panels,
                     fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
                     fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
 
@@ -83,18 +85,42 @@ def set_recurrent_matmul(str which):
     set_policy(which)
 
 
+cdef inline void step_product(int nb, int H, int N, const floating *hin, const floating *U,
+                              int ldu, const floating *Up, bint gemm_packed, floating *z,
+                              int ldz) noexcept nogil:
+    """z[nb,N] (row stride ldz) += hin[nb,H] U[:, 0:N] (row stride ldu), with U packed by
+    pack_b (gemm_packed), in panels (Up otherwise), or read in place (Up NULL)."""
+    if Up == NULL:
+        recurrent_product(nb, H, N, hin, U, ldu, <floating>1, z, ldz)
+    elif gemm_packed:
+        recurrent_product_packed(nb, H, N, hin, Up, <floating>1, z, ldz)
+    else:
+        matmul_packed_acc(nb, N, H, hin, H, Up, z, ldz)
+
+
+cdef inline void step_grad(int nb, int H, int N, const floating *dz, int ldz,
+                           const floating *U, int ldu, const floating *UT,
+                           const floating *UTp, floating beta, floating *dh) noexcept nogil:
+    """dh[nb,H] = dz[nb,N] U[:, 0:N]^T + beta dh, with U^T packed by pack_b (UTp), or as
+    recurrent_grad reads it (UT or U in place)."""
+    if UTp != NULL:
+        recurrent_grad_packed(nb, H, N, dz, ldz, UTp, beta, dh)
+    else:
+        recurrent_grad(nb, H, N, dz, ldz, U, ldu, UT, beta, dh)
+
+
 cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint reset_after,
                        bint go_backwards, bint training, bint return_sequences, fl_act act,
                        fl_act ract, floating *Z, const floating *U, const floating *Up,
-                       const floating *Up2, const unsigned char *mask,
+                       const floating *Up2, bint gemm_packed, const unsigned char *mask,
                        const floating *rdrop, floating *HPREV, floating *HIN, floating *RH,
                        floating *Y, floating *out, floating *hd, floating *h) noexcept nogil:
     """The forward time loop for batch rows [b0, b0+nb) (see the header for Z's layout).
     HPREV, HIN [T,B,H] are saved when training (HIN only with recurrent dropout); RH is
     [T,B,H] when training, [B,H] work space at inference (reset_after=False only); Y [T,B,H]
     or out [B,H] receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] the state.
-    Up (and Up2): U packed for our kernel (reset_after: all of U; else U_zr and U_h), or
-    NULL."""
+    Up (and Up2): U packed for our kernels (reset_after: all of U; else U_zr and U_h) by
+    pack_b (gemm_packed) or in panels, or NULL."""
     cdef long BH = <long>B * H, BZ = <long>B * ZW, rh0 = <long>b0 * H, rz = <long>b0 * ZW
     cdef long nbh = <long>nb * H
     cdef long s, t
@@ -129,21 +155,13 @@ cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint 
                 po_prev = Y + (s - 1) * BH + rh0 if s > 0 else NULL
             else:
                 po = po_prev = out + rh0
-        if reset_after and Up != NULL:
-            matmul_packed_acc(nb, G, H, hin, H, Up, zt, ZW)
-        elif reset_after:
-            recurrent_product(nb, H, G, hin, U, G, <floating>1, zt, ZW)
+        if reset_after:
+            step_product(nb, H, G, hin, U, G, Up, gemm_packed, zt, ZW)
         else:
             prh = (RH + t * BH + rh0) if training else (RH + rh0)
-            if Up != NULL:
-                matmul_packed_acc(nb, 2 * H, H, hin, H, Up, zt, ZW)
-            else:
-                recurrent_product(nb, H, 2 * H, hin, U, G, <floating>1, zt, ZW)
+            step_product(nb, H, 2 * H, hin, U, G, Up, gemm_packed, zt, ZW)
             fwd_reset(nb, H, ract, zt, hin, prh)
-            if Up2 != NULL:
-                matmul_packed_acc(nb, H, H, prh, H, Up2, zt + 2 * H, ZW)
-            else:
-                recurrent_product(nb, H, H, prh, U + 2 * H, G, <floating>1, zt + 2 * H, ZW)
+            step_product(nb, H, H, prh, U + 2 * H, G, Up2, gemm_packed, zt + 2 * H, ZW)
         fwd_step(nb, H, reset_after, act, ract, zt, pm, ph, ph, po_prev, po)
         if return_sequences and mask == NULL:
             memcpy(Y + s * BH + rh0, ph, nbh * sizeof(floating))
@@ -171,16 +189,34 @@ cdef inline const floating *ptr_or_null(floating[::1] a):
     return NULL if a is None else &a[0]
 
 
-cdef inline void project_own(long r0, long nr, int I, int H, int ZW, bint reset_after,
-                             const floating *X, const floating *Wp1, const floating *Wp2,
-                             floating *Z) noexcept nogil:
-    """Rows [r0, r0+nr) of the input projection on our kernel: Z[:, 0:2H] += X W_zr and
-    Z[:, 3H:4H] += X W_h (reset_after), or Z += X W."""
-    if reset_after:
-        matmul_packed_acc(<int>nr, 2 * H, I, X + r0 * I, I, Wp1, Z + r0 * ZW, ZW)
-        matmul_packed_acc(<int>nr, H, I, X + r0 * I, I, Wp2, Z + r0 * ZW + 3 * H, ZW)
+cdef inline void project_rows(long r0, long nr, int I, int H, int G, int ZW, bint reset_after,
+                              const floating *X, const floating *W, const floating *Wp1,
+                              const floating *Wp2, const floating *brow,
+                              floating *Z) noexcept nogil:
+    """Rows [r0, r0+nr) of the input projection with the bias row brow [ZW]: Z[:, 0:2H] =
+    X W_zr + ., Z[:, 3H:4H] = X W_h + . and Z[:, 2H:3H] = . (reset_after), or Z = X W + .;
+    on our packed GEMM (Wp1, Wp2: W's blocks packed by pack_b; the bias goes in with the
+    product's first store) or, with Wp1 NULL, on BLAS."""
+    cdef long r
+    cdef const floating *Xr = X + r0 * I
+    cdef floating *Zr = Z + r0 * ZW
+    if Wp1 == NULL or reset_after:
+        for r in range(nr):
+            if Wp1 == NULL:
+                memcpy(Zr + r * ZW, brow, ZW * sizeof(floating))
+            else:
+                memcpy(Zr + r * ZW + 2 * H, brow + 2 * H, H * sizeof(floating))
+    if Wp1 == NULL:
+        gemm(False, False, <int>nr, 2 * H if reset_after else G, I, <floating>1, Xr, I, W, G,
+             <floating>1, Zr, ZW)
+        if reset_after:
+            gemm(False, False, <int>nr, H, I, <floating>1, Xr, I, W + 2 * H, G, <floating>1,
+                 Zr + 3 * H, ZW)
+    elif reset_after:
+        gemm_packed_set(<int>nr, 2 * H, I, Xr, I, Wp1, brow, Zr, ZW)
+        gemm_packed_set(<int>nr, H, I, Xr, I, Wp2, brow + 3 * H, Zr + 3 * H, ZW)
     else:
-        matmul_packed_acc(<int>nr, 3 * H, I, X + r0 * I, I, Wp1, Z + r0 * ZW, ZW)
+        gemm_packed_set(<int>nr, G, I, Xr, I, Wp1, brow, Zr, ZW)
 
 
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
@@ -205,7 +241,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef bint has_rdrop = recurrent_dropout_mask is not None
     cdef bint has_bias = bias is not None
 
-    # Every row of Z starts as the bias row, then the input GEMM(s) accumulate into it.
+    # The bias row of Z: [b_zr + b'_zr | b'_h | b_h] (reset_after) or b; zeros without bias.
     brow_arr = np.zeros(ZW, dtype)
     if has_bias:
         b = np.asarray(bias)
@@ -216,8 +252,6 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         else:
             brow_arr[:] = b
     cdef floating[::1] brow = brow_arr
-    cdef bint fill = has_bias or reset_after
-    cdef floating beta_in = 1 if fill else 0
 
     cdef floating[:, :, ::1] xin = x
     if input_dropout_mask is not None:
@@ -227,51 +261,36 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pW = &kernel[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
+    cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
     cdef long r, t, s
     cdef int nproj = split(TB, 64, <double>TB * I * G)
-    # Our kernel reads the weights packed in column panels (see _lstm.forward): the input
-    # kernel for the projection, the recurrent kernel for the time loop; [z r] and h blocks
-    # apart where they land in different places. One copy per call: from a few dozen rows.
-    cdef bint own_proj = TB >= 32 and use_own(<long>I * G * sizeof(floating))
-    wp1 = wp2 = up1 = up2 = None
-    if own_proj:
-        wp1 = packed_cols(kernel, 0, 2 * H if reset_after else G, dtype)
+    # The input projection on our packed GEMM, W packed once per call (from a few dozen
+    # rows; [z r] and h blocks apart where they land in different columns of Z), else BLAS.
+    # (Memoryview slices go into named variables: as operands of a conditional expression
+    # Cython miscounts their references.)
+    cdef floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
+    wp1 = wp2 = None
+    if fl_matmul_policy != 1 and TB >= 32:
         if reset_after:
-            wp2 = packed_cols(kernel, 2 * H, H, dtype)
-    if TB >= 32 and use_own(<long>H * G * sizeof(floating)):
-        up1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
-        if not reset_after:
-            up2 = packed_cols(recurrent_kernel, 2 * H, H, dtype)
-    cdef floating[::1] vw1 = wp1, vw2 = wp2, vu1 = up1, vu2 = up2
+            wp1 = pack_b(Wzr, False, None, fl_max_threads)
+            wp2 = pack_b(Wh, False, None, fl_max_threads)
+        else:
+            wp1 = pack_b(Wv, False, None, fl_max_threads)
+    cdef floating[::1] vw1 = wp1, vw2 = wp2
     cdef const floating *pWp1 = ptr_or_null(vw1)
     cdef const floating *pWp2 = ptr_or_null(vw2)
-    cdef const floating *pUp1 = ptr_or_null(vu1)
-    cdef const floating *pUp2 = ptr_or_null(vu2)
     cdef long ci
     with nogil:
         if input_dropout_mask is not None:
             for r in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
-        if fill:
-            for r in range(TB):
-                memcpy(pZ + r * ZW, &brow[0], ZW * sizeof(floating))
-        elif own_proj:
-            memset(pZ, 0, TB * ZW * sizeof(floating))
-        if own_proj:
-            if nproj == 1:
-                project_own(0, TB, I, H, ZW, reset_after, &xin[0, 0, 0], pWp1, pWp2, pZ)
-            else:
-                for ci in prange(nproj, num_threads=nproj, schedule="static"):
-                    project_own(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, H,
-                                ZW, reset_after, &xin[0, 0, 0], pWp1, pWp2, pZ)
-        elif reset_after:
-            par_gemm(False, False, <int>TB, 2 * H, I, <floating>1, &xin[0, 0, 0], I, pW, G,
-                     beta_in, pZ, ZW, nproj, True)
-            par_gemm(False, False, <int>TB, H, I, <floating>1, &xin[0, 0, 0], I, pW + 2 * H, G,
-                     beta_in, pZ + 3 * H, ZW, nproj, True)
+        if nproj == 1:
+            project_rows(0, TB, I, H, G, ZW, reset_after, &xin[0, 0, 0], pW, pWp1, pWp2,
+                         &brow[0], pZ)
         else:
-            par_gemm(False, False, <int>TB, G, I, <floating>1, &xin[0, 0, 0], I, pW, G,
-                     beta_in, pZ, ZW, nproj, True)
+            for ci in prange(nproj, num_threads=nproj, schedule="static"):
+                project_rows(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, H,
+                             G, ZW, reset_after, &xin[0, 0, 0], pW, pWp1, pWp2, &brow[0], pZ)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr
@@ -299,7 +318,24 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
 
+    # The per-step products: U packed for our GEMM (many rows per thread), in L1-sized
+    # column panels (a few rows, over a sequence that amortises the copy), or read in place.
     cdef int nchunks = row_chunks(T, B, H, G)
+    cdef bint gemm_packed = use_packed(B // nchunks, H)
+    cdef floating[:, :] Uzr = Uv[:, :2 * H], Uh = Uv[:, 2 * H:]
+    up1 = up2 = None
+    if gemm_packed and reset_after:
+        up1 = pack_b(Uv, False, None, fl_max_threads)
+    elif gemm_packed:
+        up1 = pack_b(Uzr, False, None, fl_max_threads)
+        up2 = pack_b(Uh, False, None, fl_max_threads)
+    elif TB >= 32 and use_own(<long>H * G * sizeof(floating)):
+        up1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
+        if not reset_after:
+            up2 = packed_cols(recurrent_kernel, 2 * H, H, dtype)
+    cdef floating[::1] vu1 = up1, vu2 = up2
+    cdef const floating *pUp1 = ptr_or_null(vu1)
+    cdef const floating *pUp2 = ptr_or_null(vu2)
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
     cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
     cdef floating *pHP = &HPREV[0, 0, 0] if training else NULL
@@ -314,15 +350,15 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     with nogil:
         if nchunks == 1:
             forward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, training,
-                         return_sequences, act, ract, pZ, pU, pUp1, pUp2, pm, prd, pHP, pHIN, pRH, pY, pout,
-                         phd, &h[0, 0])
+                         return_sequences, act, ract, pZ, pU, pUp1, pUp2, gemm_packed, pm, prd,
+                         pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(ci * B // nchunks)
                 forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
                              reset_after, go_backwards, training, return_sequences, act, ract,
-                             pZ, pU, pUp1, pUp2, pm, prd, pHP, pHIN, pRH, pY, pout, phd,
-                             &h[0, 0])
+                             pZ, pU, pUp1, pUp2, gemm_packed, pm, prd, pHP, pHIN, pRH, pY,
+                             pout, phd, &h[0, 0])
 
     if return_sequences:
         y = y_arr
@@ -344,12 +380,14 @@ cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint
                         bint go_backwards, fl_act act, fl_act ract, floating *Z,
                         const floating *HPREV, const floating *HIN, const unsigned char *mask,
                         const floating *rdrop, const floating *DY, const floating *U,
-                        const floating *UT, floating *dh, floating *dout, floating *target,
-                        floating *drh, floating *scratch) noexcept nogil:
+                        const floating *UT, const floating *UTp, const floating *UTp2,
+                        floating *dh, floating *dout, floating *target, floating *drh,
+                        floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,ZW] gates in, gradients
     out; dh [B,H] in: gradient of the final state, out: of the initial state. With recurrent
     dropout, target [B,H] gathers the recurrent share of dh_{t-1} before scaling (else it is
-    dh itself); drh [B,H] is work space (reset_after=False)."""
+    dh itself); drh [B,H] is work space (reset_after=False). UTp: U^T packed by pack_b
+    (reset_after; else U_zr^T, and UTp2 U_h^T), or NULL (UT or U read in place)."""
     cdef long BH = <long>B * H, BZ = <long>B * ZW, rh0 = <long>b0 * H, rz = <long>b0 * ZW
     cdef long s, t
     cdef floating *zt
@@ -369,13 +407,13 @@ cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint
         bwd_step(nb, H, reset_after, act, ract, zt, HPREV + t * BH + rh0, pm,
                  DY + s * BH + rh0 if DY != NULL else NULL, pdh, pdo, scratch)
         if reset_after:
-            recurrent_grad(nb, H, G, zt, ZW, U, G, UT, beta_rec, ptg)
+            step_grad(nb, H, G, zt, ZW, U, G, UT, UTp, beta_rec, ptg)
         else:
             phin = (HIN if HIN != NULL else HPREV) + t * BH + rh0
-            recurrent_grad(nb, H, H, zt + 2 * H, ZW, U + 2 * H, G,
-                           UT + 2 * H * H if UT != NULL else NULL, <floating>0, pdrh)
+            step_grad(nb, H, H, zt + 2 * H, ZW, U + 2 * H, G,
+                      UT + 2 * H * H if UT != NULL else NULL, UTp2, <floating>0, pdrh)
             bwd_reset(nb, H, ract, zt, phin, pdrh, pm, ptg, rdrop == NULL, scratch)
-            recurrent_grad(nb, H, 2 * H, zt, ZW, U, G, UT, <floating>1, ptg)
+            step_grad(nb, H, 2 * H, zt, ZW, U, G, UT, UTp, <floating>1, ptg)
         if prd != NULL:       # masked rows of the target are 0: their dh stays
             add_mul(ptg, prd, pdh, <long>nb * H)
 
@@ -452,13 +490,25 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     if ones_arr is not None:
         ones = ones_arr
     cdef const floating *pHin = &hin[0, 0, 0] if has_rdrop else &h_prev[0, 0, 0]
+    cdef int nchunks = row_chunks(T, B, H, G)
     cdef floating[:, ::1] UT                          # U^T [G,H] for the own-kernel path
     cdef const floating *pUT = NULL
-    if B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows
+    cdef floating[:, :] Uv = recurrent_kernel
+    utp1 = utp2 = None                                # U^T (or its blocks) packed for our GEMM
+    # Many rows per thread, or one row over a long sequence: U^T packed beats reading it.
+    cdef floating[:, :] Uzr = Uv[:, :2 * H], Uh = Uv[:, 2 * H:]
+    if use_packed(B // nchunks, G) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
+        if reset_after:
+            utp1 = pack_b(Uv, True, None, fl_max_threads)
+        else:
+            utp1 = pack_b(Uzr, True, None, fl_max_threads)
+            utp2 = pack_b(Uh, True, None, fl_max_threads)
+    elif B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
-
-    cdef int nchunks = row_chunks(T, B, H, G)
+    cdef floating[::1] vut1 = utp1, vut2 = utp2
+    cdef const floating *pUTp1 = ptr_or_null(vut1)
+    cdef const floating *pUTp2 = ptr_or_null(vut2)
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef const floating *pH = &h_prev[0, 0, 0]
@@ -476,14 +526,15 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         if nchunks == 1:
             backward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, act, ract, pZ, pH,
                           pHIN, mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, pU, pUT,
-                          pdh, pdout, ptarget, pdrh, &scratch[0])
+                          pUTp1, pUTp2, pdh, pdout, ptarget, pdrh, &scratch[0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(ci * B // nchunks)
                 backward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
                               reset_after, go_backwards, act, ract, pZ, pH, pHIN,
                               mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, pU, pUT,
-                              pdh, pdout, ptarget, pdrh, &scratch[0] + ci * 2 * H)
+                              pUTp1, pUTp2, pdh, pdout, ptarget, pdrh,
+                              &scratch[0] + ci * 2 * H)
         # Weight and input gradients: products over all T*B rows, split into column slices
         # (weights) and row slices (inputs) over the threads; on our packed GEMM (the input
         # gradient then reads W^T) unless BLAS has AVX-512 kernels.

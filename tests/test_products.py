@@ -1,5 +1,7 @@
 """The per-step products of every cell run on our register-blocked kernel or on BLAS
 (chosen by weight size); both paths must agree with the oracle, forward and backward."""
+import importlib
+
 import numpy as np
 import pytest
 
@@ -135,31 +137,34 @@ def test_gru_threaded_loops_match_oracle(threads, reset_after):
 @pytest.mark.parametrize("policy", ["auto", "own", "blas"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("on_blas", [False, True])
-def test_simple_rnn_threads_and_product_paths_match_oracle(policy, threads, on_blas):
-    """The SimpleRNN runs the LSTM's machinery: batch rows over threads for the whole
-    sequence (19 rows: 9-10 per thread of 230 units, past use_packed's threshold, so U and
-    U^T packed), the input projection on the packed GEMM (or BLAS under 'blas') split by
-    rows, weight gradients by columns with db summed from dZ's packed blocks, input
-    gradients by rows; with masks, recurrent dropout and go_backwards, then without them and
-    without bias."""
-    from fastlstm import _simple_rnn
+@pytest.mark.parametrize("cell, reset_after", [("gru", True), ("gru", False),
+                                               ("simple_rnn", True)])
+def test_threads_and_product_paths_match_oracle(cell, reset_after, policy, threads, on_blas):
+    """The GRU and the SimpleRNN run the LSTM's machinery: batch rows over threads for the
+    whole sequence (19 rows: 9-10 per thread of 230 units, past use_packed's threshold, so U
+    and U^T packed for the packed GEMM; the GRU's [z r] and h blocks apart), the input
+    projection on the packed GEMM (or BLAS under 'blas') split by rows, the gradients' many-
+    row products on it or on BLAS (on_blas); with masks, recurrent dropout and go_backwards,
+    then without them and without bias."""
     from fastlstm.threads import init_threads
-    _simple_rnn.set_recurrent_matmul(policy)
-    _simple_rnn.set_projection_blas(on_blas)
-    min_macs = _simple_rnn.get_parallel_min_macs()
-    _simple_rnn.set_threads(threads, 0)          # split even these small products
+    mod = importlib.import_module(f"fastlstm._{cell}")
+    mod.set_recurrent_matmul(policy)
+    mod.set_projection_blas(on_blas)
+    min_macs = mod.get_parallel_min_macs()
+    mod.set_threads(threads, 0)                  # split even these small products
     try:
         for dtype in DTYPES:
-            rng = np.random.default_rng(seed_of("rnn-paths", policy, threads, on_blas))
-            args, kw = _problem("simple_rnn", rng, dtype, 7, 19, 70, 230)
+            rng = np.random.default_rng(seed_of("paths", cell, reset_after, policy, threads,
+                                                on_blas))
+            args, kw = _problem(cell, rng, dtype, 7, 19, 70, 230, reset_after)
             dy = rng.standard_normal((7, 19, 230)).astype(dtype)
-            _assert_cpu_matches_oracle("simple_rnn", args, kw, dy, dtype)
-            plain = dict(h0=kw["h0"])
-            _assert_cpu_matches_oracle("simple_rnn", args[:3] + (None,), plain, dy, dtype,
+            _assert_cpu_matches_oracle(cell, args, kw, dy, dtype)
+            plain = dict(h0=kw["h0"], **({"reset_after": reset_after} if cell == "gru" else {}))
+            _assert_cpu_matches_oracle(cell, args[:3] + (None,), plain, dy, dtype,
                                        fields=GRAD_FIELDS[:4])
     finally:
-        _simple_rnn.set_recurrent_matmul("auto")
-        _simple_rnn.set_threads(fl.get_num_threads(), min_macs)
+        mod.set_recurrent_matmul("auto")
+        mod.set_threads(fl.get_num_threads(), min_macs)
         init_threads()
 
 
