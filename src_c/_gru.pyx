@@ -25,14 +25,12 @@ from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
-                      recurrent_grad, recurrent_grad_packed, recurrent_product,
-                      recurrent_product_packed, row_chunks, set_kernel_threads, set_policy,
-                      split, use_own, use_packed)
+                      row_chunks, set_kernel_threads, set_policy, split, step_grad, step_product,
+                      use_own, use_packed)
 from gates cimport fl_force_isa_level, fl_isa_level
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_set, pack_b,
-                    matmul_packed_acc, pack_panels,
-                    fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d,
-                    fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
+                    pack_panels, fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f,
+                    fl_gru_fwd_step_d, fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
 
 
 cdef inline void fwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
@@ -85,42 +83,19 @@ def set_recurrent_matmul(str which):
     set_policy(which)
 
 
-cdef inline void step_product(int nb, int H, int N, const floating *hin, const floating *U,
-                              int ldu, const floating *Up, bint gemm_packed, floating *z,
-                              int ldz) noexcept nogil:
-    """z[nb,N] (row stride ldz) += hin[nb,H] U[:, 0:N] (row stride ldu), with U packed by
-    pack_b (gemm_packed), in panels (Up otherwise), or read in place (Up NULL)."""
-    if Up == NULL:
-        recurrent_product(nb, H, N, hin, U, ldu, <floating>1, z, ldz)
-    elif gemm_packed:
-        recurrent_product_packed(nb, H, N, hin, Up, <floating>1, z, ldz)
-    else:
-        matmul_packed_acc(nb, N, H, hin, H, Up, z, ldz)
-
-
-cdef inline void step_grad(int nb, int H, int N, const floating *dz, int ldz,
-                           const floating *U, int ldu, const floating *UT,
-                           const floating *UTp, floating beta, floating *dh) noexcept nogil:
-    """dh[nb,H] = dz[nb,N] U[:, 0:N]^T + beta dh, with U^T packed by pack_b (UTp), or as
-    recurrent_grad reads it (UT or U in place)."""
-    if UTp != NULL:
-        recurrent_grad_packed(nb, H, N, dz, ldz, UTp, beta, dh)
-    else:
-        recurrent_grad(nb, H, N, dz, ldz, U, ldu, UT, beta, dh)
-
-
 cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint reset_after,
                        bint go_backwards, bint training, bint return_sequences, fl_act act,
                        fl_act ract, floating *Z, const floating *U, const floating *Up,
-                       const floating *Up2, bint gemm_packed, const unsigned char *mask,
+                       const floating *Up2, const floating *Upan, const floating *Upan2,
+                       const unsigned char *mask,
                        const floating *rdrop, floating *HPREV, floating *HIN, floating *RH,
                        floating *Y, floating *out, floating *hd, floating *h) noexcept nogil:
     """The forward time loop for batch rows [b0, b0+nb) (see the header for Z's layout).
     HPREV, HIN [T,B,H] are saved when training (HIN only with recurrent dropout); RH is
     [T,B,H] when training, [B,H] work space at inference (reset_after=False only); Y [T,B,H]
     or out [B,H] receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] the state.
-    Up (and Up2): U packed for our kernels (reset_after: all of U; else U_zr and U_h) by
-    pack_b (gemm_packed) or in panels, or NULL."""
+    Up (and Up2): U packed by pack_b (reset_after: all of U; else U_zr and U_h), or Upan
+    (and Upan2) U in panels, or all NULL (see products.step_product)."""
     cdef long BH = <long>B * H, BZ = <long>B * ZW, rh0 = <long>b0 * H, rz = <long>b0 * ZW
     cdef long nbh = <long>nb * H
     cdef long s, t
@@ -156,12 +131,12 @@ cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint 
             else:
                 po = po_prev = out + rh0
         if reset_after:
-            step_product(nb, H, G, hin, U, G, Up, gemm_packed, zt, ZW)
+            step_product(nb, H, G, hin, U, G, Up, Upan, zt, ZW)
         else:
             prh = (RH + t * BH + rh0) if training else (RH + rh0)
-            step_product(nb, H, 2 * H, hin, U, G, Up, gemm_packed, zt, ZW)
+            step_product(nb, H, 2 * H, hin, U, G, Up, Upan, zt, ZW)
             fwd_reset(nb, H, ract, zt, hin, prh)
-            step_product(nb, H, H, prh, U + 2 * H, G, Up2, gemm_packed, zt + 2 * H, ZW)
+            step_product(nb, H, H, prh, U + 2 * H, G, Up2, Upan2, zt + 2 * H, ZW)
         fwd_step(nb, H, reset_after, act, ract, zt, pm, ph, ph, po_prev, po)
         if return_sequences and mask == NULL:
             memcpy(Y + s * BH + rh0, ph, nbh * sizeof(floating))
@@ -321,21 +296,22 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # The per-step products: U packed for our GEMM (many rows per thread), in L1-sized
     # column panels (a few rows, over a sequence that amortises the copy), or read in place.
     cdef int nchunks = row_chunks(T, B, H, G)
-    cdef bint gemm_packed = use_packed(B // nchunks, H)
     cdef floating[:, :] Uzr = Uv[:, :2 * H], Uh = Uv[:, 2 * H:]
-    up1 = up2 = None
-    if gemm_packed and reset_after:
+    up1 = up2 = upan1 = upan2 = None
+    if use_packed(B // nchunks, H) and reset_after:
         up1 = pack_b(Uv, False, None, fl_max_threads)
-    elif gemm_packed:
+    elif use_packed(B // nchunks, H):
         up1 = pack_b(Uzr, False, None, fl_max_threads)
         up2 = pack_b(Uh, False, None, fl_max_threads)
     elif TB >= 32 and use_own(<long>H * G * sizeof(floating)):
-        up1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
+        upan1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
         if not reset_after:
-            up2 = packed_cols(recurrent_kernel, 2 * H, H, dtype)
-    cdef floating[::1] vu1 = up1, vu2 = up2
+            upan2 = packed_cols(recurrent_kernel, 2 * H, H, dtype)
+    cdef floating[::1] vu1 = up1, vu2 = up2, vp1 = upan1, vp2 = upan2
     cdef const floating *pUp1 = ptr_or_null(vu1)
     cdef const floating *pUp2 = ptr_or_null(vu2)
+    cdef const floating *pUpan1 = ptr_or_null(vp1)
+    cdef const floating *pUpan2 = ptr_or_null(vp2)
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
     cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
     cdef floating *pHP = &HPREV[0, 0, 0] if training else NULL
@@ -350,15 +326,15 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     with nogil:
         if nchunks == 1:
             forward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, training,
-                         return_sequences, act, ract, pZ, pU, pUp1, pUp2, gemm_packed, pm, prd,
-                         pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
+                         return_sequences, act, ract, pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm,
+                         prd, pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(ci * B // nchunks)
                 forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
                              reset_after, go_backwards, training, return_sequences, act, ract,
-                             pZ, pU, pUp1, pUp2, gemm_packed, pm, prd, pHP, pHIN, pRH, pY,
-                             pout, phd, &h[0, 0])
+                             pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm, prd, pHP, pHIN, pRH,
+                             pY, pout, phd, &h[0, 0])
 
     if return_sequences:
         y = y_arr

@@ -17,12 +17,11 @@ from fastlstm.backends.grad_buffers import state_grads
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, input_grad_rows,
-                      project_rows, recurrent_grad, recurrent_grad_packed, recurrent_product,
-                      recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
-                      use_own, use_packed, weight_grad_cols)
-from gates cimport (fl_act, make_act, mul, merge_rows, pack_b, matmul_packed_acc, pack_panels,
-                    fl_force_isa_level, fl_isa_level, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
+                      recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
+                      step_grad, step_product, use_own, use_packed, weight_and_input_grads)
+from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, fl_force_isa_level,
+                    fl_isa_level, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
                     fl_lstm_bwd_step_d)
 
 
@@ -178,23 +177,9 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
         ph = Y + (s0 - 1) * BH + rh
     for s in range(s0, s1):
         t = T - 1 - s if go_backwards else s
-        if training:
-            hin = HIN + t * BH + rh
-            if prd != NULL:
-                mul(ph, prd, hin, nbh)
-            else:
-                memcpy(hin, ph, nbh * sizeof(floating))
-        elif prd != NULL:
-            hin = hd + rh
-            mul(ph, prd, hin, nbh)
-        else:
-            hin = ph
-        if Up != NULL:
-            recurrent_product_packed(nb, H, G, hin, Up, <floating>1, Z + (t - zt0) * BG + rg, G)
-        elif Upan != NULL:
-            matmul_packed_acc(nb, G, H, hin, H, Upan, Z + (t - zt0) * BG + rg, G)
-        else:
-            recurrent_product(nb, H, G, hin, U, G, <floating>1, Z + (t - zt0) * BG + rg, G)
+        hin = recurrent_input(training, ph, prd, HIN + t * BH + rh if training else NULL,
+                              hd + rh if hd != NULL else NULL, nbh)
+        step_product(nb, H, G, hin, U, G, Up, Upan, Z + (t - zt0) * BG + rg, G)
         pc_out = C + t * BH + rh if training else pc
         po = po_prev = NULL
         if mask != NULL:
@@ -380,10 +365,7 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
         bwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, C + t * BH + rh, pcp, P, pm,
                  DY + s * BH + rh if DY != NULL else NULL, dh + rh, dc + rh, pout, dpeep,
                  scratch)
-        if UTp != NULL:
-            recurrent_grad_packed(nb, H, G, Z + t * BG + rg, G, UTp, <floating>0, dhp + rh)
-        else:
-            recurrent_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, <floating>0, dhp + rh)
+        step_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, UTp, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
@@ -439,7 +421,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
     cdef floating *pZ = &z[0, 0, 0]
     cdef bint seq_dy = dy is not None and return_sequences
-    cdef long t
 
     dx_arr = np.empty((T, B, I), dtype)
     dW_arr = np.empty((I, G), dtype)
@@ -458,9 +439,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if ones_arr is not None:
         ones = ones_arr
         pones = &ones[0]
-    cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
-    cdef int nrows = split(TB, 64, <double>TB * I * G)
-    cdef long g0, r0
     cdef floating[::1] WTp                            # W^T [G,I], packed, for our GEMM
     cdef const floating *pWT = NULL
     cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
@@ -503,26 +481,10 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if nchunks > 1 and dpeep_arr is not None:
         dpeep_arr += part_arr.sum(0).reshape(3, H)
     with nogil:
-        # Weight and input gradients: products over all T*B rows, split into column slices
-        # (dW, dU, db: no reduction across threads) and row slices (dx).
-        if ncols == 1:
-            weight_grad_cols(0, G, I, H, G, TB, &x[0, 0, 0], &hin[0, 0, 0], pZ, pones,
-                             &dW[0, 0], &dU[0, 0], pdb, own)
-        else:
-            for ci in prange(ncols, num_threads=ncols, schedule="static"):
-                g0 = ci * G // ncols
-                weight_grad_cols(g0, (ci + 1) * G // ncols - g0, I, H, G, TB, &x[0, 0, 0],
-                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb, own)
-        if nrows == 1:
-            input_grad_rows(0, TB, I, G, pZ, &kernel[0, 0], pWT, &dx[0, 0, 0])
-        else:
-            for ci in prange(nrows, num_threads=nrows, schedule="static"):
-                r0 = ci * TB // nrows
-                input_grad_rows(r0, (ci + 1) * TB // nrows - r0, I, G, pZ, &kernel[0, 0], pWT,
-                                &dx[0, 0, 0])
-        if input_dropout_mask is not None:
-            for t in range(T):
-                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])
+        weight_and_input_grads(TB, B, I, H, G, &x[0, 0, 0], &hin[0, 0, 0], pZ, &kernel[0, 0],
+                               pWT, pones, &dW[0, 0], &dU[0, 0], pdb, &dx[0, 0, 0],
+                               NULL if input_dropout_mask is None else &input_dropout_mask[0, 0],
+                               own)
     return dx_arr, dh_arr, dc_arr, dW_arr, dU_arr, db_arr, dpeep_arr
 
 

@@ -17,11 +17,10 @@ from fastlstm.backends.grad_buffers import state_grads
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, input_grad_rows,
-                      project_rows, recurrent_grad, recurrent_grad_packed, recurrent_product,
-                      recurrent_product_packed, row_chunks, set_kernel_threads, set_policy, split,
-                      use_own, use_packed, weight_grad_cols)
-from gates cimport (fl_act, make_act, mul, merge_rows, pack_b, matmul_packed_acc, pack_panels,
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
+                      recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
+                      step_grad, step_product, use_own, use_packed, weight_and_input_grads)
+from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels,
                     fl_force_isa_level, fl_isa_level, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
                     fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
 
@@ -95,24 +94,10 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
     cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
     for s in range(T):
         t = T - 1 - s if go_backwards else s
-        if training:
-            hin = HIN + t * BH + rh
-            if prd != NULL:
-                mul(ph, prd, hin, nbh)
-            else:
-                memcpy(hin, ph, nbh * sizeof(floating))
-        elif prd != NULL:
-            hin = hd + rh
-            mul(ph, prd, hin, nbh)
-        else:
-            hin = ph
+        hin = recurrent_input(training, ph, prd, HIN + t * BH + rh if training else NULL,
+                              hd + rh if hd != NULL else NULL, nbh)
         zt = Z + t * BH + rh
-        if Up != NULL:
-            recurrent_product_packed(nb, H, H, hin, Up, <floating>1, zt, H)
-        elif Upan != NULL:
-            matmul_packed_acc(nb, H, H, hin, H, Upan, zt, H)
-        else:
-            recurrent_product(nb, H, H, hin, U, H, <floating>1, zt, H)
+        step_product(nb, H, H, hin, U, H, Up, Upan, zt, H)
         po = po_prev = NULL
         if mask != NULL:
             pm = mask + t * B + b0
@@ -254,10 +239,7 @@ cdef void backward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, 
             pm = mask + t * B + b0
         bwd_step(nb, H, act, zt, pm, DY + s * BH + rh if DY != NULL else NULL, dh + rh, pout,
                  scratch)
-        if UTp != NULL:
-            recurrent_grad_packed(nb, H, H, zt, H, UTp, <floating>0, dhp + rh)
-        else:
-            recurrent_grad(nb, H, H, zt, H, U, H, UT, <floating>0, dhp + rh)
+        step_grad(nb, H, H, zt, H, U, H, UT, UTp, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
@@ -303,7 +285,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
     cdef floating *pZ = &z[0, 0, 0]
     cdef bint seq_dy = dy is not None and return_sequences
-    cdef long t, ci, g0, r0
+    cdef long ci
     cdef int b0
 
     dx_arr = np.empty((T, B, I), dtype)
@@ -342,8 +324,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     elif B > 1 and use_own(<long>H * H * sizeof(floating)):   # one row reads U by rows
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
-    cdef int ncols = split(H, 64, <double>TB * (I + H) * H)
-    cdef int nrows = split(TB, 64, <double>TB * I * H)
     with nogil:
         if nchunks == 1:
             backward_rows(T, B, H, 0, B, go_backwards, act, pZ, &recurrent_kernel[0, 0], pUT,
@@ -356,26 +336,10 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
                               act, pZ, &recurrent_kernel[0, 0], pUT, pUTp, pm, prd,
                               &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], pdout, pdhp,
                               &scratch[0] + ci * H)
-        # Weight and input gradients: products over all T*B rows, split into column slices
-        # (dW, dU, db: no reduction across threads) and row slices (dx).
-        if ncols == 1:
-            weight_grad_cols(0, H, I, H, H, TB, &x[0, 0, 0], &hin[0, 0, 0], pZ, pones,
-                             &dW[0, 0], &dU[0, 0], pdb, own)
-        else:
-            for ci in prange(ncols, num_threads=ncols, schedule="static"):
-                g0 = ci * H // ncols
-                weight_grad_cols(g0, (ci + 1) * H // ncols - g0, I, H, H, TB, &x[0, 0, 0],
-                                 &hin[0, 0, 0], pZ, pones, &dW[0, 0], &dU[0, 0], pdb, own)
-        if nrows == 1:
-            input_grad_rows(0, TB, I, H, pZ, &kernel[0, 0], pWT, &dx[0, 0, 0])
-        else:
-            for ci in prange(nrows, num_threads=nrows, schedule="static"):
-                r0 = ci * TB // nrows
-                input_grad_rows(r0, (ci + 1) * TB // nrows - r0, I, H, pZ, &kernel[0, 0], pWT,
-                                &dx[0, 0, 0])
-        if input_dropout_mask is not None:
-            for t in range(T):
-                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &dx[t, 0, 0], &dx[t, 0, 0])
+        weight_and_input_grads(TB, B, I, H, H, &x[0, 0, 0], &hin[0, 0, 0], pZ, &kernel[0, 0],
+                               pWT, pones, &dW[0, 0], &dU[0, 0], pdb, &dx[0, 0, 0],
+                               NULL if input_dropout_mask is None else &input_dropout_mask[0, 0],
+                               own)
     return dx_arr, dh_arr, dW_arr, dU_arr, db_arr
 
 

@@ -102,13 +102,12 @@ cdef inline void split_products(int nt, int I, int H, int nx, int nh, int ldw,
 
 
 # ------------------------------------------------------------------------------ cells
-cdef inline void lstm_step(int nt, int B, int I, int H, int G, const floating *x, int ldx,
-                           const floating *h, const floating *c, const floating *W,
-                           const floating *U, const floating *b, const floating *P,
-                           bint coupled, fl_act act, fl_act ract, floating *z, floating *zh,
-                           floating *parts, floating *scratch, floating *h_out,
-                           floating *c_out) noexcept nogil:
-    """z [B,G] = b + x W + h U, then the gates and the new h, c (h_out, c_out)."""
+cdef inline void step_products(int nt, int B, int I, int H, int G, const floating *x, int ldx,
+                               const floating *h, const floating *W, const floating *U,
+                               const floating *b, floating *z, floating *zh,
+                               floating *parts) noexcept nogil:
+    """z [B,G] = b + x W + h U (LSTM, SimpleRNN): split over nt > 1 threads at batch 1 (zh
+    [G] and parts take the partial sums), else on this thread."""
     cdef int j
     if nt > 1:
         split_products(nt, I, H, G, G, G, x, h, W, U, z, zh, parts)
@@ -118,6 +117,16 @@ cdef inline void lstm_step(int nt, int B, int I, int H, int G, const floating *x
         fill_rows(B, G, b, z, G)
         product(B, I, G, x, ldx, W, G, <floating>1, z, G)
         product(B, H, G, h, H, U, G, <floating>1, z, G)
+
+
+cdef inline void lstm_step(int nt, int B, int I, int H, int G, const floating *x, int ldx,
+                           const floating *h, const floating *c, const floating *W,
+                           const floating *U, const floating *b, const floating *P,
+                           bint coupled, fl_act act, fl_act ract, floating *z, floating *zh,
+                           floating *parts, floating *scratch, floating *h_out,
+                           floating *c_out) noexcept nogil:
+    """z [B,G] = b + x W + h U, then the gates and the new h, c (h_out, c_out)."""
+    step_products(nt, B, I, H, G, x, ldx, h, W, U, b, z, zh, parts)
     if floating is float:
         fl_lstm_fwd_step_f(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL,
                            scratch)
@@ -188,15 +197,7 @@ cdef inline void rnn_step(int nt, int B, int I, int H, const floating *x, int ld
                           const floating *b, fl_act act, floating *z, floating *zh,
                           floating *parts, floating *h_out) noexcept nogil:
     """z [B,H] = b + x W + h U, h_out = act(z)."""
-    cdef int j
-    if nt > 1:
-        split_products(nt, I, H, H, H, H, x, h, W, U, z, zh, parts)
-        for j in range(H):
-            z[j] += zh[j] + (b[j] if b != NULL else 0)
-    else:
-        fill_rows(B, H, b, z, H)
-        product(B, I, H, x, ldx, W, H, <floating>1, z, H)
-        product(B, H, H, h, H, U, H, <floating>1, z, H)
+    step_products(nt, B, I, H, H, x, ldx, h, W, U, b, z, zh, parts)
     if floating is float:
         fl_rnn_fwd_step_f(B, H, act, z, NULL, h, h_out, NULL, NULL)
     else:

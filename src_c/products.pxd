@@ -9,7 +9,7 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemm2_set, gemv_t_acc,
-                   matmul_acc)
+                   matmul_acc, matmul_packed_acc, merge_rows, mul)
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
@@ -126,6 +126,49 @@ cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz
         gemm(False, True, B, H, N, <floating>1, dz, ldz, U, ldu, beta, dh, H)
 
 
+cdef inline void step_product(int nb, int H, int N, const floating *h, const floating *U,
+                              int ldu, const floating *Up, const floating *Upan, floating *z,
+                              int ldz) noexcept nogil:
+    """A time loop's z[nb,N] (row stride ldz) += h[nb,H] U (U [H,N], row stride ldu): with U
+    packed by pack_b (Up: many rows per thread), in L1-sized column panels (Upan: a few
+    rows), or read in place (both NULL)."""
+    if Up != NULL:
+        recurrent_product_packed(nb, H, N, h, Up, <floating>1, z, ldz)
+    elif Upan != NULL:
+        matmul_packed_acc(nb, N, H, h, H, Upan, z, ldz)
+    else:
+        recurrent_product(nb, H, N, h, U, ldu, <floating>1, z, ldz)
+
+
+cdef inline void step_grad(int nb, int H, int N, const floating *dz, int ldz,
+                           const floating *U, int ldu, const floating *UT,
+                           const floating *UTp, floating beta, floating *dh) noexcept nogil:
+    """A backward time loop's dh[nb,H] = dz[nb,N] U^T + beta dh: with U^T packed by pack_b
+    (UTp), or as recurrent_grad reads it (UT, or U in place)."""
+    if UTp != NULL:
+        recurrent_grad_packed(nb, H, N, dz, ldz, UTp, beta, dh)
+    else:
+        recurrent_grad(nb, H, N, dz, ldz, U, ldu, UT, beta, dh)
+
+
+cdef inline const floating *recurrent_input(bint training, const floating *h,
+                                            const floating *rdrop, floating *saved,
+                                            floating *work, long n) noexcept nogil:
+    """What a step's recurrent product reads: h [n] times the recurrent dropout mask (or h
+    itself), copied into saved when training (backward needs it), into work for the
+    dropout at inference."""
+    if training:
+        if rdrop != NULL:
+            mul(h, rdrop, saved, n)
+        else:
+            memcpy(saved, h, n * sizeof(floating))
+        return saved
+    if rdrop != NULL:
+        mul(h, rdrop, work, n)
+        return work
+    return h
+
+
 cdef inline void slice_gemm(bint trans_a, bint trans_b, int M, int N, int K, floating alpha,
                             const floating *A, int lda, const floating *B, int ldb,
                             floating beta, floating *C, int ldc, bint own,
@@ -217,3 +260,33 @@ cdef inline void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB
          dU + g0, G)
     if db != NULL:
         gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)
+
+
+cdef inline void weight_and_input_grads(long TB, int B, int I, int H, int G, const floating *X,
+                                        const floating *Hin, const floating *dZ,
+                                        const floating *W, const floating *WTp,
+                                        const floating *ones, floating *dW, floating *dU,
+                                        floating *db, floating *dX, const floating *idrop,
+                                        bint own) noexcept nogil:
+    """After a backward time loop (LSTM, SimpleRNN: dZ [TB,G]): dW = X^T dZ, dU = Hin^T dZ
+    and db (NULL without bias) split into column slices over the threads (no reduction
+    across threads), then dX = dZ W^T split into row slices (WTp: W^T packed for our GEMM,
+    or NULL for BLAS), times the input dropout mask idrop [B,I] (or NULL)."""
+    cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
+    cdef int nrows = split(TB, 64, <double>TB * I * G)
+    cdef long ci, t
+    if ncols == 1:
+        weight_grad_cols(0, G, I, H, G, TB, X, Hin, dZ, ones, dW, dU, db, own)
+    else:
+        for ci in prange(ncols, num_threads=ncols, schedule="static"):
+            weight_grad_cols(ci * G // ncols, (ci + 1) * G // ncols - ci * G // ncols, I, H, G,
+                             TB, X, Hin, dZ, ones, dW, dU, db, own)
+    if nrows == 1:
+        input_grad_rows(0, TB, I, G, dZ, W, WTp, dX)
+    else:
+        for ci in prange(nrows, num_threads=nrows, schedule="static"):
+            input_grad_rows(ci * TB // nrows, (ci + 1) * TB // nrows - ci * TB // nrows, I, G,
+                            dZ, W, WTp, dX)
+    if idrop != NULL:
+        for t in range(TB // B):
+            merge_rows(B, I, NULL, idrop, dX + t * B * I, dX + t * B * I)
