@@ -37,8 +37,8 @@ def set_threads(int n, double parallel_min_macs=-1):
 
 
 def set_recurrent_matmul(str which):
-    """'auto' (default), 'blas' or 'own': 'blas' keeps the step on one thread and hands the
-    products past our kernel's size to BLAS, as the sequence kernels do (tests)."""
+    """'auto' (default), 'blas' or 'own' (tests): 'blas' keeps the step on one thread with
+    its products on BLAS, 'own' has them on our kernel at any size."""
     set_policy(which)
 
 
@@ -257,6 +257,7 @@ cdef class StepPlan:
     cdef void *pzh
     cdef void *pparts
     cdef int typenum, itemsize, n_in, n_units, n_gates, n_batch, n_states
+    cdef bint busy                            # a call is running on the buffers
 
     cdef int bind(self, kernel, recurrent_kernel, bias, int gates, int batch, object bias_shape,
                   long z_width) except -1:
@@ -292,6 +293,7 @@ cdef class StepPlan:
         self.buffers = [z, zx, zh]
         self.pz, self.pzx, self.pzh = data_of(z), data_of(zx), data_of(zh)
         self.parts_arr = None
+        self.busy = False
         return 0
 
     cdef void *buffer(self, Py_ssize_t n):
@@ -333,27 +335,40 @@ cdef class StepPlan:
         if not (rows_of(h, tn, B, H, True) and (c is None or rows_of(c, tn, B, H, True))):
             return None
         cdef cnp.npy_intp dims[2]
-        dims[0], dims[1] = B, H
-        h_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
-        c_out = cnp.PyArray_EMPTY(2, dims, tn, 0) if c is not None else None
+        cdef void *px
+        cdef void *ph
+        cdef void *pc
+        cdef void *pho
+        cdef void *pco
         cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
                                                // self.itemsize)
         # Split at batch 1 from STEP_SPLIT_MIN_BYTES of weights, at least half that a thread.
         cdef long nbytes = <long>(I + H) * self.n_gates * self.itemsize
         cdef int nt = <int>min(<long>fl_max_threads, nbytes // (STEP_SPLIT_MIN_BYTES // 2))
-        if B == 1 and nt > 1 and fl_matmul_policy != 1 and nbytes >= STEP_SPLIT_MIN_BYTES:
-            if self.parts_arr is None or self.parts_arr.shape[0] < (nt - 1) * 2 * self.n_gates:
-                self.parts_arr = np.empty((nt - 1) * 2 * self.n_gates, self.buffers[0].dtype)
-                self.pparts = data_of(self.parts_arr)
-        else:
-            nt = 1
-        cdef void *px = data_of(x)
-        cdef void *ph = data_of(h)
-        cdef void *pc = data_of(c)
-        cdef void *pho = data_of(h_out)
-        cdef void *pco = data_of(c_out)
-        with nogil:
-            self.run(nt, B, px, ldx, ph, pc, pho, pco)
+        # The buffers serve one call at a time: a step of another Python thread on the same
+        # layer meanwhile (a server's sessions sharing a model) takes the general way. The
+        # flag is tested and set while this thread holds the GIL, before any buffer changes.
+        if self.busy:
+            return None
+        self.busy = True
+        try:
+            dims[0], dims[1] = B, H
+            h_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+            c_out = cnp.PyArray_EMPTY(2, dims, tn, 0) if c is not None else None
+            if B == 1 and nt > 1 and fl_matmul_policy != 1 and nbytes >= STEP_SPLIT_MIN_BYTES:
+                if (self.parts_arr is None
+                        or self.parts_arr.shape[0] < (nt - 1) * 2 * self.n_gates):
+                    self.parts_arr = np.empty((nt - 1) * 2 * self.n_gates,
+                                              self.buffers[0].dtype)
+                    self.pparts = data_of(self.parts_arr)
+            else:
+                nt = 1
+            px, ph, pc = data_of(x), data_of(h), data_of(c)
+            pho, pco = data_of(h_out), data_of(c_out)
+            with nogil:
+                self.run(nt, B, px, ldx, ph, pc, pho, pco)
+        finally:
+            self.busy = False
         return h_out, ([h_out] if c is None else [h_out, c_out])
 
     cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,

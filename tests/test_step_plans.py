@@ -4,6 +4,7 @@ variant, bound to the weight arrays (updates in place show), and copies of layer
 one. The LSTM's own variants are also in test_lstm_layer.py."""
 import copy
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -255,6 +256,38 @@ def test_layers_that_made_a_plan_copy_and_pickle(cell):
     assert_close(layer.step(x, state)[0], ref, np.float32)
     with pytest.raises(TypeError, match="StepPlan"):
         pickle.dumps(layer._step_plan)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_concurrent_steps_on_one_layer(cell):
+    """Python threads stepping their own sessions through one shared layer (a server): the
+    plan's buffers serve one call at a time, the others take the general way; every session
+    gets the trajectory it gets alone. (Without that, most runs here mixed up sessions.)"""
+    rng = np.random.default_rng(seed_of("threads", cell))
+    layer = make(cell, 96, (1, 1, 32), "float32")
+    xs = [rng.standard_normal((300, 1, 32)).astype(np.float32) for _ in range(4)]
+
+    def session(x):
+        state, ys = layer.get_initial_state(1), []
+        for t in range(x.shape[0]):
+            y, state = layer.step(x[t], state)
+            ys.append(y)
+        return np.concatenate(ys)
+
+    alone = [session(x) for x in xs]
+    for _ in range(5):
+        got = [None] * len(xs)
+
+        def work(k):
+            got[k] = session(xs[k])
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for k, (g, ref) in enumerate(zip(got, alone)):
+            assert_close(g, ref, np.float32, f"session {k}")
 
 
 def test_plans_reject_what_they_cannot_run():
