@@ -46,6 +46,7 @@ class RecurrentLayer(Layer):
     #: names of the state tensors, in Keras order (LSTM: h, c)
     state_names = ("h",)
     runs_on_gpu = True
+    _step_plan = None               # also for layers unpickled from before there was one
 
     def __init__(self, units, activation="tanh", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
