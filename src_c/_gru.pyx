@@ -28,7 +28,8 @@ from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, p
                       row_chunks, set_kernel_threads, set_policy, split, step_grad, step_product,
                       use_own, use_packed)
 from gates cimport fl_force_isa_level, fl_isa_level
-from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_set, pack_b,
+from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
+                    gemm_packed_set, pack_b,
                     pack_panels, fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f,
                     fl_gru_fwd_step_d, fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
 
@@ -348,6 +349,27 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     return y, h_arr, saved
 
 
+cdef inline void input_grad_rows(long r0, long nr, int I, int H, int ZW, bint reset_after,
+                                 const floating *dZ, const floating *W, const floating *WTp1,
+                                 const floating *WTp2, floating *dX) noexcept nogil:
+    """Rows [r0, r0+nr) of dX = dZ_x W^T, dZ_x the columns of dZ that x W fed ([dz dr] and dn
+    with reset_after, else all): on our GEMM with W^T packed by pack_b (WTp1: W_zr^T, WTp2:
+    W_h^T with reset_after, else WTp1 all of W^T), or on BLAS (WTp1 NULL)."""
+    cdef const floating *dz = dZ + r0 * ZW
+    cdef floating *dx = dX + r0 * I
+    if WTp1 != NULL and reset_after:
+        gemm_packed_set(<int>nr, I, 2 * H, dz, ZW, WTp1, NULL, dx, I)
+        gemm_packed_acc(<int>nr, I, H, dz + 3 * H, ZW, WTp2, dx, I)
+    elif WTp1 != NULL:
+        gemm_packed_set(<int>nr, I, 3 * H, dz, ZW, WTp1, NULL, dx, I)
+    else:
+        gemm(False, True, <int>nr, I, 2 * H if reset_after else 3 * H, <floating>1, dz, ZW, W,
+             3 * H, <floating>0, dx, I)
+        if reset_after:
+            gemm(False, True, <int>nr, I, H, <floating>1, dz + 3 * H, ZW, W + 2 * H, 3 * H,
+                 <floating>1, dx, I)
+
+
 cdef inline const unsigned char *mask_ptr(const unsigned char[:, ::1] mask) noexcept nogil:
     return NULL if mask is None else &mask[0, 0]
 
@@ -488,12 +510,19 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
     cdef int nrows = split(TB, 64, <double>TB * I * G)
     cdef const floating *pH = &h_prev[0, 0, 0]
-    cdef floating[:, ::1] WT                          # W^T [G,I]: the input gradient's B
-    cdef const floating *pWx = pW
-    cdef int ldwx = G
-    if own:
-        WT = np.ascontiguousarray(np.asarray(kernel).T)
-        pWx, ldwx = &WT[0, 0], I
+    # The input gradient's W^T, packed once for our GEMM ([z r] and h blocks apart where
+    # they meet different columns of dZ), or NULL for BLAS.
+    cdef floating[:, :] Wv = kernel
+    cdef floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
+    wtp1 = wtp2 = None
+    if own and reset_after:
+        wtp1 = pack_b(Wzr, True, None, fl_max_threads)
+        wtp2 = pack_b(Wh, True, None, fl_max_threads)
+    elif own:
+        wtp1 = pack_b(Wv, True, None, fl_max_threads)
+    cdef floating[::1] vwt1 = wtp1, vwt2 = wtp2
+    cdef const floating *pWTp1 = ptr_or_null(vwt1)
+    cdef const floating *pWTp2 = ptr_or_null(vwt2)
     cdef const floating *pHIN = &hin[0, 0, 0] if has_rdrop else NULL
     cdef const floating *pRH = &rh[0, 0, 0] if not reset_after else NULL
     cdef long ci
@@ -524,11 +553,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
                      psum + 3 * H if fold else NULL)
             par_gemm(True, False, H, G, <int>TB, <floating>1, pHin, H, pZ, ZW, <floating>0,
                      &dU[0, 0], G, ncols, False, own, psum if fold else NULL)
-            par_gemm(False, not own, <int>TB, I, 2 * H, <floating>1, pZ, ZW, pWx, ldwx,
-                     <floating>0, &dx[0, 0, 0], I, nrows, True, own)
-            par_gemm(False, not own, <int>TB, I, H, <floating>1, pZ + 3 * H, ZW,
-                     pWx + (2 * H * ldwx if own else 2 * H), ldwx, <floating>1, &dx[0, 0, 0],
-                     I, nrows, True, own)
         else:
             par_gemm(True, False, I, G, <int>TB, <floating>1, &x[0, 0, 0], I, pZ, ZW,
                      <floating>0, &dW[0, 0], G, ncols, False, own, psum if fold else NULL)
@@ -536,8 +560,12 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
                      &dU[0, 0], G, ncols, False, own)
             par_gemm(True, False, H, H, <int>TB, <floating>1, &rh[0, 0, 0], H, pZ + 2 * H, ZW,
                      <floating>0, &dU[0, 2 * H], G, ncols, False, own)
-            par_gemm(False, not own, <int>TB, I, G, <floating>1, pZ, ZW, pWx, ldwx,
-                     <floating>0, &dx[0, 0, 0], I, nrows, True, own)
+        if nrows == 1:
+            input_grad_rows(0, TB, I, H, ZW, reset_after, pZ, pW, pWTp1, pWTp2, &dx[0, 0, 0])
+        else:
+            for ci in prange(nrows, num_threads=nrows, schedule="static"):
+                input_grad_rows(ci * TB // nrows, (ci + 1) * TB // nrows - ci * TB // nrows, I,
+                                H, ZW, reset_after, pZ, pW, pWTp1, pWTp2, &dx[0, 0, 0])
         if has_bias and not fold:
             gemv(True, <int>TB, ZW, <floating>1, pZ, ZW, &ones[0], <floating>0, &colsum[0])
         if input_dropout_mask is not None:
