@@ -21,7 +21,7 @@ import numpy as np
 
 from fastlstm.backends.grad_buffers import state_grads
 
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
@@ -29,9 +29,9 @@ from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, p
                       use_own, use_packed)
 from gates cimport fl_force_isa_level, fl_isa_level
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
-                    gemm_packed_set, pack_b,
-                    pack_panels, fl_gru_fwd_reset_f, fl_gru_fwd_reset_d, fl_gru_fwd_step_f,
-                    fl_gru_fwd_step_d, fl_gru_bwd_step_f, fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
+                    gemm_packed_set, pack_b, pack_panels, fl_gru_fwd_reset_f,
+                    fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_gru_bwd_step_f,
+                    fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
 
 
 cdef inline void fwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
