@@ -26,7 +26,7 @@ from blas cimport floating, gemm, gemv
 from cython.parallel cimport prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
                       row_chunks, set_kernel_threads, set_policy, split, step_grad, step_product,
-                      use_own, use_packed)
+                      forward_u, backward_u, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport fl_force_isa_level, fl_isa_level
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
                     gemm_packed_set, pack_b, pack_panels, fl_gru_fwd_reset_f,
@@ -298,13 +298,14 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # column panels (a few rows, over a sequence that amortises the copy), or read in place.
     cdef int nchunks = row_chunks(T, B, H, G)
     cdef floating[:, :] Uzr = Uv[:, :2 * H], Uh = Uv[:, 2 * H:]
+    cdef int umode = forward_u(TB, B // nchunks, H, G, sizeof(floating))
     up1 = up2 = upan1 = upan2 = None
-    if use_packed(B // nchunks, H) and reset_after:
+    if umode == U_PACKED and reset_after:
         up1 = pack_b(Uv, False, None, fl_max_threads)
-    elif use_packed(B // nchunks, H):
+    elif umode == U_PACKED:
         up1 = pack_b(Uzr, False, None, fl_max_threads)
         up2 = pack_b(Uh, False, None, fl_max_threads)
-    elif TB >= 32 and use_own(<long>H * G * sizeof(floating)):
+    elif umode == U_PANELS:
         upan1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
         if not reset_after:
             upan2 = packed_cols(recurrent_kernel, 2 * H, H, dtype)
@@ -493,15 +494,14 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef const floating *pUT = NULL
     cdef floating[:, :] Uv = recurrent_kernel
     utp1 = utp2 = None                                # U^T (or its blocks) packed for our GEMM
-    # Many rows per thread, or one row over a long sequence: U^T packed beats reading it.
     cdef floating[:, :] Uzr = Uv[:, :2 * H], Uh = Uv[:, 2 * H:]
-    if use_packed(B // nchunks, G) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
-        if reset_after:
-            utp1 = pack_b(Uv, True, None, fl_max_threads)
-        else:
-            utp1 = pack_b(Uzr, True, None, fl_max_threads)
-            utp2 = pack_b(Uh, True, None, fl_max_threads)
-    elif B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows
+    cdef int umode = backward_u(T, B, B // nchunks, H, G, sizeof(floating))
+    if umode == U_PACKED and reset_after:
+        utp1 = pack_b(Uv, True, None, fl_max_threads)
+    elif umode == U_PACKED:
+        utp1 = pack_b(Uzr, True, None, fl_max_threads)
+        utp2 = pack_b(Uh, True, None, fl_max_threads)
+    elif umode == U_TRANSPOSED:
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
     cdef floating[::1] vut1 = utp1, vut2 = utp2

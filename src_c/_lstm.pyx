@@ -19,7 +19,8 @@ from libc.string cimport memcpy
 from blas cimport floating
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
-                      step_grad, step_product, use_own, use_packed, weight_and_input_grads)
+                      step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
+                      U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, fl_force_isa_level,
                     fl_isa_level, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
                     fl_lstm_bwd_step_d)
@@ -260,17 +261,16 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         out_arr = np.zeros((B, H), dtype)
         outbuf = out_arr
     cdef int nchunks = row_chunks(T, B, H, G)
+    cdef int umode = forward_u(TB, B // nchunks, H, G, sizeof(floating))
     cdef const floating *pUp = NULL
     cdef floating[::1] Up
     cdef floating[:, :] Uv = recurrent_kernel
-    if use_packed(B // nchunks, H):
+    if umode == U_PACKED:
         Up = pack_b(Uv, False, lambda n: workspace("u", n, dtype), fl_max_threads)
         pUp = &Up[0]
-    # A few rows per step: U in L1-sized column panels still beats reading it in place
-    # (H = 128, one row: 1.76 -> 1.27 us per step) once the sequence amortises the copy.
     cdef floating[::1] Upan
     cdef const floating *pUpan = NULL
-    if pUp == NULL and T * B >= 32 and use_own(<long>H * G * sizeof(floating)):
+    if umode == U_PANELS:
         Upan = workspace("u", <long>H * G, dtype)
         pack_panels(H, G, &recurrent_kernel[0, 0], G, &Upan[0])
         pUpan = &Upan[0]
@@ -452,11 +452,11 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef const floating *pUTp = NULL
     cdef floating[:, ::1] UT                          # U^T [G,H] for the in-place kernel
     cdef const floating *pUT = NULL
-    # One row over a long sequence: U^T packed beats both in-place one-row products.
-    if use_packed(B // nchunks, G) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
+    cdef int umode = backward_u(T, B, B // nchunks, H, G, sizeof(floating))
+    if umode == U_PACKED:
         UTp_v = pack_b(Uv, True, lambda n: workspace("ut", n, dtype), fl_max_threads)
         pUTp = &UTp_v[0]
-    elif B > 1 and use_own(<long>H * G * sizeof(floating)):   # one row reads U by rows
+    elif umode == U_TRANSPOSED:
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
     cdef floating[:, ::1] part

@@ -19,7 +19,8 @@ from libc.string cimport memcpy
 from blas cimport floating
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
-                      step_grad, step_product, use_own, use_packed, weight_and_input_grads)
+                      step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
+                      U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels,
                     fl_force_isa_level, fl_isa_level, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
                     fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
@@ -179,10 +180,11 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[:, :] Uv = recurrent_kernel
     cdef const floating *pUp = NULL
     cdef const floating *pUpan = NULL
-    if use_packed(B // nchunks, H):
+    cdef int umode = forward_u(TB, B // nchunks, H, H, sizeof(floating))
+    if umode == U_PACKED:
         Up = pack_b(Uv, False, None, fl_max_threads)
         pUp = &Up[0]
-    elif TB >= 32 and use_own(<long>H * H * sizeof(floating)):
+    elif umode == U_PANELS:
         Upan = np.empty(<long>H * H, dtype)
         pack_panels(H, H, &recurrent_kernel[0, 0], H, &Upan[0])
         pUpan = &Upan[0]
@@ -317,11 +319,11 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef const floating *pUTp = NULL
     cdef floating[:, ::1] UT                          # U^T [H,H] for the in-place kernel
     cdef const floating *pUT = NULL
-    # One row over a long sequence: U^T packed beats both in-place one-row products.
-    if use_packed(B // nchunks, H) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
+    cdef int umode = backward_u(T, B, B // nchunks, H, H, sizeof(floating))
+    if umode == U_PACKED:
         UTp_v = pack_b(Uv, True, None, fl_max_threads)
         pUTp = &UTp_v[0]
-    elif B > 1 and use_own(<long>H * H * sizeof(floating)):   # one row reads U by rows
+    elif umode == U_TRANSPOSED:
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]
     with nogil:
