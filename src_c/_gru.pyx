@@ -463,7 +463,10 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     if not reset_after:
         drh_v = np.empty((B, H), dtype)
         pdrh = &drh_v[0, 0]
-    scratch_arr = np.empty(fl_max_threads * 2 * H, dtype)
+    # Threads fixed once: the scratch below is indexed by them, and another Python thread
+    # may call set_num_threads while this one has released the GIL (packing).
+    cdef int nchunks = row_chunks(T, B, H, G)
+    scratch_arr = np.empty(nchunks * 2 * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
@@ -489,7 +492,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     if ones_arr is not None:
         ones = ones_arr
     cdef const floating *pHin = &hin[0, 0, 0] if has_rdrop else &h_prev[0, 0, 0]
-    cdef int nchunks = row_chunks(T, B, H, G)
     cdef floating[:, ::1] UT                          # U^T [G,H] for the own-kernel path
     cdef const floating *pUT = NULL
     cdef floating[:, :] Uv = recurrent_kernel

@@ -414,7 +414,10 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if dpeep_arr is not None:
         dpeep_v = dpeep_arr
         pdpeep = &dpeep_v[0, 0]
-    scratch_arr = np.empty(fl_max_threads * 5 * H, dtype)
+    # Threads fixed once: the scratch below is indexed by them, and another Python thread
+    # may call set_num_threads while this one has released the GIL (packing).
+    cdef int nchunks = row_chunks(T, B, H, G)
+    scratch_arr = np.empty(nchunks * 5 * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *pP = NULL if peephole is None else &peephole[0, 0]
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
@@ -446,7 +449,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         WTp = pack_b(Wv, True, lambda n: workspace("wt", n, dtype), fl_max_threads)
         pWT = &WTp[0]
 
-    cdef int nchunks = row_chunks(T, B, H, G)
     cdef int ci, b0
     cdef floating[::1] UTp_v
     cdef const floating *pUTp = NULL

@@ -281,7 +281,10 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         pdhp = &dhp[0, 0]
     else:
         pdhp = &dh[0, 0]
-    scratch_arr = np.empty(fl_max_threads * H, dtype)
+    # Threads fixed once: the scratch below is indexed by them, and another Python thread
+    # may call set_num_threads while this one has released the GIL (packing).
+    cdef int nchunks = row_chunks(T, B, H, H)
+    scratch_arr = np.empty(nchunks * H, dtype)
     cdef floating[::1] scratch = scratch_arr
     cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
     cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
@@ -314,7 +317,6 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         WTp = pack_b(Wv, True, None, fl_max_threads)
         pWT = &WTp[0]
 
-    cdef int nchunks = row_chunks(T, B, H, H)
     cdef floating[::1] UTp_v
     cdef const floating *pUTp = NULL
     cdef floating[:, ::1] UT                          # U^T [H,H] for the in-place kernel

@@ -168,6 +168,58 @@ def test_threads_and_product_paths_match_oracle(cell, reset_after, policy, threa
         init_threads()
 
 
+class _ThreadsGrowDuringCall:
+    """Stands in for a module's numpy: every np.empty (made while the kernel prepares its
+    buffers, where it may release the GIL) raises the thread count first, as a
+    set_num_threads of another Python thread would meanwhile."""
+
+    def __init__(self, mod):
+        self.mod, self.threads = mod, 1
+        self.mod.set_threads(1, 0)
+
+    def empty(self, *a, **k):
+        self.threads = min(self.threads + 3, 16)
+        self.mod.set_threads(self.threads, 0)
+        return np.empty(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                               ("simple_rnn", True)])
+def test_thread_count_changed_during_a_call(monkeypatch, cell, reset_after):
+    """A kernel fixes its threads once per call: buffers sized for the count it read first
+    must serve the loops that run. The backward pass sized its scratch for 1-4 threads and
+    then ran 16 over these 64 batch rows (heap corruption: "free(): invalid size")."""
+    from fastlstm.threads import init_threads
+    mod = importlib.import_module(f"fastlstm._{cell}")
+    min_macs = mod.get_parallel_min_macs()
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("grow", cell, reset_after))
+            args, kw = _problem(cell, rng, dtype, 3, 64, 8, 256, reset_after)
+            dy = rng.standard_normal((3, 64, 256)).astype(dtype)
+            ry, rg = _run(cell, "numpy", args, kw, dy)
+            for phase in ("forward", "backward"):
+                mod.set_threads(1, 0)
+                with fl.use_backend("cpu"):
+                    if phase == "forward":
+                        monkeypatch.setattr(mod, "np", _ThreadsGrowDuringCall(mod))
+                    out = getattr(ops, f"{cell}_forward")(*args, training=True, **kw)
+                    if phase == "backward":
+                        monkeypatch.setattr(mod, "np", _ThreadsGrowDuringCall(mod))
+                    g = getattr(ops, f"{cell}_backward")(out[-1], dy)
+                monkeypatch.undo()
+                assert_close(out[0], ry, dtype, "y")
+                for f in GRAD_FIELDS:
+                    assert_close(getattr(g, f), getattr(rg, f), dtype, f)
+    finally:
+        monkeypatch.undo()
+        mod.set_threads(fl.get_num_threads(), min_macs)
+        init_threads()
+
+
 # The packed GEMM of the many-row products: sizes around its register tile (6 rows, 64 or
 # 32 columns), its blocks (256 deep, 512 or 256 wide), degenerate sizes and strided views.
 GEMM_SHAPES = [(1, 1, 1), (1, 70, 5), (6, 64, 1), (7, 65, 3), (5, 33, 257), (13, 100, 300),
