@@ -123,6 +123,10 @@ def get(spec, argument: str = "activation") -> Activation:
                              f"expected one of {list(NAMES)} or fl.activations.HardSigmoid(alpha, beta)"
                              ) from None
     if isinstance(spec, dict) and spec.get("class_name") == "HardSigmoid":
+        missing = [k for k in ("alpha", "beta") if k not in spec]
+        if missing:
+            raise ValueError(f"{argument}: a HardSigmoid config needs 'alpha' and 'beta', "
+                             f"got {spec!r}")
         return HardSigmoid(spec["alpha"], spec["beta"])
     raise TypeError(f"{argument}: expected an activation name or fl.activations.HardSigmoid(...), "
                     f"got {type(spec).__name__} {spec!r}")

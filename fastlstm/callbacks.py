@@ -106,6 +106,11 @@ class CallbackList:
 
     def __init__(self, callbacks=None, add_history=False, add_progbar=False, model=None,
                  **params):
+        if isinstance(callbacks, Callback):     # one callback, as Keras also takes it
+            callbacks = [callbacks]
+        elif callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError("Argument `callbacks` must be a list of fastlstm.callbacks.Callback "
+                            f"instances, got {type(callbacks).__name__}.")
         self.callbacks = list(callbacks or [])
         for i, cb in enumerate(self.callbacks):
             if not isinstance(cb, Callback):

@@ -48,7 +48,7 @@ from . import devices
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
-from .layers.base import Layer, _auto_name, activity_penalty
+from .layers.base import Layer, _auto_name, activity_penalty, check_training
 from .losses import squeeze_or_expand_to_same_rank
 
 __all__ = ["Sequential", "load_model"]
@@ -371,6 +371,7 @@ class Sequential:
     def __call__(self, x, mask=None, training=False):
         """The whole batch through every layer (no batching). ``training=True`` runs
         dropout as in training; states of stateful layers are carried."""
+        training = check_training(training)
         self._require_layers("call")
         if not devices.is_device_array(x):      # GPU input goes straight to the layers
             x = _as_data("x", x)

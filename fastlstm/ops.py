@@ -73,6 +73,15 @@ def _float_dtype(name, a):
     return dt
 
 
+def _flag(name, value):
+    """A switch: True/False (NumPy's too) or 0/1; a string such as "False" is refused rather
+    than read as true."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {value!r}")
+
+
 def _sequence_args(x, kernel, recurrent_kernel, blocks):
     """Checks shared by every cell's forward: x [T,B,I], recurrent_kernel [H, blocks*H],
     kernel [I, blocks*H]. Returns (ops, chk, x, kernel, recurrent_kernel, (T, B, I, H))."""
@@ -80,7 +89,10 @@ def _sequence_args(x, kernel, recurrent_kernel, blocks):
     xp = ops.xp
     dtype = _float_dtype("kernel", kernel)
     chk = _Checker(xp, dtype)
-    xa = xp.asarray(x)
+    try:
+        xa = xp.asarray(x)
+    except (ValueError, TypeError) as exc:      # e.g. ragged nested lists
+        raise ValueError(f"x: expected a 3-D time-major array (T, B, I): {exc}") from None
     if xa.ndim != 3:
         raise ValueError(f"x: expected a 3-D time-major array (T, B, I), got shape {_shape_str(xa.shape)}")
     T, B, I = xa.shape
@@ -129,7 +141,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
-    coupled = bool(coupled_input_forget)
+    coupled = _flag("coupled_input_forget", coupled_input_forget)
     ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel,
                                                      3 if coupled else 4)
     b = chk.array("bias", bias, (U.shape[1],), optional=True)
@@ -142,9 +154,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     y, h, c, cache = ops.lstm_forward(
         x, W, U, b, h0, c0, peephole=P, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract, coupled=coupled,
-        go_backwards=bool(go_backwards), return_sequences=bool(return_sequences),
-        training=bool(training))
-    _attach_info(cache, ops, chk, T, B, H, bool(return_sequences))
+        go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
+        training=_flag("training", training))
+    _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, c, cache
 
 
@@ -164,7 +176,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
-    reset_after = bool(reset_after)
+    reset_after = _flag("reset_after", reset_after)
     ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel, 3)
     G = 3 * H
     try:
@@ -181,9 +193,9 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     y, h, cache = ops.gru_forward(
         x, W, U, b, h0, reset_after=reset_after, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract,
-        go_backwards=bool(go_backwards), return_sequences=bool(return_sequences),
-        training=bool(training))
-    _attach_info(cache, ops, chk, T, B, H, bool(return_sequences))
+        go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
+        training=_flag("training", training))
+    _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 
 
@@ -206,9 +218,9 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     act = _activations.get(activation, "activation")
     y, h, cache = ops.simple_rnn_forward(
         x, W, U, b, h0, mask=m, input_dropout_mask=idm, recurrent_dropout_mask=rdm,
-        activation=act, go_backwards=bool(go_backwards),
-        return_sequences=bool(return_sequences), training=bool(training))
-    _attach_info(cache, ops, chk, T, B, H, bool(return_sequences))
+        activation=act, go_backwards=_flag("go_backwards", go_backwards),
+        return_sequences=_flag("return_sequences", return_sequences), training=_flag("training", training))
+    _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 
 

@@ -216,7 +216,8 @@ def _load(path, compile):
         npz = np.load(path, allow_pickle=False)
     except ValueError as exc:           # e.g. a pickle file: refused by allow_pickle=False
         raise ValueError(f"{path}: not a fastlstm model file (not an .npz archive: {exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            NotImplementedError, RuntimeError) as exc:   # e.g. "zip file version 11.2"
         raise ValueError(f"{path}: not a fastlstm model file, or a truncated/corrupt one "
                          f"({type(exc).__name__}: {exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -265,6 +266,9 @@ def _load(path, compile):
                 layer.set_weights(arrays)
             except (ValueError, TypeError) as exc:
                 raise reader.error(f"{what}: the saved weights do not fit the layer: {exc}") from None
+            except MemoryError:                 # a config edited to absurd sizes
+                raise reader.error(f"{what}: its config asks for weights too large to "
+                                   "allocate") from None
         if spec.get("input_shape") is not None:
             model._input_shape = tuple(spec["input_shape"])
         if compile and doc.get("compile"):

@@ -81,6 +81,10 @@ def test_history_and_callback_list_order():
 def test_callback_list_rejects_non_callbacks_and_lambda_unknown_hook():
     with pytest.raises(TypeError, match=r"callbacks\[0\]"):
         C.CallbackList([object()])
+    with pytest.raises(TypeError, match=r"`callbacks` must be a list .*got int"):
+        C.CallbackList(3)
+    one = C.History()
+    assert C.CallbackList(one).callbacks == [one]          # one callback, as Keras takes it
     with pytest.raises(ValueError, match="on_epoch_ending"):
         C.LambdaCallback(on_epoch_ending=print)
 

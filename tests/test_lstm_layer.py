@@ -150,6 +150,8 @@ def test_config_is_json_and_round_trips():
     (dict(units=2.5), TypeError, "units"),
     (dict(units=4, activation="swish"), ValueError, "activation: unknown activation 'swish'"),
     (dict(units=4, recurrent_activation="nope"), ValueError, "recurrent_activation"),
+    (dict(units=4, recurrent_activation={"class_name": "HardSigmoid"}), ValueError,
+     "recurrent_activation: a HardSigmoid config needs 'alpha' and 'beta'"),
     (dict(units=4, dtype="float16"), ValueError, "dtype: expected 'float32' or 'float64'"),
     (dict(units=4, dropout=1.0), ValueError, "dropout: expected a float in [0, 1)"),
     (dict(units=4, recurrent_dropout=-0.1), ValueError, "recurrent_dropout"),
@@ -167,6 +169,10 @@ def test_bad_constructor_arguments(kwargs, exc, words):
 def test_bad_call_arguments():
     layer = LSTM(3)
     layer(np.zeros((2, 4, 5)))
+    assert layer(np.zeros((2, 4, 5)), training=None).shape == (2, 3)       # Keras' default
+    assert layer(np.zeros((2, 4, 5)), training=np.True_).shape == (2, 3)
+    with pytest.raises(TypeError, match="training: expected True or False, got 'yes'"):
+        layer(np.zeros((2, 4, 5)), training="yes")
     cases = [
         (dict(x=np.zeros((2, 4))), ValueError, "x: lstm"),
         (dict(x=np.zeros((2, 4, 6))), ValueError, "built for 5 features, got 6"),

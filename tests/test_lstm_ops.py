@@ -269,6 +269,10 @@ def _good(dtype=np.float32):
     ("recurrent_activation", 3, TypeError, "recurrent_activation"),
     ("kernel", np.zeros((4, 20), np.int32), TypeError, "kernel: expected float32 or float64"),
     ("x", np.array([["a"]]), ValueError, "x: expected a 3-D"),
+    ("x", [[[1.0]], [[1.0, 2.0]]], ValueError, "x: expected a 3-D"),     # ragged
+    ("go_backwards", "False", TypeError, "go_backwards: expected True or False"),
+    ("return_sequences", 2, TypeError, "return_sequences: expected True or False"),
+    ("coupled_input_forget", "yes", TypeError, "coupled_input_forget: expected True or False"),
 ])
 def test_bad_input_names_the_argument(arg, value, exc, words):
     kw = _good()

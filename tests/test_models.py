@@ -108,6 +108,10 @@ def test_structure_errors():
         empty.predict(np.zeros((2, 3, 1)))
     with pytest.raises(ValueError, match="not built"):
         fl.Sequential([lstm(3)]).set_weights([])
+    layer = lstm(3)
+    layer.build((None, 2, 4))
+    with pytest.raises(TypeError, match=r"weights: expected a list of 3 arrays .*got int"):
+        layer.set_weights(5)
     with pytest.raises(ValueError, match="x: expected an array, got None"):
         fl.Sequential([lstm(3)]).predict(None)
     assert fl.Sequential([lstm(3)]).get_weights() == []

@@ -252,7 +252,7 @@ def test_step_leaves_stateful_states_alone_and_checks_input(cls):
         layer.step(np.zeros((2, 5), np.float32), layer.get_initial_state(2))
     with pytest.raises(ValueError, match=r"x_t.*2-D"):
         layer.step(x, layer.get_initial_state(2))
-    with pytest.raises(ValueError, match=r"initial_state.*\(2, 3\)"):
+    with pytest.raises(ValueError, match=r"states\[h\].*\(2, 3\)"):
         layer.step(x[:, 0], layer.get_initial_state(3))
 
 

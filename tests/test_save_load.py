@@ -239,6 +239,13 @@ def test_truncated_and_corrupt_files(saved, tmp_path):
                         + raw[start + 16:])
     with pytest.raises(ValueError, match=r"layers/0/kernel.*corrupt"):
         fl.load_model(corrupt)
+    # one byte of the central directory ("version needed to extract"): zipfile's
+    # NotImplementedError becomes the same ValueError
+    i = raw.index(b"PK\x01\x02") + 6
+    version = tmp_path / "version.npz"
+    version.write_bytes(raw[:i] + bytes([112]) + raw[i + 1:])
+    with pytest.raises(ValueError, match="truncated|corrupt"):
+        fl.load_model(version)
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="not a fastlstm model file"):
@@ -298,6 +305,13 @@ def test_missing_wrong_shape_and_wrong_dtype_arrays(saved, tmp_path):
 
     path = edit(saved, tmp_path, both_shapes)
     with pytest.raises(ValueError, match=r"do not fit the layer.*kernel"):
+        fl.load_model(path)
+
+    def absurd_units(a, d):                        # a layer too large to allocate
+        d["model"]["layers"][0]["config"]["units"] = 2 ** 40
+
+    path = edit(saved, tmp_path, absurd_units)
+    with pytest.raises(ValueError, match=r"layer 0.*(too large to allocate|do not fit)"):
         fl.load_model(path)
     path = edit(saved, tmp_path, lambda a, d: a.update({"layers/1/bias": np.array(["a", "b"])}))
     with pytest.raises(ValueError, match=r"layers/1/bias.*dtype"):

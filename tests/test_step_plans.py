@@ -187,6 +187,32 @@ def test_plan_follows_weight_changes(cell, B):
 
 
 @cells
+def test_plan_follows_a_reassigned_activation(cell):
+    """An activation the plan compiled in, reassigned on the layer, makes a new plan (the
+    old one ran the old activation)."""
+    from fastlstm import activations
+    rng = np.random.default_rng(seed_of("act", cell))
+    layer = make(cell, 6, (2, 1, 4), "float64")
+    x = rng.standard_normal((2, 4))
+    state = states_of(layer, 2, rng, np.float64)
+    layer.step(x, state)
+    for attr, names in (("activation", ("softsign", "tanh")),
+                        ("recurrent_activation", ("hard_sigmoid", "sigmoid"))):
+        if not hasattr(layer, attr):
+            continue
+        plan = layer._step_plan
+        new_act = next(activations.get(n) for n in names
+                       if activations.get(n) != getattr(layer, attr))
+        setattr(layer, attr, new_act)
+        y, new = layer.step(x, state)
+        with fl.use_backend("numpy"):
+            ry, rnew = layer.step(x, state)
+        assert layer._step_plan is not plan and layer._step_plan.bound_to(layer)
+        assert_close(y, ry, np.float64, attr)
+        assert_close(new[-1], rnew[-1], np.float64, attr)
+
+
+@cells
 def test_unbindable_weights_and_odd_arguments_take_the_general_path(cell):
     """Fortran-order weights: no plan, the general path's result. Arguments the plan does not
     take as they are (lists, tuples, other dtypes, strided states, a new batch size) give the
@@ -227,9 +253,11 @@ def test_errors_once_the_plan_exists(cell):
         (np.zeros((2, 5), np.float32), state, ValueError, r"x_t.*4 features, got 5"),
         (np.zeros((2, 1, 4), np.float32), state, ValueError, r"x_t.*2-D"),
         (np.zeros((2, 4), np.float32), layer.get_initial_state(3), ValueError,
-         r"initial_state\[h\].*\(2, 3\)"),
+         r"states\[h\]: expected shape \(2, 3\) \(x_t's batch\), got \(3, 3\)"),
         (np.zeros((2, 4), np.float32), state + state, ValueError,
-         r"initial_state.*expects %d array" % len(state)),
+         r"states: .* expects %d array" % len(state)),
+        (np.zeros((2, 4), np.float32), None, TypeError, r"states: expected a list .*NoneType"),
+        (np.zeros((2, 4), np.float32), 5, TypeError, r"states: expected a list .*int"),
         (np.full((2, 4), "s"), state, TypeError, r"x_t: expected a real numeric array"),
     ]
     for x, s, exc, words in cases:

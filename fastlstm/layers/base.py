@@ -43,6 +43,17 @@ def check_bool(name, value):
     return bool(value)
 
 
+def check_training(value):
+    """The ``training`` switch of a call: True or False (NumPy's too, 0 or 1); None is
+    False, as Keras' default. A string such as "no" is refused rather than read as true."""
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"training: expected True or False, got {value!r}")
+
+
 def as_float_array(name, x, dtype, ndim=None, device="cpu"):
     """x as an array of ``dtype`` on ``device`` (a copy only when needed), with a clear
     error otherwise."""
@@ -125,6 +136,9 @@ class Layer:
             raise ValueError(f"{self.name}: set_weights before the layer is built; call it once "
                              "or call build(input_shape) first")
         names = self.weight_names
+        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+            raise TypeError(f"weights: expected a list of {len(names)} arrays "
+                            f"({', '.join(names)}), got {type(weights).__name__}")
         weights = list(weights)
         if len(weights) != len(names):
             raise ValueError(f"weights: {self.name} expects {len(names)} arrays ({', '.join(names)}), "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Gradients, Layer, as_float_array, check_bool
+from .base import Gradients, Layer, as_float_array, check_bool, check_training
 from .recurrent import GRU, LSTM, SimpleRNN
 
 _LAYER_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "name",
@@ -243,6 +243,7 @@ class RNN(Layer):
         return out
 
     def __call__(self, x, mask=None, initial_state=None, training=False):
+        training = check_training(training)
         x = as_float_array("x", x, self.dtype, ndim=3)
         if not self.built:
             self.build(x.shape)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import activations, devices, initializers, regularizers
 from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
-                   check_positive_int)
+                   check_positive_int, check_training)
 from .recurrent import _check_rate, _check_seed, _serialize_regularizer
 
 __all__ = ["Dense", "Embedding", "Masking", "Dropout"]
@@ -428,6 +428,7 @@ class Dropout(_CoreLayer):
         return x
 
     def __call__(self, x, mask=None, training=False):
+        training = check_training(training)
         x = self._prepare(x)
         if not training or self.rate == 0.0:
             return x

@@ -12,7 +12,7 @@ import numpy as np
 from .. import activations, devices, initializers, ops, regularizers
 from .. import backends as fl_backends
 from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
-                   check_positive_int)
+                   check_positive_int, check_training)
 
 
 def _check_rate(name, p):
@@ -85,6 +85,13 @@ class RecurrentLayer(Layer):
         state = self.__dict__.copy()
         state["_step_plan"] = None
         return state
+
+    def __setattr__(self, name, value):
+        # The compiled step plan runs the activations it was made with: reassigning one
+        # drops it (checked here, not at every step, where it would cost 10% of a small one).
+        if name in ("activation", "recurrent_activation"):
+            self.__dict__["_step_plan"] = None
+        object.__setattr__(self, name, value)
 
     # -- subclass hooks ----------------------------------------------------------------
     def _create_weights(self, input_dim):
@@ -214,7 +221,7 @@ class RecurrentLayer(Layer):
         keep = self._rng.random(shape) >= rate
         return devices.to_device((keep / (1.0 - rate)).astype(self.dtype), self.device)
 
-    def _initial_states(self, initial_state, B):
+    def _initial_states(self, initial_state, B, arg="initial_state"):
         n = len(self.state_names)
         if initial_state is None:
             if self.stateful and self.states is not None:
@@ -228,13 +235,15 @@ class RecurrentLayer(Layer):
         if not isinstance(initial_state, (list, tuple)):
             initial_state = [initial_state]
         if len(initial_state) != n:
-            raise ValueError(f"initial_state: {self.name} expects {n} arrays "
+            raise ValueError(f"{arg}: {self.name} expects {n} arrays "
                              f"({', '.join(self.state_names)}), got {len(initial_state)}")
         out = []
         for name, s in zip(self.state_names, initial_state):
-            s = as_float_array(f"initial_state[{name}]", s, self.dtype, device=self.device)
+            s = as_float_array(f"{arg}[{name}]", s, self.dtype, device=self.device)
             if s.shape != (B, self.units):
-                raise ValueError(f"initial_state[{name}]: expected shape ({B}, {self.units}), got {s.shape}")
+                of_x = " (x_t's batch)" if arg == "states" else ""
+                raise ValueError(f"{arg}[{name}]: expected shape ({B}, {self.units}){of_x}, got "
+                                 f"{s.shape}")
             out.append(s)
         return out
 
@@ -250,6 +259,7 @@ class RecurrentLayer(Layer):
 
     # -- calls -----------------------------------------------------------------------------
     def __call__(self, x, mask=None, initial_state=None, training=False):
+        training = check_training(training)
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training)
         with devices.backend_context(self.device):
             y, final, _ = self._run(xt, states, mt, idm, rdm, training=False)
@@ -335,7 +345,11 @@ class RecurrentLayer(Layer):
                 and all(isinstance(s, np.ndarray) and s.dtype == self.dtype and s.shape == shape
                         and s.flags.c_contiguous for s in states)):
             return states
-        return [self.xp.ascontiguousarray(s) for s in self._initial_states(list(states), B)]
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"states: expected a list of {n} arrays ({', '.join(self.state_names)}) "
+                            f"of shape {shape}, as from get_initial_state({B}); got "
+                            f"{type(states).__name__}")
+        return [self.xp.ascontiguousarray(s) for s in self._initial_states(list(states), B, "states")]
 
     def _step(self, x_t, states):
         if self.device == "cpu" and fl_backends.current_backend() == "cpu":
