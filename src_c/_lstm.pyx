@@ -442,11 +442,13 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     if ones_arr is not None:
         ones = ones_arr
         pones = &ones[0]
+    # W^T and U^T are packed into the buffers the forward pass packed W and U in (it is done
+    # with them): a training step keeps two packed kernels between calls, not four.
     cdef floating[::1] WTp                            # W^T [G,I], packed, for our GEMM
     cdef const floating *pWT = NULL
     cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
     if own:
-        WTp = pack_b(Wv, True, lambda n: workspace("wt", n, dtype), fl_max_threads)
+        WTp = pack_b(Wv, True, lambda n: workspace("w", n, dtype), fl_max_threads)
         pWT = &WTp[0]
 
     cdef int ci, b0
@@ -456,7 +458,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     cdef const floating *pUT = NULL
     cdef int umode = backward_u(T, B, B // nchunks, H, G, sizeof(floating))
     if umode == U_PACKED:
-        UTp_v = pack_b(Uv, True, lambda n: workspace("ut", n, dtype), fl_max_threads)
+        UTp_v = pack_b(Uv, True, lambda n: workspace("u", n, dtype), fl_max_threads)
         pUTp = &UTp_v[0]
     elif umode == U_TRANSPOSED:
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
