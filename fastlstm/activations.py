@@ -8,6 +8,8 @@ The integer ``code`` of each kind is shared with the compiled kernels (``src_c/g
 """
 from __future__ import annotations
 
+import math
+
 __all__ = ["Activation", "HardSigmoid", "get", "serialize", "NAMES"]
 
 # Must match enum fl_act in src_c/gates.h.
@@ -91,8 +93,10 @@ def HardSigmoid(alpha: float = 0.2, beta: float = 0.5) -> Activation:
     """``clip(alpha*x + beta, 0, 1)``. Keras 2's ``hard_sigmoid`` is ``HardSigmoid(0.2, 0.5)``;
     Keras 3's (the name ``"hard_sigmoid"`` here) is ``HardSigmoid(1/6, 0.5)``."""
     for arg, v in (("alpha", alpha), ("beta", beta)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"HardSigmoid: {arg} must be a finite number, got {v!r}")
+        if not math.isfinite(v):            # inf: outputs of NaN
+            raise ValueError(f"HardSigmoid: {arg} must be a finite number, got {v!r}")
     if not alpha > 0:
         raise ValueError(f"HardSigmoid: alpha must be > 0, got {alpha!r}")
     return Activation("hard_sigmoid_custom", HARD_SIGMOID, alpha, beta)

@@ -467,6 +467,9 @@ class Sequential:
                 return self.loss.value_and_grad(y, y_pred, weights)
             return self.loss(y, y_pred, weights), None
         except (ValueError, TypeError) as exc:
+            if "`sample_weight`" in str(exc):    # the weights, not y, do not fit
+                raise type(exc)(f"sample_weight: {exc} (the model output has shape "
+                                f"{np.shape(y_pred)})") from None
             raise type(exc)(f"y: the targets do not fit the model output for loss "
                             f"{self.loss.name!r}: y has shape {np.shape(y)}, the model output "
                             f"has shape {np.shape(y_pred)}. {exc}") from None
@@ -545,7 +548,8 @@ class Sequential:
         self._require_layers("train_on_batch")
         x, y = _as_data("x", x), _as_data("y", y)
         sw = _as_data("sample_weight", sample_weight, required=False)
-        _check_lengths(x, y, sw)
+        if _check_lengths(x, y, sw) == 0:      # as fit: no step (nor a counted iteration)
+            raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
         self._record_input(x)
         self.reset_metrics()
         self._train_step(x, y, sw)
@@ -558,7 +562,8 @@ class Sequential:
         self._require_layers("test_on_batch")
         x, y = _as_data("x", x), _as_data("y", y)
         sw = _as_data("sample_weight", sample_weight, required=False)
-        _check_lengths(x, y, sw)
+        if _check_lengths(x, y, sw) == 0:
+            raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
         self._record_input(x)
         self.reset_metrics()
         self._test_step(x, y, sw)

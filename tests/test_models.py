@@ -153,6 +153,13 @@ def test_data_errors_name_the_argument():
         model.fit(x, np.zeros((20, 3)), verbose=0)
     with pytest.raises(ValueError, match="sample_weight"):
         model.fit(x, y, sample_weight=np.ones(5), verbose=0)
+    with pytest.raises(ValueError, match=r"^sample_weight: .*must broadcast"):
+        model.fit(x, y, sample_weight=np.ones((20, 7)), verbose=0)
+    model.compile(optimizer="sgd", loss="mse")
+    for call in (model.train_on_batch, model.test_on_batch):
+        with pytest.raises(ValueError, match=r"x: expected at least one sample"):
+            call(x[:0], y[:0])
+    assert model.optimizer.iterations == 0
     with pytest.raises(ValueError, match="validation_split"):
         model.fit(x, y, validation_split=1.5, verbose=0)
     with pytest.raises(ValueError, match="batch_size"):
