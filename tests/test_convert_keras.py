@@ -4,8 +4,10 @@ files read without Keras, masks, Keras 2's hard_sigmoid, round trips, errors.
 Keras 3.15 computes a float64 layer's products in float32 (its type promotion follows JAX),
 so comparisons with Keras outputs use the float32 tolerance; float64 conversions are checked
 for exact weights and against fastlstm's own float64 results."""
+import io
 import json
 import sys
+import zipfile
 
 import h5py
 import numpy as np
@@ -277,6 +279,117 @@ def test_from_keras_refuses_what_fastlstm_cannot_express():
     functional = keras.Model(inp, KL.LSTM(2)(inp))
     with pytest.raises(ConversionError, match="Sequential"):
         from_keras(functional)
+
+
+def _archive_files(tmp_path):
+    """The members of a saved .keras archive (LSTM, Bidirectional GRU, Dense)."""
+    model = keras.Sequential([keras.Input((5, 3)),
+                              KL.LSTM(4, return_sequences=True, name="lstm"),
+                              KL.Bidirectional(KL.GRU(4), name="bi"), KL.Dense(2, name="dense")])
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        return model, {n: z.read(n) for n in z.namelist()}
+
+
+def _edit_config(edit):
+    def apply(files):
+        config = json.loads(files["config.json"])
+        edit(config)
+        return {"config.json": json.dumps(config)}
+    return apply
+
+
+def _edit_h5(edit):
+    def apply(files):
+        buf = io.BytesIO(files["model.weights.h5"])
+        with h5py.File(buf, "r+") as h:
+            edit(h)
+        return {"model.weights.h5": buf.getvalue()}
+    return apply
+
+
+def _replace(h, name, value):
+    del h[name]
+    h[name] = value
+
+
+def _layer_cfg(k, **changes):
+    return _edit_config(lambda c: c["config"]["layers"][k]["config"].update(changes))
+
+
+MALFORMED_ARCHIVES = {
+    "no layers": (_edit_config(lambda c: c["config"].pop("layers")), "no list of 'layers'"),
+    "no class_name": (_edit_config(lambda c: c["config"]["layers"][1].pop("class_name")),
+                      "layer entry 1 .* is not a layer entry"),
+    "bidirectional without layer": (
+        _edit_config(lambda c: c["config"]["layers"][2]["config"].pop("layer")),
+        "Bidirectional 'bi': its 'layer' is not a layer entry"),
+    "config is a list": (lambda files: {"config.json": "[1, 2]"},
+                         "config.json holds a JSON list"),
+    "metadata is a list": (lambda files: {"metadata.json": "[]"},
+                           "metadata.json holds a JSON list"),
+    "config is not JSON": (lambda files: {"config.json": "{"}, "config.json is not valid JSON"),
+    "return_sequences string": (_layer_cfg(1, return_sequences="false"),
+                                "return_sequences: expected True or False, got 'false'"),
+    "use_bias int": (_layer_cfg(3, use_bias=1), "use_bias: expected True or False, got 1"),
+    "empty vars": (_edit_h5(lambda h: [h.__delitem__(f"layers/lstm/cell/vars/{i}")
+                                       for i in range(3)]),
+                   r"LSTM 'lstm': expected 3 weight arrays, the first 2-D; got shapes \[\]"),
+    "scalar kernel": (_edit_h5(lambda h: _replace(h, "layers/lstm/cell/vars/0", 1.0)),
+                      r"got shapes \[\(\), \(4, 16\), \(16,\)\]"),
+    "complex kernel": (_edit_h5(lambda h: _replace(h, "layers/lstm/cell/vars/0",
+                                                   np.ones((3, 16), np.complex64))),
+                       "lstm/cell/vars/0 has dtype complex64; expected real numbers"),
+    "no backward_layer": (_edit_h5(lambda h: h.__delitem__("layers/bidirectional/"
+                                                           "backward_layer")),
+                          "no group /layers/bidirectional/backward_layer"),
+    "weights of an unlisted layer": (_edit_config(lambda c: c["config"]["layers"].pop(3)),
+                                     r"weights for layers .* does not have: \['dense'\]"),
+    "truncated h5": (lambda files: {"model.weights.h5": files["model.weights.h5"][:1000]},
+                     "model.weights.h5 is not a readable HDF5 file"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_ARCHIVES))
+def test_from_keras_refuses_malformed_archives(name, tmp_path):
+    _, files = _archive_files(tmp_path)
+    edit, match = MALFORMED_ARCHIVES[name]
+    path = tmp_path / "bad.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for member, data in dict(files, **edit(files)).items():
+            z.writestr(member, data)
+    with pytest.raises(ConversionError, match=match):
+        from_keras(path)
+
+
+def test_from_keras_refuses_weights_the_architecture_lacks(tmp_path):
+    model, _ = _archive_files(tmp_path)
+    model.save_weights(tmp_path / "m.weights.h5")
+    model.save(tmp_path / "m.h5")
+    arch = from_keras(model)
+    fewer = fl.Sequential(arch.layers[:2])
+    with pytest.raises(ConversionError, match=r"architecture does not have: \['dense'\]"):
+        from_keras(tmp_path / "m.weights.h5", architecture=fewer)
+    config = json.loads(model.to_json())
+    config["config"]["layers"].pop(1)                  # the LSTM
+    with pytest.raises(ConversionError, match=r"does not have: \['lstm'\]"):
+        from_keras(tmp_path / "m.weights.h5", architecture=config)
+    with h5py.File(tmp_path / "m.h5", "r+") as f:      # legacy format: layers by name
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"].pop(3)
+        f.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(ConversionError, match=r"does not have: \['dense"):
+        from_keras(tmp_path / "m.h5")
+    (tmp_path / "garbage.h5").write_bytes(b"not an HDF5 file" * 10)
+    with pytest.raises(ConversionError, match="not a readable HDF5 file"):
+        from_keras(tmp_path / "garbage.h5", architecture=arch)
+
+
+def test_to_keras_refuses_stateful_layers():
+    for layer in (L.LSTM(4, stateful=True), L.Bidirectional(L.GRU(3, stateful=True))):
+        layer.build((2, None, 3))
+        with pytest.raises(ConversionError, match="stateful=True"):
+            to_keras(layer)
 
 
 def test_missing_dependencies_are_clear_import_errors(tmp_path, monkeypatch):

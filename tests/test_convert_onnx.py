@@ -291,6 +291,91 @@ def test_from_onnx_errors():
         from_onnx(raw_bidir)
 
 
+@pytest.mark.parametrize("attrs, match", [
+    (dict(direction="REVERSE"), "direction='REVERSE'"),
+    (dict(direction=""), "direction=''"),
+    (dict(made_up=1), "no attribute 'made_up'"),
+    (dict(linear_before_reset=1), "no attribute 'linear_before_reset'"),
+    (dict(layout=2), "layout=2"),
+    (dict(hidden_size=0), "hidden_size=0"),
+    (dict(direction=1), "attribute direction is INT; expected STRING"),
+])
+def test_from_onnx_refuses_attributes_the_operator_lacks(attrs, match):
+    # ONNX Runtime refuses these too; from_onnx once read most as a forward LSTM
+    h = onnx.helper
+    model = _graph([h.make_node("LSTM", ["x", "W", "R"], ["y"], **{"hidden_size": 3, **attrs})],
+                   _lstm_inits())
+    with pytest.raises(ConversionError, match=match):
+        from_onnx(model)
+
+
+@pytest.mark.parametrize("op, attr", [("GRU", "input_forget"), ("RNN", "linear_before_reset")])
+def test_from_onnx_refuses_attributes_of_other_cells(op, attr):
+    h = onnx.helper
+    G = {"GRU": 3, "RNN": 1}[op]
+    rng = np.random.default_rng(0)
+    inits = {"W": rng.standard_normal((1, G * 3, 4)).astype(np.float32),
+             "R": rng.standard_normal((1, G * 3, 3)).astype(np.float32)}
+    model = _graph([h.make_node(op, ["x", "W", "R"], ["y"], hidden_size=3, **{attr: 1})], inits)
+    with pytest.raises(ConversionError, match=f"no attribute '{attr}'"):
+        from_onnx(model)
+
+
+def _bad_lstm_input(k, arr):
+    """A one-node LSTM graph whose input ``k`` is ``arr`` (or the name of no tensor)."""
+    inits = _lstm_inits()
+    names = ["x", "W", "R"] + [""] * (k - 2)
+    names[k] = "bad" if arr is not None else "no_such_tensor"
+    if arr is not None:
+        inits["bad"] = np.asarray(arr, np.float32)
+    return _graph([onnx.helper.make_node("LSTM", names, ["y"], hidden_size=3)], inits)
+
+
+@pytest.mark.parametrize("k, shape, match", [
+    (1, (12, 4), r"W has shape \(12, 4\); expected \(1, 12, 4\)"),
+    (2, (1, 12, 4), r"R has shape \(1, 12, 4\); expected \(1, 12, 3\)"),
+    (3, (24,), r"B has shape \(24,\); expected \(1, 24\) = \[num_directions, 2\*gates"),
+    (3, (1, 12), r"B has shape \(1, 12\); expected \(1, 24\)"),
+    (3, (1, 48), r"B has shape \(1, 48\)"),
+    (7, (1, 5), r"P has shape \(1, 5\); expected \(1, 9\) = \[num_directions, 3\*hidden\]"),
+    (7, (9,), r"P has shape \(9,\)"),
+    (5, (2, 1, 3), r"initial_h has shape \(2, 1, 3\); expected \(1, \?, 3\)"),
+    (8, (1,), "has 9 inputs; LSTM takes 3 to 8"),
+])
+def test_from_onnx_refuses_malformed_tensors(k, shape, match):
+    with pytest.raises(ConversionError, match=match):
+        from_onnx(_bad_lstm_input(k, np.zeros(shape)))
+
+
+def test_from_onnx_refuses_broken_graphs():
+    with pytest.raises(ConversionError, match="'no_such_tensor' is not defined"):
+        from_onnx(_bad_lstm_input(5, None))
+    h = onnx.helper
+    cycle = _graph([h.make_node("Transpose", ["x_or_y"], ["xt"], perm=[1, 0, 2]),
+                    h.make_node("LSTM", ["xt", "W", "R"], ["y"], hidden_size=3),
+                    h.make_node("Identity", ["y"], ["x_or_y"])], _lstm_inits())
+    with pytest.raises(ConversionError, match="'x_or_y' is not defined before"):
+        from_onnx(cycle)
+    bad_perm = _graph([h.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 5])], {})
+    with pytest.raises(ConversionError, match="not a permutation"):
+        from_onnx(bad_perm)
+    scalar_slice = _graph([h.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+                           h.make_node("LSTM", ["xt", "W", "R"], ["ys"], hidden_size=3),
+                           h.make_node("Slice", ["ys", "s", "e"], ["y"])],
+                          dict(_lstm_inits(), s=np.array(-1), e=np.array(-2 ** 63)))
+    with pytest.raises(ConversionError, match="Slice"):
+        from_onnx(scalar_slice)
+    complex_w = _lstm_inits()
+    complex_w["W"] = complex_w["W"] * 1j
+    with pytest.raises(ConversionError, match="W has dtype complex"):
+        from_onnx(_graph([h.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=3)],
+                         complex_w))
+    data = to_onnx(_layer(lambda: L.LSTM(3))).SerializeToString()
+    for broken in (data[:len(data) // 2], data[:-3], b"garbage" * 10):
+        with pytest.raises(ConversionError, match="not a valid ONNX model"):
+            from_onnx(broken)
+
+
 def test_to_onnx_errors():
     tanh_cifg = _layer(lambda: L.LSTM(3, coupled_input_forget=True,
                                       recurrent_activation="tanh"))

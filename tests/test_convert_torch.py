@@ -207,6 +207,43 @@ def test_state_dict_mismatch_names_keys():
         from_torch(torch.nn.Linear(3, 4))
 
 
+def test_huge_num_layers_is_refused_at_once():
+    # It once named every expected key first: 10**5 layers gave a 7.5 MB message, 10**9 the
+    # OOM killer (kept small here, so that a regression fails rather than exhausts memory).
+    sd = torch.nn.LSTM(5, 4).state_dict()
+    with pytest.raises(ConversionError, match="num_layers=100000, but the state_dict holds "
+                                              "weights of 1 layer") as err:
+        from_torch(sd, config={"type": "LSTM", "input_size": 5, "hidden_size": 4,
+                               "num_layers": 10 ** 5})
+    assert len(str(err.value)) < 200
+    gaps = dict(torch.nn.LSTM(5, 4, num_layers=30).state_dict())
+    del gaps["weight_hh_l7"]       # 30 layers held, one key missing: the list stays short
+    gaps.update({f"extra_{k}": torch.zeros(1) for k in range(20)})
+    with pytest.raises(ConversionError, match=r"missing \['weight_hh_l7'\], unexpected "
+                                              r"\['extra_0', .*, \.\.\.\] \(20 in all\)"):
+        from_torch(gaps, config={"type": "LSTM", "input_size": 5, "hidden_size": 4,
+                                 "num_layers": 30})
+
+
+@pytest.mark.parametrize("sd_edit, config, match", [
+    (lambda sd: {k: v.to(torch.complex64) for k, v in sd.items()}, {},
+     "weight_ih_l0 has dtype complex64; expected real numbers"),
+    (lambda sd: {k: v.numpy() + 1j for k, v in sd.items()}, {}, "has dtype complex64"),
+    (None, {"bias": "False"}, r"config\['bias'\]: expected True or False, got 'False'"),
+    (None, {"bidirectional": 0}, r"config\['bidirectional'\]: expected True or False"),
+    (None, {"batch_first": "yes"}, r"config\['batch_first'\]"),
+    (None, {"nonlinearity": "relu"}, r"config\['nonlinearity'\]: nn.LSTM has none"),
+], ids=["complex_tensors", "complex_arrays", "bias_str", "bidirectional_int",
+        "batch_first_str", "lstm_nonlinearity"])
+def test_from_torch_refuses_lenient_inputs(sd_edit, config, match):
+    sd = dict(torch.nn.LSTM(3, 4).state_dict())
+    if sd_edit is not None:
+        sd = sd_edit(sd)
+    with pytest.raises(ConversionError, match=match):
+        from_torch(sd, config=dict({"type": "LSTM", "input_size": 3, "hidden_size": 4},
+                                   **config))
+
+
 @pytest.mark.parametrize("layer, match", [
     (lambda: L.LSTM(4, use_peepholes=True), "use_peepholes"),
     (lambda: L.LSTM(4, coupled_input_forget=True), "coupled_input_forget"),

@@ -59,6 +59,31 @@ def resolve_dtype(dtype, source_dtype=None) -> np.dtype:
     return np.dtype(np.float32)
 
 
+# -- checking sources -----------------------------------------------------------------------
+def real_array(value, where):
+    """``value`` as a NumPy array of real numbers. Complex values are refused (casting them to
+    float would drop the imaginary part with only a warning), and so are text and objects."""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "cOSU":
+        raise ConversionError(f"{where} has dtype {arr.dtype}; expected real numbers")
+    return arr
+
+
+def flag(value, where):
+    """A boolean option, refusing anything but True / False: ``bool("false")`` is True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConversionError(f"{where}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def listing(items, limit=8):
+    """``items`` for an error message, the first ``limit`` only when there are more."""
+    items = list(items)
+    if len(items) <= limit:
+        return repr(items)
+    return repr(items[:limit])[:-1] + f", ...] ({len(items)} in all)"
+
+
 # -- gate blocks ---------------------------------------------------------------------------
 def blocks(a, order, n_blocks, axis=0):
     """Reorder the ``n_blocks`` equal blocks of ``a`` along ``axis``: block k of the result is

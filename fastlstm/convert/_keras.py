@@ -19,9 +19,9 @@ import zipfile
 
 import numpy as np
 
-from ._common import (ConversionError, assemble, is_keras3_hard_sigmoid,
-                      is_sequential, layers_of, new_layer, require, resolve_dtype, rnn_kind,
-                      set_built_weights)
+from ._common import (ConversionError, assemble, flag, is_keras3_hard_sigmoid,
+                      is_sequential, layers_of, listing, new_layer, real_array, require,
+                      resolve_dtype, rnn_kind, set_built_weights)
 
 __all__ = ["from_keras", "to_keras"]
 
@@ -117,6 +117,9 @@ class _Options:
         self.used.add(key)
         return self.cfg.get(key, default)
 
+    def take_flag(self, key, default):
+        return flag(self.take(key, default), f"from_keras: {self.where} {key}")
+
     def require(self, key, expected, why):
         value = self.take(key, expected)
         if value != expected:
@@ -171,22 +174,23 @@ class _Options:
 
 def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
     o = _Options(class_name, config, ctx)
-    kw = dict(units=o.take("units"), use_bias=o.take("use_bias", True))
+    kw = dict(units=o.take("units"), use_bias=o.take_flag("use_bias", True))
+    _expect_weights(o.where, weights, 2 + kw["use_bias"])
     kw["activation"] = _activation(o.take("activation", "tanh"), ctx, o.where + " activation")
     if class_name in ("LSTM", "GRU"):
         kw["recurrent_activation"] = _activation(o.take("recurrent_activation", "sigmoid"), ctx,
                                                  o.where + " recurrent_activation")
     if class_name == "LSTM":
-        kw["unit_forget_bias"] = o.take("unit_forget_bias", True)
+        kw["unit_forget_bias"] = o.take_flag("unit_forget_bias", True)
     if class_name == "GRU":
         reset_after = o.take("reset_after")
         if reset_after is None:        # old configs: tell the form from the bias shape
-            reset_after = bool(kw["use_bias"]) and np.ndim(weights[2]) == 2
-        kw["reset_after"] = bool(reset_after)
+            reset_after = kw["use_bias"] and np.ndim(weights[2]) == 2
+        kw["reset_after"] = flag(reset_after, f"from_keras: {o.where} reset_after")
     for key in ("return_sequences", "return_state", "go_backwards", "stateful"):
-        kw[key] = bool(o.take(key, False))
+        kw[key] = o.take_flag(key, False)
     o.require("time_major", False, "fastlstm layers take batch-major input")
-    zero = o.take("zero_output_for_mask", False)
+    zero = o.take_flag("zero_output_for_mask", False)
     if zero and not (in_bidirectional and zero == kw["return_sequences"]):
         raise ConversionError(
             f"from_keras: {o.where} has zero_output_for_mask=True: fastlstm's recurrent layers "
@@ -206,16 +210,28 @@ def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
     o.constraints()
     o.take("cell")
     o.finish()
-    kw["trainable"] = bool(o.cfg.get("trainable", True))
+    kw["trainable"] = flag(o.cfg.get("trainable", True), f"from_keras: {o.where} trainable")
     kw["dtype"] = _dtype_name(weights, ctx)
     layer = new_layer(class_name, "from_keras", **kw)
     return set_built_weights(layer, (None, None, np.shape(weights[0])[0]),
                              [np.asarray(w, kw["dtype"]) for w in weights])
 
 
-def _inner(entry):
-    """(class_name, config) of a nested serialised layer."""
+def _entry(entry, where):
+    """(class_name, config) of a serialised layer, refusing a malformed one."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str) or \
+            not isinstance(entry.get("config", {}), dict):
+        raise ConversionError(f"from_keras: {where} is not a layer entry (a dict with a "
+                              f"class_name and a config dict): {repr(entry):.200}")
     return entry["class_name"], entry.get("config", {})
+
+
+def _expect_weights(where, weights, count):
+    """Refuse a weight list that cannot be the layer's (a malformed file): ``count`` arrays,
+    the first (kernel or embeddings) a matrix."""
+    if len(weights) != count or np.ndim(weights[0]) != 2:
+        raise ConversionError(f"from_keras: {where}: expected {count} weight arrays, the "
+                              f"first 2-D; got shapes {[np.shape(w) for w in weights]}")
 
 
 def _layer(class_name, config, weights, ctx):
@@ -224,15 +240,18 @@ def _layer(class_name, config, weights, ctx):
         return _rnn_layer(class_name, config, weights, ctx)
     if class_name == "Bidirectional":
         o = _Options(class_name, config, ctx)
-        fcls, fcfg = _inner(o.take("layer"))
+        fcls, fcfg = _entry(o.take("layer"), f"{o.where}: its 'layer'")
         back = o.take("backward_layer")
         merge_mode = o.take("merge_mode", "concat")
         o.finish()
         if fcls not in _RNN:
             raise ConversionError(f"from_keras: {o.where} wraps a {fcls}; fastlstm's "
                                   "Bidirectional takes LSTM, GRU or SimpleRNN")
-        bcls, bcfg = _inner(back) if back else (fcls, dict(fcfg, go_backwards=not fcfg.get(
-            "go_backwards", False), name="backward_" + str(fcfg.get("name", ""))))
+        if back:
+            bcls, bcfg = _entry(back, f"{o.where}: its 'backward_layer'")
+        else:
+            bcls, bcfg = fcls, dict(fcfg, go_backwards=not fcfg.get("go_backwards", False),
+                                    name="backward_" + str(fcfg.get("name", "")))
         if bcls not in _RNN:
             raise ConversionError(f"from_keras: {o.where}: backward layer {bcls} is not a "
                                   "recurrent layer")
@@ -246,7 +265,8 @@ def _layer(class_name, config, weights, ctx):
                                  [np.asarray(w, fwd.dtype) for w in weights])
     if class_name == "Dense":
         o = _Options(class_name, config, ctx)
-        kw = dict(units=o.take("units"), use_bias=o.take("use_bias", True))
+        kw = dict(units=o.take("units"), use_bias=o.take_flag("use_bias", True))
+        _expect_weights(o.where, weights, 1 + kw["use_bias"])
         kw["activation"] = _activation(o.take("activation"), ctx, o.where + " activation",
                                        allow_softmax=True)
         for key in ("kernel_initializer", "bias_initializer"):
@@ -255,23 +275,26 @@ def _layer(class_name, config, weights, ctx):
             o.regularizer(key, kw)
         o.constraints()
         o.finish()
-        kw.update(name=config.get("name"), trainable=bool(config.get("trainable", True)),
-                  dtype=_dtype_name(weights, ctx))
+        kw.update(name=config.get("name"), dtype=_dtype_name(weights, ctx),
+                  trainable=flag(config.get("trainable", True), f"from_keras: {o.where} "
+                                 "trainable"))
         layer = new_layer("Dense", "from_keras", **kw)
         return set_built_weights(layer, (None, np.shape(weights[0])[0]),
                                  [np.asarray(w, kw["dtype"]) for w in weights])
     if class_name == "Embedding":
         o = _Options(class_name, config, ctx)
         kw = dict(input_dim=o.take("input_dim"), output_dim=o.take("output_dim"),
-                  mask_zero=bool(o.take("mask_zero", False)))
+                  mask_zero=o.take_flag("mask_zero", False))
+        _expect_weights(o.where, weights, 1)
         o.initializer("embeddings_initializer", kw)
         for key in ("embeddings_regularizer", "activity_regularizer"):
             o.regularizer(key, kw)
         o.constraints()
         o.take("weights")
         o.finish()
-        kw.update(name=config.get("name"), trainable=bool(config.get("trainable", True)),
-                  dtype=_dtype_name(weights, ctx))
+        kw.update(name=config.get("name"), dtype=_dtype_name(weights, ctx),
+                  trainable=flag(config.get("trainable", True), f"from_keras: {o.where} "
+                                 "trainable"))
         layer = new_layer("Embedding", "from_keras", **kw)
         layer.build(None)
         layer.set_weights([np.asarray(w, kw["dtype"]) for w in weights])
@@ -298,21 +321,24 @@ def _layer(class_name, config, weights, ctx):
 def _model_layers(model_config):
     """[(class_name, config)] of a serialised Sequential (Keras 2 or 3 form), InputLayer
     excluded; also the input dtype if an InputLayer says so."""
-    cls = model_config.get("class_name")
+    cls = model_config.get("class_name") if isinstance(model_config, dict) else None
     if cls != "Sequential":
+        cls, config = _entry(model_config, "the model config")
         if cls in _SUPPORTED:
-            return [(cls, model_config.get("config", {}))]
+            return [(cls, config)]
         raise ConversionError(f"from_keras: a {cls} model is not supported; from_keras reads "
                               "Sequential models and single layers (rebuild a functional "
                               "model as a Sequential)")
     inner = model_config.get("config", {})
-    entries = inner if isinstance(inner, list) else inner.get("layers", [])
-    out = []
-    for e in entries:
-        if e["class_name"] == "InputLayer":
-            continue
-        out.append((e["class_name"], e.get("config", {})))
-    return out
+    # Keras 2.2 wrote the list of layers as the config itself
+    entries = inner if isinstance(inner, list) else (
+        inner.get("layers") if isinstance(inner, dict) else None)
+    if not isinstance(entries, list):
+        # never an empty model: the weights would be left unread
+        raise ConversionError("from_keras: the Sequential config has no list of 'layers'")
+    entries = [_entry(e, f"layer entry {k} of the Sequential config")
+               for k, e in enumerate(entries)]
+    return [e for e in entries if e[0] != "InputLayer"]
 
 
 def _is_keras3_config(obj):
@@ -352,7 +378,8 @@ def _keras_steps(entries):
     out = []
     for cls, cfg in entries:
         if cls == "Bidirectional":
-            inner = cfg["layer"].get("config", {})
+            inner = _entry(cfg.get("layer"),
+                           f"Bidirectional {cfg.get('name', '')!r}: its 'layer'")[1]
             out.append(("rnn", cls, False, bool(inner.get("return_sequences")), False))
         elif cls in _RNN:
             out.append(("rnn", f"{cls} {cfg.get('name', '')!r}", False,
@@ -421,12 +448,13 @@ def _keras3_weight_lists(h5, entries, where):
     """Per layer, its arrays from a Keras 3 weights file (group names: snake_case of the
     class name, made unique in order: lstm, lstm_1, ...)."""
     root = h5["layers"] if "layers" in h5 else None
-    used = {}
+    used, read = {}, set()
     out = []
     for cls, _ in entries:
         base = _snake_case(cls)
         key = base if base not in used else f"{base}_{used[base] + 1}"
         used[base] = used.get(base, -1) + 1
+        read.add(key)
         if root is None or key not in root:
             if cls in ("Masking", "Dropout"):
                 out.append([])
@@ -435,12 +463,17 @@ def _keras3_weight_lists(h5, entries, where):
                                   f"({cls}); found {sorted(root) if root is not None else []}")
         g = root[key]
         if cls == "Bidirectional":
-            out.append(_vars(g["forward_layer"].get("cell", g["forward_layer"]))
-                       + _vars(g["backward_layer"].get("cell", g["backward_layer"])))
+            ws = []
+            for side in ("forward_layer", "backward_layer"):
+                if side not in g:
+                    raise ConversionError(f"from_keras: {where} has no group {g.name}/{side}")
+                ws += _vars(g[side].get("cell", g[side]))
+            out.append(ws)
         elif cls in _RNN:
             out.append(_vars(g["cell"] if "cell" in g else g))
         else:
             out.append(_vars(g))
+    _refuse_unread(root, read, where)
     return out
 
 
@@ -448,7 +481,7 @@ def _vars(group):
     if "vars" not in group:
         return []
     v = group["vars"]
-    return [np.asarray(v[k]) for k in sorted(v, key=int)]
+    return [real_array(v[k], f"from_keras: {v[k].name}") for k in sorted(v, key=int)]
 
 
 def _legacy_weight_lists(h5, entries, config_names):
@@ -465,21 +498,64 @@ def _legacy_weight_lists(h5, entries, config_names):
         lg = g[name]
         names = [n.decode() if isinstance(n, bytes) else n
                  for n in lg.attrs.get("weight_names", [])]
-        out.append([np.asarray(lg[n]) for n in names])
+        missing = [n for n in names if n not in lg]
+        if missing:
+            raise ConversionError(f"from_keras: the HDF5 file lacks the weights {missing} of "
+                                  f"layer {name!r}")
+        out.append([real_array(lg[n], f"from_keras: {lg[n].name}") for n in names])
+    _refuse_unread(g, set(config_names), "the HDF5 file")
     return out
+
+
+def _refuse_unread(group, read, where):
+    """Weights of layers that the config or architecture does not list mean that the two do
+    not match: refuse rather than drop them."""
+    def holds_arrays(obj):
+        return obj.visititems(lambda _, o: True if hasattr(o, "shape") else None) is not None
+
+    unread = [k for k in (group if group is not None else [])
+              if k not in read and hasattr(group[k], "visititems") and holds_arrays(group[k])]
+    if unread:
+        raise ConversionError(f"from_keras: {where} holds weights for layers that the "
+                              f"architecture does not have: {listing(unread)}")
+
+
+def _json_object(text, where):
+    """The JSON object (dict) in ``text``; other JSON values and invalid JSON are refused."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:          # JSONDecodeError, UnicodeDecodeError
+        raise ConversionError(f"from_keras: {where} is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ConversionError(f"from_keras: {where} holds a JSON {type(obj).__name__}; "
+                              "expected an object")
+    return obj
+
+
+def _open_h5(h5py, source, where):
+    """``source`` opened with h5py; a truncated or corrupt file is refused."""
+    try:
+        return h5py.File(source, "r")
+    except OSError as exc:
+        raise ConversionError(f"from_keras: {where} is not a readable HDF5 file "
+                              f"({exc})") from None
 
 
 def _read_keras_archive(path):
     h5py = require("h5py", "fastlstm.convert.from_keras (reading .keras files)")
-    with zipfile.ZipFile(path) as z:
-        names = set(z.namelist())
-        if "config.json" not in names or "model.weights.h5" not in names:
-            raise ConversionError(f"from_keras: {path} is not a Keras 3 .keras archive "
-                                  f"(no config.json / model.weights.h5; found {sorted(names)})")
-        config = json.loads(z.read("config.json"))
-        meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
-        data = z.read("model.weights.h5")
-    with h5py.File(io.BytesIO(data), "r") as h5:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "config.json" not in names or "model.weights.h5" not in names:
+                raise ConversionError(f"from_keras: {path} is not a Keras 3 .keras archive (no "
+                                      f"config.json / model.weights.h5; found {sorted(names)})")
+            config = _json_object(z.read("config.json"), f"{path}: config.json")
+            meta = _json_object(z.read("metadata.json"), f"{path}: metadata.json") \
+                if "metadata.json" in names else {}
+            data = z.read("model.weights.h5")
+    except zipfile.BadZipFile as exc:
+        raise ConversionError(f"from_keras: {path} is a damaged zip archive ({exc})") from None
+    with _open_h5(h5py, io.BytesIO(data), f"{path}: model.weights.h5") as h5:
         entries = _model_layers(config)
         weights = _keras3_weight_lists(h5, entries, str(path))
     return entries, weights, meta.get("keras_version"), True
@@ -487,7 +563,8 @@ def _read_keras_archive(path):
 
 def _read_legacy_h5(path, h5):
     raw = h5.attrs["model_config"]
-    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    config = _json_object(raw.decode() if isinstance(raw, bytes) else raw,
+                          f"{path}: model_config")
     version = h5.attrs.get("keras_version")
     if isinstance(version, bytes):
         version = version.decode()
@@ -500,7 +577,7 @@ def _architecture_entries(architecture, ctx_version):
     """[(class_name, config)] from a fastlstm model/layer or a Keras config (dict/JSON)."""
     from ..layers.base import Layer
     if isinstance(architecture, (str, bytes)):
-        architecture = json.loads(architecture)
+        architecture = _json_object(architecture, "architecture")
     if isinstance(architecture, dict):
         version = architecture.get("keras_version", ctx_version)
         return _model_layers(architecture), version, _is_keras3_config(architecture)
@@ -547,7 +624,7 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
             entries, weights, version, k3 = _read_keras_archive(path)
         else:
             h5py = require("h5py", "fastlstm.convert.from_keras (reading .h5 files)")
-            with h5py.File(path, "r") as h5:
+            with _open_h5(h5py, path, path) as h5:
                 if "model_config" in h5.attrs and architecture is None:
                     entries, weights, version, k3 = _read_legacy_h5(path, h5)
                 elif architecture is None:
@@ -632,6 +709,11 @@ def _to_keras_layer(keras, layer):
     kind = rnn_kind(layer)
     dtype = layer.dtype.name
     if kind is not None:
+        if layer.stateful:
+            raise ConversionError(f"to_keras: {where} has stateful=True: stateful layers are "
+                                  "not converted (Keras's need a batch size fixed in the "
+                                  "model's input, and the carried states would not come "
+                                  "along); convert a stateful=False copy")
         if kind == "LSTM":
             if layer.use_peepholes:
                 raise ConversionError(f"to_keras: {where} has use_peepholes=True; Keras's LSTM "
@@ -711,7 +793,7 @@ def to_keras(obj):
     a model also gets a ``keras.Input`` of the first layer's input shape.
 
     Raises ``ConversionError`` for what Keras cannot express (peepholes, CIFG, a hard sigmoid
-    other than Keras 3's ``clip(x/6 + 0.5)``, other layers).
+    other than Keras 3's ``clip(x/6 + 0.5)``, other layers) and for stateful layers.
     """
     keras = require("keras", "fastlstm.convert.to_keras")
     layers = layers_of(obj, "to_keras")

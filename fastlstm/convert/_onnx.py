@@ -40,7 +40,7 @@ import os
 import numpy as np
 
 from ._common import (FL_TO_ONNX_LSTM, ONNX_TO_FL_LSTM, PEEPHOLE_SWAP, ConversionError,
-                      assemble, blocks, fl_layers, layers_of, new_layer, require,
+                      assemble, blocks, fl_layers, layers_of, new_layer, real_array, require,
                       resolve_dtype, rnn_kind, set_built_weights)
 
 __all__ = ["to_onnx", "from_onnx"]
@@ -53,6 +53,7 @@ _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]
 _PARAMETRISED = {"HardSigmoid": 2, "Affine": 2, "ScaledTanh": 2, "LeakyRelu": 1,
                  "ThresholdedRelu": 1, "Elu": 1}
 _INT64_MIN = -(2 ** 63)
+_DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
 # ================================ export ====================================================
@@ -526,29 +527,46 @@ class _Reader:
         self.vals = {}
         self.resolved = {}          # 'A0'/'A1' -> 'T'/'B'
         self.first_float = None
+        # the default domain's opset (the operators' definitions depend on it)
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          onnx.defs.onnx_opset_version())
 
     def attrs(self, node):
         out = {}
         for a in node.attribute:
             v = self.onnx.helper.get_attribute_value(a)
+            # a corrupt name stays refusable (by the checks that read it), not a decode error
             if isinstance(v, bytes):
-                v = v.decode()
+                v = v.decode(errors="replace")
             elif isinstance(v, list) and v and isinstance(v[0], bytes):
-                v = [s.decode() for s in v]
+                v = [s.decode(errors="replace") for s in v]
             out[a.name] = v
         return out
 
-    def err(self, node, msg):
-        return ConversionError(f"from_onnx: node {node.name or node.op_type!r} "
-                               f"({node.op_type}): {msg}")
+    def array(self, tensor, where):
+        """A TensorProto's values; a corrupt one (unknown type, wrong size) is refused."""
+        try:
+            return self.onnx.numpy_helper.to_array(tensor)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConversionError(f"{where} cannot be read ({exc!r})") from None
 
-    def get(self, name):
+    def where(self, node):
+        return f"from_onnx: node {node.name or node.op_type!r} ({node.op_type})"
+
+    def err(self, node, msg):
+        return ConversionError(f"{self.where(node)}: {msg}")
+
+    def get(self, name, node):
         if name == "":
             return None
+        if name not in self.vals:
+            # ONNX lists nodes in topological order: an input is defined before it is used
+            raise self.err(node, f"input {name!r} is not defined before this node (by an "
+                           "initializer, the graph input or an earlier node)")
         return self.vals[name]
 
     def const(self, node, name, what):
-        v = self.get(name)
+        v = self.get(name, node)
         if not isinstance(v, _Const):
             raise self.err(node, f"{what} must be a constant (initializer)")
         return v.arr
@@ -559,9 +577,9 @@ class _Reader:
     # -- run ------------------------------------------------------------------------------
     def run(self):
         g = self.model.graph
-        numpy_helper = self.onnx.numpy_helper
         for init in g.initializer:
-            self.vals[init.name] = _Const(numpy_helper.to_array(init))
+            self.vals[init.name] = _Const(self.array(init, f"from_onnx: initializer "
+                                                           f"{init.name!r}"))
         inputs = [i for i in g.input if i.name not in self.vals]
         if len(inputs) != 1:
             raise ConversionError(f"from_onnx: expected one data input, got "
@@ -623,7 +641,8 @@ class _Reader:
         if op not in _SUPPORTED_OPS:
             raise self.err(node, f"operator {op} is not supported by from_onnx (supported: "
                            f"{', '.join(_SUPPORTED_OPS)})")
-        ins = [self.get(n) for n in node.input]
+        self.check_signature(node)
+        ins = [self.get(n, node) for n in node.input]
         a = self.attrs(node)
         if op == "Constant":
             self.vals[node.output[0]] = _Const(self._constant(node, a))
@@ -643,9 +662,34 @@ class _Reader:
             return
         self.vals[node.output[0]] = self.data(node, op, ins, a, seqs)
 
+    def check_signature(self, node):
+        """Refuse what the operator's definition (at the model's opset) does not have: extra
+        inputs or outputs, unknown or mistyped attributes (ONNX Runtime refuses them too)."""
+        try:
+            schema = self.onnx.defs.get_schema(node.op_type, self.opset, "")
+        except self.onnx.defs.SchemaError:
+            raise self.err(node, f"{node.op_type} is not defined at opset {self.opset}") from None
+        names = [i.name for i in schema.inputs]
+        if not schema.min_input <= len(node.input) <= schema.max_input:
+            raise self.err(node, f"has {len(node.input)} inputs; {node.op_type} takes "
+                           f"{schema.min_input} to {schema.max_input} ({', '.join(names)})")
+        if not schema.min_output <= len(node.output) <= schema.max_output:
+            raise self.err(node, f"has {len(node.output)} outputs; {node.op_type} has "
+                           f"{schema.min_output} to {schema.max_output}")
+        unknown = [at.name for at in node.attribute if at.name not in schema.attributes]
+        if unknown:
+            raise self.err(node, f"{node.op_type} (opset {schema.since_version}) has no "
+                           f"attribute {', '.join(map(repr, unknown))} (it has: "
+                           f"{', '.join(sorted(schema.attributes))})")
+        for at in node.attribute:
+            want = schema.attributes[at.name].type
+            if at.type != int(want):
+                got = self.onnx.AttributeProto.AttributeType.Name(at.type)
+                raise self.err(node, f"attribute {at.name} is {got}; expected {want.name}")
+
     def _constant(self, node, a):
         if "value" in a:
-            return self.onnx.numpy_helper.to_array(a["value"])
+            return self.array(a["value"], self.where(node))
         for k in ("value_float", "value_int"):
             if k in a:
                 return np.asarray(a[k])
@@ -697,7 +741,7 @@ class _Reader:
         if op == "Cast":
             return x.astype(self.onnx.helper.tensor_dtype_to_np_dtype(a["to"]))
         if op == "ConstantOfShape":
-            fill = self.onnx.numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1)
+            fill = self.array(a["value"], self.where(node)) if "value" in a else np.zeros(1)
             return np.full([int(s) for s in x], fill.ravel()[0], fill.dtype)
         if op == "Expand":
             return x * np.ones([int(s) for s in ins[1].arr], x.dtype)
@@ -711,7 +755,7 @@ class _Reader:
         """Values computed from the input's shape: zero-filled tensors (initial states) and
         shape vectors (targets of Reshape); anything else stays opaque."""
         if op == "ConstantOfShape":
-            fill = self.onnx.numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1)
+            fill = self.array(a["value"], self.where(node)) if "value" in a else np.zeros(1)
             return _Sym(zero=not np.any(fill))
         if op == "Expand":
             return _Sym(zero=isinstance(ins[0], _Const) and not np.any(ins[0].arr))
@@ -780,6 +824,9 @@ class _Reader:
             raise self.err(node, "unsupported use of the data tensor")
         if op == "Transpose":
             perm = a.get("perm", list(reversed(range(len(x.axes)))))
+            if sorted(perm) != list(range(len(x.axes))):
+                raise self.err(node, f"perm={perm} is not a permutation of the "
+                               f"{len(x.axes)} axes")
             return x.but(axes=[x.axes[p] for p in perm])
         if op == "Squeeze":
             axes = [ax % len(x.axes) for ax in self._axes(node, ins, a)]
@@ -923,10 +970,11 @@ class _Reader:
         starts = self.const(node, node.input[1], "starts")
         ends = self.const(node, node.input[2], "ends")
         axes = self.const(node, node.input[3], "axes") if len(node.input) > 3 and \
-            node.input[3] else np.arange(len(starts))
+            node.input[3] else np.arange(np.size(starts))
         steps = self.const(node, node.input[4], "steps") if len(node.input) > 4 and \
-            node.input[4] else np.ones(len(starts), np.int64)
-        if len(starts) == 1 and steps[0] == -1 and starts[0] == -1 and ends[0] <= -(2 ** 31):
+            node.input[4] else np.ones(np.size(starts), np.int64)
+        one_axis = all(np.shape(v) == (1,) for v in (starts, ends, axes, steps))
+        if one_axis and steps[0] == -1 and starts[0] == -1 and ends[0] <= -(2 ** 31):
             ax = int(axes[0]) % len(x.axes)
             if self.label(x.axes[ax]) in ("T", "A0", "A1") and x.chain and \
                     x.chain[-1][0] == "rnn":
@@ -935,8 +983,24 @@ class _Reader:
                        "time axis of a recurrent output")
 
     # -- recurrent nodes -----------------------------------------------------------------------
+    def expect_shape(self, node, what, arr, shape, doc):
+        """Refuse a tensor not of ``shape`` (None: any size); ``doc`` names the dimensions."""
+        real_array(arr, f"{self.where(node)}: {what}")
+        if arr.ndim != len(shape) or any(n is not None and n != m
+                                         for n, m in zip(shape, arr.shape)):
+            want = ", ".join("?" if n is None else str(n) for n in shape)
+            raise self.err(node, f"{what} has shape {arr.shape}; expected ({want}) = {doc}")
+
     def recurrent(self, node, ins, a):
         op = node.op_type
+        direction = a.get("direction", "forward")
+        if direction not in _DIRECTIONS:
+            raise self.err(node, f"direction={direction!r}; ONNX allows "
+                           f"{', '.join(map(repr, _DIRECTIONS))}")
+        layout = a.get("layout", 0)
+        if layout not in (0, 1):
+            raise self.err(node, f"layout={layout}; ONNX allows 0 (time-major) or 1 "
+                           "(batch-major)")
         x = ins[0]
         if not isinstance(x, _Seq):
             raise self.err(node, "X must come from the graph input")
@@ -946,7 +1010,6 @@ class _Reader:
         if len(x.axes) != 3 or x.axes[2] != "F" or "D" in x.axes:
             raise self.err(node, f"X has axes {self._labels(x)}; expected (time, batch, "
                            "features)")
-        layout = a.get("layout", 0)
         t_ax, b_ax = (0, 1) if layout == 0 else (1, 0)
         for ax, want in ((t_ax, "T"), (b_ax, "B")):
             lab = self.label(x.axes[ax])
@@ -963,25 +1026,37 @@ class _Reader:
         B = self.const(node, node.input[3], "B") if n_in > 3 and node.input[3] else None
         if n_in > 4 and node.input[4]:
             raise self.err(node, "sequence_lens (masking) is not supported by from_onnx")
+        P = self.const(node, node.input[7], "P") if n_in > 7 and node.input[7] else None
+        D = 2 if direction == "bidirectional" else 1
+        G = _GATES[op]
+        if "hidden_size" in a:
+            H = int(a["hidden_size"])
+            if H < 1:
+                raise self.err(node, f"hidden_size={H}; expected a positive integer")
+        else:       # R tells it
+            self.expect_shape(node, "R", R, (D, None, None), "[num_directions, gates*hidden, "
+                              "hidden]")
+            H = R.shape[2]
+        # Shapes as the ONNX operator defines them (gates: LSTM 4, GRU 3, RNN 1).
+        self.expect_shape(node, "W", W, (D, G * H, x.feat),
+                          "[num_directions, gates*hidden, input]")
+        self.expect_shape(node, "R", R, (D, G * H, H), "[num_directions, gates*hidden, hidden]")
+        if B is not None:
+            self.expect_shape(node, "B", B, (D, 2 * G * H), "[num_directions, 2*gates*hidden]")
+        if P is not None:
+            self.expect_shape(node, "P", P, (D, 3 * H), "[num_directions, 3*hidden]")
         for k, what in ((5, "initial_h"), (6, "initial_c")):
             if n_in > k and node.input[k]:
                 v = ins[k]
+                if isinstance(v, _Const):
+                    self.expect_shape(node, what, v.arr, (D, None, H) if layout == 0 else
+                                      (None, D, H), "[num_directions, batch, hidden]" if
+                                      layout == 0 else "[batch, num_directions, hidden]")
                 zero = (isinstance(v, _Sym) and v.zero) or (
                     isinstance(v, _Const) and not np.any(v.arr))
                 if not zero:
                     raise self.err(node, f"{what} must be absent or zeros (fastlstm layers "
                                    "start from zero states; pass initial_state= yourself)")
-        P = self.const(node, node.input[7], "P") if op == "LSTM" and n_in > 7 and \
-            node.input[7] else None
-        direction = a.get("direction", "forward")
-        D = 2 if direction == "bidirectional" else 1
-        H = int(a["hidden_size"]) if "hidden_size" in a else R.shape[-1]
-        G = _GATES[op]
-        if W.shape[0] != D or W.shape[1] != G * H or R.shape != (D, G * H, H):
-            raise self.err(node, f"W {W.shape} / R {R.shape} do not fit {op} with "
-                           f"hidden_size={H}, {D} direction(s)")
-        if x.feat is not None and W.shape[2] != x.feat:
-            raise self.err(node, f"W expects {W.shape[2]} input features, X has {x.feat}")
         funcs = _parse_activations(self, node, a, op, D)
         dirs = []
         for d in range(D):
@@ -1175,16 +1250,22 @@ def from_onnx(model, dtype=None):
     The result takes batch-major input and returns batch-major output, also when the graph is
     time-major (``batch_first=False``). Only the first graph output is converted. Operators
     or attributes it cannot map raise ``ConversionError`` naming them (``sequence_lens``,
-    ``clip``, non-zero initial states, other operators). ``dtype``: float32 or float64,
-    default the graph's.
+    ``clip``, non-zero initial states, other operators), and so do malformed graphs (an
+    attribute or input the operator does not have, a tensor of the wrong shape, an undefined
+    input, corrupt bytes). ``dtype``: float32 or float64, default the graph's.
     """
     onnx = require("onnx", "fastlstm.convert.from_onnx")
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(model))
-    elif isinstance(model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(model))
-    elif not isinstance(model, onnx.ModelProto):
-        raise TypeError(f"from_onnx: expected a path, bytes or onnx.ModelProto, got "
-                        f"{type(model).__name__}")
+    from google.protobuf.message import DecodeError     # onnx's own dependency
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            model = onnx.load(os.fspath(model))
+        elif isinstance(model, (bytes, bytearray)):
+            model = onnx.load_from_string(bytes(model))
+        elif not isinstance(model, onnx.ModelProto):
+            raise TypeError(f"from_onnx: expected a path, bytes or onnx.ModelProto, got "
+                            f"{type(model).__name__}")
+    except DecodeError as exc:
+        raise ConversionError(f"from_onnx: not a valid ONNX model (corrupt or truncated: "
+                              f"{exc})") from None
     dt = None if dtype is None else resolve_dtype(dtype)
     return _Reader(onnx, model, dt).run()

@@ -8,11 +8,13 @@ fastlstm's ``bias (2, 3H)``. Vanilla RNN: like the LSTM, one gate.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from ._common import (TORCH_GRU, ConversionError, assemble, blocks, fl_layers, layers_of,
-                      new_layer,
-                      require, resolve_dtype, rnn_kind, set_built_weights)
+from ._common import (TORCH_GRU, ConversionError, assemble, blocks, fl_layers, flag, layers_of,
+                      listing, new_layer, real_array, require, resolve_dtype, rnn_kind,
+                      set_built_weights)
 
 __all__ = ["from_torch", "to_torch"]
 
@@ -30,9 +32,9 @@ def _to_numpy(t):
         return t
     if hasattr(t, "detach"):                      # a torch tensor, without importing torch
         t = t.detach().cpu()
-        if str(t.dtype) not in ("torch.float32", "torch.float64"):
+        if str(t.dtype) not in ("torch.float32", "torch.float64") and not t.is_complex():
             t = t.float()                         # half / bfloat16 have no NumPy twin
-        return t.numpy()
+        return t.numpy()                          # complex stays complex, to be refused
     return np.asarray(t)
 
 
@@ -41,10 +43,11 @@ def _module_config(module):
     nn = torch.nn
     for cls in (nn.LSTM, nn.GRU, nn.RNN):
         if isinstance(module, cls):
+            # bool(): a module keeps flags as given (nn.GRU(3, 4, bidirectional=1) is accepted)
             cfg = dict(type=cls.__name__, input_size=module.input_size,
                        hidden_size=module.hidden_size, num_layers=module.num_layers,
-                       bias=module.bias, batch_first=module.batch_first,
-                       dropout=float(module.dropout), bidirectional=module.bidirectional,
+                       bias=bool(module.bias), batch_first=bool(module.batch_first),
+                       dropout=float(module.dropout), bidirectional=bool(module.bidirectional),
                        proj_size=getattr(module, "proj_size", 0))
             if cls is nn.RNN:
                 cfg["nonlinearity"] = module.nonlinearity
@@ -52,7 +55,7 @@ def _module_config(module):
     for cls in (nn.LSTMCell, nn.GRUCell, nn.RNNCell):
         if isinstance(module, cls):
             cfg = dict(type=cls.__name__, input_size=module.input_size,
-                       hidden_size=module.hidden_size, bias=module.bias)
+                       hidden_size=module.hidden_size, bias=bool(module.bias))
             if cls is nn.RNNCell:
                 cfg["nonlinearity"] = module.nonlinearity
             return cfg
@@ -77,9 +80,14 @@ def _check_config(config):
         raise ConversionError(f"from_torch: nn.LSTM with proj_size={cfg['proj_size']} (a "
                               "projected hidden state) is not supported: fastlstm's LSTM has "
                               "no projection")
+    if "nonlinearity" in config and kind not in ("RNN", "RNNCell"):
+        raise ConversionError(f"config['nonlinearity']: nn.{kind} has none (only nn.RNN and "
+                              "nn.RNNCell take it)")
     if cfg["nonlinearity"] not in ("tanh", "relu"):
         raise ConversionError(f"config['nonlinearity']: expected 'tanh' or 'relu', got "
                               f"{cfg['nonlinearity']!r}")
+    for k in ("bias", "batch_first", "bidirectional"):
+        flag(cfg[k], f"config[{k!r}]")         # bool("False") would be True
     if kind.endswith("Cell"):
         for k, default in (("num_layers", 1), ("bidirectional", False), ("dropout", 0.0),
                            ("batch_first", False)):
@@ -156,10 +164,18 @@ def from_torch(module, dtype=None, config=None):
                             f"names to tensors), got {type(module).__name__}")
         cfg = _check_config(config)
         state = module
-    sd = {k: _to_numpy(v) for k, v in state.items()}
+    sd = {k: real_array(_to_numpy(v), f"from_torch: {k}") for k, v in state.items()}
     kind = cfg["type"].replace("Cell", "")
     G = _GATES[kind]
 
+    if not cfg["type"].endswith("Cell"):
+        # Before naming every expected key: a huge num_layers must not exhaust memory.
+        held = {m.group(1) for k in sd
+                if (m := re.fullmatch(r"(?:weight|bias)_[ih]h_l(\d+)(?:_reverse)?", k))}
+        n_held = len(held)
+        if cfg["num_layers"] > n_held:
+            raise ConversionError(f"from_torch: config num_layers={cfg['num_layers']}, but the "
+                                  f"state_dict holds weights of {n_held} layer(s)")
     expected = _expected_keys(cfg)
     wanted = {key for _, _, names in expected for n, key in names.items()
               if cfg["bias"] or not n.startswith("bias")}
@@ -167,13 +183,13 @@ def from_torch(module, dtype=None, config=None):
     extra = sorted(set(sd) - wanted)
     if extra and any("weight_hr" in k for k in extra):
         raise ConversionError("from_torch: the state_dict has projection weights "
-                              f"({[k for k in extra if 'weight_hr' in k]}): nn.LSTM with "
-                              "proj_size > 0 is not supported")
+                              f"({listing(k for k in extra if 'weight_hr' in k)}): nn.LSTM "
+                              "with proj_size > 0 is not supported")
     if missing or extra:
         raise ConversionError(f"from_torch: state_dict keys do not match the config "
                               f"(type={cfg['type']}, num_layers={cfg['num_layers']}, "
                               f"bidirectional={cfg['bidirectional']}, bias={cfg['bias']}): "
-                              f"missing {missing}, unexpected {extra}")
+                              f"missing {listing(missing)}, unexpected {listing(extra)}")
 
     first = sd[expected[0][2]["weight_ih"]]
     dt = resolve_dtype(dtype, first.dtype)
