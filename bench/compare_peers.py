@@ -4,9 +4,9 @@
                                   [--memory] [--gpu]
 
 Same weights and inputs for every implementation; float32; timings are medians over
-alternating blocks (A*k, B*k, A*k, ...) with a short pause between blocks, because PyTorch's
-and ONNX Runtime's thread pools keep spinning after their work and would steal the cores
-from whatever runs next. Prints ms per call, GEMM GFLOP/s, the fraction of this machine's
+alternating blocks (A*k, B*k, A*k, ...; each block at least 20 ms of calls after 50 ms of
+untimed ones) with a short pause between blocks, because PyTorch's and ONNX Runtime's thread
+pools keep spinning after their work and would steal the cores from whatever runs next. Prints ms per call, GEMM GFLOP/s, the fraction of this machine's
 measured SGEMM rate (scipy's BLAS, the one fastlstm uses, same threads) and the ratios
 fastlstm / peer (< 1 means fastlstm is faster).
 
@@ -44,8 +44,9 @@ STREAM_UNITS = [64, 128, 256]
 
 
 def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2,
-                 warm: float = 0.01) -> dict:
-    """Median seconds per call of each function, timed in alternating blocks.
+                 warm: float = 0.05, min_block: float = 0.02) -> dict:
+    """Median seconds per call of each function, timed in alternating blocks of at least
+    `per_block` calls and `min_block` seconds.
 
     The pause lets the previous library's spinning threads go idle; untimed calls after it,
     for at least `warm` seconds, wake this library's threads again. On virtual machines
@@ -54,7 +55,9 @@ def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2,
     timed calls would otherwise charge to the multithreaded ones at random. One untimed call
     is not always enough: after it, the next call of a two-thread streaming step still
     waited one 4 ms scheduler tick in about half the blocks (13 us calls measuring 80 us
-    on average over a block of 60); 10 ms of calls removed those waits."""
+    on average over a block of 60). 10 ms of calls was not always enough either: blocks of 5
+    calls of an LSTM at (100,16,128) measured 2.03 ms a call after 10 ms of untimed calls,
+    1.09 ms after 50 ms (and 1.09 alone in a loop)."""
     for f in fns.values():          # warm-up (allocations, thread pools, lazy init)
         f()
         f()
@@ -67,9 +70,11 @@ def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2,
             while time.perf_counter() - t0 < warm:
                 f()
             t0 = time.perf_counter()
-            for _ in range(per_block):
+            n = 0
+            while n < per_block or time.perf_counter() - t0 < min_block:
                 f()
-            samples[name].append((time.perf_counter() - t0) / per_block)
+                n += 1
+            samples[name].append((time.perf_counter() - t0) / n)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
