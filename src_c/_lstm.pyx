@@ -14,14 +14,15 @@ import numpy as np
 
 from fastlstm.backends.grad_buffers import state_grads
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
                       U_PACKED, U_PANELS, U_TRANSPOSED)
-from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, fl_force_isa_level,
+from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_packed_acc,
+                    fl_barrier, fl_barrier_wait, fl_team_size, fl_thread_num, fl_force_isa_level,
                     fl_isa_level, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
                     fl_lstm_bwd_step_d)
 
@@ -74,6 +75,11 @@ def clear_workspace():
 # in its L2 for the time loop: 2 MiB measured 1-4% faster than 8 MiB), but at least
 # INFER_MIN_ROWS rows, so that each packed block of W still serves a few hundred rows.
 cdef long INFER_Z_BYTES = 2 << 20
+# One-row inference splits the units over the threads from COLS_MIN_BYTES of U: then each
+# core's share stays in its own L2 where the whole U streams from L3 on one core (T=100,
+# H=256: 0.51-0.70x the time on one thread; H=512: 0.61-0.68x). At H=128 (256 KiB) it was
+# 0.76x or 1.15x by the minute (this virtual machine's two cores are not always two).
+cdef long COLS_MIN_BYTES = 512 << 10
 cdef long INFER_MIN_ROWS = 512
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
 
@@ -90,6 +96,13 @@ def set_threads(int n, double parallel_min_macs=-1):
 
 def get_threads():
     return fl_max_threads
+
+
+def set_cols_min_bytes(long nbytes):
+    """Recurrent kernel size from which one-row inference splits the units over the threads
+    (tests set it small)."""
+    global COLS_MIN_BYTES
+    COLS_MIN_BYTES = max(0, nbytes)
 
 
 def set_inference_chunk_bytes(long nbytes, long min_rows=512):
@@ -200,6 +213,79 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
         memcpy(h + rh, ph, nbh * sizeof(floating))
 
 
+cdef inline long cols_stride(int H, int ng, int n) noexcept nogil:
+    """Work space of one thread of forward_cols in a team of n (w <= H // n + 31 units)."""
+    return (<long>ng * H + ng + 4) * (H // n + 32)
+
+
+cdef inline long cols_work(int H, int ng, int nt) noexcept nogil:
+    """Work space of forward_cols for a team of up to nt <= 32 threads: n * cols_stride(n)
+    stays below it for every n <= nt."""
+    return nt * cols_stride(H, ng, nt)
+
+
+cdef void forward_cols(int T, int H, int G, int ng, long s0, long s1, long zt0,
+                       bint go_backwards, bint return_sequences, bint coupled, fl_act act,
+                       fl_act ract, const floating *Z, const floating *U, const floating *P,
+                       const unsigned char *mask, floating *Y, floating *out, floating *hbuf,
+                       floating *c, floating *work, fl_barrier *bar) noexcept nogil:
+    """Steps [s0, s1) of a one-row forward time loop (inference), run by every thread of a
+    parallel region on its own share of the units: the gate columns of those units (ng
+    blocks of U) packed into its work space, so each core reads only its part of U, from its
+    own cache. The threads meet once per step, after writing their part of h. Z holds the
+    input projection of times zt0, ... ([*,G]); hbuf [2,H] the state h, double-buffered (step
+    s reads row s % 2, writes the other), unless Y takes the outputs (return_sequences
+    without mask: step s reads Y[s-1] and writes Y[s]); c [H]; out [H] the masked last
+    output; work: cols_work(H, ng, nt) elements for a team of up to nt threads."""
+    cdef int n = fl_team_size(), k = fl_thread_num(), sense = 0, g
+    cdef int j0 = (k * (H // 16) // n) * 16          # units [j0, j1), whole vectors
+    cdef int j1 = H if k == n - 1 else ((k + 1) * (H // 16) // n) * 16
+    cdef int w = j1 - j0
+    cdef long s, t
+    work = work + k * cols_stride(H, ng, n)
+    cdef floating *Up = work                          # ng blocks [H, w], panels
+    cdef floating *z = work + <long>ng * H * w        # [ng * w]
+    cdef floating *peep = z + ng * w                  # [3, w]
+    cdef floating *scratch = peep + 3 * w             # [w]
+    cdef const floating *pp = NULL
+    cdef const floating *hin
+    cdef floating *hout
+    cdef floating *po
+    cdef floating *po_prev
+    cdef const unsigned char *pm = NULL
+    cdef bint ydirect = return_sequences and mask == NULL
+    if w > 0:
+        for g in range(ng):
+            pack_panels(H, w, U + g * H + j0, G, Up + <long>g * H * w)
+        if P != NULL:
+            for g in range(3):
+                memcpy(peep + g * w, P + g * H + j0, w * sizeof(floating))
+            pp = peep
+    for s in range(s0, s1):
+        t = T - 1 - s if go_backwards else s
+        if ydirect:
+            hin = hbuf if s == 0 else Y + (s - 1) * H
+            hout = Y + s * H
+        else:
+            hin = hbuf + (s % 2) * H
+            hout = hbuf + ((s + 1) % 2) * H
+        if w > 0:
+            for g in range(ng):
+                memcpy(z + g * w, Z + (t - zt0) * G + g * H + j0, w * sizeof(floating))
+                matmul_packed_acc(1, w, H, hin, H, Up + <long>g * H * w, z + g * w, w)
+            po = po_prev = NULL
+            if mask != NULL:
+                pm = mask + t
+                if return_sequences:
+                    po = Y + s * H + j0
+                    po_prev = Y + (s - 1) * H + j0 if s > 0 else NULL
+                else:
+                    po = po_prev = out + j0
+            fwd_step(1, w, coupled, act, ract, z, pp, pm, hin + j0, c + j0, hout + j0, c + j0,
+                     po_prev, po, scratch)
+        fl_barrier_wait(bar, n, &sense)
+
+
 def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
             floating[::1] bias, floating[:, ::1] h0, floating[:, ::1] c0,
             floating[:, ::1] peephole, const unsigned char[:, ::1] mask,
@@ -262,6 +348,31 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         outbuf = out_arr
     cdef int nchunks = row_chunks(T, B, H, G)
     cdef int umode = forward_u(TB, B // nchunks, H, G, sizeof(floating))
+    # One row at inference: the units split over the threads (forward_cols), from
+    # COLS_MIN_BYTES of U, in shares of whole panels of the packed product (a narrower
+    # remainder runs a slow loop there); U is then packed by each thread, its own part.
+    cdef int ncols = 0, panel = 256 // sizeof(floating)
+    if (B == 1 and not training and not has_rdrop and fl_matmul_policy != 1
+            and <long>H * G * sizeof(floating) >= COLS_MIN_BYTES):
+        ncols = min(fl_max_threads, 8)
+        while ncols >= 2 and H % (panel * ncols) != 0:
+            ncols -= 1
+        if ncols < 2:
+            ncols = 0
+        else:
+            umode = -1
+    cdef floating[::1] cwork
+    cdef floating[:, ::1] hbuf
+    cdef unsigned char[::1] bar_mem
+    cdef fl_barrier *bar = NULL
+    if ncols:
+        cwork = workspace("u", cols_work(H, G // H, ncols), dtype)
+        hbuf_arr = np.empty((2, H), dtype)
+        hbuf_arr[0] = h_arr[0]
+        hbuf = hbuf_arr
+        bar_arr = np.zeros(sizeof(fl_barrier) + 64, np.uint8)
+        bar_mem = bar_arr
+        bar = <fl_barrier *>(&bar_mem[0] + (64 - (<size_t>&bar_mem[0]) % 64))
     cdef const floating *pUp = NULL
     cdef floating[::1] Up
     cdef floating[:, :] Uv = recurrent_kernel
@@ -310,7 +421,15 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
                     project_rows(ci * nrows_c // nproj,
                                  (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, G,
                                  &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ)
-            if nchunks == 1:
+            if ncols:
+                bar.count = 0                   # every thread starts with sense 0
+                bar.flag = 0
+                with parallel(num_threads=ncols):
+                    forward_cols(T, H, G, G // H, s0, s1, t_lo, go_backwards,
+                                 return_sequences, coupled, act, ract, pZ,
+                                 &recurrent_kernel[0, 0], pP, pm, pY, pout, &hbuf[0, 0],
+                                 &cf[0, 0], &cwork[0], bar)
+            elif nchunks == 1:
                 forward_rows(T, B, H, G, 0, B, s0, s1, t_lo, go_backwards, training,
                              return_sequences, coupled, act, ract, pZ, &recurrent_kernel[0, 0],
                              pUp, pUpan, pP, pm, prd, pHIN, pC, pY, pout, phd, &h[0, 0], &cf[0, 0],
@@ -323,6 +442,9 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
                                  ract, pZ, &recurrent_kernel[0, 0], pUp, pUpan, pP, pm, prd, pHIN, pC,
                                  pY, pout, phd, &h[0, 0], &cf[0, 0], &scratch[0] + ci * H)
             s0 = s1
+        if ncols:       # the final h: the last output written, or the buffer row of step T
+            memcpy(&h[0, 0], pY + (T - 1) * H if (return_sequences and not has_mask)
+                   else &hbuf[T % 2, 0], H * sizeof(floating))
 
     # The final cell state: the last step's saved state (masked rows copied theirs in).
     c_last = cst_arr[0 if go_backwards else T - 1].copy() if training else c_first

@@ -8,6 +8,11 @@
 #ifndef FASTLSTM_GATES_H
 #define FASTLSTM_GATES_H
 
+#include <sched.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -156,6 +161,46 @@ void fl_gemm_packed_set_f(int M, int N, int K, const float *A, int lda, const fl
                           const float *bias, float *C, int ldc);
 void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda, const double *Bp,
                           const double *bias, double *C, int ldc);
+
+/* A barrier for the threads of one parallel region that meet at every timestep (a few
+ * hundred nanoseconds apart): they spin on a shared word rather than sleep, as an OpenMP
+ * barrier may. Each thread keeps its own `sense` (0 at first); `count` and `flag` start at 0.
+ * After a few thousand spins a waiting thread yields its core, so a region with more threads
+ * than cores still advances. */
+typedef struct { int count; int flag; char pad[56]; } fl_barrier;
+
+/* The calling thread's number and its team's size inside a parallel region (0 and 1 in a
+ * build without OpenMP, where a region runs once, on this thread). */
+static inline int fl_team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+static inline int fl_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline void fl_barrier_wait(fl_barrier *b, int n, int *sense) {
+    const int s = !*sense;
+    *sense = s;
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->flag, s, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long spins = 0; __atomic_load_n(&b->flag, __ATOMIC_ACQUIRE) != s; spins++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (spins > 4000) sched_yield();
+    }
+}
 
 #ifdef __cplusplus
 }

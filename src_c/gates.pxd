@@ -3,6 +3,12 @@ from blas cimport floating
 from cython.parallel cimport prange
 
 cdef extern from "gates.h" nogil:
+    ctypedef struct fl_barrier:
+        int count
+        int flag
+    void fl_barrier_wait(fl_barrier *b, int n, int *sense)
+    int fl_team_size()
+    int fl_thread_num()
     ctypedef struct fl_act:
         int kind
         double alpha

@@ -220,6 +220,81 @@ def test_thread_count_changed_during_a_call(monkeypatch, cell, reset_after):
         init_threads()
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("H", [64, 128, 192])
+def test_one_row_inference_split_over_units_matches_oracle(threads, H):
+    """One-row LSTM inference with the units split over the threads (each packs its share of
+    U, one barrier per step; here from any size, in whole panels: 64 units a float32 panel,
+    32 a float64 one), for every option, against the oracle; several inference chunks, and
+    outputs the same to the bit as on one thread (which reads U in the same panels from 32
+    steps on)."""
+    from fastlstm import _lstm
+    from fastlstm.threads import init_threads
+    min_macs = _lstm.get_parallel_min_macs()
+    _lstm.set_threads(threads, 0)
+    _lstm.set_cols_min_bytes(0)
+    _lstm.set_inference_chunk_bytes(1, 3)                    # chunks of 3 steps
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("cols", threads, H, np.dtype(dtype).name))
+            for coupled, peep, gob, rs, masked in [(False, False, False, True, False),
+                                                   (True, True, True, True, True),
+                                                   (False, True, False, False, True),
+                                                   (False, False, True, False, False)]:
+                T, I = 33, 5
+                G = (3 if coupled else 4) * H
+                args = (rng.standard_normal((T, 1, I)).astype(dtype),
+                        (rng.standard_normal((I, G)) / 3).astype(dtype),
+                        (rng.standard_normal((H, G)) / np.sqrt(H)).astype(dtype),
+                        (rng.standard_normal(G) * 0.3).astype(dtype))
+                mask = rng.random((T, 1)) > 0.4
+                mask[0] = True
+                kw = dict(peephole=(rng.standard_normal((3, H)) * 0.3).astype(dtype)
+                          if peep else None, mask=mask if masked else None,
+                          coupled_input_forget=coupled, go_backwards=gob, return_sequences=rs,
+                          h0=rng.standard_normal((1, H)).astype(dtype),
+                          c0=rng.standard_normal((1, H)).astype(dtype))
+                with fl.use_backend("cpu"):
+                    got = ops.lstm_forward(*args, **kw)[:3]
+                    _lstm.set_cols_min_bytes(1 << 40)            # the one-thread loop
+                    one = ops.lstm_forward(*args, **kw)[:3]
+                    _lstm.set_cols_min_bytes(0)
+                with fl.use_backend("numpy"):
+                    ref = ops.lstm_forward(*args, **kw)[:3]
+                for name, a, b, c in zip(("y", "h", "c"), got, one, ref):
+                    np.testing.assert_array_equal(a, b, err_msg=name)
+                    assert_close(a, c, dtype, name)
+    finally:
+        _lstm.set_cols_min_bytes(512 << 10)
+        _lstm.set_inference_chunk_bytes(2 << 20, 512)
+        _lstm.set_threads(fl.get_num_threads(), min_macs)
+        init_threads()
+
+
+def test_one_row_split_with_fewer_threads_than_asked():
+    """A team smaller than asked (OMP_THREAD_LIMIT=1 here) runs the split loop on the
+    threads it has: the shares and their work space follow the team's size."""
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, fastlstm as fl\n"
+        "from fastlstm import ops, _lstm\n"
+        "_lstm.set_threads(2, 0); _lstm.set_cols_min_bytes(0)\n"
+        "r = np.random.default_rng(0)\n"
+        "x, W = r.standard_normal((6, 1, 3)), r.standard_normal((3, 512)) / 3\n"
+        "U = r.standard_normal((128, 512)) / 12\n"
+        "y = ops.lstm_forward(x.astype('f4'), W.astype('f4'), U.astype('f4'))[0]\n"
+        "with fl.use_backend('numpy'):\n"
+        "    ry = ops.lstm_forward(x.astype('f4'), W.astype('f4'), U.astype('f4'))[0]\n"
+        "assert np.abs(y - ry).max() < 1e-5, np.abs(y - ry).max()\n"
+        "print('ok')\n")
+    import os
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
 # The packed GEMM of the many-row products: sizes around its register tile (6 rows, 64 or
 # 32 columns), its blocks (256 deep, 512 or 256 wide), degenerate sizes and strided views.
 GEMM_SHAPES = [(1, 1, 1), (1, 70, 5), (6, 64, 1), (7, 65, 3), (5, 33, 257), (13, 100, 300),
