@@ -22,7 +22,8 @@ from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, p
                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
                       U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_packed_acc,
-                    fl_barrier, fl_barrier_wait, fl_team_size, fl_thread_num, fl_force_isa_level,
+                    fl_barrier, fl_barrier_wait, fl_team_size, fl_thread_num, fl_publish,
+                    fl_await, fl_force_isa_level,
                     fl_isa_level, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
                     fl_lstm_bwd_step_d)
 
@@ -80,6 +81,10 @@ cdef long INFER_Z_BYTES = 2 << 20
 # H=256: 0.51-0.70x the time on one thread; H=512: 0.61-0.68x). At H=128 (256 KiB) it was
 # 0.76x or 1.15x by the minute (this virtual machine's two cores are not always two).
 cdef long COLS_MIN_BYTES = 512 << 10
+# Inference of a few rows (one thread's time loop) projects its input beside the loop, on a
+# second thread, PIPE_STEPS steps at a time, from PIPE_MIN_MACS of projection work.
+cdef long PIPE_STEPS = 16
+cdef double PIPE_MIN_MACS = 1 << 20
 cdef long INFER_MIN_ROWS = 512
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
 
@@ -96,6 +101,14 @@ def set_threads(int n, double parallel_min_macs=-1):
 
 def get_threads():
     return fl_max_threads
+
+
+def set_pipeline(long steps, double min_macs=1 << 20):
+    """Steps a block of the projection beside a few-row inference loop, and the least
+    projection work (multiply-adds) for it; tests set them small, min_macs < 0 turns it off."""
+    global PIPE_STEPS, PIPE_MIN_MACS
+    PIPE_STEPS = max(1, steps)
+    PIPE_MIN_MACS = min_macs if min_macs >= 0 else 1e300
 
 
 def set_cols_min_bytes(long nbytes):
@@ -211,6 +224,44 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
         pc = pc_out
     if ydirect and s1 > s0:
         memcpy(h + rh, ph, nbh * sizeof(floating))
+
+
+cdef void forward_pipelined(int T, int B, int I, int H, int G, long s0, long s1, long zt0,
+                            bint go_backwards, bint return_sequences, bint coupled,
+                            fl_act act, fl_act ract, const floating *X, const floating *W,
+                            const floating *Wp, const floating *bias, floating *Z,
+                            const floating *U, const floating *Up, const floating *Upan,
+                            const floating *P, const unsigned char *mask, floating *Y,
+                            floating *out, floating *h, floating *c, floating *scratch,
+                            long *progress) noexcept nogil:
+    """Steps [s0, s1) of an inference time loop of a few rows (one thread's work), with the
+    input projection of those steps run beside it: thread 1 projects PIPE_STEPS steps at a
+    time, in the order of the loop, and publishes how far it got; thread 0 runs each block
+    of steps once it is projected. X: the rows of the chunk's times; Z as forward_rows."""
+    cdef int n = fl_team_size(), k = fl_thread_num()
+    cdef long nsteps = s1 - s0, a, e
+    if n == 1 or k == 0:
+        if n == 1:
+            project_rows(0, nsteps * B, I, G, X, W, Wp, bias, Z)
+        a = 0
+        while a < nsteps:
+            e = min(nsteps, a + PIPE_STEPS)
+            if n > 1:
+                fl_await(progress, e)
+            forward_rows(T, B, H, G, 0, B, s0 + a, s0 + e, zt0, go_backwards, False,
+                         return_sequences, coupled, act, ract, Z, U, Up, Upan, P, mask, NULL,
+                         NULL, NULL, Y, out, NULL, h, c, scratch)
+            a = e
+    elif k == 1:
+        a = 0
+        while a < nsteps:
+            e = min(nsteps, a + PIPE_STEPS)
+            if go_backwards:        # the loop runs the chunk's times from the last one
+                project_rows((nsteps - e) * B, (e - a) * B, I, G, X, W, Wp, bias, Z)
+            else:
+                project_rows(a * B, (e - a) * B, I, G, X, W, Wp, bias, Z)
+            fl_publish(progress, e)
+            a = e
 
 
 cdef inline long cols_stride(int H, int ng, int n) noexcept nogil:
@@ -405,6 +456,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         pWp = &Wp[0]
     cdef int b0
     cdef long s0, s1, t_lo, nrows_c, ci
+    cdef long progress = 0
     cdef int nproj
     s0 = 0
     with nogil:
@@ -412,6 +464,17 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
+            if (nchunks == 1 and not ncols and not training and fl_max_threads > 1
+                    and s1 - s0 > PIPE_STEPS and <double>nrows_c * I * G >= PIPE_MIN_MACS):
+                progress = 0
+                with parallel(num_threads=2):
+                    forward_pipelined(T, B, I, H, G, s0, s1, t_lo, go_backwards,
+                                      return_sequences, coupled, act, ract,
+                                      &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ,
+                                      &recurrent_kernel[0, 0], pUp, pUpan, pP, pm, pY, pout,
+                                      &h[0, 0], &cf[0, 0], &scratch[0], &progress)
+                s0 = s1
+                continue
             nproj = split(nrows_c, 64, <double>nrows_c * I * G)
             if nproj == 1:
                 project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp,

@@ -169,6 +169,20 @@ void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda, const d
  * than cores still advances. */
 typedef struct { int count; int flag; char pad[56]; } fl_barrier;
 
+/* One thread publishes how far it got (release); another waits until then (acquire),
+ * spinning, then yielding its core after a few thousand spins as fl_barrier_wait. */
+static inline void fl_publish(long *progress, long value) {
+    __atomic_store_n(progress, value, __ATOMIC_RELEASE);
+}
+static inline void fl_await(long *progress, long value) {
+    for (long spins = 0; __atomic_load_n(progress, __ATOMIC_ACQUIRE) < value; spins++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (spins > 4000) sched_yield();
+    }
+}
+
 /* The calling thread's number and its team's size inside a parallel region (0 and 1 in a
  * build without OpenMP, where a region runs once, on this thread). */
 static inline int fl_team_size(void) {

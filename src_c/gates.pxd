@@ -8,6 +8,8 @@ cdef extern from "gates.h" nogil:
         int flag
     void fl_barrier_wait(fl_barrier *b, int n, int *sense)
     int fl_team_size()
+    void fl_publish(long *progress, long value)
+    void fl_await(long *progress, long value)
     int fl_thread_num()
     ctypedef struct fl_act:
         int kind

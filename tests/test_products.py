@@ -271,6 +271,52 @@ def test_one_row_inference_split_over_units_matches_oracle(threads, H):
         init_threads()
 
 
+@pytest.mark.parametrize("B", [1, 3])
+def test_few_row_inference_with_the_projection_beside_matches_oracle(B):
+    """Inference of a few rows (one thread's time loop) with the input projection run beside
+    it on a second thread, 4 steps at a time: every option against the oracle, in one and in
+    several inference chunks, and the same bits as projecting first."""
+    from fastlstm import _lstm
+    from fastlstm.threads import init_threads
+    min_macs = _lstm.get_parallel_min_macs()
+    _lstm.set_threads(2, 0)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("pipe", B, np.dtype(dtype).name))
+            for chunk_rows, coupled, peep, gob, rs, masked in [
+                    (512, False, False, False, True, False), (7, True, True, True, True, True),
+                    (7, False, True, False, False, True), (512, False, False, True, False, False),
+                    (5, False, False, True, True, False)]:
+                _lstm.set_inference_chunk_bytes(1, chunk_rows)
+                T, I, H = 30, 6, 24
+                G = (3 if coupled else 4) * H
+                args = (rng.standard_normal((T, B, I)).astype(dtype),
+                        (rng.standard_normal((I, G)) / 3).astype(dtype),
+                        (rng.standard_normal((H, G)) / np.sqrt(H)).astype(dtype),
+                        (rng.standard_normal(G) * 0.3).astype(dtype))
+                kw = dict(peephole=(rng.standard_normal((3, H)) * 0.3).astype(dtype)
+                          if peep else None,
+                          mask=rng.random((T, B)) > 0.4 if masked else None,
+                          coupled_input_forget=coupled, go_backwards=gob, return_sequences=rs,
+                          h0=rng.standard_normal((B, H)).astype(dtype),
+                          c0=rng.standard_normal((B, H)).astype(dtype))
+                with fl.use_backend("cpu"):
+                    _lstm.set_pipeline(4, 0)
+                    got = ops.lstm_forward(*args, **kw)[:3]
+                    _lstm.set_pipeline(4, -1)                  # projection first
+                    first = ops.lstm_forward(*args, **kw)[:3]
+                with fl.use_backend("numpy"):
+                    ref = ops.lstm_forward(*args, **kw)[:3]
+                for name, a, b, c in zip(("y", "h", "c"), got, first, ref):
+                    np.testing.assert_array_equal(a, b, err_msg=name)
+                    assert_close(a, c, dtype, name)
+    finally:
+        _lstm.set_pipeline(16, 1 << 20)
+        _lstm.set_inference_chunk_bytes(2 << 20, 512)
+        _lstm.set_threads(fl.get_num_threads(), min_macs)
+        init_threads()
+
+
 def test_one_row_split_with_fewer_threads_than_asked():
     """A team smaller than asked (OMP_THREAD_LIMIT=1 here) runs the split loop on the
     threads it has: the shares and their work space follow the team's size."""
