@@ -220,6 +220,41 @@ def test_thread_count_changed_during_a_call(monkeypatch, cell, reset_after):
         init_threads()
 
 
+def _lstm_case(rng, dtype, T, B, I, H, coupled, peep, gob, rs, masked):
+    """Arguments of an LSTM forward with the given options (inference)."""
+    G = (3 if coupled else 4) * H
+    args = (rng.standard_normal((T, B, I)).astype(dtype),
+            (rng.standard_normal((I, G)) / 3).astype(dtype),
+            (rng.standard_normal((H, G)) / np.sqrt(H)).astype(dtype),
+            (rng.standard_normal(G) * 0.3).astype(dtype))
+    mask = rng.random((T, B)) > 0.4
+    mask[0] = True
+    kw = dict(peephole=(rng.standard_normal((3, H)) * 0.3).astype(dtype) if peep else None,
+              mask=mask if masked else None, coupled_input_forget=coupled, go_backwards=gob,
+              return_sequences=rs, h0=rng.standard_normal((B, H)).astype(dtype),
+              c0=rng.standard_normal((B, H)).astype(dtype))
+    return args, kw
+
+
+def _assert_variant_matches(args, kw, dtype, on, off):
+    """An LSTM forward with a kernel variant switched on: the same bits as with it off, and
+    the oracle's values."""
+    with fl.use_backend("cpu"):
+        on()
+        got = ops.lstm_forward(*args, **kw)[:3]
+        off()
+        plain = ops.lstm_forward(*args, **kw)[:3]
+    with fl.use_backend("numpy"):
+        ref = ops.lstm_forward(*args, **kw)[:3]
+    for name, a, b, c in zip(("y", "h", "c"), got, plain, ref):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert_close(a, c, dtype, name)
+
+
+LSTM_OPTIONS = [(False, False, False, True, False), (True, True, True, True, True),
+                (False, True, False, False, True), (False, False, True, False, False)]
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("H", [64, 128, 192])
 def test_one_row_inference_split_over_units_matches_oracle(threads, H):
@@ -232,40 +267,18 @@ def test_one_row_inference_split_over_units_matches_oracle(threads, H):
     from fastlstm.threads import init_threads
     min_macs = _lstm.get_parallel_min_macs()
     _lstm.set_threads(threads, 0)
-    _lstm.set_cols_min_bytes(0)
+    _lstm.set_pipeline(16, -1)
     _lstm.set_inference_chunk_bytes(1, 3)                    # chunks of 3 steps
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of("cols", threads, H, np.dtype(dtype).name))
-            for coupled, peep, gob, rs, masked in [(False, False, False, True, False),
-                                                   (True, True, True, True, True),
-                                                   (False, True, False, False, True),
-                                                   (False, False, True, False, False)]:
-                T, I = 33, 5
-                G = (3 if coupled else 4) * H
-                args = (rng.standard_normal((T, 1, I)).astype(dtype),
-                        (rng.standard_normal((I, G)) / 3).astype(dtype),
-                        (rng.standard_normal((H, G)) / np.sqrt(H)).astype(dtype),
-                        (rng.standard_normal(G) * 0.3).astype(dtype))
-                mask = rng.random((T, 1)) > 0.4
-                mask[0] = True
-                kw = dict(peephole=(rng.standard_normal((3, H)) * 0.3).astype(dtype)
-                          if peep else None, mask=mask if masked else None,
-                          coupled_input_forget=coupled, go_backwards=gob, return_sequences=rs,
-                          h0=rng.standard_normal((1, H)).astype(dtype),
-                          c0=rng.standard_normal((1, H)).astype(dtype))
-                with fl.use_backend("cpu"):
-                    got = ops.lstm_forward(*args, **kw)[:3]
-                    _lstm.set_cols_min_bytes(1 << 40)            # the one-thread loop
-                    one = ops.lstm_forward(*args, **kw)[:3]
-                    _lstm.set_cols_min_bytes(0)
-                with fl.use_backend("numpy"):
-                    ref = ops.lstm_forward(*args, **kw)[:3]
-                for name, a, b, c in zip(("y", "h", "c"), got, one, ref):
-                    np.testing.assert_array_equal(a, b, err_msg=name)
-                    assert_close(a, c, dtype, name)
+            for options in LSTM_OPTIONS:
+                args, kw = _lstm_case(rng, dtype, 33, 1, 5, H, *options)
+                _assert_variant_matches(args, kw, dtype, lambda: _lstm.set_cols_min_bytes(0),
+                                        lambda: _lstm.set_cols_min_bytes(1 << 40))
     finally:
         _lstm.set_cols_min_bytes(512 << 10)
+        _lstm.set_pipeline(16, 1 << 20)
         _lstm.set_inference_chunk_bytes(2 << 20, 512)
         _lstm.set_threads(fl.get_num_threads(), min_macs)
         init_threads()
@@ -283,33 +296,11 @@ def test_few_row_inference_with_the_projection_beside_matches_oracle(B):
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of("pipe", B, np.dtype(dtype).name))
-            for chunk_rows, coupled, peep, gob, rs, masked in [
-                    (512, False, False, False, True, False), (7, True, True, True, True, True),
-                    (7, False, True, False, False, True), (512, False, False, True, False, False),
-                    (5, False, False, True, True, False)]:
+            for chunk_rows, options in zip([512, 7, 7, 512, 5], LSTM_OPTIONS + LSTM_OPTIONS[1:2]):
                 _lstm.set_inference_chunk_bytes(1, chunk_rows)
-                T, I, H = 30, 6, 24
-                G = (3 if coupled else 4) * H
-                args = (rng.standard_normal((T, B, I)).astype(dtype),
-                        (rng.standard_normal((I, G)) / 3).astype(dtype),
-                        (rng.standard_normal((H, G)) / np.sqrt(H)).astype(dtype),
-                        (rng.standard_normal(G) * 0.3).astype(dtype))
-                kw = dict(peephole=(rng.standard_normal((3, H)) * 0.3).astype(dtype)
-                          if peep else None,
-                          mask=rng.random((T, B)) > 0.4 if masked else None,
-                          coupled_input_forget=coupled, go_backwards=gob, return_sequences=rs,
-                          h0=rng.standard_normal((B, H)).astype(dtype),
-                          c0=rng.standard_normal((B, H)).astype(dtype))
-                with fl.use_backend("cpu"):
-                    _lstm.set_pipeline(4, 0)
-                    got = ops.lstm_forward(*args, **kw)[:3]
-                    _lstm.set_pipeline(4, -1)                  # projection first
-                    first = ops.lstm_forward(*args, **kw)[:3]
-                with fl.use_backend("numpy"):
-                    ref = ops.lstm_forward(*args, **kw)[:3]
-                for name, a, b, c in zip(("y", "h", "c"), got, first, ref):
-                    np.testing.assert_array_equal(a, b, err_msg=name)
-                    assert_close(a, c, dtype, name)
+                args, kw = _lstm_case(rng, dtype, 30, B, 6, 24, *options)
+                _assert_variant_matches(args, kw, dtype, lambda: _lstm.set_pipeline(4, 0),
+                                        lambda: _lstm.set_pipeline(4, -1))
     finally:
         _lstm.set_pipeline(16, 1 << 20)
         _lstm.set_inference_chunk_bytes(2 << 20, 512)
