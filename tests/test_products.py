@@ -308,9 +308,10 @@ def test_few_row_inference_with_the_projection_beside_matches_oracle(B):
         init_threads()
 
 
-def test_one_row_split_with_fewer_threads_than_asked():
+def test_one_row_split_and_pipeline_with_fewer_threads_than_asked():
     """A team smaller than asked (OMP_THREAD_LIMIT=1 here) runs the split loop on the
-    threads it has: the shares and their work space follow the team's size."""
+    threads it has (the shares and their work space follow the team's size), and the
+    pipelined projection on its one thread, projecting first."""
     import subprocess
     import sys
     code = (
@@ -323,6 +324,12 @@ def test_one_row_split_with_fewer_threads_than_asked():
         "y = ops.lstm_forward(x.astype('f4'), W.astype('f4'), U.astype('f4'))[0]\n"
         "with fl.use_backend('numpy'):\n"
         "    ry = ops.lstm_forward(x.astype('f4'), W.astype('f4'), U.astype('f4'))[0]\n"
+        "assert np.abs(y - ry).max() < 1e-5, np.abs(y - ry).max()\n"
+        "_lstm.set_cols_min_bytes(1 << 40); _lstm.set_pipeline(4, 0)\n"
+        "x = r.standard_normal((40, 2, 3)).astype('f4')\n"
+        "y = ops.lstm_forward(x, W.astype('f4'), U.astype('f4'), go_backwards=True)[0]\n"
+        "with fl.use_backend('numpy'):\n"
+        "    ry = ops.lstm_forward(x, W.astype('f4'), U.astype('f4'), go_backwards=True)[0]\n"
         "assert np.abs(y - ry).max() < 1e-5, np.abs(y - ry).max()\n"
         "print('ok')\n")
     import os
