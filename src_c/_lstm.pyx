@@ -81,8 +81,8 @@ cdef long INFER_Z_BYTES = 2 << 20
 # H=256: 0.51-0.70x the time on one thread; H=512: 0.61-0.68x). At H=128 (256 KiB) it was
 # 0.76x or 1.15x by the minute (this virtual machine's two cores are not always two).
 cdef long COLS_MIN_BYTES = 512 << 10
-# Inference of a few rows (one thread's time loop) projects its input beside the loop, on a
-# second thread, PIPE_STEPS steps at a time, from PIPE_MIN_MACS of projection work.
+# A forward pass of a few rows (one thread's time loop) projects its input beside the loop,
+# on a second thread, PIPE_STEPS steps at a time, from PIPE_MIN_MACS of projection work.
 cdef long PIPE_STEPS = 16
 cdef double PIPE_MIN_MACS = 1 << 20
 cdef long INFER_MIN_ROWS = 512
@@ -183,8 +183,8 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
     saved when training; Up is U packed by pack_b (many rows per thread), Upan U in the panels
     of matmul_packed_acc (a few rows), or both NULL (U read in place); Y [T,B,H] (return_sequences) or
     out [B,H] (masked last output) receive the outputs; h, c [B,H] are the state (when
-    training c starts in c and advances in C, so training runs all steps in one call); hd
-    [B,H] holds h*rdrop at inference."""
+    training c starts in c and advances in C: a call from a later step resumes from the
+    saved C of the step before); hd [B,H] holds h*rdrop at inference."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
     cdef long nbh = <long>nb * H
     cdef long s, t
@@ -200,6 +200,8 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
     # next step reads it there (no copy per step); h gets the last one at the end.
     cdef bint ydirect = return_sequences and mask == NULL
     cdef floating *ph_out = ph
+    if training and s0 > 0:
+        pc = C + ((T - s0) if go_backwards else (s0 - 1)) * BH + rh
     if ydirect and s0 > 0:
         ph = Y + (s0 - 1) * BH + rh
     for s in range(s0, s1):
@@ -227,17 +229,18 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
 
 
 cdef void forward_pipelined(int T, int B, int I, int H, int G, long s0, long s1, long zt0,
-                            bint go_backwards, bint return_sequences, bint coupled,
-                            fl_act act, fl_act ract, const floating *X, const floating *W,
-                            const floating *Wp, const floating *bias, floating *Z,
-                            const floating *U, const floating *Up, const floating *Upan,
-                            const floating *P, const unsigned char *mask, floating *Y,
-                            floating *out, floating *h, floating *c, floating *scratch,
-                            long *progress) noexcept nogil:
-    """Steps [s0, s1) of an inference time loop of a few rows (one thread's work), with the
-    input projection of those steps run beside it: thread 1 projects PIPE_STEPS steps at a
-    time, in the order of the loop, and publishes how far it got; thread 0 runs each block
-    of steps once it is projected. X: the rows of the chunk's times; Z as forward_rows."""
+                            bint go_backwards, bint training, bint return_sequences,
+                            bint coupled, fl_act act, fl_act ract, const floating *X,
+                            const floating *W, const floating *Wp, const floating *bias,
+                            floating *Z, const floating *U, const floating *Up,
+                            const floating *Upan, const floating *P,
+                            const unsigned char *mask, const floating *rdrop, floating *HIN,
+                            floating *C, floating *Y, floating *out, floating *hd, floating *h,
+                            floating *c, floating *scratch, long *progress) noexcept nogil:
+    """Steps [s0, s1) of a time loop of a few rows (one thread's work), with the input
+    projection of those steps run beside it: thread 1 projects PIPE_STEPS steps at a time,
+    in the order of the loop, and publishes how far it got; thread 0 runs each block of
+    steps once it is projected. X: the rows of the chunk's times; the rest as forward_rows."""
     cdef int n = fl_team_size(), k = fl_thread_num()
     cdef long nsteps = s1 - s0, a, e
     if n == 1 or k == 0:
@@ -248,9 +251,9 @@ cdef void forward_pipelined(int T, int B, int I, int H, int G, long s0, long s1,
             e = min(nsteps, a + PIPE_STEPS)
             if n > 1:
                 fl_await(progress, e)
-            forward_rows(T, B, H, G, 0, B, s0 + a, s0 + e, zt0, go_backwards, False,
-                         return_sequences, coupled, act, ract, Z, U, Up, Upan, P, mask, NULL,
-                         NULL, NULL, Y, out, NULL, h, c, scratch)
+            forward_rows(T, B, H, G, 0, B, s0 + a, s0 + e, zt0, go_backwards, training,
+                         return_sequences, coupled, act, ract, Z, U, Up, Upan, P, mask, rdrop,
+                         HIN, C, Y, out, hd, h, c, scratch)
             a = e
     elif k == 1:
         a = 0
@@ -464,15 +467,16 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
-            if (nchunks == 1 and not ncols and not training and fl_max_threads > 1
+            if (nchunks == 1 and not ncols and fl_max_threads > 1
                     and s1 - s0 > PIPE_STEPS and <double>nrows_c * I * G >= PIPE_MIN_MACS):
                 progress = 0
                 with parallel(num_threads=2):
-                    forward_pipelined(T, B, I, H, G, s0, s1, t_lo, go_backwards,
+                    forward_pipelined(T, B, I, H, G, s0, s1, t_lo, go_backwards, training,
                                       return_sequences, coupled, act, ract,
                                       &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ,
-                                      &recurrent_kernel[0, 0], pUp, pUpan, pP, pm, pY, pout,
-                                      &h[0, 0], &cf[0, 0], &scratch[0], &progress)
+                                      &recurrent_kernel[0, 0], pUp, pUpan, pP, pm, prd, pHIN,
+                                      pC, pY, pout, phd, &h[0, 0], &cf[0, 0], &scratch[0],
+                                      &progress)
                 s0 = s1
                 continue
             nproj = split(nrows_c, 64, <double>nrows_c * I * G)

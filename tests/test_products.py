@@ -236,19 +236,32 @@ def _lstm_case(rng, dtype, T, B, I, H, coupled, peep, gob, rs, masked):
     return args, kw
 
 
-def _assert_variant_matches(args, kw, dtype, on, off):
-    """An LSTM forward with a kernel variant switched on: the same bits as with it off, and
-    the oracle's values."""
+def _lstm_run(args, kw, dy, training):
+    """(y, h, c) of an LSTM forward, and with training every gradient of a backward."""
+    out = ops.lstm_forward(*args, training=training, **kw)
+    if not training:
+        return list(out[:3])
+    g = ops.lstm_backward(out[-1], dy if kw["return_sequences"] else dy[-1])
+    return list(out[:3]) + [getattr(g, f) for f in GRAD_FIELDS + ("c0", "peephole")
+                            if getattr(g, f) is not None]
+
+
+def _assert_variant_matches(args, kw, dtype, on, off, training=False):
+    """An LSTM forward (and with training, its backward) with a kernel variant switched on:
+    the same bits as with it off, and the oracle's values."""
+    dy = np.random.default_rng(1).standard_normal(
+        (args[0].shape[0], args[0].shape[1], args[2].shape[0])).astype(dtype)
     with fl.use_backend("cpu"):
         on()
-        got = ops.lstm_forward(*args, **kw)[:3]
+        got = _lstm_run(args, kw, dy, training)
         off()
-        plain = ops.lstm_forward(*args, **kw)[:3]
+        plain = _lstm_run(args, kw, dy, training)
     with fl.use_backend("numpy"):
-        ref = ops.lstm_forward(*args, **kw)[:3]
-    for name, a, b, c in zip(("y", "h", "c"), got, plain, ref):
-        np.testing.assert_array_equal(a, b, err_msg=name)
-        assert_close(a, c, dtype, name)
+        ref = _lstm_run(args, kw, dy, training)
+    assert len(got) == len(ref)
+    for k, (a, b, c) in enumerate(zip(got, plain, ref)):
+        np.testing.assert_array_equal(a, b, err_msg=str(k))
+        assert_close(a, c, dtype, str(k))
 
 
 LSTM_OPTIONS = [(False, False, False, True, False), (True, True, True, True, True),
@@ -286,9 +299,11 @@ def test_one_row_inference_split_over_units_matches_oracle(threads, H):
 
 @pytest.mark.parametrize("B", [1, 3])
 def test_few_row_inference_with_the_projection_beside_matches_oracle(B):
-    """Inference of a few rows (one thread's time loop) with the input projection run beside
-    it on a second thread, 4 steps at a time: every option against the oracle, in one and in
-    several inference chunks, and the same bits as projecting first."""
+    """A forward pass of a few rows (one thread's time loop) with the input projection run
+    beside it on a second thread, 4 steps at a time: every option against the oracle, at
+    inference in one and in several chunks, in training with every gradient of the backward
+    pass (resuming the cell state saved before each block), and the same bits as projecting
+    first."""
     from fastlstm import _lstm
     from fastlstm.threads import init_threads
     min_macs = _lstm.get_parallel_min_macs()
@@ -299,8 +314,9 @@ def test_few_row_inference_with_the_projection_beside_matches_oracle(B):
             for chunk_rows, options in zip([512, 7, 7, 512, 5], LSTM_OPTIONS + LSTM_OPTIONS[1:2]):
                 _lstm.set_inference_chunk_bytes(1, chunk_rows)
                 args, kw = _lstm_case(rng, dtype, 30, B, 6, 24, *options)
-                _assert_variant_matches(args, kw, dtype, lambda: _lstm.set_pipeline(4, 0),
-                                        lambda: _lstm.set_pipeline(4, -1))
+                for training in (False, True):
+                    _assert_variant_matches(args, kw, dtype, lambda: _lstm.set_pipeline(4, 0),
+                                            lambda: _lstm.set_pipeline(4, -1), training)
     finally:
         _lstm.set_pipeline(16, 1 << 20)
         _lstm.set_inference_chunk_bytes(2 << 20, 512)
