@@ -161,6 +161,17 @@ cdef object packed_cols(floating[:, ::1] w, int j0, int n, dtype):
     return arr
 
 
+cdef tuple packed_u(floating[:, :] U, int H, bint reset_after, bint transposed):
+    """U [H,3H] (U^T with transposed) packed for the packed GEMM, as the time loops take it:
+    whole with reset_after (one product for z, r and h), else its [z r] and h blocks apart
+    (h's product needs r first). Returns (packed, packed h block or None)."""
+    cdef floating[:, :] Uzr = U[:, :2 * H], Uh = U[:, 2 * H:]
+    if reset_after:
+        return pack_b(U, transposed, None, fl_max_threads), None
+    return (pack_b(Uzr, transposed, None, fl_max_threads),
+            pack_b(Uh, transposed, None, fl_max_threads))
+
+
 cdef inline const floating *ptr_or_null(floating[::1] a):
     return NULL if a is None else &a[0]
 
@@ -297,14 +308,10 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # The per-step products: U packed for our GEMM (many rows per thread), in L1-sized
     # column panels (a few rows, over a sequence that amortises the copy), or read in place.
     cdef int nchunks = row_chunks(T, B, H, G)
-    cdef floating[:, :] Uzr = Uv[:, :2 * H], Uh = Uv[:, 2 * H:]
     cdef int umode = forward_u(TB, B // nchunks, H, G, sizeof(floating))
     up1 = up2 = upan1 = upan2 = None
-    if umode == U_PACKED and reset_after:
-        up1 = pack_b(Uv, False, None, fl_max_threads)
-    elif umode == U_PACKED:
-        up1 = pack_b(Uzr, False, None, fl_max_threads)
-        up2 = pack_b(Uh, False, None, fl_max_threads)
+    if umode == U_PACKED:
+        up1, up2 = packed_u(Uv, H, reset_after, False)
     elif umode == U_PANELS:
         upan1 = packed_cols(recurrent_kernel, 0, G if reset_after else 2 * H, dtype)
         if not reset_after:
@@ -496,13 +503,9 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef const floating *pUT = NULL
     cdef floating[:, :] Uv = recurrent_kernel
     utp1 = utp2 = None                                # U^T (or its blocks) packed for our GEMM
-    cdef floating[:, :] Uzr = Uv[:, :2 * H], Uh = Uv[:, 2 * H:]
     cdef int umode = backward_u(T, B, B // nchunks, H, G, sizeof(floating))
-    if umode == U_PACKED and reset_after:
-        utp1 = pack_b(Uv, True, None, fl_max_threads)
-    elif umode == U_PACKED:
-        utp1 = pack_b(Uzr, True, None, fl_max_threads)
-        utp2 = pack_b(Uh, True, None, fl_max_threads)
+    if umode == U_PACKED:
+        utp1, utp2 = packed_u(Uv, H, reset_after, True)
     elif umode == U_TRANSPOSED:
         UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         pUT = &UT[0, 0]

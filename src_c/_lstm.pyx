@@ -20,7 +20,7 @@ from blas cimport floating
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
-                      U_PACKED, U_PANELS, U_TRANSPOSED)
+                      U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_packed_acc,
                     fl_barrier, fl_barrier_wait, fl_team_size, fl_thread_num, fl_publish,
                     fl_await, fl_force_isa_level,
@@ -414,7 +414,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         if ncols < 2:
             ncols = 0
         else:
-            umode = -1
+            umode = U_IN_PLACE          # nothing packed here: each thread packs its part
     cdef floating[::1] cwork
     cdef floating[:, ::1] hbuf
     cdef unsigned char[::1] bar_mem

@@ -162,6 +162,14 @@ void fl_gemm_packed_set_f(int M, int N, int K, const float *A, int lda, const fl
 void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda, const double *Bp,
                           const double *bias, double *C, int ldc);
 
+/* One round of a spin wait: a pause, and past a few thousand rounds the core yielded. */
+static inline void fl_spin(long round) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (round > 4000) sched_yield();
+}
+
 /* A barrier for the threads of one parallel region that meet at every timestep (a few
  * hundred nanoseconds apart): they spin on a shared word rather than sleep, as an OpenMP
  * barrier may. Each thread keeps its own `sense` (0 at first); `count` and `flag` start at 0.
@@ -169,18 +177,26 @@ void fl_gemm_packed_set_d(int M, int N, int K, const double *A, int lda, const d
  * than cores still advances. */
 typedef struct { int count; int flag; char pad[56]; } fl_barrier;
 
+static inline void fl_barrier_wait(fl_barrier *b, int n, int *sense) {
+    const int s = !*sense;
+    *sense = s;
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->flag, s, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long round = 0; __atomic_load_n(&b->flag, __ATOMIC_ACQUIRE) != s; round++)
+        fl_spin(round);
+}
+
 /* One thread publishes how far it got (release); another waits until then (acquire),
- * spinning, then yielding its core after a few thousand spins as fl_barrier_wait. */
+ * with fl_spin. */
 static inline void fl_publish(long *progress, long value) {
     __atomic_store_n(progress, value, __ATOMIC_RELEASE);
 }
 static inline void fl_await(long *progress, long value) {
-    for (long spins = 0; __atomic_load_n(progress, __ATOMIC_ACQUIRE) < value; spins++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-        if (spins > 4000) sched_yield();
-    }
+    for (long round = 0; __atomic_load_n(progress, __ATOMIC_ACQUIRE) < value; round++)
+        fl_spin(round);
 }
 
 /* The calling thread's number and its team's size inside a parallel region (0 and 1 in a
@@ -200,21 +216,6 @@ static inline int fl_thread_num(void) {
 #endif
 }
 
-static inline void fl_barrier_wait(fl_barrier *b, int n, int *sense) {
-    const int s = !*sense;
-    *sense = s;
-    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
-        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->flag, s, __ATOMIC_RELEASE);
-        return;
-    }
-    for (long spins = 0; __atomic_load_n(&b->flag, __ATOMIC_ACQUIRE) != s; spins++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-        if (spins > 4000) sched_yield();
-    }
-}
 
 #ifdef __cplusplus
 }
