@@ -15,6 +15,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .. import devices
+from ..ops import _flag
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -46,12 +47,7 @@ def check_bool(name, value):
 def check_training(value):
     """The ``training`` switch of a call: True or False (NumPy's too, 0 or 1); None is
     False, as Keras' default. A string such as "no" is refused rather than read as true."""
-    if value is None:
-        return False
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
-                                               and value in (0, 1)):
-        return bool(value)
-    raise TypeError(f"training: expected True or False, got {value!r}")
+    return False if value is None else _flag("training", value)
 
 
 def as_float_array(name, x, dtype, ndim=None, device="cpu"):
