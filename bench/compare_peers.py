@@ -246,6 +246,10 @@ def gpu_rows(cells, reps, per_block):
     import fastlstm as fl
     if not torch.cuda.is_available():
         raise RuntimeError("--gpu needs a CUDA build of PyTorch and a GPU")
+    # float32 against float32: cuDNN's RNNs otherwise round the products to TF32 on Ampere
+    # and later (outputs 3e-4 to 1e-3 from fastlstm's, measured on an H100).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     rows = []
     for cell in cells:
         configs = LSTM_CONFIGS if cell == "lstm" else GRU_CONFIGS
@@ -374,7 +378,7 @@ def main(argv=None):
         name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
         name = name.decode() if isinstance(name, bytes) else name
         print(f"fastlstm {fl.__version__} (cupy {cupy.__version__}), torch {torch.__version__} "
-              f"(cuDNN {torch.backends.cudnn.version()}), {name}, float32")
+              f"(cuDNN {torch.backends.cudnn.version()}, TF32 off), {name}, float32")
         print(f"{'cell':4s} {'T':>4s} {'B':>4s} {'I=H':>5s} | {'mode':5s} | {'fastlstm':>9s} "
               f"{'torch':>9s} | {'fl/torch':>8s}")
         for cell, T, B, H, mode, f, t in gpu_rows(args.cells.split(","), reps, per_block):

@@ -7,13 +7,17 @@ exercised without a GPU. Needs a C++ compiler (the one that builds the extension
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
 import sysconfig
 import tempfile
 
-from fastlstm.backends.cuda_kernels import (INCLUDE_DIR, MAIN_SOURCE, SOURCE_DIR, KernelSet)
+import numpy as np
+
+from fastlstm.backends.cuda_kernels import (INCLUDE_DIR, MAIN_SOURCE, SOURCE_DIR, KernelSet,
+                                             RowGemm)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _CTYPES = {"l": ctypes.c_longlong, "i": ctypes.c_int, "d": ctypes.c_double,
@@ -61,9 +65,47 @@ class HostKernels(KernelSet):
     def _pointer(self, a):
         return ctypes.c_void_p(a.ctypes.data)
 
-    def _launch(self, fullname, n, args):
-        self.launches[fullname] = self.launches.get(fullname, 0) + 1
-        getattr(self.lib, fullname)(*args)
+    def _address_arg(self, address):
+        return ctypes.c_void_p(address)
+
+    def address(self, a):
+        return a.ctypes.data
+
+    def _bind(self, fullname, n):
+        fn = getattr(self.lib, fullname)
+
+        def launch(args):
+            self.launches[fullname] = self.launches.get(fullname, 0) + 1
+            fn(*args)
+        return launch
+
+    def gemm(self, dtype):
+        return RowGemm(functools.partial(column_major_gemm, np.dtype(dtype)), dtype)
+
+
+def _view(dtype, address, shape, strides):
+    """The array at ``address`` with ``shape`` and ``strides`` in elements."""
+    if 0 in shape:
+        return np.zeros(shape, dtype)
+    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
+    buf = (ctypes.c_char * (span * dtype.itemsize)).from_address(address)
+    flat = np.frombuffer(buf, dtype)
+    return np.lib.stride_tricks.as_strided(flat, shape, [s * dtype.itemsize for s in strides])
+
+
+def column_major_gemm(dtype, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+    """cublas<t>gemm's contract on host memory (no transposes): column-major
+    C[m,n] = alpha A[m,k] B[k,n] + beta C, alpha/beta read through their pointers. Refuses
+    the leading dimensions cuBLAS refuses, so a wrong one fails here too."""
+    assert transa == transb == 0
+    if lda < max(1, m) or ldb < max(1, k) or ldc < max(1, m):
+        raise ValueError(f"gemm: leading dimensions lda={lda} ldb={ldb} ldc={ldc} too small "
+                         f"for m={m} n={n} k={k}")
+    al, be = (_view(dtype, p, (1,), (1,))[0] for p in (alpha, beta))
+    a = _view(dtype, A, (m, k), (1, lda))
+    b = _view(dtype, B, (k, n), (1, ldb))
+    c = _view(dtype, C, (m, n), (1, ldc))
+    c[...] = al * (a @ b) + (be * c if be != 0 else 0)
 
 
 class HostCupyOps:

@@ -92,6 +92,49 @@ def test_the_kernels_do_the_work():
     assert ran["merge_dh_d"] == T          # with a mask, dh merges rows after each product
 
 
+@host
+def test_step_launches_check_their_rows_once_and_refuse_a_step_out_of_range():
+    """``steps`` checks each per-step array once (dtype, contiguous rows) and each launch
+    only its row index: a wrong index must be an error, never a stray address."""
+    ks = backends.get_ops("cupy_host").kernels
+    At = cuda_kernels.At
+    T, B, H = 3, 2, 4
+    hs, dz = np.zeros((T, B, H)), np.zeros((T, B, H))
+    dh, dout, u8 = np.zeros((B, H)), np.zeros((B, H)), np.zeros(1, np.uint8)
+    args = (0, 0, 0, 0.0, At(hs, "t"), u8, np.zeros(1), dh, dout)
+    with pytest.raises(TypeError, match="argument 11 must have C-contiguous float64 rows"):
+        ks.steps("rnn_bwd_step", np.float64, B * H, H, *args, At(dz[:, :, ::2], "t"))
+    with pytest.raises(TypeError, match="argument 6 must have C-contiguous float32 rows"):
+        ks.steps("rnn_bwd_step", np.float32, B * H, H, *args, At(dz, "t"))
+    with pytest.raises(TypeError, match="argument 11 must be an array of rows"):
+        ks.steps("rnn_bwd_step", np.float64, B * H, H, *args, At(1.0, "t"))
+    with pytest.raises(ValueError, match="by must be 's' or 't'"):
+        At(dz, "x")
+    gapped = np.zeros((T, 2, B, H))[:, 0]              # contiguous rows, gaps between them
+    run = ks.steps("rnn_bwd_step", np.float64, B * H, H, *args, At(gapped, "t"))
+    run(0, T - 1)
+    for bad in (T, -1):
+        with pytest.raises(IndexError, match="out of range"):
+            run(0, bad)
+
+
+@host
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_row_major_products_through_the_column_major_gemm(dtype):
+    """The recurrent products reach cuBLAS as C^T = B^T A^T; the host stand-in has cuBLAS's
+    contract (column-major, leading dimensions checked), so the mapping is tested here."""
+    ks = backends.get_ops("cupy_host").kernels
+    gemm, A = ks.gemm(dtype), ks.address
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((5, 3, 12)).astype(dtype)       # A: [3, 4] rows 12 apart
+    b = rng.standard_normal((4, 7)).astype(dtype)
+    c = np.full((3, 7), np.nan, dtype)                        # beta = 0: C is not read
+    gemm(3, 7, 4, A(big[2, :, 8:]), 12, A(b), 7, A(c), 7)
+    assert_close(c, big[2, :, 8:] @ b, dtype, "C")
+    with pytest.raises(ValueError, match="leading dimensions"):
+        gemm(3, 7, 4, A(big[2, :, 8:]), 2, A(b), 7, A(c), 7)
+
+
 def test_cupy_backend_without_a_gpu_is_a_clear_error():
     if CUPY is not None:
         pytest.skip("a GPU is present")

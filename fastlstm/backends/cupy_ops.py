@@ -3,7 +3,9 @@
 The structure is the CPU kernels': the input projection is one GEMM over all T*B rows (cuBLAS
 through CuPy), each step runs the recurrent GEMM and then one fused elementwise kernel for the
 gate math (``cuda/rnn_kernels.cu``), and the weight gradients are single GEMMs after the loop.
-Saved activations are indexed by time t, outputs by step s, as in the oracle.
+Saved activations are indexed by time t, outputs by step s, as in the oracle. The time loops
+launch through ``KernelSet.steps`` and ``KernelSet.gemm`` (checked once per call, a few
+microseconds of Python a launch), not through CuPy's array API.
 
 Importing fastlstm never needs CuPy; asking for this backend without CuPy or without a GPU is
 a clear error. The orchestration is written against an array module and a ``KernelSet``, so the
@@ -12,6 +14,7 @@ test suite also runs it with ``xp=numpy`` over the same kernels compiled for the
 from __future__ import annotations
 
 from .base import Cache, Grads
+from .cuda_kernels import At
 from .numpy_ops import NumpyOps
 
 
@@ -74,28 +77,59 @@ class CupyOps(NumpyOps):
     def _mask8(self, mask):
         return None if mask is None else mask.view(self.xp.uint8)
 
-    def _step_views(self, arr, t, dtype):
-        return self._dummy(dtype) if arr is None else arr[t]
+    def _rows(self, arr, by, dtype):
+        """Per step, row s or t (``by``) of ``arr``; the unused-pointer dummy for None."""
+        return self._dummy(dtype) if arr is None else At(arr, by)
 
-    def _hin(self, h, rdm, buf):
-        """h_{t-1} as it enters the recurrent product (times the recurrent dropout mask)."""
+    def _mask_rows(self, m8):
+        return self._rows(m8, "t", self.xp.uint8)
+
+    def _product(self, a, b, out, a_step=0):
+        """f(t): out = a @ b with a's address moved by t * a_step bytes; out and b
+        C-contiguous, a's rows contiguous, a_step the stride of a's stack of matrices. f
+        holds a, b and out, so their memory outlives it (b is often a temporary copy)."""
+        k = self.kernels
+        gemm, A = k.gemm(out.dtype), k.address
+        (M, K), N = a.shape, b.shape[1]
+        if M == 0 or N == 0:
+            return lambda t=0: None
+        if not (b.flags.c_contiguous and out.flags.c_contiguous
+                and (K <= 1 or a.strides[1] == a.itemsize)):
+            raise ValueError(f"_product: needs contiguous rows, got strides {a.strides}, "
+                             f"{b.strides}, {out.strides}")
+        lda = a.strides[0] // a.itemsize if M > 1 else K
+        pa, pb, pc = A(a), A(b), A(out)
+
+        def f(t=0, keep=(a, b, out)):
+            gemm(M, N, K, pa + t * a_step, lda, pb, N, pc, N)
+        return f
+
+    def _recurrent_input(self, h, rdm, dt):
+        """(hin, f): hin is h_{t-1} as it enters the recurrent product; f() refreshes it
+        (times the recurrent dropout mask) before each product."""
         if rdm is None:
-            return h
-        self.xp.multiply(h, rdm, out=buf)
-        return buf
+            return h, lambda: None
+        buf = self.xp.empty(h.shape, dt)
+        return buf, lambda: self.xp.multiply(h, rdm, out=buf)
 
-    def _dh_from(self, dz, UT, dh, dhp, m8, t, rdm):
-        """dh_{t-1} from the step's gate gradients dz: dz U^T, times the recurrent dropout
-        mask, on unmasked rows (masked rows keep dh). dhp: work space, or None when there is
-        neither mask nor dropout (dz U^T is then written into dh directly)."""
-        if dhp is None:
-            self.xp.matmul(dz, UT, out=dh)
-            return
-        dt = dz.dtype
-        self.xp.matmul(dz, UT, out=dhp)
-        self.kernels("merge_dh", dt, dh.size, dh.shape[1], m8 is not None, rdm is not None,
-                     False, False, self._dummy(self.xp.uint8) if m8 is None else m8[t],
-                     self._opt(rdm, dt), self._dummy(dt), dhp, self._dummy(dt), dh)
+    def _dh_steps(self, dz, UT, dh, m8, rdm):
+        """f(t): dh_{t-1} from the step's gate gradients dz[t] (dz: [T,B,G]): dz[t] U^T,
+        times the recurrent dropout mask, on unmasked rows (masked rows keep dh). With
+        neither mask nor dropout the product is written into dh directly."""
+        dt = dh.dtype
+        if m8 is None and rdm is None:
+            return self._product(dz[0], UT, dh, dz.strides[0])
+        dhp = self.xp.empty(dh.shape, dt)
+        product = self._product(dz[0], UT, dhp, dz.strides[0])
+        merge = self.kernels.steps(
+            "merge_dh", dt, dh.size, dh.shape[1], m8 is not None, rdm is not None, False,
+            False, self._mask_rows(m8), self._opt(rdm, dt), self._dummy(dt), dhp,
+            self._dummy(dt), dh)
+
+        def f(t):
+            product(t)
+            merge(t, t)
+        return f
 
     def _backward_init(self, B, H, dtype, dy, dh_T, return_sequences):
         xp = self.xp
@@ -110,7 +144,7 @@ class CupyOps(NumpyOps):
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
                      return_sequences=True, training=False):
-        xp, k = self.xp, self.kernels
+        xp = self.xp
         T, B, _ = x.shape
         H, G = recurrent_kernel.shape
         dt = x.dtype
@@ -120,22 +154,23 @@ class CupyOps(NumpyOps):
         out = xp.zeros((B, H), dt) if mask is not None else h
         ys = xp.empty((T, B, H), dt) if return_sequences else None
         rec = xp.empty((B, G), dt)
-        hbuf = xp.empty((B, H), dt) if rdm is not None else None
         gates = cs = h_prev = c_prev = None
         if training:
             gates = xp.empty((T, B, G), dt)
             cs, h_prev, c_prev = (xp.empty((T, B, H), dt) for _ in range(3))
-        peep = self._opt(peephole, dt)
-        u8 = self._dummy(xp.uint8)
+        hin, refresh = self._recurrent_input(h, rdm, dt)
+        product = self._product(hin, xp.ascontiguousarray(recurrent_kernel), rec)
+        step = self.kernels.steps(
+            "lstm_fwd_step", dt, B * H, H, coupled, peephole is not None, mask is not None,
+            return_sequences, training, *_act(activation), *_act(recurrent_activation),
+            At(xw, "t"), rec, self._opt(peephole, dt), self._mask_rows(m8), h, c, out,
+            self._rows(ys, "s", dt), self._rows(gates, "t", dt), self._rows(cs, "t", dt),
+            self._rows(h_prev, "t", dt), self._rows(c_prev, "t", dt))
         for s in range(T):
             t = T - 1 - s if go_backwards else s
-            xp.matmul(self._hin(h, rdm, hbuf), recurrent_kernel, out=rec)
-            k("lstm_fwd_step", dt, B * H, H, coupled, peephole is not None, mask is not None,
-              return_sequences, training, *_act(activation), *_act(recurrent_activation),
-              xw[t], rec, peep, u8 if m8 is None else m8[t], h, c, out,
-              self._step_views(ys, s, dt), self._step_views(gates, t, dt),
-              self._step_views(cs, t, dt), self._step_views(h_prev, t, dt),
-              self._step_views(c_prev, t, dt))
+            refresh()
+            product()
+            step(s, t)
         y = ys if return_sequences else out.copy()
         cache = None
         if training:
@@ -150,7 +185,7 @@ class CupyOps(NumpyOps):
 
     def lstm_backward(self, cache, dy=None, dh=None, dc=None):
         d = cache.take(self.name, "lstm")
-        xp, k = self.xp, self.kernels
+        xp = self.xp
         x, gates, cs, h_prev, c_prev = d["x"], d["gates"], d["cs"], d["h_prev"], d["c_prev"]
         W, U, P, rdm = d["kernel"], d["recurrent_kernel"], d["peephole"], d["recurrent_dropout_mask"]
         coupled, rs = d["coupled"], d["return_sequences"]
@@ -160,19 +195,18 @@ class CupyOps(NumpyOps):
         dh, dout = self._backward_init(B, H, dt, dy, dh, rs)
         dc = xp.zeros((B, H), dt) if dc is None else dc.astype(dt, copy=True)
         m8 = self._mask8(d["mask"])
-        u8 = self._dummy(xp.uint8)
-        UT = xp.ascontiguousarray(U.T)
-        dhp = None if m8 is None and rdm is None else xp.empty((B, H), dt)
-        peep = self._opt(P, dt)
         has_dy = dy is not None and rs
+        # the gate gradients dz overwrite the saved gates, row t by row t
+        step = self.kernels.steps(
+            "lstm_bwd_step", dt, B * H, H, coupled, P is not None, m8 is not None, has_dy,
+            *_act(d["activation"]), *_act(d["recurrent_activation"]), At(gates, "t"),
+            At(cs, "t"), At(c_prev, "t"), self._opt(P, dt), self._mask_rows(m8),
+            self._rows(dy if has_dy else None, "s", dt), dh, dc, dout, At(gates, "t"))
+        dh_from = self._dh_steps(gates, xp.ascontiguousarray(U.T), dh, m8, rdm)
         for s in reversed(range(T)):
             t = T - 1 - s if d["go_backwards"] else s
-            dz = gates[t]                     # the gate gradients overwrite the saved gates
-            k("lstm_bwd_step", dt, B * H, H, coupled, P is not None, m8 is not None, has_dy,
-              *_act(d["activation"]), *_act(d["recurrent_activation"]), gates[t], cs[t],
-              c_prev[t], peep, u8 if m8 is None else m8[t], dy[s] if has_dy else self._dummy(dt),
-              dh, dc, dout, dz)
-            self._dh_from(dz, UT, dh, dhp, m8, t, rdm)
+            step(s, t)
+            dh_from(t)
         dz2 = gates.reshape(T * B, G)
         dx = xp.matmul(dz2, W.T).reshape(T, B, I)
         if d["input_dropout_mask"] is not None:
@@ -203,50 +237,53 @@ class CupyOps(NumpyOps):
         H = recurrent_kernel.shape[0]
         G = 3 * H
         dt = x.dtype
-        U = recurrent_kernel
+        U = xp.ascontiguousarray(recurrent_kernel)
         b_in = None if bias is None else (bias[0] if reset_after else bias)
         b_rec = bias[1] if (bias is not None and reset_after) else None
         xin, xw = self._project(x, kernel, b_in, input_dropout_mask)
         rdm, m8 = recurrent_dropout_mask, self._mask8(mask)
-        u8 = self._dummy(xp.uint8)
         h = h0.copy()
         out = xp.zeros((B, H), dt) if mask is not None else h
         ys = xp.empty((T, B, H), dt) if return_sequences else None
-        hbuf = xp.empty((B, H), dt) if rdm is not None else None
         gates = h_prev = rec_hs = None
         if training:
             gates = xp.empty((T, B, G), dt)
             h_prev = xp.empty((T, B, H), dt)
             rec_hs = xp.empty((T, B, H), dt) if reset_after else None
         a, ra = _act(activation), _act(recurrent_activation)
+        hin, refresh = self._recurrent_input(h, rdm, dt)
         if reset_after:
             rec = xp.empty((B, G), dt)
-            brec = self._opt(b_rec, dt)
+            product = self._product(hin, U, rec)
+            step = k.steps(
+                "gru_fwd_step", dt, B * H, H, b_rec is not None, mask is not None,
+                return_sequences, training, *a, *ra, At(xw, "t"), rec, self._opt(b_rec, dt),
+                self._mask_rows(m8), h, out, self._rows(ys, "s", dt), self._rows(gates, "t", dt),
+                self._rows(rec_hs, "t", dt), self._rows(h_prev, "t", dt))
             for s in range(T):
                 t = T - 1 - s if go_backwards else s
-                xp.matmul(self._hin(h, rdm, hbuf), U, out=rec)
-                k("gru_fwd_step", dt, B * H, H, b_rec is not None, mask is not None,
-                  return_sequences, training, *a, *ra, xw[t], rec, brec,
-                  u8 if m8 is None else m8[t], h, out, self._step_views(ys, s, dt),
-                  self._step_views(gates, t, dt), self._step_views(rec_hs, t, dt),
-                  self._step_views(h_prev, t, dt))
+                refresh()
+                product()
+                step(s, t)
         else:
-            U_zr = xp.ascontiguousarray(U[:, :2 * H])
-            U_h = xp.ascontiguousarray(U[:, 2 * H:])
             rec2 = xp.empty((B, 2 * H), dt)
             rh = xp.empty((B, H), dt)
             recn = xp.empty((B, H), dt)
-            scratch = None if training else xp.empty((B, G), dt)
+            g = self._rows(gates, "t", dt) if training else xp.empty((B, G), dt)
+            product_zr = self._product(hin, xp.ascontiguousarray(U[:, :2 * H]), rec2)
+            product_h = self._product(rh, xp.ascontiguousarray(U[:, 2 * H:]), recn)
+            zr = k.steps("gru_fwd_gates", dt, B * H, H, *ra, At(xw, "t"), rec2, hin, g, rh)
+            step = k.steps(
+                "gru_fwd_step0", dt, B * H, H, mask is not None, return_sequences, training,
+                *a, At(xw, "t"), recn, self._mask_rows(m8), h, out, self._rows(ys, "s", dt), g,
+                self._rows(h_prev, "t", dt))
             for s in range(T):
                 t = T - 1 - s if go_backwards else s
-                g = gates[t] if training else scratch
-                hin = self._hin(h, rdm, hbuf)
-                xp.matmul(hin, U_zr, out=rec2)
-                k("gru_fwd_gates", dt, B * H, H, *ra, xw[t], rec2, hin, g, rh)
-                xp.matmul(rh, U_h, out=recn)
-                k("gru_fwd_step0", dt, B * H, H, mask is not None, return_sequences, training,
-                  *a, xw[t], recn, u8 if m8 is None else m8[t], h, out,
-                  self._step_views(ys, s, dt), g, self._step_views(h_prev, t, dt))
+                refresh()
+                product_zr()
+                zr(s, t)
+                product_h()
+                step(s, t)
         y = ys if return_sequences else out.copy()
         cache = None
         if training:
@@ -271,36 +308,40 @@ class CupyOps(NumpyOps):
         dh, dout = self._backward_init(B, H, dt, dy, dh, d["return_sequences"])
         has_dy = dy is not None and d["return_sequences"]
         m8 = self._mask8(d["mask"])
-        u8 = self._dummy(xp.uint8)
+        mt = self._mask_rows(m8)
         a, ra = _act(d["activation"]), _act(d["recurrent_activation"])
         dz_in = xp.empty((T, B, G), dt)
         dz_rec = xp.empty((T, B, G), dt) if reset_after else None
         carry, dhin = xp.empty((B, H), dt), xp.empty((B, H), dt)
         rdm_arg = self._opt(rdm, dt)
+        step = k.steps(
+            "gru_bwd_step", dt, B * H, H, reset_after, m8 is not None, has_dy, *a, *ra,
+            At(gates, "t"), At(h_prev, "t"), self._rows(rec_hs, "t", dt), mt,
+            self._rows(dy if has_dy else None, "s", dt), dh, dout, At(dz_in, "t"),
+            self._rows(dz_rec, "t", dt), carry)
         if reset_after:
-            UT = xp.ascontiguousarray(U.T)
+            product = self._product(dz_rec[0], xp.ascontiguousarray(U.T), dhin, dz_rec.strides[0])
+            merge = k.steps("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, True,
+                            False, mt, rdm_arg, carry, dhin, self._dummy(dt), dh)
         else:
-            U_hT = xp.ascontiguousarray(U[:, 2 * H:].T)
-            U_zrT = xp.ascontiguousarray(U[:, :2 * H].T)
             drh, part = xp.empty((B, H), dt), xp.empty((B, H), dt)
+            product_h = self._product(dz_in[0, :, 2 * H:], xp.ascontiguousarray(U[:, 2 * H:].T),
+                                      drh, dz_in.strides[0])
+            reset = k.steps("gru_bwd_reset0", dt, B * H, H, m8 is not None, rdm is not None,
+                            ra[0], ra[1], At(gates, "t"), At(h_prev, "t"), rdm_arg, drh, mt,
+                            At(dz_in, "t"), part)
+            product = self._product(dz_in[0, :, :2 * H], xp.ascontiguousarray(U[:, :2 * H].T),
+                                    dhin, dz_in.strides[0])
+            merge = k.steps("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, True,
+                            True, mt, rdm_arg, carry, part, dhin, dh)
         for s in reversed(range(T)):
             t = T - 1 - s if d["go_backwards"] else s
-            mt = u8 if m8 is None else m8[t]
-            k("gru_bwd_step", dt, B * H, H, reset_after, m8 is not None, has_dy, *a, *ra,
-              gates[t], h_prev[t], self._step_views(rec_hs, t, dt), mt,
-              dy[s] if has_dy else self._dummy(dt), dh, dout, dz_in[t],
-              self._step_views(dz_rec, t, dt), carry)
-            if reset_after:
-                xp.matmul(dz_rec[t], UT, out=dhin)
-                k("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, True, False, mt,
-                  rdm_arg, carry, dhin, self._dummy(dt), dh)
-            else:
-                xp.matmul(dz_in[t, :, 2 * H:], U_hT, out=drh)
-                k("gru_bwd_reset0", dt, B * H, H, m8 is not None, rdm is not None, ra[0], ra[1],
-                  gates[t], h_prev[t], rdm_arg, drh, mt, dz_in[t], part)
-                xp.matmul(dz_in[t, :, :2 * H], U_zrT, out=dhin)
-                k("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, True, True, mt,
-                  rdm_arg, carry, part, dhin, dh)
+            step(s, t)
+            if not reset_after:
+                product_h(t)
+                reset(t, t)
+            product(t)
+            merge(t, t)
         dZ = dz_in.reshape(T * B, G)
         dx = xp.matmul(dZ, W.T).reshape(T, B, I)
         if d["input_dropout_mask"] is not None:
@@ -322,28 +363,30 @@ class CupyOps(NumpyOps):
     def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
                            go_backwards=False, return_sequences=True, training=False):
-        xp, k = self.xp, self.kernels
+        xp = self.xp
         T, B, _ = x.shape
         H = recurrent_kernel.shape[0]
         dt = x.dtype
         xin, xw = self._project(x, kernel, bias, input_dropout_mask)
         rdm, m8 = recurrent_dropout_mask, self._mask8(mask)
-        u8 = self._dummy(xp.uint8)
         h = h0.copy()
         out = xp.zeros((B, H), dt) if mask is not None else h
         ys = xp.empty((T, B, H), dt) if return_sequences else None
         rec = xp.empty((B, H), dt)
-        hbuf = xp.empty((B, H), dt) if rdm is not None else None
         hs = h_prev = None
         if training:
             hs, h_prev = xp.empty((T, B, H), dt), xp.empty((T, B, H), dt)
+        hin, refresh = self._recurrent_input(h, rdm, dt)
+        product = self._product(hin, xp.ascontiguousarray(recurrent_kernel), rec)
+        step = self.kernels.steps(
+            "rnn_fwd_step", dt, B * H, H, mask is not None, return_sequences, training,
+            *_act(activation), At(xw, "t"), rec, self._mask_rows(m8), h, out,
+            self._rows(ys, "s", dt), self._rows(hs, "t", dt), self._rows(h_prev, "t", dt))
         for s in range(T):
             t = T - 1 - s if go_backwards else s
-            xp.matmul(self._hin(h, rdm, hbuf), recurrent_kernel, out=rec)
-            k("rnn_fwd_step", dt, B * H, H, mask is not None, return_sequences, training,
-              *_act(activation), xw[t], rec, u8 if m8 is None else m8[t], h, out,
-              self._step_views(ys, s, dt), self._step_views(hs, t, dt),
-              self._step_views(h_prev, t, dt))
+            refresh()
+            product()
+            step(s, t)
         y = ys if return_sequences else out.copy()
         cache = None
         if training:
@@ -356,7 +399,7 @@ class CupyOps(NumpyOps):
 
     def simple_rnn_backward(self, cache, dy=None, dh=None):
         d = cache.take(self.name, "simple_rnn")
-        xp, k = self.xp, self.kernels
+        xp = self.xp
         x, hs, h_prev, W, U = d["x"], d["hs"], d["h_prev"], d["kernel"], d["recurrent_kernel"]
         rdm = d["recurrent_dropout_mask"]
         T, B, I = x.shape
@@ -365,17 +408,16 @@ class CupyOps(NumpyOps):
         dh, dout = self._backward_init(B, H, dt, dy, dh, d["return_sequences"])
         has_dy = dy is not None and d["return_sequences"]
         m8 = self._mask8(d["mask"])
-        u8 = self._dummy(xp.uint8)
-        UT = xp.ascontiguousarray(U.T)
-        dhp = None if m8 is None and rdm is None else xp.empty((B, H), dt)
         dz_all = xp.empty((T, B, H), dt)
+        step = self.kernels.steps(
+            "rnn_bwd_step", dt, B * H, H, m8 is not None, has_dy, d["activation"].code,
+            d["activation"].alpha, At(hs, "t"), self._mask_rows(m8),
+            self._rows(dy if has_dy else None, "s", dt), dh, dout, At(dz_all, "t"))
+        dh_from = self._dh_steps(dz_all, xp.ascontiguousarray(U.T), dh, m8, rdm)
         for s in reversed(range(T)):
             t = T - 1 - s if d["go_backwards"] else s
-            mt = u8 if m8 is None else m8[t]
-            k("rnn_bwd_step", dt, B * H, H, m8 is not None, has_dy, d["activation"].code,
-              d["activation"].alpha, hs[t], mt, dy[s] if has_dy else self._dummy(dt), dh, dout,
-              dz_all[t])
-            self._dh_from(dz_all[t], UT, dh, dhp, m8, t, rdm)
+            step(s, t)
+            dh_from(t)
         dz2 = dz_all.reshape(T * B, H)
         dx = xp.matmul(dz2, W.T).reshape(T, B, I)
         if d["input_dropout_mask"] is not None:
