@@ -62,21 +62,16 @@ class HostKernels(KernelSet):
                 fn.argtypes = [_CTYPES[c] for c in sig]
                 fn.restype = None
 
-    def _pointer(self, a):
-        return ctypes.c_void_p(a.ctypes.data)
-
-    def _address_arg(self, address):
-        return ctypes.c_void_p(address)
-
     def address(self, a):
         return a.ctypes.data
 
-    def _bind(self, fullname, n):
+    def _bind(self, fullname, n, sig, vals):
         fn = getattr(self.lib, fullname)
+        types = [_CTYPES[c] for c in sig]
 
-        def launch(args):
+        def launch():
             self.launches[fullname] = self.launches.get(fullname, 0) + 1
-            fn(*args)
+            fn(*[ty(self.unpack(vals, k, c)) for k, (c, ty) in enumerate(zip(sig, types))])
         return launch
 
     def gemm(self, dtype):

@@ -118,6 +118,21 @@ def test_step_launches_check_their_rows_once_and_refuse_a_step_out_of_range():
             run(0, bad)
 
 
+def test_packed_arguments_are_laid_out_as_the_kernel_reads_them():
+    """cuLaunchKernel reads each parameter from the start of its 8-byte slot, as many bytes
+    as its C type has (little-endian x86-64 and NVIDIA GPUs)."""
+    vals = np.full(4, 0xFFFFFFFFFFFFFFFF, np.uint64)
+    for k, code, v in ((0, "i", -5), (1, "l", -7), (2, "d", 0.25), (3, "p", 2**40 + 3)):
+        vals[k] = 0
+        cuda_kernels.KernelSet._pack(vals, k, code, v)
+        assert cuda_kernels.KernelSet.unpack(vals, k, code) == v
+    raw = vals.tobytes()
+    assert raw[0:4] == np.int32(-5).tobytes() and raw[4:8] == bytes(4)
+    assert raw[8:16] == np.int64(-7).tobytes()
+    assert raw[16:24] == np.float64(0.25).tobytes()
+    assert raw[24:32] == np.uint64(2**40 + 3).tobytes()
+
+
 @host
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_row_major_products_through_the_column_major_gemm(dtype):

@@ -90,38 +90,38 @@ class KernelSet:
         self.signatures = parse_signatures(kernel_source(BODY_SOURCE))
 
     def __call__(self, name, dtype, n, *args):
-        sig, suffix = self._signature(name, dtype, len(args) + 1)
-        dtype = np.dtype(dtype)
-        if int(n) <= 0:
-            return
-        conv = [self._convert(name, k, code, a, dtype) for k, (code, a) in
-                enumerate(zip(sig, (n,) + args))]
-        self._launch(name + suffix, int(n), conv)
+        self.steps(name, dtype, n, *args)(0, 0)
 
     def steps(self, name, dtype, n, *args):
         """``run(s, t)``: launch ``name`` with ``At(array, "s"/"t")`` arguments replaced by
-        row s or t of their array. Everything is checked and converted here, once."""
+        row s or t of their array. Everything is checked and packed here, once: the
+        arguments' values sit in one 8-byte slot each (``Steps``), and a launch only writes
+        the per-step addresses into their slots."""
         sig, suffix = self._signature(name, dtype, len(args) + 1)
         dtype = np.dtype(dtype)
         if int(n) <= 0:
-            return Steps(None, [], [])
-        conv, per, keep = [], [], []
+            return Steps(None, None, [])
+        vals, per, keep = np.zeros(len(sig), np.uint64), [], []
         for k, (code, a) in enumerate(zip(sig, (n,) + args)):
             if isinstance(a, At):
                 per.append((k, self._rows(name, k, code, a.array, dtype), a.by == "s"))
-                conv.append(None)
                 keep.append(a.array)
             else:
-                conv.append(self._convert(name, k, code, a, dtype))
+                self._pack(vals, k, code, self._convert(name, k, code, a, dtype))
                 keep.append(a)
-        return Steps(self._bind(name + suffix, int(n)), conv, per, self._address_arg, keep)
+        return Steps(self._bind(name + suffix, int(n), sig, vals), vals, per, keep)
 
-    def gemm(self, dtype):
+    def gemm(self, dtype):  # pragma: no cover - implemented by subclasses
         """A ``RowGemm`` for ``dtype`` on this kernel set's arrays' addresses."""
         raise NotImplementedError
 
-    def address(self, a):
-        """The address of ``a``'s first element, for ``gemm``."""
+    def address(self, a):  # pragma: no cover - implemented by subclasses
+        """The address of ``a``'s first element."""
+        raise NotImplementedError
+
+    def _bind(self, fullname, n, sig, vals):  # pragma: no cover - implemented by subclasses
+        """A function of no arguments launching ``fullname`` over ``n`` elements with the
+        argument values in ``vals`` as they are at the launch (``unpack`` reads them)."""
         raise NotImplementedError
 
     def _signature(self, name, dtype, nargs):
@@ -153,33 +153,46 @@ class KernelSet:
                             f"rows, got {a.dtype} with strides {a.strides}")
         return (self.address(a) if a.size else 0), a.strides[0], a.shape[0]
 
-    def _bind(self, fullname, n):  # pragma: no cover - implemented by subclasses
-        """A function launching ``fullname`` over ``n`` elements on a converted arg list."""
-        raise NotImplementedError
-
-    def _address_arg(self, address):  # pragma: no cover - implemented by subclasses
-        raise NotImplementedError
-
     def _convert(self, name, k, code, a, dtype):
+        """The value of argument ``k``: a number of the parameter's C type, or the address
+        of a C-contiguous array of the call's dtype (uint8/bool for masks)."""
         if code == "l":
-            return np.int64(a)
+            return int(np.int64(a))
         if code == "i":
-            return np.int32(a)
+            return int(np.int32(a))
         if code == "d":
-            return np.float64(a)
+            return float(np.float64(a))
         if not isinstance(a, self.array_types):
             raise TypeError(f"kernel {name}: argument {k} must be an array, got {type(a).__name__}")
         want = (np.dtype(np.uint8), np.dtype(bool)) if code == "m" else (dtype,)
         if a.dtype not in want or not a.flags.c_contiguous:
             raise TypeError(f"kernel {name}: argument {k} must be a C-contiguous "
                             f"{want[0]} array, got {a.dtype} with strides {a.strides}")
-        return self._pointer(a)
+        return self.address(a)
 
-    def _pointer(self, a):
-        return a
+    @staticmethod
+    def _pack(vals, k, code, value):
+        """Argument k's value into slot k as the kernel reads it (little-endian: an int
+        in the slot's first 4 bytes)."""
+        if code == "l":
+            vals.view(np.int64)[k] = value
+        elif code == "i":
+            vals.view(np.int32)[2 * k] = value
+        elif code == "d":
+            vals.view(np.float64)[k] = value
+        else:
+            vals[k] = value
 
-    def _launch(self, fullname, n, args):
-        self._bind(fullname, n)(args)
+    @staticmethod
+    def unpack(vals, k, code):
+        """The value in slot k, as ``_pack`` wrote it."""
+        if code == "l":
+            return int(vals.view(np.int64)[k])
+        if code == "i":
+            return int(vals.view(np.int32)[2 * k])
+        if code == "d":
+            return float(vals.view(np.float64)[k])
+        return int(vals[k])
 
 
 class At:
@@ -196,22 +209,22 @@ class At:
 class Steps:
     """One kernel's launches over the steps of a loop (``KernelSet.steps``)."""
 
-    __slots__ = ("_launch", "_args", "_per", "_arg", "_keep")
+    __slots__ = ("_launch", "_vals", "_per", "_keep")
 
-    def __init__(self, launch, args, per, address_arg=None, keep=()):
-        self._launch, self._args, self._per, self._arg = launch, args, per, address_arg
+    def __init__(self, launch, vals, per, keep=()):
+        self._launch, self._vals, self._per = launch, vals, per
         self._keep = keep      # the arrays behind the addresses live as long as the launches
 
     def __call__(self, s, t):
         if self._launch is None:
             return
-        args = list(self._args)
+        vals = self._vals
         for k, (address, stride, rows), by_s in self._per:
             i = s if by_s else t
             if not 0 <= i < rows:      # a wrong index would be an illegal address
                 raise IndexError(f"step row {i} out of range for {rows} rows (argument {k})")
-            args[k] = self._arg(address + i * stride)
-        self._launch(args)
+            vals[k] = address + i * stride
+        self._launch()
 
 
 class RowGemm:
@@ -233,10 +246,15 @@ class RowGemm:
                    max(ldc, 1))
 
 
+_SCALAR_TYPES = {"l": np.int64, "i": np.int32, "d": np.float64, "p": np.uint64, "m": np.uint64}
+
+
 class CudaKernels(KernelSet):
-    """The kernels compiled by CuPy (NVRTC) for the current GPU on first use."""
+    """The kernels compiled by CuPy (NVRTC) for the current GPU on first use, launched
+    through the driver's cuLaunchKernel on the packed argument slots (``launch_path``)."""
 
     block = 256
+    launch_path = None
 
     def __init__(self, cupy):
         super().__init__()
@@ -250,15 +268,27 @@ class CudaKernels(KernelSet):
             self._module = self.cupy.RawModule(code=expanded_source(), options=("--std=c++14",))
         return self._module
 
-    def _bind(self, fullname, n):
+    def _bind(self, fullname, n, sig, vals):
         fn = self._functions.get(fullname)
         if fn is None:
             fn = self._functions[fullname] = self.module().get_function(fullname)
-        grid, block = (min((n + self.block - 1) // self.block, 65535),), (self.block,)
-        return lambda args: fn(grid, block, tuple(args))
+        grid, block = min((n + self.block - 1) // self.block, 65535), self.block
+        fptr = getattr(getattr(fn, "kernel", None), "ptr", None)     # the CUfunction
+        launch = getattr(self.cupy.cuda.driver, "launchKernel", None)
+        if not isinstance(fptr, int) or launch is None:
+            self.launch_path = "RawKernel"    # CuPy without these: its own (slower) launch
+            types = [_SCALAR_TYPES[c] for c in sig]
+            return lambda: fn((grid,), (block,), tuple(
+                ty(self.unpack(vals, k, c)) for k, (c, ty) in enumerate(zip(sig, types))))
+        self.launch_path = "driver"
+        # cuLaunchKernel takes a pointer to each argument's value and copies the values at
+        # the launch, so the slots can change before the next one.
+        params = vals.ctypes.data + 8 * np.arange(len(sig), dtype=np.uint64)
+        stream, pptr = self.cupy.cuda.get_current_stream().ptr, params.ctypes.data
 
-    def _address_arg(self, address):
-        return np.uint64(address)         # a device pointer, passed by value
+        def run(keep=(fn, vals, params)):
+            launch(fptr, grid, 1, 1, block, 1, 1, 0, stream, pptr, 0)
+        return run
 
     def address(self, a):
         return a.data.ptr
