@@ -29,7 +29,8 @@ import test_lstm_ops
 import test_simple_rnn_ops
 
 KERNELS = ["lstm_fwd_step", "lstm_bwd_step", "merge_dh", "gru_fwd_step", "gru_fwd_gates",
-           "gru_fwd_step0", "gru_bwd_step", "gru_bwd_reset0", "rnn_fwd_step", "rnn_bwd_step"]
+           "gru_fwd_step0", "gru_bwd_step", "gru_bwd_reset0", "rnn_fwd_step", "rnn_bwd_step",
+           "small_gemm"]
 
 
 gpu = pytest.mark.skipif(CUPY is None, reason="needs CuPy and an NVIDIA GPU")
@@ -148,6 +149,42 @@ def test_row_major_products_through_the_column_major_gemm(dtype):
     assert_close(c, big[2, :, 8:] @ b, dtype, "C")
     with pytest.raises(ValueError, match="leading dimensions"):
         gemm(3, 7, 4, A(big[2, :, 8:]), 2, A(b), 7, A(c), 7)
+
+
+@host
+@pytest.mark.parametrize("macs", [0, 1 << 40], ids=["cublas", "small_gemm"])
+@pytest.mark.parametrize("cell", ["lstm", "gru_after", "gru_before", "simple_rnn"])
+def test_both_recurrent_product_paths_match_oracle(monkeypatch, macs, cell):
+    """Each step's products go to cuBLAS (the column-major stand-in here) or, when small,
+    to the small_gemm kernel: both, every option set, forward and gradients."""
+    from fastlstm.backends.cupy_ops import CupyOps
+    monkeypatch.setattr(CupyOps, "small_product_macs", macs)
+    monkeypatch.setattr(CupyOps, "small_product_depth", 1 << 20)
+    module = {"lstm": test_lstm_ops, "simple_rnn": test_simple_rnn_ops}.get(cell, test_gru_ops)
+    name = cell.split("_")[0] if cell.startswith("gru") else cell
+    fwd, bwd = getattr(ops, name + "_forward"), getattr(ops, name + "_backward")
+    ks = backends.get_ops("cupy_host").kernels
+    before = ks.launches.get("small_gemm_d", 0)
+    for opt_name, opts in module.OPTION_SETS.items():
+        rng = np.random.default_rng(seed_of(opt_name, cell))
+        extra = (cell == "gru_after",) if name == "gru" else ()
+        kw = module.make_problem(rng, np.float64, 7, 4, 5, 6, opts, *extra)
+        grads = module.output_grads(rng, np.float64, 7, 4, 6, kw["return_sequences"])
+        res = []
+        for backend in ("cupy_host", "numpy"):
+            with fl.use_backend(backend):
+                *outs, cache = fwd(training=True, **kw)
+                res.append((outs, bwd(cache, *grads)))
+        (outs, g), (routs, rg) = res
+        for i, (a, b) in enumerate(zip(outs, routs)):
+            assert_close(a, b, np.float64, f"{opt_name} output {i}")
+        for f in module.GRAD_FIELDS:
+            a, b = getattr(g, f), getattr(rg, f)
+            assert (a is None) == (b is None), f
+            if a is not None:
+                assert_close(a, b, np.float64, f"{opt_name} d{f}")
+    ran = ks.launches.get("small_gemm_d", 0) - before
+    assert (ran > 0) == (macs > 0), ran
 
 
 def test_cupy_backend_without_a_gpu_is_a_clear_error():

@@ -84,23 +84,44 @@ class CupyOps(NumpyOps):
     def _mask_rows(self, m8):
         return self._rows(m8, "t", self.xp.uint8)
 
-    def _product(self, a, b, out, a_step=0):
-        """f(t): out = a @ b with a's address moved by t * a_step bytes; out and b
-        C-contiguous, a's rows contiguous, a_step the stride of a's stack of matrices. f
-        holds a, b and out, so their memory outlives it (b is often a temporary copy)."""
+    #: Products of at most this many multiply-adds, each output a sum of at most
+    #: ``small_product_depth`` terms, run on the small_gemm kernel rather than cuBLAS, whose
+    #: host cost per call (14-19 us on an H100) dwarfs their GPU time. small_gemm sums each
+    #: output on one thread, so its GPU time grows with the depth: on an H100 it made the
+    #: steps of SimpleRNN (100,16,128) 3x faster and those of (100,32,256) (depth 256)
+    #: slower than cuBLAS (bench/RESULTS.md).
+    small_product_macs = 1 << 22
+    small_product_depth = 128
+
+    def _product(self, a, b, out, stack=None):
+        """f(t=0): out = a @ b. a [M,K] has contiguous rows (any distance apart), b and out
+        are C-contiguous. With ``stack`` (a C-contiguous [T,...] array, a a window of
+        stack[0]) f(t) takes the same window of stack[t]. f holds the arrays, so their
+        memory outlives it (b is often a temporary copy)."""
         k = self.kernels
-        gemm, A = k.gemm(out.dtype), k.address
         (M, K), N = a.shape, b.shape[1]
         if M == 0 or N == 0:
             return lambda t=0: None
         if not (b.flags.c_contiguous and out.flags.c_contiguous
-                and (K <= 1 or a.strides[1] == a.itemsize)):
+                and (K <= 1 or a.strides[1] == a.itemsize)
+                and (stack is None or stack.flags.c_contiguous)):
             raise ValueError(f"_product: needs contiguous rows, got strides {a.strides}, "
                              f"{b.strides}, {out.strides}")
         lda = a.strides[0] // a.itemsize if M > 1 else K
+        A = k.address
+        if (M * N * K <= self.small_product_macs and K <= self.small_product_depth
+                and (stack is not None or a.flags.c_contiguous)):
+            rows = a
+            if stack is not None:          # the window's span in each stack[t], as rows
+                offset = (A(a) - A(stack)) // a.itemsize
+                rows = At(stack.reshape(stack.shape[0], -1)[:, offset:], "t")
+            step = k.steps("small_gemm", out.dtype, M * N, N, K, lda, rows, b, out)
+            return lambda t=0: step(t, t)
+        gemm = k.gemm(out.dtype)
         pa, pb, pc = A(a), A(b), A(out)
+        a_step = 0 if stack is None else stack.strides[0]
 
-        def f(t=0, keep=(a, b, out)):
+        def f(t=0, keep=(a, b, out, stack)):
             gemm(M, N, K, pa + t * a_step, lda, pb, N, pc, N)
         return f
 
@@ -118,9 +139,9 @@ class CupyOps(NumpyOps):
         neither mask nor dropout the product is written into dh directly."""
         dt = dh.dtype
         if m8 is None and rdm is None:
-            return self._product(dz[0], UT, dh, dz.strides[0])
+            return self._product(dz[0], UT, dh, dz)
         dhp = self.xp.empty(dh.shape, dt)
-        product = self._product(dz[0], UT, dhp, dz.strides[0])
+        product = self._product(dz[0], UT, dhp, dz)
         merge = self.kernels.steps(
             "merge_dh", dt, dh.size, dh.shape[1], m8 is not None, rdm is not None, False,
             False, self._mask_rows(m8), self._opt(rdm, dt), self._dummy(dt), dhp,
@@ -320,18 +341,18 @@ class CupyOps(NumpyOps):
             self._rows(dy if has_dy else None, "s", dt), dh, dout, At(dz_in, "t"),
             self._rows(dz_rec, "t", dt), carry)
         if reset_after:
-            product = self._product(dz_rec[0], xp.ascontiguousarray(U.T), dhin, dz_rec.strides[0])
+            product = self._product(dz_rec[0], xp.ascontiguousarray(U.T), dhin, dz_rec)
             merge = k.steps("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, True,
                             False, mt, rdm_arg, carry, dhin, self._dummy(dt), dh)
         else:
             drh, part = xp.empty((B, H), dt), xp.empty((B, H), dt)
             product_h = self._product(dz_in[0, :, 2 * H:], xp.ascontiguousarray(U[:, 2 * H:].T),
-                                      drh, dz_in.strides[0])
+                                      drh, dz_in)
             reset = k.steps("gru_bwd_reset0", dt, B * H, H, m8 is not None, rdm is not None,
                             ra[0], ra[1], At(gates, "t"), At(h_prev, "t"), rdm_arg, drh, mt,
                             At(dz_in, "t"), part)
             product = self._product(dz_in[0, :, :2 * H], xp.ascontiguousarray(U[:, :2 * H].T),
-                                    dhin, dz_in.strides[0])
+                                    dhin, dz_in)
             merge = k.steps("merge_dh", dt, B * H, H, m8 is not None, rdm is not None, True,
                             True, mt, rdm_arg, carry, part, dhin, dh)
         for s in reversed(range(T)):
