@@ -23,11 +23,13 @@ from fastlstm.backends.grad_buffers import state_grads
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
-from cython.parallel cimport prange
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, par_gemm,
-                      row_chunks, set_kernel_threads, set_policy, split, step_grad, step_product,
+from cython.parallel cimport parallel, prange
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
+                      par_gemm, pipelined, pipe_rows, row_chunks, set_kernel_threads,
+                      set_pipeline_params, set_policy, split, step_grad, step_product,
                       forward_u, backward_u, U_PACKED, U_PANELS, U_TRANSPOSED)
-from gates cimport fl_force_isa_level, fl_isa_level
+from gates cimport (fl_force_isa_level, fl_isa_level, fl_team_size, fl_thread_num, fl_publish,
+                    fl_await)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
                     gemm_packed_set, pack_b, pack_panels, fl_gru_fwd_reset_f,
                     fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_gru_bwd_step_f,
@@ -79,19 +81,27 @@ def get_parallel_min_macs():
     return fl_parallel_min_macs
 
 
+def set_pipeline(long steps, double min_macs=1 << 20):
+    """Steps a block of the projection beside a few-row forward loop, and the least
+    projection work (multiply-adds) for it; tests set them small, min_macs < 0 turns it off."""
+    set_pipeline_params(steps, min_macs)
+
+
 def set_recurrent_matmul(str which):
     """'auto' (default), 'blas' or 'own': the per-step products, for tests and benchmarks."""
     set_policy(which)
 
 
-cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint reset_after,
-                       bint go_backwards, bint training, bint return_sequences, fl_act act,
+cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, long s0, long s1,
+                       bint reset_after, bint go_backwards, bint training,
+                       bint return_sequences, fl_act act,
                        fl_act ract, floating *Z, const floating *U, const floating *Up,
                        const floating *Up2, const floating *Upan, const floating *Upan2,
                        const unsigned char *mask,
                        const floating *rdrop, floating *HPREV, floating *HIN, floating *RH,
                        floating *Y, floating *out, floating *hd, floating *h) noexcept nogil:
-    """The forward time loop for batch rows [b0, b0+nb) (see the header for Z's layout).
+    """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb) (see the header for
+    Z's layout).
     HPREV, HIN [T,B,H] are saved when training (HIN only with recurrent dropout); RH is
     [T,B,H] when training, [B,H] work space at inference (reset_after=False only); Y [T,B,H]
     or out [B,H] receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] the state.
@@ -108,7 +118,7 @@ cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint 
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
     cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh0
-    for s in range(T):
+    for s in range(s0, s1):
         t = T - 1 - s if go_backwards else s
         zt = Z + t * BZ + rz
         if training:
@@ -170,6 +180,41 @@ cdef tuple packed_u(floating[:, :] U, int H, bint reset_after, bint transposed):
         return pack_b(U, transposed, None, fl_max_threads), None
     return (pack_b(Uzr, transposed, None, fl_max_threads),
             pack_b(Uh, transposed, None, fl_max_threads))
+
+
+cdef void forward_pipelined(int T, int B, int I, int H, int G, int ZW, bint reset_after,
+                            bint go_backwards, bint training, bint return_sequences,
+                            fl_act act, fl_act ract, const floating *X, const floating *W,
+                            const floating *Wp1, const floating *Wp2, const floating *brow,
+                            floating *Z, const floating *U, const floating *Up,
+                            const floating *Up2, const floating *Upan, const floating *Upan2,
+                            const unsigned char *mask, const floating *rdrop, floating *HPREV,
+                            floating *HIN, floating *RH, floating *Y, floating *out,
+                            floating *hd, floating *h, long *progress) noexcept nogil:
+    """The time loop of a few rows (one thread's work) with the input projection run beside
+    it: thread 1 projects fl_pipe_steps steps at a time, in the order of the loop, and
+    publishes how far it got; thread 0 runs each block of steps once it is projected. A team
+    of one projects first. Arguments as project_rows and forward_rows."""
+    cdef int n = fl_team_size(), k = fl_thread_num()
+    cdef long a = 0, e, r0, nr
+    if n == 1:
+        project_rows(0, <long>T * B, I, H, G, ZW, reset_after, X, W, Wp1, Wp2, brow, Z)
+    if n == 1 or k == 0:
+        while a < T:
+            e = min(<long>T, a + fl_pipe_steps)
+            if n > 1:
+                fl_await(progress, e)
+            forward_rows(T, B, H, G, ZW, 0, B, a, e, reset_after, go_backwards, training,
+                         return_sequences, act, ract, Z, U, Up, Up2, Upan, Upan2, mask, rdrop,
+                         HPREV, HIN, RH, Y, out, hd, h)
+            a = e
+    elif k == 1:
+        while a < T:
+            e = min(<long>T, a + fl_pipe_steps)
+            pipe_rows(a, e, T, B, go_backwards, &r0, &nr)
+            project_rows(r0, nr, I, H, G, ZW, reset_after, X, W, Wp1, Wp2, brow, Z)
+            fl_publish(progress, e)
+            a = e
 
 
 cdef inline const floating *ptr_or_null(floating[::1] a):
@@ -267,14 +312,17 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef const floating *pWp1 = ptr_or_null(vw1)
     cdef const floating *pWp2 = ptr_or_null(vw2)
     cdef long ci
+    # One thread runs the time loop of a few rows: the other projects beside it.
+    cdef int nchunks = row_chunks(T, B, H, G)
+    cdef bint pipe = pipelined(nchunks, T, <double>TB * I * G)
     with nogil:
         if input_dropout_mask is not None:
             for r in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
-        if nproj == 1:
+        if nproj == 1 and not pipe:
             project_rows(0, TB, I, H, G, ZW, reset_after, &xin[0, 0, 0], pW, pWp1, pWp2,
                          &brow[0], pZ)
-        else:
+        elif not pipe:
             for ci in prange(nproj, num_threads=nproj, schedule="static"):
                 project_rows(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, H,
                              G, ZW, reset_after, &xin[0, 0, 0], pW, pWp1, pWp2, &brow[0], pZ)
@@ -307,7 +355,6 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
 
     # The per-step products: U packed for our GEMM (many rows per thread), in L1-sized
     # column panels (a few rows, over a sequence that amortises the copy), or read in place.
-    cdef int nchunks = row_chunks(T, B, H, G)
     cdef int umode = forward_u(TB, B // nchunks, H, G, sizeof(floating))
     up1 = up2 = upan1 = upan2 = None
     if umode == U_PACKED:
@@ -332,15 +379,22 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
     cdef int b0
+    cdef long progress = 0
     with nogil:
-        if nchunks == 1:
-            forward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, training,
+        if pipe:
+            with parallel(num_threads=2):
+                forward_pipelined(T, B, I, H, G, ZW, reset_after, go_backwards, training,
+                                  return_sequences, act, ract, &xin[0, 0, 0], pW, pWp1, pWp2,
+                                  &brow[0], pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm, prd, pHP,
+                                  pHIN, pRH, pY, pout, phd, &h[0, 0], &progress)
+        elif nchunks == 1:
+            forward_rows(T, B, H, G, ZW, 0, B, 0, T, reset_after, go_backwards, training,
                          return_sequences, act, ract, pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm,
                          prd, pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(ci * B // nchunks)
-                forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
+                forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0, 0, T,
                              reset_after, go_backwards, training, return_sequences, act, ract,
                              pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm, prd, pHP, pHIN, pRH,
                              pY, pout, phd, &h[0, 0])

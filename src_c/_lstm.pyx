@@ -17,7 +17,8 @@ from fastlstm.backends.grad_buffers import state_grads
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
+                      pipelined, pipe_rows, set_pipeline_params, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
                       U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
@@ -81,10 +82,6 @@ cdef long INFER_Z_BYTES = 2 << 20
 # H=256: 0.51-0.70x the time on one thread; H=512: 0.61-0.68x). At H=128 (256 KiB) it was
 # 0.76x or 1.15x by the minute (this virtual machine's two cores are not always two).
 cdef long COLS_MIN_BYTES = 512 << 10
-# A forward pass of a few rows (one thread's time loop) projects its input beside the loop,
-# on a second thread, PIPE_STEPS steps at a time, from PIPE_MIN_MACS of projection work.
-cdef long PIPE_STEPS = 16
-cdef double PIPE_MIN_MACS = 1 << 20
 cdef long INFER_MIN_ROWS = 512
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
 
@@ -106,9 +103,7 @@ def get_threads():
 def set_pipeline(long steps, double min_macs=1 << 20):
     """Steps a block of the projection beside a few-row inference loop, and the least
     projection work (multiply-adds) for it; tests set them small, min_macs < 0 turns it off."""
-    global PIPE_STEPS, PIPE_MIN_MACS
-    PIPE_STEPS = max(1, steps)
-    PIPE_MIN_MACS = min_macs if min_macs >= 0 else 1e300
+    set_pipeline_params(steps, min_macs)
 
 
 def set_cols_min_bytes(long nbytes):
@@ -238,17 +233,17 @@ cdef void forward_pipelined(int T, int B, int I, int H, int G, long s0, long s1,
                             floating *C, floating *Y, floating *out, floating *hd, floating *h,
                             floating *c, floating *scratch, long *progress) noexcept nogil:
     """Steps [s0, s1) of a time loop of a few rows (one thread's work), with the input
-    projection of those steps run beside it: thread 1 projects PIPE_STEPS steps at a time,
+    projection of those steps run beside it: thread 1 projects fl_pipe_steps steps at a time,
     in the order of the loop, and publishes how far it got; thread 0 runs each block of
     steps once it is projected. X: the rows of the chunk's times; the rest as forward_rows."""
     cdef int n = fl_team_size(), k = fl_thread_num()
-    cdef long nsteps = s1 - s0, a, e
+    cdef long nsteps = s1 - s0, a, e, r0, nr
     if n == 1 or k == 0:
         if n == 1:
             project_rows(0, nsteps * B, I, G, X, W, Wp, bias, Z)
         a = 0
         while a < nsteps:
-            e = min(nsteps, a + PIPE_STEPS)
+            e = min(nsteps, a + fl_pipe_steps)
             if n > 1:
                 fl_await(progress, e)
             forward_rows(T, B, H, G, 0, B, s0 + a, s0 + e, zt0, go_backwards, training,
@@ -258,11 +253,9 @@ cdef void forward_pipelined(int T, int B, int I, int H, int G, long s0, long s1,
     elif k == 1:
         a = 0
         while a < nsteps:
-            e = min(nsteps, a + PIPE_STEPS)
-            if go_backwards:        # the loop runs the chunk's times from the last one
-                project_rows((nsteps - e) * B, (e - a) * B, I, G, X, W, Wp, bias, Z)
-            else:
-                project_rows(a * B, (e - a) * B, I, G, X, W, Wp, bias, Z)
+            e = min(nsteps, a + fl_pipe_steps)
+            pipe_rows(a, e, nsteps, B, go_backwards, &r0, &nr)
+            project_rows(r0, nr, I, G, X, W, Wp, bias, Z)
             fl_publish(progress, e)
             a = e
 
@@ -467,8 +460,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
-            if (nchunks == 1 and not ncols and fl_max_threads > 1
-                    and s1 - s0 > PIPE_STEPS and <double>nrows_c * I * G >= PIPE_MIN_MACS):
+            if not ncols and pipelined(nchunks, s1 - s0, <double>nrows_c * I * G):
                 progress = 0
                 with parallel(num_threads=2):
                     forward_pipelined(T, B, I, H, G, s0, s1, t_lo, go_backwards, training,

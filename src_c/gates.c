@@ -256,6 +256,11 @@ int fl_max_threads = 1;
  * whose idle vCPUs the host has descheduled). With warm threads, 2 of them already take an
  * LSTM of 13M multiply-adds (T=100, B=8, H=64) to 0.6x its one-thread time. */
 double fl_parallel_min_macs = 16777216.0;   /* 2^24 */
+/* A forward pass of a few rows (one thread's time loop) projects its input beside the loop,
+ * on a second thread, fl_pipe_steps steps at a time, from fl_pipe_min_macs of projection
+ * work (products.pxd: pipelined). */
+long fl_pipe_steps = 16;
+double fl_pipe_min_macs = 1048576.0;        /* 2^20 */
 
 /* The per-step recurrent product (matmul_impl.h). */
 #define FL_EXPORTS_MATMUL(REAL, S)                                                          \

@@ -101,6 +101,9 @@ extern int fl_matmul_policy;
  * splitting over them (one copy per extension module; fastlstm.threads sets them all). */
 extern int fl_max_threads;
 extern double fl_parallel_min_macs;
+/* Blocks of steps, and the least projection work, of a pipelined few-row forward pass. */
+extern long fl_pipe_steps;
+extern double fl_pipe_min_macs;
 
 /* C[M,N] += A[M,K] W[K,N], row-major with leading dimensions: the per-step recurrent
  * product, register-blocked, W read in place (no packing). */

@@ -15,6 +15,8 @@ cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
     int fl_max_threads            # threads of the kernels' own parallel loops
     double fl_parallel_min_macs   # smallest product split over threads
+    long fl_pipe_steps            # steps a block of a pipelined projection
+    double fl_pipe_min_macs       # least projection work worth pipelining
 
 cdef enum:
     OWN_MAX_BYTES = 8 << 20
@@ -34,6 +36,28 @@ cdef inline void set_kernel_threads(int n, double min_macs) noexcept:
     fl_max_threads = max(1, n)
     if min_macs >= 0:
         fl_parallel_min_macs = min_macs
+
+
+cdef inline void set_pipeline_params(long steps, double min_macs) noexcept:
+    global fl_pipe_steps, fl_pipe_min_macs
+    fl_pipe_steps = max(1, steps)
+    fl_pipe_min_macs = min_macs if min_macs >= 0 else 1e300
+
+
+cdef inline bint pipelined(int nchunks, long nsteps, double macs) noexcept nogil:
+    """Whether a forward pass projects its input (macs multiply-adds) beside its time loop
+    of nsteps, on a second thread, fl_pipe_steps steps at a time: only when one thread runs
+    the loop (a few rows), so that the other one is free."""
+    return (nchunks == 1 and fl_max_threads > 1 and nsteps > fl_pipe_steps
+            and macs >= fl_pipe_min_macs)
+
+
+cdef inline void pipe_rows(long a, long e, long nsteps, int B, bint go_backwards, long *r0,
+                           long *nr) noexcept nogil:
+    """The rows [r0, r0+nr) of the projection that steps [a, e) of a loop over nsteps times
+    read: from the last time backwards under go_backwards."""
+    r0[0] = ((nsteps - e) if go_backwards else a) * B
+    nr[0] = (e - a) * B
 
 
 cdef inline int row_chunks(int T, int B, int H, int G) noexcept nogil:

@@ -324,6 +324,46 @@ def test_few_row_inference_with_the_projection_beside_matches_oracle(B):
         init_threads()
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("B", [1, 3])
+def test_few_row_gru_with_the_projection_beside_matches_oracle(B, reset_after):
+    """GRU forward passes of a few rows with the input projection run beside the loop, 4
+    steps at a time: with masks, both dropouts and go_backwards and without, at inference and
+    in training with every gradient; the same bits as projecting first, and the oracle's
+    values."""
+    from fastlstm import _gru
+    from fastlstm.threads import init_threads
+    min_macs = _gru.get_parallel_min_macs()
+    _gru.set_threads(2, 0)
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("gru pipe", B, reset_after, np.dtype(dtype).name))
+            args, full = _problem("gru", rng, dtype, 30, B, 6, 24, reset_after)
+            full["input_dropout_mask"] = ((rng.random((B, 6)) > 0.3) / 0.7).astype(dtype)
+            plain = dict(h0=full["h0"], reset_after=reset_after)
+            dy = rng.standard_normal((30, B, 24)).astype(dtype)
+            for kw in (full, plain):
+                res = {}
+                for name, backend, steps, macs in (("on", "cpu", 4, 0), ("off", "cpu", 4, -1),
+                                                   ("ref", "numpy", 4, -1)):
+                    _gru.set_pipeline(steps, macs)
+                    with fl.use_backend(backend):
+                        inference = ops.gru_forward(*args, **kw)[:2]
+                    res[name] = list(inference) + list(_run("gru", backend, args, kw, dy))
+                for k, (a, b, c) in enumerate(zip(res["on"], res["off"], res["ref"])):
+                    if k == 3:                                     # the gradients
+                        a, b, c = ([getattr(g, f) for f in GRAD_FIELDS] for g in (a, b, c))
+                    else:
+                        a, b, c = [a], [b], [c]
+                    for aa, bb, cc in zip(a, b, c):
+                        np.testing.assert_array_equal(aa, bb, err_msg=str(k))
+                        assert_close(aa, cc, dtype, str(k))
+    finally:
+        _gru.set_pipeline(16, 1 << 20)
+        _gru.set_threads(fl.get_num_threads(), min_macs)
+        init_threads()
+
+
 def test_one_row_split_and_pipeline_with_fewer_threads_than_asked():
     """A team smaller than asked (OMP_THREAD_LIMIT=1 here) runs the split loop on the
     threads it has (the shares and their work space follow the team's size), and the
@@ -346,6 +386,13 @@ def test_one_row_split_and_pipeline_with_fewer_threads_than_asked():
         "y = ops.lstm_forward(x, W.astype('f4'), U.astype('f4'), go_backwards=True)[0]\n"
         "with fl.use_backend('numpy'):\n"
         "    ry = ops.lstm_forward(x, W.astype('f4'), U.astype('f4'), go_backwards=True)[0]\n"
+        "assert np.abs(y - ry).max() < 1e-5, np.abs(y - ry).max()\n"
+        "from fastlstm import _gru\n"
+        "_gru.set_threads(2, 0); _gru.set_pipeline(4, 0)\n"
+        "Wg, Ug = W[:, :384].astype('f4'), U[:, :384].astype('f4')\n"
+        "y = ops.gru_forward(x, Wg, Ug, go_backwards=True)[0]\n"
+        "with fl.use_backend('numpy'):\n"
+        "    ry = ops.gru_forward(x, Wg, Ug, go_backwards=True)[0]\n"
         "assert np.abs(y - ry).max() < 1e-5, np.abs(y - ry).max()\n"
         "print('ok')\n")
     import os
