@@ -25,12 +25,13 @@ from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport parallel, prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
-                      par_gemm, pipelined, pipe_rows, row_chunks, set_kernel_threads,
+                      direct_projection, pack_projection, par_gemm, pipelined, pipe_rows,
+                      row_chunks, set_direct_rows_param, set_kernel_threads,
                       set_pipeline_params, set_policy, split, step_grad, step_product,
                       forward_u, backward_u, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_force_isa_level, fl_isa_level, fl_team_size, fl_thread_num, fl_publish,
                     fl_await)
-from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
+from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc, matmul_rows_acc,
                     gemm_packed_set, pack_b, pack_panels, fl_gru_fwd_reset_f,
                     fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_gru_bwd_step_f,
                     fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
@@ -79,6 +80,12 @@ def set_threads(int n, double parallel_min_macs=-1):
 def get_parallel_min_macs():
     """The smallest product (multiply-adds) the kernels split over threads."""
     return fl_parallel_min_macs
+
+
+def set_direct_rows(long rows):
+    """Input projections of fewer rows read W in place instead of packing it (tests set 0
+    and a large number to run either path)."""
+    set_direct_rows_param(rows)
 
 
 def set_pipeline(long steps, double min_macs=1 << 20):
@@ -228,19 +235,24 @@ cdef inline void project_rows(long r0, long nr, int I, int H, int G, int ZW, bin
     """Rows [r0, r0+nr) of the input projection with the bias row brow [ZW]: Z[:, 0:2H] =
     X W_zr + ., Z[:, 3H:4H] = X W_h + . and Z[:, 2H:3H] = . (reset_after), or Z = X W + .;
     on our packed GEMM (Wp1, Wp2: W's blocks packed by pack_b; the bias goes in with the
-    product's first store) or, with Wp1 NULL, on BLAS."""
+    product's first store) or, with Wp1 NULL, on our kernel reading W in place (a few rows)
+    or on BLAS."""
     cdef long r
     cdef const floating *Xr = X + r0 * I
     cdef floating *Zr = Z + r0 * ZW
+    cdef int n1 = 2 * H if reset_after else G
     if Wp1 == NULL or reset_after:
         for r in range(nr):
             if Wp1 == NULL:
                 memcpy(Zr + r * ZW, brow, ZW * sizeof(floating))
             else:
                 memcpy(Zr + r * ZW + 2 * H, brow + 2 * H, H * sizeof(floating))
-    if Wp1 == NULL:
-        gemm(False, False, <int>nr, 2 * H if reset_after else G, I, <floating>1, Xr, I, W, G,
-             <floating>1, Zr, ZW)
+    if Wp1 == NULL and direct_projection(nr, <long>I * G * sizeof(floating)):
+        matmul_rows_acc(<int>nr, n1, I, Xr, I, W, G, Zr, ZW)
+        if reset_after:
+            matmul_rows_acc(<int>nr, H, I, Xr, I, W + 2 * H, G, Zr + 3 * H, ZW)
+    elif Wp1 == NULL:
+        gemm(False, False, <int>nr, n1, I, <floating>1, Xr, I, W, G, <floating>1, Zr, ZW)
         if reset_after:
             gemm(False, False, <int>nr, H, I, <floating>1, Xr, I, W + 2 * H, G, <floating>1,
                  Zr + 3 * H, ZW)
@@ -297,12 +309,13 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef long r, t, s
     cdef int nproj = split(TB, 64, <double>TB * I * G)
     # The input projection on our packed GEMM, W packed once per call (from a few dozen
-    # rows; [z r] and h blocks apart where they land in different columns of Z), else BLAS.
+    # rows; [z r] and h blocks apart where they land in different columns of Z), else W read
+    # in place (project_rows).
     # (Memoryview slices go into named variables: as operands of a conditional expression
     # Cython miscounts their references.)
     cdef floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
     wp1 = wp2 = None
-    if fl_matmul_policy != 1 and TB >= 32:
+    if pack_projection(TB):
         if reset_after:
             wp1 = pack_b(Wzr, False, None, fl_max_threads)
             wp2 = pack_b(Wh, False, None, fl_max_threads)

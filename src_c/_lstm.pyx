@@ -18,7 +18,8 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
-                      pipelined, pipe_rows, set_pipeline_params, project_rows,
+                      pack_projection, pipelined, pipe_rows, set_direct_rows_param,
+                      set_pipeline_params, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
                       U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
@@ -98,6 +99,12 @@ def set_threads(int n, double parallel_min_macs=-1):
 
 def get_threads():
     return fl_max_threads
+
+
+def set_direct_rows(long rows):
+    """Input projections of fewer rows read W in place instead of packing it (tests set 0
+    and a large number to run either path)."""
+    set_direct_rows_param(rows)
 
 
 def set_pipeline(long steps, double min_macs=1 << 20):
@@ -443,11 +450,11 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
     # W packed once per call: inference projects chunk by chunk, and every thread of a chunk
-    # would pack all of W again.
+    # would pack all of W again. A few rows read W in place (project_rows).
     cdef floating[::1] Wp
     cdef floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
-    if fl_matmul_policy != 1:
+    if pack_projection(TB):
         Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype), fl_max_threads)
         pWp = &Wp[0]
     cdef int b0

@@ -17,7 +17,8 @@ from fastlstm.backends.grad_buffers import state_grads
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, project_rows,
+from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, pack_projection,
+                      set_direct_rows_param, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
                       U_PACKED, U_PANELS, U_TRANSPOSED)
@@ -52,6 +53,12 @@ def set_threads(int n, double parallel_min_macs=-1):
 def get_parallel_min_macs():
     """The smallest product (multiply-adds) the kernels split over threads."""
     return fl_parallel_min_macs
+
+
+def set_direct_rows(long rows):
+    """Input projections of fewer rows read W in place instead of packing it (tests set 0
+    and a large number to run either path)."""
+    set_direct_rows_param(rows)
 
 
 def set_recurrent_matmul(str which):
@@ -140,11 +147,12 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pb = ptr_or_null(bias)
-    # Input projection Z = X W + b, on our packed GEMM (W packed once) unless policy 'blas'.
+    # Input projection Z = X W + b, on our packed GEMM (W packed once) unless policy 'blas' or
+    # a few rows, which read W in place (project_rows).
     cdef floating[::1] Wp
     cdef floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
-    if fl_matmul_policy != 1:
+    if pack_projection(TB):
         Wp = pack_b(Wv, False, None, fl_max_threads)
         pWp = &Wp[0]
     cdef int nproj = split(TB, 64, <double>TB * I * H)

@@ -104,6 +104,8 @@ extern double fl_parallel_min_macs;
 /* Blocks of steps, and the least projection work, of a pipelined few-row forward pass. */
 extern long fl_pipe_steps;
 extern double fl_pipe_min_macs;
+/* Input projections of fewer rows read W in place instead of packing it. */
+extern long fl_direct_rows;
 
 /* C[M,N] += A[M,K] W[K,N], row-major with leading dimensions: the per-step recurrent
  * product, register-blocked, W read in place (no packing). */
@@ -111,6 +113,12 @@ void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *
                      float *C, int ldc);
 void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W, int ldw,
                      double *C, int ldc);
+/* The same product with every row computed the same way whatever M: for input projections
+ * of a few rows, whose bits must not depend on how their rows are split into calls. */
+void fl_matmul_rows_acc_f(int M, int N, int K, const float *A, int lda, const float *W,
+                          int ldw, float *C, int ldc);
+void fl_matmul_rows_acc_d(int M, int N, int K, const double *A, int lda, const double *W,
+                          int ldw, double *C, int ldc);
 /* y[N] += W[N,K] x[K] (row stride ldw): the one-row product with a transposed weight. */
 void fl_gemv_t_acc_f(int N, int K, const float *W, int ldw, const float *x, float *y);
 void fl_gemv_t_acc_d(int N, int K, const double *W, int ldw, const double *x, double *y);

@@ -81,6 +81,10 @@ cdef extern from "gates.h" nogil:
                          float *C, int ldc)
     void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W,
                          int ldw, double *C, int ldc)
+    void fl_matmul_rows_acc_f(int M, int N, int K, const float *A, int lda, const float *W,
+                              int ldw, float *C, int ldc)
+    void fl_matmul_rows_acc_d(int M, int N, int K, const double *A, int lda,
+                              const double *W, int ldw, double *C, int ldc)
     void fl_gemv_t_acc_f(int N, int K, const float *W, int ldw, const float *x, float *y)
     void fl_gemv_t_acc_d(int N, int K, const double *W, int ldw, const double *x, double *y)
 
@@ -101,6 +105,17 @@ cdef inline void matmul_acc(int M, int N, int K, const floating *A, int lda, con
         fl_matmul_acc_f(M, N, K, A, lda, W, ldw, C, ldc)
     else:
         fl_matmul_acc_d(M, N, K, A, lda, W, ldw, C, ldc)
+
+
+cdef inline void matmul_rows_acc(int M, int N, int K, const floating *A, int lda,
+                                 const floating *W, int ldw, floating *C,
+                                 int ldc) noexcept nogil:
+    """C[M,N] += A[M,K] W[K,N], each row computed the same way whatever M (input projections
+    of a few rows: their bits do not depend on how the rows are split into calls)."""
+    if floating is float:
+        fl_matmul_rows_acc_f(M, N, K, A, lda, W, ldw, C, ldc)
+    else:
+        fl_matmul_rows_acc_d(M, N, K, A, lda, W, ldw, C, ldc)
 
 
 cdef extern from "gates.h" nogil:

@@ -138,6 +138,38 @@ FL_TARGET static void FN(fl_gemv_t_acc)(int N, int K, const REAL *W, int ldw, co
     }
 }
 
+/* Columns [j, N) of C[M,N] += A W (fewer than one register tile): plain loops, vectorized
+ * over the columns by the compiler. */
+FL_INLINE void FN(mm_cols_left)(int j, int M, int N, int K, const REAL *A, int lda,
+                                const REAL *W, int ldw, REAL *C, int ldc) {
+    for (int i = 0; i < M; i++) {
+        const REAL *a = A + (long)i * lda;
+        REAL *c = C + (long)i * ldc;
+        for (int k = 0; k < K; k++) {
+            const REAL ak = a[k];
+            const REAL *w = W + (long)k * ldw;
+            for (int jj = j; jj < N; jj++) c[jj] += ak * w[jj];
+        }
+    }
+}
+
+/* C[M,N] += A[M,K] W[K,N] with every row computed the same way whatever M (no one-row GEMV,
+ * no blocking over K): a row's bits do not depend on how rows are grouped into calls. The
+ * input projections of a few rows use it (products.pxd: project_rows), which the pipelined
+ * forward pass splits into blocks of steps. */
+FL_TARGET static void FN(fl_matmul_rows_acc)(int M, int N, int K, const REAL *A, int lda,
+                                             const REAL *W, int ldw, REAL *C, int ldc) {
+    const int step = FL_NV * FL_VL;
+    int i, j = 0;
+    for (; j + step <= N; j += step) {
+        for (i = 0; i + FL_RB <= M; i += FL_RB)
+            FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
+        for (; i < M; i++)
+            FN(mm_block)(1, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
+    }
+    if (j < N) FN(mm_cols_left)(j, M, N, K, A, lda, W, ldw, C, ldc);
+}
+
 FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int lda,
                                         const REAL *W, int ldw, REAL *C, int ldc) {
     const int step = FL_NV * FL_VL;
@@ -146,43 +178,29 @@ FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int 
         FN(fl_gemv_acc)(N, K, A, W, ldw, C);
         return;
     }
-    if (M >= 32) {   /* many row blocks: share L1 copies of W's blocks */
-        enum { KC = 128 };
-        REAL panel[KC * FL_NV * FL_VL];
-        for (int k0 = 0; k0 < K; k0 += KC) {
-            const int kc = K - k0 < KC ? K - k0 : KC;
-            const REAL *A0 = A + k0, *W0 = W + (long)k0 * ldw;
-            for (j = 0; j + step <= N; j += step) {
-                for (int k = 0; k < kc; k++)
-                    memcpy(panel + (long)k * step, W0 + (long)k * ldw + j, step * sizeof(REAL));
-                for (i = 0; i + FL_RB <= M; i += FL_RB)
-                    FN(mm_block)(FL_RB, kc, A0 + (long)i * lda, lda, panel, step,
-                                 C + (long)i * ldc + j, ldc);
-                for (; i < M; i++)
-                    FN(mm_block)(1, kc, A0 + (long)i * lda, lda, panel, step,
-                                 C + (long)i * ldc + j, ldc);
-            }
-        }
-        j = N - N % step;       /* the columns left to the plain loops below */
-    } else {
-        for (; j + step <= N; j += step) {
+    if (M < 32) {
+        FN(fl_matmul_rows_acc)(M, N, K, A, lda, W, ldw, C, ldc);
+        return;
+    }
+    /* many row blocks: share L1 copies of W's blocks */
+    enum { KC = 128 };
+    REAL panel[KC * FL_NV * FL_VL];
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC;
+        const REAL *A0 = A + k0, *W0 = W + (long)k0 * ldw;
+        for (j = 0; j + step <= N; j += step) {
+            for (int k = 0; k < kc; k++)
+                memcpy(panel + (long)k * step, W0 + (long)k * ldw + j, step * sizeof(REAL));
             for (i = 0; i + FL_RB <= M; i += FL_RB)
-                FN(mm_block)(FL_RB, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
+                FN(mm_block)(FL_RB, kc, A0 + (long)i * lda, lda, panel, step,
+                             C + (long)i * ldc + j, ldc);
             for (; i < M; i++)
-                FN(mm_block)(1, K, A + (long)i * lda, lda, W + j, ldw, C + (long)i * ldc + j, ldc);
+                FN(mm_block)(1, kc, A0 + (long)i * lda, lda, panel, step,
+                             C + (long)i * ldc + j, ldc);
         }
     }
-    if (j < N) {   /* leftover columns: plain loops, vectorized over j by the compiler */
-        for (i = 0; i < M; i++) {
-            const REAL *a = A + (long)i * lda;
-            REAL *c = C + (long)i * ldc;
-            for (int k = 0; k < K; k++) {
-                const REAL ak = a[k];
-                const REAL *w = W + (long)k * ldw;
-                for (int jj = j; jj < N; jj++) c[jj] += ak * w[jj];
-            }
-        }
-    }
+    j = N - N % step;
+    if (j < N) FN(mm_cols_left)(j, M, N, K, A, lda, W, ldw, C, ldc);
 }
 
 /* The same product over W packed by fl_pack_panels (gates.c): column panels of FL_PANEL_BYTES,

@@ -9,7 +9,7 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
 from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemm2_set, gemv_t_acc,
-                   matmul_acc, matmul_packed_acc, merge_rows, mul)
+                   matmul_acc, matmul_packed_acc, matmul_rows_acc, merge_rows, mul)
 
 cdef extern from "gates.h" nogil:
     int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
@@ -17,6 +17,7 @@ cdef extern from "gates.h" nogil:
     double fl_parallel_min_macs   # smallest product split over threads
     long fl_pipe_steps            # steps a block of a pipelined projection
     double fl_pipe_min_macs       # least projection work worth pipelining
+    long fl_direct_rows           # projections of fewer rows read W in place
 
 cdef enum:
     OWN_MAX_BYTES = 8 << 20
@@ -42,6 +43,23 @@ cdef inline void set_pipeline_params(long steps, double min_macs) noexcept:
     global fl_pipe_steps, fl_pipe_min_macs
     fl_pipe_steps = max(1, steps)
     fl_pipe_min_macs = min_macs if min_macs >= 0 else 1e300
+
+
+cdef inline void set_direct_rows_param(long rows) noexcept:
+    global fl_direct_rows
+    fl_direct_rows = max(0, rows)
+
+
+cdef inline bint pack_projection(long rows) noexcept nogil:
+    """Whether an input projection of `rows` rows packs W for the packed GEMM first; with
+    fewer than fl_direct_rows rows it reads W in place (project_rows)."""
+    return fl_matmul_policy != 1 and rows >= fl_direct_rows
+
+
+cdef inline bint direct_projection(long rows, long weight_bytes) noexcept nogil:
+    """Whether rows of an input projection whose W is not packed run on our kernel reading W
+    in place (a few rows, W within our kernel's size) rather than on BLAS."""
+    return rows < fl_direct_rows and use_own(weight_bytes)
 
 
 cdef inline bint pipelined(int nchunks, long nsteps, double macs) noexcept nogil:
@@ -276,16 +294,22 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
                               const floating *W, const floating *Wp, const floating *b,
                               floating *Z) noexcept nogil:
     """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection, on our GEMM with W
-    packed by pack_b (Wp) or on BLAS (Wp NULL)."""
+    packed by pack_b (Wp), or with Wp NULL on our kernel reading W in place (a few rows) or
+    on BLAS."""
     cdef long r
     if Wp != NULL:       # the bias goes in with the product's first store: no pass of its own
         gemm_packed_set(<int>nr, G, I, X + r0 * I, I, Wp, b, Z + r0 * G, G)
         return
-    if b != NULL:
-        for r in range(r0, r0 + nr):
+    for r in range(r0, r0 + nr):
+        if b != NULL:
             memcpy(Z + r * G, b, G * sizeof(floating))
-    gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G,
-         <floating>(1 if b != NULL else 0), Z + r0 * G, G)
+        else:
+            memset(Z + r * G, 0, G * sizeof(floating))
+    if direct_projection(nr, <long>I * G * sizeof(floating)):
+        matmul_rows_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
+    else:
+        gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G, <floating>1,
+             Z + r0 * G, G)
 
 
 cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,

@@ -236,7 +236,9 @@ def test_validation_data_and_frozen_layers():
     hist = model.fit(x[:20], y[:20], batch_size=8, epochs=2, validation_data=(x[20:], y[20:]),
                      verbose=0)
     assert list(hist.history) == ["loss", "mae", "val_loss", "val_mae"]
-    assert hist.history["val_loss"][-1] == pytest.approx(model.evaluate(x[20:], y[20:])[0], rel=1e-12)
+    # the same loss; evaluate batches the 10 samples differently (one batch against 8 + 2),
+    # and a projection of fewer than 32 rows reads W in place: float32 rounding apart
+    assert hist.history["val_loss"][-1] == pytest.approx(model.evaluate(x[20:], y[20:])[0], rel=1e-6)
     for a, b in zip(model.layers[0].get_weights(), frozen):
         np.testing.assert_array_equal(a, b)
     assert len(model.trainable_weights) == 2 and len(model.weights) == 5

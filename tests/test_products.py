@@ -71,6 +71,29 @@ def test_product_paths_match_oracle(policy, cell, reset_after, B, T):
             m.set_recurrent_matmul("auto")
 
 
+@pytest.mark.parametrize("rows", [0, 1 << 30], ids=["w_packed", "w_in_place"])
+@pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                               ("simple_rnn", True)])
+@pytest.mark.parametrize("B, T", [(1, 5), (3, 13)])
+def test_input_projection_with_w_packed_or_read_in_place_matches_oracle(rows, cell,
+                                                                        reset_after, B, T):
+    """An input projection of fewer than set_direct_rows rows reads W in place on our kernel
+    instead of packing it: both ways against the oracle, with masks, recurrent dropout and
+    go_backwards, forward and backward."""
+    try:
+        for m in _modules():
+            m.set_direct_rows(rows)
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("direct", rows, cell, reset_after, B, T,
+                                                np.dtype(dtype).name))
+            args, kw = _problem(cell, rng, dtype, T, B, 5, 6, reset_after)
+            dy = rng.standard_normal((T, B, 6)).astype(dtype)
+            _assert_cpu_matches_oracle(cell, args, kw, dy, dtype)
+    finally:
+        for m in _modules():
+            m.set_direct_rows(32)
+
+
 def test_bad_policy_name():
     from fastlstm import _lstm
     with pytest.raises(ValueError, match="which: expected 'auto', 'blas' or 'own'"):
