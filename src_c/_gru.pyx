@@ -315,7 +315,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # Cython miscounts their references.)
     cdef floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
     wp1 = wp2 = None
-    if pack_projection(TB):
+    if pack_projection(TB, <long>I * G * sizeof(floating)):
         if reset_after:
             wp1 = pack_b(Wzr, False, None, fl_max_threads)
             wp2 = pack_b(Wh, False, None, fl_max_threads)

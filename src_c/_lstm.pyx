@@ -454,7 +454,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[::1] Wp
     cdef floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
-    if pack_projection(TB):
+    if pack_projection(TB, <long>I * G * sizeof(floating)):
         Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype), fl_max_threads)
         pWp = &Wp[0]
     cdef int b0

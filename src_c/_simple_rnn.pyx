@@ -152,7 +152,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[::1] Wp
     cdef floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
-    if pack_projection(TB):
+    if pack_projection(TB, <long>I * H * sizeof(floating)):
         Wp = pack_b(Wv, False, None, fl_max_threads)
         pWp = &Wp[0]
     cdef int nproj = split(TB, 64, <double>TB * I * H)
