@@ -243,6 +243,15 @@ cdef inline void *data_of(object a) noexcept:
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+cdef object aligned_empty(Py_ssize_t n, dtype):
+    """n elements of dtype starting on a 64-byte boundary: the one-row product loads and
+    stores whole vectors of z, and one split over two cache lines costs two."""
+    itemsize = np.dtype(dtype).itemsize
+    buf = np.empty(n * itemsize + 64, np.uint8)
+    cdef Py_ssize_t off = (-<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>buf)) % 64
+    return buf[off:off + n * itemsize].view(dtype)
+
+
 cdef class StepPlan:
     """What every cell's plan shares: the bound weights and their checks, the buffers, the
     checks of a call's arguments and its outputs. A cell's subclass runs the step (run)."""
@@ -287,9 +296,9 @@ cdef class StepPlan:
         self.pU = data_of(recurrent_kernel)
         self.pb = data_of(bias)
         dtype = np.float32 if typenum == cnp.NPY_FLOAT else np.float64
-        z = np.empty(batch * z_width, dtype)
-        zx = np.empty(G, dtype)
-        zh = np.empty(G, dtype)
+        z = aligned_empty(batch * z_width, dtype)
+        zx = aligned_empty(G, dtype)
+        zh = aligned_empty(G, dtype)
         self.buffers = [z, zx, zh]
         self.pz, self.pzx, self.pzh = data_of(z), data_of(zx), data_of(zh)
         self.parts_arr = None
@@ -298,7 +307,7 @@ cdef class StepPlan:
 
     cdef void *buffer(self, Py_ssize_t n):
         """A new work array of n elements of the weights' dtype, kept with the plan."""
-        arr = np.empty(max(n, 1), np.float32 if self.typenum == cnp.NPY_FLOAT else np.float64)
+        arr = aligned_empty(max(n, 1), np.float32 if self.typenum == cnp.NPY_FLOAT else np.float64)
         self.buffers.append(arr)
         return data_of(arr)
 
@@ -358,8 +367,8 @@ cdef class StepPlan:
             if B == 1 and nt > 1 and fl_matmul_policy != 1 and nbytes >= STEP_SPLIT_MIN_BYTES:
                 if (self.parts_arr is None
                         or self.parts_arr.shape[0] < (nt - 1) * 2 * self.n_gates):
-                    self.parts_arr = np.empty((nt - 1) * 2 * self.n_gates,
-                                              self.buffers[0].dtype)
+                    self.parts_arr = aligned_empty((nt - 1) * 2 * self.n_gates,
+                                                   self.buffers[0].dtype)
                     self.pparts = data_of(self.parts_arr)
             else:
                 nt = 1

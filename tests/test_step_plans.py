@@ -286,6 +286,60 @@ def test_layers_that_made_a_plan_copy_and_pickle(cell):
         pickle.dumps(layer._step_plan)
 
 
+def _offsets(layer):
+    return {n: getattr(layer, n).ctypes.data % 64 for n in layer.weight_names}
+
+
+@cells
+def test_weights_start_on_cache_lines(cell):
+    """Built, set, copied, unpickled and moved weights start on a 64-byte boundary (the step
+    reads them in whole vectors); a user's own misaligned array is bound as it is and gives
+    the same bits as an aligned copy."""
+    rng = np.random.default_rng(seed_of("align", cell))
+    layer = make(cell, 6, (1, 1, 5), "float32")
+    aligned = {n: 0 for n in layer.weight_names}
+    assert _offsets(layer) == aligned
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), layer.to("cpu")):
+        assert _offsets(other) == aligned
+    x = rng.standard_normal((1, 5)).astype(np.float32)
+    state = states_of(layer, 1, rng, np.float32)
+    ref, ref_state = layer.step(x, state)
+    for name in layer.weight_names:                  # 4 bytes off a cache line, bound in place
+        w = getattr(layer, name)
+        buf = np.empty(w.nbytes + 68, np.uint8)
+        off = (-buf.ctypes.data) % 64 + 4
+        odd = buf[off:off + w.nbytes].view(w.dtype).reshape(w.shape)
+        odd[...] = w
+        setattr(layer, name, odd)
+    y, new = layer.step(x, state)
+    assert all(getattr(layer, n).ctypes.data % 64 == 4 for n in layer.weight_names)
+    assert layer._step_plan.bound_to(layer)
+    np.testing.assert_array_equal(y, ref)
+    for a, b in zip(new, ref_state):
+        np.testing.assert_array_equal(a, b)
+    layer.set_weights(layer.get_weights())
+    assert _offsets(layer) == aligned
+
+
+def test_aligned_weight():
+    """aligned_weight: the array itself when aligned and C-contiguous (or empty), else an
+    aligned copy of the same values, shape and dtype; anything else passes through."""
+    from fastlstm.layers.base import aligned_weight
+    buf = np.empty(8 * 3 * 5 + 64, np.uint8)
+    off = (-buf.ctypes.data) % 64
+    a = buf[off:off + 120].view(np.float64).reshape(3, 5)
+    a[...] = np.arange(15).reshape(3, 5)
+    assert aligned_weight(a) is a
+    empty = np.zeros((0, 4), np.float32)                # nothing to read: kept as it is
+    assert aligned_weight(empty) is empty
+    for odd in (buf[off + 8:off + 8 + 112].view(np.float64).reshape(2, 7), a[:, ::2], a.T):
+        out = aligned_weight(odd)
+        assert out.ctypes.data % 64 == 0 and out.flags.c_contiguous
+        assert out.dtype == odd.dtype and out.shape == odd.shape
+        np.testing.assert_array_equal(out, odd)
+    assert aligned_weight(None) is None
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_concurrent_steps_on_one_layer(cell):
     """Python threads stepping their own sessions through one shared layer (a server): the

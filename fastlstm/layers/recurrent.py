@@ -11,8 +11,8 @@ import numpy as np
 
 from .. import activations, devices, initializers, ops, regularizers
 from .. import backends as fl_backends
-from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
-                   check_positive_int, check_training)
+from .base import (Gradients, Layer, activity_penalty, aligned_weight, as_float_array,
+                   check_bool, check_positive_int, check_training)
 
 
 def _check_rate(name, p):
@@ -86,6 +86,13 @@ class RecurrentLayer(Layer):
         state["_step_plan"] = None
         return state
 
+    def __setstate__(self, state):
+        # Unpickled and deep-copied arrays land wherever the allocator puts them.
+        self.__dict__.update(state)
+        if self.__dict__.get("built") and self.__dict__.get("device", "cpu") == "cpu":
+            for n in self.weight_names:
+                self.__dict__[n] = aligned_weight(self.__dict__[n])
+
     def __setattr__(self, name, value):
         # The compiled step plan runs the activations it was made with: reassigning one
         # drops it (checked here, not at every step, where it would cost 10% of a small one).
@@ -126,6 +133,8 @@ class RecurrentLayer(Layer):
                              f"got {input_shape}")
         input_dim = check_positive_int("input_shape[-1]", input_shape[-1])
         self._create_weights(input_dim)
+        for n in self.weight_names:
+            setattr(self, n, aligned_weight(getattr(self, n)))
         super().build(input_shape)
 
     @property
