@@ -88,6 +88,7 @@ for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
         sources=[pyx, gates_source(name)],
         include_dirs=[SRC, SHARED_INCLUDE, numpy.get_include()],   # _step cimports numpy
         depends=sorted(glob.glob(os.path.join(SRC, "*.h")) + glob.glob(os.path.join(SRC, "*.pxd"))
+                       + glob.glob(os.path.join(SRC, "*.pxi"))
                        + glob.glob(os.path.join(SHARED_INCLUDE, "*.h"))
                        + [os.path.join(SRC, "gates.c")]),
         define_macros=macros,

@@ -36,6 +36,8 @@ from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
                     fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_gru_bwd_step_f,
                     fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
 
+include "kernel_settings.pxi"
+
 
 cdef inline void fwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
                            floating *rh) noexcept nogil:
@@ -72,31 +74,10 @@ cdef inline void bwd_reset(int B, int H, fl_act ract, floating *z, const floatin
         fl_gru_bwd_reset_d(B, H, ract, z, hin, drh, mask, dhin, accumulate, scratch)
 
 
-def set_threads(int n, double parallel_min_macs=-1):
-    """Threads for this module's parallel loops (see fastlstm/threads.py)."""
-    set_kernel_threads(n, parallel_min_macs)
-
-
-def get_parallel_min_macs():
-    """The smallest product (multiply-adds) the kernels split over threads."""
-    return fl_parallel_min_macs
-
-
-def set_direct_rows(long rows):
-    """Input projections of fewer rows read W in place instead of packing it (tests set 0
-    and a large number to run either path)."""
-    set_direct_rows_param(rows)
-
-
 def set_pipeline(long steps, double min_macs=1 << 20):
     """Steps a block of the projection beside a few-row forward loop, and the least
     projection work (multiply-adds) for it; tests set them small, min_macs < 0 turns it off."""
     set_pipeline_params(steps, min_macs)
-
-
-def set_recurrent_matmul(str which):
-    """'auto' (default), 'blas' or 'own': the per-step products, for tests and benchmarks."""
-    set_policy(which)
 
 
 cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, long s0, long s1,
@@ -653,14 +634,3 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         else:
             db = colsum_arr
     return dx_arr, dh_arr, dW_arr, dU_arr, db
-
-
-def force_isa_level_here(int level):
-    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
-    fastlstm._gates.force_isa_level sets every copy."""
-    fl_force_isa_level(level)
-
-
-def isa_level_here():
-    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
-    return fl_isa_level()

@@ -29,15 +29,7 @@ from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_pa
                     fl_isa_level, fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_lstm_bwd_step_f,
                     fl_lstm_bwd_step_d)
 
-
-def get_parallel_min_macs():
-    """The smallest product (multiply-adds) the kernels split over threads."""
-    return fl_parallel_min_macs
-
-
-def set_recurrent_matmul(str which):
-    """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
-    set_policy(which)
+include "kernel_settings.pxi"
 
 
 # Buffers that never leave a call (inference's chunk of Z, the packed kernels) are kept per
@@ -85,26 +77,6 @@ cdef long INFER_Z_BYTES = 2 << 20
 cdef long COLS_MIN_BYTES = 512 << 10
 cdef long INFER_MIN_ROWS = 512
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
-
-
-def set_threads(int n, double parallel_min_macs=-1):
-    """Threads for the kernels' own parallel loops (fastlstm.set_num_threads sets it), and
-    optionally the smallest product worth splitting (tests set 0).
-
-    The callers run these kernels with BLAS limited to one thread (fastlstm.threads): the
-    parallelism is ours, over independent slices, so one thread pool owns the cores —
-    BLAS's spinning workers and OpenMP's would otherwise fight over them."""
-    set_kernel_threads(n, parallel_min_macs)
-
-
-def get_threads():
-    return fl_max_threads
-
-
-def set_direct_rows(long rows):
-    """Input projections of fewer rows read W in place instead of packing it (tests set 0
-    and a large number to run either path)."""
-    set_direct_rows_param(rows)
 
 
 def set_pipeline(long steps, double min_macs=1 << 20):
@@ -678,15 +650,3 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
                                NULL if input_dropout_mask is None else &input_dropout_mask[0, 0],
                                own)
     return dx_arr, dh_arr, dc_arr, dW_arr, dU_arr, db_arr, dpeep_arr
-
-
-
-def force_isa_level_here(int level):
-    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
-    fastlstm._gates.force_isa_level sets every copy."""
-    fl_force_isa_level(level)
-
-
-def isa_level_here():
-    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
-    return fl_isa_level()

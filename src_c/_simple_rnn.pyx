@@ -26,6 +26,8 @@ from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels,
                     fl_force_isa_level, fl_isa_level, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
                     fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
 
+include "kernel_settings.pxi"
+
 
 cdef inline void fwd_step(int B, int H, fl_act act, floating *z, const unsigned char *mask,
                           const floating *h_in, floating *h_out, const floating *out_prev,
@@ -43,27 +45,6 @@ cdef inline void bwd_step(int B, int H, fl_act act, floating *z, const unsigned 
         fl_rnn_bwd_step_f(B, H, act, z, mask, dy, dh, dout, scratch)
     else:
         fl_rnn_bwd_step_d(B, H, act, z, mask, dy, dh, dout, scratch)
-
-
-def set_threads(int n, double parallel_min_macs=-1):
-    """Threads for this module's parallel loops (see fastlstm/threads.py)."""
-    set_kernel_threads(n, parallel_min_macs)
-
-
-def get_parallel_min_macs():
-    """The smallest product (multiply-adds) the kernels split over threads."""
-    return fl_parallel_min_macs
-
-
-def set_direct_rows(long rows):
-    """Input projections of fewer rows read W in place instead of packing it (tests set 0
-    and a large number to run either path)."""
-    set_direct_rows_param(rows)
-
-
-def set_recurrent_matmul(str which):
-    """'auto' (default), 'blas' or 'own': the per-step product, for tests and benchmarks."""
-    set_policy(which)
 
 
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
@@ -353,14 +334,3 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
                                NULL if input_dropout_mask is None else &input_dropout_mask[0, 0],
                                own)
     return dx_arr, dh_arr, dW_arr, dU_arr, db_arr
-
-
-def force_isa_level_here(int level):
-    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
-    fastlstm._gates.force_isa_level sets every copy."""
-    fl_force_isa_level(level)
-
-
-def isa_level_here():
-    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
-    return fl_isa_level()

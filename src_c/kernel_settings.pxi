@@ -1,0 +1,47 @@
+# The settings of one sequence-kernel extension (_lstm, _gru, _simple_rnn), included into
+# each: every extension compiles its own copy of products.pxd's and gates.c's globals, so
+# fastlstm.threads and fastlstm._gates.force_isa_level set each module in turn. The module
+# cimports what this uses: from products fl_max_threads, fl_parallel_min_macs,
+# set_direct_rows_param, set_kernel_threads, set_policy; from gates fl_force_isa_level,
+# fl_isa_level.
+
+
+def set_threads(int n, double parallel_min_macs=-1):
+    """Threads for this module's parallel loops (fastlstm.set_num_threads sets it), and
+    optionally the smallest product worth splitting (tests set 0).
+
+    The callers run these kernels with BLAS limited to one thread (fastlstm.threads): the
+    parallelism is ours, over independent slices, so one thread pool owns the cores —
+    BLAS's spinning workers and OpenMP's would otherwise fight over them."""
+    set_kernel_threads(n, parallel_min_macs)
+
+
+def get_threads():
+    return fl_max_threads
+
+
+def get_parallel_min_macs():
+    """The smallest product (multiply-adds) the kernels split over threads."""
+    return fl_parallel_min_macs
+
+
+def set_recurrent_matmul(str which):
+    """'auto' (default), 'blas' or 'own': the per-step products, for tests and benchmarks."""
+    set_policy(which)
+
+
+def set_direct_rows(long rows):
+    """Input projections of fewer rows read W in place instead of packing it (tests set 0
+    and a large number to run either path)."""
+    set_direct_rows_param(rows)
+
+
+def force_isa_level_here(int level):
+    """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
+    fastlstm._gates.force_isa_level sets every copy."""
+    fl_force_isa_level(level)
+
+
+def isa_level_here():
+    """The ISA variant this extension's kernels run (0 baseline, 1 AVX2, 2 AVX-512)."""
+    return fl_isa_level()
