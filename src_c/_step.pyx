@@ -246,18 +246,23 @@ cdef inline void *data_of(object a) noexcept:
 cdef object aligned_empty(Py_ssize_t n, dtype):
     """n elements of dtype starting on a 64-byte boundary: the one-row product loads and
     stores whole vectors of z, and one split over two cache lines costs two."""
-    itemsize = np.dtype(dtype).itemsize
-    buf = np.empty(n * itemsize + 64, np.uint8)
-    cdef Py_ssize_t off = (-<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>buf)) % 64
-    return buf[off:off + n * itemsize].view(dtype)
+    cdef Py_ssize_t nbytes = n * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + 64, np.uint8)
+    # Unsigned: this module divides the C way (cdivision), where -a % 64 is negative.
+    cdef size_t addr = <size_t>cnp.PyArray_DATA(<cnp.ndarray>buf)
+    cdef Py_ssize_t off = <Py_ssize_t>((64 - addr % 64) % 64)
+    out = buf[off:off + nbytes].view(dtype)
+    if out.shape[0] != n or cnp.PyArray_DATA(<cnp.ndarray>out) != <void *>(addr + off):
+        raise RuntimeError("aligned_empty: the buffer is not where the plan would write")
+    return out
 
 
 cdef class StepPlan:
     """What every cell's plan shares: the bound weights and their checks, the buffers, the
     checks of a call's arguments and its outputs. A cell's subclass runs the step (run)."""
     cdef readonly object kernel, recurrent_kernel, bias
-    cdef object buffers                       # arrays behind the pointers below
-    cdef object parts_arr
+    cdef readonly object buffers              # arrays behind the pointers below (z, zx, zh, ...)
+    cdef readonly object parts_arr
     cdef void *pW
     cdef void *pU
     cdef void *pb

@@ -321,6 +321,38 @@ def test_weights_start_on_cache_lines(cell):
     assert _offsets(layer) == aligned
 
 
+@cells
+@pytest.mark.parametrize("B", [1, 3])
+def test_plan_buffers_are_whole_and_aligned(cell, B):
+    """Every buffer a plan's kernels write holds all of what they write (z [B, its width],
+    the two partial rows [G], the split's partial sums) and starts on a cache line."""
+    rng = np.random.default_rng(seed_of("buffers", cell, B))
+    layer = make(cell, 7, (B, 1, 5), "float32")
+    layer.step(rng.standard_normal((B, 5)).astype(np.float32), states_of(layer, B, rng, np.float32))
+    G = layer.recurrent_kernel.shape[1]
+    width = 4 * layer.units if cell.startswith("gru") and layer.reset_after else G
+    z, zx, zh, *rest = layer._step_plan.buffers
+    assert (z.shape, zx.shape, zh.shape) == ((B * width,), (G,), (G,))
+    for b in [z, zx, zh] + rest:
+        assert b.size >= 1 and b.ctypes.data % 64 == 0
+
+
+def test_split_step_buffers_are_whole_and_aligned():
+    """The partial sums of a step split over two threads: (threads - 1) x 2G, aligned."""
+    prev = fl.get_num_threads()
+    try:
+        fl.set_num_threads(2)
+        layer = LSTM(256)                          # 2 MiB of float32 weights: split
+        layer.build((1, 1, 256))
+        x = np.ones((1, 256), np.float32)
+        layer.step(x, layer.get_initial_state(1))
+        parts = layer._step_plan.parts_arr
+        assert parts is not None and parts.shape == (2 * 1024,)
+        assert parts.ctypes.data % 64 == 0
+    finally:
+        fl.set_num_threads(prev)
+
+
 def test_aligned_weight():
     """aligned_weight: the array itself when aligned and C-contiguous (or empty), else an
     aligned copy of the same values, shape and dtype; anything else passes through."""
