@@ -41,10 +41,8 @@ FL_INLINE void FN(mm_block)(int R, int K, const REAL *A, int lda, const REAL *W,
         for (v = 0; v < FL_NV; v++) FN(vstore)(C + (long)r * ldc + v * FL_VL, acc[r][v]);
 }
 
-/* One row: c[N] += a[K] W[K,N]. Streams W row by row, 8 rows per pass over c (c stays in
- * L1): sequential reads that the prefetchers follow, and 8 FMAs per load and store of c.
- * The block kernel below instead walks down columns with a row stride, and its 4-8
- * accumulator chains leave the FMA units waiting on latency at a single row. */
+/* One row: c[N] += a[K] W[K,N], 8 rows per pass over c (c stays in L1): 8 FMAs per load
+ * and store of c. For short rows (below FL_GEMV_ONE_ROW_BYTES) this is the faster way. */
 FL_INLINE void FN(gemv_rows)(int R, int N, const REAL *a, const REAL *W, int ldw, REAL *c) {
     int j = 0;
     const REAL *w[8];
@@ -68,9 +66,33 @@ FL_INLINE void FN(gemv_rows)(int R, int N, const REAL *a, const REAL *W, int ldw
     }
 }
 
+/* One row a pass: W is read as a single sequential stream, which one core pulls from its L2
+ * at 188-219 GB/s against 139-141 for 8 rows at once (bench/row_product_bandwidth.c: the
+ * LSTM step's two 128 x 512 products 2.4-2.8 us against 3.7-3.8), at one load and store of c
+ * (in L1) per row. Short rows pay that per-row cost on too little W: from 1 KiB a row (the
+ * LSTM step: H = 128 3.6-3.7 us against 4.7-4.9, H = 64 1.5 against 1.6; SimpleRNN H = 64,
+ * rows of 256 bytes: 0.9 against 0.6). */
+#ifndef FL_GEMV_ONE_ROW_BYTES
+#define FL_GEMV_ONE_ROW_BYTES 1024
+#endif
+FL_INLINE void FN(gemv_one_row)(int N, const REAL s, const REAL *w, REAL *c) {
+    int j = 0;
+    for (; j + 2 * FL_VL <= N; j += 2 * FL_VL) {
+        const FN(vec) c0 = FN(vload)(c + j), c1 = FN(vload)(c + j + FL_VL);
+        FN(vstore)(c + j, c0 + FN(vload)(w + j) * s);
+        FN(vstore)(c + j + FL_VL, c1 + FN(vload)(w + j + FL_VL) * s);
+    }
+    for (; j + FL_VL <= N; j += FL_VL) FN(vstore)(c + j, FN(vload)(c + j) + FN(vload)(w + j) * s);
+    for (; j < N; j++) c[j] += w[j] * s;
+}
+
 FL_TARGET static void FN(fl_gemv_acc)(int N, int K, const REAL *a, const REAL *W, int ldw,
                                       REAL *c) {
     int k = 0;
+    if ((long)N * (long)sizeof(REAL) >= FL_GEMV_ONE_ROW_BYTES) {
+        for (; k < K; k++) FN(gemv_one_row)(N, a[k], W + (long)k * ldw, c);
+        return;
+    }
     for (; k + 8 <= K; k += 8) FN(gemv_rows)(8, N, a + k, W + (long)k * ldw, ldw, c);
     if (k < K) FN(gemv_rows)(K - k, N, a + k, W + (long)k * ldw, ldw, c);
 }

@@ -342,7 +342,9 @@ def test_both_recurrent_product_paths_match_oracle(policy, B):
 @pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 128, 512), (1, 13, 37), (1, 8, 16),
                                      (1, 21, 130), (4, 3, 64), (5, 17, 130), (9, 5, 200),
                                      (7, 6, 72), (600, 9, 70),
-                                     (16, 128, 512), (3, 64, 37)])
+                                     (16, 128, 512), (3, 64, 37),
+                                     # one row a pass (rows from 1 KiB), with each tail
+                                     (1, 9, 300), (1, 3, 272), (1, 5, 256), (1, 2, 255)])
 def test_matmul_kernel_every_isa(level, M, K, N):
     from fastlstm import _gates
     rng = np.random.default_rng(M * 1000 + N)
