@@ -25,13 +25,13 @@ from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport parallel, prange
 from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
-                      direct_projection, pack_projection, par_gemm, pipelined, pipe_rows,
+                      pack_projection, par_gemm, pipelined, pipe_rows, projection_in_place,
                       row_chunks, set_direct_rows_param, set_kernel_threads,
                       set_pipeline_params, set_policy, split, step_grad, step_product,
                       forward_u, backward_u, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_force_isa_level, fl_isa_level, fl_team_size, fl_thread_num, fl_publish,
                     fl_await)
-from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc, matmul_rows_acc,
+from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
                     gemm_packed_set, pack_b, pack_panels, fl_gru_fwd_reset_f,
                     fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_gru_bwd_step_f,
                     fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
@@ -228,15 +228,12 @@ cdef inline void project_rows(long r0, long nr, int I, int H, int G, int ZW, bin
                 memcpy(Zr + r * ZW, brow, ZW * sizeof(floating))
             else:
                 memcpy(Zr + r * ZW + 2 * H, brow + 2 * H, H * sizeof(floating))
-    if Wp1 == NULL and direct_projection(nr, <long>I * G * sizeof(floating)):
-        matmul_rows_acc(<int>nr, n1, I, Xr, I, W, G, Zr, ZW)
+    cdef long wbytes = <long>I * G * sizeof(floating)
+    if Wp1 == NULL:
+        projection_in_place(nr, n1, I, Xr, W, G, wbytes, <floating>1, Zr, ZW)
         if reset_after:
-            matmul_rows_acc(<int>nr, H, I, Xr, I, W + 2 * H, G, Zr + 3 * H, ZW)
-    elif Wp1 == NULL:
-        gemm(False, False, <int>nr, n1, I, <floating>1, Xr, I, W, G, <floating>1, Zr, ZW)
-        if reset_after:
-            gemm(False, False, <int>nr, H, I, <floating>1, Xr, I, W + 2 * H, G, <floating>1,
-                 Zr + 3 * H, ZW)
+            projection_in_place(nr, H, I, Xr, W + 2 * H, G, wbytes, <floating>1, Zr + 3 * H,
+                                ZW)
     elif reset_after:
         gemm_packed_set(<int>nr, 2 * H, I, Xr, I, Wp1, brow, Zr, ZW)
         gemm_packed_set(<int>nr, H, I, Xr, I, Wp2, brow + 3 * H, Zr + 3 * H, ZW)

@@ -291,6 +291,22 @@ cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, float
 
 
 # ------------------------------------------------------------- the many-row products
+cdef inline void projection_in_place(long nr, int N, int K, const floating *X,
+                                     const floating *W, int ldw, long weight_bytes,
+                                     floating beta, floating *Z, int ldz) noexcept nogil:
+    """Z[nr,N] = X[nr,K] W[K,N] + beta Z (beta 0 or 1; X's rows contiguous, ldz Z's row
+    stride) with W as it is, not packed: on our kernel computing every row the same way (a
+    few rows, weight_bytes, the whole W's, within its size: direct_projection) or on BLAS."""
+    cdef long r
+    if direct_projection(nr, weight_bytes):
+        if beta == 0:
+            for r in range(nr):
+                memset(Z + r * ldz, 0, N * sizeof(floating))
+        matmul_rows_acc(<int>nr, N, K, X, K, W, ldw, Z, ldz)
+    else:
+        gemm(False, False, <int>nr, N, K, <floating>1, X, K, W, ldw, beta, Z, ldz)
+
+
 cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
                               const floating *W, const floating *Wp, const floating *b,
                               floating *Z) noexcept nogil:
@@ -301,16 +317,11 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
     if Wp != NULL:       # the bias goes in with the product's first store: no pass of its own
         gemm_packed_set(<int>nr, G, I, X + r0 * I, I, Wp, b, Z + r0 * G, G)
         return
-    for r in range(r0, r0 + nr):
-        if b != NULL:
+    if b != NULL:
+        for r in range(r0, r0 + nr):
             memcpy(Z + r * G, b, G * sizeof(floating))
-        else:
-            memset(Z + r * G, 0, G * sizeof(floating))
-    if direct_projection(nr, <long>I * G * sizeof(floating)):
-        matmul_rows_acc(<int>nr, G, I, X + r0 * I, I, W, G, Z + r0 * G, G)
-    else:
-        gemm(False, False, <int>nr, G, I, <floating>1, X + r0 * I, I, W, G, <floating>1,
-             Z + r0 * G, G)
+    projection_in_place(nr, G, I, X + r0 * I, W, G, <long>I * G * sizeof(floating),
+                        <floating>(1 if b != NULL else 0), Z + r0 * G, G)
 
 
 cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
