@@ -80,7 +80,7 @@ cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (
 
 
 def set_pipeline(long steps, double min_macs=1 << 20):
-    """Steps a block of the projection beside a few-row inference loop, and the least
+    """Steps a block of the projection beside a few-row forward loop, and the least
     projection work (multiply-adds) for it; tests set them small, min_macs < 0 turns it off."""
     set_pipeline_params(steps, min_macs)
 

@@ -362,6 +362,9 @@ def test_aligned_weight():
     a = buf[off:off + 120].view(np.float64).reshape(3, 5)
     a[...] = np.arange(15).reshape(3, 5)
     assert aligned_weight(a) is a
+    fresh = aligned_weight(a, copy=True)              # set_weights: never the caller's array
+    assert fresh is not a and fresh.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(fresh, a)
     empty = np.zeros((0, 4), np.float32)                # nothing to read: kept as it is
     assert aligned_weight(empty) is empty
     for odd in (buf[off + 8:off + 8 + 112].view(np.float64).reshape(2, 7), a[:, ::2], a.T):

@@ -36,10 +36,11 @@ def check_dtype(dtype) -> np.dtype:
 WEIGHT_ALIGNMENT = 64
 
 
-def aligned_weight(a):
+def aligned_weight(a, copy=False):
     """``a`` itself when it is a C-contiguous NumPy array on a WEIGHT_ALIGNMENT boundary or
-    empty, else such a copy (other values, CuPy arrays included, unchanged)."""
-    if not isinstance(a, np.ndarray) or (a.flags.c_contiguous and (
+    empty (and not ``copy``), else such a copy (other values, CuPy arrays included,
+    unchanged)."""
+    if not isinstance(a, np.ndarray) or (not copy and a.flags.c_contiguous and (
             a.size == 0 or a.ctypes.data % WEIGHT_ALIGNMENT == 0)):
         return a
     buf = np.empty(a.nbytes + WEIGHT_ALIGNMENT, np.uint8)
@@ -163,8 +164,7 @@ class Layer:
             arr = as_float_array(n, devices.to_host(w), self.dtype)
             if arr.shape != cur.shape:
                 raise ValueError(f"weights: {n} of {self.name} expects shape {cur.shape}, got {arr.shape}")
-            new.append(devices.to_device(aligned_weight(np.array(arr, dtype=self.dtype, order="C",
-                                                                 copy=True)), self.device))
+            new.append(devices.to_device(aligned_weight(arr, copy=True), self.device))
         for n, arr in zip(names, new):
             setattr(self, n, arr)
 
