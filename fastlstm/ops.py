@@ -36,7 +36,9 @@ class _Checker:
         self.xp = xp
         self.dtype = dtype
 
-    def array(self, name, a, shape, optional=False):
+    def array(self, name, a, shape, optional=False, rows_apart=False):
+        """rows_apart: an array of this dtype whose last axis is contiguous is taken as it
+        is, whatever the strides of its other axes (a backend that reads it so asked)."""
         if a is None:
             if optional:
                 return None
@@ -51,6 +53,10 @@ class _Checker:
                                          for e, s in zip(shape, arr.shape)):
             expected = _shape_str("?" if e is None else e for e in shape)
             raise ValueError(f"{name}: expected shape {expected}, got {_shape_str(arr.shape)}")
+        if (rows_apart and arr.dtype == self.dtype and arr.flags.aligned
+                and (arr.shape[-1] <= 1 or arr.strides[-1] == arr.itemsize)
+                and all(s % arr.itemsize == 0 for s in arr.strides)):
+            return arr
         return self.xp.ascontiguousarray(arr, dtype=self.dtype)
 
     def mask(self, name, m, shape):
@@ -224,8 +230,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     return y, h, cache
 
 
-def _grad_arg(chk, name, g, shape):
-    return None if g is None else chk.array(name, g, shape)
+def _grad_arg(chk, name, g, shape, rows_apart=False):
+    return None if g is None else chk.array(name, g, shape, rows_apart=rows_apart)
 
 
 def _backward_args(cache, cell, forward_name, dy, states):
@@ -241,7 +247,11 @@ def _backward_args(cache, cell, forward_name, dy, states):
     ops = info["ops"]
     chk = _Checker(ops.xp, info["dtype"])
     T, B, H = info["T"], info["B"], info["H"]
-    dy = _grad_arg(chk, "dy", dy, (T, B, H) if info["return_sequences"] else (B, H))
+    # The compiled backends read dy's rows where they are: a layer's gradient of its
+    # batch-major output comes as a transposed view and is not copied.
+    seq = info["return_sequences"]
+    dy = _grad_arg(chk, "dy", dy, (T, B, H) if seq else (B, H),
+                   rows_apart=seq and getattr(ops, "reads_rows_apart", False))
     return ops, dy, [_grad_arg(chk, name, g, (B, H)) for name, g in states]
 
 

@@ -3,7 +3,8 @@
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py; the equations are those of
 # fastlstm/backends/oracle/gru.py and the gate-buffer layouts those of src_c/gru_impl.h. The
 # callers (fastlstm/backends/cpu_ops.py) pass C-contiguous arrays of one dtype whose shapes
-# they have checked, with B >= 1, I >= 1, H >= 1; nothing here allocates per timestep.
+# they have checked (dy's rows may lie apart), with B >= 1, I >= 1, H >= 1; nothing here
+# allocates per timestep.
 #
 # reset_after=True, Z [T,B,4H] = [z | r | rec_h | n]:
 #   Forward:  Z[:, 0:2H] = X W_zr + b_zr + b'_zr, Z[:, 2H:3H] = b'_h, Z[:, 3H:4H] = X W_h + b_h
@@ -19,7 +20,7 @@
 #             dh_{t-1} += [dz dr] U_zr^T; then the products over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import state_grads
+from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
@@ -58,11 +59,14 @@ cdef inline void fwd_step(int B, int H, int reset_after, fl_act act, fl_act ract
 
 cdef inline void bwd_step(int B, int H, int reset_after, fl_act act, fl_act ract, floating *z,
                           const floating *h_prev, const unsigned char *mask, const floating *dy,
-                          floating *dh, floating *dout, floating *scratch) noexcept nogil:
+                          long ldy, floating *dh, floating *dout,
+                          floating *scratch) noexcept nogil:
     if floating is float:
-        fl_gru_bwd_step_f(B, H, reset_after, act, ract, z, h_prev, mask, dy, dh, dout, scratch)
+        fl_gru_bwd_step_f(B, H, reset_after, act, ract, z, h_prev, mask, dy, ldy, dh, dout,
+                          scratch)
     else:
-        fl_gru_bwd_step_d(B, H, reset_after, act, ract, z, h_prev, mask, dy, dh, dout, scratch)
+        fl_gru_bwd_step_d(B, H, reset_after, act, ract, z, h_prev, mask, dy, ldy, dh, dout,
+                          scratch)
 
 
 cdef inline void bwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
@@ -430,12 +434,14 @@ cdef inline const unsigned char *mask_ptr(const unsigned char[:, ::1] mask) noex
 cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint reset_after,
                         bint go_backwards, fl_act act, fl_act ract, floating *Z,
                         const floating *HPREV, const floating *HIN, const unsigned char *mask,
-                        const floating *rdrop, const floating *DY, const floating *U,
+                        const floating *rdrop, const floating *DY, long dys, long dyr,
+                        const floating *U,
                         const floating *UT, const floating *UTp, const floating *UTp2,
                         floating *dh, floating *dout, floating *target, floating *drh,
                         floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,ZW] gates in, gradients
-    out; dh [B,H] in: gradient of the final state, out: of the initial state. With recurrent
+    out; DY [T,B,H] (steps dys and rows dyr apart) or NULL; dh [B,H] in: gradient of the
+    final state, out: of the initial state. With recurrent
     dropout, target [B,H] gathers the recurrent share of dh_{t-1} before scaling (else it is
     dh itself); drh [B,H] is work space (reset_after=False). UTp: U^T packed by pack_b
     (reset_after; else U_zr^T, and UTp2 U_h^T), or NULL (UT or U read in place)."""
@@ -456,7 +462,7 @@ cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint
         if mask != NULL:
             pm = mask + t * B + b0
         bwd_step(nb, H, reset_after, act, ract, zt, HPREV + t * BH + rh0, pm,
-                 DY + s * BH + rh0 if DY != NULL else NULL, pdh, pdo, scratch)
+                 DY + s * dys + b0 * dyr if DY != NULL else NULL, dyr, pdh, pdo, scratch)
         if reset_after:
             step_grad(nb, H, G, zt, ZW, U, G, UT, UTp, beta_rec, ptg)
         else:
@@ -477,8 +483,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
              bint return_sequences, bint has_bias, dy, dh_T):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
     reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
-    [T,B,H] (return_sequences) or [B,H] or None; dh_T: [B,H] or None, all of this dtype and
-    C-contiguous.
+    [T,B,H] (return_sequences; last axis contiguous, the others any strides) or [B,H] or
+    None; dh_T: [B,H] or None, all of this dtype and, but for dy's, C-contiguous.
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None); dbias is [2,3H] with
     reset_after, else [3H].
@@ -498,13 +504,16 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
 
     dh_arr, dout_arr = state_grads(B, H, dtype, dy, dh_T, has_mask, return_sequences)
     cdef floating[:, ::1] dh = dh_arr, dout, dhin_v, drh_v
-    cdef floating[:, :, ::1] DY
+    cdef const floating[:, :, :] DY
+    cdef long dys = 0, dyr = 0
     cdef floating *pdout = NULL
     if has_mask:
         dout = dout_arr
         pdout = &dout[0, 0]
     if dy is not None and return_sequences:
         DY = dy
+        dys, dyr = seq_grad_strides(T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
+                                    sizeof(floating))
     cdef floating *pdh = &dh[0, 0]
     # With recurrent dropout the recurrent share of dh_{t-1} is formed apart, then scaled.
     cdef floating *ptarget = pdh
@@ -580,15 +589,15 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     with nogil:
         if nchunks == 1:
             backward_rows(T, B, H, G, ZW, 0, B, reset_after, go_backwards, act, ract, pZ, pH,
-                          pHIN, mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, pU, pUT,
-                          pUTp1, pUTp2, pdh, pdout, ptarget, pdrh, &scratch[0])
+                          pHIN, mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, dys, dyr,
+                          pU, pUT, pUTp1, pUTp2, pdh, pdout, ptarget, pdrh, &scratch[0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(ci * B // nchunks)
                 backward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0,
                               reset_after, go_backwards, act, ract, pZ, pH, pHIN,
-                              mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, pU, pUT,
-                              pUTp1, pUTp2, pdh, pdout, ptarget, pdrh,
+                              mask_ptr(mask), prd, &DY[0, 0, 0] if seq_dy else NULL, dys,
+                              dyr, pU, pUT, pUTp1, pUTp2, pdh, pdout, ptarget, pdrh,
                               &scratch[0] + ci * 2 * H)
         # Weight and input gradients: products over all T*B rows, split into column slices
         # (weights) and row slices (inputs) over the threads; on our packed GEMM (the input

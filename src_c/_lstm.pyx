@@ -2,7 +2,7 @@
 #
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py. The callers
 # (fastlstm/backends/cpu_ops.py) pass C-contiguous arrays of one dtype whose shapes
-# they have checked; nothing here allocates per timestep.
+# they have checked (but for dy, whose rows may lie apart: a view of [B,T,H]); nothing here allocates per timestep.
 #
 # Forward:  Z = X W + b for all T*B rows (one GEMM); per step Z[t] += h U (GEMM, GEMV at
 #           B=1), then one fused elementwise pass turns Z[t] into gates and updates h, c.
@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from fastlstm.backends.grad_buffers import state_grads
+from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads
 
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
@@ -129,15 +129,15 @@ cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, fl
 
 cdef inline void bwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
                           const floating *c, const floating *c_prev, const floating *peep,
-                          const unsigned char *mask, const floating *dy, const floating *dh,
-                          floating *dc, floating *dout, floating *dpeep,
+                          const unsigned char *mask, const floating *dy, long ldy,
+                          const floating *dh, floating *dc, floating *dout, floating *dpeep,
                           floating *scratch) noexcept nogil:
     if floating is float:
-        fl_lstm_bwd_step_f(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, dh, dc, dout,
-                           dpeep, scratch)
+        fl_lstm_bwd_step_f(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh, dc,
+                           dout, dpeep, scratch)
     else:
-        fl_lstm_bwd_step_d(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, dh, dc, dout,
-                           dpeep, scratch)
+        fl_lstm_bwd_step_d(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh, dc,
+                           dout, dpeep, scratch)
 
 
 cdef inline floating *ptr_or_null(floating[::1] a):
@@ -503,12 +503,12 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
                         bint coupled, fl_act act, fl_act ract, floating *Z, const floating *C,
                         const floating *c0, const floating *U, const floating *UT,
                         const floating *UTp, const floating *P, const unsigned char *mask,
-                        const floating *rdrop,
-                        const floating *DY, floating *dh, floating *dc, floating *dout,
-                        floating *dhp, floating *dpeep, floating *scratch) noexcept nogil:
+                        const floating *rdrop, const floating *DY, long dys, long dyr,
+                        floating *dh, floating *dc, floating *dout, floating *dhp,
+                        floating *dpeep, floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,G] gates in, gate
-    gradients out (UTp: U^T packed by pack_b, or NULL); dh, dc [B,H] in: gradients of the
-    final state, out: of the initial state.
+    gradients out (UTp: U^T packed by pack_b, or NULL); DY [T,B,H] (steps dys and rows dyr
+    apart) or NULL; dh, dc [B,H] in: gradients of the final state, out: of the initial state.
     dhp [B,H] is work space (or dh itself without mask and dropout); dpeep [3,H] or NULL."""
     cdef long BH = <long>B * H, BG = <long>B * G, rh = <long>b0 * H, rg = <long>b0 * G
     cdef long s, t, tp
@@ -523,8 +523,8 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
         if mask != NULL:
             pm = mask + t * B + b0
         bwd_step(nb, H, coupled, act, ract, Z + t * BG + rg, C + t * BH + rh, pcp, P, pm,
-                 DY + s * BH + rh if DY != NULL else NULL, dh + rh, dc + rh, pout, dpeep,
-                 scratch)
+                 DY + s * dys + b0 * dyr if DY != NULL else NULL, dyr, dh + rh, dc + rh, pout,
+                 dpeep, scratch)
         step_grad(nb, H, G, Z + t * BG + rg, G, U, G, UT, UTp, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
@@ -538,8 +538,9 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
              bint coupled, bint go_backwards, bint return_sequences, bint has_bias,
              dy, dh_T, dc_T):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
-    the gate gradients). dy: [T,B,H] (return_sequences) or [B,H] or None; dh_T, dc_T:
-    [B,H] or None, all of this dtype and C-contiguous.
+    the gate gradients). dy: [T,B,H] (return_sequences; its last axis contiguous, the others
+    any strides, such as a transposed view of [B,T,H]) or [B,H] or None; dh_T, dc_T: [B,H]
+    or None, all of this dtype and, but for dy's, C-contiguous.
 
     Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None).
     """
@@ -554,7 +555,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     dh_arr, dout_arr = state_grads(B, H, dtype, dy, dh_T, has_mask, return_sequences)
     dc_arr = np.zeros((B, H), dtype) if dc_T is None else np.array(dc_T, dtype=dtype, copy=True)
     cdef floating[:, ::1] dh = dh_arr, dc = dc_arr, dout, dhp
-    cdef floating[:, :, ::1] DY
+    cdef const floating[:, :, :] DY
+    cdef long dys = 0, dyr = 0
     cdef floating *pdout = NULL
     cdef floating *pdhp
     if has_mask:
@@ -562,6 +564,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         pdout = &dout[0, 0]
     if dy is not None and return_sequences:
         DY = dy
+        dys, dyr = seq_grad_strides(T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
+                                    sizeof(floating))
     dhp_arr = np.empty((B, H), dtype) if (has_mask or has_rdrop) else None
     if dhp_arr is not None:
         dhp = dhp_arr
@@ -631,16 +635,16 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
         if nchunks == 1:
             backward_rows(T, B, H, G, 0, B, go_backwards, coupled, act, ract, pZ, &c[0, 0, 0],
                           &c0[0, 0], &recurrent_kernel[0, 0], pUT, pUTp, pP, pm, prd,
-                          &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], &dc[0, 0], pdout, pdhp,
-                          pdpeep, &scratch[0])
+                          &DY[0, 0, 0] if seq_dy else NULL, dys, dyr, &dh[0, 0], &dc[0, 0],
+                          pdout, pdhp, pdpeep, &scratch[0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(<long>ci * B // nchunks)
                 backward_rows(T, B, H, G, b0, <int>(<long>(ci + 1) * B // nchunks) - b0,
                               go_backwards, coupled, act, ract, pZ, &c[0, 0, 0], &c0[0, 0],
                               &recurrent_kernel[0, 0], pUT, pUTp, pP, pm, prd,
-                              &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], &dc[0, 0], pdout,
-                              pdhp, &part[ci, 0] if pdpeep != NULL else NULL,
+                              &DY[0, 0, 0] if seq_dy else NULL, dys, dyr, &dh[0, 0], &dc[0, 0],
+                              pdout, pdhp, &part[ci, 0] if pdpeep != NULL else NULL,
                               &scratch[0] + <long>ci * 5 * H)
     if nchunks > 1 and dpeep_arr is not None:
         dpeep_arr += part_arr.sum(0).reshape(3, H)

@@ -2,9 +2,9 @@
 #
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py, equations those of
 # fastlstm/backends/oracle/simple_rnn.py. The callers (fastlstm/backends/cpu_ops.py) pass
-# C-contiguous arrays of one dtype whose shapes they have checked, with B, I, H >= 1;
-# nothing here allocates per timestep. The products and the threads are the LSTM's
-# (src_c/_lstm.pyx) with G = H and one elementwise pass a step.
+# C-contiguous arrays of one dtype whose shapes they have checked (dy's rows may lie
+# apart), with B, I, H >= 1; nothing here allocates per timestep. The products and the
+# threads are the LSTM's (src_c/_lstm.pyx) with G = H and one elementwise pass a step.
 #
 # Forward:  Z = X W + b for all T*B rows (one GEMM); per step Z[t] += hin U (GEMM, GEMV at
 #           B=1), then one pass Z[t] := a(Z[t]) that also updates h (and the masked output).
@@ -12,7 +12,7 @@
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import state_grads
+from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -39,12 +39,12 @@ cdef inline void fwd_step(int B, int H, fl_act act, floating *z, const unsigned 
 
 
 cdef inline void bwd_step(int B, int H, fl_act act, floating *z, const unsigned char *mask,
-                          const floating *dy, const floating *dh, floating *dout,
+                          const floating *dy, long ldy, const floating *dh, floating *dout,
                           floating *scratch) noexcept nogil:
     if floating is float:
-        fl_rnn_bwd_step_f(B, H, act, z, mask, dy, dh, dout, scratch)
+        fl_rnn_bwd_step_f(B, H, act, z, mask, dy, ldy, dh, dout, scratch)
     else:
-        fl_rnn_bwd_step_d(B, H, act, z, mask, dy, dh, dout, scratch)
+        fl_rnn_bwd_step_d(B, H, act, z, mask, dy, ldy, dh, dout, scratch)
 
 
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
@@ -211,11 +211,12 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
 cdef void backward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, fl_act act,
                         floating *Z, const floating *U, const floating *UT,
                         const floating *UTp, const unsigned char *mask, const floating *rdrop,
-                        const floating *DY, floating *dh, floating *dout, floating *dhp,
-                        floating *scratch) noexcept nogil:
+                        const floating *DY, long dys, long dyr, floating *dh, floating *dout,
+                        floating *dhp, floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,H] activations in,
     pre-activation gradients out (UTp: U^T packed by pack_b; else UT [H,H] row-major for our
-    kernel, or NULL); dh [B,H] in: gradient of the final state, out: of the initial state.
+    kernel, or NULL); DY [T,B,H] (steps dys and rows dyr apart) or NULL; dh [B,H] in:
+    gradient of the final state, out: of the initial state.
     dhp [B,H] is work space (or dh itself without mask and dropout)."""
     cdef long BH = <long>B * H, rh = <long>b0 * H
     cdef long s, t
@@ -228,8 +229,8 @@ cdef void backward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, 
         zt = Z + t * BH + rh
         if mask != NULL:
             pm = mask + t * B + b0
-        bwd_step(nb, H, act, zt, pm, DY + s * BH + rh if DY != NULL else NULL, dh + rh, pout,
-                 scratch)
+        bwd_step(nb, H, act, zt, pm, DY + s * dys + b0 * dyr if DY != NULL else NULL, dyr,
+                 dh + rh, pout, scratch)
         step_grad(nb, H, H, zt, H, U, H, UT, UTp, <floating>0, dhp + rh)
         if mask != NULL or rdrop != NULL:
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
@@ -241,8 +242,9 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
              floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
              bint return_sequences, bint has_bias, dy, dh_T):
     """BPTT for `forward`. x, z, hin are what forward saved (z is overwritten with the
-    pre-activation gradients). dy: [T,B,H] (return_sequences) or [B,H] or None; dh_T: [B,H]
-    or None, all of this dtype and C-contiguous.
+    pre-activation gradients). dy: [T,B,H] (return_sequences; last axis contiguous, the
+    others any strides) or [B,H] or None; dh_T: [B,H] or None, all of this dtype and, but
+    for dy's, C-contiguous.
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None).
     """
@@ -256,7 +258,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
 
     dh_arr, dout_arr = state_grads(B, H, dtype, dy, dh_T, has_mask, return_sequences)
     cdef floating[:, ::1] dh = dh_arr, dout, dhp
-    cdef floating[:, :, ::1] DY
+    cdef const floating[:, :, :] DY
+    cdef long dys = 0, dyr = 0
     cdef floating *pdout = NULL
     cdef floating *pdhp
     if has_mask:
@@ -264,6 +267,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         pdout = &dout[0, 0]
     if dy is not None and return_sequences:
         DY = dy
+        dys, dyr = seq_grad_strides(T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
+                                    sizeof(floating))
     dhp_arr = np.empty((B, H), dtype) if (has_mask or has_rdrop) else None
     if dhp_arr is not None:
         dhp = dhp_arr
@@ -320,15 +325,15 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     with nogil:
         if nchunks == 1:
             backward_rows(T, B, H, 0, B, go_backwards, act, pZ, &recurrent_kernel[0, 0], pUT,
-                          pUTp, pm, prd, &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], pdout,
-                          pdhp, &scratch[0])
+                          pUTp, pm, prd, &DY[0, 0, 0] if seq_dy else NULL, dys, dyr, &dh[0, 0],
+                          pdout, pdhp, &scratch[0])
         else:
             for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
                 b0 = <int>(ci * B // nchunks)
                 backward_rows(T, B, H, b0, <int>((ci + 1) * B // nchunks) - b0, go_backwards,
                               act, pZ, &recurrent_kernel[0, 0], pUT, pUTp, pm, prd,
-                              &DY[0, 0, 0] if seq_dy else NULL, &dh[0, 0], pdout, pdhp,
-                              &scratch[0] + ci * H)
+                              &DY[0, 0, 0] if seq_dy else NULL, dys, dyr, &dh[0, 0], pdout,
+                              pdhp, &scratch[0] + ci * H)
         weight_and_input_grads(TB, B, I, H, H, &x[0, 0, 0], &hin[0, 0, 0], pZ, &kernel[0, 0],
                                pWT, pones, &dW[0, 0], &dU[0, 0], pdb, &dx[0, 0, 0],
                                NULL if input_dropout_mask is None else &input_dropout_mask[0, 0],

@@ -216,10 +216,10 @@ void fl_lstm_fwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract, REA
                                       h_out, c_out, out_prev, out, scratch)); }              \
 void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract, REAL *z,        \
                          const REAL *c, const REAL *c_prev, const REAL *peep,                \
-                         const unsigned char *mask, const REAL *dy, const REAL *dh,          \
-                         REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch) {                 \
+                         const unsigned char *mask, const REAL *dy, long ldy,                \
+                         const REAL *dh, REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch) { \
     FL_DISPATCH(fl_lstm_bwd_step##S, (B, H, coupled, act, ract, z, c, c_prev, peep, mask,    \
-                                      dy, dh, dc, dout, dpeep, scratch)); }                  \
+                                      dy, ldy, dh, dc, dout, dpeep, scratch)); }             \
 void fl_add_mul##S(const REAL *a, const REAL *b, REAL *out, long n) {                        \
     FL_DISPATCH(fl_add_mul##S, (a, b, out, n)); }                                            \
 void fl_gru_fwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin, REAL *rh) {    \
@@ -231,9 +231,9 @@ void fl_gru_fwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, 
                                      out_prev, out)); }                                      \
 void fl_gru_bwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,     \
                         const REAL *h_prev, const unsigned char *mask, const REAL *dy,       \
-                        REAL *dh, REAL *dout, REAL *scratch) {                               \
-    FL_DISPATCH(fl_gru_bwd_step##S, (B, H, reset_after, act, ract, z, h_prev, mask, dy, dh,  \
-                                     dout, scratch)); }                                      \
+                        long ldy, REAL *dh, REAL *dout, REAL *scratch) {                     \
+    FL_DISPATCH(fl_gru_bwd_step##S, (B, H, reset_after, act, ract, z, h_prev, mask, dy, ldy, \
+                                     dh, dout, scratch)); }                                  \
 void fl_gru_bwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin,                \
                          const REAL *drh, const unsigned char *mask, REAL *dhin,             \
                          int accumulate, REAL *scratch) {                                    \
@@ -243,8 +243,9 @@ void fl_rnn_fwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *
                         const REAL *h_in, REAL *h_out, const REAL *out_prev, REAL *out) {    \
     FL_DISPATCH(fl_rnn_fwd_step##S, (B, H, act, z, mask, h_in, h_out, out_prev, out)); }     \
 void fl_rnn_bwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,        \
-                        const REAL *dy, const REAL *dh, REAL *dout, REAL *scratch) {         \
-    FL_DISPATCH(fl_rnn_bwd_step##S, (B, H, act, z, mask, dy, dh, dout, scratch)); }
+                        const REAL *dy, long ldy, const REAL *dh, REAL *dout,                \
+                        REAL *scratch) {                                                     \
+    FL_DISPATCH(fl_rnn_bwd_step##S, (B, H, act, z, mask, dy, ldy, dh, dout, scratch)); }
 
 FL_EXPORTS(float, _f)
 FL_EXPORTS(double, _d)

@@ -52,14 +52,15 @@ void fl_lstm_fwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,    
                          const REAL *h_in, const REAL *c_in, REAL *h_out, REAL *c_out,        \
                          const REAL *out_prev, REAL *out, REAL *scratch);                     \
 /* Backward of one LSTM step. z [B,G]: gates in, gate gradients (pre-activation) out.         \
- * c [B,H]: c_t; c_prev [B,H]: c_{t-1}. dy [B,H] or NULL: gradient of this step's output.     \
- * dh [B,H]: gradient reaching h_t from later steps (read). dc [B,H]: in dc_t, out dc_{t-1}   \
+ * c [B,H]: c_t; c_prev [B,H]: c_{t-1}. dy [B,H] (rows ldy apart) or NULL: gradient of   \
+ * this step's output. dh [B,H]: gradient reaching h_t from later steps (read). dc [B,H]: in  \
+ * dc_t, out dc_{t-1}                                                                         \
  * (masked rows keep theirs). dout [B,H] (only with a mask): output gradient carried over     \
  * masked steps. dpeep [3,H] or NULL: accumulated. scratch [5H]. */                            \
 void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,                  \
                          REAL *z, const REAL *c, const REAL *c_prev, const REAL *peep,        \
-                         const unsigned char *mask, const REAL *dy, const REAL *dh,           \
-                         REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch);             \
+                         const unsigned char *mask, const REAL *dy, long ldy,                 \
+                         const REAL *dh, REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch);   \
 /* out[0:n] += a[0:n] * b[0:n] */                                                            \
 void fl_add_mul##S(const REAL *a, const REAL *b, REAL *out, long n);                          \
 /* GRU (layouts of the gate rows in gru_impl.h). reset_after=0, between the two recurrent   \
@@ -72,11 +73,11 @@ void fl_gru_fwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, 
                         const unsigned char *mask, const REAL *h_in, REAL *h_out,             \
                         const REAL *out_prev, REAL *out);                                     \
 /* Backward of one GRU step before the recurrent products: gate gradients over z; dh [B,H]  \
- * in: gradient from later steps, out: its carry share s*z; h_prev [B,H]; dy [B,H] or NULL;  \
- * dout [B,H] only with a mask. scratch [2H]. */                                              \
+ * in: gradient from later steps, out: its carry share s*z; h_prev [B,H]; dy [B,H] (row     \
+ * stride ldy) or NULL; dout [B,H] only with a mask. scratch [2H]. */                         \
 void fl_gru_bwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,      \
                         const REAL *h_prev, const unsigned char *mask, const REAL *dy,        \
-                        REAL *dh, REAL *dout, REAL *scratch);                                 \
+                        long ldy, REAL *dh, REAL *dout, REAL *scratch);                       \
 /* reset_after=0: given drh = dn U_h^T [B,H], dr over column block 1 of z [B,3H] and         \
  * dhin [B,H] (+)= drh * r. scratch [H]. */                                                   \
 void fl_gru_bwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin,                 \
@@ -86,9 +87,10 @@ void fl_gru_bwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin,   
  * out_prev as in fl_lstm_fwd_step. */                                                        \
 void fl_rnn_fwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,         \
                         const REAL *h_in, REAL *h_out, const REAL *out_prev, REAL *out);      \
-/* Its backward: z [B,H] := (dh + dy + dout) act'(.) (masked rows 0, dout += dy). scratch [H] */ \
+/* Its backward: z [B,H] := (dh + dy + dout) act'(.) (masked rows 0, dout += dy); dy's rows  \
+ * ldy apart. scratch [H] */                                                                  \
 void fl_rnn_bwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,         \
-                        const REAL *dy, const REAL *dh, REAL *dout, REAL *scratch);
+                        const REAL *dy, long ldy, const REAL *dh, REAL *dout, REAL *scratch);
 
 FL_DECLARE(float, _f)
 FL_DECLARE(double, _d)

@@ -38,12 +38,13 @@ cdef extern from "gates.h" nogil:
                             const double *out_prev, double *out, double *scratch)
     void fl_lstm_bwd_step_f(int B, int H, int coupled, fl_act act, fl_act ract, float *z,
                             const float *c, const float *c_prev, const float *peep,
-                            const unsigned char *mask, const float *dy, const float *dh,
-                            float *dc, float *dout, float *dpeep, float *scratch)
+                            const unsigned char *mask, const float *dy, long ldy,
+                            const float *dh, float *dc, float *dout, float *dpeep, float *scratch)
     void fl_lstm_bwd_step_d(int B, int H, int coupled, fl_act act, fl_act ract, double *z,
                             const double *c, const double *c_prev, const double *peep,
-                            const unsigned char *mask, const double *dy, const double *dh,
-                            double *dc, double *dout, double *dpeep, double *scratch)
+                            const unsigned char *mask, const double *dy, long ldy,
+                            const double *dh, double *dc, double *dout, double *dpeep,
+                            double *scratch)
     void fl_add_mul_f(const float *a, const float *b, float *out, long n)
     void fl_gru_fwd_reset_f(int B, int H, fl_act ract, float *z, const float *hin, float *rh)
     void fl_gru_fwd_step_f(int B, int H, int reset_after, fl_act act, fl_act ract, float *z,
@@ -51,14 +52,15 @@ cdef extern from "gates.h" nogil:
                            const float *out_prev, float *out)
     void fl_gru_bwd_step_f(int B, int H, int reset_after, fl_act act, fl_act ract, float *z,
                            const float *h_prev, const unsigned char *mask, const float *dy,
-                           float *dh, float *dout, float *scratch)
+                           long ldy, float *dh, float *dout, float *scratch)
     void fl_gru_bwd_reset_f(int B, int H, fl_act ract, float *z, const float *hin,
                             const float *drh, const unsigned char *mask, float *dhin,
                             int accumulate, float *scratch)
     void fl_rnn_fwd_step_f(int B, int H, fl_act act, float *z, const unsigned char *mask,
                            const float *h_in, float *h_out, const float *out_prev, float *out)
     void fl_rnn_bwd_step_f(int B, int H, fl_act act, float *z, const unsigned char *mask,
-                           const float *dy, const float *dh, float *dout, float *scratch)
+                           const float *dy, long ldy, const float *dh, float *dout,
+                           float *scratch)
     void fl_add_mul_d(const double *a, const double *b, double *out, long n)
     void fl_gru_fwd_reset_d(int B, int H, fl_act ract, double *z, const double *hin, double *rh)
     void fl_gru_fwd_step_d(int B, int H, int reset_after, fl_act act, fl_act ract, double *z,
@@ -66,14 +68,15 @@ cdef extern from "gates.h" nogil:
                            const double *out_prev, double *out)
     void fl_gru_bwd_step_d(int B, int H, int reset_after, fl_act act, fl_act ract, double *z,
                            const double *h_prev, const unsigned char *mask, const double *dy,
-                           double *dh, double *dout, double *scratch)
+                           long ldy, double *dh, double *dout, double *scratch)
     void fl_gru_bwd_reset_d(int B, int H, fl_act ract, double *z, const double *hin,
                             const double *drh, const unsigned char *mask, double *dhin,
                             int accumulate, double *scratch)
     void fl_rnn_fwd_step_d(int B, int H, fl_act act, double *z, const unsigned char *mask,
                            const double *h_in, double *h_out, const double *out_prev, double *out)
     void fl_rnn_bwd_step_d(int B, int H, fl_act act, double *z, const unsigned char *mask,
-                           const double *dy, const double *dh, double *dout, double *scratch)
+                           const double *dy, long ldy, const double *dh, double *dout,
+                           double *scratch)
 
 
 cdef extern from "gates.h" nogil:

@@ -135,8 +135,8 @@ FL_TARGET static void FN(fl_lstm_fwd_step)(int B, int H, int coupled, fl_act act
 FL_TARGET static void FN(fl_lstm_bwd_step)(int B, int H, int coupled, fl_act act, fl_act ract,
                                            REAL *z, const REAL *c, const REAL *c_prev,
                                            const REAL *peep, const unsigned char *mask,
-                                           const REAL *dy, const REAL *dh, REAL *dc, REAL *dout,
-                                           REAL *dpeep, REAL *scratch) {
+                                           const REAL *dy, long ldy, const REAL *dh, REAL *dc,
+                                           REAL *dout, REAL *dpeep, REAL *scratch) {
     const long G = (long)(coupled ? 3 : 4) * H;
     REAL *s_dh = scratch, *s_ac = scratch + H, *s_dcs = scratch + 2 * H;
     REAL *s_t1 = scratch + 3 * H, *s_t2 = scratch + 4 * H;
@@ -146,14 +146,14 @@ FL_TARGET static void FN(fl_lstm_bwd_step)(int B, int H, int coupled, fl_act act
         int j;
         if (mask && !mask[b]) {   /* state passes through; the output carries dy back */
             for (j = 0; j < G; j++) zr[j] = 0;
-            if (dy) for (j = 0; j < H; j++) dout[r + j] += dy[r + j];
+            if (dy) for (j = 0; j < H; j++) dout[r + j] += dy[(long)b * ldy + j];
             continue;
         }
         REAL *zi = zr, *zf = coupled ? zr : zr + H, *zc = zf + H, *zo = zc + H;
         const REAL *ct = c + r, *cp = c_prev + r;
         REAL *dcr = dc + r;
         for (j = 0; j < H; j++) s_dh[j] = dh[r + j];
-        if (dy) for (j = 0; j < H; j++) s_dh[j] += dy[r + j];
+        if (dy) for (j = 0; j < H; j++) s_dh[j] += dy[(long)b * ldy + j];
         if (dout) for (j = 0; j < H; j++) { s_dh[j] += dout[r + j]; dout[r + j] = 0; }
         for (j = 0; j < H; j++) s_ac[j] = ct[j];
         FN(act_fwd)(act, s_ac, H);                                  /* a(c_t) */

@@ -81,7 +81,8 @@ FL_TARGET static void FN(fl_gru_fwd_step)(int B, int H, int reset_after, fl_act 
  * 0, dh kept, dout += dy. dout [B,H] only with a mask. scratch [2H]. */
 FL_TARGET static void FN(fl_gru_bwd_step)(int B, int H, int reset_after, fl_act act, fl_act ract,
                                           REAL *z, const REAL *h_prev, const unsigned char *mask,
-                                          const REAL *dy, REAL *dh, REAL *dout, REAL *scratch) {
+                                          const REAL *dy, long ldy, REAL *dh, REAL *dout,
+                                          REAL *scratch) {
     const long G = (reset_after ? 4L : 3L) * H;
     REAL *t1 = scratch, *t2 = scratch + H;
     for (int b = 0; b < B; b++) {
@@ -90,13 +91,13 @@ FL_TARGET static void FN(fl_gru_bwd_step)(int B, int H, int reset_after, fl_act 
         int j;
         if (mask && !mask[b]) {
             for (j = 0; j < G; j++) zz[j] = 0;
-            if (dy) for (j = 0; j < H; j++) dout[r + j] += dy[r + j];
+            if (dy) for (j = 0; j < H; j++) dout[r + j] += dy[(long)b * ldy + j];
             continue;
         }
         REAL *zr = zz + H, *n = zz + (reset_after ? 3 : 2) * H;
         const REAL *hp = h_prev + r;
         REAL *dhr = dh + r;
-        if (dy) for (j = 0; j < H; j++) dhr[j] += dy[r + j];
+        if (dy) for (j = 0; j < H; j++) dhr[j] += dy[(long)b * ldy + j];
         if (dout) for (j = 0; j < H; j++) { dhr[j] += dout[r + j]; dout[r + j] = 0; }
         for (j = 0; j < H; j++) {
             const REAL sj = dhr[j];

@@ -39,7 +39,7 @@ FL_TARGET static void FN(fl_rnn_fwd_step)(int B, int H, fl_act act, REAL *z,
  * Masked rows: z row 0, dout += dy. dout [B,H] only with a mask: the output gradient
  * carried over masked steps. */
 FL_TARGET static void FN(fl_rnn_bwd_step)(int B, int H, fl_act act, REAL *z,
-                                          const unsigned char *mask, const REAL *dy,
+                                          const unsigned char *mask, const REAL *dy, long ldy,
                                           const REAL *dh, REAL *dout, REAL *scratch) {
     for (int b = 0; b < B; b++) {
         const long r = (long)b * H;
@@ -47,11 +47,11 @@ FL_TARGET static void FN(fl_rnn_bwd_step)(int B, int H, fl_act act, REAL *z,
         int j;
         if (mask && !mask[b]) {
             for (j = 0; j < H; j++) zr[j] = 0;
-            if (dy) for (j = 0; j < H; j++) dout[r + j] += dy[r + j];
+            if (dy) for (j = 0; j < H; j++) dout[r + j] += dy[(long)b * ldy + j];
             continue;
         }
         for (j = 0; j < H; j++) scratch[j] = dh[r + j];
-        if (dy) for (j = 0; j < H; j++) scratch[j] += dy[r + j];
+        if (dy) for (j = 0; j < H; j++) scratch[j] += dy[(long)b * ldy + j];
         if (dout) for (j = 0; j < H; j++) { scratch[j] += dout[r + j]; dout[r + j] = 0; }
         FN(act_grad)(act, zr, scratch, zr, H);
     }

@@ -22,6 +22,7 @@ def _u8(mask):
 
 class CpuOps(NumpyOps):
     name = "cpu"
+    reads_rows_apart = True      # the backward kernels take dy [T,B,H] with any row strides
 
     @staticmethod
     def isa() -> str:

@@ -310,7 +310,7 @@ class RecurrentLayer(Layer):
             if act_grad is not None:
                 dy = act_grad if dy is None else dy + act_grad
             if dy is not None and self.return_sequences:
-                dy = self.xp.ascontiguousarray(dy.transpose(1, 0, 2))
+                dy = dy.transpose(1, 0, 2)        # time-major; the ops copy it if they must
             if self.device != "cpu":      # the ops check them; only the device is ours
                 dstates = [None if d is None else devices.to_device(d, self.device)
                            for d in dstates]

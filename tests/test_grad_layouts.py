@@ -1,0 +1,113 @@
+"""The compiled backward passes read the output gradient dy [T,B,H] where it lies: a layer's
+gradient of its batch-major output arrives as a transposed view and is not copied. Any
+layout must give the gradients of a contiguous dy, bit for bit."""
+import importlib
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm import ops
+from fastlstm.backends.grad_buffers import seq_grad_strides
+
+from conftest import DTYPES, seed_of
+
+T, B, I, H = 6, 9, 5, 11
+
+CELLS = [("lstm", {}), ("lstm", {"coupled_input_forget": True, "peephole": True}),
+         ("gru", {"reset_after": True}), ("gru", {"reset_after": False}),
+         ("simple_rnn", {})]
+
+
+def _layouts(dy):
+    """dy [T,B,H] laid out in other ways, each with the same values."""
+    Tn, Bn, Hn = dy.shape
+    batch_major = np.ascontiguousarray(dy.transpose(1, 0, 2)).transpose(1, 0, 2)
+    wide = np.zeros((Tn, Bn, 2 * Hn + 3), dy.dtype)
+    wide[..., 3:3 + Hn] = dy
+    backwards = np.ascontiguousarray(dy[::-1])[::-1]
+    every_other = np.zeros((Tn, Bn, 2 * Hn), dy.dtype)
+    every_other[..., ::2] = dy
+    return {"batch_major": batch_major, "column_slice": wide[..., 3:3 + Hn],
+            "negative_time_stride": backwards, "last_axis_strided": every_other[..., ::2]}
+
+
+def _grads(cell, kw, args, states, dy, dtype):
+    extra = dict(kw)
+    if extra.pop("peephole", False):
+        extra["peephole"] = np.full((3, H), 0.2, dtype)
+    out = getattr(ops, f"{cell}_forward")(*args, *states, training=True, **extra)
+    return getattr(ops, f"{cell}_backward")(out[-1], dy)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("cell, kw", CELLS, ids=[c + str(sorted(k)) for c, k in CELLS])
+def test_backward_reads_dy_in_any_layout(cell, kw, masked, threads):
+    mod = importlib.import_module(f"fastlstm._{cell}")
+    min_macs = mod.get_parallel_min_macs()
+    mod.set_threads(threads, 0)               # batch rows over the threads even here
+    try:
+        for dtype in DTYPES:
+            rng = np.random.default_rng(seed_of("layouts", cell, sorted(kw), masked, threads))
+            G = {"lstm": 3 if kw.get("coupled_input_forget") else 4, "gru": 3,
+                 "simple_rnn": 1}[cell] * H
+            x = rng.standard_normal((T, B, I)).astype(dtype)
+            W = (rng.standard_normal((I, G)) / 3).astype(dtype)
+            U = (rng.standard_normal((H, G)) / 3).astype(dtype)
+            b = rng.standard_normal((2, G) if kw.get("reset_after") else (G,)).astype(dtype)
+            states = [rng.standard_normal((B, H)).astype(dtype)
+                      for _ in range(2 if cell == "lstm" else 1)]
+            if masked:
+                kw = dict(kw, mask=rng.random((T, B)) > 0.3, go_backwards=True)
+            dy = rng.standard_normal((T, B, H)).astype(dtype)
+            with fl.use_backend("cpu"):
+                want = _grads(cell, kw, (x, W, U, b), states, dy, dtype)
+                for name, view in _layouts(dy).items():
+                    assert np.array_equal(view, dy)
+                    got = _grads(cell, kw, (x, W, U, b), states, view, dtype)
+                    for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
+                        assert np.array_equal(getattr(got, f), getattr(want, f)), (name, f)
+                # One gradient row broadcast over every step and row (strides 0), read-only.
+                row = rng.standard_normal(H).astype(dtype)
+                got = _grads(cell, kw, (x, W, U, b), states, np.broadcast_to(row, dy.shape),
+                             dtype)
+                want = _grads(cell, kw, (x, W, U, b), states,
+                              np.ascontiguousarray(np.broadcast_to(row, dy.shape)), dtype)
+                assert np.array_equal(got.inputs, want.inputs)
+                assert np.array_equal(got.recurrent_kernel, want.recurrent_kernel)
+    finally:
+        mod.set_threads(fl.get_num_threads(), min_macs)
+        from fastlstm.threads import init_threads
+        init_threads()
+
+
+def test_backward_args_keep_dy_where_it_lies():
+    """The checks pass a view with contiguous rows on to the compiled backend as it is (no
+    copy), and copy one whose last axis is strided, or of another dtype."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    W = rng.standard_normal((I, 4 * H)).astype(np.float32)
+    U = rng.standard_normal((H, 4 * H)).astype(np.float32)
+    dy_bt = rng.standard_normal((B, T, H)).astype(np.float32)
+    view = dy_bt.transpose(1, 0, 2)
+    for backend, kept in (("cpu", True), ("numpy", False)):
+        with fl.use_backend(backend):
+            _, _, _, cache = ops.lstm_forward(x, W, U, training=True)
+        _, got, _ = ops._backward_args(cache, "lstm", "lstm_forward", view, [])
+        assert np.shares_memory(got, dy_bt) == kept
+        for other in (view.astype(np.float64), np.repeat(view, 2, axis=2)[..., ::2]):
+            _, got, _ = ops._backward_args(cache, "lstm", "lstm_forward", other, [])
+            assert got.flags.c_contiguous and got.dtype == np.float32
+            np.testing.assert_array_equal(got, view.astype(np.float32))
+
+
+def test_seq_grad_strides():
+    assert seq_grad_strides(3, 4, 5, 80, 20, 4, 4) == (20, 5)
+    assert seq_grad_strides(3, 4, 5, -80, 0, 4, 4) == (-20, 0)
+    # Axes of length 1: their strides are never used, whatever numpy reports.
+    assert seq_grad_strides(1, 1, 1, 3, 7, 9, 8) == (0, 0)
+    with pytest.raises(ValueError, match="dy: expected its last axis contiguous"):
+        seq_grad_strides(3, 4, 5, 160, 40, 8, 4)
+    with pytest.raises(ValueError, match="strides of whole 8-byte elements"):
+        seq_grad_strides(3, 4, 5, 164, 40, 8, 8)
