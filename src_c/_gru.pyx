@@ -20,7 +20,7 @@
 #             dh_{t-1} += [dz dr] U_zr^T; then the products over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads
+from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads, states_and_outputs
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
@@ -155,7 +155,7 @@ def set_projection_blas(bint on):
     projections_on_blas = on
 
 
-cdef object packed_cols(floating[:, ::1] w, int j0, int n, dtype):
+cdef object packed_cols(const floating[:, ::1] w, int j0, int n, dtype):
     """Columns [j0, j0+n) of w [K,N] packed for matmul_packed_acc, a new 1-D array."""
     arr = np.empty(w.shape[0] * n, dtype)
     cdef floating[::1] v = arr
@@ -163,11 +163,11 @@ cdef object packed_cols(floating[:, ::1] w, int j0, int n, dtype):
     return arr
 
 
-cdef tuple packed_u(floating[:, :] U, int H, bint reset_after, bint transposed):
+cdef tuple packed_u(const floating[:, :] U, int H, bint reset_after, bint transposed):
     """U [H,3H] (U^T with transposed) packed for the packed GEMM, as the time loops take it:
     whole with reset_after (one product for z, r and h), else its [z r] and h blocks apart
     (h's product needs r first). Returns (packed, packed h block or None)."""
-    cdef floating[:, :] Uzr = U[:, :2 * H], Uh = U[:, 2 * H:]
+    cdef const floating[:, :] Uzr = U[:, :2 * H], Uh = U[:, 2 * H:]
     if reset_after:
         return pack_b(U, transposed, None, fl_max_threads), None
     return (pack_b(Uzr, transposed, None, fl_max_threads),
@@ -209,7 +209,7 @@ cdef void forward_pipelined(int T, int B, int I, int H, int G, int ZW, bint rese
             a = e
 
 
-cdef inline const floating *ptr_or_null(floating[::1] a):
+cdef inline const floating *ptr_or_null(const floating[::1] a):
     return NULL if a is None else &a[0]
 
 
@@ -245,9 +245,9 @@ cdef inline void project_rows(long r0, long nr, int I, int H, int G, int ZW, bin
         gemm_packed_set(<int>nr, G, I, Xr, I, Wp1, brow, Zr, ZW)
 
 
-def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
-            floating[::1] bias, floating[:, ::1] h0, const unsigned char[:, ::1] mask,
-            floating[:, ::1] input_dropout_mask, floating[:, ::1] recurrent_dropout_mask,
+def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
+            const floating[::1] bias, const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
+            const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
             activation, recurrent_activation, bint reset_after, bint go_backwards,
             bint return_sequences, bint training):
     """x [T,B,I], kernel [I,3H], recurrent_kernel [H,3H], bias [6H] (reset_after: rows 0, 1 of
@@ -279,15 +279,17 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
             brow_arr[:] = b
     cdef floating[::1] brow = brow_arr
 
-    cdef floating[:, :, ::1] xin = x
+    cdef const floating[:, :, ::1] xin = x
+    cdef floating[:, :, ::1] xd            # x times the input dropout mask
     if input_dropout_mask is not None:
-        xin = np.empty_like(np.asarray(x))
+        xd = np.empty_like(np.asarray(x))
+        xin = xd
     z_arr = np.empty((T, B, ZW), dtype)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pW = &kernel[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
-    cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
+    cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
     cdef long r, t, s
     cdef int nproj = split(TB, 64, <double>TB * I * G)
     # The input projection on our packed GEMM, W packed once per call (from a few dozen
@@ -295,7 +297,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # in place (project_rows).
     # (Memoryview slices go into named variables: as operands of a conditional expression
     # Cython miscounts their references.)
-    cdef floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
+    cdef const floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
     wp1 = wp2 = None
     if pack_projection(TB, <long>I * G * sizeof(floating)):
         if reset_after:
@@ -313,7 +315,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     with nogil:
         if input_dropout_mask is not None:
             for r in range(T):
-                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
+                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
         if nproj == 1 and not pipe:
             project_rows(0, TB, I, H, G, ZW, reset_after, &xin[0, 0, 0], pW, pWp1, pWp2,
                          &brow[0], pZ)
@@ -326,9 +328,12 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[:, ::1] h = h_arr
     cdef floating[:, :, ::1] HPREV, HIN, RH, Y
     cdef floating[:, ::1] outbuf, hd, rhb
-    hprev_arr = hin_arr = rh_arr = y_arr = out_arr = None
+    hin_arr = rh_arr = out_arr = None
+    # HPREV: h_{t-1} as it entered step t; without a mask, forward in time, it shares its
+    # buffer with Y.
+    hprev_arr, y_arr = states_and_outputs(T, B, H, dtype, training, return_sequences,
+                                          not (has_mask or go_backwards))
     if training:
-        hprev_arr = np.empty((T, B, H), dtype)     # h_{t-1} as it entered step t
         HPREV = hprev_arr
         if has_rdrop:
             hin_arr = np.empty((T, B, H), dtype)   # h_{t-1} * recurrent dropout
@@ -342,7 +347,6 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         if not reset_after:
             rhb = np.empty((B, H), dtype)
     if return_sequences:
-        y_arr = np.empty((T, B, H), dtype)
         Y = y_arr
     elif has_mask:
         out_arr = np.zeros((B, H), dtype)
@@ -475,10 +479,10 @@ cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint
             add_mul(ptg, prd, pdh, <long>nb * H)
 
 
-def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h_prev,
-             floating[:, :, ::1] hin, floating[:, :, ::1] rh, floating[:, ::1] kernel,
-             floating[:, ::1] recurrent_kernel, const unsigned char[:, ::1] mask,
-             floating[:, ::1] input_dropout_mask, floating[:, ::1] recurrent_dropout_mask,
+def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[:, :, ::1] h_prev,
+             const floating[:, :, ::1] hin, const floating[:, :, ::1] rh, const floating[:, ::1] kernel,
+             const floating[:, ::1] recurrent_kernel, const unsigned char[:, ::1] mask,
+             const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
              activation, recurrent_activation, bint reset_after, bint go_backwards,
              bint return_sequences, bint has_bias, dy, dh_T):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
@@ -555,7 +559,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef const floating *pHin = &hin[0, 0, 0] if has_rdrop else &h_prev[0, 0, 0]
     cdef floating[:, ::1] UT                          # U^T [G,H] for the own-kernel path
     cdef const floating *pUT = NULL
-    cdef floating[:, :] Uv = recurrent_kernel
+    cdef const floating[:, :] Uv = recurrent_kernel
     utp1 = utp2 = None                                # U^T (or its blocks) packed for our GEMM
     cdef int umode = backward_u(T, B, B // nchunks, H, G, sizeof(floating))
     if umode == U_PACKED:
@@ -571,8 +575,8 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
     cdef const floating *pH = &h_prev[0, 0, 0]
     # The input gradient's W^T, packed once for our GEMM ([z r] and h blocks apart where
     # they meet different columns of dZ), or NULL for BLAS.
-    cdef floating[:, :] Wv = kernel
-    cdef floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
+    cdef const floating[:, :] Wv = kernel
+    cdef const floating[:, :] Wzr = Wv[:, :2 * H], Wh = Wv[:, 2 * H:]
     wtp1 = wtp2 = None
     if own and reset_after:
         wtp1 = pack_b(Wzr, True, None, fl_max_threads)

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads
+from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads, states_and_outputs
 
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
@@ -140,7 +140,7 @@ cdef inline void bwd_step(int B, int H, int coupled, fl_act act, fl_act ract, fl
                            dout, dpeep, scratch)
 
 
-cdef inline floating *ptr_or_null(floating[::1] a):
+cdef inline const floating *ptr_or_null(const floating[::1] a):
     return NULL if a is None else &a[0]
 
 
@@ -165,7 +165,7 @@ cdef void forward_rows(int T, int B, int H, int G, int b0, int nb, long s0, long
     cdef floating *ph = h + rh
     cdef floating *pc = c + rh
     cdef floating *pc_out
-    cdef floating *hin
+    cdef const floating *hin
     cdef floating *po
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
@@ -312,10 +312,10 @@ cdef void forward_cols(int T, int H, int G, int ng, long s0, long s1, long zt0,
         fl_barrier_wait(bar, n, &sense)
 
 
-def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
-            floating[::1] bias, floating[:, ::1] h0, floating[:, ::1] c0,
-            floating[:, ::1] peephole, const unsigned char[:, ::1] mask,
-            floating[:, ::1] input_dropout_mask, floating[:, ::1] recurrent_dropout_mask,
+def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
+            const floating[::1] bias, const floating[:, ::1] h0, const floating[:, ::1] c0,
+            const floating[:, ::1] peephole, const unsigned char[:, ::1] mask,
+            const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
             activation, recurrent_activation, bint coupled, bint go_backwards,
             bint return_sequences, bint training):
     """x [T,B,I], kernel [I,G], recurrent_kernel [H,G], bias [G]|None, h0, c0 [B,H],
@@ -337,11 +337,13 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # (backward needs the gates); inference projects chunks of steps so that its memory does
     # not grow with T*B*G.
     cdef long r, t, s
-    cdef floating[:, :, ::1] xin = x
+    cdef const floating[:, :, ::1] xin = x
+    cdef floating[:, :, ::1] xd            # x times the input dropout mask
     if input_dropout_mask is not None:
-        xin = np.empty_like(np.asarray(x))
+        xd = np.empty_like(np.asarray(x))
+        xin = xd
         for r in range(T):
-            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
+            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
     cdef long chunk = T
     if not training:
         chunk = min(<long>T, max(INFER_Z_BYTES // (BG * sizeof(floating)),
@@ -352,22 +354,24 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         z_arr = workspace("z", chunk * BG, dtype).reshape(chunk, B, G)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
-    cdef floating *pb = ptr_or_null(bias)
+    cdef const floating *pb = ptr_or_null(bias)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     c_first = np.array(c0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr, cf = c_first
     cdef floating[:, :, ::1] C, HIN, Y
     cdef floating[:, ::1] outbuf, hd
-    cst_arr = hin_arr = y_arr = out_arr = None
+    cst_arr = out_arr = None
+    # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
+    # time, it shares its buffer with Y (and the steps read h there: no copy).
+    hin_arr, y_arr = states_and_outputs(T, B, H, dtype, training, return_sequences,
+                                        not (has_mask or has_rdrop or go_backwards))
     if training:
         cst_arr = np.empty((T, B, H), dtype)     # c state after step t
-        hin_arr = np.empty((T, B, H), dtype)     # (h_{t-1} * recurrent dropout), as used by U
         C, HIN = cst_arr, hin_arr
     elif has_rdrop:
         hd = np.empty((B, H), dtype)
     if return_sequences:
-        y_arr = np.empty((T, B, H), dtype)
         Y = y_arr
     elif has_mask:
         out_arr = np.zeros((B, H), dtype)
@@ -401,7 +405,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
         bar = <fl_barrier *>(&bar_mem[0] + (64 - (<size_t>&bar_mem[0]) % 64))
     cdef const floating *pUp = NULL
     cdef floating[::1] Up
-    cdef floating[:, :] Uv = recurrent_kernel
+    cdef const floating[:, :] Uv = recurrent_kernel
     if umode == U_PACKED:
         Up = pack_b(Uv, False, lambda n: workspace("u", n, dtype), fl_max_threads)
         pUp = &Up[0]
@@ -424,7 +428,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # W packed once per call: inference projects chunk by chunk, and every thread of a chunk
     # would pack all of W again. A few rows read W in place (project_rows).
     cdef floating[::1] Wp
-    cdef floating[:, :] Wv = kernel
+    cdef const floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
     if pack_projection(TB, <long>I * G * sizeof(floating)):
         Wp = pack_b(Wv, False, lambda n: workspace("w", n, dtype), fl_max_threads)
@@ -530,11 +534,11 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
 
-def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c,
-             floating[:, :, ::1] hin, floating[:, ::1] c0, floating[:, ::1] kernel,
-             floating[:, ::1] recurrent_kernel, floating[:, ::1] peephole,
-             const unsigned char[:, ::1] mask, floating[:, ::1] input_dropout_mask,
-             floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
+def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[:, :, ::1] c,
+             const floating[:, :, ::1] hin, const floating[:, ::1] c0, const floating[:, ::1] kernel,
+             const floating[:, ::1] recurrent_kernel, const floating[:, ::1] peephole,
+             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
+             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint coupled, bint go_backwards, bint return_sequences, bint has_bias,
              dy, dh_T, dc_T):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
@@ -610,7 +614,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] c
     # with them): a training step keeps two packed kernels between calls, not four.
     cdef floating[::1] WTp                            # W^T [G,I], packed, for our GEMM
     cdef const floating *pWT = NULL
-    cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
+    cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
     if own:
         WTp = pack_b(Wv, True, lambda n: workspace("w", n, dtype), fl_max_threads)
         pWT = &WTp[0]

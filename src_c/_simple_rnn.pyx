@@ -12,7 +12,7 @@
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads
+from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads, states_and_outputs
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -57,7 +57,7 @@ def set_projection_blas(bint on):
     projections_on_blas = on
 
 
-cdef inline const floating *ptr_or_null(floating[::1] a):
+cdef inline const floating *ptr_or_null(const floating[::1] a):
     return NULL if a is None else &a[0]
 
 
@@ -75,7 +75,7 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
     cdef long BH = <long>B * H, rh = <long>b0 * H, nbh = <long>nb * H
     cdef long s, t
     cdef floating *ph = h + rh
-    cdef floating *hin
+    cdef const floating *hin
     cdef floating *zt
     cdef floating *po
     cdef floating *po_prev
@@ -100,9 +100,9 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
             memcpy(Y + s * BH + rh, ph, nbh * sizeof(floating))
 
 
-def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
-            floating[::1] bias, floating[:, ::1] h0, const unsigned char[:, ::1] mask,
-            floating[:, ::1] input_dropout_mask, floating[:, ::1] recurrent_dropout_mask,
+def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
+            const floating[::1] bias, const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
+            const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
             activation, bint go_backwards, bint return_sequences, bint training):
     """x [T,B,I], kernel [I,H], recurrent_kernel [H,H], bias [H]|None, h0 [B,H],
     mask [T,B] uint8|None, input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
@@ -119,11 +119,13 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
     cdef long r, ci
-    cdef floating[:, :, ::1] xin = x
+    cdef const floating[:, :, ::1] xin = x
+    cdef floating[:, :, ::1] xd            # x times the input dropout mask
     if input_dropout_mask is not None:
-        xin = np.empty_like(np.asarray(x))
+        xd = np.empty_like(np.asarray(x))
+        xin = xd
         for r in range(T):
-            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xin[r, 0, 0])
+            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
     z_arr = np.empty((T, B, H), dtype)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
@@ -131,7 +133,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # Input projection Z = X W + b, on our packed GEMM (W packed once) unless policy 'blas' or
     # a few rows, which read W in place (project_rows).
     cdef floating[::1] Wp
-    cdef floating[:, :] Wv = kernel
+    cdef const floating[:, :] Wv = kernel
     cdef const floating *pWp = NULL
     if pack_projection(TB, <long>I * H * sizeof(floating)):
         Wp = pack_b(Wv, False, None, fl_max_threads)
@@ -149,14 +151,16 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     cdef floating[:, ::1] h = h_arr
     cdef floating[:, :, ::1] HIN, Y
     cdef floating[:, ::1] outbuf, hd
-    hin_arr = y_arr = out_arr = None
+    out_arr = None
+    # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
+    # time, it shares its buffer with Y.
+    hin_arr, y_arr = states_and_outputs(T, B, H, dtype, training, return_sequences,
+                                        not (has_mask or has_rdrop or go_backwards))
     if training:
-        hin_arr = np.empty((T, B, H), dtype)     # (h_{t-1} * recurrent dropout), as used by U
         HIN = hin_arr
     elif has_rdrop:
         hd = np.empty((B, H), dtype)
     if return_sequences:
-        y_arr = np.empty((T, B, H), dtype)
         Y = y_arr
     elif has_mask:
         out_arr = np.zeros((B, H), dtype)
@@ -166,7 +170,7 @@ def forward(floating[:, :, ::1] x, floating[:, ::1] kernel, floating[:, ::1] rec
     # panels (a few rows, over a sequence that amortises the copy), or read in place.
     cdef int nchunks = row_chunks(T, B, H, H)
     cdef floating[::1] Up, Upan
-    cdef floating[:, :] Uv = recurrent_kernel
+    cdef const floating[:, :] Uv = recurrent_kernel
     cdef const floating *pUp = NULL
     cdef const floating *pUpan = NULL
     cdef int umode = forward_u(TB, B // nchunks, H, H, sizeof(floating))
@@ -236,10 +240,10 @@ cdef void backward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, 
             merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
 
 
-def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] hin,
-             floating[:, ::1] kernel, floating[:, ::1] recurrent_kernel,
-             const unsigned char[:, ::1] mask, floating[:, ::1] input_dropout_mask,
-             floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
+def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[:, :, ::1] hin,
+             const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
+             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
+             const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
              bint return_sequences, bint has_bias, dy, dh_T):
     """BPTT for `forward`. x, z, hin are what forward saved (z is overwritten with the
     pre-activation gradients). dy: [T,B,H] (return_sequences; last axis contiguous, the
@@ -306,7 +310,7 @@ def backward(floating[:, :, ::1] x, floating[:, :, ::1] z, floating[:, :, ::1] h
         pones = &ones[0]
     cdef floating[::1] WTp                            # W^T [H,I], packed, for our GEMM
     cdef const floating *pWT = NULL
-    cdef floating[:, :] Wv = kernel, Uv = recurrent_kernel
+    cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
     if own:
         WTp = pack_b(Wv, True, None, fl_max_threads)
         pWT = &WTp[0]

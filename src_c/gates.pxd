@@ -230,7 +230,7 @@ cdef inline void pack_panels_range(int K, int N, const floating *B, int ldb, bin
             fl_pack_b_d(K, c1 - c0, src, ldb, out + <long>p0 * K * pw)
 
 
-cdef inline object pack_b(floating[:, :] B, bint transposed=False, object alloc=None,
+cdef inline object pack_b(const floating[:, :] B, bint transposed=False, object alloc=None,
                           int nthreads=1):
     """B [K,N] (rows may be strided) packed into the panels gemm_packed_acc reads (a 1-D
     array: new, or alloc(n) when given); with transposed, B^T packed so, B given as [N,K].

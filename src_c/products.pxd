@@ -231,12 +231,13 @@ cdef inline const floating *recurrent_input(bint training, const floating *h,
                                             const floating *rdrop, floating *saved,
                                             floating *work, long n) noexcept nogil:
     """What a step's recurrent product reads: h [n] times the recurrent dropout mask (or h
-    itself), copied into saved when training (backward needs it), into work for the
-    dropout at inference."""
+    itself), copied into saved when training (backward needs it; not when h is already
+    there: the output the step before wrote, in a buffer of saved states and outputs), into
+    work for the dropout at inference."""
     if training:
         if rdrop != NULL:
             mul(h, rdrop, saved, n)
-        else:
+        elif saved != h:
             memcpy(saved, h, n * sizeof(floating))
         return saved
     if rdrop != NULL:

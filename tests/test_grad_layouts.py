@@ -111,3 +111,100 @@ def test_seq_grad_strides():
         seq_grad_strides(3, 4, 5, 160, 40, 8, 4)
     with pytest.raises(ValueError, match="strides of whole 8-byte elements"):
         seq_grad_strides(3, 4, 5, 164, 40, 8, 8)
+
+
+def _cell_args(cell, rng, dtype, Bn=B, kw=None):
+    kw = kw or {}
+    G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell] * H
+    args = [rng.standard_normal((T, Bn, I)).astype(dtype),
+            (rng.standard_normal((I, G)) / 3).astype(dtype),
+            (rng.standard_normal((H, G)) / 3).astype(dtype),
+            rng.standard_normal((2, G) if kw.get("reset_after", cell == "gru") else (G,))
+            .astype(dtype)]
+    states = [rng.standard_normal((Bn, H)).astype(dtype)
+              for _ in range(2 if cell == "lstm" else 1)]
+    return args, states
+
+
+SAVED_H = {"lstm": "hin", "gru": "h_prev", "simple_rnn": "hin"}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
+@pytest.mark.parametrize("option", ["plain", "mask", "go_backwards", "recurrent_dropout",
+                                    "last_output"])
+@pytest.mark.parametrize("Bn", [1, 9])
+def test_training_output_shares_the_saved_states(cell, option, Bn):
+    """A plain training run forward in time saves no copy of its outputs: the states entering
+    each step are the outputs of the step before, one buffer (as PyTorch keeps an output it
+    needs), returned read-only. With a mask, backwards or with recurrent dropout (but for
+    the GRU, which saves h_{t-1} itself) the saved states are their own. The gradients are
+    the oracle's either way."""
+    rng = np.random.default_rng(seed_of("shared", cell, option, Bn))
+    args, states = _cell_args(cell, rng, np.float64, Bn)
+    kw = {"mask": rng.random((T, Bn)) > 0.3, "go_backwards": True,
+          "recurrent_dropout_mask": ((rng.random((Bn, H)) > 0.3) / 0.7),
+          "return_sequences": False}
+    kw = {k: v for k, v in kw.items() if option in k or (option == "last_output"
+                                                         and k == "return_sequences")}
+    fwd, bwd = getattr(ops, f"{cell}_forward"), getattr(ops, f"{cell}_backward")
+    with fl.use_backend("cpu"):
+        out = fwd(*args, *states, training=True, **kw)
+    y, cache = out[0], out[-1]
+    saved = cache.data[SAVED_H[cell]]
+    shared = option == "plain" or (option == "recurrent_dropout" and cell == "gru")
+    assert np.shares_memory(y, saved) == shared
+    if option != "last_output":
+        assert not y.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            y[0, 0, 0] = 1.0
+    if shared:     # step t's output is the state entering step t+1; the first is h0
+        np.testing.assert_array_equal(saved[1:], y[:-1])
+        np.testing.assert_array_equal(saved[0], states[0])
+    dy = rng.standard_normal(y.shape)
+    g = bwd(cache, dy)
+    with fl.use_backend("numpy"):
+        ref = bwd(fwd(*args, *states, training=True, **kw)[-1], dy)
+    for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_allclose(getattr(g, f), getattr(ref, f), rtol=1e-10, atol=1e-11,
+                                   err_msg=f)
+
+
+def _read_only(a):
+    a = np.array(a)
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("layer_cls", [fl.layers.LSTM, fl.layers.GRU, fl.layers.SimpleRNN])
+@pytest.mark.parametrize("Bn", [1, 3])
+def test_read_only_inputs_weights_and_states(layer_cls, Bn, backend):
+    """Read-only arrays (memory-mapped weights, a broadcast input, an earlier layer's
+    training output) are read where they are, with the results of writable ones: a batch of
+    one reaches the kernels without a copy."""
+    rng = np.random.default_rng(seed_of("read_only", layer_cls.__name__, Bn))
+    x = rng.standard_normal((Bn, T, I)).astype(np.float32)
+    dy = rng.standard_normal((Bn, T, H)).astype(np.float32)
+    first = layer_cls(H, return_sequences=True)
+    first.build(x.shape)
+    weights = first.get_weights()
+    results = []
+    for frozen in (False, True):
+        layer = layer_cls(H, return_sequences=True)
+        layer.build(x.shape)
+        layer.set_weights([w.copy() for w in weights])
+        if frozen:
+            for n in layer.weight_names:
+                getattr(layer, n).flags.writeable = False
+        h0 = [s + 0.5 for s in layer.get_initial_state(Bn)]
+        wrap = _read_only if frozen else np.array
+        xs, hs = wrap(x), [wrap(s) for s in h0]
+        with fl.use_backend(backend):
+            y_inf = layer(xs, initial_state=hs)
+            y, backprop = layer.forward_train(xs, initial_state=hs)
+            g = backprop(wrap(dy))
+            y_t, st = layer.step(xs[:, 0], hs)
+        assert not y.flags.writeable
+        results.append([y_inf, y, g.inputs, *g.weights, *g.initial_state, y_t, *st])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -20,6 +20,13 @@ def _u8(mask):
     return None if mask is None else mask.view(np.uint8)
 
 
+def _read_only(y, return_sequences):
+    """A training forward's output sequence may be the buffer of the states its backward
+    reads (grad_buffers.states_and_outputs): written to, it would change the gradients."""
+    if return_sequences:
+        y.flags.writeable = False
+
+
 class CpuOps(NumpyOps):
     name = "cpu"
     reads_rows_apart = True      # the backward kernels take dy [T,B,H] with any row strides
@@ -49,6 +56,7 @@ class CpuOps(NumpyOps):
                 coupled, go_backwards, return_sequences, training)
         cache = None
         if training:
+            _read_only(y, return_sequences)
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, peephole=peephole,
                          mask=mask, input_dropout_mask=input_dropout_mask,
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
@@ -90,6 +98,7 @@ class CpuOps(NumpyOps):
                 recurrent_activation, reset_after, go_backwards, return_sequences, training)
         cache = None
         if training:
+            _read_only(y, return_sequences)
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel,
                          reset_after=reset_after, mask=mask,
                          input_dropout_mask=input_dropout_mask,
@@ -129,6 +138,7 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask, activation, go_backwards, return_sequences, training)
         cache = None
         if training:
+            _read_only(y, return_sequences)
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask,
                          input_dropout_mask=input_dropout_mask,
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,

@@ -26,3 +26,18 @@ def seq_grad_strides(T, B, H, step, row, col, itemsize):
         raise ValueError(f"dy: expected its last axis contiguous and strides of whole "
                          f"{itemsize}-byte elements, got strides {(step, row, col)}")
     return (step // itemsize if T > 1 else 0), (row // itemsize if B > 1 else 0)
+
+
+def states_and_outputs(T, B, H, dtype, training, return_sequences, shared):
+    """``(h_saved, y)``: the [T,B,H] buffer a training forward saves the state entering each
+    step in (None at inference) and the output sequence (None without return_sequences).
+    When ``shared`` (a plain run forward in time: there step t's output is the state entering
+    step t+1) they are one buffer of T+1 steps, h_saved[t] = y[t-1] and h_saved[0] = h0, as
+    PyTorch's autograd keeps an output it needs rather than a copy (the backend returns
+    training outputs read-only: writing to one would change the gradients)."""
+    if shared and training and return_sequences:
+        hy = np.empty((T + 1, B, H), dtype)
+        h_saved, y = hy[:T], hy[1:]
+        return h_saved, y
+    return (np.empty((T, B, H), dtype) if training else None,
+            np.empty((T, B, H), dtype) if return_sequences else None)

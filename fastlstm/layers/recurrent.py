@@ -277,7 +277,9 @@ class RecurrentLayer(Layer):
 
     def forward_train(self, x, mask=None, initial_state=None):
         """Training forward (dropout active). Returns ``(outputs, backprop)``; ``backprop(d_out)``
-        takes gradients mirroring ``outputs`` (None entries = zero) and returns ``Gradients``."""
+        takes gradients mirroring ``outputs`` (None entries = zero) and returns ``Gradients``.
+        An output sequence is read-only: the backward pass may read it (as PyTorch's autograd
+        refuses an output it saved that was changed in place)."""
         given_state = initial_state is not None
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True)
         with devices.backend_context(self.device):
@@ -285,6 +287,10 @@ class RecurrentLayer(Layer):
         self._remember(final)
         outputs = self._outputs(y, final)
         out = outputs[0] if self.return_state else outputs
+        if self.return_sequences and isinstance(out, np.ndarray):
+            # On the CPU the backward pass reads the output sequence (the saved states share
+            # its buffer): read-only on every backend, so code that runs on one runs on all.
+            out.flags.writeable = False
         act_grad = None
         self.last_activity_loss = 0.0
         if self.activity_regularizer is not None:
