@@ -110,7 +110,9 @@ def _sequence_args(x, kernel, recurrent_kernel, blocks):
     if H < 1 or U.shape[1] != G:
         raise ValueError(f"recurrent_kernel: expected shape (H, {'H' if blocks == 1 else f'{blocks}*H'}), "
                          f"got {_shape_str(U.shape)}")
-    x = chk.array("x", xa, (T, B, I))
+    # The compiled backends take a layer's batch-major input as a transposed view and copy it
+    # themselves: then they know the copy is theirs (see cpu_ops._time_major).
+    x = chk.array("x", xa, (T, B, I), rows_apart=getattr(ops, "reads_rows_apart", False))
     W = chk.array("kernel", kernel, (I, G))
     return ops, chk, x, W, U, (T, B, I, H)
 

@@ -20,7 +20,8 @@
 #             dh_{t-1} += [dz dr] U_zr^T; then the products over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads, states_and_outputs
+from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
+                                            states_and_outputs)
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
@@ -281,8 +282,10 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const fl
 
     cdef const floating[:, :, ::1] xin = x
     cdef floating[:, :, ::1] xd            # x times the input dropout mask
+    xd_arr = None
     if input_dropout_mask is not None:
-        xd = np.empty_like(np.asarray(x))
+        xd_arr = np.empty_like(np.asarray(x))
+        xd = xd_arr
         xin = xd
     z_arr = np.empty((T, B, ZW), dtype)
     cdef floating[:, :, ::1] Z = z_arr
@@ -406,7 +409,8 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const fl
         y = h_arr.copy()
     saved = None
     if training:
-        saved = dict(x=np.asarray(xin), z=z_arr, h_prev=hprev_arr, hin=hin_arr, rh=rh_arr)
+        saved = dict(x=np.asarray(x) if xd_arr is None else xd_arr, z=z_arr, h_prev=hprev_arr,
+                     hin=hin_arr, rh=rh_arr)
     return y, h_arr, saved
 
 
@@ -484,11 +488,12 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] recurrent_kernel, const unsigned char[:, ::1] mask,
              const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
              activation, recurrent_activation, bint reset_after, bint go_backwards,
-             bint return_sequences, bint has_bias, dy, dh_T):
+             bint return_sequences, bint has_bias, dy, dh_T, dx_into=None):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
     reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
     [T,B,H] (return_sequences; last axis contiguous, the others any strides) or [B,H] or
-    None; dh_T: [B,H] or None, all of this dtype and, but for dy's, C-contiguous.
+    None; dh_T: [B,H] or None, all of this dtype and, but for dy's, C-contiguous. dx_into:
+    x itself when forward's x was a copy nothing else holds (grad_buffers.dx_buffer).
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None); dbias is [2,3H] with
     reset_after, else [3H].
@@ -540,7 +545,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     cdef bint seq_dy = dy is not None and return_sequences
     cdef long t
 
-    dx_arr = np.empty((T, B, I), dtype)
+    dx_arr = dx_buffer(dx_into, T, B, I, dtype)
     dW_arr = np.empty((I, G), dtype)
     dU_arr = np.empty((H, G), dtype)
     cdef bint own = fl_matmul_policy != 1 and not projections_on_blas

@@ -12,7 +12,8 @@ import threading
 
 import numpy as np
 
-from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads, states_and_outputs
+from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
+                                            states_and_outputs)
 
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
@@ -339,8 +340,10 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const fl
     cdef long r, t, s
     cdef const floating[:, :, ::1] xin = x
     cdef floating[:, :, ::1] xd            # x times the input dropout mask
+    xd_arr = None
     if input_dropout_mask is not None:
-        xd = np.empty_like(np.asarray(x))
+        xd_arr = np.empty_like(np.asarray(x))
+        xd = xd_arr
         xin = xd
         for r in range(T):
             merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
@@ -498,8 +501,8 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const fl
         y = h_arr.copy()
     saved = None
     if training:
-        saved = dict(x=np.asarray(xin), z=z_arr, c=cst_arr, hin=hin_arr,
-                     c0=np.asarray(c0))
+        saved = dict(x=np.asarray(x) if xd_arr is None else xd_arr, z=z_arr, c=cst_arr,
+                     hin=hin_arr, c0=np.asarray(c0))
     return y, h_arr, c_last, saved
 
 
@@ -540,11 +543,12 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint coupled, bint go_backwards, bint return_sequences, bint has_bias,
-             dy, dh_T, dc_T):
+             dy, dh_T, dc_T, dx_into=None):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
     the gate gradients). dy: [T,B,H] (return_sequences; its last axis contiguous, the others
     any strides, such as a transposed view of [B,T,H]) or [B,H] or None; dh_T, dc_T: [B,H]
-    or None, all of this dtype and, but for dy's, C-contiguous.
+    or None, all of this dtype and, but for dy's, C-contiguous. dx_into: x itself when
+    forward's x was a copy nothing else holds (grad_buffers.dx_buffer), else None.
 
     Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None).
     """
@@ -593,7 +597,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     cdef floating *pZ = &z[0, 0, 0]
     cdef bint seq_dy = dy is not None and return_sequences
 
-    dx_arr = np.empty((T, B, I), dtype)
+    dx_arr = dx_buffer(dx_into, T, B, I, dtype)
     dW_arr = np.empty((I, G), dtype)
     dU_arr = np.empty((H, G), dtype)
     cdef bint own = own_products()

@@ -12,7 +12,8 @@
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import seq_grad_strides, state_grads, states_and_outputs
+from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
+                                            states_and_outputs)
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -121,8 +122,10 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const fl
     cdef long r, ci
     cdef const floating[:, :, ::1] xin = x
     cdef floating[:, :, ::1] xd            # x times the input dropout mask
+    xd_arr = None
     if input_dropout_mask is not None:
-        xd = np.empty_like(np.asarray(x))
+        xd_arr = np.empty_like(np.asarray(x))
+        xd = xd_arr
         xin = xd
         for r in range(T):
             merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
@@ -208,7 +211,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const fl
         y = h_arr.copy()
     saved = None
     if training:
-        saved = dict(x=np.asarray(xin), z=z_arr, hin=hin_arr)
+        saved = dict(x=np.asarray(x) if xd_arr is None else xd_arr, z=z_arr, hin=hin_arr)
     return y, h_arr, saved
 
 
@@ -244,11 +247,12 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
-             bint return_sequences, bint has_bias, dy, dh_T):
+             bint return_sequences, bint has_bias, dy, dh_T, dx_into=None):
     """BPTT for `forward`. x, z, hin are what forward saved (z is overwritten with the
     pre-activation gradients). dy: [T,B,H] (return_sequences; last axis contiguous, the
     others any strides) or [B,H] or None; dh_T: [B,H] or None, all of this dtype and, but
-    for dy's, C-contiguous.
+    for dy's, C-contiguous. dx_into: x itself when forward's x was a copy nothing else holds
+    (grad_buffers.dx_buffer).
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None).
     """
@@ -291,7 +295,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     cdef long ci
     cdef int b0
 
-    dx_arr = np.empty((T, B, I), dtype)
+    dx_arr = dx_buffer(dx_into, T, B, I, dtype)
     dW_arr = np.empty((I, H), dtype)
     dU_arr = np.empty((H, H), dtype)
     cdef bint own = fl_matmul_policy != 1 and not projections_on_blas

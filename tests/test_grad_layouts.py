@@ -208,3 +208,49 @@ def test_read_only_inputs_weights_and_states(layer_cls, Bn, backend):
         results.append([y_inf, y, g.inputs, *g.weights, *g.initial_state, y_t, *st])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
+@pytest.mark.parametrize("layout", ["time_major", "batch_major", "input_dropout"])
+def test_input_gradient_reuses_only_a_private_copy_of_x(cell, layout):
+    """A batch-major input (a transposed view) is copied time-major by the backend, which
+    then writes the input gradient over that copy once the weight gradient has read it; the
+    caller's x is never written, and the gradients are the oracle's."""
+    rng = np.random.default_rng(seed_of("dx_into", cell, layout))
+    args, states = _cell_args(cell, rng, np.float64)
+    x_bt = np.ascontiguousarray(args[0].transpose(1, 0, 2))
+    x = x_bt.transpose(1, 0, 2) if layout == "batch_major" else args[0]
+    x_before = x.copy()
+    kw = {}
+    if layout == "input_dropout":
+        kw["input_dropout_mask"] = (rng.random((B, I)) > 0.3) / 0.7
+    fwd, bwd = getattr(ops, f"{cell}_forward"), getattr(ops, f"{cell}_backward")
+    with fl.use_backend("cpu"):
+        out = fwd(x, *args[1:], *states, training=True, **kw)
+    cache = out[-1]
+    into = cache.data["dx_into"]
+    assert (into is None) == (layout == "time_major")
+    if into is not None:
+        assert not np.shares_memory(into, x)
+    dy = rng.standard_normal(out[0].shape)
+    g = bwd(cache, dy)
+    if into is not None:
+        assert np.shares_memory(g.inputs, into)
+    np.testing.assert_array_equal(x, x_before)
+    with fl.use_backend("numpy"):
+        ref = bwd(fwd(x, *args[1:], *states, training=True, **kw)[-1], dy)
+    for f in ("inputs", "h0", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_allclose(getattr(g, f), getattr(ref, f), rtol=1e-10, atol=1e-11,
+                                   err_msg=f)
+
+
+def test_dx_buffer_takes_only_a_matching_writable_array():
+    from fastlstm.backends.grad_buffers import dx_buffer
+    assert dx_buffer(None, 2, 3, 4, np.float32).shape == (2, 3, 4)
+    good = np.zeros((2, 3, 4), np.float32)
+    assert dx_buffer(good, 2, 3, 4, np.float32) is good
+    ro = good.copy()
+    ro.flags.writeable = False
+    for bad in (good.astype(np.float64), good[:, :2], np.zeros((4, 3, 2), np.float32).T, ro):
+        with pytest.raises(ValueError, match="dx_into: expected a writable C-contiguous"):
+            dx_buffer(bad, 2, 3, 4, np.float32)

@@ -27,9 +27,26 @@ def _read_only(y, return_sequences):
         y.flags.writeable = False
 
 
+def _time_major(x):
+    """x [T,B,I] as the kernels read it, C-contiguous, and whether that is a copy made here
+    (a layer's batch-major input, transposed): nothing else holds it then, and the backward
+    pass writes the input gradient over it once the weight gradient has read it."""
+    if x.flags.c_contiguous:
+        return x, False
+    return np.ascontiguousarray(x), True
+
+
+def _dx_into(saved, x, copied, input_dropout_mask):
+    """A buffer of x's shape that the backward pass may overwrite: x times the dropout mask
+    (the forward pass's own array), or the copy _time_major made."""
+    return saved["x"] if input_dropout_mask is not None else (x if copied else None)
+
+
 class CpuOps(NumpyOps):
     name = "cpu"
-    reads_rows_apart = True      # the backward kernels take dy [T,B,H] with any row strides
+    # x and dy [T,B,·] may come with any row strides (a layer's batch-major arrays,
+    # transposed): dy is read where it lies, x copied here once.
+    reads_rows_apart = True
 
     @staticmethod
     def isa() -> str:
@@ -49,6 +66,7 @@ class CpuOps(NumpyOps):
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training)
+        x, copied = _time_major(x)
         with single_threaded_blas():      # the kernel threads itself (fastlstm.threads)
             y, h, c, saved = _lstm.forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole, _u8(mask),
@@ -57,6 +75,7 @@ class CpuOps(NumpyOps):
         cache = None
         if training:
             _read_only(y, return_sequences)
+            saved["dx_into"] = _dx_into(saved, x, copied, input_dropout_mask)
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, peephole=peephole,
                          mask=mask, input_dropout_mask=input_dropout_mask,
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
@@ -75,7 +94,8 @@ class CpuOps(NumpyOps):
                 d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
                 d["peephole"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
-                d["coupled"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, dc)
+                d["coupled"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, dc,
+                d["dx_into"])
         return Grads(inputs=dx, h0=dh0, c0=dc0, kernel=dW, recurrent_kernel=dU, bias=db,
                      peephole=dP)
 
@@ -91,6 +111,7 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
                 return_sequences=return_sequences, training=training)
+        x, copied = _time_major(x)
         with single_threaded_blas():
             y, h, saved = _gru.forward(
                 x, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1), h0,
@@ -99,6 +120,7 @@ class CpuOps(NumpyOps):
         cache = None
         if training:
             _read_only(y, return_sequences)
+            saved["dx_into"] = _dx_into(saved, x, copied, input_dropout_mask)
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel,
                          reset_after=reset_after, mask=mask,
                          input_dropout_mask=input_dropout_mask,
@@ -117,7 +139,8 @@ class CpuOps(NumpyOps):
                 d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"],
                 d["recurrent_kernel"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
-                d["reset_after"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh)
+                d["reset_after"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh,
+                d["dx_into"])
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
 
     # -- SimpleRNN ---------------------------------------------------------------------
@@ -132,6 +155,7 @@ class CpuOps(NumpyOps):
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training)
         # The kernel threads itself, as the LSTM's: BLAS (if it runs) single-threaded inside.
+        x, copied = _time_major(x)
         with single_threaded_blas():
             y, h, saved = _simple_rnn.forward(
                 x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,
@@ -139,6 +163,7 @@ class CpuOps(NumpyOps):
         cache = None
         if training:
             _read_only(y, return_sequences)
+            saved["dx_into"] = _dx_into(saved, x, copied, input_dropout_mask)
             saved.update(kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask,
                          input_dropout_mask=input_dropout_mask,
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
@@ -155,5 +180,5 @@ class CpuOps(NumpyOps):
             dx, dh0, dW, dU, db = _simple_rnn.backward(
                 d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], _u8(d["mask"]),
                 d["input_dropout_mask"], d["recurrent_dropout_mask"], d["activation"],
-                d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh)
+                d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, d["dx_into"])
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)

@@ -41,3 +41,17 @@ def states_and_outputs(T, B, H, dtype, training, return_sequences, shared):
         return h_saved, y
     return (np.empty((T, B, H), dtype) if training else None,
             np.empty((T, B, H), dtype) if return_sequences else None)
+
+
+def dx_buffer(dx_into, T, B, I, dtype):
+    """The array a backward pass writes the input gradient [T,B,I] into: ``dx_into`` when
+    given (a copy of x that forward made and nothing else holds: the weight gradient reads
+    it before dX overwrites it, so a training step peaks one T*B*I buffer lower), else new."""
+    if dx_into is None:
+        return np.empty((T, B, I), dtype)
+    if not (isinstance(dx_into, np.ndarray) and dx_into.shape == (T, B, I)
+            and dx_into.dtype == dtype and dx_into.flags.c_contiguous
+            and dx_into.flags.writeable):
+        raise ValueError(f"dx_into: expected a writable C-contiguous {np.dtype(dtype).name} "
+                         f"array of shape {(T, B, I)}")
+    return dx_into

@@ -207,7 +207,7 @@ class RecurrentLayer(Layer):
                              f"got {I} (shape {x.shape})")
         if T < 1:
             raise ValueError(f"x: expected at least one timestep, got shape {x.shape}")
-        xt = self.xp.ascontiguousarray(x.transpose(1, 0, 2))
+        xt = x.transpose(1, 0, 2)         # time-major; the ops copy it (once) as they need
         mt = None
         if mask is not None:
             m = np.asarray(devices.to_host(mask))
