@@ -132,10 +132,12 @@ def test_every_isa_variant_matches_oracle(backend, level):
     _gates.force_isa_level(level)
     try:
         rng = np.random.default_rng(level)
-        for dtype in DTYPES:
-            kw = make_problem(rng, dtype, 4, 3, 5, 17, dict(peephole=True, mask="gaps"))
-            grads = output_grads(rng, dtype, 4, 3, 17, True)
-            compare_backend(backend, kw, grads, np.dtype(dtype))
+        # The general cell, and the default one (whose backward step is one fused pass).
+        for opts in (dict(peephole=True, mask="gaps"), dict(mask="gaps", h0=True, c0=True)):
+            for dtype in DTYPES:
+                kw = make_problem(rng, dtype, 4, 3, 5, 17, opts)
+                grads = output_grads(rng, dtype, 4, 3, 17, True)
+                compare_backend(backend, kw, grads, np.dtype(dtype))
     finally:
         _gates.force_isa_level(-1)
 
