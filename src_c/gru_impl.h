@@ -99,6 +99,32 @@ FL_TARGET static void FN(fl_gru_bwd_step)(int B, int H, int reset_after, fl_act 
         REAL *dhr = dh + r;
         if (dy) for (j = 0; j < H; j++) dhr[j] += dy[(long)b * ldy + j];
         if (dout) for (j = 0; j < H; j++) { dhr[j] += dout[r + j]; dout[r + j] = 0; }
+        if (act.kind == FL_TANH && ract.kind == FL_SIGMOID) {
+            /* Keras's default GRU: the passes below in one (same products, same order).
+             * Every access is at unit j (dh in place): no dependence across units. */
+            if (reset_after) {
+                REAL *rec = zz + 2 * H;
+                FL_IVDEP
+                for (j = 0; j < H; j++) {
+                    const REAL s = dhr[j], u = zz[j], v = n[j], q = zr[j], w = rec[j];
+                    const REAL dn = (s * (1 - u)) * (1 - v * v);
+                    zz[j] = (s * (hp[j] - v)) * (u * (1 - u));
+                    dhr[j] = s * u;
+                    n[j] = dn;
+                    zr[j] = (dn * w) * (q * (1 - q));
+                    rec[j] = dn * q;
+                }
+            } else {
+                FL_IVDEP
+                for (j = 0; j < H; j++) {
+                    const REAL s = dhr[j], u = zz[j], v = n[j];
+                    zz[j] = (s * (hp[j] - v)) * (u * (1 - u));
+                    dhr[j] = s * u;
+                    n[j] = (s * (1 - u)) * (1 - v * v);
+                }
+            }
+            continue;
+        }
         for (j = 0; j < H; j++) {
             const REAL sj = dhr[j];
             t1[j] = sj * (hp[j] - n[j]);

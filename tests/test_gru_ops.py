@@ -143,13 +143,14 @@ def test_every_isa_variant_matches_oracle(backend, level):
     _gates.force_isa_level(level)
     try:
         rng = np.random.default_rng(level)
-        for dtype in DTYPES:
-            for reset_after in FORMS:
-                kw = make_problem(rng, dtype, 4, 3, 5, 17,
-                                  dict(mask="gaps", h0=True, recurrent_dropout_mask=True),
-                                  reset_after)
-                grads = output_grads(rng, dtype, 4, 3, 17, True)
-                compare_backend(backend, kw, grads, np.dtype(dtype))
+        # The default cell (its backward step one fused pass) and another one.
+        base = dict(mask="gaps", h0=True, recurrent_dropout_mask=True)
+        for opts in (base, dict(base, activation="softsign", recurrent_activation="hard_sigmoid")):
+            for dtype in DTYPES:
+                for reset_after in FORMS:
+                    kw = make_problem(rng, dtype, 4, 3, 5, 17, opts, reset_after)
+                    grads = output_grads(rng, dtype, 4, 3, 17, True)
+                    compare_backend(backend, kw, grads, np.dtype(dtype))
     finally:
         _gates.force_isa_level(-1)
 
