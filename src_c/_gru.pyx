@@ -111,11 +111,19 @@ cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, long 
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
     cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh0
+    # Returning the sequence without a mask, each step writes its h straight into Y and the
+    # next step reads it there (no copy per step; nor into HPREV when Y is its buffer too,
+    # see forward); h gets the last one at the end.
+    cdef bint ydirect = return_sequences and mask == NULL
+    cdef floating *ph_out = ph
+    if ydirect and s0 > 0:
+        ph = Y + (s0 - 1) * BH + rh0
     for s in range(s0, s1):
         t = T - 1 - s if go_backwards else s
         zt = Z + t * BZ + rz
         if training:
-            memcpy(HPREV + t * BH + rh0, ph, nbh * sizeof(floating))
+            if HPREV + t * BH + rh0 != ph:
+                memcpy(HPREV + t * BH + rh0, ph, nbh * sizeof(floating))
             if prd != NULL:
                 hin = HIN + t * BH + rh0
                 mul(ph, prd, hin, nbh)
@@ -141,9 +149,12 @@ cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, long 
             step_product(nb, H, 2 * H, hin, U, G, Up, Upan, zt, ZW)
             fwd_reset(nb, H, ract, zt, hin, prh)
             step_product(nb, H, H, prh, U + 2 * H, G, Up2, Upan2, zt + 2 * H, ZW)
-        fwd_step(nb, H, reset_after, act, ract, zt, pm, ph, ph, po_prev, po)
-        if return_sequences and mask == NULL:
-            memcpy(Y + s * BH + rh0, ph, nbh * sizeof(floating))
+        if ydirect:
+            ph_out = Y + s * BH + rh0
+        fwd_step(nb, H, reset_after, act, ract, zt, pm, ph, ph_out, po_prev, po)
+        ph = ph_out
+    if ydirect and s1 > s0:
+        memcpy(h + rh0, ph, nbh * sizeof(floating))
 
 
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)

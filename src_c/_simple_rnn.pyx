@@ -82,6 +82,11 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
     cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
+    # Returning the sequence without a mask, each step writes its h straight into Y and the
+    # next step reads it there (no copy per step; nor into HIN when Y is its buffer too,
+    # see forward); h gets the last one at the end.
+    cdef bint ydirect = return_sequences and mask == NULL
+    cdef floating *ph_out = ph
     for s in range(T):
         t = T - 1 - s if go_backwards else s
         hin = recurrent_input(training, ph, prd, HIN + t * BH + rh if training else NULL,
@@ -96,9 +101,12 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
                 po_prev = Y + (s - 1) * BH + rh if s > 0 else NULL
             else:
                 po = po_prev = out + rh
-        fwd_step(nb, H, act, zt, pm, ph, ph, po_prev, po)
-        if return_sequences and mask == NULL:
-            memcpy(Y + s * BH + rh, ph, nbh * sizeof(floating))
+        if ydirect:
+            ph_out = Y + s * BH + rh
+        fwd_step(nb, H, act, zt, pm, ph, ph_out, po_prev, po)
+        ph = ph_out
+    if ydirect and T > 0:
+        memcpy(h + rh, ph, nbh * sizeof(floating))
 
 
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
