@@ -257,11 +257,12 @@ cdef inline void project_rows(long r0, long nr, int I, int H, int G, int ZW, bin
         gemm_packed_set(<int>nr, G, I, Xr, I, Wp1, brow, Zr, ZW)
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
-            const floating[::1] bias, const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
-            const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
-            activation, recurrent_activation, bint reset_after, bint go_backwards,
-            bint return_sequences, bint training):
+def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
+            const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
+            const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
+            const floating[:, ::1] input_dropout_mask,
+            const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
+            bint reset_after, bint go_backwards, bint return_sequences, bint training):
     """x [T,B,I], kernel [I,3H], recurrent_kernel [H,3H], bias [6H] (reset_after: rows 0, 1 of
     the [2,3H] bias, flattened) or [3H] or None, h0 [B,H], mask [T,B] uint8|None,
     input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
@@ -460,10 +461,10 @@ cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint
                         floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb): Z [T,B,ZW] gates in, gradients
     out; DY [T,B,H] (steps dys and rows dyr apart) or NULL; dh [B,H] in: gradient of the
-    final state, out: of the initial state. With recurrent
-    dropout, target [B,H] gathers the recurrent share of dh_{t-1} before scaling (else it is
-    dh itself); drh [B,H] is work space (reset_after=False). UTp: U^T packed by pack_b
-    (reset_after; else U_zr^T, and UTp2 U_h^T), or NULL (UT or U read in place)."""
+    final state, out: of the initial state. With recurrent dropout, target [B,H] gathers the
+    recurrent share of dh_{t-1} before scaling (else it is dh itself); drh [B,H] is work
+    space (reset_after=False). UTp: U^T packed by pack_b (reset_after; else U_zr^T, and
+    UTp2 U_h^T), or NULL (UT or U read in place)."""
     cdef long BH = <long>B * H, BZ = <long>B * ZW, rh0 = <long>b0 * H, rz = <long>b0 * ZW
     cdef long s, t
     cdef floating *zt
@@ -495,11 +496,12 @@ cdef void backward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, bint
 
 
 def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[:, :, ::1] h_prev,
-             const floating[:, :, ::1] hin, const floating[:, :, ::1] rh, const floating[:, ::1] kernel,
-             const floating[:, ::1] recurrent_kernel, const unsigned char[:, ::1] mask,
-             const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
-             activation, recurrent_activation, bint reset_after, bint go_backwards,
-             bint return_sequences, bint has_bias, dy, dh_T, dx_into=None):
+             const floating[:, :, ::1] hin, const floating[:, :, ::1] rh,
+             const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
+             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
+             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
+             bint reset_after, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T,
+             dx_into=None):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
     reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
     [T,B,H] (return_sequences; last axis contiguous, the others any strides) or [B,H] or

@@ -2,7 +2,8 @@
 #
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py. The callers
 # (fastlstm/backends/cpu_ops.py) pass C-contiguous arrays of one dtype whose shapes
-# they have checked (but for dy, whose rows may lie apart: a view of [B,T,H]); nothing here allocates per timestep.
+# they have checked (but for dy, whose rows may lie apart: a view of [B,T,H]); nothing
+# here allocates per timestep.
 #
 # Forward:  Z = X W + b for all T*B rows (one GEMM); per step Z[t] += h U (GEMM, GEMV at
 #           B=1), then one fused elementwise pass turns Z[t] into gates and updates h, c.
@@ -313,12 +314,12 @@ cdef void forward_cols(int T, int H, int G, int ng, long s0, long s1, long zt0,
         fl_barrier_wait(bar, n, &sense)
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
-            const floating[::1] bias, const floating[:, ::1] h0, const floating[:, ::1] c0,
-            const floating[:, ::1] peephole, const unsigned char[:, ::1] mask,
-            const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
-            activation, recurrent_activation, bint coupled, bint go_backwards,
-            bint return_sequences, bint training):
+def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
+            const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
+            const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, ::1] peephole,
+            const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
+            const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
+            bint coupled, bint go_backwards, bint return_sequences, bint training):
     """x [T,B,I], kernel [I,G], recurrent_kernel [H,G], bias [G]|None, h0, c0 [B,H],
     peephole [3,H]|None, mask [T,B] uint8|None, input_dropout_mask [B,I]|None,
     recurrent_dropout_mask [B,H]|None.
@@ -538,12 +539,13 @@ cdef void backward_rows(int T, int B, int H, int G, int b0, int nb, bint go_back
 
 
 def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[:, :, ::1] c,
-             const floating[:, :, ::1] hin, const floating[:, ::1] c0, const floating[:, ::1] kernel,
-             const floating[:, ::1] recurrent_kernel, const floating[:, ::1] peephole,
-             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
+             const floating[:, :, ::1] hin, const floating[:, ::1] c0,
+             const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
+             const floating[:, ::1] peephole, const unsigned char[:, ::1] mask,
+             const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
-             bint coupled, bint go_backwards, bint return_sequences, bint has_bias,
-             dy, dh_T, dc_T, dx_into=None):
+             bint coupled, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T, dc_T,
+             dx_into=None):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
     the gate gradients). dy: [T,B,H] (return_sequences; its last axis contiguous, the others
     any strides, such as a transposed view of [B,T,H]) or [B,H] or None; dh_T, dc_T: [B,H]

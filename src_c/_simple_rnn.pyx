@@ -109,10 +109,12 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
         memcpy(h + rh, ph, nbh * sizeof(floating))
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
-            const floating[::1] bias, const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
-            const floating[:, ::1] input_dropout_mask, const floating[:, ::1] recurrent_dropout_mask,
-            activation, bint go_backwards, bint return_sequences, bint training):
+def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
+            const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
+            const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
+            const floating[:, ::1] input_dropout_mask,
+            const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
+            bint return_sequences, bint training):
     """x [T,B,I], kernel [I,H], recurrent_kernel [H,H], bias [H]|None, h0 [B,H],
     mask [T,B] uint8|None, input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
 
