@@ -22,6 +22,7 @@ import numpy as np
 
 from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
                                             states_and_outputs)
+from fastlstm._lstm import workspace
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
@@ -86,15 +87,15 @@ def set_pipeline(long steps, double min_macs=1 << 20):
 
 
 cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, long s0, long s1,
-                       bint reset_after, bint go_backwards, bint training,
+                       long zt0, bint reset_after, bint go_backwards, bint training,
                        bint return_sequences, fl_act act,
                        fl_act ract, floating *Z, const floating *U, const floating *Up,
                        const floating *Up2, const floating *Upan, const floating *Upan2,
                        const unsigned char *mask,
                        const floating *rdrop, floating *HPREV, floating *HIN, floating *RH,
                        floating *Y, floating *out, floating *hd, floating *h) noexcept nogil:
-    """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb) (see the header for
-    Z's layout).
+    """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
+    projection of times zt0, zt0+1, ... ([*,B,ZW], the layout in the header).
     HPREV, HIN [T,B,H] are saved when training (HIN only with recurrent dropout); RH is
     [T,B,H] when training, [B,H] work space at inference (reset_after=False only); Y [T,B,H]
     or out [B,H] receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] the state.
@@ -120,7 +121,7 @@ cdef void forward_rows(int T, int B, int H, int G, int ZW, int b0, int nb, long 
         ph = Y + (s0 - 1) * BH + rh0
     for s in range(s0, s1):
         t = T - 1 - s if go_backwards else s
-        zt = Z + t * BZ + rz
+        zt = Z + (t - zt0) * BZ + rz
         if training:
             if HPREV + t * BH + rh0 != ph:
                 memcpy(HPREV + t * BH + rh0, ph, nbh * sizeof(floating))
@@ -186,8 +187,9 @@ cdef tuple packed_u(const floating[:, :] U, int H, bint reset_after, bint transp
             pack_b(Uh, transposed, None, fl_max_threads))
 
 
-cdef void forward_pipelined(int T, int B, int I, int H, int G, int ZW, bint reset_after,
-                            bint go_backwards, bint training, bint return_sequences,
+cdef void forward_pipelined(int T, int B, int I, int H, int G, int ZW, long s0, long s1,
+                            long zt0, bint reset_after, bint go_backwards, bint training,
+                            bint return_sequences,
                             fl_act act, fl_act ract, const floating *X, const floating *W,
                             const floating *Wp1, const floating *Wp2, const floating *brow,
                             floating *Z, const floating *U, const floating *Up,
@@ -195,27 +197,28 @@ cdef void forward_pipelined(int T, int B, int I, int H, int G, int ZW, bint rese
                             const unsigned char *mask, const floating *rdrop, floating *HPREV,
                             floating *HIN, floating *RH, floating *Y, floating *out,
                             floating *hd, floating *h, long *progress) noexcept nogil:
-    """The time loop of a few rows (one thread's work) with the input projection run beside
-    it: thread 1 projects fl_pipe_steps steps at a time, in the order of the loop, and
-    publishes how far it got; thread 0 runs each block of steps once it is projected. A team
-    of one projects first. Arguments as project_rows and forward_rows."""
+    """Steps [s0, s1) of a time loop of a few rows (one thread's work) with the input
+    projection of those steps run beside it: thread 1 projects fl_pipe_steps steps at a
+    time, in the order of the loop, and publishes how far it got; thread 0 runs each block of
+    steps once it is projected. A team of one projects first. X: the rows of the steps'
+    times; the rest as project_rows and forward_rows."""
     cdef int n = fl_team_size(), k = fl_thread_num()
-    cdef long a = 0, e, r0, nr
+    cdef long nsteps = s1 - s0, a = 0, e, r0, nr
     if n == 1:
-        project_rows(0, <long>T * B, I, H, G, ZW, reset_after, X, W, Wp1, Wp2, brow, Z)
+        project_rows(0, nsteps * B, I, H, G, ZW, reset_after, X, W, Wp1, Wp2, brow, Z)
     if n == 1 or k == 0:
-        while a < T:
-            e = min(<long>T, a + fl_pipe_steps)
+        while a < nsteps:
+            e = min(nsteps, a + fl_pipe_steps)
             if n > 1:
                 fl_await(progress, e)
-            forward_rows(T, B, H, G, ZW, 0, B, a, e, reset_after, go_backwards, training,
-                         return_sequences, act, ract, Z, U, Up, Up2, Upan, Upan2, mask, rdrop,
-                         HPREV, HIN, RH, Y, out, hd, h)
+            forward_rows(T, B, H, G, ZW, 0, B, s0 + a, s0 + e, zt0, reset_after, go_backwards,
+                         training, return_sequences, act, ract, Z, U, Up, Up2, Upan, Upan2,
+                         mask, rdrop, HPREV, HIN, RH, Y, out, hd, h)
             a = e
     elif k == 1:
-        while a < T:
-            e = min(<long>T, a + fl_pipe_steps)
-            pipe_rows(a, e, T, B, go_backwards, &r0, &nr)
+        while a < nsteps:
+            e = min(nsteps, a + fl_pipe_steps)
+            pipe_rows(a, e, nsteps, B, go_backwards, &r0, &nr)
             project_rows(r0, nr, I, H, G, ZW, reset_after, X, W, Wp1, Wp2, brow, Z)
             fl_publish(progress, e)
             a = e
@@ -299,14 +302,19 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
         xd_arr = np.empty_like(np.asarray(x))
         xd = xd_arr
         xin = xd
-    z_arr = np.empty((T, B, ZW), dtype)
+    # Training projects all T steps (backward needs the gates); inference chunks of steps
+    # (inference_chunk), so that its memory does not grow with T*B*ZW.
+    cdef long chunk = T if training else inference_chunk(T, B, ZW * sizeof(floating))
+    if training:
+        z_arr = np.empty((T, B, ZW), dtype)
+    else:
+        z_arr = workspace("gru_z", chunk * B * ZW, dtype).reshape(chunk, B, ZW)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pW = &kernel[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
     cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
     cdef long r, t, s
-    cdef int nproj = split(TB, 64, <double>TB * I * G)
     # The input projection on our packed GEMM, W packed once per call (from a few dozen
     # rows; [z r] and h blocks apart where they land in different columns of Z), else W read
     # in place (project_rows).
@@ -324,20 +332,11 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     cdef const floating *pWp1 = ptr_or_null(vw1)
     cdef const floating *pWp2 = ptr_or_null(vw2)
     cdef long ci
-    # One thread runs the time loop of a few rows: the other projects beside it.
     cdef int nchunks = row_chunks(T, B, H, G)
-    cdef bint pipe = pipelined(nchunks, T, <double>TB * I * G)
-    with nogil:
-        if input_dropout_mask is not None:
+    if input_dropout_mask is not None:
+        with nogil:
             for r in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
-        if nproj == 1 and not pipe:
-            project_rows(0, TB, I, H, G, ZW, reset_after, &xin[0, 0, 0], pW, pWp1, pWp2,
-                         &brow[0], pZ)
-        elif not pipe:
-            for ci in prange(nproj, num_threads=nproj, schedule="static"):
-                project_rows(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, H,
-                             G, ZW, reset_after, &xin[0, 0, 0], pW, pWp1, pWp2, &brow[0], pZ)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr
@@ -392,26 +391,46 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
-    cdef int b0
-    cdef long progress = 0
+    cdef int b0, nproj
+    cdef long progress = 0, s0 = 0, s1, t_lo, nrows_c
     with nogil:
-        if pipe:
-            with parallel(num_threads=2):
-                forward_pipelined(T, B, I, H, G, ZW, reset_after, go_backwards, training,
-                                  return_sequences, act, ract, &xin[0, 0, 0], pW, pWp1, pWp2,
-                                  &brow[0], pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm, prd, pHP,
-                                  pHIN, pRH, pY, pout, phd, &h[0, 0], &progress)
-        elif nchunks == 1:
-            forward_rows(T, B, H, G, ZW, 0, B, 0, T, reset_after, go_backwards, training,
-                         return_sequences, act, ract, pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm,
-                         prd, pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
-        else:
-            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
-                b0 = <int>(ci * B // nchunks)
-                forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0, 0, T,
-                             reset_after, go_backwards, training, return_sequences, act, ract,
-                             pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm, prd, pHP, pHIN, pRH,
-                             pY, pout, phd, &h[0, 0])
+        while s0 < T:
+            s1 = min(<long>T, s0 + chunk)
+            t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
+            nrows_c = (s1 - s0) * B
+            # One thread runs the time loop of a few rows: the other projects beside it.
+            if pipelined(nchunks, s1 - s0, <double>nrows_c * I * G):
+                progress = 0
+                with parallel(num_threads=2):
+                    forward_pipelined(T, B, I, H, G, ZW, s0, s1, t_lo, reset_after, go_backwards,
+                                      training, return_sequences, act, ract,
+                                      &xin[0, 0, 0] + t_lo * B * I, pW, pWp1, pWp2, &brow[0],
+                                      pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm, prd, pHP, pHIN,
+                                      pRH, pY, pout, phd, &h[0, 0], &progress)
+                s0 = s1
+                continue
+            nproj = split(nrows_c, 64, <double>nrows_c * I * G)
+            if nproj == 1:
+                project_rows(0, nrows_c, I, H, G, ZW, reset_after, &xin[0, 0, 0] + t_lo * B * I,
+                             pW, pWp1, pWp2, &brow[0], pZ)
+            else:
+                for ci in prange(nproj, num_threads=nproj, schedule="static"):
+                    project_rows(ci * nrows_c // nproj,
+                                 (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, H, G,
+                                 ZW, reset_after, &xin[0, 0, 0] + t_lo * B * I, pW, pWp1, pWp2,
+                                 &brow[0], pZ)
+            if nchunks == 1:
+                forward_rows(T, B, H, G, ZW, 0, B, s0, s1, t_lo, reset_after, go_backwards,
+                             training, return_sequences, act, ract, pZ, pU, pUp1, pUp2, pUpan1,
+                             pUpan2, pm, prd, pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
+            else:
+                for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                    b0 = <int>(ci * B // nchunks)
+                    forward_rows(T, B, H, G, ZW, b0, <int>((ci + 1) * B // nchunks) - b0, s0,
+                                 s1, t_lo, reset_after, go_backwards, training,
+                                 return_sequences, act, ract, pZ, pU, pUp1, pUp2, pUpan1,
+                                 pUpan2, pm, prd, pHP, pHIN, pRH, pY, pout, phd, &h[0, 0])
+            s0 = s1
 
     if return_sequences:
         y = y_arr

@@ -68,16 +68,11 @@ def clear_workspace():
     _workspace.buffers = {}
 
 
-# Inference projects the input INFER_Z_BYTES of Z at a time (each thread's share then stays
-# in its L2 for the time loop: 2 MiB measured 1-4% faster than 8 MiB), but at least
-# INFER_MIN_ROWS rows, so that each packed block of W still serves a few hundred rows.
-cdef long INFER_Z_BYTES = 2 << 20
 # One-row inference splits the units over the threads from COLS_MIN_BYTES of U: then each
 # core's share stays in its own L2 where the whole U streams from L3 on one core (T=100,
 # H=256: 0.51-0.70x the time on one thread; H=512: 0.61-0.68x). At H=128 (256 KiB) it was
 # 0.76x or 1.15x by the minute (this virtual machine's two cores are not always two).
 cdef long COLS_MIN_BYTES = 512 << 10
-cdef long INFER_MIN_ROWS = 512
 cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
 
 
@@ -92,14 +87,6 @@ def set_cols_min_bytes(long nbytes):
     (tests set it small)."""
     global COLS_MIN_BYTES
     COLS_MIN_BYTES = max(0, nbytes)
-
-
-def set_inference_chunk_bytes(long nbytes, long min_rows=512):
-    """How much of the input projection inference computes at a time, and its least number
-    of rows (tests set both small)."""
-    global INFER_Z_BYTES, INFER_MIN_ROWS
-    INFER_Z_BYTES = max(1, nbytes)
-    INFER_MIN_ROWS = max(1, min_rows)
 
 
 def set_projection_blas(bint on):
@@ -350,8 +337,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
             merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
     cdef long chunk = T
     if not training:
-        chunk = min(<long>T, max(INFER_Z_BYTES // (BG * sizeof(floating)),
-                                 (INFER_MIN_ROWS + B - 1) // max(1, B), 1))
+        chunk = inference_chunk(T, B, G * sizeof(floating))
     if training:                    # kept for backward
         z_arr = np.empty((T, B, G), dtype)
     else:

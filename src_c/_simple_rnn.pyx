@@ -14,6 +14,7 @@ import numpy as np
 
 from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
                                             states_and_outputs)
+from fastlstm._lstm import workspace
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -62,13 +63,14 @@ cdef inline const floating *ptr_or_null(const floating[::1] a):
     return NULL if a is None else &a[0]
 
 
-cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, bint training,
-                       bint return_sequences, fl_act act, floating *Z, const floating *U,
+cdef void forward_rows(int T, int B, int H, int b0, int nb, long s0, long s1, long zt0,
+                       bint go_backwards, bint training, bint return_sequences, fl_act act,
+                       floating *Z, const floating *U,
                        const floating *Up, const floating *Upan, const unsigned char *mask,
                        const floating *rdrop, floating *HIN, floating *Y, floating *out,
                        floating *hd, floating *h) noexcept nogil:
-    """The forward time loop for batch rows [b0, b0+nb). Z [T,B,H] holds the input projection
-    and becomes the activations; HIN [T,B,H] (h_{t-1} * recurrent dropout, as U sees it) is
+    """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
+    projection of times zt0, zt0+1, ... ([*,B,H]) and becomes the activations; HIN [T,B,H] (h_{t-1} * recurrent dropout, as U sees it) is
     saved when training; Up is U packed by pack_b (many rows per thread), Upan U in the
     panels of matmul_packed_acc (a few rows), or both NULL (U read in place); Y [T,B,H]
     (return_sequences) or out [B,H] (masked last output) receive the outputs; hd [B,H] holds
@@ -87,11 +89,13 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
     # see forward); h gets the last one at the end.
     cdef bint ydirect = return_sequences and mask == NULL
     cdef floating *ph_out = ph
-    for s in range(T):
+    if ydirect and s0 > 0:
+        ph = Y + (s0 - 1) * BH + rh
+    for s in range(s0, s1):
         t = T - 1 - s if go_backwards else s
         hin = recurrent_input(training, ph, prd, HIN + t * BH + rh if training else NULL,
                               hd + rh if hd != NULL else NULL, nbh)
-        zt = Z + t * BH + rh
+        zt = Z + (t - zt0) * BH + rh
         step_product(nb, H, H, hin, U, H, Up, Upan, zt, H)
         po = po_prev = NULL
         if mask != NULL:
@@ -105,7 +109,7 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, b
             ph_out = Y + s * BH + rh
         fwd_step(nb, H, act, zt, pm, ph, ph_out, po_prev, po)
         ph = ph_out
-    if ydirect and T > 0:
+    if ydirect and s1 > s0:
         memcpy(h + rh, ph, nbh * sizeof(floating))
 
 
@@ -139,7 +143,13 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
         xin = xd
         for r in range(T):
             merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
-    z_arr = np.empty((T, B, H), dtype)
+    # Training projects all T steps (backward needs the activations); inference chunks of
+    # steps (inference_chunk), so that its memory does not grow with T*B*H.
+    cdef long chunk = T if training else inference_chunk(T, B, H * sizeof(floating))
+    if training:
+        z_arr = np.empty((T, B, H), dtype)
+    else:
+        z_arr = workspace("rnn_z", chunk * BH, dtype).reshape(chunk, B, H)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pb = ptr_or_null(bias)
@@ -151,14 +161,6 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     if pack_projection(TB, <long>I * H * sizeof(floating)):
         Wp = pack_b(Wv, False, None, fl_max_threads)
         pWp = &Wp[0]
-    cdef int nproj = split(TB, 64, <double>TB * I * H)
-    with nogil:
-        if nproj == 1:
-            project_rows(0, TB, I, H, &xin[0, 0, 0], &kernel[0, 0], pWp, pb, pZ)
-        else:
-            for ci in prange(nproj, num_threads=nproj, schedule="static"):
-                project_rows(ci * TB // nproj, (ci + 1) * TB // nproj - ci * TB // nproj, I, H,
-                             &xin[0, 0, 0], &kernel[0, 0], pWp, pb, pZ)
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr
@@ -200,18 +202,34 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
-    cdef int b0
+    cdef int b0, nproj
+    cdef long s0 = 0, s1, t_lo, nrows_c
     with nogil:
-        if nchunks == 1:
-            forward_rows(T, B, H, 0, B, go_backwards, training, return_sequences, act, pZ,
-                         &recurrent_kernel[0, 0], pUp, pUpan, pm, prd, pHIN, pY, pout, phd,
-                         &h[0, 0])
-        else:
-            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
-                b0 = <int>(ci * B // nchunks)
-                forward_rows(T, B, H, b0, <int>((ci + 1) * B // nchunks) - b0, go_backwards,
-                             training, return_sequences, act, pZ, &recurrent_kernel[0, 0], pUp,
-                             pUpan, pm, prd, pHIN, pY, pout, phd, &h[0, 0])
+        while s0 < T:
+            s1 = min(<long>T, s0 + chunk)
+            t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
+            nrows_c = (s1 - s0) * B
+            nproj = split(nrows_c, 64, <double>nrows_c * I * H)
+            if nproj == 1:
+                project_rows(0, nrows_c, I, H, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp,
+                             pb, pZ)
+            else:
+                for ci in prange(nproj, num_threads=nproj, schedule="static"):
+                    project_rows(ci * nrows_c // nproj,
+                                 (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, H,
+                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ)
+            if nchunks == 1:
+                forward_rows(T, B, H, 0, B, s0, s1, t_lo, go_backwards, training,
+                             return_sequences, act, pZ, &recurrent_kernel[0, 0], pUp, pUpan, pm,
+                             prd, pHIN, pY, pout, phd, &h[0, 0])
+            else:
+                for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
+                    b0 = <int>(ci * B // nchunks)
+                    forward_rows(T, B, H, b0, <int>((ci + 1) * B // nchunks) - b0, s0, s1, t_lo,
+                                 go_backwards, training, return_sequences, act, pZ,
+                                 &recurrent_kernel[0, 0], pUp, pUpan, pm, prd, pHIN, pY, pout,
+                                 phd, &h[0, 0])
+            s0 = s1
 
     if return_sequences:
         y = y_arr
