@@ -254,3 +254,43 @@ def test_dx_buffer_takes_only_a_matching_writable_array():
     for bad in (good.astype(np.float64), good[:, :2], np.zeros((4, 3, 2), np.float32).T, ro):
         with pytest.raises(ValueError, match="dx_into: expected a writable C-contiguous"):
             dx_buffer(bad, 2, 3, 4, np.float32)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("cell, kw", CELLS, ids=[c + str(sorted(k)) for c, k in CELLS])
+def test_x_in_any_layout_gives_the_same_bits(cell, kw, training):
+    """x [T,B,I] as a batch-major view, a column slice, backwards in time, strided along its
+    last axis (copied by the checks) or broadcast (strides 0): the backend's own time-major
+    copy, or x itself, gives the outputs and gradients of a contiguous x, bit for bit."""
+    rng = np.random.default_rng(seed_of("x layouts", cell, sorted(kw), training))
+    for dtype in DTYPES:
+        G = {"lstm": 3 if kw.get("coupled_input_forget") else 4, "gru": 3,
+             "simple_rnn": 1}[cell] * H
+        x = rng.standard_normal((T, B, I)).astype(dtype)
+        W = (rng.standard_normal((I, G)) / 3).astype(dtype)
+        U = (rng.standard_normal((H, G)) / 3).astype(dtype)
+        b = rng.standard_normal((2, G) if kw.get("reset_after") else (G,)).astype(dtype)
+        states = [rng.standard_normal((B, H)).astype(dtype)
+                  for _ in range(2 if cell == "lstm" else 1)]
+        dy = rng.standard_normal((T, B, H)).astype(dtype)
+        extra = dict(kw)
+        if extra.pop("peephole", False):
+            extra["peephole"] = np.full((3, H), 0.2, dtype)
+        fwd, bwd = getattr(ops, f"{cell}_forward"), getattr(ops, f"{cell}_backward")
+
+        def run(xv):
+            with fl.use_backend("cpu"):
+                out = fwd(xv, W, U, b, *states, training=training, **extra)
+                if not training:
+                    return [out[0]]
+                g = bwd(out[-1], dy)
+                return [out[0], g.inputs, g.kernel, g.recurrent_kernel, g.bias, g.h0]
+
+        want = run(x)
+        views = dict(_layouts(x))
+        views["broadcast"] = np.broadcast_to(x[:1, :1], x.shape)
+        for name, xv in views.items():
+            np.testing.assert_array_equal(xv, x if name != "broadcast" else views[name])
+            base = want if name != "broadcast" else run(np.ascontiguousarray(xv))
+            for k, (a, c) in enumerate(zip(run(xv), base)):
+                np.testing.assert_array_equal(a, c, err_msg=f"{name} {k}")
