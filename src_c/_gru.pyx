@@ -20,14 +20,14 @@
 #             dh_{t-1} += [dz dr] U_zr^T; then the products over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
+from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
                                             states_and_outputs)
 from fastlstm._lstm import workspace
 
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport parallel, prange
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
+from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
                       pack_projection, par_gemm, pipelined, pipe_rows, projection_in_place,
                       row_chunks, set_direct_rows_param, set_kernel_threads,
                       set_pipeline_params, set_policy, split, step_grad, step_product,
@@ -260,7 +260,7 @@ cdef inline void project_rows(long r0, long nr, int I, int H, int G, int ZW, bin
         gemm_packed_set(<int>nr, G, I, Xr, I, Wp1, brow, Zr, ZW)
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
+def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
             const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
             const floating[:, ::1] input_dropout_mask,
@@ -295,13 +295,17 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
             brow_arr[:] = b
     cdef floating[::1] brow = brow_arr
 
-    cdef const floating[:, :, ::1] xin = x
+    cdef long sxt, sxb
+    sxt, sxb = row_strides("x", T, B, I, x.strides[0], x.strides[1], x.strides[2],
+                           sizeof(floating))
+    cdef bint staged = x_staged(T, B, I, sxt, sxb, training, input_dropout_mask is not None)
+    cdef const floating *px = &x[0, 0, 0]
     cdef floating[:, :, ::1] xd            # x times the input dropout mask
     xd_arr = None
     if input_dropout_mask is not None:
-        xd_arr = np.empty_like(np.asarray(x))
+        xd_arr = np.empty((T, B, I), dtype)
         xd = xd_arr
-        xin = xd
+        px = &xd[0, 0, 0]
     # Training projects all T steps (backward needs the gates); inference chunks of steps
     # (inference_chunk), so that its memory does not grow with T*B*ZW.
     cdef long chunk = T if training else inference_chunk(T, B, ZW * sizeof(floating))
@@ -393,32 +397,40 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
     cdef int b0, nproj
     cdef long progress = 0, s0 = 0, s1, t_lo, nrows_c
+    cdef floating[::1] stage
+    if staged:
+        stage = workspace("x_stage", chunk * B * I, dtype)
+    cdef const floating *pX
     with nogil:
         while s0 < T:
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
+            if staged:
+                stage_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, &stage[0])
+                pX = &stage[0]
+            else:
+                pX = px + t_lo * B * I
             # One thread runs the time loop of a few rows: the other projects beside it.
             if pipelined(nchunks, s1 - s0, <double>nrows_c * I * G):
                 progress = 0
                 with parallel(num_threads=2):
                     forward_pipelined(T, B, I, H, G, ZW, s0, s1, t_lo, reset_after, go_backwards,
                                       training, return_sequences, act, ract,
-                                      &xin[0, 0, 0] + t_lo * B * I, pW, pWp1, pWp2, &brow[0],
+                                      pX, pW, pWp1, pWp2, &brow[0],
                                       pZ, pU, pUp1, pUp2, pUpan1, pUpan2, pm, prd, pHP, pHIN,
                                       pRH, pY, pout, phd, &h[0, 0], &progress)
                 s0 = s1
                 continue
             nproj = split(nrows_c, 64, <double>nrows_c * I * G)
             if nproj == 1:
-                project_rows(0, nrows_c, I, H, G, ZW, reset_after, &xin[0, 0, 0] + t_lo * B * I,
-                             pW, pWp1, pWp2, &brow[0], pZ)
+                project_rows(0, nrows_c, I, H, G, ZW, reset_after, pX, pW, pWp1, pWp2,
+                             &brow[0], pZ)
             else:
                 for ci in prange(nproj, num_threads=nproj, schedule="static"):
                     project_rows(ci * nrows_c // nproj,
                                  (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, H, G,
-                                 ZW, reset_after, &xin[0, 0, 0] + t_lo * B * I, pW, pWp1, pWp2,
-                                 &brow[0], pZ)
+                                 ZW, reset_after, pX, pW, pWp1, pWp2, &brow[0], pZ)
             if nchunks == 1:
                 forward_rows(T, B, H, G, ZW, 0, B, s0, s1, t_lo, reset_after, go_backwards,
                              training, return_sequences, act, ract, pZ, pU, pUp1, pUp2, pUpan1,
@@ -553,8 +565,8 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         pdout = &dout[0, 0]
     if dy is not None and return_sequences:
         DY = dy
-        dys, dyr = seq_grad_strides(T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
-                                    sizeof(floating))
+        dys, dyr = row_strides("dy", T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
+                               sizeof(floating))
     cdef floating *pdh = &dh[0, 0]
     # With recurrent dropout the recurrent share of dh_{t-1} is formed apart, then scaled.
     cdef floating *ptarget = pdh

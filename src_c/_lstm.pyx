@@ -13,13 +13,13 @@ import threading
 
 import numpy as np
 
-from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
+from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
                                             states_and_outputs)
 
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
+from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
                       pack_projection, pipelined, pipe_rows, set_direct_rows_param,
                       set_pipeline_params, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
@@ -301,7 +301,7 @@ cdef void forward_cols(int T, int H, int G, int ng, long s0, long s1, long zt0,
         fl_barrier_wait(bar, n, &sense)
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
+def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
             const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, ::1] peephole,
             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
@@ -326,13 +326,17 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     # (backward needs the gates); inference projects chunks of steps so that its memory does
     # not grow with T*B*G.
     cdef long r, t, s
-    cdef const floating[:, :, ::1] xin = x
+    cdef long sxt, sxb
+    sxt, sxb = row_strides("x", T, B, I, x.strides[0], x.strides[1], x.strides[2],
+                           sizeof(floating))
+    cdef bint staged = x_staged(T, B, I, sxt, sxb, training, input_dropout_mask is not None)
+    cdef const floating *px = &x[0, 0, 0]
     cdef floating[:, :, ::1] xd            # x times the input dropout mask
     xd_arr = None
     if input_dropout_mask is not None:
-        xd_arr = np.empty_like(np.asarray(x))
+        xd_arr = np.empty((T, B, I), dtype)
         xd = xd_arr
-        xin = xd
+        px = &xd[0, 0, 0]
         for r in range(T):
             merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
     cdef long chunk = T
@@ -427,18 +431,27 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     cdef long s0, s1, t_lo, nrows_c, ci
     cdef long progress = 0
     cdef int nproj
+    cdef floating[::1] stage
+    if staged:
+        stage = workspace("x_stage", chunk * B * I, dtype)
+    cdef const floating *pX
     s0 = 0
     with nogil:
         while s0 < T:
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
+            if staged:
+                stage_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, &stage[0])
+                pX = &stage[0]
+            else:
+                pX = px + t_lo * B * I
             if not ncols and pipelined(nchunks, s1 - s0, <double>nrows_c * I * G):
                 progress = 0
                 with parallel(num_threads=2):
                     forward_pipelined(T, B, I, H, G, s0, s1, t_lo, go_backwards, training,
                                       return_sequences, coupled, act, ract,
-                                      &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ,
+                                      pX, &kernel[0, 0], pWp, pb, pZ,
                                       &recurrent_kernel[0, 0], pUp, pUpan, pP, pm, prd, pHIN,
                                       pC, pY, pout, phd, &h[0, 0], &cf[0, 0], &scratch[0],
                                       &progress)
@@ -446,13 +459,12 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
                 continue
             nproj = split(nrows_c, 64, <double>nrows_c * I * G)
             if nproj == 1:
-                project_rows(0, nrows_c, I, G, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp,
-                             pb, pZ)
+                project_rows(0, nrows_c, I, G, pX, &kernel[0, 0], pWp, pb, pZ)
             else:
                 for ci in prange(nproj, num_threads=nproj, schedule="static"):
                     project_rows(ci * nrows_c // nproj,
                                  (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, G,
-                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ)
+                                 pX, &kernel[0, 0], pWp, pb, pZ)
             if ncols:
                 bar.count = 0                   # every thread starts with sense 0
                 bar.flag = 0
@@ -560,8 +572,8 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         pdout = &dout[0, 0]
     if dy is not None and return_sequences:
         DY = dy
-        dys, dyr = seq_grad_strides(T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
-                                    sizeof(floating))
+        dys, dyr = row_strides("dy", T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
+                               sizeof(floating))
     dhp_arr = np.empty((B, H), dtype) if (has_mask or has_rdrop) else None
     if dhp_arr is not None:
         dhp = dhp_arr

@@ -12,14 +12,14 @@
 #           dZ[t] U^T; then dW = X^T dZ, dU = Hin^T dZ, dX = dZ W^T over all T*B rows.
 import numpy as np
 
-from fastlstm.backends.grad_buffers import (dx_buffer, seq_grad_strides, state_grads,
+from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
                                             states_and_outputs)
 from fastlstm._lstm import workspace
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, pack_projection,
+from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, pack_projection,
                       set_direct_rows_param, project_rows,
                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
@@ -113,7 +113,7 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, long s0, long s1, lo
         memcpy(h + rh, ph, nbh * sizeof(floating))
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
+def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
             const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
             const floating[:, ::1] input_dropout_mask,
@@ -134,15 +134,19 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
     cdef long r, ci
-    cdef const floating[:, :, ::1] xin = x
+    cdef long sxt, sxb
+    sxt, sxb = row_strides("x", T, B, I, x.strides[0], x.strides[1], x.strides[2],
+                           sizeof(floating))
+    cdef bint staged = x_staged(T, B, I, sxt, sxb, training, input_dropout_mask is not None)
+    cdef const floating *px = &x[0, 0, 0]
     cdef floating[:, :, ::1] xd            # x times the input dropout mask
     xd_arr = None
     if input_dropout_mask is not None:
-        xd_arr = np.empty_like(np.asarray(x))
+        xd_arr = np.empty((T, B, I), dtype)
         xd = xd_arr
-        xin = xd
         for r in range(T):
-            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
+            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], px + r * B * I, &xd[r, 0, 0])
+        px = &xd[0, 0, 0]
     # Training projects all T steps (backward needs the activations); inference chunks of
     # steps (inference_chunk), so that its memory does not grow with T*B*H.
     cdef long chunk = T if training else inference_chunk(T, B, H * sizeof(floating))
@@ -204,20 +208,28 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] kernel,
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
     cdef int b0, nproj
     cdef long s0 = 0, s1, t_lo, nrows_c
+    cdef floating[::1] stage
+    if staged:
+        stage = workspace("x_stage", chunk * B * I, dtype)
+    cdef const floating *pX
     with nogil:
         while s0 < T:
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
+            if staged:
+                stage_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, &stage[0])
+                pX = &stage[0]
+            else:
+                pX = px + t_lo * B * I
             nproj = split(nrows_c, 64, <double>nrows_c * I * H)
             if nproj == 1:
-                project_rows(0, nrows_c, I, H, &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp,
-                             pb, pZ)
+                project_rows(0, nrows_c, I, H, pX, &kernel[0, 0], pWp, pb, pZ)
             else:
                 for ci in prange(nproj, num_threads=nproj, schedule="static"):
                     project_rows(ci * nrows_c // nproj,
-                                 (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, H,
-                                 &xin[0, 0, 0] + t_lo * B * I, &kernel[0, 0], pWp, pb, pZ)
+                                 (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, H, pX,
+                                 &kernel[0, 0], pWp, pb, pZ)
             if nchunks == 1:
                 forward_rows(T, B, H, 0, B, s0, s1, t_lo, go_backwards, training,
                              return_sequences, act, pZ, &recurrent_kernel[0, 0], pUp, pUpan, pm,
@@ -303,8 +315,8 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         pdout = &dout[0, 0]
     if dy is not None and return_sequences:
         DY = dy
-        dys, dyr = seq_grad_strides(T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
-                                    sizeof(floating))
+        dys, dyr = row_strides("dy", T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
+                               sizeof(floating))
     dhp_arr = np.empty((B, H), dtype) if (has_mask or has_rdrop) else None
     if dhp_arr is not None:
         dhp = dhp_arr

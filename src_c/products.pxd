@@ -79,6 +79,16 @@ cdef inline void pipe_rows(long a, long e, long nsteps, int B, bint go_backwards
     nr[0] = (e - a) * B
 
 
+cdef inline void stage_rows(long t_lo, long nt, int B, int I, const floating *X, long sxt,
+                            long sxb, floating *dst) noexcept nogil:
+    """Rows (t, b) of x for times [t_lo, t_lo+nt), row (t, b) at X + t*sxt + b*sxb, copied
+    time-major into dst [nt*B, I]: inference reads a batch-major input a chunk at a time."""
+    cdef long t, b
+    for t in range(nt):
+        for b in range(B):
+            memcpy(dst + (t * B + b) * I, X + (t_lo + t) * sxt + b * sxb, I * sizeof(floating))
+
+
 cdef inline int row_chunks(int T, int B, int H, int G) noexcept nogil:
     """Threads for a time loop. Batch rows never interact inside a recurrence, so each
     thread runs the whole sequence for its rows: no barrier per step (>= 4 rows each, the

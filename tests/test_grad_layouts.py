@@ -8,7 +8,7 @@ import pytest
 
 import fastlstm as fl
 from fastlstm import ops
-from fastlstm.backends.grad_buffers import seq_grad_strides
+from fastlstm.backends.grad_buffers import row_strides
 
 from conftest import DTYPES, seed_of
 
@@ -102,15 +102,15 @@ def test_backward_args_keep_dy_where_it_lies():
             np.testing.assert_array_equal(got, view.astype(np.float32))
 
 
-def test_seq_grad_strides():
-    assert seq_grad_strides(3, 4, 5, 80, 20, 4, 4) == (20, 5)
-    assert seq_grad_strides(3, 4, 5, -80, 0, 4, 4) == (-20, 0)
+def test_row_strides():
+    assert row_strides("dy", 3, 4, 5, 80, 20, 4, 4) == (20, 5)
+    assert row_strides("dy", 3, 4, 5, -80, 0, 4, 4) == (-20, 0)
     # Axes of length 1: their strides are never used, whatever numpy reports.
-    assert seq_grad_strides(1, 1, 1, 3, 7, 9, 8) == (0, 0)
+    assert row_strides("dy", 1, 1, 1, 3, 7, 9, 8) == (0, 0)
     with pytest.raises(ValueError, match="dy: expected its last axis contiguous"):
-        seq_grad_strides(3, 4, 5, 160, 40, 8, 4)
+        row_strides("dy", 3, 4, 5, 160, 40, 8, 4)
     with pytest.raises(ValueError, match="strides of whole 8-byte elements"):
-        seq_grad_strides(3, 4, 5, 164, 40, 8, 8)
+        row_strides("dy", 3, 4, 5, 164, 40, 8, 8)
 
 
 def _cell_args(cell, rng, dtype, Bn=B, kw=None):

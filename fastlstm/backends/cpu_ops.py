@@ -27,11 +27,13 @@ def _read_only(y, return_sequences):
         y.flags.writeable = False
 
 
-def _time_major(x):
-    """x [T,B,I] as the kernels read it, C-contiguous, and whether that is a copy made here
-    (a layer's batch-major input, transposed): nothing else holds it then, and the backward
-    pass writes the input gradient over it once the weight gradient has read it."""
-    if x.flags.c_contiguous:
+def _time_major(x, copy):
+    """x [T,B,I] for the kernels, and whether it is a copy made here. Training (copy) takes
+    it C-contiguous, for the weight gradient: a layer's batch-major input, transposed, is
+    then copied, nothing else holds the copy, and the backward pass writes the input
+    gradient over it once the weight gradient has read it. Inference reads the rows where
+    they lie, a chunk of steps at a time (stage_rows)."""
+    if x.flags.c_contiguous or not copy:
         return x, False
     return np.ascontiguousarray(x), True
 
@@ -66,7 +68,7 @@ class CpuOps(NumpyOps):
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training)
-        x, copied = _time_major(x)
+        x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():      # the kernel threads itself (fastlstm.threads)
             y, h, c, saved = _lstm.forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole, _u8(mask),
@@ -111,7 +113,7 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
                 return_sequences=return_sequences, training=training)
-        x, copied = _time_major(x)
+        x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
             y, h, saved = _gru.forward(
                 x, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1), h0,
@@ -155,7 +157,7 @@ class CpuOps(NumpyOps):
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training)
         # The kernel threads itself, as the LSTM's: BLAS (if it runs) single-threaded inside.
-        x, copied = _time_major(x)
+        x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
             y, h, saved = _simple_rnn.forward(
                 x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,

@@ -17,13 +17,13 @@ def state_grads(B, H, dtype, dy, dh_T, has_mask, return_sequences):
     return dh, dout
 
 
-def seq_grad_strides(T, B, H, step, row, col, itemsize):
-    """The strides in elements of dy [T,B,H] for the backward kernels, which read it in
-    place row by row: the last axis must be contiguous, the others may have any strides of
-    whole elements (a transposed view of a [B,T,H] array, say). Strides of axes of length 1
-    are never used."""
+def row_strides(name, T, B, H, step, row, col, itemsize):
+    """The strides in elements of a [T,B,H] array the kernels read row by row where it lies
+    (dy in backward; x at inference): the last axis must be contiguous, the others may have
+    any strides of whole elements (a transposed view of a [B,T,H] array, say). Strides of
+    axes of length 1 are never used (0 here)."""
     if (H > 1 and col != itemsize) or (T > 1 and step % itemsize) or (B > 1 and row % itemsize):
-        raise ValueError(f"dy: expected its last axis contiguous and strides of whole "
+        raise ValueError(f"{name}: expected its last axis contiguous and strides of whole "
                          f"{itemsize}-byte elements, got strides {(step, row, col)}")
     return (step // itemsize if T > 1 else 0), (row // itemsize if B > 1 else 0)
 
