@@ -27,11 +27,11 @@ from fastlstm._lstm import workspace
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport parallel, prange
-from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
-                      pack_projection, par_gemm, pipelined, pipe_rows, projection_in_place,
-                      row_chunks, set_direct_rows_param, set_kernel_threads,
-                      set_pipeline_params, set_policy, split, step_grad, step_product,
-                      forward_u, backward_u, U_PACKED, U_PANELS, U_TRANSPOSED)
+from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
+                       fl_pipe_steps, pack_projection, par_gemm, pipelined, pipe_rows,
+                       projection_in_place, row_chunks, set_direct_rows_param, set_kernel_threads,
+                       set_pipeline_params, set_policy, split, step_grad, step_product, forward_u,
+                       backward_u, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_force_isa_level, fl_isa_level, fl_team_size, fl_thread_num, fl_publish,
                     fl_await)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,

@@ -19,12 +19,12 @@ from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, fl_pipe_steps,
-                      pack_projection, pipelined, pipe_rows, set_direct_rows_param,
-                      set_pipeline_params, project_rows,
-                      recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
-                      step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
-                      U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
+from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
+                       fl_pipe_steps, pack_projection, pipelined, pipe_rows, set_direct_rows_param,
+                       set_pipeline_params, project_rows, recurrent_input, row_chunks,
+                       set_kernel_threads, set_policy, split, step_grad, step_product,
+                       weight_and_input_grads, forward_u, backward_u, U_IN_PLACE, U_PACKED,
+                       U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_packed_acc,
                     fl_barrier, fl_barrier_wait, fl_team_size, fl_thread_num, fl_publish,
                     fl_await, fl_force_isa_level,

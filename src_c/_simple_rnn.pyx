@@ -19,11 +19,11 @@ from fastlstm._lstm import workspace
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs, pack_projection,
-                      set_direct_rows_param, project_rows,
-                      recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
-                      step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
-                      U_PACKED, U_PANELS, U_TRANSPOSED)
+from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
+                       pack_projection, set_direct_rows_param, project_rows, recurrent_input,
+                       row_chunks, set_kernel_threads, set_policy, split, step_grad, step_product,
+                       weight_and_input_grads, forward_u, backward_u, U_PACKED, U_PANELS,
+                       U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels,
                     fl_force_isa_level, fl_isa_level, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
                     fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
@@ -70,11 +70,12 @@ cdef void forward_rows(int T, int B, int H, int b0, int nb, long s0, long s1, lo
                        const floating *rdrop, floating *HIN, floating *Y, floating *out,
                        floating *hd, floating *h) noexcept nogil:
     """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
-    projection of times zt0, zt0+1, ... ([*,B,H]) and becomes the activations; HIN [T,B,H] (h_{t-1} * recurrent dropout, as U sees it) is
-    saved when training; Up is U packed by pack_b (many rows per thread), Upan U in the
-    panels of matmul_packed_acc (a few rows), or both NULL (U read in place); Y [T,B,H]
-    (return_sequences) or out [B,H] (masked last output) receive the outputs; hd [B,H] holds
-    h*rdrop at inference; h [B,H] is the state."""
+    projection of times zt0, zt0+1, ... ([*,B,H]) and becomes the activations; HIN [T,B,H]
+    (h_{t-1} * recurrent dropout, as U sees it) is saved when training; Up is U packed by
+    pack_b (many rows per thread), Upan U in the panels of matmul_packed_acc (a few rows), or
+    both NULL (U read in place); Y [T,B,H] (return_sequences) or out [B,H] (masked last
+    output) receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] is the
+    state."""
     cdef long BH = <long>B * H, rh = <long>b0 * H, nbh = <long>nb * H
     cdef long s, t
     cdef floating *ph = h + rh
