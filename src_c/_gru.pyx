@@ -27,7 +27,7 @@ from fastlstm._lstm import workspace
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport parallel, prange
-from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
+from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
                        fl_pipe_steps, pack_projection, par_gemm, pipelined, pipe_rows,
                        projection_in_place, row_chunks, set_direct_rows_param, set_kernel_threads,
                        set_pipeline_params, set_policy, split, step_grad, step_product, forward_u,
@@ -398,19 +398,17 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef int b0, nproj
     cdef long progress = 0, s0 = 0, s1, t_lo, nrows_c
     cdef floating[::1] stage
+    cdef floating *pstage = NULL
     if staged:
         stage = workspace("x_stage", chunk * B * I, dtype)
+        pstage = &stage[0]
     cdef const floating *pX
     with nogil:
         while s0 < T:
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
-            if staged:
-                stage_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, &stage[0])
-                pX = &stage[0]
-            else:
-                pX = px + t_lo * B * I
+            pX = chunk_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, pstage)
             # One thread runs the time loop of a few rows: the other projects beside it.
             if pipelined(nchunks, s1 - s0, <double>nrows_c * I * G):
                 progress = 0

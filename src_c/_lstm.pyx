@@ -19,7 +19,7 @@ from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
+from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
                        fl_pipe_steps, pack_projection, pipelined, pipe_rows, set_direct_rows_param,
                        set_pipeline_params, project_rows, recurrent_input, row_chunks,
                        set_kernel_threads, set_policy, split, step_grad, step_product,
@@ -432,8 +432,10 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef long progress = 0
     cdef int nproj
     cdef floating[::1] stage
+    cdef floating *pstage = NULL
     if staged:
         stage = workspace("x_stage", chunk * B * I, dtype)
+        pstage = &stage[0]
     cdef const floating *pX
     s0 = 0
     with nogil:
@@ -441,11 +443,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
-            if staged:
-                stage_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, &stage[0])
-                pX = &stage[0]
-            else:
-                pX = px + t_lo * B * I
+            pX = chunk_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, pstage)
             if not ncols and pipelined(nchunks, s1 - s0, <double>nrows_c * I * G):
                 progress = 0
                 with parallel(num_threads=2):

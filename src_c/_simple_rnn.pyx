@@ -19,7 +19,7 @@ from fastlstm._lstm import workspace
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (stage_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
+from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
                        pack_projection, set_direct_rows_param, project_rows, recurrent_input,
                        row_chunks, set_kernel_threads, set_policy, split, step_grad, step_product,
                        weight_and_input_grads, forward_u, backward_u, U_PACKED, U_PANELS,
@@ -210,19 +210,17 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef int b0, nproj
     cdef long s0 = 0, s1, t_lo, nrows_c
     cdef floating[::1] stage
+    cdef floating *pstage = NULL
     if staged:
         stage = workspace("x_stage", chunk * B * I, dtype)
+        pstage = &stage[0]
     cdef const floating *pX
     with nogil:
         while s0 < T:
             s1 = min(<long>T, s0 + chunk)
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
-            if staged:
-                stage_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, &stage[0])
-                pX = &stage[0]
-            else:
-                pX = px + t_lo * B * I
+            pX = chunk_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, pstage)
             nproj = split(nrows_c, 64, <double>nrows_c * I * H)
             if nproj == 1:
                 project_rows(0, nrows_c, I, H, pX, &kernel[0, 0], pWp, pb, pZ)

@@ -73,7 +73,7 @@ cdef inline long inference_chunk(long T, int B, long row_bytes) noexcept:
 cdef inline bint x_staged(long T, int B, int I, long sxt, long sxb, bint training,
                           bint dropout) except -1:
     """Whether a forward pass copies each chunk's rows of x [T,B,I] time-major before it
-    projects them (stage_rows): x's rows lie apart (strides sxt, sxb in elements: a layer's
+    projects them (chunk_rows): x's rows lie apart (strides sxt, sxb in elements: a layer's
     batch-major input), which only inference takes; training saves x for the weight gradient
     and the backend hands it a C-contiguous copy (cpu_ops._time_major)."""
     if (T == 1 or sxt == <long>B * I) and (B == 1 or sxb == I):

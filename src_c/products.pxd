@@ -79,14 +79,18 @@ cdef inline void pipe_rows(long a, long e, long nsteps, int B, bint go_backwards
     nr[0] = (e - a) * B
 
 
-cdef inline void stage_rows(long t_lo, long nt, int B, int I, const floating *X, long sxt,
-                            long sxb, floating *dst) noexcept nogil:
-    """Rows (t, b) of x for times [t_lo, t_lo+nt), row (t, b) at X + t*sxt + b*sxb, copied
-    time-major into dst [nt*B, I]: inference reads a batch-major input a chunk at a time."""
+cdef inline const floating *chunk_rows(long t_lo, long nt, int B, int I, const floating *X,
+                                       long sxt, long sxb, floating *stage) noexcept nogil:
+    """The rows of x [T,B,I] for times [t_lo, t_lo+nt), time-major: X's own when stage is
+    NULL (X C-contiguous), else copied into stage [nt*B, I] from row (t, b) at X + t*sxt +
+    b*sxb (inference reads a batch-major input so, a chunk at a time)."""
     cdef long t, b
+    if stage == NULL:
+        return X + t_lo * B * I
     for t in range(nt):
         for b in range(B):
-            memcpy(dst + (t * B + b) * I, X + (t_lo + t) * sxt + b * sxb, I * sizeof(floating))
+            memcpy(stage + (t * B + b) * I, X + (t_lo + t) * sxt + b * sxb, I * sizeof(floating))
+    return stage
 
 
 cdef inline int row_chunks(int T, int B, int H, int G) noexcept nogil:

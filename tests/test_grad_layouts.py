@@ -32,6 +32,19 @@ def _layouts(dy):
             "negative_time_stride": backwards, "last_axis_strided": every_other[..., ::2]}
 
 
+def _weights_and_states(cell, kw, rng, dtype):
+    """((x, kernel, recurrent_kernel, bias), initial states) of a small problem of the cell
+    with the options kw."""
+    G = {"lstm": 3 if kw.get("coupled_input_forget") else 4, "gru": 3,
+         "simple_rnn": 1}[cell] * H
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    W = (rng.standard_normal((I, G)) / 3).astype(dtype)
+    U = (rng.standard_normal((H, G)) / 3).astype(dtype)
+    b = rng.standard_normal((2, G) if kw.get("reset_after") else (G,)).astype(dtype)
+    states = [rng.standard_normal((B, H)).astype(dtype) for _ in range(2 if cell == "lstm" else 1)]
+    return (x, W, U, b), states
+
+
 def _grads(cell, kw, args, states, dy, dtype):
     extra = dict(kw)
     if extra.pop("peephole", False):
@@ -50,14 +63,7 @@ def test_backward_reads_dy_in_any_layout(cell, kw, masked, threads):
     try:
         for dtype in DTYPES:
             rng = np.random.default_rng(seed_of("layouts", cell, sorted(kw), masked, threads))
-            G = {"lstm": 3 if kw.get("coupled_input_forget") else 4, "gru": 3,
-                 "simple_rnn": 1}[cell] * H
-            x = rng.standard_normal((T, B, I)).astype(dtype)
-            W = (rng.standard_normal((I, G)) / 3).astype(dtype)
-            U = (rng.standard_normal((H, G)) / 3).astype(dtype)
-            b = rng.standard_normal((2, G) if kw.get("reset_after") else (G,)).astype(dtype)
-            states = [rng.standard_normal((B, H)).astype(dtype)
-                      for _ in range(2 if cell == "lstm" else 1)]
+            (x, W, U, b), states = _weights_and_states(cell, kw, rng, dtype)
             if masked:
                 kw = dict(kw, mask=rng.random((T, B)) > 0.3, go_backwards=True)
             dy = rng.standard_normal((T, B, H)).astype(dtype)
@@ -264,14 +270,7 @@ def test_x_in_any_layout_gives_the_same_bits(cell, kw, training):
     copy, or x itself, gives the outputs and gradients of a contiguous x, bit for bit."""
     rng = np.random.default_rng(seed_of("x layouts", cell, sorted(kw), training))
     for dtype in DTYPES:
-        G = {"lstm": 3 if kw.get("coupled_input_forget") else 4, "gru": 3,
-             "simple_rnn": 1}[cell] * H
-        x = rng.standard_normal((T, B, I)).astype(dtype)
-        W = (rng.standard_normal((I, G)) / 3).astype(dtype)
-        U = (rng.standard_normal((H, G)) / 3).astype(dtype)
-        b = rng.standard_normal((2, G) if kw.get("reset_after") else (G,)).astype(dtype)
-        states = [rng.standard_normal((B, H)).astype(dtype)
-                  for _ in range(2 if cell == "lstm" else 1)]
+        (x, W, U, b), states = _weights_and_states(cell, kw, rng, dtype)
         dy = rng.standard_normal((T, B, H)).astype(dtype)
         extra = dict(kw)
         if extra.pop("peephole", False):

@@ -32,7 +32,7 @@ def _time_major(x, copy):
     it C-contiguous, for the weight gradient: a layer's batch-major input, transposed, is
     then copied, nothing else holds the copy, and the backward pass writes the input
     gradient over it once the weight gradient has read it. Inference reads the rows where
-    they lie, a chunk of steps at a time (stage_rows)."""
+    they lie, a chunk of steps at a time (products.chunk_rows)."""
     if x.flags.c_contiguous or not copy:
         return x, False
     return np.ascontiguousarray(x), True
