@@ -68,3 +68,24 @@ class Streaming:
 
     def time_step(self, cell, units):
         self.layer.step(self.x, self.state)
+
+
+class LongSequence:
+    """Inference over a long sequence, last output only: its memory should stay that of the
+    input (the projection runs a chunk of steps at a time, reading the batch-major input
+    where it lies)."""
+    params = (["lstm", "gru", "simple_rnn"],)
+    param_names = ["cell"]
+    timeout = 120
+
+    def setup(self, cell):
+        threads(2)
+        self.x = np.random.default_rng(0).standard_normal((8, 20000, 16)).astype(np.float32)
+        self.layer = make_layer(cell, 128, "float32", return_sequences=False)
+        self.layer.build(self.x.shape)
+
+    def time_inference(self, cell):
+        self.layer(self.x)
+
+    def peakmem_inference(self, cell):
+        self.layer(self.x)
