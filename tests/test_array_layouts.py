@@ -1,6 +1,10 @@
-"""The compiled backward passes read the output gradient dy [T,B,H] where it lies: a layer's
-gradient of its batch-major output arrives as a transposed view and is not copied. Any
-layout must give the gradients of a contiguous dy, bit for bit."""
+"""How the compiled kernels take and keep their arrays, and that no layout changes a bit:
+- dy [T,B,H] is read where it lies (a layer's batch-major gradient, transposed, is not
+  copied), x at inference too, a chunk at a time; any layout gives a contiguous array's bits;
+- a plain training run saves the states entering its steps in the buffer of its outputs,
+  returned read-only;
+- read-only inputs, weights and states are read in place;
+- the input gradient is written over the backend's own copy of x, never over the caller's."""
 import importlib
 
 import numpy as np
