@@ -3,8 +3,8 @@
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py; the equations are those of
 # fastlstm/backends/oracle/gru.py and the gate-buffer layouts those of src_c/gru_impl.h. The
 # callers (fastlstm/backends/cpu_ops.py) pass C-contiguous arrays of one dtype whose shapes
-# they have checked (dy's rows may lie apart), with B >= 1, I >= 1, H >= 1; nothing here
-# allocates per timestep.
+# they have checked (dy's rows, and x's at inference, may lie apart), with B >= 1, I >= 1,
+# H >= 1; nothing here allocates per timestep.
 #
 # reset_after=True, Z [T,B,4H] = [z | r | rec_h | n]:
 #   Forward:  Z[:, 0:2H] = X W_zr + b_zr + b'_zr, Z[:, 2H:3H] = b'_h, Z[:, 3H:4H] = X W_h + b_h

@@ -2,8 +2,8 @@
 #
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py. The callers
 # (fastlstm/backends/cpu_ops.py) pass C-contiguous arrays of one dtype whose shapes
-# they have checked (but for dy, whose rows may lie apart: a view of [B,T,H]); nothing
-# here allocates per timestep.
+# they have checked (but for dy, and x at inference, whose rows may lie apart: a view of
+# [B,T,·]); nothing here allocates per timestep.
 #
 # Forward:  Z = X W + b for all T*B rows (one GEMM); per step Z[t] += h U (GEMM, GEMV at
 #           B=1), then one fused elementwise pass turns Z[t] into gates and updates h, c.

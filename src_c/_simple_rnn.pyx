@@ -2,9 +2,10 @@
 #
 # Shapes use the notation of fastlstm/backends/oracle/__init__.py, equations those of
 # fastlstm/backends/oracle/simple_rnn.py. The callers (fastlstm/backends/cpu_ops.py) pass
-# C-contiguous arrays of one dtype whose shapes they have checked (dy's rows may lie
-# apart), with B, I, H >= 1; nothing here allocates per timestep. The products and the
-# threads are the LSTM's (src_c/_lstm.pyx) with G = H and one elementwise pass a step.
+# C-contiguous arrays of one dtype whose shapes they have checked (dy's rows, and x's at
+# inference, may lie apart), with B, I, H >= 1; nothing here allocates per timestep. The
+# products and the threads are the LSTM's (src_c/_lstm.pyx) with G = H and one elementwise
+# pass a step.
 #
 # Forward:  Z = X W + b for all T*B rows (one GEMM); per step Z[t] += hin U (GEMM, GEMV at
 #           B=1), then one pass Z[t] := a(Z[t]) that also updates h (and the masked output).
