@@ -15,6 +15,8 @@ cimport numpy as cnp
 
 cnp.import_array()
 
+from fastlstm.backends.aligned import aligned_empty
+
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating
@@ -241,20 +243,6 @@ cdef inline Py_ssize_t units_of(object recurrent_kernel) noexcept:
 
 cdef inline void *data_of(object a) noexcept:
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
-
-
-cdef object aligned_empty(Py_ssize_t n, dtype):
-    """n elements of dtype starting on a 64-byte boundary: the one-row product loads and
-    stores whole vectors of z, and one split over two cache lines costs two."""
-    cdef Py_ssize_t nbytes = n * np.dtype(dtype).itemsize
-    buf = np.empty(nbytes + 64, np.uint8)
-    # Unsigned: this module divides the C way (cdivision), where -a % 64 is negative.
-    cdef size_t addr = <size_t>cnp.PyArray_DATA(<cnp.ndarray>buf)
-    cdef Py_ssize_t off = <Py_ssize_t>((64 - addr % 64) % 64)
-    out = buf[off:off + nbytes].view(dtype)
-    if out.shape[0] != n or cnp.PyArray_DATA(<cnp.ndarray>out) != <void *>(addr + off):
-        raise RuntimeError("aligned_empty: the buffer is not where the plan would write")
-    return out
 
 
 cdef class StepPlan:
