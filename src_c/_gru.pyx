@@ -296,16 +296,9 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef floating[::1] brow = brow_arr
 
     cdef long sxt, sxb
-    sxt, sxb = row_strides("x", T, B, I, x.strides[0], x.strides[1], x.strides[2],
-                           sizeof(floating))
-    cdef bint staged = x_staged(T, B, I, sxt, sxb, training, input_dropout_mask is not None)
-    cdef const floating *px = &x[0, 0, 0]
-    cdef floating[:, :, ::1] xd            # x times the input dropout mask
-    xd_arr = None
-    if input_dropout_mask is not None:
-        xd_arr = np.empty((T, B, I), dtype)
-        xd = xd_arr
-        px = &xd[0, 0, 0]
+    cdef bint staged
+    cdef const floating *px
+    xd_arr = input_rows(x, input_dropout_mask, training, &px, &sxt, &sxb, &staged)
     # Training projects all T steps (backward needs the gates); inference chunks of steps
     # (inference_chunk), so that its memory does not grow with T*B*ZW.
     cdef long chunk = T if training else inference_chunk(T, B, ZW * sizeof(floating))
@@ -318,7 +311,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef const floating *pW = &kernel[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
     cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
-    cdef long r, t, s
+    cdef long t, s
     # The input projection on our packed GEMM, W packed once per call (from a few dozen
     # rows; [z r] and h blocks apart where they land in different columns of Z), else W read
     # in place (project_rows).
@@ -337,10 +330,6 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef const floating *pWp2 = ptr_or_null(vw2)
     cdef long ci
     cdef int nchunks = row_chunks(T, B, H, G)
-    if input_dropout_mask is not None:
-        with nogil:
-            for r in range(T):
-                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr

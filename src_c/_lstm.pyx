@@ -325,20 +325,11 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     # Input projection Z = (X * input_dropout_mask) W + b. Training keeps it for all steps
     # (backward needs the gates); inference projects chunks of steps so that its memory does
     # not grow with T*B*G.
-    cdef long r, t, s
+    cdef long t, s
     cdef long sxt, sxb
-    sxt, sxb = row_strides("x", T, B, I, x.strides[0], x.strides[1], x.strides[2],
-                           sizeof(floating))
-    cdef bint staged = x_staged(T, B, I, sxt, sxb, training, input_dropout_mask is not None)
-    cdef const floating *px = &x[0, 0, 0]
-    cdef floating[:, :, ::1] xd            # x times the input dropout mask
-    xd_arr = None
-    if input_dropout_mask is not None:
-        xd_arr = np.empty((T, B, I), dtype)
-        xd = xd_arr
-        px = &xd[0, 0, 0]
-        for r in range(T):
-            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
+    cdef bint staged
+    cdef const floating *px
+    xd_arr = input_rows(x, input_dropout_mask, training, &px, &sxt, &sxb, &staged)
     cdef long chunk = T
     if not training:
         chunk = inference_chunk(T, B, G * sizeof(floating))

@@ -135,20 +135,11 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef bint has_mask = mask is not None
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
-    cdef long r, ci
+    cdef long ci
     cdef long sxt, sxb
-    sxt, sxb = row_strides("x", T, B, I, x.strides[0], x.strides[1], x.strides[2],
-                           sizeof(floating))
-    cdef bint staged = x_staged(T, B, I, sxt, sxb, training, input_dropout_mask is not None)
-    cdef const floating *px = &x[0, 0, 0]
-    cdef floating[:, :, ::1] xd            # x times the input dropout mask
-    xd_arr = None
-    if input_dropout_mask is not None:
-        xd_arr = np.empty((T, B, I), dtype)
-        xd = xd_arr
-        for r in range(T):
-            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], px + r * B * I, &xd[r, 0, 0])
-        px = &xd[0, 0, 0]
+    cdef bint staged
+    cdef const floating *px
+    xd_arr = input_rows(x, input_dropout_mask, training, &px, &sxt, &sxb, &staged)
     # Training projects all T steps (backward needs the activations); inference chunks of
     # steps (inference_chunk), so that its memory does not grow with T*B*H.
     cdef long chunk = T if training else inference_chunk(T, B, H * sizeof(floating))
