@@ -64,25 +64,28 @@ def _set_kernel_threads(n: int) -> None:
             mod.set_threads(n)
 
 
-def _scipy_blas():
-    """threadpoolctl controllers of the BLAS the kernels call (scipy's, not numpy's)."""
+def _blas(numpy: bool = False):
+    """threadpoolctl controllers of the BLAS the kernels call (scipy's), or with ``numpy``
+    of every BLAS loaded (NumPy's too), looked up once."""
     global _blas_libs
     if _blas_libs is None:
         try:
             import scipy.linalg.cython_blas  # noqa: F401  (load it before looking)
             from threadpoolctl import ThreadpoolController
-            libs = ThreadpoolController().lib_controllers
+            libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
         except Exception:
             libs = []
-        _blas_libs = [c for c in libs if c.user_api == "blas"
-                      and "numpy" not in c.filepath.replace(os.sep, "/")]
-    return _blas_libs
+        _blas_libs = {True: libs, False: [c for c in libs
+                                          if "numpy" not in c.filepath.replace(os.sep, "/")]}
+    return _blas_libs[numpy]
 
 
 @contextlib.contextmanager
-def single_threaded_blas():
-    """BLAS on one thread for the duration (about a microsecond to set and restore)."""
-    libs = _scipy_blas()
+def single_threaded_blas(numpy: bool = False):
+    """BLAS on one thread for the duration (about a microsecond to set and restore): scipy's,
+    which the kernels call, and with ``numpy`` NumPy's too (its LAPACK: the orthogonal
+    initializer's QR, whose idle workers would otherwise spin through a layer's first calls)."""
+    libs = _blas(numpy)
     saved = [c.num_threads for c in libs]
     for c, n in zip(libs, saved):
         if n != 1:
@@ -105,7 +108,7 @@ def init_threads() -> None:
     """At import: the kernels' loops use the cores this process may run on, and the
     gradients' many-row products go to BLAS when its kernels are AVX-512 ones."""
     _set_kernel_threads(_cores())
-    arch = " ".join(str(c.architecture).lower() for c in _scipy_blas()
+    arch = " ".join(str(c.architecture).lower() for c in _blas()
                     if getattr(c, "architecture", None))
     from . import _gru, _lstm, _simple_rnn
     on_blas = any(a in arch for a in _AVX512_CORES)

@@ -217,6 +217,34 @@ def test_orthogonal_needs_rank_2():
         I.Orthogonal()((5,))
 
 
+def test_orthogonal_runs_its_qr_on_one_blas_thread(monkeypatch):
+    # NumPy's BLAS on one thread during the QR (its idle workers would spin against the
+    # kernels' first calls), the caller's thread counts restored afterwards, same values.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fastlstm.threads import _blas
+
+    libs = _blas(numpy=True)
+    if not any("numpy" in c.filepath.replace(os.sep, "/") for c in libs):
+        pytest.skip("threadpoolctl does not see NumPy's BLAS here")
+    seen = []
+    qr = np.linalg.qr
+
+    def spy(a, *args, **kwargs):
+        seen.append([c.num_threads for c in libs])
+        return qr(a, *args, **kwargs)
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = [c.num_threads for c in libs]
+        q, r = qr(np.random.default_rng(5).standard_normal((96, 64)))   # as many threads as given
+        expected = (q * np.where(np.diag(r) < 0.0, -1.0, 1.0)).T
+        monkeypatch.setattr(np.linalg, "qr", spy)
+        got = I.Orthogonal(seed=5)((64, 96), "float64")
+        after = [c.num_threads for c in libs]
+    assert seen == [[1] * len(libs)]
+    assert after == before
+    assert np.array_equal(got, expected)
+
+
 # ------------------------------------------------------------------ recurrent helpers
 
 
