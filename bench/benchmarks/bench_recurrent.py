@@ -89,3 +89,19 @@ class LongSequence:
 
     def peakmem_inference(self, cell):
         self.layer(self.x)
+
+
+class Startup:
+    """A new layer's build (its initializers: the recurrent kernel's orthogonal QR) and first
+    call, which a serving process pays once: idle BLAS workers left spinning by the build
+    would slow the kernels' first calls."""
+    params = (["lstm", "gru"], [128, 512])
+    param_names = ["cell", "units"]
+    timeout = 120
+
+    def setup(self, cell, units):
+        threads(2)
+        self.x = np.random.default_rng(0).standard_normal((16, 50, 128)).astype(np.float32)
+
+    def time_build_and_first_call(self, cell, units):
+        make_layer(cell, units, "float32")(self.x)
