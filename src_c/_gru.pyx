@@ -295,17 +295,11 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             brow_arr[:] = b
     cdef floating[::1] brow = brow_arr
 
-    cdef long sxt, sxb
-    cdef bint staged
+    cdef long sxt, sxb, chunk
     cdef const floating *px
-    xd_arr = input_rows(x, input_dropout_mask, training, &px, &sxt, &sxb, &staged)
-    # Training projects all T steps (backward needs the gates); inference chunks of steps
-    # (inference_chunk), so that its memory does not grow with T*B*ZW.
-    cdef long chunk = T if training else inference_chunk(T, B, ZW * sizeof(floating))
-    if training:
-        z_arr = np.empty((T, B, ZW), dtype)
-    else:
-        z_arr = workspace("gru_z", chunk * B * ZW, dtype).reshape(chunk, B, ZW)
+    cdef floating *pstage
+    xd_arr, chunk, z_arr, stage_arr = projection_inputs(
+        x, input_dropout_mask, training, "gru_z", ZW, &px, &sxt, &sxb, &pstage)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pW = &kernel[0, 0]
@@ -386,11 +380,6 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
     cdef int b0, nproj
     cdef long progress = 0, s0 = 0, s1, t_lo, nrows_c
-    cdef floating[::1] stage
-    cdef floating *pstage = NULL
-    if staged:
-        stage = workspace("x_stage", chunk * B * I, dtype)
-        pstage = &stage[0]
     cdef const floating *pX
     with nogil:
         while s0 < T:

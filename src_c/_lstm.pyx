@@ -21,8 +21,8 @@ from libc.string cimport memcpy
 from blas cimport floating
 from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
                        fl_pipe_steps, pack_projection, pipelined, pipe_rows, set_direct_rows_param,
-                       set_pipeline_params, project_rows, recurrent_input, row_chunks,
-                       set_kernel_threads, set_policy, split, step_grad, step_product,
+                       set_pipeline_params, project_chunk, project_rows, recurrent_input,
+                       row_chunks, set_kernel_threads, set_policy, step_grad, step_product,
                        weight_and_input_grads, forward_u, backward_u, U_IN_PLACE, U_PACKED,
                        U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_packed_acc,
@@ -322,21 +322,14 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef bint has_mask = mask is not None
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
-    # Input projection Z = (X * input_dropout_mask) W + b. Training keeps it for all steps
-    # (backward needs the gates); inference projects chunks of steps so that its memory does
-    # not grow with T*B*G.
+    # Input projection Z = (X * input_dropout_mask) W + b (projection_inputs: all T steps when
+    # training, else a chunk of steps at a time).
     cdef long t, s
-    cdef long sxt, sxb
-    cdef bint staged
+    cdef long sxt, sxb, chunk
     cdef const floating *px
-    xd_arr = input_rows(x, input_dropout_mask, training, &px, &sxt, &sxb, &staged)
-    cdef long chunk = T
-    if not training:
-        chunk = inference_chunk(T, B, G * sizeof(floating))
-    if training:                    # kept for backward
-        z_arr = np.empty((T, B, G), dtype)
-    else:
-        z_arr = workspace("z", chunk * BG, dtype).reshape(chunk, B, G)
+    cdef floating *pstage
+    xd_arr, chunk, z_arr, stage_arr = projection_inputs(
+        x, input_dropout_mask, training, "z", G, &px, &sxt, &sxb, &pstage)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pb = ptr_or_null(bias)
@@ -421,12 +414,6 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef int b0
     cdef long s0, s1, t_lo, nrows_c, ci
     cdef long progress = 0
-    cdef int nproj
-    cdef floating[::1] stage
-    cdef floating *pstage = NULL
-    if staged:
-        stage = workspace("x_stage", chunk * B * I, dtype)
-        pstage = &stage[0]
     cdef const floating *pX
     s0 = 0
     with nogil:
@@ -446,14 +433,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
                                       &progress)
                 s0 = s1
                 continue
-            nproj = split(nrows_c, 64, <double>nrows_c * I * G)
-            if nproj == 1:
-                project_rows(0, nrows_c, I, G, pX, &kernel[0, 0], pWp, pb, pZ)
-            else:
-                for ci in prange(nproj, num_threads=nproj, schedule="static"):
-                    project_rows(ci * nrows_c // nproj,
-                                 (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, G,
-                                 pX, &kernel[0, 0], pWp, pb, pZ)
+            project_chunk(nrows_c, I, G, pX, &kernel[0, 0], pWp, pb, pZ)
             if ncols:
                 bar.count = 0                   # every thread starts with sense 0
                 bar.flag = 0

@@ -21,8 +21,8 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy
 from blas cimport floating
 from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
-                       pack_projection, set_direct_rows_param, project_rows, recurrent_input,
-                       row_chunks, set_kernel_threads, set_policy, split, step_grad, step_product,
+                       pack_projection, set_direct_rows_param, project_chunk, recurrent_input,
+                       row_chunks, set_kernel_threads, set_policy, step_grad, step_product,
                        weight_and_input_grads, forward_u, backward_u, U_PACKED, U_PANELS,
                        U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels,
@@ -136,17 +136,11 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef bint has_rdrop = recurrent_dropout_mask is not None
 
     cdef long ci
-    cdef long sxt, sxb
-    cdef bint staged
+    cdef long sxt, sxb, chunk
     cdef const floating *px
-    xd_arr = input_rows(x, input_dropout_mask, training, &px, &sxt, &sxb, &staged)
-    # Training projects all T steps (backward needs the activations); inference chunks of
-    # steps (inference_chunk), so that its memory does not grow with T*B*H.
-    cdef long chunk = T if training else inference_chunk(T, B, H * sizeof(floating))
-    if training:
-        z_arr = np.empty((T, B, H), dtype)
-    else:
-        z_arr = workspace("rnn_z", chunk * BH, dtype).reshape(chunk, B, H)
+    cdef floating *pstage
+    xd_arr, chunk, z_arr, stage_arr = projection_inputs(
+        x, input_dropout_mask, training, "rnn_z", H, &px, &sxt, &sxb, &pstage)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pb = ptr_or_null(bias)
@@ -199,13 +193,8 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
     cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
     cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
-    cdef int b0, nproj
+    cdef int b0
     cdef long s0 = 0, s1, t_lo, nrows_c
-    cdef floating[::1] stage
-    cdef floating *pstage = NULL
-    if staged:
-        stage = workspace("x_stage", chunk * B * I, dtype)
-        pstage = &stage[0]
     cdef const floating *pX
     with nogil:
         while s0 < T:
@@ -213,14 +202,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
             nrows_c = (s1 - s0) * B
             pX = chunk_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, pstage)
-            nproj = split(nrows_c, 64, <double>nrows_c * I * H)
-            if nproj == 1:
-                project_rows(0, nrows_c, I, H, pX, &kernel[0, 0], pWp, pb, pZ)
-            else:
-                for ci in prange(nproj, num_threads=nproj, schedule="static"):
-                    project_rows(ci * nrows_c // nproj,
-                                 (ci + 1) * nrows_c // nproj - ci * nrows_c // nproj, I, H, pX,
-                                 &kernel[0, 0], pWp, pb, pZ)
+            project_chunk(nrows_c, I, H, pX, &kernel[0, 0], pWp, pb, pZ)
             if nchunks == 1:
                 forward_rows(T, B, H, 0, B, s0, s1, t_lo, go_backwards, training,
                              return_sequences, act, pZ, &recurrent_kernel[0, 0], pUp, pUpan, pm,

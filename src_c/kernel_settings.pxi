@@ -3,7 +3,8 @@
 # fastlstm.threads and fastlstm._gates.force_isa_level set each module in turn. The module
 # cimports what this uses: from products fl_max_threads, fl_parallel_min_macs,
 # set_direct_rows_param, set_kernel_threads, set_policy; from gates fl_force_isa_level,
-# fl_isa_level, merge_rows; from blas floating; and it imports numpy as np and row_strides.
+# fl_isa_level, merge_rows; from blas floating; and it has numpy as np, row_strides and
+# workspace (fastlstm._lstm's) at module level.
 
 
 def set_threads(int n, double parallel_min_macs=-1):
@@ -84,28 +85,50 @@ cdef inline bint x_staged(long T, int B, int I, long sxt, long sxb, bint trainin
     return True
 
 
-cdef object input_rows(const floating[:, :, :] x, const floating[:, ::1] input_dropout_mask,
-                       bint training, const floating **px, long *sxt, long *sxb,
-                       bint *staged):
-    """Where a forward pass reads the rows of x [T,B,I]: row (t, b) at *px + t*sxt + b*sxb
-    (elements), *staged when they lie apart (see x_staged). With an input dropout mask, x
-    times the mask in a new C-contiguous array, which *px then points into and which this
-    returns (forward saves it for the weight gradient); else None."""
+cdef tuple projection_inputs(const floating[:, :, :] x,
+                             const floating[:, ::1] input_dropout_mask, bint training,
+                             str slot, long width, const floating **px, long *sxt, long *sxb,
+                             floating **pstage):
+    """What a forward pass's input projection reads and writes.
+
+    Reads: the rows of x [T,B,I], row (t, b) at *px + t*sxt + b*sxb (elements); with an input
+    dropout mask, x times the mask in a new C-contiguous array (forward saves it for the
+    weight gradient), which *px then points into. Where the rows lie apart (see x_staged),
+    each chunk's rows are copied time-major into *pstage (else NULL) before projecting.
+    Writes: Z, all T steps in a new [T,B,width] array when training (backward reads the
+    gates there), else a chunk of steps at a time (inference_chunk) in the workspace `slot`,
+    so that inference memory does not grow with T.
+
+    Returns (x times the dropout mask or None, the chunk's steps, Z, the staging array or
+    None)."""
     cdef long T = x.shape[0], r
     cdef int B = <int>x.shape[1], I = <int>x.shape[2]
     cdef long step, row
     cdef floating[:, :, ::1] xd
+    cdef floating[::1] stage
+    dtype = np.float32 if floating is float else np.float64
     step, row = row_strides("x", T, B, I, x.strides[0], x.strides[1], x.strides[2],
                             sizeof(floating))
     sxt[0], sxb[0] = step, row
-    staged[0] = x_staged(T, B, I, step, row, training, input_dropout_mask is not None)
+    cdef bint staged = x_staged(T, B, I, step, row, training, input_dropout_mask is not None)
     px[0] = &x[0, 0, 0]
-    if input_dropout_mask is None:
-        return None
-    xd_arr = np.empty((T, B, I), np.float32 if floating is float else np.float64)
-    xd = xd_arr
-    with nogil:
-        for r in range(T):
-            merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
-    px[0] = &xd[0, 0, 0]
-    return xd_arr
+    xd_arr = None
+    if input_dropout_mask is not None:
+        xd_arr = np.empty((T, B, I), dtype)
+        xd = xd_arr
+        with nogil:
+            for r in range(T):
+                merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
+        px[0] = &xd[0, 0, 0]
+    cdef long chunk = T if training else inference_chunk(T, B, width * sizeof(floating))
+    if training:
+        z_arr = np.empty((T, B, width), dtype)
+    else:
+        z_arr = workspace(slot, chunk * B * width, dtype).reshape(chunk, B, width)
+    pstage[0] = NULL
+    stage_arr = None
+    if staged:
+        stage_arr = workspace("x_stage", chunk * B * I, dtype)
+        stage = stage_arr
+        pstage[0] = &stage[0]
+    return xd_arr, chunk, z_arr, stage_arr

@@ -339,6 +339,18 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
                         <floating>(1 if b != NULL else 0), Z + r0 * G, G)
 
 
+cdef inline void project_chunk(long nr, int I, int G, const floating *X, const floating *W,
+                               const floating *Wp, const floating *b,
+                               floating *Z) noexcept nogil:
+    """Z[0:nr] = X[0:nr] W + b (project_rows), the rows split over the threads when the work
+    is worth it (split)."""
+    cdef int n = split(nr, 64, <double>nr * I * G), ci
+    if n == 1:
+        project_rows(0, nr, I, G, X, W, Wp, b, Z)
+        return
+    for ci in prange(n, num_threads=n, schedule="static"):
+        project_rows(ci * nr // n, (ci + 1) * nr // n - ci * nr // n, I, G, X, W, Wp, b, Z)
+
 cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
                                  const floating *W, const floating *WTp,
                                  floating *dX) noexcept nogil:
