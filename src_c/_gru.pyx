@@ -276,7 +276,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
     cdef int ZW = 4 * H if reset_after else G       # width of a row of Z
-    cdef long BH = <long>B * H, BZ = <long>B * ZW, TB = <long>T * B
+    cdef long TB = <long>T * B
     dtype = np.float32 if floating is float else np.float64
     cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
     cdef bint has_mask = mask is not None
@@ -298,14 +298,13 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef long sxt, sxb, chunk
     cdef const floating *px
     cdef floating *pstage
-    xd_arr, chunk, z_arr, stage_arr = projection_inputs(
+    xd_arr, chunk, z_arr = projection_inputs(
         x, input_dropout_mask, training, "gru_z", ZW, &px, &sxt, &sxb, &pstage)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
     cdef const floating *pW = &kernel[0, 0]
     cdef const floating *pU = &recurrent_kernel[0, 0]
     cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
-    cdef long t, s
     # The input projection on our packed GEMM, W packed once per call (from a few dozen
     # rows; [z r] and h blocks apart where they land in different columns of Z), else W read
     # in place (project_rows).
@@ -521,7 +520,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
     cdef int ZW = 4 * H if reset_after else G
-    cdef long BH = <long>B * H, BZ = <long>B * ZW, TB = <long>T * B
+    cdef long TB = <long>T * B
     dtype = np.float32 if floating is float else np.float64
     cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
     cdef bint has_mask = mask is not None
@@ -612,7 +611,6 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     cdef const floating *pWTp1 = ptr_or_null(vwt1)
     cdef const floating *pWTp2 = ptr_or_null(vwt2)
     cdef const floating *pHIN = &hin[0, 0, 0] if has_rdrop else NULL
-    cdef const floating *pRH = &rh[0, 0, 0] if not reset_after else NULL
     cdef long ci
     cdef int b0
     with nogil:

@@ -316,7 +316,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     """
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
-    cdef long BH = <long>B * H, BG = <long>B * G, TB = <long>T * B
+    cdef long TB = <long>T * B
     dtype = np.float32 if floating is float else np.float64
     cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
     cdef bint has_mask = mask is not None
@@ -324,11 +324,10 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
 
     # Input projection Z = (X * input_dropout_mask) W + b (projection_inputs: all T steps when
     # training, else a chunk of steps at a time).
-    cdef long t, s
     cdef long sxt, sxb, chunk
     cdef const floating *px
     cdef floating *pstage
-    xd_arr, chunk, z_arr, stage_arr = projection_inputs(
+    xd_arr, chunk, z_arr = projection_inputs(
         x, input_dropout_mask, training, "z", G, &px, &sxt, &sxb, &pstage)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
@@ -523,7 +522,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     """
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
-    cdef long BH = <long>B * H, BG = <long>B * G, TB = <long>T * B
+    cdef long TB = <long>T * B
     dtype = np.float32 if floating is float else np.float64
     cdef fl_act act = make_act(activation), ract = make_act(recurrent_activation)
     cdef bint has_mask = mask is not None

@@ -129,7 +129,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     """
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef int H = recurrent_kernel.shape[0]
-    cdef long BH = <long>B * H, TB = <long>T * B
+    cdef long TB = <long>T * B
     dtype = np.float32 if floating is float else np.float64
     cdef fl_act act = make_act(activation)
     cdef bint has_mask = mask is not None
@@ -139,7 +139,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef long sxt, sxb, chunk
     cdef const floating *px
     cdef floating *pstage
-    xd_arr, chunk, z_arr, stage_arr = projection_inputs(
+    xd_arr, chunk, z_arr = projection_inputs(
         x, input_dropout_mask, training, "rnn_z", H, &px, &sxt, &sxb, &pstage)
     cdef floating[:, :, ::1] Z = z_arr
     cdef floating *pZ = &Z[0, 0, 0]
@@ -271,7 +271,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     """
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef int H = recurrent_kernel.shape[0]
-    cdef long BH = <long>B * H, TB = <long>T * B
+    cdef long TB = <long>T * B
     dtype = np.float32 if floating is float else np.float64
     cdef fl_act act = make_act(activation)
     cdef bint has_mask = mask is not None

@@ -99,8 +99,7 @@ cdef tuple projection_inputs(const floating[:, :, :] x,
     gates there), else a chunk of steps at a time (inference_chunk) in the workspace `slot`,
     so that inference memory does not grow with T.
 
-    Returns (x times the dropout mask or None, the chunk's steps, Z, the staging array or
-    None)."""
+    Returns (x times the dropout mask or None, the chunk's steps, Z)."""
     cdef long T = x.shape[0], r
     cdef int B = <int>x.shape[1], I = <int>x.shape[2]
     cdef long step, row
@@ -126,9 +125,7 @@ cdef tuple projection_inputs(const floating[:, :, :] x,
     else:
         z_arr = workspace(slot, chunk * B * width, dtype).reshape(chunk, B, width)
     pstage[0] = NULL
-    stage_arr = None
-    if staged:
-        stage_arr = workspace("x_stage", chunk * B * I, dtype)
-        stage = stage_arr
+    if staged:                   # the workspace holds it (as it holds the chunk's Z)
+        stage = workspace("x_stage", chunk * B * I, dtype)
         pstage[0] = &stage[0]
-    return xd_arr, chunk, z_arr, stage_arr
+    return xd_arr, chunk, z_arr
