@@ -15,21 +15,23 @@ import numpy as np
 
 from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
                                             states_and_outputs)
-from fastlstm._lstm import workspace
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
 from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
-                       pack_projection, set_direct_rows_param, project_chunk, recurrent_input,
-                       row_chunks, set_kernel_threads, set_policy, step_grad, step_product,
-                       weight_and_input_grads, forward_u, backward_u, U_PACKED, U_PANELS,
-                       U_TRANSPOSED)
-from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels,
-                    fl_force_isa_level, fl_isa_level, fl_rnn_fwd_step_f, fl_rnn_fwd_step_d,
-                    fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
+                       fl_pipe_steps, pack_projection, pipelined, pipe_rows,
+                       set_direct_rows_param, set_pipeline_params, project_rows as dense_rows,
+                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
+                       step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
+                       U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
+from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, fl_team_size,
+                    fl_thread_num, fl_publish, fl_await, fl_force_isa_level, fl_isa_level,
+                    fl_rnn_fwd_step_f, fl_rnn_fwd_step_d, fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
+from sequence cimport Fwd, Bwd
 
 include "kernel_settings.pxi"
+include "driver.pxi"
 
 
 cdef inline void fwd_step(int B, int H, fl_act act, floating *z, const unsigned char *mask,
@@ -50,69 +52,62 @@ cdef inline void bwd_step(int B, int H, fl_act act, floating *z, const unsigned 
         fl_rnn_bwd_step_d(B, H, act, z, mask, dy, ldy, dh, dout, scratch)
 
 
-cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
+cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexcept nogil:
+    """Rows [r0, r0+nr) of the chunk's Z = X W + b."""
+    dense_rows(r0, nr, p.In, p.H, <const floating *>p.X, <const floating *>p.W,
+               <const floating *>p.Wp, <const floating *>p.bias, Z)
 
 
-def set_projection_blas(bint on):
-    """Run the gradients' many-row products on BLAS (when it has AVX-512 kernels); the input
-    projection stays on our packed GEMM."""
-    global projections_on_blas
-    projections_on_blas = on
-
-
-cdef inline const floating *ptr_or_null(const floating[::1] a):
-    return NULL if a is None else &a[0]
-
-
-cdef void forward_rows(int T, int B, int H, int b0, int nb, long s0, long s1, long zt0,
-                       bint go_backwards, bint training, bint return_sequences, fl_act act,
-                       floating *Z, const floating *U,
-                       const floating *Up, const floating *Upan, const unsigned char *mask,
-                       const floating *rdrop, floating *HIN, floating *Y, floating *out,
-                       floating *hd, floating *h) noexcept nogil:
+cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
+                       floating *unused) noexcept nogil:
     """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
-    projection of times zt0, zt0+1, ... ([*,B,H]) and becomes the activations; HIN [T,B,H]
-    (h_{t-1} * recurrent dropout, as U sees it) is saved when training; Up is U packed by
-    pack_b (many rows per thread), Upan U in the panels of matmul_packed_acc (a few rows), or
-    both NULL (U read in place); Y [T,B,H] (return_sequences) or out [B,H] (masked last
-    output) receive the outputs; hd [B,H] holds h*rdrop at inference; h [B,H] is the
-    state."""
-    cdef long BH = <long>B * H, rh = <long>b0 * H, nbh = <long>nb * H
+    projection of times zt0, zt0+1, ... ([*,B,H]) and becomes the activations; HIN (h_{t-1}
+    * recurrent dropout, as U sees it) is saved when training. Returning the sequence
+    without a mask, each step writes its h straight into Y and the next step reads it there
+    (no copy per step; nor into HIN when Y is its buffer too); h gets the last one at the
+    end."""
+    cdef long T = p.T, H = p.H, BH = p.B * H, rh = b0 * H, nbh = nb * H
     cdef long s, t
-    cdef floating *ph = h + rh
+    cdef floating *HIN = <floating *>p.HIN
+    cdef floating *Y = <floating *>p.Y
+    cdef floating *hd = <floating *>p.hd
+    cdef floating *ph = <floating *>p.h + rh
     cdef const floating *hin
     cdef floating *zt
     cdef floating *po
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
-    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
-    # Returning the sequence without a mask, each step writes its h straight into Y and the
-    # next step reads it there (no copy per step; nor into HIN when Y is its buffer too,
-    # see forward); h gets the last one at the end.
-    cdef bint ydirect = return_sequences and mask == NULL
+    cdef const floating *prd = NULL if p.rdrop == NULL else <const floating *>p.rdrop + rh
+    cdef bint ydirect = p.return_sequences and p.mask == NULL
     cdef floating *ph_out = ph
     if ydirect and s0 > 0:
         ph = Y + (s0 - 1) * BH + rh
     for s in range(s0, s1):
-        t = T - 1 - s if go_backwards else s
-        hin = recurrent_input(training, ph, prd, HIN + t * BH + rh if training else NULL,
+        t = T - 1 - s if p.go_backwards else s
+        hin = recurrent_input(p.training, ph, prd, HIN + t * BH + rh if p.training else NULL,
                               hd + rh if hd != NULL else NULL, nbh)
-        zt = Z + (t - zt0) * BH + rh
-        step_product(nb, H, H, hin, U, H, Up, Upan, zt, H)
+        zt = <floating *>p.Z + (t - p.zt0) * BH + rh
+        step_product(nb, <int>H, <int>H, hin, <const floating *>p.U, <int>H,
+                     <const floating *>p.Up, <const floating *>p.Upan, zt, <int>H)
         po = po_prev = NULL
-        if mask != NULL:
-            pm = mask + t * B + b0
-            if return_sequences:
+        if p.mask != NULL:
+            pm = p.mask + t * p.B + b0
+            if p.return_sequences:
                 po = Y + s * BH + rh
                 po_prev = Y + (s - 1) * BH + rh if s > 0 else NULL
             else:
-                po = po_prev = out + rh
+                po = po_prev = <floating *>p.out + rh
         if ydirect:
             ph_out = Y + s * BH + rh
-        fwd_step(nb, H, act, zt, pm, ph, ph_out, po_prev, po)
+        fwd_step(nb, <int>H, p.act, zt, pm, ph, ph_out, po_prev, po)
         ph = ph_out
     if ydirect and s1 > s0:
-        memcpy(h + rh, ph, nbh * sizeof(floating))
+        memcpy(<floating *>p.h + rh, ph, nbh * sizeof(floating))
+
+
+cdef inline void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcept nogil:
+    """No split over the units here (p.ncols stays 0)."""
+    pass
 
 
 def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
@@ -127,133 +122,55 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     Returns (y, h_T, saved): y is [T,B,H] by step when return_sequences, else [B,H]; saved is
     None unless training, then a dict of what backward needs.
     """
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
-    cdef int H = recurrent_kernel.shape[0]
-    cdef long TB = <long>T * B
-    dtype = np.float32 if floating is float else np.float64
-    cdef fl_act act = make_act(activation)
-    cdef bint has_mask = mask is not None
-    cdef bint has_rdrop = recurrent_dropout_mask is not None
-
-    cdef long ci
-    cdef long sxt, sxb, chunk
-    cdef const floating *px
-    cdef floating *pstage
-    xd_arr, chunk, z_arr = projection_inputs(
-        x, input_dropout_mask, training, "rnn_z", H, &px, &sxt, &sxb, &pstage)
-    cdef floating[:, :, ::1] Z = z_arr
-    cdef floating *pZ = &Z[0, 0, 0]
-    cdef const floating *pb = ptr_or_null(bias)
-    # Input projection Z = X W + b, on our packed GEMM (W packed once) unless policy 'blas' or
-    # a few rows, which read W in place (project_rows).
-    cdef floating[::1] Wp
-    cdef const floating[:, :] Wv = kernel
-    cdef const floating *pWp = NULL
-    if pack_projection(TB, <long>I * H * sizeof(floating)):
-        Wp = pack_b(Wv, False, None, fl_max_threads)
-        pWp = &Wp[0]
-
-    h_arr = np.array(h0, dtype=dtype, copy=True)
-    cdef floating[:, ::1] h = h_arr
-    cdef floating[:, :, ::1] HIN, Y
-    cdef floating[:, ::1] outbuf, hd
-    out_arr = None
+    cdef Fwd p
+    # The projection is not pipelined here (one product a step leaves less to hide).
+    p.ZW, p.wsplit, p.usplit, p.pipeline, p.ncols = recurrent_kernel.shape[0], 0, 0, False, 0
+    p.coupled, p.reset_after = False, False
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
     # time, it shares its buffer with Y.
-    hin_arr, y_arr = states_and_outputs(T, B, H, dtype, training, return_sequences,
-                                        not (has_mask or has_rdrop or go_backwards))
-    if training:
-        HIN = hin_arr
-    elif has_rdrop:
-        hd = np.empty((B, H), dtype)
-    if return_sequences:
-        Y = y_arr
-    elif has_mask:
-        out_arr = np.zeros((B, H), dtype)
-        outbuf = out_arr
-
-    # The per-step product: U packed for our GEMM (many rows per thread), in L1-sized column
-    # panels (a few rows, over a sequence that amortises the copy), or read in place.
-    cdef int nchunks = row_chunks(T, B, H, H)
-    cdef floating[::1] Up, Upan
-    cdef const floating[:, :] Uv = recurrent_kernel
-    cdef const floating *pUp = NULL
-    cdef const floating *pUpan = NULL
-    cdef int umode = forward_u(TB, B // nchunks, H, H, sizeof(floating))
-    if umode == U_PACKED:
-        Up = pack_b(Uv, False, None, fl_max_threads)
-        pUp = &Up[0]
-    elif umode == U_PANELS:
-        Upan = np.empty(<long>H * H, dtype)
-        pack_panels(H, H, &recurrent_kernel[0, 0], H, &Upan[0])
-        pUpan = &Upan[0]
-    cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
-    cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
-    cdef floating *pHIN = &HIN[0, 0, 0] if training else NULL
-    cdef floating *pY = &Y[0, 0, 0] if return_sequences else NULL
-    cdef floating *pout = &outbuf[0, 0] if (has_mask and not return_sequences) else NULL
-    cdef floating *phd = &hd[0, 0] if (has_rdrop and not training) else NULL
-    cdef int b0
-    cdef long s0 = 0, s1, t_lo, nrows_c
-    cdef const floating *pX
+    bufs = forward_setup(&p, x, kernel, recurrent_kernel, bias, h0, mask, input_dropout_mask,
+                         recurrent_dropout_mask, activation, None, go_backwards,
+                         return_sequences, training, "rnn_z",
+                         not (mask is not None or recurrent_dropout_mask is not None
+                              or go_backwards), 0)
+    cdef floating[::1] scratch = bufs[6]
     with nogil:
-        while s0 < T:
-            s1 = min(<long>T, s0 + chunk)
-            t_lo = T - s1 if go_backwards else s0         # the chunk's times: [t_lo, t_lo+s1-s0)
-            nrows_c = (s1 - s0) * B
-            pX = chunk_rows(t_lo, s1 - s0, B, I, px, sxt, sxb, pstage)
-            project_chunk(nrows_c, I, H, pX, &kernel[0, 0], pWp, pb, pZ)
-            if nchunks == 1:
-                forward_rows(T, B, H, 0, B, s0, s1, t_lo, go_backwards, training,
-                             return_sequences, act, pZ, &recurrent_kernel[0, 0], pUp, pUpan, pm,
-                             prd, pHIN, pY, pout, phd, &h[0, 0])
-            else:
-                for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
-                    b0 = <int>(ci * B // nchunks)
-                    forward_rows(T, B, H, b0, <int>((ci + 1) * B // nchunks) - b0, s0, s1, t_lo,
-                                 go_backwards, training, return_sequences, act, pZ,
-                                 &recurrent_kernel[0, 0], pUp, pUpan, pm, prd, pHIN, pY, pout,
-                                 phd, &h[0, 0])
-            s0 = s1
-
-    if return_sequences:
-        y = y_arr
-    elif has_mask:
-        y = out_arr
-    else:
-        y = h_arr.copy()
+        forward_loop(&p, &scratch[0])
+    y = forward_output(bufs, return_sequences, mask is not None)
     saved = None
     if training:
-        saved = dict(x=np.asarray(x) if xd_arr is None else xd_arr, z=z_arr, hin=hin_arr)
-    return y, h_arr, saved
+        saved = dict(x=np.asarray(x) if bufs[0] is None else bufs[0], z=bufs[1], hin=bufs[3])
+    return y, bufs[2], saved
 
 
-cdef void backward_rows(int T, int B, int H, int b0, int nb, bint go_backwards, fl_act act,
-                        floating *Z, const floating *U, const floating *UT,
-                        const floating *UTp, const unsigned char *mask, const floating *rdrop,
-                        const floating *DY, long dys, long dyr, floating *dh, floating *dout,
-                        floating *dhp, floating *scratch) noexcept nogil:
-    """The backward time loop for batch rows [b0, b0+nb): Z [T,B,H] activations in,
-    pre-activation gradients out (UTp: U^T packed by pack_b; else UT [H,H] row-major for our
-    kernel, or NULL); DY [T,B,H] (steps dys and rows dyr apart) or NULL; dh [B,H] in:
-    gradient of the final state, out: of the initial state.
-    dhp [B,H] is work space (or dh itself without mask and dropout)."""
-    cdef long BH = <long>B * H, rh = <long>b0 * H
+cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
+                        floating *scratch) noexcept nogil:
+    """The backward time loop for batch rows [b0, b0+nb) (scratch [H]): Z [T,B,H]
+    activations in, pre-activation gradients out."""
+    cdef long T = q.T, H = q.H, BH = q.B * H, rh = b0 * H
     cdef long s, t
     cdef floating *zt
+    cdef const floating *DY = <const floating *>q.DY
     cdef const unsigned char *pm = NULL
-    cdef const floating *prd = NULL if rdrop == NULL else rdrop + rh
-    cdef floating *pout = NULL if dout == NULL else dout + rh
+    cdef const floating *prd = NULL if q.rdrop == NULL else <const floating *>q.rdrop + rh
+    cdef floating *pout = NULL if q.dout == NULL else <floating *>q.dout + rh
+    cdef floating *dh = <floating *>q.dh + rh
+    cdef floating *dhp = <floating *>q.dhp + rh
     for s in range(T - 1, -1, -1):
-        t = T - 1 - s if go_backwards else s
-        zt = Z + t * BH + rh
-        if mask != NULL:
-            pm = mask + t * B + b0
-        bwd_step(nb, H, act, zt, pm, DY + s * dys + b0 * dyr if DY != NULL else NULL, dyr,
-                 dh + rh, pout, scratch)
-        step_grad(nb, H, H, zt, H, U, H, UT, UTp, <floating>0, dhp + rh)
-        if mask != NULL or rdrop != NULL:
-            merge_rows(nb, H, pm, prd, dhp + rh, dh + rh)
+        t = T - 1 - s if q.go_backwards else s
+        zt = <floating *>q.Z + t * BH + rh
+        if q.mask != NULL:
+            pm = q.mask + t * q.B + b0
+        bwd_step(nb, <int>H, q.act, zt, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
+                 q.dyr, dh, pout, scratch)
+        step_grad(nb, <int>H, <int>H, zt, <int>H, <const floating *>q.U, <int>H,
+                  <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
+        if q.mask != NULL or q.rdrop != NULL:
+            merge_rows(nb, <int>H, pm, prd, dhp, dh)
+
+
+cdef inline void param_grads(const Bwd *q, floating *Z) noexcept nogil:
+    dense_param_grads(q, Z)
 
 
 def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[:, :, ::1] hin,
@@ -269,94 +186,15 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None).
     """
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Bwd q
     cdef int H = recurrent_kernel.shape[0]
-    cdef long TB = <long>T * B
-    dtype = np.float32 if floating is float else np.float64
-    cdef fl_act act = make_act(activation)
-    cdef bint has_mask = mask is not None
-    cdef bint has_rdrop = recurrent_dropout_mask is not None
-
-    dh_arr, dout_arr = state_grads(B, H, dtype, dy, dh_T, has_mask, return_sequences)
-    cdef floating[:, ::1] dh = dh_arr, dout, dhp
-    cdef const floating[:, :, :] DY
-    cdef long dys = 0, dyr = 0
-    cdef floating *pdout = NULL
-    cdef floating *pdhp
-    if has_mask:
-        dout = dout_arr
-        pdout = &dout[0, 0]
-    if dy is not None and return_sequences:
-        DY = dy
-        dys, dyr = row_strides("dy", T, B, H, DY.strides[0], DY.strides[1], DY.strides[2],
-                               sizeof(floating))
-    dhp_arr = np.empty((B, H), dtype) if (has_mask or has_rdrop) else None
-    if dhp_arr is not None:
-        dhp = dhp_arr
-        pdhp = &dhp[0, 0]
-    else:
-        pdhp = &dh[0, 0]
-    # Threads fixed once: the scratch below is indexed by them, and another Python thread
-    # may call set_num_threads while this one has released the GIL (packing).
-    cdef int nchunks = row_chunks(T, B, H, H)
-    scratch_arr = np.empty(nchunks * H, dtype)
-    cdef floating[::1] scratch = scratch_arr
-    cdef const floating *prd = NULL if not has_rdrop else &recurrent_dropout_mask[0, 0]
-    cdef const unsigned char *pm = NULL if not has_mask else &mask[0, 0]
-    cdef floating *pZ = &z[0, 0, 0]
-    cdef bint seq_dy = dy is not None and return_sequences
-    cdef long ci
-    cdef int b0
-
-    dx_arr = dx_buffer(dx_into, T, B, I, dtype)
-    dW_arr = np.empty((I, H), dtype)
-    dU_arr = np.empty((H, H), dtype)
-    cdef bint own = fl_matmul_policy != 1 and not projections_on_blas
-    db_arr = np.empty(H, dtype) if has_bias else None
-    ones_arr = np.ones(TB, dtype) if has_bias and not own else None   # BLAS's db: ones^T dZ
-    cdef floating[:, :, ::1] dx = dx_arr
-    cdef floating[:, ::1] dW = dW_arr, dU = dU_arr
-    cdef floating[::1] db, ones
-    cdef floating *pdb = NULL
-    cdef const floating *pones = NULL
-    if has_bias:
-        db = db_arr
-        pdb = &db[0]
-    if ones_arr is not None:
-        ones = ones_arr
-        pones = &ones[0]
-    cdef floating[::1] WTp                            # W^T [H,I], packed, for our GEMM
-    cdef const floating *pWT = NULL
-    cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
-    if own:
-        WTp = pack_b(Wv, True, None, fl_max_threads)
-        pWT = &WTp[0]
-
-    cdef floating[::1] UTp_v
-    cdef const floating *pUTp = NULL
-    cdef floating[:, ::1] UT                          # U^T [H,H] for the in-place kernel
-    cdef const floating *pUT = NULL
-    cdef int umode = backward_u(T, B, B // nchunks, H, H, sizeof(floating))
-    if umode == U_PACKED:
-        UTp_v = pack_b(Uv, True, None, fl_max_threads)
-        pUTp = &UTp_v[0]
-    elif umode == U_TRANSPOSED:
-        UT = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
-        pUT = &UT[0, 0]
+    q.ZW = H
+    q.coupled, q.reset_after = False, False
+    bufs = backward_setup(&q, x, z, hin, kernel, recurrent_kernel, mask, input_dropout_mask,
+                          recurrent_dropout_mask, activation, None, go_backwards,
+                          return_sequences, has_bias, dy, dh_T, dx_into,
+                          mask is not None or recurrent_dropout_mask is not None, H, 0, 0, 0)
+    cdef floating[::1] scratch = bufs[7]
     with nogil:
-        if nchunks == 1:
-            backward_rows(T, B, H, 0, B, go_backwards, act, pZ, &recurrent_kernel[0, 0], pUT,
-                          pUTp, pm, prd, &DY[0, 0, 0] if seq_dy else NULL, dys, dyr, &dh[0, 0],
-                          pdout, pdhp, &scratch[0])
-        else:
-            for ci in prange(nchunks, num_threads=nchunks, schedule="static"):
-                b0 = <int>(ci * B // nchunks)
-                backward_rows(T, B, H, b0, <int>((ci + 1) * B // nchunks) - b0, go_backwards,
-                              act, pZ, &recurrent_kernel[0, 0], pUT, pUTp, pm, prd,
-                              &DY[0, 0, 0] if seq_dy else NULL, dys, dyr, &dh[0, 0], pdout,
-                              pdhp, &scratch[0] + ci * H)
-        weight_and_input_grads(TB, B, I, H, H, &x[0, 0, 0], &hin[0, 0, 0], pZ, &kernel[0, 0],
-                               pWT, pones, &dW[0, 0], &dU[0, 0], pdb, &dx[0, 0, 0],
-                               NULL if input_dropout_mask is None else &input_dropout_mask[0, 0],
-                               own)
-    return dx_arr, dh_arr, dW_arr, dU_arr, db_arr
+        backward_loop(&q, NULL, &scratch[0])
+    return bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]

@@ -1,10 +1,10 @@
 # The settings of one sequence-kernel extension (_lstm, _gru, _simple_rnn), included into
 # each: every extension compiles its own copy of products.pxd's and gates.c's globals, so
 # fastlstm.threads and fastlstm._gates.force_isa_level set each module in turn. The module
-# cimports what this uses: from products fl_max_threads, fl_parallel_min_macs,
-# set_direct_rows_param, set_kernel_threads, set_policy; from gates fl_force_isa_level,
-# fl_isa_level, merge_rows; from blas floating; and it has numpy as np, row_strides and
-# workspace (fastlstm._lstm's) at module level.
+# cimports what this uses: from products fl_matmul_policy, fl_max_threads,
+# fl_parallel_min_macs, set_direct_rows_param, set_kernel_threads, set_pipeline_params,
+# set_policy; from gates fl_force_isa_level, fl_isa_level, merge_rows; from blas floating;
+# and it has numpy as np, row_strides and workspace at module level.
 
 
 def set_threads(int n, double parallel_min_macs=-1):
@@ -35,6 +35,30 @@ def set_direct_rows(long rows):
     """Input projections of fewer rows read W in place instead of packing it (tests set 0
     and a large number to run either path)."""
     set_direct_rows_param(rows)
+
+
+def set_pipeline(long steps, double min_macs=1 << 20):
+    """Steps a block of the projection beside a few-row forward loop, and the least
+    projection work (multiply-adds) for it; tests set them small, min_macs < 0 turns it off."""
+    set_pipeline_params(steps, min_macs)
+
+
+cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
+
+
+def set_projection_blas(bint on):
+    """Run the gradients' many-row products (input and weight gradients) on BLAS: a little
+    faster when the BLAS has AVX-512 kernels. The input projection stays on our packed GEMM,
+    faster there than BLAS (it writes the bias with the product and reads the weights
+    packed once per call; bench/RESULTS.md, "Products")."""
+    global projections_on_blas
+    projections_on_blas = on
+
+
+cdef inline bint own_products() noexcept nogil:
+    """The gradients' many-row products (input and weight gradients) on our packed GEMM,
+    unless BLAS has AVX-512 kernels (a little faster there) or policy 'blas' is forced."""
+    return fl_matmul_policy != 1 and not projections_on_blas
 
 
 def force_isa_level_here(int level):
