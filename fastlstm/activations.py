@@ -4,16 +4,31 @@ Each activation knows its value and its derivative *written in terms of its outp
 (``grad_from_output``): the kernels keep only post-activation gate values for backward,
 so every activation here must have a derivative recoverable from its output.
 
-The integer ``code`` of each kind is shared with the compiled kernels (``src_c/gates.h``).
+The integer ``code`` of each kind is shared with the compiled kernels: the codes are read from
+``fastlstm/include/fl_activations.h``, the one list the C and CUDA kernels include.
 """
 from __future__ import annotations
 
 import math
+import os
+import re
 
 __all__ = ["Activation", "HardSigmoid", "get", "serialize", "NAMES"]
 
-# Must match enum fl_act in src_c/gates.h.
-TANH, SIGMOID, HARD_SIGMOID, RELU, LINEAR, SOFTSIGN = range(6)
+KINDS_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "include",
+                            "fl_activations.h")
+
+
+def _kinds(path=KINDS_HEADER):
+    """{kind: code} of the ``#define FL_<KIND> <code>`` lines of the kernels' header."""
+    with open(path, encoding="utf-8") as f:
+        return {m.group(1): int(m.group(2))
+                for m in re.finditer(r"^#define FL_(\w+) (\d+)\b", f.read(), re.M)}
+
+
+_KINDS = _kinds()
+TANH, SIGMOID, HARD_SIGMOID, RELU, LINEAR, SOFTSIGN = (
+    _KINDS[k] for k in ("TANH", "SIGMOID", "HARD_SIGMOID", "RELU", "LINEAR", "SOFTSIGN"))
 
 
 class Activation:

@@ -35,51 +35,12 @@ from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel
 from gates cimport (fl_force_isa_level, fl_isa_level, fl_team_size, fl_thread_num, fl_publish,
                     fl_await)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
-                    gemm_packed_set, pack_b, pack_panels, fl_gru_fwd_reset_f,
-                    fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_gru_bwd_step_f,
-                    fl_gru_bwd_step_d, fl_gru_bwd_reset_f, fl_gru_bwd_reset_d)
+                    gemm_packed_set, pack_b, pack_panels, gru_fwd_reset, gru_fwd_step,
+                    gru_bwd_step, gru_bwd_reset)
 from sequence cimport Fwd, Bwd
 
 include "kernel_settings.pxi"
 include "driver.pxi"
-
-
-cdef inline void fwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
-                           floating *rh) noexcept nogil:
-    if floating is float:
-        fl_gru_fwd_reset_f(B, H, ract, z, hin, rh)
-    else:
-        fl_gru_fwd_reset_d(B, H, ract, z, hin, rh)
-
-
-cdef inline void fwd_step(int B, int H, int reset_after, fl_act act, fl_act ract, floating *z,
-                          const unsigned char *mask, const floating *h_in, floating *h_out,
-                          const floating *out_prev, floating *out) noexcept nogil:
-    if floating is float:
-        fl_gru_fwd_step_f(B, H, reset_after, act, ract, z, mask, h_in, h_out, out_prev, out)
-    else:
-        fl_gru_fwd_step_d(B, H, reset_after, act, ract, z, mask, h_in, h_out, out_prev, out)
-
-
-cdef inline void bwd_step(int B, int H, int reset_after, fl_act act, fl_act ract, floating *z,
-                          const floating *h_prev, const unsigned char *mask, const floating *dy,
-                          long ldy, floating *dh, floating *dout,
-                          floating *scratch) noexcept nogil:
-    if floating is float:
-        fl_gru_bwd_step_f(B, H, reset_after, act, ract, z, h_prev, mask, dy, ldy, dh, dout,
-                          scratch)
-    else:
-        fl_gru_bwd_step_d(B, H, reset_after, act, ract, z, h_prev, mask, dy, ldy, dh, dout,
-                          scratch)
-
-
-cdef inline void bwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,
-                           const floating *drh, const unsigned char *mask, floating *dhin,
-                           int accumulate, floating *scratch) noexcept nogil:
-    if floating is float:
-        fl_gru_bwd_reset_f(B, H, ract, z, hin, drh, mask, dhin, accumulate, scratch)
-    else:
-        fl_gru_bwd_reset_d(B, H, ract, z, hin, drh, mask, dhin, accumulate, scratch)
 
 
 cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
@@ -144,12 +105,12 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
             prh = (RH + t * BH + rh0) if p.training else (RH + rh0)
             step_product(nb, <int>H, 2 * <int>H, hin, U, G, <const floating *>p.Up,
                          <const floating *>p.Upan, zt, <int>ZW)
-            fwd_reset(nb, <int>H, p.ract, zt, hin, prh)
+            gru_fwd_reset(nb, <int>H, p.ract, zt, hin, prh)
             step_product(nb, <int>H, <int>H, prh, U + 2 * H, G, <const floating *>p.Up2,
                          <const floating *>p.Upan2, zt + 2 * H, <int>ZW)
         if ydirect:
             ph_out = Y + s * BH + rh0
-        fwd_step(nb, <int>H, p.reset_after, p.act, p.ract, zt, pm, ph, ph_out, po_prev, po)
+        gru_fwd_step(nb, <int>H, p.reset_after, p.act, p.ract, zt, pm, ph, ph_out, po_prev, po)
         ph = ph_out
     if ydirect and s1 > s0:
         memcpy(<floating *>p.h + rh0, ph, nbh * sizeof(floating))
@@ -307,7 +268,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
         zt = <floating *>q.Z + t * BZ + rz
         if q.mask != NULL:
             pm = q.mask + t * q.B + b0
-        bwd_step(nb, <int>H, q.reset_after, q.act, q.ract, zt,
+        gru_bwd_step(nb, <int>H, q.reset_after, q.act, q.ract, zt,
                  <const floating *>q.HPREV + t * BH + rh0, pm,
                  DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL, q.dyr, pdh, pdo, scratch)
         if q.reset_after:
@@ -317,7 +278,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
             step_grad(nb, <int>H, <int>H, zt + 2 * H, <int>ZW, U + 2 * H, G,
                       UT + 2 * H * H if UT != NULL else NULL, <const floating *>q.UTp2,
                       <floating>0, pdrh)
-            bwd_reset(nb, <int>H, q.ract, zt, <const floating *>q.HIN + t * BH + rh0, pdrh, pm,
+            gru_bwd_reset(nb, <int>H, q.ract, zt, <const floating *>q.HIN + t * BH + rh0, pdrh, pm,
                       ptg, q.rdrop == NULL, scratch)
             step_grad(nb, <int>H, 2 * <int>H, zt, <int>ZW, U, G, UT, <const floating *>q.UTp,
                       <floating>1, ptg)

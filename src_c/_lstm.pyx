@@ -27,8 +27,8 @@ from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel
                        U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_packed_acc,
                     fl_barrier, fl_barrier_wait, fl_team_size, fl_thread_num, fl_publish,
-                    fl_await, fl_force_isa_level, fl_isa_level, fl_lstm_fwd_step_f,
-                    fl_lstm_fwd_step_d, fl_lstm_bwd_step_f, fl_lstm_bwd_step_d)
+                    fl_await, fl_force_isa_level, fl_isa_level, lstm_fwd_step,
+                    lstm_bwd_step)
 from sequence cimport Fwd, Bwd
 
 include "kernel_settings.pxi"
@@ -46,31 +46,6 @@ def set_cols_min_bytes(long nbytes):
     (tests set it small)."""
     global COLS_MIN_BYTES
     COLS_MIN_BYTES = max(0, nbytes)
-
-
-cdef inline void fwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
-                          const floating *peep, const unsigned char *mask, const floating *h_in,
-                          const floating *c_in, floating *h_out, floating *c_out,
-                          const floating *out_prev, floating *out, floating *scratch) noexcept nogil:
-    if floating is float:
-        fl_lstm_fwd_step_f(B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out,
-                           out_prev, out, scratch)
-    else:
-        fl_lstm_fwd_step_d(B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out,
-                           out_prev, out, scratch)
-
-
-cdef inline void bwd_step(int B, int H, int coupled, fl_act act, fl_act ract, floating *z,
-                          const floating *c, const floating *c_prev, const floating *peep,
-                          const unsigned char *mask, const floating *dy, long ldy,
-                          const floating *dh, floating *dc, floating *dout, floating *dpeep,
-                          floating *scratch) noexcept nogil:
-    if floating is float:
-        fl_lstm_bwd_step_f(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh, dc,
-                           dout, dpeep, scratch)
-    else:
-        fl_lstm_bwd_step_d(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh, dc,
-                           dout, dpeep, scratch)
 
 
 cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexcept nogil:
@@ -126,7 +101,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
                 po = po_prev = <floating *>p.out + rh
         if ydirect:
             ph_out = Y + s * BH + rh
-        fwd_step(nb, <int>H, p.coupled, p.act, p.ract, Z + (t - p.zt0) * BG + rg,
+        lstm_fwd_step(nb, <int>H, p.coupled, p.act, p.ract, Z + (t - p.zt0) * BG + rg,
                  <const floating *>p.P, pm, ph, pc, ph_out, pc_out, po_prev, po, scratch)
         ph = ph_out
         pc = pc_out
@@ -204,7 +179,7 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
                     po_prev = Y + (s - 1) * H + j0 if s > 0 else NULL
                 else:
                     po = po_prev = <floating *>p.out + j0
-            fwd_step(1, w, p.coupled, p.act, p.ract, z, pp, pm, hin + j0, c + j0, hout + j0,
+            lstm_fwd_step(1, w, p.coupled, p.act, p.ract, z, pp, pm, hin + j0, c + j0, hout + j0,
                      c + j0, po_prev, po, scratch)
         fl_barrier_wait(p.bar, n, &sense)
 
@@ -310,7 +285,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *dpeep,
         pcp = C + tp * BH + rh if s > 0 else <const floating *>q.c0 + rh
         if q.mask != NULL:
             pm = q.mask + t * q.B + b0
-        bwd_step(nb, <int>H, q.coupled, q.act, q.ract, Z + t * BG + rg, C + t * BH + rh, pcp,
+        lstm_bwd_step(nb, <int>H, q.coupled, q.act, q.ract, Z + t * BG + rg, C + t * BH + rh, pcp,
                  <const floating *>q.P, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, <floating *>q.dc + rh, pout, dpeep, scratch)
         step_grad(nb, <int>H, <int>G, Z + t * BG + rg, <int>G, <const floating *>q.U, <int>G,

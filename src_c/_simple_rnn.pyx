@@ -27,29 +27,11 @@ from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel
                        U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, fl_team_size,
                     fl_thread_num, fl_publish, fl_await, fl_force_isa_level, fl_isa_level,
-                    fl_rnn_fwd_step_f, fl_rnn_fwd_step_d, fl_rnn_bwd_step_f, fl_rnn_bwd_step_d)
+                    rnn_fwd_step, rnn_bwd_step)
 from sequence cimport Fwd, Bwd
 
 include "kernel_settings.pxi"
 include "driver.pxi"
-
-
-cdef inline void fwd_step(int B, int H, fl_act act, floating *z, const unsigned char *mask,
-                          const floating *h_in, floating *h_out, const floating *out_prev,
-                          floating *out) noexcept nogil:
-    if floating is float:
-        fl_rnn_fwd_step_f(B, H, act, z, mask, h_in, h_out, out_prev, out)
-    else:
-        fl_rnn_fwd_step_d(B, H, act, z, mask, h_in, h_out, out_prev, out)
-
-
-cdef inline void bwd_step(int B, int H, fl_act act, floating *z, const unsigned char *mask,
-                          const floating *dy, long ldy, const floating *dh, floating *dout,
-                          floating *scratch) noexcept nogil:
-    if floating is float:
-        fl_rnn_bwd_step_f(B, H, act, z, mask, dy, ldy, dh, dout, scratch)
-    else:
-        fl_rnn_bwd_step_d(B, H, act, z, mask, dy, ldy, dh, dout, scratch)
 
 
 cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexcept nogil:
@@ -99,7 +81,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
                 po = po_prev = <floating *>p.out + rh
         if ydirect:
             ph_out = Y + s * BH + rh
-        fwd_step(nb, <int>H, p.act, zt, pm, ph, ph_out, po_prev, po)
+        rnn_fwd_step(nb, <int>H, p.act, zt, pm, ph, ph_out, po_prev, po)
         ph = ph_out
     if ydirect and s1 > s0:
         memcpy(<floating *>p.h + rh, ph, nbh * sizeof(floating))
@@ -161,7 +143,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
         zt = <floating *>q.Z + t * BH + rh
         if q.mask != NULL:
             pm = q.mask + t * q.B + b0
-        bwd_step(nb, <int>H, q.act, zt, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
+        rnn_bwd_step(nb, <int>H, q.act, zt, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, pout, scratch)
         step_grad(nb, <int>H, <int>H, zt, <int>H, <const floating *>q.U, <int>H,
                   <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)

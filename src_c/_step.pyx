@@ -22,9 +22,7 @@ from libc.string cimport memcpy, memset
 from blas cimport floating
 from products cimport fl_matmul_policy, fl_max_threads, product, set_kernel_threads, set_policy
 from gates cimport (fl_act, make_act, matmul_acc, fl_force_isa_level, fl_isa_level,
-                    fl_lstm_fwd_step_f, fl_lstm_fwd_step_d, fl_gru_fwd_reset_f,
-                    fl_gru_fwd_reset_d, fl_gru_fwd_step_f, fl_gru_fwd_step_d, fl_rnn_fwd_step_f,
-                    fl_rnn_fwd_step_d)
+                    lstm_fwd_step, gru_fwd_reset, gru_fwd_step, rnn_fwd_step)
 
 # Weights from which a batch-1 step splits its rows over the threads. At 512 KiB (I = H = 128)
 # a split LSTM step took 3.7-6.5 us against 4.7-4.8 on one thread (bimodal on this virtual
@@ -129,12 +127,7 @@ cdef inline void lstm_step(int nt, int B, int I, int H, int G, const floating *x
                            floating *c_out) noexcept nogil:
     """z [B,G] = b + x W + h U, then the gates and the new h, c (h_out, c_out)."""
     step_products(nt, B, I, H, G, x, ldx, h, W, U, b, z, zh, parts)
-    if floating is float:
-        fl_lstm_fwd_step_f(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL,
-                           scratch)
-    else:
-        fl_lstm_fwd_step_d(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL,
-                           scratch)
+    lstm_fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
 cdef inline void gru_bias_row(int H, bint reset_after, const floating *b,
@@ -183,15 +176,9 @@ cdef inline void gru_step(int nt, int B, int I, int H, bint reset_after, const f
             product(B, I, G, x, ldx, W, G, <floating>1, z, ZW)
             product(B, H, 2 * H, h, H, U, G, <floating>1, z, ZW)
     if not reset_after:
-        if floating is float:
-            fl_gru_fwd_reset_f(B, H, ract, z, h, rh)
-        else:
-            fl_gru_fwd_reset_d(B, H, ract, z, h, rh)
+        gru_fwd_reset(B, H, ract, z, h, rh)
         product(B, H, H, rh, H, U + 2 * H, G, <floating>1, z + 2 * H, ZW)
-    if floating is float:
-        fl_gru_fwd_step_f(B, H, reset_after, act, ract, z, NULL, h, h_out, NULL, NULL)
-    else:
-        fl_gru_fwd_step_d(B, H, reset_after, act, ract, z, NULL, h, h_out, NULL, NULL)
+    gru_fwd_step(B, H, reset_after, act, ract, z, NULL, h, h_out, NULL, NULL)
 
 
 cdef inline void rnn_step(int nt, int B, int I, int H, const floating *x, int ldx,
@@ -200,10 +187,7 @@ cdef inline void rnn_step(int nt, int B, int I, int H, const floating *x, int ld
                           floating *parts, floating *h_out) noexcept nogil:
     """z [B,H] = b + x W + h U, h_out = act(z)."""
     step_products(nt, B, I, H, H, x, ldx, h, W, U, b, z, zh, parts)
-    if floating is float:
-        fl_rnn_fwd_step_f(B, H, act, z, NULL, h, h_out, NULL, NULL)
-    else:
-        fl_rnn_fwd_step_d(B, H, act, z, NULL, h, h_out, NULL, NULL)
+    rnn_fwd_step(B, H, act, z, NULL, h, h_out, NULL, NULL)
 
 
 # ------------------------------------------------------------------------------ plans

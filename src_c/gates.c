@@ -68,26 +68,16 @@ FL_PACK_T(float, _f, 64)
 FL_PACK_T(double, _d, 32)
 #undef FL_PACK_T
 
-/* Each body is one #include of the template; the sets of bodies differ only by target. */
+/* The kernels of each ISA, in both dtypes: gates_instance.h once per (ISA, dtype). */
 #define FL_TARGET
 #define V __generic
 #define FL_VBYTES 16
 #define REAL float
 #define S _f
-#include "gates_impl.h"
-#include "matmul_impl.h"
-#include "gru_impl.h"
-#include "simple_rnn_impl.h"
-#undef REAL
-#undef S
+#include "gates_instance.h"
 #define REAL double
 #define S _d
-#include "gates_impl.h"
-#include "matmul_impl.h"
-#include "gru_impl.h"
-#include "simple_rnn_impl.h"
-#undef REAL
-#undef S
+#include "gates_instance.h"
 #undef V
 #undef FL_VBYTES
 #undef FL_TARGET
@@ -104,20 +94,10 @@ FL_PACK_T(double, _d, 32)
 #define FL_VBYTES 64
 #define REAL float
 #define S _f
-#include "gates_impl.h"
-#include "matmul_impl.h"
-#include "gru_impl.h"
-#include "simple_rnn_impl.h"
-#undef REAL
-#undef S
+#include "gates_instance.h"
 #define REAL double
 #define S _d
-#include "gates_impl.h"
-#include "matmul_impl.h"
-#include "gru_impl.h"
-#include "simple_rnn_impl.h"
-#undef REAL
-#undef S
+#include "gates_instance.h"
 #undef V
 #undef FL_VBYTES
 #undef FL_TARGET
@@ -127,20 +107,10 @@ FL_PACK_T(double, _d, 32)
 #define FL_VBYTES 32
 #define REAL float
 #define S _f
-#include "gates_impl.h"
-#include "matmul_impl.h"
-#include "gru_impl.h"
-#include "simple_rnn_impl.h"
-#undef REAL
-#undef S
+#include "gates_instance.h"
 #define REAL double
 #define S _d
-#include "gates_impl.h"
-#include "matmul_impl.h"
-#include "gru_impl.h"
-#include "simple_rnn_impl.h"
-#undef REAL
-#undef S
+#include "gates_instance.h"
 #undef V
 #undef FL_VBYTES
 #undef FL_TARGET
@@ -198,57 +168,13 @@ const char *fl_isa_name(void) {
 #define FL_DISPATCH(name, args) do { name##__generic args; return; } while (0)
 #endif
 
-#define FL_EXPORTS(REAL, S)                                                                  \
-void fl_act_forward##S(fl_act act, REAL *z, long n) {                                        \
-    FL_DISPATCH(fl_act_forward##S, (act, z, n)); }                                           \
-void fl_act_grad##S(fl_act act, const REAL *y, const REAL *g, REAL *out, long n) {           \
-    FL_DISPATCH(fl_act_grad##S, (act, y, g, out, n)); }                                      \
-void fl_mul##S(const REAL *a, const REAL *b, REAL *out, long n) {                            \
-    FL_DISPATCH(fl_mul##S, (a, b, out, n)); }                                                \
-void fl_merge_rows##S(int B, int H, const unsigned char *mask, const REAL *scale,            \
-                      const REAL *src, REAL *dst) {                                          \
-    FL_DISPATCH(fl_merge_rows##S, (B, H, mask, scale, src, dst)); }                          \
-void fl_lstm_fwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract, REAL *z,        \
-                         const REAL *peep, const unsigned char *mask, const REAL *h_in,      \
-                         const REAL *c_in, REAL *h_out, REAL *c_out, const REAL *out_prev,   \
-                         REAL *out, REAL *scratch) {                                         \
-    FL_DISPATCH(fl_lstm_fwd_step##S, (B, H, coupled, act, ract, z, peep, mask, h_in, c_in,   \
-                                      h_out, c_out, out_prev, out, scratch)); }              \
-void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract, REAL *z,        \
-                         const REAL *c, const REAL *c_prev, const REAL *peep,                \
-                         const unsigned char *mask, const REAL *dy, long ldy,                \
-                         const REAL *dh, REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch) { \
-    FL_DISPATCH(fl_lstm_bwd_step##S, (B, H, coupled, act, ract, z, c, c_prev, peep, mask,    \
-                                      dy, ldy, dh, dc, dout, dpeep, scratch)); }             \
-void fl_add_mul##S(const REAL *a, const REAL *b, REAL *out, long n) {                        \
-    FL_DISPATCH(fl_add_mul##S, (a, b, out, n)); }                                            \
-void fl_gru_fwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin, REAL *rh) {    \
-    FL_DISPATCH(fl_gru_fwd_reset##S, (B, H, ract, z, hin, rh)); }                            \
-void fl_gru_fwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,     \
-                        const unsigned char *mask, const REAL *h_in, REAL *h_out,            \
-                        const REAL *out_prev, REAL *out) {                                   \
-    FL_DISPATCH(fl_gru_fwd_step##S, (B, H, reset_after, act, ract, z, mask, h_in, h_out,     \
-                                     out_prev, out)); }                                      \
-void fl_gru_bwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,     \
-                        const REAL *h_prev, const unsigned char *mask, const REAL *dy,       \
-                        long ldy, REAL *dh, REAL *dout, REAL *scratch) {                     \
-    FL_DISPATCH(fl_gru_bwd_step##S, (B, H, reset_after, act, ract, z, h_prev, mask, dy, ldy, \
-                                     dh, dout, scratch)); }                                  \
-void fl_gru_bwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin,                \
-                         const REAL *drh, const unsigned char *mask, REAL *dhin,             \
-                         int accumulate, REAL *scratch) {                                    \
-    FL_DISPATCH(fl_gru_bwd_reset##S, (B, H, ract, z, hin, drh, mask, dhin, accumulate,       \
-                                      scratch)); }                                           \
-void fl_rnn_fwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,        \
-                        const REAL *h_in, REAL *h_out, const REAL *out_prev, REAL *out) {    \
-    FL_DISPATCH(fl_rnn_fwd_step##S, (B, H, act, z, mask, h_in, h_out, out_prev, out)); }     \
-void fl_rnn_bwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,        \
-                        const REAL *dy, long ldy, const REAL *dh, REAL *dout,                \
-                        REAL *scratch) {                                                     \
-    FL_DISPATCH(fl_rnn_bwd_step##S, (B, H, act, z, mask, dy, ldy, dh, dout, scratch)); }
-
-FL_EXPORTS(float, _f)
-FL_EXPORTS(double, _d)
+/* The exported entry points of gate_kernels.h: each dispatches to its ISA's variant. */
+#define FL_EXPORT_F(name, params, args) void name##_f params { FL_DISPATCH(name##_f, args); }
+#define FL_EXPORT_D(name, params, args) void name##_d params { FL_DISPATCH(name##_d, args); }
+FL_GATE_KERNELS(FL_EXPORT_F, float)
+FL_GATE_KERNELS(FL_EXPORT_D, double)
+#undef FL_EXPORT_F
+#undef FL_EXPORT_D
 
 int fl_matmul_policy = 0;
 int fl_max_threads = 1;
@@ -266,21 +192,8 @@ double fl_pipe_min_macs = 1048576.0;        /* 2^20 */
  * more than it saves there (one LSTM step at H = 128: 23.6 -> 16.7 us a call). */
 long fl_direct_rows = 32;
 
-/* The per-step recurrent product (matmul_impl.h). */
-#define FL_EXPORTS_MATMUL(REAL, S)                                                          \
-void fl_matmul_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *W, int ldw,  \
-                      REAL *C, int ldc) {                                                   \
-    FL_DISPATCH(fl_matmul_acc##S, (M, N, K, A, lda, W, ldw, C, ldc)); }                     \
-void fl_matmul_rows_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *W,      \
-                           int ldw, REAL *C, int ldc) {                                     \
-    FL_DISPATCH(fl_matmul_rows_acc##S, (M, N, K, A, lda, W, ldw, C, ldc)); }                \
-void fl_gemv_t_acc##S(int N, int K, const REAL *W, int ldw, const REAL *x, REAL *y) {       \
-    if (N > 0) FL_DISPATCH(fl_gemv_t_acc##S, (N, K, W, ldw, x, y)); }
-
+/* Panels of the per-step product over packed weights (fl_matmul_packed_acc). */
 #define FL_EXPORTS_PACKED(REAL, S)                                                          \
-void fl_matmul_packed_acc##S(int M, int N, int K, const REAL *A, int lda, const REAL *Wp,   \
-                             REAL *C, int ldc) {                                            \
-    FL_DISPATCH(fl_matmul_packed_acc##S, (M, N, K, A, lda, Wp, C, ldc)); }                  \
 void fl_pack_panels##S(int K, int N, const REAL *W, int ldw, REAL *Wp) {                    \
     const int PW = FL_PANEL_BYTES / (int)sizeof(REAL);                                       \
     for (int j = 0; j < N; j += PW) {                                                        \
@@ -290,8 +203,6 @@ void fl_pack_panels##S(int K, int N, const REAL *W, int ldw, REAL *Wp) {        
     }                                                                                        \
 }
 
-FL_EXPORTS_MATMUL(float, _f)
-FL_EXPORTS_MATMUL(double, _d)
 FL_EXPORTS_PACKED(float, _f)
 FL_EXPORTS_PACKED(double, _d)
 

@@ -17,9 +17,8 @@
 extern "C" {
 #endif
 
-/* Must match the codes in fastlstm/activations.py. */
-enum fl_act_kind { FL_TANH = 0, FL_SIGMOID = 1, FL_HARD_SIGMOID = 2, FL_RELU = 3,
-                   FL_LINEAR = 4, FL_SOFTSIGN = 5 };
+#include "fl_activations.h"      /* the activation kinds (fastlstm/include) */
+#include "gate_kernels.h"        /* the list of the per-ISA entry points */
 
 typedef struct {
     int kind;
@@ -32,70 +31,13 @@ const char *fl_isa_name(void);
 /* Force a lower variant (tests); -1 restores automatic choice. */
 void fl_force_isa_level(int level);
 
-#define FL_DECLARE(REAL, S)                                                                   \
-/* z[0:n] = act(z[0:n]) */                                                                    \
-void fl_act_forward##S(fl_act act, REAL *z, long n);                                          \
-/* out[0:n] = g[0:n] * act'(.) written through y = act(.); out may alias y or g */                                           \
-void fl_act_grad##S(fl_act act, const REAL *y, const REAL *g, REAL *out, long n);                             \
-/* out[0:n] = a[0:n] * b[0:n] */                                                              \
-void fl_mul##S(const REAL *a, const REAL *b, REAL *out, long n);                              \
-/* rows b with mask[b] (or all rows when mask is NULL): dst[b] = src[b] (* scale[b]) */        \
-void fl_merge_rows##S(int B, int H, const unsigned char *mask, const REAL *scale,              \
-                      const REAL *src, REAL *dst);                                            \
-/* One LSTM step after the recurrent product. z [B,G]: pre-activations in, gates out       \
- * (rows of masked steps are left as they are). h_in, c_in [B,H]: state before the step;    \
- * h_out, c_out [B,H]: after it (may alias h_in, c_in; masked rows copy the input state).   \
- * out [B,H]: the step's output, out_prev [B,H] the previous one (NULL = zeros); both are   \
- * used only with a mask. peep [3,H] or NULL. scratch [H]. */                                \
-void fl_lstm_fwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,                  \
-                         REAL *z, const REAL *peep, const unsigned char *mask,                \
-                         const REAL *h_in, const REAL *c_in, REAL *h_out, REAL *c_out,        \
-                         const REAL *out_prev, REAL *out, REAL *scratch);                     \
-/* Backward of one LSTM step. z [B,G]: gates in, gate gradients (pre-activation) out.         \
- * c [B,H]: c_t; c_prev [B,H]: c_{t-1}. dy [B,H] (rows ldy apart) or NULL: gradient of   \
- * this step's output. dh [B,H]: gradient reaching h_t from later steps (read). dc [B,H]: in  \
- * dc_t, out dc_{t-1}                                                                         \
- * (masked rows keep theirs). dout [B,H] (only with a mask): output gradient carried over     \
- * masked steps. dpeep [3,H] or NULL: accumulated. scratch [5H]. */                            \
-void fl_lstm_bwd_step##S(int B, int H, int coupled, fl_act act, fl_act ract,                  \
-                         REAL *z, const REAL *c, const REAL *c_prev, const REAL *peep,        \
-                         const unsigned char *mask, const REAL *dy, long ldy,                 \
-                         const REAL *dh, REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch);   \
-/* out[0:n] += a[0:n] * b[0:n] */                                                            \
-void fl_add_mul##S(const REAL *a, const REAL *b, REAL *out, long n);                          \
-/* GRU (layouts of the gate rows in gru_impl.h). reset_after=0, between the two recurrent   \
- * products: z [B,3H] columns 0:2H := ra(.), rh [B,H] = r * hin. */                           \
-void fl_gru_fwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin, REAL *rh);      \
-/* One GRU step after the recurrent product(s). z [B,4H] (reset_after) or [B,3H]:          \
- * pre-activations in, z, r, n out (masked rows left as they are). h_in/h_out [B,H] may     \
- * alias; out, out_prev [B,H] as in fl_lstm_fwd_step (used only with a mask). */             \
-void fl_gru_fwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,      \
-                        const unsigned char *mask, const REAL *h_in, REAL *h_out,             \
-                        const REAL *out_prev, REAL *out);                                     \
-/* Backward of one GRU step before the recurrent products: gate gradients over z; dh [B,H]  \
- * in: gradient from later steps, out: its carry share s*z; h_prev [B,H]; dy [B,H] (row     \
- * stride ldy) or NULL; dout [B,H] only with a mask. scratch [2H]. */                         \
-void fl_gru_bwd_step##S(int B, int H, int reset_after, fl_act act, fl_act ract, REAL *z,      \
-                        const REAL *h_prev, const unsigned char *mask, const REAL *dy,        \
-                        long ldy, REAL *dh, REAL *dout, REAL *scratch);                       \
-/* reset_after=0: given drh = dn U_h^T [B,H], dr over column block 1 of z [B,3H] and         \
- * dhin [B,H] (+)= drh * r. scratch [H]. */                                                   \
-void fl_gru_bwd_reset##S(int B, int H, fl_act ract, REAL *z, const REAL *hin,                 \
-                         const REAL *drh, const unsigned char *mask, REAL *dhin,              \
-                         int accumulate, REAL *scratch);                                      \
-/* One SimpleRNN step after the recurrent product: z [B,H] := act(z); h_in, h_out, out,      \
- * out_prev as in fl_lstm_fwd_step. */                                                        \
-void fl_rnn_fwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,         \
-                        const REAL *h_in, REAL *h_out, const REAL *out_prev, REAL *out);      \
-/* Its backward: z [B,H] := (dh + dy + dout) act'(.) (masked rows 0, dout += dy); dy's rows  \
- * ldy apart. scratch [H] */                                                                  \
-void fl_rnn_bwd_step##S(int B, int H, fl_act act, REAL *z, const unsigned char *mask,         \
-                        const REAL *dy, long ldy, const REAL *dh, REAL *dout, REAL *scratch);
-
-FL_DECLARE(float, _f)
-FL_DECLARE(double, _d)
-
-#undef FL_DECLARE
+/* The per-ISA entry points (gate_kernels.h), in float (_f) and double (_d). */
+#define FL_DECLARE_F(name, params, args) void name##_f params;
+#define FL_DECLARE_D(name, params, args) void name##_d params;
+FL_GATE_KERNELS(FL_DECLARE_F, float)
+FL_GATE_KERNELS(FL_DECLARE_D, double)
+#undef FL_DECLARE_F
+#undef FL_DECLARE_D
 
 /* Which per-step product the cells use: 0 auto, 1 BLAS, 2 own kernel (one per module). */
 extern int fl_matmul_policy;
@@ -109,32 +51,12 @@ extern double fl_pipe_min_macs;
 /* Input projections of fewer rows read W in place instead of packing it. */
 extern long fl_direct_rows;
 
-/* C[M,N] += A[M,K] W[K,N], row-major with leading dimensions: the per-step recurrent
- * product, register-blocked, W read in place (no packing). */
-void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
-                     float *C, int ldc);
-void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W, int ldw,
-                     double *C, int ldc);
-/* The same product with every row computed the same way whatever M: for input projections
- * of a few rows, whose bits must not depend on how their rows are split into calls. */
-void fl_matmul_rows_acc_f(int M, int N, int K, const float *A, int lda, const float *W,
-                          int ldw, float *C, int ldc);
-void fl_matmul_rows_acc_d(int M, int N, int K, const double *A, int lda, const double *W,
-                          int ldw, double *C, int ldc);
-/* y[N] += W[N,K] x[K] (row stride ldw): the one-row product with a transposed weight. */
-void fl_gemv_t_acc_f(int N, int K, const float *W, int ldw, const float *x, float *y);
-void fl_gemv_t_acc_d(int N, int K, const double *W, int ldw, const double *x, double *y);
-
 /* W[K,N] (row stride ldw) -> Wp[K*N]: column panels of FL_PANEL_BYTES (the last one
- * narrower), each K x (panel width) row-major; and C[M,N] += A[M,K] W[K,N] over it. For
+ * narrower), each K x (panel width) row-major, which fl_matmul_packed_acc reads. For
  * products that reuse one W over many row blocks (the time loops, the projections). */
 #define FL_PANEL_BYTES 256
 void fl_pack_panels_f(int K, int N, const float *W, int ldw, float *Wp);
 void fl_pack_panels_d(int K, int N, const double *W, int ldw, double *Wp);
-void fl_matmul_packed_acc_f(int M, int N, int K, const float *A, int lda, const float *Wp,
-                            float *C, int ldc);
-void fl_matmul_packed_acc_d(int M, int N, int K, const double *A, int lda, const double *Wp,
-                            double *C, int ldc);
 
 /* C[M,N] += op(A)[M,K] B[K,N], row-major: op(A) = A [M,K] (trans = 0) or A^T with A [K,M]
  * (trans = 1), both read in place with row stride lda; B [K,N] row stride ldb, packed

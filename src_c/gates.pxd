@@ -1,4 +1,5 @@
-# Cython view of gates.h, with fused wrappers that pick the float or double kernel.
+# Cython view of gates.h, with fused wrappers that pick the float or double kernel (those
+# of the per-ISA entry points generated from their list: gate_kernels.pxi).
 from blas cimport floating
 from cython.parallel cimport prange
 
@@ -18,116 +19,14 @@ cdef extern from "gates.h" nogil:
     int fl_isa_level()
     const char *fl_isa_name()
     void fl_force_isa_level(int level)
-    void fl_act_forward_f(fl_act act, float *z, long n)
-    void fl_act_forward_d(fl_act act, double *z, long n)
-    void fl_act_grad_f(fl_act act, const float *y, const float *g, float *out, long n)
-    void fl_act_grad_d(fl_act act, const double *y, const double *g, double *out, long n)
-    void fl_mul_f(const float *a, const float *b, float *out, long n)
-    void fl_mul_d(const double *a, const double *b, double *out, long n)
-    void fl_merge_rows_f(int B, int H, const unsigned char *mask, const float *scale,
-                         const float *src, float *dst)
-    void fl_merge_rows_d(int B, int H, const unsigned char *mask, const double *scale,
-                         const double *src, double *dst)
-    void fl_lstm_fwd_step_f(int B, int H, int coupled, fl_act act, fl_act ract, float *z,
-                            const float *peep, const unsigned char *mask, const float *h_in,
-                            const float *c_in, float *h_out, float *c_out,
-                            const float *out_prev, float *out, float *scratch)
-    void fl_lstm_fwd_step_d(int B, int H, int coupled, fl_act act, fl_act ract, double *z,
-                            const double *peep, const unsigned char *mask, const double *h_in,
-                            const double *c_in, double *h_out, double *c_out,
-                            const double *out_prev, double *out, double *scratch)
-    void fl_lstm_bwd_step_f(int B, int H, int coupled, fl_act act, fl_act ract, float *z,
-                            const float *c, const float *c_prev, const float *peep,
-                            const unsigned char *mask, const float *dy, long ldy,
-                            const float *dh, float *dc, float *dout, float *dpeep, float *scratch)
-    void fl_lstm_bwd_step_d(int B, int H, int coupled, fl_act act, fl_act ract, double *z,
-                            const double *c, const double *c_prev, const double *peep,
-                            const unsigned char *mask, const double *dy, long ldy,
-                            const double *dh, double *dc, double *dout, double *dpeep,
-                            double *scratch)
-    void fl_add_mul_f(const float *a, const float *b, float *out, long n)
-    void fl_gru_fwd_reset_f(int B, int H, fl_act ract, float *z, const float *hin, float *rh)
-    void fl_gru_fwd_step_f(int B, int H, int reset_after, fl_act act, fl_act ract, float *z,
-                           const unsigned char *mask, const float *h_in, float *h_out,
-                           const float *out_prev, float *out)
-    void fl_gru_bwd_step_f(int B, int H, int reset_after, fl_act act, fl_act ract, float *z,
-                           const float *h_prev, const unsigned char *mask, const float *dy,
-                           long ldy, float *dh, float *dout, float *scratch)
-    void fl_gru_bwd_reset_f(int B, int H, fl_act ract, float *z, const float *hin,
-                            const float *drh, const unsigned char *mask, float *dhin,
-                            int accumulate, float *scratch)
-    void fl_rnn_fwd_step_f(int B, int H, fl_act act, float *z, const unsigned char *mask,
-                           const float *h_in, float *h_out, const float *out_prev, float *out)
-    void fl_rnn_bwd_step_f(int B, int H, fl_act act, float *z, const unsigned char *mask,
-                           const float *dy, long ldy, const float *dh, float *dout,
-                           float *scratch)
-    void fl_add_mul_d(const double *a, const double *b, double *out, long n)
-    void fl_gru_fwd_reset_d(int B, int H, fl_act ract, double *z, const double *hin, double *rh)
-    void fl_gru_fwd_step_d(int B, int H, int reset_after, fl_act act, fl_act ract, double *z,
-                           const unsigned char *mask, const double *h_in, double *h_out,
-                           const double *out_prev, double *out)
-    void fl_gru_bwd_step_d(int B, int H, int reset_after, fl_act act, fl_act ract, double *z,
-                           const double *h_prev, const unsigned char *mask, const double *dy,
-                           long ldy, double *dh, double *dout, double *scratch)
-    void fl_gru_bwd_reset_d(int B, int H, fl_act ract, double *z, const double *hin,
-                            const double *drh, const unsigned char *mask, double *dhin,
-                            int accumulate, double *scratch)
-    void fl_rnn_fwd_step_d(int B, int H, fl_act act, double *z, const unsigned char *mask,
-                           const double *h_in, double *h_out, const double *out_prev, double *out)
-    void fl_rnn_bwd_step_d(int B, int H, fl_act act, double *z, const unsigned char *mask,
-                           const double *dy, long ldy, const double *dh, double *dout,
-                           double *scratch)
 
 
-cdef extern from "gates.h" nogil:
-    void fl_matmul_acc_f(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
-                         float *C, int ldc)
-    void fl_matmul_acc_d(int M, int N, int K, const double *A, int lda, const double *W,
-                         int ldw, double *C, int ldc)
-    void fl_matmul_rows_acc_f(int M, int N, int K, const float *A, int lda, const float *W,
-                              int ldw, float *C, int ldc)
-    void fl_matmul_rows_acc_d(int M, int N, int K, const double *A, int lda,
-                              const double *W, int ldw, double *C, int ldc)
-    void fl_gemv_t_acc_f(int N, int K, const float *W, int ldw, const float *x, float *y)
-    void fl_gemv_t_acc_d(int N, int K, const double *W, int ldw, const double *x, double *y)
-
-
-cdef inline void gemv_t_acc(int N, int K, const floating *W, int ldw, const floating *x,
-                            floating *y) noexcept nogil:
-    """y[N] += W[N,K] x[K]: a row of the product with W^T, reading W by rows."""
-    if floating is float:
-        fl_gemv_t_acc_f(N, K, W, ldw, x, y)
-    else:
-        fl_gemv_t_acc_d(N, K, W, ldw, x, y)
-
-
-cdef inline void matmul_acc(int M, int N, int K, const floating *A, int lda, const floating *W,
-                            int ldw, floating *C, int ldc) noexcept nogil:
-    """C[M,N] += A[M,K] W[K,N] (row-major), without packing W: the per-step product."""
-    if floating is float:
-        fl_matmul_acc_f(M, N, K, A, lda, W, ldw, C, ldc)
-    else:
-        fl_matmul_acc_d(M, N, K, A, lda, W, ldw, C, ldc)
-
-
-cdef inline void matmul_rows_acc(int M, int N, int K, const floating *A, int lda,
-                                 const floating *W, int ldw, floating *C,
-                                 int ldc) noexcept nogil:
-    """C[M,N] += A[M,K] W[K,N], each row computed the same way whatever M (input projections
-    of a few rows: their bits do not depend on how the rows are split into calls)."""
-    if floating is float:
-        fl_matmul_rows_acc_f(M, N, K, A, lda, W, ldw, C, ldc)
-    else:
-        fl_matmul_rows_acc_d(M, N, K, A, lda, W, ldw, C, ldc)
+include "gate_kernels.pxi"
 
 
 cdef extern from "gates.h" nogil:
     void fl_pack_panels_f(int K, int N, const float *W, int ldw, float *Wp)
     void fl_pack_panels_d(int K, int N, const double *W, int ldw, double *Wp)
-    void fl_matmul_packed_acc_f(int M, int N, int K, const float *A, int lda, const float *Wp,
-                                float *C, int ldc)
-    void fl_matmul_packed_acc_d(int M, int N, int K, const double *A, int lda,
-                                const double *Wp, double *C, int ldc)
 
 
 cdef inline void pack_panels(int K, int N, const floating *W, int ldw,
@@ -137,15 +36,6 @@ cdef inline void pack_panels(int K, int N, const floating *W, int ldw,
         fl_pack_panels_f(K, N, W, ldw, Wp)
     else:
         fl_pack_panels_d(K, N, W, ldw, Wp)
-
-
-cdef inline void matmul_packed_acc(int M, int N, int K, const floating *A, int lda,
-                                   const floating *Wp, floating *C, int ldc) noexcept nogil:
-    """C[M,N] += A[M,K] W[K,N] with W packed by pack_panels."""
-    if floating is float:
-        fl_matmul_packed_acc_f(M, N, K, A, lda, Wp, C, ldc)
-    else:
-        fl_matmul_packed_acc_d(M, N, K, A, lda, Wp, C, ldc)
 
 
 cdef extern from "gates.h" nogil:
@@ -288,33 +178,3 @@ cdef inline fl_act make_act(object activation):
     a.alpha = activation.alpha
     a.beta = activation.beta
     return a
-
-
-cdef inline void act_forward(fl_act act, floating *z, long n) noexcept nogil:
-    if floating is float:
-        fl_act_forward_f(act, z, n)
-    else:
-        fl_act_forward_d(act, z, n)
-
-
-cdef inline void mul(const floating *a, const floating *b, floating *out, long n) noexcept nogil:
-    if floating is float:
-        fl_mul_f(a, b, out, n)
-    else:
-        fl_mul_d(a, b, out, n)
-
-
-cdef inline void merge_rows(int B, int H, const unsigned char *mask, const floating *scale,
-                            const floating *src, floating *dst) noexcept nogil:
-    if floating is float:
-        fl_merge_rows_f(B, H, mask, scale, src, dst)
-    else:
-        fl_merge_rows_d(B, H, mask, scale, src, dst)
-
-
-cdef inline void add_mul(const floating *a, const floating *b, floating *out,
-                         long n) noexcept nogil:
-    if floating is float:
-        fl_add_mul_f(a, b, out, n)
-    else:
-        fl_add_mul_d(a, b, out, n)

@@ -11,24 +11,17 @@
  * kernel against the NumPy oracle.
  *
  * Per dtype the body rnn_kernels_impl.cuh is included with REAL and FN (name suffix _f/_d).
- * Parameter lists there are mirrored by SIGNATURES in fastlstm/backends/cuda_kernels.py
- * (a test checks that they agree). Gate layouts and masks follow the oracle
+ * fastlstm/backends/cuda_kernels.py reads the kernels' parameter lists from this source
+ * itself (parse_signatures), so its launcher cannot drift from them. Gate layouts and masks follow the oracle
  * (fastlstm/backends/oracle): LSTM [i|f|c|o] or [f|c|o] (coupled), GRU [z|r|h].
  */
 #include "gates_math.h"
+#include "fl_activations.h"     /* the activation kinds, shared with the CPU kernels and Python */
 
 #ifndef FL_IDX0   /* the host build defines a one-thread loop instead */
 #define FL_IDX0 ((long long)blockIdx.x * blockDim.x + threadIdx.x)
 #define FL_STRIDE ((long long)blockDim.x * gridDim.x)
 #endif
-
-/* Activation kinds: must match fastlstm/activations.py and src_c/gates.h. */
-#define FL_TANH 0
-#define FL_SIGMOID 1
-#define FL_HARD_SIGMOID 2
-#define FL_RELU 3
-#define FL_LINEAR 4
-#define FL_SOFTSIGN 5
 
 __device__ __forceinline__ float fl_tanh_r(float x) { return fl_tanh_f(x); }
 __device__ __forceinline__ double fl_tanh_r(double x) { return fl_tanh_d(x); }
