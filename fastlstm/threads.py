@@ -1,11 +1,15 @@
 """Threads: one setting for fastlstm's kernels.
 
-The LSTM and GRU kernels parallelise themselves (OpenMP) over independent slices — batch
-rows in the time loops (rows never interact inside a recurrence, so no barrier per step),
-row or column slices of the large products — and call BLAS single-threaded inside, as
-scikit-learn's KMeans does; the SimpleRNN kernel runs on one thread. One thread pool then
-owns the cores: BLAS's idle workers spin for a while after each call and would fight
-OpenMP's threads for the same cores.
+The LSTM, GRU and SimpleRNN kernels parallelise themselves (OpenMP) over independent slices —
+batch rows in the time loops (rows never interact inside a recurrence, so no barrier per
+step), row or column slices of the large products — and call BLAS single-threaded inside, as
+scikit-learn's KMeans does; the streaming step splits its products at batch 1. One thread
+pool then owns the cores: BLAS's idle workers spin for a while after each call and would
+fight OpenMP's threads for the same cores.
+
+The kernels keep no thread state of their own: every call takes the thread count and the
+product policy as an argument (``KernelSettings``, which ``fastlstm/backends/cpu_ops.py``
+passes down), as scikit-learn's kernels take ``n_threads``.
 """
 from __future__ import annotations
 
@@ -23,9 +27,57 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+# More threads than this is a mistake, not a machine (each costs a stack in OpenMP's pool).
+MAX_THREADS = 1024
+
+
+class KernelSettings:
+    """What every kernel call takes besides its arrays (see products.pxd: Settings).
+
+    threads: threads of the kernels' own parallel loops. policy: the per-step products on
+    0 the automatic choice, 1 BLAS, 2 our kernel (tests and benchmarks). The rest are the
+    thresholds of the kernels' choices, which tests set small to reach every path; why each
+    default is what it is: bench/RESULTS.md, "Kernel thresholds"."""
+
+    __slots__ = ("threads", "policy", "parallel_min_macs", "pipe_steps", "pipe_min_macs",
+                 "direct_rows", "projections_on_blas", "cols_min_bytes", "infer_z_bytes",
+                 "infer_min_rows")
+
+    def __init__(self):
+        self.threads = 1
+        self.policy = 0
+        # Below this much work the kernels stay on one thread: each parallel region costs a
+        # wake-up of the other threads.
+        self.parallel_min_macs = float(1 << 24)
+        # A forward pass of a few rows (one thread's time loop) projects its input beside
+        # the loop, on a second thread, pipe_steps steps at a time, from pipe_min_macs of
+        # projection work.
+        self.pipe_steps = 16
+        self.pipe_min_macs = float(1 << 20)
+        # An input projection of fewer rows reads W in place: packing W first costs more.
+        self.direct_rows = 32
+        # The gradients' many-row products on BLAS when its kernels are AVX-512 ones.
+        self.projections_on_blas = False
+        # One-row LSTM inference splits the units over the threads from this size of U.
+        self.cols_min_bytes = 512 << 10
+        # Inference projects this much of Z at a time (a thread's share stays in its L2),
+        # but at least infer_min_rows rows (each packed block of W serves a few hundred).
+        self.infer_z_bytes = 2 << 20
+        self.infer_min_rows = 512
+
+
+_settings = KernelSettings()
+
+
+def kernel_settings() -> KernelSettings:
+    """The settings the compiled kernels run with (the backend passes them to each call)."""
+    return _settings
+
+
 def _check(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected an integer number of threads from 1 to {MAX_THREADS}, "
+                         f"got {n!r}")
 
 
 def set_num_threads(n: int) -> None:
@@ -43,8 +95,7 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """Threads fastlstm's kernels run with."""
-    from . import _lstm
-    return _lstm.get_threads()
+    return _settings.threads
 
 
 def set_loop_threads(n: int) -> None:
@@ -53,15 +104,57 @@ def set_loop_threads(n: int) -> None:
     _set_kernel_threads(n)
 
 
-def _set_kernel_threads(n: int) -> None:
-    import importlib
-    for name in ("_lstm", "_gru", "_simple_rnn", "_step"):
-        try:
-            mod = importlib.import_module(f"fastlstm.{name}")
-        except ImportError:
-            continue
-        if hasattr(mod, "set_threads"):
-            mod.set_threads(n)
+def _set_kernel_threads(n: int, parallel_min_macs: float = -1) -> None:
+    """Threads of the kernels' loops, and with parallel_min_macs >= 0 the smallest product
+    they split over them (tests set 0)."""
+    _check(n)
+    _settings.threads = n
+    if parallel_min_macs >= 0:
+        _settings.parallel_min_macs = float(parallel_min_macs)
+
+
+# -- the kernels' thresholds, for tests and benchmarks (the extensions re-export them) ----
+def get_parallel_min_macs() -> float:
+    """The smallest product (multiply-adds) the kernels split over threads."""
+    return _settings.parallel_min_macs
+
+
+def set_recurrent_matmul(which: str) -> None:
+    """'auto' (default), 'blas' or 'own': the per-step products."""
+    try:
+        _settings.policy = {"auto": 0, "blas": 1, "own": 2}[which]
+    except (KeyError, TypeError):
+        raise ValueError(f"which: expected 'auto', 'blas' or 'own', got {which!r}") from None
+
+
+def set_direct_rows(rows: int) -> None:
+    """Input projections of fewer rows read W in place instead of packing it."""
+    _settings.direct_rows = max(0, int(rows))
+
+
+def set_pipeline(steps: int, min_macs: float = 1 << 20) -> None:
+    """Steps a block of the projection beside a few-row forward loop, and the least
+    projection work (multiply-adds) for it; min_macs < 0 turns it off."""
+    _settings.pipe_steps = max(1, int(steps))
+    _settings.pipe_min_macs = float(min_macs) if min_macs >= 0 else 1e300
+
+
+def set_projection_blas(on: bool) -> None:
+    """Run the gradients' many-row products (input and weight gradients) on BLAS (a little
+    faster when its kernels are AVX-512 ones); the input projection stays on ours."""
+    _settings.projections_on_blas = bool(on)
+
+
+def set_cols_min_bytes(nbytes: int) -> None:
+    """Recurrent kernel size from which one-row LSTM inference splits the units."""
+    _settings.cols_min_bytes = max(0, int(nbytes))
+
+
+def set_inference_chunk_bytes(nbytes: int, min_rows: int = 512) -> None:
+    """How much of the input projection inference computes at a time, and its least number
+    of rows."""
+    _settings.infer_z_bytes = max(1, int(nbytes))
+    _settings.infer_min_rows = max(1, int(min_rows))
 
 
 def _blas(numpy: bool = False):
@@ -107,10 +200,7 @@ _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
 def init_threads() -> None:
     """At import: the kernels' loops use the cores this process may run on, and the
     gradients' many-row products go to BLAS when its kernels are AVX-512 ones."""
-    _set_kernel_threads(_cores())
+    _set_kernel_threads(min(_cores(), MAX_THREADS))
     arch = " ".join(str(c.architecture).lower() for c in _blas()
                     if getattr(c, "architecture", None))
-    from . import _gru, _lstm, _simple_rnn
-    on_blas = any(a in arch for a in _AVX512_CORES)
-    for mod in (_lstm, _gru, _simple_rnn):
-        mod.set_projection_blas(on_blas)
+    set_projection_blas(any(a in arch for a in _AVX512_CORES))

@@ -26,12 +26,10 @@ from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
 from libc.string cimport memcpy
 from blas cimport floating, gemm, gemv
 from cython.parallel cimport parallel, prange
-from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
-                       fl_pipe_steps, pack_projection, par_gemm, pipelined, pipe_rows,
-                       projection_in_place, row_chunks, set_direct_rows_param, set_kernel_threads,
-                       set_pipeline_params, set_policy, split, step_grad, step_product, forward_u,
-                       backward_u, weight_and_input_grads, U_IN_PLACE, U_PACKED, U_PANELS,
-                       U_TRANSPOSED)
+from products cimport (Settings, load_settings, chunk_rows, pack_projection, par_gemm,
+                       pipelined, pipe_rows, projection_in_place, row_chunks, split, step_grad,
+                       step_product, forward_u, backward_u, weight_and_input_grads, U_IN_PLACE,
+                       U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_force_isa_level, fl_isa_level, fl_team_size, fl_thread_num, fl_publish,
                     fl_await)
 from gates cimport (fl_act, make_act, mul, merge_rows, add_mul, gemm_packed_acc,
@@ -99,14 +97,14 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
             else:
                 po = po_prev = <floating *>p.out + rh0
         if p.reset_after:
-            step_product(nb, <int>H, G, hin, U, G, <const floating *>p.Up,
+            step_product(&p.cfg, nb, <int>H, G, hin, U, G, <const floating *>p.Up,
                          <const floating *>p.Upan, zt, <int>ZW)
         else:
             prh = (RH + t * BH + rh0) if p.training else (RH + rh0)
-            step_product(nb, <int>H, 2 * <int>H, hin, U, G, <const floating *>p.Up,
+            step_product(&p.cfg, nb, <int>H, 2 * <int>H, hin, U, G, <const floating *>p.Up,
                          <const floating *>p.Upan, zt, <int>ZW)
             gru_fwd_reset(nb, <int>H, p.ract, zt, hin, prh)
-            step_product(nb, <int>H, <int>H, prh, U + 2 * H, G, <const floating *>p.Up2,
+            step_product(&p.cfg, nb, <int>H, <int>H, prh, U + 2 * H, G, <const floating *>p.Up2,
                          <const floating *>p.Upan2, zt + 2 * H, <int>ZW)
         if ydirect:
             ph_out = Y + s * BH + rh0
@@ -143,9 +141,9 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
                 memcpy(Zr + r * ZW + 2 * H, brow + 2 * H, H * sizeof(floating))
     cdef long wbytes = <long>I * G * sizeof(floating)
     if Wp1 == NULL:
-        projection_in_place(nr, n1, I, Xr, W, G, wbytes, <floating>1, Zr, ZW)
+        projection_in_place(&p.cfg, nr, n1, I, Xr, W, G, wbytes, <floating>1, Zr, ZW)
         if p.reset_after:
-            projection_in_place(nr, H, I, Xr, W + 2 * H, G, wbytes, <floating>1, Zr + 3 * H,
+            projection_in_place(&p.cfg, nr, H, I, Xr, W + 2 * H, G, wbytes, <floating>1, Zr + 3 * H,
                                 ZW)
     elif p.reset_after:
         gemm_packed_set(<int>nr, 2 * H, I, Xr, I, Wp1, brow, Zr, ZW)
@@ -160,7 +158,8 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
             const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
-            bint reset_after, bint go_backwards, bint return_sequences, bint training):
+            bint reset_after, bint go_backwards, bint return_sequences, bint training,
+            settings=None):
     """x [T,B,I], kernel [I,3H], recurrent_kernel [H,3H], bias [6H] (reset_after: rows 0, 1 of
     the [2,3H] bias, flattened) or [3H] or None, h0 [B,H], mask [T,B] uint8|None,
     input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
@@ -169,6 +168,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     None unless training, then a dict of what backward needs.
     """
     cdef Fwd p
+    read_settings(&p.cfg, settings)
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
     dtype = np.float32 if floating is float else np.float64
     # [z r] and h blocks of W apart where they land in different columns of Z, of U where
@@ -272,15 +272,17 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
                  <const floating *>q.HPREV + t * BH + rh0, pm,
                  DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL, q.dyr, pdh, pdo, scratch)
         if q.reset_after:
-            step_grad(nb, <int>H, G, zt, <int>ZW, U, G, UT, <const floating *>q.UTp, beta_rec,
+            step_grad(&q.cfg, nb, <int>H, G, zt, <int>ZW, U, G, UT,
+                      <const floating *>q.UTp, beta_rec,
                       ptg)
         else:
-            step_grad(nb, <int>H, <int>H, zt + 2 * H, <int>ZW, U + 2 * H, G,
+            step_grad(&q.cfg, nb, <int>H, <int>H, zt + 2 * H, <int>ZW, U + 2 * H, G,
                       UT + 2 * H * H if UT != NULL else NULL, <const floating *>q.UTp2,
                       <floating>0, pdrh)
             gru_bwd_reset(nb, <int>H, q.ract, zt, <const floating *>q.HIN + t * BH + rh0, pdrh, pm,
                       ptg, q.rdrop == NULL, scratch)
-            step_grad(nb, <int>H, 2 * <int>H, zt, <int>ZW, U, G, UT, <const floating *>q.UTp,
+            step_grad(&q.cfg, nb, <int>H, 2 * <int>H, zt, <int>ZW, U, G, UT,
+                      <const floating *>q.UTp,
                       <floating>1, ptg)
         if prd != NULL:       # masked rows of the target are 0: their dh stays
             add_mul(ptg, prd, pdh, nb * H)
@@ -294,8 +296,8 @@ cdef void param_grads(const Bwd *q, floating *Z) noexcept nogil:
     those columns: no pass of its own over dZ."""
     cdef long TB = q.T * q.B, ci, t
     cdef int I = q.In, H = q.H, G = q.G, ZW = q.ZW
-    cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
-    cdef int nrows = split(TB, 64, <double>TB * I * G)
+    cdef int ncols = split(&q.cfg, G, 64, <double>TB * (I + H) * G)
+    cdef int nrows = split(&q.cfg, TB, 64, <double>TB * I * G)
     cdef bint own = q.own, fold = q.own and q.db != NULL
     cdef const floating *X = <const floating *>q.X
     cdef const floating *Hin = <const floating *>q.HIN
@@ -338,7 +340,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint reset_after, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T,
-             dx_into=None):
+             dx_into=None, settings=None):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
     reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
     [T,B,H] (return_sequences; last axis contiguous, the others any strides) or [B,H] or
@@ -349,6 +351,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     reset_after, else [3H].
     """
     cdef Bwd q
+    read_settings(&q.cfg, settings)
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
     dtype = np.float32 if floating is float else np.float64
     if recurrent_dropout_mask is not None and hin is None:

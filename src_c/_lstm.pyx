@@ -19,10 +19,8 @@ from fastlstm.backends.workspace import clear_workspace, workspace, workspace_by
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
-                       fl_pipe_steps, pack_projection, pipelined, pipe_rows,
-                       set_direct_rows_param, set_pipeline_params, project_rows as dense_rows,
-                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
+from products cimport (Settings, load_settings, chunk_rows, pack_projection, pipelined,
+                       pipe_rows, project_rows as dense_rows, recurrent_input, row_chunks, split,
                        step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
                        U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, matmul_packed_acc,
@@ -35,22 +33,15 @@ include "kernel_settings.pxi"
 include "driver.pxi"
 
 
-# One-row inference splits the units over the threads from COLS_MIN_BYTES of U: then each
+# One-row inference splits the units over the threads from s.cols_min_bytes of U: then each
 # core's share stays in its own L2 where the whole U streams from L3 on one core
-# (bench/RESULTS.md, "One-row inference").
-cdef long COLS_MIN_BYTES = 512 << 10
-
-
-def set_cols_min_bytes(long nbytes):
-    """Recurrent kernel size from which one-row inference splits the units over the threads
-    (tests set it small)."""
-    global COLS_MIN_BYTES
-    COLS_MIN_BYTES = max(0, nbytes)
+# (bench/RESULTS.md, "Kernel thresholds").
+from fastlstm.threads import set_cols_min_bytes
 
 
 cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexcept nogil:
     """Rows [r0, r0+nr) of the chunk's Z = X W + b."""
-    dense_rows(r0, nr, p.In, p.G, <const floating *>p.X, <const floating *>p.W,
+    dense_rows(&p.cfg, r0, nr, p.In, p.G, <const floating *>p.X, <const floating *>p.W,
                <const floating *>p.Wp, <const floating *>p.bias, Z)
 
 
@@ -87,7 +78,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         t = T - 1 - s if p.go_backwards else s
         hin = recurrent_input(p.training, ph, prd, HIN + t * BH + rh if p.training else NULL,
                               hd + rh if hd != NULL else NULL, nbh)
-        step_product(nb, <int>H, <int>G, hin, <const floating *>p.U, <int>G,
+        step_product(&p.cfg, nb, <int>H, <int>G, hin, <const floating *>p.U, <int>G,
                      <const floating *>p.Up, <const floating *>p.Upan,
                      Z + (t - p.zt0) * BG + rg, <int>G)
         pc_out = C + t * BH + rh if p.training else pc
@@ -184,14 +175,13 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
         fl_barrier_wait(p.bar, n, &sense)
 
 
-cdef int cols_threads(bint one_row_inference, int H, int G, int itemsize):
+cdef int cols_threads(const Settings *s, bint one_row_inference, int H, int G, int itemsize):
     """Threads of a one-row inference (without recurrent dropout) split over the units
-    (forward_cols), or 0: from COLS_MIN_BYTES of U, in shares of whole panels of the packed
-    product (a narrower remainder runs a slow loop there)."""
+    (forward_cols), or 0: from s.cols_min_bytes of U, in shares of whole panels of the
+    packed product (a narrower remainder runs a slow loop there)."""
     cdef int ncols = 0, panel = 256 // itemsize
-    if (one_row_inference and fl_matmul_policy != 1
-            and <long>H * G * itemsize >= COLS_MIN_BYTES):
-        ncols = min(fl_max_threads, 8)
+    if one_row_inference and s.policy != 1 and <long>H * G * itemsize >= s.cols_min_bytes:
+        ncols = min(s.threads, 8)
         while ncols >= 2 and H % (panel * ncols) != 0:
             ncols -= 1
     return ncols if ncols >= 2 else 0
@@ -202,7 +192,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, ::1] peephole,
             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
-            bint coupled, bint go_backwards, bint return_sequences, bint training):
+            bint coupled, bint go_backwards, bint return_sequences, bint training, settings=None):
     """x [T,B,I], kernel [I,G], recurrent_kernel [H,G], bias [G]|None, h0, c0 [B,H],
     peephole [3,H]|None, mask [T,B] uint8|None, input_dropout_mask [B,I]|None,
     recurrent_dropout_mask [B,H]|None.
@@ -211,11 +201,13 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     saved is None unless training, then a dict of what backward needs.
     """
     cdef Fwd p
+    read_settings(&p.cfg, settings)
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
     dtype = np.float32 if floating is float else np.float64
     p.ZW, p.wsplit, p.usplit, p.pipeline = G, 0, 0, True
     p.coupled, p.reset_after = coupled, False
-    p.ncols = cols_threads(x.shape[1] == 1 and not training and recurrent_dropout_mask is None,
+    p.ncols = cols_threads(&p.cfg,
+                           x.shape[1] == 1 and not training and recurrent_dropout_mask is None,
                            H, G, sizeof(floating))
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
     # time, it shares its buffer with Y (and the steps read h there: no copy).
@@ -288,7 +280,8 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *dpeep,
         lstm_bwd_step(nb, <int>H, q.coupled, q.act, q.ract, Z + t * BG + rg, C + t * BH + rh, pcp,
                  <const floating *>q.P, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, <floating *>q.dc + rh, pout, dpeep, scratch)
-        step_grad(nb, <int>H, <int>G, Z + t * BG + rg, <int>G, <const floating *>q.U, <int>G,
+        step_grad(&q.cfg, nb, <int>H, <int>G, Z + t * BG + rg, <int>G,
+                  <const floating *>q.U, <int>G,
                   <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
         if q.mask != NULL or q.rdrop != NULL:
             merge_rows(nb, <int>H, pm, prd, dhp, dh)
@@ -305,7 +298,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint coupled, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T, dc_T,
-             dx_into=None):
+             dx_into=None, settings=None):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
     the gate gradients). dy: [T,B,H] (return_sequences; its last axis contiguous, the others
     any strides, such as a transposed view of [B,T,H]) or [B,H] or None; dh_T, dc_T: [B,H]
@@ -315,6 +308,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None).
     """
     cdef Bwd q
+    read_settings(&q.cfg, settings)
     cdef int H = recurrent_kernel.shape[0]
     dtype = np.float32 if floating is float else np.float64
     q.ZW = recurrent_kernel.shape[1]

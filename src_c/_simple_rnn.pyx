@@ -19,10 +19,8 @@ from fastlstm.backends.grad_buffers import (dx_buffer, row_strides, state_grads,
 from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 from blas cimport floating
-from products cimport (chunk_rows, fl_matmul_policy, fl_max_threads, fl_parallel_min_macs,
-                       fl_pipe_steps, pack_projection, pipelined, pipe_rows,
-                       set_direct_rows_param, set_pipeline_params, project_rows as dense_rows,
-                       recurrent_input, row_chunks, set_kernel_threads, set_policy, split,
+from products cimport (Settings, load_settings, chunk_rows, pack_projection, pipelined,
+                       pipe_rows, project_rows as dense_rows, recurrent_input, row_chunks, split,
                        step_grad, step_product, weight_and_input_grads, forward_u, backward_u,
                        U_IN_PLACE, U_PACKED, U_PANELS, U_TRANSPOSED)
 from gates cimport (fl_act, make_act, merge_rows, pack_b, pack_panels, fl_team_size,
@@ -36,7 +34,7 @@ include "driver.pxi"
 
 cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexcept nogil:
     """Rows [r0, r0+nr) of the chunk's Z = X W + b."""
-    dense_rows(r0, nr, p.In, p.H, <const floating *>p.X, <const floating *>p.W,
+    dense_rows(&p.cfg, r0, nr, p.In, p.H, <const floating *>p.X, <const floating *>p.W,
                <const floating *>p.Wp, <const floating *>p.bias, Z)
 
 
@@ -69,7 +67,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         hin = recurrent_input(p.training, ph, prd, HIN + t * BH + rh if p.training else NULL,
                               hd + rh if hd != NULL else NULL, nbh)
         zt = <floating *>p.Z + (t - p.zt0) * BH + rh
-        step_product(nb, <int>H, <int>H, hin, <const floating *>p.U, <int>H,
+        step_product(&p.cfg, nb, <int>H, <int>H, hin, <const floating *>p.U, <int>H,
                      <const floating *>p.Up, <const floating *>p.Upan, zt, <int>H)
         po = po_prev = NULL
         if p.mask != NULL:
@@ -97,7 +95,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
             const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
-            bint return_sequences, bint training):
+            bint return_sequences, bint training, settings=None):
     """x [T,B,I], kernel [I,H], recurrent_kernel [H,H], bias [H]|None, h0 [B,H],
     mask [T,B] uint8|None, input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
 
@@ -105,6 +103,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     None unless training, then a dict of what backward needs.
     """
     cdef Fwd p
+    read_settings(&p.cfg, settings)
     # The projection is not pipelined here (one product a step leaves less to hide).
     p.ZW, p.wsplit, p.usplit, p.pipeline, p.ncols = recurrent_kernel.shape[0], 0, 0, False, 0
     p.coupled, p.reset_after = False, False
@@ -145,7 +144,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
             pm = q.mask + t * q.B + b0
         rnn_bwd_step(nb, <int>H, q.act, zt, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, pout, scratch)
-        step_grad(nb, <int>H, <int>H, zt, <int>H, <const floating *>q.U, <int>H,
+        step_grad(&q.cfg, nb, <int>H, <int>H, zt, <int>H, <const floating *>q.U, <int>H,
                   <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
         if q.mask != NULL or q.rdrop != NULL:
             merge_rows(nb, <int>H, pm, prd, dhp, dh)
@@ -159,7 +158,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
-             bint return_sequences, bint has_bias, dy, dh_T, dx_into=None):
+             bint return_sequences, bint has_bias, dy, dh_T, dx_into=None, settings=None):
     """BPTT for `forward`. x, z, hin are what forward saved (z is overwritten with the
     pre-activation gradients). dy: [T,B,H] (return_sequences; last axis contiguous, the
     others any strides) or [B,H] or None; dh_T: [B,H] or None, all of this dtype and, but
@@ -169,6 +168,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None).
     """
     cdef Bwd q
+    read_settings(&q.cfg, settings)
     cdef int H = recurrent_kernel.shape[0]
     q.ZW = H
     q.coupled, q.reset_after = False, False

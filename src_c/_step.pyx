@@ -18,28 +18,24 @@ cnp.import_array()
 from fastlstm.backends.aligned import aligned_empty
 
 from cython.parallel cimport prange
+from libc.limits cimport INT_MAX
 from libc.string cimport memcpy, memset
 from blas cimport floating
-from products cimport fl_matmul_policy, fl_max_threads, product, set_kernel_threads, set_policy
+from products cimport Settings, product
+from fastlstm.threads import kernel_settings
 from gates cimport (fl_act, make_act, matmul_acc, fl_force_isa_level, fl_isa_level,
                     lstm_fwd_step, gru_fwd_reset, gru_fwd_step, rnn_fwd_step)
 
-# Weights from which a batch-1 step splits its rows over the threads. At 512 KiB (I = H = 128)
-# a split LSTM step took 3.7-6.5 us against 4.7-4.8 on one thread (bimodal on this virtual
-# machine: not reliably faster); at 800 KiB (H = 160) 5.1-7.2 against 7.4-7.7.
+# Weights from which a batch-1 step splits its rows over the threads: below, a split step was
+# not reliably faster than one thread (bench/RESULTS.md, "Kernel thresholds").
 cdef enum:
     STEP_SPLIT_MIN_BYTES = 768 << 10
 
 
-def set_threads(int n, double parallel_min_macs=-1):
-    """Threads of the split step (see fastlstm/threads.py)."""
-    set_kernel_threads(n, parallel_min_macs)
-
-
-def set_recurrent_matmul(str which):
-    """'auto' (default), 'blas' or 'own' (tests): 'blas' keeps the step on one thread with
-    its products on BLAS, 'own' has them on our kernel at any size."""
-    set_policy(which)
+# Threads and the product policy are fastlstm.threads's, read at each call; these setters are
+# its own, re-exported for tests ('blas' keeps the step on one thread with its products on
+# BLAS, 'own' has them on our kernel at any size).
+from fastlstm.threads import _set_kernel_threads as set_threads, set_recurrent_matmul
 
 
 def force_isa_level_here(int level):
@@ -102,7 +98,8 @@ cdef inline void split_products(int nt, int I, int H, int nx, int nh, int ldw,
 
 
 # ------------------------------------------------------------------------------ cells
-cdef inline void step_products(int nt, int B, int I, int H, int G, const floating *x, int ldx,
+cdef inline void step_products(const Settings *s, int nt, int B, int I, int H, int G,
+                               const floating *x, int ldx,
                                const floating *h, const floating *W, const floating *U,
                                const floating *b, floating *z, floating *zh,
                                floating *parts) noexcept nogil:
@@ -115,18 +112,19 @@ cdef inline void step_products(int nt, int B, int I, int H, int G, const floatin
             z[j] += zh[j] + (b[j] if b != NULL else 0)
     else:
         fill_rows(B, G, b, z, G)
-        product(B, I, G, x, ldx, W, G, <floating>1, z, G)
-        product(B, H, G, h, H, U, G, <floating>1, z, G)
+        product(s, B, I, G, x, ldx, W, G, <floating>1, z, G)
+        product(s, B, H, G, h, H, U, G, <floating>1, z, G)
 
 
-cdef inline void lstm_step(int nt, int B, int I, int H, int G, const floating *x, int ldx,
+cdef inline void lstm_step(const Settings *s, int nt, int B, int I, int H, int G,
+                           const floating *x, int ldx,
                            const floating *h, const floating *c, const floating *W,
                            const floating *U, const floating *b, const floating *P,
                            bint coupled, fl_act act, fl_act ract, floating *z, floating *zh,
                            floating *parts, floating *scratch, floating *h_out,
                            floating *c_out) noexcept nogil:
     """z [B,G] = b + x W + h U, then the gates and the new h, c (h_out, c_out)."""
-    step_products(nt, B, I, H, G, x, ldx, h, W, U, b, z, zh, parts)
+    step_products(s, nt, B, I, H, G, x, ldx, h, W, U, b, z, zh, parts)
     lstm_fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
 
 
@@ -146,7 +144,8 @@ cdef inline void gru_bias_row(int H, bint reset_after, const floating *b,
         memcpy(brow, b, 3 * H * sizeof(floating))
 
 
-cdef inline void gru_step(int nt, int B, int I, int H, bint reset_after, const floating *x,
+cdef inline void gru_step(const Settings *s, int nt, int B, int I, int H, bint reset_after,
+                          const floating *x,
                           int ldx, const floating *h, const floating *W, const floating *U,
                           const floating *b, fl_act act, fl_act ract, floating *z,
                           floating *zx, floating *zh, floating *parts, floating *brow,
@@ -169,24 +168,25 @@ cdef inline void gru_step(int nt, int B, int I, int H, bint reset_after, const f
         for r in range(B):
             memcpy(z + <long>r * ZW, brow, ZW * sizeof(floating))
         if reset_after:
-            product(B, I, 2 * H, x, ldx, W, G, <floating>1, z, ZW)
-            product(B, I, H, x, ldx, W + 2 * H, G, <floating>1, z + 3 * H, ZW)
-            product(B, H, G, h, H, U, G, <floating>1, z, ZW)
+            product(s, B, I, 2 * H, x, ldx, W, G, <floating>1, z, ZW)
+            product(s, B, I, H, x, ldx, W + 2 * H, G, <floating>1, z + 3 * H, ZW)
+            product(s, B, H, G, h, H, U, G, <floating>1, z, ZW)
         else:
-            product(B, I, G, x, ldx, W, G, <floating>1, z, ZW)
-            product(B, H, 2 * H, h, H, U, G, <floating>1, z, ZW)
+            product(s, B, I, G, x, ldx, W, G, <floating>1, z, ZW)
+            product(s, B, H, 2 * H, h, H, U, G, <floating>1, z, ZW)
     if not reset_after:
         gru_fwd_reset(B, H, ract, z, h, rh)
-        product(B, H, H, rh, H, U + 2 * H, G, <floating>1, z + 2 * H, ZW)
+        product(s, B, H, H, rh, H, U + 2 * H, G, <floating>1, z + 2 * H, ZW)
     gru_fwd_step(B, H, reset_after, act, ract, z, NULL, h, h_out, NULL, NULL)
 
 
-cdef inline void rnn_step(int nt, int B, int I, int H, const floating *x, int ldx,
+cdef inline void rnn_step(const Settings *s, int nt, int B, int I, int H,
+                          const floating *x, int ldx,
                           const floating *h, const floating *W, const floating *U,
                           const floating *b, fl_act act, floating *z, floating *zh,
                           floating *parts, floating *h_out) noexcept nogil:
     """z [B,H] = b + x W + h U, h_out = act(z)."""
-    step_products(nt, B, I, H, H, x, ldx, h, W, U, b, z, zh, parts)
+    step_products(s, nt, B, I, H, H, x, ldx, h, W, U, b, z, zh, parts)
     rnn_fwd_step(B, H, act, z, NULL, h, h_out, NULL, NULL)
 
 
@@ -326,11 +326,17 @@ cdef class StepPlan:
         cdef void *pc
         cdef void *pho
         cdef void *pco
-        cdef int ldx = I if B == 1 else <int>(cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
-                                               // self.itemsize)
+        cdef long ldx = I if B == 1 else (cnp.PyArray_STRIDE(<cnp.ndarray>x, 0)
+                                          // self.itemsize)
+        if ldx > INT_MAX:         # rows further apart than the products take: the general way
+            return None
+        # This call's threads and product policy (all the step reads of the settings).
+        cfg = kernel_settings()
+        cdef Settings s
+        s.threads, s.policy = cfg.threads, cfg.policy
         # Split at batch 1 from STEP_SPLIT_MIN_BYTES of weights, at least half that a thread.
         cdef long nbytes = <long>(I + H) * self.n_gates * self.itemsize
-        cdef int nt = <int>min(<long>fl_max_threads, nbytes // (STEP_SPLIT_MIN_BYTES // 2))
+        cdef int nt = <int>min(<long>s.threads, nbytes // (STEP_SPLIT_MIN_BYTES // 2))
         # The buffers serve one call at a time: a step of another Python thread on the same
         # layer meanwhile (a server's sessions sharing a model) takes the general way. The
         # flag is tested and set while this thread holds the GIL, before any buffer changes.
@@ -341,7 +347,7 @@ cdef class StepPlan:
             dims[0], dims[1] = B, H
             h_out = cnp.PyArray_EMPTY(2, dims, tn, 0)
             c_out = cnp.PyArray_EMPTY(2, dims, tn, 0) if c is not None else None
-            if B == 1 and nt > 1 and fl_matmul_policy != 1 and nbytes >= STEP_SPLIT_MIN_BYTES:
+            if B == 1 and nt > 1 and s.policy != 1 and nbytes >= STEP_SPLIT_MIN_BYTES:
                 if (self.parts_arr is None
                         or self.parts_arr.shape[0] < (nt - 1) * 2 * self.n_gates):
                     self.parts_arr = aligned_empty((nt - 1) * 2 * self.n_gates,
@@ -352,12 +358,13 @@ cdef class StepPlan:
             px, ph, pc = data_of(x), data_of(h), data_of(c)
             pho, pco = data_of(h_out), data_of(c_out)
             with nogil:
-                self.run(nt, B, px, ldx, ph, pc, pho, pco)
+                self.run(&s, nt, B, px, <int>ldx, ph, pc, pho, pco)
         finally:
             self.busy = False
         return h_out, ([h_out] if c is None else [h_out, c_out])
 
-    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+    cdef void run(self, const Settings *s, int nt, int B, const void *x, int ldx,
+                  const void *h, const void *c,
                   void *h_out, void *c_out) noexcept nogil:
         pass
 
@@ -389,17 +396,18 @@ cdef class LSTMStepPlan(StepPlan):
         return (StepPlan.same_weights(self, layer)
                 and (self.peephole is None or layer.peephole is self.peephole))
 
-    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+    cdef void run(self, const Settings *s, int nt, int B, const void *x, int ldx,
+                  const void *h, const void *c,
                   void *h_out, void *c_out) noexcept nogil:
         cdef int I = self.n_in, H = self.n_units, G = self.n_gates
         if self.typenum == cnp.NPY_FLOAT:
-            lstm_step(nt, B, I, H, G, <const float *>x, ldx, <const float *>h,
+            lstm_step(s, nt, B, I, H, G, <const float *>x, ldx, <const float *>h,
                       <const float *>c, <const float *>self.pW, <const float *>self.pU,
                       <const float *>self.pb, <const float *>self.pP, self.coupled, self.act,
                       self.ract, <float *>self.pz, <float *>self.pzh, <float *>self.pparts,
                       <float *>self.pscratch, <float *>h_out, <float *>c_out)
         else:
-            lstm_step(nt, B, I, H, G, <const double *>x, ldx, <const double *>h,
+            lstm_step(s, nt, B, I, H, G, <const double *>x, ldx, <const double *>h,
                       <const double *>c, <const double *>self.pW, <const double *>self.pU,
                       <const double *>self.pb, <const double *>self.pP, self.coupled, self.act,
                       self.ract, <double *>self.pz, <double *>self.pzh, <double *>self.pparts,
@@ -426,17 +434,18 @@ cdef class GRUStepPlan(StepPlan):
         self.reset_after = reset_after
         self.n_states = 1
 
-    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+    cdef void run(self, const Settings *s, int nt, int B, const void *x, int ldx,
+                  const void *h, const void *c,
                   void *h_out, void *c_out) noexcept nogil:
         cdef int I = self.n_in, H = self.n_units
         if self.typenum == cnp.NPY_FLOAT:
-            gru_step(nt, B, I, H, self.reset_after, <const float *>x, ldx, <const float *>h,
+            gru_step(s, nt, B, I, H, self.reset_after, <const float *>x, ldx, <const float *>h,
                      <const float *>self.pW, <const float *>self.pU, <const float *>self.pb,
                      self.act, self.ract, <float *>self.pz, <float *>self.pzx,
                      <float *>self.pzh, <float *>self.pparts, <float *>self.pbrow,
                      <float *>self.prh, <float *>h_out)
         else:
-            gru_step(nt, B, I, H, self.reset_after, <const double *>x, ldx, <const double *>h,
+            gru_step(s, nt, B, I, H, self.reset_after, <const double *>x, ldx, <const double *>h,
                      <const double *>self.pW, <const double *>self.pU, <const double *>self.pb,
                      self.act, self.ract, <double *>self.pz, <double *>self.pzx,
                      <double *>self.pzh, <double *>self.pparts, <double *>self.pbrow,
@@ -453,16 +462,17 @@ cdef class SimpleRNNStepPlan(StepPlan):
         self.act = make_act(activation)
         self.n_states = 1
 
-    cdef void run(self, int nt, int B, const void *x, int ldx, const void *h, const void *c,
+    cdef void run(self, const Settings *s, int nt, int B, const void *x, int ldx,
+                  const void *h, const void *c,
                   void *h_out, void *c_out) noexcept nogil:
         cdef int I = self.n_in, H = self.n_units
         if self.typenum == cnp.NPY_FLOAT:
-            rnn_step(nt, B, I, H, <const float *>x, ldx, <const float *>h,
+            rnn_step(s, nt, B, I, H, <const float *>x, ldx, <const float *>h,
                      <const float *>self.pW, <const float *>self.pU, <const float *>self.pb,
                      self.act, <float *>self.pz, <float *>self.pzh, <float *>self.pparts,
                      <float *>h_out)
         else:
-            rnn_step(nt, B, I, H, <const double *>x, ldx, <const double *>h,
+            rnn_step(s, nt, B, I, H, <const double *>x, ldx, <const double *>h,
                      <const double *>self.pW, <const double *>self.pU, <const double *>self.pb,
                      self.act, <double *>self.pz, <double *>self.pzh, <double *>self.pparts,
                      <double *>h_out)

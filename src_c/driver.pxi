@@ -16,7 +16,8 @@
 #       the backward time loop for batch rows [b0, b0+nb) (acc: its own accumulator);
 #   param_grads(const Bwd *q, floating *Z)
 #       after the loop: dX, dW, dU and the column sums of dZ over all T*B rows.
-# Module-level settings (kernel_settings.pxi) choose threads and products.
+# Threads and products follow the call's Settings (p.cfg, q.cfg), which the cell's forward
+# and backward read first (read_settings).
 from libc.limits cimport INT_MAX
 from sequence cimport Fwd, Bwd
 from fastlstm.backends.workspace import workspace
@@ -43,13 +44,14 @@ class Slot:
         return workspace(self.slot, n, self.dtype)
 
 
-cdef object pack_block(const floating[:, :] A, bint transposed, str slot, bint panels, dtype):
+cdef object pack_block(const floating[:, :] A, bint transposed, str slot, bint panels, dtype,
+                       int threads):
     """A [K,N] (rows may lie apart) packed for the packed GEMM (pack_b; with transposed its
     transpose A^T), or in the column panels of matmul_packed_acc (panels), into this
     thread's workspace `slot`."""
     cdef floating[::1] buf
     if not panels:
-        return pack_b(A, transposed, Slot(slot, dtype), fl_max_threads)
+        return pack_b(A, transposed, Slot(slot, dtype), threads)
     buf = workspace(slot, <long>A.shape[0] * A.shape[1], dtype)
     pack_panels(<int>A.shape[0], <int>A.shape[1], &A[0, 0],
                 <int>(A.strides[0] // sizeof(floating)), &buf[0])
@@ -57,7 +59,7 @@ cdef object pack_block(const floating[:, :] A, bint transposed, str slot, bint p
 
 
 cdef tuple packed_blocks(const floating[:, :] A, int split, bint transposed, str slot,
-                         bint panels, dtype):
+                         bint panels, dtype, int threads):
     """A weight [K,N] packed (pack_block) whole, or its columns [0, split) and [split, N)
     apart when split > 0 (the GRU's blocks that feed different columns of Z, or whose
     product needs r first), in the slots `slot` and `slot`2. Returns (first, second|None)."""
@@ -65,10 +67,10 @@ cdef tuple packed_blocks(const floating[:, :] A, int split, bint transposed, str
     # Cython miscounts their references.)
     cdef const floating[:, :] left, right
     if not split:
-        return pack_block(A, transposed, slot, panels, dtype), None
+        return pack_block(A, transposed, slot, panels, dtype, threads), None
     left, right = A[:, :split], A[:, split:]
-    return (pack_block(left, transposed, slot, panels, dtype),
-            pack_block(right, transposed, slot + "2", panels, dtype))
+    return (pack_block(left, transposed, slot, panels, dtype, threads),
+            pack_block(right, transposed, slot + "2", panels, dtype, threads))
 
 
 # ---------------------------------------------------------------------------- forward
@@ -80,11 +82,11 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
                           recurrent_activation, bint go_backwards, bint return_sequences,
                           bint training, str zslot, bint shared_states, long scratch):
     """Fills p for a forward pass (sizes, options, the projection's inputs, buffers, packed
-    weights) from the arguments of the cell's forward; the cell has set p.ZW, p.wsplit,
-    p.usplit, p.pipeline, p.ncols and its options first, and sets its own saved arrays
-    after. bias: the row the projection adds (Z's width) or None. shared_states: the saved
-    input states and the outputs may be one buffer (states_and_outputs). scratch: WORK
-    elements per thread of the time loop.
+    weights) from the arguments of the cell's forward; the cell has read p.cfg and set
+    p.ZW, p.wsplit, p.usplit, p.pipeline, p.ncols and its options first, and sets its own
+    saved arrays after. bias: the row the projection adds (Z's width) or None.
+    shared_states: the saved input states and the outputs may be one buffer
+    (states_and_outputs). scratch: WORK elements per thread of the time loop.
 
     Returns [x times the input dropout mask or None, Z, h, saved states or None, y or
     None, the masked last output or None, scratch, and the arrays behind p's pointers]."""
@@ -108,8 +110,8 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     # chunk of steps at a time (projection_inputs).
     cdef const floating *px
     cdef floating *pstage
-    xd_arr, p.chunk, z_arr = projection_inputs(x, input_dropout_mask, training, zslot, p.ZW,
-                                               &px, &p.sxt, &p.sxb, &pstage)
+    xd_arr, p.chunk, z_arr = projection_inputs(&p.cfg, x, input_dropout_mask, training, zslot,
+                                               p.ZW, &px, &p.sxt, &p.sxb, &pstage)
     check_int("x: rows of a chunk", p.chunk * B)
     p.x, p.stage = <void *>px, <void *>pstage
     cdef floating[:, :, ::1] Z = z_arr
@@ -145,19 +147,19 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     # chunk would pack all of W again); a few rows read W in place (project_rows).
     cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
     cdef floating[::1] w1 = None, w2 = None, u1 = None, u2 = None, pan1 = None, pan2 = None
-    if pack_projection(TB, <long>I * G * sizeof(floating)):
-        w1, w2 = packed_blocks(Wv, p.wsplit, False, "w", False, dtype)
+    if pack_projection(&p.cfg, TB, <long>I * G * sizeof(floating)):
+        w1, w2 = packed_blocks(Wv, p.wsplit, False, "w", False, dtype, p.cfg.threads)
     p.Wp, p.Wp2 = data(w1), data(w2)
     # The per-step products: U packed for our GEMM (many rows per thread), in L1-sized
     # column panels (a few rows, over a sequence that amortises the copy), or read in place
     # (also where each thread of a column split packs its own part).
-    p.nchunks = row_chunks(T, B, H, G)
-    cdef int umode = U_IN_PLACE if p.ncols else forward_u(TB, B // p.nchunks, H, G,
+    p.nchunks = row_chunks(&p.cfg, T, B, H, G)
+    cdef int umode = U_IN_PLACE if p.ncols else forward_u(&p.cfg, TB, B // p.nchunks, H, G,
                                                          sizeof(floating))
     if umode == U_PACKED:
-        u1, u2 = packed_blocks(Uv, p.usplit, False, "u", False, dtype)
+        u1, u2 = packed_blocks(Uv, p.usplit, False, "u", False, dtype, p.cfg.threads)
     elif umode == U_PANELS:
-        pan1, pan2 = packed_blocks(Uv, p.usplit, False, "u", True, dtype)
+        pan1, pan2 = packed_blocks(Uv, p.usplit, False, "u", True, dtype, p.cfg.threads)
     p.Up, p.Up2, p.Upan, p.Upan2 = data(u1), data(u2), data(pan1), data(pan2)
     p.scratch = scratch
     scratch_arr = workspace("scratch", max(1, p.nchunks * scratch), dtype)
@@ -168,7 +170,7 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
 cdef inline void project_chunk_rows(const Fwd *p, long nr, floating *Z) noexcept nogil:
     """The chunk's input projection (nr rows), split over the threads when the work is
     worth it."""
-    cdef int n = split(nr, 64, <double>nr * p.In * p.G), ci
+    cdef int n = split(&p.cfg, nr, 64, <double>nr * p.In * p.G), ci
     if n == 1:
         project_rows(p, 0, nr, Z)
         return
@@ -179,7 +181,7 @@ cdef inline void project_chunk_rows(const Fwd *p, long nr, floating *Z) noexcept
 cdef void forward_pipelined(const Fwd *p, long s0, long s1, long *progress,
                             floating *scratch) noexcept nogil:
     """Steps [s0, s1) of a time loop of a few rows (one thread's work), with the input
-    projection of those steps run beside it: thread 1 projects fl_pipe_steps steps at a time,
+    projection of those steps run beside it: thread 1 projects cfg.pipe_steps steps at a time,
     in the order of the loop, and publishes how far it got; thread 0 runs each block of
     steps once it is projected. A team of one projects first."""
     cdef int n = fl_team_size(), k = fl_thread_num()
@@ -189,14 +191,14 @@ cdef void forward_pipelined(const Fwd *p, long s0, long s1, long *progress,
         project_rows(p, 0, nsteps * p.B, Z)
     if n == 1 or k == 0:
         while a < nsteps:
-            e = min(nsteps, a + fl_pipe_steps)
+            e = min(nsteps, a + p.cfg.pipe_steps)
             if n > 1:
                 fl_await(progress, e)
             forward_rows(p, 0, p.B, s0 + a, s0 + e, scratch)
             a = e
     elif k == 1:
         while a < nsteps:
-            e = min(nsteps, a + fl_pipe_steps)
+            e = min(nsteps, a + p.cfg.pipe_steps)
             pipe_rows(a, e, nsteps, p.B, p.go_backwards, &r0, &nr)
             project_rows(p, r0, nr, Z)
             fl_publish(progress, e)
@@ -219,7 +221,7 @@ cdef void forward_loop(Fwd *p, floating *scratch) noexcept nogil:
                                  <floating *>p.stage)
         # One thread runs the time loop of a few rows: the other projects beside it.
         if (p.pipeline and not p.ncols
-                and pipelined(nchunks, s1 - s0, <double>nrows_c * p.In * p.G)):
+                and pipelined(&p.cfg, nchunks, s1 - s0, <double>nrows_c * p.In * p.G)):
             progress = 0
             with parallel(num_threads=2):
                 forward_pipelined(p, s0, s1, &progress, scratch)
@@ -261,8 +263,8 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
                            bint has_bias, dy, dh_T, dx_into, bint merge, long scratch,
                            long acc, int wsplit, int usplit):
     """Fills q for a backward pass from the arguments of the cell's backward; the cell has
-    set q.ZW and its options first, and sets its own saved arrays after. hin: the saved
-    input of U (the weight gradient's rows). merge: dh_{t-1} is formed in a buffer of its
+    read q.cfg and set q.ZW and its options first, and sets its own saved arrays after.
+    hin: the saved input of U (the weight gradient's rows). merge: dh_{t-1} is formed in a buffer of its
     own and merged into dh (mask, recurrent dropout). scratch, acc: WORK and accumulator
     elements per thread of the time loop; wsplit, usplit as in Fwd.
 
@@ -305,7 +307,7 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
         q.dhp = &dhp[0, 0]
     # Threads fixed once: the scratch below is indexed by them, and another Python thread
     # may call set_num_threads while this one has released the GIL (packing).
-    q.nchunks = row_chunks(T, B, H, G)
+    q.nchunks = row_chunks(&q.cfg, T, B, H, G)
     q.scratch, q.acc = scratch, acc
     scratch_arr = workspace("scratch", max(1, q.nchunks * scratch), dtype)
     acc_arr = part_arr = None
@@ -322,7 +324,7 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
     # The many-row products on our packed GEMM (its db summed from dZ's packed blocks,
     # no pass of its own), unless BLAS has AVX-512 kernels (a little faster there) or
     # policy 'blas' is forced; BLAS's db is ones^T dZ.
-    q.own = own_products()
+    q.own = own_products(&q.cfg)
     db_arr = np.empty(q.ZW, dtype) if has_bias else None
     ones_arr = np.ones(TB, dtype) if has_bias and not q.own else None
     cdef floating[::1] vdb = db_arr, vones = ones_arr
@@ -333,13 +335,13 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
     cdef floating[::1] wt1 = None, wt2 = None, ut1 = None, ut2 = None
     cdef floating[:, ::1] UT
     if q.own:
-        wt1, wt2 = packed_blocks(Wv, wsplit, True, "w", False, dtype)
+        wt1, wt2 = packed_blocks(Wv, wsplit, True, "w", False, dtype, q.cfg.threads)
     q.WTp, q.WTp2 = data(wt1), data(wt2)
     q.UT = NULL
     ut_arr = None
-    cdef int umode = backward_u(T, B, B // q.nchunks, H, G, sizeof(floating))
+    cdef int umode = backward_u(&q.cfg, T, B, B // q.nchunks, H, G, sizeof(floating))
     if umode == U_PACKED:
-        ut1, ut2 = packed_blocks(Uv, usplit, True, "u", False, dtype)
+        ut1, ut2 = packed_blocks(Uv, usplit, True, "u", False, dtype, q.cfg.threads)
     elif umode == U_TRANSPOSED:
         ut_arr = np.ascontiguousarray(np.asarray(recurrent_kernel).T)
         UT = ut_arr
@@ -375,7 +377,7 @@ cdef object accumulated(list bufs):
 
 cdef inline void dense_param_grads(const Bwd *q, floating *Z) noexcept nogil:
     """param_grads of a cell whose Z [T*B,G] is exactly what W and U fed (LSTM, SimpleRNN)."""
-    weight_and_input_grads(q.T * q.B, q.B, q.In, q.H, q.G, <const floating *>q.X,
+    weight_and_input_grads(&q.cfg, q.T * q.B, q.B, q.In, q.H, q.G, <const floating *>q.X,
                            <const floating *>q.HIN, Z, <const floating *>q.W,
                            <const floating *>q.WTp, <const floating *>q.ones,
                            <floating *>q.dW, <floating *>q.dU, <floating *>q.db,

@@ -176,22 +176,6 @@ FL_GATE_KERNELS(FL_EXPORT_D, double)
 #undef FL_EXPORT_F
 #undef FL_EXPORT_D
 
-int fl_matmul_policy = 0;
-int fl_max_threads = 1;
-/* Below this much work the kernels stay on one thread: each parallel region costs a wake-up
- * of the other threads (microseconds while they still spin, milliseconds on virtual machines
- * whose idle vCPUs the host has descheduled). With warm threads, 2 of them already take an
- * LSTM of 13M multiply-adds (T=100, B=8, H=64) to 0.6x its one-thread time. */
-double fl_parallel_min_macs = 16777216.0;   /* 2^24 */
-/* A forward pass of a few rows (one thread's time loop) projects its input beside the loop,
- * on a second thread, fl_pipe_steps steps at a time, from fl_pipe_min_macs of projection
- * work (products.pxd: pipelined). */
-long fl_pipe_steps = 16;
-double fl_pipe_min_macs = 1048576.0;        /* 2^20 */
-/* An input projection of fewer rows reads W in place on our kernel: packing W first costs
- * more than it saves there (one LSTM step at H = 128: 23.6 -> 16.7 us a call). */
-long fl_direct_rows = 32;
-
 /* Panels of the per-step product over packed weights (fl_matmul_packed_acc). */
 #define FL_EXPORTS_PACKED(REAL, S)                                                          \
 void fl_pack_panels##S(int K, int N, const REAL *W, int ldw, REAL *Wp) {                    \

@@ -39,18 +39,6 @@ FL_GATE_KERNELS(FL_DECLARE_D, double)
 #undef FL_DECLARE_F
 #undef FL_DECLARE_D
 
-/* Which per-step product the cells use: 0 auto, 1 BLAS, 2 own kernel (one per module). */
-extern int fl_matmul_policy;
-/* Threads of the kernels' own parallel loops, and the smallest work (multiply-adds) worth
- * splitting over them (one copy per extension module; fastlstm.threads sets them all). */
-extern int fl_max_threads;
-extern double fl_parallel_min_macs;
-/* Blocks of steps, and the least projection work, of a pipelined few-row forward pass. */
-extern long fl_pipe_steps;
-extern double fl_pipe_min_macs;
-/* Input projections of fewer rows read W in place instead of packing it. */
-extern long fl_direct_rows;
-
 /* W[K,N] (row stride ldw) -> Wp[K*N]: column panels of FL_PANEL_BYTES (the last one
  * narrower), each K x (panel width) row-major, which fl_matmul_packed_acc reads. For
  * products that reuse one W over many row blocks (the time loops, the projections). */

@@ -1,64 +1,27 @@
-# The settings of one sequence-kernel extension (_lstm, _gru, _simple_rnn), included into
-# each: every extension compiles its own copy of products.pxd's and gates.c's globals, so
-# fastlstm.threads and fastlstm._gates.force_isa_level set each module in turn. The module
-# cimports what this uses: from products fl_matmul_policy, fl_max_threads,
-# fl_parallel_min_macs, set_direct_rows_param, set_kernel_threads, set_pipeline_params,
-# set_policy; from gates fl_force_isa_level, fl_isa_level, merge_rows; from blas floating;
-# and it has numpy as np, row_strides and workspace at module level.
+# What one sequence-kernel extension (_lstm, _gru, _simple_rnn) shares with the others,
+# included into each. Threads and the product policy are not kept here: every call takes
+# them (a `settings` argument, fastlstm.threads.KernelSettings, copied into the problem's
+# Settings); the setters below are fastlstm.threads's own, re-exported for the tests and
+# benchmarks that set them through a kernel module. The ISA dispatch is still each
+# extension's own copy (each compiles gates.c): fastlstm._gates.force_isa_level sets all.
+# The module cimports what this uses: from products Settings, load_settings; from gates
+# fl_force_isa_level, fl_isa_level, merge_rows; from blas floating; and it has numpy as np,
+# row_strides and workspace at module level.
+from fastlstm.threads import (get_parallel_min_macs, kernel_settings, set_direct_rows,
+                              set_inference_chunk_bytes, set_pipeline, set_projection_blas,
+                              set_recurrent_matmul)
+from fastlstm.threads import _set_kernel_threads as set_threads, get_num_threads as get_threads
 
 
-def set_threads(int n, double parallel_min_macs=-1):
-    """Threads for this module's parallel loops (fastlstm.set_num_threads sets it), and
-    optionally the smallest product worth splitting (tests set 0).
-
-    The callers run these kernels with BLAS limited to one thread (fastlstm.threads): the
-    parallelism is ours, over independent slices, so one thread pool owns the cores —
-    BLAS's spinning workers and OpenMP's would otherwise fight over them."""
-    set_kernel_threads(n, parallel_min_macs)
+cdef inline int read_settings(Settings *s, object settings) except -1:
+    """s := the call's settings (fastlstm.threads's when None)."""
+    return load_settings(s, kernel_settings() if settings is None else settings)
 
 
-def get_threads():
-    return fl_max_threads
-
-
-def get_parallel_min_macs():
-    """The smallest product (multiply-adds) the kernels split over threads."""
-    return fl_parallel_min_macs
-
-
-def set_recurrent_matmul(str which):
-    """'auto' (default), 'blas' or 'own': the per-step products, for tests and benchmarks."""
-    set_policy(which)
-
-
-def set_direct_rows(long rows):
-    """Input projections of fewer rows read W in place instead of packing it (tests set 0
-    and a large number to run either path)."""
-    set_direct_rows_param(rows)
-
-
-def set_pipeline(long steps, double min_macs=1 << 20):
-    """Steps a block of the projection beside a few-row forward loop, and the least
-    projection work (multiply-adds) for it; tests set them small, min_macs < 0 turns it off."""
-    set_pipeline_params(steps, min_macs)
-
-
-cdef bint projections_on_blas = False  # set when the BLAS has AVX-512 kernels (fastlstm.threads)
-
-
-def set_projection_blas(bint on):
-    """Run the gradients' many-row products (input and weight gradients) on BLAS: a little
-    faster when the BLAS has AVX-512 kernels. The input projection stays on our packed GEMM,
-    faster there than BLAS (it writes the bias with the product and reads the weights
-    packed once per call; bench/RESULTS.md, "Products")."""
-    global projections_on_blas
-    projections_on_blas = on
-
-
-cdef inline bint own_products() noexcept nogil:
+cdef inline bint own_products(const Settings *s) noexcept nogil:
     """The gradients' many-row products (input and weight gradients) on our packed GEMM,
     unless BLAS has AVX-512 kernels (a little faster there) or policy 'blas' is forced."""
-    return fl_matmul_policy != 1 and not projections_on_blas
+    return s.policy != 1 and not s.projections_on_blas
 
 
 def force_isa_level_here(int level):
@@ -72,27 +35,15 @@ def isa_level_here():
     return fl_isa_level()
 
 
-# Inference projects the input INFER_Z_BYTES of Z at a time (each thread's share then stays
-# in its L2 for the time loop: 2 MiB measured 1-4% faster than 8 MiB, LSTM), but at least
-# INFER_MIN_ROWS rows, so that each packed block of W still serves a few hundred rows: its
-# memory does not grow with the sequence.
-cdef long INFER_Z_BYTES = 2 << 20
-cdef long INFER_MIN_ROWS = 512
-
-
-def set_inference_chunk_bytes(long nbytes, long min_rows=512):
-    """How much of the input projection inference computes at a time, and its least number
-    of rows (tests set both small)."""
-    global INFER_Z_BYTES, INFER_MIN_ROWS
-    INFER_Z_BYTES = max(1, nbytes)
-    INFER_MIN_ROWS = max(1, min_rows)
-
-
-cdef inline long inference_chunk(long T, int B, long row_bytes) noexcept:
+# Inference projects the input s.infer_z_bytes of Z at a time (each thread's share then
+# stays in its L2 for the time loop), but at least s.infer_min_rows rows, so that each
+# packed block of W still serves a few hundred rows: its memory does not grow with the
+# sequence (bench/RESULTS.md, "Kernel thresholds").
+cdef inline long inference_chunk(const Settings *s, long T, int B, long row_bytes) noexcept:
     """Steps of the input projection an inference call computes at a time (row_bytes: the
     bytes of Z of one batch row and step)."""
-    return min(T, max(INFER_Z_BYTES // max(1, <long>B * row_bytes),
-                      (INFER_MIN_ROWS + B - 1) // max(1, B), 1))
+    return min(T, max(s.infer_z_bytes // max(1, <long>B * row_bytes),
+                      (s.infer_min_rows + B - 1) // max(1, B), 1))
 
 
 cdef inline bint x_staged(long T, int B, int I, long sxt, long sxb, bint training,
@@ -109,7 +60,7 @@ cdef inline bint x_staged(long T, int B, int I, long sxt, long sxb, bint trainin
     return True
 
 
-cdef tuple projection_inputs(const floating[:, :, :] x,
+cdef tuple projection_inputs(const Settings *s, const floating[:, :, :] x,
                              const floating[:, ::1] input_dropout_mask, bint training,
                              str slot, long width, const floating **px, long *sxt, long *sxb,
                              floating **pstage):
@@ -143,7 +94,7 @@ cdef tuple projection_inputs(const floating[:, :, :] x,
             for r in range(T):
                 merge_rows(B, I, NULL, &input_dropout_mask[0, 0], &x[r, 0, 0], &xd[r, 0, 0])
         px[0] = &xd[0, 0, 0]
-    cdef long chunk = T if training else inference_chunk(T, B, width * sizeof(floating))
+    cdef long chunk = T if training else inference_chunk(s, T, B, width * sizeof(floating))
     if training:
         z_arr = np.empty((T, B, width), dtype)
     else:

@@ -11,64 +11,59 @@ from blas cimport floating, gemm, gemv
 from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemm2_set, gemv_t_acc,
                    matmul_acc, matmul_packed_acc, matmul_rows_acc, merge_rows, mul)
 
-cdef extern from "gates.h" nogil:
-    int fl_matmul_policy          # 0 auto, 1 always BLAS, 2 always own kernel (tests)
-    int fl_max_threads            # threads of the kernels' own parallel loops
-    double fl_parallel_min_macs   # smallest product split over threads
-    long fl_pipe_steps            # steps a block of a pipelined projection
-    double fl_pipe_min_macs       # least projection work worth pipelining
-    long fl_direct_rows           # projections of fewer rows read W in place
+# What a kernel call takes besides its arrays: threads and product policy, passed per call
+# (fastlstm.threads holds the user's settings; fastlstm/backends/cpu_ops.py passes them down,
+# load_settings copies them here).
+cdef struct Settings:
+    int threads                  # threads of the kernels' own parallel loops
+    int policy                   # per-step products: 0 auto, 1 always BLAS, 2 always ours
+    double parallel_min_macs     # smallest product (multiply-adds) split over threads
+    long pipe_steps              # steps a block of a pipelined projection
+    double pipe_min_macs         # least projection work worth pipelining
+    long direct_rows             # projections of fewer rows read W in place
+    bint projections_on_blas     # the gradients' many-row products on BLAS (AVX-512 BLAS)
+    long cols_min_bytes          # U from which one-row LSTM inference splits the units
+    long infer_z_bytes           # inference projects this much of Z at a time ...
+    long infer_min_rows          # ... but at least this many rows
 
 cdef enum:
     OWN_MAX_BYTES = 8 << 20
 
 
-cdef inline int set_policy(str which) except -1:
-    global fl_matmul_policy
-    try:
-        fl_matmul_policy = {"auto": 0, "blas": 1, "own": 2}[which]
-    except KeyError:
-        raise ValueError(f"which: expected 'auto', 'blas' or 'own', got {which!r}") from None
+cdef inline int load_settings(Settings *s, object cfg) except -1:
+    """s := the settings object cfg (fastlstm.threads.KernelSettings)."""
+    s.threads = max(1, <int>cfg.threads)
+    s.policy = cfg.policy
+    s.parallel_min_macs = cfg.parallel_min_macs
+    s.pipe_steps = max(1, <long>cfg.pipe_steps)
+    s.pipe_min_macs = cfg.pipe_min_macs
+    s.direct_rows = cfg.direct_rows
+    s.projections_on_blas = cfg.projections_on_blas
+    s.cols_min_bytes = cfg.cols_min_bytes
+    s.infer_z_bytes = max(1, <long>cfg.infer_z_bytes)
+    s.infer_min_rows = max(1, <long>cfg.infer_min_rows)
     return 0
 
 
-cdef inline void set_kernel_threads(int n, double min_macs) noexcept:
-    global fl_max_threads, fl_parallel_min_macs
-    fl_max_threads = max(1, n)
-    if min_macs >= 0:
-        fl_parallel_min_macs = min_macs
-
-
-cdef inline void set_pipeline_params(long steps, double min_macs) noexcept:
-    global fl_pipe_steps, fl_pipe_min_macs
-    fl_pipe_steps = max(1, steps)
-    fl_pipe_min_macs = min_macs if min_macs >= 0 else 1e300
-
-
-cdef inline void set_direct_rows_param(long rows) noexcept:
-    global fl_direct_rows
-    fl_direct_rows = max(0, rows)
-
-
-cdef inline bint pack_projection(long rows, long weight_bytes) noexcept nogil:
+cdef inline bint pack_projection(const Settings *s, long rows, long weight_bytes) noexcept nogil:
     """Whether an input projection of `rows` rows packs W for the packed GEMM first; with
-    fewer than fl_direct_rows rows it reads W in place (project_rows), unless W is too large
-    for our in-place kernel (BLAS was 1.07-1.31x slower than packing there)."""
-    return fl_matmul_policy != 1 and (rows >= fl_direct_rows or not use_own(weight_bytes))
+    fewer than s.direct_rows rows it reads W in place (project_rows), unless W is too large
+    for our in-place kernel (BLAS was slower than packing there)."""
+    return s.policy != 1 and (rows >= s.direct_rows or not use_own(s, weight_bytes))
 
 
-cdef inline bint direct_projection(long rows, long weight_bytes) noexcept nogil:
+cdef inline bint direct_projection(const Settings *s, long rows, long weight_bytes) noexcept nogil:
     """Whether rows of an input projection whose W is not packed run on our kernel reading W
     in place (a few rows, W within our kernel's size) rather than on BLAS."""
-    return rows < fl_direct_rows and use_own(weight_bytes)
+    return rows < s.direct_rows and use_own(s, weight_bytes)
 
 
-cdef inline bint pipelined(int nchunks, long nsteps, double macs) noexcept nogil:
+cdef inline bint pipelined(const Settings *s, int nchunks, long nsteps, double macs) noexcept nogil:
     """Whether a forward pass projects its input (macs multiply-adds) beside its time loop
-    of nsteps, on a second thread, fl_pipe_steps steps at a time: only when one thread runs
+    of nsteps, on a second thread, s.pipe_steps steps at a time: only when one thread runs
     the loop (a few rows), so that the other one is free."""
-    return (nchunks == 1 and fl_max_threads > 1 and nsteps > fl_pipe_steps
-            and macs >= fl_pipe_min_macs)
+    return (nchunks == 1 and s.threads > 1 and nsteps > s.pipe_steps
+            and macs >= s.pipe_min_macs)
 
 
 cdef inline void pipe_rows(long a, long e, long nsteps, int B, bint go_backwards, long *r0,
@@ -93,33 +88,34 @@ cdef inline const floating *chunk_rows(long t_lo, long nt, int B, int I, const f
     return stage
 
 
-cdef inline int row_chunks(int T, int B, int H, int G) noexcept nogil:
+cdef inline int row_chunks(const Settings *s, long T, int B, int H, int G) noexcept nogil:
     """Threads for a time loop. Batch rows never interact inside a recurrence, so each
     thread runs the whole sequence for its rows: no barrier per step (>= 4 rows each, the
     row blocking of the product kernel)."""
-    if <double>T * B * H * G < fl_parallel_min_macs:
+    if <double>T * B * H * G < s.parallel_min_macs:
         return 1
-    return max(1, min(B // 4, fl_max_threads))
+    return max(1, min(B // 4, s.threads))
 
 
-cdef inline int split(long n, long grain, double macs) noexcept nogil:
+cdef inline int split(const Settings *s, long n, long grain, double macs) noexcept nogil:
     """Threads for a product of `macs` multiply-adds split along an n-wide dimension into
     slices of at least `grain`."""
-    if macs < fl_parallel_min_macs:
+    if macs < s.parallel_min_macs:
         return 1
-    return <int>max(1, min(n // grain, <long>fl_max_threads))
+    return <int>max(1, min(n // grain, <long>s.threads))
 
 
-cdef inline bint use_own(long weight_bytes) noexcept nogil:
-    return fl_matmul_policy == 2 or (fl_matmul_policy == 0 and weight_bytes <= OWN_MAX_BYTES)
+cdef inline bint use_own(const Settings *s, long weight_bytes) noexcept nogil:
+    return s.policy == 2 or (s.policy == 0 and weight_bytes <= OWN_MAX_BYTES)
 
 
-cdef inline void product(int B, int K, int N, const floating *a, int lda, const floating *W,
+cdef inline void product(const Settings *s, int B, int K, int N, const floating *a,
+                         int lda, const floating *W,
                          int ldw, floating beta, floating *z, int ldz) noexcept nogil:
     """z[B,N] (row stride ldz) = a[B,K] (row stride lda) W[K,N] (row stride ldw) + beta z;
     beta is 0 or 1. Our kernel while W fits in cache, else BLAS (GEMV for one row)."""
     cdef int r
-    if use_own(<long>K * N * sizeof(floating)):
+    if use_own(s, <long>K * N * sizeof(floating)):
         if beta == 0:
             for r in range(B):
                 memset(z + <long>r * ldz, 0, N * sizeof(floating))
@@ -130,17 +126,19 @@ cdef inline void product(int B, int K, int N, const floating *a, int lda, const 
         gemm(False, False, B, N, K, <floating>1, a, lda, W, ldw, beta, z, ldz)
 
 
-cdef inline void recurrent_product(int B, int H, int N, const floating *h, const floating *U,
+cdef inline void recurrent_product(const Settings *s, int B, int H, int N,
+                                   const floating *h, const floating *U,
                                    int ldu, floating beta, floating *z, int ldz) noexcept nogil:
     """z[B,N] (row stride ldz) = h[B,H] U[H,N] (row stride ldu) + beta z; beta is 0 or 1."""
-    product(B, H, N, h, H, U, ldu, beta, z, ldz)
+    product(s, B, H, N, h, H, U, ldu, beta, z, ldz)
 
 
-cdef inline bint use_packed(int rows, int K) noexcept nogil:
+cdef inline bint use_packed(const Settings *s, int rows, int K) noexcept nogil:
     """The per-step product on the packed GEMM, its kernel packed once per call (it is reused
-    at every step): faster than reading the kernel in place from about 2048 rows x depth up
-    (measured from 16 x 128), below that packing does not pay off. Not with policy 'blas'."""
-    return fl_matmul_policy != 1 and <long>rows * K >= 2048
+    at every step): faster than reading the kernel in place from about 2048 rows x depth up,
+    below that packing does not pay off (bench/RESULTS.md, "Kernel thresholds"). Not with
+    policy 'blas'."""
+    return s.policy != 1 and <long>rows * K >= 2048
 
 
 # How a time loop reads the recurrent kernel (forward_u, backward_u).
@@ -151,27 +149,29 @@ cdef enum:
     U_PACKED = 2        # packed by pack_b for the packed GEMM (U^T in backward)
 
 
-cdef inline int forward_u(long TB, int rows, int H, int G, int itemsize) noexcept nogil:
+cdef inline int forward_u(const Settings *s, long TB, int rows, int H, int G,
+                          int itemsize) noexcept nogil:
     """How a forward time loop with `rows` batch rows a thread reads U [H,G]: packed for the
     packed GEMM from use_packed's size on; else, over a sequence of at least 32 rows that
-    amortises the copy, in L1-sized panels while it fits our kernel (H = 128, one row: 1.76
-    -> 1.27 us per step against reading it in place); else in place."""
-    if use_packed(rows, H):
+    amortises the copy, in L1-sized panels while it fits our kernel (faster than reading it
+    in place: bench/RESULTS.md, "Kernel thresholds"); else in place."""
+    if use_packed(s, rows, H):
         return U_PACKED
-    if TB >= 32 and use_own(<long>H * G * itemsize):
+    if TB >= 32 and use_own(s, <long>H * G * itemsize):
         return U_PANELS
     return U_IN_PLACE
 
 
-cdef inline int backward_u(int T, int B, int rows, int H, int G, int itemsize) noexcept nogil:
+cdef inline int backward_u(const Settings *s, int T, int B, int rows, int H, int G,
+                           int itemsize) noexcept nogil:
     """How a backward time loop with `rows` batch rows a thread reads U^T for dh = dz U^T:
     packed for the packed GEMM from use_packed's size on, or at one row over 32 steps or
     more (where it beats both in-place one-row products); else, from two rows and while U
     fits our kernel, as a transposed copy; else in place (one row: a dot product per row
     of U)."""
-    if use_packed(rows, G) or (B == 1 and T >= 32 and fl_matmul_policy != 1):
+    if use_packed(s, rows, G) or (B == 1 and T >= 32 and s.policy != 1):
         return U_PACKED
-    if B > 1 and use_own(<long>H * G * itemsize):
+    if B > 1 and use_own(s, <long>H * G * itemsize):
         return U_TRANSPOSED
     return U_IN_PLACE
 
@@ -196,13 +196,13 @@ cdef inline void recurrent_grad_packed(int B, int H, int N, const floating *dz, 
         gemm_packed_acc(B, H, N, dz, ldz, UTp, dh, H)
 
 
-cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz,
+cdef inline void recurrent_grad(const Settings *s, int B, int H, int N, const floating *dz, int ldz,
                                 const floating *U, int ldu, const floating *UT,
                                 floating beta, floating *dh) noexcept nogil:
     """dh[B,H] = dz[B,N] (row stride ldz) U[H,N]^T (row stride ldu) + beta dh; beta is 0 or
     1. UT [N,H] row-major is the same block of U transposed (own kernel), or NULL (BLAS).
     One row needs no UT: a dot product per row of U, while U fits in cache."""
-    if B == 1 and use_own(<long>H * N * sizeof(floating)):
+    if B == 1 and use_own(s, <long>H * N * sizeof(floating)):
         if beta == 0:
             memset(dh, 0, H * sizeof(floating))
         gemv_t_acc(H, N, U, ldu, dz, dh)
@@ -216,7 +216,8 @@ cdef inline void recurrent_grad(int B, int H, int N, const floating *dz, int ldz
         gemm(False, True, B, H, N, <floating>1, dz, ldz, U, ldu, beta, dh, H)
 
 
-cdef inline void step_product(int nb, int H, int N, const floating *h, const floating *U,
+cdef inline void step_product(const Settings *s, int nb, int H, int N, const floating *h,
+                              const floating *U,
                               int ldu, const floating *Up, const floating *Upan, floating *z,
                               int ldz) noexcept nogil:
     """A time loop's z[nb,N] (row stride ldz) += h[nb,H] U (U [H,N], row stride ldu): with U
@@ -227,10 +228,10 @@ cdef inline void step_product(int nb, int H, int N, const floating *h, const flo
     elif Upan != NULL:
         matmul_packed_acc(nb, N, H, h, H, Upan, z, ldz)
     else:
-        recurrent_product(nb, H, N, h, U, ldu, <floating>1, z, ldz)
+        recurrent_product(s, nb, H, N, h, U, ldu, <floating>1, z, ldz)
 
 
-cdef inline void step_grad(int nb, int H, int N, const floating *dz, int ldz,
+cdef inline void step_grad(const Settings *s, int nb, int H, int N, const floating *dz, int ldz,
                            const floating *U, int ldu, const floating *UT,
                            const floating *UTp, floating beta, floating *dh) noexcept nogil:
     """A backward time loop's dh[nb,H] = dz[nb,N] U^T + beta dh: with U^T packed by pack_b
@@ -238,7 +239,7 @@ cdef inline void step_grad(int nb, int H, int N, const floating *dz, int ldz,
     if UTp != NULL:
         recurrent_grad_packed(nb, H, N, dz, ldz, UTp, beta, dh)
     else:
-        recurrent_grad(nb, H, N, dz, ldz, U, ldu, UT, beta, dh)
+        recurrent_grad(s, nb, H, N, dz, ldz, U, ldu, UT, beta, dh)
 
 
 cdef inline const floating *recurrent_input(bint training, const floating *h,
@@ -306,14 +307,14 @@ cdef inline void par_gemm(bint trans_a, bint trans_b, int M, int N, int K, float
 
 
 # ------------------------------------------------------------- the many-row products
-cdef inline void projection_in_place(long nr, int N, int K, const floating *X,
+cdef inline void projection_in_place(const Settings *s, long nr, int N, int K, const floating *X,
                                      const floating *W, int ldw, long weight_bytes,
                                      floating beta, floating *Z, int ldz) noexcept nogil:
     """Z[nr,N] = X[nr,K] W[K,N] + beta Z (beta 0 or 1; X's rows contiguous, ldz Z's row
     stride) with W as it is, not packed: on our kernel computing every row the same way (a
     few rows, weight_bytes, the whole W's, within its size: direct_projection) or on BLAS."""
     cdef long r
-    if direct_projection(nr, weight_bytes):
+    if direct_projection(s, nr, weight_bytes):
         if beta == 0:
             for r in range(nr):
                 memset(Z + r * ldz, 0, N * sizeof(floating))
@@ -322,7 +323,7 @@ cdef inline void projection_in_place(long nr, int N, int K, const floating *X,
         gemm(False, False, <int>nr, N, K, <floating>1, X, K, W, ldw, beta, Z, ldz)
 
 
-cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
+cdef inline void project_rows(const Settings *s, long r0, long nr, int I, int G, const floating *X,
                               const floating *W, const floating *Wp, const floating *b,
                               floating *Z) noexcept nogil:
     """Z[r0:r0+nr] = X[r0:r0+nr] W + b: rows of the input projection, on our GEMM with W
@@ -335,21 +336,22 @@ cdef inline void project_rows(long r0, long nr, int I, int G, const floating *X,
     if b != NULL:
         for r in range(r0, r0 + nr):
             memcpy(Z + r * G, b, G * sizeof(floating))
-    projection_in_place(nr, G, I, X + r0 * I, W, G, <long>I * G * sizeof(floating),
+    projection_in_place(s, nr, G, I, X + r0 * I, W, G, <long>I * G * sizeof(floating),
                         <floating>(1 if b != NULL else 0), Z + r0 * G, G)
 
 
-cdef inline void project_chunk(long nr, int I, int G, const floating *X, const floating *W,
+cdef inline void project_chunk(const Settings *s, long nr, int I, int G, const floating *X,
+                               const floating *W,
                                const floating *Wp, const floating *b,
                                floating *Z) noexcept nogil:
     """Z[0:nr] = X[0:nr] W + b (project_rows), the rows split over the threads when the work
     is worth it (split)."""
-    cdef int n = split(nr, 64, <double>nr * I * G), ci
+    cdef int n = split(s, nr, 64, <double>nr * I * G), ci
     if n == 1:
-        project_rows(0, nr, I, G, X, W, Wp, b, Z)
+        project_rows(s, 0, nr, I, G, X, W, Wp, b, Z)
         return
     for ci in prange(n, num_threads=n, schedule="static"):
-        project_rows(ci * nr // n, (ci + 1) * nr // n - ci * nr // n, I, G, X, W, Wp, b, Z)
+        project_rows(s, ci * nr // n, (ci + 1) * nr // n - ci * nr // n, I, G, X, W, Wp, b, Z)
 
 cdef inline void input_grad_rows(long r0, long nr, int I, int G, const floating *dZ,
                                  const floating *W, const floating *WTp,
@@ -382,7 +384,8 @@ cdef inline void weight_grad_cols(long g0, long ng, int I, int H, int G, long TB
         gemv(True, <int>TB, <int>ng, <floating>1, dZ + g0, G, ones, <floating>0, db + g0)
 
 
-cdef inline void weight_and_input_grads(long TB, int B, int I, int H, int G, const floating *X,
+cdef inline void weight_and_input_grads(const Settings *s, long TB, int B, int I, int H,
+                                        int G, const floating *X,
                                         const floating *Hin, const floating *dZ,
                                         const floating *W, const floating *WTp,
                                         const floating *ones, floating *dW, floating *dU,
@@ -392,8 +395,8 @@ cdef inline void weight_and_input_grads(long TB, int B, int I, int H, int G, con
     and db (NULL without bias) split into column slices over the threads (no reduction
     across threads), then dX = dZ W^T split into row slices (WTp: W^T packed for our GEMM,
     or NULL for BLAS), times the input dropout mask idrop [B,I] (or NULL)."""
-    cdef int ncols = split(G, 64, <double>TB * (I + H) * G)
-    cdef int nrows = split(TB, 64, <double>TB * I * G)
+    cdef int ncols = split(s, G, 64, <double>TB * (I + H) * G)
+    cdef int nrows = split(s, TB, 64, <double>TB * I * G)
     cdef long ci, t
     if ncols == 1:
         weight_grad_cols(0, G, I, H, G, TB, X, Hin, dZ, ones, dW, dU, db, own)

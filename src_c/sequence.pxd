@@ -8,9 +8,11 @@
 # WORK: the kernels' own. T, element offsets and row strides are 64-bit; B, I, H, G stay
 # `int` (the products take them so) and the driver checks them.
 from gates cimport fl_act, fl_barrier
+from products cimport Settings
 
 
 cdef struct Fwd:
+    Settings cfg                 # IN: threads, product policy and thresholds of this call
     # IN: sizes. G is the width of U [H,G]; ZW the width of a row of Z (G, but 4H for the GRU
     # with reset_after, whose Z keeps the recurrent h block apart).
     long T
@@ -74,6 +76,7 @@ cdef struct Fwd:
 
 
 cdef struct Bwd:
+    Settings cfg
     # IN: sizes and options, as in Fwd.
     long T
     int B, In, H, G, ZW

@@ -75,3 +75,26 @@ def test_every_listed_gate_kernel_has_one_body_per_isa_and_is_not_declared_by_ha
     for name in names:
         assert len(re.findall(rf"static void FN\({name}\)\(", bodies)) == 1, name
         assert not re.search(rf"\b{name}(_f|_d|##S)\b", handwritten), name
+
+
+@pytest.mark.parametrize("n", [0, -1, 1025, 100_000, 2**31, 2**64, True, 2.0, "2", None])
+def test_set_num_threads_rejects_what_is_not_a_sane_thread_count(n):
+    before = fl.get_num_threads()
+    for setter in (fl.set_num_threads, fl.set_loop_threads):
+        with pytest.raises(ValueError, match="number of threads from 1 to"):
+            setter(n)
+    assert fl.get_num_threads() == before
+
+
+def test_thread_count_travels_with_each_call():
+    """The kernels keep no thread state: the count set is the one every call passes down."""
+    from fastlstm import _gru, _lstm, _simple_rnn, _step
+    from fastlstm.threads import kernel_settings
+    before = fl.get_num_threads()
+    try:
+        fl.set_loop_threads(1)
+        assert kernel_settings().threads == 1
+        assert [m.get_threads() for m in (_lstm, _gru, _simple_rnn)] == [1, 1, 1]
+        assert not hasattr(_step, "get_threads") or _step.get_threads() == 1
+    finally:
+        fl.set_loop_threads(before)

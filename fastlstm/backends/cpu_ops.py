@@ -5,7 +5,7 @@ import numpy as np
 
 from .base import Cache, Grads
 from .numpy_ops import NumpyOps
-from ..threads import single_threaded_blas
+from ..threads import kernel_settings, single_threaded_blas
 
 try:
     from .. import _gru, _lstm, _simple_rnn
@@ -47,7 +47,8 @@ def _dx_into(saved, x, copied, input_dropout_mask):
 class CpuOps(NumpyOps):
     name = "cpu"
     # x and dy [T,B,·] may come with any row strides (a layer's batch-major arrays,
-    # transposed): dy is read where it lies, x copied here once.
+    # transposed): dy is read where it lies, x copied here once. Every kernel call takes
+    # fastlstm.threads's settings (threads, product policy) as its last argument.
     reads_rows_apart = True
 
     @staticmethod
@@ -73,7 +74,7 @@ class CpuOps(NumpyOps):
             y, h, c, saved = _lstm.forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole, _u8(mask),
                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-                coupled, go_backwards, return_sequences, training)
+                coupled, go_backwards, return_sequences, training, kernel_settings())
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -97,7 +98,7 @@ class CpuOps(NumpyOps):
                 d["peephole"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
                 d["coupled"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, dc,
-                d["dx_into"])
+                d["dx_into"], kernel_settings())
         return Grads(inputs=dx, h0=dh0, c0=dc0, kernel=dW, recurrent_kernel=dU, bias=db,
                      peephole=dP)
 
@@ -118,7 +119,8 @@ class CpuOps(NumpyOps):
             y, h, saved = _gru.forward(
                 x, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1), h0,
                 _u8(mask), input_dropout_mask, recurrent_dropout_mask, activation,
-                recurrent_activation, reset_after, go_backwards, return_sequences, training)
+                recurrent_activation, reset_after, go_backwards, return_sequences, training,
+                kernel_settings())
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -142,7 +144,7 @@ class CpuOps(NumpyOps):
                 d["recurrent_kernel"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
                 d["reset_after"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh,
-                d["dx_into"])
+                d["dx_into"], kernel_settings())
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
 
     # -- SimpleRNN ---------------------------------------------------------------------
@@ -161,7 +163,8 @@ class CpuOps(NumpyOps):
         with single_threaded_blas():
             y, h, saved = _simple_rnn.forward(
                 x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,
-                recurrent_dropout_mask, activation, go_backwards, return_sequences, training)
+                recurrent_dropout_mask, activation, go_backwards, return_sequences, training,
+                kernel_settings())
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -182,5 +185,6 @@ class CpuOps(NumpyOps):
             dx, dh0, dW, dU, db = _simple_rnn.backward(
                 d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], _u8(d["mask"]),
                 d["input_dropout_mask"], d["recurrent_dropout_mask"], d["activation"],
-                d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, d["dx_into"])
+                d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, d["dx_into"],
+                kernel_settings())
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
