@@ -125,7 +125,7 @@ cdef inline object pack_b(const floating[:, :] B, bint transposed=False, object 
     """B [K,N] (rows may be strided) packed into the panels gemm_packed_acc reads (a 1-D
     array: new, or alloc(n) when given); with transposed, B^T packed so, B given as [N,K].
     From 2^18 elements the panels are split over up to nthreads threads (the transposed
-    pack moves one element at a time: 0.43 ms for 512 x 2048 on one thread)."""
+    pack moves one element at a time: bench/RESULTS.md, "Kernel thresholds")."""
     import numpy as np
     cdef int K = B.shape[1] if transposed else B.shape[0]
     cdef int N = B.shape[0] if transposed else B.shape[1]

@@ -67,11 +67,9 @@ FL_INLINE void FN(gemv_rows)(int R, int N, const REAL *a, const REAL *W, int ldw
 }
 
 /* One row a pass: W is read as a single sequential stream, which one core pulls from its L2
- * at 188-219 GB/s against 139-141 for 8 rows at once (bench/row_product_bandwidth.c: the
- * LSTM step's two 128 x 512 products 2.4-2.8 us against 3.7-3.8), at one load and store of c
- * (in L1) per row. Short rows pay that per-row cost on too little W: from 1 KiB a row (the
- * LSTM step: H = 128 3.6-3.7 us against 4.7-4.9, H = 64 1.5 against 1.6; SimpleRNN H = 64,
- * rows of 256 bytes: 0.9 against 0.6). */
+ * faster than 8 rows at once, at one load and store of c (in L1) per row. Short rows pay that
+ * per-row cost on too little W: from 1 KiB a row (bench/RESULTS.md, "Kernel thresholds";
+ * bench/row_product_bandwidth.c). */
 #ifndef FL_GEMV_ONE_ROW_BYTES
 #define FL_GEMV_ONE_ROW_BYTES 1024
 #endif

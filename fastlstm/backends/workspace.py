@@ -1,6 +1,6 @@
 """Buffers the compiled kernels keep per thread between calls (packed weights, inference's
 chunk of Z, staged rows), for every cell: fresh ones cost a page fault per 4 KiB at every
-call (measurements in bench/RESULTS.md, "Kept buffers"). Only for buffers a call does not
+call (bench/RESULTS.md, "Kernel thresholds"). Only for buffers a call does not
 return."""
 import threading
 
