@@ -35,3 +35,52 @@ def test_license_is_the_bsd_3_clause_text_pyproject_names():
         assert 'license = "BSD-3-Clause"' in f.read()
     with open(os.path.join(ROOT, "MANIFEST.in"), encoding="utf-8") as f:
         assert "include LICENSE" in f.read().splitlines()
+
+
+# ------------------------------------------------------------------ files that are not models
+
+
+def _not_a_model(path, *what):
+    with pytest.raises(ValueError) as info:
+        fl.load_model(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a fastlstm model file"), message
+    assert "allow_pickle" not in message and "unsafe" not in message, message
+    for w in what:
+        assert w in message, message
+    return message
+
+
+def test_load_model_says_what_a_foreign_file_is_not(tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("hello, world\n")
+    _not_a_model(text, "not a zip/.npz archive", "b'hello, w'")
+
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).integers(1, 256, 4096, dtype=np.uint8).tobytes())
+    _not_a_model(noise, "not a zip/.npz archive")
+
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, weights=np.zeros(3))
+    _not_a_model(plain, "no fastlstm header", "'fastlstm.json'")
+
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _not_a_model(objects, "a single .npy array")
+
+    pickled = tmp_path / "model.npz"
+    with open(pickled, "wb") as f:
+        pickle.dump({"model": [1, 2, 3]}, f)
+    _not_a_model(pickled, "Python pickle", "never loads")
+
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    _not_a_model(empty, "an empty file")
+
+
+def test_an_object_array_inside_an_npz_is_refused_in_our_words(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, **{"fastlstm.json": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match="holds Python objects") as info:
+        fl.load_model(path)
+    assert "allow_pickle" not in str(info.value)
