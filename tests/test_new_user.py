@@ -84,3 +84,48 @@ def test_an_object_array_inside_an_npz_is_refused_in_our_words(tmp_path):
     with pytest.raises(ValueError, match="holds Python objects") as info:
         fl.load_model(path)
     assert "allow_pickle" not in str(info.value)
+
+
+# --------------------------------------------------------------------- trainable after compile
+
+
+def _model_and_data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 5, 3)).astype("float32")
+    y = rng.standard_normal((16, 1)).astype("float32")
+    model = fl.Sequential([fl.layers.LSTM(4, seed=0), fl.layers.Dense(1)])
+    return model, x, y
+
+
+@pytest.mark.parametrize("frozen_at_compile", [False, True], ids=["freeze", "unfreeze"])
+def test_changing_trainable_after_compile_asks_for_compile(frozen_at_compile):
+    model, x, y = _model_and_data()
+    model.build(x.shape)
+    lstm = model.layers[0]
+    lstm.trainable = not frozen_at_compile
+    model.compile("adam", "mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    lstm.trainable = frozen_at_compile
+    for train in (lambda: model.fit(x, y, epochs=1, verbose=0),
+                  lambda: model.train_on_batch(x, y)):
+        with pytest.raises(ValueError, match=r"call compile\(\) again after changing trainable") as info:
+            train()
+        assert "optimizer holds state" not in str(info.value)
+        assert lstm.name in str(info.value)
+    model.compile("adam", "mse")                       # as asked: then it trains
+    before = [w.copy() for w in lstm.get_weights()]
+    model.fit(x, y, epochs=1, verbose=0)
+    changed = any(not np.array_equal(a, b) for a, b in zip(before, lstm.get_weights()))
+    assert changed == lstm.trainable
+
+
+
+def test_changing_trainable_after_loading_a_trained_model_asks_for_compile(tmp_path):
+    model, x, y = _model_and_data()
+    model.compile("adam", "mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = fl.load_model(tmp_path / "m.npz")         # with the optimizer's state
+    loaded.layers[0].trainable = False
+    with pytest.raises(ValueError, match=r"call compile\(\) again after changing trainable"):
+        loaded.fit(x, y, epochs=1, verbose=0)
