@@ -66,6 +66,10 @@ def _shape_list(shape):
     return [None if d is None else int(d) for d in shape]
 
 
+#: names Keras writes its own formats under; a fastlstm file there would mislead
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def save_model(model, path):
     """Write ``model`` (a built ``Sequential``) to ``path`` as described in the module doc."""
     from . import __version__, losses, metrics, optimizers
@@ -75,6 +79,11 @@ def save_model(model, path):
         raise ValueError(f"save: {model.name} is not built yet; call build(input_shape) or call "
                          "the model on data first, so that it has weights to save")
     path = os.fspath(path)
+    suffix = os.path.splitext(os.fsdecode(path))[1].lower()
+    if suffix in _KERAS_SUFFIXES:
+        raise ValueError(f"path: fastlstm saves a model as a NumPy .npz archive, not in Keras's "
+                         f"{suffix} format, got {path!r}; use a name ending in .npz (to write "
+                         f"a Keras file, save fastlstm.convert.to_keras(model) with Keras)")
     arrays = {}
     layer_docs = []
     for i, layer in enumerate(model.layers):

@@ -129,3 +129,25 @@ def test_changing_trainable_after_loading_a_trained_model_asks_for_compile(tmp_p
     loaded.layers[0].trainable = False
     with pytest.raises(ValueError, match=r"call compile\(\) again after changing trainable"):
         loaded.fit(x, y, epochs=1, verbose=0)
+
+
+# ------------------------------------------------------------------------ Keras file names
+
+
+@pytest.mark.parametrize("name", ["m.keras", "m.h5", "m.weights.h5", "M.HDF5"])
+def test_save_under_a_keras_name_is_refused(tmp_path, name):
+    model, x, _ = _model_and_data()
+    model.build(x.shape)
+    with pytest.raises(ValueError, match=r"fastlstm saves a model as a NumPy \.npz") as info:
+        model.save(tmp_path / name)
+    assert name in str(info.value) and ".npz" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["m.npz", "m", "m.bin", "m.model"])
+def test_save_under_other_names_writes_that_file(tmp_path, name):
+    model, x, _ = _model_and_data()
+    y = model(x)
+    model.save(tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    np.testing.assert_array_equal(fl.load_model(tmp_path / name)(x), y)
