@@ -151,3 +151,31 @@ def test_save_under_other_names_writes_that_file(tmp_path, name):
     model.save(tmp_path / name)
     assert [p.name for p in tmp_path.iterdir()] == [name]
     np.testing.assert_array_equal(fl.load_model(tmp_path / name)(x), y)
+
+
+# ------------------------------------------------------------------------- lazy submodules
+
+
+def test_convert_and_datasets_are_lazy_attributes():
+    code = (
+        "import sys\n"
+        "import fastlstm as fl\n"
+        "assert 'fastlstm.convert' not in sys.modules, 'convert imported eagerly'\n"
+        "assert 'fastlstm.datasets' not in sys.modules, 'datasets imported eagerly'\n"
+        "assert {'convert', 'datasets'} <= set(dir(fl))\n"
+        "from fastlstm.convert import from_torch\n"
+        "assert fl.convert.from_torch is from_torch and callable(fl.convert.to_onnx)\n"
+        "assert issubclass(fl.convert.ConversionError, ValueError)\n"
+        "x, y = fl.datasets.adding_problem(4, 10, seed=0)\n"
+        "assert x.shape == (4, 10, 2) and fl.datasets.load_airline()[1].shape == (144,)\n"
+        "try:\n"
+        "    fl.no_such_thing\n"
+        "except AttributeError as exc:\n"
+        "    assert 'no_such_thing' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('fl.no_such_thing resolved')\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
