@@ -179,3 +179,57 @@ def test_convert_and_datasets_are_lazy_attributes():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+# -------------------------------------------------------------------------------- the demos
+
+
+def _short_adding(**kw):
+    lines = []
+    args = dict(timesteps=10, units=4, epochs=1, n_train=64, n_test=32, learning_rate=1e-4,
+                print_fn=lines.append)
+    args.update(kw)
+    result = demos.run_adding(**args)
+    return result, "\n".join(lines)
+
+
+def test_a_short_adding_run_says_it_was_too_short_not_that_the_lstm_fails():
+    result, text = _short_adding()
+    assert result["final"]["LSTM"] > 0.8 * result["baseline"]       # it did not get anywhere
+    verdict = [line for line in text.splitlines() if line.strip().startswith("LSTM:")][0]
+    assert "not trained long enough" in verdict and "2 training steps (1 epochs)" in verdict
+    assert "cannot carry" not in text and "did not learn" not in text
+
+
+def test_a_long_enough_adding_run_that_stays_at_the_baseline_says_so(monkeypatch):
+    monkeypatch.setattr(demos, "ADDING_STEPS_NEEDED", 2)
+    result, text = _short_adding()
+    assert result["final"]["LSTM"] > 0.8 * result["baseline"]
+    assert "did not learn: stays near the baseline" in text
+    assert "not trained long enough" not in text
+
+
+def test_plot_without_matplotlib_fails_before_the_demo_runs(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib fails
+    calls = []
+    monkeypatch.setattr(demos, "run_adding", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(demos, "run_airline", lambda **kw: calls.append(kw))
+    for demo in ("adding", "airline"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["demo", demo, "--plot", str(tmp_path / "p.png")])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "--plot" in err and "pip install matplotlib" in err
+    assert calls == []
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    lines = []
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        demos.run_adding(timesteps=10, units=4, epochs=1, n_train=64, n_test=32,
+                         plot=str(tmp_path / "p.png"), print_fn=lines.append)
+    assert lines == []                                          # nothing ran
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        demos.run_airline(epochs=1, ensemble=1, plot=str(tmp_path / "p.png"),
+                          print_fn=lines.append)
+    assert lines == [] and not (tmp_path / "p.png").exists()
+
