@@ -19,4 +19,21 @@ from .models import Sequential, load_model
 
 __all__ += ["Sequential", "load_model"]
 
+# Imported on first use (PEP 562), so that ``import fastlstm`` stays light.
+_LAZY_SUBMODULES = ("convert", "datasets")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
+
 _init_threads()

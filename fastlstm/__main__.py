@@ -128,6 +128,11 @@ def _run_demo(args, parser):
     from fastlstm import demos
 
     which = args.demo or "adding"
+    if getattr(args, "plot", None):
+        try:                            # before the demo trains, not after
+            demos.require_matplotlib(args.plot)
+        except ImportError:
+            parser.error(f"--plot {args.plot}: {demos.PLOT_HINT}")
     if which == "adding":
         for name in ("timesteps", "units", "epochs", "train", "test", "threads"):
             _positive(parser, name, getattr(args, name, None))

@@ -419,6 +419,8 @@ class Sequential:
         elif isinstance(metrics, (str, dict, metrics_module.Metric)):
             metrics = [metrics]
         self._compile_metrics = [metrics_module.get(m) for m in metrics]
+        # The optimizer keeps its state per trainable weight, fixed from here on.
+        self._compiled_trainable = [(layer, bool(layer.trainable)) for layer in self._layers]
         names = ["loss"] + [m.name for m in self._compile_metrics]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -480,7 +482,22 @@ class Sequential:
             m.update_state(y, y_pred, sample_weight=metric_weights)
 
     # -- one step ----------------------------------------------------------------------------------
+    def _check_trainable_unchanged(self):
+        compiled = getattr(self, "_compiled_trainable", ())
+        changed = [f"{layer.name} (trainable={layer.trainable!r}, {flag!r} at compile)"
+                   for layer, flag in compiled
+                   if bool(layer.trainable) != flag and layer.weight_names]
+        if changed and getattr(self.optimizer, "_slots", None) is None:
+            # No step taken yet: the optimizer sets itself up for the weights that train now.
+            self._compiled_trainable = [(layer, bool(layer.trainable)) for layer, _ in compiled]
+            return
+        if changed:
+            raise ValueError(f"trainable: changed since compile() on {', '.join(changed)}; "
+                             "call compile() again after changing trainable, so that the "
+                             "optimizer is set up for the weights that now train")
+
     def _train_step(self, x, y, sample_weight):
+        self._check_trainable_unchanged()
         layers = self._layers
         out, mask, backprops = x, None, []
         for layer in layers:

@@ -66,6 +66,10 @@ def _shape_list(shape):
     return [None if d is None else int(d) for d in shape]
 
 
+#: names Keras writes its own formats under; a fastlstm file there would mislead
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def save_model(model, path):
     """Write ``model`` (a built ``Sequential``) to ``path`` as described in the module doc."""
     from . import __version__, losses, metrics, optimizers
@@ -75,6 +79,11 @@ def save_model(model, path):
         raise ValueError(f"save: {model.name} is not built yet; call build(input_shape) or call "
                          "the model on data first, so that it has weights to save")
     path = os.fspath(path)
+    suffix = os.path.splitext(os.fsdecode(path))[1].lower()
+    if suffix in _KERAS_SUFFIXES:
+        raise ValueError(f"path: fastlstm saves a model as a NumPy .npz archive, not in Keras's "
+                         f"{suffix} format, got {path!r}; use a name ending in .npz (to write "
+                         f"a Keras file, save fastlstm.convert.to_keras(model) with Keras)")
     arrays = {}
     layer_docs = []
     for i, layer in enumerate(model.layers):
@@ -142,8 +151,9 @@ class _Reader:
         try:
             return self.npz[key]
         except ValueError as exc:       # object arrays: refused, never unpickled
-            raise self.error(f"{what}: the array {key!r} cannot be read without pickle "
-                             f"({exc}); fastlstm files hold plain numeric arrays only") from None
+            raise self.error(f"{what}: the array {key!r} holds Python objects, which would "
+                             "need pickle to read; fastlstm files hold plain numeric arrays "
+                             "only") from None
         except Exception as exc:        # bad zip member, zlib/CRC error, truncated data
             raise self.error(f"{what}: the array {key!r} is corrupt "
                              f"({type(exc).__name__}: {exc})") from None
@@ -155,6 +165,12 @@ def _require(cond, reader, message):
 
 
 def _read_doc(reader):
+    if DOC_KEY not in reader.npz.files:
+        names = set(reader.npz.zip.namelist()) if getattr(reader.npz, "zip", None) else set()
+        hint = ("; it looks like a Keras .keras file: fastlstm.convert.from_keras reads those"
+                if {"config.json", "model.weights.h5"} <= names else "")
+        raise reader.error(f"not a fastlstm model file (no fastlstm header: the zip/.npz "
+                           f"archive has no {DOC_KEY!r} array{hint})")
     raw = reader.get(DOC_KEY, "model description")
     _require(raw.dtype == np.uint8 and raw.ndim == 1, reader,
              f"{DOC_KEY!r} must be a 1-D uint8 array of UTF-8 JSON, got dtype {raw.dtype} "
@@ -193,6 +209,33 @@ def _read_array(reader, entry, what, dtype_kinds="f"):
     return arr
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")     # a zip member, an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_file_kind(path):
+    """Refuse, in fastlstm's words, a file that is not a zip archive before NumPy reads it
+    (NumPy would take it for a pickle and suggest loading it unsafely)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read as a fastlstm model file "
+                         f"({type(exc).__name__}: {exc})") from None
+    if head.startswith(_ZIP_MAGIC):
+        return
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{path}: not a fastlstm model file (a single .npy array, not an .npz "
+                         "archive)")
+    if not head:
+        what = "an empty file"
+    elif head[:1] == b"\x80":
+        what = "it looks like a Python pickle, which fastlstm never loads"
+    else:
+        what = f"its first bytes are {head!r}"
+    raise ValueError(f"{path}: not a fastlstm model file (not a zip/.npz archive: {what})")
+
+
 def load_model(path, compile=True):
     """Read a model written by :func:`save_model`; ``compile=False`` skips the loss, metrics
     and optimizer. Raises ``ValueError`` naming the problem for any unreadable file."""
@@ -212,10 +255,12 @@ def _load(path, compile):
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file")
+    _check_file_kind(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except ValueError as exc:           # e.g. a pickle file: refused by allow_pickle=False
-        raise ValueError(f"{path}: not a fastlstm model file (not an .npz archive: {exc})") from None
+    except ValueError:                  # refused by allow_pickle=False; never unpickled
+        raise ValueError(f"{path}: not a fastlstm model file (not an .npz archive; it holds "
+                         "Python objects, which fastlstm never loads)") from None
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
             NotImplementedError, RuntimeError) as exc:   # e.g. "zip file version 11.2"
         raise ValueError(f"{path}: not a fastlstm model file, or a truncated/corrupt one "
