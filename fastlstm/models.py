@@ -37,7 +37,6 @@ number of samples must be a multiple of ``B``.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 
@@ -52,22 +51,6 @@ from .layers.base import Layer, _auto_name, activity_penalty, check_training
 from .losses import squeeze_or_expand_to_same_rank
 
 __all__ = ["Sequential", "load_model"]
-
-
-_SIGNATURES = {}
-
-
-def _takes_argument(fn, name):
-    """Whether the callable accepts the keyword ``name`` (cached per function)."""
-    key = (getattr(fn, "__func__", fn), name)
-    if key not in _SIGNATURES:
-        try:
-            params = inspect.signature(fn).parameters
-            _SIGNATURES[key] = name in params or any(p.kind == p.VAR_KEYWORD
-                                                     for p in params.values())
-        except (TypeError, ValueError):
-            _SIGNATURES[key] = False
-    return _SIGNATURES[key]
 
 
 def _check_batch_size(batch_size, argument="batch_size"):
@@ -172,7 +155,7 @@ class Sequential:
         if not isinstance(layer, Layer):
             raise TypeError(f"layer: expected a fastlstm layer (fl.layers.*), got "
                             f"{type(layer).__name__} {layer!r}")
-        if getattr(layer, "return_state", False):
+        if layer.return_state:
             raise ValueError(f"layer: {layer.name} has return_state=True; every layer of a "
                              "Sequential model must have one output (use the layer directly to "
                              "get its states)")
@@ -234,10 +217,8 @@ class Sequential:
 
     @staticmethod
     def _output_shape(layer, input_shape):
-        fn = getattr(layer, "compute_output_shape", None)
-        if fn is None:
-            return None
-        return tuple(fn(input_shape))
+        shape = layer.compute_output_shape(input_shape)
+        return None if shape is None else tuple(shape)
 
     def _record_input(self, x):
         if self._input_shape is None:
@@ -305,7 +286,7 @@ class Sequential:
     def reset_states(self):
         """Zero the carried states of every stateful layer."""
         for layer in self._layers:
-            if getattr(layer, "stateful", False):
+            if layer.stateful:
                 layer.reset_states()
 
     # -- summary -------------------------------------------------------------------------
@@ -353,16 +334,11 @@ class Sequential:
         """Inference pass -> (output, output mask, activity loss)."""
         out, activity = x, 0.0
         for layer in self._layers:
-            kwargs = {}
-            if mask is not None and _takes_argument(layer.__call__, "mask"):
-                kwargs["mask"] = mask
-            if training and _takes_argument(layer.__call__, "training"):
-                kwargs["training"] = True
-            y = layer(out, **kwargs)
+            y = layer(out, mask=mask, training=training)
             if isinstance(y, (list, tuple)):
                 raise ValueError(f"{layer.name} returned {len(y)} outputs; every layer of a "
                                  "Sequential model must have one")
-            if with_activity and getattr(layer, "activity_regularizer", None) is not None:
+            if with_activity and layer.activity_regularizer is not None:
                 activity += activity_penalty(layer.activity_regularizer, y)[0]
             mask = layer.compute_mask(out, mask)
             out = y
@@ -484,8 +460,7 @@ class Sequential:
         layers = self._layers
         out, mask, backprops = x, None, []
         for layer in layers:
-            kwargs = {"mask": mask} if mask is not None and _takes_argument(layer.forward_train, "mask") else {}
-            y_layer, backprop = layer.forward_train(out, **kwargs)
+            y_layer, backprop = layer.forward_train(out, mask=mask)
             if isinstance(y_layer, (list, tuple)):
                 raise ValueError(f"{layer.name} returned {len(y_layer)} outputs; every layer of "
                                  "a Sequential model must have one")
@@ -499,8 +474,8 @@ class Sequential:
         # Regularization is measured before the update, as Keras adds it in the forward pass.
         total = loss
         for layer, train in zip(layers, trainable):
-            total += float(getattr(layer, "last_activity_loss", 0.0) or 0.0)
-            if train and hasattr(layer, "regularization_loss"):
+            total += float(layer.last_activity_loss)
+            if train:
                 total += float(layer.regularization_loss())
         first = next((i for i, t in enumerate(trainable) if t), None)
         layer_grads = [None] * len(layers)
@@ -510,10 +485,8 @@ class Sequential:
                 d_out = g.inputs
                 if trainable[i]:
                     grads = list(g.weights)
-                    reg = layers[i].regularization_grads() if hasattr(layers[i], "regularization_grads") else None
-                    if reg is not None:
-                        grads = [gw if rw is None else (rw if gw is None else gw + rw)
-                                 for gw, rw in zip(grads, reg)]
+                    grads = [gw if rw is None else (rw if gw is None else gw + rw)
+                             for gw, rw in zip(grads, layers[i].regularization_grads())]
                     layer_grads[i] = grads
             params, grads = [], []
             for layer, lg in zip(layers, layer_grads):
@@ -536,7 +509,7 @@ class Sequential:
         loss_w, metric_w = self._loss_weights(out, mask, sample_weight)
         loss = self._data_loss(y, out, loss_w, grad=False)[0] + activity
         loss += sum(float(layer.regularization_loss()) for layer in self._layers
-                    if layer.trainable and hasattr(layer, "regularization_loss"))
+                    if layer.trainable)
         self._update_metrics(loss, np.shape(out)[0], y, out, metric_w)
         return loss
 

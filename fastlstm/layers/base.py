@@ -1,10 +1,17 @@
 """The layer base: weights, lazy build, configuration, and the training-call protocol.
 
 Every layer has
-    y = layer(x, ...)                              inference (Keras call semantics)
-    y, backprop = layer.forward_train(x, ...)      training forward; backprop(dy) -> Gradients
+    y = layer(x, mask=None, training=False)        inference (Keras call semantics)
+    y, backprop = layer.forward_train(x, mask=None)   training forward; backprop(dy) -> Gradients
+    layer.compute_mask(x, mask)                    the mask its output carries to the next layer
     layer.get_weights() / set_weights(ws)          Keras order and layouts
     layer.get_config() / Layer.from_config(cfg)    JSON-serialisable, Keras names
+    layer.regularization_loss()                    weight penalties (0.0 without regularizers)
+    layer.regularization_grads()                   their gradients, aligned with get_weights()
+    layer.last_activity_loss                       activity penalty of the last forward_train
+
+``Layer`` defines each of them, with defaults for a layer without weights or regularizers,
+so a model calls them on any layer without asking which it has.
 """
 from __future__ import annotations
 
@@ -109,6 +116,11 @@ class Layer:
 
     # Whether layer.to("cuda") is supported (the layer's math runs on CuPy arrays).
     runs_on_gpu = False
+    # The training protocol's defaults: no activity penalty, one output, no carried state.
+    activity_regularizer = None
+    last_activity_loss = 0.0
+    return_state = False
+    stateful = False
 
     _registry: dict = {}
 
@@ -161,6 +173,34 @@ class Layer:
         for n, arr in zip(names, new):
             setattr(self, n, arr)
 
+    # -- the call protocol ---------------------------------------------------------------
+    def __call__(self, x, mask=None, training=False):
+        """Inference: the output for ``x`` (batch-major)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define __call__")
+
+    def forward_train(self, x, mask=None):
+        """Training forward: ``(output, backprop)``, with ``backprop(d_out) -> Gradients``;
+        sets ``last_activity_loss``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define forward_train")
+
+    # -- regularization --------------------------------------------------------------------
+    def _regularized(self):
+        """(regularizer or None, weight name) pairs; none by default."""
+        return []
+
+    def regularization_loss(self) -> float:
+        """Weight-regularization loss of this layer (0.0 before it is built)."""
+        if not self.built:
+            return 0.0
+        return float(sum(reg(getattr(self, n)) for reg, n in self._regularized()
+                         if reg is not None))
+
+    def regularization_grads(self):
+        """Gradients of regularization_loss, aligned with get_weights() (None = zero)."""
+        grads = {n: (reg.gradient(getattr(self, n)) if reg is not None else None)
+                 for reg, n in self._regularized()}
+        return [grads.get(n) for n in self.weight_names]
+
     # -- device ----------------------------------------------------------------------------
     @property
     def xp(self):
@@ -208,6 +248,10 @@ class Layer:
 
     def compute_mask(self, inputs, mask=None):
         return mask
+
+    def compute_output_shape(self, input_shape):
+        """The output's shape for ``input_shape`` (batch axis None); None when unknown."""
+        return None
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"

@@ -56,30 +56,11 @@ def _dense_activation(spec):
 
 
 class _CoreLayer(Layer):
-    """Regularization hooks shared by the core layers (the same as RecurrentLayer's)."""
-
-    activity_regularizer = None
+    """The activity penalty and the checks shared by the core layers."""
 
     def __init__(self, name=None, dtype="float32", trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         self.last_activity_loss = 0.0
-
-    def _regularized(self):
-        """(regularizer, weight name) pairs."""
-        return []
-
-    def regularization_loss(self) -> float:
-        """Weight-regularization loss of this layer."""
-        if not self.built:
-            return 0.0
-        return float(sum(reg(getattr(self, n)) for reg, n in self._regularized()
-                         if reg is not None))
-
-    def regularization_grads(self):
-        """Gradients of regularization_loss, aligned with get_weights() (None = zero)."""
-        grads = {n: (reg.gradient(getattr(self, n)) if reg is not None else None)
-                 for reg, n in self._regularized()}
-        return [grads.get(n) for n in self.weight_names]
 
     def _activity(self, out):
         """Sets last_activity_loss; returns the gradient to add to d_out (or None)."""

@@ -394,18 +394,6 @@ class RecurrentLayer(Layer):
             pairs.append((self.bias_regularizer, "bias"))
         return pairs
 
-    def regularization_loss(self) -> float:
-        """Weight-regularization loss (kernel, recurrent kernel, bias penalties)."""
-        if not self.built:
-            return 0.0
-        return float(sum(reg(getattr(self, n)) for reg, n in self._regularized() if reg is not None))
-
-    def regularization_grads(self):
-        """Gradients of regularization_loss, aligned with get_weights() (None = zero)."""
-        grads = {n: (reg.gradient(getattr(self, n)) if reg is not None else None)
-                 for reg, n in self._regularized()}
-        return [grads.get(n) for n in self.weight_names]
-
     # -- configuration -----------------------------------------------------------------------
     def get_config(self):
         cfg = super().get_config()
