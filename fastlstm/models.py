@@ -49,8 +49,9 @@ from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .layers.base import Layer, _auto_name, activity_penalty, check_training
 from .losses import squeeze_or_expand_to_same_rank
+from .saving import register_model_class, save_model
 
-__all__ = ["Sequential", "load_model"]
+__all__ = ["Sequential"]
 
 
 def _check_batch_size(batch_size, argument="batch_size"):
@@ -118,6 +119,7 @@ def _masked_weights(sample_weight, mask, values_shape, reduction):
     return sw * weights
 
 
+@register_model_class
 class Sequential:
     """A linear stack of layers, trained like a Keras 3 ``Sequential`` model.
 
@@ -681,14 +683,8 @@ class Sequential:
     def save(self, path):
         """Write the model (architecture, weights, compile settings, optimizer state) to one
         ``.npz`` file; see :mod:`fastlstm.saving` for the format. No pickle is used."""
-        from .saving import save_model
         save_model(self, path)
 
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={[layer.name for layer in self._layers]}>"
 
-
-def load_model(path, compile=True):
-    """Read a model written by ``Sequential.save`` (see :mod:`fastlstm.saving`)."""
-    from .saving import load_model as _load
-    return _load(path, compile=compile)

@@ -54,7 +54,19 @@ FORMAT_NAME = "fastlstm"
 FORMAT_VERSION = 1
 DOC_KEY = "fastlstm.json"
 
-__all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION", "DOC_KEY"]
+__all__ = ["save_model", "load_model", "register_model_class", "FORMAT_NAME",
+           "FORMAT_VERSION", "DOC_KEY"]
+
+# Model classes a file may name, by class name. fastlstm.models registers Sequential: this
+# module rebuilds models without importing the module that saves them.
+_MODEL_CLASSES = {}
+
+
+def register_model_class(cls):
+    """Let :func:`load_model` rebuild files whose model ``class_name`` is ``cls.__name__``
+    (``cls(layers, name=...)``); returns ``cls``, so it serves as a class decorator."""
+    _MODEL_CLASSES[cls.__name__] = cls
+    return cls
 
 
 def _shape_list(shape):
@@ -207,7 +219,6 @@ def load_model(path, compile=True):
 
 def _load(path, compile):
     from .layers import deserialize
-    from .models import Sequential
     from . import losses, metrics, optimizers
 
     if not os.path.exists(path):
@@ -227,9 +238,11 @@ def _load(path, compile):
         reader = _Reader(npz, path)
         doc = _read_doc(reader)
         spec = doc.get("model")
-        _require(isinstance(spec, dict) and spec.get("class_name") == "Sequential", reader,
-                 f"model: expected class_name 'Sequential', got "
-                 f"{spec.get('class_name') if isinstance(spec, dict) else spec!r}")
+        model_class = _MODEL_CLASSES.get(spec.get("class_name")) \
+            if isinstance(spec, dict) and isinstance(spec.get("class_name"), str) else None
+        _require(model_class is not None, reader,
+                 f"model: expected class_name {' or '.join(map(repr, sorted(_MODEL_CLASSES)))}, "
+                 f"got {spec.get('class_name') if isinstance(spec, dict) else spec!r}")
         layer_specs = spec.get("layers")
         _require(isinstance(layer_specs, list) and layer_specs, reader,
                  "model: the layer list is missing or empty")
@@ -250,7 +263,7 @@ def _load(path, compile):
                                    f"rebuilt from its config: {exc}") from None
             layers.append(layer)
         try:
-            model = Sequential(layers, name=config.get("name"))
+            model = model_class(layers, name=config.get("name"))
         except (ValueError, TypeError) as exc:
             raise reader.error(f"model: {exc}") from None
         for i, (layer, entry) in enumerate(zip(layers, layer_specs)):
