@@ -13,7 +13,7 @@ test suite also runs it with ``xp=numpy`` over the same kernels compiled for the
 """
 from __future__ import annotations
 
-from .base import Cache, Grads
+from .cache_and_grads import Cache, Grads
 from .cuda_kernels import At
 from .numpy_ops import NumpyOps
 
@@ -201,7 +201,7 @@ class CupyOps(NumpyOps):
                 input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
                 activation=activation, recurrent_activation=recurrent_activation,
                 coupled=coupled, go_backwards=go_backwards, return_sequences=return_sequences,
-                has_bias=bias is not None))
+                has_bias=bias is not None), made_by="cupy")
         return y, h, c, cache
 
     def lstm_backward(self, cache, dy=None, dh=None, dc=None):
@@ -314,7 +314,7 @@ class CupyOps(NumpyOps):
                 input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
                 activation=activation, recurrent_activation=recurrent_activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                has_bias=bias is not None))
+                has_bias=bias is not None), made_by="cupy")
         return y, h, cache
 
     def gru_backward(self, cache, dy=None, dh=None):
@@ -415,7 +415,7 @@ class CupyOps(NumpyOps):
                 x=xin, hs=hs, h_prev=h_prev, kernel=kernel, recurrent_kernel=recurrent_kernel,
                 mask=mask, input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
                 activation=activation, go_backwards=go_backwards,
-                return_sequences=return_sequences, has_bias=bias is not None))
+                return_sequences=return_sequences, has_bias=bias is not None), made_by="cupy")
         return y, h, cache
 
     def simple_rnn_backward(self, cache, dy=None, dh=None):
