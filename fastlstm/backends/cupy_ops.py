@@ -86,10 +86,9 @@ class CupyOps(NumpyOps):
 
     #: Products of at most this many multiply-adds, each output a sum of at most
     #: ``small_product_depth`` terms, run on the small_gemm kernel rather than cuBLAS, whose
-    #: host cost per call (14-19 us on an H100) dwarfs their GPU time. small_gemm sums each
-    #: output on one thread, so its GPU time grows with the depth: on an H100 it made the
-    #: steps of SimpleRNN (100,16,128) 3x faster and those of (100,32,256) (depth 256)
-    #: slower than cuBLAS (bench/RESULTS.md).
+    #: host cost per call dwarfs their GPU time. small_gemm sums each output on one thread,
+    #: so its GPU time grows with the depth and deep products are faster on cuBLAS
+    #: (bench/RESULTS.md, "Numbers behind choices").
     small_product_macs = 1 << 22
     small_product_depth = 128
 

@@ -95,7 +95,8 @@ class RecurrentLayer(Layer):
 
     def __setattr__(self, name, value):
         # The compiled step plan runs the activations it was made with: reassigning one
-        # drops it (checked here, not at every step, where it would cost 10% of a small one).
+        # drops it (checked here, not at every step, where the check costs a small step a
+        # measurable share: bench/RESULTS.md, "Numbers behind choices").
         if name in ("activation", "recurrent_activation"):
             self.__dict__["_step_plan"] = None
         object.__setattr__(self, name, value)

@@ -11,8 +11,8 @@
  * kernel against the NumPy oracle.
  *
  * Per dtype the body rnn_kernels_impl.cuh is included with REAL and FN (name suffix _f/_d).
- * Parameter lists there are mirrored by SIGNATURES in fastlstm/backends/cuda_kernels.py
- * (a test checks that they agree). Gate layouts and masks follow the oracle
+ * fastlstm/backends/cuda_kernels.py reads the parameter lists from this source to convert
+ * each launch's arguments. Gate layouts and masks follow the oracle
  * (fastlstm/backends/oracle): LSTM [i|f|c|o] or [f|c|o] (coupled), GRU [z|r|h].
  */
 #include "gates_math.h"
