@@ -64,6 +64,18 @@ def check_bool(name, value):
     return bool(value)
 
 
+def input_features(name, input_shape, ndim=None):
+    """The feature size (last axis) of ``input_shape``, for weight_shapes; the shape must
+    have ``ndim`` axes (None: at least 2)."""
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__"):
+        raise ValueError(f"input_shape: {name} expects a shape such as (batch, ..., features), "
+                         f"got {input_shape!r}")
+    if len(input_shape) < 2 if ndim is None else len(input_shape) != ndim:
+        raise ValueError(f"input_shape: {name} expects {ndim or 'at least 2'} dimensions, "
+                         f"got {tuple(input_shape)}")
+    return check_positive_int("input_shape[-1]", input_shape[-1])
+
+
 def check_training(value):
     """The ``training`` switch of a call: True or False (NumPy's too, 0 or 1); None is
     False, as Keras' default. A string such as "no" is refused rather than read as true."""
@@ -124,9 +136,12 @@ class Layer:
 
     _registry: dict = {}
 
-    def __init_subclass__(cls, **kw):
+    def __init_subclass__(cls, abstract=False, **kw):
+        # Concrete layers register by class name for deserialize; a shared base such as
+        # RecurrentLayer (``abstract=True``) cannot be built, so a file may not name it.
         super().__init_subclass__(**kw)
-        Layer._registry[cls.__name__] = cls
+        if not abstract:
+            Layer._registry[cls.__name__] = cls
 
     def __init__(self, name=None, dtype="float32", trainable=True):
         self.dtype = check_dtype(dtype)
@@ -147,6 +162,13 @@ class Layer:
     @property
     def weights(self) -> List[np.ndarray]:
         return [getattr(self, n) for n in self.weight_names]
+
+    def weight_shapes(self, input_shape):
+        """The shapes ``build(input_shape)`` gives the weights, in get_weights() order, from
+        the configuration alone (nothing is allocated or initialised); None when the layer
+        cannot tell. Loaders compare a file's arrays with them before building anything.
+        Raises ValueError for an input_shape the layer cannot be built for."""
+        return [] if not self.weight_names else None
 
     def get_weights(self) -> List[np.ndarray]:
         """Copies of the weights as NumPy arrays (from the GPU too), in Keras order."""

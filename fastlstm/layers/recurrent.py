@@ -12,7 +12,7 @@ import numpy as np
 from .. import activations, devices, initializers, ops, regularizers
 from .. import backends as fl_backends
 from .base import (Gradients, Layer, activity_penalty, aligned_weight, as_float_array,
-                   check_bool, check_positive_int, check_training)
+                   check_bool, check_positive_int, check_training, input_features)
 
 
 def _check_rate(name, p):
@@ -40,7 +40,7 @@ def _serialize_regularizer(reg):
     return None if reg is None else regularizers.serialize(reg)
 
 
-class RecurrentLayer(Layer):
+class RecurrentLayer(Layer, abstract=True):
     """Shared machinery of LSTM, GRU and SimpleRNN layers (not used directly)."""
 
     #: names of the state tensors, in Keras order (LSTM: h, c)
@@ -137,6 +137,19 @@ class RecurrentLayer(Layer):
         for n in self.weight_names:
             setattr(self, n, aligned_weight(getattr(self, n)))
         super().build(input_shape)
+
+    #: column blocks of the kernels (gates): LSTM 4 (CIFG 3), GRU 3, SimpleRNN 1
+    gate_blocks = 1
+
+    def _bias_shape(self):
+        return (self.gate_blocks * self.units,)
+
+    def weight_shapes(self, input_shape):
+        I = input_features(self.name, input_shape, 3)
+        H, G = self.units, self.gate_blocks * self.units
+        shapes = {"kernel": (I, G), "recurrent_kernel": (H, G), "bias": self._bias_shape(),
+                  "peephole": (3, H)}
+        return [shapes[n] for n in self.weight_names]
 
     @property
     def input_dim(self):
@@ -531,6 +544,11 @@ class GRU(RecurrentLayer):
             name=name, trainable=trainable, unroll=unroll)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.reset_after = check_bool("reset_after", reset_after)
+
+    gate_blocks = 3
+
+    def _bias_shape(self):
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
 
     def _create_weights(self, input_dim):
         H, dt = self.units, self.dtype
