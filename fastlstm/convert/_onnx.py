@@ -39,6 +39,7 @@ import os
 
 import numpy as np
 
+from .. import limits
 from ._common import (FL_TO_ONNX_LSTM, ONNX_TO_FL_LSTM, PEEPHOLE_SWAP, ConversionError,
                       assemble, blocks, fl_layers, layers_of, new_layer, real_array, require,
                       resolve_dtype, rnn_kind, set_built_weights)
@@ -544,10 +545,20 @@ class _Reader:
         return out
 
     def array(self, tensor, where):
-        """A TensorProto's values; a corrupt one (unknown type, wrong size) is refused."""
+        """A TensorProto's values; a corrupt one (unknown type, wrong size), one larger than
+        ``limits.MAX_ARRAY_BYTES`` and one whose data live in another file are refused."""
+        if tensor.data_location == self.onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ConversionError(f"{where} keeps its data in an external file "
+                                  f"({[(e.key, e.value) for e in tensor.external_data]}); "
+                                  "from_onnx reads no other file: embed the weights in the "
+                                  "model (onnx.save(model, path, save_as_external_data=False))")
         try:
+            dtype = self.onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            limits.check_array_size(tensor.dims, dtype, where, error=ConversionError)
             return self.onnx.numpy_helper.to_array(tensor)
         except (ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, ConversionError):
+                raise
             raise ConversionError(f"{where} cannot be read ({exc!r})") from None
 
     def where(self, node):
@@ -653,14 +664,23 @@ class _Reader:
                     self.vals[name] = v
             return
         seqs = [v for v in ins if isinstance(v, _Seq)]
-        if not seqs:
-            if all(isinstance(v, _Const) or v is None for v in ins) and not any(
-                    isinstance(v, _Sym) for v in ins):
-                self.vals[node.output[0]] = _Const(self.fold(node, op, ins, a))
-            else:
-                self.vals[node.output[0]] = self.sym(node, op, ins, a)
-            return
-        self.vals[node.output[0]] = self.data(node, op, ins, a, seqs)
+        try:
+            if not seqs:
+                if all(isinstance(v, _Const) or v is None for v in ins) and not any(
+                        isinstance(v, _Sym) for v in ins):
+                    self.vals[node.output[0]] = _Const(self.fold(node, op, ins, a))
+                else:
+                    self.vals[node.output[0]] = self.sym(node, op, ins, a)
+                return
+            self.vals[node.output[0]] = self.data(node, op, ins, a, seqs)
+        except ConversionError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                MemoryError) as exc:
+            # malformed attributes or inputs (an index out of range, an unknown type, a
+            # missing attribute): the node is refused, whatever NumPy made of it
+            raise self.err(node, f"cannot be applied to its inputs and attributes "
+                           f"({type(exc).__name__}: {exc})") from None
 
     def check_signature(self, node):
         """Refuse what the operator's definition (at the model's opset) does not have: extra
@@ -703,8 +723,15 @@ class _Reader:
             return [int(v) for v in np.asarray(self.const(node, node.input[idx], "axes")).ravel()]
         return list(a.get("axes", []))
 
+    def _bounded(self, node, shape, dtype):
+        """Refuse a folded result of ``shape`` above limits.MAX_ARRAY_BYTES before making it."""
+        limits.check_array_size(shape, dtype, f"{self.where(node)}: its result",
+                                error=ConversionError)
+        return tuple(int(d) for d in shape)
+
     def fold(self, node, op, ins, a):
-        """Constant folding of the layout/shape ops on constants."""
+        """Constant folding of the layout/shape ops on constants; results are bounded by
+        limits.MAX_ARRAY_BYTES before they are allocated."""
         x = ins[0].arr if ins and ins[0] is not None else None
         if op == "Identity" or op == "Dropout":
             return x
@@ -725,9 +752,19 @@ class _Reader:
                      for i, s in enumerate(shape)]
             return x.reshape(shape)
         if op == "Concat":
+            if "axis" not in a:
+                raise self.err(node, "Concat needs the attribute axis")
             return np.concatenate([v.arr for v in ins], axis=a["axis"])
         if op == "Gather":
-            return np.take(x, ins[1].arr, axis=a.get("axis", 0))
+            idx, axis = np.asarray(ins[1].arr), a.get("axis", 0)
+            ax = axis % x.ndim if -x.ndim <= axis < x.ndim else None
+            if ax is None:
+                raise self.err(node, f"axis {axis} is out of range for rank {x.ndim}")
+            if idx.size and not (-x.shape[ax] <= idx.min() and idx.max() < x.shape[ax]):
+                raise self.err(node, f"indices {idx.ravel()[:8].tolist()} are out of range "
+                               f"for an axis of size {x.shape[ax]}")
+            self._bounded(node, x.shape[:ax] + idx.shape + x.shape[ax + 1:], x.dtype)
+            return np.take(x, idx, axis=ax)
         if op == "Slice":
             starts, ends = ins[1].arr, ins[2].arr
             axes = ins[3].arr if len(ins) > 3 and ins[3] is not None else range(len(starts))
@@ -739,16 +776,22 @@ class _Reader:
                 sl[ax] = slice(int(s), e, int(st))
             return x[tuple(sl)]
         if op == "Cast":
-            return x.astype(self.onnx.helper.tensor_dtype_to_np_dtype(a["to"]))
+            try:
+                to = self.onnx.helper.tensor_dtype_to_np_dtype(a["to"])
+            except KeyError:
+                raise self.err(node, f"to={a.get('to')!r} is not an ONNX element type") from None
+            return x.astype(to)
         if op == "ConstantOfShape":
             fill = self.array(a["value"], self.where(node)) if "value" in a else np.zeros(1)
-            return np.full([int(s) for s in x], fill.ravel()[0], fill.dtype)
+            shape = self._bounded(node, [int(s) for s in np.atleast_1d(x)], fill.dtype)
+            return np.full(shape, fill.ravel()[0], fill.dtype)
         if op == "Expand":
-            return x * np.ones([int(s) for s in ins[1].arr], x.dtype)
-        if op == "Add":
-            return ins[0].arr + ins[1].arr
-        if op == "Mul":
-            return ins[0].arr * ins[1].arr
+            shape = np.broadcast_shapes(x.shape, tuple(int(s) for s in ins[1].arr))
+            return np.broadcast_to(x, self._bounded(node, shape, x.dtype)).copy()
+        if op in ("Add", "Mul"):
+            shape = np.broadcast_shapes(ins[0].arr.shape, ins[1].arr.shape)
+            self._bounded(node, shape, np.result_type(ins[0].arr, ins[1].arr))
+            return ins[0].arr + ins[1].arr if op == "Add" else ins[0].arr * ins[1].arr
         raise self.err(node, f"{op} on constants is not supported")
 
     def sym(self, node, op, ins, a):
@@ -1258,7 +1301,8 @@ def from_onnx(model, dtype=None):
     from google.protobuf.message import DecodeError     # onnx's own dependency
     try:
         if isinstance(model, (str, os.PathLike)):
-            model = onnx.load(os.fspath(model))
+            # external data (weights kept in other files) is refused, never loaded
+            model = onnx.load(os.fspath(model), load_external_data=False)
         elif isinstance(model, (bytes, bytearray)):
             model = onnx.load_from_string(bytes(model))
         elif not isinstance(model, onnx.ModelProto):
