@@ -46,7 +46,7 @@ __device__ __forceinline__ R fl_act(int kind, double alpha, double beta, R x) {
         v = v < 0 ? (R)0 : v;
         return v > 1 ? (R)1 : v;
     }
-    case FL_RELU: return x > 0 ? x : (R)0;
+    case FL_RELU: return x <= 0 ? (R)0 : x;   /* NaN stays NaN, as in NumPy */
     case FL_SOFTSIGN: return x / (1 + (x < 0 ? -x : x));
     default: return x;   /* FL_LINEAR */
     }
