@@ -31,11 +31,15 @@ of ``.npy`` arrays) holding:
     one array per slot and parameter, ``<slot>/<parameter index>`` (e.g. ``momentum/0``,
     ``velocity/3``), parameters numbered as the model's trainable weights.
 
-Reading uses ``np.load(path, allow_pickle=False)`` and only the keys the document names:
-an object array (which would need unpickling) is refused, so a hostile file cannot run code.
-A file that is not a zip/npz, has no ``"fastlstm.json"``, names another format or a newer
-version, lacks an array it names, or holds arrays of the wrong shape or dtype raises
-``ValueError`` saying what is wrong. Carried states of stateful layers and dropout random
+Reading opens the archive with ``np.load(path, allow_pickle=False)`` and reads only the
+keys the document names: an object array (which would need unpickling) is refused, so a
+hostile file cannot run code. Sizes come from headers before anything is inflated or built
+(each member's zip and ``.npy`` headers, the bounds of :mod:`fastlstm.limits`), and every
+weight shape is compared with the shapes the layer configs imply (``Layer.weight_shapes``)
+before any layer is built; see docs/security.md. A file that is not a zip/npz, has no
+``"fastlstm.json"``, names another format or a newer version, lacks an array it names, holds
+arrays of the wrong shape or dtype, declares a model input shape its layers were not built
+for, or lacks optimizer slots raises ``ValueError`` saying what is wrong. Carried states of stateful layers and dropout random
 generators are not saved (as in Keras).
 
 The version is raised when a reader of the old version could not read the new files; a
