@@ -144,8 +144,11 @@ class Sequential:
         if layers is not None:
             if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
                 raise TypeError(f"layers: expected a list of layers, got {type(layers).__name__}")
+            names, ids = set(), set()      # one pass: a long list costs linear time
             for layer in layers:
-                self.add(layer)
+                self._add(layer, names, ids)
+                names.add(layer.name)
+                ids.add(id(layer))
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -154,6 +157,11 @@ class Sequential:
 
     def add(self, layer):
         """Append ``layer`` to the stack."""
+        self._add(layer, {other.name for other in self._layers},
+                  {id(other) for other in self._layers})
+
+    def _add(self, layer, names, ids):
+        """Append ``layer``, given the names and ids of the layers already there."""
         if not isinstance(layer, Layer):
             raise TypeError(f"layer: expected a fastlstm layer (fl.layers.*), got "
                             f"{type(layer).__name__} {layer!r}")
@@ -161,11 +169,11 @@ class Sequential:
             raise ValueError(f"layer: {layer.name} has return_state=True; every layer of a "
                              "Sequential model must have one output (use the layer directly to "
                              "get its states)")
-        if any(other.name == layer.name for other in self._layers):
+        if id(layer) in ids:
+            raise ValueError(f"layer: {layer.name} is already in {self.name}")
+        if layer.name in names:
             raise ValueError(f"layer: the name {layer.name!r} is already used in "
                              f"{self.name}; layers of a model need unique names")
-        if any(other is layer for other in self._layers):
-            raise ValueError(f"layer: {layer.name} is already in {self.name}")
         if layer.device != self.device:
             layer.to(self.device)
         self._layers.append(layer)

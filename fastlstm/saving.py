@@ -187,25 +187,28 @@ class _Reader:
         limits.check_zip_archive(self.zip, "the archive", error=self.error)
         self.members = {info.filename[:-4]: info for info in self.zip.infolist()
                         if info.filename.endswith(".npy")}
+        self.headers = {}               # (key, max_bytes) -> (shape, dtype): read once
 
     def error(self, message):
         return ValueError(f"{self.path}: {message}")
 
     def header(self, key, what, max_bytes=None):
         """(shape, dtype) of the array ``key`` from its headers, without reading its data."""
+        max_bytes = limits.MAX_ARRAY_BYTES if max_bytes is None else max_bytes
+        if (key, max_bytes) in self.headers:
+            return self.headers[key, max_bytes][:2]
         info = self.members.get(key)
         if info is None:
             raise self.error(f"{what}: the array {key!r} is missing (truncated or edited file?)")
         name = f"{what}: the array {key!r}"
-        max_bytes = limits.MAX_ARRAY_BYTES if max_bytes is None else max_bytes
         limits.check_zip_member(info, name, max_bytes + _NPY_HEADER_MAX, error=self.error)
         try:
             with self.zip.open(info) as f:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
                 elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
                 else:
                     raise ValueError(f".npy format version {version} is not read here")
                 offset = f.tell()
@@ -228,17 +231,26 @@ class _Reader:
             raise self.error(f"{name} is truncated or corrupt: its header declares shape "
                              f"{shape} and dtype {dtype} ({nbytes:,} bytes of data), the zip "
                              f"member holds {info.file_size - offset:,}")
+        self.headers[key, max_bytes] = shape, dtype, fortran, offset
         return shape, dtype
 
     def get(self, key, what, max_bytes=None):
-        """The array ``key``, its headers checked first (:meth:`header`)."""
+        """The array ``key`` (read-only), its headers checked first (:meth:`header`)."""
         self.header(key, what, max_bytes)
+        shape, dtype, fortran, offset = self.headers[key, limits.MAX_ARRAY_BYTES
+                                                     if max_bytes is None else max_bytes]
+        nbytes = limits.array_nbytes(shape, dtype)
         try:
             with self.zip.open(self.members[key]) as f:
-                return np.lib.format.read_array(f, allow_pickle=False)
+                f.read(offset)
+                data = f.read(nbytes)
+                if len(data) != nbytes:
+                    raise EOFError(f"{len(data):,} bytes of data, {nbytes:,} declared")
         except Exception as exc:        # zlib/CRC error, data shorter than declared
             raise self.error(f"{what}: the array {key!r} is corrupt or truncated "
                              f"({type(exc).__name__}: {exc})") from None
+        arr = np.frombuffer(data, dtype=dtype)
+        return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
 # A .npy header is at most this long (numpy's own limit for reading one is 10,000 bytes).
