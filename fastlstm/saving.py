@@ -452,22 +452,19 @@ def _check_weight_shapes(reader, what, layer, build_shape, shapes):
 
 
 def _check_input_shape(reader, input_shape, layers, build_shapes):
-    """The model's saved input_shape, passed through the layers, must reach each layer with
-    the rank and the weight shapes that the layer was built for."""
+    """The model's saved input_shape, passed through the layers, must reach each layer as a
+    shape it accepts, giving the weight shapes that the layer was built for."""
     current = input_shape
     for i, (layer, built_for) in enumerate(zip(layers, build_shapes)):
         if current is None:
             return
         if built_for is not None:
-            problem = None
-            if len(current) != len(built_for):
-                problem = f"rank {len(current)}, the layer was built for rank {len(built_for)}"
-            else:
-                try:
-                    if layer.weight_shapes(current) != layer.weight_shapes(built_for):
-                        problem = "other weight shapes than the layer's"
-                except (ValueError, TypeError) as exc:
-                    problem = str(exc)
+            problem = None      # the time axis may differ, and a Dense takes any rank
+            try:
+                if layer.weight_shapes(current) != layer.weight_shapes(built_for):
+                    problem = "other weight shapes than the layer's"
+            except (ValueError, TypeError) as exc:
+                problem = str(exc)
             _require(problem is None, reader,
                      f"model: input_shape {list(input_shape)} does not fit layer {i} "
                      f"({layer.name}): it reaches the layer as {current} ({problem}); the "

@@ -229,11 +229,18 @@ def test_input_shape_must_fit_the_layers_build_shapes(saved, tmp_path):
         fl.load_model(path)
     doc["model"]["input_shape"] = [None, 3]             # rank 2 for an LSTM
     path = write_npz(tmp_path / "rank.npz", raw, doc)
-    with pytest.raises(ValueError, match=r"does not fit layer 0.*rank 2"):
+    with pytest.raises(ValueError, match=r"does not fit layer 0.*expects 3 dimensions"):
         fl.load_model(path)
     doc["model"]["input_shape"] = [None, 9, 3]          # another length: fine
     path = write_npz(tmp_path / "length.npz", raw, doc)
     assert fl.load_model(path).input_shape == (None, 9, 3)
+
+    dense = fl.layers.Dense(2)                          # built for rank 2, called on rank 3
+    dense.build((None, 3))
+    model = fl.Sequential([dense])
+    model(np.zeros((2, 5, 3), np.float32))
+    model.save(tmp_path / "dense.npz")
+    assert fl.load_model(tmp_path / "dense.npz").input_shape == (None, 5, 3)
 
 
 def test_layer_weight_shapes_match_build():
