@@ -15,7 +15,8 @@ from .threads import get_num_threads, init_threads as _init_threads, set_loop_th
 
 __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", "layers", "set_backend", "use_backend", "current_backend",
            "available_backends", "set_num_threads", "get_num_threads", "set_loop_threads"]
-from .models import Sequential, load_model
+from .models import Sequential
+from .saving import load_model
 
 __all__ += ["Sequential", "load_model"]
 
