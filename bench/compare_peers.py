@@ -6,7 +6,10 @@
 Same weights and inputs for every implementation; float32; timings are medians over
 alternating blocks (A*k, B*k, A*k, ...; each block at least 20 ms of calls after 50 ms of
 untimed ones) with a short pause between blocks, because PyTorch's and ONNX Runtime's thread
-pools keep spinning after their work and would steal the cores from whatever runs next. Prints ms per call, GEMM GFLOP/s, the fraction of this machine's
+pools keep spinning after their work and would steal the cores from whatever runs next;
+NumPy's BLAS is held to one thread meanwhile, and the oracle is timed on its own. The method
+lives in fastlstm.benchmarking, which ``python -m fastlstm bench`` uses too. Prints the
+machine and libraries measured, ms per call, GEMM GFLOP/s, the fraction of this machine's
 measured SGEMM rate (scipy's BLAS, the one fastlstm uses, same threads) and the ratios
 fastlstm / peer (< 1 means fastlstm is faster).
 
@@ -31,51 +34,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 
+from fastlstm.benchmarking import (GATES, environment, oracle_time, peer_pair, problem,
+                                   quiet_numpy_blas, timed_blocks, torch_gru_weights,
+                                   torch_inference)
+
 LSTM_CONFIGS = [(100, 1, 128), (100, 16, 128), (100, 32, 256), (50, 64, 512), (25, 128, 1024)]
 GRU_CONFIGS = LSTM_CONFIGS[1:4]
 STREAM_UNITS = [64, 128, 256]
-
-
-def timed_blocks(fns: dict, reps: int, per_block: int, pause: float = 0.2,
-                 warm: float = 0.05, min_block: float = 0.02) -> dict:
-    """Median seconds per call of each function, timed in alternating blocks of at least
-    `per_block` calls and `min_block` seconds.
-
-    The pause lets the previous library's spinning threads go idle; untimed calls after it,
-    for at least `warm` seconds, wake this library's threads again. On virtual machines
-    waking an idle vCPU after a pause costs milliseconds (6-8 ms measured here, for any
-    OpenMP program): a cost of the host, paid by whichever library runs first, which the
-    timed calls would otherwise charge to the multithreaded ones at random. One untimed call
-    is not always enough: after it, the next call of a two-thread streaming step still
-    waited one 4 ms scheduler tick in about half the blocks (13 us calls measuring 80 us
-    on average over a block of 60). 10 ms of calls was not always enough either: blocks of 5
-    calls of an LSTM at (100,16,128) measured 2.03 ms a call after 10 ms of untimed calls,
-    1.09 ms after 50 ms (and 1.09 alone in a loop)."""
-    for f in fns.values():          # warm-up (allocations, thread pools, lazy init)
-        f()
-        f()
-    samples = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, f in fns.items():
-            time.sleep(pause)
-            t0 = time.perf_counter()
-            f()
-            while time.perf_counter() - t0 < warm:
-                f()
-            t0 = time.perf_counter()
-            n = 0
-            while n < per_block or time.perf_counter() - t0 < min_block:
-                f()
-                n += 1
-            samples[name].append((time.perf_counter() - t0) / n)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def sgemm_rate(threads: int) -> float:
@@ -91,80 +61,16 @@ def sgemm_rate(threads: int) -> float:
     return 2.0 * n ** 3 / t / 1e9
 
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
-def peer_pair(cell, H, x_shape):
-    """The torch module (I = H, batch_first) and the fastlstm layer of one cell ("lstm",
-    "gru", "rnn": SimpleRNN against nn.RNN), with the same weights."""
-    import torch
-    import fastlstm as fl
-    torch.manual_seed(0)
-    if cell == "gru":
-        tm = torch.nn.GRU(H, H, batch_first=True)
-        layer = fl.layers.GRU(H, return_sequences=True)
-        layer.build(x_shape)
-        layer.set_weights(torch_gru_weights(tm))
-        return tm, layer
-    tm = (torch.nn.LSTM if cell == "lstm" else torch.nn.RNN)(H, H, batch_first=True)
-    layer = (fl.layers.LSTM if cell == "lstm" else fl.layers.SimpleRNN)(H, return_sequences=True)
-    layer.build(x_shape)
-    layer.set_weights([tm.weight_ih_l0.detach().numpy().T, tm.weight_hh_l0.detach().numpy().T,
-                       (tm.bias_ih_l0 + tm.bias_hh_l0).detach().numpy()])
-    return tm, layer
-
-
 def build(cell, T, B, H, threads, with_onnx):
-    import torch
-    I = H
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((B, T, I)).astype(np.float32)
-    tm, layer = peer_pair(cell, H, x.shape)
-    gates = GATES[cell]
-    xt = torch.from_numpy(x)
-    with torch.no_grad():
-        ref = tm(xt)[0].numpy()
-    err = float(np.abs(layer(x) - ref).max())
-    impls_inf = {
-        "fastlstm": lambda: layer(x),
-        "torch": lambda: _torch_inf(tm, xt),
-    }
+    """fastlstm.benchmarking.problem, with ONNX Runtime added to the inference callables."""
+    inference, training, flops, err, layer, x = problem(cell, T, B, H)
     if with_onnx:
-        sess = _onnx_session(tm, xt, threads)
+        import torch
+        tm, _ = peer_pair(cell, H, x.shape)
+        sess = _onnx_session(tm, torch.from_numpy(x), threads)
         if sess is not None:
-            impls_inf["onnxruntime"] = lambda: sess.run(None, {"x": x})
-    dy = np.ones((B, T, H), np.float32)
-
-    def fl_train():
-        y, backprop = layer.forward_train(x)
-        backprop(dy)
-
-    xg = xt.clone().requires_grad_(True)
-
-    def torch_train():
-        tm.zero_grad(set_to_none=True)
-        y, _ = tm(xg)
-        y.sum().backward()
-
-    impls_train = {"fastlstm": fl_train, "torch": torch_train}
-    flops = 2.0 * T * B * (I + H) * gates * H
-    return impls_inf, impls_train, flops, err, layer, x
-
-
-def torch_gru_weights(tm, suffix="_l0"):
-    """PyTorch GRU [r|z|n] with b_ih, b_hh -> Keras reset_after layout [z|r|h], bias (2, 3H);
-    suffix "" for a GRUCell."""
-    def reorder(name):
-        r, z, n = np.split(getattr(tm, name + suffix).detach().numpy(), 3, axis=0)
-        return np.concatenate([z, r, n], axis=0)
-    return [reorder("weight_ih").T, reorder("weight_hh").T,
-            np.stack([reorder("bias_ih"), reorder("bias_hh")])]
-
-
-def _torch_inf(tm, xt):
-    import torch
-    with torch.inference_mode():
-        return tm(xt)
+            inference["onnxruntime"] = lambda: sess.run(None, {"x": x})
+    return inference, training, flops, err, layer, x
 
 
 def _onnx_session(tm, xt, threads):
@@ -182,12 +88,6 @@ def _onnx_session(tm, xt, threads):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-
-
-def oracle_time(layer, x):
-    import fastlstm as fl
-    with fl.use_backend("numpy"):
-        return timed_blocks({"oracle": lambda: layer(x)}, reps=3, per_block=1)["oracle"]
 
 
 STREAM_CELLS = [("lstm", "LSTM", "LSTMCell"), ("gru", "GRU", "GRUCell"),
@@ -234,7 +134,9 @@ def streaming(threads, reps, per_block):
                 with torch.inference_mode():
                     tc(xt, ts)
 
-            t = timed_blocks({"fastlstm": fl_step, "torch": torch_step}, reps, per_block * 20)
+            with quiet_numpy_blas():
+                t = timed_blocks({"fastlstm": fl_step, "torch": torch_step}, reps,
+                                 per_block * 20)
             rows.append((cell, H, t["fastlstm"], t["torch"], err))
     return rows
 
@@ -243,7 +145,6 @@ def gpu_rows(cells, reps, per_block):
     """(cell, T, B, H, mode, fastlstm s, torch s) per configuration, on the GPU."""
     import cupy
     import torch
-    import fastlstm as fl
     if not torch.cuda.is_available():
         raise RuntimeError("--gpu needs a CUDA build of PyTorch and a GPU")
     # float32 against float32: cuDNN's RNNs otherwise round the products to TF32 on Ampere
@@ -282,7 +183,7 @@ def gpu_rows(cells, reps, per_block):
                 torch.cuda.synchronize()
 
             err = float(np.abs(cupy.asnumpy(layer(xg))
-                               - _torch_inf(tm, xt)[0].cpu().numpy()).max())
+                               - torch_inference(tm, xt)[0].cpu().numpy()).max())
             if err > 1e-4:
                 print(f"  WARNING: {cell} {T} {B} {H}: fastlstm and torch differ by {err:.1e}")
             for mode, fns in (("infer", {"fastlstm": fl_inf, "torch": torch_inf}),
@@ -392,8 +293,9 @@ def main(argv=None):
     fl.set_num_threads(args.threads)
     reps, per_block = (3, 2) if args.quick else (7, 3)
     peak = sgemm_rate(args.threads)
-    print(f"fastlstm {fl.__version__}, torch {torch.__version__}, {args.threads} threads, "
-          f"elementwise {fl.backends.get_ops('cpu').isa()}; scipy SGEMM 2048^3: {peak:.1f} GFLOP/s")
+    for line in environment(torch):
+        print(line)
+    print(f"scipy SGEMM 2048^3 on {args.threads} threads: {peak:.1f} GFLOP/s")
     hdr = (f"{'cell':4s} {'T':>4s} {'B':>4s} {'I=H':>5s} | {'mode':5s} | {'fastlstm':>9s} "
            f"{'torch':>9s} {'onnxrt':>9s} {'oracle':>9s} | {'fl GF/s':>7s} {'%sgemm':>6s} | "
            f"{'fl/torch':>8s} {'fl/ort':>7s} {'fl/best':>7s}")
@@ -403,8 +305,9 @@ def main(argv=None):
         configs = LSTM_CONFIGS if cell == "lstm" else GRU_CONFIGS
         for T, B, H in configs:
             inf, train, F, err, layer, x = build(cell, T, B, H, args.threads, not args.no_onnx)
-            t_inf = timed_blocks(inf, reps, per_block)
-            t_tr = timed_blocks(train, reps, max(1, per_block - 1))
+            with quiet_numpy_blas():
+                t_inf = timed_blocks(inf, reps, per_block)
+                t_tr = timed_blocks(train, reps, max(1, per_block - 1))
             t_or = None if args.no_oracle or H > 512 else oracle_time(layer, x)
             for mode, t, flops in (("infer", t_inf, F), ("train", t_tr, 3 * F)):
                 f, tt, to = t["fastlstm"], t["torch"], t.get("onnxruntime")

@@ -15,8 +15,26 @@ from .threads import get_num_threads, init_threads as _init_threads, set_loop_th
 
 __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", "layers", "set_backend", "use_backend", "current_backend",
            "available_backends", "set_num_threads", "get_num_threads", "set_loop_threads"]
-from .models import Sequential, load_model
+from .models import Sequential
+from .saving import load_model
 
 __all__ += ["Sequential", "load_model"]
+
+# Imported on first use (PEP 562), so that ``import fastlstm`` stays light.
+_LAZY_SUBMODULES = ("convert", "datasets")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 _init_threads()

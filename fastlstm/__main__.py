@@ -10,8 +10,9 @@ With no command: two lines of ``info``, then ``demo adding``.
                   (``--epochs``, ...) for a quicker run.
 ``info``          the version, the build, BLAS and threads.
 ``check``         the compiled LSTM forward and backward against the NumPy oracle.
-``bench``         a quick speed check: compiled LSTM against the oracle (and PyTorch when
-                  installed), training and inference, under 30 s.
+``bench``         a quick speed check: the compiled LSTM against PyTorch (when installed) and
+                  the oracle, training and inference, by bench/compare_peers.py's method
+                  (fastlstm.benchmarking), with the machine it ran on; about 20 s.
 """
 from __future__ import annotations
 
@@ -85,102 +86,6 @@ def run_check(seed=0, verbose=True):
     return ok
 
 
-def _block_times(fn, reps, per_block):
-    out = []
-    for _ in range(reps):
-        time.sleep(0.02)
-        t0 = time.perf_counter()
-        for _ in range(per_block):
-            fn()
-        out.append((time.perf_counter() - t0) / per_block)
-    return out
-
-
-def run_bench(print_fn=print, budget_s=15.0):
-    """Training (forward + backward) and inference time of the compiled LSTM against the
-    oracle and, when importable, ``torch.nn.LSTM``, at a few sizes; medians of alternating
-    blocks. Returns ``{(T, B, I, H): {impl: seconds}}``."""
-    import fastlstm as fl
-    from fastlstm import ops
-
-    sizes = [(100, 1, 32, 64), (100, 32, 32, 128), (50, 64, 64, 256)]
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    print_fn(f"LSTM forward+backward (train) and forward (infer), float32, median ms of "
-             f"alternating blocks; threads {fl.get_num_threads()}"
-             + (f", torch threads {torch.get_num_threads()}" if torch else
-                " (PyTorch not installed: pip install torch to compare)"))
-    head = f"{'T':>4} {'B':>4} {'I':>4} {'H':>5} | {'fastlstm':>9} {'oracle':>9} "
-    head += f"{'torch':>9} | {'oracle/fl':>9}" + (f" {'torch/fl':>9}" if torch else "")
-    print_fn(head)
-    results = {}
-    t_start = time.perf_counter()
-    rng = np.random.default_rng(0)
-    for T, B, I, H in sizes:
-        if time.perf_counter() - t_start > budget_s:
-            print_fn("(time budget reached: larger sizes skipped)")
-            break
-        x = rng.standard_normal((T, B, I)).astype(np.float32)
-        W = (rng.standard_normal((I, 4 * H)) / np.sqrt(I)).astype(np.float32)
-        U = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
-        b = np.zeros(4 * H, np.float32)
-        dy = np.ones((T, B, H), np.float32)
-
-        def train(backend):
-            def fn():
-                with fl.use_backend(backend):
-                    y, h, c, cache = ops.lstm_forward(x, W, U, b, training=True)
-                    ops.lstm_backward(cache, dy)
-            return fn
-
-        def infer(backend):
-            def fn():
-                with fl.use_backend(backend):
-                    ops.lstm_forward(x, W, U, b)
-            return fn
-
-        fns = {"fastlstm": (train("cpu"), infer("cpu")), "oracle": (train("numpy"), infer("numpy"))}
-        if torch is not None:
-            net = torch.nn.LSTM(I, H)
-            xt = torch.from_numpy(x)
-            dyt = torch.from_numpy(dy)
-
-            def torch_train():
-                net.zero_grad()
-                xi = xt.detach().requires_grad_(True)
-                out, _ = net(xi)
-                out.backward(dyt)
-
-            def torch_infer():
-                with torch.no_grad():
-                    net(xt)
-            fns["torch"] = (torch_train, torch_infer)
-        per_block = max(1, int(2e7 / (8 * T * B * H * (I + H) + 1e6)))
-        times = {k: {"train": [], "infer": []} for k in fns}
-        for tr, inf in fns.values():                        # warm-up
-            tr()
-            inf()
-        for _ in range(3):                                  # alternating blocks
-            for name, (tr, inf) in fns.items():
-                times[name]["train"] += _block_times(tr, 1, per_block)
-                times[name]["infer"] += _block_times(inf, 1, per_block)
-        med = {k: {m: float(np.median(v[m])) for m in v} for k, v in times.items()}
-        results[(T, B, I, H)] = med
-        for mode in ("train", "infer"):
-            fl_t = med["fastlstm"][mode]
-            tt = med["torch"][mode] if "torch" in med else None
-            line = (f"{T:4d} {B:4d} {I:4d} {H:5d} | {fl_t * 1e3:9.2f} {med['oracle'][mode] * 1e3:9.2f} "
-                    f"{(tt * 1e3 if tt else float('nan')):9.2f} | {med['oracle'][mode] / fl_t:9.1f}")
-            if tt:
-                line += f" {tt / fl_t:9.2f}"
-            print_fn(line + f"  {mode}")
-    print_fn("ratios > 1: fastlstm is faster. The machine may be shared: quote ratios, not times; "
-             "bench/compare_peers.py runs the full comparison (ONNX Runtime too).")
-    return results
-
-
 def _short_info():
     import fastlstm as fl
     return [f"fastlstm {fl.__version__}: backends {', '.join(fl.available_backends())} "
@@ -223,6 +128,11 @@ def _run_demo(args, parser):
     from fastlstm import demos
 
     which = args.demo or "adding"
+    if getattr(args, "plot", None):
+        try:                            # before the demo trains, not after
+            demos.require_matplotlib(args.plot)
+        except ImportError:
+            parser.error(f"--plot {args.plot}: {demos.PLOT_HINT}")
     if which == "adding":
         for name in ("timesteps", "units", "epochs", "train", "test", "threads"):
             _positive(parser, name, getattr(args, name, None))
@@ -253,7 +163,7 @@ def main(argv=None):
     _add_demo_parsers(sub)
     sub.add_parser("info", help="version, build, BLAS and threads")
     sub.add_parser("check", help="compiled kernels against the NumPy oracle")
-    sub.add_parser("bench", help="quick speed check against the oracle and PyTorch (< 30 s)")
+    sub.add_parser("bench", help="quick speed check against PyTorch and the oracle (about 20 s)")
     args = parser.parse_args(argv)
     if args.command is None:
         print("\n".join(_short_info()))
@@ -269,6 +179,7 @@ def main(argv=None):
             return 1
         return 0
     if args.command == "bench":
+        from .benchmarking import run_bench
         run_bench()
         return 0
     if args.command == "demo":

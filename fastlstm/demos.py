@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-__all__ = ["run_adding", "run_airline", "text_chart", "save_plot", "num_threads"]
+__all__ = ["run_adding", "run_airline", "text_chart", "save_plot", "num_threads",
+           "require_matplotlib"]
 
 PLOT_HINT = "matplotlib is not installed: `pip install matplotlib` (or fastlstm[plot]) to save plots"
 
@@ -94,12 +95,28 @@ def text_chart(curves, baseline=None, height=10, floor=1e-4):
     return lines
 
 
+#: Adam steps the LSTM needs before it leaves the baseline at T=100 with the demo's settings
+#: (19 to 24 epochs of 100 steps for seeds 0 to 3); a shorter run cannot judge a cell
+ADDING_STEPS_NEEDED = 2500
+
+
+def require_matplotlib(path):
+    """Raise ``ImportError`` with the install hint when matplotlib is missing, so that a
+    demo asked to plot fails before it trains, not after."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(f"plot {path}: {PLOT_HINT}") from None
+
+
 def run_adding(timesteps=100, units=32, epochs=50, n_train=3200, n_test=1000, batch_size=32,
                learning_rate=3e-3, seed=0, cells=("LSTM", "SimpleRNN"), plot=None,
                threads=None, print_fn=print):
     """Train one model per cell on the adding problem; returns a dict with ``curves``
     (cell -> per-epoch test MSE), ``seconds`` (cell -> training time), ``final``,
     ``baseline`` and ``train_loss`` (cell -> per-epoch training loss)."""
+    if plot:
+        require_matplotlib(plot)
     with num_threads(threads):
         return _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_rate,
                            seed, cells, plot, threads, print_fn)
@@ -154,12 +171,21 @@ def _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_
     for line in text_chart(curves, baseline=baseline):
         print_fn(line)
     print_fn("")
+    steps = epochs * math.ceil(n_train / batch_size)
+    too_short = steps < ADDING_STEPS_NEEDED
     for c in available:
         best = min(curves[c])
         if final[c] < 0.01:
             verdict = "solved (test MSE below 0.01: it carries the first value across the sequence)"
         elif final[c] < 0.8 * baseline:
             verdict = "partly learned (below the baseline, not near 0)"
+            if too_short:
+                verdict += "; more epochs would take it further"
+        elif too_short:
+            verdict = (f"not trained long enough to tell: {steps} training steps ({epochs} "
+                       f"epochs), fewer than the about {ADDING_STEPS_NEEDED} the LSTM needs "
+                       f"at T=100 before it leaves the baseline; run more epochs (the demo's "
+                       f"default is 50)")
         else:
             verdict = "did not learn: stays near the baseline (it cannot carry information that far)"
         print_fn(f"{c:>10}: final test MSE {final[c]:.4f} (best {best:.4f}), trained in "
@@ -196,6 +222,8 @@ def run_airline(units=16, window=12, epochs=300, batch_size=16, learning_rate=3e
     ``recursive`` (24 months ahead from December 1958, each forecast fed back) and
     ``one_step`` (each month from the actual previous months), each against its
     seasonal-naive baseline."""
+    if plot:
+        require_matplotlib(plot)
     with num_threads(threads):
         return _run_airline(units, window, epochs, batch_size, learning_rate, ensemble, seed,
                             plot, print_fn)

@@ -481,8 +481,8 @@ class Orthogonal(_RandomInitializer):
         if rows == 0 or cols == 0:
             return np.zeros(shape)
         a = self._rng().standard_normal((max(rows, cols), min(rows, cols)))
-        # One BLAS thread: faster here than two (82 against 109 ms at 2048 x 512 on 2 cores)
-        # and it leaves no idle BLAS workers spinning against the kernels' first calls.
+        # One BLAS thread: faster here than two, and no idle BLAS workers left spinning
+        # against the kernels' first calls (bench/RESULTS.md, "Numbers behind choices").
         with single_threaded_blas(numpy=True):
             q, r = np.linalg.qr(a)
         # sign(diag(R)), with +1 where the diagonal is exactly 0 so no column is zeroed.

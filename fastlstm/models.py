@@ -37,7 +37,6 @@ number of samples must be a multiple of ``B``.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 
@@ -50,24 +49,9 @@ from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .layers.base import Layer, _auto_name, activity_penalty, check_training
 from .losses import squeeze_or_expand_to_same_rank
+from .saving import register_model_class, save_model
 
-__all__ = ["Sequential", "load_model"]
-
-
-_SIGNATURES = {}
-
-
-def _takes_argument(fn, name):
-    """Whether the callable accepts the keyword ``name`` (cached per function)."""
-    key = (getattr(fn, "__func__", fn), name)
-    if key not in _SIGNATURES:
-        try:
-            params = inspect.signature(fn).parameters
-            _SIGNATURES[key] = name in params or any(p.kind == p.VAR_KEYWORD
-                                                     for p in params.values())
-        except (TypeError, ValueError):
-            _SIGNATURES[key] = False
-    return _SIGNATURES[key]
+__all__ = ["Sequential"]
 
 
 def _check_batch_size(batch_size, argument="batch_size"):
@@ -135,6 +119,7 @@ def _masked_weights(sample_weight, mask, values_shape, reduction):
     return sw * weights
 
 
+@register_model_class
 class Sequential:
     """A linear stack of layers, trained like a Keras 3 ``Sequential`` model.
 
@@ -159,8 +144,11 @@ class Sequential:
         if layers is not None:
             if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
                 raise TypeError(f"layers: expected a list of layers, got {type(layers).__name__}")
+            names, ids = set(), set()      # one pass: a long list costs linear time
             for layer in layers:
-                self.add(layer)
+                self._add(layer, names, ids)
+                names.add(layer.name)
+                ids.add(id(layer))
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -169,18 +157,23 @@ class Sequential:
 
     def add(self, layer):
         """Append ``layer`` to the stack."""
+        self._add(layer, {other.name for other in self._layers},
+                  {id(other) for other in self._layers})
+
+    def _add(self, layer, names, ids):
+        """Append ``layer``, given the names and ids of the layers already there."""
         if not isinstance(layer, Layer):
             raise TypeError(f"layer: expected a fastlstm layer (fl.layers.*), got "
                             f"{type(layer).__name__} {layer!r}")
-        if getattr(layer, "return_state", False):
+        if layer.return_state:
             raise ValueError(f"layer: {layer.name} has return_state=True; every layer of a "
                              "Sequential model must have one output (use the layer directly to "
                              "get its states)")
-        if any(other.name == layer.name for other in self._layers):
+        if id(layer) in ids:
+            raise ValueError(f"layer: {layer.name} is already in {self.name}")
+        if layer.name in names:
             raise ValueError(f"layer: the name {layer.name!r} is already used in "
                              f"{self.name}; layers of a model need unique names")
-        if any(other is layer for other in self._layers):
-            raise ValueError(f"layer: {layer.name} is already in {self.name}")
         if layer.device != self.device:
             layer.to(self.device)
         self._layers.append(layer)
@@ -234,10 +227,8 @@ class Sequential:
 
     @staticmethod
     def _output_shape(layer, input_shape):
-        fn = getattr(layer, "compute_output_shape", None)
-        if fn is None:
-            return None
-        return tuple(fn(input_shape))
+        shape = layer.compute_output_shape(input_shape)
+        return None if shape is None else tuple(shape)
 
     def _record_input(self, x):
         if self._input_shape is None:
@@ -305,7 +296,7 @@ class Sequential:
     def reset_states(self):
         """Zero the carried states of every stateful layer."""
         for layer in self._layers:
-            if getattr(layer, "stateful", False):
+            if layer.stateful:
                 layer.reset_states()
 
     # -- summary -------------------------------------------------------------------------
@@ -353,16 +344,11 @@ class Sequential:
         """Inference pass -> (output, output mask, activity loss)."""
         out, activity = x, 0.0
         for layer in self._layers:
-            kwargs = {}
-            if mask is not None and _takes_argument(layer.__call__, "mask"):
-                kwargs["mask"] = mask
-            if training and _takes_argument(layer.__call__, "training"):
-                kwargs["training"] = True
-            y = layer(out, **kwargs)
+            y = layer(out, mask=mask, training=training)
             if isinstance(y, (list, tuple)):
                 raise ValueError(f"{layer.name} returned {len(y)} outputs; every layer of a "
                                  "Sequential model must have one")
-            if with_activity and getattr(layer, "activity_regularizer", None) is not None:
+            if with_activity and layer.activity_regularizer is not None:
                 activity += activity_penalty(layer.activity_regularizer, y)[0]
             mask = layer.compute_mask(out, mask)
             out = y
@@ -419,6 +405,8 @@ class Sequential:
         elif isinstance(metrics, (str, dict, metrics_module.Metric)):
             metrics = [metrics]
         self._compile_metrics = [metrics_module.get(m) for m in metrics]
+        # The optimizer keeps its state per trainable weight, fixed from here on.
+        self._compiled_trainable = [(layer, bool(layer.trainable)) for layer in self._layers]
         names = ["loss"] + [m.name for m in self._compile_metrics]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -480,12 +468,26 @@ class Sequential:
             m.update_state(y, y_pred, sample_weight=metric_weights)
 
     # -- one step ----------------------------------------------------------------------------------
+    def _check_trainable_unchanged(self):
+        compiled = getattr(self, "_compiled_trainable", ())
+        changed = [f"{layer.name} (trainable={layer.trainable!r}, {flag!r} at compile)"
+                   for layer, flag in compiled
+                   if bool(layer.trainable) != flag and layer.weight_names]
+        if changed and getattr(self.optimizer, "_slots", None) is None:
+            # No step taken yet: the optimizer sets itself up for the weights that train now.
+            self._compiled_trainable = [(layer, bool(layer.trainable)) for layer, _ in compiled]
+            return
+        if changed:
+            raise ValueError(f"trainable: changed since compile() on {', '.join(changed)}; "
+                             "call compile() again after changing trainable, so that the "
+                             "optimizer is set up for the weights that now train")
+
     def _train_step(self, x, y, sample_weight):
+        self._check_trainable_unchanged()
         layers = self._layers
         out, mask, backprops = x, None, []
         for layer in layers:
-            kwargs = {"mask": mask} if mask is not None and _takes_argument(layer.forward_train, "mask") else {}
-            y_layer, backprop = layer.forward_train(out, **kwargs)
+            y_layer, backprop = layer.forward_train(out, mask=mask)
             if isinstance(y_layer, (list, tuple)):
                 raise ValueError(f"{layer.name} returned {len(y_layer)} outputs; every layer of "
                                  "a Sequential model must have one")
@@ -499,8 +501,8 @@ class Sequential:
         # Regularization is measured before the update, as Keras adds it in the forward pass.
         total = loss
         for layer, train in zip(layers, trainable):
-            total += float(getattr(layer, "last_activity_loss", 0.0) or 0.0)
-            if train and hasattr(layer, "regularization_loss"):
+            total += float(layer.last_activity_loss)
+            if train:
                 total += float(layer.regularization_loss())
         first = next((i for i, t in enumerate(trainable) if t), None)
         layer_grads = [None] * len(layers)
@@ -510,10 +512,8 @@ class Sequential:
                 d_out = g.inputs
                 if trainable[i]:
                     grads = list(g.weights)
-                    reg = layers[i].regularization_grads() if hasattr(layers[i], "regularization_grads") else None
-                    if reg is not None:
-                        grads = [gw if rw is None else (rw if gw is None else gw + rw)
-                                 for gw, rw in zip(grads, reg)]
+                    grads = [gw if rw is None else (rw if gw is None else gw + rw)
+                             for gw, rw in zip(grads, layers[i].regularization_grads())]
                     layer_grads[i] = grads
             params, grads = [], []
             for layer, lg in zip(layers, layer_grads):
@@ -536,7 +536,7 @@ class Sequential:
         loss_w, metric_w = self._loss_weights(out, mask, sample_weight)
         loss = self._data_loss(y, out, loss_w, grad=False)[0] + activity
         loss += sum(float(layer.regularization_loss()) for layer in self._layers
-                    if layer.trainable and hasattr(layer, "regularization_loss"))
+                    if layer.trainable)
         self._update_metrics(loss, np.shape(out)[0], y, out, metric_w)
         return loss
 
@@ -708,14 +708,8 @@ class Sequential:
     def save(self, path):
         """Write the model (architecture, weights, compile settings, optimizer state) to one
         ``.npz`` file; see :mod:`fastlstm.saving` for the format. No pickle is used."""
-        from .saving import save_model
         save_model(self, path)
 
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={[layer.name for layer in self._layers]}>"
 
-
-def load_model(path, compile=True):
-    """Read a model written by ``Sequential.save`` (see :mod:`fastlstm.saving`)."""
-    from .saving import load_model as _load
-    return _load(path, compile=compile)

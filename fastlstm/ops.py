@@ -11,7 +11,7 @@ import numpy as np
 
 from . import activations as _activations
 from .backends import get_ops
-from .backends.base import Cache, Grads
+from .backends.cache_and_grads import Cache, Grads
 
 __all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
            "simple_rnn_forward", "simple_rnn_backward", "Grads"]

@@ -136,7 +136,9 @@ class Optimizer:
         if len(self._slots) != len(params):
             raise ValueError(
                 f"This optimizer holds state for {len(self._slots)} parameters but received "
-                f"{len(params)}; pass the same parameters, in the same order, every step."
+                f"{len(params)}; pass the same parameters, in the same order, every step "
+                "(after changing a layer's trainable flag, compile the model again with a "
+                "new optimizer)."
             )
         for i, (slots, p) in enumerate(zip(self._slots, params)):
             for name, arr in slots.items():

@@ -31,11 +31,15 @@ of ``.npy`` arrays) holding:
     one array per slot and parameter, ``<slot>/<parameter index>`` (e.g. ``momentum/0``,
     ``velocity/3``), parameters numbered as the model's trainable weights.
 
-Reading uses ``np.load(path, allow_pickle=False)`` and only the keys the document names:
-an object array (which would need unpickling) is refused, so a hostile file cannot run code.
-A file that is not a zip/npz, has no ``"fastlstm.json"``, names another format or a newer
-version, lacks an array it names, or holds arrays of the wrong shape or dtype raises
-``ValueError`` saying what is wrong. Carried states of stateful layers and dropout random
+Reading opens the archive with ``np.load(path, allow_pickle=False)`` and reads only the
+keys the document names: an object array (which would need unpickling) is refused, so a
+hostile file cannot run code. Sizes come from headers before anything is inflated or built
+(each member's zip and ``.npy`` headers, the bounds of :mod:`fastlstm.limits`), and every
+weight shape is compared with the shapes the layer configs imply (``Layer.weight_shapes``)
+before any layer is built; see docs/security.md. A file that is not a zip/npz, has no
+``"fastlstm.json"``, names another format or a newer version, lacks an array it names, holds
+arrays of the wrong shape or dtype, declares a model input shape its layers were not built
+for, or lacks optimizer slots raises ``ValueError`` saying what is wrong. Carried states of stateful layers and dropout random
 generators are not saved (as in Keras).
 
 The version is raised when a reader of the old version could not read the new files; a
@@ -45,16 +49,30 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
+
+from . import limits
 
 FORMAT_NAME = "fastlstm"
 FORMAT_VERSION = 1
 DOC_KEY = "fastlstm.json"
 
-__all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION", "DOC_KEY"]
+__all__ = ["save_model", "load_model", "register_model_class", "FORMAT_NAME",
+           "FORMAT_VERSION", "DOC_KEY"]
+
+# Model classes a file may name, by class name. fastlstm.models registers Sequential: this
+# module rebuilds models without importing the module that saves them.
+_MODEL_CLASSES = {}
+
+
+def register_model_class(cls):
+    """Let :func:`load_model` rebuild files whose model ``class_name`` is ``cls.__name__``
+    (``cls(layers, name=...)``); returns ``cls``, so it serves as a class decorator."""
+    _MODEL_CLASSES[cls.__name__] = cls
+    return cls
 
 
 def _shape_list(shape):
@@ -66,6 +84,10 @@ def _shape_list(shape):
     return [None if d is None else int(d) for d in shape]
 
 
+#: names Keras writes its own formats under; a fastlstm file there would mislead
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def save_model(model, path):
     """Write ``model`` (a built ``Sequential``) to ``path`` as described in the module doc."""
     from . import __version__, losses, metrics, optimizers
@@ -75,6 +97,11 @@ def save_model(model, path):
         raise ValueError(f"save: {model.name} is not built yet; call build(input_shape) or call "
                          "the model on data first, so that it has weights to save")
     path = os.fspath(path)
+    suffix = os.path.splitext(os.fsdecode(path))[1].lower()
+    if suffix in _KERAS_SUFFIXES:
+        raise ValueError(f"path: fastlstm saves a model as a NumPy .npz archive, not in Keras's "
+                         f"{suffix} format, got {path!r}; use a name ending in .npz (to write "
+                         f"a Keras file, save fastlstm.convert.to_keras(model) with Keras)")
     arrays = {}
     layer_docs = []
     for i, layer in enumerate(model.layers):
@@ -113,40 +140,130 @@ def save_model(model, path):
         raise ValueError(f"save: the model's configuration cannot be written as JSON ({exc}); "
                          "a custom object in a layer, loss or optimizer config?") from None
     arrays[DOC_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    # Write next to the target, then rename: an interrupted save never leaves half a file.
+    # Write next to the target, then rename: an interrupted save never leaves half a file,
+    # and a power cut after the rename leaves the new file, not an empty one (both synced).
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastlstm-", suffix=".npz.tmp", dir=directory)
+    fd, tmp = _create_temp(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(directory)
+
+
+def _create_temp(directory):
+    """A new temporary file in ``directory``, created with mode 0o666 so that the process's
+    umask decides its permissions, as for a file ``open(path, "w")`` or ``np.savez`` creates
+    (``tempfile.mkstemp`` would make it 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".fastlstm-{secrets.token_hex(8)}.npz.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"save: cannot create a temporary file in {directory}")
+
+
+def _fsync_directory(directory):
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class _Reader:
-    """The arrays of an open npz, read one named key at a time with clear errors."""
+    """The arrays of an open npz, read one named key at a time. Each member's ``.npy`` header
+    (dtype, shape) and zip header (sizes) are checked before its data are inflated; members
+    are looked up in a dict (``NpzFile``'s own lookup scans a list)."""
 
     def __init__(self, npz, path):
-        self.npz = npz
+        self.zip = npz.zip
         self.path = path
+        limits.check_zip_archive(self.zip, "the archive", error=self.error)
+        self.members = {info.filename[:-4]: info for info in self.zip.infolist()
+                        if info.filename.endswith(".npy")}
+        self.headers = {}               # (key, max_bytes) -> (shape, dtype): read once
 
     def error(self, message):
         return ValueError(f"{self.path}: {message}")
 
-    def get(self, key, what):
-        if key not in self.npz.files:
+    def header(self, key, what, max_bytes=None):
+        """(shape, dtype) of the array ``key`` from its headers, without reading its data."""
+        max_bytes = limits.MAX_ARRAY_BYTES if max_bytes is None else max_bytes
+        if (key, max_bytes) in self.headers:
+            return self.headers[key, max_bytes][:2]
+        info = self.members.get(key)
+        if info is None:
             raise self.error(f"{what}: the array {key!r} is missing (truncated or edited file?)")
+        name = f"{what}: the array {key!r}"
+        limits.check_zip_member(info, name, max_bytes + _NPY_HEADER_MAX, error=self.error)
         try:
-            return self.npz[key]
-        except ValueError as exc:       # object arrays: refused, never unpickled
-            raise self.error(f"{what}: the array {key!r} cannot be read without pickle "
-                             f"({exc}); fastlstm files hold plain numeric arrays only") from None
-        except Exception as exc:        # bad zip member, zlib/CRC error, truncated data
-            raise self.error(f"{what}: the array {key!r} is corrupt "
+            with self.zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f".npy format version {version} is not read here")
+                offset = f.tell()
+        except Exception as exc:        # bad zip member, zlib error, garbled header
+            raise self.error(f"{name} is corrupt or truncated: its .npy header cannot be read "
                              f"({type(exc).__name__}: {exc})") from None
+        if dtype.hasobject:
+            raise self.error(f"{name} holds Python objects (dtype {dtype}), which cannot be "
+                             "read without pickle; fastlstm files hold plain numeric arrays "
+                             "only")
+        if dtype.fields is not None or dtype.subdtype is not None:
+            raise self.error(f"{name} has the compound dtype {dtype}; fastlstm files hold "
+                             "plain numeric arrays only")
+        nbytes = limits.array_nbytes(shape, dtype)
+        if nbytes > max_bytes:
+            raise self.error(f"{name} declares shape {shape} and dtype {dtype} ({nbytes:,} "
+                             f"bytes), more than the limit of {max_bytes:,} bytes "
+                             "(fastlstm.limits)")
+        if info.file_size != offset + nbytes:
+            raise self.error(f"{name} is truncated or corrupt: its header declares shape "
+                             f"{shape} and dtype {dtype} ({nbytes:,} bytes of data), the zip "
+                             f"member holds {info.file_size - offset:,}")
+        self.headers[key, max_bytes] = shape, dtype, fortran, offset
+        return shape, dtype
+
+    def get(self, key, what, max_bytes=None):
+        """The array ``key`` (read-only), its headers checked first (:meth:`header`)."""
+        self.header(key, what, max_bytes)
+        shape, dtype, fortran, offset = self.headers[key, limits.MAX_ARRAY_BYTES
+                                                     if max_bytes is None else max_bytes]
+        nbytes = limits.array_nbytes(shape, dtype)
+        try:
+            with self.zip.open(self.members[key]) as f:
+                f.read(offset)
+                data = f.read(nbytes)
+                if len(data) != nbytes:
+                    raise EOFError(f"{len(data):,} bytes of data, {nbytes:,} declared")
+        except Exception as exc:        # zlib/CRC error, data shorter than declared
+            raise self.error(f"{what}: the array {key!r} is corrupt or truncated "
+                             f"({type(exc).__name__}: {exc})") from None
+        arr = np.frombuffer(data, dtype=dtype)
+        return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+# A .npy header is at most this long (numpy's own limit for reading one is 10,000 bytes).
+_NPY_HEADER_MAX = 65536
 
 
 def _require(cond, reader, message):
@@ -155,14 +272,22 @@ def _require(cond, reader, message):
 
 
 def _read_doc(reader):
-    raw = reader.get(DOC_KEY, "model description")
-    _require(raw.dtype == np.uint8 and raw.ndim == 1, reader,
-             f"{DOC_KEY!r} must be a 1-D uint8 array of UTF-8 JSON, got dtype {raw.dtype} "
-             f"shape {raw.shape}")
+    if DOC_KEY not in reader.members:
+        names = {info.filename for info in reader.zip.infolist()}
+        hint = ("; it looks like a Keras .keras file: fastlstm.convert.from_keras reads those"
+                if {"config.json", "model.weights.h5"} <= names else "")
+        raise reader.error(f"not a fastlstm model file (no fastlstm header: the zip/.npz "
+                           f"archive has no {DOC_KEY!r} array{hint})")
+    shape, dtype = reader.header(DOC_KEY, "model description", max_bytes=limits.MAX_JSON_BYTES)
+    _require(dtype == np.uint8 and len(shape) == 1, reader,
+             f"{DOC_KEY!r} must be a 1-D uint8 array of UTF-8 JSON, got dtype {dtype} "
+             f"shape {shape}")
+    raw = reader.get(DOC_KEY, "model description", max_bytes=limits.MAX_JSON_BYTES)
     try:
         doc = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise reader.error(f"{DOC_KEY!r} is not valid UTF-8 JSON ({exc})") from None
+    limits.check_nesting(doc, repr(DOC_KEY), error=reader.error)
     _require(isinstance(doc, dict), reader, f"{DOC_KEY!r} must hold a JSON object")
     fmt = doc.get("format")
     _require(fmt == FORMAT_NAME, reader, f"not a fastlstm model file (format {fmt!r}, "
@@ -177,20 +302,49 @@ def _read_doc(reader):
     return doc
 
 
-def _read_array(reader, entry, what, dtype_kinds="f"):
+def _array_header(reader, entry, what, dtype_kinds="f"):
+    """The (shape, dtype) an array entry of the description names, from the array's headers,
+    checked against the entry's own shape (if it gives one)."""
     _require(isinstance(entry, dict) and isinstance(entry.get("key"), str), reader,
              f"{what}: malformed entry {entry!r}")
-    arr = reader.get(entry["key"], what)
-    _require(arr.dtype.kind in dtype_kinds, reader,
-             f"{what}: {entry['key']!r} has dtype {arr.dtype}, expected a "
+    shape, dtype = reader.header(entry["key"], what)
+    _require(dtype.kind in dtype_kinds, reader,
+             f"{what}: {entry['key']!r} has dtype {dtype}, expected a "
              f"{'float' if dtype_kinds == 'f' else 'numeric'} array")
     if "shape" in entry:
         _require(isinstance(entry["shape"], list), reader,
                  f"{what}: malformed shape {entry['shape']!r} for {entry['key']!r}")
-        _require(list(arr.shape) == entry["shape"], reader,
-                 f"{what}: {entry['key']!r} has shape {arr.shape}, the description says "
+        _require(list(shape) == entry["shape"], reader,
+                 f"{what}: {entry['key']!r} has shape {shape}, the description says "
                  f"{tuple(entry['shape'])}")
-    return arr
+    return shape, dtype
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")     # a zip member, an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_file_kind(path):
+    """Refuse, in fastlstm's words, a file that is not a zip archive before NumPy reads it
+    (NumPy would take it for a pickle and suggest loading it unsafely)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read as a fastlstm model file "
+                         f"({type(exc).__name__}: {exc})") from None
+    if head.startswith(_ZIP_MAGIC):
+        return
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{path}: not a fastlstm model file (a single .npy array, not an .npz "
+                         "archive)")
+    if not head:
+        what = "an empty file"
+    elif head[:1] == b"\x80":
+        what = "it looks like a Python pickle, which fastlstm never loads"
+    else:
+        what = f"its first bytes are {head!r}"
+    raise ValueError(f"{path}: not a fastlstm model file (not a zip/.npz archive: {what})")
 
 
 def load_model(path, compile=True):
@@ -207,15 +361,16 @@ def load_model(path, compile=True):
 
 def _load(path, compile):
     from .layers import deserialize
-    from .models import Sequential
     from . import losses, metrics, optimizers
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file")
+    _check_file_kind(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except ValueError as exc:           # e.g. a pickle file: refused by allow_pickle=False
-        raise ValueError(f"{path}: not a fastlstm model file (not an .npz archive: {exc})") from None
+    except ValueError:                  # refused by allow_pickle=False; never unpickled
+        raise ValueError(f"{path}: not a fastlstm model file (not an .npz archive; it holds "
+                         "Python objects, which fastlstm never loads)") from None
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
             NotImplementedError, RuntimeError) as exc:   # e.g. "zip file version 11.2"
         raise ValueError(f"{path}: not a fastlstm model file, or a truncated/corrupt one "
@@ -227,18 +382,17 @@ def _load(path, compile):
         reader = _Reader(npz, path)
         doc = _read_doc(reader)
         spec = doc.get("model")
-        _require(isinstance(spec, dict) and spec.get("class_name") == "Sequential", reader,
-                 f"model: expected class_name 'Sequential', got "
-                 f"{spec.get('class_name') if isinstance(spec, dict) else spec!r}")
+        model_class = _MODEL_CLASSES.get(spec.get("class_name")) \
+            if isinstance(spec, dict) and isinstance(spec.get("class_name"), str) else None
+        _require(model_class is not None, reader,
+                 f"model: expected class_name {' or '.join(map(repr, sorted(_MODEL_CLASSES)))}, "
+                 f"got {spec.get('class_name') if isinstance(spec, dict) else spec!r}")
         layer_specs = spec.get("layers")
         _require(isinstance(layer_specs, list) and layer_specs, reader,
                  "model: the layer list is missing or empty")
         config = spec.get("config") or {}
         _require(isinstance(config, dict), reader, f"model: malformed config {config!r}")
-        shape = spec.get("input_shape")
-        _require(shape is None or (isinstance(shape, list) and all(
-            d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in shape)),
-            reader, f"model: malformed input_shape {shape!r}")
+        input_shape = _shape_entry(reader, spec.get("input_shape"), "model")
         layers = []
         for i, entry in enumerate(layer_specs):
             _require(isinstance(entry, dict), reader, f"layer {i}: malformed entry")
@@ -250,27 +404,39 @@ def _load(path, compile):
                                    f"rebuilt from its config: {exc}") from None
             layers.append(layer)
         try:
-            model = Sequential(layers, name=config.get("name"))
+            model = model_class(layers, name=config.get("name"))
         except (ValueError, TypeError) as exc:
             raise reader.error(f"model: {exc}") from None
+        # Every array's shape is checked against what the configs imply before any layer is
+        # built (an orthogonal initializer's QR of a huge config) or any array is read.
+        build_shapes, weight_entries = [], []
         for i, (layer, entry) in enumerate(zip(layers, layer_specs)):
             what = f"layer {i} ({layer.name})"
             weights = entry.get("weights", [])
             _require(isinstance(weights, list), reader, f"{what}: malformed weight list")
-            arrays = [_read_array(reader, w, f"{what} weight {w.get('name') if isinstance(w, dict) else w!r}")
-                      for w in weights]
+            names = [w.get("name") if isinstance(w, dict) else w for w in weights]
+            shapes = [_array_header(reader, w, f"{what} weight {n!r}")[0]
+                      for w, n in zip(weights, names)]
+            build_shape = _shape_entry(reader, entry.get("input_shape"), what)
+            _check_weight_shapes(reader, what, layer, build_shape, shapes)
+            build_shapes.append(build_shape)
+            weight_entries.append(list(zip(weights, names)))
+        _check_input_shape(reader, input_shape, layers, build_shapes)
+        for i, (layer, build_shape, weights) in enumerate(zip(layers, build_shapes,
+                                                                weight_entries)):
+            what = f"layer {i} ({layer.name})"
+            arrays = [reader.get(w["key"], f"{what} weight {n!r}") for w, n in weights]
             try:
                 if not layer.built:
-                    shape = entry.get("input_shape")
-                    layer.build(None if shape is None else tuple(shape))
+                    layer.build(build_shape)
                 layer.set_weights(arrays)
             except (ValueError, TypeError) as exc:
                 raise reader.error(f"{what}: the saved weights do not fit the layer: {exc}") from None
             except MemoryError:                 # a config edited to absurd sizes
                 raise reader.error(f"{what}: its config asks for weights too large to "
                                    "allocate") from None
-        if spec.get("input_shape") is not None:
-            model._input_shape = tuple(spec["input_shape"])
+        if input_shape is not None:
+            model._input_shape = input_shape
         if compile and doc.get("compile"):
             comp, opt = doc["compile"], doc.get("optimizer")
             try:
@@ -284,13 +450,15 @@ def _load(path, compile):
             if opt:
                 entries = opt.get("state") or []
                 _require(isinstance(entries, list), reader, "optimizer: malformed state list")
-                state = {}
+                headers = {}
                 for e in entries:
                     _require(isinstance(e, dict) and isinstance(e.get("name"), str), reader,
                              f"optimizer: malformed state entry {e!r}")
-                    state[e["name"]] = _read_array(reader, e, f"optimizer state {e['name']!r}",
-                                                   dtype_kinds="biuf")
-                _check_optimizer_state(reader, state, model)
+                    headers[e["name"]] = _array_header(reader, e, f"optimizer state {e['name']!r}",
+                                                       dtype_kinds="biuf")
+                _check_optimizer_state(reader, headers, model)
+                state = {e["name"]: reader.get(e["key"], f"optimizer state {e['name']!r}")
+                         for e in entries}
                 try:
                     model.optimizer.set_state(state)
                 except (ValueError, TypeError) as exc:
@@ -298,18 +466,82 @@ def _load(path, compile):
     return model
 
 
-def _check_optimizer_state(reader, state, model):
+def _shape_entry(reader, shape, what):
+    """A saved input_shape: None, or a list of non-negative ints and nulls, as a tuple."""
+    _require(shape is None or (isinstance(shape, list) and all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+        for d in shape)), reader, f"{what}: malformed input_shape {shape!r}")
+    return None if shape is None else tuple(shape)
+
+
+def _check_weight_shapes(reader, what, layer, build_shape, shapes):
+    """The file's weight shapes against those the layer's config and saved build shape
+    imply (``Layer.weight_shapes``), computed without building the layer."""
+    try:
+        expected = layer.weight_shapes(build_shape)
+    except (ValueError, TypeError) as exc:
+        raise reader.error(f"{what}: cannot be built for its saved input_shape "
+                           f"{build_shape}: {exc}") from None
+    if expected is None:                # a layer that cannot tell: set_weights checks
+        return
+    names = layer.weight_names
+    _require(len(shapes) == len(expected), reader,
+             f"{what}: the saved weights do not fit the layer: it has {len(expected)} weights "
+             f"({', '.join(names)}), the file lists {len(shapes)}")
+    for name, want, got in zip(names, expected, shapes):
+        _require(tuple(want) == tuple(got), reader,
+                 f"{what}: the saved weights do not fit the layer: {name} has shape "
+                 f"{tuple(got)} in the file, the layer's config and input_shape "
+                 f"{build_shape} give {tuple(want)}")
+
+
+def _check_input_shape(reader, input_shape, layers, build_shapes):
+    """The model's saved input_shape, passed through the layers, must reach each layer as a
+    shape it accepts, giving the weight shapes that the layer was built for."""
+    current = input_shape
+    for i, (layer, built_for) in enumerate(zip(layers, build_shapes)):
+        if current is None:
+            return
+        if built_for is not None:
+            problem = None      # the time axis may differ, and a Dense takes any rank
+            try:
+                if layer.weight_shapes(current) != layer.weight_shapes(built_for):
+                    problem = "other weight shapes than the layer's"
+            except (ValueError, TypeError) as exc:
+                problem = str(exc)
+            _require(problem is None, reader,
+                     f"model: input_shape {list(input_shape)} does not fit layer {i} "
+                     f"({layer.name}): it reaches the layer as {current} ({problem}); the "
+                     f"layer was built for {built_for}")
+        try:
+            current = layer.compute_output_shape(current)
+        except (ValueError, TypeError, IndexError):
+            return
+        current = None if current is None or not isinstance(current, tuple) else current
+
+
+def _check_optimizer_state(reader, headers, model):
+    """The saved optimizer state's headers ((shape, dtype) by state name) against the
+    model's trainable weights: every slot of every weight, of its shape, once any is saved."""
     params = model.trainable_weights
-    for name, arr in state.items():
+    slot_names = [name for name, _ in model.optimizer._slot_specs()]
+    for name, (shape, dtype) in headers.items():
         slot, sep, idx = name.rpartition("/")
         if not sep:
             continue
         _require(idx.isdigit() and int(idx) < len(params), reader,
                  f"optimizer state {name!r}: the model has {len(params)} trainable weights")
         p = params[int(idx)]
-        _require(arr.shape == p.shape, reader,
-                 f"optimizer state {name!r} has shape {arr.shape}, the weight it belongs to "
-                 f"has shape {p.shape}")
-        _require(arr.dtype.kind == "f", reader,
-                 f"optimizer state {name!r} has dtype {arr.dtype}, expected float")
-
+        _require(tuple(shape) == p.shape, reader,
+                 f"optimizer state {name!r} has shape {tuple(shape)}, the weight it belongs "
+                 f"to has shape {p.shape}")
+        _require(dtype.kind == "f", reader,
+                 f"optimizer state {name!r} has dtype {dtype}, expected float")
+    if any("/" in name for name in headers):
+        missing = [f"{slot}/{i}" for i in range(len(params)) for slot in slot_names
+                   if f"{slot}/{i}" not in headers]
+        _require(not missing, reader,
+                 f"optimizer: the saved state lacks {len(missing)} array(s) "
+                 f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}): the model "
+                 f"has {len(params)} trainable weights, each with the slots {slot_names} "
+                 "(truncated or edited file?)")

@@ -40,7 +40,7 @@ FL_INLINE void FN(act_fwd)(fl_act act, REAL *z, long n) {
         break;
     }
     case FL_RELU:
-        for (i = 0; i < n; i++) z[i] = z[i] > 0 ? z[i] : 0;
+        for (i = 0; i < n; i++) z[i] = z[i] <= 0 ? 0 : z[i];   /* NaN stays NaN, as in NumPy */
         break;
     case FL_SOFTSIGN:
         for (i = 0; i < n; i++) z[i] = z[i] / (1 + (z[i] < 0 ? -z[i] : z[i]));

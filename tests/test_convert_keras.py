@@ -9,7 +9,6 @@ import json
 import sys
 import zipfile
 
-import h5py
 import numpy as np
 import pytest
 
@@ -18,6 +17,7 @@ from fastlstm.convert import ConversionError, from_keras, to_keras
 
 from convert_util import assert_same, post_padded, randomize
 
+h5py = pytest.importorskip("h5py")
 keras = pytest.importorskip("keras")
 pytest.importorskip("torch")
 if keras.backend.backend() != "torch":

@@ -84,14 +84,17 @@ def test_cli_info_and_plot_hint(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.startswith(f"fastlstm {fl.__version__}") and "backends available" in out
     png = tmp_path / "curves.png"
-    assert cli.main(["demo", "adding", "--timesteps", "8", "--epochs", "1", "--train", "64",
-                     "--test", "32", "--units", "4", "--plot", str(png)]) == 0
-    out = capsys.readouterr().out
+    argv = ["demo", "adding", "--timesteps", "8", "--epochs", "1", "--train", "64",
+            "--test", "32", "--units", "4", "--plot", str(png)]
     try:
         import matplotlib  # noqa: F401
-        assert png.exists() and "plot saved" in out
     except ImportError:
-        assert "pip install matplotlib" in out and not png.exists()
+        with pytest.raises(SystemExit):      # refused before the demo runs
+            cli.main(argv)
+        assert "pip install matplotlib" in capsys.readouterr().err and not png.exists()
+        return
+    assert cli.main(argv) == 0
+    assert png.exists() and "plot saved" in capsys.readouterr().out
 
 
 def test_cli_default_runs_info_then_the_adding_demo(capsys, monkeypatch):

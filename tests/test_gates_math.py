@@ -85,3 +85,38 @@ def test_forcing_a_variant_reaches_every_extension():
     finally:
         _gates.force_isa_level(-1)
     assert [m.isa_level_here() for m in (_lstm, _gru, _simple_rnn, _step)] == [best] * 4
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_relu_propagates_nan_and_keeps_numpys_zeros(level, dtype):
+    """As NumPy's maximum(z, 0), PyTorch and Keras: NaN stays NaN (it was turned into 0),
+    -0.0 becomes +0.0."""
+    from fastlstm import _gates
+    x = np.array([np.nan, -np.nan, -0.0, 0.0, -1.0, 2.0, np.inf, -np.inf], dtype)
+    z = x.copy()
+    _gates.activation_forward(z, A.get("relu"))
+    ref = A.get("relu")(x)
+    np.testing.assert_array_equal(z, ref)
+    assert np.array_equal(np.signbit(z), np.signbit(ref))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
+def test_relu_layers_propagate_nan_like_the_oracle(cell):
+    """A NaN in one row's input reaches that row's outputs on every backend, in the sequence
+    call and in step; the other rows stay finite."""
+    import fastlstm as fl
+    from conftest import compiled_backends
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    x[1, 2, 0] = np.nan
+    layer = getattr(fl.layers, cell)(6, activation="relu", return_sequences=True, seed=0)
+    with fl.use_backend("numpy"):
+        ref = layer(x)
+    assert np.isnan(ref[1, 2:]).all() and np.isfinite(ref[[0, 2]]).all()
+    for backend in compiled_backends():
+        with fl.use_backend(backend):
+            np.testing.assert_array_equal(np.isnan(layer(x)), np.isnan(ref), err_msg=backend)
+    state = layer.get_initial_state(3)
+    for t in range(4):
+        y, state = layer.step(x[:, t], state)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref[:, -1]))

@@ -1,7 +1,9 @@
-"""The README's Python examples run as written: in order, in one namespace, in a scratch
-directory (they write files). An example that needs an optional library missing here
-(PyTorch, Keras, ONNX Runtime, or CuPy with a GPU) is skipped; the examples are written so
-that none needs names that only a skipped one defines."""
+"""The Python examples of the README and of every page in docs/ run as written: each file's
+examples in order, in one namespace of their own, in a scratch directory (they write files).
+An example that needs an optional library missing here (PyTorch, Keras, ONNX Runtime, or
+CuPy with a GPU) is skipped; the examples are written so that none needs names that only a
+skipped one defines."""
+import glob
 import os
 import re
 
@@ -9,31 +11,74 @@ import pytest
 
 from conftest import CUPY
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-with open(README, encoding="utf-8") as f:
-    EXAMPLES = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT).replace(os.sep, "/")
+                              for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+#: pages and the least number of Python examples each must keep
+EXPECTED = {"README.md": 6, "docs/layers.md": 5, "docs/training.md": 3,
+            "docs/saving.md": 3, "docs/converters.md": 3, "docs/gpu.md": 3,
+            "docs/threads.md": 1, "docs/architecture.md": 1, "docs/performance.md": 0,
+            "docs/security.md": 0}
+
+
+def examples(page):
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+
+
+EXAMPLES = [(page, k) for page in DOCS for k in range(len(examples(page)))]
 
 
 @pytest.fixture(scope="module")
-def namespace(tmp_path_factory):
+def namespaces(tmp_path_factory):
+    """One namespace and one scratch directory per page, kept across its examples."""
     here = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("readme"))
+    spaces = {}
+
+    def enter(page):
+        if page not in spaces:
+            spaces[page] = ({"__name__": "readme"},
+                            tmp_path_factory.mktemp(re.sub(r"\W", "_", page)))
+        namespace, directory = spaces[page]
+        os.chdir(directory)
+        return namespace
+
     try:
-        yield {"__name__": "readme"}
+        yield enter
     finally:
         os.chdir(here)
 
 
-def test_the_readme_has_examples():
-    assert len(EXAMPLES) >= 8
+def test_every_page_is_listed_and_has_its_examples():
+    assert set(DOCS) == set(EXPECTED), "add a new docs page to EXPECTED with its examples"
+    for page, least in EXPECTED.items():
+        assert len(examples(page)) >= least, page
 
 
-@pytest.mark.parametrize("k", range(len(EXAMPLES)), ids=lambda k: f"example{k + 1}")
-def test_readme_example_runs(namespace, k):
-    code = EXAMPLES[k]
+def test_the_readme_links_every_docs_page():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert len(readme.splitlines()) <= 260
+    for page in DOCS[1:]:
+        assert f"({page})" in readme, f"README.md does not link {page}"
+
+
+def test_relative_links_point_at_files_that_exist():
+    for page in DOCS:
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            text = f.read()
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target))
+            assert os.path.exists(path), f"{page} links {target}, which does not exist"
+
+
+@pytest.mark.parametrize("page,k", EXAMPLES, ids=[f"{p}-example{k + 1}" for p, k in EXAMPLES])
+def test_example_runs(namespaces, page, k):
+    code = examples(page)[k]
     if ("cp." in code or '"cuda"' in code) and CUPY is None:
         pytest.skip("needs CuPy and an NVIDIA GPU")
     for lib in ("torch", "keras", "onnxruntime"):
         if re.search(rf"^\s*import .*\b{lib}\b", code, re.M):
             pytest.importorskip(lib)
-    exec(compile(code, f"README.md, example {k + 1}", "exec"), namespace)
+    exec(compile(code, f"{page}, example {k + 1}", "exec"), namespaces(page))

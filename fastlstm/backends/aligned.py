@@ -1,7 +1,7 @@
 """Arrays that start on a cache-line boundary: the one-row products of a streaming step load
-and store whole 64-byte vectors, and a vector split over two lines costs two loads (an LSTM
-step at 128 units: 4.2 us against 4.4 with the weights 16 bytes off). The layers keep their
-weights so and the step plans their buffers."""
+and store whole 64-byte vectors, and a vector split over two lines costs two loads
+(measured in bench/RESULTS.md, "Numbers behind choices"). The layers keep their weights so
+and the step plans their buffers."""
 from __future__ import annotations
 
 import numpy as np

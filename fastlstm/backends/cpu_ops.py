@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Cache, Grads
+from .cache_and_grads import Cache, Grads
 from .numpy_ops import NumpyOps
 from ..threads import kernel_settings, single_threaded_blas
 
@@ -85,11 +85,11 @@ class CpuOps(NumpyOps):
                          recurrent_activation=recurrent_activation, coupled=coupled,
                          go_backwards=go_backwards, return_sequences=return_sequences,
                          has_bias=bias is not None)
-            cache = Cache(self.name, "lstm", saved)
+            cache = Cache(self.name, "lstm", saved, made_by="cython")
         return y, h, c, cache
 
     def lstm_backward(self, cache, dy=None, dh=None, dc=None):
-        if "gates" in cache.data:          # made by the oracle path above (empty batch)
+        if cache.made_by == "oracle":      # the empty-batch case above
             return super().lstm_backward(cache, dy, dh, dc)
         d = cache.take(self.name, "lstm")
         with single_threaded_blas():
@@ -131,11 +131,11 @@ class CpuOps(NumpyOps):
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                          recurrent_activation=recurrent_activation, go_backwards=go_backwards,
                          return_sequences=return_sequences, has_bias=bias is not None)
-            cache = Cache(self.name, "gru", saved)
+            cache = Cache(self.name, "gru", saved, made_by="cython")
         return y, h, cache
 
     def gru_backward(self, cache, dy=None, dh=None):
-        if "gates" in cache.data:          # made by the oracle path above
+        if cache.made_by == "oracle":
             return super().gru_backward(cache, dy, dh)
         d = cache.take(self.name, "gru")
         with single_threaded_blas():
@@ -174,11 +174,11 @@ class CpuOps(NumpyOps):
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                          go_backwards=go_backwards, return_sequences=return_sequences,
                          has_bias=bias is not None)
-            cache = Cache(self.name, "simple_rnn", saved)
+            cache = Cache(self.name, "simple_rnn", saved, made_by="cython")
         return y, h, cache
 
     def simple_rnn_backward(self, cache, dy=None, dh=None):
-        if "hs" in cache.data:             # made by the oracle path above
+        if cache.made_by == "oracle":
             return super().simple_rnn_backward(cache, dy, dh)
         d = cache.take(self.name, "simple_rnn")
         with single_threaded_blas():

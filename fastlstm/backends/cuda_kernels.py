@@ -13,7 +13,8 @@ the host through another ``KernelSet`` (``tests/cuda_host.py``).
 A time loop launches its kernels through ``KernelSet.steps`` and its recurrent products through
 ``KernelSet.gemm``: arguments are checked and converted once per call, and each step only adds
 row offsets to addresses. Launching through CuPy's array API instead (a view, a ``matmul`` and a
-checked launch per step) cost about 85 us a step on an H100, far more than the GPU's work.
+checked launch per step) costs far more host time per step than the GPU's work
+(bench/RESULTS.md, "Numbers behind choices").
 """
 from __future__ import annotations
 

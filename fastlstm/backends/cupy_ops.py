@@ -13,7 +13,7 @@ test suite also runs it with ``xp=numpy`` over the same kernels compiled for the
 """
 from __future__ import annotations
 
-from .base import Cache, Grads
+from .cache_and_grads import Cache, Grads
 from .cuda_kernels import At
 from .numpy_ops import NumpyOps
 
@@ -86,10 +86,9 @@ class CupyOps(NumpyOps):
 
     #: Products of at most this many multiply-adds, each output a sum of at most
     #: ``small_product_depth`` terms, run on the small_gemm kernel rather than cuBLAS, whose
-    #: host cost per call (14-19 us on an H100) dwarfs their GPU time. small_gemm sums each
-    #: output on one thread, so its GPU time grows with the depth: on an H100 it made the
-    #: steps of SimpleRNN (100,16,128) 3x faster and those of (100,32,256) (depth 256)
-    #: slower than cuBLAS (bench/RESULTS.md).
+    #: host cost per call dwarfs their GPU time. small_gemm sums each output on one thread,
+    #: so its GPU time grows with the depth and deep products are faster on cuBLAS
+    #: (bench/RESULTS.md, "Numbers behind choices").
     small_product_macs = 1 << 22
     small_product_depth = 128
 
@@ -201,7 +200,7 @@ class CupyOps(NumpyOps):
                 input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
                 activation=activation, recurrent_activation=recurrent_activation,
                 coupled=coupled, go_backwards=go_backwards, return_sequences=return_sequences,
-                has_bias=bias is not None))
+                has_bias=bias is not None), made_by="cupy")
         return y, h, c, cache
 
     def lstm_backward(self, cache, dy=None, dh=None, dc=None):
@@ -314,7 +313,7 @@ class CupyOps(NumpyOps):
                 input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
                 activation=activation, recurrent_activation=recurrent_activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                has_bias=bias is not None))
+                has_bias=bias is not None), made_by="cupy")
         return y, h, cache
 
     def gru_backward(self, cache, dy=None, dh=None):
@@ -415,7 +414,7 @@ class CupyOps(NumpyOps):
                 x=xin, hs=hs, h_prev=h_prev, kernel=kernel, recurrent_kernel=recurrent_kernel,
                 mask=mask, input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
                 activation=activation, go_backwards=go_backwards,
-                return_sequences=return_sequences, has_bias=bias is not None))
+                return_sequences=return_sequences, has_bias=bias is not None), made_by="cupy")
         return y, h, cache
 
     def simple_rnn_backward(self, cache, dy=None, dh=None):

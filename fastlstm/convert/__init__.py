@@ -15,7 +15,8 @@ ImportError naming the pip package. What a target cannot express raises ``Conver
 from ._common import ConversionError
 from ._torch import from_torch, to_torch
 from ._keras import from_keras, to_keras
-from ._onnx import from_onnx, to_onnx
+from ._onnx_export import to_onnx
+from ._onnx_import import from_onnx
 
 __all__ = ["from_torch", "to_torch", "from_keras", "to_keras", "to_onnx", "from_onnx",
            "ConversionError"]

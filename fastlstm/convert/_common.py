@@ -199,8 +199,21 @@ def new_layer(class_name, purpose, **kwargs):
 
 
 def set_built_weights(layer, input_shape, weights):
-    """Build ``layer`` for ``input_shape`` and load ``weights`` (get_weights order)."""
-    layer.build(tuple(input_shape))
+    """Build ``layer`` for ``input_shape`` (None: an Embedding's) and load ``weights``
+    (get_weights order). The weights' shapes are compared first with those the layer's
+    config implies, so that a config asking for huge weights (units=40000) is refused
+    before its initializers run."""
+    shapes = [tuple(np.shape(w)) for w in weights]
+    try:
+        expected = layer.weight_shapes(input_shape)
+    except (ValueError, TypeError) as exc:
+        raise ConversionError(f"{type(layer).__name__} {layer.name!r}: cannot be built for "
+                              f"input shape {input_shape}: {exc}") from None
+    if expected is not None and [tuple(s) for s in expected] != shapes:
+        raise ConversionError(f"{type(layer).__name__} {layer.name!r}: the weights have "
+                              f"shapes {shapes}; its configuration gives "
+                              f"{[tuple(s) for s in expected]} ({', '.join(layer.weight_names)})")
+    layer.build(None if input_shape is None else tuple(input_shape))
     layer.set_weights([np.asarray(w) for w in weights])
     return layer
 

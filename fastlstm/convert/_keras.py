@@ -16,12 +16,14 @@ import re
 import sys
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
+from .. import limits
 from ._common import (ConversionError, assemble, flag, is_keras3_hard_sigmoid,
-                      is_sequential, layers_of, listing, new_layer, real_array, require,
-                      resolve_dtype, rnn_kind, set_built_weights)
+                      is_sequential, layers_of, listing, new_layer, require, resolve_dtype,
+                      rnn_kind, set_built_weights)
 
 __all__ = ["from_keras", "to_keras"]
 
@@ -296,9 +298,7 @@ def _layer(class_name, config, weights, ctx):
                   trainable=flag(config.get("trainable", True), f"from_keras: {o.where} "
                                  "trainable"))
         layer = new_layer("Embedding", "from_keras", **kw)
-        layer.build(None)
-        layer.set_weights([np.asarray(w, kw["dtype"]) for w in weights])
-        return layer
+        return set_built_weights(layer, None, [np.asarray(w, kw["dtype"]) for w in weights])
     if class_name == "Masking":
         o = _Options(class_name, config, ctx)
         value = o.take("mask_value", 0.0)
@@ -428,8 +428,7 @@ def _load_into_copies(architecture, weight_lists, dtype):
         if ws:
             shape = ((None, None) if type(layer).__name__ == "Embedding"
                      else (None, None, np.shape(ws[0])[0]))
-            copy.build(shape)
-            copy.set_weights([np.asarray(w, copy.dtype) for w in ws])
+            set_built_weights(copy, shape, [np.asarray(w, copy.dtype) for w in ws])
         out.append(copy)
     return out
 
@@ -481,7 +480,60 @@ def _vars(group):
     if "vars" not in group:
         return []
     v = group["vars"]
-    return [real_array(v[k], f"from_keras: {v[k].name}") for k in sorted(v, key=int)]
+    return [_h5_array(v[k], f"from_keras: {v[k].name}") for k in sorted(v, key=int)]
+
+
+def _h5_array(dset, where):
+    """A dataset's values, once its dtype is known to be plain numbers (the file's links,
+    storage and sizes were checked when it was opened: _check_h5)."""
+    if not hasattr(dset, "dtype") or not hasattr(dset, "shape"):
+        raise ConversionError(f"{where} is a group, expected a weight array")
+    dt = dset.dtype
+    if dt.fields is not None or dt.subdtype is not None or dt.kind not in "fiub":
+        raise ConversionError(f"{where} has dtype {dt}; expected real numbers")
+    return np.asarray(dset[()])
+
+
+def _check_h5(h5py, h5, where):
+    """Refuse an HDF5 file that makes reading it read other files or allocate more than
+    ``limits.MAX_ARRAY_BYTES`` per array: soft and external links, datasets with external
+    storage (raw data in another file, e.g. /etc/passwd) and virtual datasets (mapped from
+    other files), and datasets whose declared shape is too large. Walks every object once,
+    following hard links only, before any value is read."""
+    seen, stack, count = set(), [h5], 0
+    while stack:
+        group = stack.pop()
+        for name in group:
+            count += 1
+            if count > limits.MAX_ZIP_MEMBERS:
+                raise ConversionError(f"from_keras: {where} holds more than "
+                                      f"{limits.MAX_ZIP_MEMBERS:,} objects")
+            link = group.get(name, getlink=True)
+            path = f"{group.name.rstrip('/')}/{name}"
+            if not isinstance(link, h5py.HardLink):
+                kind = type(link).__name__
+                raise ConversionError(f"from_keras: {where}: {path} is a {kind} (to "
+                                      f"{getattr(link, 'filename', '')}"
+                                      f"{getattr(link, 'path', '')}); links are refused, as "
+                                      "they can make the converter read other files")
+            obj = group[name]
+            if obj.id in seen:
+                continue
+            seen.add(obj.id)
+            if isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    raise ConversionError(
+                        f"from_keras: {where}: dataset {path} keeps its data in external "
+                        f"files {[e[0] for e in obj.external]}; refused (a weights file "
+                        "holds its own data)")
+                if obj.is_virtual:
+                    raise ConversionError(f"from_keras: {where}: dataset {path} is virtual "
+                                          "(mapped from other datasets or files); refused")
+                if obj.shape is not None and obj.dtype.kind != "O":
+                    limits.check_array_size(obj.shape, obj.dtype, f"from_keras: {where}: "
+                                            f"dataset {path}", error=ConversionError)
+            elif isinstance(obj, h5py.Group):
+                stack.append(obj)
 
 
 def _legacy_weight_lists(h5, entries, config_names):
@@ -502,7 +554,7 @@ def _legacy_weight_lists(h5, entries, config_names):
         if missing:
             raise ConversionError(f"from_keras: the HDF5 file lacks the weights {missing} of "
                                   f"layer {name!r}")
-        out.append([real_array(lg[n], f"from_keras: {lg[n].name}") for n in names])
+        out.append([_h5_array(lg[n], f"from_keras: {lg[n].name}") for n in names])
     _refuse_unread(g, set(config_names), "the HDF5 file")
     return out
 
@@ -521,38 +573,79 @@ def _refuse_unread(group, read, where):
 
 
 def _json_object(text, where):
-    """The JSON object (dict) in ``text``; other JSON values and invalid JSON are refused."""
+    """The JSON object (dict) in ``text``; other JSON values, invalid JSON, and documents
+    larger or deeper than fastlstm.limits allows are refused."""
+    if len(text) > limits.MAX_JSON_BYTES:
+        raise ConversionError(f"from_keras: {where} holds {len(text):,} bytes of JSON, more "
+                              f"than the limit of {limits.MAX_JSON_BYTES:,} "
+                              "(fastlstm.limits.MAX_JSON_BYTES)")
     try:
         obj = json.loads(text)
-    except ValueError as exc:          # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:   # JSONDecodeError, UnicodeDecodeError
         raise ConversionError(f"from_keras: {where} is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ConversionError(f"from_keras: {where} holds a JSON {type(obj).__name__}; "
                               "expected an object")
-    return obj
+    return limits.check_nesting(obj, f"from_keras: {where}", error=ConversionError)
 
 
-def _open_h5(h5py, source, where):
-    """``source`` opened with h5py; a truncated or corrupt file is refused."""
+class _open_h5:
+    """``source`` opened with h5py and checked (_check_h5) before anything is read; a
+    truncated or corrupt file is refused. A context manager, as h5py.File."""
+
+    def __init__(self, h5py, source, where):
+        try:
+            self.h5 = h5py.File(source, "r")
+        except OSError as exc:
+            raise ConversionError(f"from_keras: {where} is not a readable HDF5 file "
+                                  f"({exc})") from None
+        try:
+            _check_h5(h5py, self.h5, where)
+        except BaseException:
+            self.h5.close()
+            raise
+
+    def __enter__(self):
+        return self.h5
+
+    def __exit__(self, *exc):
+        self.h5.close()
+
+
+# Bytes of the weights file inside a .keras archive (read into memory whole).
+_MAX_WEIGHTS_FILE_BYTES = 16 * 2**30
+
+
+def _read_member(z, name, where, limit):
+    """Member ``name`` of an open zip, its declared sizes and method checked first."""
+    info = z.getinfo(name)
+    limits.check_zip_member(info, where, limit, error=ConversionError)
     try:
-        return h5py.File(source, "r")
-    except OSError as exc:
-        raise ConversionError(f"from_keras: {where} is not a readable HDF5 file "
-                              f"({exc})") from None
+        return z.read(info)
+    except (zipfile.BadZipFile, NotImplementedError, EOFError, OSError, zlib.error) as exc:
+        raise ConversionError(f"{where} is damaged ({type(exc).__name__}: {exc})") from None
 
 
 def _read_keras_archive(path):
     h5py = require("h5py", "fastlstm.convert.from_keras (reading .keras files)")
     try:
         with zipfile.ZipFile(path) as z:
+            limits.check_zip_archive(z, f"from_keras: {path}", error=ConversionError)
             names = set(z.namelist())
             if "config.json" not in names or "model.weights.h5" not in names:
                 raise ConversionError(f"from_keras: {path} is not a Keras 3 .keras archive (no "
-                                      f"config.json / model.weights.h5; found {sorted(names)})")
-            config = _json_object(z.read("config.json"), f"{path}: config.json")
-            meta = _json_object(z.read("metadata.json"), f"{path}: metadata.json") \
+                                      f"config.json / model.weights.h5; found "
+                                      f"{listing(sorted(names))})")
+            json_limit = limits.MAX_JSON_BYTES
+            config = _json_object(
+                _read_member(z, "config.json", f"from_keras: {path}: config.json", json_limit),
+                f"{path}: config.json")
+            meta = _json_object(
+                _read_member(z, "metadata.json", f"from_keras: {path}: metadata.json",
+                             json_limit), f"{path}: metadata.json") \
                 if "metadata.json" in names else {}
-            data = z.read("model.weights.h5")
+            data = _read_member(z, "model.weights.h5", f"from_keras: {path}: model.weights.h5",
+                                _MAX_WEIGHTS_FILE_BYTES)
     except zipfile.BadZipFile as exc:
         raise ConversionError(f"from_keras: {path} is a damaged zip archive ({exc})") from None
     with _open_h5(h5py, io.BytesIO(data), f"{path}: model.weights.h5") as h5:
@@ -579,6 +672,7 @@ def _architecture_entries(architecture, ctx_version):
     if isinstance(architecture, (str, bytes)):
         architecture = _json_object(architecture, "architecture")
     if isinstance(architecture, dict):
+        limits.check_nesting(architecture, "from_keras: architecture", error=ConversionError)
         version = architecture.get("keras_version", ctx_version)
         return _model_layers(architecture), version, _is_keras3_config(architecture)
     if isinstance(architecture, Layer) or is_sequential(architecture):

@@ -93,9 +93,12 @@ def _check_config(config):
                            ("batch_first", False)):
             if config.get(k, default) != default:
                 raise ConversionError(f"config[{k!r}]: a {kind} has no {k}")
-    n = cfg["num_layers"]
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"config['num_layers']: expected a positive integer, got {n!r}")
+    for k in ("num_layers", "input_size", "hidden_size"):
+        n = cfg.get(k)        # the sizes may be left out: the state_dict's shapes tell them
+        if n is None and k != "num_layers":
+            continue
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"config[{k!r}]: expected a positive integer, got {n!r}")
     p = cfg["dropout"]
     if not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise ValueError(f"config['dropout']: expected a float in [0, 1), got {p!r}")

@@ -1,10 +1,17 @@
 """The layer base: weights, lazy build, configuration, and the training-call protocol.
 
 Every layer has
-    y = layer(x, ...)                              inference (Keras call semantics)
-    y, backprop = layer.forward_train(x, ...)      training forward; backprop(dy) -> Gradients
+    y = layer(x, mask=None, training=False)        inference (Keras call semantics)
+    y, backprop = layer.forward_train(x, mask=None)   training forward; backprop(dy) -> Gradients
+    layer.compute_mask(x, mask)                    the mask its output carries to the next layer
     layer.get_weights() / set_weights(ws)          Keras order and layouts
     layer.get_config() / Layer.from_config(cfg)    JSON-serialisable, Keras names
+    layer.regularization_loss()                    weight penalties (0.0 without regularizers)
+    layer.regularization_grads()                   their gradients, aligned with get_weights()
+    layer.last_activity_loss                       activity penalty of the last forward_train
+
+``Layer`` defines each of them, with defaults for a layer without weights or regularizers,
+so a model calls them on any layer without asking which it has.
 """
 from __future__ import annotations
 
@@ -55,6 +62,18 @@ def check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return bool(value)
+
+
+def input_features(name, input_shape, ndim=None):
+    """The feature size (last axis) of ``input_shape``, for weight_shapes; the shape must
+    have ``ndim`` axes (None: at least 2)."""
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__"):
+        raise ValueError(f"input_shape: {name} expects a shape such as (batch, ..., features), "
+                         f"got {input_shape!r}")
+    if len(input_shape) < 2 if ndim is None else len(input_shape) != ndim:
+        raise ValueError(f"input_shape: {name} expects {ndim or 'at least 2'} dimensions, "
+                         f"got {tuple(input_shape)}")
+    return check_positive_int("input_shape[-1]", input_shape[-1])
 
 
 def check_training(value):
@@ -109,12 +128,20 @@ class Layer:
 
     # Whether layer.to("cuda") is supported (the layer's math runs on CuPy arrays).
     runs_on_gpu = False
+    # The training protocol's defaults: no activity penalty, one output, no carried state.
+    activity_regularizer = None
+    last_activity_loss = 0.0
+    return_state = False
+    stateful = False
 
     _registry: dict = {}
 
-    def __init_subclass__(cls, **kw):
+    def __init_subclass__(cls, abstract=False, **kw):
+        # Concrete layers register by class name for deserialize; a shared base such as
+        # RecurrentLayer (``abstract=True``) cannot be built, so a file may not name it.
         super().__init_subclass__(**kw)
-        Layer._registry[cls.__name__] = cls
+        if not abstract:
+            Layer._registry[cls.__name__] = cls
 
     def __init__(self, name=None, dtype="float32", trainable=True):
         self.dtype = check_dtype(dtype)
@@ -135,6 +162,13 @@ class Layer:
     @property
     def weights(self) -> List[np.ndarray]:
         return [getattr(self, n) for n in self.weight_names]
+
+    def weight_shapes(self, input_shape):
+        """The shapes ``build(input_shape)`` gives the weights, in get_weights() order, from
+        the configuration alone (nothing is allocated or initialised); None when the layer
+        cannot tell. Loaders compare a file's arrays with them before building anything.
+        Raises ValueError for an input_shape the layer cannot be built for."""
+        return [] if not self.weight_names else None
 
     def get_weights(self) -> List[np.ndarray]:
         """Copies of the weights as NumPy arrays (from the GPU too), in Keras order."""
@@ -160,6 +194,34 @@ class Layer:
             new.append(devices.to_device(aligned_weight(arr, copy=True), self.device))
         for n, arr in zip(names, new):
             setattr(self, n, arr)
+
+    # -- the call protocol ---------------------------------------------------------------
+    def __call__(self, x, mask=None, training=False):
+        """Inference: the output for ``x`` (batch-major)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define __call__")
+
+    def forward_train(self, x, mask=None):
+        """Training forward: ``(output, backprop)``, with ``backprop(d_out) -> Gradients``;
+        sets ``last_activity_loss``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define forward_train")
+
+    # -- regularization --------------------------------------------------------------------
+    def _regularized(self):
+        """(regularizer or None, weight name) pairs; none by default."""
+        return []
+
+    def regularization_loss(self) -> float:
+        """Weight-regularization loss of this layer (0.0 before it is built)."""
+        if not self.built:
+            return 0.0
+        return float(sum(reg(getattr(self, n)) for reg, n in self._regularized()
+                         if reg is not None))
+
+    def regularization_grads(self):
+        """Gradients of regularization_loss, aligned with get_weights() (None = zero)."""
+        grads = {n: (reg.gradient(getattr(self, n)) if reg is not None else None)
+                 for reg, n in self._regularized()}
+        return [grads.get(n) for n in self.weight_names]
 
     # -- device ----------------------------------------------------------------------------
     @property
@@ -208,6 +270,10 @@ class Layer:
 
     def compute_mask(self, inputs, mask=None):
         return mask
+
+    def compute_output_shape(self, input_shape):
+        """The output's shape for ``input_shape`` (batch axis None); None when unknown."""
+        return None
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"

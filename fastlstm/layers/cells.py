@@ -196,6 +196,16 @@ class RNN(Layer):
     def count_params(self):
         return int(sum(w.size for w in self.get_weights()))
 
+    def weight_shapes(self, input_shape):
+        if not self.compiled:
+            return None
+        shapes, dim = [], None
+        for c in self.cells:
+            shape = input_shape if dim is None else (None, None, dim)
+            shapes += c._layer.weight_shapes(shape)
+            dim = c._layer.units
+        return shapes
+
     def build(self, input_shape):
         dim = input_shape[-1]
         for c in self.cells:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import activations, devices, initializers, regularizers
 from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
-                   check_positive_int, check_training)
+                   check_positive_int, check_training, input_features)
 from .recurrent import _check_rate, _check_seed, _serialize_regularizer
 
 __all__ = ["Dense", "Embedding", "Masking", "Dropout"]
@@ -55,31 +55,12 @@ def _dense_activation(spec):
                          "fl.activations.HardSigmoid(alpha, beta)") from None
 
 
-class _CoreLayer(Layer):
-    """Regularization hooks shared by the core layers (the same as RecurrentLayer's)."""
-
-    activity_regularizer = None
+class _CoreLayer(Layer, abstract=True):
+    """The activity penalty and the checks shared by the core layers."""
 
     def __init__(self, name=None, dtype="float32", trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         self.last_activity_loss = 0.0
-
-    def _regularized(self):
-        """(regularizer, weight name) pairs."""
-        return []
-
-    def regularization_loss(self) -> float:
-        """Weight-regularization loss of this layer."""
-        if not self.built:
-            return 0.0
-        return float(sum(reg(getattr(self, n)) for reg, n in self._regularized()
-                         if reg is not None))
-
-    def regularization_grads(self):
-        """Gradients of regularization_loss, aligned with get_weights() (None = zero)."""
-        grads = {n: (reg.gradient(getattr(self, n)) if reg is not None else None)
-                 for reg, n in self._regularized()}
-        return [grads.get(n) for n in self.weight_names]
 
     def _activity(self, out):
         """Sets last_activity_loss; returns the gradient to add to d_out (or None)."""
@@ -152,6 +133,10 @@ class Dense(_CoreLayer):
             self.bias = initializers.initialize(self.bias_initializer, (self.units,), dt,
                                                 argument="bias_initializer")
         super().build(input_shape)
+
+    def weight_shapes(self, input_shape):
+        I = input_features(self.name, input_shape)
+        return [(I, self.units)] + ([(self.units,)] if self.use_bias else [])
 
     @property
     def input_dim(self):
@@ -262,6 +247,9 @@ class Embedding(_CoreLayer):
             argument="embeddings_initializer")
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.built = True
+
+    def weight_shapes(self, input_shape):
+        return [(self.input_dim, self.output_dim)]
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)

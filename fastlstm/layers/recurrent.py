@@ -12,7 +12,7 @@ import numpy as np
 from .. import activations, devices, initializers, ops, regularizers
 from .. import backends as fl_backends
 from .base import (Gradients, Layer, activity_penalty, aligned_weight, as_float_array,
-                   check_bool, check_positive_int, check_training)
+                   check_bool, check_positive_int, check_training, input_features)
 
 
 def _check_rate(name, p):
@@ -40,7 +40,7 @@ def _serialize_regularizer(reg):
     return None if reg is None else regularizers.serialize(reg)
 
 
-class RecurrentLayer(Layer):
+class RecurrentLayer(Layer, abstract=True):
     """Shared machinery of LSTM, GRU and SimpleRNN layers (not used directly)."""
 
     #: names of the state tensors, in Keras order (LSTM: h, c)
@@ -95,7 +95,8 @@ class RecurrentLayer(Layer):
 
     def __setattr__(self, name, value):
         # The compiled step plan runs the activations it was made with: reassigning one
-        # drops it (checked here, not at every step, where it would cost 10% of a small one).
+        # drops it (checked here, not at every step, where the check costs a small step a
+        # measurable share: bench/RESULTS.md, "Numbers behind choices").
         if name in ("activation", "recurrent_activation"):
             self.__dict__["_step_plan"] = None
         object.__setattr__(self, name, value)
@@ -136,6 +137,19 @@ class RecurrentLayer(Layer):
         for n in self.weight_names:
             setattr(self, n, aligned_weight(getattr(self, n)))
         super().build(input_shape)
+
+    #: column blocks of the kernels (gates): LSTM 4 (CIFG 3), GRU 3, SimpleRNN 1
+    gate_blocks = 1
+
+    def _bias_shape(self):
+        return (self.gate_blocks * self.units,)
+
+    def weight_shapes(self, input_shape):
+        I = input_features(self.name, input_shape, 3)
+        H, G = self.units, self.gate_blocks * self.units
+        shapes = {"kernel": (I, G), "recurrent_kernel": (H, G), "bias": self._bias_shape(),
+                  "peephole": (3, H)}
+        return [shapes[n] for n in self.weight_names]
 
     @property
     def input_dim(self):
@@ -394,18 +408,6 @@ class RecurrentLayer(Layer):
             pairs.append((self.bias_regularizer, "bias"))
         return pairs
 
-    def regularization_loss(self) -> float:
-        """Weight-regularization loss (kernel, recurrent kernel, bias penalties)."""
-        if not self.built:
-            return 0.0
-        return float(sum(reg(getattr(self, n)) for reg, n in self._regularized() if reg is not None))
-
-    def regularization_grads(self):
-        """Gradients of regularization_loss, aligned with get_weights() (None = zero)."""
-        grads = {n: (reg.gradient(getattr(self, n)) if reg is not None else None)
-                 for reg, n in self._regularized()}
-        return [grads.get(n) for n in self.weight_names]
-
     # -- configuration -----------------------------------------------------------------------
     def get_config(self):
         cfg = super().get_config()
@@ -542,6 +544,11 @@ class GRU(RecurrentLayer):
             name=name, trainable=trainable, unroll=unroll)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.reset_after = check_bool("reset_after", reset_after)
+
+    gate_blocks = 3
+
+    def _bias_shape(self):
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
 
     def _create_weights(self, input_dim):
         H, dt = self.units, self.dtype

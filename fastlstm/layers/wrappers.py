@@ -152,6 +152,11 @@ class Bidirectional(Layer):
         self.forward_layer.set_weights(weights[:nf])
         self.backward_layer.set_weights(weights[nf:])
 
+    def weight_shapes(self, input_shape):
+        fwd = self.forward_layer.weight_shapes(input_shape)
+        bwd = self.backward_layer.weight_shapes(input_shape)
+        return None if fwd is None or bwd is None else fwd + bwd
+
     def build(self, input_shape):
         if not self.forward_layer.built:
             self.forward_layer.build(input_shape)

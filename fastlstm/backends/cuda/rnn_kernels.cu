@@ -11,8 +11,8 @@
  * kernel against the NumPy oracle.
  *
  * Per dtype the body rnn_kernels_impl.cuh is included with REAL and FN (name suffix _f/_d).
- * fastlstm/backends/cuda_kernels.py reads the kernels' parameter lists from this source
- * itself (parse_signatures), so its launcher cannot drift from them. Gate layouts and masks follow the oracle
+ * fastlstm/backends/cuda_kernels.py reads the parameter lists from this source to convert
+ * each launch's arguments. Gate layouts and masks follow the oracle
  * (fastlstm/backends/oracle): LSTM [i|f|c|o] or [f|c|o] (coupled), GRU [z|r|h].
  */
 #include "gates_math.h"
@@ -39,7 +39,7 @@ __device__ __forceinline__ R fl_act(int kind, double alpha, double beta, R x) {
         v = v < 0 ? (R)0 : v;
         return v > 1 ? (R)1 : v;
     }
-    case FL_RELU: return x > 0 ? x : (R)0;
+    case FL_RELU: return x <= 0 ? (R)0 : x;   /* NaN stays NaN, as in NumPy */
     case FL_SOFTSIGN: return x / (1 + (x < 0 ? -x : x));
     default: return x;   /* FL_LINEAR */
     }

@@ -15,7 +15,7 @@ for all three blocks) but not to the ``z * h_{t-1}`` carry.
 """
 from __future__ import annotations
 
-from ..base import Cache, Grads
+from ..cache_and_grads import Cache, Grads
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
@@ -79,7 +79,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
             recurrent_kernel=U, reset_after=reset_after, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=a, recurrent_activation=ra, go_backwards=go_backwards,
-            return_sequences=return_sequences, has_bias=bias is not None))
+            return_sequences=return_sequences, has_bias=bias is not None), made_by="oracle")
     return y, h, cache
 
 

@@ -12,7 +12,7 @@ Peephole terms are present only with ``peephole`` given (Gers & Schmidhuber).
 """
 from __future__ import annotations
 
-from ..base import Cache, Grads
+from ..cache_and_grads import Cache, Grads
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
@@ -76,7 +76,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             recurrent_kernel=recurrent_kernel, peephole=peephole, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=a, recurrent_activation=ra, coupled=coupled, go_backwards=go_backwards,
-            return_sequences=return_sequences, has_bias=bias is not None))
+            return_sequences=return_sequences, has_bias=bias is not None), made_by="oracle")
     return y, h, c, cache
 
 

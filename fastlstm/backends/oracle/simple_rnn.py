@@ -5,7 +5,7 @@ Per step, with ``a`` the activation:
 """
 from __future__ import annotations
 
-from ..base import Cache, Grads
+from ..cache_and_grads import Cache, Grads
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_mask,
@@ -48,7 +48,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_ma
             mask=mask, input_dropout_mask=input_dropout_mask,
             recurrent_dropout_mask=recurrent_dropout_mask, activation=a,
             go_backwards=go_backwards, return_sequences=return_sequences,
-            has_bias=bias is not None))
+            has_bias=bias is not None), made_by="oracle")
     return y, h, cache
 
 

@@ -1,37 +1,12 @@
-"""ONNX <-> fastlstm with the standard ``LSTM`` / ``GRU`` / ``RNN`` operators.
+"""ONNX -> fastlstm (``from_onnx``): reads a graph's first output back into fastlstm layers;
+the layouts both directions share are in _onnx_shared.
 
-Export (``to_onnx``) writes one recurrent node per layer (``direction`` "forward",
-"reverse" for ``go_backwards``, "bidirectional" for ``Bidirectional``), ``Transpose`` between
-fastlstm's batch-major ``(B, T, F)`` and ONNX's time-major ``(T, B, F)``, ``MatMul`` / ``Add``
-and an activation for ``Dense``, ``Gather`` for ``Embedding``; batch and sequence length are
-dynamic. Weight layouts: ONNX keeps ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)``
-(input bias then recurrent bias) and for the LSTM ``P (D, 3H)``; its LSTM gates are
-``[i|o|f|c]``, peepholes ``[i|o|f]``; GRU gates ``[z|r|h]`` as Keras, and
-``linear_before_reset=1`` is Keras's ``reset_after=True``.
-
-Coupled input-forget gate (CIFG): ONNX's ``input_forget=1`` is not defined in the ONNX
-text beyond "couple the input and forget gates"; ONNX Runtime computes ``f = 1 - i`` with
-``i`` from the *input*-gate weights (and ignores the forget-gate weights and peephole).
-fastlstm's CIFG is ``i = 1 - f`` with ``f`` from the forget-gate weights. With a recurrent
-activation ``s`` where ``s(-z) = 1 - s(z)`` (sigmoid, or a hard sigmoid with beta = 0.5) the
-two agree when ONNX's input-gate block holds the *negated* forget-gate weights, biases and
-peephole: ``i_onnx = s(-z_f) = 1 - f``, ``f_onnx = 1 - i_onnx = f``. That is what is
-exported (the forget block also keeps the true forget weights); other recurrent activations
-raise. Verified against ONNX Runtime in the tests.
-
-Activation parameters: ONNX Runtime consumes ``activation_alpha`` / ``activation_beta``
-only for the functions that take them, in order. To read the same under the other
-interpretation (one value per function), a graph that needs any parameters writes ``tanh`` as
-``ScaledTanh(1, 1)`` and ``linear`` as ``Affine(1, 0)``.
-
-Masks: ONNX's ``sequence_lens`` covers only trailing padding. ``Masking`` and
-``Embedding(mask_zero=True)`` export as the per-row count of unmasked steps fed to every
-following recurrent node, so a masked model exports exactly when every row's padding is at
-its end (post-padding; Keras's ``pad_sequences(padding="post")``). Steps past a row's length
-then match fastlstm: a one-directional ``return_sequences`` layer repeats its last valid
-output (fastlstm carries it; exported with ``GatherElements``), Bidirectional outputs are
-zeros (as Keras and fastlstm), final states are those at the last valid step. Pre-padded
-rows give different results: ONNX has no way to skip leading steps.
+``_Reader`` runs the nodes the output depends on, in order, over three kinds of value:
+``_Const`` (initializers and what folds from them, bounded by ``limits.MAX_ARRAY_BYTES``),
+``_Sym`` (values computed from the input's shape: zero initial states, shape vectors) and
+``_Seq`` (the data, as the chain of fastlstm layer specs that computes it). Recurrent nodes,
+MatMul/Gemm, activations, Gather on integer input and the layout operators around them
+extend the chain; anything else is refused with ``ConversionError`` naming the node.
 """
 from __future__ import annotations
 
@@ -39,440 +14,18 @@ import os
 
 import numpy as np
 
-from ._common import (FL_TO_ONNX_LSTM, ONNX_TO_FL_LSTM, PEEPHOLE_SWAP, ConversionError,
-                      assemble, blocks, fl_layers, layers_of, new_layer, real_array, require,
-                      resolve_dtype, rnn_kind, set_built_weights)
+from .. import limits
+from ._common import (ONNX_TO_FL_LSTM, PEEPHOLE_SWAP, ConversionError, assemble, blocks,
+                      new_layer, real_array, require, resolve_dtype, set_built_weights)
+from ._onnx_shared import DEFAULT_ACTS, GATES
 
-__all__ = ["to_onnx", "from_onnx"]
+__all__ = ["from_onnx"]
 
-_MIN_OPSET = 14
-_ONNX_KIND = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
-_FL_KIND = {v: k for k, v in _ONNX_KIND.items()}
-_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-_DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 _PARAMETRISED = {"HardSigmoid": 2, "Affine": 2, "ScaledTanh": 2, "LeakyRelu": 1,
                  "ThresholdedRelu": 1, "Elu": 1}
-_INT64_MIN = -(2 ** 63)
 _DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
-# ================================ export ====================================================
-class _Builder:
-    """Collects nodes and initializers with unique names (onnx helper API)."""
-
-    def __init__(self, onnx, np_dtype, opset):
-        self.onnx = onnx
-        self.h = onnx.helper
-        self.np_dtype = np.dtype(np_dtype)
-        TP = onnx.TensorProto
-        self.elem = TP.DOUBLE if self.np_dtype == np.float64 else TP.FLOAT
-        self.opset = opset
-        self.nodes, self.inits, self.used = [], [], set()
-
-    def name(self, base):
-        n, k = base, 0
-        while n in self.used:
-            k += 1
-            n = f"{base}_{k}"
-        self.used.add(n)
-        return n
-
-    def const(self, arr, base, dtype=None):
-        arr = np.array(arr, dtype if dtype is not None else self.np_dtype, order="C")  # keeps 0-d
-        name = self.name(base)
-        self.inits.append(self.onnx.numpy_helper.from_array(arr, name))
-        return name
-
-    def i64(self, values, base):
-        return self.const(np.asarray(values, np.int64), base, np.int64)
-
-    def op(self, op_type, inputs, base=None, n_out=1, **attrs):
-        base = base or op_type.lower()
-        outs = [self.name(f"{base}_out{k}" if n_out > 1 else base) for k in range(n_out)]
-        self.nodes.append(self.h.make_node(op_type, list(inputs), outs, name=self.name(
-            f"{base}_node"), **attrs))
-        return outs if n_out > 1 else outs[0]
-
-    def transpose(self, x, perm, base="transpose"):
-        return self.op("Transpose", [x], base, perm=list(perm))
-
-    def squeeze(self, x, axes, base="squeeze"):
-        return self.op("Squeeze", [x, self.i64(axes, base + "_axes")], base)
-
-    def unsqueeze(self, x, axes, base="unsqueeze"):
-        return self.op("Unsqueeze", [x, self.i64(axes, base + "_axes")], base)
-
-    def reduce(self, op_type, x, axes, keepdims, base):
-        if op_type == "ReduceSum" or self.opset >= 18:
-            return self.op(op_type, [x, self.i64(axes, base + "_axes")], base, keepdims=keepdims)
-        return self.op(op_type, [x], base, axes=list(axes), keepdims=keepdims)
-
-    def reverse_time(self, x, base="reverse_time"):
-        """x[::-1] along axis 0 (dynamic length)."""
-        return self.op("Slice", [x, self.i64([-1], base + "_starts"),
-                                 self.i64([_INT64_MIN], base + "_ends"),
-                                 self.i64([0], base + "_axes"), self.i64([-1], base + "_steps")],
-                       base)
-
-
-class _Flow:
-    """The tensor flowing between layers during export."""
-
-    def __init__(self, value, rank, lens=None, trailing=True):
-        self.value = value          # tensor name, batch-major
-        self.rank = rank            # 3: (B, T, F); 2: (B, F)
-        self.lens = lens            # int32 (B,) unmasked-step counts, or None (no mask)
-        self.trailing = trailing    # the mask is still post-padding in this tensor's order
-
-
-def _onnx_activation(act, where):
-    """(ONNX name, alpha, beta) of a fastlstm activation."""
-    from .. import activations
-    c = act.code
-    if c == activations.TANH:
-        return ("Tanh", None, None)
-    if c == activations.SIGMOID:
-        return ("Sigmoid", None, None)
-    if c == activations.RELU:
-        return ("Relu", None, None)
-    if c == activations.SOFTSIGN:
-        return ("Softsign", None, None)
-    if c == activations.LINEAR:
-        return ("Affine", 1.0, 0.0)
-    if c == activations.HARD_SIGMOID:
-        return ("HardSigmoid", act.alpha, act.beta)
-    raise ConversionError(f"to_onnx: {where}: activation {act!r} has no ONNX equivalent")
-
-
-def _activation_attrs(funcs, onnx_kind):
-    """The activations / activation_alpha / activation_beta attributes (none if default)."""
-    n_dirs = len(funcs) // len(_DEFAULT_ACTS[onnx_kind])
-    if [f[0] for f in funcs] == _DEFAULT_ACTS[onnx_kind] * n_dirs:
-        return {}
-    if any(f[1] is not None for f in funcs if f[0] != "Affine"):
-        # Parameters are needed: write tanh as ScaledTanh(1, 1) so that more (ideally all)
-        # functions take them and both readings of the ONNX text agree.
-        funcs = [("ScaledTanh", 1.0, 1.0) if f[0] == "Tanh" else f for f in funcs]
-    attrs = {"activations": [f[0] for f in funcs]}
-    alphas = [f[1] for f in funcs if f[1] is not None]
-    betas = [f[2] for f in funcs if f[2] is not None]
-    if alphas:
-        attrs["activation_alpha"] = [float(a) for a in alphas]
-        attrs["activation_beta"] = [float(b) for b in betas]
-    return attrs
-
-
-def _lstm_direction(layer, where):
-    """ONNX (W, R, B, P or None) of one fastlstm LSTM direction (float64)."""
-    from .. import activations
-    H = layer.units
-    ws = [np.asarray(w, np.float64) for w in layer.get_weights()]
-    kernel, rec = ws[0], ws[1]
-    bias = ws[2] if layer.use_bias else np.zeros(kernel.shape[1])
-    peep = ws[-1] if layer.use_peepholes else None
-    if layer.coupled_input_forget:
-        ra = layer.recurrent_activation
-        symmetric = ra.code == activations.SIGMOID or (
-            ra.code == activations.HARD_SIGMOID and ra.beta == 0.5)
-        if not symmetric:
-            raise ConversionError(
-                f"to_onnx: {where} has coupled_input_forget=True with recurrent_activation "
-                f"{ra!r}: ONNX's input_forget computes f = 1 - i from the input gate, which "
-                "equals fastlstm's i = 1 - f only for an activation with s(-z) = 1 - s(z) "
-                "(sigmoid, or a hard sigmoid with beta=0.5)")
-        # fastlstm [f|c|o] -> [i|f|c|o] with i = -f (see the module notes).
-        kernel = np.concatenate([-kernel[:, :H], kernel], axis=1)
-        rec = np.concatenate([-rec[:, :H], rec], axis=1)
-        bias = np.concatenate([-bias[:H], bias])
-        if peep is not None:
-            peep = np.stack([-peep[1], peep[1], peep[2]])
-    W = blocks(kernel.T, FL_TO_ONNX_LSTM, 4)
-    R = blocks(rec.T, FL_TO_ONNX_LSTM, 4)
-    B = np.concatenate([blocks(bias, FL_TO_ONNX_LSTM, 4), np.zeros(4 * H)])
-    P = None if peep is None else blocks(peep, PEEPHOLE_SWAP, 3).reshape(-1)
-    return W, R, B, P
-
-
-def _direction(layer, kind, where):
-    if kind == "LSTM":
-        return _lstm_direction(layer, where)
-    ws = [np.asarray(w, np.float64) for w in layer.get_weights()]
-    G = _GATES[_ONNX_KIND[kind]]
-    H = layer.units
-    if not layer.use_bias:
-        B = np.zeros(2 * G * H)
-    elif kind == "GRU" and layer.reset_after:
-        B = np.concatenate([ws[2][0], ws[2][1]])
-    else:
-        B = np.concatenate([ws[2], np.zeros(G * H)])
-    return ws[0].T, ws[1].T, B, None
-
-
-def _functions(layer, kind, where):
-    main = _onnx_activation(layer.activation, where + " activation")
-    if kind == "SimpleRNN":
-        return [main]
-    rec = _onnx_activation(layer.recurrent_activation, where + " recurrent_activation")
-    return [rec, main, main] if kind == "LSTM" else [rec, main]
-
-
-def _recurrent_node(b, dirs, direction, x_tbf, lens, where):
-    """One ONNX LSTM/GRU/RNN node for the direction layers ``dirs`` -> (Y, Y_h, Y_c)."""
-    kind = rnn_kind(dirs[0])
-    okind = _ONNX_KIND[kind]
-    for layer in dirs:
-        if rnn_kind(layer) != kind or layer.units != dirs[0].units:
-            raise ConversionError(f"to_onnx: {where}: both directions of an ONNX node have "
-                                  "one cell type and hidden size")
-    H = dirs[0].units
-    parts = [_direction(layer, kind, f"{where}") for layer in dirs]
-    attrs = dict(hidden_size=H, direction=direction)
-    funcs = []
-    for layer in dirs:
-        funcs += _functions(layer, kind, where)
-    attrs.update(_activation_attrs(funcs, okind))
-    if kind == "GRU":
-        forms = {layer.reset_after for layer in dirs}
-        if len(forms) > 1:
-            raise ConversionError(f"to_onnx: {where}: one direction has reset_after=True, the "
-                                  "other False; an ONNX GRU node has one linear_before_reset")
-        attrs["linear_before_reset"] = int(forms.pop())
-    if kind == "LSTM":
-        cifg = {layer.coupled_input_forget for layer in dirs}
-        if len(cifg) > 1:
-            raise ConversionError(f"to_onnx: {where}: one direction has coupled_input_forget, "
-                                  "the other not; an ONNX LSTM node has one input_forget")
-        if cifg.pop():
-            attrs["input_forget"] = 1
-    W = b.const(np.stack([p[0] for p in parts]), "W")
-    R = b.const(np.stack([p[1] for p in parts]), "R")
-    inputs = [x_tbf, W, R]
-    if any(layer.use_bias for layer in dirs):
-        inputs.append(b.const(np.stack([p[2] for p in parts]), "B"))
-    else:
-        inputs.append("")
-    inputs.append(lens if lens is not None else "")
-    if kind == "LSTM" and any(p[3] is not None for p in parts):
-        P = np.stack([p[3] if p[3] is not None else np.zeros(3 * H) for p in parts])
-        inputs += ["", "", b.const(P, "P")]
-    while inputs and inputs[-1] == "":
-        inputs.pop()
-    n_out = 3 if kind == "LSTM" else 2
-    outs = b.op(okind, inputs, okind.lower(), n_out=n_out, **attrs)
-    return outs[0], outs[1], (outs[2] if kind == "LSTM" else None)
-
-
-def _carry_forward(b, y_tbh, lens):
-    """Steps past each row's length repeat its last valid output: y[min(t, len-1)]."""
-    shape = b.op("Shape", [y_tbh], "carry_shape")
-    T = b.op("Gather", [shape, b.i64(0, "carry_t_index")], "carry_T", axis=0)
-    steps = b.op("Range", [b.i64(0, "carry_start"), T, b.i64(1, "carry_delta")], "carry_steps")
-    t_col = b.unsqueeze(steps, [1], "carry_t")
-    last = b.op("Sub", [b.op("Cast", [lens], "carry_lens", to=b.onnx.TensorProto.INT64),
-                        b.i64(1, "carry_one")], "carry_last")
-    idx = b.op("Min", [t_col, b.unsqueeze(last, [0], "carry_last_row")], "carry_idx")
-    idx = b.op("Expand", [b.unsqueeze(idx, [2], "carry_idx3"), shape], "carry_idx_full")
-    return b.op("GatherElements", [y_tbh, idx], "carried", axis=0)
-
-
-def _export_recurrent(b, layer, flow, where, outputs):
-    """Appends the nodes of a recurrent layer or Bidirectional; returns the new flow."""
-    L = fl_layers()
-    if flow.rank != 3:
-        raise ConversionError(f"to_onnx: {where} needs a sequence input (B, T, F)")
-    if flow.lens is not None and not flow.trailing:
-        raise ConversionError(
-            f"to_onnx: {where} gets a mask that an earlier go_backwards layer reversed into "
-            "leading padding, which ONNX's sequence_lens cannot express")
-    bidir = isinstance(layer, L.Bidirectional)
-    if bidir:
-        f, bw = layer.forward_layer, layer.backward_layer
-        if f.go_backwards or not bw.go_backwards:
-            raise ConversionError(f"to_onnx: {where}: its forward layer runs backwards; an ONNX "
-                                  "bidirectional node runs the first direction forwards")
-        dirs, direction = [f, bw], "bidirectional"
-        main = f
-        if layer.merge_mode is None:
-            raise ConversionError(f"to_onnx: {where} has merge_mode=None (two outputs); use "
-                                  "concat, sum, ave or mul")
-    else:
-        dirs, direction, main = [layer], ("reverse" if layer.go_backwards else "forward"), layer
-    x_tbf = b.transpose(flow.value, (1, 0, 2), "to_time_major")
-    Y, Y_h, Y_c = _recurrent_node(b, dirs, direction, x_tbf, flow.lens, where)
-    rs = main.return_sequences
-    if bidir:
-        mode = layer.merge_mode
-        if rs:
-            if mode == "concat":
-                out = b.op("Reshape", [b.transpose(Y, (2, 0, 1, 3), "y_btdh"),
-                                       b.i64([0, 0, -1], "concat_shape")], "bidirectional_out")
-            else:
-                red = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}[mode]
-                out = b.transpose(b.reduce(red, Y, [1], 0, "merge_" + mode), (1, 0, 2),
-                                  "bidirectional_out")
-        else:
-            if mode == "concat":
-                out = b.op("Reshape", [b.transpose(Y_h, (1, 0, 2), "h_bdh"),
-                                       b.i64([0, -1], "concat_shape")], "bidirectional_out")
-            else:
-                red = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}[mode]
-                out = b.reduce(red, Y_h, [0], 0, "merge_" + mode)
-        new = _Flow(out, 3 if rs else 2, flow.lens if rs else None, flow.trailing)
-        if main.return_state:
-            for d in range(2):
-                outputs.append(b.op("Gather", [Y_h, b.i64(d, "dir")], "state_h", axis=0))
-                if Y_c is not None:
-                    outputs.append(b.op("Gather", [Y_c, b.i64(d, "dir")], "state_c", axis=0))
-        return new
-    if rs:
-        y = b.squeeze(Y, [1], "y_tbh")
-        if layer.go_backwards:
-            y = b.reverse_time(y)            # fastlstm returns the steps in processing order
-        elif flow.lens is not None:
-            y = _carry_forward(b, y, flow.lens)
-        out = b.transpose(y, (1, 0, 2), "to_batch_major")
-        new = _Flow(out, 3, flow.lens, flow.trailing and not layer.go_backwards)
-    else:
-        new = _Flow(b.squeeze(Y_h, [0], "last_h"), 2)
-    if layer.return_state:
-        outputs.append(b.squeeze(Y_h, [0], "state_h"))
-        if Y_c is not None:
-            outputs.append(b.squeeze(Y_c, [0], "state_c"))
-    return new
-
-
-def _export_dense(b, layer, flow, where):
-    from .. import activations
-    z = b.op("MatMul", [flow.value, b.const(layer.get_weights()[0], "kernel")], "dense_matmul")
-    if layer.use_bias:
-        z = b.op("Add", [z, b.const(layer.get_weights()[1], "bias")], "dense_bias")
-    act = layer.activation
-    if getattr(act, "name", None) == "softmax" and not hasattr(act, "code"):
-        z = b.op("Softmax", [z], "softmax", axis=-1)
-    elif act.code != activations.LINEAR:
-        name, alpha, beta = _onnx_activation(act, where + " activation")
-        kw = {} if alpha is None else dict(alpha=float(alpha), beta=float(beta))
-        z = b.op(name, [z], name.lower(), **kw)
-    return _Flow(z, flow.rank, flow.lens, flow.trailing)
-
-
-def _keep_to_lens(b, keep_bool):
-    keep_i = b.op("Cast", [keep_bool], "keep_int", to=b.onnx.TensorProto.INT32)
-    return b.reduce("ReduceSum", keep_i, [1], 0, "seq_lens")
-
-
-def to_onnx(obj, path=None, opset=17, dtype=None, input_name="input", output_name="output",
-            check=True):
-    """Write a fastlstm layer or ``fl.Sequential`` as an ONNX model; returns the ModelProto.
-
-    Standard operators only: ``LSTM`` (peepholes in ``P``, order ``[i|o|f]``; CIFG through
-    ``input_forget=1``), ``GRU`` (``linear_before_reset=1`` for ``reset_after=True``),
-    ``RNN``; ``direction`` "forward" / "reverse" (go_backwards) / "bidirectional"
-    (Bidirectional; merge modes concat, sum, ave, mul); activations ``Sigmoid``, ``Tanh``,
-    ``Relu``, ``Softsign``, ``HardSigmoid`` (alpha/beta), ``Affine`` (linear);
-    ``MatMul``/``Add`` and an activation or ``Softmax`` for Dense; ``Gather`` for Embedding
-    (then the input is int64 ``(batch, time)``); Dropout is the identity; Masking and
-    ``Embedding(mask_zero=True)`` become ``sequence_lens`` (post-padding only: see the module
-    notes). The input ``input_name`` is batch-major ``(batch, time, features)`` with dynamic
-    batch and time; outputs: ``output_name`` and, for a single layer with
-    ``return_state=True``, ``state_h`` (and ``state_c``) per direction.
-
-    ``opset``: 14 or later (default 17). ``dtype``: the graph's float type, default the
-    model's (ONNX Runtime runs LSTM/GRU/RNN in float32 only; a float64 graph is valid ONNX
-    for runtimes that do). ``check``: run ``onnx.checker.check_model`` (full check).
-    """
-    onnx = require("onnx", "fastlstm.convert.to_onnx")
-    from .. import __version__
-    layers = layers_of(obj, "to_onnx")
-    if isinstance(opset, bool) or not isinstance(opset, int) or not (
-            _MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
-        raise ValueError(f"opset: expected an integer in [{_MIN_OPSET}, "
-                         f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
-    L = fl_layers()
-    for layer in layers:
-        if not isinstance(layer, (L.Masking, L.Dropout)) and not layer.built:
-            raise ValueError(f"to_onnx: {layer.name} is not built; call the model once or "
-                             "build(input_shape) first")
-    dt = resolve_dtype(dtype, layers[0].dtype)
-    b = _Builder(onnx, dt, opset)
-    TP = onnx.TensorProto
-    first = next((l for l in layers if not isinstance(l, (L.Masking, L.Dropout))), None)
-    if first is None:
-        raise ConversionError("to_onnx: the model has no layer with weights")
-    if isinstance(layers[0], L.Embedding):
-        inp = onnx.helper.make_tensor_value_info(input_name, TP.INT64, ["batch", "time"])
-        rank = 2
-    else:
-        if isinstance(first, L.Bidirectional):
-            in_dim = first.forward_layer.input_dim
-        elif isinstance(first, L.Embedding):
-            raise ConversionError(f"to_onnx: {first.name}: an Embedding must be the first layer")
-        else:
-            in_dim = first.input_dim
-        rank = 3
-        shape = getattr(obj, "input_shape", None)
-        if rnn_kind(first) is None and not isinstance(first, L.Bidirectional) and shape:
-            rank = len(shape)
-        dims = ["batch", "time", in_dim] if rank == 3 else ["batch"] + list(shape[1:])
-        inp = onnx.helper.make_tensor_value_info(input_name, b.elem, dims)
-    b.used.add(input_name)
-    flow = _Flow(input_name, rank)
-    extra_outputs = []
-    for i, layer in enumerate(layers):
-        where = f"{type(layer).__name__} {layer.name!r}"
-        if isinstance(layer, L.Dropout):
-            continue
-        if isinstance(layer, L.Masking):
-            if flow.rank != 3:
-                raise ConversionError(f"to_onnx: {where} needs a sequence input (B, T, F)")
-            differs = b.op("Not", [b.op("Equal", [flow.value, b.const(
-                np.asarray(layer.mask_value), "mask_value")], "is_mask_value")], "differs")
-            keep_f = b.reduce("ReduceMax", b.op("Cast", [differs], "differs_float", to=b.elem),
-                              [2], 0, "keep")
-            keep = b.op("Cast", [keep_f], "keep_bool", to=TP.BOOL)
-            masked = b.op("Mul", [flow.value, b.unsqueeze(keep_f, [2], "keep_col")], "masked")
-            flow = _Flow(masked, 3, _keep_to_lens(b, keep), True)
-        elif isinstance(layer, L.Embedding):
-            if i != 0:
-                raise ConversionError(f"to_onnx: {where}: an Embedding must be the first layer")
-            emb = b.op("Gather", [b.const(layer.get_weights()[0], "embeddings"), flow.value],
-                       "embedded", axis=0)
-            lens = None
-            if layer.mask_zero:
-                keep = b.op("Not", [b.op("Equal", [flow.value, b.i64(0, "zero")], "is_zero")],
-                            "keep_bool")
-                lens = _keep_to_lens(b, keep)
-            flow = _Flow(emb, 3, lens, True)
-        elif isinstance(layer, L.Dense):
-            flow = _export_dense(b, layer, flow, where)
-        elif rnn_kind(layer) is not None or isinstance(layer, L.Bidirectional):
-            if (layer.return_state if rnn_kind(layer) else layer.return_state) and len(layers) > 1:
-                raise ConversionError(f"to_onnx: {where} has return_state=True inside a model")
-            if getattr(layer, "stateful", False):
-                raise ConversionError(f"to_onnx: {where} has stateful=True; an ONNX graph "
-                                      "keeps no state between runs")
-            flow = _export_recurrent(b, layer, flow, where, extra_outputs)
-        else:
-            raise ConversionError(f"to_onnx: {where} has no ONNX export")
-    out = b.op("Identity", [flow.value], output_name)
-    out_dims = ["batch", "time", None] if flow.rank == 3 else ["batch", None]
-    outputs = [onnx.helper.make_tensor_value_info(out, b.elem, out_dims)]
-    for name in extra_outputs:
-        outputs.append(onnx.helper.make_tensor_value_info(name, b.elem, ["batch", None]))
-    graph = onnx.helper.make_graph(b.nodes, getattr(obj, "name", "fastlstm"), [inp], outputs,
-                                   b.inits)
-    opsets = [onnx.helper.make_opsetid("", opset)]
-    model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="fastlstm",
-                                   producer_version=__version__)
-    model.ir_version = max(onnx.helper.find_min_ir_version_for(opsets), 8)
-    if check:
-        onnx.checker.check_model(model, full_check=True)
-    if path is not None:
-        onnx.save(model, os.fspath(path))
-    return model
-
-
-# ================================ import ====================================================
 class _Const:
     def __init__(self, arr):
         self.arr = np.asarray(arr)
@@ -544,10 +97,20 @@ class _Reader:
         return out
 
     def array(self, tensor, where):
-        """A TensorProto's values; a corrupt one (unknown type, wrong size) is refused."""
+        """A TensorProto's values; a corrupt one (unknown type, wrong size), one larger than
+        ``limits.MAX_ARRAY_BYTES`` and one whose data live in another file are refused."""
+        if tensor.data_location == self.onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ConversionError(f"{where} keeps its data in an external file "
+                                  f"({[(e.key, e.value) for e in tensor.external_data]}); "
+                                  "from_onnx reads no other file: embed the weights in the "
+                                  "model (onnx.save(model, path, save_as_external_data=False))")
         try:
+            dtype = self.onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            limits.check_array_size(tensor.dims, dtype, where, error=ConversionError)
             return self.onnx.numpy_helper.to_array(tensor)
         except (ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, ConversionError):
+                raise
             raise ConversionError(f"{where} cannot be read ({exc!r})") from None
 
     def where(self, node):
@@ -653,14 +216,23 @@ class _Reader:
                     self.vals[name] = v
             return
         seqs = [v for v in ins if isinstance(v, _Seq)]
-        if not seqs:
-            if all(isinstance(v, _Const) or v is None for v in ins) and not any(
-                    isinstance(v, _Sym) for v in ins):
-                self.vals[node.output[0]] = _Const(self.fold(node, op, ins, a))
-            else:
-                self.vals[node.output[0]] = self.sym(node, op, ins, a)
-            return
-        self.vals[node.output[0]] = self.data(node, op, ins, a, seqs)
+        try:
+            if not seqs:
+                if all(isinstance(v, _Const) or v is None for v in ins) and not any(
+                        isinstance(v, _Sym) for v in ins):
+                    self.vals[node.output[0]] = _Const(self.fold(node, op, ins, a))
+                else:
+                    self.vals[node.output[0]] = self.sym(node, op, ins, a)
+                return
+            self.vals[node.output[0]] = self.data(node, op, ins, a, seqs)
+        except ConversionError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                MemoryError) as exc:
+            # malformed attributes or inputs (an index out of range, an unknown type, a
+            # missing attribute): the node is refused, whatever NumPy made of it
+            raise self.err(node, f"cannot be applied to its inputs and attributes "
+                           f"({type(exc).__name__}: {exc})") from None
 
     def check_signature(self, node):
         """Refuse what the operator's definition (at the model's opset) does not have: extra
@@ -703,8 +275,15 @@ class _Reader:
             return [int(v) for v in np.asarray(self.const(node, node.input[idx], "axes")).ravel()]
         return list(a.get("axes", []))
 
+    def _bounded(self, node, shape, dtype):
+        """Refuse a folded result of ``shape`` above limits.MAX_ARRAY_BYTES before making it."""
+        limits.check_array_size(shape, dtype, f"{self.where(node)}: its result",
+                                error=ConversionError)
+        return tuple(int(d) for d in shape)
+
     def fold(self, node, op, ins, a):
-        """Constant folding of the layout/shape ops on constants."""
+        """Constant folding of the layout/shape ops on constants; results are bounded by
+        limits.MAX_ARRAY_BYTES before they are allocated."""
         x = ins[0].arr if ins and ins[0] is not None else None
         if op == "Identity" or op == "Dropout":
             return x
@@ -725,9 +304,19 @@ class _Reader:
                      for i, s in enumerate(shape)]
             return x.reshape(shape)
         if op == "Concat":
+            if "axis" not in a:
+                raise self.err(node, "Concat needs the attribute axis")
             return np.concatenate([v.arr for v in ins], axis=a["axis"])
         if op == "Gather":
-            return np.take(x, ins[1].arr, axis=a.get("axis", 0))
+            idx, axis = np.asarray(ins[1].arr), a.get("axis", 0)
+            ax = axis % x.ndim if -x.ndim <= axis < x.ndim else None
+            if ax is None:
+                raise self.err(node, f"axis {axis} is out of range for rank {x.ndim}")
+            if idx.size and not (-x.shape[ax] <= idx.min() and idx.max() < x.shape[ax]):
+                raise self.err(node, f"indices {idx.ravel()[:8].tolist()} are out of range "
+                               f"for an axis of size {x.shape[ax]}")
+            self._bounded(node, x.shape[:ax] + idx.shape + x.shape[ax + 1:], x.dtype)
+            return np.take(x, idx, axis=ax)
         if op == "Slice":
             starts, ends = ins[1].arr, ins[2].arr
             axes = ins[3].arr if len(ins) > 3 and ins[3] is not None else range(len(starts))
@@ -739,16 +328,22 @@ class _Reader:
                 sl[ax] = slice(int(s), e, int(st))
             return x[tuple(sl)]
         if op == "Cast":
-            return x.astype(self.onnx.helper.tensor_dtype_to_np_dtype(a["to"]))
+            try:
+                to = self.onnx.helper.tensor_dtype_to_np_dtype(a["to"])
+            except KeyError:
+                raise self.err(node, f"to={a.get('to')!r} is not an ONNX element type") from None
+            return x.astype(to)
         if op == "ConstantOfShape":
             fill = self.array(a["value"], self.where(node)) if "value" in a else np.zeros(1)
-            return np.full([int(s) for s in x], fill.ravel()[0], fill.dtype)
+            shape = self._bounded(node, [int(s) for s in np.atleast_1d(x)], fill.dtype)
+            return np.full(shape, fill.ravel()[0], fill.dtype)
         if op == "Expand":
-            return x * np.ones([int(s) for s in ins[1].arr], x.dtype)
-        if op == "Add":
-            return ins[0].arr + ins[1].arr
-        if op == "Mul":
-            return ins[0].arr * ins[1].arr
+            shape = np.broadcast_shapes(x.shape, tuple(int(s) for s in ins[1].arr))
+            return np.broadcast_to(x, self._bounded(node, shape, x.dtype)).copy()
+        if op in ("Add", "Mul"):
+            shape = np.broadcast_shapes(ins[0].arr.shape, ins[1].arr.shape)
+            self._bounded(node, shape, np.result_type(ins[0].arr, ins[1].arr))
+            return ins[0].arr + ins[1].arr if op == "Add" else ins[0].arr * ins[1].arr
         raise self.err(node, f"{op} on constants is not supported")
 
     def sym(self, node, op, ins, a):
@@ -1028,7 +623,7 @@ class _Reader:
             raise self.err(node, "sequence_lens (masking) is not supported by from_onnx")
         P = self.const(node, node.input[7], "P") if n_in > 7 and node.input[7] else None
         D = 2 if direction == "bidirectional" else 1
-        G = _GATES[op]
+        G = GATES[op]
         if "hidden_size" in a:
             H = int(a["hidden_size"])
             if H < 1:
@@ -1107,8 +702,8 @@ def _hard_sigmoid(alpha, beta):
 
 def _parse_activations(reader, node, a, op, D):
     """Per direction, the fastlstm activations of the node's function list."""
-    n = len(_DEFAULT_ACTS[op])
-    names = a.get("activations") or _DEFAULT_ACTS[op] * D
+    n = len(DEFAULT_ACTS[op])
+    names = a.get("activations") or DEFAULT_ACTS[op] * D
     if len(names) != n * D:
         raise reader.err(node, f"{len(names)} activations for {D} direction(s) of {op}; "
                          f"expected {n * D}")
@@ -1147,7 +742,7 @@ def _symmetric(act):
 def _layer_spec(reader, node, op, a, d, W, R, B, P, H, funcs, backwards):
     """fastlstm constructor arguments and weights (float64) of one direction."""
     W, R = W[d].astype(np.float64), R[d].astype(np.float64)
-    G = _GATES[op]
+    G = GATES[op]
     Wb = B[d, :G * H].astype(np.float64) if B is not None else np.zeros(G * H)
     Rb = B[d, G * H:].astype(np.float64) if B is not None else np.zeros(G * H)
     use_bias = B is not None
@@ -1258,7 +853,8 @@ def from_onnx(model, dtype=None):
     from google.protobuf.message import DecodeError     # onnx's own dependency
     try:
         if isinstance(model, (str, os.PathLike)):
-            model = onnx.load(os.fspath(model))
+            # external data (weights kept in other files) is refused, never loaded
+            model = onnx.load(os.fspath(model), load_external_data=False)
         elif isinstance(model, (bytes, bytearray)):
             model = onnx.load_from_string(bytes(model))
         elif not isinstance(model, onnx.ModelProto):

@@ -10,14 +10,20 @@ class Cache:
 
     A backward may reuse the cache's buffers for its own work (the compiled kernels write
     the gate gradients over the saved gates), so each cache serves one backward only.
+
+    ``backend`` names the ``Ops`` object whose backward may take it; ``made_by`` the code
+    that saved ``data`` and so decides its layout: ``"oracle"`` (backends/oracle, also when a
+    compiled backend hands it a case such as an empty batch), ``"cython"`` (the compiled CPU
+    kernels) or ``"cupy"``.
     """
 
-    __slots__ = ("backend", "cell", "data", "consumed", "info")
+    __slots__ = ("backend", "cell", "data", "made_by", "consumed", "info")
 
-    def __init__(self, backend: str, cell: str, data: dict):
+    def __init__(self, backend: str, cell: str, data: dict, *, made_by: str):
         self.backend = backend
         self.cell = cell
         self.data = data
+        self.made_by = made_by
         self.consumed = False
         self.info = None      # set by fastlstm.ops: shapes and dtype for checking backward
 
