@@ -161,13 +161,17 @@ def _positive_int(name, value, allow_none=False):
     return int(value)
 
 
-def _model_argument(model, dask):
-    """(graph argument holding the model's bytes, their digest)."""
+def _model_argument(model, dask, delayed=True):
+    """(graph argument holding the model's bytes, their digest). Without a ``distributed``
+    client and with ``delayed=False`` (``map_overlap`` does not resolve delayed arguments),
+    the bytes themselves: Dask's local schedulers pass them to tasks by reference."""
     data = model_to_bytes(model)
     digest = hashlib.sha256(data).hexdigest()
     client = _current_client()
     if client is not None:
         return client.scatter(data, broadcast=True, hash=False), digest
+    if not delayed:
+        return data, digest
     return dask.delayed(data, name=f"fastlstm-model-{digest[:16]}", pure=True), digest
 
 
@@ -424,7 +428,7 @@ def predict_windows(model, df, columns, window, stride=None, by=None, order_by=N
     batch_size = _positive_int("batch_size", batch_size)
     threads = _positive_int("threads_per_task", threads_per_task)
     names, dtype = _output_names(model, len(columns))
-    arg, digest = _model_argument(model, dask)
+    arg, digest = _model_argument(model, dask, delayed=by is not None)
     key_columns = ([by] if by is not None else []) + ([order_by] if order_by is not None else [])
     meta = pd.DataFrame({**{c: df._meta[c].iloc[:0] for c in key_columns},
                          **{n: np.empty(0, dtype) for n in names}}, index=df._meta.index[:0])

@@ -22,7 +22,7 @@ RTOL = {"float32": 1e-5, "float64": 1e-12}
 
 
 def _mpiexec():
-    pytest.importorskip("mpi4py")
+    pytest.importorskip("mpi4py.MPI")
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     found = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
     if found is None:
@@ -125,7 +125,7 @@ print("ok")
 
 
 def test_a_job_of_one_rank_without_mpiexec():
-    pytest.importorskip("mpi4py")
+    pytest.importorskip("mpi4py.MPI")
     run = subprocess.run([sys.executable, "-c", ONE_RANK], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
