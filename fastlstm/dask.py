@@ -22,10 +22,13 @@ with ``nthreads`` threads keeps ``nthreads`` cores busy and never oversubscribes
 The setting is process-wide; concurrent tasks of a process share it and the last one to
 finish restores what was set before.
 
-Equality. Each chunk is scored by ``model.predict(chunk, batch_size)``. The kernels' results
-for a row depend on the batch it is computed in, so chunks along N are made multiples of
+Equality. Each chunk is scored by ``model.predict(chunk, batch_size)``. The last bits of a
+row's result depend on the batch it is computed in and on the kernels' thread count (BLAS
+takes other code paths for other product sizes), so chunks along N are made multiples of
 ``batch_size`` (rechunked when they are not): then every batch is the batch
-``model.predict(x, batch_size)`` would form, and the result is bit for bit the same.
+``model.predict(x, batch_size)`` would form, and the result is bit for bit that of
+``model.predict(x, batch_size)`` run with ``threads_per_task`` threads (e.g. inside
+``limited_threads(1)``). With other thread counts the two agree to rounding.
 
 Dataframes. :func:`predict_groups` scores one sequence per group (``by``), ordered by
 ``order_by``; :func:`predict_windows` scores fixed windows of consecutive rows, within each
@@ -210,7 +213,8 @@ def predict(model, x, batch_size=32, threads_per_task=1):
     ``x`` has the model's input shape, e.g. ``(N, T, F)``; its chunks along N are the tasks
     (made multiples of ``batch_size``), and chunks along the other axes are merged. The
     result is chunked along N as ``x`` is and equals ``model.predict(x.compute(),
-    batch_size)`` bit for bit. ``threads_per_task``: kernel and BLAS threads of each task.
+    batch_size)`` on as many threads bit for bit. ``threads_per_task``: kernel and BLAS
+    threads of each task.
     """
     dask = _import_dask()
     import dask.array as da

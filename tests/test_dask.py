@@ -34,13 +34,14 @@ def _x(n=700, t=20, f=8, dtype=np.float32):
 
 
 def test_predict_on_a_local_cluster_equals_model_predict_bit_for_bit(cluster):
-    model, x = _model(), _x()
-    expected = model.predict(x)
+    model, x = _model(64, 1), _x(700, 30)
+    with fd.limited_threads(1):         # as many kernel threads as each task
+        expected = model.predict(x)
     xd = da.from_array(x, chunks=(100, 7, 5))         # N not a multiple of 32; T, F split
     fd._models.clear()
     with distributed.Client(cluster):
         y = fd.predict(model, xd)
-        assert all(c % 32 == 0 for c in y.chunks[0][:-1]) and y.chunks[1] == (3,)
+        assert all(c % 32 == 0 for c in y.chunks[0][:-1]) and y.chunks[1] == (1,)
         got = y.compute()
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
@@ -53,15 +54,18 @@ def test_predict_through_a_scheduler_address(cluster):
     model, x = _model(return_sequences=True, dtype="float64"), _x(200, 9, 8, np.float64)
     with distributed.Client(cluster.scheduler_address):
         got = fd.predict(model, da.from_array(x, chunks=64), batch_size=16).compute()
-    np.testing.assert_array_equal(got, model.predict(x, batch_size=16))
+    with fd.limited_threads(1):
+        np.testing.assert_array_equal(got, model.predict(x, batch_size=16))
     assert got.shape == (200, 9, 3)
 
 
 def test_predict_with_dask_local_schedulers():
     model, x = _model(), _x(150)
-    y = fd.predict(model, da.from_array(x, chunks=64))
-    np.testing.assert_array_equal(y.compute(scheduler="threads"), model.predict(x))
-    np.testing.assert_array_equal(y.compute(scheduler="sync"), model.predict(x))
+    y = fd.predict(model, da.from_array(x, chunks=64), threads_per_task=2)
+    with fd.limited_threads(2):
+        expected = model.predict(x)
+    np.testing.assert_array_equal(y.compute(scheduler="threads"), expected)
+    np.testing.assert_array_equal(y.compute(scheduler="sync"), expected)
 
 
 def test_limited_threads_is_shared_by_concurrent_tasks():
