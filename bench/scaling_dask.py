@@ -10,10 +10,13 @@ On ``distributed.LocalCluster``s of worker processes (``processes=True``), for
 2. streaming: ``--n`` sequences generated on the workers chunk by chunk
    (``dask.array.random``), scored and stored into an output array on the client, so no
    process ever holds the inputs; reports each worker's peak resident set
-   (``ru_maxrss``) and its resident set before the job;
+   (``VmHWM``) and its resident set before the job;
 3. throughput: the same ``--throughput`` sequences on 1 worker x 1 thread and on 2 workers x
    1 thread, alternating (A, B, A, B, ...) with a pause between runs, ``--runs`` each;
-   medians of sequences per second and of the per-pair ratios.
+   medians of sequences per second and of the per-pair ratios. In the same rounds, without
+   Dask: one plain process scoring ``--throughput`` sequences on 1 thread against two such
+   processes at once, which is what the two cores deliver at that moment (on a shared
+   virtual machine, often less than 2x).
 
 Prints the CPU it ran on. Timings are for docs/scaling.md, never for tests.
 """
@@ -44,6 +47,12 @@ def cpu_name():
 
 
 def peak_rss_mib():
+    """This process's peak resident set (VmHWM). Not ru_maxrss: a worker process is forked
+    from the client's and ru_maxrss keeps the parent's peak across fork and exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -69,14 +78,37 @@ def sequences(n, seed=0):
                                                        dtype=np.float32)
 
 
+def plain_worker(n):
+    """One process scoring ``n`` sequences in chunks of CHUNK on one thread; prints its rate."""
+    import fastlstm as fl
+    fl.set_num_threads(1)
+    model = make_model()
+    x = np.random.default_rng(0).standard_normal((CHUNK, T, F)).astype(np.float32)
+    model.predict(x[:256], batch_size=BATCH)
+    t0 = time.perf_counter()
+    for start in range(0, n, CHUNK):
+        model.predict(x[:min(CHUNK, n - start)], batch_size=BATCH)
+    print(n / (time.perf_counter() - t0))
+
+
+def plain_processes(k, n):
+    """Aggregate sequences/s of ``k`` plain processes started together (imports excluded)."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--plain-worker", str(n)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(k)]
+    return sum(float(p.communicate()[0].split()[-1]) for p in procs)
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--plain-worker", type=int, default=0)
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--check", type=int, default=20_000)
     parser.add_argument("--throughput", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pause", type=float, default=1.0)
     args = parser.parse_args()
+    if args.plain_worker:
+        return plain_worker(args.plain_worker)
 
     import dask
     import distributed
@@ -138,10 +170,14 @@ def main():
                 return args.throughput / (time.perf_counter() - t0)
 
         run(1), run(2)                     # warm: models loaded on every worker
+        plain = {1: [], 2: []}
         for _ in range(args.runs):
             for k in (1, 2):
                 time.sleep(args.pause)
                 rates[k].append(run(k))
+            for k in (1, 2):
+                time.sleep(args.pause)
+                plain[k].append(plain_processes(k, args.throughput))
         ratios = [b / a for a, b in zip(rates[1], rates[2])]
         for k in (1, 2):
             print(f"{k} worker(s) x 1 thread: " + ", ".join(f"{r:.0f}" for r in rates[k])
@@ -149,6 +185,13 @@ def main():
         print(f"2 x 1 over 1 x 1: per-pair ratios " + ", ".join(f"{r:.2f}" for r in ratios)
               + f"; median ratio {statistics.median(ratios):.2f}, ratio of medians "
               f"{statistics.median(rates[2]) / statistics.median(rates[1]):.2f}")
+        plain_ratios = [b / a for a, b in zip(plain[1], plain[2])]
+        for k in (1, 2):
+            print(f"without Dask, {k} process(es) x 1 thread: " + ", ".join(
+                f"{r:.0f}" for r in plain[k]) + f" sequences/s, median "
+                f"{statistics.median(plain[k]):.0f}")
+        print(f"without Dask, 2 processes over 1: per-round ratios " + ", ".join(
+            f"{r:.2f}" for r in plain_ratios) + f"; median {statistics.median(plain_ratios):.2f}")
         for cl in clients.values():
             cl.close()
     print(f"load average after: {os.getloadavg()}")

@@ -34,10 +34,10 @@ def job(args):
     from mpi4py import MPI
     fld.init(threads=1)
     comm, rank, size = fld.comm(), fld.rank(), fld.size()
-    batch = GLOBAL_BATCH // size
+    batch = args.batch or GLOBAL_BATCH // size
     steps = args.steps + 5
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((GLOBAL_BATCH * steps, T, F)).astype(np.float32)
+    x = rng.standard_normal((batch * size * steps, T, F)).astype(np.float32)
     y = x[:, -1, :1].copy()
     xs, ys = fld.shard(x), fld.shard(y)
     model = fl.Sequential([fl.layers.LSTM(UNITS), fl.layers.Dense(1)])
@@ -86,17 +86,19 @@ def driver(args):
     mpiexec = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
     env = dict(os.environ, PYTHONPATH=ROOT)
     print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs; load average {os.getloadavg()}")
-    runs = {1: [], 2: []}
+    # 1 rank x 64, 2 ranks x 32 (the same global batch), 1 rank x 32 (the same per-rank work)
+    configs = {1: (1, GLOBAL_BATCH), 2: (2, GLOBAL_BATCH // 2), "1x32": (1, GLOBAL_BATCH // 2)}
+    runs = {k: [] for k in configs}
     for _ in range(args.runs):
-        for n in (1, 2):
+        for key, (n, batch) in configs.items():
             time.sleep(args.pause)
             out = subprocess.run([mpiexec, "-n", str(n), sys.executable, __file__, "--job",
-                                  "--steps", str(args.steps)], env=env, capture_output=True,
-                                 text=True, timeout=600)
+                                  "--steps", str(args.steps), "--batch", str(batch)], env=env,
+                                 capture_output=True, text=True, timeout=600)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not line:
                 sys.exit(f"mpiexec -n {n} failed:\n{out.stdout}\n{out.stderr}")
-            runs[n].append(json.loads(line[0][7:]))
+            runs[key].append(json.loads(line[0][7:]))
     med = {n: statistics.median(r["steps_per_s"] for r in runs[n]) for n in runs}
     pairs = [b["steps_per_s"] / a["steps_per_s"] for a, b in zip(runs[1], runs[2])]
     share = statistics.median(r["allreduce_share"] for r in runs[2])
@@ -107,9 +109,20 @@ def driver(args):
     for n in (1, 2):
         print(f"{n} rank(s) x batch {GLOBAL_BATCH // n} (1 thread each): steps/s "
               + ", ".join(f"{r['steps_per_s']:.1f}" for r in runs[n]) + f"; median {med[n]:.1f}")
+    print(f"1 rank x batch {GLOBAL_BATCH // 2}: steps/s "
+          + ", ".join(f"{r['steps_per_s']:.1f}" for r in runs["1x32"])
+          + f"; median {med['1x32']:.1f}")
     print(f"speed-up 2 ranks / 1 rank, same global batch {GLOBAL_BATCH}: per pair "
           + ", ".join(f"{p:.2f}" for p in pairs) + f"; median {statistics.median(pairs):.2f}, "
           f"efficiency {statistics.median(pairs) / 2:.0%}")
+    weak = [b["steps_per_s"] / a["steps_per_s"] for a, b in zip(runs["1x32"], runs[2])]
+    print(f"one rank: a batch-{GLOBAL_BATCH} step {1e3 / med[1]:.1f} ms, a batch-"
+          f"{GLOBAL_BATCH // 2} step {1e3 / med['1x32']:.1f} ms: the ideal speed-up of 2 ranks "
+          f"x {GLOBAL_BATCH // 2} over 1 rank x {GLOBAL_BATCH} is {med['1x32'] / med[1]:.2f}x, "
+          f"not 2x (smaller products run less efficiently)")
+    print(f"2 ranks x {GLOBAL_BATCH // 2} over 1 rank x {GLOBAL_BATCH // 2} (the same work per "
+          f"rank; ideal 1): per pair " + ", ".join(f"{w:.2f}" for w in weak)
+          + f"; median {statistics.median(weak):.2f}")
     print(f"allreduce in the 2-rank steps: {share:.1%} of step time (median), "
           f"{per_step * 1e6:.0f} us per step, gradient {grad_bytes} bytes (includes waiting "
           f"for the slower rank); the same allreduce alone: {alone[grad_bytes] * 1e6:.0f} us, "
@@ -148,6 +161,7 @@ def main():
     parser.add_argument("--job", action="store_true")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=0)
     parser.add_argument("--pause", type=float, default=1.0)
     args = parser.parse_args()
     job(args) if args.job else driver(args)

@@ -1,6 +1,7 @@
 """fastlstm.distributed: 2 ranks under mpiexec take the steps of one process with twice the
 batch; a rank that raises ends the job. Skipped where mpi4py or mpiexec is missing."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,19 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, dtype, opti
     assert run.stdout.count("10/10") == mpi_train.EPOCHS, run.stdout
     loaded = fl.load_model(tmp_path / "ckpt-rank0" / "model.npz")
     assert type(loaded.optimizer).__name__ == {"adam": "Adam", "sgd": "SGD"}[optimizer]
+
+
+def test_the_documented_train_py_runs_under_mpiexec(tmp_path):
+    with open(os.path.join(ROOT, "docs", "scaling.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```py\n(.*?)```", f.read(), re.S)
+    assert len(blocks) == 1, "docs/scaling.md: expected one ```py block, the train.py example"
+    (tmp_path / "train.py").write_text(blocks[0], encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    run = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "train.py"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 ranks: loss" in run.stdout and (tmp_path / "checkpoint.npz").exists()
+    assert run.stdout.count("Epoch 3/3") == 1         # rank 0's progress lines only
 
 
 def test_a_rank_that_raises_ends_the_job(tmp_path):
