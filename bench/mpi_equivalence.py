@@ -29,6 +29,8 @@ def weights(path, which):
 
 
 def main():
+    import fastlstm as fl
+    fl.set_loop_threads(1)
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     mpiexec = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
     for dtype in ("float32", "float64"):
@@ -44,7 +46,7 @@ def main():
                 model.set_weights(weights(rank0, "initial"))
                 model.compile(optimizer=mpi_train.optimizer(opt), loss="mse")
                 model.fit(x, y, batch_size=2 * mpi_train.BATCH, epochs=mpi_train.EPOCHS,
-                          shuffle=False, verbose=0)
+                          shuffle=False, verbose=0)      # on 1 thread, as each rank
                 rel = max(float(np.abs(a - b).max() / np.abs(b).max())
                           for a, b in zip(weights(rank0, "final"), model.get_weights()))
                 moved = max(float(np.abs(a - b).max())

@@ -37,7 +37,7 @@ def optimizer(name):
 
 
 def main(out, dtype, opt_name, fail=False):
-    fld.init()
+    fld.init(threads=1)         # the reference run uses 1 thread too: the same code paths
     r = fld.rank()
     x, y = data(dtype)
     model = build_model(dtype)

@@ -61,8 +61,13 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, dtype, opti
     model = mpi_train.build_model(dtype)
     model.set_weights(_weights(rank0, "initial"))
     model.compile(optimizer=mpi_train.optimizer(optimizer), loss="mse", metrics=["mae"])
-    history = model.fit(x, y, batch_size=2 * mpi_train.BATCH, epochs=mpi_train.EPOCHS,
-                        shuffle=False, verbose=0)
+    threads = fl.get_num_threads()
+    fl.set_loop_threads(1)                     # as each rank
+    try:
+        history = model.fit(x, y, batch_size=2 * mpi_train.BATCH, epochs=mpi_train.EPOCHS,
+                            shuffle=False, verbose=0)
+    finally:
+        fl.set_loop_threads(threads)
     assert model.optimizer.iterations == 20
     with np.load(rank0) as f:
         assert int(f["allreduce_calls"]) == 20
