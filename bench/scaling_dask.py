@@ -12,7 +12,9 @@ On ``distributed.LocalCluster``s of worker processes (``processes=True``), for
    process ever holds the inputs; reports each worker's peak resident set
    (``VmHWM``) and its resident set before the job;
 3. throughput: the same ``--throughput`` sequences on 1 worker x 1 thread and on 2 workers x
-   1 thread, alternating (A, B, A, B, ...) with a pause between runs, ``--runs`` each;
+   1 thread (chunks of ``--throughput-chunk``: 40 tasks by default, so that one task's
+   tail is a small part of a run), alternating (A, B, A, B, ...) with a pause between runs,
+   ``--runs`` each;
    medians of sequences per second and of the per-pair ratios. In the same rounds, without
    Dask: one plain process scoring ``--throughput`` sequences on 1 thread against two such
    processes at once, which is what the two cores deliver at that moment (on a shared
@@ -72,9 +74,9 @@ def make_model():
     return model
 
 
-def sequences(n, seed=0):
+def sequences(n, seed=0, chunk=CHUNK):
     import dask.array as da
-    return da.random.default_rng(seed).standard_normal((n, T, F), chunks=(CHUNK, T, F),
+    return da.random.default_rng(seed).standard_normal((n, T, F), chunks=(chunk, T, F),
                                                        dtype=np.float32)
 
 
@@ -103,7 +105,8 @@ def main():
     parser.add_argument("--plain-worker", type=int, default=0)
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--check", type=int, default=20_000)
-    parser.add_argument("--throughput", type=int, default=20_000)
+    parser.add_argument("--throughput", type=int, default=40_000)
+    parser.add_argument("--throughput-chunk", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pause", type=float, default=1.0)
     args = parser.parse_args()
@@ -154,7 +157,8 @@ def main():
 
     # 3. throughput, alternating
     with cluster(1) as c1, cluster(2) as c2:
-        x = sequences(args.throughput, seed=3)
+        # Many tasks per worker, so the last task's tail is a small part of a run.
+        x = sequences(args.throughput, seed=3, chunk=args.throughput_chunk)
         clients = {1: distributed.Client(c1, set_as_default=False),
                    2: distributed.Client(c2, set_as_default=False)}
         data = {k: cl.persist(x) for k, cl in clients.items()}   # inputs already on workers

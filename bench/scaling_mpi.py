@@ -146,9 +146,10 @@ def driver(args):
             t_ar = 2 * (n - 1) / n * grad_bytes / bw
             print(f"  {gbit} Gbit/s, {n} ranks: allreduce {t_ar * 1e6:.0f} us/step, "
                   f"efficiency {compute / (compute + t_ar):.1%} (no overlap, bandwidth term)")
-        # compute = 24 b T H (I + H) / rate; bytes ~ 16 H (I + H): equal when b T = 4/3 rate/bw
+        # compute = 24 b T H (I + H) / rate; allreduce = 2 (N - 1) / N x 16 H (I + H) / bw:
+        # equal when b T = 2 (N - 1) / N x 16 / 24 x rate / bw
         print(f"  {gbit} Gbit/s, 64 ranks: allreduce time equals compute (50% efficiency) at "
-              f"batch x timesteps per rank = {4 / 3 * rate / bw * 2 * 63 / 64:.0f}, whatever H")
+              f"batch x timesteps per rank = {2 * 63 / 64 * 16 / 24 * rate / bw:.0f}, whatever H")
     for alpha in (10e-6, 50e-6):
         # ring latency term 2 (N - 1) alpha; compute must exceed it
         need = 2 * 63 * alpha * rate / 24

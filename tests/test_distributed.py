@@ -112,8 +112,10 @@ def test_a_rank_that_raises_ends_the_job(tmp_path):
 
 
 def test_importing_fastlstm_imports_neither_mpi_nor_dask():
-    code = ("import sys, fastlstm, fastlstm.distributed, fastlstm.callbacks; "
-            "bad = [m for m in ('mpi4py', 'dask', 'distributed') if m in sys.modules]; "
+    code = ("import sys, fastlstm as fl; "
+            "assert 'fastlstm.dask' not in sys.modules and 'fastlstm.distributed' not in sys.modules; "
+            "fl.dask.predict, fl.distributed.init, fl.callbacks.ModelCheckpoint; "
+            "bad = [m for m in ('mpi4py', 'dask', 'distributed', 'pandas') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
@@ -130,6 +132,14 @@ for call, text in ((lambda: fld.allreduce(np.ones(2), op="mean"), "op: expected 
     try:
         call()
     except ValueError as exc:
+        assert text in str(exc), exc
+    else:
+        raise AssertionError(text)
+for kwargs, kind, text in (({"comm": "world"}, TypeError, "comm: expected an mpi4py"),
+                           ({"threads": 0}, ValueError, "threads: expected 'auto'")):
+    try:
+        fld.init(**kwargs)
+    except kind as exc:
         assert text in str(exc), exc
     else:
         raise AssertionError(text)
