@@ -350,11 +350,9 @@ def predict_groups(model, df, by, columns, order_by=None, batch_size=32, threads
                                    align_dataframes=False)
 
 
-def _window_starts(length, window, stride, first_position=0):
-    """Starts of the windows of ``window`` rows every ``stride`` rows in a series of
-    ``length`` rows whose first row has position ``first_position`` in its series."""
-    first = (-first_position) % stride
-    return np.arange(first, length - window + 1, stride)
+def _window_starts(length, window, stride):
+    """Starts of the windows of ``window`` rows every ``stride`` rows in ``length`` rows."""
+    return np.arange(0, length - window + 1, stride)
 
 
 def _score_windows_partition(part, data, digest, by, columns, order_by, window, stride, names,
@@ -413,7 +411,8 @@ def predict_windows(model, df, columns, window, stride=None, by=None, order_by=N
     ``order_by``, the time column) and never cross from one group into another; without
     ``by``, they run over the whole frame in its row order (sort it by time first, e.g.
     ``df.set_index("time")``), across partition boundaries, and the windows start at rows
-    0, ``stride``, ``2·stride``, ... of the frame.
+    0, ``stride``, ``2·stride``, ... of the frame; ``order_by`` is then only reported, not
+    used to sort.
 
     Returns a dask DataFrame with one row per window: ``by`` and ``order_by`` of the window's
     last row (where given), then ``output_0 ... output_{k-1}``; without ``by`` its index is
