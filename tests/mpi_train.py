@@ -1,10 +1,11 @@
 """Data-parallel training under mpiexec, for tests/test_distributed.py.
 
-    mpiexec -n 2 python tests/mpi_train.py OUT_DIR DTYPE OPTIMIZER [fail]
+    mpiexec -n 2 python tests/mpi_train.py OUT_DIR DTYPE OPTIMIZER [fail | unequal]
 
 Each rank trains on its shard (batch 32, no shuffling) for 2 epochs of 10 steps and writes
 ``OUT_DIR/rank<r>.npz``: its weights before (rank 0's, for the reference run) and after
-training, and its history. With ``fail``, rank 1 raises during the 4th step.
+training, and its history. With ``fail``, rank 1 raises during the 4th step; with
+``unequal``, rank 1 gets more rows than rank 0 (so it would take more steps).
 """
 import os
 import sys
@@ -36,7 +37,7 @@ def optimizer(name):
     return fl.optimizers.SGD(0.05, momentum=0.9)
 
 
-def main(out, dtype, opt_name, fail=False):
+def main(out, dtype, opt_name, mode=""):
     fld.init(threads=1)         # the reference run uses 1 thread too: the same code paths
     r = fld.rank()
     x, y = data(dtype)
@@ -48,12 +49,14 @@ def main(out, dtype, opt_name, fail=False):
                   metrics=["mae"])
     callbacks = [fld.BroadcastGlobalVariablesCallback(0), fld.MetricAverageCallback(),
                  fl.callbacks.ModelCheckpoint(os.path.join(out, f"ckpt-rank{r}", "model.npz"))]
-    if fail:
+    if mode == "fail":
         def raise_on_rank_1(batch, logs):
             if r == 1 and batch == 3:
                 raise RuntimeError("deliberate failure on rank 1 at step 4")
         callbacks.append(fl.callbacks.LambdaCallback(on_train_batch_end=raise_on_rank_1))
     xs, ys = fld.shard(x), fld.shard(y)
+    if mode == "unequal":
+        xs, ys = x[:len(xs) + 64 * r], y[:len(ys) + 64 * r]
     history = model.fit(xs, ys, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=2,
                         callbacks=callbacks)
     np.savez(os.path.join(out, f"rank{r}.npz"),
@@ -64,4 +67,4 @@ def main(out, dtype, opt_name, fail=False):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], fail=len(sys.argv) > 4 and sys.argv[4] == "fail")
+    main(*sys.argv[1:5])

@@ -111,6 +111,15 @@ def test_a_rank_that_raises_ends_the_job(tmp_path):
     assert not (tmp_path / "rank0.npz").exists()
 
 
+def test_ranks_with_different_numbers_of_steps_stop_instead_of_hanging(tmp_path):
+    try:
+        run = _launch(tmp_path, "float32", "sgd", "unequal", timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job hung with unequal shards")
+    assert run.returncode != 0
+    assert "steps per epoch and epochs" in run.stderr and "the ranks disagree" in run.stderr
+
+
 def test_importing_fastlstm_imports_neither_mpi_nor_dask():
     code = ("import sys, fastlstm as fl; "
             "assert 'fastlstm.dask' not in sys.modules and 'fastlstm.distributed' not in sys.modules; "
