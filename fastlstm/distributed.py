@@ -215,11 +215,11 @@ def _check_root(root_rank):
 def _agree(description, root_rank, what):
     """Raise on every rank unless ``description`` (a small picklable value) is the same as
     rank ``root_rank``'s: collectives with mismatched buffers would hang or corrupt."""
-    root = _comm.bcast(description, root=root_rank)
-    same = _comm.allreduce(int(root == description), op=_MPI.MIN)
-    if not same:
-        raise ValueError(f"{what}: the ranks disagree; rank {root_rank} has {root}, rank "
-                         f"{_comm.Get_rank()} has {description}")
+    everyone = _comm.allgather(description)
+    differ = [r for r, d in enumerate(everyone) if d != everyone[root_rank]]
+    if differ:
+        shown = ", ".join(f"rank {r} has {everyone[r]}" for r in [root_rank] + differ[:3])
+        raise ValueError(f"{what}: the ranks disagree; {shown}")
 
 
 # -- data -------------------------------------------------------------------------------------
