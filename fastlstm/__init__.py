@@ -21,7 +21,7 @@ from .saving import load_model
 __all__ += ["Sequential", "load_model"]
 
 # Imported on first use (PEP 562), so that ``import fastlstm`` stays light.
-_LAZY_SUBMODULES = ("convert", "datasets")
+_LAZY_SUBMODULES = ("convert", "datasets", "dask", "distributed")
 
 
 def __getattr__(name):

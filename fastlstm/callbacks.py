@@ -39,6 +39,14 @@ __all__ = [
 ]
 
 
+def _on_chief():
+    """False on the ranks other than 0 of a job set up with ``fastlstm.distributed.init()``,
+    True otherwise: checkpoints and progress output come from rank 0 only, as in Horovod.
+    Looked up in ``sys.modules`` so that callbacks never import MPI."""
+    distributed = sys.modules.get("fastlstm.distributed")
+    return distributed is None or distributed._on_chief()
+
+
 class Callback:
     """Base class: every hook is a no-op. ``self.model`` and ``self.params`` are set by
     the training loop (through :class:`CallbackList`) before ``on_train_begin``."""
@@ -349,6 +357,8 @@ class ModelCheckpoint(_MonitorCallback):
             ) from None
 
     def on_epoch_end(self, epoch, logs=None):
+        if not _on_chief():
+            return
         logs = dict(logs or {})
         path = self._format_path(epoch, logs)
         if self.save_best_only:
@@ -708,6 +718,8 @@ class ProgbarLogger(Callback):
         super().set_params(params)
         verbose = self._verbose if self._verbose is not None else params.get("verbose", 1)
         self.verbose = 1 if verbose == "auto" else int(verbose)
+        if not _on_chief():
+            self.verbose = 0
         self.epochs = params.get("epochs", 1)
         self.target = params.get("steps")
 
