@@ -84,7 +84,7 @@ def model_to_bytes(model):
 def model_from_bytes(data, compile=False):
     """A model from the bytes of its ``.npz`` file (read with the checks of
     :func:`fastlstm.load_model`: no pickle, clear errors for anything else)."""
-    from .models import load_model
+    from .saving import load_model
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data: expected the bytes of a fastlstm .npz model file, got "
                         f"{type(data).__name__}")
