@@ -31,6 +31,25 @@ def _mpiexec():
     return found
 
 
+_REFERENCE = """
+import sys
+import numpy as np
+import fastlstm as fl
+import mpi_train
+from test_distributed import _weights
+rank0, out, dtype, opt = sys.argv[1:5]
+x, y = mpi_train.data(dtype)
+model = mpi_train.build_model(dtype)
+model.set_weights(_weights(rank0, "initial"))
+model.compile(optimizer=mpi_train.optimizer(opt), loss="mse", metrics=["mae"])
+fl.set_loop_threads(1)                          # as each rank
+history = model.fit(x, y, batch_size=2 * mpi_train.BATCH, epochs=mpi_train.EPOCHS,
+                    shuffle=False, verbose=0)
+np.savez(out, iterations=model.optimizer.iterations, loss=history.history["loss"],
+         **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+"""
+
+
 def _launch(out, dtype, optimizer, *extra, timeout=120):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
@@ -56,28 +75,27 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, dtype, opti
     for a, b in zip(final0, final1):          # the same averaged step on both ranks
         np.testing.assert_array_equal(a, b)
 
-    # One process, batch 64, the same data in the same order, from rank 0's start.
-    x, y = mpi_train.data(dtype)
-    model = mpi_train.build_model(dtype)
-    model.set_weights(_weights(rank0, "initial"))
-    model.compile(optimizer=mpi_train.optimizer(optimizer), loss="mse", metrics=["mae"])
-    threads = fl.get_num_threads()
-    fl.set_loop_threads(1)                     # as each rank
-    try:
-        history = model.fit(x, y, batch_size=2 * mpi_train.BATCH, epochs=mpi_train.EPOCHS,
-                            shuffle=False, verbose=0)
-    finally:
-        fl.set_loop_threads(threads)
-    assert model.optimizer.iterations == 20
+    # One process, batch 64, the same data in the same order, from rank 0's start; in a
+    # fresh process like the ranks, so no kernel setting left by another test differs.
+    ref = tmp_path / "reference.npz"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT, HERE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    done = subprocess.run([sys.executable, "-c", _REFERENCE, str(rank0), str(ref), dtype,
+                           optimizer], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
     with np.load(rank0) as f:
         assert int(f["allreduce_calls"]) == 20
         loss = f["loss"]
+    with np.load(ref) as f:
+        assert int(f["iterations"]) == 20
+        want_weights = [f[f"w{i}"] for i in range(len(final0))]
+        history_loss = f["loss"]
     for name, got, want in zip(("kernel", "recurrent_kernel", "bias", "dense kernel",
-                                "dense bias"), final0, model.get_weights()):
+                                "dense bias"), final0, want_weights):
         np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=RTOL[dtype] * np.abs(want).max(),
                                    err_msg=name)
     # MetricAverageCallback: each rank's epoch loss averaged = the mean over all batches
-    np.testing.assert_allclose(loss, history.history["loss"], rtol=1e-3)
+    np.testing.assert_allclose(loss, history_loss, rtol=1e-3)
 
     # Rank 0 alone writes checkpoints and prints the progress lines.
     assert (tmp_path / "ckpt-rank0" / "model.npz").exists()
