@@ -541,6 +541,10 @@ def _legacy_weight_lists(h5, entries, config_names):
     g = h5["model_weights"] if "model_weights" in h5 else h5
     out = []
     for (cls, cfg), name in zip(entries, config_names):
+        if not isinstance(name, str):
+            raise ConversionError(f"from_keras: layer {cls} is named {name!r}; the weights "
+                                  "of a legacy HDF5 file are found by the layer's name, a "
+                                  "string")
         if name not in g:
             if cls in ("Masking", "Dropout"):
                 out.append([])
@@ -548,8 +552,7 @@ def _legacy_weight_lists(h5, entries, config_names):
             raise ConversionError(f"from_keras: the HDF5 file has no weights for layer "
                                   f"{name!r} ({cls})")
         lg = g[name]
-        names = [n.decode() if isinstance(n, bytes) else n
-                 for n in lg.attrs.get("weight_names", [])]
+        names = _h5_names(lg.attrs.get("weight_names", []), f"{lg.name} weight_names")
         missing = [n for n in names if n not in lg]
         if missing:
             raise ConversionError(f"from_keras: the HDF5 file lacks the weights {missing} of "
@@ -557,6 +560,19 @@ def _legacy_weight_lists(h5, entries, config_names):
         out.append([_h5_array(lg[n], f"from_keras: {lg[n].name}") for n in names])
     _refuse_unread(g, set(config_names), "the HDF5 file")
     return out
+
+
+def _h5_names(value, where):
+    """An HDF5 attribute that lists names (``weight_names``, ``layer_names``) as a list of
+    str; anything else is refused."""
+    if np.ndim(value) != 1:
+        raise ConversionError(f"from_keras: the HDF5 attribute {where} is {value!r:.100}; "
+                              "expected a list of names")
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in value]
+    if not all(isinstance(n, str) for n in names):
+        raise ConversionError(f"from_keras: the HDF5 attribute {where} holds "
+                              f"{[type(n).__name__ for n in names]}; expected names (strings)")
+    return names
 
 
 def _refuse_unread(group, read, where):
@@ -589,11 +605,18 @@ def _json_object(text, where):
     return limits.check_nesting(obj, f"from_keras: {where}", error=ConversionError)
 
 
+# What h5py raises for a file whose structure is damaged (bad object headers, symbol table
+# nodes or addresses): the HDF5 library's errors as OSError, KeyError or RuntimeError.
+_H5_DAMAGE = (OSError, KeyError, RuntimeError)
+
+
 class _open_h5:
     """``source`` opened with h5py and checked (_check_h5) before anything is read; a
-    truncated or corrupt file is refused. A context manager, as h5py.File."""
+    truncated or corrupt file is refused, also when the damage shows only while reading
+    (inside the ``with`` block). A context manager, as h5py.File."""
 
     def __init__(self, h5py, source, where):
+        self.where = where
         try:
             self.h5 = h5py.File(source, "r")
         except OSError as exc:
@@ -601,15 +624,24 @@ class _open_h5:
                                   f"({exc})") from None
         try:
             _check_h5(h5py, self.h5, where)
+        except _H5_DAMAGE as exc:
+            self.h5.close()
+            raise self._damaged(exc) from None
         except BaseException:
             self.h5.close()
             raise
 
+    def _damaged(self, exc):
+        return ConversionError(f"from_keras: {self.where} is a damaged HDF5 file "
+                               f"({type(exc).__name__}: {exc})")
+
     def __enter__(self):
         return self.h5
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.h5.close()
+        if exc is not None and isinstance(exc, _H5_DAMAGE):
+            raise self._damaged(exc) from None
 
 
 # Bytes of the weights file inside a .keras archive (read into memory whole).
@@ -730,8 +762,7 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
                     if "layers" in h5:
                         weights = _keras3_weight_lists(h5, entries, path)
                     else:
-                        names = list(h5.attrs.get("layer_names", []))
-                        names = [n.decode() if isinstance(n, bytes) else n for n in names]
+                        names = _h5_names(h5.attrs.get("layer_names", []), "layer_names")
                         weights = _legacy_weight_lists(
                             h5, entries, names if len(names) == len(entries)
                             else [cfg.get("name") for _, cfg in entries])

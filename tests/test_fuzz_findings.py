@@ -1,0 +1,125 @@
+"""Inputs found by tests/test_fuzz.py that escaped the documented exceptions
+(docs/security.md), each reduced to the smallest file that shows it."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+
+from fastlstm.convert import ConversionError, from_keras
+
+h5py = pytest.importorskip("h5py")
+
+SEEDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_seeds")
+
+
+def seed_bytes(name):
+    with open(os.path.join(SEEDS, name), "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def legacy_h5(tmp_path):
+    path = tmp_path / "m.h5"
+    path.write_bytes(seed_bytes("gru_rnn.h5"))
+    return path
+
+
+def set_model_config(path, edit):
+    with h5py.File(path, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        edit(cfg)
+        f.attrs["model_config"] = json.dumps(cfg)
+
+
+@pytest.mark.parametrize("signature", [b"SNOD", b"TREE", b"HEAP"])
+def test_damaged_hdf5_structure_is_a_conversion_error(legacy_h5, signature):
+    """h5py reports a damaged symbol table, B-tree or local heap as RuntimeError or KeyError
+    while the file is walked or read."""
+    data = bytearray(legacy_h5.read_bytes())
+    positions = [m.start() for m in re.finditer(signature, bytes(data))]
+    assert positions
+    data[positions[-1]] ^= 0xFF
+    legacy_h5.write_bytes(bytes(data))
+    with pytest.raises(ConversionError, match="damaged HDF5"):
+        from_keras(legacy_h5)
+
+
+def test_damaged_dataset_header_inside_keras_archive(tmp_path):
+    """The same inside a .keras archive (its weights file opened from memory)."""
+    with zipfile.ZipFile(os.path.join(SEEDS, "lstm.keras")) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    weights = bytearray(members["model.weights.h5"])
+    pos = [m.start() for m in re.finditer(b"SNOD", bytes(weights))][-1]
+    weights[pos] ^= 0xFF
+    members["model.weights.h5"] = bytes(weights)
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, raw in members.items():
+            z.writestr(name, raw)
+    with pytest.raises(ConversionError, match="damaged HDF5"):
+        from_keras(path)
+
+
+def test_layer_name_that_is_not_a_string(legacy_h5):
+    """A legacy file finds each layer's weights by the name in its config: a number there
+    reached h5py, which raised TypeError."""
+    set_model_config(legacy_h5, lambda cfg: cfg["config"]["layers"][1]["config"]
+                     .__setitem__("name", 7))
+    with pytest.raises(ConversionError, match="named 7"):
+        from_keras(legacy_h5)
+
+
+@pytest.mark.parametrize("value", [np.int64(3), np.array([1, 2])])
+def test_weight_names_attribute_that_is_not_names(legacy_h5, value):
+    """``weight_names`` as a number (TypeError: not iterable) or a list of numbers
+    (TypeError from h5py)."""
+    with h5py.File(legacy_h5, "r+") as f:
+        group = f["model_weights"]
+        name = [k for k in group if "weight_names" in group[k].attrs][0]
+        group[name].attrs["weight_names"] = value
+    with pytest.raises(ConversionError, match="weight_names"):
+        from_keras(legacy_h5)
+
+
+@pytest.mark.parametrize("units", [None, {}, [], "4", 0])
+def test_config_option_out_of_range_is_a_conversion_error(legacy_h5, units):
+    """A layer constructor's TypeError for a bad option (units=None) left from_keras as a
+    TypeError."""
+    set_model_config(legacy_h5, lambda cfg: cfg["config"]["layers"][1]["config"]
+                     .__setitem__("units", units))
+    with pytest.raises(ConversionError):
+        from_keras(legacy_h5)
+
+
+def test_zip_member_declaring_data_past_the_end_of_the_archive(tmp_path):
+    """A .keras archive whose central directory declares 2 GB of compressed weights: zipfile
+    allocated a buffer of the declared size before finding the data short (a MemoryError
+    where memory is capped). Refused from the header now."""
+    with zipfile.ZipFile(os.path.join(SEEDS, "lstm.keras")) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, raw in members.items():
+            z.writestr(name, raw)
+    data = bytearray(buf.getvalue())
+    cd = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x05\x06"))    # the last member's entry
+    assert data[cd + 46:cd + 46 + 16] == b"model.weights.h5"
+    data[cd + 20:cd + 24] = struct.pack("<I", 0x7FFFFFF0)            # compressed size
+    path = tmp_path / "m.keras"
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match="past the end"):
+            from_keras(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"peak {peak >> 20} MiB"
