@@ -613,7 +613,7 @@ def _h5_mutate(h5py, path, draw):
             if draw(st.booleans()):
                 del f[name]
             else:
-                f[name].create_group(draw(st.sampled_from(["vars", "0", "cell", "x"])))
+                f[name].require_group(draw(st.sampled_from(["vars", "0", "cell", "x"])))
         else:
             obj = f[draw(st.sampled_from(sorted(groups)))] if groups and draw(st.booleans()) \
                 else f
