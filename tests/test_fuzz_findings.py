@@ -123,3 +123,36 @@ def test_zip_member_declaring_data_past_the_end_of_the_archive(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"peak {peak >> 20} MiB"
+
+
+def keras_archive_with(tmp_path, edit):
+    """tests/fuzz_seeds/lstm.keras with its config.json edited."""
+    with zipfile.ZipFile(os.path.join(SEEDS, "lstm.keras")) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    cfg = json.loads(members["config.json"])
+    edit(cfg)
+    members["config.json"] = json.dumps(cfg).encode()
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, raw in members.items():
+            z.writestr(name, raw)
+    return path
+
+
+def layer_config(cfg, class_name):
+    return next(e["config"] for e in cfg["config"]["layers"] if e["class_name"] == class_name)
+
+
+@pytest.mark.parametrize("rate", [None, "0.5", [0.1], True])
+def test_dropout_rate_that_is_not_a_number(tmp_path, rate):
+    """``float(None)`` in the converter: TypeError."""
+    path = keras_archive_with(tmp_path, lambda cfg: layer_config(cfg, "LSTM")
+                              .__setitem__("recurrent_dropout", rate))
+    with pytest.raises(ConversionError, match="recurrent_dropout"):
+        from_keras(path)
+
+
+def test_dropout_rate_that_is_a_number_still_loads(tmp_path):
+    path = keras_archive_with(tmp_path, lambda cfg: layer_config(cfg, "LSTM")
+                              .__setitem__("dropout", 0.25))
+    assert from_keras(path).layers[0].dropout == 0.25

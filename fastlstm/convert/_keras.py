@@ -199,7 +199,7 @@ def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
             "carry the previous output through masked steps (Keras's default); only "
             "Bidirectional zeroes them")
     for key in ("dropout", "recurrent_dropout"):
-        rate = float(o.take(key, 0.0))
+        rate = _real(o.take(key, 0.0), f"from_keras: {o.where} {key}")
         if rate and not ctx.drop:
             kw[key] = rate
     seed = o.take("seed")
@@ -217,6 +217,13 @@ def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
     layer = new_layer(class_name, "from_keras", **kw)
     return set_built_weights(layer, (None, None, np.shape(weights[0])[0]),
                              [np.asarray(w, kw["dtype"]) for w in weights])
+
+
+def _real(value, where):
+    """A number option (a rate, a mask value) of a config; anything else is refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ConversionError(f"{where}: expected a number, got {value!r:.100}")
+    return float(value)
 
 
 def _entry(entry, where):
@@ -303,11 +310,12 @@ def _layer(class_name, config, weights, ctx):
         o = _Options(class_name, config, ctx)
         value = o.take("mask_value", 0.0)
         o.finish()
-        return new_layer("Masking", "from_keras", mask_value=float(value),
+        return new_layer("Masking", "from_keras", mask_value=_real(value, f"from_keras: {o.where} mask_value"),
                          name=config.get("name"), dtype=resolve_dtype(ctx.dtype).name)
     if class_name == "Dropout":
         o = _Options(class_name, config, ctx)
-        kw = dict(rate=float(o.take("rate")), noise_shape=o.take("noise_shape"))
+        kw = dict(rate=_real(o.take("rate"), f"from_keras: {o.where} rate"),
+                  noise_shape=o.take("noise_shape"))
         seed = o.take("seed")
         if isinstance(seed, int):
             kw["seed"] = seed
