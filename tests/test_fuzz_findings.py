@@ -7,6 +7,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 
@@ -156,3 +158,49 @@ def test_dropout_rate_that_is_a_number_still_loads(tmp_path):
     path = keras_archive_with(tmp_path, lambda cfg: layer_config(cfg, "LSTM")
                               .__setitem__("dropout", 0.25))
     assert from_keras(path).layers[0].dropout == 0.25
+
+
+def test_global_heap_object_of_no_size_is_refused_before_reading(tmp_path):
+    """A 19 KB legacy file whose global heap collection (where the ``model_config`` string
+    lives) ends in a free-space object of size 0: the HDF5 library's reader of the
+    collection then never moves on, and ``h5.attrs["model_config"]`` spun for ever. Run in a
+    subprocess with a time limit, so that a regression fails instead of hanging the run."""
+    data = bytearray(seed_bytes("gru_rnn.h5"))
+    start = data.find(b"GCOL\x01")
+    size = struct.unpack("<Q", data[start + 8:start + 16])[0]
+    p = start + 16
+    while struct.unpack("<H", data[p:p + 2])[0] != 0:          # walk to the free space
+        p += 16 + (struct.unpack("<Q", data[p + 8:p + 16])[0] + 7) // 8 * 8
+    assert p < start + size
+    data[p + 8:p + 16] = struct.pack("<Q", 0)
+    path = tmp_path / "m.h5"
+    path.write_bytes(bytes(data))
+    code = ("import sys; from fastlstm.convert import from_keras, ConversionError\n"
+            "try:\n    from_keras(sys.argv[1])\nexcept ConversionError as e:\n"
+            "    print('refused:', e)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        run = subprocess.run([sys.executable, "-c", code, str(path)], cwd=root, timeout=60,
+                             capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("from_keras did not return within 60 s")
+    assert run.returncode == 0, run.stderr
+    assert "refused:" in run.stdout and "global heap" in run.stdout, run.stdout
+
+
+def test_hdf5_in_memory_with_offsets_past_its_end(tmp_path):
+    """A .keras archive whose weights file gives its driver information block an address
+    near 2^64: h5py's in-memory driver raised OverflowError while opening it."""
+    with zipfile.ZipFile(os.path.join(SEEDS, "lstm.keras")) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    weights = bytearray(members["model.weights.h5"])
+    assert weights[:8] == b"\x89HDF\r\n\x1a\n"
+    assert weights[8] == 0                          # superblock version 0
+    weights[48:56] = b"\xfe" * 7 + b"\xff"          # driver information block address
+    members["model.weights.h5"] = bytes(weights)
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, raw in members.items():
+            z.writestr(name, raw)
+    with pytest.raises(ConversionError, match="not a readable HDF5"):
+        from_keras(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import re
 import sys
@@ -614,8 +615,38 @@ def _json_object(text, where):
 
 
 # What h5py raises for a file whose structure is damaged (bad object headers, symbol table
-# nodes or addresses): the HDF5 library's errors as OSError, KeyError or RuntimeError.
-_H5_DAMAGE = (OSError, KeyError, RuntimeError)
+# nodes or addresses, offsets past the end of a file in memory): the HDF5 library's errors as
+# OSError, KeyError or RuntimeError, and OverflowError from h5py's in-memory file driver.
+_H5_DAMAGE = (OSError, KeyError, RuntimeError, OverflowError)
+
+
+def _check_global_heaps(data, where):
+    """Refuse an HDF5 file (bytes or mmap) with a global heap collection whose objects do not
+    tile it: variable-length strings (Keras's ``model_config``, ``weight_names``) live in
+    these collections, and the HDF5 library loops without end on some inconsistent ones
+    while reading such a string. Layout (HDF5 format spec, III.E, 8-byte lengths): "GCOL",
+    version 1, 3 reserved bytes, the collection size; then objects of 2-byte index, 2-byte
+    reference count, 4 reserved bytes, 8-byte size and the data padded to 8 bytes; index 0
+    is the free space that ends it."""
+    end_of_file = len(data)
+    start = data.find(b"GCOL\x01")
+    while start >= 0:
+        if start + 16 <= end_of_file:
+            size = int.from_bytes(data[start + 8:start + 16], "little")
+            end = start + size
+            if 16 < size and end <= end_of_file:
+                p = start + 16
+                while p + 16 <= end:
+                    index = int.from_bytes(data[p:p + 2], "little")
+                    length = int.from_bytes(data[p + 8:p + 16], "little")
+                    need = length if index == 0 else 16 + (length + 7) // 8 * 8
+                    if need == 0 or p + need > end:     # 0: the library never moves on
+                        raise ConversionError(
+                            f"from_keras: {where}: the global heap collection at byte {start} "
+                            f"holds object {index} of {length:,} bytes at byte {p}, which does "
+                            f"not fit the collection's {size:,} bytes; the file is damaged")
+                    p += need
+        start = data.find(b"GCOL\x01", start + 4)
 
 
 class _open_h5:
@@ -626,8 +657,15 @@ class _open_h5:
     def __init__(self, h5py, source, where):
         self.where = where
         try:
+            if isinstance(source, io.BytesIO):
+                _check_global_heaps(source.getbuffer().tobytes(), where)
+            else:
+                with open(source, "rb") as f:
+                    if os.fstat(f.fileno()).st_size:
+                        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                            _check_global_heaps(data, where)
             self.h5 = h5py.File(source, "r")
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             raise ConversionError(f"from_keras: {where} is not a readable HDF5 file "
                                   f"({exc})") from None
         try:
