@@ -225,15 +225,18 @@ JSON_VALUES = st.recursive(
     max_leaves=8)
 
 
-def _json_paths(obj, path=()):
-    """Every path into a JSON value (containers included)."""
-    yield path
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _json_paths(v, path + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _json_paths(v, path + (i,))
+def _json_paths(obj, max_depth=40):
+    """Paths into a JSON value (containers included), down to ``max_depth`` (a value that
+    an earlier mutation nested a thousand levels deep is not walked to the bottom)."""
+    stack = [((), obj)]
+    while stack:
+        path, value = stack.pop()
+        yield path
+        if len(path) >= max_depth:
+            continue
+        items = value.items() if isinstance(value, dict) else \
+            enumerate(value) if isinstance(value, list) else ()
+        stack.extend((path + (k,), v) for k, v in reversed(list(items)))
 
 
 @st.composite
@@ -260,7 +263,7 @@ def json_mutation(draw, doc):
                 v = [v] if draw(st.booleans()) else {"config": v, "class_name": "Bidirectional"}
             parent[key] = v
         elif action == "duplicate" and isinstance(parent, list):
-            parent.insert(key, copy.deepcopy(parent[key]))
+            parent.insert(key, parent[key])          # shared: JSON writes it twice
         elif action == "numeric" and isinstance(parent[key], (int, float)) \
                 and not isinstance(parent[key], bool):
             parent[key] = parent[key] * draw(st.sampled_from([-1, 0, 2, 1000, 1e9, 0.5]))
