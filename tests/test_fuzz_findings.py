@@ -204,3 +204,25 @@ def test_hdf5_in_memory_with_offsets_past_its_end(tmp_path):
             z.writestr(name, raw)
     with pytest.raises(ConversionError, match="not a readable HDF5"):
         from_keras(path)
+
+
+def test_attribute_datatype_of_another_class_is_refused_before_reading(tmp_path):
+    """One flipped bit (byte 857 of tests/fuzz_seeds/gru_rnn.h5) turns the datatype of the
+    file's ``keras_version`` attribute from a variable-length string into a variable-length
+    sequence (class 9): reading it crashed the interpreter inside the HDF5 library
+    (SIGSEGV). Run in a subprocess, so that a regression fails instead of ending the run."""
+    data = bytearray(seed_bytes("gru_rnn.h5"))
+    assert data[857] == 1
+    data[857] = 3
+    path = tmp_path / "m.h5"
+    path.write_bytes(bytes(data))
+    with h5py.File(path, "r") as f:
+        assert f.attrs.get_id("keras_version").get_type().get_class() == 9
+    code = ("import sys; from fastlstm.convert import from_keras, ConversionError\n"
+            "try:\n    from_keras(sys.argv[1])\nexcept ConversionError as e:\n"
+            "    print('refused:', e)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", code, str(path)], cwd=root, timeout=60,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert "refused:" in run.stdout and "keras_version" in run.stdout, run.stdout

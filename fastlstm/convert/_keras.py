@@ -561,7 +561,7 @@ def _legacy_weight_lists(h5, entries, config_names):
             raise ConversionError(f"from_keras: the HDF5 file has no weights for layer "
                                   f"{name!r} ({cls})")
         lg = g[name]
-        names = _h5_names(lg.attrs.get("weight_names", []), f"{lg.name} weight_names")
+        names = _h5_names(_h5_text_attr(lg, "weight_names", []), f"{lg.name} weight_names")
         missing = [n for n in names if n not in lg]
         if missing:
             raise ConversionError(f"from_keras: the HDF5 file lacks the weights {missing} of "
@@ -569,6 +569,21 @@ def _legacy_weight_lists(h5, entries, config_names):
         out.append([_h5_array(lg[n], f"from_keras: {lg[n].name}") for n in names])
     _refuse_unread(g, set(config_names), "the HDF5 file")
     return out
+
+
+def _h5_text_attr(obj, name, default=None):
+    """The value of the HDF5 attribute ``name`` of ``obj`` (a group or file), ``default`` if
+    it has none. Keras writes these attributes as strings; one whose stored datatype is of
+    another class is refused before it is read: the HDF5 library can crash while converting a
+    damaged variable-length datatype (a string turned into a sequence by one flipped bit)."""
+    import h5py
+    if name not in obj.attrs:
+        return default
+    cls = obj.attrs.get_id(name).get_type().get_class()
+    if cls != h5py.h5t.STRING:
+        raise ConversionError(f"from_keras: the HDF5 attribute {obj.name} {name} is stored "
+                              f"with datatype class {cls}; expected a string")
+    return obj.attrs[name]
 
 
 def _h5_names(value, where):
@@ -733,10 +748,10 @@ def _read_keras_archive(path):
 
 
 def _read_legacy_h5(path, h5):
-    raw = h5.attrs["model_config"]
+    raw = _h5_text_attr(h5, "model_config")
     config = _json_object(raw.decode() if isinstance(raw, bytes) else raw,
                           f"{path}: model_config")
-    version = h5.attrs.get("keras_version")
+    version = _h5_text_attr(h5, "keras_version")
     if isinstance(version, bytes):
         version = version.decode()
     entries = _model_layers(config)
@@ -808,11 +823,11 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
                     if "layers" in h5:
                         weights = _keras3_weight_lists(h5, entries, path)
                     else:
-                        names = _h5_names(h5.attrs.get("layer_names", []), "layer_names")
+                        names = _h5_names(_h5_text_attr(h5, "layer_names", []), "layer_names")
                         weights = _legacy_weight_lists(
                             h5, entries, names if len(names) == len(entries)
                             else [cfg.get("name") for _, cfg in entries])
-                    v2 = h5.attrs.get("keras_version")
+                    v2 = _h5_text_attr(h5, "keras_version")
                     if v2 is not None and version is None:
                         version = v2.decode() if isinstance(v2, bytes) else v2
         if keras_version is not None:
