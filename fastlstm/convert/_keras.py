@@ -561,7 +561,7 @@ def _legacy_weight_lists(h5, entries, config_names):
             raise ConversionError(f"from_keras: the HDF5 file has no weights for layer "
                                   f"{name!r} ({cls})")
         lg = g[name]
-        names = _h5_names(_h5_text_attr(lg, "weight_names", []), f"{lg.name} weight_names")
+        names = _h5_names(_h5_text_attr(lg, "weight_names", [], names=True), f"{lg.name} weight_names")
         missing = [n for n in names if n not in lg]
         if missing:
             raise ConversionError(f"from_keras: the HDF5 file lacks the weights {missing} of "
@@ -571,18 +571,22 @@ def _legacy_weight_lists(h5, entries, config_names):
     return out
 
 
-def _h5_text_attr(obj, name, default=None):
+def _h5_text_attr(obj, name, default=None, names=False):
     """The value of the HDF5 attribute ``name`` of ``obj`` (a group or file), ``default`` if
-    it has none. Keras writes these attributes as strings; one whose stored datatype is of
-    another class is refused before it is read: the HDF5 library can crash while converting a
+    it has none. Keras writes these attributes as strings (a list of names: strings, or an
+    empty array of numbers when there are none); one whose stored datatype is of another
+    class is refused before it is read: the HDF5 library can crash while converting a
     damaged variable-length datatype (a string turned into a sequence by one flipped bit)."""
     import h5py
     if name not in obj.attrs:
         return default
     cls = obj.attrs.get_id(name).get_type().get_class()
-    if cls != h5py.h5t.STRING:
+    allowed = (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT) if names \
+        else (h5py.h5t.STRING,)
+    if cls not in allowed:
         raise ConversionError(f"from_keras: the HDF5 attribute {obj.name} {name} is stored "
-                              f"with datatype class {cls}; expected a string")
+                              f"with datatype class {cls}; expected "
+                              f"{'names' if names else 'a string'}")
     return obj.attrs[name]
 
 
@@ -823,7 +827,7 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
                     if "layers" in h5:
                         weights = _keras3_weight_lists(h5, entries, path)
                     else:
-                        names = _h5_names(_h5_text_attr(h5, "layer_names", []), "layer_names")
+                        names = _h5_names(_h5_text_attr(h5, "layer_names", [], names=True), "layer_names")
                         weights = _legacy_weight_lists(
                             h5, entries, names if len(names) == len(entries)
                             else [cfg.get("name") for _, cfg in entries])
