@@ -13,6 +13,9 @@ them instead of compiling again.
 
 Environment switches:
   FASTLSTM_BOUNDSCHECK=1   rebuild with Cython bounds/wraparound/initialization checks on.
+  FASTLSTM_SANITIZE=1      compile and link with AddressSanitizer and UndefinedBehaviorSanitizer
+                           (-fsanitize=address,undefined, frame pointers, debug info); never read
+                           from or written to build/cache. .ci/sanitize runs the tests on it.
   FASTLSTM_ANNOTATE=1      write Cython's HTML annotation next to the generated C.
   FASTLSTM_OPENMP=0        build without OpenMP (the time loops then run on one thread).
   FASTLSTM_BUILD_CACHE=0   compile everything, neither reading nor writing build/cache.
@@ -46,7 +49,10 @@ def _flag(name, default="0"):
 
 
 checks = _flag("FASTLSTM_BOUNDSCHECK")
-use_cache = _flag("FASTLSTM_BUILD_CACHE", "1")
+sanitize = _flag("FASTLSTM_SANITIZE")
+# A sanitized build must never be installed from, or left in, the cache of ordinary builds
+# (its flags are also part of every cache key below).
+use_cache = _flag("FASTLSTM_BUILD_CACHE", "1") and not sanitize
 jobs = max(1, int(os.environ.get("FASTLSTM_BUILD_JOBS") or os.cpu_count() or 1))
 
 directives = {
@@ -66,6 +72,15 @@ else:
     cflags = ["-O3", "-fno-math-errno", "-Wno-unused-function", "-Wno-psabi"]
     if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
         cflags.append("-fno-semantic-interposition")
+
+# Undefined behaviour stops the process (no recovery) so that a test run cannot pass over it.
+# -O1 (after -O3, so it wins): the usual level for sanitizer builds, and a faster compile.
+sanitize_compile = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                    "-fno-omit-frame-pointer", "-g", "-O1"] if sanitize else []
+sanitize_link = ["-fsanitize=address,undefined"] if sanitize else []
+if sanitize and sys.platform == "win32":
+    raise SystemExit("FASTLSTM_SANITIZE=1: GCC or clang only")
+cflags += sanitize_compile
 
 
 def openmp_flags():
@@ -89,6 +104,7 @@ def openmp_flags():
 
 
 omp_compile, omp_link = openmp_flags()
+omp_link = omp_link + sanitize_link
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if checks:
     macros.append(("FASTLSTM_CHECKS", "1"))
@@ -147,7 +163,8 @@ class BuildExt(build_ext):
                 "cflags": cflags + omp_compile, "ldflags": omp_link, "macros": macros,
                 "python": sys.version, "suffix": sysconfig.get_config_var("EXT_SUFFIX"),
                 "numpy": numpy.__version__, "cython": Cython.__version__,
-                "directives": directives, "platform": sysconfig.get_platform()}
+                "directives": directives, "platform": sysconfig.get_platform(),
+                **({"sanitize": True} if sanitize else {})}
 
     def _gate_library(self):
         """gates.c compiled once into libfastlstm_gates.a (cached); returns its path."""

@@ -69,11 +69,21 @@ def check_zip_member(info: zipfile.ZipInfo, where, limit, error=ValueError):
 
 
 def check_zip_archive(zf: zipfile.ZipFile, where, error=ValueError):
-    """Refuse an archive with more than ``MAX_ZIP_MEMBERS`` members."""
+    """Refuse an archive with more than ``MAX_ZIP_MEMBERS`` members, or a member whose
+    declared compressed size runs past the end of the archive (zipfile would allocate a
+    buffer of the declared size before finding the data short)."""
     n = len(zf.infolist())
     if n > MAX_ZIP_MEMBERS:
         raise error(f"{where}: holds {n:,} members, more than the limit of "
                     f"{MAX_ZIP_MEMBERS:,} (fastlstm.limits.MAX_ZIP_MEMBERS)")
+    if zf.fp is None or not hasattr(zf.fp, "seek"):
+        return
+    size = zf.fp.seek(0, 2)     # zipfile seeks to each member's own offset before reading it
+    for info in zf.infolist():
+        if info.header_offset + info.compress_size > size:
+            raise error(f"{where}: member {info.filename!r} declares {info.compress_size:,} "
+                        f"compressed bytes at offset {info.header_offset:,}, past the end of "
+                        f"the {size:,}-byte archive; the archive is damaged")
 
 
 def check_nesting(obj, where, error=ValueError, limit=None):

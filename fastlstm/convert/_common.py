@@ -195,7 +195,12 @@ def new_layer(class_name, purpose, **kwargs):
     cls = getattr(fl_layers(), class_name, None)
     if cls is None:
         raise ConversionError(f"{purpose}: this fastlstm build has no fl.layers.{class_name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:     # an option of the source that is out of range
+        if isinstance(exc, ConversionError):
+            raise
+        raise ConversionError(f"{purpose}: {class_name} {kwargs.get('name')!r}: {exc}") from None
 
 
 def set_built_weights(layer, input_shape, weights):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import re
 import sys
@@ -199,7 +200,7 @@ def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
             "carry the previous output through masked steps (Keras's default); only "
             "Bidirectional zeroes them")
     for key in ("dropout", "recurrent_dropout"):
-        rate = float(o.take(key, 0.0))
+        rate = _real(o.take(key, 0.0), f"from_keras: {o.where} {key}")
         if rate and not ctx.drop:
             kw[key] = rate
     seed = o.take("seed")
@@ -217,6 +218,13 @@ def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
     layer = new_layer(class_name, "from_keras", **kw)
     return set_built_weights(layer, (None, None, np.shape(weights[0])[0]),
                              [np.asarray(w, kw["dtype"]) for w in weights])
+
+
+def _real(value, where):
+    """A number option (a rate, a mask value) of a config; anything else is refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ConversionError(f"{where}: expected a number, got {value!r:.100}")
+    return float(value)
 
 
 def _entry(entry, where):
@@ -303,11 +311,12 @@ def _layer(class_name, config, weights, ctx):
         o = _Options(class_name, config, ctx)
         value = o.take("mask_value", 0.0)
         o.finish()
-        return new_layer("Masking", "from_keras", mask_value=float(value),
+        return new_layer("Masking", "from_keras", mask_value=_real(value, f"from_keras: {o.where} mask_value"),
                          name=config.get("name"), dtype=resolve_dtype(ctx.dtype).name)
     if class_name == "Dropout":
         o = _Options(class_name, config, ctx)
-        kw = dict(rate=float(o.take("rate")), noise_shape=o.take("noise_shape"))
+        kw = dict(rate=_real(o.take("rate"), f"from_keras: {o.where} rate"),
+                  noise_shape=o.take("noise_shape"))
         seed = o.take("seed")
         if isinstance(seed, int):
             kw["seed"] = seed
@@ -541,6 +550,10 @@ def _legacy_weight_lists(h5, entries, config_names):
     g = h5["model_weights"] if "model_weights" in h5 else h5
     out = []
     for (cls, cfg), name in zip(entries, config_names):
+        if not isinstance(name, str):
+            raise ConversionError(f"from_keras: layer {cls} is named {name!r}; the weights "
+                                  "of a legacy HDF5 file are found by the layer's name, a "
+                                  "string")
         if name not in g:
             if cls in ("Masking", "Dropout"):
                 out.append([])
@@ -548,8 +561,7 @@ def _legacy_weight_lists(h5, entries, config_names):
             raise ConversionError(f"from_keras: the HDF5 file has no weights for layer "
                                   f"{name!r} ({cls})")
         lg = g[name]
-        names = [n.decode() if isinstance(n, bytes) else n
-                 for n in lg.attrs.get("weight_names", [])]
+        names = _h5_names(_h5_text_attr(lg, "weight_names", [], names=True), f"{lg.name} weight_names")
         missing = [n for n in names if n not in lg]
         if missing:
             raise ConversionError(f"from_keras: the HDF5 file lacks the weights {missing} of "
@@ -557,6 +569,38 @@ def _legacy_weight_lists(h5, entries, config_names):
         out.append([_h5_array(lg[n], f"from_keras: {lg[n].name}") for n in names])
     _refuse_unread(g, set(config_names), "the HDF5 file")
     return out
+
+
+def _h5_text_attr(obj, name, default=None, names=False):
+    """The value of the HDF5 attribute ``name`` of ``obj`` (a group or file), ``default`` if
+    it has none. Keras writes these attributes as strings (a list of names: strings, or an
+    empty array of numbers when there are none); one whose stored datatype is of another
+    class is refused before it is read: the HDF5 library can crash while converting a
+    damaged variable-length datatype (a string turned into a sequence by one flipped bit)."""
+    import h5py
+    if name not in obj.attrs:
+        return default
+    cls = obj.attrs.get_id(name).get_type().get_class()
+    allowed = (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT) if names \
+        else (h5py.h5t.STRING,)
+    if cls not in allowed:
+        raise ConversionError(f"from_keras: the HDF5 attribute {obj.name} {name} is stored "
+                              f"with datatype class {cls}; expected "
+                              f"{'names' if names else 'a string'}")
+    return obj.attrs[name]
+
+
+def _h5_names(value, where):
+    """An HDF5 attribute that lists names (``weight_names``, ``layer_names``) as a list of
+    str; anything else is refused."""
+    if np.ndim(value) != 1:
+        raise ConversionError(f"from_keras: the HDF5 attribute {where} is {value!r:.100}; "
+                              "expected a list of names")
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in value]
+    if not all(isinstance(n, str) for n in names):
+        raise ConversionError(f"from_keras: the HDF5 attribute {where} holds "
+                              f"{[type(n).__name__ for n in names]}; expected names (strings)")
+    return names
 
 
 def _refuse_unread(group, read, where):
@@ -589,27 +633,80 @@ def _json_object(text, where):
     return limits.check_nesting(obj, f"from_keras: {where}", error=ConversionError)
 
 
+# What h5py raises for a file whose structure is damaged (bad object headers, symbol table
+# nodes or addresses, offsets past the end of a file in memory): the HDF5 library's errors as
+# OSError, KeyError or RuntimeError, and OverflowError from h5py's in-memory file driver.
+_H5_DAMAGE = (OSError, KeyError, RuntimeError, OverflowError)
+
+
+def _check_global_heaps(data, where):
+    """Refuse an HDF5 file (bytes or mmap) with a global heap collection whose objects do not
+    tile it: variable-length strings (Keras's ``model_config``, ``weight_names``) live in
+    these collections, and the HDF5 library loops without end on some inconsistent ones
+    while reading such a string. Layout (HDF5 format spec, III.E, 8-byte lengths): "GCOL",
+    version 1, 3 reserved bytes, the collection size; then objects of 2-byte index, 2-byte
+    reference count, 4 reserved bytes, 8-byte size and the data padded to 8 bytes; index 0
+    is the free space that ends it."""
+    end_of_file = len(data)
+    start = data.find(b"GCOL\x01")
+    while start >= 0:
+        if start + 16 <= end_of_file:
+            size = int.from_bytes(data[start + 8:start + 16], "little")
+            end = start + size
+            if 16 < size and end <= end_of_file:
+                p = start + 16
+                while p + 16 <= end:
+                    index = int.from_bytes(data[p:p + 2], "little")
+                    length = int.from_bytes(data[p + 8:p + 16], "little")
+                    need = length if index == 0 else 16 + (length + 7) // 8 * 8
+                    if need == 0 or p + need > end:     # 0: the library never moves on
+                        raise ConversionError(
+                            f"from_keras: {where}: the global heap collection at byte {start} "
+                            f"holds object {index} of {length:,} bytes at byte {p}, which does "
+                            f"not fit the collection's {size:,} bytes; the file is damaged")
+                    p += need
+        start = data.find(b"GCOL\x01", start + 4)
+
+
 class _open_h5:
     """``source`` opened with h5py and checked (_check_h5) before anything is read; a
-    truncated or corrupt file is refused. A context manager, as h5py.File."""
+    truncated or corrupt file is refused, also when the damage shows only while reading
+    (inside the ``with`` block). A context manager, as h5py.File."""
 
     def __init__(self, h5py, source, where):
+        self.where = where
         try:
+            if isinstance(source, io.BytesIO):
+                _check_global_heaps(source.getbuffer().tobytes(), where)
+            else:
+                with open(source, "rb") as f:
+                    if os.fstat(f.fileno()).st_size:
+                        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                            _check_global_heaps(data, where)
             self.h5 = h5py.File(source, "r")
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             raise ConversionError(f"from_keras: {where} is not a readable HDF5 file "
                                   f"({exc})") from None
         try:
             _check_h5(h5py, self.h5, where)
+        except _H5_DAMAGE as exc:
+            self.h5.close()
+            raise self._damaged(exc) from None
         except BaseException:
             self.h5.close()
             raise
 
+    def _damaged(self, exc):
+        return ConversionError(f"from_keras: {self.where} is a damaged HDF5 file "
+                               f"({type(exc).__name__}: {exc})")
+
     def __enter__(self):
         return self.h5
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.h5.close()
+        if exc is not None and isinstance(exc, _H5_DAMAGE):
+            raise self._damaged(exc) from None
 
 
 # Bytes of the weights file inside a .keras archive (read into memory whole).
@@ -655,10 +752,10 @@ def _read_keras_archive(path):
 
 
 def _read_legacy_h5(path, h5):
-    raw = h5.attrs["model_config"]
+    raw = _h5_text_attr(h5, "model_config")
     config = _json_object(raw.decode() if isinstance(raw, bytes) else raw,
                           f"{path}: model_config")
-    version = h5.attrs.get("keras_version")
+    version = _h5_text_attr(h5, "keras_version")
     if isinstance(version, bytes):
         version = version.decode()
     entries = _model_layers(config)
@@ -730,12 +827,11 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
                     if "layers" in h5:
                         weights = _keras3_weight_lists(h5, entries, path)
                     else:
-                        names = list(h5.attrs.get("layer_names", []))
-                        names = [n.decode() if isinstance(n, bytes) else n for n in names]
+                        names = _h5_names(_h5_text_attr(h5, "layer_names", [], names=True), "layer_names")
                         weights = _legacy_weight_lists(
                             h5, entries, names if len(names) == len(entries)
                             else [cfg.get("name") for _, cfg in entries])
-                    v2 = h5.attrs.get("keras_version")
+                    v2 = _h5_text_attr(h5, "keras_version")
                     if v2 is not None and version is None:
                         version = v2.decode() if isinstance(v2, bytes) else v2
         if keras_version is not None:
