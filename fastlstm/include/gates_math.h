@@ -42,7 +42,7 @@ FL_INLINE float fl_reduce_ln2_f(float x, float *s) {
     float n = kf - 12582912.0f;
     fl_i32 k = fl_f32_bits(kf) - 0x4B400000;             /* bits of 1.5 * 2^23 */
     float r = x - n * 0.693359375f;
-    *s = fl_bits_f32((k + 127) << 23);
+    *s = fl_bits_f32((fl_i32)((unsigned int)(k + 127) << 23));   /* unsigned: no UB for NaN */
     return r - n * -2.12194440e-4f;
 }
 
@@ -84,7 +84,7 @@ FL_INLINE double fl_exp_d(double x) {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    return p * fl_bits_f64((k + 1023) << 52);
+    return p * fl_bits_f64((fl_i64)((unsigned long long)(k + 1023) << 52));
 }
 
 FL_INLINE float fl_sigmoid_f(float x) { return 1.0f / (1.0f + fl_exp_f(-x)); }
