@@ -321,6 +321,21 @@ def _score_groups_partition(part, data, digest, by, columns, order_by, names, dt
                         index=pd.Index(keys, name=by))
 
 
+def _frame_arguments(model, df, columns, by, order_by, by_required):
+    """The checks both dataframe entry points start with: dask and pandas imported, the
+    model, df a dask DataFrame, and its column arguments. Returns (dask, pandas, columns,
+    by, order_by)."""
+    dask = _import_dask()
+    dd, pd = _import_dask_dataframe()
+    _check_model(model)
+    if not isinstance(df, dd.DataFrame):
+        raise TypeError(f"df: expected a dask.dataframe.DataFrame, got {type(df).__name__}")
+    columns = _columns_argument(df, columns)
+    by = _column_argument(df, by, "by", allow_none=not by_required)
+    order_by = _column_argument(df, order_by, "order_by")
+    return dask, pd, columns, by, order_by
+
+
 def predict_groups(model, df, by, columns, order_by=None, batch_size=32, threads_per_task=1):
     """One sequence per group of ``df`` (a ``dask.dataframe.DataFrame``): the rows with the
     same ``by`` value, ordered by ``order_by`` (a column; None keeps the rows' order), with
@@ -330,14 +345,8 @@ def predict_groups(model, df, by, columns, order_by=None, batch_size=32, threads
     Rows of a group are brought together by shuffling on ``by``. Groups may differ in
     length; groups of equal length are scored together in batches of ``batch_size``.
     """
-    dask = _import_dask()
-    dd, pd = _import_dask_dataframe()
-    _check_model(model)
-    if not isinstance(df, dd.DataFrame):
-        raise TypeError(f"df: expected a dask.dataframe.DataFrame, got {type(df).__name__}")
-    columns = _columns_argument(df, columns)
-    by = _column_argument(df, by, "by", allow_none=False)
-    order_by = _column_argument(df, order_by, "order_by")
+    dask, pd, columns, by, order_by = _frame_arguments(model, df, columns, by, order_by,
+                                                       by_required=True)
     batch_size = _positive_int("batch_size", batch_size)
     threads = _positive_int("threads_per_task", threads_per_task)
     names, dtype = _output_names(model, len(columns))
@@ -418,14 +427,8 @@ def predict_windows(model, df, columns, window, stride=None, by=None, order_by=N
     last row (where given), then ``output_0 ... output_{k-1}``; without ``by`` its index is
     that of the window's last row.
     """
-    dask = _import_dask()
-    dd, pd = _import_dask_dataframe()
-    _check_model(model)
-    if not isinstance(df, dd.DataFrame):
-        raise TypeError(f"df: expected a dask.dataframe.DataFrame, got {type(df).__name__}")
-    columns = _columns_argument(df, columns)
-    by = _column_argument(df, by, "by")
-    order_by = _column_argument(df, order_by, "order_by")
+    dask, pd, columns, by, order_by = _frame_arguments(model, df, columns, by, order_by,
+                                                       by_required=False)
     window = _positive_int("window", window)
     stride = window if stride is None else _positive_int("stride", stride)
     batch_size = _positive_int("batch_size", batch_size)
