@@ -42,6 +42,8 @@ SRC = "src_c"
 SHARED_INCLUDE = os.path.join("fastlstm", "include")
 CACHE_DIR = os.path.join("build", "cache")
 GATES_SOURCE = os.path.join(SRC, "gates.c")
+# The C sources of libfastlstm_gates.a: the gate kernels and GEMMs, the reduced-precision products.
+LIB_SOURCES = [GATES_SOURCE, os.path.join(SRC, "lowp.c")]
 
 
 def _flag(name, default="0"):
@@ -168,12 +170,12 @@ class BuildExt(build_ext):
 
     def _gate_library(self):
         """gates.c compiled once into libfastlstm_gates.a (cached); returns its path."""
-        key = _digest([GATES_SOURCE] + headers + [self._settings()])
+        key = _digest(LIB_SOURCES + headers + [self._settings()])
         lib = self.compiler.library_filename("fastlstm_gates", output_dir=self.build_temp)
         if _from_cache(key, os.path.basename(lib), lib):
             return key, lib
         objects = self.compiler.compile(
-            [GATES_SOURCE], output_dir=os.path.join(self.build_temp, "gates"), macros=macros,
+            LIB_SOURCES, output_dir=os.path.join(self.build_temp, "gates"), macros=macros,
             include_dirs=include_dirs, extra_postargs=cflags + omp_compile)
         self.compiler.create_static_lib(objects, "fastlstm_gates", output_dir=self.build_temp)
         _to_cache(key, os.path.basename(lib), lib)
@@ -184,7 +186,7 @@ class BuildExt(build_ext):
         library's, the BLAS declarations Cython reads from SciPy, and the settings."""
         import scipy.linalg
         blas_pxd = os.path.join(os.path.dirname(scipy.linalg.__file__), "cython_blas.pxd")
-        lib_key = _digest([GATES_SOURCE] + headers + [self._settings()])
+        lib_key = _digest(LIB_SOURCES + headers + [self._settings()])
         return _digest(list(ext.sources) + headers + [blas_pxd, lib_key, ext.name,
                                                       self._settings()])
 
@@ -235,7 +237,7 @@ for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
         "fastlstm." + name,
         sources=[pyx],
         include_dirs=include_dirs,
-        depends=headers + [GATES_SOURCE],
+        depends=headers + LIB_SOURCES,
         define_macros=macros,
         extra_compile_args=cflags + omp_compile,
         extra_link_args=omp_link,

@@ -17,8 +17,9 @@ __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", 
            "available_backends", "set_num_threads", "get_num_threads", "set_loop_threads"]
 from .models import Sequential
 from .saving import load_model
+from .quantization import quantize
 
-__all__ += ["Sequential", "load_model"]
+__all__ += ["Sequential", "load_model", "quantize"]
 
 # Imported on first use (PEP 562), so that ``import fastlstm`` stays light.
 _LAZY_SUBMODULES = ("convert", "datasets", "dask", "distributed")

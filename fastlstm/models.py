@@ -482,7 +482,17 @@ class Sequential:
                              "call compile() again after changing trainable, so that the "
                              "optimizer is set up for the weights that now train")
 
+    def _check_not_quantized(self):
+        from .quantization import quantized_precision
+        for layer in self._layers:
+            precision = quantized_precision(layer)
+            if precision is not None:
+                raise ValueError(f"fit: {self.name} is quantized ({precision}) for inference "
+                                 f"only ({layer.name}); train the float model and quantize it "
+                                 "again (fl.quantize)")
+
     def _train_step(self, x, y, sample_weight):
+        self._check_not_quantized()
         self._check_trainable_unchanged()
         layers = self._layers
         out, mask, backprops = x, None, []
@@ -618,6 +628,7 @@ class Sequential:
         """
         self._assert_compiled("fit")
         self._require_layers("fit")
+        self._check_not_quantized()
         x, y = self._as_input(_as_data("x", x)), _as_data("y", y)
         sw = _as_data("sample_weight", sample_weight, required=False)
         n = _check_lengths(x, y, sw)

@@ -93,7 +93,8 @@ def _sequence_args(x, kernel, recurrent_kernel, blocks):
     kernel [I, blocks*H]. Returns (ops, chk, x, kernel, recurrent_kernel, (T, B, I, H))."""
     ops = _ops_for(x)
     xp = ops.xp
-    dtype = _float_dtype("kernel", kernel)
+    quantized = _quantized_pair(ops, kernel, recurrent_kernel)
+    dtype = np.dtype(np.float32) if quantized else _float_dtype("kernel", kernel)
     chk = _Checker(xp, dtype)
     try:
         xa = xp.asarray(x)
@@ -104,7 +105,8 @@ def _sequence_args(x, kernel, recurrent_kernel, blocks):
     T, B, I = xa.shape
     if T < 1:
         raise ValueError(f"x: expected at least one timestep, got shape {_shape_str(xa.shape)}")
-    U = chk.array("recurrent_kernel", recurrent_kernel, (None, None))
+    U = recurrent_kernel if quantized else chk.array("recurrent_kernel", recurrent_kernel,
+                                                     (None, None))
     H = U.shape[0]
     G = blocks * H
     if H < 1 or U.shape[1] != G:
@@ -113,8 +115,39 @@ def _sequence_args(x, kernel, recurrent_kernel, blocks):
     # The compiled backends take a layer's batch-major input as a transposed view and copy it
     # themselves: then they know the copy is theirs (see cpu_ops._time_major).
     x = chk.array("x", xa, (T, B, I), rows_apart=getattr(ops, "reads_rows_apart", False))
-    W = chk.array("kernel", kernel, (I, G))
+    if quantized:
+        if tuple(kernel.shape) != (I, G):
+            raise ValueError(f"kernel: expected shape {_shape_str((I, G))}, got "
+                             f"{_shape_str(kernel.shape)}")
+        W = kernel
+    else:
+        W = chk.array("kernel", kernel, (I, G))
     return ops, chk, x, W, U, (T, B, I, H)
+
+
+def _quantized_pair(ops, kernel, recurrent_kernel):
+    """Whether the weights are quantized (fastlstm.quantization): then both are, with one
+    precision, on a backend that runs them."""
+    from .quantization import QuantizedMatrix
+    qk, qr = isinstance(kernel, QuantizedMatrix), isinstance(recurrent_kernel, QuantizedMatrix)
+    if not (qk or qr):
+        return False
+    if not (qk and qr) or kernel.precision != recurrent_kernel.precision:
+        raise TypeError("kernel, recurrent_kernel: quantized weights come in pairs of one "
+                        f"precision, got {type(kernel).__name__} and "
+                        f"{type(recurrent_kernel).__name__}")
+    if ops.name not in ("cpu", "numpy"):
+        raise ValueError(f"kernel: {kernel.precision} weights run on the cpu and numpy "
+                         f"backends, not on {ops.name!r}")
+    return True
+
+
+def _inference_only(kernel, training):
+    from .quantization import QuantizedMatrix
+    if training and isinstance(kernel, QuantizedMatrix):
+        raise ValueError(f"training: the weights are quantized ({kernel.precision}) for "
+                         "inference only; train the float model and quantize it again "
+                         "(fl.quantize)")
 
 
 def _state_arg(chk, name, a, B, H):
@@ -152,6 +185,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     coupled = _flag("coupled_input_forget", coupled_input_forget)
     ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel,
                                                      3 if coupled else 4)
+    _inference_only(W, _flag("training", training))
     b = chk.array("bias", bias, (U.shape[1],), optional=True)
     h0 = _state_arg(chk, "h0", h0, B, H)
     c0 = _state_arg(chk, "c0", c0, B, H)
@@ -186,6 +220,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     """
     reset_after = _flag("reset_after", reset_after)
     ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel, 3)
+    _inference_only(W, _flag("training", training))
     G = 3 * H
     try:
         b = chk.array("bias", bias, (2, G) if reset_after else (G,), optional=True)
@@ -220,6 +255,7 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
     ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel, 1)
+    _inference_only(W, _flag("training", training))
     b = chk.array("bias", bias, (H,), optional=True)
     h0 = _state_arg(chk, "h0", h0, B, H)
     m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)

@@ -97,15 +97,25 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
             else:
                 po = po_prev = <floating *>p.out + rh0
         if p.reset_after:
-            step_product(&p.cfg, nb, <int>H, G, hin, U, G, <const floating *>p.Up,
-                         <const floating *>p.Upan, zt, <int>ZW)
+            if floating is float and p.qU != NULL:
+                qproduct(nb, hin, H, p.qU, NULL, 1, zt, ZW)
+            else:
+                step_product(&p.cfg, nb, <int>H, G, hin, U, G, <const floating *>p.Up,
+                             <const floating *>p.Upan, zt, <int>ZW)
         else:
             prh = (RH + t * BH + rh0) if p.training else (RH + rh0)
-            step_product(&p.cfg, nb, <int>H, 2 * <int>H, hin, U, G, <const floating *>p.Up,
-                         <const floating *>p.Upan, zt, <int>ZW)
+            if floating is float and p.qU != NULL:
+                qproduct(nb, hin, H, p.qU, NULL, 1, zt, ZW)
+            else:
+                step_product(&p.cfg, nb, <int>H, 2 * <int>H, hin, U, G, <const floating *>p.Up,
+                             <const floating *>p.Upan, zt, <int>ZW)
             gru_fwd_reset(nb, <int>H, p.ract, zt, hin, prh)
-            step_product(&p.cfg, nb, <int>H, <int>H, prh, U + 2 * H, G, <const floating *>p.Up2,
-                         <const floating *>p.Upan2, zt + 2 * H, <int>ZW)
+            if floating is float and p.qU2 != NULL:
+                qproduct(nb, prh, H, p.qU2, NULL, 1, zt + 2 * H, ZW)
+            else:
+                step_product(&p.cfg, nb, <int>H, <int>H, prh, U + 2 * H, G,
+                             <const floating *>p.Up2, <const floating *>p.Upan2, zt + 2 * H,
+                             <int>ZW)
         if ydirect:
             ph_out = Y + s * BH + rh0
         gru_fwd_step(nb, <int>H, p.reset_after, p.act, p.ract, zt, pm, ph, ph_out, po_prev, po)
@@ -133,6 +143,16 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
     cdef const floating *brow = <const floating *>p.bias
     cdef floating *Zr = Z + r0 * ZW
     cdef int n1 = 2 * H if p.reset_after else G
+    if floating is float:
+        if p.qW != NULL:
+            if p.reset_after:
+                qproduct(<int>nr, Xr, I, p.qW, brow, 0, Zr, ZW)
+                qproduct(<int>nr, Xr, I, p.qW2, brow + 3 * H, 0, Zr + 3 * H, ZW)
+                for r in range(nr):
+                    memcpy(Zr + r * ZW + 2 * H, brow + 2 * H, H * sizeof(floating))
+            else:
+                qproduct(<int>nr, Xr, I, p.qW, brow, 0, Zr, ZW)
+            return
     if Wp1 == NULL or p.reset_after:
         for r in range(nr):
             if Wp1 == NULL:
@@ -159,7 +179,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
             bint reset_after, bint go_backwards, bint return_sequences, bint training,
-            settings=None):
+            settings=None, quant=None):
     """x [T,B,I], kernel [I,3H], recurrent_kernel [H,3H], bias [6H] (reset_after: rows 0, 1 of
     the [2,3H] bias, flattened) or [3H] or None, h0 [B,H], mask [T,B] uint8|None,
     input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
@@ -169,7 +189,13 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     """
     cdef Fwd p
     read_settings(&p.cfg, settings)
-    cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
+    cdef QuantBinding qb = None
+    cdef int H, G
+    if quant is not None:
+        H = quant[1].shape[0]
+        qb = QuantBinding(quant[0], quant[1], 2 * H if reset_after else 0,
+                          0 if reset_after else 2 * H)
+    H, G = weight_dims(recurrent_kernel, qb)
     dtype = np.float32 if floating is float else np.float64
     # [z r] and h blocks of W apart where they land in different columns of Z, of U where
     # h's product needs r first.
@@ -193,7 +219,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     bufs = forward_setup(&p, x, kernel, recurrent_kernel, brow, h0, mask,
                          input_dropout_mask, recurrent_dropout_mask, activation,
                          recurrent_activation, go_backwards, return_sequences, training,
-                         "gru_z", not (mask is not None or go_backwards), 0)
+                         "gru_z", not (mask is not None or go_backwards), 0, qb)
     cdef floating[::1] scratch = bufs[6]
     cdef floating[:, :, ::1] HIN, RH
     cdef floating[:, ::1] rhb

@@ -41,6 +41,11 @@ from fastlstm.threads import set_cols_min_bytes
 
 cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexcept nogil:
     """Rows [r0, r0+nr) of the chunk's Z = X W + b."""
+    if floating is float:
+        if p.qW != NULL:
+            qproduct(<int>nr, <const float *>p.X + r0 * p.In, p.In, p.qW,
+                     <const float *>p.bias, 0, Z + r0 * p.G, p.G)
+            return
     dense_rows(&p.cfg, r0, nr, p.In, p.G, <const floating *>p.X, <const floating *>p.W,
                <const floating *>p.Wp, <const floating *>p.bias, Z)
 
@@ -78,9 +83,12 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         t = T - 1 - s if p.go_backwards else s
         hin = recurrent_input(p.training, ph, prd, HIN + t * BH + rh if p.training else NULL,
                               hd + rh if hd != NULL else NULL, nbh)
-        step_product(&p.cfg, nb, <int>H, <int>G, hin, <const floating *>p.U, <int>G,
-                     <const floating *>p.Up, <const floating *>p.Upan,
-                     Z + (t - p.zt0) * BG + rg, <int>G)
+        if floating is float and p.qU != NULL:
+            qproduct(nb, hin, H, p.qU, NULL, 1, Z + (t - p.zt0) * BG + rg, G)
+        else:
+            step_product(&p.cfg, nb, <int>H, <int>G, hin, <const floating *>p.U, <int>G,
+                         <const floating *>p.Up, <const floating *>p.Upan,
+                         Z + (t - p.zt0) * BG + rg, <int>G)
         pc_out = C + t * BH + rh if p.training else pc
         po = po_prev = NULL
         if p.mask != NULL:
@@ -192,7 +200,8 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, ::1] peephole,
             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
-            bint coupled, bint go_backwards, bint return_sequences, bint training, settings=None):
+            bint coupled, bint go_backwards, bint return_sequences, bint training, settings=None,
+            quant=None):
     """x [T,B,I], kernel [I,G], recurrent_kernel [H,G], bias [G]|None, h0, c0 [B,H],
     peephole [3,H]|None, mask [T,B] uint8|None, input_dropout_mask [B,I]|None,
     recurrent_dropout_mask [B,H]|None.
@@ -202,20 +211,22 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     """
     cdef Fwd p
     read_settings(&p.cfg, settings)
-    cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
+    cdef QuantBinding qb = None if quant is None else QuantBinding(quant[0], quant[1], 0, 0)
+    cdef int H, G
+    H, G = weight_dims(recurrent_kernel, qb)
     dtype = np.float32 if floating is float else np.float64
     p.ZW, p.wsplit, p.usplit, p.pipeline = G, 0, 0, True
     p.coupled, p.reset_after = coupled, False
-    p.ncols = cols_threads(&p.cfg,
-                           x.shape[1] == 1 and not training and recurrent_dropout_mask is None,
-                           H, G, sizeof(floating))
+    p.ncols = 0 if qb is not None else cols_threads(
+        &p.cfg, x.shape[1] == 1 and not training and recurrent_dropout_mask is None,
+        H, G, sizeof(floating))
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
     # time, it shares its buffer with Y (and the steps read h there: no copy).
     bufs = forward_setup(&p, x, kernel, recurrent_kernel, bias, h0, mask, input_dropout_mask,
                          recurrent_dropout_mask, activation, recurrent_activation,
                          go_backwards, return_sequences, training, "z",
                          not (mask is not None or recurrent_dropout_mask is not None
-                              or go_backwards), H)
+                              or go_backwards), H, qb)
     cdef floating[::1] scratch = bufs[6]
     c_first = np.array(c0, dtype=dtype, copy=True)
     cdef floating[:, ::1] cf = c_first

@@ -34,6 +34,11 @@ include "driver.pxi"
 
 cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexcept nogil:
     """Rows [r0, r0+nr) of the chunk's Z = X W + b."""
+    if floating is float:
+        if p.qW != NULL:
+            qproduct(<int>nr, <const float *>p.X + r0 * p.In, p.In, p.qW,
+                     <const float *>p.bias, 0, Z + r0 * p.H, p.H)
+            return
     dense_rows(&p.cfg, r0, nr, p.In, p.H, <const floating *>p.X, <const floating *>p.W,
                <const floating *>p.Wp, <const floating *>p.bias, Z)
 
@@ -67,8 +72,11 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         hin = recurrent_input(p.training, ph, prd, HIN + t * BH + rh if p.training else NULL,
                               hd + rh if hd != NULL else NULL, nbh)
         zt = <floating *>p.Z + (t - p.zt0) * BH + rh
-        step_product(&p.cfg, nb, <int>H, <int>H, hin, <const floating *>p.U, <int>H,
-                     <const floating *>p.Up, <const floating *>p.Upan, zt, <int>H)
+        if floating is float and p.qU != NULL:
+            qproduct(nb, hin, H, p.qU, NULL, 1, zt, H)
+        else:
+            step_product(&p.cfg, nb, <int>H, <int>H, hin, <const floating *>p.U, <int>H,
+                         <const floating *>p.Up, <const floating *>p.Upan, zt, <int>H)
         po = po_prev = NULL
         if p.mask != NULL:
             pm = p.mask + t * p.B + b0
@@ -95,7 +103,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
             const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
-            bint return_sequences, bint training, settings=None):
+            bint return_sequences, bint training, settings=None, quant=None):
     """x [T,B,I], kernel [I,H], recurrent_kernel [H,H], bias [H]|None, h0 [B,H],
     mask [T,B] uint8|None, input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
 
@@ -105,7 +113,10 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef Fwd p
     read_settings(&p.cfg, settings)
     # The projection is not pipelined here (one product a step leaves less to hide).
-    p.ZW, p.wsplit, p.usplit, p.pipeline, p.ncols = recurrent_kernel.shape[0], 0, 0, False, 0
+    cdef QuantBinding qb = None if quant is None else QuantBinding(quant[0], quant[1], 0, 0)
+    cdef int H, G
+    H, G = weight_dims(recurrent_kernel, qb)
+    p.ZW, p.wsplit, p.usplit, p.pipeline, p.ncols = H, 0, 0, False, 0
     p.coupled, p.reset_after = False, False
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
     # time, it shares its buffer with Y.
@@ -113,7 +124,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
                          recurrent_dropout_mask, activation, None, go_backwards,
                          return_sequences, training, "rnn_z",
                          not (mask is not None or recurrent_dropout_mask is not None
-                              or go_backwards), 0)
+                              or go_backwards), 0, qb)
     cdef floating[::1] scratch = bufs[6]
     with nogil:
         forward_loop(&p, &scratch[0])

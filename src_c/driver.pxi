@@ -19,6 +19,8 @@
 # Threads and products follow the call's Settings (p.cfg, q.cfg), which the cell's forward
 # and backward read first (read_settings).
 from libc.limits cimport INT_MAX
+from libc.stdint cimport int32_t
+from lowp cimport fl_qmat, fl_q_gemm
 from sequence cimport Fwd, Bwd
 from fastlstm.backends.workspace import workspace
 
@@ -73,6 +75,63 @@ cdef tuple packed_blocks(const floating[:, :] A, int split, bint transposed, str
             pack_block(right, transposed, slot + "2", panels, dtype, threads))
 
 
+# ------------------------------------------------------------ quantized weights
+cdef class QuantBinding:
+    """A quantized W and U (fastlstm.quantization.QuantizedMatrix) as the reduced-precision
+    products take them for one call: their blocks (whole, or split as the cell packs its
+    float weights: wsplit, usplit) as fl_qmat views, and references to the arrays behind
+    them for as long as the call runs."""
+    cdef fl_qmat mats[4]                # W, W2, U, U2
+    cdef int nw, nu
+    cdef readonly int In, H, G
+    cdef list refs
+
+    def __cinit__(self, qW, qU, int wsplit, int usplit):
+        self.refs = []
+        self.In, self.G = qW.shape
+        self.H = qU.shape[0]
+        self.nw = self.bind(qW, wsplit, 0)
+        self.nu = self.bind(qU, usplit, 2)
+
+    cdef int bind(self, qm, int split, int at) except -1:
+        cdef fl_qmat *m
+        if qm.split != split:           # blocked for another cell: block it for this one
+            qm = type(qm)(qm.precision, qm.values, qm.scale, split)
+        blocks = qm.blocks()
+        self.refs.append(blocks)
+        for k, (packed, scale, comp, j0, j1) in enumerate(blocks):
+            m = &self.mats[at + k]
+            m.kind, m.K, m.N = qm.kind(), qm.shape[0], j1 - j0
+            m.packed = <const void *><size_t>packed.ctypes.data
+            m.scale = NULL if scale is None else <const float *><size_t>scale.ctypes.data
+            m.comp = NULL if comp is None else <const int32_t *><size_t>comp.ctypes.data
+        return len(blocks)
+
+
+cdef int bind_quantized(Fwd *p, QuantBinding qb) except -1:
+    """p's quantized blocks from qb, or none (float weights) when qb is None."""
+    p.qW = p.qW2 = p.qU = p.qU2 = NULL
+    if qb is not None:
+        p.qW = &qb.mats[0]
+        p.qW2 = &qb.mats[1] if qb.nw == 2 else NULL
+        p.qU = &qb.mats[2]
+        p.qU2 = &qb.mats[3] if qb.nu == 2 else NULL
+    return 0
+
+
+cdef inline void qproduct(int M, const float *A, long lda, const fl_qmat *q, const float *bias,
+                          int beta, float *C, long ldc) noexcept nogil:
+    """C[M, 0:q.N] = beta C + A q (+ bias): a reduced-precision product (src_c/lowp.h)."""
+    fl_q_gemm(M, A, lda, q, 0, q.N, bias, beta, C, ldc)
+
+
+cdef tuple weight_dims(const floating[:, ::1] recurrent_kernel, QuantBinding qb):
+    """(H, G) of the recurrent kernel, float or quantized."""
+    if qb is not None:
+        return qb.H, qb.G
+    return recurrent_kernel.shape[0], recurrent_kernel.shape[1]
+
+
 # ---------------------------------------------------------------------------- forward
 cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, ::1] kernel,
                           const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
@@ -80,7 +139,8 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
                           const floating[:, ::1] input_dropout_mask,
                           const floating[:, ::1] recurrent_dropout_mask, activation,
                           recurrent_activation, bint go_backwards, bint return_sequences,
-                          bint training, str zslot, bint shared_states, long scratch):
+                          bint training, str zslot, bint shared_states, long scratch,
+                          QuantBinding qb=None):
     """Fills p for a forward pass (sizes, options, the projection's inputs, buffers, packed
     weights) from the arguments of the cell's forward; the cell has read p.cfg and set
     p.ZW, p.wsplit, p.usplit, p.pipeline, p.ncols and its options first, and sets its own
@@ -92,8 +152,13 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     None, the masked last output or None, scratch, and the arrays behind p's pointers]."""
     cdef long T = x.shape[0]
     cdef int B = <int>x.shape[1], I = <int>x.shape[2]
-    cdef int H = <int>recurrent_kernel.shape[0], G = <int>recurrent_kernel.shape[1]
+    cdef int H, G
+    H, G = weight_dims(recurrent_kernel, qb)
     cdef long TB = T * B
+    if qb is not None and (floating is not float or training or qb.In != I):
+        raise ValueError("quantized weights: float32 inference only, with kernel rows = "
+                         "x's features")
+    bind_quantized(p, qb)
     check_int("x: batch rows", x.shape[1])
     check_int("x: features", x.shape[2])
     if training:
@@ -117,7 +182,10 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     cdef floating[:, :, ::1] Z = z_arr
     p.Z = &Z[0, 0, 0]
     p.bias = data(bias)
-    p.W, p.U = <void *>&kernel[0, 0], <void *>&recurrent_kernel[0, 0]
+    if qb is None:
+        p.W, p.U = <void *>&kernel[0, 0], <void *>&recurrent_kernel[0, 0]
+    else:
+        p.W = p.U = NULL
 
     h_arr = np.array(h0, dtype=dtype, copy=True)
     cdef floating[:, ::1] h = h_arr
@@ -147,15 +215,15 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     # chunk would pack all of W again); a few rows read W in place (project_rows).
     cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
     cdef floating[::1] w1 = None, w2 = None, u1 = None, u2 = None, pan1 = None, pan2 = None
-    if pack_projection(&p.cfg, TB, <long>I * G * sizeof(floating)):
+    if qb is None and pack_projection(&p.cfg, TB, <long>I * G * sizeof(floating)):
         w1, w2 = packed_blocks(Wv, p.wsplit, False, "w", False, dtype, p.cfg.threads)
     p.Wp, p.Wp2 = data(w1), data(w2)
     # The per-step products: U packed for our GEMM (many rows per thread), in L1-sized
     # column panels (a few rows, over a sequence that amortises the copy), or read in place
     # (also where each thread of a column split packs its own part).
     p.nchunks = row_chunks(&p.cfg, T, B, H, G)
-    cdef int umode = U_IN_PLACE if p.ncols else forward_u(&p.cfg, TB, B // p.nchunks, H, G,
-                                                         sizeof(floating))
+    cdef int umode = U_IN_PLACE if (p.ncols or qb is not None) else forward_u(
+        &p.cfg, TB, B // p.nchunks, H, G, sizeof(floating))
     if umode == U_PACKED:
         u1, u2 = packed_blocks(Uv, p.usplit, False, "u", False, dtype, p.cfg.threads)
     elif umode == U_PANELS:
@@ -164,7 +232,7 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     p.scratch = scratch
     scratch_arr = workspace("scratch", max(1, p.nchunks * scratch), dtype)
     return [xd_arr, z_arr, h_arr, states_arr, y_arr, out_arr, scratch_arr,
-            (hd_arr, w1, w2, u1, u2, pan1, pan2)]
+            (hd_arr, w1, w2, u1, u2, pan1, pan2, qb)]
 
 
 cdef inline void project_chunk_rows(const Fwd *p, long nr, floating *Z) noexcept nogil:

@@ -8,6 +8,7 @@
 # WORK: the kernels' own. T, element offsets and row strides are 64-bit; B, I, H, G stay
 # `int` (the products take them so) and the driver checks them.
 from gates cimport fl_act, fl_barrier
+from lowp cimport fl_qmat
 from products cimport Settings
 
 
@@ -50,6 +51,13 @@ cdef struct Fwd:
     void *Upan
     void *Upan2
     void *P
+    # IN: quantized inference (int8/bfloat16, float32 calls only): W's and U's blocks as
+    # the reduced-precision products take them (split as Wp/Wp2, Up/Up2), W and U NULL;
+    # all NULL for float weights.
+    const fl_qmat *qW
+    const fl_qmat *qW2
+    const fl_qmat *qU
+    const fl_qmat *qU2
     # IN: mask [T,B] or NULL; rdrop: recurrent dropout mask [B,H] or NULL.
     const unsigned char *mask
     void *rdrop

@@ -5,6 +5,7 @@ import numpy as np
 
 from .cache_and_grads import Cache, Grads
 from .numpy_ops import NumpyOps
+from ..quantization import QuantizedMatrix
 from ..threads import kernel_settings, single_threaded_blas
 
 try:
@@ -14,6 +15,14 @@ except ImportError as exc:  # pragma: no cover - only in a source tree without a
         "fastlstm's compiled kernels are not built. Install the package (pip install .) or, "
         "in a source checkout, build in place (pip install -e . / python setup.py build_ext "
         f"--inplace). Import error: {exc}") from exc
+
+
+def _weights(kernel, recurrent_kernel):
+    """(kernel, recurrent_kernel, quant) for a kernel call: float arrays as they are, or
+    quantized ones (fastlstm.quantization) as None, None and the pair."""
+    if isinstance(kernel, QuantizedMatrix):
+        return None, None, (kernel, recurrent_kernel)
+    return kernel, recurrent_kernel, None
 
 
 def _u8(mask):
@@ -71,10 +80,12 @@ class CpuOps(NumpyOps):
                 training=training)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():      # the kernel threads itself (fastlstm.threads)
+            W, U, quant = _weights(kernel, recurrent_kernel)
             y, h, c, saved = _lstm.forward(
-                x, kernel, recurrent_kernel, bias, h0, c0, peephole, _u8(mask),
+                x, W, U, bias, h0, c0, peephole, _u8(mask),
                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-                coupled, go_backwards, return_sequences, training, kernel_settings())
+                coupled, go_backwards, return_sequences, training, kernel_settings(),
+                quant=quant)
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -116,11 +127,12 @@ class CpuOps(NumpyOps):
                 return_sequences=return_sequences, training=training)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
+            W, U, quant = _weights(kernel, recurrent_kernel)
             y, h, saved = _gru.forward(
-                x, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1), h0,
+                x, W, U, None if bias is None else bias.reshape(-1), h0,
                 _u8(mask), input_dropout_mask, recurrent_dropout_mask, activation,
                 recurrent_activation, reset_after, go_backwards, return_sequences, training,
-                kernel_settings())
+                kernel_settings(), quant=quant)
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -161,10 +173,11 @@ class CpuOps(NumpyOps):
         # The kernel threads itself, as the LSTM's: BLAS (if it runs) single-threaded inside.
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
+            W, U, quant = _weights(kernel, recurrent_kernel)
             y, h, saved = _simple_rnn.forward(
-                x, kernel, recurrent_kernel, bias, h0, _u8(mask), input_dropout_mask,
+                x, W, U, bias, h0, _u8(mask), input_dropout_mask,
                 recurrent_dropout_mask, activation, go_backwards, return_sequences, training,
-                kernel_settings())
+                kernel_settings(), quant=quant)
         cache = None
         if training:
             _read_only(y, return_sequences)

@@ -133,6 +133,8 @@ class Layer:
     last_activity_loss = 0.0
     return_state = False
     stateful = False
+    # "int8" or "bfloat16" on an inference copy made by fl.quantize (fastlstm.quantization).
+    quantization = None
 
     _registry: dict = {}
 
@@ -174,7 +176,15 @@ class Layer:
         """Copies of the weights as NumPy arrays (from the GPU too), in Keras order."""
         return [np.array(devices.to_host(w), copy=True) for w in self.weights]
 
+    def check_float(self, what):
+        """Refuse what a quantized (inference-only) layer cannot do."""
+        if self.quantization is not None:
+            raise ValueError(f"{what}: {self.name} is quantized ({self.quantization}) for "
+                             "inference only; train or change the float model and quantize "
+                             "it again (fl.quantize)")
+
     def set_weights(self, weights) -> None:
+        self.check_float("set_weights")
         if not self.built:
             raise ValueError(f"{self.name}: set_weights before the layer is built; call it once "
                              "or call build(input_shape) first")
@@ -234,6 +244,9 @@ class Layer:
         from now on; returns the layer. Inputs given as NumPy arrays are copied to the device
         at each call; outputs stay on it."""
         device = devices.check_device(device)
+        if device != "cpu" and self.quantization is not None:
+            raise NotImplementedError(f"{self.name}: quantized ({self.quantization}) layers run "
+                                      f"on the CPU only; cannot move it to {device!r}")
         if device != "cpu" and not self.runs_on_gpu:
             raise NotImplementedError(f"{self.name}: {type(self).__name__} runs on the CPU only; "
                                       f"cannot move it to {device!r}")

@@ -39,6 +39,11 @@ class _Softmax:
     def get_config(self):
         return "softmax"
 
+    def __reduce__(self):
+        # One instance, which the layers test by identity: a copied or unpickled Dense
+        # keeps it.
+        return "_SOFTMAX"
+
 
 _SOFTMAX = _Softmax()
 
@@ -158,7 +163,7 @@ class Dense(_CoreLayer):
         return x
 
     def _forward(self, x):
-        z = x @ self.kernel
+        z = self.kernel.matmul(x) if self.quantization else x @ self.kernel
         if self.use_bias:
             z += self.bias
         if self.activation is _SOFTMAX:
@@ -173,6 +178,7 @@ class Dense(_CoreLayer):
     def forward_train(self, x, mask=None):
         """Returns ``(y, backprop)``; ``backprop(dy)`` returns ``Gradients`` with
         ``weights = [d kernel, d bias]`` (data gradients only)."""
+        self.check_float("forward_train")
         x = self._prepare(x)
         y = self._forward(x)
         act_grad = self._activity(y)
@@ -285,6 +291,7 @@ class Embedding(_CoreLayer):
     def forward_train(self, x, mask=None):
         """Returns ``(y, backprop)``; ``backprop(dy)`` returns ``Gradients`` with
         ``inputs=None`` (integer input has no gradient) and ``weights = [d embeddings]``."""
+        self.check_float("forward_train")
         idx = self._indices(x)
         y = self.embeddings[idx]
         act_grad = self._activity(y)

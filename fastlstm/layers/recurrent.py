@@ -294,6 +294,7 @@ class RecurrentLayer(Layer, abstract=True):
         takes gradients mirroring ``outputs`` (None entries = zero) and returns ``Gradients``.
         An output sequence is read-only: the backward pass may read it (as PyTorch's autograd
         refuses an output it saved that was changed in place)."""
+        self.check_float("forward_train")
         given_state = initial_state is not None
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True)
         with devices.backend_context(self.device):
@@ -396,6 +397,8 @@ class RecurrentLayer(Layer, abstract=True):
     def _make_step_plan(self, B):
         """The compiled step bound to the current weight arrays (weights updated in place
         stay bound; set_weights makes a new plan), or None when they do not suit it."""
+        if self.quantization is not None:
+            return None             # the one-step sequence kernel runs the quantized step
         try:
             return self._new_step_plan(B)
         except ValueError:
