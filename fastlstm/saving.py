@@ -22,7 +22,10 @@ of ``.npy`` arrays) holding:
                       or null}
 
     Layer entries are ``fastlstm.layers.serialize(layer)`` (Keras names and configs) plus the
-    layer's build shape and its weights in ``get_weights()`` order.
+    layer's build shape and its weights in ``get_weights()`` order. A layer quantized by
+    ``fl.quantize`` (format version 2) also has ``"quantization": "int8"`` or
+    ``"bfloat16"``; its matrices are stored compact (int8 values with a float32
+    ``<name>_scale`` array, or bfloat16 bit patterns as uint16), each right after it.
 ``"layers/<i>/<weight name>"``
     The weights of layer ``i`` (0-based), e.g. ``layers/0/kernel``, ``layers/1/bias``;
     a Bidirectional layer's are ``layers/<i>/forward/kernel``, ... .
@@ -57,7 +60,10 @@ import numpy as np
 from . import limits
 
 FORMAT_NAME = "fastlstm"
-FORMAT_VERSION = 1
+# 2: layers quantized by fl.quantize ("quantization" in a layer entry, int8/uint16 arrays).
+# A file without quantized layers is still written as version 1, which older readers read.
+FORMAT_VERSION = 2
+_QUANTIZED_VERSION = 2
 DOC_KEY = "fastlstm.json"
 
 __all__ = ["save_model", "load_model", "register_model_class", "FORMAT_NAME",
@@ -92,6 +98,7 @@ def save_model(model, path):
     """Write ``model`` (a built ``Sequential``) to ``path`` as described in the module doc."""
     from . import __version__, losses, metrics, optimizers
     from .layers import serialize
+    from .quantization import quantized_arrays, quantized_precision
 
     if not model.built:
         raise ValueError(f"save: {model.name} is not built yet; call build(input_shape) or call "
@@ -104,11 +111,19 @@ def save_model(model, path):
                          f"a Keras file, save fastlstm.convert.to_keras(model) with Keras)")
     arrays = {}
     layer_docs = []
+    version = 1
     for i, layer in enumerate(model.layers):
         entry = serialize(layer)
         entry["input_shape"] = _shape_list(getattr(layer, "input_shape", None))
         weights = []
-        for name, w in zip(layer.weight_names, layer.get_weights()):
+        precision = quantized_precision(layer)
+        if precision is not None:
+            entry["quantization"] = precision
+            version = _QUANTIZED_VERSION
+            pairs = quantized_arrays(layer)
+        else:
+            pairs = zip(layer.weight_names, layer.get_weights())
+        for name, w in pairs:
             key = f"layers/{i}/{name}"
             arrays[key] = np.ascontiguousarray(w)
             weights.append({"name": name, "key": key, "shape": list(w.shape),
@@ -117,7 +132,7 @@ def save_model(model, path):
         layer_docs.append(entry)
     doc = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": version,
         "fastlstm_version": __version__,
         "model": {"class_name": type(model).__name__, "config": {"name": model.name},
                   "input_shape": _shape_list(model.input_shape), "layers": layer_docs},
@@ -362,6 +377,7 @@ def load_model(path, compile=True):
 def _load(path, compile):
     from .layers import deserialize
     from . import losses, metrics, optimizers
+    from . import quantization
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file")
@@ -409,27 +425,43 @@ def _load(path, compile):
             raise reader.error(f"model: {exc}") from None
         # Every array's shape is checked against what the configs imply before any layer is
         # built (an orthogonal initializer's QR of a huge config) or any array is read.
-        build_shapes, weight_entries = [], []
+        build_shapes, weight_entries, precisions = [], [], []
         for i, (layer, entry) in enumerate(zip(layers, layer_specs)):
             what = f"layer {i} ({layer.name})"
             weights = entry.get("weights", [])
             _require(isinstance(weights, list), reader, f"{what}: malformed weight list")
+            precision = entry.get("quantization")
+            _require(precision is None or precision in quantization.PRECISIONS, reader,
+                     f"{what}: unknown quantization {precision!r}, expected one of "
+                     f"{quantization.PRECISIONS}")
+            _require(precision is None or doc["version"] >= _QUANTIZED_VERSION, reader,
+                     f"{what}: a quantized layer in a format version {doc['version']} file")
             names = [w.get("name") if isinstance(w, dict) else w for w in weights]
-            shapes = [_array_header(reader, w, f"{what} weight {n!r}")[0]
-                      for w, n in zip(weights, names)]
+            headers = [_array_header(reader, w, f"{what} weight {n!r}",
+                                     "fiu" if precision else "f")
+                       for w, n in zip(weights, names)]
             build_shape = _shape_entry(reader, entry.get("input_shape"), what)
-            _check_weight_shapes(reader, what, layer, build_shape, shapes)
+            if precision is None:
+                _check_weight_shapes(reader, what, layer, build_shape, [h[0] for h in headers])
+            else:
+                _check_quantized_shapes(reader, what, layer, precision, build_shape, names,
+                                        headers)
             build_shapes.append(build_shape)
             weight_entries.append(list(zip(weights, names)))
+            precisions.append(precision)
         _check_input_shape(reader, input_shape, layers, build_shapes)
-        for i, (layer, build_shape, weights) in enumerate(zip(layers, build_shapes,
-                                                                weight_entries)):
+        for i, (layer, build_shape, weights, precision) in enumerate(zip(
+                layers, build_shapes, weight_entries, precisions)):
             what = f"layer {i} ({layer.name})"
             arrays = [reader.get(w["key"], f"{what} weight {n!r}") for w, n in weights]
             try:
                 if not layer.built:
                     layer.build(build_shape)
-                layer.set_weights(arrays)
+                if precision is None:
+                    layer.set_weights(arrays)
+                else:
+                    quantization.quantize_layer(layer, precision, dict(zip(
+                        [n for _, n in weights], arrays)))
             except (ValueError, TypeError) as exc:
                 raise reader.error(f"{what}: the saved weights do not fit the layer: {exc}") from None
             except MemoryError:                 # a config edited to absurd sizes
@@ -493,6 +525,31 @@ def _check_weight_shapes(reader, what, layer, build_shape, shapes):
                  f"{what}: the saved weights do not fit the layer: {name} has shape "
                  f"{tuple(got)} in the file, the layer's config and input_shape "
                  f"{build_shape} give {tuple(want)}")
+
+
+def _check_quantized_shapes(reader, what, layer, precision, build_shape, names, headers):
+    """A quantized layer's arrays (names, (shape, dtype) headers) against the layout its
+    config, saved build shape and precision imply (quantization.quantized_shapes)."""
+    from .quantization import quantized_shapes
+    try:
+        shapes = layer.weight_shapes(build_shape)
+    except (ValueError, TypeError) as exc:
+        raise reader.error(f"{what}: cannot be built for its saved input_shape "
+                           f"{build_shape}: {exc}") from None
+    _require(shapes is not None, reader, f"{what}: {type(layer).__name__} cannot be quantized")
+    try:
+        expected = quantized_shapes(layer, precision, shapes)
+    except ValueError as exc:
+        raise reader.error(f"{what}: {exc}") from None
+    _require([e[0] for e in expected] == list(names), reader,
+             f"{what}: a {precision} layer stores {', '.join(e[0] for e in expected)}; the "
+             f"file lists {', '.join(map(str, names))}")
+    want_dtype = {"i": np.dtype(np.int8), "u": np.dtype(np.uint16), "f": np.dtype(np.float32)}
+    for (name, shape, kind), (got_shape, got_dtype) in zip(expected, headers):
+        _require(tuple(got_shape) == tuple(shape) and got_dtype == want_dtype[kind], reader,
+                 f"{what}: {name} is {got_dtype} of shape {tuple(got_shape)} in the file; a "
+                 f"{precision} layer built for {build_shape} takes {want_dtype[kind]} of "
+                 f"shape {tuple(shape)}")
 
 
 def _check_input_shape(reader, input_shape, layers, build_shapes):

@@ -34,3 +34,15 @@ def gemm(a, packed, scale, comp, int kind, int K, int N, bias=None, out=None, in
               NULL if b is None else <const float *><size_t>b.ctypes.data, beta,
               <float *><size_t>out.ctypes.data, N)
     return out
+
+
+def level(int kind):
+    return fl_q_level(kind)
+
+
+def level_name(int kind):
+    return fl_q_level_name(kind).decode()
+
+
+def force_level(int lvl):
+    fl_q_force_level(lvl)
