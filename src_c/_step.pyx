@@ -25,6 +25,9 @@ from products cimport Settings, product
 from fastlstm.threads import kernel_settings
 from gates cimport (fl_act, make_act, matmul_acc, fl_force_isa_level, fl_isa_level,
                     lstm_fwd_step, gru_fwd_reset, gru_fwd_step, rnn_fwd_step)
+from fastlstm.quantization import QuantizedMatrix
+
+include "quant_binding.pxi"
 
 # Weights from which a batch-1 step splits its rows over the threads: below, a split step was
 # not reliably faster than one thread (bench/RESULTS.md, "Kernel thresholds").
@@ -190,6 +193,41 @@ cdef inline void rnn_step(const Settings *s, int nt, int B, int I, int H,
     rnn_fwd_step(B, H, act, z, NULL, h, h_out, NULL, NULL)
 
 
+# ------------------------------------------------------------ quantized (float32 only)
+cdef inline void q_step_products(int B, int I, int H, int G, const float *x, int ldx,
+                                 const float *h, const fl_qmat *qW, const fl_qmat *qU,
+                                 const float *b, float *z) noexcept nogil:
+    """z [B,G] = b + x W + h U with quantized W, U, as the sequence kernels compute them
+    (the projection with its bias first, then the recurrent product added)."""
+    if b == NULL:
+        fill_rows(B, G, b, z, G)
+        qproduct(B, x, ldx, qW, NULL, 1, z, G)
+    else:
+        qproduct(B, x, ldx, qW, b, 0, z, G)
+    qproduct(B, h, H, qU, NULL, 1, z, G)
+
+
+cdef inline void q_gru_step(int B, int I, int H, bint reset_after, const float *x, int ldx,
+                            const float *h, const fl_qmat *q, const float *b, fl_act act,
+                            fl_act ract, float *z, float *brow, float *rh,
+                            float *h_out) noexcept nogil:
+    """gru_step with quantized blocks q: W, W2, U, U2 (split as in _gru.forward)."""
+    cdef int ZW = 4 * H if reset_after else 3 * H, r
+    gru_bias_row(H, reset_after, b, brow)
+    if reset_after:
+        for r in range(B):
+            memcpy(z + <long>r * ZW + 2 * H, brow + 2 * H, H * sizeof(float))
+        qproduct(B, x, ldx, &q[0], brow, 0, z, ZW)
+        qproduct(B, x, ldx, &q[1], brow + 3 * H, 0, z + 3 * H, ZW)
+        qproduct(B, h, H, &q[2], NULL, 1, z, ZW)
+    else:
+        qproduct(B, x, ldx, &q[0], brow, 0, z, ZW)
+        qproduct(B, h, H, &q[2], NULL, 1, z, ZW)
+        gru_fwd_reset(B, H, ract, z, h, rh)
+        qproduct(B, rh, H, &q[3], NULL, 1, z + 2 * H, ZW)
+    gru_fwd_step(B, H, reset_after, act, ract, z, NULL, h, h_out, NULL, NULL)
+
+
 # ------------------------------------------------------------------------------ plans
 cdef inline bint rows_of(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols,
                          bint contiguous) noexcept:
@@ -219,8 +257,10 @@ cdef inline bint array_of(object a, int typenum, object shape) noexcept:
 
 
 cdef inline Py_ssize_t units_of(object recurrent_kernel) noexcept:
-    """H of a recurrent kernel [H, gates*H], or 0 when it is not a 2-D array."""
-    if cnp.PyArray_Check(recurrent_kernel) and recurrent_kernel.ndim == 2:
+    """H of a recurrent kernel [H, gates*H] (an array or a QuantizedMatrix), or 0 when it is
+    neither."""
+    if ((cnp.PyArray_Check(recurrent_kernel) or isinstance(recurrent_kernel, QuantizedMatrix))
+            and recurrent_kernel.ndim == 2):
         return recurrent_kernel.shape[0]
     return 0
 
@@ -235,6 +275,7 @@ cdef class StepPlan:
     cdef readonly object kernel, recurrent_kernel, bias
     cdef readonly object buffers              # arrays behind the pointers below (z, zx, zh, ...)
     cdef readonly object parts_arr
+    cdef readonly QuantBinding qb             # quantized W and U (float32 only), or None
     cdef void *pW
     cdef void *pU
     cdef void *pb
@@ -246,10 +287,25 @@ cdef class StepPlan:
     cdef bint busy                            # a call is running on the buffers
 
     cdef int bind(self, kernel, recurrent_kernel, bias, int gates, int batch, object bias_shape,
-                  long z_width) except -1:
+                  long z_width, int wsplit=0, int usplit=0) except -1:
         """Checks and binds the weights: kernel [I, gates*H], recurrent_kernel [H, gates*H] of
-        one float dtype, C-contiguous; bias of bias_shape or None. Raises ValueError
-        otherwise (the layer then takes the general path)."""
+        one float dtype, C-contiguous, or both quantized (QuantizedMatrix; float32 then, W
+        and U in blocks split at wsplit, usplit as the sequence kernels take them); bias of
+        bias_shape or None. Raises ValueError otherwise (the layer then takes the general
+        path)."""
+        self.qb = None
+        if isinstance(kernel, QuantizedMatrix) and isinstance(recurrent_kernel, QuantizedMatrix):
+            n_units = recurrent_kernel.shape[0]
+            ok = (batch >= 1 and n_units >= 1 and kernel.shape[0] >= 1
+                  and recurrent_kernel.shape[1] == gates * n_units == kernel.shape[1]
+                  and (bias is None or array_of(bias, cnp.NPY_FLOAT, bias_shape)))
+            if not ok:
+                raise ValueError("StepPlan: quantized weights or bias do not fit the cell")
+            self.qb = QuantBinding(kernel, recurrent_kernel, wsplit, usplit)
+            self.bind_buffers(kernel, recurrent_kernel, bias, cnp.NPY_FLOAT, kernel.shape[0],
+                              n_units, gates * n_units, batch, z_width)
+            self.pW = self.pU = NULL
+            return 0
         if not (cnp.PyArray_Check(kernel) and cnp.PyArray_Check(recurrent_kernel)
                 and kernel.ndim == 2 and recurrent_kernel.ndim == 2):
             raise ValueError("StepPlan: expected 2-D kernel and recurrent_kernel arrays")
@@ -265,12 +321,18 @@ cdef class StepPlan:
         if not ok:
             raise ValueError("StepPlan: weights are not C-contiguous arrays of one float dtype "
                              "with the shapes of the cell")
-        self.kernel, self.recurrent_kernel, self.bias = kernel, recurrent_kernel, bias
-        self.typenum = typenum
-        self.itemsize = cnp.PyArray_ITEMSIZE(<cnp.ndarray>kernel)
-        self.n_in, self.n_units, self.n_gates, self.n_batch = I, H, G, batch
+        self.bind_buffers(kernel, recurrent_kernel, bias, typenum, I, H, G, batch, z_width)
         self.pW = data_of(kernel)
         self.pU = data_of(recurrent_kernel)
+        return 0
+
+    cdef int bind_buffers(self, kernel, recurrent_kernel, bias, int typenum, Py_ssize_t I,
+                          Py_ssize_t H, Py_ssize_t G, int batch, long z_width) except -1:
+        """The weights' references and sizes, the bias, and the step's buffers."""
+        self.kernel, self.recurrent_kernel, self.bias = kernel, recurrent_kernel, bias
+        self.typenum = typenum
+        self.itemsize = 4 if typenum == cnp.NPY_FLOAT else 8
+        self.n_in, self.n_units, self.n_gates, self.n_batch = I, H, G, batch
         self.pb = data_of(bias)
         dtype = np.float32 if typenum == cnp.NPY_FLOAT else np.float64
         z = aligned_empty(batch * z_width, dtype)
@@ -337,6 +399,8 @@ cdef class StepPlan:
         # Split at batch 1 from STEP_SPLIT_MIN_BYTES of weights, at least half that a thread.
         cdef long nbytes = <long>(I + H) * self.n_gates * self.itemsize
         cdef int nt = <int>min(<long>s.threads, nbytes // (STEP_SPLIT_MIN_BYTES // 2))
+        if self.qb is not None:         # compact weights: one thread reads them from its L2
+            nt = 1
         # The buffers serve one call at a time: a step of another Python thread on the same
         # layer meanwhile (a server's sessions sharing a model) takes the general way. The
         # flag is tested and set while this thread holds the GIL, before any buffer changes.
@@ -400,7 +464,15 @@ cdef class LSTMStepPlan(StepPlan):
                   const void *h, const void *c,
                   void *h_out, void *c_out) noexcept nogil:
         cdef int I = self.n_in, H = self.n_units, G = self.n_gates
-        if self.typenum == cnp.NPY_FLOAT:
+        if self.qb is not None:
+            q_step_products(B, I, H, G, <const float *>x, ldx, <const float *>h,
+                            &self.qb.mats[0], &self.qb.mats[2], <const float *>self.pb,
+                            <float *>self.pz)
+            lstm_fwd_step(B, H, self.coupled, self.act, self.ract, <float *>self.pz,
+                          <const float *>self.pP, NULL, <const float *>h, <const float *>c,
+                          <float *>h_out, <float *>c_out, <float *>NULL, <float *>NULL,
+                          <float *>self.pscratch)
+        elif self.typenum == cnp.NPY_FLOAT:
             lstm_step(s, nt, B, I, H, G, <const float *>x, ldx, <const float *>h,
                       <const float *>c, <const float *>self.pW, <const float *>self.pU,
                       <const float *>self.pb, <const float *>self.pP, self.coupled, self.act,
@@ -427,7 +499,8 @@ cdef class GRUStepPlan(StepPlan):
         cdef object n = 3 * H
         bias_shape = (2, n) if reset_after else (n,)
         self.bind(kernel, recurrent_kernel, bias, 3, batch, bias_shape,
-                  (4 if reset_after else 3) * H)
+                  (4 if reset_after else 3) * H, 2 * H if reset_after else 0,
+                  0 if reset_after else 2 * H)
         self.pbrow = self.buffer(4 * H)
         self.prh = self.buffer(batch * H)
         self.act, self.ract = make_act(activation), make_act(recurrent_activation)
@@ -438,7 +511,12 @@ cdef class GRUStepPlan(StepPlan):
                   const void *h, const void *c,
                   void *h_out, void *c_out) noexcept nogil:
         cdef int I = self.n_in, H = self.n_units
-        if self.typenum == cnp.NPY_FLOAT:
+        if self.qb is not None:
+            q_gru_step(B, I, H, self.reset_after, <const float *>x, ldx, <const float *>h,
+                       self.qb.mats, <const float *>self.pb, self.act, self.ract,
+                       <float *>self.pz, <float *>self.pbrow, <float *>self.prh,
+                       <float *>h_out)
+        elif self.typenum == cnp.NPY_FLOAT:
             gru_step(s, nt, B, I, H, self.reset_after, <const float *>x, ldx, <const float *>h,
                      <const float *>self.pW, <const float *>self.pU, <const float *>self.pb,
                      self.act, self.ract, <float *>self.pz, <float *>self.pzx,
@@ -466,7 +544,13 @@ cdef class SimpleRNNStepPlan(StepPlan):
                   const void *h, const void *c,
                   void *h_out, void *c_out) noexcept nogil:
         cdef int I = self.n_in, H = self.n_units
-        if self.typenum == cnp.NPY_FLOAT:
+        if self.qb is not None:
+            q_step_products(B, I, H, H, <const float *>x, ldx, <const float *>h,
+                            &self.qb.mats[0], &self.qb.mats[2], <const float *>self.pb,
+                            <float *>self.pz)
+            rnn_fwd_step(B, H, self.act, <float *>self.pz, <const unsigned char *>NULL,
+                         <const float *>h, <float *>h_out, <float *>NULL, <float *>NULL)
+        elif self.typenum == cnp.NPY_FLOAT:
             rnn_step(s, nt, B, I, H, <const float *>x, ldx, <const float *>h,
                      <const float *>self.pW, <const float *>self.pU, <const float *>self.pb,
                      self.act, <float *>self.pz, <float *>self.pzh, <float *>self.pparts,

@@ -19,8 +19,6 @@
 # Threads and products follow the call's Settings (p.cfg, q.cfg), which the cell's forward
 # and backward read first (read_settings).
 from libc.limits cimport INT_MAX
-from libc.stdint cimport int32_t
-from lowp cimport fl_qmat, fl_q_gemm
 from sequence cimport Fwd, Bwd
 from fastlstm.backends.workspace import workspace
 
@@ -75,37 +73,7 @@ cdef tuple packed_blocks(const floating[:, :] A, int split, bint transposed, str
             pack_block(right, transposed, slot + "2", panels, dtype, threads))
 
 
-# ------------------------------------------------------------ quantized weights
-cdef class QuantBinding:
-    """A quantized W and U (fastlstm.quantization.QuantizedMatrix) as the reduced-precision
-    products take them for one call: their blocks (whole, or split as the cell packs its
-    float weights: wsplit, usplit) as fl_qmat views, and references to the arrays behind
-    them for as long as the call runs."""
-    cdef fl_qmat mats[4]                # W, W2, U, U2
-    cdef int nw, nu
-    cdef readonly int In, H, G
-    cdef list refs
-
-    def __cinit__(self, qW, qU, int wsplit, int usplit):
-        self.refs = []
-        self.In, self.G = qW.shape
-        self.H = qU.shape[0]
-        self.nw = self.bind(qW, wsplit, 0)
-        self.nu = self.bind(qU, usplit, 2)
-
-    cdef int bind(self, qm, int split, int at) except -1:
-        cdef fl_qmat *m
-        if qm.split != split:           # blocked for another cell: block it for this one
-            qm = type(qm)(qm.precision, qm.values, qm.scale, split)
-        blocks = qm.blocks()
-        self.refs.append(blocks)
-        for k, (packed, scale, comp, j0, j1) in enumerate(blocks):
-            m = &self.mats[at + k]
-            m.kind, m.K, m.N = qm.kind(), qm.shape[0], j1 - j0
-            m.packed = <const void *><size_t>packed.ctypes.data
-            m.scale = NULL if scale is None else <const float *><size_t>scale.ctypes.data
-            m.comp = NULL if comp is None else <const int32_t *><size_t>comp.ctypes.data
-        return len(blocks)
+include "quant_binding.pxi"
 
 
 cdef int bind_quantized(Fwd *p, QuantBinding qb) except -1:
@@ -117,12 +85,6 @@ cdef int bind_quantized(Fwd *p, QuantBinding qb) except -1:
         p.qU = &qb.mats[2]
         p.qU2 = &qb.mats[3] if qb.nu == 2 else NULL
     return 0
-
-
-cdef inline void qproduct(int M, const float *A, long lda, const fl_qmat *q, const float *bias,
-                          int beta, float *C, long ldc) noexcept nogil:
-    """C[M, 0:q.N] = beta C + A q (+ bias): a reduced-precision product (src_c/lowp.h)."""
-    fl_q_gemm(M, A, lda, q, 0, q.N, bias, beta, C, ldc)
 
 
 cdef tuple weight_dims(const floating[:, ::1] recurrent_kernel, QuantBinding qb):

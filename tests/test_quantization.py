@@ -277,6 +277,7 @@ def test_step_stateful_and_initial_state(precision):
         for t in range(8):
             y_t, states = q.step(x[:, t], states)
             np.testing.assert_allclose(y_t, seq[:, t], rtol=1e-6, atol=1e-6)
+        assert q._step_plan is not None and q._step_plan.qb is not None   # the compiled step
         # stateful: two halves carry the state as the whole sequence does
         sf = make()
         sf.stateful = True

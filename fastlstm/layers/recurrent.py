@@ -397,8 +397,6 @@ class RecurrentLayer(Layer, abstract=True):
     def _make_step_plan(self, B):
         """The compiled step bound to the current weight arrays (weights updated in place
         stay bound; set_weights makes a new plan), or None when they do not suit it."""
-        if self.quantization is not None:
-            return None             # the one-step sequence kernel runs the quantized step
         try:
             return self._new_step_plan(B)
         except ValueError:
