@@ -108,6 +108,8 @@ def _add_demo_parsers(sub):
                      help="threads (default: fastlstm's, all cores)")
     add.add_argument("--plot", metavar="FILE.png", default=None,
                      help="save the learning curves (needs matplotlib)")
+    add.add_argument("--quantize", metavar="P[,P]", default="",
+                     help="also score the trained models quantized: int8, bfloat16 or both")
     air = demos.add_parser("airline", help="airline passengers: LSTM forecast of 1959-1960")
     air.add_argument("--epochs", type=int, default=300, help="epochs per model (300)")
     air.add_argument("--ensemble", type=int, default=5, help="models averaged (5)")
@@ -117,6 +119,9 @@ def _add_demo_parsers(sub):
                      help="threads (1: fastest for these small models)")
     air.add_argument("--plot", metavar="FILE.png", default=None,
                      help="save the forecast (needs matplotlib)")
+    air.add_argument("--quantize", metavar="P[,P]", default="",
+                     help="also forecast with the trained ensemble quantized: int8, bfloat16 "
+                          "or both")
 
 
 def _positive(parser, name, value):
@@ -128,6 +133,11 @@ def _run_demo(args, parser):
     from fastlstm import demos
 
     which = args.demo or "adding"
+    from fastlstm.quantization import check_precision
+    try:
+        precisions = [check_precision(p) for p in getattr(args, "quantize", "").split(",") if p]
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--quantize: {exc}")
     if getattr(args, "plot", None):
         try:                            # before the demo trains, not after
             demos.require_matplotlib(args.plot)
@@ -141,12 +151,14 @@ def _run_demo(args, parser):
         epochs = args.epochs if args.epochs is not None else DEFAULT_ADDING_EPOCHS
         demos.run_adding(timesteps=args.timesteps, units=args.units, epochs=epochs,
                          n_train=args.train, n_test=args.test, learning_rate=args.lr,
-                         seed=args.seed, plot=args.plot, threads=args.threads)
+                         seed=args.seed, plot=args.plot, threads=args.threads,
+                         quantize=precisions)
     else:
         for name in ("epochs", "ensemble", "units", "threads"):
             _positive(parser, name, getattr(args, name))
         demos.run_airline(units=args.units, epochs=args.epochs, ensemble=args.ensemble,
-                          seed=args.seed, plot=args.plot, threads=args.threads)
+                          seed=args.seed, plot=args.plot, threads=args.threads,
+                          quantize=precisions)
     return 0
 
 

@@ -111,19 +111,35 @@ def require_matplotlib(path):
 
 def run_adding(timesteps=100, units=32, epochs=50, n_train=3200, n_test=1000, batch_size=32,
                learning_rate=3e-3, seed=0, cells=("LSTM", "SimpleRNN"), plot=None,
-               threads=None, print_fn=print):
+               threads=None, quantize=(), print_fn=print):
     """Train one model per cell on the adding problem; returns a dict with ``curves``
     (cell -> per-epoch test MSE), ``seconds`` (cell -> training time), ``final``,
-    ``baseline`` and ``train_loss`` (cell -> per-epoch training loss)."""
+    ``baseline`` and ``train_loss`` (cell -> per-epoch training loss). ``quantize``: the
+    precisions ("int8", "bfloat16") in which the trained models are also scored (fl.quantize);
+    ``quantized`` then maps cell -> precision -> test MSE."""
     if plot:
         require_matplotlib(plot)
+    from .quantization import check_precision
+    quantize = [check_precision(p) for p in quantize]
     with num_threads(threads):
         return _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_rate,
-                           seed, cells, plot, threads, print_fn)
+                           seed, cells, plot, threads, quantize, print_fn)
+
+
+def _score_quantized(models, precisions, score, print_fn):
+    """{name: {precision: score(quantized model)}} for each trained model, printed."""
+    import fastlstm as fl
+    out = {}
+    for name, model in models.items():
+        out[name] = {}
+        for p in precisions:
+            out[name][p] = score(fl.quantize(model, p))
+            print_fn(f"{name:>10} quantized to {p}: test MSE {out[name][p]:.4f}")
+    return out
 
 
 def _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_rate, seed,
-                cells, plot, threads, print_fn):
+                cells, plot, threads, quantize, print_fn):
     import fastlstm as fl
     from .datasets.adding import BASELINE_MSE, adding_problem
 
@@ -190,10 +206,12 @@ def _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_
             verdict = "did not learn: stays near the baseline (it cannot carry information that far)"
         print_fn(f"{c:>10}: final test MSE {final[c]:.4f} (best {best:.4f}), trained in "
                  f"{seconds[c]:.1f} s -> {verdict}")
+    quantized = _score_quantized(
+        models, quantize, lambda q: float(q.evaluate(x_test, y_test, batch_size=500)), print_fn)
     if plot:
         save_plot(plot, "adding", curves=curves, baseline=baseline, print_fn=print_fn)
     return {"curves": curves, "train_loss": train_loss, "seconds": seconds, "final": final,
-            "baseline": baseline, "models": models}
+            "baseline": baseline, "models": models, "quantized": quantized}
 
 
 # ------------------------------------------------------------------------------------- airline
@@ -217,20 +235,24 @@ def _scores(actual, forecast):
 
 
 def run_airline(units=16, window=12, epochs=300, batch_size=16, learning_rate=3e-3, ensemble=5,
-                seed=0, plot=None, threads=1, print_fn=print):
+                seed=0, plot=None, threads=1, quantize=(), print_fn=print):
     """Forecast 1959-1960 from 1949-1958. Returns a dict with the forecasts and scores:
     ``recursive`` (24 months ahead from December 1958, each forecast fed back) and
     ``one_step`` (each month from the actual previous months), each against its
-    seasonal-naive baseline."""
+    seasonal-naive baseline. ``quantize``: precisions in which the trained ensemble also
+    forecasts (fl.quantize); ``quantized`` then maps precision -> {"recursive": scores,
+    "one_step": scores}."""
     if plot:
         require_matplotlib(plot)
+    from .quantization import check_precision
+    quantize = [check_precision(p) for p in quantize]
     with num_threads(threads):
         return _run_airline(units, window, epochs, batch_size, learning_rate, ensemble, seed,
-                            plot, print_fn)
+                            plot, quantize, print_fn)
 
 
 def _run_airline(units, window, epochs, batch_size, learning_rate, ensemble, seed, plot,
-                 print_fn):
+                 quantize, print_fn):
     import fastlstm as fl
     from .datasets import load_airline
 
@@ -261,19 +283,23 @@ def _run_airline(units, window, epochs, batch_size, learning_rate, ensemble, see
         models.append(m)
     seconds = time.perf_counter() - t0
 
-    def predict_change(windows):
-        return np.mean([m.predict(windows / scale, batch_size=256)[:, 0] for m in models],
-                       axis=0) * scale
+    def forecasts(ensemble_models):
+        def predict_change(windows):
+            return np.mean([m.predict(windows / scale, batch_size=256)[:, 0]
+                            for m in ensemble_models], axis=0) * scale
 
-    # Recursive: 24 months from the end of 1958, each forecast appended to the history.
-    hist = list(z[:n_train])
-    for _ in range(horizon):
-        w = np.array(hist[-window:])
-        hist.append(w[-1] + predict_change((w - w[-1])[None, :, None])[0])
-    rec = np.exp(np.array(hist[n_train:]))
-    # One step: every test month from the actual months before it.
-    x_te, _ = _airline_windows(z, n_train, n_train + horizon, window)
-    one = np.exp(z[n_train - 1:n_train + horizon - 1] + predict_change(x_te))
+        # Recursive: 24 months from the end of 1958, each forecast appended to the history.
+        hist = list(z[:n_train])
+        for _ in range(horizon):
+            w = np.array(hist[-window:])
+            hist.append(w[-1] + predict_change((w - w[-1])[None, :, None])[0])
+        rec = np.exp(np.array(hist[n_train:]))
+        # One step: every test month from the actual months before it.
+        x_te, _ = _airline_windows(z, n_train, n_train + horizon, window)
+        one = np.exp(z[n_train - 1:n_train + horizon - 1] + predict_change(x_te))
+        return rec, one
+
+    rec, one = forecasts(models)
     actual = y_all[n_train:]
     snaive_rec = np.tile(y_all[n_train - 12:n_train], 2)      # 1958 repeated
     snaive_one = y_all[n_train - 12:n_train + horizon - 12]    # the same month a year before
@@ -307,6 +333,15 @@ def _run_airline(units, window, epochs, batch_size, learning_rate, ensemble, see
         else:
             print_fn(f"{label}: the LSTM does NOT beat the seasonal-naive baseline (MAPE "
                      f"{ours:.1f}% vs {base:.1f}%).")
+    results["quantized"] = {}
+    for p in quantize:
+        q_rec, q_one = forecasts([fl.quantize(m, p) for m in models])
+        results["quantized"][p] = {"recursive": _scores(actual, q_rec),
+                                   "one_step": _scores(actual, q_one)}
+        print_fn(f"quantized to {p}: MAPE {results['quantized'][p]['recursive']['MAPE']:.2f}% "
+                 f"24 months ahead (float32 {results['recursive']['scores']['MAPE']:.2f}%), "
+                 f"{results['quantized'][p]['one_step']['MAPE']:.2f}% one month ahead "
+                 f"(float32 {results['one_step']['scores']['MAPE']:.2f}%)")
     if plot:
         save_plot(plot, "airline", months=months, series=y_all, n_train=n_train,
                   forecasts={"LSTM 24 months ahead": rec, "LSTM one month ahead": one,

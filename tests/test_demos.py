@@ -50,6 +50,19 @@ def test_adding_demo_short_budget_lstm_learns():
         assert len(result["curves"]["SimpleRNN"]) == 6 and "SimpleRNN test MSE" in text
 
 
+def test_adding_demo_scores_the_quantized_models():
+    lines = []
+    result = demos.run_adding(timesteps=20, units=16, epochs=6, n_train=1000, n_test=300,
+                              learning_rate=1e-2, cells=("LSTM",), quantize=("int8", "bf16"),
+                              print_fn=lines.append)
+    final = result["final"]["LSTM"]
+    q = result["quantized"]["LSTM"]
+    assert set(q) == {"int8", "bfloat16"}
+    # The rounding moves a trained model's test error a little, not to the baseline.
+    assert abs(q["int8"] - final) < 0.1 * final and abs(q["bfloat16"] - final) < 0.05 * final
+    assert "LSTM quantized to int8: test MSE" in "\n".join(lines)
+
+
 def test_text_chart_marks_each_curve_and_the_baseline():
     lines = demos.text_chart({"LSTM": [0.17, 0.05, 0.001], "Simple": [0.17, 0.16, 0.17]},
                              baseline=0.167, height=6)
@@ -77,6 +90,15 @@ def test_airline_demo_scores():
     assert base["MAE"] == pytest.approx(np.mean(np.abs(actual - snaive)))
     assert result["recursive"]["forecast"].shape == (24,)
     assert np.all(np.isfinite(result["recursive"]["forecast"]))
+
+
+def test_airline_demo_quantized_forecasts(capsys):
+    assert cli.main(["demo", "airline", "--epochs", "20", "--ensemble", "1",
+                     "--quantize", "int8,bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "quantized to int8: MAPE" in out and "quantized to bfloat16: MAPE" in out
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "airline", "--quantize", "int4"])
 
 
 def test_cli_info_and_plot_hint(capsys, tmp_path):
