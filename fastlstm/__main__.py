@@ -39,6 +39,12 @@ def info_lines():
         f"backends available: {', '.join(fl.available_backends())}  (active: {fl.current_backend()})",
     ]
     try:
+        from fastlstm import _lowp
+        lines.append(f"quantized products (fl.quantize): int8 {_lowp.level_name(1)}, "
+                     f"bfloat16 {_lowp.level_name(2)}")
+    except ImportError:
+        pass
+    try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():
             if pool.get("user_api") != "blas":
