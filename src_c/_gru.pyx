@@ -98,20 +98,20 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
                 po = po_prev = <floating *>p.out + rh0
         if p.reset_after:
             if floating is float and p.qU != NULL:
-                qproduct(nb, hin, H, p.qU, NULL, 1, zt, ZW)
+                step_qproduct(p, nb, hin, p.qU, zt, ZW)
             else:
                 step_product(&p.cfg, nb, <int>H, G, hin, U, G, <const floating *>p.Up,
                              <const floating *>p.Upan, zt, <int>ZW)
         else:
             prh = (RH + t * BH + rh0) if p.training else (RH + rh0)
             if floating is float and p.qU != NULL:
-                qproduct(nb, hin, H, p.qU, NULL, 1, zt, ZW)
+                step_qproduct(p, nb, hin, p.qU, zt, ZW)
             else:
                 step_product(&p.cfg, nb, <int>H, 2 * <int>H, hin, U, G, <const floating *>p.Up,
                              <const floating *>p.Upan, zt, <int>ZW)
             gru_fwd_reset(nb, <int>H, p.ract, zt, hin, prh)
             if floating is float and p.qU2 != NULL:
-                qproduct(nb, prh, H, p.qU2, NULL, 1, zt + 2 * H, ZW)
+                step_qproduct(p, nb, prh, p.qU2, zt + 2 * H, ZW)
             else:
                 step_product(&p.cfg, nb, <int>H, <int>H, prh, U + 2 * H, G,
                              <const floating *>p.Up2, <const floating *>p.Upan2, zt + 2 * H,

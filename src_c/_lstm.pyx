@@ -84,7 +84,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         hin = recurrent_input(p.training, ph, prd, HIN + t * BH + rh if p.training else NULL,
                               hd + rh if hd != NULL else NULL, nbh)
         if floating is float and p.qU != NULL:
-            qproduct(nb, hin, H, p.qU, NULL, 1, Z + (t - p.zt0) * BG + rg, G)
+            step_qproduct(p, nb, hin, p.qU, Z + (t - p.zt0) * BG + rg, G)
         else:
             step_product(&p.cfg, nb, <int>H, <int>G, hin, <const floating *>p.U, <int>G,
                          <const floating *>p.Up, <const floating *>p.Upan,

@@ -73,7 +73,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
                               hd + rh if hd != NULL else NULL, nbh)
         zt = <floating *>p.Z + (t - p.zt0) * BH + rh
         if floating is float and p.qU != NULL:
-            qproduct(nb, hin, H, p.qU, NULL, 1, zt, H)
+            step_qproduct(p, nb, hin, p.qU, zt, H)
         else:
             step_product(&p.cfg, nb, <int>H, <int>H, hin, <const floating *>p.U, <int>H,
                          <const floating *>p.Up, <const floating *>p.Upan, zt, <int>H)

@@ -87,6 +87,13 @@ cdef int bind_quantized(Fwd *p, QuantBinding qb) except -1:
     return 0
 
 
+cdef inline void step_qproduct(const Fwd *p, int nb, const float *A, const fl_qmat *q,
+                               float *C, long ldc) noexcept nogil:
+    """A time loop's C[nb, 0:q.N] += A q (quantized U or one of its blocks), its columns over
+    the threads where the pass set qsplit."""
+    qproduct_cols(p.cfg.threads if p.qsplit else 1, nb, A, p.H, q, C, ldc)
+
+
 cdef tuple weight_dims(const floating[:, ::1] recurrent_kernel, QuantBinding qb):
     """(H, G) of the recurrent kernel, float or quantized."""
     if qb is not None:
@@ -191,6 +198,14 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     elif umode == U_PANELS:
         pan1, pan2 = packed_blocks(Uv, p.usplit, False, "u", True, dtype, p.cfg.threads)
     p.Up, p.Up2, p.Upan, p.Upan2 = data(u1), data(u2), data(pan1), data(pan2)
+    # Quantized, one thread's loop and a U from cols_min_bytes: both threads stream U at
+    # every step (its columns split) rather than one projecting beside the other's loop.
+    p.qsplit = (qb is not None and p.nchunks == 1 and p.cfg.threads > 1
+                and p.cfg.policy != 1
+                and qbytes(p.qU) + (0 if p.qU2 == NULL else qbytes(p.qU2))
+                >= p.cfg.cols_min_bytes)
+    if p.qsplit:
+        p.pipeline = False
     p.scratch = scratch
     scratch_arr = workspace("scratch", max(1, p.nchunks * scratch), dtype)
     return [xd_arr, z_arr, h_arr, states_arr, y_arr, out_arr, scratch_arr,

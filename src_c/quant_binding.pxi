@@ -1,5 +1,6 @@
 # A quantized W and U (fastlstm.quantization.QuantizedMatrix) bound for the reduced-precision
 # products of src_c/lowp.h; included by driver.pxi (the sequence kernels) and _step.pyx.
+from cython.parallel cimport prange
 from libc.stdint cimport int32_t
 from lowp cimport fl_qmat, fl_q_gemm
 
@@ -40,3 +41,24 @@ cdef inline void qproduct(int M, const float *A, long lda, const fl_qmat *q, con
                           int beta, float *C, long ldc) noexcept nogil:
     """C[M, 0:q.N] = beta C + A q (+ bias): a reduced-precision product (src_c/lowp.h)."""
     fl_q_gemm(M, A, lda, q, 0, q.N, bias, beta, C, ldc)
+
+
+cdef inline long qbytes(const fl_qmat *q) noexcept nogil:
+    """The bytes of q's weights that a product streams."""
+    return <long>q.K * q.N * (1 if q.kind == 1 else 2)
+
+
+cdef inline void qproduct_cols(int nt, int M, const float *A, long lda, const fl_qmat *q,
+                               float *C, long ldc) noexcept nogil:
+    """C[M, 0:q.N] += A q with q's columns split over nt threads in whole 16-column blocks
+    (every thread quantizes the same rows of A alike, so the result does not depend on nt):
+    each core streams its share of a weight too large for one core's cache."""
+    cdef int k, nb = (q.N + 15) // 16, j0, j1
+    if nt < 2 or nb < 2:
+        fl_q_gemm(M, A, lda, q, 0, q.N, NULL, 1, C, ldc)
+        return
+    nt = min(nt, nb)
+    for k in prange(nt, num_threads=nt, schedule="static"):
+        j0 = (k * nb // nt) * 16
+        j1 = min(q.N, ((k + 1) * nb // nt) * 16)
+        fl_q_gemm(M, A, lda, q, j0, j1, NULL, 1, C, ldc)

@@ -58,6 +58,8 @@ cdef struct Fwd:
     const fl_qmat *qW2
     const fl_qmat *qU
     const fl_qmat *qU2
+    bint qsplit                  # the quantized per-step products split their columns over
+                                 # the threads (one thread's loop, a large U; no pipeline)
     # IN: mask [T,B] or NULL; rdrop: recurrent dropout mask [B,H] or NULL.
     const unsigned char *mask
     void *rdrop

@@ -155,6 +155,28 @@ def test_batch_shapes_and_threads(precision, B, T):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("cell,opts", [("lstm", {}), ("gru", dict(reset_after=False)),
+                                       ("gru", dict(reset_after=True)), ("rnn", {})])
+def test_column_split_of_the_step_products_is_bitwise_the_same(cell, opts, precision):
+    """A large U at a few rows: both threads stream their columns of it at every step
+    (forced here from 0 bytes); the same numbers as on one thread."""
+    from fastlstm import threads
+    args, _ = _problem(cell, opts, precision, T=7, B=3, I=24, H=40)
+    prev_n, prev_min = fl.get_num_threads(), threads.kernel_settings().cols_min_bytes
+    try:
+        fl.set_num_threads(1)
+        one = _run(cell, opts, args)
+        fl.set_num_threads(2)
+        threads.set_cols_min_bytes(0)
+        split = _run(cell, opts, args)
+    finally:
+        fl.set_num_threads(prev_n)
+        threads.set_cols_min_bytes(prev_min)
+    for a, b in zip(one, split):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_quantized_sequence_stays_near_the_float_one(precision):
     """What the roundings cost against float32 weights and products (weights of a
     Glorot-initialized layer's scale)."""
