@@ -59,6 +59,9 @@ def run_load(req):
     model = LOADERS[req["loader"]](req["path"])
     # A model that loaded must also run, or refuse its input within the contract.
     x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    first = model.layers[0] if isinstance(model, fl.Sequential) and model.layers else model
+    if isinstance(first, fl.layers.Embedding):          # token ids, not features
+        x = np.arange(10).reshape(2, 5) % max(1, int(first.input_dim))
     if isinstance(model, fl.Sequential):
         model.predict(x, verbose=0)
     else:

@@ -369,7 +369,7 @@ ZIP_METHODS = st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile
 
 # --------------------------------------------------------------------------- .npz mutations
 
-NPZ_SEEDS = ["lstm_gru.npz", "bidir_rnn.npz"]
+NPZ_SEEDS = ["lstm_gru.npz", "bidir_rnn.npz", "quantized_int8.npz", "quantized_bf16.npz"]
 DOC_MEMBER = "fastlstm.json.npy"
 
 
@@ -396,7 +396,7 @@ def npz_files(draw):
         elif kind == "replace":
             shape = tuple(draw(st.lists(st.integers(0, 5), max_size=3)))
             dtype = draw(st.sampled_from(["<f4", "<f8", ">f8", "<f2", "<i4", "|b1", "<c8",
-                                          "|u1", "<U2"]))
+                                          "|u1", "<U2", "|i1", "<u2", ">u2"]))
             arr = np.zeros(shape, dtype)
             if arr.dtype.kind == "f" and arr.size:
                 arr.flat[0] = draw(st.sampled_from([np.nan, np.inf, 1e30, -0.0, 1.0]))

@@ -28,6 +28,15 @@ model = fl.Sequential([fl.layers.Bidirectional(fl.layers.SimpleRNN(3, seed=2)),
 model(x)
 model.save(os.path.join(HERE, "bidir_rnn.npz"))
 
+# Quantized layers (format version 2): int8 values with scales, bfloat16 bit patterns.
+tokens = rng.integers(0, 9, (4, 5))
+qmodel = fl.Sequential([fl.layers.Embedding(9, 3), fl.layers.LSTM(4, seed=0,
+                                                                  return_sequences=True),
+                        fl.layers.GRU(3, seed=1, reset_after=False), fl.layers.Dense(2)])
+qmodel(tokens)
+fl.quantize(qmodel, "int8").save(os.path.join(HERE, "quantized_int8.npz"))
+fl.quantize(qmodel, "bfloat16").save(os.path.join(HERE, "quantized_bf16.npz"))
+
 lstm = fl.Sequential([fl.layers.LSTM(4, seed=0, use_peepholes=True), fl.layers.Dense(2)])
 lstm(x)
 to_onnx(lstm, os.path.join(HERE, "lstm.onnx"))
