@@ -2,7 +2,7 @@
 
 Every ``src_c/_*.pyx`` becomes the extension module ``fastlstm._*``. The elementwise gate and
 packed-GEMM code in ``src_c/gates.c`` (every ISA variant, both dtypes: the longest compile)
-is compiled once into a static library that every extension links. BLAS comes from
+and the reduced-precision products of ``src_c/lowp.c`` are compiled once into a static library that every extension links. BLAS comes from
 ``scipy.linalg.cython_blas`` (cimported), so no BLAS library is linked here.
 
 The extensions compile in parallel, one job per core, while the library compiles beside them.
@@ -41,9 +41,9 @@ SRC = "src_c"
 # Headers shared with the CUDA kernels of the cupy backend ship inside the package.
 SHARED_INCLUDE = os.path.join("fastlstm", "include")
 CACHE_DIR = os.path.join("build", "cache")
-GATES_SOURCE = os.path.join(SRC, "gates.c")
-# The C sources of libfastlstm_gates.a: the gate kernels and GEMMs, the reduced-precision products.
-LIB_SOURCES = [GATES_SOURCE, os.path.join(SRC, "lowp.c")]
+# The static library's sources: the gate kernels and packed GEMM, and the reduced-precision
+# (int8, bfloat16) products.
+LIBRARY_SOURCES = [os.path.join(SRC, "gates.c"), os.path.join(SRC, "lowp.c")]
 
 
 def _flag(name, default="0"):
@@ -169,13 +169,14 @@ class BuildExt(build_ext):
                 **({"sanitize": True} if sanitize else {})}
 
     def _gate_library(self):
-        """gates.c compiled once into libfastlstm_gates.a (cached); returns its path."""
-        key = _digest(LIB_SOURCES + headers + [self._settings()])
+        """gates.c and lowp.c compiled once into libfastlstm_gates.a (cached); returns its
+        path."""
+        key = _digest(LIBRARY_SOURCES + headers + [self._settings()])
         lib = self.compiler.library_filename("fastlstm_gates", output_dir=self.build_temp)
         if _from_cache(key, os.path.basename(lib), lib):
             return key, lib
         objects = self.compiler.compile(
-            LIB_SOURCES, output_dir=os.path.join(self.build_temp, "gates"), macros=macros,
+            LIBRARY_SOURCES, output_dir=os.path.join(self.build_temp, "gates"), macros=macros,
             include_dirs=include_dirs, extra_postargs=cflags + omp_compile)
         self.compiler.create_static_lib(objects, "fastlstm_gates", output_dir=self.build_temp)
         _to_cache(key, os.path.basename(lib), lib)
@@ -186,7 +187,7 @@ class BuildExt(build_ext):
         library's, the BLAS declarations Cython reads from SciPy, and the settings."""
         import scipy.linalg
         blas_pxd = os.path.join(os.path.dirname(scipy.linalg.__file__), "cython_blas.pxd")
-        lib_key = _digest(LIB_SOURCES + headers + [self._settings()])
+        lib_key = _digest(LIBRARY_SOURCES + headers + [self._settings()])
         return _digest(list(ext.sources) + headers + [blas_pxd, lib_key, ext.name,
                                                       self._settings()])
 
@@ -237,7 +238,7 @@ for pyx in sorted(glob.glob(os.path.join(SRC, "_*.pyx"))):
         "fastlstm." + name,
         sources=[pyx],
         include_dirs=include_dirs,
-        depends=headers + LIB_SOURCES,
+        depends=headers + LIBRARY_SOURCES,
         define_macros=macros,
         extra_compile_args=cflags + omp_compile,
         extra_link_args=omp_link,

@@ -23,7 +23,7 @@ def force_isa_level(int level):
     own copy of the dispatch): for tests and benchmarks."""
     import importlib
     fl_force_isa_level(level)
-    for name in ("_lstm", "_gru", "_simple_rnn", "_step"):
+    for name in ("_lstm", "_gru", "_simple_rnn", "_step", "_lowp"):
         importlib.import_module("fastlstm." + name).force_isa_level_here(level)
 
 

@@ -1,48 +1,258 @@
-# The reduced-precision products (src_c/lowp.h) for Python callers and tests.
+# The reduced-precision (int8, bfloat16) products of lowp.c as seen from Python: packing,
+# the product itself with its arguments checked, the variant that runs, and the row
+# quantizers, for tests, benchmarks and callers. fastlstm/backends/oracle/lowp.py is their
+# definition in NumPy; src_c/lowp.h describes the layout and the numerics.
 import numpy as np
-from libc.stdint cimport int32_t
-from lowp cimport (fl_qmat, fl_q_packed_bytes, fl_q_pack, fl_q_gemm, fl_q_level,
-                   fl_q_level_name, fl_q_force_level, FL_Q_INT8, FL_Q_BF16)
-from fastlstm.backends.aligned import aligned_empty
+
+from fastlstm.backends.aligned import aligned_empty, ALIGNMENT
+
+from libc.stdint cimport int8_t, int32_t, uint16_t, uintptr_t
+from gates cimport fl_force_isa_level, fl_isa_level
+from lowp cimport (FL_Q_INT8, FL_Q_BF16, fl_qmat, fl_q_packed_bytes, fl_q_pack, fl_q_gemm,
+                   fl_q_level, fl_q_level_name, fl_q_force_level, fl_q_best_level,
+                   fl_q_quantize_rows_int8, fl_q_round_bf16)
+
+INT8 = FL_Q_INT8
+BF16 = FL_Q_BF16
+# int32 accumulation of q * Wq (|q|, |Wq| <= 127) is exact up to this depth.
+MAX_INT8_K = 131072
+# Every extension that links the kernels' library has its own copy of the dispatch.
+_MODULES = ("_gates", "_lstm", "_gru", "_simple_rnn", "_step", "_lowp")
+
+
+def _kind(kind):
+    if kind in ("int8", FL_Q_INT8):
+        return FL_Q_INT8
+    if kind in ("bf16", "bfloat16", FL_Q_BF16):
+        return FL_Q_BF16
+    raise ValueError(f"kind: expected {FL_Q_INT8} (int8) or {FL_Q_BF16} (bf16), got {kind!r}")
+
+
+def packed_bytes(kind, int K, int N):
+    """Bytes of a [K, N] weight packed for `kind` (0 when K or N is 0)."""
+    cdef int k = _kind(kind)
+    if K < 0 or N < 0:
+        raise ValueError(f"K, N: expected >= 0, got {K}, {N}")
+    return fl_q_packed_bytes(k, K, N)
 
 
 def pack(values):
-    v = np.ascontiguousarray(values)
-    kind = FL_Q_INT8 if v.dtype == np.int8 else FL_Q_BF16
-    K, N = v.shape
-    packed = aligned_empty(fl_q_packed_bytes(kind, K, N), np.uint8)
-    comp = np.empty(N, np.int32) if kind == FL_Q_INT8 else None
-    fl_q_pack(kind, K, N, <const void *><size_t>v.ctypes.data, N,
-              <void *><size_t>packed.ctypes.data,
-              NULL if comp is None else <int32_t *><size_t>comp.ctypes.data)
+    """Pack a weight once for every variant: int8 [K, N] (already quantized: Wq) -> kind
+    int8, uint16 [K, N] (bf16 bit patterns) -> kind bf16. Returns (packed, comp): packed a
+    64-byte-aligned uint8 array of packed_bytes(kind, K, N) bytes, comp the int32 [N]
+    128 * column sums of Wq (int8) or None (bf16). Denormal bf16 weights are packed as zeros
+    of the same sign."""
+    if not isinstance(values, np.ndarray):
+        raise TypeError(f"values: expected a numpy array, got {type(values).__name__}")
+    if values.ndim != 2:
+        raise ValueError(f"values: expected a 2-D [K, N] array, got shape {values.shape}")
+    if values.dtype == np.int8:
+        kind = FL_Q_INT8
+    elif values.dtype == np.uint16:
+        kind = FL_Q_BF16
+    else:
+        raise TypeError(f"values: expected int8 (int8 weights) or uint16 (bf16 bits), got "
+                        f"{values.dtype}")
+    K, N = values.shape
+    if K > 2**31 - 1 or N > 2**31 - 1:
+        raise ValueError(f"values: shape {values.shape} too large")
+    w = np.ascontiguousarray(values)
+    cdef long nbytes = fl_q_packed_bytes(kind, K, N)
+    packed = aligned_empty(nbytes, np.uint8)
+    comp = np.zeros(N, np.int32) if kind == FL_Q_INT8 else None
+    cdef uintptr_t pw = w.ctypes.data, pp = packed.ctypes.data
+    cdef uintptr_t pc = comp.ctypes.data if comp is not None else 0
+    cdef int ck = kind, cK = K, cN = N
+    if K > 0 and N > 0:
+        with nogil:
+            fl_q_pack(ck, cK, cN, <const void *>pw, cN, <void *>pp, <int32_t *>pc)
     return packed, comp
 
 
-def gemm(a, packed, scale, comp, int kind, int K, int N, bias=None, out=None, int beta=0,
-         int j0=0, j1=None):
-    cdef fl_qmat m
-    a = np.ascontiguousarray(a, dtype=np.float32)
+cdef object _vector(object v, str name, dtype, long n):
+    """v checked as a contiguous 1-D array of n values of dtype."""
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(v).__name__}")
+    if v.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {v.dtype}")
+    if v.ndim != 1 or v.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {v.shape}")
+    if not v.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a contiguous array")
+    return v
+
+
+cdef long _row_stride(object x, str name, long ncols) except -1:
+    """x checked as a float32 2-D array with contiguous rows; its row stride in elements."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{name}: expected dtype float32, got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {x.shape}")
+    if x.shape[1] != ncols:
+        raise ValueError(f"{name}: expected {ncols} columns, got shape {x.shape}")
+    if x.shape[0] > 2**31 - 1:
+        raise ValueError(f"{name}: too many rows ({x.shape[0]})")
+    if x.shape[0] == 0 or ncols == 0:
+        return max(ncols, 1)
+    if x.shape[1] > 1 and x.strides[1] != 4:
+        raise ValueError(f"{name}: expected contiguous rows (element stride 4 bytes), got "
+                         f"strides {x.strides}")
+    if x.shape[0] > 1 and (x.strides[0] % 4 != 0 or x.strides[0] < 4 * ncols):
+        raise ValueError(f"{name}: expected a row stride of at least {ncols} elements, got "
+                         f"strides {x.strides}")
+    return x.strides[0] // 4 if x.shape[0] > 1 else ncols
+
+
+def gemm(a, packed, scale, comp, kind, int K, int N, bias=None, out=None, int beta=0,
+         int j0=0, j1=None, int repeat=1):
+    """out[:, j0:j1] = beta*out[:, j0:j1] + q(a) @ W[:, j0:j1] (+ bias[j0:j1]), the
+    reduced-precision product of lowp.h (its numerics: fastlstm/backends/oracle/lowp.py).
+
+    a: float32 [M, K] with contiguous rows (any row stride >= K); packed, comp: from pack();
+    scale: float32 [N] (int8; None for bf16); bias: float32 [N] or None; out: float32 [M, N]
+    with contiguous rows (any row stride >= N), needed when beta = 1; with out None a new
+    zeroed array. j0: a multiple of 16; j1: N when None. Columns outside [j0, j1) of out
+    are left as they are. repeat: run it that many times (benchmarks). Returns out."""
+    cdef int k = _kind(kind)
+    if K < 0 or N < 0:
+        raise ValueError(f"K, N: expected >= 0, got {K}, {N}")
+    if k == FL_Q_INT8 and K > MAX_INT8_K:
+        raise ValueError(f"K: at most {MAX_INT8_K} for int8 (exact int32 sums), got {K}")
+    if beta not in (0, 1):
+        raise ValueError(f"beta: expected 0 or 1, got {beta}")
+    if repeat < 1:
+        raise ValueError(f"repeat: expected >= 1, got {repeat}")
+    cdef long lda = _row_stride(a, "a", K)
+    cdef long M = a.shape[0]
+    cdef long nbytes = fl_q_packed_bytes(k, K, N)
+    if not isinstance(packed, np.ndarray):
+        raise TypeError(f"packed: expected a numpy array, got {type(packed).__name__}")
+    if packed.dtype != np.uint8 or packed.ndim != 1:
+        raise TypeError(f"packed: expected a 1-D uint8 array, got {packed.dtype} "
+                        f"{packed.shape}")
+    if packed.shape[0] != nbytes:
+        raise ValueError(f"packed: expected {nbytes} bytes for kind {k}, K={K}, N={N}, got "
+                         f"{packed.shape[0]}")
+    if nbytes and (not packed.flags.c_contiguous or packed.ctypes.data % ALIGNMENT):
+        raise ValueError(f"packed: expected a contiguous, {ALIGNMENT}-byte aligned array "
+                         f"(as pack() returns)")
+    if k == FL_Q_INT8:
+        scale = _vector(scale, "scale", np.float32, N)
+        comp = _vector(comp, "comp", np.int32, N)
+    else:
+        if scale is not None:
+            raise ValueError("scale: expected None for bf16")
+        if comp is not None:
+            raise ValueError("comp: expected None for bf16")
+    if bias is not None:
+        bias = _vector(bias, "bias", np.float32, N)
+    if j1 is None:
+        j1 = N
+    if not (0 <= j0 <= N) or j0 % 16:
+        raise ValueError(f"j0: expected a multiple of 16 in [0, {N}], got {j0}")
+    if not (j0 <= j1 <= N):
+        raise ValueError(f"j1: expected a value in [{j0}, {N}], got {j1}")
     if out is None:
-        out = np.zeros((a.shape[0], N), np.float32)
-    m.kind, m.K, m.N = kind, K, N
-    m.packed = <const void *><size_t>packed.ctypes.data
-    m.scale = NULL if scale is None else <const float *><size_t>scale.ctypes.data
-    m.comp = NULL if comp is None else <const int32_t *><size_t>comp.ctypes.data
-    b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    fl_q_gemm(a.shape[0], <const float *><size_t>a.ctypes.data, K, &m, j0,
-              N if j1 is None else j1,
-              NULL if b is None else <const float *><size_t>b.ctypes.data, beta,
-              <float *><size_t>out.ctypes.data, N)
+        if beta:
+            raise ValueError("out: needed with beta=1")
+        out = np.zeros((M, N), np.float32)
+    cdef long ldc = _row_stride(out, "out", N)
+    if out.shape[0] != M:
+        raise ValueError(f"out: expected {M} rows, got shape {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out: read-only")
+    if M and N and np.may_share_memory(out, a) and np.shares_memory(out, a):
+        raise ValueError("out: overlaps a")
+    if M == 0 or j1 == j0:
+        return out
+    if M * max(lda, K) > 2**62 or M * ldc > 2**62:
+        raise ValueError("a, out: too large")
+    cdef fl_qmat w
+    w.kind = k
+    w.K = K
+    w.N = N
+    w.packed = <const void *><uintptr_t>packed.ctypes.data if nbytes else NULL
+    w.scale = <const float *><uintptr_t>scale.ctypes.data if k == FL_Q_INT8 else NULL
+    w.comp = <const int32_t *><uintptr_t>comp.ctypes.data if k == FL_Q_INT8 else NULL
+    cdef const float *pa = <const float *><uintptr_t>a.ctypes.data
+    cdef const float *pb = <const float *><uintptr_t>bias.ctypes.data if bias is not None else NULL
+    cdef float *pc = <float *><uintptr_t>out.ctypes.data
+    cdef int cj0 = j0, cj1 = j1, cM = M, r
+    with nogil:
+        for r in range(repeat):
+            fl_q_gemm(cM, pa, lda, &w, cj0, cj1, pb, beta, pc, ldc)
     return out
 
 
-def level(int kind):
-    return fl_q_level(kind)
+def quantize_rows_int8(a):
+    """(q int8 [M, K], sa float32 [M]) of a float32 [M, K], as gemm quantizes its rows."""
+    if not isinstance(a, np.ndarray) or a.ndim != 2:
+        raise TypeError("a: expected a 2-D float32 numpy array")
+    cdef long lda = _row_stride(a, "a", a.shape[1])
+    M, K = a.shape
+    q = np.zeros((M, K), np.int8)
+    sa = np.zeros(M, np.float32)
+    cdef uintptr_t pa = a.ctypes.data, pq = q.ctypes.data, ps = sa.ctypes.data
+    cdef int cM = M, cK = K
+    if M and K:
+        with nogil:
+            fl_q_quantize_rows_int8(cM, cK, <const float *>pa, lda, <int8_t *>pq, cK,
+                                    <float *>ps)
+    return q, sa
 
 
-def level_name(int kind):
-    return fl_q_level_name(kind).decode()
+def round_bf16(a):
+    """The bf16 bits (uint16) of float32 values, rounded as gemm rounds its rows."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+        raise TypeError("a: expected a float32 numpy array")
+    x = np.ascontiguousarray(a)
+    out = np.empty(x.shape, np.uint16)
+    cdef uintptr_t px = x.ctypes.data, po = out.ctypes.data
+    cdef long n = x.size
+    if n:
+        with nogil:
+            fl_q_round_bf16(n, <const float *>px, <uint16_t *>po)
+    return out
 
 
-def force_level(int lvl):
-    fl_q_force_level(lvl)
+def level(kind):
+    """The variant that runs now for `kind`: 3 AVX512-VNNI / AVX512_BF16, 2 AVX-512BW /
+    AVX-512F, 1 AVX2, 0 portable C."""
+    return fl_q_level(_kind(kind))
+
+
+def best_level(kind):
+    """The best variant this CPU has for `kind`, whatever the caps."""
+    return fl_q_best_level(_kind(kind))
+
+
+def level_name(kind):
+    return fl_q_level_name(_kind(kind)).decode()
+
+
+def force_level(int level):
+    """Cap the variant of both kinds at `level` (-1: automatic), process-wide: in every
+    extension that links the kernels (each has its own copy of the dispatch). For tests and
+    benchmarks. fastlstm._gates.force_isa_level caps them too (ISA 0 -> 0, 1 -> 1)."""
+    import importlib
+    for name in _MODULES:
+        mod = importlib.import_module("fastlstm." + name)
+        here = getattr(mod, "force_lowp_level_here", None)
+        if here is not None:
+            here(level)
+
+
+def force_lowp_level_here(int level):
+    """This extension's own copy of the reduced-precision dispatch."""
+    fl_q_force_level(level)
+
+
+def force_isa_level_here(int level):
+    """This extension's own copy of the ISA dispatch (fastlstm._gates.force_isa_level)."""
+    fl_force_isa_level(level)
+
+
+def isa_level_here():
+    return fl_isa_level()

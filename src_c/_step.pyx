@@ -22,6 +22,7 @@ from libc.limits cimport INT_MAX
 from libc.string cimport memcpy, memset
 from blas cimport floating
 from products cimport Settings, product
+from lowp cimport fl_q_force_level
 from fastlstm.threads import kernel_settings
 from gates cimport (fl_act, make_act, matmul_acc, fl_force_isa_level, fl_isa_level,
                     lstm_fwd_step, gru_fwd_reset, gru_fwd_step, rnn_fwd_step)
@@ -45,6 +46,12 @@ def force_isa_level_here(int level):
     """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
     fastlstm._gates.force_isa_level sets every copy."""
     fl_force_isa_level(level)
+
+
+def force_lowp_level_here(int level):
+    """This extension's own copy of the reduced-precision dispatch (lowp.c):
+    fastlstm._lowp.force_level sets every copy."""
+    fl_q_force_level(level)
 
 
 def isa_level_here():

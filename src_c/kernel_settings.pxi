@@ -7,6 +7,7 @@
 # The module cimports what this uses: from products Settings, load_settings; from gates
 # fl_force_isa_level, fl_isa_level, merge_rows; from blas floating; and it has numpy as np,
 # row_strides and workspace at module level.
+from lowp cimport fl_q_force_level
 from fastlstm.threads import (get_parallel_min_macs, kernel_settings, set_direct_rows,
                               set_inference_chunk_bytes, set_pipeline, set_projection_blas,
                               set_recurrent_matmul)
@@ -28,6 +29,12 @@ def force_isa_level_here(int level):
     """This extension's own copy of the ISA dispatch (each extension compiles gates.c):
     fastlstm._gates.force_isa_level sets every copy."""
     fl_force_isa_level(level)
+
+
+def force_lowp_level_here(int level):
+    """This extension's own copy of the reduced-precision dispatch (lowp.c):
+    fastlstm._lowp.force_level sets every copy."""
+    fl_q_force_level(level)
 
 
 def isa_level_here():

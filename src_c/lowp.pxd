@@ -1,10 +1,16 @@
-# Cython view of lowp.h: the int8 and bfloat16 products of quantized inference.
-from libc.stdint cimport int32_t
+# Cython view of lowp.h: the reduced-precision (int8, bfloat16) products. cimport from here;
+# every extension links the library that holds them.
+from libc.stdint cimport int8_t, int32_t, uint16_t
 
 cdef extern from "lowp.h" nogil:
     enum:
         FL_Q_INT8
         FL_Q_BF16
+    enum:
+        FL_Q_LEVEL_C
+        FL_Q_LEVEL_AVX2
+        FL_Q_LEVEL_AVX512
+        FL_Q_LEVEL_DOT
     ctypedef struct fl_qmat:
         int kind
         int K
@@ -19,3 +25,7 @@ cdef extern from "lowp.h" nogil:
     int fl_q_level(int kind)
     const char *fl_q_level_name(int kind)
     void fl_q_force_level(int level)
+    int fl_q_best_level(int kind)
+    void fl_q_quantize_rows_int8(int M, int K, const float *A, long lda, int8_t *q, long ldq,
+                                 float *sa)
+    void fl_q_round_bf16(long n, const float *x, uint16_t *out)
