@@ -12,9 +12,11 @@ from .backends import available as available_backends, current_backend, set_back
 from . import ops
 from . import initializers, regularizers, layers
 from .threads import get_num_threads, init_threads as _init_threads, set_loop_threads, set_num_threads
+from .backends.workspace import get_workspace_limit, set_workspace_limit
 
 __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", "layers", "set_backend", "use_backend", "current_backend",
-           "available_backends", "set_num_threads", "get_num_threads", "set_loop_threads"]
+           "available_backends", "set_num_threads", "get_num_threads", "set_loop_threads",
+           "set_workspace_limit", "get_workspace_limit"]
 from .models import Sequential
 from .saving import load_model
 from .quantization import quantize

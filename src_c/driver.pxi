@@ -118,7 +118,10 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     (states_and_outputs). scratch: WORK elements per thread of the time loop.
 
     Returns [x times the input dropout mask or None, Z, h, saved states or None, y or
-    None, the masked last output or None, scratch, and the arrays behind p's pointers]."""
+    None, the masked last output or None, scratch, and the arrays behind p's pointers].
+    The cell holds this list until its loop is done: it is what keeps every buffer behind
+    p's pointers alive (a workspace buffer that another thread drops from the kept ones is
+    freed when its last reference goes, fastlstm/backends/workspace.py)."""
     cdef long T = x.shape[0]
     cdef int B = <int>x.shape[1], I = <int>x.shape[2]
     cdef int H, G
@@ -144,8 +147,9 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     # chunk of steps at a time (projection_inputs).
     cdef const floating *px
     cdef floating *pstage
-    xd_arr, p.chunk, z_arr = projection_inputs(&p.cfg, x, input_dropout_mask, training, zslot,
-                                               p.ZW, &px, &p.sxt, &p.sxb, &pstage)
+    xd_arr, p.chunk, z_arr, stage_arr = projection_inputs(&p.cfg, x, input_dropout_mask,
+                                                          training, zslot, p.ZW, &px, &p.sxt,
+                                                          &p.sxb, &pstage)
     check_int("x: rows of a chunk", p.chunk * B)
     p.x, p.stage = <void *>px, <void *>pstage
     cdef floating[:, :, ::1] Z = z_arr
@@ -209,7 +213,7 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     p.scratch = scratch
     scratch_arr = workspace("scratch", max(1, p.nchunks * scratch), dtype)
     return [xd_arr, z_arr, h_arr, states_arr, y_arr, out_arr, scratch_arr,
-            (hd_arr, w1, w2, u1, u2, pan1, pan2, qb)]
+            (hd_arr, stage_arr, w1, w2, u1, u2, pan1, pan2, qb)]
 
 
 cdef inline void project_chunk_rows(const Fwd *p, long nr, floating *Z) noexcept nogil:
@@ -314,7 +318,8 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
     elements per thread of the time loop; wsplit, usplit as in Fwd.
 
     Returns [dx, dh, dW, dU, the column sums of dZ or None, the accumulated acc or None,
-    the per-thread accumulators or None, scratch, and the arrays behind q's pointers]."""
+    the per-thread accumulators or None, scratch, and the arrays behind q's pointers]; the
+    cell holds it until its loop is done (as forward_setup's)."""
     cdef long T = x.shape[0]
     cdef int B = <int>x.shape[1], I = <int>x.shape[2]
     cdef int H = <int>recurrent_kernel.shape[0], G = <int>recurrent_kernel.shape[1]

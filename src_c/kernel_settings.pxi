@@ -81,7 +81,10 @@ cdef tuple projection_inputs(const Settings *s, const floating[:, :, :] x,
     gates there), else a chunk of steps at a time (inference_chunk) in the workspace `slot`,
     so that inference memory does not grow with T.
 
-    Returns (x times the dropout mask or None, the chunk's steps, Z)."""
+    Returns (x times the dropout mask or None, the chunk's steps, Z, the staged rows' array
+    or None). The caller holds every array returned for as long as it uses *px and
+    *pstage: a workspace buffer that only a pointer refers to is freed once another thread
+    drops it from the kept buffers (fastlstm/backends/workspace.py)."""
     cdef long T = x.shape[0], r
     cdef int B = <int>x.shape[1], I = <int>x.shape[2]
     cdef long step, row
@@ -107,7 +110,9 @@ cdef tuple projection_inputs(const Settings *s, const floating[:, :, :] x,
     else:
         z_arr = workspace(slot, chunk * B * width, dtype).reshape(chunk, B, width)
     pstage[0] = NULL
-    if staged:                   # the workspace holds it (as it holds the chunk's Z)
-        stage = workspace("x_stage", chunk * B * I, dtype)
+    stage_arr = None
+    if staged:                   # a workspace buffer (as the chunk's Z is)
+        stage_arr = workspace("x_stage", chunk * B * I, dtype)
+        stage = stage_arr
         pstage[0] = &stage[0]
-    return xd_arr, chunk, z_arr
+    return xd_arr, chunk, z_arr, stage_arr
