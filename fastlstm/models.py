@@ -149,6 +149,7 @@ class Sequential:
                 self._add(layer, names, ids)
                 names.add(layer.name)
                 ids.add(id(layer))
+            self._build_from_first_layer()
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -159,6 +160,15 @@ class Sequential:
         """Append ``layer`` to the stack."""
         self._add(layer, {other.name for other in self._layers},
                   {id(other) for other in self._layers})
+        self._build_from_first_layer()
+
+    def _build_from_first_layer(self):
+        """Keras 2's ``input_shape=`` on the first layer (``LSTM(32, input_shape=(T, F))``)
+        gives the model its input shape: build every layer for ``(None, T, F)``, as Keras
+        builds a Sequential model whose first layer has one."""
+        shape = getattr(self._layers[0], "_input_shape_arg", None) if self._layers else None
+        if shape is not None:
+            self.build((None,) + tuple(shape))
 
     def _add(self, layer, names, ids):
         """Append ``layer``, given the names and ids of the layers already there."""
@@ -298,6 +308,11 @@ class Sequential:
         for layer in self._layers:
             if layer.stateful:
                 layer.reset_states()
+
+    def reset_state(self):
+        """Keras 3's name for :meth:`reset_states`: zero the carried states of every
+        stateful layer (the others are left alone)."""
+        self.reset_states()
 
     # -- summary -------------------------------------------------------------------------
     def summary(self, line_length=None, print_fn=None):

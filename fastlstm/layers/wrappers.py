@@ -62,6 +62,8 @@ class Bidirectional(Layer):
             raise ValueError(f"dtype: Bidirectional takes the dtype of its layer "
                              f"({layer.dtype.name}), got {dtype!r}")
         super().__init__(name=name, dtype=layer.dtype, trainable=trainable)
+        if getattr(layer, "_input_shape_arg", None) is not None:    # LSTM(..., input_shape=)
+            self._input_shape_arg = layer._input_shape_arg
         self.forward_layer = _copy_layer(layer, "forward_" + _removeprefix(layer.name, "forward_"))
         if backward_layer is None:
             self.backward_layer = _copy_layer(
