@@ -20,8 +20,9 @@ __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", 
 from .models import Sequential
 from .saving import load_model
 from .quantization import quantize
+from . import utils
 
-__all__ += ["Sequential", "load_model", "quantize"]
+__all__ += ["Sequential", "load_model", "quantize", "utils"]
 
 # Imported on first use (PEP 562), so that ``import fastlstm`` stays light.
 _LAZY_SUBMODULES = ("convert", "datasets", "dask", "distributed")

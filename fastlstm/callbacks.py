@@ -34,6 +34,7 @@ __all__ = [
     "LearningRateScheduler",
     "CSVLogger",
     "LambdaCallback",
+    "TerminateOnNaN",
     "ProgbarLogger",
     "Progbar",
 ]
@@ -562,6 +563,38 @@ class LambdaCallback(Callback):
                 if not callable(fn):
                     raise TypeError(f"Argument `{name}` must be callable. Received: {fn!r}.")
                 setattr(self, name, fn)
+
+
+class TerminateOnNaN(Callback):
+    """Stops training when the loss becomes NaN or infinite (Keras 3).
+
+    After each training batch it looks at ``logs["loss"]`` (the epoch's running loss, as
+    Keras reports it, so one bad batch makes it NaN or inf for the rest of the epoch); when it
+    is not finite it prints ``Batch <n>: Invalid loss, terminating training`` and sets
+    ``model.stop_training = True``: ``fit`` ends after that batch, the epoch's logs and
+    ``on_epoch_end``/``on_train_end`` still run (so ``EarlyStopping`` or ``ModelCheckpoint``
+    finish normally). ``raise_error=True`` raises a ``RuntimeError`` instead, at once, as
+    Keras 3.12+ does (no later hooks run).
+    """
+
+    def __init__(self, raise_error=False):
+        super().__init__()
+        if not isinstance(raise_error, (bool, np.bool_)):
+            raise TypeError(f"raise_error: expected True or False, got {raise_error!r}")
+        self.raise_error = bool(raise_error)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(loss)
+        if math.isnan(loss) or math.isinf(loss):
+            if self.raise_error:
+                raise RuntimeError(f"NaN or Inf loss encountered at batch {batch}. "
+                                   f"Loss value: {loss}. Terminating training immediately.")
+            if _on_chief():
+                print(f"Batch {batch}: Invalid loss, terminating training", flush=True)
+            self.model.stop_training = True
 
 
 # ----------------------------------------------------------------------------- progress

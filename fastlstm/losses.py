@@ -30,6 +30,7 @@ __all__ = [
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
+    "LossFunctionWrapper",
     "mean_squared_error",
     "mean_absolute_error",
     "huber",
@@ -504,6 +505,87 @@ class SparseCategoricalCrossentropy(Loss):
         return {**super().get_config(), "from_logits": self.from_logits}
 
 
+class LossFunctionWrapper(Loss):
+    """A loss from two plain functions: ``fn(y_true, y_pred)`` gives the per-sample values
+    (shape ``y_pred.shape[:-1]``, as Keras's loss functions, or one scalar) and
+    ``gradient(y_true, y_pred)`` their derivative with respect to ``y_pred`` (shape of
+    ``y_pred``: entry ``[..., j]`` is ``d values[...] / d y_pred[..., j]``; for a scalar value,
+    ``d value / d y_pred``). Both take NumPy arrays (``y_true`` as given, ``y_pred`` float)
+    and ``**kwargs``. The values are reduced as every fastlstm loss (``reduction``,
+    ``sample_weight``, masks), and the gradient is scaled accordingly.
+
+    fastlstm has no automatic differentiation: the training loop starts backpropagation
+    from this gradient, so a loss needs one (Keras differentiates ``fn`` itself). Check a
+    new gradient with finite differences, as ``tests/test_train_conveniences.py`` does.
+    """
+
+    def __init__(self, fn, gradient, name=None, reduction="sum_over_batch_size", **kwargs):
+        if not callable(fn):
+            raise TypeError(f"fn: expected a function fn(y_true, y_pred), got {fn!r}")
+        if not callable(gradient):
+            raise TypeError(f"gradient: expected a function gradient(y_true, y_pred) returning "
+                            f"d fn / d y_pred, got {gradient!r}")
+        super().__init__(name=name or _object_name(fn), reduction=reduction)
+        self.fn, self.gradient, self._fn_kwargs = fn, gradient, kwargs
+
+    def _prepare(self, y_true, y_pred):
+        yt = np.asarray(y_true)
+        if yt.dtype.kind not in "biuf":
+            raise TypeError(f"Argument `y_true` must be a numeric array; received dtype={yt.dtype}.")
+        yp = _float_array(y_pred, "y_pred")
+        if yp.ndim == 0:
+            raise ValueError(
+                f"Argument `y_pred` must be at least rank 1. Received: y_pred.shape={yp.shape}."
+            )
+        return yt, yp
+
+    def _rows(self, yt, yp, want_grad):
+        values = np.asarray(self.fn(yt, yp, **self._fn_kwargs))
+        if values.dtype.kind not in "biuf" or values.shape not in (yp.shape[:-1], ()):
+            raise ValueError(
+                f"loss {self.name!r}: fn(y_true, y_pred) must return numbers of shape "
+                f"{yp.shape[:-1]} (one per sample: y_pred's shape without its last axis) or a "
+                f"scalar; received {values.dtype} of shape {values.shape}."
+            )
+        values = values.astype(yp.dtype, copy=False)
+        local = None
+        if want_grad:
+            local = np.asarray(self.gradient(yt, yp, **self._fn_kwargs))
+            if local.dtype.kind not in "biuf" or local.shape != yp.shape:
+                raise ValueError(
+                    f"loss {self.name!r}: gradient(y_true, y_pred) must return d fn / d y_pred "
+                    f"with y_pred's shape {yp.shape}; received {local.dtype} of shape "
+                    f"{local.shape}."
+                )
+            local = local.astype(yp.dtype, copy=False)
+        return values, local
+
+    def get_config(self):
+        return {**super().get_config(), "fn": _object_name(self.fn),
+                "gradient": _object_name(self.gradient)}
+
+    @classmethod
+    def from_config(cls, config):
+        raise ValueError(
+            f"loss {config.get('name')!r} is made of Python functions ({config.get('fn')!r}, "
+            f"{config.get('gradient')!r}), which a saved file does not hold (no code is "
+            "stored); load the model with compile=False and compile it again with the loss"
+        )
+
+
+def _object_name(obj):
+    """Keras 3's ``naming.get_object_name``: ``name``, else the snake-cased ``__name__``
+    (``<lambda>`` -> ``lambda``), else the snake-cased class name."""
+    import re
+    name = getattr(obj, "name", None)
+    if isinstance(name, str):
+        return name
+    name = getattr(obj, "__name__", None) or type(obj).__name__
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
 # ------------------------------------------------------------------------------- lookup
 
 _CLASSES = {
@@ -535,6 +617,8 @@ def deserialize(config):
             "Argument `loss` as a dict must look like {'class_name': ..., 'config': {...}}. "
             f"Received: loss={config!r}."
         )
+    if config["class_name"] == "LossFunctionWrapper":
+        return LossFunctionWrapper.from_config(dict(config.get("config") or {}))
     cls = _CLASSES.get(config["class_name"])
     if cls is None:
         raise ValueError(
@@ -561,8 +645,30 @@ def get(identifier):
         return deserialize(identifier)
     if isinstance(identifier, type) and issubclass(identifier, Loss):
         return identifier()
+    if callable(identifier):
+        for fn, cls in _FUNCTIONS.items():        # fl.losses.mean_squared_error and the like
+            if identifier is fn:
+                return cls()
+        gradient = getattr(identifier, "gradient", None)
+        if callable(gradient):                    # a function carrying its own gradient
+            return LossFunctionWrapper(identifier, gradient)
+        raise TypeError(
+            f"Argument `loss`: {_object_name(identifier)!r} is a plain function, which gives the "
+            "loss values but not their gradient, and fastlstm (which has no automatic "
+            "differentiation) starts backpropagation from d loss / d y_pred. Give the gradient: "
+            "fl.losses.LossFunctionWrapper(fn, gradient=grad) with grad(y_true, y_pred) "
+            "returning d fn / d y_pred (y_pred's shape), or set fn.gradient = grad, or subclass "
+            "fl.losses.Loss (its _rows(y_true, y_pred, want_grad) returns the values and that "
+            f"gradient). Received: loss={identifier!r}."
+        )
     raise TypeError(
-        "Argument `loss` must be a loss name, a config dict or a fastlstm.losses.Loss "
-        f"(which provides value_and_grad). Received: loss={identifier!r} "
-        f"of type {type(identifier).__name__}."
+        "Argument `loss` must be a loss name, a config dict, a fastlstm.losses.Loss (which "
+        "provides value_and_grad) or a function with its gradient (LossFunctionWrapper). "
+        f"Received: loss={identifier!r} of type {type(identifier).__name__}."
     )
+
+
+_FUNCTIONS = {mean_squared_error: MeanSquaredError, mean_absolute_error: MeanAbsoluteError,
+              huber: Huber, binary_crossentropy: BinaryCrossentropy,
+              categorical_crossentropy: CategoricalCrossentropy,
+              sparse_categorical_crossentropy: SparseCategoricalCrossentropy}

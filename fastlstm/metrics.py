@@ -125,16 +125,33 @@ class Mean(Metric):
 
 
 class MeanMetricWrapper(Mean):
-    """:class:`Mean` of ``fn(y_true, y_pred, **kwargs)``, a per-sample function."""
+    """:class:`Mean` of ``fn(y_true, y_pred, **kwargs)``: per-sample values (one per
+    sample or per timestep, averaged per sample as :meth:`Mean.update_state` does) or one
+    scalar per batch (which counts as one sample). ``compile(metrics=[f])`` wraps a plain
+    function so, named after it as Keras 3 names it (``f.__name__``, snake-cased)."""
 
     def __init__(self, fn, name=None, **kwargs):
+        if not callable(fn):
+            raise TypeError(f"fn: expected a function fn(y_true, y_pred), got {fn!r}")
         self._fn = fn
         self._fn_kwargs = kwargs
-        super().__init__(name=name or getattr(fn, "__name__", None))
+        super().__init__(name=name or _losses._object_name(fn))
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         values = self._fn(y_true, y_pred, **self._fn_kwargs)
-        super().update_state(values, sample_weight=sample_weight)
+        if sample_weight is not None and np.ndim(values) == 0:
+            # One value for the batch: every sample's, weighted by its weight (Keras 3 fails
+            # to broadcast the weights to a scalar here).
+            values = np.full(np.shape(sample_weight), values, dtype=np.result_type(values, float))
+        try:
+            super().update_state(values, sample_weight=sample_weight)
+        except TypeError as exc:
+            raise TypeError(f"metric {self.name!r}: {exc}") from None
+
+    def get_config(self):
+        if type(self) is MeanMetricWrapper:
+            return {"name": self.name, "fn": _losses._object_name(self._fn)}
+        return super().get_config()
 
 
 class MeanSquaredError(MeanMetricWrapper):
@@ -305,6 +322,13 @@ def serialize(metric):
 
 
 def deserialize(config):
+    if isinstance(config, dict) and config.get("class_name") == "MeanMetricWrapper":
+        cfg = config.get("config") or {}
+        raise ValueError(
+            f"metric {cfg.get('name')!r} is a Python function ({cfg.get('fn')!r}), which a saved "
+            "file does not hold (no code is stored); load the model with compile=False and "
+            "compile it again with the function"
+        )
     if not isinstance(config, dict) or config.get("class_name") not in _CLASSES:
         raise ValueError(
             "Argument `metric` as a dict must be {'class_name': one of "
@@ -339,6 +363,12 @@ def get(identifier, loss=None, y_true=None, y_pred=None):
         return cls(name=identifier)
     if isinstance(identifier, dict):
         return deserialize(identifier)
+    if isinstance(identifier, type) and issubclass(identifier, Metric):
+        return identifier()
+    if callable(identifier):
+        # Keras 3's compile: a function f(y_true, y_pred) becomes a MeanMetricWrapper named
+        # after it (naming.get_object_name: the snake-cased __name__).
+        return MeanMetricWrapper(identifier, name=_losses._object_name(identifier))
     raise TypeError(
         "Argument `metrics` entries must be metric names, config dicts or "
         f"fastlstm.metrics.Metric instances. Received: {identifier!r} "

@@ -43,6 +43,7 @@ import numbers
 import numpy as np
 
 from . import callbacks as callbacks_module
+from . import data_adapters
 from . import devices
 from . import losses as losses_module
 from . import metrics as metrics_module
@@ -149,6 +150,7 @@ class Sequential:
                 self._add(layer, names, ids)
                 names.add(layer.name)
                 ids.add(id(layer))
+            self._build_from_first_layer()
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -159,6 +161,15 @@ class Sequential:
         """Append ``layer`` to the stack."""
         self._add(layer, {other.name for other in self._layers},
                   {id(other) for other in self._layers})
+        self._build_from_first_layer()
+
+    def _build_from_first_layer(self):
+        """Keras 2's ``input_shape=`` on the first layer (``LSTM(32, input_shape=(T, F))``)
+        gives the model its input shape: build every layer for ``(None, T, F)``, as Keras
+        builds a Sequential model whose first layer has one."""
+        shape = getattr(self._layers[0], "_input_shape_arg", None) if self._layers else None
+        if shape is not None:
+            self.build((None,) + tuple(shape))
 
     def _add(self, layer, names, ids):
         """Append ``layer``, given the names and ids of the layers already there."""
@@ -299,6 +310,11 @@ class Sequential:
             if layer.stateful:
                 layer.reset_states()
 
+    def reset_state(self):
+        """Keras 3's name for :meth:`reset_states`: zero the carried states of every
+        stateful layer (the others are left alone)."""
+        self.reset_states()
+
     # -- summary -------------------------------------------------------------------------
     def summary(self, line_length=None, print_fn=None):
         """Print the layers, their output shapes and parameter counts, like Keras."""
@@ -367,31 +383,40 @@ class Sequential:
     def predict_on_batch(self, x):
         return devices.to_host(self(x))
 
-    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
-        """Outputs for ``x`` computed ``batch_size`` samples at a time, concatenated."""
+    def predict(self, x, batch_size=None, verbose=0, callbacks=None, steps=None):
+        """Outputs for ``x`` computed ``batch_size`` samples at a time, concatenated. ``x``
+        may be a generator or a PyDataset whose batches are ``x``, ``(x,)`` or ``(x, y[,
+        sample_weight])`` (the targets are not used); ``steps`` limits the batches (a
+        generator without it runs until exhausted)."""
         self._require_layers("predict")
-        x = self._as_input(_as_data("x", x))
-        batch_size = _check_batch_size(batch_size)
-        self._record_input(x)
-        n = x.shape[0]
-        steps = max(1, math.ceil(n / batch_size))
+        source, n = self._data_source(x, None, None, batch_size, steps, False, "x", False,
+                                      "steps")
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
-                                            verbose=verbose, epochs=1, steps=steps)
+                                            verbose=verbose, epochs=1, steps=source.steps)
         cbs.on_predict_begin()
         outputs = []
-        for step in range(steps):
+        for step, (xb, _, _) in enumerate(source.epoch()):
             cbs.on_predict_batch_begin(step)
-            out = self._forward(x[step * batch_size:(step + 1) * batch_size])[0]
+            xb = self._batch_arrays(source, xb, None, None, need_y=False)[0]
+            self._record_input(xb)
+            out = self._forward(xb)[0]
             outputs.append(devices.to_host(out))
             cbs.on_predict_batch_end(step, {"outputs": out})
         cbs.on_predict_end()
+        if not outputs:
+            raise ValueError("x: expected at least one batch to predict, got none (an "
+                             "exhausted generator?)")
         if n == 0:
             return outputs[0]
         return np.concatenate(outputs, axis=0)
 
     # -- compile -------------------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
-        """Choose the optimizer, loss and metrics (names, config dicts or instances)."""
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, weighted_metrics=None):
+        """Choose the optimizer, loss and metrics (names, config dicts, instances or
+        functions ``f(y_true, y_pred)``). As in Keras 3, ``metrics`` ignore ``sample_weight``
+        and ``class_weight`` (the output mask still applies) and ``weighted_metrics`` are
+        weighted by them; a weighted metric whose name is taken is logged as
+        ``weighted_<name>``."""
         if loss is None:
             raise ValueError("loss: compile needs a loss, e.g. loss='mse' or a "
                              "fastlstm.losses.Loss; got None")
@@ -400,14 +425,24 @@ class Sequential:
         if not hasattr(self.loss, "value_and_grad"):
             raise TypeError(f"loss: expected a fastlstm.losses.Loss (with value_and_grad), got "
                             f"{type(self.loss).__name__}")
-        if metrics is None:
-            metrics = []
-        elif isinstance(metrics, (str, dict, metrics_module.Metric)):
-            metrics = [metrics]
-        self._compile_metrics = [metrics_module.get(m) for m in metrics]
+        def as_list(value):
+            if value is None:
+                return []
+            if isinstance(value, (str, dict, metrics_module.Metric)) or callable(value):
+                return [value]
+            return list(value)
+
+        self._compile_metrics = [metrics_module.get(m) for m in as_list(metrics)]
+        weighted = [metrics_module.get(m) for m in as_list(weighted_metrics)]
+        taken = {"loss"} | {m.name for m in self._compile_metrics}
+        for m in weighted:
+            if m.name in taken:
+                m.name = "weighted_" + m.name
+            taken.add(m.name)
+        self._compile_weighted_metrics = weighted
         # The optimizer keeps its state per trainable weight, fixed from here on.
         self._compiled_trainable = [(layer, bool(layer.trainable)) for layer in self._layers]
-        names = ["loss"] + [m.name for m in self._compile_metrics]
+        names = ["loss"] + [m.name for m in self._compile_metrics + weighted]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"metrics: the names {duplicates} are used twice; give each metric "
@@ -422,7 +457,8 @@ class Sequential:
     @property
     def metrics(self):
         """The loss tracker then the compiled metrics (as Keras 3's ``model.metrics``)."""
-        return [self._loss_tracker] + list(self._compile_metrics)
+        return ([self._loss_tracker] + list(self._compile_metrics)
+                + list(getattr(self, "_compile_weighted_metrics", [])))
 
     @property
     def metrics_names(self):
@@ -442,12 +478,14 @@ class Sequential:
 
     # -- loss and metrics ------------------------------------------------------------------------
     def _loss_weights(self, y_pred, mask, sample_weight):
-        """(loss weights, metric weights) from sample_weight and the output mask."""
+        """(loss weights, (metric weights, weighted-metric weights)) from sample_weight and
+        the output mask: ``metrics`` see the mask only, ``weighted_metrics`` both (Keras 3)."""
         if mask is None:
-            return sample_weight, sample_weight
+            return sample_weight, (None, sample_weight)
         values_shape = np.shape(y_pred)[:-1]
         return (_masked_weights(sample_weight, mask, values_shape, self.loss.reduction),
-                _masked_weights(sample_weight, mask, values_shape, "sum"))
+                (_masked_weights(None, mask, values_shape, "sum"),
+                 _masked_weights(sample_weight, mask, values_shape, "sum")))
 
     def _data_loss(self, y, y_pred, weights, grad):
         try:
@@ -464,8 +502,11 @@ class Sequential:
 
     def _update_metrics(self, loss, n, y, y_pred, metric_weights):
         self._loss_tracker.update_state(loss, sample_weight=n)
+        unweighted, weighted = metric_weights
         for m in self._compile_metrics:
-            m.update_state(y, y_pred, sample_weight=metric_weights)
+            m.update_state(y, y_pred, sample_weight=unweighted)
+        for m in getattr(self, "_compile_weighted_metrics", []):
+            m.update_state(y, y_pred, sample_weight=weighted)
 
     # -- one step ----------------------------------------------------------------------------------
     def _check_trainable_unchanged(self):
@@ -581,42 +622,104 @@ class Sequential:
         return logs if return_dict else self._flatten(logs)
 
     # -- loops -------------------------------------------------------------------------------------
-    def _test_loop(self, x, y, sample_weight, batch_size, cbs):
-        n = x.shape[0]
-        steps = max(1, math.ceil(n / batch_size))
+    def _test_loop(self, source, cbs):
         self.reset_metrics()
         cbs.on_test_begin()
-        for step in range(steps):
-            sl = slice(step * batch_size, (step + 1) * batch_size)
+        seen = 0
+        for step, (x, y, sw) in enumerate(source.epoch()):
             cbs.on_test_batch_begin(step)
-            self._test_step(x[sl], y[sl], None if sample_weight is None else sample_weight[sl])
+            x, y, sw = self._batch_arrays(source, x, y, sw)
+            self._test_step(x, y, sw)
+            seen += 1
             cbs.on_test_batch_end(step, self._results())
+        if seen == 0:
+            raise ValueError(f"{getattr(source, 'what', 'x')}: expected at least one batch to evaluate, "
+                             "got none (an exhausted generator?)")
         logs = self._results()
         cbs.on_test_end(logs)
         return logs
 
-    def evaluate(self, x, y, batch_size=32, verbose=0, sample_weight=None, return_dict=False,
-                 callbacks=None):
+    def _batch_arrays(self, source, x, y, sw, need_y=True, class_weight=None):
+        """A generator's or PyDataset's batch as checked arrays (arrays pass as they are)."""
+        if isinstance(source, data_adapters.ArraySource):
+            return x, y, sw
+        what = source.what
+        x = self._as_input(_as_data(f"{what}: batch x", x))
+        if not need_y:
+            return x, None, None
+        y = _as_data(f"{what}: batch y", y)
+        sw = _as_data(f"{what}: batch sample_weight", sw, required=False)
+        n = x.shape[0]
+        if y.shape[0] != n or (sw is not None and sw.shape[0] != n):
+            raise ValueError(f"{what}: a batch's x, y and sample_weight must have the same number "
+                             f"of samples, got x {x.shape}, y {y.shape}"
+                             + ("" if sw is None else f", sample_weight {sw.shape}"))
+        if n == 0:
+            raise ValueError(f"{what}: got an empty batch (x of shape {x.shape})")
+        if class_weight is not None:
+            sw = data_adapters.combine_weights(sw, data_adapters.class_weight_to_sample_weights(
+                y, class_weight, self._num_classes()))
+        return x, y, sw
+
+    def _num_classes(self):
+        """The model's output width, when known (bounds class_weight's classes)."""
+        try:
+            shape = self.output_shape
+        except Exception:       # a layer that cannot tell its output shape
+            return None
+        return shape[-1] if isinstance(shape, tuple) and shape and shape[-1] else None
+
+    def _data_source(self, x, y, sample_weight, batch_size, steps, shuffle, what, need_y,
+                     steps_argument, batch_argument="batch_size", names=("x", "y", "sample_weight")):
+        """(source, n_samples or None): arrays, a generator or a PyDataset behind one
+        interface (fastlstm.data_adapters)."""
+        steps = data_adapters.check_steps(steps, steps_argument)
+        generator = data_adapters.is_generator(x)
+        if generator or data_adapters.is_py_dataset(x):
+            kind = "generator" if generator else "PyDataset"
+            for name, value, holds in (("y", y, "the targets"),
+                                       ("sample_weight", sample_weight, "the sample weights"),
+                                       (batch_argument, batch_size, "the batch size")):
+                if value is not None:
+                    raise ValueError(f"{name}: must not be given when {what} is a {kind} "
+                                     f"({holds} come from its batches); got {name}="
+                                     f"{value!r:.60}")
+            if generator:
+                return data_adapters.GeneratorSource(x, steps, what, need_y), None
+            return data_adapters.PyDatasetSource(x, steps, shuffle, what, need_y,
+                                                 steps_argument), None
+        x = self._as_input(_as_data(names[0], x))
+        y = _as_data(names[1], y) if need_y else None
+        sw = _as_data(names[2], sample_weight, required=False) if need_y else None
+        n = _check_lengths(x, y, sw)
+        if batch_size is None and steps is not None and n:   # Keras: the data in `steps` batches
+            batch_size = math.ceil(n / steps)
+        batch_size = _check_batch_size(batch_size, batch_argument)
+        self._record_input(x)
+        return data_adapters.ArraySource(x, y, sw, batch_size, shuffle, steps), n
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None,
+                 return_dict=False, callbacks=None, steps=None):
         """Loss and metrics over ``x, y`` in inference mode, ``batch_size`` at a time: the
-        loss alone, ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
+        loss alone, ``[loss, *metrics]``, or a dict with ``return_dict=True``. ``x`` may be a
+        generator or a PyDataset of ``(x, y[, sample_weight])`` batches (no ``y``,
+        ``sample_weight`` nor ``batch_size`` then); ``steps`` limits the batches (a generator
+        without it runs until exhausted)."""
         self._assert_compiled("evaluate")
         self._require_layers("evaluate")
-        x, y = self._as_input(_as_data("x", x)), _as_data("y", y)
-        sw = _as_data("sample_weight", sample_weight, required=False)
-        n = _check_lengths(x, y, sw)
+        source, n = self._data_source(x, y, sample_weight, batch_size, steps, False, "x", True,
+                                      "steps")
         if n == 0:
-            raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
-        batch_size = _check_batch_size(batch_size)
-        self._record_input(x)
+            raise ValueError(f"x: expected at least one sample, got shape {source.x.shape}")
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
-                                            verbose=verbose, epochs=1,
-                                            steps=math.ceil(n / batch_size))
-        logs = self._test_loop(x, y, sw, batch_size, cbs)
+                                            verbose=verbose, epochs=1, steps=source.steps)
+        logs = self._test_loop(source, cbs)
         return logs if return_dict else self._flatten(logs)
 
-    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, sample_weight=None, initial_epoch=0,
-            validation_batch_size=None):
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, sample_weight=None,
+            initial_epoch=0, validation_batch_size=None, class_weight=None,
+            steps_per_epoch=None, validation_steps=None):
         """Train for ``epochs`` epochs (from ``initial_epoch``) and return the ``History``.
 
         Keras 3 semantics: ``validation_split`` takes the *last* fraction of the samples, before
@@ -625,15 +728,19 @@ class Sequential:
         ``loss``, the metric names, and ``val_loss``/``val_<metric>`` with validation data.
         Setting ``model.stop_training = True`` (e.g. from a callback) ends training after the
         current batch.
+
+        ``x`` (and ``validation_data``) may be a Python generator or a ``fl.utils.PyDataset``
+        of ``(x, y)`` or ``(x, y, sample_weight)`` batches (then ``y``, ``sample_weight`` and
+        ``batch_size`` are not given): ``steps_per_epoch`` (``validation_steps``) batches per
+        epoch, continuing through the generator; a generator without it runs until it is
+        exhausted, which is one epoch; a PyDataset gives ``len()`` batches an epoch, in a new
+        order each epoch with ``shuffle`` and ``on_epoch_end()`` after each.
+        ``class_weight`` (``{class index: weight}``) weighs each training sample by its
+        class (from integer or one-hot targets), times ``sample_weight`` when both are given.
         """
         self._assert_compiled("fit")
         self._require_layers("fit")
         self._check_not_quantized()
-        x, y = self._as_input(_as_data("x", x)), _as_data("y", y)
-        sw = _as_data("sample_weight", sample_weight, required=False)
-        n = _check_lengths(x, y, sw)
-        batch_size = _check_batch_size(batch_size)
-        val_batch = _check_batch_size(validation_batch_size or batch_size, "validation_batch_size")
         for argname, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{argname}: expected a non-negative integer, got {value!r}")
@@ -643,64 +750,123 @@ class Sequential:
             verbose = 1
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose: expected 0, 1, 2 or 'auto', got {verbose!r}")
+        if class_weight is not None:
+            data_adapters._check_class_weight(class_weight)
+        streamed = data_adapters.is_generator(x) or data_adapters.is_py_dataset(x)
 
         val = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            if data_adapters.is_generator(validation_data) \
+                    or data_adapters.is_py_dataset(validation_data):
+                val_parts = (validation_data, None, None)
+            elif isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+                val_parts = (validation_data[0], validation_data[1],
+                             validation_data[2] if len(validation_data) == 3 else None)
+            else:
                 raise ValueError("validation_data: expected a tuple (x_val, y_val) or "
-                                 f"(x_val, y_val, sample_weight_val), got {type(validation_data).__name__}"
+                                 f"(x_val, y_val, sample_weight_val), a generator or a PyDataset, "
+                                 f"got {type(validation_data).__name__}"
                                  + (f" of length {len(validation_data)}"
                                     if isinstance(validation_data, (tuple, list)) else ""))
-            vx = self._as_input(_as_data("validation_data[0]", validation_data[0]))
-            vy = _as_data("validation_data[1]", validation_data[1])
-            vsw = _as_data("validation_data[2]", validation_data[2], required=False) \
-                if len(validation_data) == 3 else None
-            _check_lengths(vx, vy, vsw)
-            if vx.shape[0] == 0:
+            val_streamed = val_parts[1] is None and val_parts[2] is None \
+                and not isinstance(validation_data, (tuple, list))
+            if val_streamed and data_adapters.is_generator(validation_data) \
+                    and validation_steps is None and epochs - initial_epoch > 1:
+                raise ValueError(
+                    "validation_steps: a validation generator without validation_steps is "
+                    "used up by the first epoch's validation (and never ends if it is "
+                    f"infinite); fit(epochs={epochs}) needs validation_steps, with a generator "
+                    "that yields at least validation_steps batches per epoch, or a PyDataset")
+            val, vn = self._data_source(
+                val_parts[0], val_parts[1], val_parts[2],
+                None if val_streamed else (validation_batch_size or batch_size),
+                validation_steps, False, "validation_data", True, "validation_steps",
+                "validation_batch_size",
+                ("validation_data[0]", "validation_data[1]", "validation_data[2]"))
+            if val_streamed:
+                val.what = "validation_data"
+            elif vn == 0:
                 raise ValueError("validation_data: expected at least one sample")
-            val = (vx, vy, vsw)
         elif validation_split:
+            if streamed:
+                raise ValueError(f"validation_split: only arrays can be split; x is a "
+                                 f"{'generator' if data_adapters.is_generator(x) else 'PyDataset'} "
+                                 "(give validation_data instead), got "
+                                 f"validation_split={validation_split!r}")
             if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
                     or not 0.0 < validation_split < 1.0:
                 raise ValueError(f"validation_split: expected a float in (0, 1), got "
                                  f"{validation_split!r}")
-            split_at = int(math.floor(n * (1.0 - validation_split)))
-            if split_at == 0 or split_at == n:
-                raise ValueError(f"validation_split: {n} samples cannot be split into a training "
-                                 f"and a validation set with validation_split={validation_split}")
-            val = (x[split_at:], y[split_at:], None if sw is None else sw[split_at:])
-            x, y = x[:split_at], y[:split_at]
-            sw = None if sw is None else sw[:split_at]
-            n = split_at
-        if n == 0:
-            raise ValueError(f"x: expected at least one training sample, got shape {x.shape}")
+        if streamed and data_adapters.is_generator(x) and steps_per_epoch is None \
+                and epochs - initial_epoch > 1:
+            raise ValueError(
+                "steps_per_epoch: a generator without steps_per_epoch runs until it is "
+                "exhausted, which is one epoch (and never ends if it is infinite); "
+                f"fit(epochs={epochs}) needs steps_per_epoch, with a generator that yields at "
+                "least steps_per_epoch * epochs batches (e.g. one that loops), or a PyDataset")
 
-        self._record_input(x)
-        steps = math.ceil(n / batch_size)
+        if streamed:
+            source, n = self._data_source(x, y, sample_weight, batch_size, steps_per_epoch,
+                                          shuffle, "x", True, "steps_per_epoch")
+        else:
+            x, y = self._as_input(_as_data("x", x)), _as_data("y", y)
+            sw = _as_data("sample_weight", sample_weight, required=False)
+            n = _check_lengths(x, y, sw)
+            if validation_split and validation_data is None:
+                split_at = int(math.floor(n * (1.0 - validation_split)))
+                if split_at == 0 or split_at == n:
+                    raise ValueError(f"validation_split: {n} samples cannot be split into a "
+                                     f"training and a validation set with "
+                                     f"validation_split={validation_split}")
+                val_batch = _check_batch_size(validation_batch_size or batch_size,
+                                              "validation_batch_size")
+                val = data_adapters.ArraySource(x[split_at:], y[split_at:],
+                                                None if sw is None else sw[split_at:], val_batch)
+                x, y = x[:split_at], y[:split_at]
+                sw = None if sw is None else sw[:split_at]
+                n = split_at
+            if n == 0:
+                raise ValueError(f"x: expected at least one training sample, got shape {x.shape}")
+            self._record_input(x)
+            if class_weight is not None:
+                sw = data_adapters.combine_weights(sw, data_adapters.class_weight_to_sample_weights(
+                    y, class_weight, self._num_classes()))
+            source, n = self._data_source(x, y, sw, batch_size, steps_per_epoch, shuffle, "x",
+                                          True, "steps_per_epoch")
+            class_weight = None          # folded into the sample weights already
+
         cbs = callbacks_module.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
-                                            model=self, verbose=verbose, epochs=epochs, steps=steps)
+                                            model=self, verbose=verbose, epochs=epochs,
+                                            steps=source.steps)
         self.stop_training = False
         cbs.on_train_begin()
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
             cbs.on_epoch_begin(epoch)
-            order = np.random.permutation(n) if shuffle else None
-            for step in range(steps):
-                if order is None:
-                    sl = slice(step * batch_size, (step + 1) * batch_size)
-                else:
-                    sl = order[step * batch_size:(step + 1) * batch_size]
+            source.on_epoch_begin()
+            seen = 0
+            for step, (xb, yb, swb) in enumerate(source.epoch()):
                 cbs.on_train_batch_begin(step)
-                self._train_step(x[sl], y[sl], None if sw is None else sw[sl])
+                xb, yb, swb = self._batch_arrays(source, xb, yb, swb, class_weight=class_weight)
+                self._record_input(xb)
+                self._train_step(xb, yb, swb)
+                seen += 1
                 cbs.on_train_batch_end(step, self._results())
                 if self.stop_training:
                     break
+            source.on_epoch_end()
+            if seen == 0:              # the generator had nothing left: as Keras, stop
+                data_adapters._ran_out_warning("fit")
+                break
             epoch_logs = self._results()
             if val is not None:
-                val_logs = self._test_loop(val[0], val[1], val[2], val_batch, cbs)
+                val_logs = self._test_loop(val, cbs)
                 epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
             cbs.on_epoch_end(epoch, epoch_logs)
+            if source.ran_out:
+                data_adapters._ran_out_warning("fit")
+                break
             if self.stop_training:
                 break
         cbs.on_train_end(epoch_logs)

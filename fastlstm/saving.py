@@ -15,7 +15,8 @@ of ``.npy`` arrays) holding:
                                             "shape": [2, 128], "dtype": "float32"}, ...]},
                               ...]},
          "compile": {"loss": {"class_name": ..., "config": ...},
-                     "metrics": [{"class_name": ..., "config": ...}, ...]} or null,
+                     "metrics": [{"class_name": ..., "config": ...}, ...],
+                     "weighted_metrics": [...] (only when there are some)} or null,
          "optimizer": {"class_name": "Adam", "config": {...},
                        "state": [{"name": "iterations", "key": "optimizer/iterations"},
                                  {"name": "momentum/0", "key": "optimizer/momentum/0"}, ...]}
@@ -142,6 +143,9 @@ def save_model(model, path):
     if model.compiled:
         doc["compile"] = {"loss": losses.serialize(model.loss),
                           "metrics": [metrics.serialize(m) for m in model._compile_metrics]}
+        weighted = getattr(model, "_compile_weighted_metrics", None)
+        if weighted:
+            doc["compile"]["weighted_metrics"] = [metrics.serialize(m) for m in weighted]
         opt = model.optimizer
         state_entries = []
         for name, value in opt.get_state().items():
@@ -475,7 +479,9 @@ def _load(path, compile):
                 optimizer = optimizers.deserialize({k: opt[k] for k in ("class_name", "config")}) \
                     if opt else "rmsprop"
                 model.compile(optimizer=optimizer, loss=losses.deserialize(comp.get("loss")),
-                              metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []])
+                              metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []],
+                              weighted_metrics=[metrics.deserialize(m)
+                                                for m in comp.get("weighted_metrics") or []])
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise reader.error(f"compile: the saved loss, metrics or optimizer cannot be "
                                    f"rebuilt: {exc}") from None

@@ -65,8 +65,11 @@ def test_construction_as_keras():
     f, b = bi.forward_layer, bi.backward_layer
     assert (f.name, b.name) == ("forward_enc", "backward_enc")
     assert f is not inner and (f.go_backwards, b.go_backwards) == (False, True)
-    assert f.get_config() == dict(inner.get_config(), name="forward_enc")
-    assert b.get_config() == dict(inner.get_config(), name="backward_enc", go_backwards=True)
+    # as Keras: both copies zero masked outputs when they return sequences
+    assert f.get_config() == dict(inner.get_config(), name="forward_enc",
+                                  zero_output_for_mask=True)
+    assert b.get_config() == dict(inner.get_config(), name="backward_enc", go_backwards=True,
+                                  zero_output_for_mask=True)
     assert bi.return_sequences and not bi.return_state and not bi.stateful
     assert not bi.built and bi.input_shape is None
     bi(np.zeros((2, 4, 5), np.float32))

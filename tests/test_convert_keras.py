@@ -263,8 +263,7 @@ def test_from_keras_refuses_what_fastlstm_cannot_express():
         from_keras(keras_layer(KL.Conv1D(2, 3)))
     with pytest.raises(ConversionError, match="gelu"):
         from_keras(keras_layer(KL.LSTM(3, activation="gelu")))
-    with pytest.raises(ConversionError, match="zero_output_for_mask"):
-        from_keras(keras_layer(KL.LSTM(3, zero_output_for_mask=True)))
+    assert from_keras(keras_layer(KL.LSTM(3, zero_output_for_mask=True))).zero_output_for_mask
     constrained = keras_layer(KL.GRU(3, kernel_constraint=keras.constraints.MaxNorm(2.0)))
     with pytest.raises(ConversionError, match="kernel_constraint"):
         from_keras(constrained)

@@ -130,7 +130,21 @@ MASKED = {
         randomize(L.LSTM(3, return_sequences=True), (None, None, 10), rng)],
     "bi_last": lambda rng: [randomize(L.Bidirectional(L.GRU(5), merge_mode="sum"),
                                       (None, None, 4), rng)],
+    "zero_output_seq": lambda rng: [
+        randomize(L.LSTM(5, return_sequences=True, zero_output_for_mask=True), (None, None, 4),
+                  rng),
+        randomize(L.GRU(3, return_sequences=True, go_backwards=True, zero_output_for_mask=True),
+                  (None, None, 5), rng)],
 }
+
+
+def test_zero_output_for_mask_last_output_is_refused_under_a_mask():
+    rng = np.random.default_rng(4)
+    layer = randomize(L.LSTM(5, zero_output_for_mask=True), (None, None, 4), rng)
+    with pytest.raises(ConversionError, match="zero_output_for_mask=True and return_sequences"):
+        to_onnx(fl.Sequential([L.Masking(0.0), layer]))
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)      # no mask: nothing to zero
+    assert_same(run_ort(to_onnx(fl.Sequential([layer])), x)[0], layer(x), np.float32)
 
 
 @pytest.mark.parametrize("name", list(MASKED))

@@ -106,3 +106,60 @@ def test_masked_sequence_loss_matches_keras():
     peer_close(ours.train_on_batch(tokens, y), theirs.train_on_batch(tokens, y), name="train")
     for i, (a, b) in enumerate(zip(ours.get_weights(), theirs.get_weights())):
         peer_close(a, b, name=f"weight {i}")
+
+
+def test_class_weight_and_generator_fit_match_keras():
+    """class_weight on integer labels (metrics unweighted, weighted_metrics weighted), and fit from a generator with steps_per_epoch (plus
+    a PyDataset on our side), against Keras 3 on the same weights and batches."""
+    T, I, H, C, n = 6, 3, 5, 3, 24
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, T, I)).astype(np.float32)
+    labels = rng.integers(0, C, size=(n, 1))
+    ours = fl.Sequential([fl.layers.GRU(H), fl.layers.Dense(C, activation="softmax")])
+    ours.build((None, T, I))
+    ours.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.3
+                      for w in ours.get_weights()])
+    theirs = keras.Sequential([keras.Input((T, I)), keras.layers.GRU(H),
+                               keras.layers.Dense(C, activation="softmax")])
+    theirs.set_weights(ours.get_weights())
+    start = ours.get_weights()
+    ours.compile(fl.optimizers.SGD(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"],
+                 weighted_metrics=["accuracy"])
+    theirs.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                   metrics=["accuracy"], weighted_metrics=["accuracy"])
+    cw = {0: 0.5, 1: 2.0, 2: 1.0}
+    h_ours = ours.fit(x, labels, batch_size=8, epochs=2, shuffle=False, class_weight=cw,
+                      verbose=0)
+    h_theirs = theirs.fit(x, labels, batch_size=8, epochs=2, shuffle=False, class_weight=cw,
+                          verbose=0)
+    assert set(h_ours.history) == set(h_theirs.history) == {"loss", "accuracy",
+                                                            "weighted_accuracy"}
+    for key in h_theirs.history:
+        peer_close(h_ours.history[key], h_theirs.history[key], name=f"class_weight {key}")
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        peer_close(a, b, name="class_weight weights")
+
+    def batches():
+        while True:
+            for i in range(0, n, 8):
+                yield x[i:i + 8], labels[i:i + 8]
+
+    class Batches(fl.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[i * 8:(i + 1) * 8], labels[i * 8:(i + 1) * 8]
+
+    ours.set_weights(start)
+    theirs.set_weights(start)
+    h_ours = ours.fit(batches(), steps_per_epoch=3, epochs=2, shuffle=False, verbose=0)
+    h_theirs = theirs.fit(batches(), steps_per_epoch=3, epochs=2, shuffle=False, verbose=0)
+    for key in h_theirs.history:
+        peer_close(h_ours.history[key], h_theirs.history[key], name=f"generator {key}")
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        peer_close(a, b, name="generator weights")
+    ours.set_weights(start)
+    h_pyd = ours.fit(Batches(), epochs=2, shuffle=False, verbose=0)
+    for key in h_theirs.history:
+        peer_close(h_pyd.history[key], h_theirs.history[key], name=f"PyDataset {key}")

@@ -193,12 +193,7 @@ def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
     for key in ("return_sequences", "return_state", "go_backwards", "stateful"):
         kw[key] = o.take_flag(key, False)
     o.require("time_major", False, "fastlstm layers take batch-major input")
-    zero = o.take_flag("zero_output_for_mask", False)
-    if zero and not (in_bidirectional and zero == kw["return_sequences"]):
-        raise ConversionError(
-            f"from_keras: {o.where} has zero_output_for_mask=True: fastlstm's recurrent layers "
-            "carry the previous output through masked steps (Keras's default); only "
-            "Bidirectional zeroes them")
+    kw["zero_output_for_mask"] = o.take_flag("zero_output_for_mask", False)
     for key in ("dropout", "recurrent_dropout"):
         rate = _real(o.take(key, 0.0), f"from_keras: {o.where} {key}")
         if rate and not ctx.drop:
@@ -916,6 +911,7 @@ def _to_keras_layer(keras, layer):
                   recurrent_dropout=layer.recurrent_dropout, seed=layer.seed,
                   return_sequences=layer.return_sequences, return_state=layer.return_state,
                   go_backwards=layer.go_backwards, stateful=layer.stateful, unroll=layer.unroll,
+                  zero_output_for_mask=layer.zero_output_for_mask,
                   name=layer.name, trainable=layer.trainable, dtype=dtype)
         if kind in ("LSTM", "GRU"):
             kw["recurrent_activation"] = _keras_activation(layer.recurrent_activation, where)

@@ -12,8 +12,8 @@ Masks: ONNX's ``sequence_lens`` covers only trailing padding. ``Masking`` and
 following recurrent node, so a masked model exports exactly when every row's padding is at
 its end (post-padding; Keras's ``pad_sequences(padding="post")``). Steps past a row's length
 then match fastlstm: a one-directional ``return_sequences`` layer repeats its last valid
-output (fastlstm carries it; exported with ``GatherElements``), Bidirectional outputs are
-zeros (as Keras and fastlstm), final states are those at the last valid step. Pre-padded
+output (fastlstm carries it; exported with ``GatherElements``), Bidirectional outputs and
+those of a layer with ``zero_output_for_mask=True`` are zeros (as Keras and fastlstm), final states are those at the last valid step. Pre-padded
 rows give different results: ONNX has no way to skip leading steps.
 """
 from __future__ import annotations
@@ -300,12 +300,18 @@ def _export_recurrent(b, layer, flow, where, outputs):
                 if Y_c is not None:
                     outputs.append(b.op("Gather", [Y_c, b.i64(d, "dir")], "state_c", axis=0))
         return new
+    zero = getattr(layer, "zero_output_for_mask", False)
+    if zero and flow.lens is not None and not rs and not layer.go_backwards:
+        raise ConversionError(f"to_onnx: {where} has zero_output_for_mask=True and "
+                              "return_sequences=False under a mask: its output is zero for every "
+                              "row whose last step is padding, which the exported node cannot "
+                              "express; use return_sequences=True or zero_output_for_mask=False")
     if rs:
         y = b.squeeze(Y, [1], "y_tbh")
         if layer.go_backwards:
             y = b.reverse_time(y)            # fastlstm returns the steps in processing order
-        elif flow.lens is not None:
-            y = _carry_forward(b, y, flow.lens)
+        elif flow.lens is not None and not zero:
+            y = _carry_forward(b, y, flow.lens)   # (with zero_output_for_mask: ONNX's zeros)
         out = b.transpose(y, (1, 0, 2), "to_batch_major")
         new = _Flow(out, 3, flow.lens, flow.trailing and not layer.go_backwards)
     else:

@@ -123,6 +123,64 @@ class Gradients:
     weights: List[Any]                   # aligned with layer.get_weights()
 
 
+def check_input_shape(input_shape, input_dim=None, where="layer"):
+    """Keras's ``input_shape=`` / ``input_dim=`` layer arguments: the input shape without
+    the batch axis as a tuple (``None`` for an unknown size, e.g. timesteps), or None."""
+    if input_dim is not None:
+        if input_shape is not None:
+            raise ValueError(f"input_dim: {where} got both input_shape={input_shape!r} and "
+                             f"input_dim={input_dim!r}; give one")
+        return (check_positive_int("input_dim", input_dim),)
+    if input_shape is None:
+        return None
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, (tuple, list)):
+        raise TypeError(f"input_shape: expected a tuple without the batch axis such as "
+                        f"(timesteps, features), got {input_shape!r}")
+    shape = []
+    for d in input_shape:
+        if d is None:
+            shape.append(None)
+        elif isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise ValueError(f"input_shape: expected positive integers or None (without the "
+                             f"batch axis), got {tuple(input_shape)!r}")
+        else:
+            shape.append(int(d))
+    if not shape:
+        raise ValueError("input_shape: expected at least one axis besides the batch, got ()")
+    return tuple(shape)
+
+
+def _accepts_input_shape(init):
+    """``__init__`` that also takes Keras's ``input_shape=`` (and ``input_dim=``), as
+    Keras 2 code gives it to a model's first layer; a Sequential model builds itself for
+    ``(None, *input_shape)``. Nested ``super().__init__`` calls pass no such argument."""
+    import functools
+    import inspect
+
+    own = inspect.signature(init).parameters
+    if "input_shape" in own:
+        return init
+    if "input_dim" in own:              # Embedding: input_dim is its vocabulary size
+
+        @functools.wraps(init)
+        def __init__(self, *args, input_shape=None, **kwargs):
+            init(self, *args, **kwargs)
+            shape = check_input_shape(input_shape, None, type(self).__name__)
+            if shape is not None:
+                self._input_shape_arg = shape
+
+        return __init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, input_shape=None, input_dim=None, **kwargs):
+        init(self, *args, **kwargs)
+        shape = check_input_shape(input_shape, input_dim, type(self).__name__)
+        if shape is not None:
+            self._input_shape_arg = shape
+
+    return __init__
+
+
 class Layer:
     """Base class: holds weights as arrays of its device and builds them on first call."""
 
@@ -144,6 +202,8 @@ class Layer:
         super().__init_subclass__(**kw)
         if not abstract:
             Layer._registry[cls.__name__] = cls
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _accepts_input_shape(cls.__dict__["__init__"])
 
     def __init__(self, name=None, dtype="float32", trainable=True):
         self.dtype = check_dtype(dtype)
@@ -266,7 +326,18 @@ class Layer:
 
     # -- configuration -------------------------------------------------------------------
     def get_config(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
+        cfg = {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
+        if getattr(self, "_input_shape_arg", None) is not None:
+            cfg["input_shape"] = list(self._input_shape_arg)
+        return cfg
+
+    # -- states (Keras 3's name beside the Keras 2 one) ----------------------------------
+    def reset_state(self, rows=None):
+        """Keras 3's name for :meth:`reset_states` (the same method)."""
+        reset = getattr(self, "reset_states", None)
+        if reset is None:
+            raise AttributeError(f"{self.name}: {type(self).__name__} carries no states to reset")
+        return reset(rows) if rows is not None else reset()
 
     @classmethod
     def from_config(cls, config: dict):

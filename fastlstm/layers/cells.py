@@ -21,7 +21,7 @@ from .base import Gradients, Layer, as_float_array, check_bool, check_training
 from .recurrent import GRU, LSTM, SimpleRNN
 
 _LAYER_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "name",
-               "trainable", "unroll")
+               "trainable", "unroll", "zero_output_for_mask")
 
 
 class _BuiltinCell:
@@ -94,7 +94,8 @@ class RNN(Layer):
     stateful=False)`` with Keras semantics; see the module docstring."""
 
     def __init__(self, cell, return_sequences=False, return_state=False, go_backwards=False,
-                 stateful=False, dtype=None, name=None, trainable=True, unroll=False):
+                 stateful=False, dtype=None, name=None, trainable=True, unroll=False,
+                 zero_output_for_mask=False):
         cells = list(cell) if isinstance(cell, (list, tuple)) else [cell]
         if not cells:
             raise ValueError("cell: expected a cell or a non-empty list of cells, got []")
@@ -112,6 +113,7 @@ class RNN(Layer):
         self.go_backwards = check_bool("go_backwards", go_backwards)
         self.stateful = check_bool("stateful", stateful)
         self.unroll = check_bool("unroll", unroll)
+        self.zero_output_for_mask = check_bool("zero_output_for_mask", zero_output_for_mask)
         self.compiled = all(builtin)
         if any(builtin) and not self.compiled:
             raise ValueError("cell: a stack cannot mix built-in and user-defined cells")
@@ -178,7 +180,8 @@ class RNN(Layer):
         cfg.update(cell=[{"class_name": type(c).__name__, "config": c.get_config()}
                          for c in self.cells],
                    return_sequences=self.return_sequences, return_state=self.return_state,
-                   go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll)
+                   go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
+                   zero_output_for_mask=self.zero_output_for_mask)
         return cfg
 
     @classmethod
@@ -278,8 +281,12 @@ class RNN(Layer):
             states += fin
             if k == 0 and self.go_backwards and m is not None:
                 m = np.ascontiguousarray(np.asarray(m)[:, ::-1])   # later cells see reversed order
+        om = None
+        if self.zero_output_for_mask and m is not None:     # m: the mask in step order
+            om = (np.asarray(m) != 0)[:, :, None].astype(self.dtype)
+            h = h * om
         if train:
-            return h, states, backprops
+            return h, states, backprops, om
         return h, states
 
     def forward_train(self, x, mask=None, initial_state=None):
@@ -288,7 +295,7 @@ class RNN(Layer):
             self.build(x.shape)
         if not self.compiled:
             return self._python_train(x, mask, initial_state)
-        y, states, backprops = self._compiled(x, mask, initial_state, True, train=True)
+        y, states, backprops, om = self._compiled(x, mask, initial_state, True, train=True)
         if self.stateful:
             self.states = [np.array(s) for s in states]
         outputs = self._outputs(y, states)
@@ -303,6 +310,8 @@ class RNN(Layer):
                 full = np.zeros((x.shape[0], T, y.shape[2]), self.dtype)
                 full[:, -1] = dy
                 dy = full
+            if dy is not None and om is not None:
+                dy = dy * om
             weight_grads, init_grads, pos = [], [], len(states)
             for (bp, had_state), c in reversed(list(zip(backprops, self.cells))):
                 n = len(_state_sizes(c))
@@ -341,7 +350,7 @@ class RNN(Layer):
                 keep = m[:, t][:, None]
                 new_cells = [[np.where(keep, n, o) for n, o in zip(nc, oc)]
                              for nc, oc in zip(new_cells, per_cell)]
-                prev = np.zeros_like(h) if prev is None else prev
+                prev = np.zeros_like(h) if prev is None or self.zero_output_for_mask else prev
                 h = np.where(keep, h, prev)
             per_cell, prev = new_cells, h
             ys.append(h)

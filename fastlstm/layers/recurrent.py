@@ -54,7 +54,7 @@ class RecurrentLayer(Layer, abstract=True):
                  bias_regularizer=None, activity_regularizer=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
-                 unroll=False):
+                 unroll=False, zero_output_for_mask=False):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         self.units = check_positive_int("units", units)
         self.activation = activations.get(activation, "activation")
@@ -75,6 +75,7 @@ class RecurrentLayer(Layer, abstract=True):
         self.go_backwards = check_bool("go_backwards", go_backwards)
         self.stateful = check_bool("stateful", stateful)
         self.unroll = check_bool("unroll", unroll)   # accepted for Keras parity; no effect
+        self.zero_output_for_mask = check_bool("zero_output_for_mask", zero_output_for_mask)
         self.states = None
         self.last_activity_loss = 0.0
         self._step_plan = None      # the compiled step() bound to the weights (fastlstm._step)
@@ -276,6 +277,17 @@ class RecurrentLayer(Layer, abstract=True):
             return [out] + list(states)
         return out
 
+    def _output_mask(self, mt, y):
+        """With ``zero_output_for_mask`` and a mask: the mask of the op's output ``y`` in step
+        order as a float array that multiplies it (``(T, B, 1)`` for a sequence, ``(B, 1)``
+        for the last output: Keras zeroes that too when the row's last step is masked);
+        None otherwise. The states are not touched: they carry through masked steps."""
+        if not self.zero_output_for_mask or mt is None:
+            return None
+        steps = mt[::-1] if self.go_backwards else mt      # (T, B), step order
+        m = steps[..., None] if y.ndim == 3 else steps[-1][:, None]
+        return m.astype(self.dtype)
+
     def _remember(self, states):
         if self.stateful:
             self.states = [s.copy() for s in states]
@@ -286,6 +298,9 @@ class RecurrentLayer(Layer, abstract=True):
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training)
         with devices.backend_context(self.device):
             y, final, _ = self._run(xt, states, mt, idm, rdm, training=False)
+        om = self._output_mask(mt, y)
+        if om is not None:
+            y = y * om
         self._remember(final)
         return self._outputs(y, final)
 
@@ -299,6 +314,9 @@ class RecurrentLayer(Layer, abstract=True):
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True)
         with devices.backend_context(self.device):
             y, final, cache = self._run(xt, states, mt, idm, rdm, training=True)
+        om = self._output_mask(mt, y)
+        if om is not None:
+            y = y * om              # a new array: the op's own output stays as backward reads it
         self._remember(final)
         outputs = self._outputs(y, final)
         out = outputs[0] if self.return_state else outputs
@@ -332,6 +350,8 @@ class RecurrentLayer(Layer, abstract=True):
                 dy = act_grad if dy is None else dy + act_grad
             if dy is not None and self.return_sequences:
                 dy = dy.transpose(1, 0, 2)        # time-major; the ops copy it if they must
+            if dy is not None and om is not None:
+                dy = dy * om                      # masked steps' outputs are constants (zero)
             if self.device != "cpu":      # the ops check them; only the device is ours
                 dstates = [None if d is None else devices.to_device(d, self.device)
                            for d in dstates]
@@ -424,7 +444,8 @@ class RecurrentLayer(Layer, abstract=True):
             activity_regularizer=_serialize_regularizer(self.activity_regularizer),
             dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, seed=self.seed,
             return_sequences=self.return_sequences, return_state=self.return_state,
-            go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll)
+            go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
+            zero_output_for_mask=self.zero_output_for_mask)
         return cfg
 
 
@@ -447,7 +468,7 @@ class LSTM(RecurrentLayer):
                  dropout=0.0, recurrent_dropout=0.0, seed=None, return_sequences=False,
                  return_state=False, go_backwards=False, stateful=False, dtype="float32",
                  use_peepholes=False, coupled_input_forget=False, peephole_initializer="zeros",
-                 name=None, trainable=True, unroll=False):
+                 name=None, trainable=True, unroll=False, zero_output_for_mask=False):
         super().__init__(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -456,7 +477,8 @@ class LSTM(RecurrentLayer):
             activity_regularizer=activity_regularizer, dropout=dropout,
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
-            name=name, trainable=trainable, unroll=unroll)
+            name=name, trainable=trainable, unroll=unroll,
+            zero_output_for_mask=zero_output_for_mask)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         self.use_peepholes = check_bool("use_peepholes", use_peepholes)
@@ -533,7 +555,7 @@ class GRU(RecurrentLayer):
                  bias_regularizer=None, activity_regularizer=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, reset_after=True, dtype="float32",
-                 name=None, trainable=True, unroll=False):
+                 name=None, trainable=True, unroll=False, zero_output_for_mask=False):
         super().__init__(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -542,7 +564,8 @@ class GRU(RecurrentLayer):
             activity_regularizer=activity_regularizer, dropout=dropout,
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
-            name=name, trainable=trainable, unroll=unroll)
+            name=name, trainable=trainable, unroll=unroll,
+            zero_output_for_mask=zero_output_for_mask)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.reset_after = check_bool("reset_after", reset_after)
 

@@ -7,7 +7,8 @@ Keras semantics, kept exactly:
   wrapped instance's weights are not reused; weights are ordered forward then backward;
 - with ``return_sequences`` the backward copy's output (in its own step order, i.e. reversed)
   is flipped back to input order before merging, and masked timesteps of both directions are
-  zeros (Keras forces ``zero_output_for_mask`` there); without it the last outputs merge;
+  zeros: as Keras, the wrapper sets both copies' ``zero_output_for_mask`` to their
+  ``return_sequences`` (whatever the wrapped layer had); without it the last outputs merge;
 - ``merge_mode``: ``"concat"`` (last axis), ``"sum"``, ``"mul"``, ``"ave"``, or ``None``
   (a list ``[forward, backward]``);
 - ``return_state``: ``[output(s)..., forward states..., backward states...]``;
@@ -61,6 +62,8 @@ class Bidirectional(Layer):
             raise ValueError(f"dtype: Bidirectional takes the dtype of its layer "
                              f"({layer.dtype.name}), got {dtype!r}")
         super().__init__(name=name, dtype=layer.dtype, trainable=trainable)
+        if getattr(layer, "_input_shape_arg", None) is not None:    # LSTM(..., input_shape=)
+            self._input_shape_arg = layer._input_shape_arg
         self.forward_layer = _copy_layer(layer, "forward_" + _removeprefix(layer.name, "forward_"))
         if backward_layer is None:
             self.backward_layer = _copy_layer(
@@ -69,6 +72,8 @@ class Bidirectional(Layer):
         else:
             self.backward_layer = backward_layer
         self._verify()
+        for sub in (self.forward_layer, self.backward_layer):      # Keras forces it so
+            sub.zero_output_for_mask = sub.return_sequences
         self.merge_mode = merge_mode
         self.last_activity_loss = 0.0
         if self.backward_layer.device != self.forward_layer.device:
@@ -211,18 +216,6 @@ class Bidirectional(Layer):
                              f"layer's {n} states, then the backward layer's {n}), got {got}")
         return list(initial_state[:n]), list(initial_state[n:])
 
-    def _step_masks(self, x, mask):
-        """Masks in each direction's step order, (B, T, 1), for zeroing masked outputs."""
-        if mask is None or not self.return_sequences:
-            return None, None
-        m = np.asarray(devices.to_host(mask))
-        if m.ndim != 2:          # the sublayers check the shape and name it
-            return None, None
-        m = devices.to_device((m != 0)[:, :, None], self.device)
-        rev = m[:, ::-1]
-        return (rev if self.forward_layer.go_backwards else m,
-                rev if self.backward_layer.go_backwards else m)
-
     def _merge(self, y, y_rev):
         mode = self.merge_mode
         if mode == "concat":
@@ -235,16 +228,13 @@ class Bidirectional(Layer):
             return y * y_rev
         return [y, y_rev]
 
-    def _assemble(self, of, ob, mf, mb):
+    def _assemble(self, of, ob):
         """Outputs of the two layers -> (outputs, y, y_rev) as Keras returns them."""
         if self.return_state:
             y, sf = of[0], list(of[1:])
             yb, sb = ob[0], list(ob[1:])
         else:
             y, yb, sf, sb = of, ob, [], []
-        if mf is not None:
-            zero = self.dtype.type(0)
-            y, yb = self.xp.where(mf, y, zero), self.xp.where(mb, yb, zero)
         y_rev = self.xp.ascontiguousarray(yb[:, ::-1]) if self.return_sequences else yb
         merged = self._merge(y, y_rev)
         if self.return_state:
@@ -257,8 +247,7 @@ class Bidirectional(Layer):
         of = self.forward_layer(x, mask=mask, initial_state=fs, training=training)
         ob = self.backward_layer(x, mask=mask, initial_state=bs, training=training)
         self._record_shape()
-        mf, mb = self._step_masks(x, mask)
-        return self._assemble(of, ob, mf, mb)[0]
+        return self._assemble(of, ob)[0]
 
     def forward_train(self, x, mask=None, initial_state=None):
         """Training forward. ``backprop(d_out)`` takes gradients mirroring the outputs (None
@@ -270,8 +259,7 @@ class Bidirectional(Layer):
         self._record_shape()
         self.last_activity_loss = (self.forward_layer.last_activity_loss
                                    + self.backward_layer.last_activity_loss)
-        mf, mb = self._step_masks(x, mask)
-        outputs, y, y_rev = self._assemble(of, ob, mf, mb)
+        outputs, y, y_rev = self._assemble(of, ob)
         n_states = len(self.forward_layer.state_names)
         n_out = 2 if self.merge_mode is None else 1
 
@@ -292,11 +280,6 @@ class Bidirectional(Layer):
                 dy, dy_rev = self._unmerge(d_head[0], y, y_rev)
             if dy_rev is not None and self.return_sequences:
                 dy_rev = dy_rev[:, ::-1]
-            if mf is not None:
-                zero = self.dtype.type(0)
-                dy = None if dy is None else self.xp.where(mf, devices.to_device(dy, self.device), zero)
-                dy_rev = (None if dy_rev is None
-                          else self.xp.where(mb, devices.to_device(dy_rev, self.device), zero))
             gf = back_f([dy] + d_sf if self.return_state else dy)
             gb = back_b([dy_rev] + d_sb if self.return_state else dy_rev)
             init = None

@@ -23,5 +23,7 @@ products over all T*B rows.
 
 Masking follows Keras (``zero_output_for_mask=False``): at a masked step the state (h, c)
 is carried unchanged and the output repeats the previous step's output; before a row's
-first unmasked step that output is zero, while the state is the initial state.
+first unmasked step that output is zero, while the state is the initial state. The layers'
+``zero_output_for_mask=True`` is not an op option: the layer multiplies the op's output (and
+the output's gradient) by the mask afterwards.
 """
