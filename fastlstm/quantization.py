@@ -21,6 +21,8 @@ import numpy as np
 from .backends.oracle import lowp as _oracle
 
 PRECISIONS = ("int8", "bfloat16")
+#: the depth (rows of W) up to which int8 products accumulate exactly in int32 (src_c/lowp.h)
+INT8_MAX_DEPTH = 131072
 _KIND = {"int8": 1, "bfloat16": 2}          # FL_Q_INT8, FL_Q_BF16 of src_c/lowp.h
 
 __all__ = ["quantize", "QuantizedMatrix", "QuantizedTable", "PRECISIONS"]
@@ -68,6 +70,9 @@ class QuantizedMatrix:
             raise TypeError(f"values: {self.precision} weights are {np.dtype(want).name}, got "
                             f"{values.dtype}")
         if self.precision == "int8":
+            if values.shape[0] > INT8_MAX_DEPTH:     # the int32 sums stay exact below it
+                raise ValueError(f"values: int8 products take at most {INT8_MAX_DEPTH} rows "
+                                 f"(inputs or units), got {values.shape[0]}")
             scale = np.ascontiguousarray(scale, dtype=np.float32)
             if scale.shape != (values.shape[1],):
                 raise ValueError(f"scale: expected shape ({values.shape[1]},), got {scale.shape}")

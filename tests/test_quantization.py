@@ -230,6 +230,8 @@ def test_quantized_matrix_rounding_rules():
         QuantizedMatrix.from_float(W, "int4")
     with pytest.raises(TypeError, match="column blocks"):
         q[1:3]
+    with pytest.raises(ValueError, match="at most 131072 rows"):
+        QuantizedMatrix("int8", np.zeros((131073, 1), np.int8), np.ones(1, np.float32))
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
