@@ -317,6 +317,91 @@ FL_Q_TGT_512 FL_Q_INLINE void fl_q8_store512(__m512i cols, float sam, __m512 sc,
     _mm512_mask_storeu_ps(c, mk, r);
 }
 
+/* --- Rows of A quantized / rounded with AVX-512: the same numbers as fl_q_fill_rows (max is
+ * exact in any order; one float32 multiply; vcvtps2dq rounds half to even, as lrintf in the
+ * default rounding mode; the bf16 rounding is the same integer arithmetic) --- */
+FL_Q_TGT_512 static int fl_q8_row_scale_512(int K, const float *a, float *inv, float *sa) {
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512 big = _mm512_set1_ps(FLT_MAX);
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    float amax;
+    int k;
+    for (k = 0; k < K; k += 16) {
+        const __mmask16 mk = fl_q_mask16(K - k);
+        const __m512 x = _mm512_castsi512_ps(
+            _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(mk, a + k)), absmask));
+        bad |= _mm512_cmp_ps_mask(x, big, _CMP_NLE_UQ);
+        vmax = _mm512_max_ps(vmax, x);
+    }
+    if (bad) {
+        *sa = NAN;
+        return 0;
+    }
+    amax = _mm512_reduce_max_ps(vmax);
+    if (amax == 0.0f) {
+        *sa = 0.0f;
+        return 0;
+    }
+    *inv = 127.0f / amax;
+    if (!(*inv <= FLT_MAX)) {
+        *sa = 0.0f;
+        return 0;
+    }
+    *sa = amax / 127.0f;
+    return 1;
+}
+
+FL_Q_TGT_512 static __m512i fl_q_bf16_512(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __mmask16 zero = _mm512_cmpeq_epi32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7f800000)), _mm512_setzero_si512());
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
+    r = _mm512_mask_mov_epi32(r, zero, _mm512_and_si512(hi, _mm512_set1_epi32(0x8000)));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x0040)));
+}
+
+FL_Q_TGT_512 static void fl_q_fill_rows_512(int fmt, int m, int K, int Kp, const float *A,
+                                            long lda, unsigned char *buf, long arow,
+                                            float *sa) {
+    int i, k;
+    float inv = 0.0f;
+    for (i = 0; i < m; i++) {
+        const float *a = A + (long)i * lda;
+        unsigned char *row = buf + (long)i * arow;
+        if (fmt == FMT_U8 || fmt == FMT_I16) {
+            const int ok = fl_q8_row_scale_512(K, a, &inv, sa + i);
+            const __m512 vinv = _mm512_set1_ps(inv);
+            for (k = 0; k < Kp; k += 16) {
+                const __mmask16 mk = fl_q_mask16(Kp - k);
+                __m512i q = _mm512_setzero_si512();
+                if (ok)
+                    q = _mm512_cvtps_epi32(_mm512_mul_ps(
+                        _mm512_maskz_loadu_ps(fl_q_mask16(K - k), a + k), vinv));
+                if (fmt == FMT_U8)
+                    _mm512_mask_cvtepi32_storeu_epi8(
+                        row + k, mk, _mm512_add_epi32(q, _mm512_set1_epi32(128)));
+                else
+                    _mm512_mask_cvtepi32_storeu_epi16(row + 2 * k, mk, q);
+            }
+        } else {
+            for (k = 0; k < Kp; k += 16) {
+                const __mmask16 mk = fl_q_mask16(Kp - k);
+                const __m512i r = fl_q_bf16_512(_mm512_maskz_loadu_ps(fl_q_mask16(K - k), a + k));
+                if (fmt == FMT_BF16)
+                    _mm512_mask_cvtepi32_storeu_epi16(row + 2 * k, mk, r);
+                else
+                    _mm512_mask_storeu_epi32(row + 4 * k, mk, _mm512_slli_epi32(r, 16));
+            }
+        }
+    }
+}
+
 /* Each (rows, blocks) shape of a tile is two functions of its own: the loop over K (BODY_k,
  * accumulators to t once at the end) and the epilogue (BODY_e, from t). With both in one
  * function, or all shapes in one switch, GCC moved and spilled accumulators inside the
@@ -787,7 +872,7 @@ void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1
     unsigned char *heap = NULL, *buf;
     fl_q_variant v;
     long G, Kp, arow, bstride, cap;
-    int K, rb, r0, m0, jb;
+    int K, rb, r0, m0, jb, level;
     if (W == NULL || M <= 0 || j0 < 0 || (j0 & 15) != 0) return;
     if (j1 > W->N) j1 = W->N;
     if (j1 <= j0) return;
@@ -797,7 +882,8 @@ void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1
         fl_q_fill_cols(M, j0, j1, bias, beta, C, ldc, 0);
         return;
     }
-    v = fl_q_pick(W->kind, fl_q_level(W->kind));
+    level = fl_q_level(W->kind);
+    v = fl_q_pick(W->kind, level);
     G = fl_q_groups(W->kind, K);
     Kp = W->kind == FL_Q_INT8 ? 4 * G : 2 * G;
     arow = (Kp * v.elem + 63) / 64 * 64;
@@ -821,7 +907,12 @@ void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1
     if (rb > v.mrmax) rb -= rb % v.mrmax;
     for (r0 = 0; r0 < M; r0 += rb) {
         const int mb = M - r0 < rb ? M - r0 : rb;
-        fl_q_fill_rows(v.fmt, mb, K, (int)Kp, A + (long)r0 * lda, lda, buf, arow, sa);
+#if FL_Q_X86
+        if (level >= 2)
+            fl_q_fill_rows_512(v.fmt, mb, K, (int)Kp, A + (long)r0 * lda, lda, buf, arow, sa);
+        else
+#endif
+            fl_q_fill_rows(v.fmt, mb, K, (int)Kp, A + (long)r0 * lda, lda, buf, arow, sa);
         for (jb = j0; jb < j1; jb += 16 * v.nbmax) {
             const int ncols = j1 - jb < 16 * v.nbmax ? j1 - jb : 16 * v.nbmax;
             const int nb = (ncols + 15) / 16;
