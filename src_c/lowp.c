@@ -721,12 +721,16 @@ static const fl_q_shape_fn fl_b16_f512[7][5] = FL_Q_TABLE4(fl_b16_f512, FL_Q_PTR
 FL_Q_TGT_AVX2 FL_Q_INLINE void fl_b16_avx2_body(const int MR,
         const unsigned char *abuf, long arow, const unsigned char *wp, long G,
         const float *bias, int beta, float *C, long ldc, int ncols) {
-    __m256 acc[4][2];
+    /* At one or two rows the odd and even k accumulate apart (S = 2): twice the chains of
+     * dependent FMAs, which otherwise bound the one-row product. */
+    const int S = MR <= 2 ? 2 : 1;
+    __m256 acc[4][2][2];
     const __m256i himask = _mm256_set1_epi32((int)0xFFFF0000u);
     long g;
     int m, h;
 #pragma GCC unroll 4
-    for (m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    for (m = 0; m < MR; m++)
+        acc[m][0][0] = acc[m][0][1] = acc[m][1][0] = acc[m][1][1] = _mm256_setzero_ps();
     for (g = 0; g < G; g++) {
         __m256 we[2], wo[2];
 #pragma GCC unroll 2
@@ -741,8 +745,8 @@ FL_Q_TGT_AVX2 FL_Q_INLINE void fl_b16_avx2_body(const int MR,
             const __m256 a0 = _mm256_set1_ps(a[0]), a1 = _mm256_set1_ps(a[1]);
 #pragma GCC unroll 2
             for (h = 0; h < 2; h++) {
-                acc[m][h] = _mm256_fmadd_ps(a1, wo[h], acc[m][h]);
-                acc[m][h] = _mm256_fmadd_ps(a0, we[h], acc[m][h]);
+                acc[m][h][0] = _mm256_fmadd_ps(a1, wo[h], acc[m][h][0]);
+                acc[m][h][S - 1] = _mm256_fmadd_ps(a0, we[h], acc[m][h][S - 1]);
             }
         }
     }
@@ -751,7 +755,7 @@ FL_Q_TGT_AVX2 FL_Q_INLINE void fl_b16_avx2_body(const int MR,
         for (h = 0; h < 2 && 8 * h < ncols; h++) {
             const __m256i mk = fl_q8_mask8(ncols - 8 * h);
             float *c = C + m * ldc + 8 * h;
-            __m256 r = acc[m][h];
+            __m256 r = S == 2 ? _mm256_add_ps(acc[m][h][0], acc[m][h][1]) : acc[m][h][0];
             if (beta) r = _mm256_add_ps(r, _mm256_maskload_ps(c, mk));
             if (bias != NULL) r = _mm256_add_ps(r, _mm256_maskload_ps(bias + 8 * h, mk));
             _mm256_maskstore_ps(c, mk, r);
@@ -874,10 +878,16 @@ void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1
     long G, Kp, arow, bstride, cap;
     int K, rb, r0, m0, jb, level;
     if (W == NULL || M <= 0 || j0 < 0 || (j0 & 15) != 0) return;
+    if (W->kind != FL_Q_INT8 && W->kind != FL_Q_BF16) return;
     if (j1 > W->N) j1 = W->N;
     if (j1 <= j0) return;
     K = W->K;
     beta = beta != 0;
+    if (K > 0 && (W->packed == NULL ||
+                  (W->kind == FL_Q_INT8 && (W->scale == NULL || W->comp == NULL)))) {
+        fl_q_fill_cols(M, j0, j1, NULL, 0, C, ldc, 1);     /* no weight: NaN, not a crash */
+        return;
+    }
     if (K <= 0) {
         fl_q_fill_cols(M, j0, j1, bias, beta, C, ldc, 0);
         return;

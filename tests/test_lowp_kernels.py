@@ -423,6 +423,9 @@ def test_bad_arguments():
         _lowp.pack([[1, 2]])
     with pytest.raises(ValueError, match="kind"):
         _lowp.packed_bytes(0, 3, 3)
+    with pytest.raises(ValueError, match="a:"):
+        raw = np.zeros(3 * 8 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(3, 8)
+        g(a=raw)
     # what is accepted: strided rows of a and out, out of another array's rows
     out = np.zeros((3, 30), np.float32)[:, :20]
     g(a=np.zeros((3, 11), np.float32)[:, 2:10], out=out)
