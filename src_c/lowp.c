@@ -237,16 +237,17 @@ static void fl_q8_tile_c(int mr, int nb, const unsigned char *abuf, long arow,
         const int16_t *a = (const int16_t *)(abuf + m * arow);
         for (b = 0; b < nb; b++) {
             const int8_t *w = (const int8_t *)(wp + b * bstride);
-            int32_t acc[16] = {0};
+            uint32_t acc[16] = {0};     /* sums modulo 2^32, as the vector variants' */
             const int n = ncols - 16 * b < 16 ? ncols - 16 * b : 16;
             for (g = 0; g < G; g++)
                 for (c = 0; c < 16; c++)
                     for (r = 0; r < 4; r++)
-                        acc[c] += (int32_t)a[4 * g + r] * (int32_t)w[g * 64 + 4 * c + r];
+                        acc[c] += (uint32_t)((int32_t)a[4 * g + r] *
+                                             (int32_t)w[g * 64 + 4 * c + r]);
             for (c = 0; c < n; c++) {
                 const long j = 16 * b + c;
                 const float d = sa[m] * scale[j];
-                float v = fl_q_unfused((float)acc[c] * d);
+                float v = fl_q_unfused((float)(int32_t)acc[c] * d);
                 if (beta) v = v + C[m * ldc + j];
                 if (bias != NULL) v = v + bias[j];
                 C[m * ldc + j] = v;
