@@ -77,8 +77,8 @@ cdef object _vector(object v, str name, dtype, long n):
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {v.dtype}")
     if v.ndim != 1 or v.shape[0] != n:
         raise ValueError(f"{name}: expected shape ({n},), got {v.shape}")
-    if not v.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a contiguous array")
+    if not v.flags.c_contiguous or not v.flags.aligned:
+        raise ValueError(f"{name}: expected a contiguous, aligned array")
     return v
 
 
@@ -94,6 +94,8 @@ cdef long _row_stride(object x, str name, long ncols) except -1:
         raise ValueError(f"{name}: expected {ncols} columns, got shape {x.shape}")
     if x.shape[0] > 2**31 - 1:
         raise ValueError(f"{name}: too many rows ({x.shape[0]})")
+    if not x.flags.aligned:
+        raise ValueError(f"{name}: expected an aligned array (float32 on 4-byte boundaries)")
     if x.shape[0] == 0 or ncols == 0:
         return max(ncols, 1)
     if x.shape[1] > 1 and x.strides[1] != 4:

@@ -35,10 +35,13 @@ enum { FMT_U8 = 0,      /* int8 VNNI: q + 128 as uint8, K padded to 4 with 128 (
 /* A tile: rows [0, mr) of the buffer (row stride arow bytes) times nb column blocks of the
  * packed weight starting at wp (blocks bstride bytes apart, G groups each), into
  * C[0:mr, 0:ncols] (C, scale, comp and bias point at the tile's first column). */
-typedef void (*fl_q_tile_fn)(int mr, int nb, const unsigned char *abuf, long arow,
-                             const float *sa, const unsigned char *wp, long bstride, long G,
-                             const float *scale, const int32_t *comp, const float *bias,
-                             int beta, float *C, long ldc, int ncols);
+#define FL_Q_SHAPE_PARAMS const unsigned char *abuf, long arow, const float *sa,           \
+    const unsigned char *wp, long bstride, long G, const float *scale, const int32_t *comp, \
+    const float *bias, int beta, float *C, long ldc, int ncols
+#define FL_Q_TILE_PARAMS int mr, int nb, FL_Q_SHAPE_PARAMS
+/* A tile of a fixed shape (the SIMD variants: a table of them, [rows][blocks]). */
+typedef void (*fl_q_shape_fn)(FL_Q_SHAPE_PARAMS);
+typedef void (*fl_q_tile_fn)(FL_Q_TILE_PARAMS);
 
 static inline int32_t fl_q_ld32(const unsigned char *p) {
     int32_t v;
@@ -234,16 +237,17 @@ static void fl_q8_tile_c(int mr, int nb, const unsigned char *abuf, long arow,
         const int16_t *a = (const int16_t *)(abuf + m * arow);
         for (b = 0; b < nb; b++) {
             const int8_t *w = (const int8_t *)(wp + b * bstride);
-            int32_t acc[16] = {0};
+            uint32_t acc[16] = {0};     /* sums modulo 2^32, as the vector variants' */
             const int n = ncols - 16 * b < 16 ? ncols - 16 * b : 16;
             for (g = 0; g < G; g++)
                 for (c = 0; c < 16; c++)
                     for (r = 0; r < 4; r++)
-                        acc[c] += (int32_t)a[4 * g + r] * (int32_t)w[g * 64 + 4 * c + r];
+                        acc[c] += (uint32_t)((int32_t)a[4 * g + r] *
+                                             (int32_t)w[g * 64 + 4 * c + r]);
             for (c = 0; c < n; c++) {
                 const long j = 16 * b + c;
                 const float d = sa[m] * scale[j];
-                float v = fl_q_unfused((float)acc[c] * d);
+                float v = fl_q_unfused((float)(int32_t)acc[c] * d);
                 if (beta) v = v + C[m * ldc + j];
                 if (bias != NULL) v = v + bias[j];
                 C[m * ldc + j] = v;
@@ -302,6 +306,7 @@ FL_Q_TGT_512 FL_Q_INLINE __mmask16 fl_q_mask16(int n) {
     return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
 }
 
+
 /* int8 epilogue of one row and one block: cols (int32, q*Wq summed) -> C. */
 FL_Q_TGT_512 FL_Q_INLINE void fl_q8_store512(__m512i cols, float sam, __m512 sc, __m512 bi,
                                              int has_bias, int beta, float *c, __mmask16 mk) {
@@ -313,12 +318,122 @@ FL_Q_TGT_512 FL_Q_INLINE void fl_q8_store512(__m512i cols, float sam, __m512 sc,
     _mm512_mask_storeu_ps(c, mk, r);
 }
 
+/* --- Rows of A quantized / rounded with AVX-512: the same numbers as fl_q_fill_rows (max is
+ * exact in any order; one float32 multiply; vcvtps2dq rounds half to even, as lrintf in the
+ * default rounding mode; the bf16 rounding is the same integer arithmetic) --- */
+FL_Q_TGT_512 static int fl_q8_row_scale_512(int K, const float *a, float *inv, float *sa) {
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512 big = _mm512_set1_ps(FLT_MAX);
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    float amax;
+    int k;
+    for (k = 0; k < K; k += 16) {
+        const __mmask16 mk = fl_q_mask16(K - k);
+        const __m512 x = _mm512_castsi512_ps(
+            _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(mk, a + k)), absmask));
+        bad |= _mm512_cmp_ps_mask(x, big, _CMP_NLE_UQ);
+        vmax = _mm512_max_ps(vmax, x);
+    }
+    if (bad) {
+        *sa = NAN;
+        return 0;
+    }
+    amax = _mm512_reduce_max_ps(vmax);
+    if (amax == 0.0f) {
+        *sa = 0.0f;
+        return 0;
+    }
+    *inv = 127.0f / amax;
+    if (!(*inv <= FLT_MAX)) {
+        *sa = 0.0f;
+        return 0;
+    }
+    *sa = amax / 127.0f;
+    return 1;
+}
+
+FL_Q_TGT_512 static __m512i fl_q_bf16_512(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __mmask16 zero = _mm512_cmpeq_epi32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7f800000)), _mm512_setzero_si512());
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
+    r = _mm512_mask_mov_epi32(r, zero, _mm512_and_si512(hi, _mm512_set1_epi32(0x8000)));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x0040)));
+}
+
+FL_Q_TGT_512 static void fl_q_fill_rows_512(int fmt, int m, int K, int Kp, const float *A,
+                                            long lda, unsigned char *buf, long arow,
+                                            float *sa) {
+    int i, k;
+    float inv = 0.0f;
+    for (i = 0; i < m; i++) {
+        const float *a = A + (long)i * lda;
+        unsigned char *row = buf + (long)i * arow;
+        if (fmt == FMT_U8 || fmt == FMT_I16) {
+            const int ok = fl_q8_row_scale_512(K, a, &inv, sa + i);
+            const __m512 vinv = _mm512_set1_ps(inv);
+            for (k = 0; k < Kp; k += 16) {
+                const __mmask16 mk = fl_q_mask16(Kp - k);
+                __m512i q = _mm512_setzero_si512();
+                if (ok)
+                    q = _mm512_cvtps_epi32(_mm512_mul_ps(
+                        _mm512_maskz_loadu_ps(fl_q_mask16(K - k), a + k), vinv));
+                if (fmt == FMT_U8)
+                    _mm512_mask_cvtepi32_storeu_epi8(
+                        row + k, mk, _mm512_add_epi32(q, _mm512_set1_epi32(128)));
+                else
+                    _mm512_mask_cvtepi32_storeu_epi16(row + 2 * k, mk, q);
+            }
+        } else {
+            for (k = 0; k < Kp; k += 16) {
+                const __mmask16 mk = fl_q_mask16(Kp - k);
+                const __m512i r = fl_q_bf16_512(_mm512_maskz_loadu_ps(fl_q_mask16(K - k), a + k));
+                if (fmt == FMT_BF16)
+                    _mm512_mask_cvtepi32_storeu_epi16(row + 2 * k, mk, r);
+                else
+                    _mm512_mask_storeu_epi32(row + 4 * k, mk, _mm512_slli_epi32(r, 16));
+            }
+        }
+    }
+}
+
+/* Each (rows, blocks) shape of a tile is two functions of its own: the loop over K (BODY_k,
+ * accumulators to t once at the end) and the epilogue (BODY_e, from t). With both in one
+ * function, or all shapes in one switch, GCC moved and spilled accumulators inside the
+ * loop. A variant's table holds the shapes. */
+#define FL_Q_LOOP_ARGS abuf, arow, wp, bstride, G, t
+#define FL_Q_LOOP_PARAMS const unsigned char *abuf, long arow, const unsigned char *wp,      \
+    long bstride, long G, void *t
+#define FL_Q_SHAPE(TGT, BODY, MR, NB)                                                       \
+    TGT __attribute__((noinline)) static void BODY##_k_##MR##x##NB(FL_Q_LOOP_PARAMS) {     \
+        BODY##_k(MR, NB, FL_Q_LOOP_ARGS); }                                                 \
+    TGT __attribute__((noinline)) static void BODY##_##MR##x##NB(FL_Q_SHAPE_PARAMS) {       \
+        uint64_t t[FL_Q_MAXMR * 4 * 2 * 8 + 8];                                             \
+        void *ta = (void *)(((uintptr_t)t + 63) & ~(uintptr_t)63);                          \
+        BODY##_k_##MR##x##NB(abuf, arow, wp, bstride, G, ta);                               \
+        BODY##_e(MR, NB, ta, sa, scale, comp, bias, beta, C, ldc, ncols); }
+#define FL_Q_ROW2(TGT, BODY, MR) FL_Q_SHAPE(TGT, BODY, MR, 1) FL_Q_SHAPE(TGT, BODY, MR, 2)
+#define FL_Q_ROW4(TGT, BODY, MR) FL_Q_ROW2(TGT, BODY, MR)                                   \
+    FL_Q_SHAPE(TGT, BODY, MR, 3) FL_Q_SHAPE(TGT, BODY, MR, 4)
+#define FL_Q_PTRS2(BODY, MR) {NULL, BODY##_##MR##x1, BODY##_##MR##x2, NULL, NULL}
+#define FL_Q_PTRS4(BODY, MR)                                                                \
+    {NULL, BODY##_##MR##x1, BODY##_##MR##x2, BODY##_##MR##x3, BODY##_##MR##x4}
+#define FL_Q_TABLE6(BODY, PTRS) {{NULL}, PTRS(BODY, 1), PTRS(BODY, 2), PTRS(BODY, 3),         \
+                                 PTRS(BODY, 4), PTRS(BODY, 5), PTRS(BODY, 6)}
+#define FL_Q_TABLE4(BODY, PTRS) {{NULL}, PTRS(BODY, 1), PTRS(BODY, 2), PTRS(BODY, 3),         \
+                                 PTRS(BODY, 4), {NULL}, {NULL}}
+
 /* --- int8, AVX512-VNNI: vpdpbusd on (q + 128) u8 x Wq s8, minus comp = 128 * sum Wq --- */
-FL_Q_TGT_VNNI FL_Q_INLINE void fl_q8_vnni_body(const int MR, const int NB,
-        const unsigned char *abuf, long arow, const float *sa, const unsigned char *wp,
-        long bstride, long G, const float *scale, const int32_t *comp, const float *bias,
-        int beta, float *C, long ldc, int ncols) {
+FL_Q_TGT_VNNI FL_Q_INLINE void fl_q8_vnni_k(const int MR, const int NB,
+                                            FL_Q_LOOP_PARAMS) {
     __m512i acc[FL_Q_MAXMR][4];
+    int32_t (*out)[4][16] = (int32_t (*)[4][16])t;
     long g;
     int m, b;
 #pragma GCC unroll 8
@@ -336,45 +451,33 @@ FL_Q_TGT_VNNI FL_Q_INLINE void fl_q8_vnni_body(const int MR, const int NB,
             for (b = 0; b < NB; b++) acc[m][b] = _mm512_dpbusd_epi32(acc[m][b], a, w[b]);
         }
     }
+#pragma GCC unroll 8
+    for (m = 0; m < MR; m++)
 #pragma GCC unroll 4
+        for (b = 0; b < NB; b++) _mm512_store_si512(out[m][b], acc[m][b]);
+}
+
+FL_Q_TGT_512 FL_Q_INLINE void fl_q8_vnni_e(const int MR, const int NB, const void *t,
+        const float *sa, const float *scale, const int32_t *comp, const float *bias,
+        int beta, float *C, long ldc, int ncols) {
+    const int32_t (*acc)[4][16] = (const int32_t (*)[4][16])t;
+    int m, b;
     for (b = 0; b < NB; b++) {
         const __mmask16 mk = fl_q_mask16(ncols - 16 * b);
         const __m512 sc = _mm512_maskz_loadu_ps(mk, scale + 16 * b);
         const __m512i cp = _mm512_maskz_loadu_epi32(mk, comp + 16 * b);
         const __m512 bi = bias != NULL ? _mm512_maskz_loadu_ps(mk, bias + 16 * b)
                                        : _mm512_setzero_ps();
-#pragma GCC unroll 8
         for (m = 0; m < MR; m++)
-            fl_q8_store512(_mm512_sub_epi32(acc[m][b], cp), sa[m], sc, bi, bias != NULL, beta,
-                           C + m * ldc + 16 * b, mk);
+            fl_q8_store512(_mm512_sub_epi32(_mm512_load_si512(acc[m][b]), cp), sa[m], sc, bi,
+                           bias != NULL, beta, C + m * ldc + 16 * b, mk);
     }
 }
 
-#define FL_Q_CASES6(BODY, ...)                                                              \
-    switch (mr * 8 + nb) {                                                                  \
-    case 011: BODY(1, 1, __VA_ARGS__); break; case 012: BODY(1, 2, __VA_ARGS__); break;     \
-    case 013: BODY(1, 3, __VA_ARGS__); break; case 014: BODY(1, 4, __VA_ARGS__); break;     \
-    case 021: BODY(2, 1, __VA_ARGS__); break; case 022: BODY(2, 2, __VA_ARGS__); break;     \
-    case 023: BODY(2, 3, __VA_ARGS__); break; case 024: BODY(2, 4, __VA_ARGS__); break;     \
-    case 031: BODY(3, 1, __VA_ARGS__); break; case 032: BODY(3, 2, __VA_ARGS__); break;     \
-    case 033: BODY(3, 3, __VA_ARGS__); break; case 034: BODY(3, 4, __VA_ARGS__); break;     \
-    case 041: BODY(4, 1, __VA_ARGS__); break; case 042: BODY(4, 2, __VA_ARGS__); break;     \
-    case 043: BODY(4, 3, __VA_ARGS__); break; case 044: BODY(4, 4, __VA_ARGS__); break;     \
-    case 051: BODY(5, 1, __VA_ARGS__); break; case 052: BODY(5, 2, __VA_ARGS__); break;     \
-    case 053: BODY(5, 3, __VA_ARGS__); break; case 054: BODY(5, 4, __VA_ARGS__); break;     \
-    case 061: BODY(6, 1, __VA_ARGS__); break; case 062: BODY(6, 2, __VA_ARGS__); break;     \
-    case 063: BODY(6, 3, __VA_ARGS__); break; case 064: BODY(6, 4, __VA_ARGS__); break;     \
-    default: break;                                                                         \
-    }
-
-#define FL_Q_TILE_ARGS abuf, arow, sa, wp, bstride, G, scale, comp, bias, beta, C, ldc, ncols
-#define FL_Q_TILE_PARAMS int mr, int nb, const unsigned char *abuf, long arow,              \
-    const float *sa, const unsigned char *wp, long bstride, long G, const float *scale,     \
-    const int32_t *comp, const float *bias, int beta, float *C, long ldc, int ncols
-
-FL_Q_TGT_VNNI static void fl_q8_tile_vnni(FL_Q_TILE_PARAMS) {
-    FL_Q_CASES6(fl_q8_vnni_body, FL_Q_TILE_ARGS)
-}
+FL_Q_ROW4(FL_Q_TGT_VNNI, fl_q8_vnni, 1) FL_Q_ROW4(FL_Q_TGT_VNNI, fl_q8_vnni, 2)
+FL_Q_ROW4(FL_Q_TGT_VNNI, fl_q8_vnni, 3) FL_Q_ROW4(FL_Q_TGT_VNNI, fl_q8_vnni, 4)
+FL_Q_ROW4(FL_Q_TGT_VNNI, fl_q8_vnni, 5) FL_Q_ROW4(FL_Q_TGT_VNNI, fl_q8_vnni, 6)
+static const fl_q_shape_fn fl_q8_vnni[7][5] = FL_Q_TABLE6(fl_q8_vnni, FL_Q_PTRS4);
 
 /* --- int8, AVX-512BW: q (int16) x Wq widened to int16, vpmaddwd (exact, no saturation) ---
  * Each block gives two accumulators: lo holds columns 0-7 and hi 8-15, each column as two
@@ -388,14 +491,11 @@ FL_Q_TGT_512 FL_Q_INLINE __m512i fl_q8_pairs512(__m512i lo, __m512i hi) {
                             _mm512_permutex2var_epi32(lo, io, hi));
 }
 
-FL_Q_TGT_512 FL_Q_INLINE void fl_q8_bw_body(const int MR, const int NB,
-        const unsigned char *abuf, long arow, const float *sa, const unsigned char *wp,
-        long bstride, long G, const float *scale, const int32_t *comp, const float *bias,
-        int beta, float *C, long ldc, int ncols) {
+FL_Q_TGT_512 FL_Q_INLINE void fl_q8_bw_k(const int MR, const int NB, FL_Q_LOOP_PARAMS) {
     __m512i lo[FL_Q_MAXMR][2], hi[FL_Q_MAXMR][2];
+    int32_t (*out)[2][2][16] = (int32_t (*)[2][2][16])t;      /* [m][b][lo, hi] */
     long g;
     int m, b;
-    (void)comp;
 #pragma GCC unroll 8
     for (m = 0; m < MR; m++)
 #pragma GCC unroll 4
@@ -418,33 +518,37 @@ FL_Q_TGT_512 FL_Q_INLINE void fl_q8_bw_body(const int MR, const int NB,
             }
         }
     }
+#pragma GCC unroll 8
+    for (m = 0; m < MR; m++)
 #pragma GCC unroll 4
+        for (b = 0; b < NB; b++) {
+            _mm512_store_si512(out[m][b][0], lo[m][b]);
+            _mm512_store_si512(out[m][b][1], hi[m][b]);
+        }
+}
+
+FL_Q_TGT_512 FL_Q_INLINE void fl_q8_bw_e(const int MR, const int NB, const void *t,
+        const float *sa, const float *scale, const int32_t *comp, const float *bias,
+        int beta, float *C, long ldc, int ncols) {
+    const int32_t (*acc)[2][2][16] = (const int32_t (*)[2][2][16])t;
+    int m, b;
+    (void)comp;
     for (b = 0; b < NB; b++) {
         const __mmask16 mk = fl_q_mask16(ncols - 16 * b);
         const __m512 sc = _mm512_maskz_loadu_ps(mk, scale + 16 * b);
         const __m512 bi = bias != NULL ? _mm512_maskz_loadu_ps(mk, bias + 16 * b)
                                        : _mm512_setzero_ps();
-#pragma GCC unroll 8
         for (m = 0; m < MR; m++)
-            fl_q8_store512(fl_q8_pairs512(lo[m][b], hi[m][b]), sa[m], sc, bi, bias != NULL,
-                           beta, C + m * ldc + 16 * b, mk);
+            fl_q8_store512(fl_q8_pairs512(_mm512_load_si512(acc[m][b][0]),
+                                          _mm512_load_si512(acc[m][b][1])),
+                           sa[m], sc, bi, bias != NULL, beta, C + m * ldc + 16 * b, mk);
     }
 }
 
-#define FL_Q_CASES6x2(BODY, ...)                                                            \
-    switch (mr * 8 + nb) {                                                                  \
-    case 011: BODY(1, 1, __VA_ARGS__); break; case 012: BODY(1, 2, __VA_ARGS__); break;     \
-    case 021: BODY(2, 1, __VA_ARGS__); break; case 022: BODY(2, 2, __VA_ARGS__); break;     \
-    case 031: BODY(3, 1, __VA_ARGS__); break; case 032: BODY(3, 2, __VA_ARGS__); break;     \
-    case 041: BODY(4, 1, __VA_ARGS__); break; case 042: BODY(4, 2, __VA_ARGS__); break;     \
-    case 051: BODY(5, 1, __VA_ARGS__); break; case 052: BODY(5, 2, __VA_ARGS__); break;     \
-    case 061: BODY(6, 1, __VA_ARGS__); break; case 062: BODY(6, 2, __VA_ARGS__); break;     \
-    default: break;                                                                         \
-    }
-
-FL_Q_TGT_512 static void fl_q8_tile_bw(FL_Q_TILE_PARAMS) {
-    FL_Q_CASES6x2(fl_q8_bw_body, FL_Q_TILE_ARGS)
-}
+FL_Q_ROW2(FL_Q_TGT_512, fl_q8_bw, 1) FL_Q_ROW2(FL_Q_TGT_512, fl_q8_bw, 2)
+FL_Q_ROW2(FL_Q_TGT_512, fl_q8_bw, 3) FL_Q_ROW2(FL_Q_TGT_512, fl_q8_bw, 4)
+FL_Q_ROW2(FL_Q_TGT_512, fl_q8_bw, 5) FL_Q_ROW2(FL_Q_TGT_512, fl_q8_bw, 6)
+static const fl_q_shape_fn fl_q8_bw[7][5] = FL_Q_TABLE6(fl_q8_bw, FL_Q_PTRS2);
 
 /* --- int8, AVX2: as AVX-512BW on 8-lane vectors; a block gives four accumulators, each
  * four columns as pairs of lanes. --- */
@@ -517,23 +621,12 @@ FL_Q_TGT_AVX2 static void fl_q8_tile_avx2(FL_Q_TILE_PARAMS) {
     }
 }
 
-/* --- bf16 epilogue (AVX-512): r = acc (+ C) (+ bias) --- */
-FL_Q_TGT_512 FL_Q_INLINE void fl_b16_store512(__m512 r, __m512 bi, int has_bias, int beta,
-                                              float *c, __mmask16 mk) {
-    if (beta) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mk, c));
-    if (has_bias) r = _mm512_add_ps(r, bi);
-    _mm512_mask_storeu_ps(c, mk, r);
-}
-
 /* --- bf16, AVX512_BF16: vdpbf16ps on pairs of k --- */
-FL_Q_TGT_BF16 FL_Q_INLINE void fl_b16_dot_body(const int MR, const int NB,
-        const unsigned char *abuf, long arow, const float *sa, const unsigned char *wp,
-        long bstride, long G, const float *scale, const int32_t *comp, const float *bias,
-        int beta, float *C, long ldc, int ncols) {
+FL_Q_TGT_BF16 FL_Q_INLINE void fl_b16_dot_k(const int MR, const int NB, FL_Q_LOOP_PARAMS) {
     __m512 acc[FL_Q_MAXMR][4];
+    float (*out)[4][16] = (float (*)[4][16])t;
     long g;
     int m, b;
-    (void)sa; (void)scale; (void)comp;
 #pragma GCC unroll 8
     for (m = 0; m < MR; m++)
 #pragma GCC unroll 4
@@ -550,31 +643,48 @@ FL_Q_TGT_BF16 FL_Q_INLINE void fl_b16_dot_body(const int MR, const int NB,
                 acc[m][b] = _mm512_dpbf16_ps(acc[m][b], (__m512bh)a, (__m512bh)w[b]);
         }
     }
+#pragma GCC unroll 8
+    for (m = 0; m < MR; m++)
 #pragma GCC unroll 4
+        for (b = 0; b < NB; b++) _mm512_store_ps(out[m][b], acc[m][b]);
+}
+
+/* bf16 epilogue (AVX-512): r = acc (+ C) (+ bias) */
+FL_Q_TGT_512 FL_Q_INLINE void fl_b16_e(const int MR, const int NB, const void *t,
+        const float *sa, const float *scale, const int32_t *comp, const float *bias,
+        int beta, float *C, long ldc, int ncols) {
+    const float (*acc)[4][16] = (const float (*)[4][16])t;
+    int m, b;
+    (void)sa; (void)scale; (void)comp;
     for (b = 0; b < NB; b++) {
         const __mmask16 mk = fl_q_mask16(ncols - 16 * b);
         const __m512 bi = bias != NULL ? _mm512_maskz_loadu_ps(mk, bias + 16 * b)
                                        : _mm512_setzero_ps();
-#pragma GCC unroll 8
-        for (m = 0; m < MR; m++)
-            fl_b16_store512(acc[m][b], bi, bias != NULL, beta, C + m * ldc + 16 * b, mk);
+        for (m = 0; m < MR; m++) {
+            float *c = C + m * ldc + 16 * b;
+            __m512 r = _mm512_load_ps(acc[m][b]);
+            if (beta) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mk, c));
+            if (bias != NULL) r = _mm512_add_ps(r, bi);
+            _mm512_mask_storeu_ps(c, mk, r);
+        }
     }
 }
+#define fl_b16_dot_e fl_b16_e
+#define fl_b16_f512_e fl_b16_e
 
-FL_Q_TGT_BF16 static void fl_b16_tile_dot(FL_Q_TILE_PARAMS) {
-    FL_Q_CASES6(fl_b16_dot_body, FL_Q_TILE_ARGS)
-}
+FL_Q_ROW4(FL_Q_TGT_BF16, fl_b16_dot, 1) FL_Q_ROW4(FL_Q_TGT_BF16, fl_b16_dot, 2)
+FL_Q_ROW4(FL_Q_TGT_BF16, fl_b16_dot, 3) FL_Q_ROW4(FL_Q_TGT_BF16, fl_b16_dot, 4)
+FL_Q_ROW4(FL_Q_TGT_BF16, fl_b16_dot, 5) FL_Q_ROW4(FL_Q_TGT_BF16, fl_b16_dot, 6)
+static const fl_q_shape_fn fl_b16_dot[7][5] = FL_Q_TABLE6(fl_b16_dot, FL_Q_PTRS4);
 
-/* --- bf16, AVX-512F: the bf16 pairs widened to float32 (shift / mask), two FMAs --- */
-FL_Q_TGT_512 FL_Q_INLINE void fl_b16_f512_body(const int MR, const int NB,
-        const unsigned char *abuf, long arow, const float *sa, const unsigned char *wp,
-        long bstride, long G, const float *scale, const int32_t *comp, const float *bias,
-        int beta, float *C, long ldc, int ncols) {
+/* --- bf16, AVX-512F: the bf16 pairs widened to float32 (shift / mask), two FMAs (odd k
+ * first, as vdpbf16ps) --- */
+FL_Q_TGT_512 FL_Q_INLINE void fl_b16_f512_k(const int MR, const int NB, FL_Q_LOOP_PARAMS) {
     __m512 acc[FL_Q_MAXMR][4];
+    float (*out)[4][16] = (float (*)[4][16])t;
     const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u);
     long g;
     int m, b;
-    (void)sa; (void)scale; (void)comp;
 #pragma GCC unroll 8
     for (m = 0; m < MR; m++)
 #pragma GCC unroll 4
@@ -598,44 +708,30 @@ FL_Q_TGT_512 FL_Q_INLINE void fl_b16_f512_body(const int MR, const int NB,
             }
         }
     }
-#pragma GCC unroll 4
-    for (b = 0; b < NB; b++) {
-        const __mmask16 mk = fl_q_mask16(ncols - 16 * b);
-        const __m512 bi = bias != NULL ? _mm512_maskz_loadu_ps(mk, bias + 16 * b)
-                                       : _mm512_setzero_ps();
 #pragma GCC unroll 8
-        for (m = 0; m < MR; m++)
-            fl_b16_store512(acc[m][b], bi, bias != NULL, beta, C + m * ldc + 16 * b, mk);
-    }
+    for (m = 0; m < MR; m++)
+#pragma GCC unroll 4
+        for (b = 0; b < NB; b++) _mm512_store_ps(out[m][b], acc[m][b]);
 }
 
-#define FL_Q_CASES4(BODY, ...)                                                              \
-    switch (mr * 8 + nb) {                                                                  \
-    case 011: BODY(1, 1, __VA_ARGS__); break; case 012: BODY(1, 2, __VA_ARGS__); break;     \
-    case 013: BODY(1, 3, __VA_ARGS__); break; case 014: BODY(1, 4, __VA_ARGS__); break;     \
-    case 021: BODY(2, 1, __VA_ARGS__); break; case 022: BODY(2, 2, __VA_ARGS__); break;     \
-    case 023: BODY(2, 3, __VA_ARGS__); break; case 024: BODY(2, 4, __VA_ARGS__); break;     \
-    case 031: BODY(3, 1, __VA_ARGS__); break; case 032: BODY(3, 2, __VA_ARGS__); break;     \
-    case 033: BODY(3, 3, __VA_ARGS__); break; case 034: BODY(3, 4, __VA_ARGS__); break;     \
-    case 041: BODY(4, 1, __VA_ARGS__); break; case 042: BODY(4, 2, __VA_ARGS__); break;     \
-    case 043: BODY(4, 3, __VA_ARGS__); break; case 044: BODY(4, 4, __VA_ARGS__); break;     \
-    default: break;                                                                         \
-    }
-
-FL_Q_TGT_512 static void fl_b16_tile_f512(FL_Q_TILE_PARAMS) {
-    FL_Q_CASES4(fl_b16_f512_body, FL_Q_TILE_ARGS)
-}
+FL_Q_ROW4(FL_Q_TGT_512, fl_b16_f512, 1) FL_Q_ROW4(FL_Q_TGT_512, fl_b16_f512, 2)
+FL_Q_ROW4(FL_Q_TGT_512, fl_b16_f512, 3) FL_Q_ROW4(FL_Q_TGT_512, fl_b16_f512, 4)
+static const fl_q_shape_fn fl_b16_f512[7][5] = FL_Q_TABLE4(fl_b16_f512, FL_Q_PTRS4);
 
 /* --- bf16, AVX2: likewise on 8-lane vectors, one block (two halves) at a time --- */
 FL_Q_TGT_AVX2 FL_Q_INLINE void fl_b16_avx2_body(const int MR,
         const unsigned char *abuf, long arow, const unsigned char *wp, long G,
         const float *bias, int beta, float *C, long ldc, int ncols) {
-    __m256 acc[4][2];
+    /* At one or two rows the odd and even k accumulate apart (S = 2): twice the chains of
+     * dependent FMAs, which otherwise bound the one-row product. */
+    const int S = MR <= 2 ? 2 : 1;
+    __m256 acc[4][2][2];
     const __m256i himask = _mm256_set1_epi32((int)0xFFFF0000u);
     long g;
     int m, h;
 #pragma GCC unroll 4
-    for (m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    for (m = 0; m < MR; m++)
+        acc[m][0][0] = acc[m][0][1] = acc[m][1][0] = acc[m][1][1] = _mm256_setzero_ps();
     for (g = 0; g < G; g++) {
         __m256 we[2], wo[2];
 #pragma GCC unroll 2
@@ -650,8 +746,8 @@ FL_Q_TGT_AVX2 FL_Q_INLINE void fl_b16_avx2_body(const int MR,
             const __m256 a0 = _mm256_set1_ps(a[0]), a1 = _mm256_set1_ps(a[1]);
 #pragma GCC unroll 2
             for (h = 0; h < 2; h++) {
-                acc[m][h] = _mm256_fmadd_ps(a1, wo[h], acc[m][h]);
-                acc[m][h] = _mm256_fmadd_ps(a0, we[h], acc[m][h]);
+                acc[m][h][0] = _mm256_fmadd_ps(a1, wo[h], acc[m][h][0]);
+                acc[m][h][S - 1] = _mm256_fmadd_ps(a0, we[h], acc[m][h][S - 1]);
             }
         }
     }
@@ -660,7 +756,7 @@ FL_Q_TGT_AVX2 FL_Q_INLINE void fl_b16_avx2_body(const int MR,
         for (h = 0; h < 2 && 8 * h < ncols; h++) {
             const __m256i mk = fl_q8_mask8(ncols - 8 * h);
             float *c = C + m * ldc + 8 * h;
-            __m256 r = acc[m][h];
+            __m256 r = S == 2 ? _mm256_add_ps(acc[m][h][0], acc[m][h][1]) : acc[m][h][0];
             if (beta) r = _mm256_add_ps(r, _mm256_maskload_ps(c, mk));
             if (bias != NULL) r = _mm256_add_ps(r, _mm256_maskload_ps(bias + 8 * h, mk));
             _mm256_maskstore_ps(c, mk, r);
@@ -732,25 +828,28 @@ void fl_q_force_level(int level) { fl_q_forced = level < 0 ? -1 : level; }
 /* One variant: its row format, tile shape limits and tile function. */
 typedef struct {
     int fmt, elem, mrmax, nbmax;
-    fl_q_tile_fn tile;
+    fl_q_tile_fn tile;                      /* shapes given at run time, or */
+    const fl_q_shape_fn (*shapes)[5];       /* a table of fixed shapes [mr][nb] */
 } fl_q_variant;
 
 static fl_q_variant fl_q_pick(int kind, int level) {
     fl_q_variant v;
     if (kind == FL_Q_INT8) {
         v.fmt = FMT_I16; v.elem = 2; v.mrmax = 4; v.nbmax = 1; v.tile = fl_q8_tile_c;
+        v.shapes = NULL;
 #if FL_Q_X86
         if (level >= 3) { v.fmt = FMT_U8; v.elem = 1; v.mrmax = 6; v.nbmax = 4;
-                          v.tile = fl_q8_tile_vnni; }
-        else if (level == 2) { v.mrmax = 6; v.nbmax = 2; v.tile = fl_q8_tile_bw; }
+                          v.shapes = fl_q8_vnni; }
+        else if (level == 2) { v.mrmax = 6; v.nbmax = 2; v.shapes = fl_q8_bw; }
         else if (level == 1) { v.mrmax = 2; v.nbmax = 4; v.tile = fl_q8_tile_avx2; }
 #endif
     } else {
         v.fmt = FMT_F32; v.elem = 4; v.mrmax = 4; v.nbmax = 1; v.tile = fl_b16_tile_c;
+        v.shapes = NULL;
 #if FL_Q_X86
         if (level >= 3) { v.fmt = FMT_BF16; v.elem = 2; v.mrmax = 6; v.nbmax = 4;
-                          v.tile = fl_b16_tile_dot; }
-        else if (level == 2) { v.mrmax = 4; v.nbmax = 4; v.tile = fl_b16_tile_f512; }
+                          v.shapes = fl_b16_dot; }
+        else if (level == 2) { v.mrmax = 4; v.nbmax = 4; v.shapes = fl_b16_f512; }
         else if (level == 1) { v.mrmax = 4; v.nbmax = 4; v.tile = fl_b16_tile_avx2; }
 #endif
     }
@@ -778,17 +877,24 @@ void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1
     unsigned char *heap = NULL, *buf;
     fl_q_variant v;
     long G, Kp, arow, bstride, cap;
-    int K, rb, r0, m0, jb;
+    int K, rb, r0, m0, jb, level;
     if (W == NULL || M <= 0 || j0 < 0 || (j0 & 15) != 0) return;
+    if (W->kind != FL_Q_INT8 && W->kind != FL_Q_BF16) return;
     if (j1 > W->N) j1 = W->N;
     if (j1 <= j0) return;
     K = W->K;
     beta = beta != 0;
+    if (K > 0 && (W->packed == NULL ||
+                  (W->kind == FL_Q_INT8 && (W->scale == NULL || W->comp == NULL)))) {
+        fl_q_fill_cols(M, j0, j1, NULL, 0, C, ldc, 1);     /* no weight: NaN, not a crash */
+        return;
+    }
     if (K <= 0) {
         fl_q_fill_cols(M, j0, j1, bias, beta, C, ldc, 0);
         return;
     }
-    v = fl_q_pick(W->kind, fl_q_level(W->kind));
+    level = fl_q_level(W->kind);
+    v = fl_q_pick(W->kind, level);
     G = fl_q_groups(W->kind, K);
     Kp = W->kind == FL_Q_INT8 ? 4 * G : 2 * G;
     arow = (Kp * v.elem + 63) / 64 * 64;
@@ -812,18 +918,28 @@ void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1
     if (rb > v.mrmax) rb -= rb % v.mrmax;
     for (r0 = 0; r0 < M; r0 += rb) {
         const int mb = M - r0 < rb ? M - r0 : rb;
-        fl_q_fill_rows(v.fmt, mb, K, (int)Kp, A + (long)r0 * lda, lda, buf, arow, sa);
+#if FL_Q_X86
+        if (level >= 2)
+            fl_q_fill_rows_512(v.fmt, mb, K, (int)Kp, A + (long)r0 * lda, lda, buf, arow, sa);
+        else
+#endif
+            fl_q_fill_rows(v.fmt, mb, K, (int)Kp, A + (long)r0 * lda, lda, buf, arow, sa);
         for (jb = j0; jb < j1; jb += 16 * v.nbmax) {
             const int ncols = j1 - jb < 16 * v.nbmax ? j1 - jb : 16 * v.nbmax;
             const int nb = (ncols + 15) / 16;
             const unsigned char *wp = (const unsigned char *)W->packed + (jb / 16) * bstride;
             for (m0 = 0; m0 < mb; m0 += v.mrmax) {
                 const int mr = mb - m0 < v.mrmax ? mb - m0 : v.mrmax;
-                v.tile(mr, nb, buf + m0 * arow, arow, sa + m0, wp, bstride, G,
-                       W->scale != NULL ? W->scale + jb : NULL,
-                       W->comp != NULL ? W->comp + jb : NULL,
-                       bias != NULL ? bias + jb : NULL, beta,
-                       C + (long)(r0 + m0) * ldc + jb, ldc, ncols);
+                const float *sc = W->scale != NULL ? W->scale + jb : NULL;
+                const int32_t *cp = W->comp != NULL ? W->comp + jb : NULL;
+                const float *bi = bias != NULL ? bias + jb : NULL;
+                float *c = C + (long)(r0 + m0) * ldc + jb;
+                if (v.shapes != NULL)
+                    v.shapes[mr][nb](buf + m0 * arow, arow, sa + m0, wp, bstride, G, sc, cp, bi,
+                                     beta, c, ldc, ncols);
+                else
+                    v.tile(mr, nb, buf + m0 * arow, arow, sa + m0, wp, bstride, G, sc, cp, bi,
+                           beta, c, ldc, ncols);
             }
         }
     }

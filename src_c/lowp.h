@@ -60,7 +60,9 @@ void fl_q_pack(int kind, int K, int N, const void *W, long ld, void *packed, int
    (+ bias[j0:j1] when bias != NULL). A is float32 [M,K], row stride lda. beta is 0 or 1.
    j0 is a multiple of 16 (or 0), j1 <= N (any). Single-threaded. No allocation for
    K <= 8192 (a stack buffer of quantized rows); beyond, one malloc freed before return (if
-   it fails, C[:, j0:j1] is set to NaN). K = 0: C = beta*C + bias (or 0). */
+   it fails, C[:, j0:j1] is set to NaN, as when W lacks packed, or scale or comp for int8).
+   K = 0: C = beta*C + bias (or 0). An unknown kind or a j0 not a multiple of 16 writes
+   nothing. */
 void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1,
                const float *bias, int beta, float *C, long ldc);
 int fl_q_level(int kind);            /* which variant runs now for that kind */

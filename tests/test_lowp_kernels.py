@@ -423,6 +423,9 @@ def test_bad_arguments():
         _lowp.pack([[1, 2]])
     with pytest.raises(ValueError, match="kind"):
         _lowp.packed_bytes(0, 3, 3)
+    with pytest.raises(ValueError, match="a:"):
+        raw = np.zeros(3 * 8 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(3, 8)
+        g(a=raw)
     # what is accepted: strided rows of a and out, out of another array's rows
     out = np.zeros((3, 30), np.float32)[:, :20]
     g(a=np.zeros((3, 11), np.float32)[:, 2:10], out=out)
@@ -464,3 +467,18 @@ def test_property_random_shapes(kind, level, M, K, N, beta, with_bias, lda_pad, 
                  zero_rows=[0] if seed % 7 == 0 else ())
     finally:
         _lowp.force_level(-1)
+
+
+def test_oracle_takes_nd_rows():
+    """The oracle's products take A [..., K] and return float32 [..., N], row by row the
+    same as the kernel's."""
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((2, 3, 20)).astype(np.float32)
+    for kind in KINDS:
+        w = Weight(kind, 20, 9, rng)
+        nd = (O.int8_matmul(A, w.Wq, w.scale) if kind == INT8
+              else O.bf16_matmul(A, w.bits))
+        assert nd.shape == (2, 3, 9) and nd.dtype == np.float32
+        flat = w.run(np.ascontiguousarray(A.reshape(6, 20)))
+        w.check(flat, A.reshape(6, 20))
+        w.check(nd.reshape(6, 9), A.reshape(6, 20))
