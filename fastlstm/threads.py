@@ -41,7 +41,7 @@ class KernelSettings:
 
     __slots__ = ("threads", "policy", "parallel_min_macs", "pipe_steps", "pipe_min_macs",
                  "direct_rows", "projections_on_blas", "cols_min_bytes", "infer_z_bytes",
-                 "infer_min_rows")
+                 "infer_min_rows", "calibrated_for", "fixed")
 
     def __init__(self):
         self.threads = 1
@@ -64,13 +64,22 @@ class KernelSettings:
         # but at least infer_min_rows rows (each packed block of W serves a few hundred).
         self.infer_z_bytes = 2 << 20
         self.infer_min_rows = 512
+        # pipe_min_macs and cols_min_bytes depend on the CPU: fastlstm.calibration times
+        # both ways at the first call for each thread count (calibrated_for: the count
+        # they were set for, -1 none yet) and sets those no setter fixed (fixed: names).
+        self.calibrated_for = -1
+        self.fixed = set()
 
 
 _settings = KernelSettings()
 
 
 def kernel_settings() -> KernelSettings:
-    """The settings the compiled kernels run with (the backend passes them to each call)."""
+    """The settings the compiled kernels run with (the backend passes them to each call),
+    calibrated for their thread count first (fastlstm.calibration: once per machine)."""
+    if _settings.calibrated_for != _settings.threads:
+        from . import calibration
+        calibration.apply(_settings)
     return _settings
 
 
@@ -134,9 +143,11 @@ def set_direct_rows(rows: int) -> None:
 
 def set_pipeline(steps: int, min_macs: float = 1 << 20) -> None:
     """Steps a block of the projection beside a few-row forward loop, and the least
-    projection work (multiply-adds) for it; min_macs < 0 turns it off."""
+    projection work (multiply-adds) for it; min_macs < 0 turns it off. Fixes the threshold:
+    calibration (fastlstm.calibration) no longer sets it."""
     _settings.pipe_steps = max(1, int(steps))
     _settings.pipe_min_macs = float(min_macs) if min_macs >= 0 else 1e300
+    _settings.fixed.add("pipe_min_macs")
 
 
 def set_projection_blas(on: bool) -> None:
@@ -146,8 +157,10 @@ def set_projection_blas(on: bool) -> None:
 
 
 def set_cols_min_bytes(nbytes: int) -> None:
-    """Recurrent kernel size from which one-row LSTM inference splits the units."""
+    """Recurrent kernel size from which one-row LSTM inference splits the units. Fixes the
+    threshold: calibration (fastlstm.calibration) no longer sets it."""
     _settings.cols_min_bytes = max(0, int(nbytes))
+    _settings.fixed.add("cols_min_bytes")
 
 
 def set_inference_chunk_bytes(nbytes: int, min_rows: int = 512) -> None:
