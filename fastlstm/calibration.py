@@ -1,19 +1,25 @@
 """Run-time calibration of the kernels' choices that depend on the CPU, at batch 1.
 
-Two choices of the one-row (and few-row) forward pass use a second thread, and whether that
-pays depends on how fast two cores hand work to each other, which differs between CPUs,
-vendors and virtual machines (bench/RESULTS.md, "Kernel thresholds"):
+Three choices of the one-row (and few-row) paths run faster one way or the other by CPU
+(bench/RESULTS.md, "Kernel thresholds"). Two use a second thread, and whether that pays
+depends on how fast two cores hand work to each other and on the speed of one core's own
+product, which differ between CPUs, vendors and virtual machines:
 
 - ``pipe_min_macs``: the input projection run beside the time loop on a second thread, a
   block of steps at a time (``driver.pxi: forward_pipelined``), or first;
 - ``cols_min_bytes``: one-row LSTM inference with its units split over the threads, one
-  barrier per step (``_lstm.forward_cols``), or on one thread.
+  barrier per step (``_lstm.forward_cols``), or on one thread;
+- ``gemv_rows``: a one-row product (the streaming step; sequences of fewer than 32 steps)
+  reads rows of the weights of 1 KiB and more one a pass over its output, or eight
+  (``matmul_impl.h: fl_gemv_acc``): one stream against an eighth of the stores, which is
+  what a core that stores 512-bit vectors at half rate (AMD Zen 4) runs faster.
 
 Both paths of each choice give the same bits (tests/test_calibration.py runs every path), so
-the calibration changes speed, never results. At the first call of the kernels with two
-threads or more, ``calibrate`` times the paths on a few one-row LSTM shapes (about 0.1 s in
-all) and the faster one sets the threshold; a two-thread path must win by 5% to be chosen
-(a tie goes to the path that needs no second core). The choices are kept per machine in a
+the calibration changes speed, never results. At the first call of the kernels (for each
+thread count), ``choices`` times the paths on a few one-row LSTM shapes (about 0.1 s in
+all, at most BUDGET_SECONDS; the two-thread paths only with two threads or more) and the
+faster one sets each choice; a two-thread path must win by 5% to be chosen (a tie goes to
+the path that needs no second core), eight rows a pass by 2%. The choices are kept per machine in a
 JSON file, ``$XDG_CACHE_HOME/fastlstm/calibration.json`` (``~/.cache/fastlstm/`` without
 it), keyed by the CPU model, fastlstm's version and the thread count; later processes read
 them from there. ``FASTLSTM_CALIBRATE=0`` turns it off (the defaults of
@@ -33,9 +39,12 @@ ENV = "FASTLSTM_CALIBRATE"
 FORMAT = 1
 FILE = "calibration.json"
 # What calibrate sets (the KernelSettings fields); None in a choice means "never".
-FIELDS = ("pipe_min_macs", "cols_min_bytes")
+FIELDS = ("pipe_min_macs", "cols_min_bytes", "gemv_rows")
 # (units, steps) of the one-row LSTM inference timed: U of 256 KiB, 1 MiB and 4 MiB.
 SHAPES = ((128, 64), (256, 48), (512, 24))
+# ... and of the one-row products read in place (fewer than 32 steps: U is not copied into
+# panels), rows_per_pass 1 against 8: the streaming step's product.
+GEMV_SHAPES = ((128, 24), (256, 12))
 # A path on a second thread must take at most this fraction of the time of the other.
 MARGIN = 0.95
 ROUNDS = 5
@@ -92,7 +101,7 @@ def _valid(choice) -> bool:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                               or not v >= 0):
             return False
-    return True
+    return choice.get("gemv_rows", 1) in (1, 8)
 
 
 def read_cache(path: str | None = None) -> dict:
@@ -152,23 +161,27 @@ def _problem(H, T):
             False, False, True, False)
 
 
-def _variants(threads):
+def _variants(threads, gemv=False):
     """The paths timed: serial (one thread), pipe (the projection beside the loop) and cols
-    (the units split over the threads)."""
+    (the units split over the threads); with gemv, serial with one row of U a pass (serial)
+    and eight (rows8)."""
     from .threads import KernelSettings
     out = {}
-    for name, pipe, cols in (("serial", False, False), ("pipe", True, False),
-                             ("cols", False, True)):
+    paths = ((("serial", False, False, 1), ("rows8", False, False, 8)) if gemv else
+             (("serial", False, False, 1), ("pipe", True, False, 1), ("cols", False, True, 1)))
+    for name, pipe, cols, rows in paths:
         s = KernelSettings()
         s.threads = threads
         s.pipe_min_macs = 0.0 if pipe else 1e300
         s.cols_min_bytes = 0 if cols else 1 << 62
+        s.gemv_rows = rows
         out[name] = s
     return out
 
 
 def measure(threads: int, budget: float = BUDGET_SECONDS) -> tuple:
-    """Seconds per call of each path on each shape of SHAPES, ({H: {path: seconds}}, steady):
+    """Seconds per call of each path on each shape of GEMV_SHAPES (keys "gemv H") and, with
+    two threads or more, of SHAPES (keys H), ({key: {path: seconds}}, steady):
     medians over ROUNDS alternating blocks of about BLOCK_SECONDS, without a path whose
     outputs differ from the serial path's (then it is not chosen). A path that takes more
     than 3x the serial time (a second core busy elsewhere) is dropped early, and the rounds
@@ -177,12 +190,14 @@ def measure(threads: int, budget: float = BUDGET_SECONDS) -> tuple:
     import numpy as np
     from . import _lstm
     from .threads import single_threaded_blas
-    variants = _variants(threads)
+    jobs = [(f"gemv {H}", H, T, _variants(threads, True)) for H, T in GEMV_SHAPES]
+    if threads >= 2:
+        jobs += [(H, H, T, _variants(threads)) for H, T in SHAPES]
     times = {}
     steady = True
     start = time.perf_counter()
     with single_threaded_blas():
-        for H, T in SHAPES:
+        for key, H, T, variants in jobs:
             args = _problem(H, T)
             ref = None
             calls, per = {}, {}
@@ -208,7 +223,7 @@ def measure(threads: int, budget: float = BUDGET_SECONDS) -> tuple:
                 if time.perf_counter() - start > budget:
                     steady = False
                     break
-            times[H] = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+            times[key] = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
             steady = steady and all(max(v) <= 1.5 * min(v) for v in samples.values())
             if time.perf_counter() - start > budget:
                 steady = False
@@ -221,7 +236,14 @@ def choose(times: dict) -> dict:
     two-thread path wins at every larger shape measured (by MARGIN), None where it never
     does; the pipeline's threshold stays the default's where it wins at every shape."""
     from .threads import KernelSettings
+    gemv = [t for k, t in times.items() if isinstance(k, str)]
+    rows = 1
+    if gemv and all("rows8" in t for t in gemv):
+        rows = 8 if sum(t["rows8"] for t in gemv) <= 0.98 * sum(t["serial"] for t in gemv) else 1
+    times = {k: t for k, t in times.items() if not isinstance(k, str)}
     sizes = sorted(times)
+    if not sizes:                     # one thread: nothing else to choose
+        return {"pipe_min_macs": None, "cols_min_bytes": None, "gemv_rows": rows}
     pipe_from = cols_from = None
     for H in reversed(sizes):
         t = times[H]
@@ -241,14 +263,14 @@ def choose(times: dict) -> dict:
         pipe = (KernelSettings().pipe_min_macs if pipe_from == sizes[0]
                 else float(steps[pipe_from] * pipe_from * 4 * pipe_from))
     cols = None if cols_from is None else int(cols_from * 4 * cols_from * 4)
-    return {"pipe_min_macs": pipe, "cols_min_bytes": cols}
+    return {"pipe_min_macs": pipe, "cols_min_bytes": cols, "gemv_rows": rows}
 
 
 def choices(threads: int) -> dict | None:
     """The calibrated thresholds for this machine and thread count: from this process's
-    memo, the cache file, or measured now (and written to the cache). None with calibration
-    off or fewer than two threads (nothing to choose: the defaults hold)."""
-    if threads < 2 or not enabled():
+    memo, the cache file, or measured now (and written to the cache); with one thread only
+    gemv_rows (the others stay the defaults). None with calibration off."""
+    if not enabled():
         return None
     key = machine_key(threads)
     if key in _memo:
@@ -264,8 +286,8 @@ def choices(threads: int) -> dict | None:
     if steady:              # else measured again by the next process
         record = dict(choice)
         record["seconds"] = round(time.perf_counter() - t0, 4)
-        record["ms"] = {str(H): {k: round(v * 1e3, 4) for k, v in t.items()}
-                        for H, t in times.items()}
+        record["ms"] = {str(key): {k: round(v * 1e3, 4) for k, v in t.items()}
+                        for key, t in times.items()}
         write_cache(key, record)
     return choice
 
@@ -292,7 +314,10 @@ def apply(settings) -> None:
         never = {"pipe_min_macs": 1e300, "cols_min_bytes": 1 << 62}
         for k in free:
             v = choice.get(k)
-            setattr(settings, k, never[k] if v is None else type(getattr(defaults, k))(v))
+            if k == "gemv_rows":
+                setattr(settings, k, 8 if v == 8 else 1)
+            elif threads >= 2:
+                setattr(settings, k, never[k] if v is None else type(getattr(defaults, k))(v))
 
 
 def forget() -> None:

@@ -41,7 +41,7 @@ class KernelSettings:
 
     __slots__ = ("threads", "policy", "parallel_min_macs", "pipe_steps", "pipe_min_macs",
                  "direct_rows", "projections_on_blas", "cols_min_bytes", "infer_z_bytes",
-                 "infer_min_rows", "calibrated_for", "fixed")
+                 "infer_min_rows", "gemv_rows", "calibrated_for", "fixed")
 
     def __init__(self):
         self.threads = 1
@@ -64,8 +64,11 @@ class KernelSettings:
         # but at least infer_min_rows rows (each packed block of W serves a few hundred).
         self.infer_z_bytes = 2 << 20
         self.infer_min_rows = 512
-        # pipe_min_macs and cols_min_bytes depend on the CPU: fastlstm.calibration times
-        # both ways at the first call for each thread count (calibrated_for: the count
+        # One-row products (the streaming step, short sequences) read rows of 1 KiB and more
+        # of U one a pass (1) or eight a pass (8): the same bits, the faster way by CPU.
+        self.gemv_rows = 1
+        # gemv_rows, pipe_min_macs and cols_min_bytes depend on the CPU: fastlstm.calibration
+        # times both ways at the first call for each thread count (calibrated_for: the count
         # they were set for, -1 none yet) and sets those no setter fixed (fixed: names).
         self.calibrated_for = -1
         self.fixed = set()
@@ -161,6 +164,16 @@ def set_cols_min_bytes(nbytes: int) -> None:
     threshold: calibration (fastlstm.calibration) no longer sets it."""
     _settings.cols_min_bytes = max(0, int(nbytes))
     _settings.fixed.add("cols_min_bytes")
+
+
+def set_gemv_rows(rows: int) -> None:
+    """Rows of the weights a one-row product reads a pass over its output, 1 or 8 (rows of
+    1 KiB and more; the same bits either way). Fixes it: calibration (fastlstm.calibration)
+    no longer sets it."""
+    if rows not in (1, 8):
+        raise ValueError(f"rows: expected 1 or 8, got {rows!r}")
+    _settings.gemv_rows = rows
+    _settings.fixed.add("gemv_rows")
 
 
 def set_inference_chunk_bytes(nbytes: int, min_rows: int = 512) -> None:

@@ -132,36 +132,45 @@ def test_calibration_problems_give_the_same_bits_on_every_path():
     """The shapes the calibration times: each of its paths computes the same outputs (it
     also checks this itself before timing a path)."""
     from fastlstm import _lstm
-    for H, _ in calibration.SHAPES:
-        args = calibration._problem(H, 9)
+    for H, T in calibration.SHAPES + calibration.GEMV_SHAPES:
+        args = calibration._problem(H, T)
         ys = [_lstm.forward(*args, settings=s)[0]
-              for s in calibration._variants(2).values()]
+              for gemv in (False, True) for s in calibration._variants(2, gemv).values()]
         for y in ys[1:]:
             np.testing.assert_array_equal(y, ys[0])
 
 
-def _fake_times(pipe, cols):
-    """Timings where the pipeline and the split win (True) or lose at every shape."""
-    return {H: {"serial": 1.0, "pipe": 0.5 if pipe else 1.2, "cols": 0.4 if cols else 1.3}
-            for H, _ in calibration.SHAPES}
+def _fake_times(pipe, cols, rows8=False):
+    """Timings where the pipeline, the split and eight rows a pass win (True) or lose at
+    every shape."""
+    t = {H: {"serial": 1.0, "pipe": 0.5 if pipe else 1.2, "cols": 0.4 if cols else 1.3}
+         for H, _ in calibration.SHAPES}
+    t.update({f"gemv {H}": {"serial": 1.0, "rows8": 0.7 if rows8 else 1.0}
+              for H, _ in calibration.GEMV_SHAPES})
+    return t
 
 
 def test_choose():
     """The thresholds from timings: from the smallest shape whose path wins at every larger
     one, never where the largest loses, a tie to the one-thread path."""
     default = th.KernelSettings()
-    assert calibration.choose(_fake_times(True, True)) == {
-        "pipe_min_macs": default.pipe_min_macs, "cols_min_bytes": 128 * 512 * 4}
+    assert calibration.choose(_fake_times(True, True, True)) == {
+        "pipe_min_macs": default.pipe_min_macs, "cols_min_bytes": 128 * 512 * 4,
+        "gemv_rows": 8}
     assert calibration.choose(_fake_times(False, False)) == {
-        "pipe_min_macs": None, "cols_min_bytes": None}
+        "pipe_min_macs": None, "cols_min_bytes": None, "gemv_rows": 1}
     t = _fake_times(True, True)
     t[128] = {"serial": 1.0, "pipe": 0.97, "cols": 1.0}     # within the margin: a tie
     H, T = calibration.SHAPES[1]
     assert calibration.choose(t) == {"pipe_min_macs": float(T * H * 4 * H),
-                                     "cols_min_bytes": H * 4 * H * 4}
+                                     "cols_min_bytes": H * 4 * H * 4, "gemv_rows": 1}
     t = _fake_times(True, True)
     t[512] = {"serial": 1.0, "pipe": 1.1, "cols": 1.1}       # the largest loses
-    assert calibration.choose(t) == {"pipe_min_macs": None, "cols_min_bytes": None}
+    assert calibration.choose(t) == {"pipe_min_macs": None, "cols_min_bytes": None,
+                                     "gemv_rows": 1}
+    one = {k: v for k, v in _fake_times(True, True, True).items() if isinstance(k, str)}
+    assert calibration.choose(one) == {"pipe_min_macs": None, "cols_min_bytes": None,
+                                       "gemv_rows": 8}          # one thread
 
 
 def _stub_measure(monkeypatch, times, steady=True):
@@ -209,7 +218,7 @@ def test_corrupted_cache_is_measured_again_and_replaced(cache_home, monkeypatch,
     path.write_bytes(content)
     calls = _stub_measure(monkeypatch, _fake_times(True, False))
     assert calibration.choices(2) == {"pipe_min_macs": th.KernelSettings().pipe_min_macs,
-                                      "cols_min_bytes": None}
+                                      "cols_min_bytes": None, "gemv_rows": 1}
     assert calls == [2]
     assert calibration.machine_key(2) in json.loads(path.read_text())["machines"]
 
@@ -290,17 +299,48 @@ def test_disabled(cache_home, monkeypatch, settings):
 def test_applied_per_thread_count_and_not_over_a_setter(cache_home, monkeypatch, settings):
     """The choices follow the thread count (one thread: nothing to choose, the defaults);
     a threshold a setter fixed stays as set."""
-    calls = _stub_measure(monkeypatch, _fake_times(False, False))
+    calls = _stub_measure(monkeypatch, _fake_times(False, False, True))
     settings.fixed.clear()
     settings.threads, settings.calibrated_for = 2, -1
     th.kernel_settings()
     assert settings.pipe_min_macs == 1e300 and settings.cols_min_bytes == 1 << 62
+    assert settings.gemv_rows == 8
     settings.threads = 1
     th.kernel_settings()
     default = th.KernelSettings()
-    assert settings.pipe_min_macs == default.pipe_min_macs
+    assert settings.pipe_min_macs == default.pipe_min_macs and settings.gemv_rows == 8
     th.set_cols_min_bytes(12345)
+    th.set_gemv_rows(1)
     settings.threads = 3
     th.kernel_settings()
-    assert calls == [2, 3]
+    assert calls == [2, 1, 3]
     assert settings.cols_min_bytes == 12345 and settings.pipe_min_macs == 1e300
+    assert settings.gemv_rows == 1
+    with pytest.raises(ValueError, match="rows"):
+        th.set_gemv_rows(4)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
+@pytest.mark.parametrize("units,inputs", [(64, 64), (70, 13), (128, 128), (256, 100), (300, 7)])
+def test_one_row_products_same_bits_one_or_eight_rows_a_pass(settings, cell, units, inputs):
+    """gemv_rows 1 or 8 (rows of 1 KiB and more of the weights one or eight a pass): the
+    streaming step (on one thread, and split over two threads from 768 KiB of weights) and a
+    short one-row sequence (fewer than 32 steps: U read in place) give the same bits; rows
+    whose width is no multiple of a vector and depths no multiple of 8 included."""
+    layer = getattr(fl.layers, cell)(units, return_sequences=True, seed=7)
+    layer.build((1, 1, inputs))
+    rng = np.random.default_rng(seed_of("gemv", cell, units, inputs))
+    x = rng.standard_normal((1, inputs)).astype(np.float32)
+    state = [rng.standard_normal((1, units)).astype(np.float32) for _ in layer.state_names]
+    xs = rng.standard_normal((1, 20, inputs)).astype(np.float32)
+    for threads in (1, 2):      # (a split step adds its partial sums in another order)
+        got = []
+        for rows in (1, 8):
+            _force(settings, "serial", threads)
+            settings.gemv_rows = rows
+            y, st = layer.step(x, state)
+            y2, _ = layer.step(x, st)
+            got.append([np.array(y), np.array(y2)] + [np.array(s) for s in st]
+                       + [np.array(layer(xs))])
+        for k, (a, ref) in enumerate(zip(got[1], got[0])):
+            np.testing.assert_array_equal(a, ref, err_msg=f"{threads} {k}")
