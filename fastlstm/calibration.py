@@ -49,7 +49,10 @@ GEMV_SHAPES = ((128, 24), (256, 12))
 MARGIN = 0.95
 ROUNDS = 5
 BLOCK_SECONDS = 0.002
-BUDGET_SECONDS = 0.4
+BUDGET_SECONDS = 0.3
+# Timings that varied too much (a busy machine) are measured again by the next processes,
+# up to this many times in all; then the last choice stays.
+UNSTEADY_TRIES = 3
 
 _lock = threading.Lock()
 _memo: dict = {}
@@ -276,19 +279,23 @@ def choices(threads: int) -> dict | None:
     if key in _memo:
         return _memo[key]
     cached = read_cache().get(key)
+    tries = 0
     if cached is not None:
-        _memo[key] = {k: cached.get(k) for k in FIELDS}
-        return _memo[key]
+        tries = cached.get("tries", 0) if isinstance(cached.get("tries", 0), int) else 0
+        if cached.get("steady", True) is not False or tries >= UNSTEADY_TRIES:
+            _memo[key] = {k: cached.get(k) for k in FIELDS}
+            return _memo[key]
     t0 = time.perf_counter()
     times, steady = measure(threads)
     choice = choose(times)
     _memo[key] = choice
-    if steady:              # else measured again by the next process
-        record = dict(choice)
-        record["seconds"] = round(time.perf_counter() - t0, 4)
-        record["ms"] = {str(key): {k: round(v * 1e3, 4) for k, v in t.items()}
-                        for key, t in times.items()}
-        write_cache(key, record)
+    record = dict(choice)
+    record["seconds"] = round(time.perf_counter() - t0, 4)
+    record["steady"] = steady           # unsteady: measured again by the next processes,
+    record["tries"] = tries + 1         # up to UNSTEADY_TRIES times
+    record["ms"] = {str(k): {p: round(v * 1e3, 4) for p, v in t.items()}
+                    for k, t in times.items()}
+    write_cache(key, record)
     return choice
 
 

@@ -37,7 +37,9 @@ class KernelSettings:
     threads: threads of the kernels' own parallel loops. policy: the per-step products on
     0 the automatic choice, 1 BLAS, 2 our kernel (tests and benchmarks). The rest are the
     thresholds of the kernels' choices, which tests set small to reach every path; why each
-    default is what it is: bench/RESULTS.md, "Kernel thresholds"."""
+    default is what it is: bench/RESULTS.md, "Kernel thresholds". pipe_min_macs,
+    cols_min_bytes and gemv_rows are calibrated on the machine at first use
+    (fastlstm.calibration; FASTLSTM_CALIBRATE=0 keeps these defaults)."""
 
     __slots__ = ("threads", "policy", "parallel_min_macs", "pipe_steps", "pipe_min_macs",
                  "direct_rows", "projections_on_blas", "cols_min_bytes", "infer_z_bytes",
