@@ -165,9 +165,16 @@ def test_choose():
     assert calibration.choose(t) == {"pipe_min_macs": float(T * H * 4 * H),
                                      "cols_min_bytes": H * 4 * H * 4, "gemv_rows": 1}
     t = _fake_times(True, True)
-    t[512] = {"serial": 1.0, "pipe": 1.1, "cols": 1.1}       # the largest loses
+    t[512] = {"serial": 1.0, "pipe": 1.1, "cols": 1.1}       # one shape loses: outvoted
+    assert calibration.choose(t) == {"pipe_min_macs": default.pipe_min_macs,
+                                     "cols_min_bytes": 128 * 512 * 4, "gemv_rows": 1}
+    t[256] = {"serial": 1.0, "pipe": 1.1, "cols": 1.1}       # two lose, the largest too
     assert calibration.choose(t) == {"pipe_min_macs": None, "cols_min_bytes": None,
                                      "gemv_rows": 1}
+    t = _fake_times(True, True)
+    del t[512]["cols"]                                        # dropped early: lost
+    t[256]["cols"] = 2.0
+    assert calibration.choose(t)["cols_min_bytes"] is None
     one = {k: v for k, v in _fake_times(True, True, True).items() if isinstance(k, str)}
     assert calibration.choose(one) == {"pipe_min_macs": None, "cols_min_bytes": None,
                                        "gemv_rows": 8}          # one thread
