@@ -43,13 +43,13 @@ FILE = "calibration.json"
 # What calibrate sets (the KernelSettings fields); None in a choice means "never".
 FIELDS = ("pipe_min_macs", "cols_min_bytes", "gemv_rows")
 # (units, steps) of the one-row LSTM inference timed: U of 256 KiB, 1 MiB and 4 MiB.
-SHAPES = ((128, 64), (256, 48), (512, 24))
+SHAPES = ((128, 100), (256, 64), (512, 24))
 # ... and of the one-row products read in place (fewer than 32 steps: U is not copied into
 # panels), rows_per_pass 1 against 8: the streaming step's product.
 GEMV_SHAPES = ((128, 24), (256, 12))
 # A path on a second thread must take at most this fraction of the time of the other.
 MARGIN = 0.95
-ROUNDS = 5
+ROUNDS = 7
 BLOCK_SECONDS = 0.002
 BUDGET_SECONDS = 0.3
 # Timings that varied too much (a busy machine) are measured again by the next processes,
