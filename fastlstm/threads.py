@@ -37,11 +37,13 @@ class KernelSettings:
     threads: threads of the kernels' own parallel loops. policy: the per-step products on
     0 the automatic choice, 1 BLAS, 2 our kernel (tests and benchmarks). The rest are the
     thresholds of the kernels' choices, which tests set small to reach every path; why each
-    default is what it is: bench/RESULTS.md, "Kernel thresholds"."""
+    default is what it is: bench/RESULTS.md, "Kernel thresholds". pipe_min_macs,
+    cols_min_bytes and gemv_rows are calibrated on the machine at first use
+    (fastlstm.calibration; FASTLSTM_CALIBRATE=0 keeps these defaults)."""
 
     __slots__ = ("threads", "policy", "parallel_min_macs", "pipe_steps", "pipe_min_macs",
                  "direct_rows", "projections_on_blas", "cols_min_bytes", "infer_z_bytes",
-                 "infer_min_rows")
+                 "infer_min_rows", "gemv_rows", "calibrated_for", "fixed")
 
     def __init__(self):
         self.threads = 1
@@ -64,13 +66,25 @@ class KernelSettings:
         # but at least infer_min_rows rows (each packed block of W serves a few hundred).
         self.infer_z_bytes = 2 << 20
         self.infer_min_rows = 512
+        # One-row products (the streaming step, short sequences) read rows of 1 KiB and more
+        # of U one a pass (1) or eight a pass (8): the same bits, the faster way by CPU.
+        self.gemv_rows = 1
+        # gemv_rows, pipe_min_macs and cols_min_bytes depend on the CPU: fastlstm.calibration
+        # times both ways at the first call for each thread count (calibrated_for: the count
+        # they were set for, -1 none yet) and sets those no setter fixed (fixed: names).
+        self.calibrated_for = -1
+        self.fixed = set()
 
 
 _settings = KernelSettings()
 
 
 def kernel_settings() -> KernelSettings:
-    """The settings the compiled kernels run with (the backend passes them to each call)."""
+    """The settings the compiled kernels run with (the backend passes them to each call),
+    calibrated for their thread count first (fastlstm.calibration: once per machine)."""
+    if _settings.calibrated_for != _settings.threads:
+        from . import calibration
+        calibration.apply(_settings)
     return _settings
 
 
@@ -134,9 +148,11 @@ def set_direct_rows(rows: int) -> None:
 
 def set_pipeline(steps: int, min_macs: float = 1 << 20) -> None:
     """Steps a block of the projection beside a few-row forward loop, and the least
-    projection work (multiply-adds) for it; min_macs < 0 turns it off."""
+    projection work (multiply-adds) for it; min_macs < 0 turns it off. Fixes the threshold:
+    calibration (fastlstm.calibration) no longer sets it."""
     _settings.pipe_steps = max(1, int(steps))
     _settings.pipe_min_macs = float(min_macs) if min_macs >= 0 else 1e300
+    _settings.fixed.add("pipe_min_macs")
 
 
 def set_projection_blas(on: bool) -> None:
@@ -146,8 +162,20 @@ def set_projection_blas(on: bool) -> None:
 
 
 def set_cols_min_bytes(nbytes: int) -> None:
-    """Recurrent kernel size from which one-row LSTM inference splits the units."""
+    """Recurrent kernel size from which one-row LSTM inference splits the units. Fixes the
+    threshold: calibration (fastlstm.calibration) no longer sets it."""
     _settings.cols_min_bytes = max(0, int(nbytes))
+    _settings.fixed.add("cols_min_bytes")
+
+
+def set_gemv_rows(rows: int) -> None:
+    """Rows of the weights a one-row product reads a pass over its output, 1 or 8 (rows of
+    1 KiB and more; the same bits either way). Fixes it: calibration (fastlstm.calibration)
+    no longer sets it."""
+    if rows not in (1, 8):
+        raise ValueError(f"rows: expected 1 or 8, got {rows!r}")
+    _settings.gemv_rows = rows
+    _settings.fixed.add("gemv_rows")
 
 
 def set_inference_chunk_bytes(nbytes: int, min_rows: int = 512) -> None:

@@ -24,7 +24,7 @@ from blas cimport floating
 from products cimport Settings, product
 from lowp cimport fl_q_force_level
 from fastlstm.threads import kernel_settings
-from gates cimport (fl_act, make_act, matmul_acc, fl_force_isa_level, fl_isa_level,
+from gates cimport (fl_act, make_act, gemv_acc, matmul_acc, fl_force_isa_level, fl_isa_level,
                     lstm_fwd_step, gru_fwd_reset, gru_fwd_step, rnn_fwd_step)
 from fastlstm.quantization import QuantizedMatrix
 
@@ -70,22 +70,23 @@ cdef inline void fill_rows(int B, int N, const floating *b, floating *z, int ldz
             memset(z + <long>r * ldz, 0, N * sizeof(floating))
 
 
-cdef inline void rows_acc(int k0, int k1, int I, int H, int nx, int nh, int ldw,
+cdef inline void rows_acc(int rows, int k0, int k1, int I, int H, int nx, int nh, int ldw,
                           const floating *x, const floating *h, const floating *W,
                           const floating *U, floating *zx, floating *zh) noexcept nogil:
     """zx[nx] := rows [k0, k1) of x W that fall in [0, I), zh[nh] := those of h U (rows I..I+H
-    of [W; U]); the first nx and nh columns of W and U, whose row stride is ldw."""
+    of [W; U]); the first nx and nh columns of W and U, whose row stride is ldw; `rows` of
+    them a pass (Settings.gemv_rows)."""
     cdef int j0
     memset(zx, 0, nx * sizeof(floating))
     memset(zh, 0, nh * sizeof(floating))
     if k0 < I:
-        matmul_acc(1, nx, min(k1, I) - k0, x + k0, I, W + <long>k0 * ldw, ldw, zx, nx)
+        gemv_acc(rows, nx, min(k1, I) - k0, x + k0, W + <long>k0 * ldw, ldw, zx)
     if k1 > I:
         j0 = max(k0, I) - I
-        matmul_acc(1, nh, k1 - I - j0, h + j0, H, U + <long>j0 * ldw, ldw, zh, nh)
+        gemv_acc(rows, nh, k1 - I - j0, h + j0, U + <long>j0 * ldw, ldw, zh)
 
 
-cdef inline void split_products(int nt, int I, int H, int nx, int nh, int ldw,
+cdef inline void split_products(int rows, int nt, int I, int H, int nx, int nh, int ldw,
                                 const floating *x, const floating *h, const floating *W,
                                 const floating *U, floating *zx, floating *zh,
                                 floating *parts) noexcept nogil:
@@ -97,7 +98,7 @@ cdef inline void split_products(int nt, int I, int H, int nx, int nh, int ldw,
     cdef int k, j, K = I + H, groups = (I + H + 7) // 8
     cdef long w = nx + nh
     for k in prange(nt, num_threads=nt, schedule="static"):
-        rows_acc(min(K, (k * groups // nt) * 8), min(K, ((k + 1) * groups // nt) * 8), I, H,
+        rows_acc(rows, min(K, (k * groups // nt) * 8), min(K, ((k + 1) * groups // nt) * 8), I, H,
                  nx, nh, ldw, x, h, W, U, zx if k == 0 else parts + (k - 1) * w,
                  zh if k == 0 else parts + (k - 1) * w + nx)
     for k in range(1, nt):
@@ -117,7 +118,7 @@ cdef inline void step_products(const Settings *s, int nt, int B, int I, int H, i
     [G] and parts take the partial sums), else on this thread."""
     cdef int j
     if nt > 1:
-        split_products(nt, I, H, G, G, G, x, h, W, U, z, zh, parts)
+        split_products(s.gemv_rows, nt, I, H, G, G, G, x, h, W, U, z, zh, parts)
         for j in range(G):
             z[j] += zh[j] + (b[j] if b != NULL else 0)
     else:
@@ -166,7 +167,8 @@ cdef inline void gru_step(const Settings *s, int nt, int B, int I, int H, bint r
     cdef int G = 3 * H, ZW = 4 * H if reset_after else 3 * H, j, r
     gru_bias_row(H, reset_after, b, brow)
     if nt > 1:
-        split_products(nt, I, H, G, G if reset_after else 2 * H, G, x, h, W, U, zx, zh, parts)
+        split_products(s.gemv_rows, nt, I, H, G, G if reset_after else 2 * H, G, x, h, W, U, zx,
+                       zh, parts)
         for j in range(2 * H):
             z[j] = brow[j] + zx[j] + zh[j]
         for j in range(2 * H, 3 * H):
@@ -403,6 +405,7 @@ cdef class StepPlan:
         cfg = kernel_settings()
         cdef Settings s
         s.threads, s.policy = cfg.threads, cfg.policy
+        s.gemv_rows = 8 if cfg.gemv_rows == 8 else 1
         # Split at batch 1 from STEP_SPLIT_MIN_BYTES of weights, at least half that a thread.
         cdef long nbytes = <long>(I + H) * self.n_gates * self.itemsize
         cdef int nt = <int>min(<long>s.threads, nbytes // (STEP_SPLIT_MIN_BYTES // 2))

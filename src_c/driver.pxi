@@ -218,8 +218,12 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
 
 cdef inline void project_chunk_rows(const Fwd *p, long nr, floating *Z) noexcept nogil:
     """The chunk's input projection (nr rows), split over the threads when the work is
-    worth it."""
+    worth it, or in a loop split over the units (p.ncols: its threads are awake, and the
+    projection would otherwise take one core while the other waits) over those threads in
+    slices of at least 16 rows. Rows are computed the same way however they are split."""
     cdef int n = split(&p.cfg, nr, 64, <double>nr * p.In * p.G), ci
+    if p.ncols:
+        n = max(n, <int>min(<long>p.ncols, nr // 16))
     if n == 1:
         project_rows(p, 0, nr, Z)
         return

@@ -84,6 +84,11 @@ X(fl_matmul_acc, (int M, int N, int K, const REAL *A, int lda, const REAL *W, in
  * of a few rows, whose bits must not depend on how their rows are split into calls. */        \
 X(fl_matmul_rows_acc, (int M, int N, int K, const REAL *A, int lda, const REAL *W, int ldw,    \
                        REAL *C, int ldc), (M, N, K, A, lda, W, ldw, C, ldc))                   \
+/* c[N] += a[K] W[K,N] (row stride ldw), one row: rows_per_pass 8 reads 8 rows of W per pass \
+ * over c from rows of FL_GEMV_ONE_ROW_BYTES on (else one row a pass); the same bits either    \
+ * way, each element summed over the rows in order (bench/RESULTS.md, "Kernel thresholds"). */ \
+X(fl_gemv_acc, (int rows_per_pass, int N, int K, const REAL *a, const REAL *W, int ldw,        \
+                REAL *c), (rows_per_pass, N, K, a, W, ldw, c))                                 \
 /* y[N] += W[N,K] x[K] (row stride ldw): the one-row product with a transposed weight. */     \
 X(fl_gemv_t_acc, (int N, int K, const REAL *W, int ldw, const REAL *x, REAL *y),               \
   (N, K, W, ldw, x, y))                                                                        \

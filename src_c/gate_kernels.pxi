@@ -75,6 +75,10 @@ cdef extern from "gates.h" nogil:
                               int ldw, float *C, int ldc)
     void fl_matmul_rows_acc_d(int M, int N, int K, const double *A, int lda, const double *W,
                               int ldw, double *C, int ldc)
+    void fl_gemv_acc_f(int rows_per_pass, int N, int K, const float *a, const float *W,
+                       int ldw, float *c)
+    void fl_gemv_acc_d(int rows_per_pass, int N, int K, const double *a, const double *W,
+                       int ldw, double *c)
     void fl_gemv_t_acc_f(int N, int K, const float *W, int ldw, const float *x, float *y)
     void fl_gemv_t_acc_d(int N, int K, const double *W, int ldw, const double *x, double *y)
     void fl_matmul_packed_acc_f(int M, int N, int K, const float *A, int lda,
@@ -225,6 +229,14 @@ cdef inline void matmul_rows_acc(int M, int N, int K, const floating *A, int lda
         fl_matmul_rows_acc_f(M, N, K, A, lda, W, ldw, C, ldc)
     else:
         fl_matmul_rows_acc_d(M, N, K, A, lda, W, ldw, C, ldc)
+
+
+cdef inline void gemv_acc(int rows_per_pass, int N, int K, const floating *a,
+                          const floating *W, int ldw, floating *c) noexcept nogil:
+    if floating is float:
+        fl_gemv_acc_f(rows_per_pass, N, K, a, W, ldw, c)
+    else:
+        fl_gemv_acc_d(rows_per_pass, N, K, a, W, ldw, c)
 
 
 cdef inline void gemv_t_acc(int N, int K, const floating *W, int ldw, const floating *x,

@@ -84,10 +84,34 @@ FL_INLINE void FN(gemv_one_row)(int N, const REAL s, const REAL *w, REAL *c) {
     for (; j < N; j++) c[j] += w[j] * s;
 }
 
-FL_TARGET static void FN(fl_gemv_acc)(int N, int K, const REAL *a, const REAL *W, int ldw,
-                                      REAL *c) {
+/* Eight rows a pass with each element of c summed over the rows in order, as gemv_one_row
+ * sums it (the same bits): one load and store of c per 8 rows of W. On cores that store a
+ * 512-bit vector every other cycle (AMD Zen 4) the store per row of gemv_one_row bounds it
+ * (1.4x slower there, bench/row_product_bandwidth.c); on others one stream is faster. */
+FL_INLINE void FN(gemv_rows8_ordered)(int N, const REAL *a, const REAL *W, int ldw, REAL *c) {
+    int j = 0, r;
+    const REAL *w[8];
+    for (r = 0; r < 8; r++) w[r] = W + (long)r * ldw;
+    for (; j + FL_VL <= N; j += FL_VL) {
+        FN(vec) acc = FN(vload)(c + j);
+        for (r = 0; r < 8; r++) acc += FN(vload)(w[r] + j) * a[r];
+        FN(vstore)(c + j, acc);
+    }
+    for (; j < N; j++) {
+        REAL t = c[j];
+        for (r = 0; r < 8; r++) t += w[r][j] * a[r];
+        c[j] = t;
+    }
+}
+
+/* c[N] += a[K] W[K,N]: rows of FL_GEMV_ONE_ROW_BYTES and more one a pass (rows_per_pass 1)
+ * or eight (8), with the same bits; shorter rows eight a pass (gemv_rows). */
+FL_TARGET static void FN(fl_gemv_acc)(int rows_per_pass, int N, int K, const REAL *a,
+                                      const REAL *W, int ldw, REAL *c) {
     int k = 0;
     if ((long)N * (long)sizeof(REAL) >= FL_GEMV_ONE_ROW_BYTES) {
+        if (rows_per_pass == 8)
+            for (; k + 8 <= K; k += 8) FN(gemv_rows8_ordered)(N, a + k, W + (long)k * ldw, ldw, c);
         for (; k < K; k++) FN(gemv_one_row)(N, a[k], W + (long)k * ldw, c);
         return;
     }
@@ -195,7 +219,7 @@ FL_TARGET static void FN(fl_matmul_acc)(int M, int N, int K, const REAL *A, int 
     const int step = FL_NV * FL_VL;
     int i, j = 0;
     if (M == 1) {
-        FN(fl_gemv_acc)(N, K, A, W, ldw, C);
+        FN(fl_gemv_acc)(1, N, K, A, W, ldw, C);
         return;
     }
     if (M < 32) {

@@ -8,7 +8,8 @@
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from blas cimport floating, gemm, gemv
-from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemm2_set, gemv_t_acc,
+from gates cimport (gemm_acc, gemm_packed_acc, gemm_packed_set, gemm_set, gemm2_set, gemv_acc,
+                   gemv_t_acc,
                    matmul_acc, matmul_packed_acc, matmul_rows_acc, merge_rows, mul)
 
 # What a kernel call takes besides its arrays: threads and product policy, passed per call
@@ -25,6 +26,7 @@ cdef struct Settings:
     long cols_min_bytes          # U from which one-row LSTM inference splits the units
     long infer_z_bytes           # inference projects this much of Z at a time ...
     long infer_min_rows          # ... but at least this many rows
+    int gemv_rows                # one-row products: rows of U a pass (1 or 8, the same bits)
 
 cdef enum:
     OWN_MAX_BYTES = 8 << 20
@@ -42,6 +44,7 @@ cdef inline int load_settings(Settings *s, object cfg) except -1:
     s.cols_min_bytes = cfg.cols_min_bytes
     s.infer_z_bytes = max(1, <long>cfg.infer_z_bytes)
     s.infer_min_rows = max(1, <long>cfg.infer_min_rows)
+    s.gemv_rows = 8 if cfg.gemv_rows == 8 else 1
     return 0
 
 
@@ -119,7 +122,10 @@ cdef inline void product(const Settings *s, int B, int K, int N, const floating 
         if beta == 0:
             for r in range(B):
                 memset(z + <long>r * ldz, 0, N * sizeof(floating))
-        matmul_acc(B, N, K, a, lda, W, ldw, z, ldz)
+        if B == 1:
+            gemv_acc(s.gemv_rows, N, K, a, W, ldw, z)
+        else:
+            matmul_acc(B, N, K, a, lda, W, ldw, z, ldz)
     elif B == 1:
         gemv(True, K, N, <floating>1, W, ldw, a, beta, z)
     else:

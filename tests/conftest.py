@@ -10,6 +10,9 @@ settings.register_profile("fastlstm", derandomize=True, deadline=None, print_blo
 settings.load_profile("fastlstm")
 
 os.environ.setdefault("KERAS_BACKEND", "torch")   # Keras 3 without TensorFlow
+# No run-time calibration of the kernels' thresholds (fastlstm.calibration): the tests run
+# with the defaults, or force each path, whatever the machine's timings would choose.
+os.environ.setdefault("FASTLSTM_CALIBRATE", "0")
 
 # One table of tolerances, keyed by dtype: compiled backends against the oracle.
 # `scale` adds scale * max|expected| to atol: a gradient summed over T*B rows carries rounding
