@@ -43,7 +43,7 @@ class KernelSettings:
 
     __slots__ = ("threads", "policy", "parallel_min_macs", "pipe_steps", "pipe_min_macs",
                  "direct_rows", "projections_on_blas", "cols_min_bytes", "infer_z_bytes",
-                 "infer_min_rows", "gemv_rows", "calibrated_for", "fixed")
+                 "infer_min_rows", "gemv_rows", "q_split_min_bytes", "calibrated_for", "fixed")
 
     def __init__(self):
         self.threads = 1
@@ -69,6 +69,10 @@ class KernelSettings:
         # One-row products (the streaming step, short sequences) read rows of 1 KiB and more
         # of U one a pass (1) or eight a pass (8): the same bits, the faster way by CPU.
         self.gemv_rows = 1
+        # Quantized (int8/bfloat16) sequences whose time loop runs on one thread split each
+        # step's product with U over the threads from this size of U (bench/RESULTS.md,
+        # "Reduced precision").
+        self.q_split_min_bytes = 512 << 10
         # gemv_rows, pipe_min_macs and cols_min_bytes depend on the CPU: fastlstm.calibration
         # times both ways at the first call for each thread count (calibrated_for: the count
         # they were set for, -1 none yet) and sets those no setter fixed (fixed: names).
@@ -166,6 +170,12 @@ def set_cols_min_bytes(nbytes: int) -> None:
     threshold: calibration (fastlstm.calibration) no longer sets it."""
     _settings.cols_min_bytes = max(0, int(nbytes))
     _settings.fixed.add("cols_min_bytes")
+
+
+def set_q_split_min_bytes(nbytes: int) -> None:
+    """Size of a quantized U from which a one-thread time loop splits each step's product
+    over the threads (0: always; fl.quantize models)."""
+    _settings.q_split_min_bytes = max(0, int(nbytes))
 
 
 def set_gemv_rows(rows: int) -> None:

@@ -202,12 +202,12 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     elif umode == U_PANELS:
         pan1, pan2 = packed_blocks(Uv, p.usplit, False, "u", True, dtype, p.cfg.threads)
     p.Up, p.Up2, p.Upan, p.Upan2 = data(u1), data(u2), data(pan1), data(pan2)
-    # Quantized, one thread's loop and a U from cols_min_bytes: both threads stream U at
+    # Quantized, one thread's loop and a U from q_split_min_bytes: both threads stream U at
     # every step (its columns split) rather than one projecting beside the other's loop.
     p.qsplit = (qb is not None and p.nchunks == 1 and p.cfg.threads > 1
                 and p.cfg.policy != 1
                 and qbytes(p.qU) + (0 if p.qU2 == NULL else qbytes(p.qU2))
-                >= p.cfg.cols_min_bytes)
+                >= p.cfg.q_split_min_bytes)
     if p.qsplit:
         p.pipeline = False
     p.scratch = scratch

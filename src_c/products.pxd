@@ -27,6 +27,8 @@ cdef struct Settings:
     long infer_z_bytes           # inference projects this much of Z at a time ...
     long infer_min_rows          # ... but at least this many rows
     int gemv_rows                # one-row products: rows of U a pass (1 or 8, the same bits)
+    long q_split_min_bytes       # quantized U from which a one-thread loop's per-step
+                                 # products split their columns over the threads
 
 cdef enum:
     OWN_MAX_BYTES = 8 << 20
@@ -45,6 +47,7 @@ cdef inline int load_settings(Settings *s, object cfg) except -1:
     s.infer_z_bytes = max(1, <long>cfg.infer_z_bytes)
     s.infer_min_rows = max(1, <long>cfg.infer_min_rows)
     s.gemv_rows = 8 if cfg.gemv_rows == 8 else 1
+    s.q_split_min_bytes = cfg.q_split_min_bytes
     return 0
 
 

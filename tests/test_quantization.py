@@ -162,16 +162,16 @@ def test_column_split_of_the_step_products_is_bitwise_the_same(cell, opts, preci
     (forced here from 0 bytes); the same numbers as on one thread."""
     from fastlstm import threads
     args, _ = _problem(cell, opts, precision, T=7, B=3, I=24, H=40)
-    prev_n, prev_min = fl.get_num_threads(), threads.kernel_settings().cols_min_bytes
+    prev_n, prev_min = fl.get_num_threads(), threads.kernel_settings().q_split_min_bytes
     try:
         fl.set_num_threads(1)
         one = _run(cell, opts, args)
         fl.set_num_threads(2)
-        threads.set_cols_min_bytes(0)
+        threads.set_q_split_min_bytes(0)
         split = _run(cell, opts, args)
     finally:
         fl.set_num_threads(prev_n)
-        threads.set_cols_min_bytes(prev_min)
+        threads.set_q_split_min_bytes(prev_min)
     for a, b in zip(one, split):
         np.testing.assert_array_equal(a, b)
 
