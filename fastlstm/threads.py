@@ -72,7 +72,7 @@ class KernelSettings:
         # Quantized (int8/bfloat16) sequences whose time loop runs on one thread split each
         # step's product with U over the threads from this size of U (bench/RESULTS.md,
         # "Reduced precision").
-        self.q_split_min_bytes = 512 << 10
+        self.q_split_min_bytes = 2 << 20
         # gemv_rows, pipe_min_macs and cols_min_bytes depend on the CPU: fastlstm.calibration
         # times both ways at the first call for each thread count (calibrated_for: the count
         # they were set for, -1 none yet) and sets those no setter fixed (fixed: names).
