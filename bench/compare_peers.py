@@ -2,6 +2,8 @@
 
     python bench/compare_peers.py [--quick] [--cells lstm,gru,rnn] [--threads 2] [--no-stream]
                                   [--memory] [--gpu]
+    python bench/compare_peers.py --lowp [--quick] [--threads 2] [--configs TxBxH,...]
+                                  [--no-stream] [--json PATH]
 
 Same weights and inputs for every implementation; float32; timings are medians over
 alternating blocks (A*k, B*k, A*k, ...; each block at least 20 ms of calls after 50 ms of
@@ -29,11 +31,28 @@ the step's own allocations; the buffers fastlstm keeps between calls (its packed
 are added to its growth. "saved" is what BPTT has to keep whatever the implementation:
 the post-activation gates and the cell and hidden state of every step, T*B*(G+2H) floats
 (LSTM, GRU); for the RNN, whose outputs are its states, T*B*H.
+
+``--lowp`` times LSTM inference in reduced precision instead, by the same method, on one
+``torch.nn.LSTM`` (I = H) per hidden size: torch float32; torch bfloat16 (the module's forward
+under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and ``torch.inference_mode()``: oneDNN's
+bf16 RNN, the weights cast and reordered at every call; its output converted back to
+float32); ONNX Runtime on the module's ONNX export, float32 and after
+``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` (the graph's LSTM becomes
+com.microsoft's DynamicQuantizeLSTM, which the script checks); fastlstm's model of the same
+weights (``fastlstm.convert.from_torch``) in float32 and through ``fl.quantize(model,
+"bfloat16" | "int8")``, whose columns read "—" in a fastlstm without ``quantize``. Per
+column: ms, the largest difference from torch's float32 output on the same input, and
+G(FL)OP/s = 8*T*B*H*(I+H) / time (GOP/s for int8), with the ratios fastlstm int8 / ORT int8
+and fastlstm bf16 / torch bf16; then one ``layer.step`` at batch 1 of each fastlstm form
+against ``torch.nn.LSTMCell`` (float32) at 128 and 256 units. bench/deepbench.py runs the
+same columns over DeepBench's inference LSTM problems.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import io
+import os
 import sys
 import warnings
 
@@ -248,6 +267,329 @@ def memory_rows(cells, threads):
     return rows
 
 
+# --- reduced precision (--lowp): LSTM inference in bfloat16 and int8 against the peers' ---
+
+LOWP_CONFIGS = [(100, 1, 128), (100, 1, 256), (100, 4, 512), (100, 16, 128), (50, 64, 512)]
+LOWP_STREAM_UNITS = [128, 256]
+LOWP_COLUMNS = ["torch f32", "torch bf16", "ORT f32", "ORT int8",
+                "fastlstm f32", "fastlstm bf16", "fastlstm int8"]
+LOWP_RATIOS = [("fastlstm int8", "ORT int8"), ("fastlstm bf16", "torch bf16")]
+LOWP_STREAM_COLUMNS = ["torch LSTMCell f32", "fastlstm f32", "fastlstm bf16", "fastlstm int8"]
+QUANT_KINDS = {"fastlstm bf16": "bfloat16", "fastlstm int8": "int8"}
+NA = "—"          # a column this installation cannot fill (no fl.quantize, no peer)
+
+
+def lstm_ops(T, B, I, H):
+    """GEMM operations of one LSTM forward pass: 8*T*B*H*(I+H) (multiply and add each one)."""
+    return 8.0 * T * B * H * (I + H)
+
+
+def quantized(model, note):
+    """fl.quantize(model, kind) for each low-precision fastlstm column, None where fastlstm
+    has no quantize (or it fails: the reason goes into `note`)."""
+    import fastlstm as fl
+    out = {}
+    for col, kind in QUANT_KINDS.items():
+        out[col] = None
+        if not hasattr(fl, "quantize"):
+            continue
+        try:
+            out[col] = fl.quantize(model, kind)
+        except Exception as exc:          # noqa: BLE001 - reported beside the table
+            note.append(f"fl.quantize(..., {kind!r}) failed: {type(exc).__name__}: {exc}")
+    return out
+
+
+def export_lstm_onnx(tm, I, path):
+    """The torch module exported to ONNX at `path`, batch and time dynamic, so that one file
+    serves every (T, B) of a hidden size."""
+    import torch
+    xt = torch.zeros((1, 2, I))
+    with warnings.catch_warnings():     # the exporter's notices (legacy exporter, batch size)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tm, (xt,), path, input_names=["x"], output_names=["y", "h", "c"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"},
+                                        "y": {0: "batch", 1: "time"}},
+                          dynamo=False)
+
+
+def quantize_onnx_int8(src, dst):
+    """onnxruntime.quantization.quantize_dynamic (weights QInt8) of src into dst; returns the
+    op types of the quantized graph (an LSTM becomes com.microsoft's DynamicQuantizeLSTM)."""
+    import logging
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)     # its advice to pre-process the model first
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().setLevel(level)
+    return sorted({n.op_type for n in onnx.load(dst, load_external_data=False).graph.node})
+
+
+def ort_session(path, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+class LowpModels:
+    """One LSTM (I = H, batch_first) in every form the low-precision table times: the torch
+    module (float32, and under bfloat16 autocast), its ONNX export in ONNX Runtime (float32
+    and dynamically quantized int8), and fastlstm's model of the same weights
+    (fastlstm.convert.from_torch) in float32 and through fl.quantize. ONNX files go to a
+    temporary directory that close() removes."""
+
+    def __init__(self, H, threads, onnx=True, seed=0):
+        import tempfile
+        import torch
+        from fastlstm.convert import from_torch
+        self.H = self.I = H
+        self.note = []
+        torch.manual_seed(seed)
+        self.tm = torch.nn.LSTM(H, H, batch_first=True).eval()
+        self.fl = from_torch(self.tm)
+        self.flq = quantized(self.fl, self.note)
+        self.ort = {"ORT f32": None, "ORT int8": None}
+        self.int8_ops = []
+        self.tmp = None
+        if not onnx:
+            return
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            self.note.append("onnxruntime is not installed: no ORT columns")
+            return
+        self.tmp = tempfile.mkdtemp(prefix="fastlstm-lowp-")
+        f32, i8 = os.path.join(self.tmp, "f32.onnx"), os.path.join(self.tmp, "int8.onnx")
+        export_lstm_onnx(self.tm, self.I, f32)
+        self.ort["ORT f32"] = ort_session(f32, threads)
+        try:
+            self.int8_ops = quantize_onnx_int8(f32, i8)
+            self.ort["ORT int8"] = ort_session(i8, threads)
+        except ImportError as exc:
+            self.note.append(f"onnxruntime.quantization unavailable: {exc}")
+        if self.ort["ORT int8"] is not None and "DynamicQuantizeLSTM" not in self.int8_ops:
+            self.note.append("WARNING: the int8 ONNX graph has no DynamicQuantizeLSTM "
+                             f"(ops: {', '.join(self.int8_ops)})")
+
+    def callables(self, x):
+        """{column: fn} for input x (B, T, I); each fn returns the output sequence; None for a
+        column this installation cannot run."""
+        import torch
+        xt = torch.from_numpy(x)
+        tm = self.tm
+
+        def torch_f32():
+            with torch.inference_mode():
+                return tm(xt)[0]
+
+        def torch_bf16():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return tm(xt)[0].float()           # float32 out, as the others
+
+        def ort_fn(sess):
+            return None if sess is None else (lambda: sess.run(None, {"x": x})[0])
+
+        def fl_fn(model):
+            return None if model is None else (lambda: model(x))
+
+        return {"torch f32": torch_f32, "torch bf16": torch_bf16,
+                "ORT f32": ort_fn(self.ort["ORT f32"]), "ORT int8": ort_fn(self.ort["ORT int8"]),
+                "fastlstm f32": fl_fn(self.fl), "fastlstm bf16": fl_fn(self.flq["fastlstm bf16"]),
+                "fastlstm int8": fl_fn(self.flq["fastlstm int8"])}
+
+    def close(self):
+        import shutil
+        self.ort = {k: None for k in self.ort}
+        self.tm = self.fl = self.flq = None
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def _as_numpy(y):
+    return y.detach().numpy() if hasattr(y, "detach") else np.asarray(y)
+
+
+def lowp_row(models, T, B, reps, per_block):
+    """One (T, B) of a LowpModels: {column: {"s": median seconds, "err": max |output - torch
+    float32 output|, "gops": GEMM G(FL)OP/s} or None}."""
+    x = np.random.default_rng(1).standard_normal((B, T, models.I)).astype(np.float32)
+    fns = {k: f for k, f in models.callables(x).items() if f is not None}
+    ref = _as_numpy(fns["torch f32"]())
+    errs = {k: float(np.abs(_as_numpy(f()).reshape(ref.shape) - ref).max())
+            for k, f in fns.items()}
+    with quiet_numpy_blas():
+        t = timed_blocks(fns, reps, per_block)
+    ops = lstm_ops(T, B, models.I, models.H)
+    return {k: ({"s": t[k], "err": errs[k], "gops": ops / t[k] / 1e9} if k in t else None)
+            for k in LOWP_COLUMNS}
+
+
+def lowp_stream_rows(units, threads, reps, per_block):
+    """Per step at batch 1: torch.nn.LSTMCell (float32) against fastlstm's layer.step of the
+    same weights (from_torch of the cell) in float32 and through fl.quantize.
+    {H: {column: {"s", "err"} or None}}, and notes."""
+    import torch
+    from fastlstm.convert import from_torch
+    rows, note = {}, []
+    for H in units:
+        torch.manual_seed(0)
+        tc = torch.nn.LSTMCell(H, H).eval()
+        layer = from_torch(tc)
+        q = quantized(layer, note)
+        x = np.random.default_rng(0).standard_normal((1, H)).astype(np.float32)
+        state = [np.full((1, H), 0.1, np.float32) for _ in range(2)]
+        xt = torch.from_numpy(x)
+        ts = tuple(torch.from_numpy(s) for s in state)
+
+        def torch_step():
+            with torch.inference_mode():
+                return tc(xt, ts)[0]
+
+        def step_fn(model):
+            return None if model is None else (lambda: model.step(x, state)[0])
+
+        fns = {"torch LSTMCell f32": torch_step, "fastlstm f32": step_fn(layer),
+               "fastlstm bf16": step_fn(q["fastlstm bf16"]),
+               "fastlstm int8": step_fn(q["fastlstm int8"])}
+        fns = {k: f for k, f in fns.items() if f is not None}
+        ref = torch_step().numpy()
+        errs = {k: float(np.abs(_as_numpy(f()).reshape(ref.shape) - ref).max())
+                for k, f in fns.items()}
+        with quiet_numpy_blas():
+            t = timed_blocks(fns, reps, per_block * 20)
+        rows[H] = {k: ({"s": t[k], "err": errs[k]} if k in t else None)
+                   for k in LOWP_STREAM_COLUMNS}
+    return rows, note
+
+
+def _cell(v, fmt):
+    return NA if v is None else fmt.format(v)
+
+
+def lowp_tables(rows, label="T | B | I=H"):
+    """Markdown tables of lowp rows [((T, B, H), {column: ...})]: ms with the two target
+    ratios, max |error| against torch float32, and G(FL)OP/s."""
+    keys = label.split(" | ")
+    head = lambda cols: "| " + " | ".join(keys + cols) + " |"
+    rule = lambda cols: "|" + "|".join("---:" for _ in keys + cols) + "|"
+    ratio_cols = [f"{a} / {b}" for a, b in LOWP_RATIOS]
+    out = ["ms per call (median of alternating blocks); ratios < 1: fastlstm is faster "
+           "(target <= 0.8)", "", head(LOWP_COLUMNS + ratio_cols), rule(LOWP_COLUMNS + ratio_cols)]
+    for shape, r in rows:
+        cells = [_cell(r[c] and r[c]["s"] * 1e3, "{:.3f}") for c in LOWP_COLUMNS]
+        for a, b in LOWP_RATIOS:
+            cells.append(NA if not (r[a] and r[b]) else f"{r[a]['s'] / r[b]['s']:.2f}")
+        out.append("| " + " | ".join([str(v) for v in shape] + cells) + " |")
+    out += ["", "max |output - torch float32 output| on the same input", "",
+            head(LOWP_COLUMNS), rule(LOWP_COLUMNS)]
+    for shape, r in rows:
+        cells = [_cell(r[c] and r[c]["err"], "{:.1e}") for c in LOWP_COLUMNS]
+        out.append("| " + " | ".join([str(v) for v in shape] + cells) + " |")
+    out += ["", "GFLOP/s (int8 columns: GOP/s) = 8*T*B*H*(I+H) / time", "",
+            head(LOWP_COLUMNS), rule(LOWP_COLUMNS)]
+    for shape, r in rows:
+        cells = [_cell(r[c] and r[c]["gops"], "{:.1f}") for c in LOWP_COLUMNS]
+        out.append("| " + " | ".join([str(v) for v in shape] + cells) + " |")
+    return out
+
+
+def lowp_stream_table(rows):
+    cols = [f"{c} us" for c in LOWP_STREAM_COLUMNS]
+    ratios = [f"{c} / LSTMCell" for c in LOWP_STREAM_COLUMNS[1:]]
+    errs = [f"{c} err" for c in LOWP_STREAM_COLUMNS[1:]]
+    allc = ["H"] + cols + ratios + errs
+    out = ["streaming: one step at batch 1 against torch.nn.LSTMCell (float32), us per step; "
+           "target: int8 at 256 units <= 0.12x", "",
+           "| " + " | ".join(allc) + " |", "|" + "|".join("---:" for _ in allc) + "|"]
+    ref = LOWP_STREAM_COLUMNS[0]
+    for H, r in rows.items():
+        cells = [_cell(r[c] and r[c]["s"] * 1e6, "{:.1f}") for c in LOWP_STREAM_COLUMNS]
+        cells += [NA if not (r[c] and r[ref]) else f"{r[c]['s'] / r[ref]['s']:.2f}"
+                  for c in LOWP_STREAM_COLUMNS[1:]]
+        cells += [_cell(r[c] and r[c]["err"], "{:.1e}") for c in LOWP_STREAM_COLUMNS[1:]]
+        out.append("| " + " | ".join([str(H)] + cells) + " |")
+    return out
+
+
+def lowp_header(torch, threads):
+    """The environment lines, plus the peers' versions and whether fl.quantize exists."""
+    import fastlstm as fl
+    lines = list(environment(torch))
+    try:
+        import onnxruntime
+        lines.append(f"onnxruntime {onnxruntime.__version__}: {threads} intra-op threads")
+    except ImportError:
+        lines.append("onnxruntime: not installed")
+    lines.append("fl.quantize: " + ("present" if hasattr(fl, "quantize") else
+                                    f"absent in this fastlstm (its columns are {NA})"))
+    return lines
+
+
+def run_lowp(configs, threads, reps, per_block, stream=True, onnx=True, json_path=None,
+             print_fn=print):
+    """--lowp: the table over `configs` (T, B, H), then the streaming rows."""
+    import datetime
+    import torch
+    lines = lowp_header(torch, threads)
+    for line in lines:
+        print_fn(line)
+    print_fn("")
+    rows, notes, ops = [], [], {}
+    by_h = {}
+    for T, B, H in configs:
+        by_h.setdefault(H, []).append((T, B))
+    done = {}
+    for H, tbs in by_h.items():
+        models = LowpModels(H, threads, onnx=onnx)
+        try:
+            notes += [f"H={H}: {n}" for n in models.note]
+            if models.int8_ops:
+                ops[H] = models.int8_ops
+            for T, B in tbs:
+                done[(T, B, H)] = lowp_row(models, T, B, reps, per_block)
+        finally:
+            models.close()
+            del models
+            gc.collect()
+    rows = [((T, B, H), done[(T, B, H)]) for T, B, H in configs]
+    for line in lowp_tables(rows):
+        print_fn(line)
+    for H, o in ops.items():
+        has = "DynamicQuantizeLSTM" in o
+        print_fn(f"\nORT int8 graph (H={H}): {'contains' if has else 'LACKS'} "
+                 f"DynamicQuantizeLSTM; ops: {', '.join(o)}")
+    stream_rows = {}
+    if stream:
+        stream_rows, snote = lowp_stream_rows(LOWP_STREAM_UNITS, threads, reps, per_block)
+        notes += snote
+        print_fn("")
+        for line in lowp_stream_table(stream_rows):
+            print_fn(line)
+    for n in dict.fromkeys(notes):
+        print_fn(n)
+    if json_path:
+        import json
+        doc = {"environment": lines, "threads": threads,
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "columns": LOWP_COLUMNS, "int8_ops": {str(h): o for h, o in ops.items()},
+               "rows": [{"T": s[0], "B": s[1], "H": s[2], "I": s[2], **r} for s, r in rows],
+               "stream": {str(h): r for h, r in stream_rows.items()}, "notes": notes}
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+    return rows, stream_rows
+
+
+def parse_configs(text):
+    """"100x1x128,50x64x512" -> [(100, 1, 128), (50, 64, 512)] (T x B x I=H)."""
+    return [tuple(int(v) for v in c.split("x")) for c in text.split(",") if c]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -262,6 +604,12 @@ def main(argv=None):
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     p.add_argument("--gpu", action="store_true",
                    help="fastlstm's cupy backend vs PyTorch (cuDNN) on the GPU instead")
+    p.add_argument("--lowp", action="store_true",
+                   help="LSTM inference in bfloat16 and int8 (fl.quantize) against torch "
+                        "autocast and ONNX Runtime's dynamic int8 instead")
+    p.add_argument("--configs", help="--lowp: TxBxH,... instead of the default "
+                                     "configurations (I = H)")
+    p.add_argument("--json", metavar="PATH", help="--lowp: also write the results as JSON")
     args = p.parse_args(argv)
     if args.memory_child:
         return memory_child(args.memory_child)
@@ -292,6 +640,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     fl.set_num_threads(args.threads)
     reps, per_block = (3, 2) if args.quick else (7, 3)
+    if args.lowp:
+        configs = parse_configs(args.configs) if args.configs else LOWP_CONFIGS
+        run_lowp(configs, args.threads, reps, per_block, stream=not args.no_stream,
+                 onnx=not args.no_onnx, json_path=args.json)
+        return 0
     peak = sgemm_rate(args.threads)
     for line in environment(torch):
         print(line)

@@ -85,3 +85,58 @@ def test_compare_peers_uses_the_same_method():
     import inspect
     bench_configs = inspect.signature(benchmarking.run_bench).parameters["configs"].default
     assert set(bench_configs) <= set(mod.LSTM_CONFIGS)
+
+
+def _load_bench(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_peers_lowp_quick_prints_every_column(tmp_path):
+    """--lowp --quick on the smallest configuration, without streaming: the three tables
+    have every column, the int8 ONNX graph is checked, and the fastlstm low-precision
+    columns are filled exactly when fastlstm has quantize. The times are not looked at."""
+    for name in ("torch", "onnx", "onnxruntime"):
+        pytest.importorskip(name)
+    import json
+    import subprocess
+    mod = _load_bench("compare_peers")
+    out_json = tmp_path / "lowp.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare_peers.py"),
+                          "--lowp", "--quick", "--configs", "100x1x128", "--no-stream",
+                          "--json", str(out_json)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert out.startswith("CPU: ") and "onnxruntime" in out and "fl.quantize:" in out
+    header = [line for line in out.splitlines() if line.startswith("| T | B | I=H |")]
+    assert len(header) == 3                                  # ms, errors, GFLOP/s
+    cols = [c.strip() for c in header[0].strip("|").split("|")]
+    assert cols == (["T", "B", "I=H"] + mod.LOWP_COLUMNS
+                    + ["fastlstm int8 / ORT int8", "fastlstm bf16 / torch bf16"])
+    rows = [line for line in out.splitlines() if line.startswith("| 100 | 1 | 128 |")]
+    assert len(rows) == 3
+    ms = dict(zip(cols, (c.strip() for c in rows[0].strip("|").split("|"))))
+    for peer in ("torch f32", "torch bf16", "ORT f32", "ORT int8", "fastlstm f32"):
+        assert float(ms[peer]) > 0
+    quant = hasattr(fl, "quantize")
+    for col in ("fastlstm bf16", "fastlstm int8", "fastlstm int8 / ORT int8",
+                "fastlstm bf16 / torch bf16"):
+        assert (ms[col] == mod.NA) != quant
+    assert "contains DynamicQuantizeLSTM" in out
+    doc = json.loads(out_json.read_text())
+    assert [(r["T"], r["B"], r["H"]) for r in doc["rows"]] == [(100, 1, 128)]
+    assert doc["rows"][0]["torch f32"]["err"] == 0.0
+    assert doc["rows"][0]["fastlstm f32"]["err"] < 1e-4     # the same weights
+
+
+def test_deepbench_runs_deepbenchs_inference_lstm_problems():
+    mod = _load_bench("deepbench")
+    probs = mod.DEEPBENCH_LSTM_INFERENCE
+    assert len(probs) == len(set(probs)) == 15
+    want = {(h, b, 25) for h in (512, 1024, 2048) for b in (1, 2, 4)}
+    want |= {(1536, b, 50) for b in (1, 2, 4)} | {(256, b, 150) for b in (1, 2, 4)}
+    assert set(probs) == want and set(mod.QUICK) <= want
