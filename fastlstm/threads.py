@@ -43,7 +43,8 @@ class KernelSettings:
 
     __slots__ = ("threads", "policy", "parallel_min_macs", "pipe_steps", "pipe_min_macs",
                  "direct_rows", "projections_on_blas", "cols_min_bytes", "infer_z_bytes",
-                 "infer_min_rows", "gemv_rows", "q_split_min_bytes", "calibrated_for", "fixed")
+                 "infer_min_rows", "gemv_rows", "q_split_min_bytes", "q_cols_min_bytes",
+                 "calibrated_for", "fixed")
 
     def __init__(self):
         self.threads = 1
@@ -73,6 +74,9 @@ class KernelSettings:
         # step's product with U over the threads from this size of U (bench/RESULTS.md,
         # "Reduced precision").
         self.q_split_min_bytes = 2 << 20
+        # ... and one-row quantized LSTM inference splits its units over the threads, with a
+        # barrier per step, from this size of U.
+        self.q_cols_min_bytes = 1 << 20
         # gemv_rows, pipe_min_macs and cols_min_bytes depend on the CPU: fastlstm.calibration
         # times both ways at the first call for each thread count (calibrated_for: the count
         # they were set for, -1 none yet) and sets those no setter fixed (fixed: names).
@@ -176,6 +180,12 @@ def set_q_split_min_bytes(nbytes: int) -> None:
     """Size of a quantized U from which a one-thread time loop splits each step's product
     over the threads (0: always; fl.quantize models)."""
     _settings.q_split_min_bytes = max(0, int(nbytes))
+
+
+def set_q_cols_min_bytes(nbytes: int) -> None:
+    """Size of a quantized U from which one-row LSTM inference splits its units over the
+    threads (fl.quantize models)."""
+    _settings.q_cols_min_bytes = max(0, int(nbytes))
 
 
 def set_gemv_rows(rows: int) -> None:

@@ -108,15 +108,16 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         memcpy(<floating *>p.h + rh, ph, nbh * sizeof(floating))
 
 
-cdef inline long cols_stride(int H, int ng, int n) noexcept nogil:
-    """Work space of one thread of forward_cols in a team of n (w <= H // n + 31 units)."""
-    return (<long>ng * H + ng + 4) * (H // n + 32)
+cdef inline long cols_stride(int H, int ng, int n, bint panels) noexcept nogil:
+    """Work space of one thread of forward_cols in a team of n (w <= H // n + 31 units); its
+    packed part of U only with panels (float weights)."""
+    return (<long>(ng * H if panels else 0) + ng + 4) * (H // n + 32)
 
 
-cdef inline long cols_work(int H, int ng, int nt) noexcept nogil:
+cdef inline long cols_work(int H, int ng, int nt, bint panels) noexcept nogil:
     """Work space of forward_cols for a team of up to nt <= 32 threads: n * cols_stride(n)
     stays below it for every n <= nt."""
-    return nt * cols_stride(H, ng, nt)
+    return nt * cols_stride(H, ng, nt, panels)
 
 
 cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcept nogil:
@@ -126,8 +127,13 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
     own cache. The threads meet once per step, after writing their part of h. hbuf [2,H]
     holds the state h, double-buffered (step s reads row s % 2, writes the other), unless Y
     takes the outputs (return_sequences without mask: step s reads Y[s-1] and writes Y[s]);
-    work: cols_work(H, ng, nt) elements for a team of up to nt threads."""
+    work: cols_work(H, ng, nt) elements for a team of up to nt threads. Quantized (qU): no
+    packed copy; each thread's product writes its columns of Z's row (16-column aligned:
+    H a multiple of 16) and reads them from there."""
     cdef int H = p.H, G = p.G, ng = p.G // p.H
+    cdef bint quant = False
+    if floating is float:
+        quant = p.qU != NULL
     cdef int n = fl_team_size(), k = fl_thread_num(), sense = 0, g
     cdef int j0 = (k * (H // 16) // n) * 16          # units [j0, j1), whole vectors
     cdef int j1 = H if k == n - 1 else ((k + 1) * (H // 16) // n) * 16
@@ -139,9 +145,10 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
     cdef floating *Y = <floating *>p.Y
     cdef floating *hbuf = <floating *>p.hbuf
     cdef floating *c = <floating *>p.c
-    cdef floating *work = <floating *>p.work + k * cols_stride(H, ng, n)
+    cdef floating *work = <floating *>p.work + k * cols_stride(H, ng, n, not quant)
     cdef floating *Up = work                          # ng blocks [H, w], panels
-    cdef floating *z = work + <long>ng * H * w        # [ng * w]
+    cdef floating *z = work + (0 if quant else <long>ng * H * w)     # [ng * w]
+    cdef floating *zrow
     cdef floating *peep = z + ng * w                  # [3, w]
     cdef floating *scratch = peep + 3 * w             # [w]
     cdef const floating *pp = NULL
@@ -151,9 +158,10 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
     cdef floating *po_prev
     cdef const unsigned char *pm = NULL
     cdef bint ydirect = p.return_sequences and p.mask == NULL
-    if w > 0:
+    if w > 0 and not quant:
         for g in range(ng):
             pack_panels(H, w, U + g * H + j0, G, Up + <long>g * H * w)
+    if w > 0:
         if P != NULL:
             for g in range(3):
                 memcpy(peep + g * w, P + g * H + j0, w * sizeof(floating))
@@ -167,9 +175,14 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
             hin = hbuf + (s % 2) * H
             hout = hbuf + ((s + 1) % 2) * H
         if w > 0:
+            zrow = <floating *>Z + (t - p.zt0) * G
             for g in range(ng):
-                memcpy(z + g * w, Z + (t - p.zt0) * G + g * H + j0, w * sizeof(floating))
-                matmul_packed_acc(1, w, H, hin, H, Up + <long>g * H * w, z + g * w, w)
+                if floating is float:
+                    if quant:
+                        fl_q_gemm(1, hin, H, p.qU, g * H + j0, g * H + j1, NULL, 1, zrow, G)
+                memcpy(z + g * w, zrow + g * H + j0, w * sizeof(floating))
+                if not quant:
+                    matmul_packed_acc(1, w, H, hin, H, Up + <long>g * H * w, z + g * w, w)
             po = po_prev = NULL
             if p.mask != NULL:
                 pm = p.mask + t
@@ -181,6 +194,16 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
             lstm_fwd_step(1, w, p.coupled, p.act, p.ract, z, pp, pm, hin + j0, c + j0, hout + j0,
                      c + j0, po_prev, po, scratch)
         fl_barrier_wait(p.bar, n, &sense)
+
+
+cdef int q_cols_threads(const Settings *s, bint one_row_inference, int H, QuantBinding qb):
+    """cols_threads for quantized weights: from s.q_cols_min_bytes of U, H a multiple of 16
+    (the products' column blocks), at least 16 units a thread."""
+    cdef int ncols = 0
+    if (one_row_inference and s.policy != 1 and H % 16 == 0
+            and qbytes(&qb.mats[2]) >= s.q_cols_min_bytes):
+        ncols = min(s.threads, 8, H // 16)
+    return ncols if ncols >= 2 else 0
 
 
 cdef int cols_threads(const Settings *s, bint one_row_inference, int H, int G, int itemsize):
@@ -217,9 +240,9 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     dtype = np.float32 if floating is float else np.float64
     p.ZW, p.wsplit, p.usplit, p.pipeline = G, 0, 0, True
     p.coupled, p.reset_after = coupled, False
-    p.ncols = 0 if qb is not None else cols_threads(
-        &p.cfg, x.shape[1] == 1 and not training and recurrent_dropout_mask is None,
-        H, G, sizeof(floating))
+    one_row = x.shape[1] == 1 and not training and recurrent_dropout_mask is None
+    p.ncols = (q_cols_threads(&p.cfg, one_row, H, qb) if qb is not None
+               else cols_threads(&p.cfg, one_row, H, G, sizeof(floating)))
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
     # time, it shares its buffer with Y (and the steps read h there: no copy).
     bufs = forward_setup(&p, x, kernel, recurrent_kernel, bias, h0, mask, input_dropout_mask,
@@ -242,7 +265,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     cdef floating[:, ::1] hbuf
     cdef unsigned char[::1] bar_mem
     if p.ncols:             # each thread packs its part of U (forward_cols)
-        cwork = workspace("u", cols_work(H, G // H, p.ncols), dtype)
+        cwork = workspace("u", cols_work(H, G // H, p.ncols, qb is None), dtype)
         hbuf_arr = np.empty((2, H), dtype)
         hbuf_arr[0] = bufs[2][0]
         hbuf = hbuf_arr

@@ -29,6 +29,8 @@ cdef struct Settings:
     int gemv_rows                # one-row products: rows of U a pass (1 or 8, the same bits)
     long q_split_min_bytes       # quantized U from which a one-thread loop's per-step
                                  # products split their columns over the threads
+    long q_cols_min_bytes        # quantized U from which one-row LSTM inference splits
+                                 # the units over the threads (a barrier per step)
 
 cdef enum:
     OWN_MAX_BYTES = 8 << 20
@@ -48,6 +50,7 @@ cdef inline int load_settings(Settings *s, object cfg) except -1:
     s.infer_min_rows = max(1, <long>cfg.infer_min_rows)
     s.gemv_rows = 8 if cfg.gemv_rows == 8 else 1
     s.q_split_min_bytes = cfg.q_split_min_bytes
+    s.q_cols_min_bytes = cfg.q_cols_min_bytes
     return 0
 
 

@@ -177,6 +177,29 @@ def test_column_split_of_the_step_products_is_bitwise_the_same(cell, opts, preci
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("opts", [dict(), dict(peephole=True), dict(coupled_input_forget=True)])
+def test_one_row_lstm_split_over_the_units_is_bitwise_the_same(opts, precision):
+    """One row: the threads split the units (a barrier per step), each product writing its
+    16-column blocks of Z; the same numbers as one thread, with and without a mask."""
+    from fastlstm import threads
+    args, _ = _problem("lstm", opts, precision, T=9, B=1, I=20, H=48)
+    prev = fl.get_num_threads()
+    try:
+        for masked in (False, True):
+            a = dict(args) if masked else {k: v for k, v in args.items() if k != "mask"}
+            for call in (dict(), dict(go_backwards=True, return_sequences=False)):
+                fl.set_num_threads(1)
+                one = _run("lstm", opts, a, **call)
+                fl.set_num_threads(2)
+                threads.set_q_cols_min_bytes(0)
+                split = _run("lstm", opts, a, **call)
+                for x, y in zip(one, split):
+                    np.testing.assert_array_equal(x, y)
+    finally:
+        fl.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_quantized_sequence_stays_near_the_float_one(precision):
     """What the roundings cost against float32 weights and products (weights of a
     Glorot-initialized layer's scale)."""
