@@ -67,15 +67,9 @@ def quiet_numpy_blas():
 def cpu_model() -> str:
     """The CPU's model name as lscpu prints it, with its family and model numbers (virtual
     machines often name only the vendor) and the ISA extensions the kernels can use."""
-    info = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break                              # the first CPU is enough
-                key, _, value = line.partition(":")
-                info[key.strip().lower()] = value.strip()
-    except OSError:
+    from .calibration import cpuinfo
+    info = cpuinfo()
+    if info is None:
         return platform.processor() or platform.machine()
     name = info.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in info:

@@ -72,9 +72,9 @@ def cache_path() -> str:
     return os.path.join(base, "fastlstm", FILE)
 
 
-def cpu_name() -> str:
-    """The CPU's model name with its family and model numbers (from /proc/cpuinfo where
-    there is one), else what the platform module says."""
+def cpuinfo():
+    """The first CPU's fields in /proc/cpuinfo (lower-case keys), or None where it cannot
+    be read."""
     info = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -84,7 +84,14 @@ def cpu_name() -> str:
                 key, _, value = line.partition(":")
                 info[key.strip().lower()] = value.strip()
     except OSError:
-        pass
+        return None
+    return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name with its family and model numbers (from /proc/cpuinfo where
+    there is one), else what the platform module says."""
+    info = cpuinfo() or {}
     name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
     if "cpu family" in info:
         name += f" (family {info['cpu family']} model {info.get('model', '?')} " \
