@@ -113,15 +113,20 @@ def int8_matmul(A, Wq, scale):
         return (accf * d).astype(np.float32)
 
 
-def int8_gemm(A, Wq, scale, bias=None, C=None):
-    """The kernel's whole result: int8_matmul (+ C, beta = 1) (+ bias), in that order."""
-    r = int8_matmul(A, Wq, scale)
+def _epilogue(r, bias, C):
+    """r (+ C, beta = 1) (+ bias), each addition rounded to float32 on its own, as the
+    kernels add them."""
     with np.errstate(invalid="ignore", over="ignore"):
         if C is not None:
             r = (r + np.asarray(C, np.float32)).astype(np.float32)
         if bias is not None:
             r = (r + np.asarray(bias, np.float32)).astype(np.float32)
     return r
+
+
+def int8_gemm(A, Wq, scale, bias=None, C=None):
+    """The kernel's whole result: int8_matmul (+ C, beta = 1) (+ bias), in that order."""
+    return _epilogue(int8_matmul(A, Wq, scale), bias, C)
 
 
 def bf16_matmul(A, Wb_bits):
@@ -135,10 +140,4 @@ def bf16_matmul(A, Wb_bits):
 
 def bf16_gemm(A, Wb_bits, bias=None, C=None):
     """bf16_matmul (+ C) (+ bias)."""
-    r = bf16_matmul(A, Wb_bits)
-    with np.errstate(invalid="ignore", over="ignore"):
-        if C is not None:
-            r = (r + np.asarray(C, np.float32)).astype(np.float32)
-        if bias is not None:
-            r = (r + np.asarray(bias, np.float32)).astype(np.float32)
-    return r
+    return _epilogue(bf16_matmul(A, Wb_bits), bias, C)
