@@ -2,6 +2,7 @@
 what they compute.
 
     fl_model = fastlstm.convert.from_torch(torch_lstm)        # nn.LSTM / GRU / RNN / cells
+    fl_model = fastlstm.convert.from_torch(net, example_x)    # a whole nn.Module, via ONNX
     module = fastlstm.convert.to_torch(fl_model)
     fl_model = fastlstm.convert.from_keras("model.keras")     # or a Keras layer / model object
     keras_model = fastlstm.convert.to_keras(fl_model)

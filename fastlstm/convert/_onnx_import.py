@@ -64,6 +64,16 @@ class _Seq:
         return _Seq(**d)
 
 
+class _Stack:
+    """Final states of recurrent nodes concatenated along their direction axis (PyTorch's
+    ``h_n``, ``num_layers * num_directions`` entries): per entry, the ``_Seq`` of the node's
+    final state and the direction it holds. Gather on that axis picks one entry."""
+
+    def __init__(self, parts, axes):
+        self.parts = list(parts)
+        self.axes = tuple(axes)
+
+
 _SUPPORTED_OPS = ("LSTM", "GRU", "RNN", "Transpose", "Squeeze", "Unsqueeze", "Reshape",
                   "Slice", "Concat", "Shape", "Gather", "ConstantOfShape", "Constant",
                   "Identity", "Dropout", "Cast", "Expand", "MatMul", "Gemm", "Add", "Relu",
@@ -215,7 +225,7 @@ class _Reader:
                 if name:
                     self.vals[name] = v
             return
-        seqs = [v for v in ins if isinstance(v, _Seq)]
+        seqs = [v for v in ins if isinstance(v, (_Seq, _Stack))]
         try:
             if not seqs:
                 if all(isinstance(v, _Const) or v is None for v in ins) and not any(
@@ -410,6 +420,15 @@ class _Reader:
             return x
         if op == "Cast":
             return x
+        if op == "Concat":
+            return self.concat(node, ins, a)
+        if isinstance(x, _Stack):
+            if op == "Gather":
+                return self.pick_state(node, x, ins, a)
+            raise self.err(node, f"{op} on stacked final states is not supported (only "
+                           "Gather of one entry)")
+        if op == "Gather" and isinstance(x, _Seq) and not x.is_int:
+            return self.gather_data(node, x, ins, a)
         if not isinstance(x, _Seq):
             if op in ("Add", "MatMul") and isinstance(ins[1], _Seq):
                 if op == "Add":
@@ -576,6 +595,91 @@ class _Reader:
                 return x.but(rev=not x.rev)
         raise self.err(node, "Slice of the data tensor is supported only as a reversal of the "
                        "time axis of a recurrent output")
+
+    # -- final states and last steps ---------------------------------------------------------
+    def _scalar_index(self, node, ins):
+        idx = np.asarray(self.const(node, node.input[1], "the Gather indices"))
+        if idx.ndim != 0:
+            raise self.err(node, f"Gather with indices of shape {idx.shape} on the data tensor; "
+                           "only a single index (out[:, -1], h_n[-1]) is supported")
+        return int(idx)
+
+    def _final_states(self, node, x):
+        """The entries of a final-state value (a node's Y_h) as a _Stack."""
+        if not x.chain or x.chain[-1][0] != "rnn" or x.chain[-1][1].get("mode") != "last" \
+                or x.chain[-1][1].get("merge") is not None or "D" not in x.axes:
+            return None
+        return _Stack([(x, d) for d in range(x.ndir)], x.axes)
+
+    def gather_data(self, node, x, ins, a):
+        axis = a.get("axis", 0) % len(x.axes)
+        label = self.label(x.axes[axis])
+        if label == "D":
+            stack = self._final_states(node, x)
+            if stack is None:
+                raise self.err(node, "Gather on the direction axis of a recurrent node's "
+                               "output sequence is not supported")
+            return self.pick_state(node, stack, ins, a)
+        index = self._scalar_index(node, ins)
+        if label not in ("T", "A0", "A1") or index != -1:
+            raise self.err(node, f"Gather of index {index} on axis {axis} ({label}) of the "
+                           "data tensor; only the last time step (index -1) is supported")
+        kind, spec = x.chain[-1] if x.chain else (None, None)
+        if kind != "rnn" or spec.get("mode") != "seq" or x.rev or "D" in x.axes:
+            raise self.err(node, "Gather of the last time step is supported only on the output "
+                           "sequence of a recurrent node (single direction, input order)")
+        if len(spec["dirs"]) != 1:
+            raise self.err(node, "the last time step of a bidirectional output holds the "
+                           "backward direction after one step, which no fastlstm layer returns; "
+                           "use the final states (h_n) instead")
+        if label in ("A0", "A1"):
+            self.resolved[label] = "T"
+        chain = x.chain[:-1] + (("rnn", dict(spec, mode="last")),)
+        return x.but(chain=chain, axes=[l for i, l in enumerate(x.axes) if i != axis])
+
+    def pick_state(self, node, stack, ins, a):
+        axis = a.get("axis", 0) % len(stack.axes)
+        if stack.axes[axis] != "D":
+            raise self.err(node, f"Gather on axis {axis} of stacked final states; only on "
+                           "their first (layers x directions) axis")
+        index = self._scalar_index(node, ins)
+        n = len(stack.parts)
+        if not -n <= index < n:
+            raise self.err(node, f"index {index} of {n} stacked final states")
+        seq, d = stack.parts[index]
+        kind, spec = seq.chain[-1]
+        one = dict(spec, dirs=[spec["dirs"][d]], picked=(id(spec), d, len(spec["dirs"])))
+        return seq.but(chain=seq.chain[:-1] + (("rnn", one),), ndir=1,
+                       axes=[l for l in seq.axes if l != "D"])
+
+    def concat(self, node, ins, a):
+        if "axis" not in a:
+            raise self.err(node, "Concat needs the attribute axis")
+        first = ins[0]
+        axis = a["axis"] % len(first.axes) if isinstance(first, (_Seq, _Stack)) else None
+        if axis is not None and first.axes[axis] == "D":
+            parts = []
+            for v in ins:
+                stack = v if isinstance(v, _Stack) else (
+                    self._final_states(node, v) if isinstance(v, _Seq) else None)
+                if stack is None or len(stack.axes) != len(first.axes):
+                    raise self.err(node, "Concat on the direction axis is supported only of "
+                                   "recurrent nodes' final states (h_n)")
+                parts += stack.parts
+            return _Stack(parts, first.axes)
+        # [h_n[-2], h_n[-1]] of one bidirectional node: its two final states, concatenated
+        if len(ins) == 2 and all(isinstance(v, _Seq) for v in ins) and axis is not None \
+                and first.axes[axis] == "F" and first.chain[:-1] == ins[1].chain[:-1]:
+            (k0, s0), (k1, s1) = first.chain[-1], ins[1].chain[-1]
+            p0, p1 = s0.get("picked"), s1.get("picked")
+            if k0 == k1 == "rnn" and p0 and p1 and p0[0] == p1[0] and (p0[1], p1[1]) == (0, 1) \
+                    and p0[2] == 2:
+                both = dict(s0, dirs=s0["dirs"] + s1["dirs"], merge="concat")
+                both.pop("picked")
+                return first.but(chain=first.chain[:-1] + (("rnn", both),), feat=2 * first.feat)
+        raise self.err(node, "Concat on the data tensor is supported only of final states "
+                       "(h_n) along their first axis, or of the forward and backward final "
+                       "states of one bidirectional node")
 
     # -- recurrent nodes -----------------------------------------------------------------------
     def expect_shape(self, node, what, arr, shape, doc):
@@ -835,7 +939,10 @@ def from_onnx(model, dtype=None):
     with ``Transpose`` / ``Squeeze`` / ``Unsqueeze`` / ``Reshape`` (bidirectional concat) /
     ``ReduceSum|Mean|Prod`` (other merge modes) / ``Slice`` (time reversal) around them,
     ``MatMul`` (+ ``Add`` + activation or ``Softmax``) or ``Gemm`` as Dense, ``Gather`` on the
-    integer input as Embedding, and the shape arithmetic that builds zero initial states.
+    integer input as Embedding, the shape arithmetic that builds zero initial states,
+    ``Gather`` of the last time step of a one-direction output (``out[:, -1]``, as
+    ``return_sequences=False``), and ``Concat`` / ``Gather`` of final states (PyTorch's
+    ``h_n[k]``, and ``torch.cat([h_n[-2], h_n[-1]], 1)`` of a bidirectional layer).
     That covers what ``torch.onnx.export(..., dynamo=False)`` writes for ``nn.LSTM`` /
     ``nn.GRU`` / ``nn.RNN`` (single or multi-layer, bidirectional, batch_first or not), what
     the dynamo exporter writes for ``nn.LSTM`` / ``nn.GRU`` (it unrolls ``nn.RNN`` into

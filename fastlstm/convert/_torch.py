@@ -133,7 +133,7 @@ def _direction_weights(kind, sd, names, use_bias, H):
     return ws
 
 
-def from_torch(module, dtype=None, config=None):
+def from_torch(module, example_input=None, dtype=None, config=None):
     """A fastlstm layer or model computing what a PyTorch recurrent module computes.
 
     ``module``: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (tanh or relu) with any ``num_layers``,
@@ -154,7 +154,22 @@ def from_torch(module, dtype=None, config=None):
     anything else becomes float32).
 
     Raises ``ConversionError`` for ``proj_size > 0`` and for keys or options it cannot map.
+
+    A whole model (any other ``nn.Module``, e.g. an ``nn.LSTM`` under a ``nn.Linear`` head)
+    needs ``example_input``, one tensor of the shape and dtype it is called with (float
+    ``(batch, time, features)``, or integer token ids for an ``nn.Embedding``). The module is
+    exported to ONNX in memory (``torch.onnx.export``, the TorchScript exporter, in
+    evaluation mode) and read back by :func:`fastlstm.convert.from_onnx`, which maps
+    recurrent layers, ``Linear`` heads with their activations, ``Embedding``, the last time
+    step ``out[:, -1]`` of a one-direction layer, and the final states ``h_n[-1]`` (or
+    ``torch.cat([h_n[-2], h_n[-1]], 1)`` of a bidirectional one); other operators raise
+    ``ConversionError`` naming them. The result is then run on ``example_input`` and
+    compared with the module's own output, and a difference beyond rounding raises
+    ``ConversionError`` (for example control flow that the export traced one way).
     """
+    if example_input is not None or (config is None and not isinstance(module, dict)
+                                      and not _is_recurrent_module(module)):
+        return _from_torch_module(module, example_input, dtype)
     if config is None:
         if isinstance(module, dict):
             raise TypeError("from_torch: a state_dict needs config={'type': 'LSTM', "
@@ -224,6 +239,80 @@ def from_torch(module, dtype=None, config=None):
             out.append(new_layer("Dropout", purpose, rate=float(cfg["dropout"]), dtype=dt.name))
         out.append(layer)
     return assemble(out)
+
+
+def _is_recurrent_module(module):
+    torch = require("torch", "fastlstm.convert.from_torch")
+    nn = torch.nn
+    return isinstance(module, (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell))
+
+
+def _from_torch_module(module, example_input, dtype):
+    """A whole ``nn.Module`` by way of ONNX (see ``from_torch``)."""
+    import io
+    import warnings
+    torch = require("torch", "fastlstm.convert.from_torch")
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_torch: expected an nn.Module (or a state_dict with config=...), "
+                        f"got {type(module).__name__}")
+    if _is_recurrent_module(module):
+        raise TypeError(f"from_torch: example_input is for whole models; an "
+                        f"{type(module).__name__} converts without it")
+    if example_input is None:
+        raise TypeError(f"from_torch: converting a whole {type(module).__name__} needs "
+                        "example_input, a tensor it is called with (e.g. torch.randn(batch, "
+                        "time, features)); a recurrent module alone (nn.LSTM, ...) needs none")
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"from_torch: example_input: expected a torch.Tensor, got "
+                        f"{type(example_input).__name__}")
+    if example_input.ndim not in (2, 3):
+        raise ValueError(f"from_torch: example_input: expected (batch, time, features) or "
+                         f"integer (batch, time), got shape {tuple(example_input.shape)}")
+    from ._onnx_import import from_onnx
+    was_training = module.training
+    module.eval()
+    try:
+        buf = io.BytesIO()
+        axes = {0: "batch", 1: "time"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(module, (example_input,), buf, dynamo=False,
+                                  input_names=["input"], output_names=["output"],
+                                  dynamic_axes={"input": axes})
+            except Exception as exc:
+                raise ConversionError(f"from_torch: {type(module).__name__} could not be "
+                                      f"exported to ONNX ({type(exc).__name__}: {exc})") from None
+        converted = from_onnx(buf.getvalue(), dtype=dtype)
+        with torch.no_grad():
+            want = module(example_input)
+    finally:
+        module.train(was_training)
+    if not isinstance(want, torch.Tensor):
+        raise ConversionError(f"from_torch: {type(module).__name__} returns "
+                              f"{type(want).__name__}; only a module with one tensor output "
+                              "converts (its first output would be all that is kept)")
+    both64 = want.dtype == torch.float64 and _first_dtype(converted) == np.float64
+    want = _to_numpy(want).astype(np.float64)
+    x = example_input.detach().cpu()
+    x = x.numpy() if not x.is_floating_point() else _to_numpy(x)   # token ids stay integers
+    got = np.asarray(converted.predict(x) if hasattr(converted, "predict") else converted(x),
+                     dtype=np.float64)
+    tol = 1e-9 if both64 else 1e-4
+    if got.shape != want.shape or not np.allclose(got, want, rtol=tol, atol=tol * max(
+            1.0, float(np.abs(want).max(initial=0.0)))):
+        diff = (f"shape {got.shape} against {want.shape}" if got.shape != want.shape else
+                f"max |difference| {float(np.abs(got - want).max()):.3g}")
+        raise ConversionError(f"from_torch: the converted model does not reproduce "
+                              f"{type(module).__name__} on example_input ({diff}); its forward "
+                              "may hold what ONNX export traces one way only (control flow, "
+                              "state kept between calls)")
+    return converted
+
+
+def _first_dtype(converted):
+    layers = getattr(converted, "layers", None) or [converted]
+    return np.dtype(layers[0].dtype)
 
 
 def _new_rnn(kind, H, cfg, dt, purpose):
