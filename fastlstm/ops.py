@@ -11,6 +11,7 @@ import numpy as np
 
 from . import activations as _activations
 from .backends import get_ops
+from .backends import packing as _packing
 from .backends.cache_and_grads import Cache, Grads
 
 __all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
@@ -161,6 +162,31 @@ def _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, 
             chk.array("recurrent_dropout_mask", recurrent_dropout_mask, (B, H), optional=True))
 
 
+def _lengths_or_mask(ops, chk, mask, sequence_lengths, T, B, kernel):
+    """(mask, lengths) for the backend: rows of different lengths (``sequence_lengths``, or
+    a mask that is a prefix mask) go to a backend that packs them as lengths, to another as
+    their prefix mask; a mask that pads nothing is dropped (the plain path is the same)."""
+    if sequence_lengths is not None:
+        if mask is not None:
+            raise ValueError("sequence_lengths: give either a mask or sequence_lengths, "
+                             "not both")
+        lengths = _packing.check_lengths("sequence_lengths", sequence_lengths, T, B)
+    elif mask is not None and getattr(ops, "packs_lengths", False):
+        lengths = _packing.prefix_lengths(mask)
+    else:
+        return mask, None
+    if lengths is None:
+        return mask, None
+    total = int(lengths.sum())
+    if total == T * B:
+        return None, None
+    from .quantization import QuantizedMatrix
+    if (total == 0 or isinstance(kernel, QuantizedMatrix)
+            or not getattr(ops, "packs_lengths", False)):
+        return chk.mask("sequence_lengths", _packing.lengths_mask(lengths, T), (T, B)), None
+    return None, lengths
+
+
 def _attach_info(cache, ops, chk, T, B, H, return_sequences):
     if cache is not None:
         cache.info = dict(T=T, B=B, H=H, dtype=chk.dtype, return_sequences=return_sequences,
@@ -171,13 +197,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
                  mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                  activation="tanh", recurrent_activation="sigmoid",
                  coupled_input_forget=False, go_backwards=False, return_sequences=True,
-                 training=False):
+                 training=False, sequence_lengths=None):
     """LSTM over a sequence.
 
     x [T,B,I]; kernel [I,G]; recurrent_kernel [H,G]; bias [G] or None; h0, c0 [B,H] or None
     (zeros); peephole [3,H] or None; mask [T,B] bool or None; input_dropout_mask [B,I];
     recurrent_dropout_mask [B,H]. G = 4H, or 3H with ``coupled_input_forget``. The dtype is
     the kernel's (float32 or float64); other arrays are converted to it.
+    sequence_lengths [B] ints in [0, T] (instead of a mask): row b's steps t < length are
+    used, the rest padding, exactly as the prefix mask ``t < length``; the ``cpu`` backend
+    then runs each row only up to its length (so it does with a mask that is a prefix mask).
 
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -191,13 +220,15 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     c0 = _state_arg(chk, "c0", c0, B, H)
     P = chk.array("peephole", peephole, (3, H), optional=True)
     m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
+    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W)
     act = _activations.get(activation, "activation")
     ract = _activations.get(recurrent_activation, "recurrent_activation")
+    extra = {} if lengths is None else {"lengths": lengths}
     y, h, c, cache = ops.lstm_forward(
         x, W, U, b, h0, c0, peephole=P, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract, coupled=coupled,
         go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
-        training=_flag("training", training))
+        training=_flag("training", training), **extra)
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, c, cache
 
@@ -205,7 +236,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
 def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=True,
                 mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                 activation="tanh", recurrent_activation="sigmoid", go_backwards=False,
-                return_sequences=True, training=False):
+                return_sequences=True, training=False, sequence_lengths=None):
     """GRU over a sequence (Keras 3 ``GRUCell``).
 
     x [T,B,I]; kernel [I,3H]; recurrent_kernel [H,3H], blocks [z|r|h]; bias [2,3H] (row 0
@@ -213,7 +244,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     [3H] without, or None; h0 [B,H] or None (zeros); mask [T,B] bool or None;
     input_dropout_mask [B,I]; recurrent_dropout_mask [B,H] (applied to h_{t-1} in every
     recurrent product, not in the ``z * h_{t-1}`` carry, as Keras). The dtype is the
-    kernel's (float32 or float64); other arrays are converted to it.
+    kernel's (float32 or float64); other arrays are converted to it. sequence_lengths: as
+    ``lstm_forward``'s.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -231,25 +263,29 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
                          f"{'(2, 3*H)' if reset_after else '(3*H,)'} {form}") from None
     h0 = _state_arg(chk, "h0", h0, B, H)
     m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
+    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W)
     act = _activations.get(activation, "activation")
     ract = _activations.get(recurrent_activation, "recurrent_activation")
+    extra = {} if lengths is None else {"lengths": lengths}
     y, h, cache = ops.gru_forward(
         x, W, U, b, h0, reset_after=reset_after, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract,
         go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
-        training=_flag("training", training))
+        training=_flag("training", training), **extra)
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=None,
                        input_dropout_mask=None, recurrent_dropout_mask=None, activation="tanh",
-                       go_backwards=False, return_sequences=True, training=False):
+                       go_backwards=False, return_sequences=True, training=False,
+                       sequence_lengths=None):
     """SimpleRNN over a sequence: ``h_t = act(x_t W + h_{t-1} U + b)``.
 
     x [T,B,I]; kernel [I,H]; recurrent_kernel [H,H]; bias [H] or None; h0 [B,H] or None
     (zeros); mask [T,B] bool or None; input_dropout_mask [B,I]; recurrent_dropout_mask
     [B,H]. The dtype is the kernel's (float32 or float64); other arrays are converted to it.
+    sequence_lengths: as ``lstm_forward``'s.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -259,11 +295,14 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     b = chk.array("bias", bias, (H,), optional=True)
     h0 = _state_arg(chk, "h0", h0, B, H)
     m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
+    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W)
     act = _activations.get(activation, "activation")
+    extra = {} if lengths is None else {"lengths": lengths}
     y, h, cache = ops.simple_rnn_forward(
         x, W, U, b, h0, mask=m, input_dropout_mask=idm, recurrent_dropout_mask=rdm,
         activation=act, go_backwards=_flag("go_backwards", go_backwards),
-        return_sequences=_flag("return_sequences", return_sequences), training=_flag("training", training))
+        return_sequences=_flag("return_sequences", return_sequences), training=_flag("training", training),
+        **extra)
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 

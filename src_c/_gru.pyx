@@ -179,13 +179,13 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
             bint reset_after, bint go_backwards, bint return_sequences, bint training,
-            settings=None, quant=None):
+            settings=None, quant=None, Packed packing=None):
     """x [T,B,I], kernel [I,3H], recurrent_kernel [H,3H], bias [6H] (reset_after: rows 0, 1 of
     the [2,3H] bias, flattened) or [3H] or None, h0 [B,H], mask [T,B] uint8|None,
     input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
 
     Returns (y, h_T, saved): y is [T,B,H] by step when return_sequences, else [B,H]; saved is
-    None unless training, then a dict of what backward needs.
+    None unless training, then a dict of what backward needs. packing: as _lstm.forward's.
     """
     cdef Fwd p
     read_settings(&p.cfg, settings)
@@ -201,7 +201,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     # h's product needs r first.
     p.ZW = 4 * H if reset_after else G
     p.wsplit, p.usplit = (2 * H, 0) if reset_after else (0, 2 * H)
-    p.pipeline, p.ncols = True, 0
+    p.pipeline, p.ncols = packing is None, 0
     p.coupled, p.reset_after = False, reset_after
     # The bias row of Z: [b_zr + b'_zr | b'_h | b_h] (reset_after) or b; zeros without bias.
     brow_arr = np.zeros(p.ZW, dtype)
@@ -219,7 +219,8 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     bufs = forward_setup(&p, x, kernel, recurrent_kernel, brow, h0, mask,
                          input_dropout_mask, recurrent_dropout_mask, activation,
                          recurrent_activation, go_backwards, return_sequences, training,
-                         "gru_z", not (mask is not None or go_backwards), 0, qb)
+                         "gru_z", not (mask is not None or go_backwards or packing is not None),
+                         0, qb)
     cdef floating[::1] scratch = bufs[6]
     cdef floating[:, :, ::1] HIN, RH
     cdef floating[:, ::1] rhb
@@ -237,8 +238,13 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     elif not reset_after:
         rhb = np.empty((p.B, H), dtype)
         p.RH = &rhb[0, 0]
-    with nogil:
-        forward_loop(&p, &scratch[0])
+    if packing is not None:
+        with nogil:
+            packed_forward(&p, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
+                           &packing.gb0[0], &scratch[0])
+    else:
+        with nogil:
+            forward_loop(&p, &scratch[0])
     y = forward_output(bufs, return_sequences, mask is not None)
     saved = None
     if training:
@@ -366,12 +372,13 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint reset_after, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T,
-             dx_into=None, settings=None):
+             dx_into=None, settings=None, Packed packing=None):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
     reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
     [T,B,H] (return_sequences; last axis contiguous, the others any strides) or [B,H] or
     None; dh_T: [B,H] or None, all of this dtype and, but for dy's, C-contiguous. dx_into:
     x itself when forward's x was a copy nothing else holds (grad_buffers.dx_buffer).
+    packing: as _lstm.backward's.
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None); dbias is [2,3H] with
     reset_after, else [3H].
@@ -402,8 +409,14 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         q.RH = <void *>&rh[0, 0, 0]
         drh = np.empty((q.B, H), dtype)
         q.drh = &drh[0, 0]
-    with nogil:
-        backward_loop(&q, NULL, &scratch[0])
+    if packing is not None:
+        scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch), dtype)
+        with nogil:
+            packed_backward(&q, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
+                            &packing.gb0[0], NULL, &scratch[0])
+    else:
+        with nogil:
+            backward_loop(&q, NULL, &scratch[0])
     colsum = bufs[4]
     db = colsum
     if colsum is not None and reset_after:

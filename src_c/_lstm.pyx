@@ -224,13 +224,17 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
             bint coupled, bint go_backwards, bint return_sequences, bint training, settings=None,
-            quant=None):
+            quant=None, Packed packing=None):
     """x [T,B,I], kernel [I,G], recurrent_kernel [H,G], bias [G]|None, h0, c0 [B,H],
     peephole [3,H]|None, mask [T,B] uint8|None, input_dropout_mask [B,I]|None,
     recurrent_dropout_mask [B,H]|None.
 
     Returns (y, h_T, c_T, saved): y is [T,B,H] by step when return_sequences, else [B,H];
     saved is None unless training, then a dict of what backward needs.
+
+    packing (packed.pxi): x is then the packed rows [1,N,I] (times any input dropout mask;
+    mask and input_dropout_mask None), h0, c0 and the recurrent dropout mask in the sorted
+    batch order, and y the packed outputs [1,N,H] (by time) or h_T.
     """
     cdef Fwd p
     read_settings(&p.cfg, settings)
@@ -240,7 +244,10 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     dtype = np.float32 if floating is float else np.float64
     p.ZW, p.wsplit, p.usplit, p.pipeline = G, 0, 0, True
     p.coupled, p.reset_after = coupled, False
-    one_row = x.shape[1] == 1 and not training and recurrent_dropout_mask is None
+    one_row = (x.shape[1] == 1 and not training and recurrent_dropout_mask is None
+               and packing is None)
+    if packing is not None:
+        p.pipeline = False
     p.ncols = (q_cols_threads(&p.cfg, one_row, H, qb) if qb is not None
                else cols_threads(&p.cfg, one_row, H, G, sizeof(floating)))
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
@@ -249,8 +256,10 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
                          recurrent_dropout_mask, activation, recurrent_activation,
                          go_backwards, return_sequences, training, "z",
                          not (mask is not None or recurrent_dropout_mask is not None
-                              or go_backwards), H, qb)
+                              or go_backwards or packing is not None), H, qb)
     cdef floating[::1] scratch = bufs[6]
+    if packing is not None:
+        scratch = bufs[6] = workspace("scratch", max(1, packing.n * p.scratch), dtype)
     c_first = np.array(c0, dtype=dtype, copy=True)
     cdef floating[:, ::1] cf = c_first
     cdef floating[:, :, ::1] C
@@ -273,6 +282,17 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
         bar_mem = bar_arr
         p.work, p.hbuf = &cwork[0], &hbuf[0, 0]
         p.bar = <fl_barrier *>(&bar_mem[0] + (64 - (<size_t>&bar_mem[0]) % 64))
+    if packing is not None:
+        with nogil:
+            packed_forward(&p, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
+                           &packing.gb0[0], &scratch[0])
+        c_last = c_first
+        y = forward_output(bufs, return_sequences, False)
+        saved = None
+        if training:
+            saved = dict(x=np.asarray(x), z=bufs[1], c=cst_arr, hin=bufs[3],
+                         c0=np.asarray(c0))
+        return y, bufs[2], c_last, saved
     with nogil:
         forward_loop(&p, &scratch[0])
         if p.ncols:     # the final h: the last output written, or the buffer row of step T
@@ -332,12 +352,13 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint coupled, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T, dc_T,
-             dx_into=None, settings=None):
+             dx_into=None, settings=None, Packed packing=None):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
     the gate gradients). dy: [T,B,H] (return_sequences; its last axis contiguous, the others
     any strides, such as a transposed view of [B,T,H]) or [B,H] or None; dh_T, dc_T: [B,H]
     or None, all of this dtype and, but for dy's, C-contiguous. dx_into: x itself when
     forward's x was a copy nothing else holds (grad_buffers.dx_buffer), else None.
+    packing: as forward's (dy then the packed [1,N,H] or None, dh_T given, sorted).
 
     Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None).
     """
@@ -358,8 +379,17 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     cdef floating[::1] scratch = bufs[7], part = bufs[6]
     q.C, q.c0, q.dc = &c[0, 0, 0], <void *>&c0[0, 0], &dc[0, 0]
     q.P = NULL if peephole is None else <void *>&peephole[0, 0]
-    with nogil:
-        backward_loop(&q, &part[0] if part is not None else NULL, &scratch[0])
+    if packing is not None:
+        scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch), dtype)
+        if part is not None:
+            part = bufs[6] = np.zeros(packing.n * q.acc, dtype)
+        with nogil:
+            packed_backward(&q, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
+                            &packing.gb0[0], &part[0] if part is not None else NULL,
+                            &scratch[0])
+    else:
+        with nogil:
+            backward_loop(&q, &part[0] if part is not None else NULL, &scratch[0])
     dpeep = accumulated(bufs)
     return (bufs[0], bufs[1], dc_arr, bufs[2], bufs[3], bufs[4],
             None if dpeep is None else dpeep.reshape(3, H))

@@ -103,12 +103,13 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
             const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
-            bint return_sequences, bint training, settings=None, quant=None):
+            bint return_sequences, bint training, settings=None, quant=None,
+            Packed packing=None):
     """x [T,B,I], kernel [I,H], recurrent_kernel [H,H], bias [H]|None, h0 [B,H],
     mask [T,B] uint8|None, input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
 
     Returns (y, h_T, saved): y is [T,B,H] by step when return_sequences, else [B,H]; saved is
-    None unless training, then a dict of what backward needs.
+    None unless training, then a dict of what backward needs. packing: as _lstm.forward's.
     """
     cdef Fwd p
     read_settings(&p.cfg, settings)
@@ -124,10 +125,15 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
                          recurrent_dropout_mask, activation, None, go_backwards,
                          return_sequences, training, "rnn_z",
                          not (mask is not None or recurrent_dropout_mask is not None
-                              or go_backwards), 0, qb)
+                              or go_backwards or packing is not None), 0, qb)
     cdef floating[::1] scratch = bufs[6]
-    with nogil:
-        forward_loop(&p, &scratch[0])
+    if packing is not None:
+        with nogil:
+            packed_forward(&p, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
+                           &packing.gb0[0], &scratch[0])
+    else:
+        with nogil:
+            forward_loop(&p, &scratch[0])
     y = forward_output(bufs, return_sequences, mask is not None)
     saved = None
     if training:
@@ -169,12 +175,13 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] kernel, const floating[:, ::1] recurrent_kernel,
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
-             bint return_sequences, bint has_bias, dy, dh_T, dx_into=None, settings=None):
+             bint return_sequences, bint has_bias, dy, dh_T, dx_into=None, settings=None,
+             Packed packing=None):
     """BPTT for `forward`. x, z, hin are what forward saved (z is overwritten with the
     pre-activation gradients). dy: [T,B,H] (return_sequences; last axis contiguous, the
     others any strides) or [B,H] or None; dh_T: [B,H] or None, all of this dtype and, but
     for dy's, C-contiguous. dx_into: x itself when forward's x was a copy nothing else holds
-    (grad_buffers.dx_buffer).
+    (grad_buffers.dx_buffer). packing: as _lstm.backward's.
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None).
     """
@@ -188,6 +195,13 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
                           return_sequences, has_bias, dy, dh_T, dx_into,
                           mask is not None or recurrent_dropout_mask is not None, H, 0, 0, 0)
     cdef floating[::1] scratch = bufs[7]
-    with nogil:
-        backward_loop(&q, NULL, &scratch[0])
+    if packing is not None:
+        scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch),
+                                      np.float32 if floating is float else np.float64)
+        with nogil:
+            packed_backward(&q, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
+                            &packing.gb0[0], NULL, &scratch[0])
+    else:
+        with nogil:
+            backward_loop(&q, NULL, &scratch[0])
     return bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]

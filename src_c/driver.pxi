@@ -436,3 +436,6 @@ cdef inline void dense_param_grads(const Bwd *q, floating *Z) noexcept nogil:
                            <const floating *>q.WTp, <const floating *>q.ones,
                            <floating *>q.dW, <floating *>q.dU, <floating *>q.db,
                            <floating *>q.dX, <const floating *>q.idrop, q.own)
+
+
+include "packed.pxi"

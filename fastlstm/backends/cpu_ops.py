@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import cpu_packed
 from .cache_and_grads import Cache, Grads
 from .numpy_ops import NumpyOps
 from ..quantization import QuantizedMatrix
@@ -59,6 +60,9 @@ class CpuOps(NumpyOps):
     # transposed): dy is read where it lies, x copied here once. Every kernel call takes
     # fastlstm.threads's settings (threads, product policy) as its last argument.
     reads_rows_apart = True
+    # Rows of different lengths (sequence_lengths, a prefix mask) run only up to their
+    # lengths: cpu_packed.py.
+    packs_lengths = True
 
     @staticmethod
     def isa() -> str:
@@ -69,7 +73,15 @@ class CpuOps(NumpyOps):
     def lstm_forward(self, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole=None,
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
-                     return_sequences=True, training=False):
+                     return_sequences=True, training=False, lengths=None):
+        if lengths is not None:
+            return cpu_packed.lstm_forward(
+                x, kernel, recurrent_kernel, bias, h0, c0, lengths, peephole=peephole,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, coupled=coupled,
+                go_backwards=go_backwards, return_sequences=return_sequences,
+                training=training)
         if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle shapes it
             return super().lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
@@ -102,6 +114,8 @@ class CpuOps(NumpyOps):
     def lstm_backward(self, cache, dy=None, dh=None, dc=None):
         if cache.made_by == "oracle":      # the empty-batch case above
             return super().lstm_backward(cache, dy, dh, dc)
+        if cache.made_by == "packed":
+            return cpu_packed.lstm_backward(cache, dy, dh, dc)
         d = cache.take(self.name, "lstm")
         with single_threaded_blas():
             dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
@@ -117,7 +131,14 @@ class CpuOps(NumpyOps):
     def gru_forward(self, x, kernel, recurrent_kernel, bias, h0, *, reset_after=True,
                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                     activation, recurrent_activation, go_backwards=False,
-                    return_sequences=True, training=False):
+                    return_sequences=True, training=False, lengths=None):
+        if lengths is not None:
+            return cpu_packed.gru_forward(
+                x, kernel, recurrent_kernel, bias, h0, lengths, reset_after=reset_after,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, go_backwards=go_backwards,
+                return_sequences=return_sequences, training=training)
         if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
             return super().gru_forward(
                 x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
@@ -149,6 +170,8 @@ class CpuOps(NumpyOps):
     def gru_backward(self, cache, dy=None, dh=None):
         if cache.made_by == "oracle":
             return super().gru_backward(cache, dy, dh)
+        if cache.made_by == "packed":
+            return cpu_packed.gru_backward(cache, dy, dh)
         d = cache.take(self.name, "gru")
         with single_threaded_blas():
             dx, dh0, dW, dU, db = _gru.backward(
@@ -162,7 +185,15 @@ class CpuOps(NumpyOps):
     # -- SimpleRNN ---------------------------------------------------------------------
     def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
-                           go_backwards=False, return_sequences=True, training=False):
+                           go_backwards=False, return_sequences=True, training=False,
+                           lengths=None):
+        if lengths is not None:
+            return cpu_packed.simple_rnn_forward(
+                x, kernel, recurrent_kernel, bias, h0, lengths,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                go_backwards=go_backwards, return_sequences=return_sequences,
+                training=training)
         if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
             return super().simple_rnn_forward(
                 x, kernel, recurrent_kernel, bias, h0, mask=mask,
@@ -193,6 +224,8 @@ class CpuOps(NumpyOps):
     def simple_rnn_backward(self, cache, dy=None, dh=None):
         if cache.made_by == "oracle":
             return super().simple_rnn_backward(cache, dy, dh)
+        if cache.made_by == "packed":
+            return cpu_packed.simple_rnn_backward(cache, dy, dh)
         d = cache.take(self.name, "simple_rnn")
         with single_threaded_blas():
             dx, dh0, dW, dU, db = _simple_rnn.backward(

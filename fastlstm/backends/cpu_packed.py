@@ -1,0 +1,164 @@
+"""The ``cpu`` backend's packed passes: each row runs only up to its length
+(``sequence_lengths``, or a prefix mask), with the layout of ``packing.py`` and the time loop
+of ``src_c/packed.pxi``. The results are those of the masked path."""
+from __future__ import annotations
+
+import numpy as np
+
+from .cache_and_grads import Cache, Grads
+from .packing import Packing
+from ..threads import kernel_settings, single_threaded_blas
+from .. import _gru, _lstm, _simple_rnn
+
+
+def _layout(module, x, lengths, G, H, settings):
+    T, B, _ = x.shape
+    return Packing(lengths, T, module.packed_groups(T, B, H, G, settings), module.Packed)
+
+
+def _packed_inputs(pk, x, input_dropout_mask):
+    """x's running rows [1,N,I], times the input dropout mask (the weight gradient's rows)."""
+    xp = pk.pack(x)
+    if input_dropout_mask is not None:
+        xp *= input_dropout_mask[pk.rows][None]
+    return xp
+
+
+def _sorted(pk, a):
+    return None if a is None else pk.sort(a)
+
+
+def _input_grads(pk, dx, input_dropout_mask, I, dtype):
+    dx = dx.reshape(-1, I)
+    if input_dropout_mask is not None:
+        dx *= input_dropout_mask[pk.rows]
+    return pk.unpack_inputs(dx, I, dtype)
+
+
+def _cache(cell, pk, saved, training, **options):
+    if not training:
+        return None
+    saved.update(packing=pk, **options)
+    return Cache("cpu", cell, saved, made_by="packed")
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0, lengths, *, peephole,
+                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
+                 coupled, go_backwards, return_sequences, training):
+    H, G = recurrent_kernel.shape
+    settings = kernel_settings()
+    pk = _layout(_lstm, x, lengths, G, H, settings)
+    xp = _packed_inputs(pk, x, input_dropout_mask)
+    rdm = _sorted(pk, recurrent_dropout_mask)
+    with single_threaded_blas():
+        y, h, c, saved = _lstm.forward(
+            xp, kernel, recurrent_kernel, bias, pk.sort(h0), pk.sort(c0), peephole, None, None,
+            rdm, activation, recurrent_activation, coupled, go_backwards, return_sequences,
+            training, settings, packing=pk.kernel)
+    h, c = pk.unsort(h), pk.unsort(c)
+    y = pk.outputs(y, h, go_backwards, return_sequences)
+    cache = _cache("lstm", pk, saved, training, kernel=kernel,
+                   recurrent_kernel=recurrent_kernel, peephole=peephole,
+                   input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
+                   activation=activation, recurrent_activation=recurrent_activation,
+                   coupled=coupled, go_backwards=go_backwards,
+                   return_sequences=return_sequences, has_bias=bias is not None)
+    return y, h, c, cache
+
+
+def lstm_backward(cache, dy, dh, dc):
+    d = cache.take("cpu", "lstm")
+    pk = d["packing"]
+    I, H = d["kernel"].shape[0], d["recurrent_kernel"].shape[0]
+    dtype = d["z"].dtype
+    dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
+    dc = np.zeros((pk.B, H), dtype) if dc is None else dc
+    with single_threaded_blas():
+        dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
+            d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
+            d["peephole"], None, None, d["recurrent_dropout_mask"], d["activation"],
+            d["recurrent_activation"], d["coupled"], d["go_backwards"], d["return_sequences"],
+            d["has_bias"], dyp, pk.sort(dh), pk.sort(dc), d["x"], kernel_settings(),
+            packing=pk.kernel)
+    return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
+                 h0=pk.unsort(dh0), c0=pk.unsort(dc0), kernel=dW, recurrent_kernel=dU,
+                 bias=db, peephole=dP)
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, reset_after,
+                input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
+                go_backwards, return_sequences, training):
+    H, G = recurrent_kernel.shape
+    settings = kernel_settings()
+    pk = _layout(_gru, x, lengths, G, H, settings)
+    xp = _packed_inputs(pk, x, input_dropout_mask)
+    rdm = _sorted(pk, recurrent_dropout_mask)
+    with single_threaded_blas():
+        y, h, saved = _gru.forward(
+            xp, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1),
+            pk.sort(h0), None, None, rdm, activation, recurrent_activation, reset_after,
+            go_backwards, return_sequences, training, settings, packing=pk.kernel)
+    h = pk.unsort(h)
+    y = pk.outputs(y, h, go_backwards, return_sequences)
+    cache = _cache("gru", pk, saved, training, kernel=kernel,
+                   recurrent_kernel=recurrent_kernel, reset_after=reset_after,
+                   input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=rdm,
+                   activation=activation, recurrent_activation=recurrent_activation,
+                   go_backwards=go_backwards, return_sequences=return_sequences,
+                   has_bias=bias is not None)
+    return y, h, cache
+
+
+def gru_backward(cache, dy, dh):
+    d = cache.take("cpu", "gru")
+    pk = d["packing"]
+    I, H = d["kernel"].shape[0], d["recurrent_kernel"].shape[0]
+    dtype = d["z"].dtype
+    dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
+    with single_threaded_blas():
+        dx, dh0, dW, dU, db = _gru.backward(
+            d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"],
+            d["recurrent_kernel"], None, None, d["recurrent_dropout_mask"], d["activation"],
+            d["recurrent_activation"], d["reset_after"], d["go_backwards"],
+            d["return_sequences"], d["has_bias"], dyp, pk.sort(dh), d["x"],
+            kernel_settings(), packing=pk.kernel)
+    return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
+                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db)
+
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, input_dropout_mask,
+                       recurrent_dropout_mask, activation, go_backwards, return_sequences,
+                       training):
+    H, G = recurrent_kernel.shape
+    settings = kernel_settings()
+    pk = _layout(_simple_rnn, x, lengths, G, H, settings)
+    xp = _packed_inputs(pk, x, input_dropout_mask)
+    rdm = _sorted(pk, recurrent_dropout_mask)
+    with single_threaded_blas():
+        y, h, saved = _simple_rnn.forward(
+            xp, kernel, recurrent_kernel, bias, pk.sort(h0), None, None, rdm, activation,
+            go_backwards, return_sequences, training, settings, packing=pk.kernel)
+    h = pk.unsort(h)
+    y = pk.outputs(y, h, go_backwards, return_sequences)
+    cache = _cache("simple_rnn", pk, saved, training, kernel=kernel,
+                   recurrent_kernel=recurrent_kernel, input_dropout_mask=input_dropout_mask,
+                   recurrent_dropout_mask=rdm, activation=activation,
+                   go_backwards=go_backwards, return_sequences=return_sequences,
+                   has_bias=bias is not None)
+    return y, h, cache
+
+
+def simple_rnn_backward(cache, dy, dh):
+    d = cache.take("cpu", "simple_rnn")
+    pk = d["packing"]
+    I, H = d["kernel"].shape[0], d["recurrent_kernel"].shape[0]
+    dtype = d["z"].dtype
+    dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
+    with single_threaded_blas():
+        dx, dh0, dW, dU, db = _simple_rnn.backward(
+            d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], None, None,
+            d["recurrent_dropout_mask"], d["activation"], d["go_backwards"],
+            d["return_sequences"], d["has_bias"], dyp, pk.sort(dh), d["x"],
+            kernel_settings(), packing=pk.kernel)
+    return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
+                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db)
