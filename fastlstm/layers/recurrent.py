@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import activations, devices, initializers, ops, regularizers
 from .. import backends as fl_backends
+from ..backends.packing import check_lengths
 from .base import (Gradients, Layer, activity_penalty, aligned_weight, as_float_array,
                    check_bool, check_positive_int, check_training, input_features)
 
@@ -209,7 +210,7 @@ class RecurrentLayer(Layer, abstract=True):
             self.states = [devices.to_device(s, device) for s in self.states]
 
     # -- input handling ----------------------------------------------------------------------
-    def _prepare(self, x, mask, initial_state, training):
+    def _prepare(self, x, mask, initial_state, training, sequence_lengths=None):
         x = as_float_array("x", x, self.dtype, device=self.device)
         if x.ndim != 3:
             raise ValueError(f"x: {self.name} expects a 3-D array (batch, timesteps, features), "
@@ -224,6 +225,13 @@ class RecurrentLayer(Layer, abstract=True):
             raise ValueError(f"x: expected at least one timestep, got shape {x.shape}")
         xt = x.transpose(1, 0, 2)         # time-major; the ops copy it (once) as they need
         mt = None
+        if sequence_lengths is not None:
+            # The direct form of a prefix mask: the ops run each row up to its length.
+            if mask is not None:
+                raise ValueError("sequence_lengths: give either a mask or sequence_lengths, "
+                                 "not both")
+            lengths = check_lengths("sequence_lengths", devices.to_host(sequence_lengths), T, B)
+            mask = np.arange(T)[None, :] < lengths[:, None]
         if mask is not None:
             m = np.asarray(devices.to_host(mask))
             if m.shape != (B, T):
@@ -293,9 +301,13 @@ class RecurrentLayer(Layer, abstract=True):
             self.states = [s.copy() for s in states]
 
     # -- calls -----------------------------------------------------------------------------
-    def __call__(self, x, mask=None, initial_state=None, training=False):
+    def __call__(self, x, mask=None, initial_state=None, training=False, sequence_lengths=None):
+        """sequence_lengths [B] ints in [0, timesteps] (instead of a mask): row b's first
+        lengths[b] steps are its sequence, the rest padding; the same as the mask
+        ``arange(timesteps) < lengths[b]`` (each row then runs only up to its length)."""
         training = check_training(training)
-        xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training)
+        xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training,
+                                                 sequence_lengths)
         with devices.backend_context(self.device):
             y, final, _ = self._run(xt, states, mt, idm, rdm, training=False)
         om = self._output_mask(mt, y)
@@ -304,14 +316,16 @@ class RecurrentLayer(Layer, abstract=True):
         self._remember(final)
         return self._outputs(y, final)
 
-    def forward_train(self, x, mask=None, initial_state=None):
+    def forward_train(self, x, mask=None, initial_state=None, sequence_lengths=None):
         """Training forward (dropout active). Returns ``(outputs, backprop)``; ``backprop(d_out)``
         takes gradients mirroring ``outputs`` (None entries = zero) and returns ``Gradients``.
         An output sequence is read-only: the backward pass may read it (as PyTorch's autograd
-        refuses an output it saved that was changed in place)."""
+        refuses an output it saved that was changed in place). sequence_lengths: as
+        ``__call__``'s (BPTT then runs over each row's own length)."""
         self.check_float("forward_train")
         given_state = initial_state is not None
-        xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True)
+        xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True,
+                                                 sequence_lengths=sequence_lengths)
         with devices.backend_context(self.device):
             y, final, cache = self._run(xt, states, mt, idm, rdm, training=True)
         om = self._output_mask(mt, y)

@@ -242,20 +242,26 @@ class Bidirectional(Layer):
             return head + sf + sb, y, y_rev
         return merged, y, y_rev
 
-    def __call__(self, x, mask=None, initial_state=None, training=False):
+    def __call__(self, x, mask=None, initial_state=None, training=False, sequence_lengths=None):
+        """sequence_lengths: as the recurrent layers' (the backward direction then starts at
+        each row's last valid step, as PyTorch's PackedSequence)."""
         fs, bs = self._split_state(initial_state)
-        of = self.forward_layer(x, mask=mask, initial_state=fs, training=training)
-        ob = self.backward_layer(x, mask=mask, initial_state=bs, training=training)
+        of = self.forward_layer(x, mask=mask, initial_state=fs, training=training,
+                                sequence_lengths=sequence_lengths)
+        ob = self.backward_layer(x, mask=mask, initial_state=bs, training=training,
+                                 sequence_lengths=sequence_lengths)
         self._record_shape()
         return self._assemble(of, ob)[0]
 
-    def forward_train(self, x, mask=None, initial_state=None):
+    def forward_train(self, x, mask=None, initial_state=None, sequence_lengths=None):
         """Training forward. ``backprop(d_out)`` takes gradients mirroring the outputs (None
         entries = zero); ``Gradients.weights`` are forward then backward, and
         ``initial_state`` gradients forward then backward (None if none was given)."""
         fs, bs = self._split_state(initial_state)
-        of, back_f = self.forward_layer.forward_train(x, mask=mask, initial_state=fs)
-        ob, back_b = self.backward_layer.forward_train(x, mask=mask, initial_state=bs)
+        of, back_f = self.forward_layer.forward_train(x, mask=mask, initial_state=fs,
+                                                      sequence_lengths=sequence_lengths)
+        ob, back_b = self.backward_layer.forward_train(x, mask=mask, initial_state=bs,
+                                                       sequence_lengths=sequence_lengths)
         self._record_shape()
         self.last_activity_loss = (self.forward_layer.last_activity_loss
                                    + self.backward_layer.last_activity_loss)
