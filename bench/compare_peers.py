@@ -32,6 +32,15 @@ are added to its growth. "saved" is what BPTT has to keep whatever the implement
 the post-activation gates and the cell and hidden state of every step, T*B*(G+2H) floats
 (LSTM, GRU); for the RNN, whose outputs are its states, T*B*H.
 
+``--lengths`` times a batch of rows of different lengths (LSTM, 64 rows, I = H = 512,
+lengths uniform in [10, 100], T = 100), inference and training (forward + backward to the
+inputs and weights, loss = sum of the outputs at valid steps): fastlstm with
+``sequence_lengths`` (each row runs only up to its length), the same fastlstm layer on the
+batch fully padded to 100 steps (no mask: every row runs every step), and torch.nn.LSTM on
+``pack_padded_sequence`` of the same data (unsorted, then ``pad_packed_sequence``) and on the
+padded batch. The ratio lengths / padded is what skipping the padding saves (the padding is
+45% of the steps on average).
+
 ``--lowp`` times LSTM inference in reduced precision instead, by the same method, on one
 ``torch.nn.LSTM`` (I = H) per hidden size: torch float32; torch bfloat16 (the module's forward
 under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and ``torch.inference_mode()``: oneDNN's
@@ -585,6 +594,78 @@ def run_lowp(configs, threads, reps, per_block, stream=True, onnx=True, json_pat
     return rows, stream_rows
 
 
+def lengths_rows(threads, reps, per_block, T=100, B=64, H=512, lo=10, seed=0):
+    """``--lengths``: {mode: {implementation: seconds}} and the largest difference between
+    fastlstm's and torch's packed outputs."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(lo, T + 1, B)
+    x = rng.standard_normal((B, T, H)).astype(np.float32)
+    valid = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
+    tm, layer = peer_pair("lstm", H, x.shape)
+    xt = torch.from_numpy(x)
+    tl = torch.as_tensor(lengths)
+    dy = np.broadcast_to(valid[:, :, None], (B, T, H)).copy()
+    dy_full = np.ones((B, T, H), np.float32)
+    wt = torch.from_numpy(dy)
+
+    def torch_packed(inp):
+        out, _ = tm(pack_padded_sequence(inp, tl, batch_first=True, enforce_sorted=False))
+        return pad_packed_sequence(out, batch_first=True, total_length=T)[0]
+
+    with torch.inference_mode():
+        ref = torch_packed(xt).numpy()
+    err = float(np.abs(layer(x, sequence_lengths=lengths) * valid[:, :, None] - ref).max())
+
+    def fl_train(**kw):
+        def run():
+            y, backprop = layer.forward_train(x, **kw)
+            backprop(dy if kw else dy_full)
+        return run
+
+    xg = xt.clone().requires_grad_(True)
+
+    def torch_train_packed():
+        tm.zero_grad(set_to_none=True)
+        (torch_packed(xg) * wt).sum().backward()
+
+    def torch_train_padded():
+        tm.zero_grad(set_to_none=True)
+        tm(xg)[0].sum().backward()
+
+    def torch_infer_packed():
+        with torch.inference_mode():
+            return torch_packed(xt)
+
+    inference = {"fastlstm lengths": lambda: layer(x, sequence_lengths=lengths),
+                 "fastlstm padded": lambda: layer(x),
+                 "torch packed": torch_infer_packed,
+                 "torch padded": lambda: torch_inference(tm, xt)}
+    training = {"fastlstm lengths": fl_train(sequence_lengths=lengths),
+                "fastlstm padded": fl_train(),
+                "torch packed": torch_train_packed, "torch padded": torch_train_padded}
+    with quiet_numpy_blas():
+        t_inf = timed_blocks(inference, reps, per_block)
+        t_tr = timed_blocks(training, reps, max(1, per_block - 1))
+    return {"infer": t_inf, "train": t_tr}, err, lengths
+
+
+def print_lengths(threads, reps, per_block):
+    times, err, lengths = lengths_rows(threads, reps, per_block)
+    print(f"\nrows of different lengths: LSTM, B=64, I=H=512, T=100, lengths uniform in "
+          f"[10, 100] (mean {lengths.mean():.1f}), float32, ms per call")
+    names = ["fastlstm lengths", "fastlstm padded", "torch packed", "torch padded"]
+    print(f"{'mode':5s} | " + " ".join(f"{n:>16s}" for n in names)
+          + f" | {'fl len/padded':>13s} {'fl len/torch packed':>19s}")
+    for mode, t in times.items():
+        print(f"{mode:5s} | " + " ".join(f"{t[n] * 1e3:14.2f}ms" for n in names)
+              + f" | {t['fastlstm lengths'] / t['fastlstm padded']:13.2f} "
+              f"{t['fastlstm lengths'] / t['torch packed']:19.2f}")
+    if err > 1e-4:
+        print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
+
+
 def parse_configs(text):
     """"100x1x128,50x64x512" -> [(100, 1, 128), (50, 64, 512)] (T x B x I=H)."""
     return [tuple(int(v) for v in c.split("x")) for c in text.split(",") if c]
@@ -610,6 +691,9 @@ def main(argv=None):
     p.add_argument("--configs", help="--lowp: TxBxH,... instead of the default "
                                      "configurations (I = H)")
     p.add_argument("--json", metavar="PATH", help="--lowp: also write the results as JSON")
+    p.add_argument("--lengths", action="store_true",
+                   help="only the batch of rows of different lengths (sequence_lengths) "
+                        "against the same batch padded and torch's pack_padded_sequence")
     args = p.parse_args(argv)
     if args.memory_child:
         return memory_child(args.memory_child)
@@ -644,6 +728,11 @@ def main(argv=None):
         configs = parse_configs(args.configs) if args.configs else LOWP_CONFIGS
         run_lowp(configs, args.threads, reps, per_block, stream=not args.no_stream,
                  onnx=not args.no_onnx, json_path=args.json)
+        return 0
+    if args.lengths:
+        for line in environment(torch):
+            print(line)
+        print_lengths(args.threads, reps, per_block)
         return 0
     peak = sgemm_rate(args.threads)
     for line in environment(torch):
