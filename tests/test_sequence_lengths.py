@@ -343,3 +343,23 @@ def test_bidirectional_matches_pytorch_packed_sequence():
     outs, back = layer.forward_train(xn, sequence_lengths=lengths)
     g = back(w.numpy())
     assert_close(g.inputs, x.grad.numpy(), np.float64, table=PEER_TOL)
+
+
+def test_embedding_mask_zero_runs_packed(monkeypatch):
+    """Post-padded ids through Embedding(mask_zero=True) give a prefix mask: the LSTM after
+    it takes the packed pass (and gives the oracle's results)."""
+    from fastlstm.backends import cpu_packed
+    calls = []
+    real = cpu_packed.lstm_forward
+    monkeypatch.setattr(cpu_packed, "lstm_forward",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(3)
+    lengths = np.array([6, 2, 4, 1])
+    ids = rng.integers(1, 10, (4, 6)) * (np.arange(6)[None, :] < lengths[:, None])
+    model = fl.models.Sequential([fl.layers.Embedding(10, 3, mask_zero=True),
+                                  fl.layers.LSTM(5, dtype="float32")])
+    y = model.predict(ids)
+    assert calls, "the prefix mask did not take the packed pass"
+    with fl.use_backend("numpy"):
+        ref = model.predict(ids)
+    assert_close(y, ref, np.float32)
