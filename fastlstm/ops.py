@@ -162,10 +162,11 @@ def _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, 
             chk.array("recurrent_dropout_mask", recurrent_dropout_mask, (B, H), optional=True))
 
 
-def _lengths_or_mask(ops, chk, mask, sequence_lengths, T, B, kernel):
+def _lengths_or_mask(ops, chk, mask, sequence_lengths, T, B, kernel, H):
     """(mask, lengths) for the backend: rows of different lengths (``sequence_lengths``, or
-    a mask that is a prefix mask) go to a backend that packs them as lengths, to another as
-    their prefix mask; a mask that pads nothing is dropped (the plain path is the same)."""
+    a mask that is a prefix mask) go to a backend that packs them as lengths (where it is
+    worth it: packing.worth_packing), else as their prefix mask; a mask that pads nothing
+    is dropped (the plain path is the same)."""
     if sequence_lengths is not None:
         if mask is not None:
             raise ValueError("sequence_lengths: give either a mask or sequence_lengths, "
@@ -181,8 +182,10 @@ def _lengths_or_mask(ops, chk, mask, sequence_lengths, T, B, kernel):
     if total == T * B:
         return None, None
     from .quantization import QuantizedMatrix
+    I, G = kernel.shape
     if (total == 0 or isinstance(kernel, QuantizedMatrix)
-            or not getattr(ops, "packs_lengths", False)):
+            or not getattr(ops, "packs_lengths", False)
+            or not _packing.worth_packing(lengths, T, I, H, G)):
         return chk.mask("sequence_lengths", _packing.lengths_mask(lengths, T), (T, B)), None
     return None, lengths
 
@@ -220,7 +223,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     c0 = _state_arg(chk, "c0", c0, B, H)
     P = chk.array("peephole", peephole, (3, H), optional=True)
     m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
-    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W)
+    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W, H)
     act = _activations.get(activation, "activation")
     ract = _activations.get(recurrent_activation, "recurrent_activation")
     extra = {} if lengths is None else {"lengths": lengths}
@@ -263,7 +266,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
                          f"{'(2, 3*H)' if reset_after else '(3*H,)'} {form}") from None
     h0 = _state_arg(chk, "h0", h0, B, H)
     m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
-    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W)
+    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W, H)
     act = _activations.get(activation, "activation")
     ract = _activations.get(recurrent_activation, "recurrent_activation")
     extra = {} if lengths is None else {"lengths": lengths}
@@ -295,7 +298,7 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     b = chk.array("bias", bias, (H,), optional=True)
     h0 = _state_arg(chk, "h0", h0, B, H)
     m, idm, rdm = _step_masks(chk, mask, input_dropout_mask, recurrent_dropout_mask, T, B, I, H)
-    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W)
+    m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W, H)
     act = _activations.get(activation, "activation")
     extra = {} if lengths is None else {"lengths": lengths}
     y, h, cache = ops.simple_rnn_forward(

@@ -17,6 +17,13 @@ from fastlstm.backends.packing import Packing, prefix_lengths
 from conftest import DTYPES, PEER_TOL, assert_close, seed_of
 
 CELLS = ["lstm", "gru", "gru_reset_before", "simple_rnn"]
+
+
+@pytest.fixture(autouse=True)
+def pack_every_size(monkeypatch):
+    """The packed pass at these small sizes too (fastlstm packs from PACK_MIN_MACS)."""
+    from fastlstm.backends import packing
+    monkeypatch.setattr(packing, "PACK_MIN_MACS", 0.0)
 MODULES = {"lstm": _lstm, "gru": _gru, "gru_reset_before": _gru, "simple_rnn": _simple_rnn}
 
 
@@ -192,7 +199,18 @@ def test_edge_lengths():
         kw, _ = problem("lstm", np.float64, T, len(lengths), 3, 4, 1, lengths=lengths)
         for gb in (False, True):
             compare("lstm", kw, np.float64, True, gb, True, 2,
-                    expect_packed=0 < sum(lengths) < T * len(lengths))
+                    expect_packed=len(lengths) > 1 and 0 < sum(lengths) < T * len(lengths))
+
+
+def test_small_problems_and_single_rows_run_the_masked_path(monkeypatch):
+    from fastlstm.backends import packing
+    monkeypatch.setattr(packing, "PACK_MIN_MACS", float(1 << 21))
+    assert not packing.worth_packing(np.array([5, 3]), 5, 4, 8, 32)      # 2*12*32 MACs
+    assert packing.worth_packing(np.array([100, 10] * 32), 100, 512, 512, 2048)
+    assert not packing.worth_packing(np.array([10]), 100, 512, 512, 2048)   # one row
+    kw, _ = problem("lstm", np.float64, 5, 3, 2, 4, 0)
+    with fl.use_backend("cpu"):
+        assert run("lstm", kw, True)[2] == "cython"
 
 
 def test_prefix_detection():
