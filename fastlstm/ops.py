@@ -200,7 +200,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
                  mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                  activation="tanh", recurrent_activation="sigmoid",
                  coupled_input_forget=False, go_backwards=False, return_sequences=True,
-                 training=False, sequence_lengths=None):
+                 training=False, sequence_lengths=None, projection=None):
     """LSTM over a sequence.
 
     x [T,B,I]; kernel [I,G]; recurrent_kernel [H,G]; bias [G] or None; h0, c0 [B,H] or None
@@ -210,11 +210,23 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     sequence_lengths [B] ints in [0, T] (instead of a mask): row b's steps t < length are
     used, the rest padding, exactly as the prefix mask ``t < length``; the ``cpu`` backend
     then runs each row only up to its length (so it does with a mask that is a prefix mask).
+    projection [H,P] (PyTorch's ``proj_size``, LSTMP): ``h_t = (o * a(c_t)) projection``;
+    then recurrent_kernel is [P,G], h0 and the outputs have P features, c0 H
+    (``fastlstm/projected.py``; no recurrent dropout).
 
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
     coupled = _flag("coupled_input_forget", coupled_input_forget)
+    if projection is not None:
+        return _projected_forward(
+            x, kernel, recurrent_kernel, bias, projection, h0, c0, peephole=peephole,
+            mask=mask, input_dropout_mask=input_dropout_mask,
+            recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+            recurrent_activation=recurrent_activation, coupled_input_forget=coupled,
+            go_backwards=_flag("go_backwards", go_backwards),
+            return_sequences=_flag("return_sequences", return_sequences),
+            training=_flag("training", training), sequence_lengths=sequence_lengths)
     ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel,
                                                      3 if coupled else 4)
     _inference_only(W, _flag("training", training))
@@ -234,6 +246,41 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
         training=_flag("training", training), **extra)
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, c, cache
+
+
+def _projected_forward(x, kernel, recurrent_kernel, bias, projection, h0, c0, *,
+                       recurrent_dropout_mask, training, sequence_lengths, mask, **options):
+    """lstm_forward with a projection: the shapes checked here, the rest by the LSTM op
+    that projected.lstm_forward runs."""
+    from . import projected
+    ops = _ops_for(x)
+    xp = ops.xp
+    chk = _Checker(xp, _float_dtype("kernel", kernel))
+    Wp = chk.array("projection", projection, (None, None))
+    H, P = Wp.shape
+    if H < 1 or P < 1:
+        raise ValueError(f"projection: expected shape (H, P) with H, P >= 1, got {Wp.shape}")
+    G = (3 if options["coupled_input_forget"] else 4) * H
+    R = chk.array("recurrent_kernel", recurrent_kernel, (P, G))
+    W = chk.array("kernel", kernel, (None, G))
+    try:
+        xa = chk.array("x", x, (None, None, W.shape[0]))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (time-major (T, B, I))") from None
+    T, B, _ = xa.shape
+    if recurrent_dropout_mask is not None:
+        raise ValueError("recurrent_dropout_mask: a projected LSTM (projection, proj_size) "
+                         "takes no recurrent dropout")
+    h0 = chk.array("h0", h0, (B, P), optional=True)
+    m = chk.mask("mask", mask, (T, B))
+    if sequence_lengths is not None:
+        if m is not None:
+            raise ValueError("sequence_lengths: give either a mask or sequence_lengths, "
+                             "not both")
+        sequence_lengths = _packing.check_lengths("sequence_lengths", sequence_lengths, T, B)
+    return projected.lstm_forward(lstm_forward, xp, xa, W, R, bias, Wp, h0, c0,
+                                  training=training, mask=m, sequence_lengths=sequence_lengths,
+                                  **options)
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=True,
@@ -341,6 +388,17 @@ def lstm_backward(cache, dy=None, dh=None, dc=None) -> Grads:
     dy mirrors y ([T,B,H] or [B,H]); dh, dc [B,H] are the gradients of h_T and c_T; ``None``
     means zero. Returns ``Grads`` (inputs, h0, c0, kernel, recurrent_kernel, bias, peephole).
     """
+    if isinstance(cache, Cache) and cache.made_by == "projected":
+        from . import projected
+        d = cache.data
+        xp, dt = d["xp"], d["projection"].dtype
+        B, H, P = cache.info["B"], cache.info["H"], d["projection"].shape[1]
+        chk = _Checker(xp, dt)
+        seq = d["return_sequences"]
+        dy = _grad_arg(chk, "dy", dy, (cache.info["T"], B, P) if seq else (B, P))
+        return projected.lstm_backward(lstm_backward, cache, dy,
+                                       _grad_arg(chk, "dh", dh, (B, P)),
+                                       _grad_arg(chk, "dc", dc, (B, H)))
     ops, dy, (dh, dc) = _backward_args(cache, "lstm", "lstm_forward", dy,
                                        [("dh", dh), ("dc", dc)])
     return ops.lstm_backward(cache, dy, dh, dc)

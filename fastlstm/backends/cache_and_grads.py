@@ -51,3 +51,4 @@ class Grads:
     bias: Optional[Any] = None        # [G] or [2,G] (GRU reset_after)
     c0: Optional[Any] = None          # [B,H]   LSTM only
     peephole: Optional[Any] = None    # [3,H]   LSTM with peepholes only
+    projection: Optional[Any] = None  # [H,P]   LSTM with a projection (proj_size) only
