@@ -143,6 +143,16 @@ class RecurrentLayer(Layer, abstract=True):
     #: column blocks of the kernels (gates): LSTM 4 (CIFG 3), GRU 3, SimpleRNN 1
     gate_blocks = 1
 
+    @property
+    def state_sizes(self):
+        """Features of each state, in state_names' order (the LSTM's h has proj_size)."""
+        return (self.units,) * len(self.state_names)
+
+    @property
+    def output_size(self):
+        """Features of the outputs (the state h)."""
+        return self.state_sizes[0]
+
     def _bias_shape(self):
         return (self.gate_blocks * self.units,)
 
@@ -159,9 +169,9 @@ class RecurrentLayer(Layer, abstract=True):
 
     def compute_output_shape(self, input_shape):
         B, T = input_shape[0], input_shape[1]
-        out = (B, T, self.units) if self.return_sequences else (B, self.units)
+        out = (B, T, self.output_size) if self.return_sequences else (B, self.output_size)
         if self.return_state:
-            return [out] + [(B, self.units)] * len(self.state_names)
+            return [out] + [(B, n) for n in self.state_sizes]
         return out
 
     def compute_mask(self, inputs, mask=None):
@@ -177,7 +187,7 @@ class RecurrentLayer(Layer, abstract=True):
     def get_initial_state(self, batch_size):
         """Zero states for ``batch_size`` rows: a list of (batch, units) arrays."""
         batch_size = check_positive_int("batch_size", batch_size)
-        return [self.xp.zeros((batch_size, self.units), self.dtype) for _ in self.state_names]
+        return [self.xp.zeros((batch_size, n), self.dtype) for n in self.state_sizes]
 
     def reset_states(self, rows=None):
         """Zero the carried states of a stateful layer: all rows, or only ``rows``
@@ -270,11 +280,11 @@ class RecurrentLayer(Layer, abstract=True):
             raise ValueError(f"{arg}: {self.name} expects {n} arrays "
                              f"({', '.join(self.state_names)}), got {len(initial_state)}")
         out = []
-        for name, s in zip(self.state_names, initial_state):
+        for name, n, s in zip(self.state_names, self.state_sizes, initial_state):
             s = as_float_array(f"{arg}[{name}]", s, self.dtype, device=self.device)
-            if s.shape != (B, self.units):
+            if s.shape != (B, n):
                 of_x = " (x_t's batch)" if arg == "states" else ""
-                raise ValueError(f"{arg}[{name}]: expected shape ({B}, {self.units}){of_x}, got "
+                raise ValueError(f"{arg}[{name}]: expected shape ({B}, {n}){of_x}, got "
                                  f"{s.shape}")
             out.append(s)
         return out
@@ -404,10 +414,12 @@ class RecurrentLayer(Layer, abstract=True):
 
     def _step_states(self, states, B):
         """Validated states for step(); the common case (right arrays) costs a few checks."""
-        n, shape = len(self.state_names), (B, self.units)
+        n, sizes = len(self.state_names), self.state_sizes
+        shape = (B, sizes[0])
         if (isinstance(states, (list, tuple)) and len(states) == n
-                and all(isinstance(s, np.ndarray) and s.dtype == self.dtype and s.shape == shape
-                        and s.flags.c_contiguous for s in states)):
+                and all(isinstance(s, np.ndarray) and s.dtype == self.dtype
+                        and s.shape == (B, k) and s.flags.c_contiguous
+                        for s, k in zip(states, sizes))):
             return states
         if not isinstance(states, (list, tuple)):
             raise TypeError(f"states: expected a list of {n} arrays ({', '.join(self.state_names)}) "
@@ -470,7 +482,10 @@ class LSTM(RecurrentLayer):
     ``[i|f|c|o]``; with ``coupled_input_forget=True`` (CIFG: input gate = 1 - forget gate) the
     blocks are ``[f|c|o]``; with ``use_peepholes=True`` a fourth weight ``peephole (3, H)``,
     rows ``[i, f, o]`` (diagonal peepholes: i and f see c_{t-1}, o sees c_t; the i row is
-    unused with CIFG).
+    unused with CIFG). With ``proj_size=P`` (PyTorch's LSTMP) ``h_t = (o * tanh(c_t))
+    projection_kernel``: h and the outputs have P features, c has ``units``,
+    ``recurrent_kernel`` is ``(P, 4H)`` and a last weight ``projection_kernel (H, P)``
+    (fastlstm/projected.py; no recurrent dropout).
     """
 
     state_names = ("h", "c")
@@ -482,7 +497,8 @@ class LSTM(RecurrentLayer):
                  dropout=0.0, recurrent_dropout=0.0, seed=None, return_sequences=False,
                  return_state=False, go_backwards=False, stateful=False, dtype="float32",
                  use_peepholes=False, coupled_input_forget=False, peephole_initializer="zeros",
-                 name=None, trainable=True, unroll=False, zero_output_for_mask=False):
+                 name=None, trainable=True, unroll=False, zero_output_for_mask=False,
+                 proj_size=0, projection_initializer="glorot_uniform"):
         super().__init__(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -498,6 +514,20 @@ class LSTM(RecurrentLayer):
         self.use_peepholes = check_bool("use_peepholes", use_peepholes)
         self.coupled_input_forget = check_bool("coupled_input_forget", coupled_input_forget)
         self.peephole_initializer = initializers.get(peephole_initializer, "peephole_initializer")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) \
+                or not 0 <= proj_size < self.units:
+            raise ValueError(f"proj_size: expected an integer in [0, units={self.units}) "
+                             f"(0: no projection), got {proj_size!r}")
+        self.proj_size = int(proj_size)
+        if self.proj_size and self.recurrent_dropout > 0:
+            raise ValueError("recurrent_dropout: a projected LSTM (proj_size > 0) takes no "
+                             f"recurrent dropout, got {self.recurrent_dropout}")
+        self.projection_initializer = initializers.get(projection_initializer,
+                                                       "projection_initializer")
+
+    @property
+    def state_sizes(self):
+        return (self.proj_size or self.units, self.units)
 
     @property
     def gate_blocks(self):
@@ -505,13 +535,30 @@ class LSTM(RecurrentLayer):
 
     @property
     def weight_names(self):
-        return super().weight_names + (["peephole"] if self.use_peepholes else [])
+        return (super().weight_names + (["peephole"] if self.use_peepholes else [])
+                + (["projection_kernel"] if self.proj_size else []))
+
+    def weight_shapes(self, input_shape):
+        if not self.proj_size:
+            return super().weight_shapes(input_shape)
+        I = input_features(self.name, input_shape, 3)
+        H, P, G = self.units, self.proj_size, self.gate_blocks * self.units
+        shapes = {"kernel": (I, G), "recurrent_kernel": (P, G), "bias": self._bias_shape(),
+                  "peephole": (3, H), "projection_kernel": (H, P)}
+        return [shapes[n] for n in self.weight_names]
 
     def _create_weights(self, input_dim):
         H, nb, dt = self.units, self.gate_blocks, self.dtype
         self.kernel = np.ascontiguousarray(self.kernel_initializer((input_dim, nb * H), dt), dt)
-        self.recurrent_kernel = np.ascontiguousarray(
-            initializers.recurrent_kernel(self.recurrent_initializer, H, nb, dt), dt)
+        if self.proj_size:
+            self.recurrent_kernel = np.ascontiguousarray(initializers.initialize(
+                self.recurrent_initializer, (self.proj_size, nb * H), dt,
+                argument="recurrent_initializer"), dt)
+            self.projection_kernel = np.ascontiguousarray(
+                self.projection_initializer((H, self.proj_size), dt), dt)
+        else:
+            self.recurrent_kernel = np.ascontiguousarray(
+                initializers.recurrent_kernel(self.recurrent_initializer, H, nb, dt), dt)
         if self.use_bias:
             forget_block = 0 if self.coupled_input_forget else 1
             self.bias = np.ascontiguousarray(initializers.lstm_bias(
@@ -529,20 +576,24 @@ class LSTM(RecurrentLayer):
             input_dropout_mask=idm, recurrent_dropout_mask=rdm, activation=self.activation,
             recurrent_activation=self.recurrent_activation,
             coupled_input_forget=self.coupled_input_forget, go_backwards=self.go_backwards,
-            return_sequences=return_sequences, training=training)
+            return_sequences=return_sequences, training=training,
+            projection=self.projection_kernel if self.proj_size else None)
         return y, [h, c], cache
 
     def _run_backward(self, cache, dy, dstates):
         return ops.lstm_backward(cache, dy, dstates[0], dstates[1])
 
     def _new_step_plan(self, B):
+        if self.proj_size:      # step() runs the projected op over one step instead
+            raise ValueError("no compiled step with a projection")
         return _step_kernels().LSTMStepPlan(
             self.kernel, self.recurrent_kernel, self.bias if self.use_bias else None,
             self.peephole if self.use_peepholes else None, self.activation,
             self.recurrent_activation, self.coupled_input_forget, B)
 
     def _weight_grads(self, grads):
-        return super()._weight_grads(grads) + ([grads.peephole] if self.use_peepholes else [])
+        return (super()._weight_grads(grads) + ([grads.peephole] if self.use_peepholes else [])
+                + ([grads.projection] if self.proj_size else []))
 
     def get_config(self):
         cfg = super().get_config()
@@ -550,6 +601,9 @@ class LSTM(RecurrentLayer):
                    unit_forget_bias=self.unit_forget_bias, use_peepholes=self.use_peepholes,
                    coupled_input_forget=self.coupled_input_forget,
                    peephole_initializer=initializers.serialize(self.peephole_initializer))
+        if self.proj_size:
+            cfg.update(proj_size=self.proj_size, projection_initializer=initializers.serialize(
+                self.projection_initializer))
         return cfg
 
 
