@@ -140,6 +140,9 @@ def _activation_attrs(funcs, onnx_kind):
 
 def _lstm_direction(layer, where):
     """ONNX (W, R, B, P or None) of one fastlstm LSTM direction (float64)."""
+    if getattr(layer, "proj_size", 0):
+        raise ConversionError(f"to_onnx: {where} has proj_size={layer.proj_size}: ONNX has no "
+                              "operator for a projected LSTM (its LSTM has no projection)")
     from .. import activations
     H = layer.units
     ws = [np.asarray(w, np.float64) for w in layer.get_weights()]

@@ -76,10 +76,12 @@ def _check_config(config):
     cfg = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0, bidirectional=False,
                proj_size=0, nonlinearity="tanh")
     cfg.update(config)
-    if cfg["proj_size"]:
-        raise ConversionError(f"from_torch: nn.LSTM with proj_size={cfg['proj_size']} (a "
-                              "projected hidden state) is not supported: fastlstm's LSTM has "
-                              "no projection")
+    P = cfg["proj_size"]
+    if isinstance(P, bool) or not isinstance(P, (int, np.integer)) or P < 0:
+        raise ValueError(f"config['proj_size']: expected a non-negative integer, got {P!r}")
+    if P and kind != "LSTM":
+        raise ConversionError(f"config['proj_size']: nn.{kind} has none (only nn.LSTM "
+                              "projects its hidden state)")
     if "nonlinearity" in config and kind not in ("RNN", "RNNCell"):
         raise ConversionError(f"config['nonlinearity']: nn.{kind} has none (only nn.RNN and "
                               "nn.RNNCell take it)")
@@ -110,10 +112,11 @@ def _expected_keys(cfg):
     if cfg["type"].endswith("Cell"):
         return [(0, "", {n: n for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})]
     out = []
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (
+        ("weight_hr",) if cfg["proj_size"] else ())
     for k in range(cfg["num_layers"]):
         for sfx in (("", "_reverse") if cfg["bidirectional"] else ("",)):
-            out.append((k, sfx, {n: f"{n}_l{k}{sfx}"
-                                 for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}))
+            out.append((k, sfx, {n: f"{n}_l{k}{sfx}" for n in names}))
     return out
 
 
@@ -130,6 +133,8 @@ def _direction_weights(kind, sd, names, use_bias, H):
     ws = [w_ih.T, w_hh.T]
     if use_bias:
         ws.append(sd[names["bias_ih"]].astype(np.float64) + sd[names["bias_hh"]])
+    if "weight_hr" in names:                 # proj_size: the projection [P,H] -> (H, P)
+        ws.append(sd[names["weight_hr"]].astype(np.float64).T)
     return ws
 
 
@@ -153,7 +158,9 @@ def from_torch(module, example_input=None, dtype=None, config=None):
     (h, c))``. ``dtype``: float32 or float64; default the module's (float64 stays float64,
     anything else becomes float32).
 
-    Raises ``ConversionError`` for ``proj_size > 0`` and for keys or options it cannot map.
+    ``nn.LSTM(proj_size=P)`` becomes ``LSTM(units, proj_size=P)`` (``weight_hr`` its
+    ``projection_kernel``, transposed). Raises ``ConversionError`` for keys or options it
+    cannot map.
 
     A whole model (any other ``nn.Module``, e.g. an ``nn.LSTM`` under a ``nn.Linear`` head)
     needs ``example_input``, one tensor of the shape and dtype it is called with (float
@@ -201,8 +208,8 @@ def from_torch(module, example_input=None, dtype=None, config=None):
     extra = sorted(set(sd) - wanted)
     if extra and any("weight_hr" in k for k in extra):
         raise ConversionError("from_torch: the state_dict has projection weights "
-                              f"({listing(k for k in extra if 'weight_hr' in k)}): nn.LSTM "
-                              "with proj_size > 0 is not supported")
+                              f"({listing(k for k in extra if 'weight_hr' in k)}) but the "
+                              "config has no proj_size (give config['proj_size'])")
     if missing or extra:
         raise ConversionError(f"from_torch: state_dict keys do not match the config "
                               f"(type={cfg['type']}, num_layers={cfg['num_layers']}, "
@@ -211,13 +218,15 @@ def from_torch(module, example_input=None, dtype=None, config=None):
 
     first = sd[expected[0][2]["weight_ih"]]
     dt = resolve_dtype(dtype, first.dtype)
-    H = cfg.get("hidden_size") or sd[expected[0][2]["weight_hh"]].shape[1]
+    H = cfg.get("hidden_size") or first.shape[0] // G
+    P = cfg["proj_size"]
+    O = P or H                                    # the features of h and of the outputs
     I = cfg.get("input_size") or first.shape[1]
     D = 2 if cfg["bidirectional"] else 1
     for k, sfx, names in expected:
-        in_dim = I if k == 0 else D * H
-        shapes = {"weight_ih": (G * H, in_dim), "weight_hh": (G * H, H),
-                  "bias_ih": (G * H,), "bias_hh": (G * H,)}
+        in_dim = I if k == 0 else D * O
+        shapes = {"weight_ih": (G * H, in_dim), "weight_hh": (G * H, O),
+                  "bias_ih": (G * H,), "bias_hh": (G * H,), "weight_hr": (P, H)}
         for n, key in names.items():
             if key in sd and sd[key].shape != shapes[n]:
                 raise ConversionError(f"from_torch: {key} has shape {sd[key].shape}, expected "
@@ -227,7 +236,7 @@ def from_torch(module, example_input=None, dtype=None, config=None):
     out = []
     for k in range(cfg["num_layers"]):
         dirs = [e for e in expected if e[0] == k]
-        in_dim = I if k == 0 else D * H
+        in_dim = I if k == 0 else D * O
         ws = []
         for _, _, names in dirs:
             ws += _direction_weights(kind, sd, names, cfg["bias"], H)
@@ -318,6 +327,8 @@ def _first_dtype(converted):
 def _new_rnn(kind, H, cfg, dt, purpose):
     common = dict(units=H, use_bias=bool(cfg["bias"]), return_sequences=True, dtype=dt.name)
     if kind == "LSTM":
+        if cfg["proj_size"]:
+            common["proj_size"] = int(cfg["proj_size"])
         return new_layer("LSTM", purpose, **common)
     if kind == "GRU":
         return new_layer("GRU", purpose, reset_after=True, **common)
@@ -456,6 +467,12 @@ def to_torch(obj, drop_training_options=False):
                                   "has return_sequences=False")
     bidirectional = len(stages[0][4]) == 2
     first = stages[0][4][0]
+    proj = getattr(first, "proj_size", 0)
+    for layer in stage_layers[1:]:
+        if getattr(layer, "proj_size", getattr(getattr(layer, "forward_layer", None),
+                                               "proj_size", 0)) != proj:
+            raise ConversionError(f"to_torch: {_layer_name(layer)} has another proj_size than "
+                                  f"the first layer ({proj}); one nn.LSTM projects all alike")
     dt = first.dtype
     tdt = torch.float64 if dt == np.float64 else torch.float32
     I = first.input_dim
@@ -465,6 +482,8 @@ def to_torch(obj, drop_training_options=False):
                   bidirectional=bidirectional)
     if tkind == "RNN":
         kwargs["nonlinearity"] = act
+    if proj:
+        kwargs["proj_size"] = proj
     module = getattr(torch.nn, tkind)(**kwargs).to(tdt)
     G = _GATES[tkind]
     params = {}
@@ -484,6 +503,8 @@ def to_torch(obj, drop_training_options=False):
                 if use_bias:
                     params[f"bias_ih_l{k}{sfx}"] = ws[2]
                     params[f"bias_hh_l{k}{sfx}"] = np.zeros(G * units)
+                if proj:
+                    params[f"weight_hr_l{k}{sfx}"] = ws[-1].T
     with torch.no_grad():
         for name, p in module.named_parameters():
             src = params.pop(name)
