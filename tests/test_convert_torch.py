@@ -187,12 +187,12 @@ def _set_dtype(spec):
 
 
 # -- errors ----------------------------------------------------------------------------------
-def test_proj_size_is_a_clear_error():
+def test_projection_weights_without_proj_size_are_a_clear_error():
     m = torch.nn.LSTM(3, 6, proj_size=2)
-    with pytest.raises(ConversionError, match="proj_size"):
-        from_torch(m)
     with pytest.raises(ConversionError, match="proj_size|projection"):
         from_torch(m.state_dict(), config={"type": "LSTM", "input_size": 3, "hidden_size": 6})
+    with pytest.raises(ConversionError, match="proj_size"):
+        from_torch(torch.nn.GRU(3, 4).state_dict(), config={"type": "GRU", "proj_size": 2})
 
 
 def test_state_dict_mismatch_names_keys():
