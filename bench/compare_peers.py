@@ -41,6 +41,10 @@ batch fully padded to 100 steps (no mask: every row runs every step), and torch.
 padded batch. The ratio lengths / padded is what skipping the padding saves (the padding is
 45% of the steps on average).
 
+``--projection`` times the projected LSTM (``LSTM(1024, proj_size=256)``, I = 256, T = 50,
+B = 32), inference and training, against ``torch.nn.LSTM(256, 1024, proj_size=256)`` with the
+same weights (``fastlstm.convert.from_torch``).
+
 ``--lowp`` times LSTM inference in reduced precision instead, by the same method, on one
 ``torch.nn.LSTM`` (I = H) per hidden size: torch float32; torch bfloat16 (the module's forward
 under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and ``torch.inference_mode()``: oneDNN's
@@ -666,6 +670,45 @@ def print_lengths(threads, reps, per_block):
         print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
 
 
+def projection_rows(reps, per_block, T=50, B=32, I=256, H=1024, P=256):
+    """``--projection``: {mode: {implementation: seconds}} and the largest output difference."""
+    import torch
+    from fastlstm.convert import from_torch
+    torch.manual_seed(0)
+    tm = torch.nn.LSTM(I, H, proj_size=P, batch_first=True)
+    layer = from_torch(tm)
+    x = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    err = float(np.abs(layer(x) - torch_inference(tm, xt)[0].numpy()).max())
+    dy = np.ones((B, T, P), np.float32)
+    xg = xt.clone().requires_grad_(True)
+
+    def fl_train():
+        y, backprop = layer.forward_train(x)
+        backprop(dy)
+
+    def torch_train():
+        tm.zero_grad(set_to_none=True)
+        tm(xg)[0].sum().backward()
+
+    with quiet_numpy_blas():
+        t_inf = timed_blocks({"fastlstm": lambda: layer(x),
+                              "torch": lambda: torch_inference(tm, xt)}, reps, per_block)
+        t_tr = timed_blocks({"fastlstm": fl_train, "torch": torch_train}, reps,
+                            max(1, per_block - 1))
+    return {"infer": t_inf, "train": t_tr}, err
+
+
+def print_projection(reps, per_block):
+    times, err = projection_rows(reps, per_block)
+    print("\nprojected LSTM: units 1024, proj_size 256, I=256, T=50, B=32, float32, ms per call")
+    for mode, t in times.items():
+        print(f"{mode:5s} | fastlstm {t['fastlstm'] * 1e3:9.2f}ms  torch {t['torch'] * 1e3:9.2f}ms"
+              f" | fl/torch {t['fastlstm'] / t['torch']:5.2f}")
+    if err > 1e-4:
+        print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
+
+
 def parse_configs(text):
     """"100x1x128,50x64x512" -> [(100, 1, 128), (50, 64, 512)] (T x B x I=H)."""
     return [tuple(int(v) for v in c.split("x")) for c in text.split(",") if c]
@@ -694,6 +737,8 @@ def main(argv=None):
     p.add_argument("--lengths", action="store_true",
                    help="only the batch of rows of different lengths (sequence_lengths) "
                         "against the same batch padded and torch's pack_padded_sequence")
+    p.add_argument("--projection", action="store_true",
+                   help="only the projected LSTM (proj_size) against torch's")
     args = p.parse_args(argv)
     if args.memory_child:
         return memory_child(args.memory_child)
@@ -729,10 +774,13 @@ def main(argv=None):
         run_lowp(configs, args.threads, reps, per_block, stream=not args.no_stream,
                  onnx=not args.no_onnx, json_path=args.json)
         return 0
-    if args.lengths:
+    if args.lengths or args.projection:
         for line in environment(torch):
             print(line)
-        print_lengths(args.threads, reps, per_block)
+        if args.lengths:
+            print_lengths(args.threads, reps, per_block)
+        if args.projection:
+            print_projection(reps, per_block)
         return 0
     peak = sgemm_rate(args.threads)
     for line in environment(torch):
