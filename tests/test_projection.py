@@ -226,3 +226,22 @@ def test_onnx_export_refuses_a_projection():
     layer.build((None, 3, 2))
     with pytest.raises(ConversionError, match="proj_size"):
         to_onnx(layer)
+
+
+def test_stateful_bidirectional_and_keras_refusal():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 6, 5))
+    layer = fl.layers.LSTM(8, proj_size=3, stateful=True, return_sequences=True,
+                           dtype="float64")
+    halves = np.concatenate([layer(x[:, :3]), layer(x[:, 3:])], 1)
+    plain = fl.layers.LSTM(8, proj_size=3, return_sequences=True, dtype="float64")
+    plain.build(x.shape)
+    plain.set_weights(layer.get_weights())
+    assert_close(halves, plain(x), np.float64)
+    bi = fl.layers.Bidirectional(fl.layers.LSTM(8, proj_size=3, return_sequences=True,
+                                                dtype="float64"))
+    assert bi(x, sequence_lengths=[6, 2, 4]).shape == (3, 6, 6)
+    pytest.importorskip("keras")
+    from fastlstm.convert import ConversionError, to_keras
+    with pytest.raises(ConversionError, match="proj_size"):
+        to_keras(plain)

@@ -906,6 +906,9 @@ def _to_keras_layer(keras, layer):
             if layer.coupled_input_forget:
                 raise ConversionError(f"to_keras: {where} has coupled_input_forget=True; "
                                       "Keras's LSTM has no coupled input-forget gate")
+            if getattr(layer, "proj_size", 0):
+                raise ConversionError(f"to_keras: {where} has proj_size={layer.proj_size}; "
+                                      "Keras's LSTM has no projection")
         kw = dict(units=layer.units, activation=_keras_activation(layer.activation, where),
                   use_bias=layer.use_bias, dropout=layer.dropout,
                   recurrent_dropout=layer.recurrent_dropout, seed=layer.seed,
