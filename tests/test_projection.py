@@ -245,3 +245,20 @@ def test_stateful_bidirectional_and_keras_refusal():
     from fastlstm.convert import ConversionError, to_keras
     with pytest.raises(ConversionError, match="proj_size"):
         to_keras(plain)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_every_isa_variant(level):
+    from fastlstm import _gates
+    _gates.force_isa_level(level)
+    try:
+        for dtype in DTYPES:
+            seed = seed_of(level, dtype, "isa")
+            kw = problem(dtype, 5, 6, 3, 17, 5, seed, peephole=True)
+            mask = masks("prefix", 5, 6, seed)
+            with fl.use_backend("cpu"):
+                y, h, c, _ = fl.ops.lstm_forward(**kw, mask=mask)
+            for a, e in zip((y, h, c), reference(kw, mask, False, False, True)):
+                assert_close(a, e, dtype)
+    finally:
+        _gates.force_isa_level(-1)

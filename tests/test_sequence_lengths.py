@@ -381,3 +381,30 @@ def test_embedding_mask_zero_runs_packed(monkeypatch):
     with fl.use_backend("numpy"):
         ref = model.predict(ids)
     assert_close(y, ref, np.float32)
+
+
+def test_bidirectional_gru_matches_pytorch_packed_sequence():
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    from fastlstm.convert import from_torch
+    torch.manual_seed(1)
+    B, T, I, H = 6, 8, 3, 5
+    lengths = np.array([8, 1, 5, 3, 8, 6])
+    net = torch.nn.GRU(I, H, batch_first=True, bidirectional=True).double()
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    out, hn = net(pack_padded_sequence(x, torch.as_tensor(lengths), batch_first=True,
+                                       enforce_sorted=False))
+    y_t, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+    w = torch.randn(B, T, 2 * H, dtype=torch.float64)
+    (y_t * w).sum().backward()
+    layer = from_torch(net)
+    xn = x.detach().numpy()
+    assert_close(layer(xn, sequence_lengths=lengths), y_t.detach().numpy(), np.float64,
+                 table=PEER_TOL)
+    outs, back = layer.forward_train(xn, sequence_lengths=lengths)
+    g = back(w.numpy())
+    assert_close(g.inputs, x.grad.numpy(), np.float64, table=PEER_TOL)
+    fwd_grads = g.weights[:3]
+    assert_close(fwd_grads[0], net.weight_ih_l0.grad.numpy()[[5, 6, 7, 8, 9, 0, 1, 2, 3, 4,
+                                                             10, 11, 12, 13, 14]].T,
+                 np.float64, table=PEER_TOL)
