@@ -190,6 +190,24 @@ def _lengths_or_mask(ops, chk, mask, sequence_lengths, T, B, kernel, H):
     return None, lengths
 
 
+def _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H):
+    """What the backend takes for zoneout: None, the keep masks [T,B,H] (by step; training)
+    or 1 - p (without masks: inference's expectation)."""
+    if zoneout is None or (not isinstance(zoneout, bool) and isinstance(zoneout, (int, float))
+                           and zoneout == 0):
+        if zoneout_mask is not None:
+            raise ValueError("zoneout_mask: given without zoneout (the rate p)")
+        return None
+    if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float, np.floating)) \
+            or not 0 <= zoneout < 1:
+        raise ValueError(f"zoneout: expected a rate in [0, 1), got {zoneout!r}")
+    if ops.name == "cupy":
+        raise ValueError("zoneout: not on the cupy backend yet; run it on the cpu backend")
+    if zoneout_mask is not None:
+        return chk.array("zoneout_mask", zoneout_mask, (T, B, H))
+    return 1.0 - float(zoneout)
+
+
 def _attach_info(cache, ops, chk, T, B, H, return_sequences):
     if cache is not None:
         cache.info = dict(T=T, B=B, H=H, dtype=chk.dtype, return_sequences=return_sequences,
@@ -200,7 +218,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
                  mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                  activation="tanh", recurrent_activation="sigmoid",
                  coupled_input_forget=False, go_backwards=False, return_sequences=True,
-                 training=False, sequence_lengths=None, projection=None):
+                 training=False, sequence_lengths=None, projection=None, zoneout=None,
+                 zoneout_mask=None):
     """LSTM over a sequence.
 
     x [T,B,I]; kernel [I,G]; recurrent_kernel [H,G]; bias [G] or None; h0, c0 [B,H] or None
@@ -213,11 +232,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     projection [H,P] (PyTorch's ``proj_size``, LSTMP): ``h_t = (o * a(c_t)) projection``;
     then recurrent_kernel is [P,G], h0 and the outputs have P features, c0 H
     (``fastlstm/projected.py``; no recurrent dropout).
+    zoneout: a rate p in [0, 1) of zoneout on h (haste's; not on c): ``h_t = h_{t-1} + m_t
+    (h~_t - h_{t-1})`` with zoneout_mask [T,B,H] (by step) the keep masks m_t (training,
+    Bernoulli(1 - p)), or m_t = 1 - p without it (inference).
 
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
     coupled = _flag("coupled_input_forget", coupled_input_forget)
+    if projection is not None and zoneout:
+        raise ValueError("zoneout: a projected LSTM (projection, proj_size) takes no zoneout")
     if projection is not None:
         return _projected_forward(
             x, kernel, recurrent_kernel, bias, projection, h0, c0, peephole=peephole,
@@ -239,6 +263,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     act = _activations.get(activation, "activation")
     ract = _activations.get(recurrent_activation, "recurrent_activation")
     extra = {} if lengths is None else {"lengths": lengths}
+    zk = _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H)
+    if zk is not None:
+        extra["zoneout"] = zk
     y, h, c, cache = ops.lstm_forward(
         x, W, U, b, h0, c0, peephole=P, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract, coupled=coupled,
@@ -286,7 +313,8 @@ def _projected_forward(x, kernel, recurrent_kernel, bias, projection, h0, c0, *,
 def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=True,
                 mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                 activation="tanh", recurrent_activation="sigmoid", go_backwards=False,
-                return_sequences=True, training=False, sequence_lengths=None):
+                return_sequences=True, training=False, sequence_lengths=None, zoneout=None,
+                zoneout_mask=None):
     """GRU over a sequence (Keras 3 ``GRUCell``).
 
     x [T,B,I]; kernel [I,3H]; recurrent_kernel [H,3H], blocks [z|r|h]; bias [2,3H] (row 0
@@ -294,8 +322,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     [3H] without, or None; h0 [B,H] or None (zeros); mask [T,B] bool or None;
     input_dropout_mask [B,I]; recurrent_dropout_mask [B,H] (applied to h_{t-1} in every
     recurrent product, not in the ``z * h_{t-1}`` carry, as Keras). The dtype is the
-    kernel's (float32 or float64); other arrays are converted to it. sequence_lengths: as
-    ``lstm_forward``'s.
+    kernel's (float32 or float64); other arrays are converted to it. sequence_lengths,
+    zoneout, zoneout_mask: as ``lstm_forward``'s.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -317,6 +345,9 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     act = _activations.get(activation, "activation")
     ract = _activations.get(recurrent_activation, "recurrent_activation")
     extra = {} if lengths is None else {"lengths": lengths}
+    zk = _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H)
+    if zk is not None:
+        extra["zoneout"] = zk
     y, h, cache = ops.gru_forward(
         x, W, U, b, h0, reset_after=reset_after, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract,
@@ -329,13 +360,13 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=None,
                        input_dropout_mask=None, recurrent_dropout_mask=None, activation="tanh",
                        go_backwards=False, return_sequences=True, training=False,
-                       sequence_lengths=None):
+                       sequence_lengths=None, zoneout=None, zoneout_mask=None):
     """SimpleRNN over a sequence: ``h_t = act(x_t W + h_{t-1} U + b)``.
 
     x [T,B,I]; kernel [I,H]; recurrent_kernel [H,H]; bias [H] or None; h0 [B,H] or None
     (zeros); mask [T,B] bool or None; input_dropout_mask [B,I]; recurrent_dropout_mask
     [B,H]. The dtype is the kernel's (float32 or float64); other arrays are converted to it.
-    sequence_lengths: as ``lstm_forward``'s.
+    sequence_lengths, zoneout, zoneout_mask: as ``lstm_forward``'s.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -348,6 +379,9 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     m, lengths = _lengths_or_mask(ops, chk, m, sequence_lengths, T, B, W, H)
     act = _activations.get(activation, "activation")
     extra = {} if lengths is None else {"lengths": lengths}
+    zk = _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H)
+    if zk is not None:
+        extra["zoneout"] = zk
     y, h, cache = ops.simple_rnn_forward(
         x, W, U, b, h0, mask=m, input_dropout_mask=idm, recurrent_dropout_mask=rdm,
         activation=act, go_backwards=_flag("go_backwards", go_backwards),

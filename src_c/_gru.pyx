@@ -239,9 +239,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
         rhb = np.empty((p.B, H), dtype)
         p.RH = &rhb[0, 0]
     if packing is not None:
-        with nogil:
-            packed_forward(&p, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
-                           &packing.gb0[0], &scratch[0])
+        packed_forward(&p, packing, &scratch[0])
     else:
         with nogil:
             forward_loop(&p, &scratch[0])
@@ -411,9 +409,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         q.drh = &drh[0, 0]
     if packing is not None:
         scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch), dtype)
-        with nogil:
-            packed_backward(&q, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
-                            &packing.gb0[0], NULL, &scratch[0])
+        packed_backward(&q, packing, NULL, &scratch[0])
     else:
         with nogil:
             backward_loop(&q, NULL, &scratch[0])

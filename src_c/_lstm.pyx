@@ -283,9 +283,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
         p.work, p.hbuf = &cwork[0], &hbuf[0, 0]
         p.bar = <fl_barrier *>(&bar_mem[0] + (64 - (<size_t>&bar_mem[0]) % 64))
     if packing is not None:
-        with nogil:
-            packed_forward(&p, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
-                           &packing.gb0[0], &scratch[0])
+        packed_forward(&p, packing, &scratch[0])
         c_last = c_first
         y = forward_output(bufs, return_sequences, False)
         saved = None
@@ -383,10 +381,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch), dtype)
         if part is not None:
             part = bufs[6] = np.zeros(packing.n * q.acc, dtype)
-        with nogil:
-            packed_backward(&q, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
-                            &packing.gb0[0], &part[0] if part is not None else NULL,
-                            &scratch[0])
+        packed_backward(&q, packing, &part[0] if part is not None else NULL, &scratch[0])
     else:
         with nogil:
             backward_loop(&q, &part[0] if part is not None else NULL, &scratch[0])

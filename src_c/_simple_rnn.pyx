@@ -128,9 +128,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
                               or go_backwards or packing is not None), 0, qb)
     cdef floating[::1] scratch = bufs[6]
     if packing is not None:
-        with nogil:
-            packed_forward(&p, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
-                           &packing.gb0[0], &scratch[0])
+        packed_forward(&p, packing, &scratch[0])
     else:
         with nogil:
             forward_loop(&p, &scratch[0])
@@ -198,9 +196,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     if packing is not None:
         scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch),
                                       np.float32 if floating is float else np.float64)
-        with nogil:
-            packed_backward(&q, packing.T, packing.n, &packing.start[0], &packing.cnt[0],
-                            &packing.gb0[0], NULL, &scratch[0])
+        packed_backward(&q, packing, NULL, &scratch[0])
     else:
         with nogil:
             backward_loop(&q, NULL, &scratch[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cpu_packed
+from .packing import prefix_lengths
 from .cache_and_grads import Cache, Grads
 from .numpy_ops import NumpyOps
 from ..quantization import QuantizedMatrix
@@ -48,6 +49,19 @@ def _time_major(x, copy):
     return np.ascontiguousarray(x), True
 
 
+def _zoneout_lengths(x, mask, lengths):
+    """(lengths, whether the oracle runs it) of a pass with zoneout, which the kernels run
+    on the packed loop: rows of full length, or a prefix mask's lengths; a mask with gaps,
+    an empty batch or no step to run anywhere go to the oracle."""
+    if lengths is None and mask is not None:
+        lengths = prefix_lengths(mask)
+        if lengths is None:
+            return None, True
+    if x.shape[1] == 0 or x.shape[2] == 0 or (lengths is not None and not np.any(lengths)):
+        return lengths, True
+    return lengths, False
+
+
 def _dx_into(saved, x, copied, input_dropout_mask):
     """A buffer of x's shape that the backward pass may overwrite: x times the dropout mask
     (the forward pass's own array), or the copy _time_major made."""
@@ -73,10 +87,21 @@ class CpuOps(NumpyOps):
     def lstm_forward(self, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole=None,
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
-                     return_sequences=True, training=False, lengths=None):
-        if lengths is not None:
+                     return_sequences=True, training=False, lengths=None, zoneout=None):
+        if zoneout is not None:
+            lengths, oracle = _zoneout_lengths(x, mask, lengths)
+            if oracle:                    # a mask with gaps, no row or no step to run
+                return super().lstm_forward(
+                    x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
+                    zoneout=zoneout,
+                    input_dropout_mask=input_dropout_mask,
+                    recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                    go_backwards=go_backwards, return_sequences=return_sequences,
+                    training=training, recurrent_activation=recurrent_activation, coupled=coupled)
+        if lengths is not None or zoneout is not None:
             return cpu_packed.lstm_forward(
-                x, kernel, recurrent_kernel, bias, h0, c0, lengths, peephole=peephole,
+                x, kernel, recurrent_kernel, bias, h0, c0, lengths, zoneout=zoneout,
+                mask=mask, peephole=peephole,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, coupled=coupled,
@@ -131,10 +156,20 @@ class CpuOps(NumpyOps):
     def gru_forward(self, x, kernel, recurrent_kernel, bias, h0, *, reset_after=True,
                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                     activation, recurrent_activation, go_backwards=False,
-                    return_sequences=True, training=False, lengths=None):
-        if lengths is not None:
+                    return_sequences=True, training=False, lengths=None, zoneout=None):
+        if zoneout is not None:
+            lengths, oracle = _zoneout_lengths(x, mask, lengths)
+            if oracle:                    # a mask with gaps, no row or no step to run
+                return super().gru_forward(
+                    x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask, zoneout=zoneout,
+                    input_dropout_mask=input_dropout_mask,
+                    recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                    go_backwards=go_backwards, return_sequences=return_sequences,
+                    training=training, recurrent_activation=recurrent_activation)
+        if lengths is not None or zoneout is not None:
             return cpu_packed.gru_forward(
-                x, kernel, recurrent_kernel, bias, h0, lengths, reset_after=reset_after,
+                x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
+                reset_after=reset_after,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
@@ -186,10 +221,19 @@ class CpuOps(NumpyOps):
     def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
                            go_backwards=False, return_sequences=True, training=False,
-                           lengths=None):
-        if lengths is not None:
+                           lengths=None, zoneout=None):
+        if zoneout is not None:
+            lengths, oracle = _zoneout_lengths(x, mask, lengths)
+            if oracle:                    # a mask with gaps, no row or no step to run
+                return super().simple_rnn_forward(
+                    x, kernel, recurrent_kernel, bias, h0, mask=mask, zoneout=zoneout,
+                    input_dropout_mask=input_dropout_mask,
+                    recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                    go_backwards=go_backwards, return_sequences=return_sequences,
+                    training=training)
+        if lengths is not None or zoneout is not None:
             return cpu_packed.simple_rnn_forward(
-                x, kernel, recurrent_kernel, bias, h0, lengths,
+                x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,

@@ -35,6 +35,23 @@ def _input_grads(pk, dx, input_dropout_mask, I, dtype):
     return pk.unpack_inputs(dx, I, dtype)
 
 
+def _zoned(pk, zoneout, go_backwards, dtype):
+    """The packing's zoneout: the keep masks [T,B,H] (by step) packed, or 1 - p."""
+    if zoneout is None:
+        return
+    pk.kernel.zoned = True
+    if np.ndim(zoneout) == 0:
+        pk.kernel.keep = float(zoneout)
+    else:
+        pk.kernel.zoneout = pk.pack(np.asarray(zoneout), go_backwards,
+                                    by_step=True).astype(dtype, copy=False).reshape(-1)
+
+
+def _full(lengths, x):
+    """Every row its full length when only zoneout brings a pass here."""
+    return np.full(x.shape[1], x.shape[0]) if lengths is None else lengths
+
+
 def _cache(cell, pk, saved, training, **options):
     if not training:
         return None
@@ -43,11 +60,13 @@ def _cache(cell, pk, saved, training, **options):
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0, lengths, *, peephole,
+                 zoneout=None, mask=None,
                  input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
                  coupled, go_backwards, return_sequences, training):
     H, G = recurrent_kernel.shape
     settings = kernel_settings()
-    pk = _layout(_lstm, x, lengths, G, H, settings)
+    pk = _layout(_lstm, x, _full(lengths, x), G, H, settings)
+    _zoned(pk, zoneout, go_backwards, kernel.dtype)
     xp = _packed_inputs(pk, x, input_dropout_mask)
     rdm = _sorted(pk, recurrent_dropout_mask)
     with single_threaded_blas():
@@ -86,11 +105,13 @@ def lstm_backward(cache, dy, dh, dc):
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, reset_after,
+                zoneout=None, mask=None,
                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
                 go_backwards, return_sequences, training):
     H, G = recurrent_kernel.shape
     settings = kernel_settings()
-    pk = _layout(_gru, x, lengths, G, H, settings)
+    pk = _layout(_gru, x, _full(lengths, x), G, H, settings)
+    _zoned(pk, zoneout, go_backwards, kernel.dtype)
     xp = _packed_inputs(pk, x, input_dropout_mask)
     rdm = _sorted(pk, recurrent_dropout_mask)
     with single_threaded_blas():
@@ -127,11 +148,13 @@ def gru_backward(cache, dy, dh):
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, input_dropout_mask,
+                       zoneout=None, mask=None,
                        recurrent_dropout_mask, activation, go_backwards, return_sequences,
                        training):
     H, G = recurrent_kernel.shape
     settings = kernel_settings()
-    pk = _layout(_simple_rnn, x, lengths, G, H, settings)
+    pk = _layout(_simple_rnn, x, _full(lengths, x), G, H, settings)
+    _zoned(pk, zoneout, go_backwards, kernel.dtype)
     xp = _packed_inputs(pk, x, input_dropout_mask)
     rdm = _sorted(pk, recurrent_dropout_mask)
     with single_threaded_blas():

@@ -16,11 +16,12 @@ for all three blocks) but not to the ``z * h_{t-1}`` carry.
 from __future__ import annotations
 
 from ..cache_and_grads import Cache, Grads
+from .zoneout import keep as _keep
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
             input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-            go_backwards, return_sequences, training, backend="numpy"):
+            go_backwards, return_sequences, training, backend="numpy", zoneout=None):
     T, B, _ = x.shape
     H = recurrent_kernel.shape[0]
     a, ra = activation, recurrent_activation
@@ -57,6 +58,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
             r = ra(xr + rec[:, H:], xp)
             n = a(xh + (r * hin) @ U[:, 2 * H:], xp)
         h_new = z * h + (1 - z) * n
+        if zoneout is not None:               # h_t = h_{t-1} + m (h~_t - h_{t-1})
+            h_new = h + _keep(zoneout, s) * (h_new - h)
         if training:
             gates[t] = xp.concatenate([z, r, n], axis=1)
             h_prev[t] = h
@@ -79,7 +82,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
             recurrent_kernel=U, reset_after=reset_after, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=a, recurrent_activation=ra, go_backwards=go_backwards,
-            return_sequences=return_sequences, has_bias=bias is not None), made_by="oracle")
+            return_sequences=return_sequences, has_bias=bias is not None, zoneout=zoneout),
+            made_by="oracle")
     return y, h, cache
 
 
@@ -89,6 +93,7 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
     W, U = d["kernel"], d["recurrent_kernel"]
     mask, a, ra = d["mask"], d["activation"], d["recurrent_activation"]
     reset_after, rdm = d["reset_after"], d["recurrent_dropout_mask"]
+    zoneout = d.get("zoneout")
     T, B, _ = x.shape
     H = U.shape[0]
     dtype = x.dtype
@@ -109,6 +114,10 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
         else:
             m = None
             dh_step = dh + dout
+        dcarry = 0
+        if zoneout is not None:               # share m to h~_t, 1 - m straight to h_{t-1}
+            zk = _keep(zoneout, s)
+            dh_step, dcarry = zk * dh_step, (1 - zk) * dh_step
         z, r, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
         hp = h_prev[t]
         hin = hp if rdm is None else hp * rdm
@@ -127,7 +136,7 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
         dz_in[t] = xp.concatenate([dzz, dzr, dzn], axis=1)
         if rdm is not None:
             dhin = dhin * rdm
-        dhp = dh_step * z + dhin
+        dhp = dh_step * z + dhin + dcarry
         if m is not None:
             dh = xp.where(m, dhp, dh)
             dout = xp.where(m, 0, dout)

@@ -13,11 +13,12 @@ Peephole terms are present only with ``peephole`` given (Gers & Schmidhuber).
 from __future__ import annotations
 
 from ..cache_and_grads import Cache, Grads
+from .zoneout import keep as _keep
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-            coupled, go_backwards, return_sequences, training, backend="numpy"):
+            coupled, go_backwards, return_sequences, training, backend="numpy", zoneout=None):
     T, B, _ = x.shape
     H = recurrent_kernel.shape[0]
     a, ra = activation, recurrent_activation
@@ -55,6 +56,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             zo = zo + peephole[2] * c_new
         o = ra(zo, xp)
         h_new = o * a(c_new, xp)
+        if zoneout is not None:               # h_t = h_{t-1} + m (h~_t - h_{t-1})
+            h_new = h + _keep(zoneout, s) * (h_new - h)
         if training:
             gates[t] = xp.concatenate([f, g, o] if coupled else [i, f, g, o], axis=1)
             cs[t], h_prev[t], c_prev[t] = c_new, h, c
@@ -76,7 +79,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             recurrent_kernel=recurrent_kernel, peephole=peephole, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=a, recurrent_activation=ra, coupled=coupled, go_backwards=go_backwards,
-            return_sequences=return_sequences, has_bias=bias is not None), made_by="oracle")
+            return_sequences=return_sequences, has_bias=bias is not None, zoneout=zoneout),
+            made_by="oracle")
     return y, h, c, cache
 
 
@@ -86,7 +90,7 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
     h_prev, c_prev = d["h_prev"], d["c_prev"]
     W, U, P = d["kernel"], d["recurrent_kernel"], d["peephole"]
     mask, a, ra, coupled = d["mask"], d["activation"], d["recurrent_activation"], d["coupled"]
-    rdm = d["recurrent_dropout_mask"]
+    rdm, zoneout = d["recurrent_dropout_mask"], d.get("zoneout")
     T, B, _ = x.shape
     H = U.shape[0]
     dtype = x.dtype
@@ -109,6 +113,10 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
         else:
             m = None
             dh_step, dc_step = dh + dout, dc
+        dcarry = 0
+        if zoneout is not None:               # share m to h~_t, 1 - m straight to h_{t-1}
+            zk = _keep(zoneout, s)
+            dh_step, dcarry = zk * dh_step, (1 - zk) * dh_step
         if coupled:
             f, g, o = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
             i = 1 - f
@@ -143,6 +151,7 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
         dhp = dz @ U.T
         if rdm is not None:
             dhp = dhp * rdm
+        dhp = dhp + dcarry
         if m is not None:
             dh = xp.where(m, dhp, dh)
             dc = xp.where(m, dcp, dc)

@@ -6,11 +6,12 @@ Per step, with ``a`` the activation:
 from __future__ import annotations
 
 from ..cache_and_grads import Cache, Grads
+from .zoneout import keep as _keep
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_mask,
             recurrent_dropout_mask, activation, go_backwards, return_sequences, training,
-            backend="numpy"):
+            backend="numpy", zoneout=None):
     T, B, _ = x.shape
     H = recurrent_kernel.shape[0]
     a = activation
@@ -31,6 +32,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_ma
         h_new = a(xw[t] + hin @ recurrent_kernel, xp)
         if training:
             hs[t], h_prev[t] = h_new, h
+        if zoneout is not None:               # h_t = h_{t-1} + m (h~_t - h_{t-1})
+            h_new = h + _keep(zoneout, s) * (h_new - h)
         if mask is not None:
             m = mask[t][:, None]
             h_new = xp.where(m, h_new, h)
@@ -48,7 +51,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_ma
             mask=mask, input_dropout_mask=input_dropout_mask,
             recurrent_dropout_mask=recurrent_dropout_mask, activation=a,
             go_backwards=go_backwards, return_sequences=return_sequences,
-            has_bias=bias is not None), made_by="oracle")
+            has_bias=bias is not None, zoneout=zoneout), made_by="oracle")
     return y, h, cache
 
 
@@ -56,7 +59,7 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
     d = cache.take(backend, "simple_rnn")
     x, hs, h_prev = d["x"], d["hs"], d["h_prev"]
     W, U, mask, a = d["kernel"], d["recurrent_kernel"], d["mask"], d["activation"]
-    rdm = d["recurrent_dropout_mask"]
+    rdm, zoneout = d["recurrent_dropout_mask"], d.get("zoneout")
     T, B, _ = x.shape
     H = U.shape[0]
     dtype = x.dtype
@@ -76,11 +79,16 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
         else:
             m = None
             dh_step = dh + dout
+        dcarry = 0
+        if zoneout is not None:               # share m to h~_t, 1 - m straight to h_{t-1}
+            zk = _keep(zoneout, s)
+            dh_step, dcarry = zk * dh_step, (1 - zk) * dh_step
         dz = dh_step * a.grad_from_output(hs[t], xp)
         dz_all[t] = dz
         dhp = dz @ U.T
         if rdm is not None:
             dhp = dhp * rdm
+        dhp = dhp + dcarry
         if m is not None:
             dh = xp.where(m, dhp, dh)
             dout = xp.where(m, 0, dout)
