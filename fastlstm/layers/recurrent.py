@@ -55,7 +55,7 @@ class RecurrentLayer(Layer, abstract=True):
                  bias_regularizer=None, activity_regularizer=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
-                 unroll=False, zero_output_for_mask=False):
+                 unroll=False, zero_output_for_mask=False, zoneout=0.0):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         self.units = check_positive_int("units", units)
         self.activation = activations.get(activation, "activation")
@@ -77,6 +77,7 @@ class RecurrentLayer(Layer, abstract=True):
         self.stateful = check_bool("stateful", stateful)
         self.unroll = check_bool("unroll", unroll)   # accepted for Keras parity; no effect
         self.zero_output_for_mask = check_bool("zero_output_for_mask", zero_output_for_mask)
+        self.zoneout = _check_rate("zoneout", zoneout)
         self.states = None
         self.last_activity_loss = 0.0
         self._step_plan = None      # the compiled step() bound to the weights (fastlstm._step)
@@ -118,6 +119,20 @@ class RecurrentLayer(Layer, abstract=True):
 
     def _weight_grads(self, grads):
         return [grads.kernel, grads.recurrent_kernel] + ([grads.bias] if self.use_bias else [])
+
+    def _zoneout_kw(self, zoneout_mask):
+        """The ops' zoneout arguments: the rate, and in training the keep masks."""
+        if not self.zoneout:
+            return {}
+        return dict(zoneout=self.zoneout, zoneout_mask=zoneout_mask)
+
+    def _zoneout_masks(self, T, B):
+        """Training's keep masks [T,B,H] by step: m ~ Bernoulli(1 - zoneout), drawn from the
+        layer's seed per step, row and unit."""
+        if not self.zoneout:
+            return None
+        keep = self._rng.random((T, B, self.state_sizes[0])) >= self.zoneout
+        return devices.to_device(keep.astype(self.dtype), self.device)
 
     def _new_step_plan(self, B):
         """The cell's compiled step for batch B bound to the current weight arrays
@@ -337,7 +352,8 @@ class RecurrentLayer(Layer, abstract=True):
         xt, mt, states, idm, rdm = self._prepare(x, mask, initial_state, training=True,
                                                  sequence_lengths=sequence_lengths)
         with devices.backend_context(self.device):
-            y, final, cache = self._run(xt, states, mt, idm, rdm, training=True)
+            y, final, cache = self._run(xt, states, mt, idm, rdm, training=True,
+                                        zoneout_mask=self._zoneout_masks(*xt.shape[:2]))
         om = self._output_mask(mt, y)
         if om is not None:
             y = y * om              # a new array: the op's own output stays as backward reads it
@@ -443,6 +459,8 @@ class RecurrentLayer(Layer, abstract=True):
     def _make_step_plan(self, B):
         """The compiled step bound to the current weight arrays (weights updated in place
         stay bound; set_weights makes a new plan), or None when they do not suit it."""
+        if self.zoneout:                  # the compiled step has no zoneout: the op runs it
+            return None
         try:
             return self._new_step_plan(B)
         except ValueError:
@@ -472,6 +490,8 @@ class RecurrentLayer(Layer, abstract=True):
             return_sequences=self.return_sequences, return_state=self.return_state,
             go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
             zero_output_for_mask=self.zero_output_for_mask)
+        if self.zoneout:
+            cfg["zoneout"] = self.zoneout
         return cfg
 
 
@@ -498,7 +518,7 @@ class LSTM(RecurrentLayer):
                  return_state=False, go_backwards=False, stateful=False, dtype="float32",
                  use_peepholes=False, coupled_input_forget=False, peephole_initializer="zeros",
                  name=None, trainable=True, unroll=False, zero_output_for_mask=False,
-                 proj_size=0, projection_initializer="glorot_uniform"):
+                 proj_size=0, projection_initializer="glorot_uniform", zoneout=0.0):
         super().__init__(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -508,7 +528,7 @@ class LSTM(RecurrentLayer):
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
             name=name, trainable=trainable, unroll=unroll,
-            zero_output_for_mask=zero_output_for_mask)
+            zero_output_for_mask=zero_output_for_mask, zoneout=zoneout)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         self.use_peepholes = check_bool("use_peepholes", use_peepholes)
@@ -519,6 +539,9 @@ class LSTM(RecurrentLayer):
             raise ValueError(f"proj_size: expected an integer in [0, units={self.units}) "
                              f"(0: no projection), got {proj_size!r}")
         self.proj_size = int(proj_size)
+        if self.proj_size and self.zoneout:
+            raise ValueError(f"zoneout: a projected LSTM (proj_size > 0) takes no zoneout, got "
+                             f"{self.zoneout}")
         if self.proj_size and self.recurrent_dropout > 0:
             raise ValueError("recurrent_dropout: a projected LSTM (proj_size > 0) takes no "
                              f"recurrent dropout, got {self.recurrent_dropout}")
@@ -566,7 +589,8 @@ class LSTM(RecurrentLayer):
         if self.use_peepholes:
             self.peephole = np.ascontiguousarray(self.peephole_initializer((3, H), dt), dt)
 
-    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None):
+    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None,
+             zoneout_mask=None):
         h0, c0 = states if states is not None else (None, None)
         if return_sequences is None:
             return_sequences = self.return_sequences
@@ -577,7 +601,8 @@ class LSTM(RecurrentLayer):
             recurrent_activation=self.recurrent_activation,
             coupled_input_forget=self.coupled_input_forget, go_backwards=self.go_backwards,
             return_sequences=return_sequences, training=training,
-            projection=self.projection_kernel if self.proj_size else None)
+            projection=self.projection_kernel if self.proj_size else None,
+            **self._zoneout_kw(zoneout_mask))
         return y, [h, c], cache
 
     def _run_backward(self, cache, dy, dstates):
@@ -623,7 +648,8 @@ class GRU(RecurrentLayer):
                  bias_regularizer=None, activity_regularizer=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, reset_after=True, dtype="float32",
-                 name=None, trainable=True, unroll=False, zero_output_for_mask=False):
+                 name=None, trainable=True, unroll=False, zero_output_for_mask=False,
+                 zoneout=0.0):
         super().__init__(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -633,7 +659,7 @@ class GRU(RecurrentLayer):
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
             name=name, trainable=trainable, unroll=unroll,
-            zero_output_for_mask=zero_output_for_mask)
+            zero_output_for_mask=zero_output_for_mask, zoneout=zoneout)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.reset_after = check_bool("reset_after", reset_after)
 
@@ -651,7 +677,8 @@ class GRU(RecurrentLayer):
             shape = (2, 3 * H) if self.reset_after else (3 * H,)
             self.bias = np.ascontiguousarray(self.bias_initializer(shape, dt), dt)
 
-    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None):
+    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None,
+             zoneout_mask=None):
         if return_sequences is None:
             return_sequences = self.return_sequences
         y, h, cache = ops.gru_forward(
@@ -659,7 +686,8 @@ class GRU(RecurrentLayer):
             states[0] if states is not None else None, reset_after=self.reset_after, mask=mask,
             input_dropout_mask=idm, recurrent_dropout_mask=rdm, activation=self.activation,
             recurrent_activation=self.recurrent_activation, go_backwards=self.go_backwards,
-            return_sequences=return_sequences, training=training)
+            return_sequences=return_sequences, training=training,
+            **self._zoneout_kw(zoneout_mask))
         return y, [h], cache
 
     def _run_backward(self, cache, dy, dstates):
@@ -689,7 +717,8 @@ class SimpleRNN(RecurrentLayer):
         if self.use_bias:
             self.bias = np.ascontiguousarray(self.bias_initializer((H,), dt), dt)
 
-    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None):
+    def _run(self, x, states, mask, idm, rdm, training, return_sequences=None,
+             zoneout_mask=None):
         if return_sequences is None:
             return_sequences = self.return_sequences
         y, h, cache = ops.simple_rnn_forward(
@@ -697,7 +726,7 @@ class SimpleRNN(RecurrentLayer):
             states[0] if states is not None else None, mask=mask, input_dropout_mask=idm,
             recurrent_dropout_mask=rdm, activation=self.activation,
             go_backwards=self.go_backwards, return_sequences=return_sequences,
-            training=training)
+            training=training, **self._zoneout_kw(zoneout_mask))
         return y, [h], cache
 
     def _run_backward(self, cache, dy, dstates):
