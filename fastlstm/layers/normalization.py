@@ -85,41 +85,45 @@ class LayerNormalization(_CoreLayer):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        shape = self.weight_shapes(input_shape)
-        shape = shape[0] if shape else None
+        shape = tuple(self.weight_shapes(input_shape)[0]) if self.weight_names else None
         if self.scale:
             self.gamma = initializers.initialize(self.gamma_initializer, shape, self.dtype,
                                                  argument="gamma_initializer")
         if self.center:
             self.beta = initializers.initialize(self.beta_initializer, shape, self.dtype,
                                                 argument="beta_initializer")
-        self._ndim = len(input_shape)
-        self._norm_axes = tuple(self._axes(len(input_shape)))
+        self._norm_shape = tuple(input_shape[a] for a in self._axes(len(input_shape)))
         super().build(input_shape)
+
+    @property
+    def input_dim(self):
+        """The size of the input's last axis (None before the layer is built)."""
+        return self.input_shape[-1] if self.built else None
 
     def compute_output_shape(self, input_shape):
         self._axes(len(input_shape))
         return tuple(input_shape)
 
     def _prepare(self, x):
+        """``x`` in the layer's dtype and the axes it is normalised over. As Keras, an
+        input of another rank is accepted when the normalised axes have the built sizes."""
         x = as_float_array("x", x, self.dtype, device=self.device)
         if not self.built:
             self.build(x.shape)
-        elif x.ndim != self._ndim or any(x.shape[a] != self.input_shape[a]
-                                         for a in self._norm_axes):
-            raise ValueError(f"x: {self.name} was built for inputs of shape "
-                             f"{self.input_shape} (normalised axes {list(self._norm_axes)}), "
-                             f"got shape {x.shape}")
-        return x
+        axes = tuple(self._axes(x.ndim))
+        if tuple(x.shape[a] for a in axes) != self._norm_shape:
+            raise ValueError(f"x: {self.name} was built for sizes {self._norm_shape} on the "
+                             f"normalised axes {self.axis!r}, got shape {x.shape}")
+        return x, axes
 
-    def _broadcast(self, w, ndim):
+    @staticmethod
+    def _broadcast(w, axes, ndim):
         shape = [1] * ndim
-        for a in self._norm_axes:
-            shape[a] = w.shape[self._norm_axes.index(a)]
+        for i, a in enumerate(axes):
+            shape[a] = w.shape[i]
         return w.reshape(shape)
 
-    def _forward(self, x):
-        axes = self._norm_axes
+    def _forward(self, x, axes):
         mean = x.mean(axis=axes, keepdims=True)
         xc = x - mean
         inv = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True)
@@ -127,23 +131,22 @@ class LayerNormalization(_CoreLayer):
         xhat = xc * inv
         y = xhat
         if self.scale:
-            y = y * self._broadcast(self.gamma, x.ndim)
+            y = y * self._broadcast(self.gamma, axes, x.ndim)
         if self.center:
-            y = y + self._broadcast(self.beta, x.ndim)
+            y = y + self._broadcast(self.beta, axes, x.ndim)
         return y.astype(self.dtype, copy=False), xhat, inv
 
     def __call__(self, x, mask=None, training=False):
-        return self._forward(self._prepare(x))[0]
+        return self._forward(*self._prepare(x))[0]
 
     def forward_train(self, x, mask=None):
         """Returns ``(y, backprop)``; ``Gradients.weights`` are ``[d gamma, d beta]`` (those
         the layer has)."""
         self.check_float("forward_train")
-        x = self._prepare(x)
-        y, xhat, inv = self._forward(x)
+        x, axes = self._prepare(x)
+        y, xhat, inv = self._forward(x, axes)
         act_grad = self._activity(y)
         once = self._once(self.name)
-        axes = self._norm_axes
         other = tuple(a for a in range(x.ndim) if a not in axes)
 
         def backprop(dy):
@@ -154,7 +157,7 @@ class LayerNormalization(_CoreLayer):
             weights = []
             if self.scale:
                 weights.append((dy * xhat).sum(axis=other))
-                dxhat = dy * self._broadcast(self.gamma, x.ndim)
+                dxhat = dy * self._broadcast(self.gamma, axes, x.ndim)
             else:
                 dxhat = dy
             if self.center:

@@ -410,6 +410,11 @@ class TimeDistributed(Layer):
     def runs_on_gpu(self):
         return self.layer.runs_on_gpu
 
+    @property
+    def input_dim(self):
+        """The size of the input's last axis (None before the layer is built)."""
+        return self.input_shape[-1] if self.built and self.input_shape else None
+
     # -- shapes --------------------------------------------------------------------------
     def _child_shape(self, input_shape):
         if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or \
