@@ -184,3 +184,31 @@ def test_converters_refuse_what_they_cannot_map():
     converted = from_keras(keras.Sequential([keras.Input((T, C)), keras.layers.LayerNormalization(
         gamma_constraint="non_neg")]), drop_training_options=True)
     assert isinstance(converted.layers[0], LayerNormalization)
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePooling1D", "GlobalMaxPooling1D"])
+def test_masked_sequence_pooling_model_matches_keras(pool):
+    """Embedding(mask_zero) -> LSTM(return_sequences) -> pooling -> Dense: the mask reaches
+    the pooling layer (averaged over the valid steps; ignored by the max), as in Keras."""
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 20, size=(6, 9))
+    ids[0, 5:] = 0
+    ids[3, 2:] = 0
+    ours = fl.Sequential([fl.layers.Embedding(20, 4, mask_zero=True), LSTM(5, return_sequences=True),
+                          getattr(fl.layers, pool)(), Dense(2)])
+    theirs = keras.Sequential([keras.Input((9,), dtype="int64"),
+                               keras.layers.Embedding(20, 4, mask_zero=True),
+                               keras.layers.LSTM(5, return_sequences=True),
+                               getattr(keras.layers, pool)(), keras.layers.Dense(2)])
+    ours.build((None, 9))
+    _randomize(theirs, seed=6)
+    ours.set_weights(theirs.get_weights())
+    peer_close(ours.predict(ids), theirs.predict(ids, verbose=0), pool)
+    ours.compile(fl.optimizers.SGD(0.5), "mse")
+    theirs.compile(keras.optimizers.SGD(0.5), "mse")
+    target = rng.standard_normal((6, 2)).astype(np.float32)
+    for step in range(2):
+        peer_close(ours.train_on_batch(ids, target), theirs.train_on_batch(ids, target),
+                   f"loss {step}")
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        peer_close(a, b, "weights")

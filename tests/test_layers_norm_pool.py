@@ -136,6 +136,7 @@ def test_layer_normalization_config_and_errors():
         LayerNormalization(axis=0)(np.zeros((2, 3, 4)))
     built = LayerNormalization()
     built(np.zeros((2, 3, 4)))
+    assert built(np.ones((5, 4))).shape == (5, 4)     # another rank, as Keras allows
     with pytest.raises(ValueError, match="built for"):
         built(np.zeros((2, 3, 5)))
 

@@ -794,7 +794,7 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
     model or a file) computing what the Keras source computes.
 
     ``obj``: a Keras 3 layer (LSTM, GRU in both forms, SimpleRNN, Bidirectional, Dense,
-    Embedding, Masking, Dropout) or ``keras.Sequential`` of them; or a path to a ``.keras``
+    Embedding, Masking, Dropout, and those of ``_keras_layers.NAMES``) or ``keras.Sequential`` of them; or a path to a ``.keras``
     file, a legacy ``.h5``/``.hdf5`` full-model file (Keras 2, tf.keras or Keras 3), or a
     ``.weights.h5`` file together with ``architecture`` (a fastlstm model/layer whose layers
     match the file's, or a Keras model config as a dict or JSON string). Files are read with
