@@ -212,3 +212,30 @@ def test_masked_sequence_pooling_model_matches_keras(pool):
                    f"loss {step}")
     for a, b in zip(ours.get_weights(), theirs.get_weights()):
         peer_close(a, b, "weights")
+
+
+def test_regularizers_train_as_in_keras():
+    """Conv1D's kernel and activity regularizers and LayerNormalization's gamma regularizer
+    enter the loss and the gradients as in Keras."""
+    from fastlstm.regularizers import L1L2
+    ours = fl.Sequential([Conv1D(4, 3, kernel_regularizer=L1L2(0.01, 0.02),
+                                 activity_regularizer=L1L2(0.0, 0.05)),
+                          LayerNormalization(gamma_regularizer=L1L2(0.0, 0.1)),
+                          GlobalAveragePooling1D(), Dense(1)])
+    theirs = keras.Sequential([
+        keras.Input((T, C)),
+        keras.layers.Conv1D(4, 3, kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02),
+                            activity_regularizer=keras.regularizers.L1L2(0.0, 0.05)),
+        keras.layers.LayerNormalization(gamma_regularizer=keras.regularizers.L2(0.1)),
+        keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+    ours.build((None, T, C))
+    _randomize(theirs, seed=7)
+    ours.set_weights(theirs.get_weights())
+    ours.compile(fl.optimizers.SGD(0.1), "mse")
+    theirs.compile(keras.optimizers.SGD(0.1), "mse")
+    x, _ = data(n=8)
+    y = np.random.default_rng(8).standard_normal((8, 1)).astype(np.float32)
+    for step in range(2):
+        peer_close(ours.train_on_batch(x, y), theirs.train_on_batch(x, y), f"loss {step}")
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        peer_close(a, b, "weights")

@@ -214,3 +214,5 @@ def test_global_pooling_config_and_errors():
             cls()(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="mask"):
         GlobalAveragePooling1D()(np.zeros((2, 3, 1)), mask=np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match="at least one step"):
+        GlobalMaxPooling1D()(np.zeros((2, 0, 3)))

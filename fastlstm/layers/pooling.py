@@ -108,6 +108,8 @@ class GlobalMaxPooling1D(_GlobalPooling1D):
 
     def _pool(self, x, mask):
         ax = self._steps_axis
+        if x.shape[ax] == 0:
+            raise ValueError(f"x: {self.name} needs at least one step, got shape {x.shape}")
         y = x.max(axis=ax, keepdims=True)
 
         def grad_of(dy):
