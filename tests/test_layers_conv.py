@@ -13,6 +13,8 @@ from conftest import PEER_TOL, assert_close
 from layer_parity import finite_difference_check, keras_grads
 
 keras = pytest.importorskip("keras")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")]
 
 CASES = [(p, k, s, d) for p in ("valid", "same", "causal") for k, s, d in
          [(1, 1, 1), (3, 1, 1), (3, 2, 1), (4, 3, 1), (3, 1, 2), (2, 1, 3), (5, 2, 1)]]

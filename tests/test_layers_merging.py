@@ -14,6 +14,8 @@ from conftest import PEER_TOL, assert_close
 from layer_parity import finite_difference_check, keras_grads
 
 keras = pytest.importorskip("keras")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")]
 
 RNG = np.random.default_rng(0)
 MA = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 1]], bool)

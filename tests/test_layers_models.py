@@ -14,7 +14,8 @@ from fastlstm.layers import (LSTM, Activation, Conv1D, Dense, Flatten, GlobalAve
 from conftest import PEER_TOL, assert_close
 
 keras = pytest.importorskip("keras")
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")]
 
 F32 = np.dtype(np.float32)
 T, C, K = 12, 3, 4
@@ -239,3 +240,13 @@ def test_regularizers_train_as_in_keras():
         peer_close(ours.train_on_batch(x, y), theirs.train_on_batch(x, y), f"loss {step}")
     for a, b in zip(ours.get_weights(), theirs.get_weights()):
         peer_close(a, b, "weights")
+
+
+def test_from_keras_reads_a_weights_file_with_a_fastlstm_architecture(tmp_path):
+    kmodel = keras_mixed()
+    _randomize(kmodel, seed=9)
+    kmodel.save_weights(tmp_path / "mixed.weights.h5")
+    architecture = from_keras(keras_mixed())          # other weights, same structure
+    model = from_keras(str(tmp_path / "mixed.weights.h5"), architecture=architecture)
+    x, _ = data(n=3)
+    peer_close(model.predict(x), kmodel.predict(x, verbose=0), "weights file")

@@ -13,6 +13,8 @@ from conftest import PEER_TOL, assert_close
 from layer_parity import finite_difference_check, keras_grads
 
 keras = pytest.importorskip("keras")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")]
 
 # Keras 3.15 on PyTorch averages (ops.mean, layer_normalization) in float32 even for float64
 # tensors (its result_type('float64', 'float32') is float32): float32 tolerances against it;

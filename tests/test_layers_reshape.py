@@ -16,6 +16,8 @@ from conftest import PEER_TOL, assert_close
 from layer_parity import finite_difference_check, keras_grads
 
 keras = pytest.importorskip("keras")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")]
 
 MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 1]], bool)
 KERAS_F32 = {np.dtype(np.float32): PEER_TOL[np.dtype(np.float32)],
@@ -233,3 +235,25 @@ def test_time_distributed_config_weights_and_errors():
     y, back = td.forward_train(np.ones((2, 3, 4), np.float32))
     assert set(np.unique(y)) <= {0.0, 2.0}
     np.testing.assert_array_equal(back(np.ones_like(y)).inputs, y)
+
+
+def test_time_distributed_recurrent_layer_matches_keras():
+    """TimeDistributed(LSTM) on (batch, outer steps, inner steps, features)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    layer = TimeDistributed(LSTM(3, return_sequences=True))
+    kl = keras.layers.TimeDistributed(keras.layers.LSTM(3, return_sequences=True))
+    kl.build(x.shape)
+    ws = [rng.standard_normal(w.shape).astype(np.float32) * 0.5 for w in kl.get_weights()]
+    kl.set_weights(ws)
+    layer.build(x.shape)
+    layer.set_weights(ws)
+    _compare(layer, kl, x, np.dtype(np.float32))
+    # a (batch, outer, inner) mask reaches the LSTM folded, as (batch * outer, inner)
+    mask = rng.random((2, 3, 5)) > 0.3
+    mask[..., 0] = True
+    inner = LSTM(3, return_sequences=True)
+    inner.build((None, 5, 4))
+    inner.set_weights(ws)
+    want = inner(x.reshape(6, 5, 4), mask=mask.reshape(6, 5)).reshape(2, 3, 5, 3)
+    assert_close(layer(x, mask=mask), want, np.dtype(np.float32))
