@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastlstm import layers
-from fastlstm.layers import Conv1D, LayerNormalization
+from fastlstm.layers import Conv1D
 from fastlstm.regularizers import L1L2
 
 from conftest import PEER_TOL, assert_close

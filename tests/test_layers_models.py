@@ -195,7 +195,8 @@ def test_masked_sequence_pooling_model_matches_keras(pool):
     ids = rng.integers(1, 20, size=(6, 9))
     ids[0, 5:] = 0
     ids[3, 2:] = 0
-    ours = fl.Sequential([fl.layers.Embedding(20, 4, mask_zero=True), LSTM(5, return_sequences=True),
+    ours = fl.Sequential([fl.layers.Embedding(20, 4, mask_zero=True),
+                          LSTM(5, return_sequences=True),
                           getattr(fl.layers, pool)(), Dense(2)])
     theirs = keras.Sequential([keras.Input((9,), dtype="int64"),
                                keras.layers.Embedding(20, 4, mask_zero=True),
@@ -250,3 +251,25 @@ def test_from_keras_reads_a_weights_file_with_a_fastlstm_architecture(tmp_path):
     model = from_keras(str(tmp_path / "mixed.weights.h5"), architecture=architecture)
     x, _ = data(n=3)
     peer_close(model.predict(x), kmodel.predict(x, verbose=0), "weights file")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.layers.Conv1D(4, 2, strides=2, padding="same", activation="tanh"),
+    lambda: keras.layers.LayerNormalization(axis=[1, 2], epsilon=1e-2),
+    lambda: keras.layers.TimeDistributed(keras.layers.Dense(3)),
+    lambda: keras.layers.GlobalMaxPooling1D(keepdims=True),
+    lambda: keras.layers.Activation("softsign")],
+    ids=["conv", "layer_norm", "time_distributed", "max_pool", "activation"])
+def test_single_layers_convert_both_ways(make):
+    x, _ = data(n=3)
+    klayer = make()
+    klayer.build(x.shape)
+    if klayer.get_weights():
+        _randomize(klayer, seed=10)
+    expected = np.asarray(klayer(x).detach().cpu())
+    layer = from_keras(klayer)
+    assert type(layer).__name__ == type(klayer).__name__
+    peer_close(layer(x), expected, "from_keras")
+    back = to_keras(layer)
+    assert type(back).__name__ == type(klayer).__name__
+    peer_close(np.asarray(back(x).detach().cpu()), expected, "to_keras")
