@@ -176,6 +176,9 @@ class Sequential:
         if not isinstance(layer, Layer):
             raise TypeError(f"layer: expected a fastlstm layer (fl.layers.*), got "
                             f"{type(layer).__name__} {layer!r}")
+        if getattr(layer, "multiple_inputs", False):
+            raise ValueError(f"layer: {layer.name} ({type(layer).__name__}) takes a list of "
+                             "inputs; a Sequential model passes one (use the layer directly)")
         if layer.return_state:
             raise ValueError(f"layer: {layer.name} has return_state=True; every layer of a "
                              "Sequential model must have one output (use the layer directly to "
