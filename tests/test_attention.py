@@ -96,7 +96,7 @@ def ref_list_attention(kind, q, v, k, qm, vm, use_causal, scale=None, csw=None):
     return out, w
 
 
-def ref_mha(ws, num_heads, key_dim, q, v, k, use_bias=True, mask=None):
+def ref_mha(ws, num_heads, key_dim, q, v, k, use_bias=True, mask=None, use_gate=False):
     """Keras's MultiHeadAttention (einsum equations of its EinsumDense projections) in
     float64; ``mask`` broadcastable to (B, N, T, S)."""
     ws = [np.asarray(w, np.float64) for w in ws]
@@ -110,13 +110,14 @@ def ref_mha(ws, num_heads, key_dim, q, v, k, use_bias=True, mask=None):
     q, v, k = (np.asarray(a, np.float64) for a in (q, v, k))
     Q = proj(q, "btd,dnh->btnh")
     K = proj(k, "bsd,dnh->bsnh")
+    gate = 1 / (1 + np.exp(-proj(q, "btd,dnh->btnh"))) if use_gate else 1.0
     V = proj(v, "bsd,dnh->bsnh")
     s = np.einsum("bsnh,btnh->bnts", K, Q / np.sqrt(key_dim))
     if mask is not None:
         p = np.where(mask, softmax(np.where(mask, s, -1e9)), 0.0)
     else:
         p = softmax(s)
-    O = np.einsum("bnts,bsnh->btnh", p, V)
+    O = np.einsum("bnts,bsnh->btnh", p, V) * gate
     kern = next(it)
     y = np.einsum("btnh,nh...->bt...", O, kern)
     if use_bias:
@@ -531,6 +532,8 @@ MHA_CASES = [
     dict(num_heads=3, key_dim=2, value_dim=4),
     dict(num_heads=1, key_dim=4, use_bias=False, output_shape=7),
     dict(num_heads=2, key_dim=3, value_dim=2, output_shape=(2, 3)),
+    dict(num_heads=2, key_dim=3, value_dim=4, use_gate=True),
+    dict(num_heads=3, key_dim=2, use_gate=True, use_bias=False),
 ]
 
 
@@ -595,7 +598,8 @@ def test_mha_matches_keras(keras, kw, with_key, masking, dt):
         m = mha_mask(B, kw["num_heads"], T, S, qm, call.get("value_mask"), call.get("key_mask"),
                      call.get("attention_mask"), call.get("use_causal_mask", False))
     rout, rsc = ref_mha(ours.get_weights(), kw["num_heads"], kw["key_dim"], q, v,
-                        v if k is None else k, kw.get("use_bias", True), m)
+                        v if k is None else k, kw.get("use_bias", True), m,
+                        kw.get("use_gate", False))
     assert_close(out, rout.astype(dt), dt, "oracle output")
     assert_close(sc, rsc.astype(dt), dt, "oracle scores")
 
@@ -643,7 +647,9 @@ def test_mha_fully_masked_query_rows():
     assert layer.compute_mask([q, v], None) is None
 
 
-@pytest.mark.parametrize("kw", MHA_CASES[:2] + [dict(num_heads=2, key_dim=2, output_shape=(2, 2))])
+@pytest.mark.parametrize("kw", MHA_CASES[:2] + [
+    dict(num_heads=2, key_dim=2, output_shape=(2, 2)),
+    dict(num_heads=2, key_dim=2, value_dim=3, use_gate=True)])
 @pytest.mark.parametrize("with_key", [False, True], ids=["kv", "k"])
 def test_mha_finite_differences(kw, with_key):
     rng = np.random.default_rng(14)
@@ -745,10 +751,11 @@ def test_mha_weights_initializers_and_shapes(keras):
 
 
 @peer_test
-def test_mha_regularizers_match_keras(keras):
+@pytest.mark.parametrize("use_gate", [False, True])
+def test_mha_regularizers_match_keras(keras, use_gate):
     rng = np.random.default_rng(16)
     q, v = rng.standard_normal((3, 4, 5)).astype("f4"), rng.standard_normal((3, 6, 5)).astype("f4")
-    kw = dict(num_heads=2, key_dim=3)
+    kw = dict(num_heads=2, key_dim=3, use_gate=use_gate)
     ours, theirs = mha_pair(keras, kw, q.shape, v.shape, None, "float32")
     regs = dict(kernel_regularizer=L1L2(0.01, 0.02), bias_regularizer=L1L2(0.03, 0.0),
                 activity_regularizer=L1L2(0.0, 0.05))
@@ -766,7 +773,7 @@ def test_mha_regularizers_match_keras(keras):
                                rtol=1e-5)
     # regularization_grads: aligned with get_weights, the penalty's gradient
     grads = ours.regularization_grads()
-    assert len(grads) == 8
+    assert len(grads) == (10 if use_gate else 8)
     k = ours.query_kernel
     np.testing.assert_allclose(grads[0], 0.01 * np.sign(k) + 2 * 0.02 * k, rtol=1e-5)
     np.testing.assert_allclose(grads[1], 0.03 * np.sign(ours.query_bias), rtol=1e-5)
@@ -829,8 +836,8 @@ def test_mha_errors():
         MultiHeadAttention(2, 3, attention_axes=(1, 2))
     with pytest.raises(TypeError, match="attention_axes"):
         MultiHeadAttention(2, 3, attention_axes="time")
-    with pytest.raises(ValueError, match="use_gate"):
-        MultiHeadAttention(2, 3, use_gate=True)
+    with pytest.raises(TypeError, match="use_gate"):
+        MultiHeadAttention(2, 3, use_gate=1.0)
     with pytest.raises(TypeError, match="output_shape"):
         MultiHeadAttention(2, 3, output_shape="wide")
     with pytest.raises(ValueError, match="output_shape"):
@@ -876,7 +883,7 @@ def test_mha_errors():
 def test_mha_config_round_trip(keras):
     rng = np.random.default_rng(19)
     q, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 6))
-    kw = dict(num_heads=2, key_dim=3, value_dim=4, dropout=0.1, use_bias=False,
+    kw = dict(num_heads=2, key_dim=3, value_dim=4, dropout=0.1, use_bias=False, use_gate=True,
               output_shape=(2, 3), attention_axes=(1,), sliding_window=3, seed=7,
               kernel_initializer="he_normal", bias_initializer="ones",
               kernel_regularizer=L1L2(0.0, 0.01))
@@ -887,8 +894,8 @@ def test_mha_config_round_trip(keras):
     kkw = dict(kw, kernel_regularizer=keras.regularizers.L2(0.01))
     kcfg = keras.layers.MultiHeadAttention(**kkw).get_config()
     skip = {"dtype", "name", "trainable", "kernel_constraint", "bias_constraint",
-            "use_gate", "kernel_initializer", "bias_initializer", "kernel_regularizer"}
-    assert set(kcfg) - set(cfg) <= {"kernel_constraint", "bias_constraint", "use_gate"}
+            "kernel_initializer", "bias_initializer", "kernel_regularizer"}
+    assert set(kcfg) - set(cfg) == {"kernel_constraint", "bias_constraint"}
     for key in set(kcfg) - skip:
         expected = list(kcfg[key]) if isinstance(kcfg[key], tuple) else kcfg[key]
         assert cfg[key] == expected, key

@@ -81,7 +81,8 @@ def test_list_attention_to_keras(cls_name, kw):
 MHA = [dict(num_heads=2, key_dim=3),
        dict(num_heads=3, key_dim=2, value_dim=4, use_bias=False, output_shape=(2, 5)),
        dict(num_heads=2, key_dim=4, dropout=0.1, seed=5, sliding_window=2,
-            kernel_initializer="he_uniform", bias_initializer="ones")]
+            kernel_initializer="he_uniform", bias_initializer="ones"),
+       dict(num_heads=2, key_dim=3, value_dim=2, use_gate=True)]
 
 
 @pytest.mark.parametrize("kw", MHA)
@@ -136,8 +137,6 @@ def test_unbuilt_and_weightless_layers():
 
 
 def test_refusals():
-    with pytest.raises(ConversionError, match="use_gate"):
-        from_keras(keras.layers.MultiHeadAttention(2, 3, use_gate=True))
     with pytest.raises(ConversionError, match="attention_axes"):
         from_keras(keras.layers.MultiHeadAttention(2, 3, attention_axes=(1, 2)))
     with pytest.raises(ConversionError, match="kernel_constraint"):

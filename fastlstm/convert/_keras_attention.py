@@ -30,7 +30,7 @@ def from_keras_layer(class_name, config, weights, ctx, options, real, dtype_name
                   output_shape=o.take("output_shape"),
                   attention_axes=o.take("attention_axes"),
                   sliding_window=o.take("sliding_window"))
-        o.require("use_gate", False, "fastlstm's MultiHeadAttention has no gated variant")
+        kw["use_gate"] = o.take_flag("use_gate", False)
         o.require("flash_attention", None, "fastlstm computes attention explicitly")
         for key in ("kernel_initializer", "bias_initializer"):
             o.initializer(key, kw)
@@ -55,12 +55,14 @@ def from_keras_layer(class_name, config, weights, ctx, options, real, dtype_name
         if not weights:
             return layer                   # an unbuilt Keras layer: built on first call
         step = 2 if layer.use_bias else 1
-        if len(weights) != 4 * step or any(np.ndim(weights[i]) != 3 for i in (0, step, 2 * step)):
-            raise ConversionError(f"from_keras: {o.where}: expected {4 * step} weight arrays "
-                                  "(query, key, value and output kernels"
-                                  f"{' and biases' if step == 2 else ''}); got shapes "
+        parts = 5 if layer.use_gate else 4
+        value = (parts - 2) * step                 # the value kernel's index
+        if len(weights) != parts * step or any(np.ndim(weights[i]) != 3
+                                               for i in (0, step, value)):
+            raise ConversionError(f"from_keras: {o.where}: expected {parts * step} weight "
+                                  f"arrays ({', '.join(layer.weight_names)}); got shapes "
                                   f"{[np.shape(w) for w in weights]}")
-        dq, dk, dv = (np.shape(weights[i])[0] for i in (0, step, 2 * step))
+        dq, dk, dv = (np.shape(weights[i])[0] for i in (0, step, value))
         return set_built_weights(layer, [(None, None, dq), (None, None, dv), (None, None, dk)],
                                  weights)
     if not weights and layer.weight_names:
@@ -82,7 +84,7 @@ def to_keras_layer(keras, layer, spec):
         kw = dict(common, num_heads=layer.num_heads, key_dim=layer.key_dim,
                   value_dim=layer.value_dim, use_bias=layer.use_bias,
                   output_shape=layer.output_shape, attention_axes=layer.attention_axes,
-                  sliding_window=layer.sliding_window,
+                  sliding_window=layer.sliding_window, use_gate=layer.use_gate,
                   kernel_initializer=spec("initializers",
                                           initializers.serialize(layer.kernel_initializer),
                                           "kernel_initializer"),

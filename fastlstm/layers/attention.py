@@ -425,14 +425,17 @@ class MultiHeadAttention(_AttentionLayer):
     bv`` (B, S, N, value_dim); per head ``P = softmax(Q K^T / sqrt(key_dim))`` (B, N, T, S)
     under the combined mask (masked entries are exactly 0, a fully masked row is all 0);
     the output ``(P V) @ Wo + bo`` has the query's feature size or ``output_shape``.
-    ``return_attention_scores`` returns ``P`` before dropout (as Keras).
+    ``return_attention_scores`` returns ``P`` before dropout (as Keras). With ``use_gate``
+    the heads' outputs are multiplied by ``sigmoid(query @ Wg + bg)`` (B, T, N, value_dim)
+    before the output projection.
 
     Masks (all combined with AND): ``query_mask (B, T)``, ``value_mask``/``key_mask (B, S)``,
     ``attention_mask`` (``(B, T, S)``, or any shape that broadcasts to ``(B, N, T, S)``
     after Keras's expansion before the time axes), ``use_causal_mask``, ``sliding_window``.
 
     Weights, in Keras's order: ``query_kernel (Dq, N, key_dim)``, ``query_bias (N,
-    key_dim)``, ``key_kernel (Dk, N, key_dim)``, ``key_bias``, ``value_kernel (Dv, N,
+    key_dim)``, ``key_kernel (Dk, N, key_dim)``, ``key_bias``, (with ``use_gate``:
+    ``gate_kernel (Dq, N, value_dim)``, ``gate_bias (N, value_dim)``), ``value_kernel (Dv, N,
     value_dim)``, ``value_bias (N, value_dim)``, ``output_kernel (N, value_dim, *out)``,
     ``output_bias (*out)`` (the biases only with ``use_bias``).
     """
@@ -456,9 +459,7 @@ class MultiHeadAttention(_AttentionLayer):
         self.attention_axes = _check_attention_axes(attention_axes)
         self.sliding_window = None if sliding_window is None else check_positive_int(
             "sliding_window", sliding_window)
-        if check_bool("use_gate", use_gate):
-            raise ValueError("use_gate: fastlstm's MultiHeadAttention has no gated variant; "
-                             "expected False, got True")
+        self.use_gate = check_bool("use_gate", use_gate)
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
@@ -468,11 +469,14 @@ class MultiHeadAttention(_AttentionLayer):
         self.last_activity_loss = 0.0
 
     # -- weights and shapes --------------------------------------------------------------------
-    _PARTS = ("query", "key", "value", "output")
+    @property
+    def _parts(self):
+        """The projections, in Keras's weight order."""
+        return ("query", "key") + (("gate",) if self.use_gate else ()) + ("value", "output")
 
     @property
     def weight_names(self):
-        return [f"{p}_{w}" for p in self._PARTS
+        return [f"{p}_{w}" for p in self._parts
                 for w in (("kernel", "bias") if self.use_bias else ("kernel",))]
 
     def _regularized(self):
@@ -503,6 +507,7 @@ class MultiHeadAttention(_AttentionLayer):
         N = self.num_heads
         shapes = {"query_kernel": (dq, N, self.key_dim), "query_bias": (N, self.key_dim),
                   "key_kernel": (dk, N, self.key_dim), "key_bias": (N, self.key_dim),
+                  "gate_kernel": (dq, N, self.value_dim), "gate_bias": (N, self.value_dim),
                   "value_kernel": (dv, N, self.value_dim), "value_bias": (N, self.value_dim),
                   "output_kernel": (N, self.value_dim) + out, "output_bias": out}
         return [shapes[n] for n in self.weight_names]
@@ -639,6 +644,10 @@ class MultiHeadAttention(_AttentionLayer):
         drop = self._keep(probs.shape) if training and self.dropout > 0 else None
         weights = probs if drop is None else probs * drop
         O = (weights @ Vh).transpose(0, 2, 1, 3)       # (B, T, N, Hv)
+        G = None
+        if self.use_gate:                              # Keras's gated attention
+            G = 0.5 * (1.0 + np.tanh(0.5 * self._project(q_in, "gate")))     # sigmoid
+            O_ungated, O = O, O * G
         B, T = O.shape[:2]
         out_shape = self.output_kernel.shape[2:]
         Of = O.reshape(B * T, -1)
@@ -649,7 +658,8 @@ class MultiHeadAttention(_AttentionLayer):
         state = None
         if keep:
             state = dict(q=q_in, v=v_in, k=k_in, Q=Q, K=K, V=V, Qh=Qh, Kh=Kh, Vh=Vh, mask=mask,
-                         probs=probs, drop=drop, weights=weights, Of=Of, key_given=key is not None)
+                         probs=probs, drop=drop, weights=weights, Of=Of, key_given=key is not None,
+                         G=G, O=O_ungated if G is not None else None)
         return y, probs, state
 
     def __call__(self, query, value, key=None, query_mask=None, value_mask=None, key_mask=None,
@@ -676,8 +686,10 @@ class MultiHeadAttention(_AttentionLayer):
         act = {}
         self.last_activity_loss = 0.0
         if self.activity_regularizer is not None:
-            for part, arr in (("query", st["Q"]), ("key", st["K"]), ("value", st["V"]),
-                              ("output", y)):
+            outs = [("query", st["Q"]), ("key", st["K"]), ("value", st["V"]), ("output", y)]
+            if self.use_gate:
+                outs.append(("gate", st["G"]))
+            for part, arr in outs:
                 loss, act[part] = activity_penalty(self.activity_regularizer, arr)
                 self.last_activity_loss += loss
         once = self._once(self.name)
@@ -697,7 +709,14 @@ class MultiHeadAttention(_AttentionLayer):
             dws = {"output_kernel": (st["Of"].T @ dyf).reshape(self.output_kernel.shape)}
             if self.use_bias:
                 dws["output_bias"] = dyf.sum(axis=0).reshape(self.output_bias.shape)
-            dO = (dyf @ Wo.T).reshape(B, T, self.num_heads, self.value_dim).transpose(0, 2, 1, 3)
+            dO = (dyf @ Wo.T).reshape(B, T, self.num_heads, self.value_dim)
+            d_gate = None
+            if self.use_gate:
+                G = st["G"]
+                dG = dO * st["O"] + act.get("gate", 0)
+                dO = dO * G
+                d_gate = (dG * G * (1 - G)).transpose(0, 2, 1, 3)     # (B, N, T, Hv)
+            dO = dO.transpose(0, 2, 1, 3)
             d_weights = dO @ st["Vh"].transpose(0, 1, 3, 2)          # (B, N, T, S)
             dVh = st["weights"].transpose(0, 1, 3, 2) @ dO          # (B, N, S, Hv)
             d_probs = d_weights if st["drop"] is None else d_weights * st["drop"]
@@ -711,10 +730,12 @@ class MultiHeadAttention(_AttentionLayer):
             dQh = (d_scores @ st["Kh"]) * inv                        # (B, N, T, Hk)
             dKh = d_scores.transpose(0, 1, 3, 2) @ st["Qh"]          # (B, N, S, Hk)
             d_in = {}
-            for part, dP, x in (("query", dQh, st["q"]), ("key", dKh, st["k"]),
-                                ("value", dVh, st["v"])):
+            parts = [("query", dQh, st["q"]), ("key", dKh, st["k"]), ("value", dVh, st["v"])]
+            if d_gate is not None:
+                parts.append(("gate", d_gate, st["q"]))
+            for part, dP, x in parts:
                 dP = dP.transpose(0, 2, 1, 3)                        # (B, L, N, H)
-                if part in act:
+                if part in act and part != "gate":       # the gate's is in d_gate already
                     dP = dP + act[part]
                 L = x.shape[1]
                 dPf = dP.reshape(B * L, -1)
@@ -724,6 +745,8 @@ class MultiHeadAttention(_AttentionLayer):
                 if self.use_bias:
                     dws[f"{part}_bias"] = dPf.sum(axis=0).reshape(kernel.shape[1:])
                 d_in[part] = (dPf @ kernel.reshape(kernel.shape[0], -1).T).reshape(x.shape)
+            if d_gate is not None:
+                d_in["query"] = d_in["query"] + d_in.pop("gate")
             if st["key_given"]:
                 inputs = [d_in["query"], d_in["value"], d_in["key"]]
             else:
@@ -740,7 +763,7 @@ class MultiHeadAttention(_AttentionLayer):
             dropout=self.dropout, use_bias=self.use_bias,
             output_shape=None if self.output_shape is None else list(self.output_shape),
             attention_axes=None if self.attention_axes is None else list(self.attention_axes),
-            sliding_window=self.sliding_window,
+            sliding_window=self.sliding_window, use_gate=self.use_gate,
             kernel_initializer=initializers.serialize(self.kernel_initializer),
             bias_initializer=initializers.serialize(self.bias_initializer),
             kernel_regularizer=_serialize_regularizer(self.kernel_regularizer),
