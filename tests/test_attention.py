@@ -435,6 +435,8 @@ def test_list_attention_errors():
         layer([x, np.zeros((2, 5, 4)), np.zeros((2, 6, 4))])
     with pytest.raises(ValueError, match="same feature size"):
         layer([x, np.zeros((2, 5, 3))])
+    with pytest.raises(ValueError, match="at least one step"):
+        layer([x, np.zeros((2, 0, 4))])
     with pytest.raises(ValueError, match=r"mask\[1\] \(value_mask\): expected shape \(2, 5\)"):
         layer([x, np.zeros((2, 5, 4))], mask=[None, np.ones((2, 4), bool)])
     with pytest.raises(ValueError, match="mask: Attention expects None or a list"):
@@ -854,6 +856,8 @@ def test_mha_errors():
         layer(x, np.zeros((3, 3, 4)))
     with pytest.raises(ValueError, match="as many steps"):
         layer(x, x, np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="at least one step"):
+        layer(x, np.zeros((2, 0, 4)))
     layer(x, x)
     with pytest.raises(ValueError, match="value: .* built for 4 features"):
         layer(x, np.zeros((2, 3, 5)))

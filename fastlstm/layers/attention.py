@@ -212,6 +212,9 @@ class Attention(_AttentionLayer):
         if k.shape[1] != v.shape[1]:
             raise ValueError(f"inputs: {cls} needs key and value with the same number of "
                              f"steps, got key {k.shape} and value {v.shape}")
+        if v.shape[1] == 0:
+            raise ValueError(f"value: {cls} needs at least one step to attend to, got shape "
+                             f"{v.shape}")
         if q.shape[2] != k.shape[2]:
             raise ValueError(f"inputs: {cls} needs query and key with the same feature size, "
                              f"got query {q.shape} and key {k.shape}")
@@ -551,6 +554,9 @@ class MultiHeadAttention(_AttentionLayer):
         if k.shape[1] != v.shape[1]:
             raise ValueError(f"key: needs as many steps as value, got key {k.shape} and value "
                              f"{v.shape}")
+        if v.shape[1] == 0:
+            raise ValueError(f"value: MultiHeadAttention needs at least one step to attend "
+                             f"to, got shape {v.shape}")
         if not self.built:
             self.build(q.shape, v.shape, k.shape)
         else:
@@ -616,7 +622,7 @@ class MultiHeadAttention(_AttentionLayer):
         """x (B, L, D) @ kernel (D, N, H) + bias -> (B, L, N, H)."""
         kernel = getattr(self, f"{part}_kernel")
         B, L, _ = x.shape
-        y = (x.reshape(B * L, -1) @ kernel.reshape(kernel.shape[0], -1)).reshape(
+        y = (x.reshape(B * L, x.shape[-1]) @ kernel.reshape(kernel.shape[0], -1)).reshape(
             (B, L) + kernel.shape[1:])
         if self.use_bias:
             y += getattr(self, f"{part}_bias")
@@ -650,7 +656,7 @@ class MultiHeadAttention(_AttentionLayer):
             O_ungated, O = O, O * G
         B, T = O.shape[:2]
         out_shape = self.output_kernel.shape[2:]
-        Of = O.reshape(B * T, -1)
+        Of = O.reshape(B * T, self.num_heads * self.value_dim)
         y = Of @ self.output_kernel.reshape(Of.shape[1], -1)
         if self.use_bias:
             y += self.output_bias.reshape(-1)
@@ -704,7 +710,7 @@ class MultiHeadAttention(_AttentionLayer):
             if "output" in act:
                 dy = dy + act["output"]
             B, T = y.shape[:2]
-            dyf = dy.reshape(B * T, -1)
+            dyf = dy.reshape(B * T, int(np.prod(y.shape[2:])))
             Wo = self.output_kernel.reshape(st["Of"].shape[1], -1)
             dws = {"output_kernel": (st["Of"].T @ dyf).reshape(self.output_kernel.shape)}
             if self.use_bias:
@@ -738,9 +744,9 @@ class MultiHeadAttention(_AttentionLayer):
                 if part in act and part != "gate":       # the gate's is in d_gate already
                     dP = dP + act[part]
                 L = x.shape[1]
-                dPf = dP.reshape(B * L, -1)
+                dPf = dP.reshape(B * L, dP.shape[2] * dP.shape[3])
                 kernel = getattr(self, f"{part}_kernel")
-                xf = x.reshape(B * L, -1)
+                xf = x.reshape(B * L, x.shape[-1])
                 dws[f"{part}_kernel"] = (xf.T @ dPf).reshape(kernel.shape)
                 if self.use_bias:
                     dws[f"{part}_bias"] = dPf.sum(axis=0).reshape(kernel.shape[1:])
