@@ -910,3 +910,18 @@ def test_mha_config_round_trip(keras):
     again.set_weights(layer.get_weights())
     exact_close(again(q, v), layer(q, v))
     assert MultiHeadAttention.from_config(cfg).get_config() == cfg
+
+
+def test_empty_batch():
+    q, v = np.zeros((0, 3, 4)), np.zeros((0, 5, 4))
+    for layer in (Attention(score_mode="concat"), AdditiveAttention()):
+        (out, sc), bp = layer.forward_train([q, v], return_attention_scores=True)
+        assert out.shape == (0, 3, 4) and sc.shape == (0, 3, 5)
+        g = bp([np.zeros(out.shape), None])
+        assert [a.shape for a in g.inputs] == [q.shape, v.shape]
+        assert all(np.all(w == 0) for w in g.weights)
+    mha = MultiHeadAttention(2, 3, output_shape=(2, 2))
+    out, bp = mha.forward_train(q, v)
+    assert out.shape == (0, 3, 2, 2)
+    g = bp(np.zeros(out.shape))
+    assert g.inputs[0].shape == q.shape and all(np.all(w == 0) for w in g.weights)
