@@ -17,7 +17,7 @@ from fastlstm import layers
 from fastlstm.layers import AdditiveAttention, Attention, MultiHeadAttention
 from fastlstm.regularizers import L1L2
 
-from conftest import TOL, assert_close, seed_of
+from conftest import PEER_TOL, TOL, assert_close, seed_of
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,7 @@ def peer_test(f):
 def peer_close(actual, expected, name=""):
     # Keras computes in float32 whatever the layer's dtype (see the module docstring)
     assert_close(np.asarray(actual, np.float64), np.asarray(expected, np.float64),
-                 np.float32, name=name, table={np.dtype(np.float32): dict(
-                     rtol=2e-4, atol=2e-5, scale=2e-5)})
+                 np.float32, name=name, table=PEER_TOL)
 
 
 def exact_close(actual, expected, name=""):
@@ -181,7 +180,8 @@ def keras_mha_run(keras, kl, q, v, k, gy, gs, query_mask=None, ret=True, **kw):
 # ------------------------------------------------------------------------------ Attention family
 LIST_CASES = [
     ("Attention", dict()), ("Attention", dict(use_scale=True)),
-    ("Attention", dict(score_mode="concat")), ("Attention", dict(use_scale=True, score_mode="concat")),
+    ("Attention", dict(score_mode="concat")),
+    ("Attention", dict(use_scale=True, score_mode="concat")),
     ("AdditiveAttention", dict()), ("AdditiveAttention", dict(use_scale=False)),
 ]
 
