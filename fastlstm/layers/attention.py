@@ -45,6 +45,15 @@ def _softmax_backward(p, dp):
     return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
 
 
+def _tanh_backward(t, ds):
+    """(1 - t^2) * ds[..., None], for t = tanh(u) of shape (B, Tq, Tv, D) and ds the gradient
+    of its sum over D, in one temporary."""
+    du = t * t
+    np.subtract(1, du, out=du)
+    du *= ds[..., None]
+    return du
+
+
 def _causal(tq, tv):
     """Keras's causal mask ``(1, Tq, Tv)``: query step i sees value steps j <= i."""
     return (np.arange(tq)[:, None] >= np.arange(tv)[None, :])[None]
@@ -253,11 +262,11 @@ class Attention(_AttentionLayer):
             return dqk @ k, dqk.transpose(0, 2, 1) @ q, dws
         u, t, st = cache
         d_csw = np.asarray((ds * st).sum(), self.dtype)
-        dus = (self.concat_score_weight * ds)[..., None] * (1 - t * t)
+        dus = _tanh_backward(t, self.concat_score_weight * ds)
         dws = []
         if self.use_scale:
-            dws.append(np.asarray((dus * u).sum(), self.dtype))
-            dus = dus * self.scale
+            dws.append(np.asarray(dus.reshape(-1) @ u.reshape(-1), self.dtype))
+            dus *= self.scale
         return dus.sum(axis=2), dus.sum(axis=1), dws + [d_csw]
 
     # -- the call --------------------------------------------------------------------------------
@@ -363,14 +372,17 @@ class AdditiveAttention(Attention):
                              f"features, got shape {q.shape}")
 
     def _scores(self, q, k, keep_cache):
-        t = np.tanh(q[:, :, None, :] + k[:, None, :, :])
+        t = q[:, :, None, :] + k[:, None, :, :]
+        np.tanh(t, out=t)
         scores = t @ self.scale if self.use_scale else t.sum(axis=-1)
         return scores, (t if keep_cache else None)
 
     def _scores_backward(self, ds, q, k, t):
-        dws = [np.einsum("bqv,bqvd->d", ds, t, optimize=True)] if self.use_scale else []
-        dt = ds[..., None] * self.scale if self.use_scale else ds[..., None]
-        du = dt * (1 - t * t)
+        D = t.shape[-1]
+        dws = [ds.reshape(-1) @ t.reshape(-1, D)] if self.use_scale else []
+        du = _tanh_backward(t, ds)
+        if self.use_scale:
+            du *= self.scale
         return du.sum(axis=2), du.sum(axis=1), dws
 
     def get_config(self):
