@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastlstm as fl
 from fastlstm import layers
@@ -925,3 +927,35 @@ def test_empty_batch():
     assert out.shape == (0, 3, 2, 2)
     g = bp(np.zeros(out.shape))
     assert g.inputs[0].shape == q.shape and all(np.all(w == 0) for w in g.weights)
+
+
+# ------------------------------------------------------------------------------ properties
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(1, 5), S=st.integers(1, 5),
+       N=st.integers(1, 3), Hk=st.integers(1, 4), Hv=st.integers(1, 4),
+       use_bias=st.booleans(), use_gate=st.booleans(), use_causal=st.booleans(),
+       masked=st.booleans(), seed=st.integers(0, 2**16))
+def test_mha_property_against_oracle(B, T, S, N, Hk, Hv, use_bias, use_gate, use_causal,
+                                     masked, seed):
+    """Any sizes, masks and options: the float64 oracle's output and probabilities; and the
+    probabilities are a distribution over the steps the mask allows (or all 0)."""
+    rng = np.random.default_rng(seed)
+    q, v = rng.standard_normal((B, T, 3)), rng.standard_normal((B, S, 2))
+    layer = MultiHeadAttention(N, Hk, value_dim=Hv, use_bias=use_bias, use_gate=use_gate,
+                               dtype="float64")
+    layer.build(q.shape, v.shape)
+    layer.set_weights([rng.standard_normal(w.shape) for w in layer.get_weights()])
+    qm = rng.random((B, T)) > 0.3 if masked else None
+    vm = rng.random((B, S)) > 0.3 if masked else None
+    out, sc = layer(q, v, query_mask=qm, value_mask=vm, use_causal_mask=use_causal,
+                    return_attention_scores=True)
+    m = None
+    if masked or use_causal:
+        m = mha_mask(B, N, T, S, qm, vm, use_causal=use_causal)
+    rout, rsc = ref_mha(layer.get_weights(), N, Hk, q, v, v, use_bias, m, use_gate)
+    exact_close(out, rout)
+    exact_close(sc, rsc)
+    sums = sc.sum(-1)
+    assert np.all((np.abs(sums - 1) < 1e-12) | (sums == 0))
+    if m is not None:
+        assert np.all(sc[~np.broadcast_to(m, sc.shape)] == 0)
