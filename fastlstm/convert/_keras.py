@@ -26,12 +26,14 @@ from . import _keras_layers
 from ._common import (ConversionError, assemble, flag, is_keras3_hard_sigmoid,
                       is_sequential, layers_of, listing, new_layer, require, resolve_dtype,
                       rnn_kind, set_built_weights)
+from ._keras_attention import ATTENTION, from_keras_layer as _attention_layer, \
+    to_keras_layer as _to_keras_attention
 
 __all__ = ["from_keras", "to_keras"]
 
 _RNN = ("LSTM", "GRU", "SimpleRNN")
 _SUPPORTED = _RNN + ("Bidirectional", "Dense", "Embedding", "Masking", "Dropout") + \
-    _keras_layers.NAMES
+    _keras_layers.NAMES + ATTENTION
 # Keys that describe how Keras computes or builds, never what: accepted and left alone.
 _HARMLESS = {"name", "trainable", "dtype", "module", "registered_name", "build_config",
              "implementation", "unroll", "use_cudnn", "batch_input_shape", "batch_shape",
@@ -310,6 +312,8 @@ def _layer(class_name, config, weights, ctx):
         o.finish()
         return new_layer("Masking", "from_keras", mask_value=_real(value, f"from_keras: {o.where} mask_value"),
                          name=config.get("name"), dtype=resolve_dtype(ctx.dtype).name)
+    if class_name in ATTENTION:
+        return _attention_layer(class_name, config, weights, ctx, _Options, _real, _dtype_name)
     if class_name == "Dropout":
         o = _Options(class_name, config, ctx)
         kw = dict(rate=_real(o.take("rate"), f"from_keras: {o.where} rate"),
@@ -794,7 +798,8 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
     model or a file) computing what the Keras source computes.
 
     ``obj``: a Keras 3 layer (LSTM, GRU in both forms, SimpleRNN, Bidirectional, Dense,
-    Embedding, Masking, Dropout, and those of ``_keras_layers.NAMES``) or ``keras.Sequential`` of them; or a path to a ``.keras``
+    Embedding, Masking, Dropout, and those of ``_keras_layers.NAMES``; Attention,
+    AdditiveAttention, MultiHeadAttention as single layers) or ``keras.Sequential`` of them; or a path to a ``.keras``
     file, a legacy ``.h5``/``.hdf5`` full-model file (Keras 2, tf.keras or Keras 3), or a
     ``.weights.h5`` file together with ``architecture`` (a fastlstm model/layer whose layers
     match the file's, or a Keras model config as a dict or JSON string). Files are read with
@@ -975,6 +980,11 @@ def _to_keras_layer(keras, layer):
     elif cls == "Masking":
         out = keras.layers.Masking(mask_value=layer.mask_value, name=layer.name, dtype=dtype)
         shape = None
+    elif cls in ATTENTION:
+        # built here with its weights: it takes several inputs, so never sits in a Sequential
+        out = _to_keras_attention(keras, layer, lambda kind, spec, key: _keras_spec(
+            keras, kind, spec, f"{where} {key}"))
+        shape = None
     elif cls == "Dropout":
         out = keras.layers.Dropout(layer.rate, noise_shape=layer.noise_shape, seed=layer.seed,
                                    name=layer.name, dtype=dtype)
@@ -993,7 +1003,8 @@ def _to_keras_layer(keras, layer):
 def to_keras(obj):
     """A Keras 3 layer or ``keras.Sequential`` with the configuration and weights of a
     fastlstm layer or ``fl.Sequential`` (LSTM without peepholes/CIFG, GRU, SimpleRNN,
-    Bidirectional, Dense, Embedding, Masking, Dropout). Built layers get their weights;
+    Bidirectional, Dense, Embedding, Masking, Dropout; the attention layers as single
+    layers). Built layers get their weights;
     a model also gets a ``keras.Input`` of the first layer's input shape.
 
     Raises ``ConversionError`` for what Keras cannot express (peepholes, CIFG, a hard sigmoid

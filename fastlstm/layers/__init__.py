@@ -10,6 +10,7 @@ from .normalization import LayerNormalization
 from .pooling import GlobalAveragePooling1D, GlobalMaxPooling1D
 from .reshaping import Flatten, RepeatVector
 from .wrappers import Bidirectional, TimeDistributed
+from .attention import AdditiveAttention, Attention, MultiHeadAttention
 from .serialization import deserialize, serialize
 
 __all__ = ["Layer", "Gradients", "RecurrentLayer", "LSTM", "GRU", "SimpleRNN", "RNN",
@@ -18,4 +19,5 @@ __all__ += ["Dense", "Embedding", "Masking", "Dropout", "Bidirectional", "serial
             "deserialize"]
 __all__ += ["Activation", "Conv1D", "LayerNormalization", "GlobalAveragePooling1D",
             "GlobalMaxPooling1D", "RepeatVector", "Flatten", "TimeDistributed", "Concatenate",
-            "Add", "Multiply", "Average"]
+            "Add", "Multiply", "Average",
+            "Attention", "AdditiveAttention", "MultiHeadAttention"]
