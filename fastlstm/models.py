@@ -49,36 +49,10 @@ from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .layers.base import Layer, _auto_name, activity_penalty, check_training
-from .losses import squeeze_or_expand_to_same_rank
 from .saving import register_model_class, save_model
-from .trainer import Trainer, _as_data
+from .trainer import Trainer, _as_data, _masked_weights
 
 __all__ = ["Sequential"]
-
-
-def _masked_weights(sample_weight, mask, values_shape, reduction):
-    """Keras 3's ``losses.loss.apply_mask``: the output mask folded into the sample weights.
-
-    For a mean-like reduction the valid entries weigh ``total / valid`` and masked ones 0, so
-    that ``sum_over_batch_size`` averages over valid entries only."""
-    if mask is None:
-        return sample_weight
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != tuple(values_shape):
-        return sample_weight           # a mask that does not describe the loss values
-    if reduction in ("mean", "sum_over_batch_size"):
-        valid = int(mask.sum())
-        scale = mask.size / valid if valid else 0.0
-        weights = np.where(mask, scale, 0.0)
-    else:
-        weights = mask.astype(np.float64)
-    if sample_weight is None:
-        return weights
-    sw = np.asarray(sample_weight, dtype=np.float64)
-    weights, sw = squeeze_or_expand_to_same_rank(weights, sw)
-    if 0 < sw.ndim < weights.ndim:     # per-sample weights on per-timestep values
-        sw = sw.reshape(sw.shape + (1,) * (weights.ndim - sw.ndim))
-    return sw * weights
 
 
 @register_model_class
@@ -516,3 +490,10 @@ class Sequential(Trainer):
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={[layer.name for layer in self._layers]}>"
 
+
+
+# The functional API lives beside Sequential: fl.models.Model, fl.models.Input.
+from .functional import Input, Model  # noqa: E402
+
+__all__ += ["Model", "Input"]
+Model.register(Sequential)      # a Sequential model is a Model, as in Keras

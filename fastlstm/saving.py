@@ -113,6 +113,8 @@ def save_model(model, path):
     arrays = {}
     layer_docs = []
     version = 1
+    saved_graph = getattr(model, "_saved_graph", None)
+    graph = saved_graph() if saved_graph is not None else None
     for i, layer in enumerate(model.layers):
         entry = serialize(layer)
         entry["input_shape"] = _shape_list(getattr(layer, "input_shape", None))
@@ -136,16 +138,23 @@ def save_model(model, path):
         "version": version,
         "fastlstm_version": __version__,
         "model": {"class_name": type(model).__name__, "config": {"name": model.name},
-                  "input_shape": _shape_list(model.input_shape), "layers": layer_docs},
+                  "input_shape": None if graph is not None else _shape_list(model.input_shape),
+                  "layers": layer_docs},
         "compile": None,
         "optimizer": None,
     }
-    if model.compiled:
+    if graph is not None:
+        doc["model"]["graph"] = graph
+    compile_config = getattr(model, "_compile_config", None)
+    if model.compiled and compile_config is not None:
+        doc["compile"] = compile_config()
+    elif model.compiled:
         doc["compile"] = {"loss": losses.serialize(model.loss),
                           "metrics": [metrics.serialize(m) for m in model._compile_metrics]}
         weighted = getattr(model, "_compile_weighted_metrics", None)
         if weighted:
             doc["compile"]["weighted_metrics"] = [metrics.serialize(m) for m in weighted]
+    if model.compiled:
         opt = model.optimizer
         state_entries = []
         for name, value in opt.get_state().items():
@@ -423,10 +432,17 @@ def _load(path, compile):
                 raise reader.error(f"layer {i} ({entry.get('class_name')!r}): cannot be "
                                    f"rebuilt from its config: {exc}") from None
             layers.append(layer)
-        try:
-            model = model_class(layers, name=config.get("name"))
-        except (ValueError, TypeError) as exc:
-            raise reader.error(f"model: {exc}") from None
+        graph = spec.get("graph")
+        from_graph = getattr(model_class, "_from_saved", None)
+        model = None
+        if from_graph is not None:      # a functional model: made once the weights check out
+            _require(isinstance(graph, dict), reader,
+                     f"model: a {spec.get('class_name')} entry needs its graph section")
+        else:
+            try:
+                model = model_class(layers, name=config.get("name"))
+            except (ValueError, TypeError) as exc:
+                raise reader.error(f"model: {exc}") from None
         # Every array's shape is checked against what the configs imply before any layer is
         # built (an orthogonal initializer's QR of a huge config) or any array is read.
         build_shapes, weight_entries, precisions = [], [], []
@@ -454,6 +470,11 @@ def _load(path, compile):
             weight_entries.append(list(zip(weights, names)))
             precisions.append(precision)
         _check_input_shape(reader, input_shape, layers, build_shapes)
+        if model is None:
+            try:
+                model = from_graph(layers, graph, config.get("name"))
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise reader.error(f"model: the graph cannot be rebuilt: {exc}") from None
         for i, (layer, build_shape, weights, precision) in enumerate(zip(
                 layers, build_shapes, weight_entries, precisions)):
             what = f"layer {i} ({layer.name})"
@@ -478,10 +499,13 @@ def _load(path, compile):
             try:
                 optimizer = optimizers.deserialize({k: opt[k] for k in ("class_name", "config")}) \
                     if opt else "rmsprop"
-                model.compile(optimizer=optimizer, loss=losses.deserialize(comp.get("loss")),
-                              metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []],
-                              weighted_metrics=[metrics.deserialize(m)
-                                                for m in comp.get("weighted_metrics") or []])
+                if hasattr(model, "_compile_from_saved"):
+                    model._compile_from_saved(comp, optimizer)
+                else:
+                    model.compile(optimizer=optimizer, loss=losses.deserialize(comp.get("loss")),
+                                  metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []],
+                                  weighted_metrics=[metrics.deserialize(m)
+                                                    for m in comp.get("weighted_metrics") or []])
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise reader.error(f"compile: the saved loss, metrics or optimizer cannot be "
                                    f"rebuilt: {exc}") from None

@@ -25,6 +25,7 @@ from . import callbacks as callbacks_module
 from . import data_adapters
 from . import devices
 from .data_adapters import flat_arrays, num_samples, take
+from .losses import squeeze_or_expand_to_same_rank
 
 __all__ = ["Trainer"]
 
@@ -83,6 +84,31 @@ def _check_lengths(x, y, sample_weight):
             raise ValueError(f"sample_weight: expected {n} entries (one per sample of x), got "
                              f"shape {_shape_text(sample_weight)}")
     return n
+
+
+def _masked_weights(sample_weight, mask, values_shape, reduction):
+    """Keras 3's ``losses.loss.apply_mask``: the output mask folded into the sample weights.
+
+    For a mean-like reduction the valid entries weigh ``total / valid`` and masked ones 0, so
+    that ``sum_over_batch_size`` averages over valid entries only."""
+    if mask is None:
+        return sample_weight
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(values_shape):
+        return sample_weight           # a mask that does not describe the loss values
+    if reduction in ("mean", "sum_over_batch_size"):
+        valid = int(mask.sum())
+        scale = mask.size / valid if valid else 0.0
+        weights = np.where(mask, scale, 0.0)
+    else:
+        weights = mask.astype(np.float64)
+    if sample_weight is None:
+        return weights
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    weights, sw = squeeze_or_expand_to_same_rank(weights, sw)
+    if 0 < sw.ndim < weights.ndim:     # per-sample weights on per-timestep values
+        sw = sw.reshape(sw.shape + (1,) * (weights.ndim - sw.ndim))
+    return sw * weights
 
 
 def _to_host(out):
