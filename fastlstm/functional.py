@@ -603,7 +603,9 @@ class Model(Trainer, metaclass=abc.ABCMeta):
         if sample_weight is None:
             return None
         if isinstance(sample_weight, (list, tuple, dict)) and (
-                isinstance(sample_weight, dict) or len(self._outputs) > 1):
+                isinstance(sample_weight, dict) or len(self._outputs) > 1 or (
+                    len(sample_weight) == 1 and (sample_weight[0] is None
+                                                 or hasattr(sample_weight[0], "shape")))):
             parts = self._by_name(sample_weight, self.output_names, "output", name,
                                   required=False)
         else:                            # one array weighs every output (Keras)
