@@ -482,6 +482,6 @@ def test_the_docs_seq2seq_example_learns_to_reverse_digit_strings():
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     example = [b for b in blocks if "reverse" in b and "decoder_model" in b]
     assert len(example) == 1
-    namespace = {"__name__": "docs_example"}
+    namespace = {"__name__": "docs_example", "np": np, "fl": fl}
     exec(compile(example[0], "docs/functional.md", "exec"), namespace)
     assert namespace["accuracy"] > 0.95
