@@ -250,10 +250,6 @@ class Node:
         return own.index(self)
 
 
-def _shape_of(t):
-    return t.shape
-
-
 def _output_shapes(layer, args, kwargs):
     """Build ``layer`` for its symbolic inputs and return its output shapes (a shape or a
     list of shapes), from ``compute_output_shape`` or, if it cannot tell, a dummy batch."""
@@ -758,12 +754,11 @@ class Model(Trainer, metaclass=abc.ABCMeta):
                 return [as_list(spec)]
             if isinstance(spec, dict):
                 return self._per_output(spec, what, as_list, [])
-            if isinstance(spec, (list, tuple)) and len(spec) == len(self._outputs) and all(
-                    v is None or isinstance(v, (list, tuple)) for v in spec):
-                return [as_list(v) for v in spec]
+            if isinstance(spec, (list, tuple)) and len(spec) == len(self._outputs):
+                return [as_list(v) for v in spec]      # one entry (or list) per output
             raise ValueError(f"{what}: {self.name} has {len(self._outputs)} outputs; give a "
-                             "list with one list of metrics per output, or a dict by output "
-                             f"name {self.output_names}; got {spec!r:.80}")
+                             "list with one entry (a metric or a list of them) per output, or "
+                             f"a dict by output name {self.output_names}; got {spec!r:.80}")
 
         self._compile_spec = {"loss": loss, "loss_weights": loss_weights}
         plain = metric_lists(metrics, "metrics")
@@ -935,12 +930,14 @@ class Model(Trainer, metaclass=abc.ABCMeta):
                 layer_grads[id(layer)] = lg
                 if ready is not None:
                     ready(layer.weights, lg)
+        # Every trainable weight, in trainable_weights order (the optimizer's slots follow
+        # it); None for a layer the loss does not reach, which the optimizer skips.
         params, flat = [], []
         for layer in graph.layers:
-            lg = layer_grads.get(id(layer))
-            if lg is None:
+            if not _trainable(layer):
                 continue
             ws = layer.weights
+            lg = layer_grads.get(id(layer), [None] * len(ws))
             if len(lg) != len(ws):
                 raise RuntimeError(f"{layer.name}: backprop gave {len(lg)} weight gradients for "
                                    f"{len(ws)} weights")
@@ -965,14 +962,8 @@ class Model(Trainer, metaclass=abc.ABCMeta):
     # -- summary ----------------------------------------------------------------------------------
     def summary(self, line_length=None, print_fn=None):
         """Print the layers with their output shapes, parameter counts and the tensors they
-        are connected to, like Keras."""
+        are connected to (``layer[node][tensor]``), like Keras."""
         print_fn = print if print_fn is None else print_fn
-        width = max(int(line_length or 0), 98)
-        c1, c2, c3 = int(width * 0.3), int(width * 0.25), int(width * 0.12)
-        c4 = width - c1 - c2 - c3
-
-        def row(a, b, c, d):
-            return f" {a:<{c1 - 1}}{b:<{c2}}{c:>{c3}}  {d:<{c4 - 2}}".rstrip()
 
         def size(n_bytes):
             units = ["B", "KB", "MB", "GB", "TB"]
@@ -983,20 +974,31 @@ class Model(Trainer, metaclass=abc.ABCMeta):
             return f"{value:.2f} {units[unit]}"
 
         nodes = self._graph.node_set
-        lines = [f'Model: "{self.name}"', "_" * width,
-                 row("Layer (type)", "Output Shape", "Param #", "Connected to"), "=" * width]
-        for i, layer in enumerate(self.layers):
+        rows = []
+        for layer in self.layers:
             own = [n for n in layer._inbound_nodes if n in nodes]
             shapes = [t.shape for n in own for t in n.outputs]
             shape_text = str(shapes[0]) if len(shapes) == 1 else str(shapes)
             inbound = [f"{t.node.layer.name}[{t.node.history(nodes)}][{t.index}]"
-                       for n in own for t in n.inputs]
-            first = inbound[0] if inbound else "-"
-            lines.append(row(f"{layer.name} ({type(layer).__name__})", shape_text,
-                             f"{layer.count_params():,}", first))
-            for extra in inbound[1:]:
-                lines.append(row("", "", "", extra))
-            lines.append("=" * width if i == len(self.layers) - 1 else "")
+                       for n in own for t in n.inputs] or ["-"]
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape_text,
+                         f"{layer.count_params():,}", inbound))
+        header = ("Layer (type)", "Output Shape", "Param #", ["Connected to"])
+        w1, w2, w3, w4 = (max(len(r[0]) for r in rows + [header]) + 2,
+                          max(len(r[1]) for r in rows + [header]) + 2,
+                          max(len(r[2]) for r in rows + [header]) + 2,
+                          max(len(c) for r in rows + [header] for c in r[3]) + 2)
+        width = max(int(line_length or 0), w1 + w2 + w3 + w4 + 1)
+
+        def line(a, b, c, d):
+            return f" {a:<{w1}}{b:<{w2}}{c:>{w3}}  {d}".rstrip()
+
+        lines = [f'Model: "{self.name}"', "_" * width, line(*header[:3], header[3][0]),
+                 "=" * width]
+        for i, (name, shape_text, params, inbound) in enumerate(rows):
+            lines.append(line(name, shape_text, params, inbound[0]))
+            lines += [line("", "", "", extra) for extra in inbound[1:]]
+            lines.append("=" * width if i == len(rows) - 1 else "")
         total = sum(w.size for w in self.weights)
         trainable = sum(w.size for w in self.trainable_weights)
         nbytes = sum(w.nbytes for w in self.weights)
@@ -1005,8 +1007,8 @@ class Model(Trainer, metaclass=abc.ABCMeta):
                   f" Trainable params: {trainable:,} ({size(tbytes)})",
                   f" Non-trainable params: {total - trainable:,} ({size(nbytes - tbytes)})",
                   "_" * width]
-        for line in lines:
-            print_fn(line)
+        for text in lines:
+            print_fn(text)
 
     # -- configuration -----------------------------------------------------------------------------
     def _graph_config(self):

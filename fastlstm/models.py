@@ -1,4 +1,5 @@
-"""``Sequential``: a stack of layers with Keras 3's training loop.
+"""``Sequential``: a stack of layers with Keras 3's training loop (fastlstm.trainer, which
+the functional ``Model`` of fastlstm.functional shares; both are exported here).
 
     model = fl.Sequential([fl.layers.LSTM(32), fl.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse", metrics=["mae"])

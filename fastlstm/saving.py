@@ -27,6 +27,16 @@ of ``.npy`` arrays) holding:
     ``fl.quantize`` (format version 2) also has ``"quantization": "int8"`` or
     ``"bfloat16"``; its matrices are stored compact (int8 values with a float32
     ``<name>_scale`` array, or bfloat16 bit patterns as uint16), each right after it.
+    A functional model (``fl.Model``, ``"class_name": "Model"``, ``"input_shape": null``)
+    lists every layer once, its ``InputLayer``s too (with no weights), and adds
+    ``"graph"``: ``{"layers": [{"name": ..., "inbound_nodes": [{"args": [...],
+    "kwargs": {...}}, ...]}, ...], "input_layers": ..., "output_layers": ...}``, Keras 3's
+    functional config without the layer configs (tensors appear as ``{"class_name":
+    "__keras_tensor__", "config": {"shape", "dtype", "keras_history": [layer name, node
+    index, tensor index]}}``). The graph is rebuilt once every weight's shape has been
+    checked. Its ``"compile"`` holds a list per output: ``"loss"`` (null for an output
+    without one), ``"loss_weights"``, ``"metrics"`` and ``"weighted_metrics"`` (a list of
+    metrics per output). Such files stay format version 1 (2 only with quantized layers).
 ``"layers/<i>/<weight name>"``
     The weights of layer ``i`` (0-based), e.g. ``layers/0/kernel``, ``layers/1/bias``;
     a Bidirectional layer's are ``layers/<i>/forward/kernel``, ... .

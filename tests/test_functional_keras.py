@@ -198,3 +198,28 @@ def test_keras_config_form():
     states = decoder["inbound_nodes"][0]["kwargs"]["initial_state"]
     assert [s["config"]["keras_history"] for s in states] == [["encoder", 0, 1],
                                                                 ["encoder", 0, 2]]
+
+
+def test_metric_lists_per_output_and_weighted_metrics_match_keras():
+    def build(lib):
+        inp = lib.Input(shape=(4,), name="a")
+        return lib.Model(inp, [lib.layers.Dense(2, name="out1")(inp),
+                               lib.layers.Dense(1, name="out2")(inp)])
+
+    ours, theirs = build(fl), build(keras)
+    copy_weights(ours, theirs)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = [rng.standard_normal((8, 2)).astype(np.float32),
+         rng.standard_normal((8, 1)).astype(np.float32)]
+    sw = rng.uniform(0.1, 1.0, 8).astype(np.float32)
+    for lib, model in ((fl, ours), (keras, theirs)):
+        model.compile(lib.optimizers.Adam(0.01), ["mse", "mae"], loss_weights=[1.0, 2.0],
+                      metrics=["mae", "mse"], weighted_metrics=[["mse"], ["mae"]])
+    a = ours.train_on_batch(x, y, sample_weight=sw, return_dict=True)
+    b = theirs.train_on_batch(x, y, sample_weight=sw, return_dict=True)
+    assert set(a) == set(b)
+    for k in b:
+        close(a[k], b[k], k)
+    with pytest.raises(ValueError, match="one entry"):
+        ours.compile("adam", "mse", metrics=["mae"])

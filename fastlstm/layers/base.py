@@ -181,17 +181,31 @@ def _accepts_input_shape(init):
     return __init__
 
 
+_PLAIN = frozenset((np.ndarray, type(None), bool, int, float, str))
+
+
+def _is_symbolic(value):
+    kind = type(value)
+    if getattr(kind, "_symbolic_tensor", False):
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if getattr(type(item), "_symbolic_tensor", False):
+                return True
+    return False
+
+
 def _holds_symbolic(args, kwargs):
     """Whether a call's arguments (or a list among them, e.g. ``initial_state=[h, c]``)
-    hold a symbolic tensor of fastlstm.functional."""
-    for value in (*args, *kwargs.values()):
-        kind = type(value)
-        if getattr(kind, "_symbolic_tensor", False):
+    hold a symbolic tensor of fastlstm.functional. Arrays and plain values are passed over
+    first: this runs on every call of every layer."""
+    for value in args:
+        if type(value) not in _PLAIN and _is_symbolic(value):
             return True
-        if kind is list or kind is tuple:
-            for item in value:
-                if getattr(type(item), "_symbolic_tensor", False):
-                    return True
+    if kwargs:
+        for value in kwargs.values():
+            if type(value) not in _PLAIN and _is_symbolic(value):
+                return True
     return False
 
 
