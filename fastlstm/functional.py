@@ -265,6 +265,8 @@ def _output_shapes(layer, args, kwargs):
         else:
             in_shape = None
         if in_shape is not None:
+            if layer.built:
+                _check_built_for(layer, in_shape)
             try:
                 if not layer.built:
                     layer.build(in_shape)
@@ -276,8 +278,30 @@ def _output_shapes(layer, args, kwargs):
     return shape
 
 
+def _check_built_for(layer, in_shape):
+    """A built layer (a shared one) called on other shapes: refuse it now, not at fit."""
+    try:
+        want = layer.weight_shapes(in_shape)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{layer.name}: was built for inputs of shape {layer.input_shape} and "
+                         f"cannot be called on {in_shape}: {exc}") from None
+    have = [tuple(getattr(w, "shape", ())) for w in layer.weights]
+    if want is not None and [tuple(w) for w in want] != have:
+        raise ValueError(f"{layer.name}: was built for inputs of shape {layer.input_shape} "
+                         f"(weights {have}) and cannot be called on {in_shape}, which needs "
+                         f"weights {[tuple(w) for w in want]}")
+
+
+#: the most values a dummy batch for shape inference may hold
+_DUMMY_LIMIT = 1 << 24
+
+
 def _dummy(t, batch=2, steps=3):
     dims = [batch] + [steps if d is None else d for d in t.shape[1:]]
+    if np.prod(dims, dtype=np.float64) > _DUMMY_LIMIT:
+        raise ValueError(f"cannot infer an output shape from inputs of shape {t.shape}: a "
+                         "batch of that shape is too large to try (give the layer a "
+                         "compute_output_shape)")
     return np.zeros(dims, dtype=np.dtype(t.dtype))
 
 

@@ -33,8 +33,9 @@ of ``.npy`` arrays) holding:
     "kwargs": {...}}, ...]}, ...], "input_layers": ..., "output_layers": ...}``, Keras 3's
     functional config without the layer configs (tensors appear as ``{"class_name":
     "__keras_tensor__", "config": {"shape", "dtype", "keras_history": [layer name, node
-    index, tensor index]}}``). The graph is rebuilt once every weight's shape has been
-    checked. Its ``"compile"`` holds a list per output: ``"loss"`` (null for an output
+    index, tensor index]}}``). The graph is rebuilt last, on layers already built for
+    their checked shapes and holding the file's weights, so a graph that calls a layer on
+    other shapes is refused before anything is allocated for it. Its ``"compile"`` holds a list per output: ``"loss"`` (null for an output
     without one), ``"loss_weights"``, ``"metrics"`` and ``"weighted_metrics"`` (a list of
     metrics per output). Such files stay format version 1 (2 only with quantized layers).
 ``"layers/<i>/<weight name>"``
@@ -480,11 +481,6 @@ def _load(path, compile):
             weight_entries.append(list(zip(weights, names)))
             precisions.append(precision)
         _check_input_shape(reader, input_shape, layers, build_shapes)
-        if model is None:
-            try:
-                model = from_graph(layers, graph, config.get("name"))
-            except (ValueError, TypeError, KeyError, IndexError) as exc:
-                raise reader.error(f"model: the graph cannot be rebuilt: {exc}") from None
         for i, (layer, build_shape, weights, precision) in enumerate(zip(
                 layers, build_shapes, weight_entries, precisions)):
             what = f"layer {i} ({layer.name})"
@@ -502,6 +498,13 @@ def _load(path, compile):
             except MemoryError:                 # a config edited to absurd sizes
                 raise reader.error(f"{what}: its config asks for weights too large to "
                                    "allocate") from None
+        if model is None:
+            # The layers are built for their checked shapes and hold the file's weights: a
+            # graph that calls one on other shapes is refused, nothing else is allocated.
+            try:
+                model = from_graph(layers, graph, config.get("name"))
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise reader.error(f"model: the graph cannot be rebuilt: {exc}") from None
         if input_shape is not None:
             model._input_shape = input_shape
         if compile and doc.get("compile"):

@@ -478,6 +478,25 @@ def test_clear_errors():
         model.compile("sgd", {"nope": "mse"})
     with pytest.raises(TypeError, match="symbolic"):
         np.asarray(a)
+    dense = L.Dense(2, name="once")
+    dense(a)
+    with pytest.raises(ValueError, match="once: was built for inputs of shape"):
+        dense(fl.Input(shape=(5,)))
+
+
+def test_quantized_copy_of_a_functional_model(tmp_path):
+    model = encoder_decoder(units=8, dtype="float32")
+    rng = np.random.default_rng(7)
+    x = [rng.standard_normal((5, 6, 2)).astype(np.float32),
+         rng.standard_normal((5, 4, 3)).astype(np.float32)]
+    q = fl.quantize(model, "int8")
+    assert type(q) is fl.Model and q.get_layer("decoder") is not model.get_layer("decoder")
+    np.testing.assert_allclose(q.predict(x), model.predict(x), atol=0.05)
+    q.save(tmp_path / "q.npz")
+    np.testing.assert_array_equal(fl.load_model(tmp_path / "q.npz").predict(x), q.predict(x))
+    q.compile("adam", "mse")
+    with pytest.raises(ValueError, match="quantized"):
+        q.fit(x, np.zeros((5, 4, 3)), verbose=0)
 
 
 # -- the docs' example ------------------------------------------------------------------------------
@@ -489,3 +508,23 @@ def test_the_docs_seq2seq_example_learns_to_reverse_digit_strings():
     namespace = {"__name__": "docs_example", "np": np, "fl": fl}
     exec(compile(example[0], "docs/functional.md", "exec"), namespace)
     assert namespace["accuracy"] > 0.95
+
+
+def test_a_file_whose_graph_calls_a_layer_on_other_shapes_is_refused(tmp_path):
+    """The graph is rebuilt on layers already built for their checked shapes: an Input
+    edited to a huge size is refused, not allocated."""
+    import json
+    inp = fl.Input(shape=(4,), name="inp")
+    model = fl.Model(inp, L.Dense(3, name="d")(inp))
+    path = tmp_path / "m.npz"
+    model.save(path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    doc = json.loads(arrays["fastlstm.json"].tobytes())
+    entry = [e for e in doc["model"]["layers"] if e["class_name"] == "InputLayer"][0]
+    entry["config"]["batch_shape"] = [None, 10 ** 9]
+    arrays["fastlstm.json"] = np.frombuffer(json.dumps(doc).encode(), np.uint8)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match="d: was built for inputs of shape"):
+        fl.load_model(bad)
