@@ -112,6 +112,8 @@ def _masked_weights(sample_weight, mask, values_shape, reduction):
 
 
 def _to_host(out):
+    if isinstance(out, dict):
+        return {k: devices.to_host(v) for k, v in out.items()}
     if isinstance(out, list):
         return [devices.to_host(o) for o in out]
     return devices.to_host(out)

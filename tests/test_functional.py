@@ -298,6 +298,7 @@ def test_lists_dicts_and_validation_split_give_the_same_results():
     out = model.predict(x, batch_size=5)
     assert set(out) == {"y1", "y2"} and out["y1"].shape == (12, 2)
     whole = model(x)
+    assert set(model.predict_on_batch(x)) == {"y1", "y2"}
     np.testing.assert_allclose(out["y2"], whole["y2"], rtol=1e-5, atol=1e-6)   # batching
     hist = model.fit(x, y, validation_split=0.25, epochs=1, verbose=0).history
     assert {"val_loss", "val_y1_loss", "val_y2_loss"} <= set(hist)

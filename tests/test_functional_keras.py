@@ -223,3 +223,48 @@ def test_metric_lists_per_output_and_weighted_metrics_match_keras():
         close(a[k], b[k], k)
     with pytest.raises(ValueError, match="one entry"):
         ours.compile("adam", "mse", metrics=["mae"])
+
+
+def test_fit_epochs_and_layers_match_keras():
+    ours, theirs = seq2seq(fl, units=8), seq2seq(keras, units=8)
+    assert [l.name for l in ours.layers] == [l.name for l in theirs.layers]
+    copy_weights(ours, theirs)
+    rng = np.random.default_rng(7)
+    x = [one_hot(rng, 20, 6, 7), one_hot(rng, 20, 5, 9)]
+    y = one_hot(rng, 20, 5, 9)
+    for lib, model in ((fl, ours), (keras, theirs)):
+        model.compile(lib.optimizers.Adam(0.01), "categorical_crossentropy",
+                      metrics=["accuracy"])
+    a = ours.fit(x, y, batch_size=6, epochs=2, shuffle=False, verbose=0,
+                 validation_data=(x, y)).history
+    b = theirs.fit(x, y, batch_size=6, epochs=2, shuffle=False, verbose=0,
+                   validation_data=(x, y)).history
+    assert set(a) == set(b)
+    for k in b:
+        close(a[k], b[k], k)
+    for layer in ours.layers:
+        for wa, wb in zip(layer.get_weights(), theirs.get_layer(layer.name).get_weights()):
+            close(wa, wb, layer.name)
+
+
+def test_fit_epochs_of_a_two_output_model_match_keras():
+    def build(lib):
+        inp = lib.Input(shape=(5, 3), name="x")
+        last = lib.layers.LSTM(6, name="lstm")(inp)
+        return lib.Model(inp, [lib.layers.Dense(3, activation="softmax", name="cls")(last),
+                               lib.layers.Dense(1, name="reg")(last)])
+
+    ours, theirs = build(fl), build(keras)
+    copy_weights(ours, theirs)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((14, 5, 3)).astype(np.float32)
+    y = {"cls": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 14)],
+         "reg": rng.standard_normal((14, 1)).astype(np.float32)}
+    for lib, model in ((fl, ours), (keras, theirs)):
+        model.compile(lib.optimizers.Adam(0.01), ["categorical_crossentropy", "mse"],
+                      loss_weights=[0.5, 2.0], metrics=[["accuracy"], ["mae"]])
+    a = ours.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0).history
+    b = theirs.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0).history
+    assert set(a) == set(b)
+    for k in b:
+        close(a[k], b[k], k)
