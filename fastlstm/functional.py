@@ -226,15 +226,19 @@ class Node:
                     kwargs["mask"] = ms
         return args, kwargs
 
-    def output_masks(self, args, kwargs, outputs):
-        """The masks of this call's outputs: ``compute_mask`` of its first input."""
+    def output_masks(self, args, kwargs, outputs, masks):
+        """The masks of this call's outputs: ``compute_mask`` of its first input (the list
+        for ``multiple_inputs``), which the first output carries; for a layer that names its
+        ``tensor_arguments``, the first one's mask (MultiHeadAttention: the query's)."""
         layer = self.layer
+        names = getattr(layer, "tensor_arguments", None)
+        if names:
+            first = self.args[0] if self.args else self.kwargs.get(names[0])
+            out = masks.get(id(first)) if isinstance(first, KerasTensor) else None
+            return [out] + [None] * (len(outputs) - 1)
         if not args:
             return [None] * len(outputs)
         mask = kwargs.get("mask")
-        names = getattr(layer, "mask_arguments", None)
-        if names and getattr(layer, "tensor_arguments", None):
-            mask = kwargs.get(names.get(layer.tensor_arguments[0]))
         if isinstance(mask, list) and not any(m is not None for m in mask):
             mask = None
         out = layer.compute_mask(args[0], mask)
@@ -415,9 +419,9 @@ class _Graph:
         input_nodes = {t.node for t in inputs}
         for n in order:
             if isinstance(n.layer, InputLayer) and n not in input_nodes:
+                given = [t.node.layer.name for t in inputs]
                 raise ValueError(f"outputs: they depend on the Input {n.layer.name!r}, which is "
-                                 f"not among the model's inputs {[t.node.layer.name for t in inputs]} "
-                                 "(a disconnected graph)")
+                                 f"not among the model's inputs {given} (a disconnected graph)")
         # Inputs that the outputs do not use still belong to the model (Keras allows them).
         order = [t.node for t in inputs if t.node not in state] + order
         inputs_first = [t.node for t in inputs]
@@ -646,9 +650,6 @@ class Model(Trainer, metaclass=abc.ABCMeta):
         return [data_adapters.combine_weights(sw, data_adapters.class_weight_to_sample_weights(
             y[0], class_weight, width))]
 
-    def _num_classes(self):
-        return None
-
     def _pack(self, outputs):
         if self._output_kind == "single":
             return outputs[0]
@@ -670,7 +671,7 @@ class Model(Trainer, metaclass=abc.ABCMeta):
             outs = self._as_outputs(node, out)
             if with_activity and node.layer.activity_regularizer is not None:
                 activity += activity_penalty(node.layer.activity_regularizer, outs[0])[0]
-            for t, v, m in zip(node.outputs, outs, node.output_masks(args, kwargs, outs)):
+            for t, v, m in zip(node.outputs, outs, node.output_masks(args, kwargs, outs, masks)):
                 values[id(t)], masks[id(t)] = v, m
         return ([values[id(t)] for t in self._outputs],
                 [masks.get(id(t)) for t in self._outputs], activity)
@@ -913,7 +914,7 @@ class Model(Trainer, metaclass=abc.ABCMeta):
             activity += float(node.layer.last_activity_loss)
             backprops[node] = backprop
             outs = self._as_outputs(node, out)
-            for t, v, m in zip(node.outputs, outs, node.output_masks(args, kwargs, outs)):
+            for t, v, m in zip(node.outputs, outs, node.output_masks(args, kwargs, outs, masks)):
                 values[id(t)], masks[id(t)] = v, m
         outs = [devices.to_host(values[id(t)]) for t in self._outputs]
         out_masks = [devices.to_host(masks.get(id(t))) for t in self._outputs]

@@ -305,8 +305,9 @@ class Sequential(Trainer):
         return self._forward(x)[0]
 
     def _class_weights(self, y, sample_weight, class_weight):
-        return data_adapters.combine_weights(sample_weight, data_adapters.class_weight_to_sample_weights(
-            y, class_weight, self._num_classes()))
+        return data_adapters.combine_weights(
+            sample_weight,
+            data_adapters.class_weight_to_sample_weights(y, class_weight, self._num_classes()))
 
     # -- inference ---------------------------------------------------------------------------
     def _forward(self, x, mask=None, training=False, with_activity=False):

@@ -515,10 +515,11 @@ def _load(path, compile):
                 if hasattr(model, "_compile_from_saved"):
                     model._compile_from_saved(comp, optimizer)
                 else:
-                    model.compile(optimizer=optimizer, loss=losses.deserialize(comp.get("loss")),
-                                  metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []],
-                                  weighted_metrics=[metrics.deserialize(m)
-                                                    for m in comp.get("weighted_metrics") or []])
+                    model.compile(
+                        optimizer=optimizer, loss=losses.deserialize(comp.get("loss")),
+                        metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []],
+                        weighted_metrics=[metrics.deserialize(m)
+                                          for m in comp.get("weighted_metrics") or []])
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise reader.error(f"compile: the saved loss, metrics or optimizer cannot be "
                                    f"rebuilt: {exc}") from None

@@ -43,7 +43,7 @@ class PairSum(Layer):
     def forward_train(self, inputs, mask=None):
         self.seen_mask = mask
         out = np.asarray(inputs[0]) + np.asarray(inputs[1])
-        return out, lambda dy: Gradients(inputs=[dy, 2.0 * dy / 2.0], initial_state=None,
+        return out, lambda dy: Gradients(inputs=[dy, dy], initial_state=None,
                                          weights=[])
 
 
@@ -63,9 +63,6 @@ class QueryPlusValueSum(Layer):
         if not self.built:
             self.w = np.full((value.shape[-1],), 0.5, self.dtype)
             Layer.build(self, value.shape)
-
-    def compute_mask(self, inputs, mask=None):
-        return mask
 
     def _out(self, query, value, value_mask):
         v = np.asarray(value) * self.w
@@ -500,7 +497,7 @@ def test_quantized_copy_of_a_functional_model(tmp_path):
         q.fit(x, np.zeros((5, 4, 3)), verbose=0)
 
 
-# -- the docs' example ------------------------------------------------------------------------------
+# -- the docs' example -------------------------------------------------------------------------
 def test_the_docs_seq2seq_example_learns_to_reverse_digit_strings():
     with open(os.path.join(ROOT, "docs", "functional.md"), encoding="utf-8") as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
