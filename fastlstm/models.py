@@ -38,12 +38,8 @@ number of samples must be a multiple of ``B``.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
-from . import callbacks as callbacks_module
 from . import data_adapters
 from . import devices
 from . import losses as losses_module

@@ -219,7 +219,7 @@ def _symbolic_dispatch(call):
     @functools.wraps(call)
     def __call__(self, *args, **kwargs):
         if _holds_symbolic(args, kwargs):
-            from ..functional import call_symbolic
+            from ..graph import call_symbolic
             return call_symbolic(self, args, kwargs)
         return call(self, *args, **kwargs)
 
