@@ -54,7 +54,7 @@ class Model(Trainer, metaclass=abc.ABCMeta):
     """A functional model: ``Model(inputs, outputs)`` with symbolic tensors (one, or a list
     or dict of them), trained like a Keras 3 functional model. See the module docstring."""
 
-    def __init__(self, inputs=None, outputs=None, name=None, trainable=True):
+    def __init__(self, inputs=None, outputs=None, name=None):
         self.name = name if name is not None else _auto_name("functional")
         if not isinstance(self.name, str):
             raise TypeError(f"name: expected a string, got {type(name).__name__}")

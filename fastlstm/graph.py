@@ -76,6 +76,8 @@ def _substitute(value, values):
 class InputLayer(Layer):
     """The layer behind ``fl.Input``: an identity with a shape and a dtype."""
 
+    # batch_size, sparse, ragged, optional: Keras's arguments, taken (from Keras configs
+    # too) and not used: the batch axis is free and inputs are dense arrays.
     def __init__(self, shape=None, batch_size=None, dtype=None, name=None, batch_shape=None,
                  sparse=None, ragged=None, optional=False, trainable=True):
         super().__init__(name=name if name is not None else _auto_name("input_layer"))
