@@ -526,3 +526,20 @@ def test_a_file_whose_graph_calls_a_layer_on_other_shapes_is_refused(tmp_path):
     np.savez(bad, **arrays)
     with pytest.raises(ValueError, match="d: was built for inputs of shape"):
         fl.load_model(bad)
+
+
+def test_bidirectional_states_into_a_decoder_finite_differences():
+    """Bidirectional with return_state gives [output, forward h, c, backward h, c]; only the
+    backward state starts the decoder, so only the backward layer learns from it."""
+    e = fl.Input(shape=(None, 2), name="e", dtype="float64")
+    outs = L.Bidirectional(L.LSTM(3, return_state=True, dtype="float64"), name="bi",
+                           dtype="float64")(e)
+    assert [o.shape for o in outs] == [(None, 6)] + [(None, 3)] * 4
+    d = fl.Input(shape=(None, 2), name="d", dtype="float64")
+    seq = L.GRU(3, return_sequences=True, name="dec", dtype="float64")(d, initial_state=[outs[3]])
+    model = fl.Model([e, d], L.Dense(1, name="o", dtype="float64")(seq))
+    rng = np.random.default_rng(8)
+    x = [rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 3, 2))]
+    grads = check_gradients(model, x, rng.standard_normal((2, 3, 1)))
+    assert all(np.abs(g).max() == 0.0 for g in grads[:3])        # forward direction: unused
+    assert all(np.abs(g).max() > 1e-4 for g in grads[3:6])
