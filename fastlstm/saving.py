@@ -93,9 +93,17 @@ def register_model_class(cls):
     return cls
 
 
+def _is_shape_list(shape):
+    """A layer of several inputs (merges, attention) keeps one shape per input."""
+    return isinstance(shape, (list, tuple)) and bool(shape) and all(
+        isinstance(s, (list, tuple)) for s in shape)
+
+
 def _shape_list(shape):
     if shape is None:
         return None
+    if _is_shape_list(shape):
+        return [_shape_list(s) for s in shape]
     shape = list(shape)
     if shape:
         shape[0] = None
@@ -542,8 +550,12 @@ def _load(path, compile):
     return model
 
 
-def _shape_entry(reader, shape, what):
-    """A saved input_shape: None, or a list of non-negative ints and nulls, as a tuple."""
+def _shape_entry(reader, shape, what, nested=True):
+    """A saved input_shape: None, or a list of non-negative ints and nulls, as a tuple; for
+    a layer of several inputs, a list of such shapes (a list of tuples)."""
+    if nested and isinstance(shape, list) and shape and all(isinstance(s, list) for s in shape):
+        _require(len(shape) <= 64, reader, f"{what}: malformed input_shape (more than 64 inputs)")
+        return [_shape_entry(reader, s, what, nested=False) for s in shape]
     _require(shape is None or (isinstance(shape, list) and all(
         d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
         for d in shape)), reader, f"{what}: malformed input_shape {shape!r}")
