@@ -18,11 +18,12 @@ __all__ = ["__version__", "activations", "ops", "initializers", "regularizers", 
            "available_backends", "set_num_threads", "get_num_threads", "set_loop_threads",
            "set_workspace_limit", "get_workspace_limit"]
 from .models import Sequential
+from .functional import Input, Model
 from .saving import load_model
 from .quantization import quantize
 from . import utils
 
-__all__ += ["Sequential", "load_model", "quantize", "utils"]
+__all__ += ["Sequential", "Input", "Model", "load_model", "quantize", "utils"]
 
 # Imported on first use (PEP 562), so that ``import fastlstm`` stays light.
 _LAZY_SUBMODULES = ("convert", "datasets", "dask", "distributed")

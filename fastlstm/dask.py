@@ -96,10 +96,15 @@ def model_from_bytes(data, compile=False):
 
 
 def _check_model(model):
+    from .functional import Model
     from .models import Sequential
-    if not isinstance(model, Sequential):
-        raise TypeError(f"model: expected a fastlstm Sequential model, got "
+    if not isinstance(model, Model):
+        raise TypeError(f"model: expected a fastlstm model (fl.Sequential or fl.Model), got "
                         f"{type(model).__name__}")
+    if not isinstance(model, Sequential) and (len(model.inputs) != 1 or len(model.outputs) != 1):
+        raise ValueError(f"model: {model.name} has {len(model.inputs)} inputs and "
+                         f"{len(model.outputs)} outputs; Dask scoring takes a model with one "
+                         "input (N, T, F) and one output")
     if not model.built:
         raise ValueError(f"model: {model.name} is not built yet, so it has no weights to "
                          "score with; build(input_shape) it, train it or load it first")

@@ -153,6 +153,35 @@ def combine_weights(sample_weight, class_weights):
                          f"the class weights of shape {class_weights.shape} (from y)") from None
 
 
+# ------------------------------------------------------------------------------ structures
+def flat_arrays(value):
+    """The arrays of ``value``: an array, a list/tuple/dict of them, or None (none)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [a for v in value.values() for a in flat_arrays(v)]
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in flat_arrays(v)]
+    return [value]
+
+
+def num_samples(value):
+    """The first axis of the first array of ``value``."""
+    arrays = flat_arrays(value)
+    return arrays[0].shape[0] if arrays else 0
+
+
+def take(value, index):
+    """``value[index]`` for every array of a structure (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: take(v, index) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [take(v, index) for v in value]
+    return value[index]
+
+
 # ---------------------------------------------------------------------------------- batches
 def unpack_batch(batch, what, need_y):
     """``(x, y, sample_weight)`` from a generator's or PyDataset's batch."""
@@ -177,11 +206,12 @@ def unpack_batch(batch, what, need_y):
 
 
 class ArraySource:
-    """Batches of NumPy arrays (``x``, ``y`` and ``sample_weight`` already checked)."""
+    """Batches of NumPy arrays (``x``, ``y`` and ``sample_weight`` already checked; each an
+    array or, for a model with several inputs or outputs, a list of arrays)."""
 
     def __init__(self, x, y, sample_weight, batch_size, shuffle=False, steps=None):
         self.x, self.y, self.sw = x, y, sample_weight
-        self.n = x.shape[0]
+        self.n = num_samples(x)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.steps = max(1, math.ceil(self.n / batch_size))
@@ -194,8 +224,7 @@ class ArraySource:
         bs = self.batch_size
         for step in range(self.steps):
             sl = slice(step * bs, (step + 1) * bs) if order is None else order[step * bs:(step + 1) * bs]
-            yield (self.x[sl], None if self.y is None else self.y[sl],
-                   None if self.sw is None else self.sw[sl])
+            yield take(self.x, sl), take(self.y, sl), take(self.sw, sl)
 
     def on_epoch_begin(self):
         pass

@@ -19,17 +19,19 @@ never imports mpi4py; this module imports it in :func:`init`.
 
 One step. Each rank runs forward and backward on its own batch of ``b`` rows. The
 :class:`DistributedOptimizer` packs every gradient into one contiguous buffer per dtype,
-sums the buffers over the ranks with one ``MPI_Allreduce``, divides by the number of ranks,
-and hands the averages to the wrapped optimizer, which takes the same step on every rank.
-With the loss averaged over each batch and equal batch sizes, N ranks with batch ``b`` take
-the step one process takes with batch ``N·b`` (the rows of a global batch are the same;
-only the order of the floating-point sums differs).
+sums it over the ranks with ``MPI_Iallreduce``, divides by the number of ranks, and hands
+the averages to the wrapped optimizer, which takes the same step on every rank. With the
+loss averaged over each batch and equal batch sizes, N ranks with batch ``b`` take the step
+one process takes with batch ``N·b`` (the rows of a global batch are the same; only the
+order of the floating-point sums differs).
 
-The allreduce starts after the whole backward pass: a ``Sequential`` step hands the
-optimizer all gradients at once, and MPICH's non-blocking collectives progress only inside
-MPI calls (without an asynchronous progress thread), so overlapping the reduction with the
-backward kernels would need both a per-layer gradient hook and a progress thread. At the
-sizes measured in ``docs/scaling.md`` the allreduce is a small part of a step.
+Overlap. The training step hands each layer's gradients to the optimizer as soon as that
+layer's backward pass is done (``gradients_ready``, the last layer first). From the second
+step on, the buffer is reduced in segments of ``bucket_bytes`` (1 MiB by default) started
+at those moments, while backward goes on through the earlier layers; the last segment is
+started when backward ends. MPICH progresses non-blocking collectives inside MPI calls
+(each hand-over tests the reductions in flight) or, with ``MPIR_CVAR_ASYNC_PROGRESS=1`` in
+the environment, on a progress thread of its own, which needs a spare core per rank.
 
 Failures. :func:`init` installs a ``sys.excepthook`` that prints the traceback (with the
 rank) and calls ``MPI_Abort``: a rank that raises ends the whole job with a nonzero exit
@@ -284,6 +286,74 @@ def shard(data, rank=None, size=None):
 
 
 # -- the optimizer ----------------------------------------------------------------------------
+class _FusedStep:
+    """One step's fused gradient buffer (one per dtype) and its reductions in flight.
+
+    The training step calls ``gradients_ready`` as each layer's gradients become final (the
+    last layer first). From the second step on, the buffer's layout is known (the order
+    in which the previous step handed the gradients over), so each gradient is copied into
+    its place at once, and a segment of the buffer is reduced with a non-blocking
+    ``Iallreduce`` as soon as it holds ``bucket_bytes``; the reductions run while backward
+    goes on through the earlier layers. ``apply`` copies what the hook did not see, reduces
+    the rest, and waits for all.
+
+    Every decision (layout, segment boundaries) depends only on the model's structure and
+    the order of the training step, which are the same on every rank, so all ranks start
+    the same collectives in the same order, as MPI requires.
+    """
+
+    def __init__(self, layout, bucket_bytes):
+        # layout: [(shape, dtype str)] in hand-over order; slots follow it within each dtype.
+        self.layout = layout
+        self.bucket_bytes = bucket_bytes
+        self.slots = []                     # per layout entry: (dtype str, start, size)
+        sizes = {}
+        for shape, dt in layout:
+            n = int(np.prod(shape, dtype=np.int64))
+            start = sizes.get(dt, 0)
+            self.slots.append((dt, start, n))
+            sizes[dt] = start + n
+        self.buffers = {dt: np.empty(n, np.dtype(dt)) for dt, n in sizes.items()}
+        self.start_step()
+
+    def start_step(self):
+        self.next = 0                       # the next layout entry the hook should see
+        self.seen = {}                      # id(param) -> layout index, this step
+        self.requests = []
+        self.reduced_to = {dt: 0 for dt in self.buffers}    # started up to, per dtype
+        self.filled_to = {dt: 0 for dt in self.buffers}
+        self.in_order = True
+
+    def take(self, param, grad):
+        """Copy one handed-over gradient into its slot; False when the step does not follow
+        the layout (it then finishes in ``apply`` without overlap, on every rank alike)."""
+        if not self.in_order or self.next >= len(self.layout):
+            self.in_order = False
+            return False
+        g = np.asarray(grad)
+        shape, dt = self.layout[self.next]
+        if g.shape != shape or g.dtype.str != dt:
+            self.in_order = False
+            return False
+        _, start, n = self.slots[self.next]
+        self.buffers[dt][start:start + n] = g.reshape(-1)
+        self.seen[id(param)] = self.next
+        self.filled_to[dt] = start + n
+        self.next += 1
+        return True
+
+    def reduce_ready(self, final=False):
+        """Start an Iallreduce on each dtype's filled, unreduced part once it holds
+        ``bucket_bytes`` (``final``: whatever is left)."""
+        for dt, buf in self.buffers.items():
+            lo, hi = self.reduced_to[dt], (buf.size if final else self.filled_to[dt])
+            if hi > lo and (final or (hi - lo) * buf.itemsize >= self.bucket_bytes):
+                self.requests.append(_comm.Iallreduce(_MPI.IN_PLACE, buf[lo:hi], op=_MPI.SUM))
+                self.reduced_to[dt] = hi
+        if self.requests and not final:
+            _MPI.Request.Testall(self.requests)     # lets MPI progress what is in flight
+
+
 class _Distributed:
     """Mixed into a copy of an optimizer's class: ``apply`` averages the gradients over the
     ranks first. The class keeps the optimizer's name, so a saved model names the plain
@@ -291,38 +361,72 @@ class _Distributed:
 
     _fastlstm_distributed = True
 
+    def gradients_ready(self, params, grads):
+        """Training-step hook: ``grads`` of ``params`` (one layer's) are final for this step.
+        Copies them into the fused buffer and starts reducing full segments, so that the
+        reduction overlaps the rest of the backward pass."""
+        if _comm is None or _comm.Get_size() == 1:
+            return
+        t0 = time.perf_counter()
+        handed = self.__dict__.setdefault("_handed", [])
+        fused = self.__dict__.get("_fused")
+        for p, g in zip(params, grads):
+            if g is None:
+                continue
+            handed.append((p, g))
+            if fused is not None:
+                fused.take(p, g)
+        if fused is not None and fused.in_order:
+            fused.reduce_ready()
+        self.allreduce_seconds += time.perf_counter() - t0
+
     def apply(self, grads, params):
         grads = list(grads)
         if _comm is not None and _comm.Get_size() > 1:
-            grads = self._average(grads)
+            grads = self._average(grads, list(params))
         return super().apply(grads, params)
 
-    def _average(self, grads):
+    def _average(self, grads, params):
         t0 = time.perf_counter()
         n = _comm.Get_size()
-        live = [i for i, g in enumerate(grads) if g is not None]
-        arrays = {i: np.asarray(grads[i]) for i in live}
-        by_dtype = {}
-        for i in live:
-            by_dtype.setdefault(arrays[i].dtype.str, []).append(i)
+        handed = self.__dict__.pop("_handed", [])
+        for g in grads:
+            if g is not None and np.asarray(g).dtype.kind != "f":
+                raise TypeError(f"grads: expected float gradients, got dtype {np.asarray(g).dtype}")
+        # This step's hand-over order: the hook's first, then the rest in apply's order.
+        handed_ids = {id(p) for p, _ in handed}
+        order = [i for i, p in enumerate(params) if id(p) in handed_ids]
+        position = {id(p): k for k, (p, _) in enumerate(handed)}
+        order.sort(key=lambda i: position[id(params[i])])
+        order += [i for i, g in enumerate(grads) if g is not None and id(params[i]) not in handed_ids]
+        layout = [(np.shape(grads[i]), np.asarray(grads[i]).dtype.str) for i in order]
+        fused = self.__dict__.get("_fused")
+        if fused is None or fused.layout != layout or not fused.in_order:
+            if fused is not None and fused.requests:
+                _MPI.Request.Waitall(fused.requests)    # started in order: finish them alike
+            fused = _FusedStep(layout, self.bucket_bytes)
+            self._fused = fused
+            for i in order:
+                fused.take(params[i], grads[i])
+        else:
+            for k, (_, g) in enumerate(handed):
+                if grads[order[k]] is not g:        # it may be in flight already
+                    raise RuntimeError("gradients_ready: a gradient handed over was replaced "
+                                       "before apply; hand over final gradients only")
+            for i in order[fused.next:]:
+                fused.take(params[i], grads[i])
+        fused.reduce_ready(final=True)
+        _MPI.Request.Waitall(fused.requests)
         out = list(grads)
-        for dtype_str, indices in sorted(by_dtype.items()):
-            dtype = np.dtype(dtype_str)
-            if dtype.kind != "f":
-                raise TypeError(f"grads: expected float gradients, got dtype {dtype}")
-            sizes = [arrays[i].size for i in indices]
-            fused = np.empty(sum(sizes), dtype=dtype)
-            offset = 0
-            for i, s in zip(indices, sizes):
-                fused[offset:offset + s] = arrays[i].reshape(-1)
-                offset += s
-            _comm.Allreduce(_MPI.IN_PLACE, fused, op=_MPI.SUM)
-            fused /= dtype.type(n)
-            offset = 0
-            for i, s in zip(indices, sizes):
-                out[i] = fused[offset:offset + s].reshape(arrays[i].shape)
-                offset += s
-            self.allreduce_bytes += fused.nbytes
+        for k, i in enumerate(order):
+            dt, start, size = fused.slots[k]
+            buf = fused.buffers[dt]
+            out[i] = buf[start:start + size].reshape(np.shape(grads[i]))
+        for dt, buf in fused.buffers.items():
+            buf /= buf.dtype.type(n)
+            self.allreduce_bytes += buf.nbytes
+        self.allreduce_segments += len(fused.requests)
+        fused.start_step()
         self.allreduce_seconds += time.perf_counter() - t0
         self.allreduce_calls += 1
         return out
@@ -331,16 +435,25 @@ class _Distributed:
 _DISTRIBUTED_CLASSES = {}
 
 
-def DistributedOptimizer(optimizer):
+def DistributedOptimizer(optimizer, bucket_bytes=1 << 20):
     """``optimizer`` (a ``fastlstm.optimizers`` optimizer, instance or name) with its
-    gradients averaged over the ranks in one fused allreduce per step. Returns an instance
+    gradients averaged over the ranks through one fused buffer per step. Returns an instance
     of the same optimizer class, with the same settings and state, so ``compile``, saving
-    and ``fl.load_model`` treat it as that optimizer. ``allreduce_seconds``,
-    ``allreduce_bytes`` and ``allreduce_calls`` count the time, bytes and calls spent in
-    the reduction."""
+    and ``fl.load_model`` treat it as that optimizer.
+
+    ``bucket_bytes``: the buffer is reduced in segments of at least this many bytes, each
+    started (``MPI_Iallreduce``) as soon as the layers behind it have finished their
+    backward pass, so that reduction and backward overlap; a model whose gradients are
+    smaller is reduced in one call at the end of backward. ``allreduce_seconds``,
+    ``allreduce_bytes``, ``allreduce_calls`` (steps) and ``allreduce_segments`` count the
+    time spent in the reduction's calls, the bytes, the steps and the reductions."""
     from . import optimizers
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, numbers.Integral) \
+            or bucket_bytes < 0:
+        raise ValueError(f"bucket_bytes: expected a non-negative integer, got {bucket_bytes!r}")
     opt = optimizers.get(optimizer)
     if getattr(opt, "_fastlstm_distributed", False):
+        opt.bucket_bytes = int(bucket_bytes)
         return opt
     base = type(opt)
     cls = _DISTRIBUTED_CLASSES.get(base)
@@ -354,6 +467,8 @@ def DistributedOptimizer(optimizer):
     wrapped.allreduce_seconds = 0.0
     wrapped.allreduce_bytes = 0
     wrapped.allreduce_calls = 0
+    wrapped.allreduce_segments = 0
+    wrapped.bucket_bytes = int(bucket_bytes)
     return wrapped
 
 

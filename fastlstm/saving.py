@@ -27,6 +27,17 @@ of ``.npy`` arrays) holding:
     ``fl.quantize`` (format version 2) also has ``"quantization": "int8"`` or
     ``"bfloat16"``; its matrices are stored compact (int8 values with a float32
     ``<name>_scale`` array, or bfloat16 bit patterns as uint16), each right after it.
+    A functional model (``fl.Model``, ``"class_name": "Model"``, ``"input_shape": null``)
+    lists every layer once, its ``InputLayer``s too (with no weights), and adds
+    ``"graph"``: ``{"layers": [{"name": ..., "inbound_nodes": [{"args": [...],
+    "kwargs": {...}}, ...]}, ...], "input_layers": ..., "output_layers": ...}``, Keras 3's
+    functional config without the layer configs (tensors appear as ``{"class_name":
+    "__keras_tensor__", "config": {"shape", "dtype", "keras_history": [layer name, node
+    index, tensor index]}}``). The graph is rebuilt last, on layers already built for
+    their checked shapes and holding the file's weights, so a graph that calls a layer on
+    other shapes is refused before anything is allocated for it. Its ``"compile"`` holds a list per output: ``"loss"`` (null for an output
+    without one), ``"loss_weights"``, ``"metrics"`` and ``"weighted_metrics"`` (a list of
+    metrics per output). Such files stay format version 1 (2 only with quantized layers).
 ``"layers/<i>/<weight name>"``
     The weights of layer ``i`` (0-based), e.g. ``layers/0/kernel``, ``layers/1/bias``;
     a Bidirectional layer's are ``layers/<i>/forward/kernel``, ... .
@@ -82,9 +93,17 @@ def register_model_class(cls):
     return cls
 
 
+def _is_shape_list(shape):
+    """A layer of several inputs (merges, attention) keeps one shape per input."""
+    return isinstance(shape, (list, tuple)) and bool(shape) and all(
+        isinstance(s, (list, tuple)) for s in shape)
+
+
 def _shape_list(shape):
     if shape is None:
         return None
+    if _is_shape_list(shape):
+        return [_shape_list(s) for s in shape]
     shape = list(shape)
     if shape:
         shape[0] = None
@@ -113,6 +132,8 @@ def save_model(model, path):
     arrays = {}
     layer_docs = []
     version = 1
+    saved_graph = getattr(model, "_saved_graph", None)
+    graph = saved_graph() if saved_graph is not None else None
     for i, layer in enumerate(model.layers):
         entry = serialize(layer)
         entry["input_shape"] = _shape_list(getattr(layer, "input_shape", None))
@@ -136,16 +157,23 @@ def save_model(model, path):
         "version": version,
         "fastlstm_version": __version__,
         "model": {"class_name": type(model).__name__, "config": {"name": model.name},
-                  "input_shape": _shape_list(model.input_shape), "layers": layer_docs},
+                  "input_shape": None if graph is not None else _shape_list(model.input_shape),
+                  "layers": layer_docs},
         "compile": None,
         "optimizer": None,
     }
-    if model.compiled:
+    if graph is not None:
+        doc["model"]["graph"] = graph
+    compile_config = getattr(model, "_compile_config", None)
+    if model.compiled and compile_config is not None:
+        doc["compile"] = compile_config()
+    elif model.compiled:
         doc["compile"] = {"loss": losses.serialize(model.loss),
                           "metrics": [metrics.serialize(m) for m in model._compile_metrics]}
         weighted = getattr(model, "_compile_weighted_metrics", None)
         if weighted:
             doc["compile"]["weighted_metrics"] = [metrics.serialize(m) for m in weighted]
+    if model.compiled:
         opt = model.optimizer
         state_entries = []
         for name, value in opt.get_state().items():
@@ -423,10 +451,17 @@ def _load(path, compile):
                 raise reader.error(f"layer {i} ({entry.get('class_name')!r}): cannot be "
                                    f"rebuilt from its config: {exc}") from None
             layers.append(layer)
-        try:
-            model = model_class(layers, name=config.get("name"))
-        except (ValueError, TypeError) as exc:
-            raise reader.error(f"model: {exc}") from None
+        graph = spec.get("graph")
+        from_graph = getattr(model_class, "_from_saved", None)
+        model = None
+        if from_graph is not None:      # a functional model: made once the weights check out
+            _require(isinstance(graph, dict), reader,
+                     f"model: a {spec.get('class_name')} entry needs its graph section")
+        else:
+            try:
+                model = model_class(layers, name=config.get("name"))
+            except (ValueError, TypeError) as exc:
+                raise reader.error(f"model: {exc}") from None
         # Every array's shape is checked against what the configs imply before any layer is
         # built (an orthogonal initializer's QR of a huge config) or any array is read.
         build_shapes, weight_entries, precisions = [], [], []
@@ -471,6 +506,13 @@ def _load(path, compile):
             except MemoryError:                 # a config edited to absurd sizes
                 raise reader.error(f"{what}: its config asks for weights too large to "
                                    "allocate") from None
+        if model is None:
+            # The layers are built for their checked shapes and hold the file's weights: a
+            # graph that calls one on other shapes is refused, nothing else is allocated.
+            try:
+                model = from_graph(layers, graph, config.get("name"))
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise reader.error(f"model: the graph cannot be rebuilt: {exc}") from None
         if input_shape is not None:
             model._input_shape = input_shape
         if compile and doc.get("compile"):
@@ -478,10 +520,14 @@ def _load(path, compile):
             try:
                 optimizer = optimizers.deserialize({k: opt[k] for k in ("class_name", "config")}) \
                     if opt else "rmsprop"
-                model.compile(optimizer=optimizer, loss=losses.deserialize(comp.get("loss")),
-                              metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []],
-                              weighted_metrics=[metrics.deserialize(m)
-                                                for m in comp.get("weighted_metrics") or []])
+                if hasattr(model, "_compile_from_saved"):
+                    model._compile_from_saved(comp, optimizer)
+                else:
+                    model.compile(
+                        optimizer=optimizer, loss=losses.deserialize(comp.get("loss")),
+                        metrics=[metrics.deserialize(m) for m in comp.get("metrics") or []],
+                        weighted_metrics=[metrics.deserialize(m)
+                                          for m in comp.get("weighted_metrics") or []])
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise reader.error(f"compile: the saved loss, metrics or optimizer cannot be "
                                    f"rebuilt: {exc}") from None
@@ -504,8 +550,12 @@ def _load(path, compile):
     return model
 
 
-def _shape_entry(reader, shape, what):
-    """A saved input_shape: None, or a list of non-negative ints and nulls, as a tuple."""
+def _shape_entry(reader, shape, what, nested=True):
+    """A saved input_shape: None, or a list of non-negative ints and nulls, as a tuple; for
+    a layer of several inputs, a list of such shapes (a list of tuples)."""
+    if nested and isinstance(shape, list) and shape and all(isinstance(s, list) for s in shape):
+        _require(len(shape) <= 64, reader, f"{what}: malformed input_shape (more than 64 inputs)")
+        return [_shape_entry(reader, s, what, nested=False) for s in shape]
     _require(shape is None or (isinstance(shape, list) and all(
         d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
         for d in shape)), reader, f"{what}: malformed input_shape {shape!r}")

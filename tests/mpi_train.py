@@ -5,7 +5,9 @@
 Each rank trains on its shard (batch 32, no shuffling) for 2 epochs of 10 steps and writes
 ``OUT_DIR/rank<r>.npz``: its weights before (rank 0's, for the reference run) and after
 training, and its history. With ``fail``, rank 1 raises during the 4th step; with
-``unequal``, rank 1 gets more rows than rank 0 (so it would take more steps).
+``unequal``, rank 1 gets more rows than rank 0 (so it would take more steps); with
+``segments``, the gradients are reduced one layer at a time as backward hands them over
+(``bucket_bytes=0``).
 """
 import os
 import sys
@@ -45,8 +47,9 @@ def main(out, dtype, opt_name, mode=""):
     # Different starting weights on every rank: the broadcast must make them rank 0's.
     model.set_weights([w + r for w in model.get_weights()])
     initial = model.get_weights()
-    model.compile(optimizer=fld.DistributedOptimizer(optimizer(opt_name)), loss="mse",
-                  metrics=["mae"])
+    bucket = {"segments": 0}.get(mode, 1 << 20)
+    model.compile(optimizer=fld.DistributedOptimizer(optimizer(opt_name), bucket_bytes=bucket),
+                  loss="mse", metrics=["mae"])
     callbacks = [fld.BroadcastGlobalVariablesCallback(0), fld.MetricAverageCallback(),
                  fl.callbacks.ModelCheckpoint(os.path.join(out, f"ckpt-rank{r}", "model.npz"))]
     if mode == "fail":
@@ -63,7 +66,8 @@ def main(out, dtype, opt_name, mode=""):
              **{f"initial/{i}": w for i, w in enumerate(initial)},
              **{f"final/{i}": w for i, w in enumerate(model.get_weights())},
              loss=np.array(history.history["loss"]),
-             allreduce_calls=np.array(model.optimizer.allreduce_calls))
+             allreduce_calls=np.array(model.optimizer.allreduce_calls),
+             allreduce_segments=np.array(model.optimizer.allreduce_segments))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,19 @@ def test_predict_through_a_scheduler_address(cluster):
     assert got.shape == (200, 9, 3)
 
 
+def test_predict_a_functional_model(cluster):
+    inp = fl.Input((None, 8), name="frames")
+    seq = fl.layers.LSTM(16, return_sequences=True)(inp)
+    pooled = fl.layers.GlobalAveragePooling1D()(fl.layers.Add()([seq, fl.layers.Dense(16)(inp)]))
+    model = fl.Model(inp, fl.layers.Dense(2)(pooled))
+    x = _x(130, 12)
+    with fd.limited_threads(1):
+        expected = model.predict(x)
+    with distributed.Client(cluster):
+        got = fd.predict(model, da.from_array(x, chunks=64)).compute()
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_predict_with_dask_local_schedulers():
     model, x = _model(), _x(150)
     y = fd.predict(model, da.from_array(x, chunks=64), threads_per_task=2)
@@ -97,8 +110,12 @@ def test_predict_bad_arguments():
         fd.predict(model, da.zeros((4, 5, 8), chunks=2), batch_size=0)
     with pytest.raises(TypeError, match="threads_per_task: expected a positive integer"):
         fd.predict(model, da.zeros((4, 5, 8), chunks=2), threads_per_task=1.5)
-    with pytest.raises(TypeError, match="model: expected a fastlstm Sequential"):
+    with pytest.raises(TypeError, match=r"model: expected a fastlstm model \(fl.Sequential or fl.Model"):
         fd.predict(fl.layers.LSTM(3), da.zeros((4, 5, 8), chunks=2))
+    a, b = fl.Input((None, 8)), fl.Input((None, 8))
+    two = fl.Model([a, b], fl.layers.Add()([fl.layers.LSTM(3)(a), fl.layers.LSTM(3)(b)]))
+    with pytest.raises(ValueError, match="2 inputs and 1 outputs; Dask scoring takes a model with one"):
+        fd.predict(two, da.zeros((4, 5, 8), chunks=2))
     with pytest.raises(ValueError, match="not built yet"):
         fd.predict(fl.Sequential([fl.layers.LSTM(3)]), da.zeros((4, 5, 8), chunks=2))
 

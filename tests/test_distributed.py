@@ -65,10 +65,11 @@ def _weights(path, which):
         return [f[k] for k in keys]
 
 
-@pytest.mark.parametrize("dtype,optimizer", [("float32", "adam"), ("float64", "adam"),
-                                             ("float32", "sgd")])
-def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, dtype, optimizer):
-    run = _launch(tmp_path, dtype, optimizer)
+@pytest.mark.parametrize("dtype,optimizer,mode", [
+    ("float32", "adam", ""), ("float64", "adam", ""), ("float32", "sgd", ""),
+    ("float64", "adam", "segments")])
+def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, dtype, optimizer, mode):
+    run = _launch(tmp_path, dtype, optimizer, *([mode] if mode else []))
     assert run.returncode == 0, run.stdout + run.stderr
     rank0, rank1 = tmp_path / "rank0.npz", tmp_path / "rank1.npz"
     final0, final1 = _weights(rank0, "final"), _weights(rank1, "final")
@@ -86,6 +87,11 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path, dtype, opti
     with np.load(rank0) as f:
         assert int(f["allreduce_calls"]) == 20
         loss = f["loss"]
+        segments = int(f["allreduce_segments"])
+    # The small default bucket holds this model's gradients: one reduction a step. With
+    # bucket_bytes=0, from the second step on, the Dense layer's gradients are reduced when
+    # its backward ends, while the LSTM's runs, and the LSTM's after it: two a step.
+    assert segments == (20 if mode == "" else 1 + 2 * 19), segments
     with np.load(ref) as f:
         assert int(f["iterations"]) == 20
         want_weights = [f[f"w{i}"] for i in range(len(final0))]

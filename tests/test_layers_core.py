@@ -284,8 +284,8 @@ def test_dense_config_uses_keras_names_and_defaults():
 
 
 def test_deserialize_errors():
-    with pytest.raises(ValueError, match=r"unknown layer class_name 'Conv1D'"):
-        layers.deserialize({"class_name": "Conv1D", "config": {}})
+    with pytest.raises(ValueError, match=r"unknown layer class_name 'Conv2D'"):
+        layers.deserialize({"class_name": "Conv2D", "config": {}})
     with pytest.raises(TypeError, match="config"):
         layers.deserialize("Dense")
     with pytest.raises(TypeError, match="layer"):

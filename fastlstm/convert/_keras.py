@@ -22,14 +22,18 @@ import zlib
 import numpy as np
 
 from .. import limits
+from . import _keras_layers
 from ._common import (ConversionError, assemble, flag, is_keras3_hard_sigmoid,
                       is_sequential, layers_of, listing, new_layer, require, resolve_dtype,
                       rnn_kind, set_built_weights)
+from ._keras_attention import ATTENTION, from_keras_layer as _attention_layer, \
+    to_keras_layer as _to_keras_attention
 
 __all__ = ["from_keras", "to_keras"]
 
 _RNN = ("LSTM", "GRU", "SimpleRNN")
-_SUPPORTED = _RNN + ("Bidirectional", "Dense", "Embedding", "Masking", "Dropout")
+_SUPPORTED = _RNN + ("Bidirectional", "Dense", "Embedding", "Masking", "Dropout") + \
+    _keras_layers.NAMES + ATTENTION
 # Keys that describe how Keras computes or builds, never what: accepted and left alone.
 _HARMLESS = {"name", "trainable", "dtype", "module", "registered_name", "build_config",
              "implementation", "unroll", "use_cudnn", "batch_input_shape", "batch_shape",
@@ -308,6 +312,8 @@ def _layer(class_name, config, weights, ctx):
         o.finish()
         return new_layer("Masking", "from_keras", mask_value=_real(value, f"from_keras: {o.where} mask_value"),
                          name=config.get("name"), dtype=resolve_dtype(ctx.dtype).name)
+    if class_name in ATTENTION:
+        return _attention_layer(class_name, config, weights, ctx, _Options, _real, _dtype_name)
     if class_name == "Dropout":
         o = _Options(class_name, config, ctx)
         kw = dict(rate=_real(o.take("rate"), f"from_keras: {o.where} rate"),
@@ -318,6 +324,12 @@ def _layer(class_name, config, weights, ctx):
         o.finish()
         return new_layer("Dropout", "from_keras", name=config.get("name"),
                          dtype=resolve_dtype(ctx.dtype).name, **kw)
+    if class_name in _keras_layers.NAMES:
+        return _keras_layers.from_keras_layer(
+            class_name, config, weights, ctx,
+            options=lambda cls, cfg: _Options(cls, cfg, ctx),
+            activation=lambda spec, where: _activation(spec, ctx, where, allow_softmax=True),
+            convert=lambda cls, cfg, ws: _layer(cls, cfg, ws, ctx))
     raise ConversionError(f"from_keras: layer {class_name} {config.get('name', '')!r} has no "
                           f"fastlstm equivalent (supported: {list(_SUPPORTED)}, InputLayer)")
 
@@ -432,6 +444,8 @@ def _load_into_copies(architecture, weight_lists, dtype):
         if ws:
             shape = ((None, None) if type(layer).__name__ == "Embedding"
                      else (None, None, np.shape(ws[0])[0]))
+            if type(layer).__name__ in _keras_layers.NAMES and layer.built:
+                shape = layer.input_shape
             set_built_weights(copy, shape, [np.asarray(w, copy.dtype) for w in ws])
         out.append(copy)
     return out
@@ -459,7 +473,7 @@ def _keras3_weight_lists(h5, entries, where):
         used[base] = used.get(base, -1) + 1
         read.add(key)
         if root is None or key not in root:
-            if cls in ("Masking", "Dropout"):
+            if cls in ("Masking", "Dropout") + _keras_layers.WEIGHTLESS:
                 out.append([])
                 continue
             raise ConversionError(f"from_keras: {where} has no weights for layer {key!r} "
@@ -474,6 +488,8 @@ def _keras3_weight_lists(h5, entries, where):
             out.append(ws)
         elif cls in _RNN:
             out.append(_vars(g["cell"] if "cell" in g else g))
+        elif cls in _keras_layers.NAMES:
+            out.append(_keras_layers.weights_of_group(cls, g, _vars))
         else:
             out.append(_vars(g))
     _refuse_unread(root, read, where)
@@ -550,7 +566,7 @@ def _legacy_weight_lists(h5, entries, config_names):
                                   "of a legacy HDF5 file are found by the layer's name, a "
                                   "string")
         if name not in g:
-            if cls in ("Masking", "Dropout"):
+            if cls in ("Masking", "Dropout") + _keras_layers.WEIGHTLESS:
                 out.append([])
                 continue
             raise ConversionError(f"from_keras: the HDF5 file has no weights for layer "
@@ -782,7 +798,8 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
     model or a file) computing what the Keras source computes.
 
     ``obj``: a Keras 3 layer (LSTM, GRU in both forms, SimpleRNN, Bidirectional, Dense,
-    Embedding, Masking, Dropout) or ``keras.Sequential`` of them; or a path to a ``.keras``
+    Embedding, Masking, Dropout, and those of ``_keras_layers.NAMES``; Attention,
+    AdditiveAttention, MultiHeadAttention as single layers) or ``keras.Sequential`` of them; or a path to a ``.keras``
     file, a legacy ``.h5``/``.hdf5`` full-model file (Keras 2, tf.keras or Keras 3), or a
     ``.weights.h5`` file together with ``architecture`` (a fastlstm model/layer whose layers
     match the file's, or a Keras model config as a dict or JSON string). Files are read with
@@ -966,10 +983,21 @@ def _to_keras_layer(keras, layer):
     elif cls == "Masking":
         out = keras.layers.Masking(mask_value=layer.mask_value, name=layer.name, dtype=dtype)
         shape = None
+    elif cls in ATTENTION:
+        # built here with its weights: it takes several inputs, so never sits in a Sequential
+        out = _to_keras_attention(keras, layer, lambda kind, spec, key: _keras_spec(
+            keras, kind, spec, f"{where} {key}"))
+        shape = None
     elif cls == "Dropout":
         out = keras.layers.Dropout(layer.rate, noise_shape=layer.noise_shape, seed=layer.seed,
                                    name=layer.name, dtype=dtype)
         shape = None
+    elif cls in _keras_layers.NAMES:
+        out, shape = _keras_layers.to_keras_layer(
+            keras, layer, activation=lambda act, w: _keras_activation(act, w, allow_softmax=True),
+            regularizer=lambda value, w: _keras_spec(keras, "regularizers",
+                                                     regularizers.serialize(value), w),
+            convert=lambda inner: _to_keras_layer(keras, inner))
     else:
         raise ConversionError(f"to_keras: {where} has no Keras equivalent")
     return out, shape
@@ -978,7 +1006,8 @@ def _to_keras_layer(keras, layer):
 def to_keras(obj):
     """A Keras 3 layer or ``keras.Sequential`` with the configuration and weights of a
     fastlstm layer or ``fl.Sequential`` (LSTM without peepholes/CIFG, GRU, SimpleRNN,
-    Bidirectional, Dense, Embedding, Masking, Dropout). Built layers get their weights;
+    Bidirectional, Dense, Embedding, Masking, Dropout; the attention layers as single
+    layers). Built layers get their weights;
     a model also gets a ``keras.Input`` of the first layer's input shape.
 
     Raises ``ConversionError`` for what Keras cannot express (peepholes, CIFG, a hard sigmoid
@@ -987,7 +1016,8 @@ def to_keras(obj):
     keras = require("keras", "fastlstm.convert.to_keras")
     layers = layers_of(obj, "to_keras")
     for layer in layers:
-        if type(layer).__name__ not in ("Masking", "Dropout") and not layer.built:
+        if type(layer).__name__ not in ("Masking", "Dropout") + _keras_layers.WEIGHTLESS \
+                and not layer.built:
             raise ValueError(f"to_keras: {layer.name} is not built; call the model once or "
                              "build(input_shape) first")
     _check_masks(_fl_steps(layers), "to_keras")

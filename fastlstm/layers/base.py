@@ -181,6 +181,52 @@ def _accepts_input_shape(init):
     return __init__
 
 
+_PLAIN = frozenset((np.ndarray, type(None), bool, int, float, str))
+
+
+def _is_symbolic(value):
+    kind = type(value)
+    if getattr(kind, "_symbolic_tensor", False):
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if getattr(type(item), "_symbolic_tensor", False):
+                return True
+    return False
+
+
+def _holds_symbolic(args, kwargs):
+    """Whether a call's arguments (or a list among them, e.g. ``initial_state=[h, c]``)
+    hold a symbolic tensor of fastlstm.functional. Arrays and plain values are passed over
+    first: this runs on every call of every layer."""
+    for value in args:
+        if type(value) not in _PLAIN and _is_symbolic(value):
+            return True
+    if kwargs:
+        for value in kwargs.values():
+            if type(value) not in _PLAIN and _is_symbolic(value):
+                return True
+    return False
+
+
+def _symbolic_dispatch(call):
+    """``__call__`` that, given symbolic tensors (``fl.Input`` and what layers make of
+    them), records a node of a functional model instead of computing."""
+    if getattr(call, "_symbolic_dispatch", False):
+        return call
+    import functools
+
+    @functools.wraps(call)
+    def __call__(self, *args, **kwargs):
+        if _holds_symbolic(args, kwargs):
+            from ..graph import call_symbolic
+            return call_symbolic(self, args, kwargs)
+        return call(self, *args, **kwargs)
+
+    __call__._symbolic_dispatch = True
+    return __call__
+
+
 class Layer:
     """Base class: holds weights as arrays of its device and builds them on first call."""
 
@@ -204,6 +250,8 @@ class Layer:
             Layer._registry[cls.__name__] = cls
         if "__init__" in cls.__dict__:
             cls.__init__ = _accepts_input_shape(cls.__dict__["__init__"])
+        if "__call__" in cls.__dict__:
+            cls.__call__ = _symbolic_dispatch(cls.__dict__["__call__"])
 
     def __init__(self, name=None, dtype="float32", trainable=True):
         self.dtype = check_dtype(dtype)

@@ -1,4 +1,7 @@
-"""``Bidirectional``: a recurrent layer run over the sequence in both directions (Keras 3).
+"""Wrappers (Keras 3): ``Bidirectional``, a recurrent layer run over the sequence in both
+directions, and ``TimeDistributed``, a layer applied to every timestep.
+
+``Bidirectional``:
 
 Keras semantics, kept exactly:
 
@@ -22,7 +25,7 @@ from .. import devices
 from .base import Gradients, Layer, as_float_array, check_dtype
 from .recurrent import RecurrentLayer
 
-__all__ = ["Bidirectional"]
+__all__ = ["Bidirectional", "TimeDistributed"]
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -338,4 +341,166 @@ class Bidirectional(Layer):
         config["layer"] = deserialize(config["layer"])
         if config.get("backward_layer") is not None:
             config["backward_layer"] = deserialize(config["backward_layer"])
+        return cls(**config)
+
+
+class TimeDistributed(Layer):
+    """Applies ``layer`` to every timestep: ``(batch, steps, ...)`` is folded to
+    ``(batch * steps, ...)``, run through ``layer`` once, and unfolded.
+
+    As Keras 3: the weights are the wrapped layer's (one set shared by all steps, same names
+    and order); the input mask passes through to the output unchanged; a mask of more than
+    two axes ``(batch, steps, ...)`` reaches the wrapped layer folded as its input (a
+    ``(batch, steps)`` mask does not reach it: it has no axis left once the steps are
+    folded). Keras 3 does not apply the wrapped layer's ``activity_regularizer`` inside a
+    TimeDistributed, so a layer with one is refused rather than silently trained otherwise.
+    """
+
+    def __init__(self, layer, name=None, dtype=None, trainable=True):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer: expected a fastlstm layer, got {type(layer).__name__}")
+        if getattr(layer, "multiple_inputs", False):
+            raise ValueError(f"layer: TimeDistributed wraps layers with one input; "
+                             f"{layer.name} ({type(layer).__name__}) takes a list")
+        if layer.return_state or layer.stateful:
+            raise ValueError(f"layer: TimeDistributed cannot wrap {layer.name} with "
+                             "return_state=True or stateful=True")
+        if layer.activity_regularizer is not None:
+            raise ValueError(f"layer: {layer.name} has an activity_regularizer, which Keras 3's "
+                             "TimeDistributed does not apply; give it to a layer outside")
+        if dtype is not None and check_dtype(dtype) != layer.dtype:
+            raise ValueError(f"dtype: TimeDistributed takes the dtype of its layer "
+                             f"({layer.dtype.name}), got {dtype!r}")
+        self.layer = layer
+        super().__init__(name=name, dtype=layer.dtype, trainable=trainable)
+        self.device = layer.device
+
+    # -- the wrapped layer's weights -----------------------------------------------------
+    @property
+    def built(self):
+        return self._built and self.layer.built
+
+    @built.setter
+    def built(self, value):
+        self._built = value
+
+    @property
+    def weight_names(self):
+        return self.layer.weight_names
+
+    @property
+    def weights(self):
+        return self.layer.weights
+
+    def get_weights(self):
+        return self.layer.get_weights()
+
+    def set_weights(self, weights):
+        if not self.built:
+            raise ValueError(f"{self.name}: set_weights before the layer is built; call it once "
+                             "or call build(input_shape) first")
+        self.layer.set_weights(weights)
+
+    def regularization_loss(self) -> float:
+        return self.layer.regularization_loss()
+
+    def regularization_grads(self):
+        return self.layer.regularization_grads()
+
+    def to(self, device):
+        self.layer.to(device)
+        self.device = self.layer.device
+        return self
+
+    @property
+    def runs_on_gpu(self):
+        return self.layer.runs_on_gpu
+
+    @property
+    def input_dim(self):
+        """The size of the input's last axis (None before the layer is built)."""
+        return self.input_shape[-1] if self.built and self.input_shape else None
+
+    # -- shapes --------------------------------------------------------------------------
+    def _child_shape(self, input_shape):
+        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or \
+                len(input_shape) < 3:
+            raise ValueError(f"input_shape: {self.name} (TimeDistributed) expects at least 3 "
+                             f"dimensions (batch, steps, ...), got {input_shape!r}")
+        b, t = input_shape[0], input_shape[1]
+        return (None if b is None or t is None else b * t,) + tuple(input_shape[2:])
+
+    def weight_shapes(self, input_shape):
+        return self.layer.weight_shapes(self._child_shape(input_shape))
+
+    def build(self, input_shape):
+        child = self._child_shape(tuple(input_shape))
+        if not self.layer.built:
+            self.layer.build(child)
+        self.input_shape = tuple(input_shape)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        out = self.layer.compute_output_shape(self._child_shape(tuple(input_shape)))
+        if out is None:
+            return None
+        return (input_shape[0], input_shape[1]) + tuple(out[1:])
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    # -- calls ---------------------------------------------------------------------------
+    def _fold(self, x, mask):
+        x = as_float_array("x", x, self.dtype, device=self.device)
+        self._child_shape(x.shape)
+        inner_mask = None
+        if mask is not None:
+            mask = np.asarray(devices.to_host(mask), dtype=bool)
+            if mask.ndim < 2 or mask.shape[:2] != x.shape[:2]:
+                raise ValueError(f"mask: {self.name} expects a mask whose first axes are "
+                                 f"(batch, steps) = {x.shape[:2]}, got shape {mask.shape}")
+            if mask.ndim > 2:
+                inner_mask = mask.reshape((-1,) + mask.shape[2:])
+        if not self.built:
+            self.build(x.shape)
+        return x.reshape((-1,) + x.shape[2:]), inner_mask
+
+    def _unfold(self, y, x):
+        return y.reshape(x.shape[:2] + y.shape[1:])
+
+    def __call__(self, x, mask=None, training=False):
+        xf, inner_mask = self._fold(x, mask)
+        return self._unfold(self.layer(xf, mask=inner_mask, training=training), x)
+
+    def forward_train(self, x, mask=None):
+        """Training forward; ``backprop(dy)`` gives the wrapped layer's weight gradients
+        and the input gradient of ``x``'s shape."""
+        xf, inner_mask = self._fold(x, mask)
+        yf, inner_back = self.layer.forward_train(xf, mask=inner_mask)
+        y = self._unfold(yf, x)
+        shape = np.shape(x)
+
+        def backprop(dy):
+            if dy is not None:
+                dy = as_float_array("d_out", dy, self.dtype, device=self.device)
+                if dy.shape != y.shape:
+                    raise ValueError(f"d_out: expected shape {y.shape}, got {dy.shape}")
+                dy = dy.reshape(yf.shape)
+            g = inner_back(dy)
+            dx = None if g.inputs is None else g.inputs.reshape(shape)
+            return Gradients(inputs=dx, initial_state=None, weights=list(g.weights))
+
+        return y, backprop
+
+    def get_config(self):
+        from .serialization import serialize
+        cfg = super().get_config()
+        cfg.update(layer=serialize(self.layer))
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        from .serialization import deserialize
+        config = dict(config)
+        config["layer"] = deserialize(config["layer"])
         return cls(**config)
