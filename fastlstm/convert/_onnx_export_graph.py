@@ -67,8 +67,8 @@ def _conv1d(b, layer, flow, where):
               b.const(np.transpose(ws[0], (2, 1, 0)), "conv_kernel", key=(id(layer), "kernel"))]
     if layer.use_bias:
         inputs.append(b.const(ws[1], "conv_bias", key=(id(layer), "bias")))
-    z = _apply_activation(b, layer.activation, b.op("Conv", inputs, "conv", **attrs), where)
-    return _Flow(b.transpose(z, (0, 2, 1), "channels_last"), 3)
+    z = b.transpose(b.op("Conv", inputs, "conv", **attrs), (0, 2, 1), "channels_last")
+    return _Flow(_apply_activation(b, layer.activation, z, where), 3)
 
 
 def _layer_norm(b, layer, flow, where, rank):

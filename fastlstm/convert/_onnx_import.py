@@ -971,4 +971,25 @@ def from_onnx(model, dtype=None):
         raise ConversionError(f"from_onnx: not a valid ONNX model (corrupt or truncated: "
                               f"{exc})") from None
     dt = None if dtype is None else resolve_dtype(dtype)
-    return _Reader(onnx, model, dt).run()
+    from ._onnx_import_graph import _GraphReader
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    n_in = sum(1 for i in g.input if i.name not in inits)
+    if n_in == 1 and len(g.output) == 1:
+        try:
+            return _Reader(onnx, model, dt).run()
+        except ConversionError as exc:
+            try:
+                return _GraphReader(onnx, model, dt).run()
+            except ConversionError as exc2:
+                raise ConversionError(f"{exc} (read as a functional graph: {exc2})") from None
+    try:
+        return _GraphReader(onnx, model, dt).run()
+    except ConversionError as exc:
+        if n_in != 1:
+            raise
+        try:            # a graph with more outputs, e.g. PyTorch's (output, h_n, c_n)
+            return _Reader(onnx, model, dt).run()
+        except ConversionError as exc2:
+            raise ConversionError(f"{exc} (read as a chain to its first output: "
+                                  f"{exc2})") from None
