@@ -150,6 +150,10 @@ class _GraphReader(_Reader):
         for t in targets:
             self.uses[t] = self.uses.get(t, 0) + 1
         for k, node in enumerate(g.node):
+            if k in needed and node.op_type in ("LSTM", "GRU", "RNN") and \
+                    len(node.input) > 4 and node.input[4]:
+                raise self.err(node, "sequence_lens (masking) is not supported by from_onnx")
+        for k, node in enumerate(g.node):
             if k in needed:
                 self.step(node)
         outputs = []
