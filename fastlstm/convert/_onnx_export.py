@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from ._common import (FL_TO_ONNX_LSTM, PEEPHOLE_SWAP, ConversionError, blocks, fl_layers,
-                      layers_of, require, resolve_dtype, rnn_kind)
+                      is_sequential, layers_of, require, resolve_dtype, rnn_kind)
 from ._onnx_shared import DEFAULT_ACTS, GATES
 
 __all__ = ["to_onnx"]
@@ -389,7 +389,7 @@ def to_onnx(obj, path=None, opset=17, dtype=None, input_name="input", output_nam
         raise ValueError(f"opset: expected an integer in [{_MIN_OPSET}, "
                          f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
     from ..functional import Model
-    if isinstance(obj, Model):
+    if isinstance(obj, Model) and not is_sequential(obj):
         from . import _onnx_export_graph as fg
         b = _Builder(onnx, fg.model_dtype(obj, dtype), opset)
         inputs, outputs = fg.export_model(obj, b)
