@@ -209,16 +209,26 @@ def test_layer_normalization_needs_opset_17():
         to_onnx(model, opset=16)
 
 
-def test_bidirectional_off_chain_is_refused_on_import():
+@pytest.mark.parametrize("merge", ["concat", "sum", "ave", "mul"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_shared_bidirectional_in_a_graph(kind, merge, tmp_path):
     a = fl.Input((None, 3), name="a")
     b = fl.Input((None, 3), name="b")
-    bi = L.Bidirectional(L.LSTM(2))
-    model = randomize_model(fl.Model([a, b], L.Add()([bi(a), bi(b)])))
-    proto = to_onnx(model)
-    xs = data((2, 4, 3), (2, 4, 3))
-    assert_same(run_ort(proto, {"a": xs[0], "b": xs[1]})[0], model.predict(xs))
-    with pytest.raises(ConversionError, match="bidirectional"):
-        from_onnx(proto)
+    cls = getattr(L, kind)
+    seq = L.Bidirectional(cls(2, return_sequences=True), merge_mode=merge)
+    last = L.Bidirectional(cls(3, return_state=True), merge_mode=merge)
+    outs = last(L.Add()([seq(a), seq(b)]))
+    model = randomize_model(fl.Model([a, b], outs))
+    proto, back = check_model(model, data((2, 4, 3), (2, 4, 3)), tmp_path)
+    assert [type(layer).__name__ for layer in back.layers].count("Bidirectional") == 2
+
+
+def test_bidirectional_initial_state_is_refused():
+    x = fl.Input((None, 3), name="x")
+    h = fl.Input((2,), name="h")
+    model = fl.Model([x, h], L.Bidirectional(L.GRU(2))(x, initial_state=[h, h]))
+    with pytest.raises(ConversionError, match="not for Bidirectional"):
+        to_onnx(model)
 
 
 def _two_input_graph(**conv_attrs):

@@ -22,7 +22,7 @@ from ._onnx_import import (_DENSE_ACTS, _Const, _hard_sigmoid, _layer_spec, _par
 _OPS = ("LSTM", "GRU", "RNN", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Identity",
         "Dropout", "Constant", "MatMul", "Add", "Sum", "Mul", "Mean", "Concat", "Relu", "Tanh",
         "Sigmoid", "Softsign", "HardSigmoid", "Softmax", "Conv", "LayerNormalization",
-        "ReduceMean", "ReduceMax", "Tile", "Reshape", "Gather")
+        "ReduceMean", "ReduceMax", "ReduceSum", "ReduceProd", "Tile", "Reshape", "Gather")
 _MERGES = {"Add": "Add", "Sum": "Add", "Mul": "Multiply", "Mean": "Average"}
 
 
@@ -39,16 +39,23 @@ class _Pending:
 
 
 class _V:
-    def __init__(self, kt=None, labels=None, rev=False, pending=None, is_int=False):
+    """``merge``: a bidirectional node's output with its direction axis 'D' still apart
+    (the merge mode its consumers apply); ``states``: per direction, the final states a
+    Gather on 'D' picks."""
+
+    def __init__(self, kt=None, labels=None, rev=False, pending=None, is_int=False,
+                 merge=None, states=None):
         self.kt = kt
         self.pending = pending
         self.labels = tuple(labels)
         self.rev = rev
         self.is_int = is_int
+        self.merge = merge
+        self.states = states
 
     def but(self, **kw):
         d = dict(kt=self.kt, labels=self.labels, rev=self.rev, pending=self.pending,
-                 is_int=self.is_int)
+                 is_int=self.is_int, merge=self.merge, states=self.states)
         d.update(kw)
         return _V(**d)
 
@@ -149,6 +156,11 @@ class _GraphReader(_Reader):
                     self.uses[name] = self.uses.get(name, 0) + 1
         for t in targets:
             self.uses[t] = self.uses.get(t, 0) + 1
+        self.consumers = {}
+        for k, node in enumerate(g.node):
+            if k in needed:
+                for name in node.input:
+                    self.consumers.setdefault(name, []).append(node)
         for k, node in enumerate(g.node):
             if k in needed and node.op_type in ("LSTM", "GRU", "RNN") and \
                     len(node.input) > 4 and node.input[4]:
@@ -202,6 +214,9 @@ class _GraphReader(_Reader):
 
     def data(self, node, op, ins, a):
         x = ins[0]
+        if isinstance(x, _V) and "D" in x.labels and op not in ("Transpose", "Identity",
+                                                                 "Dropout"):
+            return self.directions(node, op, ins, a)
         if op in ("Identity", "Dropout"):
             return self.derived(node, x)
         if op == "Transpose":
@@ -346,6 +361,83 @@ class _GraphReader(_Reader):
             return _V(layer(src), range(len(src.shape) + 1))
         raise self.err(node, f"{op} is not read here")
 
+    def directions(self, node, op, ins, a):
+        """The consumers of a bidirectional node's outputs that to_onnx writes: the merge
+        (``Reshape`` of (.., D, H) for concat, ``ReduceSum|Mean|Prod`` over D) and
+        ``Gather`` of one direction's final state."""
+        x = ins[0]
+        labels = list(x.labels)
+        d_ax = labels.index("D")
+        rest = [l for l in labels if l != "D"]
+        if op == "Gather":
+            idx = self._ints(ins, 1)
+            if x.states is None or a.get("axis", 0) % len(labels) != d_ax or idx is None \
+                    or len(idx) != 1 or np.ndim(ins[1].arr) != 0 or idx[0] not in (0, 1, -1):
+                raise self.err(node, "only Gather of one direction's final state is read")
+            return _V(x.states[idx[0]], rest)
+        if x.kt is None or x.merge is None:
+            raise self.err(node, "merges a bidirectional output that fastlstm cannot give")
+        if op == "Reshape":
+            shape = self._ints(ins, 1)
+            ok = (x.merge == "concat" and d_ax == len(labels) - 2 and shape is not None
+                  and shape == [0] * (len(labels) - 2) + [-1] and not a.get("allowzero")
+                  and rest == list(range(len(rest))))
+            if not ok:
+                raise self.err(node, f"Reshape to {shape} of a bidirectional output with axes "
+                               f"{labels}; only joining its last two axes (direction, "
+                               "hidden) in fastlstm's order is read")
+            return _V(x.kt, rest)
+        mode = {"ReduceSum": "sum", "ReduceMean": "ave", "ReduceProd": "mul"}.get(op)
+        axes = self._axes(node, ins, a) if mode else None
+        if mode != x.merge or axes is None or [ax % len(labels) for ax in axes] != [d_ax] \
+                or a.get("keepdims", 1):
+            raise self.err(node, f"{op} of a bidirectional output: only its merge over the "
+                           "direction axis is read")
+        return _V(x.kt, rest)
+
+    def bidirectional(self, node, ins, a, src, feat, W, R, B, P, H):
+        op = node.op_type
+        if any(len(node.input) > k and node.input[k] and not (
+                isinstance(ins[k], _Const) and not np.any(ins[k].arr)) for k in (5, 6)):
+            raise self.err(node, "a bidirectional node with initial states is not read")
+        funcs = _parse_activations(self, node, a, op, 2)
+        specs = [_layer_spec(self, node, op, a, d, W, R, B, P, H, funcs[d], d == 1)
+                 for d in range(2)]
+        y, y_h, y_c = (node.output[k] if len(node.output) > k else "" for k in range(3))
+        rs = bool(y) and self.uses.get(y, 0) > 0
+        rstate = any(c.op_type == "Gather" for n in (y_h, y_c) if n
+                     for c in self.consumers.get(n, []))
+        merge = "concat"
+        for name in ((y,) if rs else (y_h,)):
+            for c in self.consumers.get(name, []):
+                if c.op_type in ("ReduceSum", "ReduceMean", "ReduceProd"):
+                    merge = {"ReduceSum": "sum", "ReduceMean": "ave", "ReduceProd": "mul"}[
+                        c.op_type]
+        key = ("bidirectional", merge, rs, rstate) + tuple(node.input[1:4]) + (
+            node.input[7] if len(node.input) > 7 else "",)
+        full = ("Bidirectional", key)
+        if full not in self.layers:
+            dirs = [new_layer(cls, "from_onnx", return_sequences=rs, return_state=rstate,
+                              dtype=self.dt.name, **kw) for cls, kw, _ in specs]
+            for layer, (_, _, ws) in zip(dirs, specs):
+                set_built_weights(layer, (None, None, feat), [np.asarray(w, self.dt)
+                                                              for w in ws])
+            layer = new_layer("Bidirectional", "from_onnx", layer=dirs[0],
+                              backward_layer=dirs[1], merge_mode=merge)
+            set_built_weights(layer, (None, None, feat), [np.asarray(w, self.dt) for _, _, ws
+                                                          in specs for w in ws])
+            self.layers[full] = layer
+        out = self.layers[full](src)
+        outs = list(out) if rstate else [out]
+        hs = cs = None
+        if rstate:
+            per = 2 if op == "LSTM" else 1
+            hs = [outs[1], outs[1 + per]]
+            cs = [outs[2], outs[2 + per]] if op == "LSTM" else None
+        return [_V(outs[0] if rs else None, (1, "D", 0, 2), merge=merge),
+                _V(None if rs else outs[0], ("D", 0, 1), merge=merge, states=hs),
+                _V(None, ("D", 0, 1), states=cs)][:len(node.output)]
+
     def conv(self, node, ins, a):
         x = ins[0]
         src = self.tensor(x, node, "X", labels=(0, 2, 1))
@@ -389,9 +481,10 @@ class _GraphReader(_Reader):
     def recurrent(self, node, ins, a):
         op = node.op_type
         direction = a.get("direction", "forward")
-        if direction not in ("forward", "reverse"):
-            raise self.err(node, f"direction={direction!r}: a bidirectional node is read only "
-                           "in a chain (a single-input, single-output graph)")
+        if direction not in ("forward", "reverse", "bidirectional"):
+            raise self.err(node, f"direction={direction!r}; ONNX allows forward, reverse and "
+                           "bidirectional")
+        D = 2 if direction == "bidirectional" else 1
         if a.get("layout", 0) != 0:
             raise self.err(node, "layout=1 (batch-major) is read only in a chain")
         if a.get("clip") is not None:
@@ -408,15 +501,17 @@ class _GraphReader(_Reader):
         B = self.const(node, node.input[3], "B") if n_in > 3 and node.input[3] else None
         P = self.const(node, node.input[7], "P") if n_in > 7 and node.input[7] else None
         G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
-        H = int(a["hidden_size"]) if "hidden_size" in a else (R.shape[2] if R.ndim == 3 else 0)
+        H = int(a["hidden_size"]) if "hidden_size" in a else (R.shape[-1] if R.ndim == 3 else 0)
         if H < 1:
             raise self.err(node, f"hidden_size={H}; expected a positive integer")
-        self.expect_shape(node, "W", W, (1, G * H, feat), "[1, gates*hidden, input]")
-        self.expect_shape(node, "R", R, (1, G * H, H), "[1, gates*hidden, hidden]")
+        self.expect_shape(node, "W", W, (D, G * H, feat), "[directions, gates*hidden, input]")
+        self.expect_shape(node, "R", R, (D, G * H, H), "[directions, gates*hidden, hidden]")
         if B is not None:
-            self.expect_shape(node, "B", B, (1, 2 * G * H), "[1, 2*gates*hidden]")
+            self.expect_shape(node, "B", B, (D, 2 * G * H), "[directions, 2*gates*hidden]")
         if P is not None:
-            self.expect_shape(node, "P", P, (1, 3 * H), "[1, 3*hidden]")
+            self.expect_shape(node, "P", P, (D, 3 * H), "[directions, 3*hidden]")
+        if D == 2:
+            return self.bidirectional(node, ins, a, src, feat, W, R, B, P, H)
         states = []
         for k, what in ((5, "initial_h"), (6, "initial_c")):
             v = ins[k] if n_in > k and node.input[k] else None
