@@ -13,8 +13,11 @@ following recurrent node, so a masked model exports exactly when every row's pad
 its end (post-padding; Keras's ``pad_sequences(padding="post")``). Steps past a row's length
 then match fastlstm: a one-directional ``return_sequences`` layer repeats its last valid
 output (fastlstm carries it; exported with ``GatherElements``), Bidirectional outputs and
-those of a layer with ``zero_output_for_mask=True`` are zeros (as Keras and fastlstm), final states are those at the last valid step. Pre-padded
-rows give different results: ONNX has no way to skip leading steps.
+those of a layer with ``zero_output_for_mask=True`` are zeros (as Keras and fastlstm),
+final states are those at the last valid step. Pre-padded rows give different results: ONNX
+has no way to skip leading steps.
+
+Functional models (``fl.Model``) are exported by _onnx_export_graph with these pieces.
 """
 from __future__ import annotations
 

@@ -90,15 +90,13 @@ def _layer_norm(b, layer, flow, where, rank):
 
 def _single(b, layer, flow, where, rank):
     """A single-input layer other than a recurrent one -> the new flow."""
-    from ..functional import InputLayer  # noqa: F401  (InputLayer calls are skipped earlier)
     from .. import layers as L
     name = type(layer).__name__
     if isinstance(layer, L.Dropout):
         return flow
     if isinstance(layer, L.TimeDistributed):
         inner = layer.layer
-        if isinstance(inner, (L.Dense, L.Dropout)) or name == "Activation" or \
-                type(inner).__name__ == "Activation":
+        if isinstance(inner, (L.Dense, L.Dropout)) or type(inner).__name__ == "Activation":
             return _single(b, inner, flow, f"{where} ({type(inner).__name__})", rank)
         raise ConversionError(f"to_onnx: {where} wraps a {type(inner).__name__}; "
                               "TimeDistributed is exported for Dense, Activation and Dropout")
@@ -142,7 +140,7 @@ def _single(b, layer, flow, where, rank):
     raise ConversionError(f"to_onnx: {where} has no ONNX export")
 
 
-def export_model(model, b, input_names_onnx=None):
+def export_model(model, b):
     """Appends the nodes of the functional ``model`` to the builder ``b``; returns the ONNX
     (inputs, outputs) value infos."""
     from .. import layers as L
@@ -228,7 +226,7 @@ def export_model(model, b, input_names_onnx=None):
     for t, name in zip(model.outputs, out_names):
         b.nodes.append(helper.make_node("Identity", [values[id(t)].value], [name],
                                         name=b.name(name + "_node")))
-        dims = ["batch"] + [d if d is not None else None for d in t.shape[1:]]
+        dims = ["batch"] + list(t.shape[1:])
         graph_outputs.append(helper.make_tensor_value_info(name, b.elem, dims))
     return graph_inputs, graph_outputs
 
