@@ -251,6 +251,15 @@ def test_handmade_two_input_graph_reads():
     np.testing.assert_allclose(model.predict(xs), want, rtol=1e-6)
 
 
+def test_input_named_like_a_layer_reads():
+    a = fl.Input((None, 2), name="dense")
+    b = fl.Input((None, 2), name="add")
+    model = randomize_model(fl.Model([a, b], L.Add()([L.Dense(2)(a), b])))
+    back = from_onnx(to_onnx(model))
+    xs = data((2, 3, 2), (2, 3, 2))
+    np.testing.assert_allclose(back.predict(xs), model.predict(xs), rtol=1e-6)
+
+
 def test_functional_import_refuses_malformed_and_unsupported():
     with pytest.raises(ConversionError, match="the_conv.*group=2"):
         from_onnx(_two_input_graph(group=2))

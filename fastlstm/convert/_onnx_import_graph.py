@@ -68,12 +68,22 @@ class _GraphReader(_Reader):
         super().__init__(onnx, model, dtype)
         self.layers = {}            # key -> layer (shared layers)
         self.uses = {}
+        self.names = set()          # layer names taken (the inputs' among them)
+
+    def fresh(self, cls):
+        """A layer name of fastlstm's form that no input or earlier layer has."""
+        from ..layers.base import _auto_name
+        name = _auto_name(cls)
+        while name in self.names:
+            name = _auto_name(cls)
+        self.names.add(name)
+        return name
 
     # -- layers ---------------------------------------------------------------------------
     def layer(self, cls, kw, ws, input_shape, key):
         full = (cls, repr(sorted(kw.items())), key)
         if full not in self.layers:
-            layer = new_layer(cls, "from_onnx", dtype=self.dt.name, **kw)
+            layer = new_layer(cls, "from_onnx", dtype=self.dt.name, name=self.fresh(cls), **kw)
             set_built_weights(layer, input_shape, [np.asarray(w, self.dt) for w in ws])
             self.layers[full] = layer
         return self.layers[full]
@@ -144,6 +154,7 @@ class _GraphReader(_Reader):
                 raise ConversionError(f"from_onnx: input {inp.name!r} has element type "
                                       f"{tt.elem_type}; expected float or int64")
             kt = Input(shape=tuple(dims[1:]), dtype=dtype, name=inp.name)
+            self.names.add(inp.name)
             inputs.append(kt)
             self.vals[inp.name] = _V(kt, range(len(dims)), is_int=is_int)
         targets = [o.name for o in g.output]
@@ -175,9 +186,12 @@ class _GraphReader(_Reader):
                 raise ConversionError(f"from_onnx: output {t!r} is not computed from the "
                                       "inputs by supported operators")
             outputs.append(self.tensor(v, _Named(t), f"output {t!r}"))
-        name = g.name or None
-        return Model(inputs if len(inputs) > 1 else inputs[0],
-                     outputs if len(outputs) > 1 else outputs[0], name=name)
+        try:
+            return Model(inputs if len(inputs) > 1 else inputs[0],
+                         outputs if len(outputs) > 1 else outputs[0], name=g.name or None)
+        except (ValueError, TypeError) as exc:
+            raise ConversionError(f"from_onnx: the graph does not make a functional model: "
+                                  f"{exc}") from None
 
     # -- one node -------------------------------------------------------------------------
     def step(self, node):
@@ -423,7 +437,8 @@ class _GraphReader(_Reader):
                 set_built_weights(layer, (None, None, feat), [np.asarray(w, self.dt)
                                                               for w in ws])
             layer = new_layer("Bidirectional", "from_onnx", layer=dirs[0],
-                              backward_layer=dirs[1], merge_mode=merge)
+                              backward_layer=dirs[1], merge_mode=merge,
+                              name=self.fresh("Bidirectional"))
             set_built_weights(layer, (None, None, feat), [np.asarray(w, self.dt) for _, _, ws
                                                           in specs for w in ws])
             self.layers[full] = layer
