@@ -185,11 +185,41 @@ def test_masked_recurrent_in_graph_exports(tmp_path):
 
 
 # -- refused ---------------------------------------------------------------------------------
-def test_attention_is_refused():
+@pytest.mark.parametrize("use_scale", [False, True])
+def test_dot_attention_encoder_decoder(use_scale, tmp_path):
+    enc_in = fl.Input((None, 3), name="source")
+    dec_in = fl.Input((None, 4), name="target")
+    enc_seq, h, c = L.LSTM(5, return_sequences=True, return_state=True)(enc_in)
+    dec_seq = L.LSTM(5, return_sequences=True)(dec_in, initial_state=[h, c])
+    attention = L.Attention(use_scale=use_scale)
+    context = attention([dec_seq, enc_seq])
+    keyed = attention([dec_seq, enc_seq, L.Dense(5)(enc_seq)])       # shared, with a key
+    out = L.Dense(2)(L.Concatenate()([dec_seq, context, keyed]))
+    model = randomize_model(fl.Model([enc_in, dec_in], [out, context]))
+    if use_scale:
+        attention.set_weights([np.asarray(0.7, np.float32)])
+    proto, back = check_model(model, data((2, 6, 3), (2, 4, 4)), tmp_path)
+    assert {"Softmax", "MatMul"} <= {n.op_type for n in proto.graph.node}
+    got = [layer for layer in back.layers if type(layer).__name__ == "Attention"]
+    assert len(got) == (1 if use_scale else 2)            # a scale initializer is shared
+    weights = next(n for n in proto.graph.node if n.op_type == "Softmax").output[0]
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(
+        weights, onnx.TensorProto.FLOAT, None))
+    with pytest.raises(ConversionError, match="attention weights are used beyond"):
+        from_onnx(proto)
+
+
+@pytest.mark.parametrize("make", [
+    lambda q, v: L.AdditiveAttention()([q, v]),
+    lambda q, v: L.Attention(score_mode="concat")([q, v]),
+    lambda q, v: L.Attention()([q, v], use_causal_mask=True),
+    lambda q, v: L.MultiHeadAttention(2, 3)(q, v),
+], ids=["additive", "concat", "causal", "multi_head"])
+def test_other_attention_is_refused(make):
     q = fl.Input((None, 4), name="q")
     v = fl.Input((None, 4), name="v")
-    model = fl.Model([q, v], L.Attention()([q, v]))
-    with pytest.raises(ConversionError, match="Attention.*no ONNX export"):
+    model = fl.Model([q, v], make(q, v))
+    with pytest.raises(ConversionError, match="Attention.*(no ONNX export|only 'dot'|causal)"):
         to_onnx(model)
 
 

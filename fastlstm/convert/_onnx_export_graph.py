@@ -9,7 +9,8 @@ states a ``return_state`` layer returns are its ``Y_h`` / ``Y_c``. Merges: Conca
 ``Mean``. Conv1D -> ``Conv`` between two ``Transpose`` (causal padding is the left pad);
 LayerNormalization -> ``LayerNormalization`` (opset 17 or later); global poolings ->
 ``ReduceMean`` / ``ReduceMax`` over time; RepeatVector -> ``Unsqueeze`` + ``Tile``;
-Flatten -> ``Reshape``; Activation -> its operator; TimeDistributed(Dense) as Dense.
+Flatten -> ``Reshape``; Activation -> its operator; TimeDistributed(Dense) as Dense; dot
+Attention -> ``MatMul`` / ``Mul`` / ``Softmax`` / ``MatMul``.
 
 Masks follow _onnx_export: ``sequence_lens`` of the recurrent nodes they reach, through
 the layers that pass a mask on unchanged; a mask that reaches a layer using it otherwise (a
@@ -50,6 +51,26 @@ def _states(b, node, values, layer, where):
                               "GRU and SimpleRNN [h]; not for Bidirectional")
     out = [b.unsqueeze(values[id(t)].value, [0], "initial_state") for t in states]
     return (out[0], out[1] if want == 2 else None)
+
+
+def _attention(b, layer, node, flows, where):
+    """Luong (dot) Attention: ``softmax(scale * q @ k^T) @ v`` as MatMul / Mul / Softmax
+    (and the weights, where the call returns them)."""
+    if layer.score_mode != "dot":
+        raise ConversionError(f"to_onnx: {where} has score_mode={layer.score_mode!r}; only "
+                              "'dot' is exported")
+    if node.kwargs.get("use_causal_mask"):
+        raise ConversionError(f"to_onnx: {where} is called with use_causal_mask=True, which "
+                              "is not exported")
+    q, v = flows[0], flows[1]
+    k = flows[2] if len(flows) > 2 else v
+    scores = b.op("MatMul", [q.value, b.transpose(k.value, (0, 2, 1), "key_t")], "scores")
+    if layer.use_scale:
+        scores = b.op("Mul", [scores, b.const(layer.get_weights()[0], "attention_scale",
+                                              key=(id(layer), "scale"))], "scaled_scores")
+    weights = b.op("Softmax", [scores], "attention_weights", axis=-1)
+    out = _Flow(b.op("MatMul", [weights, v.value], "attended"), 3)
+    return [out, _Flow(weights, 3)] if len(node.outputs) == 2 else [out]
 
 
 def _conv1d(b, layer, flow, where):
@@ -175,7 +196,9 @@ def export_model(model, b):
             flows = [values[id(t)] for t in first]
             _check_no_mask(flows, where)
             name = type(layer).__name__
-            if name == "Concatenate":
+            if name == "Attention":
+                outs = _attention(b, layer, node, flows, where)
+            elif name == "Concatenate":
                 y = b.op("Concat", [f.value for f in flows], "concat", axis=int(layer.axis))
             elif name in _MERGE_OPS:
                 op = _MERGE_OPS[name]
@@ -189,7 +212,8 @@ def export_model(model, b):
                     y = b.op(op, [f.value for f in flows], op.lower())
             else:
                 raise ConversionError(f"to_onnx: {where} has no ONNX export")
-            outs = [_Flow(y, len(node.outputs[0].shape))]
+            if name != "Attention":
+                outs = [_Flow(y, len(node.outputs[0].shape))]
         elif getattr(layer, "tensor_arguments", None):
             raise ConversionError(f"to_onnx: {where}: attention layers have no ONNX export yet")
         else:

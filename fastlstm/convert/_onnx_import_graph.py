@@ -44,7 +44,7 @@ class _V:
     Gather on 'D' picks."""
 
     def __init__(self, kt=None, labels=None, rev=False, pending=None, is_int=False,
-                 merge=None, states=None):
+                 merge=None, states=None, att=None):
         self.kt = kt
         self.pending = pending
         self.labels = tuple(labels)
@@ -52,10 +52,11 @@ class _V:
         self.is_int = is_int
         self.merge = merge
         self.states = states
+        self.att = att              # dot-attention scores / weights not yet applied
 
     def but(self, **kw):
         d = dict(kt=self.kt, labels=self.labels, rev=self.rev, pending=self.pending,
-                 is_int=self.is_int, merge=self.merge, states=self.states)
+                 is_int=self.is_int, merge=self.merge, states=self.states, att=self.att)
         d.update(kw)
         return _V(**d)
 
@@ -99,6 +100,11 @@ class _GraphReader(_Reader):
         fastlstm's own layout)."""
         if not isinstance(v, _V):
             raise self.err(node, f"{what} must be computed from a graph input")
+        if v.att is not None:
+            raise self.err(node, f"{what} are attention scores, read only as the Softmax "
+                           "and the MatMul with the values that follow them")
+        if v.kt is None and v.pending is None:
+            raise self.err(node, f"{what} is a value that no fastlstm layer gives")
         if v.pending is not None:
             v.kt = self.materialize(v.pending)
             v.pending = None
@@ -231,6 +237,9 @@ class _GraphReader(_Reader):
         if isinstance(x, _V) and "D" in x.labels and op not in ("Transpose", "Identity",
                                                                  "Dropout"):
             return self.directions(node, op, ins, a)
+        if any(isinstance(v, _V) and v.att is not None for v in ins) or (
+                op == "MatMul" and all(isinstance(v, _V) for v in ins)):
+            return self.attention(node, op, ins, a)
         if op in ("Identity", "Dropout"):
             return self.derived(node, x)
         if op == "Transpose":
@@ -374,6 +383,46 @@ class _GraphReader(_Reader):
                                [table.arr], None, (node.input[0],))
             return _V(layer(src), range(len(src.shape) + 1))
         raise self.err(node, f"{op} is not read here")
+
+    def attention(self, node, op, ins, a):
+        """Dot attention as to_onnx writes it: MatMul(q, Transpose(k)) [Mul scale]
+        Softmax(-1), MatMul(weights, v) -> Attention([q, v, k])."""
+        x = ins[0]
+        if op == "MatMul" and x.att is None:
+            q = self.tensor(x, node, "the query")
+            k = self.tensor(ins[1], node, "the key", labels=(0, 2, 1))
+            if len(q.shape) != 3:
+                raise self.err(node, "MatMul of two data tensors is read only as the scores of "
+                               "attention between (batch, time, features) tensors")
+            return _V(labels=(0, 1, 2), att=dict(q=q, k=k, scale=None, key=(), probs=False))
+        att = x.att
+        if x.att is None or len(ins) != 2 and op != "Softmax":
+            raise self.err(node, f"{op} of attention scores is not read")
+        if op == "Mul" and not att["probs"] and att["scale"] is None:
+            c = ins[1]
+            if not isinstance(c, _Const) or c.arr.shape != ():
+                raise self.err(node, "attention scores are scaled by one constant scalar only")
+            return _V(labels=(0, 1, 2), att=dict(att, scale=c.arr, key=(node.input[1],)))
+        if op == "Softmax" and not att["probs"]:
+            if a.get("axis", -1) not in (-1, 2):
+                raise self.err(node, "a Softmax of attention scores over other than the last "
+                               "axis is not read")
+            return _V(labels=(0, 1, 2), att=dict(att, probs=True, name=node.output[0]))
+        if op == "MatMul" and att["probs"]:
+            v = self.tensor(ins[1], node, "the value")
+            if self.uses.get(att["name"], 0) > 1:
+                # a functional model's symbolic call gives Attention one output
+                raise self.err(node, "the attention weights are used beyond this MatMul (an "
+                               "output?); a functional fl.Model's Attention call gives only "
+                               "its result")
+            inputs = [att["q"], v] + ([] if att["k"] is v else [att["k"]])
+            scale = att["scale"] is not None
+            ws = [att["scale"]] if scale else []
+            layer = self.layer("Attention", dict(use_scale=scale), ws,
+                               [t.shape for t in inputs],
+                               att["key"] if scale else tuple(node.output))
+            return _V(layer(inputs), range(3))
+        raise self.err(node, f"{op} of attention scores is not read")
 
     def directions(self, node, op, ins, a):
         """The consumers of a bidirectional node's outputs that to_onnx writes: the merge
