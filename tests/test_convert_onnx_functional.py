@@ -308,3 +308,25 @@ def test_functional_import_refuses_malformed_and_unsupported():
     m.graph.node[3].op_type = "Sub"
     with pytest.raises(ConversionError, match="operator Sub is not supported"):
         from_onnx(m)
+
+
+def test_oversized_initializer_is_refused(monkeypatch):
+    from fastlstm import limits
+    monkeypatch.setattr(limits, "MAX_ARRAY_BYTES", 2**10)
+    m = _two_input_graph()
+    big = onnx.numpy_helper.from_array(np.zeros((64, 64), np.float32), "big")
+    m.graph.initializer.append(big)
+    with pytest.raises(ConversionError, match="initializer 'big'.*limit"):
+        from_onnx(m)
+
+
+def test_float64_round_trip():
+    a = fl.Input((None, 3), name="a", dtype="float64")
+    b = fl.Input((None, 3), name="b", dtype="float64")
+    lstm = L.LSTM(4, return_sequences=True, dtype="float64")
+    out = L.Concatenate(dtype="float64")([lstm(a), lstm(b)])
+    model = randomize_model(fl.Model([a, b], L.LayerNormalization(dtype="float64")(out)))
+    back = from_onnx(to_onnx(model))
+    xs = [x.astype(np.float64) for x in data((2, 5, 3), (2, 5, 3))]
+    assert back.layers[-1].dtype == np.float64
+    np.testing.assert_allclose(back.predict(xs), model.predict(xs), rtol=1e-12)

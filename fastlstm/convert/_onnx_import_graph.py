@@ -337,7 +337,8 @@ class _GraphReader(_Reader):
                 node.input[2] else np.zeros(shape)
             self.expect_shape(node, "B", bias, shape, "the normalised axes")
             kw = dict(axis=-1 if axis == rank - 1 else list(range(axis, rank)),
-                      epsilon=float(a.get("epsilon", 1e-5)))
+                      # ONNX keeps a float32: its shortest decimal (1e-3, not 1.0000000474e-3)
+                      epsilon=float(str(np.float32(a.get("epsilon", 1e-5)))))
             layer = self.layer("LayerNormalization", kw, [scale, bias], src.shape,
                                tuple(node.input[1:]))
             return _V(layer(src), range(rank))
