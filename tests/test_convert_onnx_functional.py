@@ -223,6 +223,14 @@ def test_other_attention_is_refused(make):
         to_onnx(model)
 
 
+def test_constant_argument_is_refused():
+    x = fl.Input((None, 3), name="x")
+    h = np.zeros((1, 2), np.float32)
+    model = fl.Model(x, L.GRU(2)(x, initial_state=[h]))
+    with pytest.raises(ConversionError, match="initial_state that is not a graph tensor"):
+        to_onnx(model)
+
+
 def test_mask_reaching_a_merge_is_refused():
     a = fl.Input((None, 3), name="a")
     m = L.Masking()(a)

@@ -27,6 +27,11 @@ from ._onnx_export import _apply_activation, _export_dense, _export_recurrent, _
 _MERGE_OPS = {"Add": "Add", "Multiply": "Mul", "Average": "Mean"}
 
 
+def _flat(value):
+    from ..graph import _flat_tensors
+    return _flat_tensors(value)
+
+
 def _check_no_mask(flows, where):
     if any(f.lens is not None for f in flows):
         raise ConversionError(f"to_onnx: {where} receives a mask (from Masking or "
@@ -156,8 +161,6 @@ def _single(b, layer, flow, where, rank):
         keep = b.op("Cast", [keep_f], "keep_bool", to=TP.BOOL)
         masked = b.op("Mul", [flow.value, b.unsqueeze(keep_f, [2], "keep_col")], "masked")
         return _Flow(masked, 3, _keep_to_lens(b, keep), True)
-    if name in ("Attention", "AdditiveAttention", "MultiHeadAttention"):
-        raise ConversionError(f"to_onnx: {where}: attention layers have no ONNX export yet")
     raise ConversionError(f"to_onnx: {where} has no ONNX export")
 
 
@@ -188,7 +191,18 @@ def export_model(model, b):
         if getattr(layer, "stateful", False):
             raise ConversionError(f"to_onnx: {where} has stateful=True; an ONNX graph keeps "
                                   "no state between runs")
+        if getattr(layer, "tensor_arguments", None):
+            raise ConversionError(f"to_onnx: {where} has no ONNX export")
+        extra = [k for k, v in node.kwargs.items() if k != "initial_state" and _flat(v)]
+        if extra or any(_flat(arg) for arg in node.args[1:]):
+            raise ConversionError(f"to_onnx: {where} is called with tensors in "
+                                  f"{extra or 'its positional arguments'}, which are not "
+                                  "exported")
         first = node.args[0] if node.args else None
+        known = [id(t) in values for t in _flat(first)]
+        if not known or not all(known):
+            raise ConversionError(f"to_onnx: {where} is called on a constant, not on graph "
+                                  "tensors; give it as a model input")
         if getattr(layer, "multiple_inputs", False) and not getattr(
                 layer, "tensor_arguments", None):
             if not isinstance(first, (list, tuple)):
@@ -214,8 +228,6 @@ def export_model(model, b):
                 raise ConversionError(f"to_onnx: {where} has no ONNX export")
             if name != "Attention":
                 outs = [_Flow(y, len(node.outputs[0].shape))]
-        elif getattr(layer, "tensor_arguments", None):
-            raise ConversionError(f"to_onnx: {where}: attention layers have no ONNX export yet")
         else:
             flow = values[id(first)]
             rank = len(first.shape)
