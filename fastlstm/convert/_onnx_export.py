@@ -13,8 +13,11 @@ following recurrent node, so a masked model exports exactly when every row's pad
 its end (post-padding; Keras's ``pad_sequences(padding="post")``). Steps past a row's length
 then match fastlstm: a one-directional ``return_sequences`` layer repeats its last valid
 output (fastlstm carries it; exported with ``GatherElements``), Bidirectional outputs and
-those of a layer with ``zero_output_for_mask=True`` are zeros (as Keras and fastlstm), final states are those at the last valid step. Pre-padded
-rows give different results: ONNX has no way to skip leading steps.
+those of a layer with ``zero_output_for_mask=True`` are zeros (as Keras and fastlstm),
+final states are those at the last valid step. Pre-padded rows give different results: ONNX
+has no way to skip leading steps.
+
+Functional models (``fl.Model``) are exported by _onnx_export_graph with these pieces.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import os
 import numpy as np
 
 from ._common import (FL_TO_ONNX_LSTM, PEEPHOLE_SWAP, ConversionError, blocks, fl_layers,
-                      layers_of, require, resolve_dtype, rnn_kind)
+                      is_sequential, layers_of, require, resolve_dtype, rnn_kind)
 from ._onnx_shared import DEFAULT_ACTS, GATES
 
 __all__ = ["to_onnx"]
@@ -44,6 +47,7 @@ class _Builder:
         self.elem = TP.DOUBLE if self.np_dtype == np.float64 else TP.FLOAT
         self.opset = opset
         self.nodes, self.inits, self.used = [], [], set()
+        self.cache = {}             # (id(layer), tag) -> initializer: a shared layer's weights
 
     def name(self, base):
         n, k = base, 0
@@ -53,10 +57,14 @@ class _Builder:
         self.used.add(n)
         return n
 
-    def const(self, arr, base, dtype=None):
+    def const(self, arr, base, dtype=None, key=None):
+        if key is not None and key in self.cache:
+            return self.cache[key]
         arr = np.array(arr, dtype if dtype is not None else self.np_dtype, order="C")  # keeps 0-d
         name = self.name(base)
         self.inits.append(self.onnx.numpy_helper.from_array(arr, name))
+        if key is not None:
+            self.cache[key] = name
         return name
 
     def i64(self, values, base):
@@ -195,8 +203,9 @@ def _functions(layer, kind, where):
     return [rec, main, main] if kind == "LSTM" else [rec, main]
 
 
-def _recurrent_node(b, dirs, direction, x_tbf, lens, where):
-    """One ONNX LSTM/GRU/RNN node for the direction layers ``dirs`` -> (Y, Y_h, Y_c)."""
+def _recurrent_node(b, dirs, direction, x_tbf, lens, where, initial=(None, None)):
+    """One ONNX LSTM/GRU/RNN node for the direction layers ``dirs`` -> (Y, Y_h, Y_c);
+    ``initial``: the initial_h / initial_c tensors ``(D, B, H)`` or None."""
     kind = rnn_kind(dirs[0])
     okind = _ONNX_KIND[kind]
     for layer in dirs:
@@ -223,17 +232,19 @@ def _recurrent_node(b, dirs, direction, x_tbf, lens, where):
                                   "the other not; an ONNX LSTM node has one input_forget")
         if cifg.pop():
             attrs["input_forget"] = 1
-    W = b.const(np.stack([p[0] for p in parts]), "W")
-    R = b.const(np.stack([p[1] for p in parts]), "R")
+    key = tuple(id(layer) for layer in dirs)
+    W = b.const(np.stack([p[0] for p in parts]), "W", key=key + ("W",))
+    R = b.const(np.stack([p[1] for p in parts]), "R", key=key + ("R",))
     inputs = [x_tbf, W, R]
     if any(layer.use_bias for layer in dirs):
-        inputs.append(b.const(np.stack([p[2] for p in parts]), "B"))
+        inputs.append(b.const(np.stack([p[2] for p in parts]), "B", key=key + ("B",)))
     else:
         inputs.append("")
     inputs.append(lens if lens is not None else "")
+    inputs += [initial[0] or "", (initial[1] or "") if kind == "LSTM" else ""]
     if kind == "LSTM" and any(p[3] is not None for p in parts):
         P = np.stack([p[3] if p[3] is not None else np.zeros(3 * H) for p in parts])
-        inputs += ["", "", b.const(P, "P")]
+        inputs.append(b.const(P, "P", key=key + ("P",)))
     while inputs and inputs[-1] == "":
         inputs.pop()
     n_out = 3 if kind == "LSTM" else 2
@@ -254,8 +265,9 @@ def _carry_forward(b, y_tbh, lens):
     return b.op("GatherElements", [y_tbh, idx], "carried", axis=0)
 
 
-def _export_recurrent(b, layer, flow, where, outputs):
-    """Appends the nodes of a recurrent layer or Bidirectional; returns the new flow."""
+def _export_recurrent(b, layer, flow, where, outputs, initial=(None, None)):
+    """Appends the nodes of a recurrent layer or Bidirectional; returns the new flow (its
+    final states, with ``return_state``, are appended to ``outputs``)."""
     L = fl_layers()
     if flow.rank != 3:
         raise ConversionError(f"to_onnx: {where} needs a sequence input (B, T, F)")
@@ -277,7 +289,7 @@ def _export_recurrent(b, layer, flow, where, outputs):
     else:
         dirs, direction, main = [layer], ("reverse" if layer.go_backwards else "forward"), layer
     x_tbf = b.transpose(flow.value, (1, 0, 2), "to_time_major")
-    Y, Y_h, Y_c = _recurrent_node(b, dirs, direction, x_tbf, flow.lens, where)
+    Y, Y_h, Y_c = _recurrent_node(b, dirs, direction, x_tbf, flow.lens, where, initial)
     rs = main.return_sequences
     if bidir:
         mode = layer.merge_mode
@@ -326,18 +338,25 @@ def _export_recurrent(b, layer, flow, where, outputs):
     return new
 
 
-def _export_dense(b, layer, flow, where):
+def _apply_activation(b, act, z, where):
+    """``act(z)``: Softmax over the last axis or the activation's own operator."""
     from .. import activations
-    z = b.op("MatMul", [flow.value, b.const(layer.get_weights()[0], "kernel")], "dense_matmul")
-    if layer.use_bias:
-        z = b.op("Add", [z, b.const(layer.get_weights()[1], "bias")], "dense_bias")
-    act = layer.activation
     if getattr(act, "name", None) == "softmax" and not hasattr(act, "code"):
-        z = b.op("Softmax", [z], "softmax", axis=-1)
-    elif act.code != activations.LINEAR:
-        name, alpha, beta = _onnx_activation(act, where + " activation")
-        kw = {} if alpha is None else dict(alpha=float(alpha), beta=float(beta))
-        z = b.op(name, [z], name.lower(), **kw)
+        return b.op("Softmax", [z], "softmax", axis=-1)
+    if act.code == activations.LINEAR:
+        return z
+    name, alpha, beta = _onnx_activation(act, where + " activation")
+    kw = {} if alpha is None else dict(alpha=float(alpha), beta=float(beta))
+    return b.op(name, [z], name.lower(), **kw)
+
+
+def _export_dense(b, layer, flow, where):
+    z = b.op("MatMul", [flow.value, b.const(layer.get_weights()[0], "kernel",
+                                            key=(id(layer), "kernel"))], "dense_matmul")
+    if layer.use_bias:
+        z = b.op("Add", [z, b.const(layer.get_weights()[1], "bias", key=(id(layer), "bias"))],
+                 "dense_bias")
+    z = _apply_activation(b, layer.activation, z, where)
     return _Flow(z, flow.rank, flow.lens, flow.trailing)
 
 
@@ -348,7 +367,8 @@ def _keep_to_lens(b, keep_bool):
 
 def to_onnx(obj, path=None, opset=17, dtype=None, input_name="input", output_name="output",
             check=True):
-    """Write a fastlstm layer or ``fl.Sequential`` as an ONNX model; returns the ModelProto.
+    """Write a fastlstm layer, ``fl.Sequential`` or functional ``fl.Model`` as an ONNX model;
+    returns the ModelProto.
 
     Standard operators only: ``LSTM`` (peepholes in ``P``, order ``[i|o|f]``; CIFG through
     ``input_forget=1``), ``GRU`` (``linear_before_reset=1`` for ``reset_after=True``),
@@ -365,14 +385,22 @@ def to_onnx(obj, path=None, opset=17, dtype=None, input_name="input", output_nam
     ``opset``: 14 or later (default 17). ``dtype``: the graph's float type, default the
     model's (ONNX Runtime runs LSTM/GRU/RNN in float32 only; a float64 graph is valid ONNX
     for runtimes that do). ``check``: run ``onnx.checker.check_model`` (full check).
+
+    A functional ``fl.Model`` keeps its input and output names (``input_name`` and
+    ``output_name`` are not used) and exports the layers listed in _onnx_export_graph.
     """
     onnx = require("onnx", "fastlstm.convert.to_onnx")
-    from .. import __version__
-    layers = layers_of(obj, "to_onnx")
     if isinstance(opset, bool) or not isinstance(opset, int) or not (
             _MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
         raise ValueError(f"opset: expected an integer in [{_MIN_OPSET}, "
                          f"{onnx.defs.onnx_opset_version()}], got {opset!r}")
+    from ..functional import Model
+    if isinstance(obj, Model) and not is_sequential(obj):
+        from . import _onnx_export_graph as fg
+        b = _Builder(onnx, fg.model_dtype(obj, dtype), opset)
+        inputs, outputs = fg.export_model(obj, b)
+        return _finish(onnx, b, obj, inputs, outputs, opset, check, path)
+    layers = layers_of(obj, "to_onnx")
     L = fl_layers()
     for layer in layers:
         if not isinstance(layer, (L.Masking, L.Dropout)) and not layer.built:
@@ -444,7 +472,12 @@ def to_onnx(obj, path=None, opset=17, dtype=None, input_name="input", output_nam
     outputs = [onnx.helper.make_tensor_value_info(out, b.elem, out_dims)]
     for name in extra_outputs:
         outputs.append(onnx.helper.make_tensor_value_info(name, b.elem, ["batch", None]))
-    graph = onnx.helper.make_graph(b.nodes, getattr(obj, "name", "fastlstm"), [inp], outputs,
+    return _finish(onnx, b, obj, [inp], outputs, opset, check, path)
+
+
+def _finish(onnx, b, obj, inputs, outputs, opset, check, path):
+    from .. import __version__
+    graph = onnx.helper.make_graph(b.nodes, getattr(obj, "name", "fastlstm"), inputs, outputs,
                                    b.inits)
     opsets = [onnx.helper.make_opsetid("", opset)]
     model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="fastlstm",

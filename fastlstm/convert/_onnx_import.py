@@ -931,7 +931,9 @@ def _build_chain(chain, dt):
 
 
 def from_onnx(model, dtype=None):
-    """A fastlstm layer or ``fl.Sequential`` computing an ONNX graph's first output.
+    """A fastlstm layer or ``fl.Sequential`` computing an ONNX graph's first output, or a
+    functional ``fl.Model`` for a graph with several inputs or outputs or that is not a chain
+    (_onnx_import_graph; what ``to_onnx`` writes for functional models).
 
     ``model``: a path, serialized bytes, or an ``onnx.ModelProto``. Reads graphs of standard
     ``LSTM`` / ``GRU`` / ``RNN`` nodes (any direction, peepholes, ``input_forget``,
@@ -950,7 +952,8 @@ def from_onnx(model, dtype=None):
     without masks.
 
     The result takes batch-major input and returns batch-major output, also when the graph is
-    time-major (``batch_first=False``). Only the first graph output is converted. Operators
+    time-major (``batch_first=False``). A single-input graph with several outputs that does
+    not read as a functional model converts to its first output. Operators
     or attributes it cannot map raise ``ConversionError`` naming them (``sequence_lens``,
     ``clip``, non-zero initial states, other operators), and so do malformed graphs (an
     attribute or input the operator does not have, a tensor of the wrong shape, an undefined
@@ -971,4 +974,25 @@ def from_onnx(model, dtype=None):
         raise ConversionError(f"from_onnx: not a valid ONNX model (corrupt or truncated: "
                               f"{exc})") from None
     dt = None if dtype is None else resolve_dtype(dtype)
-    return _Reader(onnx, model, dt).run()
+    from ._onnx_import_graph import _GraphReader
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    n_in = sum(1 for i in g.input if i.name not in inits)
+    if n_in == 1 and len(g.output) == 1:
+        try:
+            return _Reader(onnx, model, dt).run()
+        except ConversionError as exc:
+            try:
+                return _GraphReader(onnx, model, dt).run()
+            except ConversionError as exc2:
+                raise ConversionError(f"{exc} (read as a functional graph: {exc2})") from None
+    try:
+        return _GraphReader(onnx, model, dt).run()
+    except ConversionError as exc:
+        if n_in != 1:
+            raise
+        try:            # a graph with more outputs, e.g. PyTorch's (output, h_n, c_n)
+            return _Reader(onnx, model, dt).run()
+        except ConversionError as exc2:
+            raise ConversionError(f"{exc} (read as a chain to its first output: "
+                                  f"{exc2})") from None
