@@ -243,7 +243,8 @@ def _output_shapes(layer, args, kwargs):
     names = getattr(layer, "tensor_arguments", None)
     first = args[0] if args else None
     shape = None
-    if not names:
+    # A call option that adds outputs (attention's scores): only a run tells their shapes.
+    if not names and not kwargs.get("return_attention_scores"):
         if isinstance(first, KerasTensor):
             in_shape = first.shape
         elif isinstance(first, (list, tuple)) and first \

@@ -57,3 +57,24 @@ def test_an_edited_nested_shape_is_refused(tmp_path):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="malformed input_shape"):
         fl.load_model(tmp_path / "bad.npz")
+
+
+def test_attention_scores_are_outputs_of_a_functional_model(tmp_path):
+    q, v = fl.Input((None, 8), name="q"), fl.Input((None, 8), name="v")
+    att = fl.layers.Attention(name="att")
+    mha = fl.layers.MultiHeadAttention(2, 4, name="mha")
+    out, scores = att([q, v], return_attention_scores=True)
+    out2, scores2 = mha(q, v, return_attention_scores=True)
+    assert scores.shape == (None, None, None) and scores2.shape == (None, 2, None, None)
+    model = fl.Model([q, v], [out, scores, out2, scores2])
+    rng = np.random.default_rng(1)
+    x = [rng.standard_normal((3, 5, 8)).astype(np.float32),
+         rng.standard_normal((3, 7, 8)).astype(np.float32)]
+    got = model.predict(x)
+    want = list(att(x, return_attention_scores=True)) + list(
+        mha(x[0], x[1], return_attention_scores=True))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    model.save(tmp_path / "scores.npz")
+    for g, w in zip(fl.load_model(tmp_path / "scores.npz").predict(x), want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
