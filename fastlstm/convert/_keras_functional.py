@@ -344,6 +344,13 @@ def to_keras_model(keras, model, convert_layer):
             m = getattr(args[0], "_keras_mask", None)
             if m is not None:
                 kwargs["mask"] = m
+        if getattr(layer, "go_backwards", False) and getattr(layer, "return_sequences", False) \
+                and args and getattr(args[0], "_keras_mask", None) is not None:
+            raise ConversionError(
+                f"to_keras: {cls} {layer.name!r} has go_backwards=True and "
+                "return_sequences=True on a masked sequence: fastlstm reverses the mask with "
+                "the output while Keras passes it on unreversed, so the two would compute "
+                "differently")
         try:
             out = klayer(*args, **kwargs)
         except Exception as exc:        # Keras's own errors are of many kinds
