@@ -361,3 +361,106 @@ def test_keras2_functional_config_is_translated(tmp_path):
     ours = from_keras(path)
     assert graph(ours) == graph(model)
     assert_outputs(ours.predict(x), model.predict(x, verbose=0), "keras 2")
+
+
+def test_go_backwards_on_a_masked_sequence_is_refused_both_ways():
+    tok = keras.Input(shape=(None,), dtype="int32", name="tok")
+    e = KL.Embedding(9, 4, mask_zero=True, name="emb")(tok)
+    y = KL.LSTM(3, name="last")(KL.LSTM(3, go_backwards=True, return_sequences=True,
+                                        name="back")(e))
+    with pytest.raises(ConversionError, match="LSTM 'back'.*go_backwards"):
+        from_keras(keras.Model(tok, y))
+    L = fl.layers
+    tok = fl.Input(shape=(None,), dtype="int32", name="tok")
+    e = L.Embedding(9, 4, mask_zero=True, name="emb")(tok)
+    y = L.LSTM(3, name="last")(L.LSTM(3, go_backwards=True, return_sequences=True,
+                                      name="back")(e))
+    with pytest.raises(ConversionError, match="LSTM 'back'.*go_backwards"):
+        to_keras(fl.Model(tok, y))
+
+
+# -- hostile files (the rules of test_hardening_convert.py hold for functional models) ----------
+def _rewrite_archive(src, dst, config=None, change=None):
+    import io
+    import zipfile
+    with zipfile.ZipFile(src) as z:
+        parts = {i.filename: z.read(i) for i in z.infolist()}
+    if config is not None:
+        parts["config.json"] = json.dumps(config).encode()
+    if change is not None:
+        buf = io.BytesIO(parts["model.weights.h5"])
+        with h5py.File(buf, "r+") as f:
+            change(f)
+        parts["model.weights.h5"] = buf.getvalue()
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def saved_seq2seq(tmp_path_factory):
+    import zipfile
+    d = tmp_path_factory.mktemp("functional")
+    model, _ = seq2seq()
+    model.save(d / "m.keras")
+    with zipfile.ZipFile(d / "m.keras") as z:
+        config = json.loads(z.read("config.json"))
+    return d / "m.keras", config
+
+
+def test_functional_archive_with_a_link_to_another_file_is_refused(saved_seq2seq, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["stolen"] = np.zeros((5, 24), np.float32)
+
+    def change(f):
+        del f["layers/lstm/cell/vars/0"]
+        f["layers/lstm/cell/vars/0"] = h5py.ExternalLink(str(other), "/stolen")
+    path = _rewrite_archive(saved_seq2seq[0], tmp_path / "evil.keras", change=change)
+    with pytest.raises(ConversionError, match="Link"):
+        from_keras(path)
+
+
+def test_functional_archive_with_weights_of_an_unlisted_layer_is_refused(saved_seq2seq,
+                                                                          tmp_path):
+    def change(f):
+        f.create_group("layers/dense_9/vars")["0"] = np.zeros((2, 2), np.float32)
+    path = _rewrite_archive(saved_seq2seq[0], tmp_path / "extra.keras", change=change)
+    with pytest.raises(ConversionError, match="dense_9"):
+        from_keras(path)
+
+
+def _edit(config, edit):
+    config = json.loads(json.dumps(config))
+    edit(config["config"])
+    return config
+
+
+def _history(layer_index, node=0, arg=0):
+    def edit(cfg, value):
+        cfg["layers"][layer_index]["inbound_nodes"][node]["args"][arg]["config"][
+            "keras_history"] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: _history(2)(c, ["nowhere", 0, 0]),
+    lambda c: _history(2)(c, ["encoder_inputs", 0, 7]),
+    lambda c: _history(2)(c, ["encoder_inputs", "0", 0]),
+    lambda c: _history(2)(c, "encoder_inputs"),
+    lambda c: _history(2)(c, ["dense", 0, 0]),                 # a cycle
+    lambda c: c["layers"][2].update(inbound_nodes={"args": []}),
+    lambda c: c["layers"][2]["inbound_nodes"][0].update(args="x"),
+    lambda c: c["layers"].append(c["layers"][2]),              # a name used twice
+    lambda c: c["layers"][0].update(class_name="Lambda"),
+    lambda c: c.update(output_layers=["dense", 3, 0]),
+    lambda c: c.update(input_layers=None),
+    lambda c: c.update(layers={}),
+    lambda c: c["layers"][2].update(config=[]),
+])
+def test_malformed_functional_graphs_are_conversion_errors(saved_seq2seq, tmp_path, edit):
+    path = _rewrite_archive(saved_seq2seq[0], tmp_path / "bad.keras",
+                            config=_edit(saved_seq2seq[1], edit))
+    with pytest.raises(ConversionError):
+        from_keras(path)

@@ -896,9 +896,12 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
             return _build_functional(entries, weights, ctx)
         return assemble(_build(entries, weights, ctx), model=True)
 
-    keras_mod = type(obj).__module__.split(".")[0]
-    if keras_mod not in ("keras", "tf_keras", "tensorflow"):
-        raise TypeError(f"from_keras: expected a Keras layer or Sequential model, or a path "
+    # a user's subclass of a Keras class counts as Keras (and is refused below by name)
+    keras_mod = next((c.__module__.split(".")[0] for c in type(obj).__mro__
+                      if c.__module__.split(".")[0] in ("keras", "tf_keras", "tensorflow")),
+                     None)
+    if keras_mod is None:
+        raise TypeError(f"from_keras: expected a Keras layer or model, or a path "
                         f"to a .keras/.h5 file, got {type(obj).__name__}")
     version = keras_version or getattr(sys.modules.get(keras_mod), "__version__", None)
     if keras_mod == "tensorflow":
