@@ -5,7 +5,8 @@ orders); what needs care is the configuration: every option is mapped or refused
 Files are read without TensorFlow (and without Keras): a ``.keras`` archive is a zip of
 ``config.json``, ``metadata.json`` and ``model.weights.h5``, read with zipfile, json and
 h5py; a legacy ``.h5`` model (Keras 2 / tf.keras, or Keras 3's legacy writer) keeps its
-config in the ``model_config`` attribute and its weights under ``model_weights``.
+config in the ``model_config`` attribute and its weights under ``model_weights``. Functional
+models: fastlstm.convert._keras_functional.
 """
 from __future__ import annotations
 
@@ -830,12 +831,15 @@ def _architecture_entries(architecture, ctx_version):
 # -- public: from_keras ---------------------------------------------------------------------
 def from_keras(obj, architecture=None, dtype=None, keras_version=None,
                drop_training_options=False):
-    """A fastlstm layer (from a Keras layer) or ``fl.Sequential`` (from a Keras Sequential
-    model or a file) computing what the Keras source computes.
+    """A fastlstm layer (from a Keras layer), ``fl.Sequential`` (from a Keras Sequential
+    model or a file) or ``fl.Model`` (from a functional model or a file) computing what the
+    Keras source computes.
 
     ``obj``: a Keras 3 layer (LSTM, GRU in both forms, SimpleRNN, Bidirectional, Dense,
     Embedding, Masking, Dropout, and those of ``_keras_layers.NAMES``; Attention,
-    AdditiveAttention, MultiHeadAttention as single layers) or ``keras.Sequential`` of them; or a path to a ``.keras``
+    AdditiveAttention, MultiHeadAttention as single layers), ``keras.Sequential`` of them,
+    or a functional model of them and the merge layers (fastlstm.convert._keras_functional
+    says which graphs convert); or a path to a ``.keras``
     file, a legacy ``.h5``/``.hdf5`` full-model file (Keras 2, tf.keras or Keras 3), or a
     ``.weights.h5`` file together with ``architecture`` (a fastlstm model/layer whose layers
     match the file's, or a Keras model config as a dict or JSON string). Files are read with
@@ -1058,11 +1062,13 @@ def _to_keras_layer(keras, layer):
 
 
 def to_keras(obj):
-    """A Keras 3 layer or ``keras.Sequential`` with the configuration and weights of a
-    fastlstm layer or ``fl.Sequential`` (LSTM without peepholes/CIFG, GRU, SimpleRNN,
-    Bidirectional, Dense, Embedding, Masking, Dropout; the attention layers as single
-    layers). Built layers get their weights;
-    a model also gets a ``keras.Input`` of the first layer's input shape.
+    """A Keras 3 layer, ``keras.Sequential`` or functional ``keras.Model`` with the
+    configuration and weights of a fastlstm layer, ``fl.Sequential`` or ``fl.Model`` (LSTM
+    without peepholes/CIFG, GRU, SimpleRNN, Bidirectional, Dense, Embedding, Masking,
+    Dropout, the layers of ``_keras_layers.NAMES``; the attention and merge layers as single
+    layers or in a functional model, whose graph is rebuilt with Keras's functional API).
+    Built layers get their weights; a Sequential model also gets a ``keras.Input`` of the
+    first layer's input shape.
 
     Raises ``ConversionError`` for what Keras cannot express (peepholes, CIFG, a hard sigmoid
     other than Keras 3's ``clip(x/6 + 0.5)``, other layers) and for stateful layers.
