@@ -464,3 +464,47 @@ def test_malformed_functional_graphs_are_conversion_errors(saved_seq2seq, tmp_pa
                             config=_edit(saved_seq2seq[1], edit))
     with pytest.raises(ConversionError):
         from_keras(path)
+
+
+def test_autoencoder_with_wrappers_and_dropout():
+    """Bidirectional, RepeatVector, TimeDistributed, Dropout and Activation in a graph with
+    two outputs, one of them an intermediate tensor."""
+    x_in = keras.Input(shape=(7, 3), name="series")
+    code = KL.Bidirectional(KL.GRU(4), merge_mode="sum", name="bi")(x_in)
+    h = KL.Dropout(0.3, name="drop")(KL.RepeatVector(7, name="repeat")(code))
+    h = KL.SimpleRNN(5, return_sequences=True, name="rnn")(h)
+    recon = KL.TimeDistributed(KL.Dense(3), name="td")(h)
+    gate = KL.Activation("sigmoid", name="gate")(code)
+    model = randomize(keras.Model(x_in, [recon, gate], name="autoencoder"))
+    x = np.random.default_rng(6).standard_normal((3, 7, 3)).astype(np.float32)
+    ours = from_keras(model)
+    assert ours.get_layer("drop").rate == 0.3
+    assert_outputs(ours.predict(x), model.predict(x, verbose=0), "autoencoder")
+    back = to_keras(ours)
+    assert_outputs(back.predict(x, verbose=0), model.predict(x, verbose=0), "back")
+    assert graph(back) == graph(model)
+
+
+def test_attention_called_with_keywords():
+    q = keras.Input(shape=(None, 4), name="q")
+    v = keras.Input(shape=(None, 4), name="v")
+    self_att = KL.MultiHeadAttention(2, 2, value_dim=3, name="self")(query=q, value=q)
+    cross = KL.Attention(use_scale=True, score_mode="concat", name="cross")(
+        [self_att, v], return_attention_scores=False)
+    model = randomize(keras.Model([q, v], [cross, self_att], name="keywords"))
+    rng = np.random.default_rng(7)
+    x = [rng.standard_normal((2, 5, 4)).astype(np.float32),
+         rng.standard_normal((2, 3, 4)).astype(np.float32)]
+    ours = from_keras(model)
+    assert_outputs(ours.predict(x), model.predict(x, verbose=0), "keywords")
+    back = to_keras(ours)
+    assert_outputs(back.predict(x, verbose=0), ours.predict(x), "back")
+    assert graph(back) == graph(model)
+
+
+def test_attention_scores_of_attention_layers_are_refused():
+    q = keras.Input(shape=(None, 4), name="q")
+    v = keras.Input(shape=(None, 4), name="v")
+    out, scores = KL.Attention(name="att")([q, v], return_attention_scores=True)
+    with pytest.raises(ConversionError, match="Attention 'att'.*return_attention_scores"):
+        from_keras(keras.Model([q, v], [out, scores]))
