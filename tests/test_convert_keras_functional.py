@@ -450,6 +450,7 @@ def _history(layer_index, node=0, arg=0):
     lambda c: _history(2)(c, ["encoder_inputs", "0", 0]),
     lambda c: _history(2)(c, "encoder_inputs"),
     lambda c: _history(2)(c, ["dense", 0, 0]),                 # a cycle
+    lambda c: _history(3)(c, ["dense", 0, 0]),                 # one through initial_state
     lambda c: c["layers"][2].update(inbound_nodes={"args": []}),
     lambda c: c["layers"][2]["inbound_nodes"][0].update(args="x"),
     lambda c: c["layers"].append(c["layers"][2]),              # a name used twice

@@ -184,34 +184,38 @@ class Parsed:
                               "along the graph (from Embedding(mask_zero=True) or Masking) "
                               "are converted")
 
-    def _maskers_upstream(self, ref, seen=None):
-        """The Embedding(mask_zero)/Masking calls whose mask can reach tensor ``ref``
-        (following positional arguments, as masks travel), as [(class, input ref, value)]."""
-        seen = set() if seen is None else seen
-        out = []
-        stack = [ref]
+    def _maskers_upstream(self, ref):
+        """The masks that can reach tensor ``ref`` (made by Embedding(mask_zero=True) or
+        Masking calls, following positional arguments as masks travel), as a frozenset of
+        ('ne' | 'any', input ref, value). Memoised: each tensor is visited once."""
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        stack, visiting = [(ref, False)], set()
         while stack:
-            r = stack.pop()
-            if r in seen:
-                continue
-            seen.add(r)
+            r, expanded = stack.pop()
+            if r in cache or (r in visiting and not expanded):
+                continue                             # done, or a cycle (refused later)
             cls, cfg, nodes = self._producer(r)
-            if cls is None or r[1] >= len(nodes):
+            if cls is None or r[1] >= len(nodes) or (cls in _RNN_LIKE and r[2] > 0):
+                cache[r] = frozenset()               # an input, or states (no mask)
                 continue
-            node = nodes[r[1]]
-            args = node.get("args", [])
-            if cls == "Embedding" and cfg.get("mask_zero"):
+            args = nodes[r[1]].get("args", [])
+            if cls in _MASKERS and (cls == "Masking" or cfg.get("mask_zero") is True):
+                value = cfg.get("mask_value", 0.0) if cls == "Masking" else 0.0
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConversionError(f"from_keras: Masking {r[0]!r} has mask_value "
+                                          f"{value!r:.80}; expected a number")
                 x = _tensor_ref(args[0]) if args else None
-                out.append(("ne", x, 0.0))
+                cache[r] = frozenset({("ne" if cls == "Embedding" else "any", x,
+                                       float(value))})
                 continue
-            if cls == "Masking":
-                x = _tensor_ref(args[0]) if args else None
-                out.append(("any", x, float(cfg.get("mask_value", 0.0))))
+            inputs = _refs(args)
+            if expanded:
+                cache[r] = frozenset().union(*(cache.get(i, frozenset()) for i in inputs))
                 continue
-            if cls in _RNN_LIKE and r[2] > 0:
-                continue                               # states carry no mask
-            stack += _refs(args)
-        return out
+            visiting.add(r)
+            stack.append((r, True))
+            stack += [(i, False) for i in inputs if i not in cache]
+        return cache.get(ref, frozenset())
 
     def _clean_node(self, cls, lcfg, node):
         """A node's arguments for fastlstm: ``training`` and automatic masks left out."""
@@ -234,7 +238,7 @@ class Parsed:
                 raise ConversionError(f"from_keras: {where} has mask={mask!r:.80}")
             for m in mask_refs:
                 expr = self._mask_expression(m, where)
-                found = {e for f in first for e in self._maskers_upstream(f)}
+                found = set().union(*(self._maskers_upstream(f) for f in first))
                 if found != {expr}:
                     raise ConversionError(
                         f"from_keras: {where} is given a mask= that is not the one its input "
