@@ -509,3 +509,21 @@ def test_attention_scores_of_attention_layers_are_refused():
     out, scores = KL.Attention(name="att")([q, v], return_attention_scores=True)
     with pytest.raises(ConversionError, match="Attention 'att'.*return_attention_scores"):
         from_keras(keras.Model([q, v], [out, scores]))
+
+
+def test_dict_inputs_and_outputs_round_trip(tmp_path):
+    L = fl.layers
+    a = fl.Input(shape=(None, 3), name="a")
+    h = L.LSTM(4, name="lstm")(a)
+    ours = fl.Model({"a": a}, {"p": L.Dense(2, name="p")(h), "q": L.Dense(1, name="q")(h)})
+    x = {"a": np.random.default_rng(8).standard_normal((2, 5, 3)).astype(np.float32)}
+    back = to_keras(ours)
+    got = back.predict(x, verbose=0)
+    assert set(got) == {"p", "q"}
+    for k in ("p", "q"):
+        assert_same(knp(got[k]), ours.predict(x)[k], np.float32, k)
+    back.save(tmp_path / "d.keras")
+    again = from_keras(tmp_path / "d.keras")
+    assert again.output_names == ["p", "q"]
+    for k in ("p", "q"):
+        assert_same(again.predict(x)[k], ours.predict(x)[k], np.float32, k)
