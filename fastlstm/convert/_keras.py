@@ -5,7 +5,8 @@ orders); what needs care is the configuration: every option is mapped or refused
 Files are read without TensorFlow (and without Keras): a ``.keras`` archive is a zip of
 ``config.json``, ``metadata.json`` and ``model.weights.h5``, read with zipfile, json and
 h5py; a legacy ``.h5`` model (Keras 2 / tf.keras, or Keras 3's legacy writer) keeps its
-config in the ``model_config`` attribute and its weights under ``model_weights``.
+config in the ``model_config`` attribute and its weights under ``model_weights``. Functional
+models: fastlstm.convert._keras_functional.
 """
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ from ._common import (ConversionError, assemble, flag, is_keras3_hard_sigmoid,
                       rnn_kind, set_built_weights)
 from ._keras_attention import ATTENTION, from_keras_layer as _attention_layer, \
     to_keras_layer as _to_keras_attention
+from . import _keras_functional as _functional
 
 __all__ = ["from_keras", "to_keras"]
 
 _RNN = ("LSTM", "GRU", "SimpleRNN")
 _SUPPORTED = _RNN + ("Bidirectional", "Dense", "Embedding", "Masking", "Dropout") + \
-    _keras_layers.NAMES + ATTENTION
+    _keras_layers.NAMES + ATTENTION + _functional.MERGE
 # Keys that describe how Keras computes or builds, never what: accepted and left alone.
 _HARMLESS = {"name", "trainable", "dtype", "module", "registered_name", "build_config",
              "implementation", "unroll", "use_cudnn", "batch_input_shape", "batch_shape",
@@ -324,6 +326,10 @@ def _layer(class_name, config, weights, ctx):
         o.finish()
         return new_layer("Dropout", "from_keras", name=config.get("name"),
                          dtype=resolve_dtype(ctx.dtype).name, **kw)
+    if class_name in _functional.MERGE:
+        return _functional.merge_from_keras(class_name, config, weights,
+                                            lambda cls, cfg: _Options(cls, cfg, ctx),
+                                            _dtype_name, ctx)
     if class_name in _keras_layers.NAMES:
         return _keras_layers.from_keras_layer(
             class_name, config, weights, ctx,
@@ -336,15 +342,16 @@ def _layer(class_name, config, weights, ctx):
 
 def _model_layers(model_config):
     """[(class_name, config)] of a serialised Sequential (Keras 2 or 3 form), InputLayer
-    excluded; also the input dtype if an InputLayer says so."""
+    excluded; a ``_functional.Parsed`` for a functional model."""
     cls = model_config.get("class_name") if isinstance(model_config, dict) else None
+    if cls in _functional.FUNCTIONAL:
+        return _functional.Parsed(model_config)
     if cls != "Sequential":
         cls, config = _entry(model_config, "the model config")
         if cls in _SUPPORTED:
             return [(cls, config)]
         raise ConversionError(f"from_keras: a {cls} model is not supported; from_keras reads "
-                              "Sequential models and single layers (rebuild a functional "
-                              "model as a Sequential)")
+                              "functional and Sequential models and single layers")
     inner = model_config.get("config", {})
     # Keras 2.2 wrote the list of layers as the config itself
     entries = inner if isinstance(inner, list) else (
@@ -431,6 +438,22 @@ def _build(entries, weight_lists, ctx):
     return [_layer(cls, cfg, ws, ctx) for (cls, cfg), ws in zip(entries, weight_lists)]
 
 
+def _build_functional(parsed, weight_lists, ctx):
+    """An fl.Model from a parsed functional config and per-layer weights."""
+    if ctx.dtype is None:
+        first = next((ws[0] for ws in weight_lists if ws), None)
+        ctx.dtype = resolve_dtype(None, None if first is None else first.dtype)
+    layers = []
+    for (cls, cfg), ws in zip(parsed.entries, weight_lists):
+        if cls == "InputLayer":
+            layers.append(_functional.input_layer(cfg, ctx))
+            continue
+        layer = _layer(cls, cfg, ws, ctx)
+        layer.name = cfg["name"]           # the graph names its layers
+        layers.append(layer)
+    return _functional.build_model(parsed, layers)
+
+
 def _load_into_copies(architecture, weight_lists, dtype):
     """Fresh copies of the fastlstm layers of ``architecture`` holding ``weight_lists``."""
     from ..layers import deserialize, serialize
@@ -461,6 +484,10 @@ def _set_dtype(spec, dtype):
 
 
 # -- weights in files ----------------------------------------------------------------------------
+_NO_WEIGHTS = ("Masking", "Dropout", "InputLayer") + _keras_layers.WEIGHTLESS + \
+    _functional.MERGE
+
+
 def _keras3_weight_lists(h5, entries, where):
     """Per layer, its arrays from a Keras 3 weights file (group names: snake_case of the
     class name, made unique in order: lstm, lstm_1, ...)."""
@@ -473,7 +500,7 @@ def _keras3_weight_lists(h5, entries, where):
         used[base] = used.get(base, -1) + 1
         read.add(key)
         if root is None or key not in root:
-            if cls in ("Masking", "Dropout") + _keras_layers.WEIGHTLESS:
+            if cls in _NO_WEIGHTS:
                 out.append([])
                 continue
             raise ConversionError(f"from_keras: {where} has no weights for layer {key!r} "
@@ -490,6 +517,10 @@ def _keras3_weight_lists(h5, entries, where):
             out.append(_vars(g["cell"] if "cell" in g else g))
         elif cls in _keras_layers.NAMES:
             out.append(_keras_layers.weights_of_group(cls, g, _vars))
+        elif cls == "MultiHeadAttention":
+            # its projections are sub-layers, each with a group (get_weights order)
+            out.append([w for part in ("query", "key", "gate", "value", "output")
+                        if f"{part}_dense" in g for w in _vars(g[f"{part}_dense"])])
         else:
             out.append(_vars(g))
     _refuse_unread(root, read, where)
@@ -566,7 +597,7 @@ def _legacy_weight_lists(h5, entries, config_names):
                                   "of a legacy HDF5 file are found by the layer's name, a "
                                   "string")
         if name not in g:
-            if cls in ("Masking", "Dropout") + _keras_layers.WEIGHTLESS:
+            if cls in _NO_WEIGHTS:
                 out.append([])
                 continue
             raise ConversionError(f"from_keras: the HDF5 file has no weights for layer "
@@ -758,7 +789,7 @@ def _read_keras_archive(path):
         raise ConversionError(f"from_keras: {path} is a damaged zip archive ({exc})") from None
     with _open_h5(h5py, io.BytesIO(data), f"{path}: model.weights.h5") as h5:
         entries = _model_layers(config)
-        weights = _keras3_weight_lists(h5, entries, str(path))
+        weights = _keras3_weight_lists(h5, _layer_entries(entries), str(path))
     return entries, weights, meta.get("keras_version"), True
 
 
@@ -770,8 +801,14 @@ def _read_legacy_h5(path, h5):
     if isinstance(version, bytes):
         version = version.decode()
     entries = _model_layers(config)
-    names = [cfg.get("name") for _, cfg in entries]
-    return entries, _legacy_weight_lists(h5, entries, names), version, _is_keras3_config(config)
+    names = [cfg.get("name") for _, cfg in _layer_entries(entries)]
+    return (entries, _legacy_weight_lists(h5, _layer_entries(entries), names), version,
+            _is_keras3_config(config))
+
+
+def _layer_entries(entries):
+    """The (class_name, config) list of a Sequential's entries or of a functional model."""
+    return entries.entries if isinstance(entries, _functional.Parsed) else entries
 
 
 def _architecture_entries(architecture, ctx_version):
@@ -794,12 +831,15 @@ def _architecture_entries(architecture, ctx_version):
 # -- public: from_keras ---------------------------------------------------------------------
 def from_keras(obj, architecture=None, dtype=None, keras_version=None,
                drop_training_options=False):
-    """A fastlstm layer (from a Keras layer) or ``fl.Sequential`` (from a Keras Sequential
-    model or a file) computing what the Keras source computes.
+    """A fastlstm layer (from a Keras layer), ``fl.Sequential`` (from a Keras Sequential
+    model or a file) or ``fl.Model`` (from a functional model or a file) computing what the
+    Keras source computes.
 
     ``obj``: a Keras 3 layer (LSTM, GRU in both forms, SimpleRNN, Bidirectional, Dense,
     Embedding, Masking, Dropout, and those of ``_keras_layers.NAMES``; Attention,
-    AdditiveAttention, MultiHeadAttention as single layers) or ``keras.Sequential`` of them; or a path to a ``.keras``
+    AdditiveAttention, MultiHeadAttention as single layers), ``keras.Sequential`` of them,
+    or a functional model of them and the merge layers (fastlstm.convert._keras_functional
+    says which graphs convert); or a path to a ``.keras``
     file, a legacy ``.h5``/``.hdf5`` full-model file (Keras 2, tf.keras or Keras 3), or a
     ``.weights.h5`` file together with ``architecture`` (a fastlstm model/layer whose layers
     match the file's, or a Keras model config as a dict or JSON string). Files are read with
@@ -836,13 +876,14 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
                                      "config as a dict or JSON string)")
                 else:
                     entries, version, k3 = _architecture_entries(architecture, keras_version)
+                    listed = _layer_entries(entries)
                     if "layers" in h5:
-                        weights = _keras3_weight_lists(h5, entries, path)
+                        weights = _keras3_weight_lists(h5, listed, path)
                     else:
                         names = _h5_names(_h5_text_attr(h5, "layer_names", [], names=True), "layer_names")
                         weights = _legacy_weight_lists(
-                            h5, entries, names if len(names) == len(entries)
-                            else [cfg.get("name") for _, cfg in entries])
+                            h5, listed, names if len(names) == len(listed)
+                            else [cfg.get("name") for _, cfg in listed])
                     v2 = _h5_text_attr(h5, "keras_version")
                     if v2 is not None and version is None:
                         version = v2.decode() if isinstance(v2, bytes) else v2
@@ -855,11 +896,16 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
             return assemble(_load_into_copies(architecture, weights, dt),
                             model=is_sequential(architecture))
         ctx = _Context(major, dt, drop_training_options)
+        if isinstance(entries, _functional.Parsed):
+            return _build_functional(entries, weights, ctx)
         return assemble(_build(entries, weights, ctx), model=True)
 
-    keras_mod = type(obj).__module__.split(".")[0]
-    if keras_mod not in ("keras", "tf_keras", "tensorflow"):
-        raise TypeError(f"from_keras: expected a Keras layer or Sequential model, or a path "
+    # a user's subclass of a Keras class counts as Keras (and is refused below by name)
+    keras_mod = next((c.__module__.split(".")[0] for c in type(obj).__mro__
+                      if c.__module__.split(".")[0] in ("keras", "tf_keras", "tensorflow")),
+                     None)
+    if keras_mod is None:
+        raise TypeError(f"from_keras: expected a Keras layer or model, or a path "
                         f"to a .keras/.h5 file, got {type(obj).__name__}")
     version = keras_version or getattr(sys.modules.get(keras_mod), "__version__", None)
     if keras_mod == "tensorflow":
@@ -867,9 +913,19 @@ def from_keras(obj, architecture=None, dtype=None, keras_version=None,
     ctx = _Context(_major(version), dt, drop_training_options)
     cls = type(obj).__name__
     if hasattr(obj, "layers") and cls != "Bidirectional":
+        if cls in _functional.FUNCTIONAL:
+            parsed = _functional.Parsed({"class_name": "Functional", "config": obj.get_config()})
+            by_name = {l.name: l for l in obj.layers}
+            weights = []
+            for lcls, lcfg in parsed.entries:
+                if lcfg["name"] not in by_name:
+                    raise ConversionError(f"from_keras: {lcls} {lcfg['name']!r} of the config "
+                                          "is not among the model's layers")
+                weights.append([np.asarray(w) for w in by_name[lcfg["name"]].get_weights()])
+            return _build_functional(parsed, weights, ctx)
         if cls != "Sequential":
             raise ConversionError(f"from_keras: a {cls} model is not supported; from_keras "
-                                  "reads Sequential models and single layers")
+                                  "reads functional and Sequential models and single layers")
         entries = [(type(l).__name__, l.get_config()) for l in obj.layers
                    if type(l).__name__ != "InputLayer"]
         weights = [[np.asarray(w) for w in l.get_weights()] for l in obj.layers
@@ -992,6 +1048,11 @@ def _to_keras_layer(keras, layer):
         out = keras.layers.Dropout(layer.rate, noise_shape=layer.noise_shape, seed=layer.seed,
                                    name=layer.name, dtype=dtype)
         shape = None
+    elif cls in _functional.MERGE:
+        if layer.activity_regularizer is not None:
+            raise ConversionError(f"to_keras: {where} has an activity_regularizer; Keras's "
+                                  f"{cls} takes none")
+        out, shape = _functional.merge_to_keras(keras, layer), None
     elif cls in _keras_layers.NAMES:
         out, shape = _keras_layers.to_keras_layer(
             keras, layer, activation=lambda act, w: _keras_activation(act, w, allow_softmax=True),
@@ -1004,16 +1065,23 @@ def _to_keras_layer(keras, layer):
 
 
 def to_keras(obj):
-    """A Keras 3 layer or ``keras.Sequential`` with the configuration and weights of a
-    fastlstm layer or ``fl.Sequential`` (LSTM without peepholes/CIFG, GRU, SimpleRNN,
-    Bidirectional, Dense, Embedding, Masking, Dropout; the attention layers as single
-    layers). Built layers get their weights;
-    a model also gets a ``keras.Input`` of the first layer's input shape.
+    """A Keras 3 layer, ``keras.Sequential`` or functional ``keras.Model`` with the
+    configuration and weights of a fastlstm layer, ``fl.Sequential`` or ``fl.Model`` (LSTM
+    without peepholes/CIFG, GRU, SimpleRNN, Bidirectional, Dense, Embedding, Masking,
+    Dropout, the layers of ``_keras_layers.NAMES``; the attention and merge layers as single
+    layers or in a functional model, whose graph is rebuilt with Keras's functional API).
+    Built layers get their weights; a Sequential model also gets a ``keras.Input`` of the
+    first layer's input shape.
 
     Raises ``ConversionError`` for what Keras cannot express (peepholes, CIFG, a hard sigmoid
     other than Keras 3's ``clip(x/6 + 0.5)``, other layers) and for stateful layers.
     """
     keras = require("keras", "fastlstm.convert.to_keras")
+    if _is_functional(obj):
+        for layer in obj.layers:
+            if not layer.built and layer.weight_names:
+                raise ValueError(f"to_keras: {layer.name} is not built")
+        return _functional.to_keras_model(keras, obj, lambda l: _to_keras_layer(keras, l))
     layers = layers_of(obj, "to_keras")
     for layer in layers:
         if type(layer).__name__ not in ("Masking", "Dropout") + _keras_layers.WEIGHTLESS \
@@ -1047,6 +1115,11 @@ def to_keras(obj):
         if layer.get_weights():
             klayer.set_weights(layer.get_weights())
     return model
+
+
+def _is_functional(obj):
+    from ..functional import Model
+    return isinstance(obj, Model) and not is_sequential(obj)
 
 
 def _input_dim(layer):
