@@ -503,12 +503,19 @@ def test_attention_called_with_keywords():
     assert graph(back) == graph(model)
 
 
-def test_attention_scores_of_attention_layers_are_refused():
+@pytest.mark.parametrize("cls", ["Attention", "AdditiveAttention"])
+def test_attention_scores_of_attention_layers_convert(cls):
     q = keras.Input(shape=(None, 4), name="q")
     v = keras.Input(shape=(None, 4), name="v")
-    out, scores = KL.Attention(name="att")([q, v], return_attention_scores=True)
-    with pytest.raises(ConversionError, match="Attention 'att'.*return_attention_scores"):
-        from_keras(keras.Model([q, v], [out, scores]))
+    out, scores = getattr(KL, cls)(name="att")([q, v], return_attention_scores=True)
+    model = keras.Model([q, v], [out, scores])
+    ours = from_keras(model)
+    rng = np.random.default_rng(3)
+    x = [rng.standard_normal((2, 5, 4)).astype(np.float32),
+         rng.standard_normal((2, 6, 4)).astype(np.float32)]
+    assert_outputs(ours.predict(x), model.predict(x, verbose=0), "scores")
+    back = to_keras(ours)
+    assert_outputs(back.predict(x, verbose=0), ours.predict(x), "back")
 
 
 def test_dict_inputs_and_outputs_round_trip(tmp_path):

@@ -224,13 +224,6 @@ class Parsed:
         kwargs = dict(node.get("kwargs") or {})
         kwargs.pop("training", None)
         first = _refs(args[:1])
-        if cls in ("Attention", "AdditiveAttention") and kwargs.get("return_attention_scores"):
-            # fastlstm's graph takes these layers' output shapes from compute_output_shape,
-            # which knows one output only
-            raise ConversionError(f"from_keras: {where} is called with "
-                                  "return_attention_scores=True; a fastlstm functional model "
-                                  "records only its first output (MultiHeadAttention's "
-                                  "scores convert)")
         if "mask" in kwargs:
             mask = kwargs.pop("mask")
             mask_refs = _refs(mask)
