@@ -150,6 +150,23 @@ def _inference_only(kernel, training):
                          "(fl.quantize)")
 
 
+def _mixed_arg(ops, chk, W, mixed):
+    """{"mixed": True} for the backend's forward under mixed_bfloat16 (float32 weights, on
+    the cpu or numpy backend), else {} (backends without the option are called as before)."""
+    if not _flag("mixed", mixed):
+        return {}
+    from .quantization import QuantizedMatrix
+    if isinstance(W, QuantizedMatrix):
+        raise ValueError("mixed: the weights are quantized; mixed_bfloat16 takes float32 "
+                         "weights")
+    if chk.dtype != np.float32:
+        raise ValueError(f"mixed: mixed_bfloat16 takes float32 weights, got {chk.dtype}")
+    if ops.name not in ("cpu", "numpy"):
+        raise ValueError(f"mixed: mixed_bfloat16 runs on the cpu and numpy backends, not on "
+                         f"{ops.name!r}")
+    return {"mixed": True}
+
+
 def _state_arg(chk, name, a, B, H):
     a = chk.array(name, a, (B, H), optional=True)
     return chk.xp.zeros((B, H), chk.dtype) if a is None else a
@@ -171,13 +188,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
                  mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                  activation="tanh", recurrent_activation="sigmoid",
                  coupled_input_forget=False, go_backwards=False, return_sequences=True,
-                 training=False):
+                 training=False, mixed=False):
     """LSTM over a sequence.
 
     x [T,B,I]; kernel [I,G]; recurrent_kernel [H,G]; bias [G] or None; h0, c0 [B,H] or None
     (zeros); peephole [3,H] or None; mask [T,B] bool or None; input_dropout_mask [B,I];
     recurrent_dropout_mask [B,H]. G = 4H, or 3H with ``coupled_input_forget``. The dtype is
     the kernel's (float32 or float64); other arrays are converted to it.
+
+    ``mixed``: mixed_bfloat16 (float32 weights and states; every product, the backward's
+    too, with bf16 operands and float32 sums; docs/mixed_precision.md).
 
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -197,7 +217,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
         x, W, U, b, h0, c0, peephole=P, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract, coupled=coupled,
         go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
-        training=_flag("training", training))
+        training=_flag("training", training), **_mixed_arg(ops, chk, W, mixed))
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, c, cache
 
@@ -205,7 +225,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
 def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=True,
                 mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                 activation="tanh", recurrent_activation="sigmoid", go_backwards=False,
-                return_sequences=True, training=False):
+                return_sequences=True, training=False, mixed=False):
     """GRU over a sequence (Keras 3 ``GRUCell``).
 
     x [T,B,I]; kernel [I,3H]; recurrent_kernel [H,3H], blocks [z|r|h]; bias [2,3H] (row 0
@@ -213,7 +233,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     [3H] without, or None; h0 [B,H] or None (zeros); mask [T,B] bool or None;
     input_dropout_mask [B,I]; recurrent_dropout_mask [B,H] (applied to h_{t-1} in every
     recurrent product, not in the ``z * h_{t-1}`` carry, as Keras). The dtype is the
-    kernel's (float32 or float64); other arrays are converted to it.
+    kernel's (float32 or float64); other arrays are converted to it. ``mixed``: as in
+    ``lstm_forward``.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -237,19 +258,20 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
         x, W, U, b, h0, reset_after=reset_after, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract,
         go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
-        training=_flag("training", training))
+        training=_flag("training", training), **_mixed_arg(ops, chk, W, mixed))
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=None,
                        input_dropout_mask=None, recurrent_dropout_mask=None, activation="tanh",
-                       go_backwards=False, return_sequences=True, training=False):
+                       go_backwards=False, return_sequences=True, training=False, mixed=False):
     """SimpleRNN over a sequence: ``h_t = act(x_t W + h_{t-1} U + b)``.
 
     x [T,B,I]; kernel [I,H]; recurrent_kernel [H,H]; bias [H] or None; h0 [B,H] or None
     (zeros); mask [T,B] bool or None; input_dropout_mask [B,I]; recurrent_dropout_mask
     [B,H]. The dtype is the kernel's (float32 or float64); other arrays are converted to it.
+    ``mixed``: as in ``lstm_forward``.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -263,7 +285,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     y, h, cache = ops.simple_rnn_forward(
         x, W, U, b, h0, mask=m, input_dropout_mask=idm, recurrent_dropout_mask=rdm,
         activation=act, go_backwards=_flag("go_backwards", go_backwards),
-        return_sequences=_flag("return_sequences", return_sequences), training=_flag("training", training))
+        return_sequences=_flag("return_sequences", return_sequences), training=_flag("training", training),
+        **_mixed_arg(ops, chk, W, mixed))
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 

@@ -1,0 +1,171 @@
+"""mixed_bfloat16 training's products on the compiled bf16 kernels (src_c/lowp.h).
+
+Every product of a mixed layer rounds both operands to bf16 and sums in float32
+(fastlstm/backends/oracle/lowp.py: ``mixed_matmul`` is the definition). The sequence kernels
+run the input projection and the per-step products themselves (the weights come as bf16
+``QuantizedMatrix`` pairs, U^T's blocks for the backward); after their backward time loop
+they leave dZ [T*B, ZW], and the products over all T*B rows run here:
+
+    dW = X^T dZ,  dU = Hin^T dZ   (dZ packed once as the kernels' weight operand; X^T, Hin^T
+                                   transposed copies as their rows)
+    dX = dZ W^T                   (W^T packed)
+
+each split over the kernel threads (fastlstm.threads), columns or rows in whole 16-column
+blocks: the same bits however split (every slice rounds its rows alike).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import numpy as np
+
+from ..quantization import QuantizedMatrix
+from ..threads import kernel_settings
+
+try:
+    from .. import _lowp
+except ImportError:  # pragma: no cover - a source tree without a build
+    _lowp = None
+
+BF16 = 2                    # FL_Q_BF16
+# Below this many multiply-adds a product runs on the calling thread alone.
+PARALLEL_MIN_MACS = 1 << 21
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _executor(n):
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < n:
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=n,
+                                                          thread_name_prefix="fastlstm-bf16")
+        return _pool
+
+
+def bf16_matrix(a, split=0):
+    """float32 a [K,N] rounded to bf16 as a QuantizedMatrix (the kernels' packed operand;
+    ``split`` as QuantizedMatrix's)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return QuantizedMatrix("bfloat16", _lowp.round_bf16(a), None, split)
+
+
+def weights(kernel, recurrent_kernel, wsplit=0, usplit=0):
+    """(W, U) of a mixed forward: the float32 weights in bf16, packed at first use."""
+    return bf16_matrix(kernel, wsplit), bf16_matrix(recurrent_kernel, usplit)
+
+
+class Packed:
+    """A float32 operand B [K,N] rounded to bf16 and packed for the kernels (the right-hand
+    side of a product)."""
+
+    def __init__(self, b):
+        b = np.ascontiguousarray(b, dtype=np.float32)
+        self.K, self.N = b.shape
+        self.packed, _ = _lowp.pack(_lowp.round_bf16(b))
+
+
+def _slices(n, parts, grain):
+    """[(a, e)] covering [0, n) in `parts` slices whose edges are multiples of grain."""
+    blocks = -(-n // grain)
+    edges = sorted({min(n, (k * blocks // parts) * grain) for k in range(parts)} | {n})
+    return [(a, e) for a, e in zip(edges[:-1], edges[1:]) if e > a]
+
+
+def product(a, b, out, threads=None):
+    """out[M,N] = bf16(a)[M,K] bf16(b)[K,N], float32 sums; b a Packed. a and out have
+    contiguous rows. Split over the threads by rows of a (many rows) or by 16-column blocks
+    of b (a few rows, long depth: the weight gradients)."""
+    M, K, N = a.shape[0], b.K, b.N
+    if threads is None:
+        threads = kernel_settings().threads
+    n = max(1, int(threads))
+    if n == 1 or M * K * N < PARALLEL_MIN_MACS or M == 0 or N == 0:
+        _lowp.gemm(a, b.packed, None, None, BF16, K, N, out=out)
+        return out
+    if M >= 64 * n:
+        parts = _slices(M, n, 1)
+        jobs = [(a[r0:r1], out[r0:r1], 0, N) for r0, r1 in parts]
+    else:
+        parts = _slices(N, n, 16)
+        jobs = [(a, out, j0, j1) for j0, j1 in parts]
+    if len(jobs) == 1:
+        _lowp.gemm(a, b.packed, None, None, BF16, K, N, out=out)
+        return out
+    pool = _executor(len(jobs) - 1)
+    futures = [pool.submit(_lowp.gemm, ai, b.packed, None, None, BF16, K, N, out=oi, j0=j0,
+                           j1=j1) for ai, oi, j0, j1 in jobs[1:]]
+    ai, oi, j0, j1 = jobs[0]
+    _lowp.gemm(ai, b.packed, None, None, BF16, K, N, out=oi, j0=j0, j1=j1)
+    for f in futures:
+        f.result()
+    return out
+
+
+def _transposed(a):
+    """a [R,C] -> a^T [C,R] C-contiguous (the rows of a weight gradient's product)."""
+    return np.ascontiguousarray(a.T)
+
+
+def weight_grad(inputs, dz_packed):
+    """inputs^T dZ: inputs [T*B, K] (X or Hin), dz_packed a Packed dZ [T*B, N]."""
+    out = np.empty((inputs.shape[1], dz_packed.N), np.float32)
+    return product(_transposed(inputs), dz_packed, out)
+
+
+def input_grad(dz, kernel, out=None):
+    """dZ W^T: dz [T*B, G] (rows may lie apart), kernel W [I, G]."""
+    wt = Packed(np.asarray(kernel).T)
+    if out is None:
+        out = np.empty((dz.shape[0], wt.N), np.float32)
+    return product(dz, wt, out)
+
+
+def dense_grads(X, Hin, dZ, kernel, has_bias, idrop, dx_out):
+    """(dX, dW, dU, db) of the LSTM and SimpleRNN (dZ [T,B,G] is what W and U fed): dX into
+    dx_out [T,B,I] (written after X is read: it may be X's buffer), times the input dropout
+    mask idrop [B,I] (or None)."""
+    T, B, G = dZ.shape
+    I, H = X.shape[2], Hin.shape[2]
+    dz2 = dZ.reshape(T * B, G)
+    dzp = Packed(dz2)
+    dW = weight_grad(X.reshape(T * B, I), dzp)
+    dU = weight_grad(Hin.reshape(T * B, H), dzp)
+    db = dz2.sum(0, dtype=np.float32) if has_bias else None
+    dx = input_grad(dz2, kernel, dx_out.reshape(T * B, I))
+    if idrop is not None:
+        dx_out *= idrop[None]
+    return dx_out, dW, dU, db
+
+
+def gru_grads(X, Hin, RH, dZ, kernel, reset_after, has_bias, idrop, dx_out):
+    """(dX, dW, dU, db) of the GRU from dZ [T,B,ZW] in the kernels' layout (src_c/_gru.pyx):
+    [dz | dr | d rec_h | dn] with reset_after (W fed columns 0:2H and 3H:4H, U 0:3H), else
+    [dz | dr | dn] (U_zr fed by Hin, U_h by RH = r * Hin)."""
+    T, B, ZW = dZ.shape
+    I, H = X.shape[2], Hin.shape[2]
+    TB = T * B
+    dz2 = dZ.reshape(TB, ZW)
+    X2, Hin2 = X.reshape(TB, I), Hin.reshape(TB, H)
+    if reset_after:
+        dzx = np.concatenate([dz2[:, :2 * H], dz2[:, 3 * H:]], axis=1)
+        dW = weight_grad(X2, Packed(dzx))
+        dU = weight_grad(Hin2, Packed(dz2[:, :3 * H]))
+        db = None
+        if has_bias:
+            db = np.stack([dzx.sum(0, dtype=np.float32), dz2[:, :3 * H].sum(0, dtype=np.float32)])
+    else:
+        dzx = dz2
+        dzp = Packed(dz2)
+        dW = weight_grad(X2, dzp)
+        dU = np.empty((H, 3 * H), np.float32)
+        dU[:, :2 * H] = weight_grad(Hin2, Packed(dz2[:, :2 * H]))
+        dU[:, 2 * H:] = weight_grad(RH.reshape(TB, H), Packed(dz2[:, 2 * H:]))
+        db = dz2.sum(0, dtype=np.float32) if has_bias else None
+    dx = input_grad(dzx, kernel, dx_out.reshape(TB, I))
+    if idrop is not None:
+        dx_out *= idrop[None]
+    del dx
+    return dx_out, dW, dU, db
