@@ -169,3 +169,18 @@ def gru_grads(X, Hin, RH, dZ, kernel, reset_after, has_bias, idrop, dx_out):
         dx_out *= idrop[None]
     del dx
     return dx_out, dW, dU, db
+
+
+def matmul(a, b):
+    """bf16(a) [..., K] bf16(b) [K, N] with float32 sums (a mixed Dense layer's products),
+    on the compiled kernels where they are built, else the NumPy oracle."""
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        raise ValueError("mixed_bfloat16: the products run on the CPU (NumPy arrays), got "
+                         f"{type(a).__name__}")
+    if _lowp is None:  # pragma: no cover - a source tree without a build
+        from .oracle.lowp import mixed_matmul
+        return mixed_matmul(a, b)
+    a2 = np.ascontiguousarray(a.reshape(-1, a.shape[-1]), dtype=np.float32)
+    out = np.empty((a2.shape[0], b.shape[1]), np.float32)
+    product(a2, Packed(b), out)
+    return out.reshape(a.shape[:-1] + (b.shape[1],))
