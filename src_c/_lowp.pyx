@@ -10,7 +10,7 @@ from libc.stdint cimport int8_t, int32_t, uint16_t, uintptr_t
 from gates cimport fl_force_isa_level, fl_isa_level
 from lowp cimport (FL_Q_INT8, FL_Q_BF16, fl_qmat, fl_q_packed_bytes, fl_q_pack, fl_q_gemm,
                    fl_q_level, fl_q_level_name, fl_q_force_level, fl_q_best_level,
-                   fl_q_quantize_rows_int8, fl_q_round_bf16)
+                   fl_q_quantize_rows_int8, fl_q_round_bf16, fl_q_pack_bf16_float)
 
 INT8 = FL_Q_INT8
 BF16 = FL_Q_BF16
@@ -203,6 +203,25 @@ def quantize_rows_int8(a):
             fl_q_quantize_rows_int8(cM, cK, <const float *>pa, lda, <int8_t *>pq, cK,
                                     <float *>ps)
     return q, sa
+
+
+def pack_float_bf16(a):
+    """float32 a [K, N] (contiguous rows, any row stride) rounded to bf16 (as round_bf16)
+    and packed as pack() packs bf16 bits, in one pass. Returns the packed uint8 array."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2:
+        raise TypeError("a: expected a 2-D float32 numpy array")
+    K, N = a.shape
+    if K > 2**31 - 1 or N > 2**31 - 1:
+        raise ValueError(f"a: shape {a.shape} too large")
+    cdef long lda = _row_stride(a, "a", N)
+    cdef long nbytes = fl_q_packed_bytes(FL_Q_BF16, K, N)
+    packed = aligned_empty(nbytes, np.uint8)
+    cdef uintptr_t pa = a.ctypes.data, pp = packed.ctypes.data
+    cdef int cK = K, cN = N
+    if K > 0 and N > 0:
+        with nogil:
+            fl_q_pack_bf16_float(cK, cN, <const float *>pa, lda, <void *>pp)
+    return packed
 
 
 def round_bf16(a):

@@ -49,7 +49,12 @@ def bf16_matrix(a, split=0):
     """float32 a [K,N] rounded to bf16 as a QuantizedMatrix (the kernels' packed operand;
     ``split`` as QuantizedMatrix's)."""
     a = np.ascontiguousarray(a, dtype=np.float32)
-    return QuantizedMatrix("bfloat16", _lowp.round_bf16(a), None, split)
+    qm = QuantizedMatrix("bfloat16", _lowp.round_bf16(a), None, split)
+    edges = [0, split, a.shape[1]] if split else [0, a.shape[1]]
+    # Packed from the float32 values in one pass (the same bits as packing qm.values).
+    qm._blocks = [(_lowp.pack_float_bf16(a[:, j0:j1]), None, None, j0, j1)
+                  for j0, j1 in zip(edges[:-1], edges[1:])]
+    return qm
 
 
 def weights(kernel, recurrent_kernel, wsplit=0, usplit=0):
@@ -62,9 +67,11 @@ class Packed:
     side of a product)."""
 
     def __init__(self, b):
-        b = np.ascontiguousarray(b, dtype=np.float32)
+        b = np.asarray(b, dtype=np.float32)
+        if b.ndim != 2 or (b.shape[1] > 1 and b.strides[1] != 4):
+            b = np.ascontiguousarray(b)
         self.K, self.N = b.shape
-        self.packed, _ = _lowp.pack(_lowp.round_bf16(b))
+        self.packed = _lowp.pack_float_bf16(b)      # rounded and packed in one pass
 
 
 def _slices(n, parts, grain):
@@ -109,10 +116,44 @@ def _transposed(a):
     return np.ascontiguousarray(a.T)
 
 
-def weight_grad(inputs, dz_packed):
-    """inputs^T dZ: inputs [T*B, K] (X or Hin), dz_packed a Packed dZ [T*B, N]."""
-    out = np.empty((inputs.shape[1], dz_packed.N), np.float32)
-    return product(_transposed(inputs), dz_packed, out)
+# Depth (rows of dZ) of one slice of a weight gradient: the product kernel streams its whole
+# packed operand for every few rows of the other, so over all T*B rows at once a large dZ
+# would stream from memory; a slice's packed columns stay in the core's cache.
+WEIGHT_GRAD_DEPTH = 512
+
+
+def _weight_grads_cols(pairs, dz, j0, j1):
+    """Columns [j0, j1) of inputs^T dZ for every (inputs^T [K_i, T*B], out [K_i, N]) of
+    pairs, over slices of WEIGHT_GRAD_DEPTH rows of dZ (each packed once, summed into out in
+    float32)."""
+    TB = dz.shape[0]
+    for k0 in range(0, TB, WEIGHT_GRAD_DEPTH):
+        k1 = min(TB, k0 + WEIGHT_GRAD_DEPTH)
+        b = Packed(dz[k0:k1, j0:j1])
+        for at, out in pairs:
+            _lowp.gemm(at[:, k0:k1], b.packed, None, None, BF16, k1 - k0, j1 - j0,
+                       out=out[:, j0:j1], beta=1 if k0 else 0)
+
+
+def weight_grads(inputs, dz, threads=None):
+    """[x^T dZ for x in inputs]: each x [T*B, K_i] (X, Hin), dz [T*B, N] (rows may lie
+    apart, contiguous columns); the threads split dZ's columns in 16-column blocks."""
+    TB, N = dz.shape
+    pairs = [(_transposed(x), np.empty((x.shape[1], N), np.float32)) for x in inputs]
+    if threads is None:
+        threads = kernel_settings().threads
+    n = max(1, int(threads))
+    macs = TB * N * sum(x.shape[1] for x in inputs)
+    parts = _slices(N, n, 16) if n > 1 and macs >= PARALLEL_MIN_MACS else [(0, N)]
+    if len(parts) == 1:
+        _weight_grads_cols(pairs, dz, 0, N)
+    else:
+        pool = _executor(len(parts) - 1)
+        futures = [pool.submit(_weight_grads_cols, pairs, dz, j0, j1) for j0, j1 in parts[1:]]
+        _weight_grads_cols(pairs, dz, *parts[0])
+        for f in futures:
+            f.result()
+    return [out for _, out in pairs]
 
 
 def input_grad(dz, kernel, out=None):
@@ -130,9 +171,7 @@ def dense_grads(X, Hin, dZ, kernel, has_bias, idrop, dx_out):
     T, B, G = dZ.shape
     I, H = X.shape[2], Hin.shape[2]
     dz2 = dZ.reshape(T * B, G)
-    dzp = Packed(dz2)
-    dW = weight_grad(X.reshape(T * B, I), dzp)
-    dU = weight_grad(Hin.reshape(T * B, H), dzp)
+    dW, dU = weight_grads([X.reshape(T * B, I), Hin.reshape(T * B, H)], dz2)
     db = dz2.sum(0, dtype=np.float32) if has_bias else None
     dx = input_grad(dz2, kernel, dx_out.reshape(T * B, I))
     if idrop is not None:
@@ -151,18 +190,17 @@ def gru_grads(X, Hin, RH, dZ, kernel, reset_after, has_bias, idrop, dx_out):
     X2, Hin2 = X.reshape(TB, I), Hin.reshape(TB, H)
     if reset_after:
         dzx = np.concatenate([dz2[:, :2 * H], dz2[:, 3 * H:]], axis=1)
-        dW = weight_grad(X2, Packed(dzx))
-        dU = weight_grad(Hin2, Packed(dz2[:, :3 * H]))
+        dW, = weight_grads([X2], dzx)
+        dU, = weight_grads([Hin2], dz2[:, :3 * H])
         db = None
         if has_bias:
             db = np.stack([dzx.sum(0, dtype=np.float32), dz2[:, :3 * H].sum(0, dtype=np.float32)])
     else:
         dzx = dz2
-        dzp = Packed(dz2)
-        dW = weight_grad(X2, dzp)
+        dW, = weight_grads([X2], dz2)
         dU = np.empty((H, 3 * H), np.float32)
-        dU[:, :2 * H] = weight_grad(Hin2, Packed(dz2[:, :2 * H]))
-        dU[:, 2 * H:] = weight_grad(RH.reshape(TB, H), Packed(dz2[:, 2 * H:]))
+        dU[:, :2 * H], = weight_grads([Hin2], dz2[:, :2 * H])
+        dU[:, 2 * H:], = weight_grads([RH.reshape(TB, H)], dz2[:, 2 * H:])
         db = dz2.sum(0, dtype=np.float32) if has_bias else None
     dx = input_grad(dzx, kernel, dx_out.reshape(TB, I))
     if idrop is not None:
