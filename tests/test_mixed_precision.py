@@ -296,3 +296,52 @@ def test_quantizing_a_mixed_model():
     model.build(x.shape)
     q = fl.quantize(model, "bfloat16")
     assert np.abs(q.predict(x, verbose=0) - model.predict(x, verbose=0)).max() < 2e-2
+
+
+@pytest.mark.parametrize("level", [None, 0])
+def test_pack_from_float_matches_pack_of_rounded_bits(level):
+    from fastlstm import _lowp
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((37, 45)).astype(np.float32)
+    a[0, :3] = [1e-39, -1e-39, np.float32(1 + 2 ** -8)]      # denormals, a tie
+    try:
+        if level is not None:
+            _lowp.force_level(level)
+        got = _lowp.pack_float_bf16(a)
+        want, _ = _lowp.pack(_lowp.round_bf16(a))
+        np.testing.assert_array_equal(got, want)
+        strided = np.zeros((37, 64), np.float32)
+        strided[:, :45] = a
+        np.testing.assert_array_equal(_lowp.pack_float_bf16(strided[:, :45]), want)
+    finally:
+        _lowp.force_level(-1)
+
+
+def test_weight_gradients_over_depth_slices_match_the_oracle():
+    from fastlstm.backends import mixed_products
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((5000, 24)).astype(np.float32)
+    h = rng.standard_normal((5000, 8)).astype(np.float32)
+    dz = rng.standard_normal((5000, 40)).astype(np.float32)
+    for threads in (1, 2):
+        dw, du = mixed_products.weight_grads([x, h], dz, threads=threads)
+        np.testing.assert_allclose(dw, mixed_matmul(x.T, dz), rtol=0, atol=2e-3)
+        np.testing.assert_allclose(du, mixed_matmul(h.T, dz), rtol=0, atol=2e-3)
+
+
+def test_keras_conversion_keeps_the_policy():
+    keras = pytest.importorskip("keras")
+    x = np.random.default_rng(11).standard_normal((3, 9, 5)).astype(np.float32)
+    model = fl.Sequential([fl.layers.LSTM(8, return_sequences=True, dtype="mixed_bfloat16"),
+                           fl.layers.GRU(4, dtype="mixed_bfloat16"),
+                           fl.layers.Dense(2, dtype="mixed_bfloat16")])
+    y = model.predict(x, verbose=0)
+    k = fl.convert.to_keras(model)
+    assert [l.dtype_policy.name for l in k.layers] == ["mixed_bfloat16"] * 3
+    # Keras rounds its outputs to bf16 too (ours stay float32): bf16's error apart.
+    yk = keras.ops.convert_to_numpy(keras.ops.cast(k(x), "float32"))
+    assert np.abs(yk - y).max() < 2e-2
+    back = fl.convert.from_keras(k)
+    assert [l.dtype_policy.name for l in back.layers] == ["mixed_bfloat16"] * 3
+    assert all(w.dtype == np.float32 for w in back.get_weights())
+    np.testing.assert_array_equal(back.predict(x, verbose=0), y)

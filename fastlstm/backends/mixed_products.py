@@ -119,7 +119,7 @@ def _transposed(a):
 # Depth (rows of dZ) of one slice of a weight gradient: the product kernel streams its whole
 # packed operand for every few rows of the other, so over all T*B rows at once a large dZ
 # would stream from memory; a slice's packed columns stay in the core's cache.
-WEIGHT_GRAD_DEPTH = 512
+WEIGHT_GRAD_DEPTH = 2048
 
 
 def _weight_grads_cols(pairs, dz, j0, j1):
