@@ -10,13 +10,11 @@ they leave dZ [T*B, ZW], and the products over all T*B rows run here:
                                    transposed copies as their rows)
     dX = dZ W^T                   (W^T packed)
 
-each split over the kernel threads (fastlstm.threads), columns or rows in whole 16-column
-blocks: the same bits however split (every slice rounds its rows alike).
+each split over the kernel threads (fastlstm.threads; OpenMP regions of src_c/_lowp.pyx, as
+the sequence kernels'), by rows or in whole 16-column blocks: the same bits however split
+(every slice rounds its rows alike).
 """
 from __future__ import annotations
-
-import concurrent.futures
-import threading
 
 import numpy as np
 
@@ -31,19 +29,8 @@ except ImportError:  # pragma: no cover - a source tree without a build
 BF16 = 2                    # FL_Q_BF16
 # Below this many multiply-adds a product runs on the calling thread alone.
 PARALLEL_MIN_MACS = 1 << 21
-
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _executor(n):
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < n:
-            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=n,
-                                                          thread_name_prefix="fastlstm-bf16")
-        return _pool
-
+# ... and below this many elements a transposed copy.
+TRANSPOSE_PARALLEL_MIN = 1 << 20
 
 def bf16_matrix(a, split=0):
     """float32 a [K,N] rounded to bf16 as a QuantizedMatrix (the kernels' packed operand;
@@ -74,86 +61,47 @@ class Packed:
         self.packed = _lowp.pack_float_bf16(b)      # rounded and packed in one pass
 
 
-def _slices(n, parts, grain):
-    """[(a, e)] covering [0, n) in `parts` slices whose edges are multiples of grain."""
-    blocks = -(-n // grain)
-    edges = sorted({min(n, (k * blocks // parts) * grain) for k in range(parts)} | {n})
-    return [(a, e) for a, e in zip(edges[:-1], edges[1:]) if e > a]
-
-
 def product(a, b, out, threads=None):
     """out[M,N] = bf16(a)[M,K] bf16(b)[K,N], float32 sums; b a Packed. a and out have
-    contiguous rows. Split over the threads by rows of a (many rows) or by 16-column blocks
-    of b (a few rows, long depth: the weight gradients)."""
-    M, K, N = a.shape[0], b.K, b.N
+    contiguous rows. Split over the kernel threads (OpenMP, as the sequence kernels) by rows
+    of a (many rows) or by 16-column blocks of b (a few rows)."""
+    M = a.shape[0]
     if threads is None:
         threads = kernel_settings().threads
     n = max(1, int(threads))
-    if n == 1 or M * K * N < PARALLEL_MIN_MACS or M == 0 or N == 0:
-        _lowp.gemm(a, b.packed, None, None, BF16, K, N, out=out)
-        return out
-    if M >= 64 * n:
-        parts = _slices(M, n, 1)
-        jobs = [(a[r0:r1], out[r0:r1], 0, N) for r0, r1 in parts]
-    else:
-        parts = _slices(N, n, 16)
-        jobs = [(a, out, j0, j1) for j0, j1 in parts]
-    if len(jobs) == 1:
-        _lowp.gemm(a, b.packed, None, None, BF16, K, N, out=out)
-        return out
-    pool = _executor(len(jobs) - 1)
-    futures = [pool.submit(_lowp.gemm, ai, b.packed, None, None, BF16, K, N, out=oi, j0=j0,
-                           j1=j1) for ai, oi, j0, j1 in jobs[1:]]
-    ai, oi, j0, j1 = jobs[0]
-    _lowp.gemm(ai, b.packed, None, None, BF16, K, N, out=oi, j0=j0, j1=j1)
-    for f in futures:
-        f.result()
-    return out
+    if M * b.K * b.N < PARALLEL_MIN_MACS:
+        n = 1
+    return _lowp.gemm_split(a, b.packed, b.K, b.N, out, n, M >= 64 * n)
 
 
-def _transposed(a):
+def _transposed(a, threads):
     """a [R,C] -> a^T [C,R] C-contiguous (the rows of a weight gradient's product)."""
-    return np.ascontiguousarray(a.T)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    # A memory-bound copy: a parallel region (a barrier) pays only on large arrays.
+    n = threads if a.size >= TRANSPOSE_PARALLEL_MIN else 1
+    return _lowp.transpose(a, np.empty((a.shape[1], a.shape[0]), np.float32), n)
 
 
-# Depth (rows of dZ) of one slice of a weight gradient: the product kernel streams its whole
-# packed operand for every few rows of the other, so over all T*B rows at once a large dZ
-# would stream from memory; a slice's packed columns stay in the core's cache.
+# Depth (rows of dZ) of one slice of a weight gradient: each slice of dZ is rounded and
+# packed once into a buffer of the thread's, which stays in cache while the slices of the
+# other operand stream by (bench/RESULTS.md).
 WEIGHT_GRAD_DEPTH = 2048
-
-
-def _weight_grads_cols(pairs, dz, j0, j1):
-    """Columns [j0, j1) of inputs^T dZ for every (inputs^T [K_i, T*B], out [K_i, N]) of
-    pairs, over slices of WEIGHT_GRAD_DEPTH rows of dZ (each packed once, summed into out in
-    float32)."""
-    TB = dz.shape[0]
-    for k0 in range(0, TB, WEIGHT_GRAD_DEPTH):
-        k1 = min(TB, k0 + WEIGHT_GRAD_DEPTH)
-        b = Packed(dz[k0:k1, j0:j1])
-        for at, out in pairs:
-            _lowp.gemm(at[:, k0:k1], b.packed, None, None, BF16, k1 - k0, j1 - j0,
-                       out=out[:, j0:j1], beta=1 if k0 else 0)
 
 
 def weight_grads(inputs, dz, threads=None):
     """[x^T dZ for x in inputs]: each x [T*B, K_i] (X, Hin), dz [T*B, N] (rows may lie
     apart, contiguous columns); the threads split dZ's columns in 16-column blocks."""
     TB, N = dz.shape
-    pairs = [(_transposed(x), np.empty((x.shape[1], N), np.float32)) for x in inputs]
     if threads is None:
         threads = kernel_settings().threads
     n = max(1, int(threads))
-    macs = TB * N * sum(x.shape[1] for x in inputs)
-    parts = _slices(N, n, 16) if n > 1 and macs >= PARALLEL_MIN_MACS else [(0, N)]
-    if len(parts) == 1:
-        _weight_grads_cols(pairs, dz, 0, N)
-    else:
-        pool = _executor(len(parts) - 1)
-        futures = [pool.submit(_weight_grads_cols, pairs, dz, j0, j1) for j0, j1 in parts[1:]]
-        _weight_grads_cols(pairs, dz, *parts[0])
-        for f in futures:
-            f.result()
-    return [out for _, out in pairs]
+    if TB * N * sum(x.shape[1] for x in inputs) < PARALLEL_MIN_MACS:
+        n = 1
+    if dz.shape[1] > 1 and dz.strides[1] != 4:
+        dz = np.ascontiguousarray(dz)
+    ats = [_transposed(x, n) for x in inputs]
+    outs = [np.empty((x.shape[1], N), np.float32) for x in inputs]
+    return _lowp.weight_grads(ats, outs, dz, WEIGHT_GRAD_DEPTH, n)
 
 
 def input_grad(dz, kernel, out=None):
