@@ -32,6 +32,10 @@ are added to its growth. "saved" is what BPTT has to keep whatever the implement
 the post-activation gates and the cell and hidden state of every step, T*B*(G+2H) floats
 (LSTM, GRU); for the RNN, whose outputs are its states, T*B*H.
 
+``--mixed`` times training steps under ``mixed_bfloat16`` against
+``torch.autocast("cpu", dtype=torch.bfloat16)`` instead (bench/mixed_training.py, LSTM and
+GRU).
+
 ``--lowp`` times LSTM inference in reduced precision instead, by the same method, on one
 ``torch.nn.LSTM`` (I = H) per hidden size: torch float32; torch bfloat16 (the module's forward
 under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and ``torch.inference_mode()``: oneDNN's
@@ -607,10 +611,21 @@ def main(argv=None):
     p.add_argument("--lowp", action="store_true",
                    help="LSTM inference in bfloat16 and int8 (fl.quantize) against torch "
                         "autocast and ONNX Runtime's dynamic int8 instead")
-    p.add_argument("--configs", help="--lowp: TxBxH,... instead of the default "
+    p.add_argument("--mixed", action="store_true",
+                   help="training steps in mixed_bfloat16 against torch.autocast bf16 "
+                        "instead (bench/mixed_training.py)")
+    p.add_argument("--configs", help="--lowp, --mixed: TxBxH,... instead of the default "
                                      "configurations (I = H)")
     p.add_argument("--json", metavar="PATH", help="--lowp: also write the results as JSON")
     args = p.parse_args(argv)
+    if args.mixed:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import mixed_training
+        cells = ",".join(c for c in args.cells.split(",") if c != "rnn") or "lstm,gru"
+        return mixed_training.main(
+            (["--quick"] if args.quick else []) + ["--threads", str(args.threads), "--cells", cells]
+            + (["--configs", args.configs] if args.configs else [])
+            + (["--json", args.json] if args.json else []))
     if args.memory_child:
         return memory_child(args.memory_child)
     if args.gpu:
