@@ -45,6 +45,10 @@ padded batch. The ratio lengths / padded is what skipping the padding saves (the
 B = 32), inference and training, against ``torch.nn.LSTM(256, 1024, proj_size=256)`` with the
 same weights (``fastlstm.convert.from_torch``).
 
+``--mixed`` times training steps under ``mixed_bfloat16`` against
+``torch.autocast("cpu", dtype=torch.bfloat16)`` instead (bench/mixed_training.py, LSTM and
+GRU).
+
 ``--lowp`` times LSTM inference in reduced precision instead, by the same method, on one
 ``torch.nn.LSTM`` (I = H) per hidden size: torch float32; torch bfloat16 (the module's forward
 under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and ``torch.inference_mode()``: oneDNN's
@@ -731,7 +735,10 @@ def main(argv=None):
     p.add_argument("--lowp", action="store_true",
                    help="LSTM inference in bfloat16 and int8 (fl.quantize) against torch "
                         "autocast and ONNX Runtime's dynamic int8 instead")
-    p.add_argument("--configs", help="--lowp: TxBxH,... instead of the default "
+    p.add_argument("--mixed", action="store_true",
+                   help="training steps in mixed_bfloat16 against torch.autocast bf16 "
+                        "instead (bench/mixed_training.py)")
+    p.add_argument("--configs", help="--lowp, --mixed: TxBxH,... instead of the default "
                                      "configurations (I = H)")
     p.add_argument("--json", metavar="PATH", help="--lowp: also write the results as JSON")
     p.add_argument("--lengths", action="store_true",
@@ -740,6 +747,14 @@ def main(argv=None):
     p.add_argument("--projection", action="store_true",
                    help="only the projected LSTM (proj_size) against torch's")
     args = p.parse_args(argv)
+    if args.mixed:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import mixed_training
+        cells = ",".join(c for c in args.cells.split(",") if c != "rnn") or "lstm,gru"
+        return mixed_training.main(
+            (["--quick"] if args.quick else []) + ["--threads", str(args.threads), "--cells", cells]
+            + (["--configs", args.configs] if args.configs else [])
+            + (["--json", args.json] if args.json else []))
     if args.memory_child:
         return memory_child(args.memory_child)
     if args.gpu:

@@ -23,7 +23,8 @@ from .saving import load_model
 from .quantization import quantize
 from . import utils
 
-__all__ += ["Sequential", "Input", "Model", "load_model", "quantize", "utils"]
+from . import mixed_precision
+__all__ += ["Sequential", "Input", "Model", "load_model", "quantize", "utils", "mixed_precision"]
 
 # Imported on first use (PEP 562), so that ``import fastlstm`` stays light.
 _LAZY_SUBMODULES = ("convert", "datasets", "dask", "distributed")

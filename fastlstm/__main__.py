@@ -116,6 +116,8 @@ def _add_demo_parsers(sub):
                      help="save the learning curves (needs matplotlib)")
     add.add_argument("--quantize", metavar="P[,P]", default="",
                      help="also score the trained models quantized: int8, bfloat16 or both")
+    add.add_argument("--mixed", action="store_true",
+                     help="train in mixed_bfloat16 (bf16 products, float32 weights)")
     air = demos.add_parser("airline", help="airline passengers: LSTM forecast of 1959-1960")
     air.add_argument("--epochs", type=int, default=300, help="epochs per model (300)")
     air.add_argument("--ensemble", type=int, default=5, help="models averaged (5)")
@@ -128,6 +130,8 @@ def _add_demo_parsers(sub):
     air.add_argument("--quantize", metavar="P[,P]", default="",
                      help="also forecast with the trained ensemble quantized: int8, bfloat16 "
                           "or both")
+    air.add_argument("--mixed", action="store_true",
+                     help="train in mixed_bfloat16 (bf16 products, float32 weights)")
 
 
 def _positive(parser, name, value):
@@ -158,13 +162,13 @@ def _run_demo(args, parser):
         demos.run_adding(timesteps=args.timesteps, units=args.units, epochs=epochs,
                          n_train=args.train, n_test=args.test, learning_rate=args.lr,
                          seed=args.seed, plot=args.plot, threads=args.threads,
-                         quantize=precisions)
+                         quantize=precisions, mixed=args.mixed)
     else:
         for name in ("epochs", "ensemble", "units", "threads"):
             _positive(parser, name, getattr(args, name))
         demos.run_airline(units=args.units, epochs=args.epochs, ensemble=args.ensemble,
                           seed=args.seed, plot=args.plot, threads=args.threads,
-                          quantize=precisions)
+                          quantize=precisions, mixed=args.mixed)
     return 0
 
 

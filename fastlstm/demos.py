@@ -44,6 +44,20 @@ def num_threads(threads):
         fl.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def dtype_policy(mixed):
+    """Models made inside the block under ``mixed_bfloat16`` (fl.mixed_precision) when
+    mixed, the previous global policy restored after it."""
+    from . import mixed_precision
+    previous = mixed_precision.global_policy()
+    if mixed:
+        mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        mixed_precision.set_global_policy(previous)
+
+
 # ------------------------------------------------------------------------------ adding problem
 
 
@@ -111,17 +125,21 @@ def require_matplotlib(path):
 
 def run_adding(timesteps=100, units=32, epochs=50, n_train=3200, n_test=1000, batch_size=32,
                learning_rate=3e-3, seed=0, cells=("LSTM", "SimpleRNN"), plot=None,
-               threads=None, quantize=(), print_fn=print):
+               threads=None, quantize=(), print_fn=print, mixed=False):
     """Train one model per cell on the adding problem; returns a dict with ``curves``
     (cell -> per-epoch test MSE), ``seconds`` (cell -> training time), ``final``,
     ``baseline`` and ``train_loss`` (cell -> per-epoch training loss). ``quantize``: the
     precisions ("int8", "bfloat16") in which the trained models are also scored (fl.quantize);
-    ``quantized`` then maps cell -> precision -> test MSE."""
+    ``quantized`` then maps cell -> precision -> test MSE. ``mixed``: the models train in
+    mixed_bfloat16 (fl.mixed_precision). ``solved_epoch``: cell -> the first epoch with a
+    test MSE below 0.01, or None."""
     if plot:
         require_matplotlib(plot)
     from .quantization import check_precision
     quantize = [check_precision(p) for p in quantize]
-    with num_threads(threads):
+    with num_threads(threads), dtype_policy(mixed):
+        if mixed:
+            print_fn("Precision: mixed_bfloat16 (bf16 products, float32 weights and states).")
         return _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_rate,
                            seed, cells, plot, threads, quantize, print_fn)
 
@@ -210,8 +228,11 @@ def _run_adding(timesteps, units, epochs, n_train, n_test, batch_size, learning_
         models, quantize, lambda q: float(q.evaluate(x_test, y_test, batch_size=500)), print_fn)
     if plot:
         save_plot(plot, "adding", curves=curves, baseline=baseline, print_fn=print_fn)
+    solved = {c: next((e + 1 for e, v in enumerate(curves[c]) if v < 0.01), None)
+              for c in available}
     return {"curves": curves, "train_loss": train_loss, "seconds": seconds, "final": final,
-            "baseline": baseline, "models": models, "quantized": quantized}
+            "baseline": baseline, "models": models, "quantized": quantized,
+            "solved_epoch": solved}
 
 
 # ------------------------------------------------------------------------------------- airline
@@ -235,18 +256,20 @@ def _scores(actual, forecast):
 
 
 def run_airline(units=16, window=12, epochs=300, batch_size=16, learning_rate=3e-3, ensemble=5,
-                seed=0, plot=None, threads=1, quantize=(), print_fn=print):
+                seed=0, plot=None, threads=1, quantize=(), print_fn=print, mixed=False):
     """Forecast 1959-1960 from 1949-1958. Returns a dict with the forecasts and scores:
     ``recursive`` (24 months ahead from December 1958, each forecast fed back) and
     ``one_step`` (each month from the actual previous months), each against its
     seasonal-naive baseline. ``quantize``: precisions in which the trained ensemble also
     forecasts (fl.quantize); ``quantized`` then maps precision -> {"recursive": scores,
-    "one_step": scores}."""
+    "one_step": scores}. ``mixed``: the ensemble trains in mixed_bfloat16."""
     if plot:
         require_matplotlib(plot)
     from .quantization import check_precision
     quantize = [check_precision(p) for p in quantize]
-    with num_threads(threads):
+    with num_threads(threads), dtype_policy(mixed):
+        if mixed:
+            print_fn("Precision: mixed_bfloat16 (bf16 products, float32 weights and states).")
         return _run_airline(units, window, epochs, batch_size, learning_rate, ensemble, seed,
                             plot, quantize, print_fn)
 

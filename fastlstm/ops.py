@@ -151,6 +151,23 @@ def _inference_only(kernel, training):
                          "(fl.quantize)")
 
 
+def _mixed_arg(ops, chk, W, mixed):
+    """{"mixed": True} for the backend's forward under mixed_bfloat16 (float32 weights, on
+    the cpu or numpy backend), else {} (backends without the option are called as before)."""
+    if not _flag("mixed", mixed):
+        return {}
+    from .quantization import QuantizedMatrix
+    if isinstance(W, QuantizedMatrix):
+        raise ValueError("mixed: the weights are quantized; mixed_bfloat16 takes float32 "
+                         "weights")
+    if chk.dtype != np.float32:
+        raise ValueError(f"mixed: mixed_bfloat16 takes float32 weights, got {chk.dtype}")
+    if ops.name not in ("cpu", "numpy"):
+        raise ValueError(f"mixed: mixed_bfloat16 runs on the cpu and numpy backends, not on "
+                         f"{ops.name!r}")
+    return {"mixed": True}
+
+
 def _state_arg(chk, name, a, B, H):
     a = chk.array(name, a, (B, H), optional=True)
     return chk.xp.zeros((B, H), chk.dtype) if a is None else a
@@ -219,7 +236,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
                  activation="tanh", recurrent_activation="sigmoid",
                  coupled_input_forget=False, go_backwards=False, return_sequences=True,
                  training=False, sequence_lengths=None, projection=None, zoneout=None,
-                 zoneout_mask=None):
+                 zoneout_mask=None, mixed=False):
     """LSTM over a sequence.
 
     x [T,B,I]; kernel [I,G]; recurrent_kernel [H,G]; bias [G] or None; h0, c0 [B,H] or None
@@ -236,12 +253,18 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     (h~_t - h_{t-1})`` with zoneout_mask [T,B,H] (by step) the keep masks m_t (training,
     Bernoulli(1 - p)), or m_t = 1 - p without it (inference).
 
+    ``mixed``: mixed_bfloat16 (float32 weights and states; every product, the backward's
+    too, with bf16 operands and float32 sums; docs/mixed_precision.md).
+
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
     coupled = _flag("coupled_input_forget", coupled_input_forget)
     if projection is not None and zoneout:
         raise ValueError("zoneout: a projected LSTM (projection, proj_size) takes no zoneout")
+    if projection is not None and _flag("mixed", mixed):
+        raise NotImplementedError("mixed: a projected LSTM (projection, proj_size) does not run "
+                                  "in mixed_bfloat16 yet; use float32")
     if projection is not None:
         return _projected_forward(
             x, kernel, recurrent_kernel, bias, projection, h0, c0, peephole=peephole,
@@ -270,7 +293,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
         x, W, U, b, h0, c0, peephole=P, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract, coupled=coupled,
         go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
-        training=_flag("training", training), **extra)
+        training=_flag("training", training), **extra, **_mixed_arg(ops, chk, W, mixed))
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, c, cache
 
@@ -314,7 +337,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
                 mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                 activation="tanh", recurrent_activation="sigmoid", go_backwards=False,
                 return_sequences=True, training=False, sequence_lengths=None, zoneout=None,
-                zoneout_mask=None):
+                zoneout_mask=None, mixed=False):
     """GRU over a sequence (Keras 3 ``GRUCell``).
 
     x [T,B,I]; kernel [I,3H]; recurrent_kernel [H,3H], blocks [z|r|h]; bias [2,3H] (row 0
@@ -324,6 +347,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     recurrent product, not in the ``z * h_{t-1}`` carry, as Keras). The dtype is the
     kernel's (float32 or float64); other arrays are converted to it. sequence_lengths,
     zoneout, zoneout_mask: as ``lstm_forward``'s.
+    ``mixed``: as in ``lstm_forward``.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -352,7 +376,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
         x, W, U, b, h0, reset_after=reset_after, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract,
         go_backwards=_flag("go_backwards", go_backwards), return_sequences=_flag("return_sequences", return_sequences),
-        training=_flag("training", training), **extra)
+        training=_flag("training", training), **extra, **_mixed_arg(ops, chk, W, mixed))
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 
@@ -360,13 +384,14 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=None,
                        input_dropout_mask=None, recurrent_dropout_mask=None, activation="tanh",
                        go_backwards=False, return_sequences=True, training=False,
-                       sequence_lengths=None, zoneout=None, zoneout_mask=None):
+                       sequence_lengths=None, zoneout=None, zoneout_mask=None, mixed=False):
     """SimpleRNN over a sequence: ``h_t = act(x_t W + h_{t-1} U + b)``.
 
     x [T,B,I]; kernel [I,H]; recurrent_kernel [H,H]; bias [H] or None; h0 [B,H] or None
     (zeros); mask [T,B] bool or None; input_dropout_mask [B,I]; recurrent_dropout_mask
     [B,H]. The dtype is the kernel's (float32 or float64); other arrays are converted to it.
     sequence_lengths, zoneout, zoneout_mask: as ``lstm_forward``'s.
+    ``mixed``: as in ``lstm_forward``.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -386,7 +411,7 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
         x, W, U, b, h0, mask=m, input_dropout_mask=idm, recurrent_dropout_mask=rdm,
         activation=act, go_backwards=_flag("go_backwards", go_backwards),
         return_sequences=_flag("return_sequences", return_sequences), training=_flag("training", training),
-        **extra)
+        **extra, **_mixed_arg(ops, chk, W, mixed))
     _attach_info(cache, ops, chk, T, B, H, _flag("return_sequences", return_sequences))
     return y, h, cache
 

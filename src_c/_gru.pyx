@@ -301,7 +301,15 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
         gru_bwd_step(nb, <int>H, q.reset_after, q.act, q.ract, zt,
                  <const floating *>q.HPREV + t * BH + rh0, pm,
                  DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL, q.dyr, pdh, pdo, scratch)
-        if q.reset_after:
+        if floating is float and q.qUT != NULL:
+            if q.reset_after:
+                step_grad_mixed(nb, <int>H, zt, <int>ZW, q.qUT, <int>beta_rec, ptg)
+            else:
+                step_grad_mixed(nb, <int>H, zt + 2 * H, <int>ZW, q.qUT2, 0, pdrh)
+                gru_bwd_reset(nb, <int>H, q.ract, zt, <const floating *>q.HIN + t * BH + rh0,
+                              pdrh, pm, ptg, q.rdrop == NULL, scratch)
+                step_grad_mixed(nb, <int>H, zt, <int>ZW, q.qUT, 1, ptg)
+        elif q.reset_after:
             step_grad(&q.cfg, nb, <int>H, G, zt, <int>ZW, U, G, UT,
                       <const floating *>q.UTp, beta_rec,
                       ptg)
@@ -370,19 +378,23 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint reset_after, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T,
-             dx_into=None, settings=None, Packed packing=None):
+             dx_into=None, settings=None, Packed packing=None, mixed=None):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
     reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
     [T,B,H] (return_sequences; last axis contiguous, the others any strides) or [B,H] or
     None; dh_T: [B,H] or None, all of this dtype and, but for dy's, C-contiguous. dx_into:
     x itself when forward's x was a copy nothing else holds (grad_buffers.dx_buffer).
     packing: as _lstm.backward's.
+    mixed: for mixed_bfloat16 training, U^T in bf16 QuantizedMatrix blocks: [U^T]
+    (reset_after) or [U_zr^T, U_h^T]; as in _lstm.backward, dZ is then left in z and the
+    weight, input and bias gradients unwritten.
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None); dbias is [2,3H] with
     reset_after, else [3H].
     """
     cdef Bwd q
     read_settings(&q.cfg, settings)
+    cdef MatsBinding mb = None if mixed is None else MatsBinding(mixed)
     cdef int H = recurrent_kernel.shape[0], G = recurrent_kernel.shape[1]
     dtype = np.float32 if floating is float else np.float64
     if recurrent_dropout_mask is not None and hin is None:
@@ -399,7 +411,8 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
                           mask, input_dropout_mask, recurrent_dropout_mask, activation,
                           recurrent_activation, go_backwards, return_sequences, has_bias, dy,
                           dh_T, dx_into, recurrent_dropout_mask is not None, 2 * H, 0,
-                          2 * H if reset_after else 0, 0 if reset_after else 2 * H)
+                          2 * H if reset_after else 0, 0 if reset_after else 2 * H,
+                          mb)
     cdef floating[::1] scratch = bufs[7]
     cdef floating[:, ::1] drh
     q.HPREV = <void *>&h_prev[0, 0, 0]
@@ -415,7 +428,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
             backward_loop(&q, NULL, &scratch[0])
     colsum = bufs[4]
     db = colsum
-    if colsum is not None and reset_after:
+    if colsum is not None and reset_after and mixed is None:
         db = np.empty((2, G), dtype)
         db[0, :2 * H] = colsum[:2 * H]
         db[0, 2 * H:] = colsum[3 * H:]

@@ -10,7 +10,7 @@ from libc.stdint cimport int8_t, int32_t, uint16_t, uintptr_t
 from gates cimport fl_force_isa_level, fl_isa_level
 from lowp cimport (FL_Q_INT8, FL_Q_BF16, fl_qmat, fl_q_packed_bytes, fl_q_pack, fl_q_gemm,
                    fl_q_level, fl_q_level_name, fl_q_force_level, fl_q_best_level,
-                   fl_q_quantize_rows_int8, fl_q_round_bf16)
+                   fl_q_quantize_rows_int8, fl_q_round_bf16, fl_q_pack_bf16_float)
 
 INT8 = FL_Q_INT8
 BF16 = FL_Q_BF16
@@ -205,6 +205,25 @@ def quantize_rows_int8(a):
     return q, sa
 
 
+def pack_float_bf16(a):
+    """float32 a [K, N] (contiguous rows, any row stride) rounded to bf16 (as round_bf16)
+    and packed as pack() packs bf16 bits, in one pass. Returns the packed uint8 array."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2:
+        raise TypeError("a: expected a 2-D float32 numpy array")
+    K, N = a.shape
+    if K > 2**31 - 1 or N > 2**31 - 1:
+        raise ValueError(f"a: shape {a.shape} too large")
+    cdef long lda = _row_stride(a, "a", N)
+    cdef long nbytes = fl_q_packed_bytes(FL_Q_BF16, K, N)
+    packed = aligned_empty(nbytes, np.uint8)
+    cdef uintptr_t pa = a.ctypes.data, pp = packed.ctypes.data
+    cdef int cK = K, cN = N
+    if K > 0 and N > 0:
+        with nogil:
+            fl_q_pack_bf16_float(cK, cN, <const float *>pa, lda, <void *>pp)
+    return packed
+
+
 def round_bf16(a):
     """The bf16 bits (uint16) of float32 values, rounded as gemm rounds its rows."""
     if not isinstance(a, np.ndarray) or a.dtype != np.float32:
@@ -258,3 +277,128 @@ def force_isa_level_here(int level):
 
 def isa_level_here():
     return fl_isa_level()
+
+
+# ------------------------------------------------- mixed_bfloat16 training's many-row products
+# (fastlstm/backends/mixed_products.py checks the arguments; these take them as given.)
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+
+cdef void transpose_block(const float *a, long lda, float *o, long ldo, long r0, long r1,
+                          long c0, long c1) noexcept nogil:
+    cdef long r, c
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            o[c * ldo + r] = a[r * lda + c]
+
+
+def transpose(a, out, int threads=1):
+    """out [C,R] = a [R,C]^T for float32 C-contiguous arrays, in 32x32 tiles (NumPy's
+    transposed copy walks one side with a large stride), the rows of out split over the
+    threads."""
+    cdef long R = a.shape[0], C = a.shape[1], t, nt, c0, r0
+    cdef uintptr_t pa = a.ctypes.data, po = out.ctypes.data
+    if R == 0 or C == 0:
+        return out
+    nt = (C + 31) // 32
+    with nogil:
+        for t in prange(nt, num_threads=max(1, threads), schedule="static"):
+            c0 = t * 32
+            r0 = 0
+            while r0 < R:
+                transpose_block(<const float *>pa, C, <float *>po, R, r0, min(R, r0 + 32), c0,
+                                min(C, c0 + 32))
+                r0 = r0 + 32
+    return out
+
+
+def gemm_split(a, packed, int K, int N, out, int threads, bint by_rows):
+    """out [M,N] = bf16(a) [M,K] W (bf16 packed by pack_float_bf16), float32 sums; a and out
+    with contiguous rows. Split over the threads by rows of a, or by 16-column blocks of W
+    (the same bits however split)."""
+    cdef fl_qmat w
+    cdef long lda = a.strides[0] // 4 if a.shape[0] > 1 else K
+    cdef long ldc = out.strides[0] // 4 if out.shape[0] > 1 else N
+    cdef int M = a.shape[0], n = max(1, threads), k, lo, hi, nb = (N + 15) // 16
+    cdef const float *pa = <const float *><uintptr_t>a.ctypes.data
+    cdef float *pc = <float *><uintptr_t>out.ctypes.data
+    w.kind, w.K, w.N = FL_Q_BF16, K, N
+    w.packed = <const void *><uintptr_t>packed.ctypes.data
+    w.scale, w.comp = NULL, NULL
+    if M == 0 or N == 0:
+        return out
+    if by_rows:
+        n = min(n, M)
+    else:
+        n = min(n, nb)
+    with nogil:
+        if n == 1:
+            fl_q_gemm(M, pa, lda, &w, 0, N, NULL, 0, pc, ldc)
+        else:
+            for k in prange(n, num_threads=n, schedule="static"):
+                if by_rows:
+                    lo = <int>(<long>k * M // n)
+                    hi = <int>(<long>(k + 1) * M // n)
+                    fl_q_gemm(hi - lo, pa + <long>lo * lda, lda, &w, 0, N, NULL, 0,
+                              pc + <long>lo * ldc, ldc)
+                else:
+                    lo = (k * nb // n) * 16
+                    hi = min(N, ((k + 1) * nb // n) * 16)
+                    fl_q_gemm(M, pa, lda, &w, lo, hi, NULL, 0, pc, ldc)
+    return out
+
+
+cdef void weight_grads_cols(int npairs, const float **pa, float **po, const int *rows,
+                            long TB, const float *pz, long ldz, int N, int j0, int j1,
+                            int depth, unsigned char *buf) noexcept nogil:
+    cdef fl_qmat w
+    cdef long k0 = 0
+    cdef int kc, i
+    if j1 <= j0:
+        return
+    w.kind, w.N = FL_Q_BF16, j1 - j0
+    w.packed, w.scale, w.comp = <const void *>buf, NULL, NULL
+    while k0 < TB:
+        kc = <int>min(<long>depth, TB - k0)
+        fl_q_pack_bf16_float(kc, j1 - j0, pz + k0 * ldz + j0, ldz, buf)
+        w.K = kc
+        for i in range(npairs):
+            fl_q_gemm(rows[i], pa[i] + k0, TB, &w, 0, j1 - j0, NULL, 1 if k0 else 0,
+                      po[i] + j0, N)
+        k0 += kc
+
+
+def weight_grads(list ats, list outs, dz, int depth, int threads):
+    """outs[i] [K_i, N] = bf16(ats[i]) [K_i, TB] bf16(dz) [TB, N] with float32 sums, over
+    slices of `depth` rows of dz (each rounded and packed once into the thread's buffer,
+    summed into outs in float32); the threads split dz's columns in 16-column blocks. ats:
+    float32 C-contiguous; dz: float32 with contiguous rows."""
+    cdef int npairs = len(ats), i
+    if npairs == 0 or npairs > 8:
+        raise ValueError("ats: expected 1 to 8 arrays")
+    cdef long TB = dz.shape[0], ldz = dz.strides[0] // 4 if dz.shape[0] > 1 else dz.shape[1]
+    cdef int N = dz.shape[1], nb = (N + 15) // 16
+    cdef int n = max(1, min(threads, nb)), k, lo, hi, kc
+    cdef long k0, part
+    cdef const float *pa[8]
+    cdef float *po[8]
+    cdef int rows[8]
+    for i in range(npairs):
+        pa[i] = <const float *><uintptr_t>ats[i].ctypes.data
+        po[i] = <float *><uintptr_t>outs[i].ctypes.data
+        rows[i] = ats[i].shape[0]
+    cdef const float *pz = <const float *><uintptr_t>dz.ctypes.data
+    depth = max(2, min(<long>depth, TB)) if TB > 0 else 2
+    part = (fl_q_packed_bytes(FL_Q_BF16, depth, ((nb + n - 1) // n) * 16) + 63) // 64 * 64
+    bufs = aligned_empty(max(1, n * part), np.uint8)
+    cdef unsigned char *pb = <unsigned char *><uintptr_t>bufs.ctypes.data
+    if TB == 0:
+        for o in outs:
+            o[...] = 0
+        return outs
+    with nogil:
+        for k in prange(n, num_threads=n, schedule="static"):
+            weight_grads_cols(npairs, pa, po, rows, TB, pz, ldz, N, (k * nb // n) * 16,
+                              min(N, ((k + 1) * nb // n) * 16), depth, pb + k * part)
+    return outs

@@ -332,9 +332,12 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *dpeep,
         lstm_bwd_step(nb, <int>H, q.coupled, q.act, q.ract, Z + t * BG + rg, C + t * BH + rh, pcp,
                  <const floating *>q.P, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, <floating *>q.dc + rh, pout, dpeep, scratch)
-        step_grad(&q.cfg, nb, <int>H, <int>G, Z + t * BG + rg, <int>G,
-                  <const floating *>q.U, <int>G,
-                  <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
+        if floating is float and q.qUT != NULL:
+            step_grad_mixed(nb, <int>H, Z + t * BG + rg, <int>G, q.qUT, 0, dhp)
+        else:
+            step_grad(&q.cfg, nb, <int>H, <int>G, Z + t * BG + rg, <int>G,
+                      <const floating *>q.U, <int>G,
+                      <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
         if q.mask != NULL or q.rdrop != NULL:
             merge_rows(nb, <int>H, pm, prd, dhp, dh)
 
@@ -350,7 +353,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint coupled, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T, dc_T,
-             dx_into=None, settings=None, Packed packing=None):
+             dx_into=None, settings=None, Packed packing=None, mixed=None):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
     the gate gradients). dy: [T,B,H] (return_sequences; its last axis contiguous, the others
     any strides, such as a transposed view of [B,T,H]) or [B,H] or None; dh_T, dc_T: [B,H]
@@ -358,10 +361,15 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     forward's x was a copy nothing else holds (grad_buffers.dx_buffer), else None.
     packing: as forward's (dy then the packed [1,N,H] or None, dh_T given, sorted).
 
+    mixed: [U^T as a bf16 QuantizedMatrix] for mixed_bfloat16 training: then dh_{t-1} =
+    bf16(dz) bf16(U^T) per step, and dx, dkernel, drecurrent_kernel, dbias are left
+    unwritten, z holding dZ for the caller's bf16 products.
+
     Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None).
     """
     cdef Bwd q
     read_settings(&q.cfg, settings)
+    cdef MatsBinding mb = None if mixed is None else MatsBinding(mixed)
     cdef int H = recurrent_kernel.shape[0]
     dtype = np.float32 if floating is float else np.float64
     q.ZW = recurrent_kernel.shape[1]
@@ -370,7 +378,8 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
                           recurrent_dropout_mask, activation, recurrent_activation,
                           go_backwards, return_sequences, has_bias, dy, dh_T, dx_into,
                           mask is not None or recurrent_dropout_mask is not None, 5 * H,
-                          3 * H if peephole is not None else 0, 0, 0)
+                          3 * H if peephole is not None else 0, 0, 0,
+                          mb)
     dc_arr = (np.zeros((q.B, H), dtype) if dc_T is None
               else np.array(dc_T, dtype=dtype, copy=True))
     cdef floating[:, ::1] dc = dc_arr

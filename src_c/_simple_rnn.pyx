@@ -159,8 +159,11 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
             pm = q.mask + t * q.B + b0
         rnn_bwd_step(nb, <int>H, q.act, zt, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, pout, scratch)
-        step_grad(&q.cfg, nb, <int>H, <int>H, zt, <int>H, <const floating *>q.U, <int>H,
-                  <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
+        if floating is float and q.qUT != NULL:
+            step_grad_mixed(nb, <int>H, zt, <int>H, q.qUT, 0, dhp)
+        else:
+            step_grad(&q.cfg, nb, <int>H, <int>H, zt, <int>H, <const floating *>q.U, <int>H,
+                      <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
         if q.mask != NULL or q.rdrop != NULL:
             merge_rows(nb, <int>H, pm, prd, dhp, dh)
 
@@ -174,24 +177,27 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, bint go_backwards,
              bint return_sequences, bint has_bias, dy, dh_T, dx_into=None, settings=None,
-             Packed packing=None):
+             Packed packing=None, mixed=None):
     """BPTT for `forward`. x, z, hin are what forward saved (z is overwritten with the
     pre-activation gradients). dy: [T,B,H] (return_sequences; last axis contiguous, the
     others any strides) or [B,H] or None; dh_T: [B,H] or None, all of this dtype and, but
     for dy's, C-contiguous. dx_into: x itself when forward's x was a copy nothing else holds
     (grad_buffers.dx_buffer). packing: as _lstm.backward's.
+    (grad_buffers.dx_buffer). mixed: as in _lstm.backward.
 
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None).
     """
     cdef Bwd q
     read_settings(&q.cfg, settings)
+    cdef MatsBinding mb = None if mixed is None else MatsBinding(mixed)
     cdef int H = recurrent_kernel.shape[0]
     q.ZW = H
     q.coupled, q.reset_after = False, False
     bufs = backward_setup(&q, x, z, hin, kernel, recurrent_kernel, mask, input_dropout_mask,
                           recurrent_dropout_mask, activation, None, go_backwards,
                           return_sequences, has_bias, dy, dh_T, dx_into,
-                          mask is not None or recurrent_dropout_mask is not None, H, 0, 0, 0)
+                          mask is not None or recurrent_dropout_mask is not None, H, 0, 0, 0,
+                          mb)
     cdef floating[::1] scratch = bufs[7]
     if packing is not None:
         scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch),

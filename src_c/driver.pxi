@@ -74,6 +74,24 @@ cdef tuple packed_blocks(const floating[:, :] A, int split, bint transposed, str
 
 
 include "quant_binding.pxi"
+from lowp cimport FL_Q_BF16
+
+
+cdef int bind_mixed(Bwd *q, MatsBinding mb) except -1:
+    """q's bf16 U^T blocks from mb (mixed_bfloat16 training), or none when mb is None."""
+    q.qUT = q.qUT2 = NULL
+    if mb is not None:
+        if mb.n < 1 or mb.mats[0].kind != FL_Q_BF16:
+            raise ValueError("mixed: expected bf16 blocks of U^T")
+        q.qUT = &mb.mats[0]
+        q.qUT2 = &mb.mats[1] if mb.n > 1 else NULL
+    return 0
+
+
+cdef inline void step_grad_mixed(int nb, int H, const float *dz, int ldz, const fl_qmat *qt,
+                                 int beta, float *dh) noexcept nogil:
+    """A time loop's dh[nb,H] = bf16(dz)[nb,K] bf16(U^T block qt) + beta dh, float32 sums."""
+    fl_q_gemm(nb, dz, ldz, qt, 0, H, NULL, beta, dh, H)
 
 
 cdef int bind_quantized(Fwd *p, QuantBinding qb) except -1:
@@ -127,9 +145,11 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     cdef int H, G
     H, G = weight_dims(recurrent_kernel, qb)
     cdef long TB = T * B
-    if qb is not None and (floating is not float or training or qb.In != I):
-        raise ValueError("quantized weights: float32 inference only, with kernel rows = "
-                         "x's features")
+    # Training takes bf16 weights (mixed_bfloat16: the caller rounds them per call).
+    if qb is not None and (floating is not float or qb.In != I
+                           or (training and qb.mats[0].kind != FL_Q_BF16)):
+        raise ValueError("quantized weights: float32 only, with kernel rows = x's features; "
+                         "training in bf16 only")
     bind_quantized(p, qb)
     check_int("x: batch rows", x.shape[1])
     check_int("x: features", x.shape[2])
@@ -314,12 +334,14 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
                            const floating[:, ::1] recurrent_dropout_mask, activation,
                            recurrent_activation, bint go_backwards, bint return_sequences,
                            bint has_bias, dy, dh_T, dx_into, bint merge, long scratch,
-                           long acc, int wsplit, int usplit):
+                           long acc, int wsplit, int usplit, MatsBinding mixed=None):
     """Fills q for a backward pass from the arguments of the cell's backward; the cell has
     read q.cfg and set q.ZW and its options first, and sets its own saved arrays after.
     hin: the saved input of U (the weight gradient's rows). merge: dh_{t-1} is formed in a buffer of its
     own and merged into dh (mask, recurrent dropout). scratch, acc: WORK and accumulator
-    elements per thread of the time loop; wsplit, usplit as in Fwd.
+    elements per thread of the time loop; wsplit, usplit as in Fwd. mixed: the bf16 U^T
+    blocks of mixed_bfloat16 training (float32 only; then no float W^T or U^T is packed,
+    and the loop leaves dZ in z for the caller's products), or None.
 
     Returns [dx, dh, dW, dU, the column sums of dZ or None, the accumulated acc or None,
     the per-thread accumulators or None, scratch, and the arrays behind q's pointers]; the
@@ -330,6 +352,9 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
     cdef long TB = T * B
     check_int("x: steps * batch rows", TB)
     dtype = np.float32 if floating is float else np.float64
+    if mixed is not None and floating is not float:
+        raise ValueError("mixed: float32 only")
+    bind_mixed(q, mixed)
     q.T, q.B, q.In, q.H, q.G = T, B, I, H, G
     q.go_backwards = go_backwards
     q.act = make_act(activation)
@@ -388,12 +413,13 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
     cdef const floating[:, :] Wv = kernel, Uv = recurrent_kernel
     cdef floating[::1] wt1 = None, wt2 = None, ut1 = None, ut2 = None
     cdef floating[:, ::1] UT
-    if q.own:
+    if q.own and mixed is None:
         wt1, wt2 = packed_blocks(Wv, wsplit, True, "w", False, dtype, q.cfg.threads)
     q.WTp, q.WTp2 = data(wt1), data(wt2)
     q.UT = NULL
     ut_arr = None
-    cdef int umode = backward_u(&q.cfg, T, B, B // q.nchunks, H, G, sizeof(floating))
+    cdef int umode = U_IN_PLACE if mixed is not None else backward_u(
+        &q.cfg, T, B, B // q.nchunks, H, G, sizeof(floating))
     if umode == U_PACKED:
         ut1, ut2 = packed_blocks(Uv, usplit, True, "u", False, dtype, q.cfg.threads)
     elif umode == U_TRANSPOSED:
@@ -403,7 +429,7 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
     q.UTp, q.UTp2 = data(ut1), data(ut2)
     q.C = q.c0 = q.P = q.dc = q.HPREV = q.RH = q.drh = NULL
     return [dx_arr, dh_arr, dW_arr, dU_arr, db_arr, acc_arr, part_arr, scratch_arr,
-            (dout_arr, dhp_arr, ones_arr, ut_arr, dy, wt1, wt2, ut1, ut2)]
+            (dout_arr, dhp_arr, ones_arr, ut_arr, dy, wt1, wt2, ut1, ut2, mixed)]
 
 
 cdef void backward_loop(const Bwd *q, floating *part, floating *scratch) noexcept nogil:
@@ -418,7 +444,8 @@ cdef void backward_loop(const Bwd *q, floating *part, floating *scratch) noexcep
             b0 = <int>(ci * q.B // nchunks)
             backward_rows(q, b0, <int>((ci + 1) * q.B // nchunks) - b0,
                           part + ci * q.acc if q.acc else NULL, scratch + ci * q.scratch)
-    param_grads(q, <floating *>q.Z)
+    if q.qUT == NULL:           # mixed: the caller's bf16 products take dZ from here
+        param_grads(q, <floating *>q.Z)
 
 
 cdef object accumulated(list bufs):

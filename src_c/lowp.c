@@ -778,6 +778,27 @@ FL_Q_TGT_AVX2 static void fl_b16_tile_avx2(FL_Q_TILE_PARAMS) {
         }
     }
 }
+/* fl_q_pack_bf16_float, AVX-512F: a pair of rows at a time, 16 columns a store (row 2p in
+ * the low, row 2p+1 in the high half of each 32-bit lane: the packed pair order). */
+FL_Q_TGT_512 static void fl_q_pack_bf16_float_512(int K, int N, const float *A, long lda,
+                                                  uint16_t *p) {
+    const long G = (K + 1) / 2;
+    long g, b;
+    for (g = 0; g < G; g++) {
+        const float *r0 = A + 2 * g * lda;
+        const float *r1 = r0 + lda;
+        const int two = 2 * g + 1 < K;
+        for (b = 0; 16 * b < N; b++) {
+            const __mmask16 mk = fl_q_mask16(N - 16 * (int)b);
+            const __m512i lo = fl_q_bf16_512(_mm512_maskz_loadu_ps(mk, r0 + 16 * b));
+            const __m512i hi = two ? fl_q_bf16_512(_mm512_maskz_loadu_ps(mk, r1 + 16 * b))
+                                   : _mm512_setzero_si512();
+            _mm512_storeu_si512(p + (b * G + g) * 32,
+                                _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
 #endif  /* FL_Q_X86 */
 
 /* ------------------------------------------------------------------------------------ */
@@ -825,6 +846,31 @@ const char *fl_q_level_name(int kind) {
 
 void fl_q_force_level(int level) { fl_q_forced = level < 0 ? -1 : level; }
 
+/* float32 A [K,N] (row stride lda) rounded to bf16 (as fl_q_round_bf16) and packed as
+ * fl_q_pack packs bf16 bits, in one pass: mixed_bfloat16 training packs dZ so at every
+ * step. */
+void fl_q_pack_bf16_float(int K, int N, const float *A, long lda, void *packed) {
+    const long G = ((long)K + 1) / 2;
+    uint16_t *p = (uint16_t *)packed;
+    long g, b;
+    int c, r;
+    if (K <= 0 || N <= 0) return;
+#if FL_Q_X86
+    if (fl_q_level(FL_Q_BF16) >= FL_Q_LEVEL_AVX512) {
+        fl_q_pack_bf16_float_512(K, N, A, lda, p);
+        return;
+    }
+#endif
+    for (g = 0; g < G; g++)
+        for (b = 0; 16 * b < N; b++)
+            for (c = 0; c < 16; c++)
+                for (r = 0; r < 2; r++) {
+                    const long kk = 2 * g + r, col = 16 * b + c;
+                    p[(b * G + g) * 32 + 2 * c + r] =
+                        (kk < K && col < N) ? fl_q_bf16(A[kk * lda + col]) : 0;
+                }
+}
+
 /* One variant: its row format, tile shape limits and tile function. */
 typedef struct {
     int fmt, elem, mrmax, nbmax;
@@ -847,6 +893,9 @@ static fl_q_variant fl_q_pick(int kind, int level) {
         v.fmt = FMT_F32; v.elem = 4; v.mrmax = 4; v.nbmax = 1; v.tile = fl_b16_tile_c;
         v.shapes = NULL;
 #if FL_Q_X86
+        /* AMX-BF16 (Intel Sapphire Rapids and later: TDPBF16PS on 16x32 tiles) would be a
+         * level 4 here, its tiles reading the same bf16 pair layout; the AMD Zen 4 this was
+         * measured on has none, so it is not written yet. */
         if (level >= 3) { v.fmt = FMT_BF16; v.elem = 2; v.mrmax = 6; v.nbmax = 4;
                           v.shapes = fl_b16_dot; }
         else if (level == 2) { v.mrmax = 4; v.nbmax = 4; v.shapes = fl_b16_f512; }

@@ -77,6 +77,9 @@ void fl_q_quantize_rows_int8(int M, int K, const float *A, long lda, int8_t *q, 
                              float *sa);
 /* bf16 bits of n floats, rounded as fl_q_gemm rounds A. */
 void fl_q_round_bf16(long n, const float *x, uint16_t *out);
+/* float32 A [K,N] (row stride lda) rounded to bf16 as above and packed as fl_q_pack packs
+   bf16 bits (fl_q_packed_bytes(FL_Q_BF16, K, N) bytes), in one pass. */
+void fl_q_pack_bf16_float(int K, int N, const float *A, long lda, void *packed);
 
 #ifdef __cplusplus
 }

@@ -29,3 +29,4 @@ cdef extern from "lowp.h" nogil:
     void fl_q_quantize_rows_int8(int M, int K, const float *A, long lda, int8_t *q, long ldq,
                                  float *sa)
     void fl_q_round_bf16(long n, const float *x, uint16_t *out)
+    void fl_q_pack_bf16_float(int K, int N, const float *A, long lda, void *packed)

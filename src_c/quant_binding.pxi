@@ -37,6 +37,32 @@ cdef class QuantBinding:
         return len(blocks)
 
 
+cdef class MatsBinding:
+    """Up to four unsplit bf16 matrices (QuantizedMatrix) as fl_qmat views for one call:
+    mixed_bfloat16 training's U^T blocks (Bwd.qUT, qUT2)."""
+    cdef fl_qmat mats[4]
+    cdef int n
+    cdef list refs
+
+    def __cinit__(self, mats):
+        cdef fl_qmat *m
+        self.refs = []
+        self.n = 0
+        for qm in mats:
+            if self.n == 4:
+                raise ValueError("MatsBinding: at most four matrices")
+            if qm.split:
+                qm = type(qm)(qm.precision, qm.values, qm.scale, 0)
+            (packed, scale, comp, j0, j1), = qm.blocks()
+            self.refs.append((packed, scale, comp))
+            m = &self.mats[self.n]
+            m.kind, m.K, m.N = qm.kind(), qm.shape[0], qm.shape[1]
+            m.packed = <const void *><size_t>packed.ctypes.data
+            m.scale = NULL if scale is None else <const float *><size_t>scale.ctypes.data
+            m.comp = NULL if comp is None else <const int32_t *><size_t>comp.ctypes.data
+            self.n += 1
+
+
 cdef inline void qproduct(int M, const float *A, long lda, const fl_qmat *q, const float *bias,
                           int beta, float *C, long ldc) noexcept nogil:
     """C[M, 0:q.N] = beta C + A q (+ bias): a reduced-precision product (src_c/lowp.h)."""

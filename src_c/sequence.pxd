@@ -98,6 +98,12 @@ cdef struct Bwd:
     long scratch                 # WORK elements per thread of the loop
     long acc                     # per-thread accumulator elements (LSTM peepholes: 3H)
     bint own                     # the many-row products on our packed GEMM (else BLAS)
+    # IN: mixed_bfloat16 training (float32 only): U^T's blocks in bf16 for the per-step
+    # dh = dz U^T (qUT: all of U^T, or U_zr^T for the GRU without reset_after, whose
+    # qUT2 is U_h^T); NULL otherwise. With them the loop leaves dZ in Z and param_grads
+    # is not run (the weight and input gradients are bf16 products of the caller).
+    const fl_qmat *qUT
+    const fl_qmat *qUT2
     # IN/OUT: Z [T,B,ZW] the saved gates in, their gradients out.
     void *Z
     # IN: what forward saved: X [T,B,I] (times the input dropout mask), HIN [T,B,H] the

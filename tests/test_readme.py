@@ -20,7 +20,8 @@ EXPECTED = {"README.md": 6, "docs/layers.md": 5, "docs/training.md": 3,
             "docs/saving.md": 3, "docs/converters.md": 6, "docs/gpu.md": 3,
             "docs/threads.md": 1, "docs/architecture.md": 1, "docs/performance.md": 0,
             "docs/security.md": 0, "docs/kernels.md": 0, "docs/scaling.md": 2,
-            "docs/quantization.md": 4, "docs/attention.md": 5, "docs/functional.md": 6}
+            "docs/quantization.md": 4, "docs/attention.md": 5, "docs/functional.md": 6,
+            "docs/mixed_precision.md": 2}
 
 
 def examples(page):

@@ -8,6 +8,7 @@ from .packing import prefix_lengths
 from .cache_and_grads import Cache, Grads
 from .numpy_ops import NumpyOps
 from ..quantization import QuantizedMatrix
+from . import mixed_products
 from ..threads import kernel_settings, single_threaded_blas
 
 try:
@@ -25,6 +26,13 @@ def _weights(kernel, recurrent_kernel):
     if isinstance(kernel, QuantizedMatrix):
         return None, None, (kernel, recurrent_kernel)
     return kernel, recurrent_kernel, None
+
+
+def _mixed_weights(kernel, recurrent_kernel, mixed, wsplit=0, usplit=0):
+    """_weights, or for mixed_bfloat16 the float32 weights rounded to bf16 for this call."""
+    if mixed:
+        return None, None, mixed_products.weights(kernel, recurrent_kernel, wsplit, usplit)
+    return _weights(kernel, recurrent_kernel)
 
 
 def _u8(mask):
@@ -47,6 +55,14 @@ def _time_major(x, copy):
     if x.flags.c_contiguous or not copy:
         return x, False
     return np.ascontiguousarray(x), True
+
+
+def _mixed_unpacked(x, mask, lengths):
+    """The [T,B] mask a mixed_bfloat16 pass runs with: its bf16 products live in the sequence
+    driver, not in the packed loop, so sequence lengths become the prefix mask they stand
+    for (the same results, without the saving on padding). With zoneout the oracle runs it."""
+    steps = np.arange(x.shape[0])[:, None] < np.asarray(lengths)[None, :]
+    return steps if mask is None else np.logical_and(np.asarray(mask, bool), steps)
 
 
 def _zoneout_lengths(x, mask, lengths):
@@ -87,17 +103,21 @@ class CpuOps(NumpyOps):
     def lstm_forward(self, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole=None,
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
-                     return_sequences=True, training=False, lengths=None, zoneout=None):
+                     return_sequences=True, training=False, lengths=None, zoneout=None,
+                     mixed=False):
+        if mixed and lengths is not None:
+            mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
             lengths, oracle = _zoneout_lengths(x, mask, lengths)
-            if oracle:                    # a mask with gaps, no row or no step to run
+            if oracle or mixed:           # a mask with gaps, no row or step to run; bf16
                 return super().lstm_forward(
                     x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
                     zoneout=zoneout,
                     input_dropout_mask=input_dropout_mask,
                     recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                     go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training, recurrent_activation=recurrent_activation, coupled=coupled)
+                    training=training, recurrent_activation=recurrent_activation, coupled=coupled,
+                    mixed=mixed)
         if lengths is not None or zoneout is not None:
             return cpu_packed.lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, lengths, zoneout=zoneout,
@@ -114,10 +134,10 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training)
+                training=training, mixed=mixed)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():      # the kernel threads itself (fastlstm.threads)
-            W, U, quant = _weights(kernel, recurrent_kernel)
+            W, U, quant = _mixed_weights(kernel, recurrent_kernel, mixed)
             y, h, c, saved = _lstm.forward(
                 x, W, U, bias, h0, c0, peephole, _u8(mask),
                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
@@ -132,7 +152,7 @@ class CpuOps(NumpyOps):
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                          recurrent_activation=recurrent_activation, coupled=coupled,
                          go_backwards=go_backwards, return_sequences=return_sequences,
-                         has_bias=bias is not None)
+                         has_bias=bias is not None, mixed=mixed)
             cache = Cache(self.name, "lstm", saved, made_by="cython")
         return y, h, c, cache
 
@@ -142,13 +162,19 @@ class CpuOps(NumpyOps):
         if cache.made_by == "packed":
             return cpu_packed.lstm_backward(cache, dy, dh, dc)
         d = cache.take(self.name, "lstm")
+        mixed = d["mixed"]
         with single_threaded_blas():
             dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
                 d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
                 d["peephole"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
                 d["coupled"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, dc,
-                d["dx_into"], kernel_settings())
+                d["dx_into"], kernel_settings(),
+                mixed=[mixed_products.bf16_matrix(d["recurrent_kernel"].T)] if mixed else None)
+        if mixed:
+            dx, dW, dU, db = mixed_products.dense_grads(
+                d["x"], d["hin"], d["z"], d["kernel"], d["has_bias"], d["input_dropout_mask"],
+                dx)
         return Grads(inputs=dx, h0=dh0, c0=dc0, kernel=dW, recurrent_kernel=dU, bias=db,
                      peephole=dP)
 
@@ -156,16 +182,19 @@ class CpuOps(NumpyOps):
     def gru_forward(self, x, kernel, recurrent_kernel, bias, h0, *, reset_after=True,
                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                     activation, recurrent_activation, go_backwards=False,
-                    return_sequences=True, training=False, lengths=None, zoneout=None):
+                    return_sequences=True, training=False, lengths=None, zoneout=None,
+                     mixed=False):
+        if mixed and lengths is not None:
+            mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
             lengths, oracle = _zoneout_lengths(x, mask, lengths)
-            if oracle:                    # a mask with gaps, no row or no step to run
+            if oracle or mixed:           # a mask with gaps, no row or step to run; bf16
                 return super().gru_forward(
                     x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask, zoneout=zoneout,
                     input_dropout_mask=input_dropout_mask,
                     recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                     go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training, recurrent_activation=recurrent_activation)
+                    training=training, recurrent_activation=recurrent_activation, mixed=mixed)
         if lengths is not None or zoneout is not None:
             return cpu_packed.gru_forward(
                 x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
@@ -180,10 +209,12 @@ class CpuOps(NumpyOps):
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
-                return_sequences=return_sequences, training=training)
+                return_sequences=return_sequences, training=training, mixed=mixed)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
-            W, U, quant = _weights(kernel, recurrent_kernel)
+            H = recurrent_kernel.shape[0]
+            W, U, quant = _mixed_weights(kernel, recurrent_kernel, mixed,
+                                         2 * H if reset_after else 0, 0 if reset_after else 2 * H)
             y, h, saved = _gru.forward(
                 x, W, U, None if bias is None else bias.reshape(-1), h0,
                 _u8(mask), input_dropout_mask, recurrent_dropout_mask, activation,
@@ -198,7 +229,8 @@ class CpuOps(NumpyOps):
                          input_dropout_mask=input_dropout_mask,
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                          recurrent_activation=recurrent_activation, go_backwards=go_backwards,
-                         return_sequences=return_sequences, has_bias=bias is not None)
+                         return_sequences=return_sequences, has_bias=bias is not None,
+                         mixed=mixed)
             cache = Cache(self.name, "gru", saved, made_by="cython")
         return y, h, cache
 
@@ -208,29 +240,43 @@ class CpuOps(NumpyOps):
         if cache.made_by == "packed":
             return cpu_packed.gru_backward(cache, dy, dh)
         d = cache.take(self.name, "gru")
+        mixed, U = d["mixed"], d["recurrent_kernel"]
+        uts = None
+        if mixed:
+            H = U.shape[0]
+            uts = ([mixed_products.bf16_matrix(U.T)] if d["reset_after"] else
+                   [mixed_products.bf16_matrix(U[:, :2 * H].T),
+                    mixed_products.bf16_matrix(U[:, 2 * H:].T)])
         with single_threaded_blas():
             dx, dh0, dW, dU, db = _gru.backward(
                 d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"],
                 d["recurrent_kernel"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
                 d["reset_after"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh,
-                d["dx_into"], kernel_settings())
+                d["dx_into"], kernel_settings(), mixed=uts)
+        if mixed:
+            hin = d["hin"] if d["recurrent_dropout_mask"] is not None else d["h_prev"]
+            dx, dW, dU, db = mixed_products.gru_grads(
+                d["x"], hin, d["rh"], d["z"], d["kernel"], d["reset_after"], d["has_bias"],
+                d["input_dropout_mask"], dx)
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
 
     # -- SimpleRNN ---------------------------------------------------------------------
     def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
                            go_backwards=False, return_sequences=True, training=False,
-                           lengths=None, zoneout=None):
+                           lengths=None, zoneout=None, mixed=False):
+        if mixed and lengths is not None:
+            mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
             lengths, oracle = _zoneout_lengths(x, mask, lengths)
-            if oracle:                    # a mask with gaps, no row or no step to run
+            if oracle or mixed:           # a mask with gaps, no row or step to run; bf16
                 return super().simple_rnn_forward(
                     x, kernel, recurrent_kernel, bias, h0, mask=mask, zoneout=zoneout,
                     input_dropout_mask=input_dropout_mask,
                     recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                     go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training)
+                    training=training, mixed=mixed)
         if lengths is not None or zoneout is not None:
             return cpu_packed.simple_rnn_forward(
                 x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
@@ -244,11 +290,11 @@ class CpuOps(NumpyOps):
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training)
+                training=training, mixed=mixed)
         # The kernel threads itself, as the LSTM's: BLAS (if it runs) single-threaded inside.
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
-            W, U, quant = _weights(kernel, recurrent_kernel)
+            W, U, quant = _mixed_weights(kernel, recurrent_kernel, mixed)
             y, h, saved = _simple_rnn.forward(
                 x, W, U, bias, h0, _u8(mask), input_dropout_mask,
                 recurrent_dropout_mask, activation, go_backwards, return_sequences, training,
@@ -261,7 +307,7 @@ class CpuOps(NumpyOps):
                          input_dropout_mask=input_dropout_mask,
                          recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                          go_backwards=go_backwards, return_sequences=return_sequences,
-                         has_bias=bias is not None)
+                         has_bias=bias is not None, mixed=mixed)
             cache = Cache(self.name, "simple_rnn", saved, made_by="cython")
         return y, h, cache
 
@@ -271,10 +317,16 @@ class CpuOps(NumpyOps):
         if cache.made_by == "packed":
             return cpu_packed.simple_rnn_backward(cache, dy, dh)
         d = cache.take(self.name, "simple_rnn")
+        mixed = d["mixed"]
         with single_threaded_blas():
             dx, dh0, dW, dU, db = _simple_rnn.backward(
                 d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], _u8(d["mask"]),
                 d["input_dropout_mask"], d["recurrent_dropout_mask"], d["activation"],
                 d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, d["dx_into"],
-                kernel_settings())
+                kernel_settings(),
+                mixed=[mixed_products.bf16_matrix(d["recurrent_kernel"].T)] if mixed else None)
+        if mixed:
+            dx, dW, dU, db = mixed_products.dense_grads(
+                d["x"], d["hin"], d["z"], d["kernel"], d["has_bias"], d["input_dropout_mask"],
+                dx)
         return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)

@@ -24,15 +24,17 @@ class NumpyOps:
     def lstm_forward(self, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole=None,
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
-                     return_sequences=True, training=False, zoneout=None):
+                     return_sequences=True, training=False, zoneout=None, mixed=False):
         """x [T,B,I] -> (y [T,B,H] or [B,H], h_T [B,H], c_T [B,H], cache or None).
-        zoneout: the kept share of each step's new h (oracle/zoneout.py) or None."""
+        zoneout: the kept share of each step's new h (oracle/zoneout.py) or None.
+        mixed: mixed_bfloat16 (every product with bf16 operands, float32 sums; the
+        backward's too)."""
         y, h, c, cache = _lstm.forward(
             self.xp, x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=activation, recurrent_activation=recurrent_activation, coupled=coupled,
             go_backwards=go_backwards, return_sequences=return_sequences, training=training,
-            backend=self.name, zoneout=zoneout)
+            backend=self.name, zoneout=zoneout, mixed=mixed)
         return y, h, c, cache
 
     def lstm_backward(self, cache, dy=None, dh=None, dc=None):
@@ -44,7 +46,7 @@ class NumpyOps:
     def gru_forward(self, x, kernel, recurrent_kernel, bias, h0, *, reset_after=True,
                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                     activation, recurrent_activation, go_backwards=False,
-                    return_sequences=True, training=False, zoneout=None):
+                    return_sequences=True, training=False, zoneout=None, mixed=False):
         """x [T,B,I] -> (y [T,B,H] or [B,H], h_T [B,H], cache or None).
 
         bias is [2,G] (row 0 input, row 1 recurrent) with ``reset_after``, else [G]."""
@@ -53,7 +55,7 @@ class NumpyOps:
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=activation, recurrent_activation=recurrent_activation,
             go_backwards=go_backwards, return_sequences=return_sequences, training=training,
-            backend=self.name, zoneout=zoneout)
+            backend=self.name, zoneout=zoneout, mixed=mixed)
 
     def gru_backward(self, cache, dy=None, dh=None):
         """Gradients (``Grads``) of the GRU forward that made ``cache``."""
@@ -63,13 +65,13 @@ class NumpyOps:
     def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
                            go_backwards=False, return_sequences=True, training=False,
-                           zoneout=None):
+                           zoneout=None, mixed=False):
         """x [T,B,I] -> (y [T,B,H] or [B,H], h_T [B,H], cache or None)."""
         return _simple_rnn.forward(
             self.xp, x, kernel, recurrent_kernel, bias, h0, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=activation, go_backwards=go_backwards, return_sequences=return_sequences,
-            training=training, backend=self.name, zoneout=zoneout)
+            training=training, backend=self.name, zoneout=zoneout, mixed=mixed)
 
     def simple_rnn_backward(self, cache, dy=None, dh=None):
         """Gradients (``Grads``) of the SimpleRNN forward that made ``cache``."""

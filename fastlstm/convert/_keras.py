@@ -112,6 +112,16 @@ def _dtype_name(weights, ctx):
     return resolve_dtype(ctx.dtype, src).name
 
 
+def _policy_name(config, weights, ctx):
+    """The layer's dtype argument: "mixed_bfloat16" where the Keras layer's policy is (its
+    weights are float32 either way), else _dtype_name."""
+    name = _dtype_name(weights, ctx)
+    policy = config.get("dtype")
+    if isinstance(policy, dict):
+        policy = policy.get("config", {}).get("name")
+    return "mixed_bfloat16" if policy == "mixed_bfloat16" and name == "float32" else name
+
+
 class _Options:
     """Walks one Keras layer config, consuming keys; ``finish()`` refuses what is left."""
 
@@ -215,10 +225,10 @@ def _rnn_layer(class_name, config, weights, ctx, in_bidirectional=False):
     o.take("cell")
     o.finish()
     kw["trainable"] = flag(o.cfg.get("trainable", True), f"from_keras: {o.where} trainable")
-    kw["dtype"] = _dtype_name(weights, ctx)
+    kw["dtype"] = _policy_name(o.cfg, weights, ctx)
     layer = new_layer(class_name, "from_keras", **kw)
     return set_built_weights(layer, (None, None, np.shape(weights[0])[0]),
-                             [np.asarray(w, kw["dtype"]) for w in weights])
+                             [np.asarray(w, _dtype_name(weights, ctx)) for w in weights])
 
 
 def _real(value, where):
@@ -286,12 +296,12 @@ def _layer(class_name, config, weights, ctx):
             o.regularizer(key, kw)
         o.constraints()
         o.finish()
-        kw.update(name=config.get("name"), dtype=_dtype_name(weights, ctx),
+        kw.update(name=config.get("name"), dtype=_policy_name(config, weights, ctx),
                   trainable=flag(config.get("trainable", True), f"from_keras: {o.where} "
                                  "trainable"))
         layer = new_layer("Dense", "from_keras", **kw)
         return set_built_weights(layer, (None, np.shape(weights[0])[0]),
-                                 [np.asarray(w, kw["dtype"]) for w in weights])
+                                 [np.asarray(w, _dtype_name(weights, ctx)) for w in weights])
     if class_name == "Embedding":
         o = _Options(class_name, config, ctx)
         kw = dict(input_dim=o.take("input_dim"), output_dim=o.take("output_dim"),
@@ -303,11 +313,12 @@ def _layer(class_name, config, weights, ctx):
         o.constraints()
         o.take("weights")
         o.finish()
-        kw.update(name=config.get("name"), dtype=_dtype_name(weights, ctx),
+        kw.update(name=config.get("name"), dtype=_policy_name(config, weights, ctx),
                   trainable=flag(config.get("trainable", True), f"from_keras: {o.where} "
                                  "trainable"))
         layer = new_layer("Embedding", "from_keras", **kw)
-        return set_built_weights(layer, None, [np.asarray(w, kw["dtype"]) for w in weights])
+        return set_built_weights(layer, None, [np.asarray(w, _dtype_name(weights, ctx))
+                                               for w in weights])
     if class_name == "Masking":
         o = _Options(class_name, config, ctx)
         value = o.take("mask_value", 0.0)
@@ -965,7 +976,8 @@ def _to_keras_layer(keras, layer):
     cls = type(layer).__name__
     where = f"{cls} {layer.name!r}"
     kind = rnn_kind(layer)
-    dtype = layer.dtype.name
+    policy = getattr(layer, "dtype_policy", None)
+    dtype = policy.name if policy is not None and policy.mixed else layer.dtype.name
     if kind is not None:
         if layer.stateful:
             raise ConversionError(f"to_keras: {where} has stateful=True: stateful layers are "

@@ -13,7 +13,8 @@ import numbers
 
 import numpy as np
 
-from .. import activations, devices, initializers, regularizers
+from .. import activations, devices, initializers, mixed_precision, regularizers
+from ..backends import mixed_products
 from .base import (Gradients, Layer, activity_penalty, as_float_array, check_bool,
                    check_positive_int, check_training, input_features)
 from .recurrent import _check_rate, _check_seed, _serialize_regularizer
@@ -63,9 +64,29 @@ def _dense_activation(spec):
 class _CoreLayer(Layer, abstract=True):
     """The activity penalty and the checks shared by the core layers."""
 
+    # The dtype policy (fastlstm.mixed_precision); None on layers unpickled from before it.
+    dtype_policy = None
+
     def __init__(self, name=None, dtype="float32", trainable=True):
-        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        policy = mixed_precision.policy_of(dtype)
+        super().__init__(name=name, dtype=policy.variable_dtype, trainable=trainable)
+        self.dtype_policy = policy
         self.last_activity_loss = 0.0
+
+    @property
+    def _mixed(self):
+        """mixed_bfloat16: the products take bf16 operands (float32 weights and sums)."""
+        return (self.dtype_policy is not None and self.dtype_policy.mixed
+                and self.quantization is None)
+
+    def _matmul(self, a, b):
+        return mixed_products.matmul(a, b) if self._mixed else a @ b
+
+    def get_config(self):
+        cfg = super().get_config()
+        if self.dtype_policy is not None:
+            cfg["dtype"] = self.dtype_policy.name
+        return cfg
 
     def _activity(self, out):
         """Sets last_activity_loss; returns the gradient to add to d_out (or None)."""
@@ -106,7 +127,7 @@ class Dense(_CoreLayer):
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
-                 activity_regularizer=None, dtype="float32", name=None, trainable=True):
+                 activity_regularizer=None, dtype=None, name=None, trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         self.units = check_positive_int("units", units)
         self.activation = _dense_activation(activation)
@@ -163,7 +184,7 @@ class Dense(_CoreLayer):
         return x
 
     def _forward(self, x):
-        z = self.kernel.matmul(x) if self.quantization else x @ self.kernel
+        z = self.kernel.matmul(x) if self.quantization else self._matmul(x, self.kernel)
         if self.use_bias:
             z += self.bias
         if self.activation is _SOFTMAX:
@@ -197,8 +218,9 @@ class Dense(_CoreLayer):
                 dz = dy * self.activation.grad_from_output(y, self.xp)
             dz2 = dz.reshape(-1, self.units)
             x2 = x.reshape(-1, x.shape[-1])
-            weights = [x2.T @ dz2] + ([dz2.sum(axis=0)] if self.use_bias else [])
-            return Gradients(inputs=dz @ self.kernel.T, initial_state=None, weights=weights)
+            weights = [self._matmul(x2.T, dz2)] + ([dz2.sum(axis=0)] if self.use_bias else [])
+            return Gradients(inputs=self._matmul(dz, self.kernel.T), initial_state=None,
+                             weights=weights)
 
         return y, backprop
 
@@ -229,7 +251,7 @@ class Embedding(_CoreLayer):
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  embeddings_regularizer=None, activity_regularizer=None, mask_zero=False,
-                 dtype="float32", name=None, trainable=True):
+                 dtype=None, name=None, trainable=True):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.output_dim = check_positive_int("output_dim", output_dim)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations, devices, initializers, ops, regularizers
+from .. import activations, devices, initializers, mixed_precision, ops, regularizers
 from .. import backends as fl_backends
 from ..backends.packing import check_lengths
 from .base import (Gradients, Layer, activity_penalty, aligned_weight, as_float_array,
@@ -48,15 +48,18 @@ class RecurrentLayer(Layer, abstract=True):
     state_names = ("h",)
     runs_on_gpu = True
     _step_plan = None               # also for layers unpickled from before there was one
+    dtype_policy = None             # fastlstm.mixed_precision; None: unpickled from before it
 
     def __init__(self, units, activation="tanh", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
                  bias_regularizer=None, activity_regularizer=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
-                 go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
+                 go_backwards=False, stateful=False, dtype=None, name=None, trainable=True,
                  unroll=False, zero_output_for_mask=False, zoneout=0.0):
-        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        policy = mixed_precision.policy_of(dtype)
+        super().__init__(name=name, dtype=policy.variable_dtype, trainable=trainable)
+        self.dtype_policy = policy
         self.units = check_positive_int("units", units)
         self.activation = activations.get(activation, "activation")
         self.use_bias = check_bool("use_bias", use_bias)
@@ -103,6 +106,13 @@ class RecurrentLayer(Layer, abstract=True):
         if name in ("activation", "recurrent_activation"):
             self.__dict__["_step_plan"] = None
         object.__setattr__(self, name, value)
+
+    @property
+    def _mixed(self):
+        """mixed_bfloat16: every product takes bf16 operands (float32 weights, states, sums;
+        the compiled step plan is float32, so step() runs the sequence path then)."""
+        return (self.dtype_policy is not None and self.dtype_policy.mixed
+                and self.quantization is None)
 
     # -- subclass hooks ----------------------------------------------------------------
     def _create_weights(self, input_dim):
@@ -459,7 +469,7 @@ class RecurrentLayer(Layer, abstract=True):
     def _make_step_plan(self, B):
         """The compiled step bound to the current weight arrays (weights updated in place
         stay bound; set_weights makes a new plan), or None when they do not suit it."""
-        if self.zoneout:                  # the compiled step has no zoneout: the op runs it
+        if self.zoneout or self._mixed:   # the compiled step has neither: the op runs it
             return None
         try:
             return self._new_step_plan(B)
@@ -492,6 +502,8 @@ class RecurrentLayer(Layer, abstract=True):
             zero_output_for_mask=self.zero_output_for_mask)
         if self.zoneout:
             cfg["zoneout"] = self.zoneout
+        if self.dtype_policy is not None:
+            cfg["dtype"] = self.dtype_policy.name
         return cfg
 
 
@@ -515,7 +527,7 @@ class LSTM(RecurrentLayer):
                  bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
                  recurrent_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  dropout=0.0, recurrent_dropout=0.0, seed=None, return_sequences=False,
-                 return_state=False, go_backwards=False, stateful=False, dtype="float32",
+                 return_state=False, go_backwards=False, stateful=False, dtype=None,
                  use_peepholes=False, coupled_input_forget=False, peephole_initializer="zeros",
                  name=None, trainable=True, unroll=False, zero_output_for_mask=False,
                  proj_size=0, projection_initializer="glorot_uniform", zoneout=0.0):
@@ -542,6 +554,9 @@ class LSTM(RecurrentLayer):
         if self.proj_size and self.zoneout:
             raise ValueError(f"zoneout: a projected LSTM (proj_size > 0) takes no zoneout, got "
                              f"{self.zoneout}")
+        if self.proj_size and self._mixed:
+            raise ValueError(f"dtype: a projected LSTM (proj_size > 0) does not run in "
+                             f"{self.dtype_policy.name} yet; use float32")
         if self.proj_size and self.recurrent_dropout > 0:
             raise ValueError("recurrent_dropout: a projected LSTM (proj_size > 0) takes no "
                              f"recurrent dropout, got {self.recurrent_dropout}")
@@ -602,7 +617,7 @@ class LSTM(RecurrentLayer):
             coupled_input_forget=self.coupled_input_forget, go_backwards=self.go_backwards,
             return_sequences=return_sequences, training=training,
             projection=self.projection_kernel if self.proj_size else None,
-            **self._zoneout_kw(zoneout_mask))
+            mixed=self._mixed, **self._zoneout_kw(zoneout_mask))
         return y, [h, c], cache
 
     def _run_backward(self, cache, dy, dstates):
@@ -647,7 +662,7 @@ class GRU(RecurrentLayer):
                  bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
                  bias_regularizer=None, activity_regularizer=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
-                 go_backwards=False, stateful=False, reset_after=True, dtype="float32",
+                 go_backwards=False, stateful=False, reset_after=True, dtype=None,
                  name=None, trainable=True, unroll=False, zero_output_for_mask=False,
                  zoneout=0.0):
         super().__init__(
@@ -687,7 +702,7 @@ class GRU(RecurrentLayer):
             input_dropout_mask=idm, recurrent_dropout_mask=rdm, activation=self.activation,
             recurrent_activation=self.recurrent_activation, go_backwards=self.go_backwards,
             return_sequences=return_sequences, training=training,
-            **self._zoneout_kw(zoneout_mask))
+            mixed=self._mixed, **self._zoneout_kw(zoneout_mask))
         return y, [h], cache
 
     def _run_backward(self, cache, dy, dstates):
@@ -726,7 +741,7 @@ class SimpleRNN(RecurrentLayer):
             states[0] if states is not None else None, mask=mask, input_dropout_mask=idm,
             recurrent_dropout_mask=rdm, activation=self.activation,
             go_backwards=self.go_backwards, return_sequences=return_sequences,
-            training=training, **self._zoneout_kw(zoneout_mask))
+            training=training, mixed=self._mixed, **self._zoneout_kw(zoneout_mask))
         return y, [h], cache
 
     def _run_backward(self, cache, dy, dstates):

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 from ..cache_and_grads import Cache, Grads
 from .zoneout import keep as _keep
+from .lowp import matmul_for
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
             input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-            go_backwards, return_sequences, training, backend="numpy", zoneout=None):
+            go_backwards, return_sequences, training, backend="numpy", zoneout=None,
+            mixed=False):
     T, B, _ = x.shape
     H = recurrent_kernel.shape[0]
     a, ra = activation, recurrent_activation
     U = recurrent_kernel
+    mm = matmul_for(mixed)                  # mixed: bf16 operands, float32 sums
 
     xin = x if input_dropout_mask is None else x * input_dropout_mask[None]
-    xw = xin @ kernel                                   # [T,B,G]
+    xw = mm(xin, kernel)                                  # [T,B,G]
     b_rec = None
     if bias is not None:
         xw = xw + (bias[0] if reset_after else bias)
@@ -45,7 +48,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
         hin = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
         xz, xr, xh = xw[t, :, :H], xw[t, :, H:2 * H], xw[t, :, 2 * H:]
         if reset_after:
-            rec = hin @ U
+            rec = mm(hin, U)
             if b_rec is not None:
                 rec = rec + b_rec
             z = ra(xz + rec[:, :H], xp)
@@ -53,10 +56,10 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
             rec_h = rec[:, 2 * H:]
             n = a(xh + r * rec_h, xp)
         else:
-            rec = hin @ U[:, :2 * H]
+            rec = mm(hin, U[:, :2 * H])
             z = ra(xz + rec[:, :H], xp)
             r = ra(xr + rec[:, H:], xp)
-            n = a(xh + (r * hin) @ U[:, 2 * H:], xp)
+            n = a(xh + mm(r * hin, U[:, 2 * H:]), xp)
         h_new = z * h + (1 - z) * n
         if zoneout is not None:               # h_t = h_{t-1} + m (h~_t - h_{t-1})
             h_new = h + _keep(zoneout, s) * (h_new - h)
@@ -82,7 +85,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, reset_after, mask,
             recurrent_kernel=U, reset_after=reset_after, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=a, recurrent_activation=ra, go_backwards=go_backwards,
-            return_sequences=return_sequences, has_bias=bias is not None, zoneout=zoneout),
+            return_sequences=return_sequences, has_bias=bias is not None, zoneout=zoneout,
+            mixed=mixed),
             made_by="oracle")
     return y, h, cache
 
@@ -94,6 +98,7 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
     mask, a, ra = d["mask"], d["activation"], d["recurrent_activation"]
     reset_after, rdm = d["reset_after"], d["recurrent_dropout_mask"]
     zoneout = d.get("zoneout")
+    mm = matmul_for(d.get("mixed", False))
     T, B, _ = x.shape
     H = U.shape[0]
     dtype = x.dtype
@@ -128,11 +133,11 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
             dzr = dzn * rec_h * ra.grad_from_output(r, xp)
             drec = xp.concatenate([dzz, dzr, dzn * r], axis=1)
             dz_rec[t] = drec
-            dhin = drec @ U.T
+            dhin = mm(drec, U.T)
         else:
-            drh = dzn @ U[:, 2 * H:].T                  # d(r * hin)
+            drh = mm(dzn, U[:, 2 * H:].T)                 # d(r * hin)
             dzr = drh * hin * ra.grad_from_output(r, xp)
-            dhin = drh * r + xp.concatenate([dzz, dzr], axis=1) @ U[:, :2 * H].T
+            dhin = drh * r + mm(xp.concatenate([dzz, dzr], axis=1), U[:, :2 * H].T)
         dz_in[t] = xp.concatenate([dzz, dzr, dzn], axis=1)
         if rdm is not None:
             dhin = dhin * rdm
@@ -144,17 +149,18 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
             dh = dhp
             dout = xp.zeros_like(dout)
     dZ = dz_in.reshape(T * B, 3 * H)
-    dx = (dZ @ W.T).reshape(T, B, W.shape[0])
+    dx = mm(dZ, W.T).reshape(T, B, W.shape[0])
     if d["input_dropout_mask"] is not None:
         dx = dx * d["input_dropout_mask"][None]
     hin_all = (h_prev if rdm is None else h_prev * rdm[None]).reshape(T * B, H)
     if reset_after:
         dR = dz_rec.reshape(T * B, 3 * H)
-        dU = hin_all.T @ dR
+        dU = mm(hin_all.T, dR)
         db = xp.stack([dZ.sum(0), dR.sum(0)]) if d["has_bias"] else None
     else:
         rh_all = gates[:, :, H:2 * H].reshape(T * B, H) * hin_all
-        dU = xp.concatenate([hin_all.T @ dZ[:, :2 * H], rh_all.T @ dZ[:, 2 * H:]], axis=1)
+        dU = xp.concatenate([mm(hin_all.T, dZ[:, :2 * H]), mm(rh_all.T, dZ[:, 2 * H:])],
+                            axis=1)
         db = dZ.sum(0) if d["has_bias"] else None
-    dW = x.reshape(T * B, W.shape[0]).T @ dZ
+    dW = mm(x.reshape(T * B, W.shape[0]).T, dZ)
     return Grads(inputs=dx, h0=dh, kernel=dW, recurrent_kernel=dU, bias=db)

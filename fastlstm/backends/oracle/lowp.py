@@ -28,11 +28,13 @@ bfloat16:
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 __all__ = ["bf16_round", "bf16_bits", "bits_to_float", "quantize_weight_int8",
            "quantize_rows_int8", "int8_matmul", "int8_gemm", "bf16_matmul", "bf16_gemm",
-           "flush_bf16_bits"]
+           "flush_bf16_bits", "mixed_matmul", "matmul_for"]
 
 
 def bf16_bits(a):
@@ -141,3 +143,15 @@ def bf16_matmul(A, Wb_bits):
 def bf16_gemm(A, Wb_bits, bias=None, C=None):
     """bf16_matmul (+ C) (+ bias)."""
     return _epilogue(bf16_matmul(A, Wb_bits), bias, C)
+
+
+def mixed_matmul(a, b):
+    """A product of mixed_bfloat16 training: both operands rounded to bf16 (as above), the
+    products summed in float32 (the compiled kernels agree to accumulation order)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.matmul(bf16_round(a), bf16_round(b)).astype(np.float32)
+
+
+def matmul_for(mixed):
+    """The product the oracle's cells use: mixed_matmul, or plain ``@``."""
+    return mixed_matmul if mixed else operator.matmul

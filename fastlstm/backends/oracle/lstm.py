@@ -14,18 +14,21 @@ from __future__ import annotations
 
 from ..cache_and_grads import Cache, Grads
 from .zoneout import keep as _keep
+from .lowp import matmul_for
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-            coupled, go_backwards, return_sequences, training, backend="numpy", zoneout=None):
+            coupled, go_backwards, return_sequences, training, backend="numpy", zoneout=None,
+            mixed=False):
     T, B, _ = x.shape
     H = recurrent_kernel.shape[0]
     a, ra = activation, recurrent_activation
     blocks = 3 if coupled else 4
+    mm = matmul_for(mixed)                  # mixed: bf16 operands, float32 sums
 
     xin = x if input_dropout_mask is None else x * input_dropout_mask[None]
-    xw = xin @ kernel                                   # [T,B,G]
+    xw = mm(xin, kernel)                                  # [T,B,G]
     if bias is not None:
         xw = xw + bias
     h, c = h0, c0
@@ -39,7 +42,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
     for s in range(T):
         t = T - 1 - s if go_backwards else s
         hin = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
-        z = xw[t] + hin @ recurrent_kernel
+        z = xw[t] + mm(hin, recurrent_kernel)
         if coupled:
             zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
         else:
@@ -79,7 +82,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             recurrent_kernel=recurrent_kernel, peephole=peephole, mask=mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=a, recurrent_activation=ra, coupled=coupled, go_backwards=go_backwards,
-            return_sequences=return_sequences, has_bias=bias is not None, zoneout=zoneout),
+            return_sequences=return_sequences, has_bias=bias is not None, zoneout=zoneout,
+            mixed=mixed),
             made_by="oracle")
     return y, h, c, cache
 
@@ -91,6 +95,7 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
     W, U, P = d["kernel"], d["recurrent_kernel"], d["peephole"]
     mask, a, ra, coupled = d["mask"], d["activation"], d["recurrent_activation"], d["coupled"]
     rdm, zoneout = d["recurrent_dropout_mask"], d.get("zoneout")
+    mm = matmul_for(d.get("mixed", False))
     T, B, _ = x.shape
     H = U.shape[0]
     dtype = x.dtype
@@ -148,7 +153,7 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
                 dP[0] += (dzi * cp).sum(0)
         dz = xp.concatenate(parts, axis=1)
         dz_all[t] = dz
-        dhp = dz @ U.T
+        dhp = mm(dz, U.T)
         if rdm is not None:
             dhp = dhp * rdm
         dhp = dhp + dcarry
@@ -161,13 +166,13 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
             dout = xp.zeros_like(dout)
     G = gates.shape[2]
     dz2 = dz_all.reshape(T * B, G)
-    dx = (dz2 @ W.T).reshape(T, B, W.shape[0])
+    dx = mm(dz2, W.T).reshape(T, B, W.shape[0])
     if d["input_dropout_mask"] is not None:
         dx = dx * d["input_dropout_mask"][None]
     hin = h_prev if rdm is None else h_prev * rdm[None]
     return Grads(
         inputs=dx, h0=dh, c0=dc,
-        kernel=x.reshape(T * B, W.shape[0]).T @ dz2,
-        recurrent_kernel=hin.reshape(T * B, H).T @ dz2,
+        kernel=mm(x.reshape(T * B, W.shape[0]).T, dz2),
+        recurrent_kernel=mm(hin.reshape(T * B, H).T, dz2),
         bias=dz2.sum(0) if d["has_bias"] else None,
         peephole=dP)

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from ..cache_and_grads import Cache, Grads
 from .zoneout import keep as _keep
+from .lowp import matmul_for
 
 
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_mask,
             recurrent_dropout_mask, activation, go_backwards, return_sequences, training,
-            backend="numpy", zoneout=None):
+            backend="numpy", zoneout=None,
+            mixed=False):
     T, B, _ = x.shape
     H = recurrent_kernel.shape[0]
     a = activation
+    mm = matmul_for(mixed)                  # mixed: bf16 operands, float32 sums
 
     xin = x if input_dropout_mask is None else x * input_dropout_mask[None]
-    xw = xin @ kernel                                   # [T,B,H]
+    xw = mm(xin, kernel)                                  # [T,B,H]
     if bias is not None:
         xw = xw + bias
     h = h0
@@ -29,7 +32,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_ma
     for s in range(T):
         t = T - 1 - s if go_backwards else s
         hin = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
-        h_new = a(xw[t] + hin @ recurrent_kernel, xp)
+        h_new = a(xw[t] + mm(hin, recurrent_kernel), xp)
         if training:
             hs[t], h_prev[t] = h_new, h
         if zoneout is not None:               # h_t = h_{t-1} + m (h~_t - h_{t-1})
@@ -51,7 +54,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, *, mask, input_dropout_ma
             mask=mask, input_dropout_mask=input_dropout_mask,
             recurrent_dropout_mask=recurrent_dropout_mask, activation=a,
             go_backwards=go_backwards, return_sequences=return_sequences,
-            has_bias=bias is not None, zoneout=zoneout), made_by="oracle")
+            has_bias=bias is not None, zoneout=zoneout,
+            mixed=mixed), made_by="oracle")
     return y, h, cache
 
 
@@ -60,6 +64,7 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
     x, hs, h_prev = d["x"], d["hs"], d["h_prev"]
     W, U, mask, a = d["kernel"], d["recurrent_kernel"], d["mask"], d["activation"]
     rdm, zoneout = d["recurrent_dropout_mask"], d.get("zoneout")
+    mm = matmul_for(d.get("mixed", False))
     T, B, _ = x.shape
     H = U.shape[0]
     dtype = x.dtype
@@ -85,7 +90,7 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
             dh_step, dcarry = zk * dh_step, (1 - zk) * dh_step
         dz = dh_step * a.grad_from_output(hs[t], xp)
         dz_all[t] = dz
-        dhp = dz @ U.T
+        dhp = mm(dz, U.T)
         if rdm is not None:
             dhp = dhp * rdm
         dhp = dhp + dcarry
@@ -96,12 +101,12 @@ def backward(xp, cache, dy, dh_T, backend="numpy"):
             dh = dhp
             dout = xp.zeros_like(dout)
     dz2 = dz_all.reshape(T * B, H)
-    dx = (dz2 @ W.T).reshape(T, B, W.shape[0])
+    dx = mm(dz2, W.T).reshape(T, B, W.shape[0])
     if d["input_dropout_mask"] is not None:
         dx = dx * d["input_dropout_mask"][None]
     hin = h_prev if rdm is None else h_prev * rdm[None]
     return Grads(
         inputs=dx, h0=dh,
-        kernel=x.reshape(T * B, W.shape[0]).T @ dz2,
-        recurrent_kernel=hin.reshape(T * B, H).T @ dz2,
+        kernel=mm(x.reshape(T * B, W.shape[0]).T, dz2),
+        recurrent_kernel=mm(hin.reshape(T * B, H).T, dz2),
         bias=dz2.sum(0) if d["has_bias"] else None)
