@@ -137,18 +137,6 @@ class Model(Trainer, metaclass=abc.ABCMeta):
         return self
 
     # -- weights ------------------------------------------------------------------------
-    @property
-    def weights(self):
-        return [w for layer in self.layers if layer.built for w in layer.weights]
-
-    @property
-    def trainable_weights(self):
-        return [w for layer in self.layers if layer.built and layer.trainable
-                for w in layer.weights]
-
-    def get_weights(self):
-        return [w for layer in self.layers if layer.built for w in layer.get_weights()]
-
     def set_weights(self, weights):
         weights = list(weights)
         counts = [len(layer.weight_names) for layer in self.layers]
@@ -160,17 +148,6 @@ class Model(Trainer, metaclass=abc.ABCMeta):
             if count:
                 layer.set_weights(weights[start:start + count])
             start += count
-
-    def count_params(self):
-        return int(sum(w.size for w in self.weights))
-
-    def reset_states(self):
-        for layer in self.layers:
-            if layer.stateful:
-                layer.reset_states()
-
-    def reset_state(self):
-        self.reset_states()
 
     # -- data -----------------------------------------------------------------------------
     def _by_name(self, value, names, kind, what, required=True):

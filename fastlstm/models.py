@@ -206,19 +206,6 @@ class Sequential(Trainer):
         return shapes[-1]
 
     # -- weights -----------------------------------------------------------------------
-    @property
-    def weights(self):
-        """The layers' weight arrays themselves (not copies), in layer order."""
-        return [w for layer in self._layers if layer.built for w in layer.weights]
-
-    @property
-    def trainable_weights(self):
-        return [w for layer in self._layers if layer.built and layer.trainable for w in layer.weights]
-
-    def get_weights(self):
-        """Copies of every layer's weights, concatenated in layer order."""
-        return [w for layer in self._layers if layer.built for w in layer.get_weights()]
-
     def set_weights(self, weights):
         """Set every layer's weights from one list (as returned by ``get_weights``)."""
         self._require_layers("set_weights")
@@ -235,20 +222,6 @@ class Sequential(Trainer):
         for layer, count in zip(self._layers, counts):
             layer.set_weights(weights[start:start + count])
             start += count
-
-    def count_params(self):
-        return int(sum(w.size for w in self.weights))
-
-    def reset_states(self):
-        """Zero the carried states of every stateful layer."""
-        for layer in self._layers:
-            if layer.stateful:
-                layer.reset_states()
-
-    def reset_state(self):
-        """Keras 3's name for :meth:`reset_states`: zero the carried states of every
-        stateful layer (the others are left alone)."""
-        self.reset_states()
 
     # -- summary -------------------------------------------------------------------------
     def summary(self, line_length=None, print_fn=None):

@@ -122,6 +122,35 @@ def _to_host(out):
 class Trainer:
     """The loop; see the module docstring for what a model class supplies."""
 
+    # -- weights and states, over ``layers`` ------------------------------------------
+    @property
+    def weights(self):
+        """The layers' weight arrays themselves (not copies), in layer order."""
+        return [w for layer in self.layers if layer.built for w in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        return [w for layer in self.layers if layer.built and layer.trainable
+                for w in layer.weights]
+
+    def get_weights(self):
+        """Copies of every layer's weights, concatenated in layer order."""
+        return [w for layer in self.layers if layer.built for w in layer.get_weights()]
+
+    def count_params(self):
+        return int(sum(w.size for w in self.weights))
+
+    def reset_states(self):
+        """Zero the carried states of every stateful layer."""
+        for layer in self.layers:
+            if layer.stateful:
+                layer.reset_states()
+
+    def reset_state(self):
+        """Keras 3's name for :meth:`reset_states`: zero the carried states of every
+        stateful layer (the others are left alone)."""
+        self.reset_states()
+
     def get_layer(self, name=None, index=None):
         """The layer called ``name`` or at position ``index`` of ``layers`` (Keras's
         ``get_layer``)."""
