@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations, initializers, regularizers
-from .base import Gradients, as_float_array, check_bool, check_positive_int, input_features
-from .core import _SOFTMAX, _CoreLayer, _dense_activation
+from .. import activations, initializers
+from .base import Gradients, as_float_array, check_positive_int, input_features
+from .core import _SOFTMAX, _KernelBias
 from .recurrent import _serialize_regularizer
 
 __all__ = ["Conv1D"]
@@ -42,7 +42,7 @@ def _check_data_format(value, allowed=("channels_last",)):
     return value
 
 
-class Conv1D(_CoreLayer):
+class Conv1D(_KernelBias):
     """``activation(conv1d(x, kernel) + bias)`` on ``x`` of shape (batch, steps, channels).
 
     Weights: ``kernel (kernel_size, in_channels, filters)``, ``bias (filters,)`` (Keras 3).
@@ -73,21 +73,8 @@ class Conv1D(_CoreLayer):
             raise ValueError(f"strides: strides > 1 is not supported together with "
                              f"dilation_rate > 1 (as Keras); got strides={self.strides} and "
                              f"dilation_rate={self.dilation_rate}")
-        self.activation = _dense_activation(activation)
-        self.use_bias = check_bool("use_bias", use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
-        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
-        self.kernel_regularizer = regularizers.get(kernel_regularizer, "kernel_regularizer")
-        self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
-        self.activity_regularizer = regularizers.get(activity_regularizer, "activity_regularizer")
-
-    @property
-    def weight_names(self):
-        return ["kernel"] + (["bias"] if self.use_bias else [])
-
-    def _regularized(self):
-        return [(self.kernel_regularizer, "kernel")] + (
-            [(self.bias_regularizer, "bias")] if self.use_bias else [])
+        self._kernel_and_bias(activation, use_bias, kernel_initializer, bias_initializer,
+                              kernel_regularizer, bias_regularizer, activity_regularizer)
 
     def weight_shapes(self, input_shape):
         I = input_features(self.name, input_shape, ndim=3)

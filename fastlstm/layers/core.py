@@ -115,21 +115,12 @@ class _CoreLayer(Layer, abstract=True):
         return check
 
 
-class Dense(_CoreLayer):
-    """``activation(x @ kernel + bias)`` on the last axis of ``x`` (any rank >= 2).
+class _KernelBias(_CoreLayer, abstract=True):
+    """A kernel, an optional bias and an activation, with their initializers and
+    regularizers (Dense, Conv1D)."""
 
-    Weights: ``kernel (I, units)``, ``bias (units,)``. A mask passes through unchanged.
-    Activations: the names of ``fastlstm.activations`` (``None`` = linear), a
-    ``HardSigmoid(alpha, beta)``, and ``"softmax"`` (over the last axis).
-    """
-
-    runs_on_gpu = True
-
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
-                 activity_regularizer=None, dtype=None, name=None, trainable=True):
-        super().__init__(name=name, dtype=dtype, trainable=trainable)
-        self.units = check_positive_int("units", units)
+    def _kernel_and_bias(self, activation, use_bias, kernel_initializer, bias_initializer,
+                         kernel_regularizer, bias_regularizer, activity_regularizer):
         self.activation = _dense_activation(activation)
         self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
@@ -145,6 +136,25 @@ class Dense(_CoreLayer):
     def _regularized(self):
         return [(self.kernel_regularizer, "kernel")] + (
             [(self.bias_regularizer, "bias")] if self.use_bias else [])
+
+
+class Dense(_KernelBias):
+    """``activation(x @ kernel + bias)`` on the last axis of ``x`` (any rank >= 2).
+
+    Weights: ``kernel (I, units)``, ``bias (units,)``. A mask passes through unchanged.
+    Activations: the names of ``fastlstm.activations`` (``None`` = linear), a
+    ``HardSigmoid(alpha, beta)``, and ``"softmax"`` (over the last axis).
+    """
+
+    runs_on_gpu = True
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, dtype=None, name=None, trainable=True):
+        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        self.units = check_positive_int("units", units)
+        self._kernel_and_bias(activation, use_bias, kernel_initializer, bias_initializer,
+                              kernel_regularizer, bias_regularizer, activity_regularizer)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
