@@ -570,14 +570,6 @@ class Model(Trainer, metaclass=abc.ABCMeta):
         are connected to (``layer[node][tensor]``), like Keras."""
         print_fn = print if print_fn is None else print_fn
 
-        def size(n_bytes):
-            units = ["B", "KB", "MB", "GB", "TB"]
-            value, unit = float(n_bytes), 0
-            while value >= 1024 and unit < len(units) - 1:
-                value /= 1024
-                unit += 1
-            return f"{value:.2f} {units[unit]}"
-
         nodes = self._graph.node_set
         rows = []
         for layer in self.layers:
@@ -604,14 +596,7 @@ class Model(Trainer, metaclass=abc.ABCMeta):
             lines.append(line(name, shape_text, params, inbound[0]))
             lines += [line("", "", "", extra) for extra in inbound[1:]]
             lines.append("=" * width if i == len(rows) - 1 else "")
-        total = sum(w.size for w in self.weights)
-        trainable = sum(w.size for w in self.trainable_weights)
-        nbytes = sum(w.nbytes for w in self.weights)
-        tbytes = sum(w.nbytes for w in self.trainable_weights)
-        lines += [f" Total params: {total:,} ({size(nbytes)})",
-                  f" Trainable params: {trainable:,} ({size(tbytes)})",
-                  f" Non-trainable params: {total - trainable:,} ({size(nbytes - tbytes)})",
-                  "_" * width]
+        lines += self._summary_totals(width)
         for text in lines:
             print_fn(text)
 

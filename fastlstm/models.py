@@ -237,14 +237,6 @@ class Sequential(Trainer):
         def row(a, b, c):
             return f" {a:<{c1 - 1}}{b:<{c2}}{c:>{c3}}"
 
-        def size(n_bytes):
-            units = ["B", "KB", "MB", "GB", "TB"]
-            value, unit = float(n_bytes), 0
-            while value >= 1024 and unit < len(units) - 1:
-                value /= 1024
-                unit += 1
-            return f"{value:.2f} {units[unit]}"
-
         lines = [f'Model: "{self.name}"', "_" * width, row("Layer (type)", "Output Shape", "Param #"),
                  "=" * width]
         for i, (layer, shape) in enumerate(zip(self._layers, self._output_shapes())):
@@ -252,14 +244,7 @@ class Sequential(Trainer):
             shape_text = "?" if shape is None else str(shape)
             lines.append(row(name, shape_text, f"{layer.count_params():,}"))
             lines.append("=" * width if i == len(self._layers) - 1 else "")
-        total = sum(w.size for w in self.weights)
-        trainable = sum(w.size for w in self.trainable_weights)
-        nbytes = sum(w.nbytes for w in self.weights)
-        tbytes = sum(w.nbytes for w in self.trainable_weights)
-        lines += [f" Total params: {total:,} ({size(nbytes)})",
-                  f" Trainable params: {trainable:,} ({size(tbytes)})",
-                  f" Non-trainable params: {total - trainable:,} ({size(nbytes - tbytes)})",
-                  "_" * width]
+        lines += self._summary_totals(width)
         for line in lines:
             print_fn(line)
 

@@ -151,6 +151,25 @@ class Trainer:
         stateful layer (the others are left alone)."""
         self.reset_states()
 
+    def _summary_totals(self, width):
+        """The last lines of ``summary()``: parameter counts and their sizes, as Keras."""
+        def size(n_bytes):
+            units = ["B", "KB", "MB", "GB", "TB"]
+            value, unit = float(n_bytes), 0
+            while value >= 1024 and unit < len(units) - 1:
+                value /= 1024
+                unit += 1
+            return f"{value:.2f} {units[unit]}"
+
+        total = sum(w.size for w in self.weights)
+        trainable = sum(w.size for w in self.trainable_weights)
+        nbytes = sum(w.nbytes for w in self.weights)
+        tbytes = sum(w.nbytes for w in self.trainable_weights)
+        return [f" Total params: {total:,} ({size(nbytes)})",
+                f" Trainable params: {trainable:,} ({size(tbytes)})",
+                f" Non-trainable params: {total - trainable:,} ({size(nbytes - tbytes)})",
+                "_" * width]
+
     def get_layer(self, name=None, index=None):
         """The layer called ``name`` or at position ``index`` of ``layers`` (Keras's
         ``get_layer``)."""

@@ -182,12 +182,7 @@ class Conv1D(_KernelBias):
             dy = self._check_dy(dy, y.shape)
             if act_grad is not None:
                 dy = dy + act_grad
-            if self.activation is _SOFTMAX:
-                dz = _SOFTMAX.backward(y, dy)
-            elif self.activation.code == activations.LINEAR:
-                dz = dy
-            else:
-                dz = dy * self.activation.grad_from_output(y, np)
+            dz = self._activation_grad(y, dy)
             B, T, F = dz.shape
             K, C = self.kernel_size, x.shape[-1]
             dz2 = dz.reshape(B * T, F)

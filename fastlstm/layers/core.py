@@ -137,6 +137,14 @@ class _KernelBias(_CoreLayer, abstract=True):
         return [(self.kernel_regularizer, "kernel")] + (
             [(self.bias_regularizer, "bias")] if self.use_bias else [])
 
+    def _activation_grad(self, y, dy):
+        """dL/dz of ``y = activation(z)`` from the output and dL/dy."""
+        if self.activation is _SOFTMAX:
+            return _SOFTMAX.backward(y, dy)
+        if self.activation.code == activations.LINEAR:
+            return dy
+        return dy * self.activation.grad_from_output(y, self.xp)
+
 
 class Dense(_KernelBias):
     """``activation(x @ kernel + bias)`` on the last axis of ``x`` (any rank >= 2).
@@ -220,12 +228,7 @@ class Dense(_KernelBias):
             dy = self._check_dy(dy, y.shape)
             if act_grad is not None:
                 dy = dy + act_grad
-            if self.activation is _SOFTMAX:
-                dz = _SOFTMAX.backward(y, dy)
-            elif self.activation.code == activations.LINEAR:
-                dz = dy
-            else:
-                dz = dy * self.activation.grad_from_output(y, self.xp)
+            dz = self._activation_grad(y, dy)
             dz2 = dz.reshape(-1, self.units)
             x2 = x.reshape(-1, x.shape[-1])
             weights = [self._matmul(x2.T, dz2)] + ([dz2.sum(axis=0)] if self.use_bias else [])
