@@ -47,12 +47,15 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
                      <const float *>p.bias, 0, Z + r0 * p.G, p.G)
             return
     dense_rows(&p.cfg, r0, nr, p.In, p.G, <const floating *>p.X, <const floating *>p.W,
-               <const floating *>p.Wp, <const floating *>p.bias, Z)
+               <const floating *>p.Wp, <const floating *>p.bias if p.lng == NULL else NULL, Z)
+    if p.lng != NULL:
+        ln_project(p, r0, nr, Z, p.G)
 
 
 cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
                        floating *scratch) noexcept nogil:
-    """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb) (scratch [H]). Z
+    """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb) (scratch [H], and
+    [nb,G] after it with layer norm at inference: the step's h U, ln_step_product). Z
     holds the input projection of times zt0, zt0+1, ... and becomes the gates; HIN, C are
     saved when training (a call from a later step resumes from the saved C of the step
     before); returning the sequence without a mask, each step writes its h straight into Y
@@ -65,6 +68,8 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
     cdef floating *C = <floating *>p.C
     cdef floating *Y = <floating *>p.Y
     cdef floating *hd = <floating *>p.hd
+    cdef floating *CN = <floating *>p.CN
+    cdef floating *CS = <floating *>p.CS
     cdef floating *ph = <floating *>p.h + rh
     cdef floating *pc = <floating *>p.c + rh
     cdef floating *pc_out
@@ -85,6 +90,8 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
                               hd + rh if hd != NULL else NULL, nbh)
         if floating is float and p.qU != NULL:
             step_qproduct(p, nb, hin, p.qU, Z + (t - p.zt0) * BG + rg, G)
+        elif p.lng != NULL:
+            ln_step_product(p, nb, t, b0, hin, Z + (t - p.zt0) * BG + rg, G, scratch + H)
         else:
             step_product(&p.cfg, nb, <int>H, <int>G, hin, <const floating *>p.U, <int>G,
                          <const floating *>p.Up, <const floating *>p.Upan,
@@ -101,7 +108,9 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         if ydirect:
             ph_out = Y + s * BH + rh
         lstm_fwd_step(nb, <int>H, p.coupled, p.act, p.ract, Z + (t - p.zt0) * BG + rg,
-                 <const floating *>p.P, pm, ph, pc, ph_out, pc_out, po_prev, po, scratch)
+                 <const floating *>p.P, pm, ph, pc, ph_out, pc_out, po_prev, po, scratch,
+                 <const floating *>p.lnh, CN + t * BH + rh if CN != NULL else NULL,
+                 CS + t * p.B + b0 if CS != NULL else NULL)
         ph = ph_out
         pc = pc_out
     if ydirect and s1 > s0:
@@ -192,7 +201,7 @@ cdef void forward_cols(const Fwd *p, long s0, long s1, floating *unused) noexcep
                 else:
                     po = po_prev = <floating *>p.out + j0
             lstm_fwd_step(1, w, p.coupled, p.act, p.ract, z, pp, pm, hin + j0, c + j0, hout + j0,
-                     c + j0, po_prev, po, scratch)
+                     c + j0, po_prev, po, scratch, NULL, NULL, NULL)
         fl_barrier_wait(p.bar, n, &sense)
 
 
@@ -224,7 +233,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
             bint coupled, bint go_backwards, bint return_sequences, bint training, settings=None,
-            quant=None, Packed packing=None):
+            quant=None, Packed packing=None, layer_norm=None):
     """x [T,B,I], kernel [I,G], recurrent_kernel [H,G], bias [G]|None, h0, c0 [B,H],
     peephole [3,H]|None, mask [T,B] uint8|None, input_dropout_mask [B,I]|None,
     recurrent_dropout_mask [B,H]|None.
@@ -235,6 +244,9 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     packing (packed.pxi): x is then the packed rows [1,N,I] (times any input dropout mask;
     mask and input_dropout_mask None), h0, c0 and the recurrent dropout mask in the sorted
     batch order, and y the packed outputs [1,N,H] (by time) or h_T.
+
+    layer_norm: (gamma [2,G], [gamma_h; beta_h] [2,H]) (layer_norm.pxi; float weights), or
+    None; then saved["ln"] holds what backward takes as ln_saved.
     """
     cdef Fwd p
     read_settings(&p.cfg, settings)
@@ -250,13 +262,20 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
         p.pipeline = False
     p.ncols = (q_cols_threads(&p.cfg, one_row, H, qb) if qb is not None
                else cols_threads(&p.cfg, one_row, H, G, sizeof(floating)))
+    cdef const floating[:, ::1] ln_g = None, ln_h = None
+    cdef long scratch_n = H
+    if layer_norm is not None:
+        ln_g, ln_h = layer_norm
+        p.ncols = 0             # LN's row statistics need the whole row on one thread
+        scratch_n = H + <long>(packing.widest if packing is not None else x.shape[1]) * G
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
     # time, it shares its buffer with Y (and the steps read h there: no copy).
     bufs = forward_setup(&p, x, kernel, recurrent_kernel, bias, h0, mask, input_dropout_mask,
                          recurrent_dropout_mask, activation, recurrent_activation,
                          go_backwards, return_sequences, training, "z",
                          not (mask is not None or recurrent_dropout_mask is not None
-                              or go_backwards or packing is not None), H, qb)
+                              or go_backwards or packing is not None), scratch_n, qb)
+    ln_bufs = ln_setup(&p, ln_g, ln_h, p.T * p.B, True)
     cdef floating[::1] scratch = bufs[6]
     if packing is not None:
         scratch = bufs[6] = workspace("scratch", max(1, packing.n * p.scratch), dtype)
@@ -289,7 +308,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
         saved = None
         if training:
             saved = dict(x=np.asarray(x), z=bufs[1], c=cst_arr, hin=bufs[3],
-                         c0=np.asarray(c0))
+                         c0=np.asarray(c0), ln=ln_bufs)
         return y, bufs[2], c_last, saved
     with nogil:
         forward_loop(&p, &scratch[0])
@@ -303,14 +322,14 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     saved = None
     if training:
         saved = dict(x=np.asarray(x) if bufs[0] is None else bufs[0], z=bufs[1], c=cst_arr,
-                     hin=bufs[3], c0=np.asarray(c0))
+                     hin=bufs[3], c0=np.asarray(c0), ln=ln_bufs)
     return y, bufs[2], c_last, saved
 
 
-cdef void backward_rows(const Bwd *q, int b0, int nb, floating *dpeep,
+cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
                         floating *scratch) noexcept nogil:
-    """The backward time loop for batch rows [b0, b0+nb) (scratch [5H]; dpeep [3,H] or
-    NULL, accumulated)."""
+    """The backward time loop for batch rows [b0, b0+nb) (scratch [5H]); acc: the thread's
+    accumulator, the peepholes' [3,H] gradient first (if any), then layer norm's (lnacc)."""
     cdef long T = q.T, H = q.H, G = q.G, BH = q.B * H, BG = q.B * G
     cdef long rh = b0 * H, rg = b0 * G
     cdef long s, t, tp
@@ -323,6 +342,10 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *dpeep,
     cdef floating *pout = NULL if q.dout == NULL else <floating *>q.dout + rh
     cdef floating *dh = <floating *>q.dh + rh
     cdef floating *dhp = <floating *>q.dhp + rh
+    cdef floating *dpeep = acc if q.P != NULL else NULL
+    cdef const floating *CN = <const floating *>q.CN
+    cdef const floating *CS = <const floating *>q.CS
+    cdef const floating *dzu
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if q.go_backwards else s
         tp = t + 1 if q.go_backwards else t - 1
@@ -331,11 +354,17 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *dpeep,
             pm = q.mask + t * q.B + b0
         lstm_bwd_step(nb, <int>H, q.coupled, q.act, q.ract, Z + t * BG + rg, C + t * BH + rh, pcp,
                  <const floating *>q.P, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
-                 q.dyr, dh, <floating *>q.dc + rh, pout, dpeep, scratch)
+                 q.dyr, dh, <floating *>q.dc + rh, pout, dpeep, scratch,
+                 <const floating *>q.lnh, CN + t * BH + rh if CN != NULL else NULL,
+                 CS + t * q.B + b0 if CS != NULL else NULL,
+                 acc + q.lnacc + G if q.lnh != NULL else NULL)
+        dzu = Z + t * BG + rg
+        if q.lng != NULL:
+            dzu = ln_step_grad(q, nb, t, b0, dzu, G, acc)
         if floating is float and q.qUT != NULL:
             step_grad_mixed(nb, <int>H, Z + t * BG + rg, <int>G, q.qUT, 0, dhp)
         else:
-            step_grad(&q.cfg, nb, <int>H, <int>G, Z + t * BG + rg, <int>G,
+            step_grad(&q.cfg, nb, <int>H, <int>G, dzu, <int>G,
                       <const floating *>q.U, <int>G,
                       <const floating *>q.UT, <const floating *>q.UTp, <floating>0, dhp)
         if q.mask != NULL or q.rdrop != NULL:
@@ -343,7 +372,10 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *dpeep,
 
 
 cdef inline void param_grads(const Bwd *q, floating *Z) noexcept nogil:
-    dense_param_grads(q, Z)
+    if q.lng != NULL:
+        ln_param_grads(q, Z)
+    else:
+        dense_param_grads(q, Z)
 
 
 def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[:, :, ::1] c,
@@ -353,7 +385,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint coupled, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T, dc_T,
-             dx_into=None, settings=None, Packed packing=None, mixed=None):
+             dx_into=None, settings=None, Packed packing=None, mixed=None, ln_saved=None):
     """BPTT for `forward`. x, z, c, hin, c0 are what forward saved (z is overwritten with
     the gate gradients). dy: [T,B,H] (return_sequences; its last axis contiguous, the others
     any strides, such as a transposed view of [B,T,H]) or [B,H] or None; dh_T, dc_T: [B,H]
@@ -365,7 +397,11 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     bf16(dz) bf16(U^T) per step, and dx, dkernel, drecurrent_kernel, dbias are left
     unwritten, z holding dZ for the caller's bf16 products.
 
-    Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None).
+    ln_saved: saved["ln"] of a forward with layer_norm (then z's rows and the saved LN(.)
+    rows are overwritten too).
+
+    Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias|None, dpeephole|None), and with
+    ln_saved an eighth: (dgamma [2,G], dgamma_h [H], dbeta_h [H]).
     """
     cdef Bwd q
     read_settings(&q.cfg, settings)
@@ -374,12 +410,14 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     dtype = np.float32 if floating is float else np.float64
     q.ZW = recurrent_kernel.shape[1]
     q.coupled, q.reset_after = coupled, False
+    cdef long npeep = 3 * H if peephole is not None else 0
     bufs = backward_setup(&q, x, z, hin, kernel, recurrent_kernel, mask, input_dropout_mask,
                           recurrent_dropout_mask, activation, recurrent_activation,
                           go_backwards, return_sequences, has_bias, dy, dh_T, dx_into,
                           mask is not None or recurrent_dropout_mask is not None, 5 * H,
-                          3 * H if peephole is not None else 0, 0, 0,
+                          npeep + (q.ZW + 2 * H if ln_saved is not None else 0), 0, 0,
                           mb)
+    lnpart = ln_bind(&q, ln_saved, npeep, dtype)
     dc_arr = (np.zeros((q.B, H), dtype) if dc_T is None
               else np.array(dc_T, dtype=dtype, copy=True))
     cdef floating[:, ::1] dc = dc_arr
@@ -394,6 +432,12 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     else:
         with nogil:
             backward_loop(&q, &part[0] if part is not None else NULL, &scratch[0])
-    dpeep = accumulated(bufs)
-    return (bufs[0], bufs[1], dc_arr, bufs[2], bufs[3], bufs[4],
-            None if dpeep is None else dpeep.reshape(3, H))
+    acc = accumulated(bufs)
+    dpeep = None if peephole is None else acc[:3 * H].reshape(3, H)
+    out = (bufs[0], bufs[1], dc_arr, bufs[2], bufs[3], bufs[4], dpeep)
+    if ln_saved is None:
+        return out
+    G = q.ZW
+    dg0, _ = ln_gains(lnpart, G, bufs[4])
+    a = acc[npeep:]
+    return out + ((np.stack([dg0, a[:G]]), a[G:G + H].copy(), a[G + H:].copy()),)

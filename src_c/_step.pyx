@@ -136,7 +136,8 @@ cdef inline void lstm_step(const Settings *s, int nt, int B, int I, int H, int G
                            floating *c_out) noexcept nogil:
     """z [B,G] = b + x W + h U, then the gates and the new h, c (h_out, c_out)."""
     step_products(s, nt, B, I, H, G, x, ldx, h, W, U, b, z, zh, parts)
-    lstm_fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch)
+    lstm_fwd_step(B, H, coupled, act, ract, z, P, NULL, h, c, h_out, c_out, NULL, NULL, scratch,
+                  NULL, NULL, NULL)
 
 
 cdef inline void gru_bias_row(int H, bint reset_after, const floating *b,
@@ -481,7 +482,7 @@ cdef class LSTMStepPlan(StepPlan):
             lstm_fwd_step(B, H, self.coupled, self.act, self.ract, <float *>self.pz,
                           <const float *>self.pP, NULL, <const float *>h, <const float *>c,
                           <float *>h_out, <float *>c_out, <float *>NULL, <float *>NULL,
-                          <float *>self.pscratch)
+                          <float *>self.pscratch, <float *>NULL, <float *>NULL, <float *>NULL)
         elif self.typenum == cnp.NPY_FLOAT:
             lstm_step(s, nt, B, I, H, G, <const float *>x, ldx, <const float *>h,
                       <const float *>c, <const float *>self.pW, <const float *>self.pU,

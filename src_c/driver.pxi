@@ -189,6 +189,7 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     states_arr, y_arr = states_and_outputs(T, B, H, dtype, training, return_sequences,
                                            shared_states)
     p.HIN = p.HPREV = p.C = p.RH = p.Y = p.out = p.hd = p.c = p.P = NULL
+    ln_clear(p)
     if training:
         S = states_arr
         p.HIN = &S[0, 0, 0]
@@ -428,6 +429,7 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
         q.UT = &UT[0, 0]
     q.UTp, q.UTp2 = data(ut1), data(ut2)
     q.C = q.c0 = q.P = q.dc = q.HPREV = q.RH = q.drh = NULL
+    ln_clear_bwd(q)
     return [dx_arr, dh_arr, dW_arr, dU_arr, db_arr, acc_arr, part_arr, scratch_arr,
             (dout_arr, dhp_arr, ones_arr, ut_arr, dy, wt1, wt2, ut1, ut2, mixed)]
 
@@ -465,4 +467,5 @@ cdef inline void dense_param_grads(const Bwd *q, floating *Z) noexcept nogil:
                            <floating *>q.dX, <const floating *>q.idrop, q.own)
 
 
+include "layer_norm.pxi"
 include "packed.pxi"

@@ -27,12 +27,15 @@ X(fl_merge_rows, (int B, int H, const unsigned char *mask, const REAL *scale, co
  * masked steps are left as they are). h_in, c_in [B,H]: state before the step; h_out, c_out \
  * [B,H]: after it (may alias h_in, c_in; masked rows copy the input state). out [B,H]: the   \
  * step's output, out_prev [B,H] the previous one (NULL = zeros); both are used only with a  \
- * mask. peep [3,H] or NULL. scratch [H]. */                                                   \
+ * mask. peep [3,H] or NULL. scratch [H]. lnh [2,H] (gamma_h, beta_h) or NULL: layer norm,   \
+ * h_t = o a(LN(c_t) gamma_h + beta_h), LN(c_t) written to chat [B,H] and its 1/sqrt(var +   \
+ * eps) to crstd [B] (both NULL at inference). */                                             \
 X(fl_lstm_fwd_step, (int B, int H, int coupled, fl_act act, fl_act ract, REAL *z,              \
                      const REAL *peep, const unsigned char *mask, const REAL *h_in,            \
                      const REAL *c_in, REAL *h_out, REAL *c_out, const REAL *out_prev,         \
-                     REAL *out, REAL *scratch),                                                \
-  (B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out, out_prev, out, scratch)) \
+                     REAL *out, REAL *scratch, const REAL *lnh, REAL *chat, REAL *crstd),      \
+  (B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out, out_prev, out, scratch,  \
+   lnh, chat, crstd))                                                                          \
 /* Backward of one LSTM step. z [B,G]: gates in, gate gradients (pre-activation) out. c [B,H]: \
  * c_t; c_prev [B,H]: c_{t-1}. dy [B,H] (rows ldy apart) or NULL: gradient of this step's    \
  * output. dh [B,H]: gradient reaching h_t from later steps (read). dc [B,H]: in dc_t, out    \
@@ -41,8 +44,22 @@ X(fl_lstm_fwd_step, (int B, int H, int coupled, fl_act act, fl_act ract, REAL *z
 X(fl_lstm_bwd_step, (int B, int H, int coupled, fl_act act, fl_act ract, REAL *z,              \
                      const REAL *c, const REAL *c_prev, const REAL *peep,                      \
                      const unsigned char *mask, const REAL *dy, long ldy, const REAL *dh,      \
-                     REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch),                        \
-  (B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh, dc, dout, dpeep, scratch)) \
+                     REAL *dc, REAL *dout, REAL *dpeep, REAL *scratch, const REAL *lnh,        \
+                     const REAL *chat, const REAL *crstd, REAL *dlnh),                         \
+  (B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh, dc, dout, dpeep, scratch,  \
+   lnh, chat, crstd, dlnh))                                                                    \
+/* Layer norm of rows: y[b] (+)= LN(v[b]) gamma (+ beta) for B rows of N (row strides ldv,  \
+ * ldy; accumulate 0 or 1; beta may be NULL; y may alias v). vhat (row stride ldh) gets      \
+ * LN(v) and rstd [B] 1/sqrt(var + eps), or NULL; vhat may alias v. */                       \
+X(fl_ln_fwd, (int B, int N, REAL *v, long ldv, const REAL *gamma, const REAL *beta,            \
+              int accumulate, REAL *y, long ldy, REAL *vhat, long ldh, REAL *rstd),            \
+  (B, N, v, ldv, gamma, beta, accumulate, y, ldy, vhat, ldh, rstd))                            \
+/* Its backward: dv[b] = d LN(v[b]) from dy[b] gamma (gamma NULL: ones), with vhat, rstd as   \
+ * fl_ln_fwd saved them; dgamma += dy vhat, dbeta += dy (each may be NULL). dv may alias dy   \
+ * or vhat. */                                                                                 \
+X(fl_ln_bwd, (int B, int N, const REAL *dy, long lddy, const REAL *gamma, const REAL *vhat,    \
+              long ldh, const REAL *rstd, REAL *dgamma, REAL *dbeta, REAL *dv, long lddv),     \
+  (B, N, dy, lddy, gamma, vhat, ldh, rstd, dgamma, dbeta, dv, lddv))                           \
 /* GRU (layouts of the gate rows in gru_impl.h). reset_after=0, between the two recurrent     \
  * products: z [B,3H] columns 0:2H := ra(.), rh [B,H] = r * hin. */                            \
 X(fl_gru_fwd_reset, (int B, int H, fl_act ract, REAL *z, const REAL *hin, REAL *rh),           \

@@ -17,22 +17,36 @@ cdef extern from "gates.h" nogil:
     void fl_lstm_fwd_step_f(int B, int H, int coupled, fl_act act, fl_act ract, float *z,
                             const float *peep, const unsigned char *mask, const float *h_in,
                             const float *c_in, float *h_out, float *c_out,
-                            const float *out_prev, float *out, float *scratch)
+                            const float *out_prev, float *out, float *scratch,
+                            const float *lnh, float *chat, float *crstd)
     void fl_lstm_fwd_step_d(int B, int H, int coupled, fl_act act, fl_act ract, double *z,
                             const double *peep, const unsigned char *mask,
                             const double *h_in, const double *c_in, double *h_out,
                             double *c_out, const double *out_prev, double *out,
-                            double *scratch)
+                            double *scratch, const double *lnh, double *chat, double *crstd)
     void fl_lstm_bwd_step_f(int B, int H, int coupled, fl_act act, fl_act ract, float *z,
                             const float *c, const float *c_prev, const float *peep,
                             const unsigned char *mask, const float *dy, long ldy,
                             const float *dh, float *dc, float *dout, float *dpeep,
-                            float *scratch)
+                            float *scratch, const float *lnh, const float *chat,
+                            const float *crstd, float *dlnh)
     void fl_lstm_bwd_step_d(int B, int H, int coupled, fl_act act, fl_act ract, double *z,
                             const double *c, const double *c_prev, const double *peep,
                             const unsigned char *mask, const double *dy, long ldy,
                             const double *dh, double *dc, double *dout, double *dpeep,
-                            double *scratch)
+                            double *scratch, const double *lnh, const double *chat,
+                            const double *crstd, double *dlnh)
+    void fl_ln_fwd_f(int B, int N, float *v, long ldv, const float *gamma, const float *beta,
+                     int accumulate, float *y, long ldy, float *vhat, long ldh, float *rstd)
+    void fl_ln_fwd_d(int B, int N, double *v, long ldv, const double *gamma,
+                     const double *beta, int accumulate, double *y, long ldy, double *vhat,
+                     long ldh, double *rstd)
+    void fl_ln_bwd_f(int B, int N, const float *dy, long lddy, const float *gamma,
+                     const float *vhat, long ldh, const float *rstd, float *dgamma,
+                     float *dbeta, float *dv, long lddv)
+    void fl_ln_bwd_d(int B, int N, const double *dy, long lddy, const double *gamma,
+                     const double *vhat, long ldh, const double *rstd, double *dgamma,
+                     double *dbeta, double *dv, long lddv)
     void fl_gru_fwd_reset_f(int B, int H, fl_act ract, float *z, const float *hin,
                             float *rh)
     void fl_gru_fwd_reset_d(int B, int H, fl_act ract, double *z, const double *hin,
@@ -130,13 +144,14 @@ cdef inline void lstm_fwd_step(int B, int H, int coupled, fl_act act, fl_act rac
                                floating *z, const floating *peep, const unsigned char *mask,
                                const floating *h_in, const floating *c_in, floating *h_out,
                                floating *c_out, const floating *out_prev, floating *out,
-                               floating *scratch) noexcept nogil:
+                               floating *scratch, const floating *lnh, floating *chat,
+                               floating *crstd) noexcept nogil:
     if floating is float:
         fl_lstm_fwd_step_f(B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out,
-                           out_prev, out, scratch)
+                           out_prev, out, scratch, lnh, chat, crstd)
     else:
         fl_lstm_fwd_step_d(B, H, coupled, act, ract, z, peep, mask, h_in, c_in, h_out, c_out,
-                           out_prev, out, scratch)
+                           out_prev, out, scratch, lnh, chat, crstd)
 
 
 cdef inline void lstm_bwd_step(int B, int H, int coupled, fl_act act, fl_act ract,
@@ -144,13 +159,33 @@ cdef inline void lstm_bwd_step(int B, int H, int coupled, fl_act act, fl_act rac
                                const floating *peep, const unsigned char *mask,
                                const floating *dy, long ldy, const floating *dh,
                                floating *dc, floating *dout, floating *dpeep,
-                               floating *scratch) noexcept nogil:
+                               floating *scratch, const floating *lnh, const floating *chat,
+                               const floating *crstd, floating *dlnh) noexcept nogil:
     if floating is float:
         fl_lstm_bwd_step_f(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh,
-                           dc, dout, dpeep, scratch)
+                           dc, dout, dpeep, scratch, lnh, chat, crstd, dlnh)
     else:
         fl_lstm_bwd_step_d(B, H, coupled, act, ract, z, c, c_prev, peep, mask, dy, ldy, dh,
-                           dc, dout, dpeep, scratch)
+                           dc, dout, dpeep, scratch, lnh, chat, crstd, dlnh)
+
+
+cdef inline void ln_fwd(int B, int N, floating *v, long ldv, const floating *gamma,
+                        const floating *beta, int accumulate, floating *y, long ldy,
+                        floating *vhat, long ldh, floating *rstd) noexcept nogil:
+    if floating is float:
+        fl_ln_fwd_f(B, N, v, ldv, gamma, beta, accumulate, y, ldy, vhat, ldh, rstd)
+    else:
+        fl_ln_fwd_d(B, N, v, ldv, gamma, beta, accumulate, y, ldy, vhat, ldh, rstd)
+
+
+cdef inline void ln_bwd(int B, int N, const floating *dy, long lddy, const floating *gamma,
+                        const floating *vhat, long ldh, const floating *rstd,
+                        floating *dgamma, floating *dbeta, floating *dv,
+                        long lddv) noexcept nogil:
+    if floating is float:
+        fl_ln_bwd_f(B, N, dy, lddy, gamma, vhat, ldh, rstd, dgamma, dbeta, dv, lddv)
+    else:
+        fl_ln_bwd_d(B, N, dy, lddy, gamma, vhat, ldh, rstd, dgamma, dbeta, dv, lddv)
 
 
 cdef inline void gru_fwd_reset(int B, int H, fl_act ract, floating *z, const floating *hin,

@@ -108,7 +108,8 @@ FL_TARGET static void FN(fl_lstm_fwd_step)(int B, int H, int coupled, fl_act act
                                            REAL *z, const REAL *peep, const unsigned char *mask,
                                            const REAL *h_in, const REAL *c_in, REAL *h_out,
                                            REAL *c_out, const REAL *out_prev, REAL *out,
-                                           REAL *scratch) {
+                                           REAL *scratch, const REAL *lnh, REAL *chat,
+                                           REAL *crstd) {
     const long G = (long)(coupled ? 3 : 4) * H;
     for (int b = 0; b < B; b++) {
         const long r = (long)b * H;
@@ -137,7 +138,15 @@ FL_TARGET static void FN(fl_lstm_fwd_step)(int B, int H, int coupled, fl_act act
         else for (j = 0; j < H; j++) cn[j] = zf[j] * cp[j] + zi[j] * zc[j];
         if (peep) for (j = 0; j < H; j++) zo[j] += peep[2 * H + j] * cn[j];
         FN(act_fwd)(ract, zo, H);
-        for (j = 0; j < H; j++) scratch[j] = cn[j];
+        if (lnh) {             /* a(LN(c_t) gamma_h + beta_h); LN(c_t) kept in chat */
+            REAL m, rs, *ch = chat ? chat + r : scratch;
+            FN(ln_row_stats)(cn, H, &m, &rs);
+            if (crstd) crstd[b] = rs;
+            for (j = 0; j < H; j++) ch[j] = (cn[j] - m) * rs;
+            for (j = 0; j < H; j++) scratch[j] = ch[j] * lnh[j] + lnh[H + j];
+        } else {
+            for (j = 0; j < H; j++) scratch[j] = cn[j];
+        }
         FN(act_fwd)(act, scratch, H);
         for (j = 0; j < H; j++) hn[j] = zo[j] * scratch[j];
         if (mask) {
@@ -151,7 +160,9 @@ FL_TARGET static void FN(fl_lstm_bwd_step)(int B, int H, int coupled, fl_act act
                                            REAL *z, const REAL *c, const REAL *c_prev,
                                            const REAL *peep, const unsigned char *mask,
                                            const REAL *dy, long ldy, const REAL *dh, REAL *dc,
-                                           REAL *dout, REAL *dpeep, REAL *scratch) {
+                                           REAL *dout, REAL *dpeep, REAL *scratch,
+                                           const REAL *lnh, const REAL *chat,
+                                           const REAL *crstd, REAL *dlnh) {
     const long G = (long)(coupled ? 3 : 4) * H;
     REAL *s_dh = scratch, *s_ac = scratch + H, *s_dcs = scratch + 2 * H;
     REAL *s_t1 = scratch + 3 * H, *s_t2 = scratch + 4 * H;
@@ -170,7 +181,7 @@ FL_TARGET static void FN(fl_lstm_bwd_step)(int B, int H, int coupled, fl_act act
         for (j = 0; j < H; j++) s_dh[j] = dh[r + j];
         if (dy) for (j = 0; j < H; j++) s_dh[j] += dy[(long)b * ldy + j];
         if (dout) for (j = 0; j < H; j++) { s_dh[j] += dout[r + j]; dout[r + j] = 0; }
-        if (FL_DEFAULT_CELL(coupled, peep, act, ract)) {
+        if (!lnh && FL_DEFAULT_CELL(coupled, peep, act, ract)) {
             /* The passes below in one, for the default cell (same products, same order).
              * Every access is at unit j (dc in place): no dependence across units. */
             FL_IVDEP
@@ -186,10 +197,15 @@ FL_TARGET static void FN(fl_lstm_bwd_step)(int B, int H, int coupled, fl_act act
             }
             continue;
         }
-        for (j = 0; j < H; j++) s_ac[j] = ct[j];
+        if (lnh) for (j = 0; j < H; j++) s_ac[j] = chat[r + j] * lnh[j] + lnh[H + j];
+        else for (j = 0; j < H; j++) s_ac[j] = ct[j];
         FN(act_fwd)(act, s_ac, H);                                  /* a(c_t) */
         for (j = 0; j < H; j++) s_t1[j] = s_dh[j] * zo[j];
         FN(act_grad)(act, s_ac, s_t1, s_t1, H);                     /* dh * o * a'(c_t) */
+        if (lnh) {                  /* through LN(c_t) gamma_h + beta_h: d beta_h, d gamma_h */
+            for (j = 0; j < H; j++) dlnh[H + j] += s_t1[j];
+            FN(ln_row_bwd)(s_t1, lnh, chat + r, crstd[b], dlnh, s_t1, H);
+        }
         for (j = 0; j < H; j++) s_dcs[j] = dcr[j] + s_t1[j];
         for (j = 0; j < H; j++) s_dh[j] *= s_ac[j];                 /* do */
         FN(act_grad)(ract, zo, s_dh, zo, H);                        /* zo := dz_o */

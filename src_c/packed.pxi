@@ -106,6 +106,10 @@ cdef void packed_forward_group(const Fwd *p, long T, int n, int k, const long *s
             v.HPREV = moved(p.HPREV, sz, r * H)
             v.C = moved(p.C, sz, r * H)
             v.RH = moved(p.RH, sz, r * H)
+            v.RN = moved(p.RN, sz, r * p.G)
+            v.RS = moved(p.RS, sz, r)
+            v.CN = moved(p.CN, sz, r * H)
+            v.CS = moved(p.CS, sz, r)
         if hp != NULL:
             memcpy(hp, v.h, c * H * sz)
         forward_rows(&v, 0, c, 0, 1, scratch)
@@ -198,6 +202,10 @@ cdef void packed_backward_group(const Bwd *q, long T, int n, int k, const long *
         v.HIN = moved(q.HIN, sz, r * H)
         v.HPREV = moved(q.HPREV, sz, r * H)
         v.RH = moved(q.RH, sz, r * H)
+        v.RN = moved(q.RN, sz, r * q.G)
+        v.RS = moved(q.RS, sz, r)
+        v.CN = moved(q.CN, sz, r * H)
+        v.CS = moved(q.CS, sz, r)
         v.DY = moved(q.DY, sz, r * q.dyr)
         if carry != NULL:
             zoneout_split(c, H, <const floating *>v.DY, q.dyr if q.dyr else H,

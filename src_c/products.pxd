@@ -243,6 +243,21 @@ cdef inline void step_product(const Settings *s, int nb, int H, int N, const flo
         recurrent_product(s, nb, H, N, h, U, ldu, <floating>1, z, ldz)
 
 
+cdef inline void step_product_set(const Settings *s, int nb, int H, int N, const floating *h,
+                                  const floating *U, int ldu, const floating *Up,
+                                  const floating *Upan, floating *z, int ldz) noexcept nogil:
+    """step_product's z = h U (not added to z)."""
+    cdef int r
+    if Up != NULL:
+        recurrent_product_packed(nb, H, N, h, Up, <floating>0, z, ldz)
+    elif Upan != NULL:
+        for r in range(nb):
+            memset(z + <long>r * ldz, 0, N * sizeof(floating))
+        matmul_packed_acc(nb, N, H, h, H, Upan, z, ldz)
+    else:
+        recurrent_product(s, nb, H, N, h, U, ldu, <floating>0, z, ldz)
+
+
 cdef inline void step_grad(const Settings *s, int nb, int H, int N, const floating *dz, int ldz,
                            const floating *U, int ldu, const floating *UT,
                            const floating *UTp, floating beta, floating *dh) noexcept nogil:

@@ -83,6 +83,18 @@ cdef struct Fwd:
     void *work
     void *hbuf
     fl_barrier *bar
+    # IN: layer norm (src_c/layer_norm.pxi), or lng NULL: lng [2,G] the gains of LN(x W)
+    # and LN(h U) (the GRU's: of its [T,B,3H] products), lnh [2,H] the LSTM's gamma_h, beta_h.
+    # OUT when training (else NULL): XN [T,B,G] LN(x W) and XS [T,B] its 1/sqrt(var + eps),
+    # RN, RS the same of h U, CN [T,B,H], CS [T,B] of the LSTM's c_t.
+    void *lng
+    void *lnh
+    void *XN
+    void *XS
+    void *RN
+    void *RS
+    void *CN
+    void *CS
 
 
 cdef struct Bwd:
@@ -146,3 +158,16 @@ cdef struct Bwd:
     void *dU
     void *db
     void *ones
+    # IN: layer norm, as in Fwd (what forward saved; backward writes the gradients of the
+    # normalized products over XN and RN); lnacc: where a thread's accumulator (acc) holds
+    # the gains' gradients: [G] of lng's row 1, then the LSTM's [2,H] of lnh.
+    void *lng
+    void *lnh
+    void *XN
+    void *XS
+    void *RN
+    void *RS
+    void *CN
+    void *CS
+    long lnacc
+    void *lnpart                 # WORK: ln_param_grads's per-thread sums [threads, 2, G]
