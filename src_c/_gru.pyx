@@ -42,7 +42,7 @@ include "driver.pxi"
 
 
 cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
-                       floating *unused) noexcept nogil:
+                       floating *scratch) noexcept nogil:
     """Steps [s0, s1) of the forward time loop for batch rows [b0, b0+nb). Z holds the input
     projection of times zt0, zt0+1, ... ([*,B,ZW], the layout in the header); HPREV (and HIN
     with recurrent dropout) are saved when training; RH is [T,B,H] when training, [B,H] work
@@ -50,7 +50,8 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
     (reset_after: all of U; else U_zr and U_h), or Upan (and Upan2) U in panels, or all NULL
     (see products.step_product). Returning the sequence without a mask, each step writes its
     h straight into Y and the next step reads it there (no copy per step; nor into HPREV when
-    Y is its buffer too); h gets the last one at the end."""
+    Y is its buffer too); h gets the last one at the end. scratch: [nb,3H] for h U with
+    layer norm at inference (ln_step_product)."""
     cdef long T = p.T, H = p.H, ZW = p.ZW, BH = p.B * H, BZ = p.B * ZW
     cdef long rh0 = b0 * H, rz = b0 * ZW, nbh = nb * H
     cdef int G = p.G
@@ -99,6 +100,8 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         if p.reset_after:
             if floating is float and p.qU != NULL:
                 step_qproduct(p, nb, hin, p.qU, zt, ZW)
+            elif p.lng != NULL:
+                ln_step_product(p, nb, t, b0, hin, zt, ZW, scratch)
             else:
                 step_product(&p.cfg, nb, <int>H, G, hin, U, G, <const floating *>p.Up,
                              <const floating *>p.Upan, zt, <int>ZW)
@@ -143,6 +146,9 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
     cdef const floating *brow = <const floating *>p.bias
     cdef floating *Zr = Z + r0 * ZW
     cdef int n1 = 2 * H if p.reset_after else G
+    if p.lng != NULL:
+        ln_project_gru(p, r0, nr, Zr)
+        return
     if floating is float:
         if p.qW != NULL:
             if p.reset_after:
@@ -173,16 +179,36 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
         gemm_packed_set(<int>nr, G, I, Xr, I, Wp1, brow, Zr, ZW)
 
 
+cdef inline void ln_project_gru(const Fwd *p, long r0, long nr, floating *Zr) noexcept nogil:
+    """project_rows with layer norm (reset_after): x W [nr,3H] into Z's columns 0:3H, which
+    ln_project turns into LN(x W) gamma[0] + [b_zr + b'_zr | b_h] (the bias row's first
+    3H); then x's n block moves to columns 3H:4H and b'_h (the row's last H) fills 2H:3H."""
+    cdef long r
+    cdef int I = p.In, H = p.H, G = p.G, ZW = p.ZW
+    cdef const floating *Xr = <const floating *>p.X + r0 * I
+    if p.Wp != NULL:
+        gemm_packed_set(<int>nr, G, I, Xr, I, <const floating *>p.Wp, NULL, Zr, ZW)
+    else:
+        projection_in_place(&p.cfg, nr, G, I, Xr, <const floating *>p.W, G,
+                            <long>I * G * sizeof(floating), <floating>0, Zr, ZW)
+    ln_project(p, r0, nr, Zr - r0 * ZW, ZW)
+    for r in range(nr):
+        memcpy(Zr + r * ZW + 3 * H, Zr + r * ZW + 2 * H, H * sizeof(floating))
+        memcpy(Zr + r * ZW + 2 * H, <const floating *>p.bias + 3 * H, H * sizeof(floating))
+
+
 def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
             const floating[:, ::1] recurrent_kernel, const floating[::1] bias,
             const floating[:, ::1] h0, const unsigned char[:, ::1] mask,
             const floating[:, ::1] input_dropout_mask,
             const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
             bint reset_after, bint go_backwards, bint return_sequences, bint training,
-            settings=None, quant=None, Packed packing=None):
+            settings=None, quant=None, Packed packing=None,
+            const floating[:, ::1] layer_norm=None):
     """x [T,B,I], kernel [I,3H], recurrent_kernel [H,3H], bias [6H] (reset_after: rows 0, 1 of
     the [2,3H] bias, flattened) or [3H] or None, h0 [B,H], mask [T,B] uint8|None,
-    input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None.
+    input_dropout_mask [B,I]|None, recurrent_dropout_mask [B,H]|None. layer_norm: gamma
+    [2,3H] (reset_after; layer_norm.pxi) or None.
 
     Returns (y, h_T, saved): y is [T,B,H] by step when return_sequences, else [B,H]; saved is
     None unless training, then a dict of what backward needs. packing: as _lstm.forward's.
@@ -199,15 +225,23 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     dtype = np.float32 if floating is float else np.float64
     # [z r] and h blocks of W apart where they land in different columns of Z, of U where
     # h's product needs r first.
+    if layer_norm is not None and (not reset_after or qb is not None):
+        raise ValueError("layer_norm: the GRU with reset_after=True and float weights only")
     p.ZW = 4 * H if reset_after else G
     p.wsplit, p.usplit = (2 * H, 0) if reset_after else (0, 2 * H)
+    if layer_norm is not None:
+        p.wsplit = 0            # x W goes to Z's columns 0:3H whole (ln_project_gru)
     p.pipeline, p.ncols = packing is None, 0
     p.coupled, p.reset_after = False, reset_after
     # The bias row of Z: [b_zr + b'_zr | b'_h | b_h] (reset_after) or b; zeros without bias.
     brow_arr = np.zeros(p.ZW, dtype)
     if bias is not None:
         b = np.asarray(bias)
-        if reset_after:
+        if layer_norm is not None:      # [b_zr + b'_zr | b_h | b'_h] (ln_project_gru)
+            brow_arr[:3 * H] = b[:3 * H]
+            brow_arr[:2 * H] += b[3 * H:5 * H]
+            brow_arr[3 * H:] = b[5 * H:]
+        elif reset_after:
             brow_arr[:2 * H] = b[:2 * H] + b[3 * H:5 * H]
             brow_arr[2 * H:3 * H] = b[5 * H:]
             brow_arr[3 * H:] = b[2 * H:3 * H]
@@ -220,7 +254,10 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
                          input_dropout_mask, recurrent_dropout_mask, activation,
                          recurrent_activation, go_backwards, return_sequences, training,
                          "gru_z", not (mask is not None or go_backwards or packing is not None),
-                         0, qb)
+                         0 if layer_norm is None else
+                         <long>(packing.widest if packing is not None else x.shape[1]) * G, qb)
+    cdef const floating[:, ::1] no_gains = None
+    ln_bufs = ln_setup(&p, layer_norm, no_gains, p.T * p.B, False)
     cdef floating[::1] scratch = bufs[6]
     cdef floating[:, :, ::1] HIN, RH
     cdef floating[:, ::1] rhb
@@ -239,6 +276,8 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
         rhb = np.empty((p.B, H), dtype)
         p.RH = &rhb[0, 0]
     if packing is not None:
+        if layer_norm is not None:
+            scratch = bufs[6] = workspace("scratch", max(1, packing.n * p.scratch), dtype)
         packed_forward(&p, packing, &scratch[0])
     else:
         with nogil:
@@ -247,7 +286,7 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     saved = None
     if training:
         saved = dict(x=np.asarray(x) if bufs[0] is None else bufs[0], z=bufs[1],
-                     h_prev=bufs[3], hin=hin_arr, rh=rh_arr)
+                     h_prev=bufs[3], hin=hin_arr, rh=rh_arr, ln=ln_bufs)
     return y, bufs[2], saved
 
 
@@ -272,12 +311,13 @@ cdef inline void input_grad_rows(long r0, long nr, int I, int H, int ZW, bint re
                  <floating>1, dx, I)
 
 
-cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
+cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
                         floating *scratch) noexcept nogil:
     """The backward time loop for batch rows [b0, b0+nb) (scratch [2H]). With recurrent
     dropout, dhp gathers the recurrent share of dh_{t-1} before scaling (else it is dh
     itself); drh [B,H] is work space (reset_after=False). UTp: U^T packed by pack_b
-    (reset_after; else U_zr^T, and UTp2 U_h^T), or NULL (UT or U read in place)."""
+    (reset_after; else U_zr^T, and UTp2 U_h^T), or NULL (UT or U read in place). acc: layer
+    norm's accumulator (lnacc)."""
     cdef long T = q.T, H = q.H, ZW = q.ZW, BH = q.B * H, BZ = q.B * ZW
     cdef long rh0 = b0 * H, rz = b0 * ZW
     cdef int G = q.G
@@ -293,6 +333,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
     cdef floating *pdo = NULL if q.dout == NULL else <floating *>q.dout + rh0
     cdef floating *pdrh = NULL if q.drh == NULL else <floating *>q.drh + rh0
     cdef floating beta_rec = 0 if q.rdrop != NULL else 1
+    cdef const floating *dzu
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if q.go_backwards else s
         zt = <floating *>q.Z + t * BZ + rz
@@ -309,6 +350,10 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *unused,
                 gru_bwd_reset(nb, <int>H, q.ract, zt, <const floating *>q.HIN + t * BH + rh0,
                               pdrh, pm, ptg, q.rdrop == NULL, scratch)
                 step_grad_mixed(nb, <int>H, zt, <int>ZW, q.qUT, 1, ptg)
+        elif q.lng != NULL:        # reset_after: d(h U) through LN, over RN's rows
+            dzu = ln_step_grad(q, nb, t, b0, zt, ZW, acc)
+            step_grad(&q.cfg, nb, <int>H, G, dzu, G, U, G, UT, <const floating *>q.UTp,
+                      beta_rec, ptg)
         elif q.reset_after:
             step_grad(&q.cfg, nb, <int>H, G, zt, <int>ZW, U, G, UT,
                       <const floating *>q.UTp, beta_rec,
@@ -331,7 +376,10 @@ cdef void param_grads(const Bwd *q, floating *Z) noexcept nogil:
     (weights) and row slices (inputs) over the threads; on our packed GEMM (the input
     gradient then reads W^T) unless BLAS has AVX-512 kernels. On our GEMM the bias gradient
     (column sums of Z's rows) is summed from the packed blocks of the products that pack
-    those columns: no pass of its own over dZ."""
+    those columns: no pass of its own over dZ. With layer norm: ln_param_grads."""
+    if q.lng != NULL:
+        ln_param_grads(q, Z)
+        return
     cdef long TB = q.T * q.B, ci, t
     cdef int I = q.In, H = q.H, G = q.G, ZW = q.ZW
     cdef int ncols = split(&q.cfg, G, 64, <double>TB * (I + H) * G)
@@ -378,7 +426,7 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
              const unsigned char[:, ::1] mask, const floating[:, ::1] input_dropout_mask,
              const floating[:, ::1] recurrent_dropout_mask, activation, recurrent_activation,
              bint reset_after, bint go_backwards, bint return_sequences, bint has_bias, dy, dh_T,
-             dx_into=None, settings=None, Packed packing=None, mixed=None):
+             dx_into=None, settings=None, Packed packing=None, mixed=None, ln_saved=None):
     """BPTT for `forward`. x, z, h_prev, hin (None without recurrent dropout), rh (None with
     reset_after) are what forward saved; z is overwritten with the gate gradients. dy:
     [T,B,H] (return_sequences; last axis contiguous, the others any strides) or [B,H] or
@@ -389,8 +437,10 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     (reset_after) or [U_zr^T, U_h^T]; as in _lstm.backward, dZ is then left in z and the
     weight, input and bias gradients unwritten.
 
+    ln_saved: saved["ln"] of a forward with layer_norm.
+
     Returns (dx, dh0, dkernel, drecurrent_kernel, dbias|None); dbias is [2,3H] with
-    reset_after, else [3H].
+    reset_after, else [3H]; with ln_saved a sixth, dgamma [2,3H].
     """
     cdef Bwd q
     read_settings(&q.cfg, settings)
@@ -410,10 +460,12 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     bufs = backward_setup(&q, x, z, hs, kernel, recurrent_kernel,
                           mask, input_dropout_mask, recurrent_dropout_mask, activation,
                           recurrent_activation, go_backwards, return_sequences, has_bias, dy,
-                          dh_T, dx_into, recurrent_dropout_mask is not None, 2 * H, 0,
-                          2 * H if reset_after else 0, 0 if reset_after else 2 * H,
-                          mb)
-    cdef floating[::1] scratch = bufs[7]
+                          dh_T, dx_into, recurrent_dropout_mask is not None, 2 * H,
+                          0 if ln_saved is None else G,
+                          2 * H if reset_after and ln_saved is None else 0,
+                          0 if reset_after else 2 * H, mb)
+    lnpart = ln_bind(&q, ln_saved, 0, dtype)
+    cdef floating[::1] scratch = bufs[7], part = bufs[6]
     cdef floating[:, ::1] drh
     q.HPREV = <void *>&h_prev[0, 0, 0]
     if not reset_after:
@@ -422,10 +474,13 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         q.drh = &drh[0, 0]
     if packing is not None:
         scratch = bufs[7] = workspace("scratch", max(1, packing.n * q.scratch), dtype)
-        packed_backward(&q, packing, NULL, &scratch[0])
+        if part is not None:
+            part = bufs[6] = np.zeros(packing.n * q.acc, dtype)
+        packed_backward(&q, packing, &part[0] if part is not None else NULL, &scratch[0])
     else:
         with nogil:
-            backward_loop(&q, NULL, &scratch[0])
+            backward_loop(&q, &part[0] if part is not None else NULL, &scratch[0])
+    dg0 = None if ln_saved is None else ln_gains(lnpart, G, q.ZW, bufs[4])
     colsum = bufs[4]
     db = colsum
     if colsum is not None and reset_after and mixed is None:
@@ -433,4 +488,6 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
         db[0, :2 * H] = colsum[:2 * H]
         db[0, 2 * H:] = colsum[3 * H:]
         db[1] = colsum[:3 * H]
+    if ln_saved is not None:
+        return bufs[0], bufs[1], bufs[2], bufs[3], db, np.stack([dg0, accumulated(bufs)])
     return bufs[0], bufs[1], bufs[2], bufs[3], db

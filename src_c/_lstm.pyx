@@ -438,6 +438,6 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     if ln_saved is None:
         return out
     G = q.ZW
-    dg0, _ = ln_gains(lnpart, G, bufs[4])
+    dg0 = ln_gains(lnpart, G, G, bufs[4])
     a = acc[npeep:]
     return out + ((np.stack([dg0, a[:G]]), a[G:G + H].copy(), a[G + H:].copy()),)

@@ -233,5 +233,5 @@ def backward(const floating[:, :, ::1] x, floating[:, :, ::1] z, const floating[
     out = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]
     if ln_saved is None:
         return out
-    dg0, _ = ln_gains(lnpart, H, bufs[4])
+    dg0 = ln_gains(lnpart, H, H, bufs[4])
     return out + (np.stack([dg0, accumulated(bufs)]),)

@@ -88,21 +88,33 @@ cdef inline const floating *ln_step_grad(const Bwd *q, int nb, long t, long b0,
 
 
 cdef void ln_param_grads(const Bwd *q, floating *Z) noexcept nogil:
-    """param_grads with layer norm (dZ [T*B,G] exactly what LN(x W) and LN(h U) fed: LSTM,
-    SimpleRNN): gamma[0]'s gradient and dZ's column sums (db) into lnpart [n, 2, G] (a
-    pair of rows a thread, summed by the caller: ln_gains), XN := the gradient of x W; then dW = X^T XN,
-    dU = HIN^T RN and dX = XN W^T (times the input dropout mask)."""
-    cdef long TB = q.T * q.B, G = q.G, ci, a, e
+    """param_grads with layer norm, over dZ [T*B,ZW]: gamma[0]'s gradient and dZ's column
+    sums (the bias gradient) into lnpart [n, G + ZW] (a thread's each, summed by the caller:
+    ln_gains), XN := the gradient of x W; then dW = X^T XN, dU = HIN^T RN and dX = XN W^T
+    (times the input dropout mask). The GRU's dZ [dz dr | d rec_h | dn] (ZW = 4H; the loop
+    has taken d rec_h into RN) first gets dn moved over d rec_h: x W fed its columns 0:3H."""
+    cdef long TB = q.T * q.B, G = q.G, ZW = q.ZW, H = q.H, ci, a, e, r, j
     cdef int n = split(&q.cfg, TB, 64, <double>TB * G * 8), nw, nr
     cdef const floating *lng = <const floating *>q.lng
     cdef floating *XN = <floating *>q.XN
     cdef floating *part = <floating *>q.lnpart
+    cdef floating *pg
+    cdef floating *zr
     for ci in prange(n, num_threads=n, schedule="static"):
         a = ci * TB // n
         e = (ci + 1) * TB // n
-        ln_bwd(<int>(e - a), <int>G, Z + a * G, G, lng, XN + a * G, G,
-               <const floating *>q.XS + a, part + ci * 2 * G, part + ci * 2 * G + G,
-               XN + a * G, G)
+        pg = part + ci * (G + ZW)
+        if ZW != G:
+            for r in range(a, e):
+                zr = Z + r * ZW
+                for j in range(ZW):
+                    pg[G + j] += zr[j]
+                memcpy(zr + 2 * H, zr + 3 * H, H * sizeof(floating))
+            ln_bwd(<int>(e - a), <int>G, Z + a * ZW, ZW, lng, XN + a * G, G,
+                   <const floating *>q.XS + a, pg, NULL, XN + a * G, G)
+        else:
+            ln_bwd(<int>(e - a), <int>G, Z + a * G, G, lng, XN + a * G, G,
+                   <const floating *>q.XS + a, pg, pg + G, XN + a * G, G)
     nw = split(&q.cfg, G, 64, <double>TB * (q.In + q.H) * G)
     par_gemm(True, False, q.In, <int>G, <int>TB, <floating>1, <const floating *>q.X, q.In, XN,
              <int>G, <floating>0, <floating *>q.dW, <int>G, nw, False, q.own)
@@ -147,13 +159,13 @@ cdef void *ptr(a):
 
 
 cdef object ln_part(const Bwd *q, dtype):
-    """The per-thread [2G] sums ln_param_grads writes (as many as it may split into)."""
-    return np.zeros(max(1, q.cfg.threads) * 2 * q.G, dtype)
+    """The per-thread [G + ZW] sums ln_param_grads writes (as many as it may split into)."""
+    return np.zeros(max(1, q.cfg.threads) * (q.G + q.ZW), dtype)
 
 
-cdef tuple ln_gains(part, long G, db):
-    """(gamma[0]'s gradient, dZ's column sums into db if any) from ln_param_grads's part."""
-    s = part.reshape(-1, 2, G).sum(0)
+cdef object ln_gains(part, long G, long ZW, db):
+    """gamma[0]'s gradient from ln_param_grads's part; dZ's column sums into db (if any)."""
+    s = part.reshape(-1, G + ZW).sum(0)
     if db is not None:
-        db[...] = s[1]
-    return s[0], s[1]
+        db[...] = s[G:]
+    return s[:G]
