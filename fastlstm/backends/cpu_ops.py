@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cpu_packed
+from .layer_norm_args import kernel_layer_norm as _ln_kernel, layer_norm_grads as _ln_grads
 from .packing import prefix_lengths
 from .cache_and_grads import Cache, Grads
 from .numpy_ops import NumpyOps
@@ -65,6 +66,11 @@ def _mixed_unpacked(x, mask, lengths):
     return steps if mask is None else np.logical_and(np.asarray(mask, bool), steps)
 
 
+def _ln(layer_norm):
+    """The oracle's layer_norm keyword (empty without it)."""
+    return {} if layer_norm is None else {"layer_norm": layer_norm}
+
+
 def _zoneout_lengths(x, mask, lengths):
     """(lengths, whether the oracle runs it) of a pass with zoneout, which the kernels run
     on the packed loop: rows of full length, or a prefix mask's lengths; a mask with gaps,
@@ -104,7 +110,17 @@ class CpuOps(NumpyOps):
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
                      return_sequences=True, training=False, lengths=None, zoneout=None,
-                     mixed=False):
+                     mixed=False, layer_norm=None):
+        ln = _ln(layer_norm)
+        if mixed and layer_norm is not None:    # layer norm in bf16: the oracle runs it
+            return super().lstm_forward(
+                x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, coupled=coupled,
+                go_backwards=go_backwards, return_sequences=return_sequences, training=training,
+                mixed=mixed, **({} if lengths is None else {"lengths": lengths}),
+                **({} if zoneout is None else {"zoneout": zoneout}), **ln)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
@@ -117,7 +133,7 @@ class CpuOps(NumpyOps):
                     recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                     go_backwards=go_backwards, return_sequences=return_sequences,
                     training=training, recurrent_activation=recurrent_activation, coupled=coupled,
-                    mixed=mixed)
+                    mixed=mixed, **ln)
         if lengths is not None or zoneout is not None:
             return cpu_packed.lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, lengths, zoneout=zoneout,
@@ -126,7 +142,7 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training)
+                training=training, **_ln_kernel(layer_norm))
         if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle shapes it
             return super().lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
@@ -134,7 +150,7 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training, mixed=mixed)
+                training=training, mixed=mixed, **ln)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():      # the kernel threads itself (fastlstm.threads)
             W, U, quant = _mixed_weights(kernel, recurrent_kernel, mixed)
@@ -142,7 +158,7 @@ class CpuOps(NumpyOps):
                 x, W, U, bias, h0, c0, peephole, _u8(mask),
                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
                 coupled, go_backwards, return_sequences, training, kernel_settings(),
-                quant=quant)
+                quant=quant, **_ln_kernel(layer_norm))
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -164,26 +180,38 @@ class CpuOps(NumpyOps):
         d = cache.take(self.name, "lstm")
         mixed = d["mixed"]
         with single_threaded_blas():
-            dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
+            out = _lstm.backward(
                 d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
                 d["peephole"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
                 d["coupled"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, dc,
                 d["dx_into"], kernel_settings(),
-                mixed=[mixed_products.bf16_matrix(d["recurrent_kernel"].T)] if mixed else None)
+                mixed=[mixed_products.bf16_matrix(d["recurrent_kernel"].T)] if mixed else None,
+                ln_saved=d["ln"])
+        dx, dh0, dc0, dW, dU, db, dP = out[:7]
         if mixed:
             dx, dW, dU, db = mixed_products.dense_grads(
                 d["x"], d["hin"], d["z"], d["kernel"], d["has_bias"], d["input_dropout_mask"],
                 dx)
         return Grads(inputs=dx, h0=dh0, c0=dc0, kernel=dW, recurrent_kernel=dU, bias=db,
-                     peephole=dP)
+                     peephole=dP, **_ln_grads(out, 7))
 
     # -- GRU ---------------------------------------------------------------------------
     def gru_forward(self, x, kernel, recurrent_kernel, bias, h0, *, reset_after=True,
                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                     activation, recurrent_activation, go_backwards=False,
                     return_sequences=True, training=False, lengths=None, zoneout=None,
-                     mixed=False):
+                    mixed=False, layer_norm=None):
+        ln = _ln(layer_norm)
+        if mixed and layer_norm is not None:    # layer norm in bf16: the oracle runs it
+            return super().gru_forward(
+                x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, go_backwards=go_backwards,
+                return_sequences=return_sequences, training=training, mixed=mixed,
+                **({} if lengths is None else {"lengths": lengths}),
+                **({} if zoneout is None else {"zoneout": zoneout}), **ln)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
@@ -194,7 +222,8 @@ class CpuOps(NumpyOps):
                     input_dropout_mask=input_dropout_mask,
                     recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                     go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training, recurrent_activation=recurrent_activation, mixed=mixed)
+                    training=training, recurrent_activation=recurrent_activation, mixed=mixed,
+                    **ln)
         if lengths is not None or zoneout is not None:
             return cpu_packed.gru_forward(
                 x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
@@ -202,14 +231,14 @@ class CpuOps(NumpyOps):
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
-                return_sequences=return_sequences, training=training)
+                return_sequences=return_sequences, training=training, **_ln_kernel(layer_norm))
         if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
             return super().gru_forward(
                 x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
-                return_sequences=return_sequences, training=training, mixed=mixed)
+                return_sequences=return_sequences, training=training, mixed=mixed, **ln)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
             H = recurrent_kernel.shape[0]
@@ -219,7 +248,7 @@ class CpuOps(NumpyOps):
                 x, W, U, None if bias is None else bias.reshape(-1), h0,
                 _u8(mask), input_dropout_mask, recurrent_dropout_mask, activation,
                 recurrent_activation, reset_after, go_backwards, return_sequences, training,
-                kernel_settings(), quant=quant)
+                kernel_settings(), quant=quant, **_ln_kernel(layer_norm))
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -248,24 +277,36 @@ class CpuOps(NumpyOps):
                    [mixed_products.bf16_matrix(U[:, :2 * H].T),
                     mixed_products.bf16_matrix(U[:, 2 * H:].T)])
         with single_threaded_blas():
-            dx, dh0, dW, dU, db = _gru.backward(
+            out = _gru.backward(
                 d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"],
                 d["recurrent_kernel"], _u8(d["mask"]), d["input_dropout_mask"],
                 d["recurrent_dropout_mask"], d["activation"], d["recurrent_activation"],
                 d["reset_after"], d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh,
-                d["dx_into"], kernel_settings(), mixed=uts)
+                d["dx_into"], kernel_settings(), mixed=uts, ln_saved=d["ln"])
+        dx, dh0, dW, dU, db = out[:5]
         if mixed:
             hin = d["hin"] if d["recurrent_dropout_mask"] is not None else d["h_prev"]
             dx, dW, dU, db = mixed_products.gru_grads(
                 d["x"], hin, d["rh"], d["z"], d["kernel"], d["reset_after"], d["has_bias"],
                 d["input_dropout_mask"], dx)
-        return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
+        return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db,
+                     **_ln_grads(out, 5))
 
     # -- SimpleRNN ---------------------------------------------------------------------
     def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
                            go_backwards=False, return_sequences=True, training=False,
-                           lengths=None, zoneout=None, mixed=False):
+                           lengths=None, zoneout=None, mixed=False, layer_norm=None):
+        ln = _ln(layer_norm)
+        if mixed and layer_norm is not None:    # layer norm in bf16: the oracle runs it
+            return super().simple_rnn_forward(
+                x, kernel, recurrent_kernel, bias, h0, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                go_backwards=go_backwards, return_sequences=return_sequences,
+                training=training, mixed=mixed,
+                **({} if lengths is None else {"lengths": lengths}),
+                **({} if zoneout is None else {"zoneout": zoneout}), **ln)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
@@ -276,21 +317,21 @@ class CpuOps(NumpyOps):
                     input_dropout_mask=input_dropout_mask,
                     recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                     go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training, mixed=mixed)
+                    training=training, mixed=mixed, **ln)
         if lengths is not None or zoneout is not None:
             return cpu_packed.simple_rnn_forward(
                 x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training)
+                training=training, **_ln_kernel(layer_norm))
         if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
             return super().simple_rnn_forward(
                 x, kernel, recurrent_kernel, bias, h0, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training, mixed=mixed)
+                training=training, mixed=mixed, **ln)
         # The kernel threads itself, as the LSTM's: BLAS (if it runs) single-threaded inside.
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
@@ -298,7 +339,7 @@ class CpuOps(NumpyOps):
             y, h, saved = _simple_rnn.forward(
                 x, W, U, bias, h0, _u8(mask), input_dropout_mask,
                 recurrent_dropout_mask, activation, go_backwards, return_sequences, training,
-                kernel_settings(), quant=quant)
+                kernel_settings(), quant=quant, **_ln_kernel(layer_norm))
         cache = None
         if training:
             _read_only(y, return_sequences)
@@ -319,14 +360,17 @@ class CpuOps(NumpyOps):
         d = cache.take(self.name, "simple_rnn")
         mixed = d["mixed"]
         with single_threaded_blas():
-            dx, dh0, dW, dU, db = _simple_rnn.backward(
+            out = _simple_rnn.backward(
                 d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], _u8(d["mask"]),
                 d["input_dropout_mask"], d["recurrent_dropout_mask"], d["activation"],
                 d["go_backwards"], d["return_sequences"], d["has_bias"], dy, dh, d["dx_into"],
                 kernel_settings(),
-                mixed=[mixed_products.bf16_matrix(d["recurrent_kernel"].T)] if mixed else None)
+                mixed=[mixed_products.bf16_matrix(d["recurrent_kernel"].T)] if mixed else None,
+                ln_saved=d["ln"])
+        dx, dh0, dW, dU, db = out[:5]
         if mixed:
             dx, dW, dU, db = mixed_products.dense_grads(
                 d["x"], d["hin"], d["z"], d["kernel"], d["has_bias"], d["input_dropout_mask"],
                 dx)
-        return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db)
+        return Grads(inputs=dx, h0=dh0, kernel=dW, recurrent_kernel=dU, bias=db,
+                     **_ln_grads(out, 5))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cache_and_grads import Cache, Grads
+from .layer_norm_args import layer_norm_grads as _ln_grads
 from .packing import Packing
 from ..threads import kernel_settings, single_threaded_blas
 from .. import _gru, _lstm, _simple_rnn
@@ -62,7 +63,7 @@ def _cache(cell, pk, saved, training, **options):
 def lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0, lengths, *, peephole,
                  zoneout=None, mask=None,
                  input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-                 coupled, go_backwards, return_sequences, training):
+                 coupled, go_backwards, return_sequences, training, layer_norm=None):
     H, G = recurrent_kernel.shape
     settings = kernel_settings()
     pk = _layout(_lstm, x, _full(lengths, x), G, H, settings)
@@ -73,7 +74,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0, lengths, *, peephole
         y, h, c, saved = _lstm.forward(
             xp, kernel, recurrent_kernel, bias, pk.sort(h0), pk.sort(c0), peephole, None, None,
             rdm, activation, recurrent_activation, coupled, go_backwards, return_sequences,
-            training, settings, packing=pk.kernel)
+            training, settings, packing=pk.kernel, layer_norm=layer_norm)
     h, c = pk.unsort(h), pk.unsort(c)
     y = pk.outputs(y, h, go_backwards, return_sequences)
     cache = _cache("lstm", pk, saved, training, kernel=kernel,
@@ -93,21 +94,22 @@ def lstm_backward(cache, dy, dh, dc):
     dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
     dc = np.zeros((pk.B, H), dtype) if dc is None else dc
     with single_threaded_blas():
-        dx, dh0, dc0, dW, dU, db, dP = _lstm.backward(
+        out = _lstm.backward(
             d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
             d["peephole"], None, None, d["recurrent_dropout_mask"], d["activation"],
             d["recurrent_activation"], d["coupled"], d["go_backwards"], d["return_sequences"],
             d["has_bias"], dyp, pk.sort(dh), pk.sort(dc), d["x"], kernel_settings(),
-            packing=pk.kernel)
+            packing=pk.kernel, ln_saved=d["ln"])
+    dx, dh0, dc0, dW, dU, db, dP = out[:7]
     return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
                  h0=pk.unsort(dh0), c0=pk.unsort(dc0), kernel=dW, recurrent_kernel=dU,
-                 bias=db, peephole=dP)
+                 bias=db, peephole=dP, **_ln_grads(out, 7))
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, reset_after,
                 zoneout=None, mask=None,
                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
-                go_backwards, return_sequences, training):
+                go_backwards, return_sequences, training, layer_norm=None):
     H, G = recurrent_kernel.shape
     settings = kernel_settings()
     pk = _layout(_gru, x, _full(lengths, x), G, H, settings)
@@ -118,7 +120,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, reset_after,
         y, h, saved = _gru.forward(
             xp, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1),
             pk.sort(h0), None, None, rdm, activation, recurrent_activation, reset_after,
-            go_backwards, return_sequences, training, settings, packing=pk.kernel)
+            go_backwards, return_sequences, training, settings, packing=pk.kernel,
+            layer_norm=layer_norm)
     h = pk.unsort(h)
     y = pk.outputs(y, h, go_backwards, return_sequences)
     cache = _cache("gru", pk, saved, training, kernel=kernel,
@@ -137,20 +140,22 @@ def gru_backward(cache, dy, dh):
     dtype = d["z"].dtype
     dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
     with single_threaded_blas():
-        dx, dh0, dW, dU, db = _gru.backward(
+        out = _gru.backward(
             d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"],
             d["recurrent_kernel"], None, None, d["recurrent_dropout_mask"], d["activation"],
             d["recurrent_activation"], d["reset_after"], d["go_backwards"],
             d["return_sequences"], d["has_bias"], dyp, pk.sort(dh), d["x"],
-            kernel_settings(), packing=pk.kernel)
+            kernel_settings(), packing=pk.kernel, ln_saved=d["ln"])
+    dx, dh0, dW, dU, db = out[:5]
     return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
-                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db)
+                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db,
+                 **_ln_grads(out, 5))
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, input_dropout_mask,
                        zoneout=None, mask=None,
                        recurrent_dropout_mask, activation, go_backwards, return_sequences,
-                       training):
+                       training, layer_norm=None):
     H, G = recurrent_kernel.shape
     settings = kernel_settings()
     pk = _layout(_simple_rnn, x, _full(lengths, x), G, H, settings)
@@ -160,7 +165,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, input_
     with single_threaded_blas():
         y, h, saved = _simple_rnn.forward(
             xp, kernel, recurrent_kernel, bias, pk.sort(h0), None, None, rdm, activation,
-            go_backwards, return_sequences, training, settings, packing=pk.kernel)
+            go_backwards, return_sequences, training, settings, packing=pk.kernel,
+            layer_norm=layer_norm)
     h = pk.unsort(h)
     y = pk.outputs(y, h, go_backwards, return_sequences)
     cache = _cache("simple_rnn", pk, saved, training, kernel=kernel,
@@ -178,10 +184,12 @@ def simple_rnn_backward(cache, dy, dh):
     dtype = d["z"].dtype
     dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
     with single_threaded_blas():
-        dx, dh0, dW, dU, db = _simple_rnn.backward(
+        out = _simple_rnn.backward(
             d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], None, None,
             d["recurrent_dropout_mask"], d["activation"], d["go_backwards"],
             d["return_sequences"], d["has_bias"], dyp, pk.sort(dh), d["x"],
-            kernel_settings(), packing=pk.kernel)
+            kernel_settings(), packing=pk.kernel, ln_saved=d["ln"])
+    dx, dh0, dW, dU, db = out[:5]
     return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
-                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db)
+                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db,
+                 **_ln_grads(out, 5))
