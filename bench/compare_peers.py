@@ -45,6 +45,11 @@ padded batch. The ratio lengths / padded is what skipping the padding saves (the
 B = 32), inference and training, against ``torch.nn.LSTM(256, 1024, proj_size=256)`` with the
 same weights (``fastlstm.convert.from_torch``).
 
+``--layer-norm`` times the layer-normalized LSTM (``LSTM(256, layer_norm=True)``, I = 256,
+T = 100, B = 32), inference and training, against the same layer without layer norm and a
+PyTorch composition of haste's LayerNormLSTM (``nn.Linear`` products, ``nn.LayerNorm``, a loop
+over the steps; PyTorch ships no such layer) with the same weights.
+
 ``--mixed`` times training steps under ``mixed_bfloat16`` against
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` instead (bench/mixed_training.py, LSTM and
 GRU).
@@ -713,6 +718,98 @@ def print_projection(reps, per_block):
         print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
 
 
+def torch_layer_norm_lstm(I, H):
+    """haste's LayerNormLSTM written as PyTorch users compose it: nn.Linear products, three
+    nn.LayerNorm and a loop over the steps (the LSTMCell's gate math, each product normalized
+    apart). LN(h U) carries no bias, LN(x W) carries the LSTM's b."""
+    import torch
+    from torch import nn
+
+    class LayerNormLSTM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wx = nn.Linear(I, 4 * H, bias=False)
+            self.wh = nn.Linear(H, 4 * H, bias=False)
+            self.ln_x, self.ln_h, self.ln_c = nn.LayerNorm(4 * H), nn.LayerNorm(4 * H), nn.LayerNorm(H)
+            with torch.no_grad():
+                self.ln_h.bias.zero_()
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            h = x.new_zeros(B, H)
+            c = x.new_zeros(B, H)
+            zx = self.ln_x(self.wx(x))
+            ys = []
+            for t in range(T):
+                i, f, g, o = (zx[:, t] + self.ln_h(self.wh(h))).chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
+                ys.append(h)
+            return torch.stack(ys, 1)
+
+    return LayerNormLSTM()
+
+
+def layer_norm_rows(reps, per_block, T=100, B=32, H=256):
+    """``--layer-norm``: {mode: {implementation: seconds}} and the largest difference between
+    fastlstm's layer-normalized LSTM and the PyTorch composition with the same weights."""
+    import torch
+    import fastlstm as fl
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((B, T, H)).astype(np.float32)
+    tm = torch_layer_norm_lstm(H, H)
+    ln = fl.layers.LSTM(H, return_sequences=True, layer_norm=True)
+    ln.build(x.shape)
+    f32 = lambda t: t.detach().numpy().astype(np.float32)
+    ln.set_weights([f32(tm.wx.weight.T), f32(tm.wh.weight.T), f32(tm.ln_x.bias),
+                    np.stack([f32(tm.ln_x.weight), f32(tm.ln_h.weight)]), f32(tm.ln_c.weight),
+                    f32(tm.ln_c.bias)])
+    plain = fl.layers.LSTM(H, return_sequences=True)
+    plain.build(x.shape)
+    plain.set_weights(ln.get_weights()[:3])
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        err = float(np.abs(ln(x) - tm(xt).numpy()).max())
+    dy = np.ones((B, T, H), np.float32)
+    xg = xt.clone().requires_grad_(True)
+
+    def train(layer):
+        def run():
+            y, backprop = layer.forward_train(x)
+            backprop(dy)
+        return run
+
+    def torch_train():
+        tm.zero_grad(set_to_none=True)
+        tm(xg).sum().backward()
+
+    def torch_infer():
+        with torch.inference_mode():
+            return tm(xt)
+
+    with quiet_numpy_blas():
+        t_inf = timed_blocks({"fastlstm LN": lambda: ln(x), "fastlstm plain": lambda: plain(x),
+                              "torch LN": torch_infer}, reps, per_block)
+        t_tr = timed_blocks({"fastlstm LN": train(ln), "fastlstm plain": train(plain),
+                             "torch LN": torch_train}, reps, max(1, per_block - 1))
+    return {"infer": t_inf, "train": t_tr}, err
+
+
+def print_layer_norm(reps, per_block):
+    times, err = layer_norm_rows(reps, per_block)
+    print("\nlayer-normalized LSTM (haste's LayerNormLSTM): T=100, B=32, I=H=256, float32, "
+          "ms per call")
+    names = ["fastlstm LN", "fastlstm plain", "torch LN"]
+    print(f"{'mode':5s} | " + " ".join(f"{n:>15s}" for n in names)
+          + f" | {'LN/plain':>8s} {'LN/torch LN':>11s}")
+    for mode, t in times.items():
+        print(f"{mode:5s} | " + " ".join(f"{t[n] * 1e3:13.2f}ms" for n in names)
+              + f" | {t['fastlstm LN'] / t['fastlstm plain']:8.2f} "
+              f"{t['fastlstm LN'] / t['torch LN']:11.2f}")
+    if err > 1e-4:
+        print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
+
+
 def parse_configs(text):
     """"100x1x128,50x64x512" -> [(100, 1, 128), (50, 64, 512)] (T x B x I=H)."""
     return [tuple(int(v) for v in c.split("x")) for c in text.split(",") if c]
@@ -746,6 +843,9 @@ def main(argv=None):
                         "against the same batch padded and torch's pack_padded_sequence")
     p.add_argument("--projection", action="store_true",
                    help="only the projected LSTM (proj_size) against torch's")
+    p.add_argument("--layer-norm", action="store_true",
+                   help="only the layer-normalized LSTM against the plain one and a PyTorch "
+                        "composition (nn.Linear + nn.LayerNorm, a loop over the steps)")
     args = p.parse_args(argv)
     if args.mixed:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -789,13 +889,15 @@ def main(argv=None):
         run_lowp(configs, args.threads, reps, per_block, stream=not args.no_stream,
                  onnx=not args.no_onnx, json_path=args.json)
         return 0
-    if args.lengths or args.projection:
+    if args.lengths or args.projection or args.layer_norm:
         for line in environment(torch):
             print(line)
         if args.lengths:
             print_lengths(args.threads, reps, per_block)
         if args.projection:
             print_projection(reps, per_block)
+        if args.layer_norm:
+            print_layer_norm(reps, per_block)
         return 0
     peak = sgemm_rate(args.threads)
     for line in environment(torch):
