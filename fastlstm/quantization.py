@@ -292,6 +292,9 @@ def _quantize_leaf(layer, precision, saved=None):
         raise ValueError(f"fl.quantize: cannot quantize {layer.name} ({type(layer).__name__}); "
                          "int8/bfloat16 cover LSTM, GRU, SimpleRNN, Bidirectional, RNN of "
                          "built-in cells, Dense and Embedding")
+    if getattr(layer, "layer_norm", False):
+        raise ValueError(f"fl.quantize: {layer.name} has layer_norm=True; layer-normalized "
+                         "cells run in float32 and float64 only")
     if getattr(layer, "device", "cpu") != "cpu":
         raise ValueError(f"fl.quantize: {layer.name} is on {layer.device!r}; quantized layers "
                          "run on the CPU (move the model with .to('cpu') first)")
