@@ -104,7 +104,16 @@ class CpuOps(NumpyOps):
                      mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                      activation, recurrent_activation, coupled=False, go_backwards=False,
                      return_sequences=True, training=False, lengths=None, zoneout=None,
-                     mixed=False):
+                     mixed=False, layer_norm=None):
+        if layer_norm is not None:
+            return super().lstm_forward(
+                x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, coupled=coupled,
+                go_backwards=go_backwards, return_sequences=return_sequences,
+                training=training, lengths=lengths, zoneout=zoneout, mixed=mixed,
+                layer_norm=layer_norm)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
@@ -183,7 +192,15 @@ class CpuOps(NumpyOps):
                     mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                     activation, recurrent_activation, go_backwards=False,
                     return_sequences=True, training=False, lengths=None, zoneout=None,
-                     mixed=False):
+                     mixed=False, layer_norm=None):
+        if layer_norm is not None:
+            return super().gru_forward(
+                x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                recurrent_activation=recurrent_activation, go_backwards=go_backwards,
+                return_sequences=return_sequences, training=training, lengths=lengths,
+                zoneout=zoneout, mixed=mixed, layer_norm=layer_norm)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
@@ -265,7 +282,15 @@ class CpuOps(NumpyOps):
     def simple_rnn_forward(self, x, kernel, recurrent_kernel, bias, h0, *, mask=None,
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
                            go_backwards=False, return_sequences=True, training=False,
-                           lengths=None, zoneout=None, mixed=False):
+                           lengths=None, zoneout=None, mixed=False, layer_norm=None):
+        if layer_norm is not None:
+            return super().simple_rnn_forward(
+                x, kernel, recurrent_kernel, bias, h0, mask=mask,
+                input_dropout_mask=input_dropout_mask,
+                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
+                go_backwards=go_backwards, return_sequences=return_sequences,
+                training=training, lengths=lengths, zoneout=zoneout, mixed=mixed,
+                layer_norm=layer_norm)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
