@@ -317,3 +317,22 @@ def test_converters_refuse(kind):
             with pytest.raises(ConversionError, match=f"{name}.*layer_norm=True.*{target} "
                                                       "has no layer-normalized"):
                 convert(obj)
+
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_quantized_copy_keeps_the_normalization(precision):
+    """fl.quantize quantizes the kernels; gamma, gamma_h and beta_h stay float32, and the
+    quantized products are normalized as the float ones."""
+    x = _x(dtype=np.float32)
+    model = fl.Sequential([_layer("LSTM", units=8, return_sequences=True, use_peepholes=True),
+                           _layer("GRU", units=6, return_sequences=True), _layer("SimpleRNN")])
+    model.build(x.shape)
+    for layer in model.layers:
+        _randomize(layer)
+    want = model.predict(x)
+    q = fl.quantize(model, precision)
+    got = q.predict(x)
+    with fl.use_backend("numpy"):
+        np.testing.assert_allclose(q.predict(x), got, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-2)
+    assert not np.array_equal(got, want)
