@@ -49,6 +49,7 @@ class RecurrentLayer(Layer, abstract=True):
     runs_on_gpu = True
     _step_plan = None               # also for layers unpickled from before there was one
     dtype_policy = None             # fastlstm.mixed_precision; None: unpickled from before it
+    layer_norm = False              # also for layers unpickled from before there was one
 
     def __init__(self, units, activation="tanh", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
@@ -179,8 +180,7 @@ class RecurrentLayer(Layer, abstract=True):
 
     @property
     def _layer_norm_names(self):
-        # getattr: layers unpickled from before layer_norm existed have no such attribute
-        return list(self._layer_norm_weights) if getattr(self, "layer_norm", False) else []
+        return list(self._layer_norm_weights) if self.layer_norm else []
 
     def _create_layer_norm_weights(self):
         H, G, dt = self.units, self.gate_blocks * self.units, self.dtype
