@@ -23,9 +23,12 @@ def _x(B=3, T=6, I=4, seed=0, dtype=np.float64):
 
 
 def _randomize(layer, seed=1):
-    """Weights away from their initial values (so that gamma and beta matter)."""
+    """Weights of a fixed draw, away from the initial values (so that gamma and beta
+    matter): gamma and gamma_h about 1, the rest about 0."""
     rng = np.random.default_rng(seed)
-    layer.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in layer.get_weights()])
+    names = [n.split("/")[-1] for n in layer.weight_names]
+    layer.set_weights([rng.standard_normal(w.shape) * 0.4 + (n.startswith("gamma"))
+                       for n, w in zip(names, layer.get_weights())])
 
 
 @pytest.mark.parametrize("kind, options, names, shapes", [
