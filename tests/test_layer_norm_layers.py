@@ -269,7 +269,11 @@ def test_fit_reduces_the_loss(kind):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((32, 6, 3)).astype(np.float32)
     y = np.tanh(x.sum(axis=(1, 2)))[:, None].astype(np.float32)
-    model = fl.Sequential([_layer(kind, units=8, seed=0), layers.Dense(1)])
+    init = fl.initializers
+    model = fl.Sequential([
+        _layer(kind, units=8, seed=0, kernel_initializer=init.GlorotUniform(seed=0),
+               recurrent_initializer=init.Orthogonal(seed=1)),
+        layers.Dense(1, kernel_initializer=init.GlorotUniform(seed=2))])
     model.compile("adam", "mse")
     before = model.evaluate(x, y)
     gammas = [w.copy() for n, w in zip(model.layers[0].weight_names,
