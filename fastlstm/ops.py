@@ -225,6 +225,26 @@ def _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H):
     return 1.0 - float(zoneout)
 
 
+def _layer_norm_arg(ops, chk, cell, layer_norm, G, H):
+    """The backend's layer_norm: None, or the checked arrays (LSTM: (gamma [2,G],
+    gamma_h [H], beta_h [H]); GRU, SimpleRNN: gamma [2,G]) in the weights' dtype."""
+    if layer_norm is None:
+        return None
+    if ops.name == "cupy":
+        raise ValueError("layer_norm: not on the cupy backend yet; run it on the cpu backend")
+    if cell != "lstm":
+        return chk.array("layer_norm", layer_norm, (2, G))
+    if not isinstance(layer_norm, (tuple, list)) or len(layer_norm) != 3:
+        got = (f"a {type(layer_norm).__name__} of {len(layer_norm)}"
+               if isinstance(layer_norm, (tuple, list)) else type(layer_norm).__name__)
+        raise TypeError(f"layer_norm: expected a tuple (gamma (2, {G}), gamma_h ({H},), "
+                        f"beta_h ({H},)), got {got}")
+    gamma, gamma_h, beta_h = layer_norm
+    return (chk.array("layer_norm[0] (gamma)", gamma, (2, G)),
+            chk.array("layer_norm[1] (gamma_h)", gamma_h, (H,)),
+            chk.array("layer_norm[2] (beta_h)", beta_h, (H,)))
+
+
 def _attach_info(cache, ops, chk, T, B, H, return_sequences):
     if cache is not None:
         cache.info = dict(T=T, B=B, H=H, dtype=chk.dtype, return_sequences=return_sequences,
@@ -236,7 +256,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
                  activation="tanh", recurrent_activation="sigmoid",
                  coupled_input_forget=False, go_backwards=False, return_sequences=True,
                  training=False, sequence_lengths=None, projection=None, zoneout=None,
-                 zoneout_mask=None, mixed=False):
+                 zoneout_mask=None, mixed=False, layer_norm=None):
     """LSTM over a sequence.
 
     x [T,B,I]; kernel [I,G]; recurrent_kernel [H,G]; bias [G] or None; h0, c0 [B,H] or None
@@ -256,12 +276,21 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     ``mixed``: mixed_bfloat16 (float32 weights and states; every product, the backward's
     too, with bf16 operands and float32 sums; docs/mixed_precision.md).
 
+    ``layer_norm``: ``(gamma [2,G], gamma_h [H], beta_h [H])`` (haste's LayerNormLSTM):
+    ``z = LN(x_t W) gamma[0] + LN(h_{t-1} U) gamma[1] + b`` and ``h_t = o * act(LN(c_t)
+    gamma_h + beta_h)``, LN the rows' normalization ``(v - mean) / sqrt(var + 1e-5)``
+    without an affine of its own; c_t and the peepholes stay unnormalized. The backward then
+    returns ``Grads.gamma``, ``gamma_h`` and ``beta_h``. Not with ``projection``.
+
     Returns ``(y, h_T, c_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
     coupled = _flag("coupled_input_forget", coupled_input_forget)
     if projection is not None and zoneout:
         raise ValueError("zoneout: a projected LSTM (projection, proj_size) takes no zoneout")
+    if projection is not None and layer_norm is not None:
+        raise ValueError("layer_norm: a projected LSTM (projection, proj_size) takes no "
+                         "layer normalization (not supported)")
     if projection is not None and _flag("mixed", mixed):
         raise NotImplementedError("mixed: a projected LSTM (projection, proj_size) does not run "
                                   "in mixed_bfloat16 yet; use float32")
@@ -289,6 +318,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, *, pe
     zk = _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H)
     if zk is not None:
         extra["zoneout"] = zk
+    ln = _layer_norm_arg(ops, chk, "lstm", layer_norm, U.shape[1], H)
+    if ln is not None:
+        extra["layer_norm"] = ln
     y, h, c, cache = ops.lstm_forward(
         x, W, U, b, h0, c0, peephole=P, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract, coupled=coupled,
@@ -337,7 +369,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
                 mask=None, input_dropout_mask=None, recurrent_dropout_mask=None,
                 activation="tanh", recurrent_activation="sigmoid", go_backwards=False,
                 return_sequences=True, training=False, sequence_lengths=None, zoneout=None,
-                zoneout_mask=None, mixed=False):
+                zoneout_mask=None, mixed=False, layer_norm=None):
     """GRU over a sequence (Keras 3 ``GRUCell``).
 
     x [T,B,I]; kernel [I,3H]; recurrent_kernel [H,3H], blocks [z|r|h]; bias [2,3H] (row 0
@@ -348,11 +380,18 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     kernel's (float32 or float64); other arrays are converted to it. sequence_lengths,
     zoneout, zoneout_mask: as ``lstm_forward``'s.
     ``mixed``: as in ``lstm_forward``.
+    ``layer_norm``: gamma [2,3H] (haste's LayerNormGRU; ``reset_after`` only): each product
+    normalized over its full 3H row, ``x_z = LN(x_t W) gamma[0] + b[0]``, ``h_z = LN(h_{t-1}
+    U) gamma[1] + b[1]``, then the reset-after gates on x_z and h_z; the backward then
+    returns ``Grads.gamma``.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
     """
     reset_after = _flag("reset_after", reset_after)
+    if layer_norm is not None and not reset_after:
+        raise ValueError("layer_norm: the GRU takes layer normalization with "
+                         "reset_after=True only, got reset_after=False")
     ops, chk, x, W, U, (T, B, I, H) = _sequence_args(x, kernel, recurrent_kernel, 3)
     _inference_only(W, _flag("training", training))
     G = 3 * H
@@ -372,6 +411,9 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
     zk = _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H)
     if zk is not None:
         extra["zoneout"] = zk
+    ln = _layer_norm_arg(ops, chk, "gru", layer_norm, G, H)
+    if ln is not None:
+        extra["layer_norm"] = ln
     y, h, cache = ops.gru_forward(
         x, W, U, b, h0, reset_after=reset_after, mask=m, input_dropout_mask=idm,
         recurrent_dropout_mask=rdm, activation=act, recurrent_activation=ract,
@@ -384,7 +426,8 @@ def gru_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, reset_after=
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=None,
                        input_dropout_mask=None, recurrent_dropout_mask=None, activation="tanh",
                        go_backwards=False, return_sequences=True, training=False,
-                       sequence_lengths=None, zoneout=None, zoneout_mask=None, mixed=False):
+                       sequence_lengths=None, zoneout=None, zoneout_mask=None, mixed=False,
+                       layer_norm=None):
     """SimpleRNN over a sequence: ``h_t = act(x_t W + h_{t-1} U + b)``.
 
     x [T,B,I]; kernel [I,H]; recurrent_kernel [H,H]; bias [H] or None; h0 [B,H] or None
@@ -392,6 +435,8 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     [B,H]. The dtype is the kernel's (float32 or float64); other arrays are converted to it.
     sequence_lengths, zoneout, zoneout_mask: as ``lstm_forward``'s.
     ``mixed``: as in ``lstm_forward``.
+    ``layer_norm``: gamma [2,H]: ``h_t = act(LN(x_t W) gamma[0] + LN(h_{t-1} U) gamma[1] +
+    b)`` (LN as in ``lstm_forward``); the backward then returns ``Grads.gamma``.
 
     Returns ``(y, h_T, cache)``: y [T,B,H] indexed by step (reversed input order with
     ``go_backwards``, as Keras) or the last output [B,H]; cache is None unless ``training``.
@@ -407,6 +452,9 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias=None, h0=None, *, mask=
     zk = _zoneout_arg(ops, chk, zoneout, zoneout_mask, T, B, H)
     if zk is not None:
         extra["zoneout"] = zk
+    ln = _layer_norm_arg(ops, chk, "simple_rnn", layer_norm, H, H)
+    if ln is not None:
+        extra["layer_norm"] = ln
     y, h, cache = ops.simple_rnn_forward(
         x, W, U, b, h0, mask=m, input_dropout_mask=idm, recurrent_dropout_mask=rdm,
         activation=act, go_backwards=_flag("go_backwards", go_backwards),
@@ -445,7 +493,8 @@ def lstm_backward(cache, dy=None, dh=None, dc=None) -> Grads:
     """Gradients of the ``lstm_forward`` that returned ``cache``.
 
     dy mirrors y ([T,B,H] or [B,H]); dh, dc [B,H] are the gradients of h_T and c_T; ``None``
-    means zero. Returns ``Grads`` (inputs, h0, c0, kernel, recurrent_kernel, bias, peephole).
+    means zero. Returns ``Grads`` (inputs, h0, c0, kernel, recurrent_kernel, bias, peephole;
+    gamma, gamma_h, beta_h with layer_norm).
     """
     if isinstance(cache, Cache) and cache.made_by == "projected":
         from . import projected
@@ -467,8 +516,8 @@ def gru_backward(cache, dy=None, dh=None) -> Grads:
     """Gradients of the ``gru_forward`` that returned ``cache``.
 
     dy mirrors y ([T,B,H] or [B,H]); dh [B,H] is the gradient of h_T; ``None`` means zero.
-    Returns ``Grads`` (inputs, h0, kernel, recurrent_kernel, bias); bias is [2,3H] with
-    ``reset_after``, else [3H], or None without a bias.
+    Returns ``Grads`` (inputs, h0, kernel, recurrent_kernel, bias; gamma with layer_norm);
+    bias is [2,3H] with ``reset_after``, else [3H], or None without a bias.
     """
     ops, dy, (dh,) = _backward_args(cache, "gru", "gru_forward", dy, [("dh", dh)])
     return ops.gru_backward(cache, dy, dh)
@@ -478,7 +527,7 @@ def simple_rnn_backward(cache, dy=None, dh=None) -> Grads:
     """Gradients of the ``simple_rnn_forward`` that returned ``cache``.
 
     dy mirrors y ([T,B,H] or [B,H]); dh [B,H] is the gradient of h_T; ``None`` means zero.
-    Returns ``Grads`` (inputs, h0, kernel, recurrent_kernel, bias).
+    Returns ``Grads`` (inputs, h0, kernel, recurrent_kernel, bias; gamma with layer_norm).
     """
     ops, dy, (dh,) = _backward_args(cache, "simple_rnn", "simple_rnn_forward", dy,
                                     [("dh", dh)])

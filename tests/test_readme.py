@@ -16,7 +16,7 @@ DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT).replace(os.sep, "/")
                               for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 #: pages and the least number of Python examples each must keep
-EXPECTED = {"README.md": 6, "docs/layers.md": 5, "docs/training.md": 3,
+EXPECTED = {"README.md": 6, "docs/layers.md": 6, "docs/training.md": 3,
             "docs/saving.md": 3, "docs/converters.md": 6, "docs/gpu.md": 3,
             "docs/threads.md": 1, "docs/architecture.md": 1, "docs/performance.md": 0,
             "docs/security.md": 0, "docs/kernels.md": 0, "docs/scaling.md": 2,

@@ -52,6 +52,6 @@ class Grads:
     c0: Optional[Any] = None          # [B,H]   LSTM only
     peephole: Optional[Any] = None    # [3,H]   LSTM with peepholes only
     projection: Optional[Any] = None  # [H,P]   LSTM with a projection (proj_size) only
-    gamma: Optional[Any] = None       # [2,G]   layer norm's gains (GRU: [2,3H])
-    gamma_h: Optional[Any] = None     # [H]     the LSTM's layer norm of c_t
-    beta_h: Optional[Any] = None      # [H]
+    gamma: Optional[Any] = None       # [2,G]   with layer_norm: the scales of LN(x W), LN(h U)
+    gamma_h: Optional[Any] = None     # [H]     LSTM with layer_norm: the scale of LN(c_t)
+    beta_h: Optional[Any] = None      # [H]     LSTM with layer_norm: the shift of LN(c_t)

@@ -36,6 +36,10 @@ def _mixed_weights(kernel, recurrent_kernel, mixed, wsplit=0, usplit=0):
     return _weights(kernel, recurrent_kernel)
 
 
+def quantized(kernel):
+    return isinstance(kernel, QuantizedMatrix)
+
+
 def _u8(mask):
     return None if mask is None else mask.view(np.uint8)
 
@@ -112,15 +116,14 @@ class CpuOps(NumpyOps):
                      return_sequences=True, training=False, lengths=None, zoneout=None,
                      mixed=False, layer_norm=None):
         ln = _ln(layer_norm)
-        if mixed and layer_norm is not None:    # layer norm in bf16: the oracle runs it
+        if layer_norm is not None and (mixed or quantized(kernel)):   # bf16, int8: the oracle
             return super().lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences, training=training,
-                mixed=mixed, **({} if lengths is None else {"lengths": lengths}),
-                **({} if zoneout is None else {"zoneout": zoneout}), **ln)
+                mixed=mixed, lengths=lengths, zoneout=zoneout, **ln)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
@@ -203,15 +206,14 @@ class CpuOps(NumpyOps):
                     return_sequences=True, training=False, lengths=None, zoneout=None,
                     mixed=False, layer_norm=None):
         ln = _ln(layer_norm)
-        if mixed and layer_norm is not None:    # layer norm in bf16: the oracle runs it
+        if layer_norm is not None and (mixed or quantized(kernel)):   # bf16, int8: the oracle
             return super().gru_forward(
                 x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
                 return_sequences=return_sequences, training=training, mixed=mixed,
-                **({} if lengths is None else {"lengths": lengths}),
-                **({} if zoneout is None else {"zoneout": zoneout}), **ln)
+                lengths=lengths, zoneout=zoneout, **ln)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:
@@ -298,15 +300,14 @@ class CpuOps(NumpyOps):
                            go_backwards=False, return_sequences=True, training=False,
                            lengths=None, zoneout=None, mixed=False, layer_norm=None):
         ln = _ln(layer_norm)
-        if mixed and layer_norm is not None:    # layer norm in bf16: the oracle runs it
+        if layer_norm is not None and (mixed or quantized(kernel)):   # bf16, int8: the oracle
             return super().simple_rnn_forward(
                 x, kernel, recurrent_kernel, bias, h0, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training, mixed=mixed,
-                **({} if lengths is None else {"lengths": lengths}),
-                **({} if zoneout is None else {"zoneout": zoneout}), **ln)
+                lengths=lengths, zoneout=zoneout, **ln)
         if mixed and lengths is not None:
             mask, lengths = _mixed_unpacked(x, mask, lengths), None
         if zoneout is not None:

@@ -984,6 +984,9 @@ def _to_keras_layer(keras, layer):
                                   "not converted (Keras's need a batch size fixed in the "
                                   "model's input, and the carried states would not come "
                                   "along); convert a stateful=False copy")
+        if getattr(layer, "layer_norm", False):
+            raise ConversionError(f"to_keras: {where} has layer_norm=True; Keras has no "
+                                  f"layer-normalized {kind} layer")
         if kind == "LSTM":
             if layer.use_peepholes:
                 raise ConversionError(f"to_keras: {where} has use_peepholes=True; Keras's LSTM "

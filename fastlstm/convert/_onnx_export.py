@@ -212,6 +212,13 @@ def _recurrent_node(b, dirs, direction, x_tbf, lens, where, initial=(None, None)
         if rnn_kind(layer) != kind or layer.units != dirs[0].units:
             raise ConversionError(f"to_onnx: {where}: both directions of an ONNX node have "
                                   "one cell type and hidden size")
+    for layer in dirs:
+        if getattr(layer, "layer_norm", False):
+            who = where if layer is dirs[0] and len(dirs) == 1 else \
+                f"{where} ({type(layer).__name__} {layer.name!r})"
+            raise ConversionError(
+                f"to_onnx: {who} has layer_norm=True: ONNX has no layer-normalized {kind} "
+                f"(its {_ONNX_KIND[kind]} operator normalizes nothing)")
     H = dirs[0].units
     parts = [_direction(layer, kind, f"{where}") for layer in dirs]
     attrs = dict(hidden_size=H, direction=direction)

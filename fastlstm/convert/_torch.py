@@ -373,6 +373,8 @@ def _describe_rnn(layer, drop_training_options, in_bidirectional):
         raise ConversionError(f"to_torch: {name} has {option}={value!r}: {why}")
 
     act = layer.activation.name
+    if getattr(layer, "layer_norm", False):
+        no("layer_norm", True, f"PyTorch has no layer-normalized nn.{_TORCH_KIND[kind]}")
     if kind == "LSTM":
         if layer.use_peepholes:
             no("use_peepholes", True, "nn.LSTM has no peephole connections")

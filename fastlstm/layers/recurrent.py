@@ -49,6 +49,7 @@ class RecurrentLayer(Layer, abstract=True):
     runs_on_gpu = True
     _step_plan = None               # also for layers unpickled from before there was one
     dtype_policy = None             # fastlstm.mixed_precision; None: unpickled from before it
+    layer_norm = False              # also for layers unpickled from before there was one
 
     def __init__(self, units, activation="tanh", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
@@ -56,7 +57,8 @@ class RecurrentLayer(Layer, abstract=True):
                  bias_regularizer=None, activity_regularizer=None, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, dtype=None, name=None, trainable=True,
-                 unroll=False, zero_output_for_mask=False, zoneout=0.0):
+                 unroll=False, zero_output_for_mask=False, zoneout=0.0, layer_norm=False,
+                 gamma_initializer="ones", beta_initializer="zeros"):
         policy = mixed_precision.policy_of(dtype)
         super().__init__(name=name, dtype=policy.variable_dtype, trainable=trainable)
         self.dtype_policy = policy
@@ -81,6 +83,9 @@ class RecurrentLayer(Layer, abstract=True):
         self.unroll = check_bool("unroll", unroll)   # accepted for Keras parity; no effect
         self.zero_output_for_mask = check_bool("zero_output_for_mask", zero_output_for_mask)
         self.zoneout = _check_rate("zoneout", zoneout)
+        self.layer_norm = check_bool("layer_norm", layer_norm)
+        self.gamma_initializer = initializers.get(gamma_initializer, "gamma_initializer")
+        self.beta_initializer = initializers.get(beta_initializer, "beta_initializer")
         self.states = None
         self.last_activity_loss = 0.0
         self._step_plan = None      # the compiled step() bound to the weights (fastlstm._step)
@@ -128,7 +133,18 @@ class RecurrentLayer(Layer, abstract=True):
         raise NotImplementedError
 
     def _weight_grads(self, grads):
+        return self._cell_weight_grads(grads) + [getattr(grads, n)
+                                                 for n in self._layer_norm_names]
+
+    def _cell_weight_grads(self, grads):
         return [grads.kernel, grads.recurrent_kernel] + ([grads.bias] if self.use_bias else [])
+
+    def _layer_norm_kw(self):
+        """The ops' layer_norm argument: the LN weights (the LSTM's three as a tuple)."""
+        if not self.layer_norm:
+            return {}
+        ws = [getattr(self, n) for n in self._layer_norm_names]
+        return dict(layer_norm=tuple(ws) if len(ws) > 1 else ws[0])
 
     def _zoneout_kw(self, zoneout_mask):
         """The ops' zoneout arguments: the rate, and in training the keep masks."""
@@ -152,7 +168,27 @@ class RecurrentLayer(Layer, abstract=True):
     # -- building ----------------------------------------------------------------------
     @property
     def weight_names(self):
+        """The cell's own weights, then (layer_norm) the normalization's."""
+        return self._cell_weight_names + self._layer_norm_names
+
+    @property
+    def _cell_weight_names(self):
         return ["kernel", "recurrent_kernel"] + (["bias"] if self.use_bias else [])
+
+    #: the weights layer_norm adds: gamma (2, G), the scales of LN(x K) and LN(h R)
+    _layer_norm_weights = ("gamma",)
+
+    @property
+    def _layer_norm_names(self):
+        return list(self._layer_norm_weights) if self.layer_norm else []
+
+    def _create_layer_norm_weights(self):
+        H, G, dt = self.units, self.gate_blocks * self.units, self.dtype
+        shapes = {"gamma": (2, G), "gamma_h": (H,), "beta_h": (H,)}
+        for n in self._layer_norm_names:
+            init = self.beta_initializer if n.startswith("beta") else self.gamma_initializer
+            setattr(self, n, np.ascontiguousarray(initializers.initialize(
+                init, shapes[n], dt, argument=n.split("_")[0] + "_initializer"), dt))
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -161,6 +197,7 @@ class RecurrentLayer(Layer, abstract=True):
                              f"got {input_shape}")
         input_dim = check_positive_int("input_shape[-1]", input_shape[-1])
         self._create_weights(input_dim)
+        self._create_layer_norm_weights()
         for n in self.weight_names:
             setattr(self, n, aligned_weight(getattr(self, n)))
         super().build(input_shape)
@@ -185,7 +222,7 @@ class RecurrentLayer(Layer, abstract=True):
         I = input_features(self.name, input_shape, 3)
         H, G = self.units, self.gate_blocks * self.units
         shapes = {"kernel": (I, G), "recurrent_kernel": (H, G), "bias": self._bias_shape(),
-                  "peephole": (3, H)}
+                  "peephole": (3, H), "gamma": (2, G), "gamma_h": (H,), "beta_h": (H,)}
         return [shapes[n] for n in self.weight_names]
 
     @property
@@ -469,7 +506,7 @@ class RecurrentLayer(Layer, abstract=True):
     def _make_step_plan(self, B):
         """The compiled step bound to the current weight arrays (weights updated in place
         stay bound; set_weights makes a new plan), or None when they do not suit it."""
-        if self.zoneout or self._mixed:   # the compiled step has neither: the op runs it
+        if self.zoneout or self._mixed or self.layer_norm:   # not in the compiled step: the op
             return None
         try:
             return self._new_step_plan(B)
@@ -502,6 +539,10 @@ class RecurrentLayer(Layer, abstract=True):
             zero_output_for_mask=self.zero_output_for_mask)
         if self.zoneout:
             cfg["zoneout"] = self.zoneout
+        if self.layer_norm:
+            cfg.update(layer_norm=True,
+                       gamma_initializer=initializers.serialize(self.gamma_initializer),
+                       beta_initializer=initializers.serialize(self.beta_initializer))
         if self.dtype_policy is not None:
             cfg["dtype"] = self.dtype_policy.name
         return cfg
@@ -518,6 +559,11 @@ class LSTM(RecurrentLayer):
     projection_kernel``: h and the outputs have P features, c has ``units``,
     ``recurrent_kernel`` is ``(P, 4H)`` and a last weight ``projection_kernel (H, P)``
     (fastlstm/projected.py; no recurrent dropout).
+    With ``layer_norm=True`` (haste's LayerNormLSTM; not with proj_size)
+    ``z = LN(x K) gamma[0] + LN(h_{t-1} R) gamma[1] + b`` and
+    ``h_t = o * act(LN(c_t) gamma_h + beta_h)``, LN each row's ``(v - mean) / sqrt(var +
+    1e-5)``; three last weights ``gamma (2, G)``, ``gamma_h (H,)``, ``beta_h (H,)``
+    (initialized by ``gamma_initializer``, ones, and ``beta_initializer``, zeros).
     """
 
     state_names = ("h", "c")
@@ -530,7 +576,8 @@ class LSTM(RecurrentLayer):
                  return_state=False, go_backwards=False, stateful=False, dtype=None,
                  use_peepholes=False, coupled_input_forget=False, peephole_initializer="zeros",
                  name=None, trainable=True, unroll=False, zero_output_for_mask=False,
-                 proj_size=0, projection_initializer="glorot_uniform", zoneout=0.0):
+                 proj_size=0, projection_initializer="glorot_uniform", zoneout=0.0,
+                 layer_norm=False, gamma_initializer="ones", beta_initializer="zeros"):
         super().__init__(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -540,7 +587,8 @@ class LSTM(RecurrentLayer):
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
             name=name, trainable=trainable, unroll=unroll,
-            zero_output_for_mask=zero_output_for_mask, zoneout=zoneout)
+            zero_output_for_mask=zero_output_for_mask, zoneout=zoneout, layer_norm=layer_norm,
+            gamma_initializer=gamma_initializer, beta_initializer=beta_initializer)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         self.use_peepholes = check_bool("use_peepholes", use_peepholes)
@@ -551,6 +599,9 @@ class LSTM(RecurrentLayer):
             raise ValueError(f"proj_size: expected an integer in [0, units={self.units}) "
                              f"(0: no projection), got {proj_size!r}")
         self.proj_size = int(proj_size)
+        if self.proj_size and self.layer_norm:
+            raise ValueError("layer_norm: a projected LSTM (proj_size > 0) takes no layer "
+                             "normalization (not supported)")
         if self.proj_size and self.zoneout:
             raise ValueError(f"zoneout: a projected LSTM (proj_size > 0) takes no zoneout, got "
                              f"{self.zoneout}")
@@ -572,9 +623,12 @@ class LSTM(RecurrentLayer):
         return 3 if self.coupled_input_forget else 4
 
     @property
-    def weight_names(self):
-        return (super().weight_names + (["peephole"] if self.use_peepholes else [])
+    def _cell_weight_names(self):
+        return (super()._cell_weight_names + (["peephole"] if self.use_peepholes else [])
                 + (["projection_kernel"] if self.proj_size else []))
+
+    # layer_norm: gamma (2, G), then the scale and shift of LN(c_t) inside h_t
+    _layer_norm_weights = ("gamma", "gamma_h", "beta_h")
 
     def weight_shapes(self, input_shape):
         if not self.proj_size:
@@ -617,7 +671,7 @@ class LSTM(RecurrentLayer):
             coupled_input_forget=self.coupled_input_forget, go_backwards=self.go_backwards,
             return_sequences=return_sequences, training=training,
             projection=self.projection_kernel if self.proj_size else None,
-            mixed=self._mixed, **self._zoneout_kw(zoneout_mask))
+            mixed=self._mixed, **self._zoneout_kw(zoneout_mask), **self._layer_norm_kw())
         return y, [h, c], cache
 
     def _run_backward(self, cache, dy, dstates):
@@ -631,8 +685,9 @@ class LSTM(RecurrentLayer):
             self.peephole if self.use_peepholes else None, self.activation,
             self.recurrent_activation, self.coupled_input_forget, B)
 
-    def _weight_grads(self, grads):
-        return (super()._weight_grads(grads) + ([grads.peephole] if self.use_peepholes else [])
+    def _cell_weight_grads(self, grads):
+        return (super()._cell_weight_grads(grads)
+                + ([grads.peephole] if self.use_peepholes else [])
                 + ([grads.projection] if self.proj_size else []))
 
     def get_config(self):
@@ -655,6 +710,9 @@ class GRU(RecurrentLayer):
     recurrent row) and ``h~ = act(x W_h + b_h + r * (h U_h + b'_h))``.
     ``reset_after=False`` (Keras 2 / original form): ``bias (3H,)`` and
     ``h~ = act(x W_h + b_h + (r * h) U_h)``. Both: ``h_t = z * h_{t-1} + (1 - z) * h~``.
+    With ``layer_norm=True`` (haste's LayerNormGRU; reset_after=True only) the products are
+    normalized over their 3H rows, ``x_z = LN(x W) gamma[0] + b[0]``, ``h_z = LN(h U)
+    gamma[1] + b[1]``, and a last weight ``gamma (2, 3H)`` (``gamma_initializer``, ones).
     """
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
@@ -664,7 +722,8 @@ class GRU(RecurrentLayer):
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, reset_after=True, dtype=None,
                  name=None, trainable=True, unroll=False, zero_output_for_mask=False,
-                 zoneout=0.0):
+                 zoneout=0.0, layer_norm=False, gamma_initializer="ones",
+                 beta_initializer="zeros"):
         super().__init__(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
@@ -674,9 +733,13 @@ class GRU(RecurrentLayer):
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful, dtype=dtype,
             name=name, trainable=trainable, unroll=unroll,
-            zero_output_for_mask=zero_output_for_mask, zoneout=zoneout)
+            zero_output_for_mask=zero_output_for_mask, zoneout=zoneout, layer_norm=layer_norm,
+            gamma_initializer=gamma_initializer, beta_initializer=beta_initializer)
         self.recurrent_activation = activations.get(recurrent_activation, "recurrent_activation")
         self.reset_after = check_bool("reset_after", reset_after)
+        if self.layer_norm and not self.reset_after:
+            raise ValueError("layer_norm: the GRU takes layer normalization with "
+                             "reset_after=True only, got reset_after=False")
 
     gate_blocks = 3
 
@@ -702,7 +765,7 @@ class GRU(RecurrentLayer):
             input_dropout_mask=idm, recurrent_dropout_mask=rdm, activation=self.activation,
             recurrent_activation=self.recurrent_activation, go_backwards=self.go_backwards,
             return_sequences=return_sequences, training=training,
-            mixed=self._mixed, **self._zoneout_kw(zoneout_mask))
+            mixed=self._mixed, **self._zoneout_kw(zoneout_mask), **self._layer_norm_kw())
         return y, [h], cache
 
     def _run_backward(self, cache, dy, dstates):
@@ -722,7 +785,9 @@ class GRU(RecurrentLayer):
 
 class SimpleRNN(RecurrentLayer):
     """Fully connected recurrent layer: ``h_t = act(x_t K + h_{t-1} R + b)``, Keras 3 weights
-    ``kernel (I, H)``, ``recurrent_kernel (H, H)``, ``bias (H,)``."""
+    ``kernel (I, H)``, ``recurrent_kernel (H, H)``, ``bias (H,)``. With ``layer_norm=True``
+    ``h_t = act(LN(x_t K) gamma[0] + LN(h_{t-1} R) gamma[1] + b)`` and a last weight
+    ``gamma (2, H)`` (``gamma_initializer``, ones)."""
 
     def _create_weights(self, input_dim):
         H, dt = self.units, self.dtype
@@ -741,7 +806,8 @@ class SimpleRNN(RecurrentLayer):
             states[0] if states is not None else None, mask=mask, input_dropout_mask=idm,
             recurrent_dropout_mask=rdm, activation=self.activation,
             go_backwards=self.go_backwards, return_sequences=return_sequences,
-            training=training, mixed=self._mixed, **self._zoneout_kw(zoneout_mask))
+            training=training, mixed=self._mixed, **self._zoneout_kw(zoneout_mask),
+            **self._layer_norm_kw())
         return y, [h], cache
 
     def _run_backward(self, cache, dy, dstates):

@@ -9,10 +9,18 @@ Per step, with ``ra`` the recurrent activation and ``a`` the activation:
     o  = ra(z_o + P_o * c_t)
     h_t = o * a(c_t)
 Peephole terms are present only with ``peephole`` given (Gers & Schmidhuber).
+
+With ``layer_norm = (gamma [2,G], gamma_h [H], beta_h [H])`` (haste's LayerNormLSTM; LN in
+``layer_norm.py``) each product is normalized before the bias, and so is the cell state
+inside the output:
+    z   = LN(x_t W) * gamma[0] + LN(h_{t-1} U) * gamma[1] + b
+    h_t = o * a(LN(c_t) * gamma_h + beta_h)
+c_t itself (carried, and seen by the peepholes) is not normalized.
 """
 from __future__ import annotations
 
 from ..cache_and_grads import Cache, Grads
+from . import layer_norm as _ln
 from .zoneout import keep as _keep
 from .lowp import matmul_for
 
@@ -20,7 +28,7 @@ from .lowp import matmul_for
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
             coupled, go_backwards, return_sequences, training, backend="numpy", zoneout=None,
-            mixed=False):
+            mixed=False, layer_norm=None):
     T, B, _ = x.shape
     H = recurrent_kernel.shape[0]
     a, ra = activation, recurrent_activation
@@ -29,6 +37,11 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
 
     xin = x if input_dropout_mask is None else x * input_dropout_mask[None]
     xw = mm(xin, kernel)                                  # [T,B,G]
+    ln = layer_norm is not None
+    if ln:
+        gamma, gamma_h, beta_h = layer_norm
+        nx, rx = _ln.forward(xp, xw)
+        xw = nx * gamma[0]
     if bias is not None:
         xw = xw + bias
     h, c = h0, c0
@@ -39,10 +52,19 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
         cs = xp.empty((T, B, H), x.dtype)               # c_t
         h_prev = xp.empty((T, B, H), x.dtype)           # h_{t-1}, as it entered step t
         c_prev = xp.empty((T, B, H), x.dtype)
+        if ln:                                          # LN(h U) and LN(c_t), by time t
+            nhs = xp.empty((T, B, blocks * H), x.dtype)
+            rhs = xp.empty((T, B), x.dtype)
+            ncs = xp.empty((T, B, H), x.dtype)
+            rcs = xp.empty((T, B), x.dtype)
     for s in range(T):
         t = T - 1 - s if go_backwards else s
         hin = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
-        z = xw[t] + mm(hin, recurrent_kernel)
+        rec = mm(hin, recurrent_kernel)
+        if ln:
+            nh, rh = _ln.forward(xp, rec)
+            rec = nh * gamma[1]
+        z = xw[t] + rec
         if coupled:
             zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
         else:
@@ -58,12 +80,18 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
         if peephole is not None:
             zo = zo + peephole[2] * c_new
         o = ra(zo, xp)
-        h_new = o * a(c_new, xp)
+        if ln:
+            nc, rc = _ln.forward(xp, c_new)
+            h_new = o * a(nc * gamma_h + beta_h, xp)
+        else:
+            h_new = o * a(c_new, xp)
         if zoneout is not None:               # h_t = h_{t-1} + m (h~_t - h_{t-1})
             h_new = h + _keep(zoneout, s) * (h_new - h)
         if training:
             gates[t] = xp.concatenate([f, g, o] if coupled else [i, f, g, o], axis=1)
             cs[t], h_prev[t], c_prev[t] = c_new, h, c
+            if ln:
+                nhs[t], rhs[t], ncs[t], rcs[t] = nh, rh, nc, rc
         if mask is not None:
             m = mask[t][:, None]
             h_new = xp.where(m, h_new, h)
@@ -83,7 +111,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             input_dropout_mask=input_dropout_mask, recurrent_dropout_mask=recurrent_dropout_mask,
             activation=a, recurrent_activation=ra, coupled=coupled, go_backwards=go_backwards,
             return_sequences=return_sequences, has_bias=bias is not None, zoneout=zoneout,
-            mixed=mixed),
+            mixed=mixed, layer_norm=layer_norm,
+            ln_saved=(nx, rx, nhs, rhs, ncs, rcs) if ln else None),
             made_by="oracle")
     return y, h, c, cache
 
@@ -99,6 +128,13 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
     T, B, _ = x.shape
     H = U.shape[0]
     dtype = x.dtype
+    ln = d.get("layer_norm") is not None
+    if ln:
+        gamma, gamma_h, beta_h = d["layer_norm"]
+        nx, rx, nhs, rhs, ncs, rcs = d["ln_saved"]
+        drec_all = xp.zeros(gates.shape, dtype)       # d(h_{t-1} U), through LN(.) gamma[1]
+        dgamma_h = xp.zeros(H, dtype)
+        dbeta_h = xp.zeros(H, dtype)
 
     dh = xp.zeros((B, H), dtype) if dh_T is None else dh_T.astype(dtype, copy=True)
     dc = xp.zeros((B, H), dtype) if dc_T is None else dc_T.astype(dtype, copy=True)
@@ -128,10 +164,17 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
         else:
             i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
         c, cp = cs[t], c_prev[t]
-        ac = a(c, xp)
+        if ln:
+            ac = a(ncs[t] * gamma_h + beta_h, xp)
+            dpre = dh_step * o * a.grad_from_output(ac, xp)   # d(LN(c_t) gamma_h + beta_h)
+            dgamma_h += (dpre * ncs[t]).sum(0)
+            dbeta_h += dpre.sum(0)
+            dcs = dc_step + _ln.backward(xp, dpre * gamma_h, ncs[t], rcs[t])
+        else:
+            ac = a(c, xp)
+            dcs = dc_step + dh_step * o * a.grad_from_output(ac, xp)
         do = dh_step * ac
         dzo = do * ra.grad_from_output(o, xp)
-        dcs = dc_step + dh_step * o * a.grad_from_output(ac, xp)
         if P is not None:
             dcs = dcs + dzo * P[2]
         dg = dcs * i
@@ -153,6 +196,9 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
                 dP[0] += (dzi * cp).sum(0)
         dz = xp.concatenate(parts, axis=1)
         dz_all[t] = dz
+        if ln:
+            dz = _ln.backward(xp, dz * gamma[1], nhs[t], rhs[t])
+            drec_all[t] = dz
         dhp = mm(dz, U.T)
         if rdm is not None:
             dhp = dhp * rdm
@@ -166,6 +212,15 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
             dout = xp.zeros_like(dout)
     G = gates.shape[2]
     dz2 = dz_all.reshape(T * B, G)
+    bias_grad = dz2.sum(0) if d["has_bias"] else None
+    ln_grads = {}
+    dr2 = dz2                                       # d(h_{t-1} U), rows by (t, b)
+    if ln:
+        ln_grads = dict(gamma=xp.stack([(dz_all * nx).reshape(T * B, G).sum(0),
+                                        (dz_all * nhs).reshape(T * B, G).sum(0)]),
+                        gamma_h=dgamma_h, beta_h=dbeta_h)
+        dz2 = _ln.backward(xp, dz_all * gamma[0], nx, rx).reshape(T * B, G)  # d(x W)
+        dr2 = drec_all.reshape(T * B, G)
     dx = mm(dz2, W.T).reshape(T, B, W.shape[0])
     if d["input_dropout_mask"] is not None:
         dx = dx * d["input_dropout_mask"][None]
@@ -173,6 +228,5 @@ def backward(xp, cache, dy, dh_T, dc_T, backend="numpy"):
     return Grads(
         inputs=dx, h0=dh, c0=dc,
         kernel=mm(x.reshape(T * B, W.shape[0]).T, dz2),
-        recurrent_kernel=mm(hin.reshape(T * B, H).T, dz2),
-        bias=dz2.sum(0) if d["has_bias"] else None,
-        peephole=dP)
+        recurrent_kernel=mm(hin.reshape(T * B, H).T, dr2),
+        bias=bias_grad, peephole=dP, **ln_grads)
