@@ -100,7 +100,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         if p.reset_after:
             if floating is float and p.qU != NULL:
                 step_qproduct(p, nb, hin, p.qU, zt, ZW)
-            elif p.lng != NULL:
+            elif p.ln.g != NULL:
                 ln_step_product(p, nb, t, b0, hin, zt, ZW, scratch)
             else:
                 step_product(&p.cfg, nb, <int>H, G, hin, U, G, <const floating *>p.Up,
@@ -146,7 +146,7 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
     cdef const floating *brow = <const floating *>p.bias
     cdef floating *Zr = Z + r0 * ZW
     cdef int n1 = 2 * H if p.reset_after else G
-    if p.lng != NULL:
+    if p.ln.g != NULL:
         ln_project_gru(p, r0, nr, Zr)
         return
     if floating is float:
@@ -350,7 +350,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
                 gru_bwd_reset(nb, <int>H, q.ract, zt, <const floating *>q.HIN + t * BH + rh0,
                               pdrh, pm, ptg, q.rdrop == NULL, scratch)
                 step_grad_mixed(nb, <int>H, zt, <int>ZW, q.qUT, 1, ptg)
-        elif q.lng != NULL:        # reset_after: d(h U) through LN, over RN's rows
+        elif q.ln.g != NULL:        # reset_after: d(h U) through LN, over RN's rows
             dzu = ln_step_grad(q, nb, t, b0, zt, ZW, acc)
             step_grad(&q.cfg, nb, <int>H, G, dzu, G, U, G, UT, <const floating *>q.UTp,
                       beta_rec, ptg)
@@ -377,7 +377,7 @@ cdef void param_grads(const Bwd *q, floating *Z) noexcept nogil:
     gradient then reads W^T) unless BLAS has AVX-512 kernels. On our GEMM the bias gradient
     (column sums of Z's rows) is summed from the packed blocks of the products that pack
     those columns: no pass of its own over dZ. With layer norm: ln_param_grads."""
-    if q.lng != NULL:
+    if q.ln.g != NULL:
         ln_param_grads(q, Z)
         return
     cdef long TB = q.T * q.B, ci, t

@@ -47,8 +47,8 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
                      <const float *>p.bias, 0, Z + r0 * p.G, p.G)
             return
     dense_rows(&p.cfg, r0, nr, p.In, p.G, <const floating *>p.X, <const floating *>p.W,
-               <const floating *>p.Wp, <const floating *>p.bias if p.lng == NULL else NULL, Z)
-    if p.lng != NULL:
+               <const floating *>p.Wp, <const floating *>p.bias if p.ln.g == NULL else NULL, Z)
+    if p.ln.g != NULL:
         ln_project(p, r0, nr, Z, p.G)
 
 
@@ -68,8 +68,8 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
     cdef floating *C = <floating *>p.C
     cdef floating *Y = <floating *>p.Y
     cdef floating *hd = <floating *>p.hd
-    cdef floating *CN = <floating *>p.CN
-    cdef floating *CS = <floating *>p.CS
+    cdef floating *CN = <floating *>p.ln.CN
+    cdef floating *CS = <floating *>p.ln.CS
     cdef floating *ph = <floating *>p.h + rh
     cdef floating *pc = <floating *>p.c + rh
     cdef floating *pc_out
@@ -90,7 +90,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
                               hd + rh if hd != NULL else NULL, nbh)
         if floating is float and p.qU != NULL:
             step_qproduct(p, nb, hin, p.qU, Z + (t - p.zt0) * BG + rg, G)
-        elif p.lng != NULL:
+        elif p.ln.g != NULL:
             ln_step_product(p, nb, t, b0, hin, Z + (t - p.zt0) * BG + rg, G, scratch + H)
         else:
             step_product(&p.cfg, nb, <int>H, <int>G, hin, <const floating *>p.U, <int>G,
@@ -109,7 +109,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
             ph_out = Y + s * BH + rh
         lstm_fwd_step(nb, <int>H, p.coupled, p.act, p.ract, Z + (t - p.zt0) * BG + rg,
                  <const floating *>p.P, pm, ph, pc, ph_out, pc_out, po_prev, po, scratch,
-                 <const floating *>p.lnh, CN + t * BH + rh if CN != NULL else NULL,
+                 <const floating *>p.ln.h, CN + t * BH + rh if CN != NULL else NULL,
                  CS + t * p.B + b0 if CS != NULL else NULL)
         ph = ph_out
         pc = pc_out
@@ -343,8 +343,8 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
     cdef floating *dh = <floating *>q.dh + rh
     cdef floating *dhp = <floating *>q.dhp + rh
     cdef floating *dpeep = acc if q.P != NULL else NULL
-    cdef const floating *CN = <const floating *>q.CN
-    cdef const floating *CS = <const floating *>q.CS
+    cdef const floating *CN = <const floating *>q.ln.CN
+    cdef const floating *CS = <const floating *>q.ln.CS
     cdef const floating *dzu
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if q.go_backwards else s
@@ -355,11 +355,11 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
         lstm_bwd_step(nb, <int>H, q.coupled, q.act, q.ract, Z + t * BG + rg, C + t * BH + rh, pcp,
                  <const floating *>q.P, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, <floating *>q.dc + rh, pout, dpeep, scratch,
-                 <const floating *>q.lnh, CN + t * BH + rh if CN != NULL else NULL,
+                 <const floating *>q.ln.h, CN + t * BH + rh if CN != NULL else NULL,
                  CS + t * q.B + b0 if CS != NULL else NULL,
-                 acc + q.lnacc + G if q.lnh != NULL else NULL)
+                 acc + q.lnacc + G if q.ln.h != NULL else NULL)
         dzu = Z + t * BG + rg
-        if q.lng != NULL:
+        if q.ln.g != NULL:
             dzu = ln_step_grad(q, nb, t, b0, dzu, G, acc)
         if floating is float and q.qUT != NULL:
             step_grad_mixed(nb, <int>H, Z + t * BG + rg, <int>G, q.qUT, 0, dhp)
@@ -372,7 +372,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
 
 
 cdef inline void param_grads(const Bwd *q, floating *Z) noexcept nogil:
-    if q.lng != NULL:
+    if q.ln.g != NULL:
         ln_param_grads(q, Z)
     else:
         dense_param_grads(q, Z)

@@ -40,8 +40,8 @@ cdef inline void project_rows(const Fwd *p, long r0, long nr, floating *Z) noexc
                      <const float *>p.bias, 0, Z + r0 * p.H, p.H)
             return
     dense_rows(&p.cfg, r0, nr, p.In, p.H, <const floating *>p.X, <const floating *>p.W,
-               <const floating *>p.Wp, <const floating *>p.bias if p.lng == NULL else NULL, Z)
-    if p.lng != NULL:
+               <const floating *>p.Wp, <const floating *>p.bias if p.ln.g == NULL else NULL, Z)
+    if p.ln.g != NULL:
         ln_project(p, r0, nr, Z, p.H)
 
 
@@ -76,7 +76,7 @@ cdef void forward_rows(const Fwd *p, int b0, int nb, long s0, long s1,
         zt = <floating *>p.Z + (t - p.zt0) * BH + rh
         if floating is float and p.qU != NULL:
             step_qproduct(p, nb, hin, p.qU, zt, H)
-        elif p.lng != NULL:
+        elif p.ln.g != NULL:
             ln_step_product(p, nb, t, b0, hin, zt, H, scratch)
         else:
             step_product(&p.cfg, nb, <int>H, <int>H, hin, <const floating *>p.U, <int>H,
@@ -174,7 +174,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
         rnn_bwd_step(nb, <int>H, q.act, zt, pm, DY + s * q.dys + b0 * q.dyr if DY != NULL else NULL,
                  q.dyr, dh, pout, scratch)
         dzu = zt
-        if q.lng != NULL:
+        if q.ln.g != NULL:
             dzu = ln_step_grad(q, nb, t, b0, zt, H, acc)
         if floating is float and q.qUT != NULL:
             step_grad_mixed(nb, <int>H, zt, <int>H, q.qUT, 0, dhp)
@@ -186,7 +186,7 @@ cdef void backward_rows(const Bwd *q, int b0, int nb, floating *acc,
 
 
 cdef inline void param_grads(const Bwd *q, floating *Z) noexcept nogil:
-    if q.lng != NULL:
+    if q.ln.g != NULL:
         ln_param_grads(q, Z)
     else:
         dense_param_grads(q, Z)

@@ -189,7 +189,7 @@ cdef object forward_setup(Fwd *p, const floating[:, :, :] x, const floating[:, :
     states_arr, y_arr = states_and_outputs(T, B, H, dtype, training, return_sequences,
                                            shared_states)
     p.HIN = p.HPREV = p.C = p.RH = p.Y = p.out = p.hd = p.c = p.P = NULL
-    ln_clear(p)
+    ln_clear(&p.ln)
     if training:
         S = states_arr
         p.HIN = &S[0, 0, 0]
@@ -429,7 +429,8 @@ cdef object backward_setup(Bwd *q, const floating[:, :, ::1] x, floating[:, :, :
         q.UT = &UT[0, 0]
     q.UTp, q.UTp2 = data(ut1), data(ut2)
     q.C = q.c0 = q.P = q.dc = q.HPREV = q.RH = q.drh = NULL
-    ln_clear_bwd(q)
+    ln_clear(&q.ln)
+    q.lnacc, q.lnpart = 0, NULL
     return [dx_arr, dh_arr, dW_arr, dU_arr, db_arr, acc_arr, part_arr, scratch_arr,
             (dout_arr, dhp_arr, ones_arr, ut_arr, dy, wt1, wt2, ut1, ut2, mixed)]
 

@@ -8,17 +8,12 @@
 # and, after the loop, dZ into that of x W over XN, so dW, dU and dX are the usual products
 # over those instead of dZ.
 from gates cimport ln_fwd, ln_bwd, merge_rows
+from sequence cimport LayerNorm
 from products cimport par_gemm, input_grad_rows as ln_input_rows, step_product_set
 
 
-cdef inline void ln_clear(Fwd *p) noexcept:
-    p.lng = p.lnh = p.XN = p.XS = p.RN = p.RS = p.CN = p.CS = NULL
-
-
-cdef inline void ln_clear_bwd(Bwd *q) noexcept:
-    q.lng = q.lnh = q.XN = q.XS = q.RN = q.RS = q.CN = q.CS = NULL
-    q.lnacc = 0
-    q.lnpart = NULL
+cdef inline void ln_clear(LayerNorm *ln) noexcept:
+    ln.g = ln.h = ln.XN = ln.XS = ln.RN = ln.RS = ln.CN = ln.CS = NULL
 
 
 cdef list ln_setup(Fwd *p, const floating[:, ::1] gamma, const floating[:, ::1] gamma_h,
@@ -29,26 +24,26 @@ cdef list ln_setup(Fwd *p, const floating[:, ::1] gamma, const floating[:, ::1] 
     pointers (the cell keeps them, and backward takes XN, XS, RN, RS, CN, CS from it)."""
     cdef floating[:, ::1] xn, rn, cn
     cdef floating[::1] xs, rs, cs
-    ln_clear(p)
+    ln_clear(&p.ln)
     if gamma is None:
         return None
     if p.qW != NULL or p.ncols:
         raise ValueError("layer_norm: float weights and a row loop only")
     dtype = np.float32 if floating is float else np.float64
-    p.lng = <void *>&gamma[0, 0]
+    p.ln.g = <void *>&gamma[0, 0]
     keep = [np.asarray(gamma), None if gamma_h is None else np.asarray(gamma_h)]
     if gamma_h is not None:
-        p.lnh = <void *>&gamma_h[0, 0]
+        p.ln.h = <void *>&gamma_h[0, 0]
     if not p.training:
         return keep
     arrays = [np.empty((rows, p.G), dtype), np.empty(rows, dtype),
               np.empty((rows, p.G), dtype), np.empty(rows, dtype)]
     xn, xs, rn, rs = arrays
-    p.XN, p.XS, p.RN, p.RS = &xn[0, 0], &xs[0], &rn[0, 0], &rs[0]
+    p.ln.XN, p.ln.XS, p.ln.RN, p.ln.RS = &xn[0, 0], &xs[0], &rn[0, 0], &rs[0]
     if cell_states:
         arrays += [np.empty((rows, p.H), dtype), np.empty(rows, dtype)]
         cn, cs = arrays[4], arrays[5]
-        p.CN, p.CS = &cn[0, 0], &cs[0]
+        p.ln.CN, p.ln.CS = &cn[0, 0], &cs[0]
     return keep + arrays
 
 
@@ -58,9 +53,9 @@ cdef inline void ln_project(const Fwd *p, long r0, long nr, floating *Z, long ld
     holds every row)."""
     cdef floating *zr = Z + r0 * ldz
     cdef long G = p.G
-    ln_fwd(<int>nr, <int>G, zr, ldz, <const floating *>p.lng, <const floating *>p.bias, 0, zr,
-           ldz, <floating *>p.XN + r0 * G if p.XN != NULL else NULL, G,
-           <floating *>p.XS + r0 if p.XS != NULL else NULL)
+    ln_fwd(<int>nr, <int>G, zr, ldz, <const floating *>p.ln.g, <const floating *>p.bias, 0, zr,
+           ldz, <floating *>p.ln.XN + r0 * G if p.ln.XN != NULL else NULL, G,
+           <floating *>p.ln.XS + r0 if p.ln.XS != NULL else NULL)
 
 
 cdef inline void ln_step_product(const Fwd *p, int nb, long t, long b0, const floating *hin,
@@ -68,11 +63,11 @@ cdef inline void ln_step_product(const Fwd *p, int nb, long t, long b0, const fl
     """A step's Z_t (nb rows from batch row b0, row stride ldz) += LN(hin U) gamma[1]: the
     product in RN's rows of step t when training (normalized there), else in work [nb,G]."""
     cdef long G = p.G, row = t * p.B + b0
-    cdef floating *r = <floating *>p.RN + row * G if p.training else work
+    cdef floating *r = <floating *>p.ln.RN + row * G if p.training else work
     step_product_set(&p.cfg, nb, p.H, p.G, hin, <const floating *>p.U, p.G,
                      <const floating *>p.Up, <const floating *>p.Upan, r, p.G)
-    ln_fwd(nb, p.G, r, G, <const floating *>p.lng + G, NULL, 1, zt, ldz,
-           r if p.training else NULL, G, <floating *>p.RS + row if p.training else NULL)
+    ln_fwd(nb, p.G, r, G, <const floating *>p.ln.g + G, NULL, 1, zt, ldz,
+           r if p.training else NULL, G, <floating *>p.ln.RS + row if p.training else NULL)
 
 
 cdef inline const floating *ln_step_grad(const Bwd *q, int nb, long t, long b0,
@@ -81,8 +76,8 @@ cdef inline const floating *ln_step_grad(const Bwd *q, int nb, long t, long b0,
     """The gradient of step t's h U (nb rows from b0) from dZ_t, over RN's rows (returned,
     rows G apart: dh_{t-1} = it U^T); gamma[1]'s gradient added to acc + lnacc."""
     cdef long G = q.G, row = t * q.B + b0
-    cdef floating *r = <floating *>q.RN + row * G
-    ln_bwd(nb, q.G, dz, ldz, <const floating *>q.lng + G, r, G, <const floating *>q.RS + row,
+    cdef floating *r = <floating *>q.ln.RN + row * G
+    ln_bwd(nb, q.G, dz, ldz, <const floating *>q.ln.g + G, r, G, <const floating *>q.ln.RS + row,
            acc + q.lnacc, NULL, r, G)
     return r
 
@@ -95,8 +90,8 @@ cdef void ln_param_grads(const Bwd *q, floating *Z) noexcept nogil:
     has taken d rec_h into RN) first gets dn moved over d rec_h: x W fed its columns 0:3H."""
     cdef long TB = q.T * q.B, G = q.G, ZW = q.ZW, H = q.H, ci, a, e, r, j
     cdef int n = split(&q.cfg, TB, 64, <double>TB * G * 8), nw, nr
-    cdef const floating *lng = <const floating *>q.lng
-    cdef floating *XN = <floating *>q.XN
+    cdef const floating *lng = <const floating *>q.ln.g
+    cdef floating *XN = <floating *>q.ln.XN
     cdef floating *part = <floating *>q.lnpart
     cdef floating *pg
     cdef floating *zr
@@ -111,15 +106,15 @@ cdef void ln_param_grads(const Bwd *q, floating *Z) noexcept nogil:
                     pg[G + j] += zr[j]
                 memcpy(zr + 2 * H, zr + 3 * H, H * sizeof(floating))
             ln_bwd(<int>(e - a), <int>G, Z + a * ZW, ZW, lng, XN + a * G, G,
-                   <const floating *>q.XS + a, pg, NULL, XN + a * G, G)
+                   <const floating *>q.ln.XS + a, pg, NULL, XN + a * G, G)
         else:
             ln_bwd(<int>(e - a), <int>G, Z + a * G, G, lng, XN + a * G, G,
-                   <const floating *>q.XS + a, pg, pg + G, XN + a * G, G)
+                   <const floating *>q.ln.XS + a, pg, pg + G, XN + a * G, G)
     nw = split(&q.cfg, G, 64, <double>TB * (q.In + q.H) * G)
     par_gemm(True, False, q.In, <int>G, <int>TB, <floating>1, <const floating *>q.X, q.In, XN,
              <int>G, <floating>0, <floating *>q.dW, <int>G, nw, False, q.own)
     par_gemm(True, False, q.H, <int>G, <int>TB, <floating>1, <const floating *>q.HIN, q.H,
-             <const floating *>q.RN, <int>G, <floating>0, <floating *>q.dU, <int>G, nw, False,
+             <const floating *>q.ln.RN, <int>G, <floating>0, <floating *>q.dU, <int>G, nw, False,
              q.own)
     nr = split(&q.cfg, TB, 64, <double>TB * q.In * G)
     for ci in prange(nr, num_threads=nr, schedule="static"):
@@ -138,11 +133,11 @@ cdef object ln_bind(Bwd *q, list saved, long lnacc, dtype):
     if saved is None:
         return None
     gamma, gamma_h, xn, xs, rn, rs = saved[:6]
-    q.lng = ptr(gamma)
-    q.lnh = ptr(gamma_h)
-    q.XN, q.XS, q.RN, q.RS = ptr(xn), ptr(xs), ptr(rn), ptr(rs)
+    q.ln.g = ptr(gamma)
+    q.ln.h = ptr(gamma_h)
+    q.ln.XN, q.ln.XS, q.ln.RN, q.ln.RS = ptr(xn), ptr(xs), ptr(rn), ptr(rs)
     if len(saved) > 6:
-        q.CN, q.CS = ptr(saved[6]), ptr(saved[7])
+        q.ln.CN, q.ln.CS = ptr(saved[6]), ptr(saved[7])
     q.lnacc = lnacc
     part = ln_part(q, dtype)
     q.lnpart = ptr(part)

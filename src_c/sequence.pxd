@@ -12,6 +12,22 @@ from lowp cimport fl_qmat
 from products cimport Settings
 
 
+cdef struct LayerNorm:
+    # Layer norm of a pass (src_c/layer_norm.pxi). IN: g [2,G] the gains of LN(x W) and
+    # LN(h U) (the GRU's: of its [T,B,3H] products), or NULL for none; h [2,H] the LSTM's
+    # gamma_h, beta_h (else NULL). Forward's OUT when training (else NULL), backward's IN:
+    # XN [T,B,G] LN(x W) and XS [T,B] its 1/sqrt(var + eps), RN, RS the same of h U, CN
+    # [T,B,H], CS [T,B] of the LSTM's c_t.
+    void *g
+    void *h
+    void *XN
+    void *XS
+    void *RN
+    void *RS
+    void *CN
+    void *CS
+
+
 cdef struct Fwd:
     Settings cfg                 # IN: threads, product policy and thresholds of this call
     # IN: sizes. G is the width of U [H,G]; ZW the width of a row of Z (G, but 4H for the GRU
@@ -83,18 +99,7 @@ cdef struct Fwd:
     void *work
     void *hbuf
     fl_barrier *bar
-    # IN: layer norm (src_c/layer_norm.pxi), or lng NULL: lng [2,G] the gains of LN(x W)
-    # and LN(h U) (the GRU's: of its [T,B,3H] products), lnh [2,H] the LSTM's gamma_h, beta_h.
-    # OUT when training (else NULL): XN [T,B,G] LN(x W) and XS [T,B] its 1/sqrt(var + eps),
-    # RN, RS the same of h U, CN [T,B,H], CS [T,B] of the LSTM's c_t.
-    void *lng
-    void *lnh
-    void *XN
-    void *XS
-    void *RN
-    void *RS
-    void *CN
-    void *CS
+    LayerNorm ln                 # layer norm (g NULL: none)
 
 
 cdef struct Bwd:
@@ -160,14 +165,7 @@ cdef struct Bwd:
     void *ones
     # IN: layer norm, as in Fwd (what forward saved; backward writes the gradients of the
     # normalized products over XN and RN); lnacc: where a thread's accumulator (acc) holds
-    # the gains' gradients: [G] of lng's row 1, then the LSTM's [2,H] of lnh.
-    void *lng
-    void *lnh
-    void *XN
-    void *XS
-    void *RN
-    void *RS
-    void *CN
-    void *CS
+    # the gains' gradients: [G] of g's row 1, then the LSTM's [2,H] of h.
+    LayerNorm ln
     long lnacc
     void *lnpart                 # WORK: ln_param_grads's per-thread sums [threads, 2, G]

@@ -41,6 +41,20 @@ def assert_close(actual, expected, dtype=None, name="", table=TOL):
     np.testing.assert_allclose(actual, expected, err_msg=name, **tol)
 
 
+def central_differences(loss, a, samples=10, eps=1e-6):
+    """(index, (loss(a + eps) - loss(a - eps)) / (2 eps)) at about `samples` entries of the
+    float64 array `a`, spread over it; `a` is perturbed in place and restored."""
+    idxs = list(np.ndindex(a.shape))
+    for idx in idxs[::max(1, len(idxs) // samples)]:
+        saved = a[idx]
+        a[idx] = saved + eps
+        up = loss()
+        a[idx] = saved - eps
+        down = loss()
+        a[idx] = saved
+        yield idx, (up - down) / (2 * eps)
+
+
 def seed_of(*parts):
     """A stable seed from test parameters (str hashes change between processes)."""
     import zlib

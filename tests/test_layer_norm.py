@@ -10,7 +10,7 @@ import pytest
 
 import fastlstm as fl
 from fastlstm import _lstm
-from conftest import DTYPES, TOL, seed_of
+from conftest import DTYPES, TOL, central_differences, seed_of
 from conftest import assert_close as _assert_close
 
 # LN divides each row by its standard deviation: on rows of 5 to 20 units whose variance is
@@ -302,18 +302,8 @@ def test_oracle_gradients_by_finite_differences(cell, case):
 
     with fl.use_backend("numpy"):
         _, grads = run_op(cell, p, opts, training=True, grads=w, **flags)
-    eps = 1e-6
     for name, g in grads.items():
-        a = p[name]
-        idxs = list(np.ndindex(a.shape))
-        for idx in idxs[::max(1, len(idxs) // 12)]:
-            saved = a[idx]
-            a[idx] = saved + eps
-            up = loss()
-            a[idx] = saved - eps
-            down = loss()
-            a[idx] = saved
-            num = (up - down) / (2 * eps)
+        for idx, num in central_differences(loss, p[name], 12):
             assert abs(num - g[idx]) < 1e-6 * (1 + abs(num)), (name, idx, num, g[idx])
 
 
