@@ -82,7 +82,7 @@ import numpy as np
 
 from fastlstm.benchmarking import (GATES, environment, oracle_time, peer_pair, problem,
                                    quiet_numpy_blas, timed_blocks, torch_gru_weights,
-                                   torch_inference)
+                                   torch_inference, training_step)
 
 LSTM_CONFIGS = [(100, 1, 128), (100, 16, 128), (100, 32, 256), (50, 64, 512), (25, 128, 1024)]
 GRU_CONFIGS = LSTM_CONFIGS[1:4]
@@ -631,12 +631,6 @@ def lengths_rows(threads, reps, per_block, T=100, B=64, H=512, lo=10, seed=0):
         ref = torch_packed(xt).numpy()
     err = float(np.abs(layer(x, sequence_lengths=lengths) * valid[:, :, None] - ref).max())
 
-    def fl_train(**kw):
-        def run():
-            y, backprop = layer.forward_train(x, **kw)
-            backprop(dy if kw else dy_full)
-        return run
-
     xg = xt.clone().requires_grad_(True)
 
     def torch_train_packed():
@@ -655,8 +649,8 @@ def lengths_rows(threads, reps, per_block, T=100, B=64, H=512, lo=10, seed=0):
                  "fastlstm padded": lambda: layer(x),
                  "torch packed": torch_infer_packed,
                  "torch padded": lambda: torch_inference(tm, xt)}
-    training = {"fastlstm lengths": fl_train(sequence_lengths=lengths),
-                "fastlstm padded": fl_train(),
+    training = {"fastlstm lengths": training_step(layer, x, dy, sequence_lengths=lengths),
+                "fastlstm padded": training_step(layer, x, dy_full),
                 "torch packed": torch_train_packed, "torch padded": torch_train_padded}
     with quiet_numpy_blas():
         t_inf = timed_blocks(inference, reps, per_block)
@@ -692,10 +686,6 @@ def projection_rows(reps, per_block, T=50, B=32, I=256, H=1024, P=256):
     dy = np.ones((B, T, P), np.float32)
     xg = xt.clone().requires_grad_(True)
 
-    def fl_train():
-        y, backprop = layer.forward_train(x)
-        backprop(dy)
-
     def torch_train():
         tm.zero_grad(set_to_none=True)
         tm(xg)[0].sum().backward()
@@ -703,8 +693,8 @@ def projection_rows(reps, per_block, T=50, B=32, I=256, H=1024, P=256):
     with quiet_numpy_blas():
         t_inf = timed_blocks({"fastlstm": lambda: layer(x),
                               "torch": lambda: torch_inference(tm, xt)}, reps, per_block)
-        t_tr = timed_blocks({"fastlstm": fl_train, "torch": torch_train}, reps,
-                            max(1, per_block - 1))
+        t_tr = timed_blocks({"fastlstm": training_step(layer, x, dy), "torch": torch_train},
+                            reps, max(1, per_block - 1))
     return {"infer": t_inf, "train": t_tr}, err
 
 
@@ -781,12 +771,6 @@ def layer_norm_rows(reps, per_block, T=100, B=32, H=256):
     dy = np.ones((B, T, H), np.float32)
     xg = xt.clone().requires_grad_(True)
 
-    def train(layer):
-        def run():
-            y, backprop = layer.forward_train(x)
-            backprop(dy)
-        return run
-
     def torch_train():
         tm.zero_grad(set_to_none=True)
         tm(xg).sum().backward()
@@ -798,7 +782,8 @@ def layer_norm_rows(reps, per_block, T=100, B=32, H=256):
     with quiet_numpy_blas():
         t_inf = timed_blocks({"fastlstm LN": lambda: ln(x), "fastlstm plain": lambda: plain(x),
                               "torch LN": torch_infer}, reps, per_block)
-        t_tr = timed_blocks({"fastlstm LN": train(ln), "fastlstm plain": train(plain),
+        t_tr = timed_blocks({"fastlstm LN": training_step(ln, x, dy),
+                             "fastlstm plain": training_step(plain, x, dy),
                              "torch LN": torch_train}, reps, max(1, per_block - 1))
     return {"infer": t_inf, "train": t_tr}, err
 

@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from fastlstm.benchmarking import environment, peer_pair, quiet_numpy_blas, timed_blocks
+from fastlstm.benchmarking import (environment, peer_pair, quiet_numpy_blas, timed_blocks,
+                                   training_step)
 
 LSTM_CONFIGS = [(100, 1, 128), (100, 16, 128), (100, 32, 256), (50, 64, 512), (25, 128, 1024)]
 GRU_CONFIGS = LSTM_CONFIGS[1:4]
@@ -50,12 +51,6 @@ def step_fns(cell, T, B, H):
     dy = np.ones((B, T, H), np.float32)
     xg = torch.from_numpy(x).clone().requires_grad_(True)
 
-    def fl_step(lyr):
-        def run():
-            y, backprop = lyr.forward_train(x)
-            backprop(dy)
-        return run
-
     def torch_f32():
         tm.zero_grad(set_to_none=True)
         y, _ = tm(xg)
@@ -69,8 +64,9 @@ def step_fns(cell, T, B, H):
 
     y32 = layer(x)
     err = float(np.abs(mixed(x) - y32).max())
-    return {"torch f32": torch_f32, "torch bf16": torch_bf16, "fastlstm f32": fl_step(layer),
-            "fastlstm mixed": fl_step(mixed)}, err
+    return {"torch f32": torch_f32, "torch bf16": torch_bf16,
+            "fastlstm f32": training_step(layer, x, dy),
+            "fastlstm mixed": training_step(mixed, x, dy)}, err
 
 
 def main(argv=None):
