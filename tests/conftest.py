@@ -41,18 +41,23 @@ def assert_close(actual, expected, dtype=None, name="", table=TOL):
     np.testing.assert_allclose(actual, expected, err_msg=name, **tol)
 
 
+def central_difference(loss, a, i, eps=1e-6):
+    """(loss() at a + eps - loss() at a - eps) / (2 eps) in entry i of the flat view of the
+    float64 array `a` (C-contiguous: perturbed in place, then restored)."""
+    flat = a.reshape(-1)
+    saved = flat[i]
+    flat[i] = saved + eps
+    up = loss()
+    flat[i] = saved - eps
+    down = loss()
+    flat[i] = saved
+    return (up - down) / (2 * eps)
+
+
 def central_differences(loss, a, samples=10, eps=1e-6):
-    """(index, (loss(a + eps) - loss(a - eps)) / (2 eps)) at about `samples` entries of the
-    float64 array `a`, spread over it; `a` is perturbed in place and restored."""
-    idxs = list(np.ndindex(a.shape))
-    for idx in idxs[::max(1, len(idxs) // samples)]:
-        saved = a[idx]
-        a[idx] = saved + eps
-        up = loss()
-        a[idx] = saved - eps
-        down = loss()
-        a[idx] = saved
-        yield idx, (up - down) / (2 * eps)
+    """(index, central_difference) at about `samples` entries of `a`, spread over it."""
+    for i in range(0, a.size, max(1, a.size // samples)):
+        yield np.unravel_index(i, a.shape), central_difference(loss, a, i, eps)
 
 
 def seed_of(*parts):

@@ -3,6 +3,8 @@
 backprop in float64."""
 import numpy as np
 
+from conftest import central_difference
+
 
 def keras_grads(klayer, inputs, dy, masks=None, call_kwargs=None):
     """Run the Keras layer on ``inputs`` (a list: several for a merge layer, else one) with
@@ -45,17 +47,8 @@ def finite_difference_check(layer, inputs, mask=None, eps=1e-6, rtol=1e-6, atol=
         return float(np.sum(np.asarray(layer(arg(), mask=mask)) * dy))
 
     def check(arr, grad, what):
-        flat = arr.reshape(-1)
-        idx = rng.choice(flat.size, size=min(flat.size, max_entries), replace=False)
-        num = []
-        for i in idx:
-            old = flat[i]
-            flat[i] = old + eps
-            up = loss()
-            flat[i] = old - eps
-            down = loss()
-            flat[i] = old
-            num.append((up - down) / (2 * eps))
+        idx = rng.choice(arr.size, size=min(arr.size, max_entries), replace=False)
+        num = [central_difference(loss, arr, i, eps) for i in idx]
         np.testing.assert_allclose(np.asarray(grad).reshape(-1)[idx], num, rtol=rtol,
                                    atol=atol, err_msg=what)
 

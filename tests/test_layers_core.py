@@ -10,7 +10,7 @@ from fastlstm import layers
 from fastlstm.layers import LSTM, Dense, Dropout, Embedding, Masking
 from fastlstm.regularizers import L1L2
 
-from conftest import assert_close
+from conftest import assert_close, central_difference
 
 DENSE_ACTS = ["tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softsign", "softmax", None]
 
@@ -26,15 +26,7 @@ def ref_activation(name, z):
             "relu": lambda v: np.maximum(v, 0), "softsign": lambda v: v / (1 + np.abs(v))}[name](z)
 
 
-def numeric_grad(f, arr, idx, eps=1e-6):
-    flat = arr.reshape(-1)
-    old = flat[idx]
-    flat[idx] = old + eps
-    up = f()
-    flat[idx] = old - eps
-    down = f()
-    flat[idx] = old
-    return (up - down) / (2 * eps)
+numeric_grad = central_difference
 
 
 # ------------------------------------------------------------------------------ Dense
