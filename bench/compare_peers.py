@@ -658,17 +658,25 @@ def lengths_rows(threads, reps, per_block, T=100, B=64, H=512, lo=10, seed=0):
     return {"infer": t_inf, "train": t_tr}, err, lengths
 
 
+def print_mode_table(times, names, ratios):
+    """{mode: {name: seconds}} as a table of ms per call, then each ratio (label,
+    numerator's name, denominator's name) per mode."""
+    w = max(9, *(len(n) for n in names)) + 2
+    print(f"{'mode':5s} | " + " ".join(f"{n:>{w}s}" for n in names) + " | "
+          + " ".join(f"{label:>{max(8, len(label))}s}" for label, _, _ in ratios))
+    for mode, t in times.items():
+        print(f"{mode:5s} | " + " ".join(f"{t[n] * 1e3:{w - 2}.2f}ms" for n in names) + " | "
+              + " ".join(f"{t[a] / t[b]:{max(8, len(label))}.2f}" for label, a, b in ratios))
+
+
 def print_lengths(threads, reps, per_block):
     times, err, lengths = lengths_rows(threads, reps, per_block)
     print(f"\nrows of different lengths: LSTM, B=64, I=H=512, T=100, lengths uniform in "
           f"[10, 100] (mean {lengths.mean():.1f}), float32, ms per call")
-    names = ["fastlstm lengths", "fastlstm padded", "torch packed", "torch padded"]
-    print(f"{'mode':5s} | " + " ".join(f"{n:>16s}" for n in names)
-          + f" | {'fl len/padded':>13s} {'fl len/torch packed':>19s}")
-    for mode, t in times.items():
-        print(f"{mode:5s} | " + " ".join(f"{t[n] * 1e3:14.2f}ms" for n in names)
-              + f" | {t['fastlstm lengths'] / t['fastlstm padded']:13.2f} "
-              f"{t['fastlstm lengths'] / t['torch packed']:19.2f}")
+    print_mode_table(times, ["fastlstm lengths", "fastlstm padded", "torch packed",
+                             "torch padded"],
+                     [("fl len/padded", "fastlstm lengths", "fastlstm padded"),
+                      ("fl len/torch packed", "fastlstm lengths", "torch packed")])
     if err > 1e-4:
         print(f"  WARNING: fastlstm and torch outputs differ by {err:.1e}")
 
@@ -792,13 +800,9 @@ def print_layer_norm(reps, per_block):
     times, err = layer_norm_rows(reps, per_block)
     print("\nlayer-normalized LSTM (haste's LayerNormLSTM): T=100, B=32, I=H=256, float32, "
           "ms per call")
-    names = ["fastlstm LN", "fastlstm plain", "torch LN"]
-    print(f"{'mode':5s} | " + " ".join(f"{n:>15s}" for n in names)
-          + f" | {'LN/plain':>8s} {'LN/torch LN':>11s}")
-    for mode, t in times.items():
-        print(f"{mode:5s} | " + " ".join(f"{t[n] * 1e3:13.2f}ms" for n in names)
-              + f" | {t['fastlstm LN'] / t['fastlstm plain']:8.2f} "
-              f"{t['fastlstm LN'] / t['torch LN']:11.2f}")
+    print_mode_table(times, ["fastlstm LN", "fastlstm plain", "torch LN"],
+                     [("LN/plain", "fastlstm LN", "fastlstm plain"),
+                      ("LN/torch LN", "fastlstm LN", "torch LN")])
     print(f"  outputs against the PyTorch composition in float64: max abs difference {err:.1e}")
     if err > 1e-9:
         print("  WARNING: that is more than rounding")
