@@ -267,7 +267,8 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
     if layer_norm is not None:
         ln_g, ln_h = layer_norm
         p.ncols = 0             # LN's row statistics need the whole row on one thread
-        scratch_n = H + <long>(packing.widest if packing is not None else x.shape[1]) * G
+        scratch_n = H + ln_rows(&p.cfg, x.shape[0], <int>x.shape[1], H, G,
+                                packing.widest if packing is not None else 0) * G
     # HIN: (h_{t-1} * recurrent dropout) as used by U; without dropout and mask, forward in
     # time, it shares its buffer with Y (and the steps read h there: no copy).
     bufs = forward_setup(&p, x, kernel, recurrent_kernel, bias, h0, mask, input_dropout_mask,

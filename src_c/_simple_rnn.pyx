@@ -132,7 +132,8 @@ def forward(const floating[:, :, :] x, const floating[:, ::1] kernel,
                          not (mask is not None or recurrent_dropout_mask is not None
                               or go_backwards or packing is not None),
                          0 if layer_norm is None else
-                         <long>(packing.widest if packing is not None else x.shape[1]) * H, qb)
+                         ln_rows(&p.cfg, x.shape[0], <int>x.shape[1], H, H,
+                                 packing.widest if packing is not None else 0) * H, qb)
     cdef const floating[:, ::1] no_gains = None
     ln_bufs = ln_setup(&p, layer_norm, no_gains, p.T * p.B, False)
     cdef floating[::1] scratch = bufs[6]

@@ -9,11 +9,19 @@
 # over those instead of dZ.
 from gates cimport ln_fwd, ln_bwd, merge_rows
 from sequence cimport LayerNorm
-from products cimport par_gemm, input_grad_rows as ln_input_rows, step_product_set
+from products cimport (Settings, par_gemm, input_grad_rows as ln_input_rows, row_chunks,
+                       step_product_set)
 
 
 cdef inline void ln_clear(LayerNorm *ln) noexcept:
     ln.g = ln.h = ln.XN = ln.XS = ln.RN = ln.RS = ln.CN = ln.CS = NULL
+
+
+cdef long ln_rows(const Settings *s, long T, int B, int H, int G, long widest) noexcept:
+    """Rows of the per-step product one thread of an inference loop normalizes in its
+    scratch: its share of the batch (row_chunks), or the packed loop's widest group."""
+    cdef int n = row_chunks(s, T, B, H, G)
+    return widest if widest > 0 else (B + n - 1) // n
 
 
 cdef list ln_setup(Fwd *p, const floating[:, ::1] gamma, const floating[:, ::1] gamma_h,
