@@ -13,6 +13,9 @@ CELLS = ["lstm", "lstm_peephole", "lstm_cifg", "gru", "simple_rnn"]
 
 def make_layer(cell, H, dtype, return_sequences=True):
     kw = dict(return_sequences=return_sequences, dtype=dtype)
+    if cell.endswith("_layer_norm"):        # the same cell with layer_norm=True
+        cell = cell[:-len("_layer_norm")]
+        kw["layer_norm"] = True
     if cell == "lstm":
         return fl.layers.LSTM(H, **kw)
     if cell == "lstm_peephole":
@@ -47,6 +50,25 @@ class Recurrent:
         backprop(self.dy)
 
     def peakmem_train_step(self, cell, dtype, size):
+        y, backprop = self.layer.forward_train(self.x)
+        backprop(self.dy)
+
+
+class LayerNorm:
+    """Each cell with and without layer_norm=True (docs/layers.md), side by side: the cost
+    of the normalization (compare_peers.py --layer-norm has the PyTorch composition)."""
+    params = (["lstm", "lstm_layer_norm", "gru", "gru_layer_norm", "simple_rnn",
+               "simple_rnn_layer_norm"], ["100x32x256"])
+    param_names = ["cell", "T_B_H"]
+    timeout = 120
+
+    def setup(self, cell, size):
+        Recurrent.setup(self, cell, "float32", size)
+
+    def time_inference(self, cell, size):
+        self.layer(self.x)
+
+    def time_train_step(self, cell, size):
         y, backprop = self.layer.forward_train(self.x)
         backprop(self.dy)
 
