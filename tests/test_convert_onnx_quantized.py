@@ -117,6 +117,30 @@ class TorchLSTM(torch.nn.Module):
         return self.lstm(x)[0]
 
 
+@pytest.fixture(scope="module")
+def small_quantized(tmp_path_factory):
+    path = tmp_path_factory.mktemp("q")
+    torch.manual_seed(0)
+    module = TorchLSTM(1, False, True).eval()
+    x = np.zeros((2, 3, 5), np.float32)
+    export_torch(module, (x,), path / "f.onnx", ["x"])
+    return quantize_file(path / "f.onnx", path / "q.onnx")
+
+
+def edited(model, edit):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    node = quantized_nodes(out)[0]
+    edit(out, node)
+    return out.SerializeToString()
+
+
+def set_initializer(model, name, arr):
+    for init in model.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(numpy_helper.from_array(arr, name))
+
+
 CASES = [(1, False, True, False), (2, True, True, False), (2, True, False, True),
          (1, True, True, True)]
 CASE_IDS = ["1layer", "2layers_bi", "2layers_bi_timemajor_perchannel", "1layer_bi_perchannel"]
@@ -227,6 +251,31 @@ def test_quantize_keyword_refuses_other_values(small_quantized, bad):
         from_onnx(small_quantized, quantize=bad)
 
 
+def test_uint8_weights_and_float64(small_quantized):
+    """uint8 weights (DynamicQuantizeLSTM allows them) shifted by 128 with their zero points
+    dequantize to the same values; dtype="float64" keeps them exactly."""
+    def to_uint8(m, n):
+        init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        for k in (1, 2, 9, 11):
+            set_initializer(m, n.input[k], (init[n.input[k]].astype(np.int16) + 128)
+                            .astype(np.uint8))
+
+    data = edited(small_quantized, to_uint8)
+    x = np.random.default_rng(2).standard_normal((3, 6, 5)).astype(np.float32)
+    ref = from_onnx(small_quantized)
+    got = from_onnx(data)
+    for a, b in zip(got.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    y_int8 = run(small_quantized, {"x": x})[0]
+    np.testing.assert_allclose(run(data, {"x": x})[0], y_int8, rtol=0, atol=1e-6)
+    wide = from_onnx(data, dtype="float64")
+    assert wide.dtype == np.float64
+    for a, b in zip(wide.get_weights(), ref.get_weights()):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=0)
+    np.testing.assert_allclose(wide(x.astype(np.float64)), ref(x), rtol=0, atol=1e-5)
+
+
 # -- other graphs: initial states, peepholes, functional models, a float head ---------------
 
 def test_functional_graph_with_initial_states(tmp_path):
@@ -306,30 +355,6 @@ def test_float_head_kept_and_quantized_matmul_refused(tmp_path):
 
 # -- refusals ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def small_quantized(tmp_path_factory):
-    path = tmp_path_factory.mktemp("q")
-    torch.manual_seed(0)
-    module = TorchLSTM(1, False, True).eval()
-    x = np.zeros((2, 3, 5), np.float32)
-    export_torch(module, (x,), path / "f.onnx", ["x"])
-    return quantize_file(path / "f.onnx", path / "q.onnx")
-
-
-def edited(model, edit):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    node = quantized_nodes(out)[0]
-    edit(out, node)
-    return out.SerializeToString()
-
-
-def set_initializer(model, name, arr):
-    for init in model.graph.initializer:
-        if init.name == name:
-            init.CopyFrom(numpy_helper.from_array(arr, name))
-
-
 REFUSALS = {
     "clip": (lambda m, n: n.attribute.append(helper.make_attribute("clip", 3.0)),
              r"clip=3\.0 \(cell clipping\)"),
@@ -372,13 +397,8 @@ def test_refusals_name_the_node_and_the_reason(small_quantized, case):
     assert "LSTM_quant" in str(info.value)          # the node, by its name
 
 
-def test_float_graphs_are_read_as_before(small_quantized):
-    """A model without DynamicQuantizeLSTM goes to the readers unchanged (no copy)."""
-    from fastlstm.convert import _onnx_import
-    m = onnx.ModelProto()
-    m.CopyFrom(small_quantized)
-    assert _onnx_import._dequantized(onnx, m) is not m
-    layer = fl.layers.LSTM(3)
-    layer.build((None, None, 2))
-    plain = to_onnx(layer)
-    assert _onnx_import._dequantized(onnx, plain) is plain
+def test_the_callers_model_is_left_unchanged(small_quantized):
+    before = small_quantized.SerializeToString()
+    from_onnx(small_quantized)
+    assert small_quantized.SerializeToString() == before
+    assert [n.op_type for n in small_quantized.graph.node].count("DynamicQuantizeLSTM") == 1
