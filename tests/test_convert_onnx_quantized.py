@@ -402,3 +402,12 @@ def test_the_callers_model_is_left_unchanged(small_quantized):
     from_onnx(small_quantized)
     assert small_quantized.SerializeToString() == before
     assert [n.op_type for n in small_quantized.graph.node].count("DynamicQuantizeLSTM") == 1
+
+
+def test_dequantized_weights_are_bounded_by_the_size_limit(small_quantized, monkeypatch):
+    """W is 120 bytes of int8 and 480 of float32 here; every other tensor is under 200."""
+    from fastlstm import limits
+    monkeypatch.setattr(limits, "MAX_ARRAY_BYTES", 200)
+    with pytest.raises(ConversionError, match=r"the dequantized W: declares an array of "
+                                              r"shape \(1, 5, 24\) and dtype float32"):
+        from_onnx(small_quantized)

@@ -945,7 +945,7 @@ def _is_quantized_lstm(node):
     return node.op_type == "DynamicQuantizeLSTM" and node.domain == "com.microsoft"
 
 
-def _dequantize(reader, where, q, scale, zero, what, D, rows, H):
+def _dequantize(where, q, scale, zero, what, D, rows, H):
     """``(q - zero) * scale`` in float32 (as onnxruntime), in ONNX LSTM's layout
     [num_directions, 4*hidden, rows]."""
     if q.dtype not in (np.int8, np.uint8):
@@ -966,6 +966,9 @@ def _dequantize(reader, where, q, scale, zero, what, D, rows, H):
     if zero.shape != scale.shape:
         raise ConversionError(f"{where}: {what}_zero_point has shape {zero.shape}, "
                               f"{what}_scale {scale.shape}; expected the same")
+    # the float32 copy is four times the int8 initializer: bounded as any other tensor
+    limits.check_array_size(q.shape, np.float32, f"{where}: the dequantized {what}",
+                            error=ConversionError)
     scale = scale.astype(np.float32)
     if not np.all(np.isfinite(scale)):
         raise ConversionError(f"{where}: {what}_scale has non-finite values")
@@ -1021,8 +1024,8 @@ def _float_lstm(onnx, reader, node, inits, taken):
     else:
         raise ConversionError(f"{where}: R has shape {R.shape}; expected (num_directions, "
                               "hidden, 4*hidden)")
-    Wf = _dequantize(reader, where, W, init(8), init(9), "W", D, None, H)
-    Rf = _dequantize(reader, where, R, init(10), init(11), "R", D, H, H)
+    Wf = _dequantize(where, W, init(8), init(9), "W", D, None, H)
+    Rf = _dequantize(where, R, init(10), init(11), "R", D, H, H)
     names = []
     for k, arr in ((1, Wf), (2, Rf)):
         name = f"{node.input[k]}_dequantized"
