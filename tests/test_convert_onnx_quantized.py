@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 ort_quantization = pytest.importorskip("onnxruntime.quantization")
 pytestmark = pytest.mark.peers
 
-from onnx import helper, numpy_helper  # noqa: E402  (after the skips)
+helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
 # ONNX LSTM's gate blocks are [i, o, f, c]; fastlstm's (Keras') [i, f, c, o]
 ONNX_BLOCKS_IN_FL_ORDER = (0, 2, 3, 1)
