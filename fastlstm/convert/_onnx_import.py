@@ -930,7 +930,150 @@ def _build_chain(chain, dt):
     return assemble(out)
 
 
-def from_onnx(model, dtype=None):
+# -- onnxruntime's quantized LSTM ----------------------------------------------------------
+# com.microsoft DynamicQuantizeLSTM (what onnxruntime.quantization.quantize_dynamic writes for
+# LSTM): ONNX LSTM's inputs and attributes (no layout) plus int8/uint8 W and R stored
+# transposed, [num_directions, input|hidden, 4*hidden], with per-tensor ([num_directions])
+# or per-output-channel ([num_directions, 4*hidden]) scales and zero points.
+_QLSTM_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P",
+                 "W_scale", "W_zero_point", "R_scale", "R_zero_point")
+_QLSTM_ATTRS = ("activation_alpha", "activation_beta", "activations", "clip", "direction",
+                "hidden_size", "input_forget")
+
+
+def _is_quantized_lstm(node):
+    return node.op_type == "DynamicQuantizeLSTM" and node.domain == "com.microsoft"
+
+
+def _dequantize(where, q, scale, zero, what, D, rows, H):
+    """``(q - zero) * scale`` in float32 (as onnxruntime), in ONNX LSTM's layout
+    [num_directions, 4*hidden, rows]."""
+    if q.dtype not in (np.int8, np.uint8):
+        raise ConversionError(f"{where}: {what} has dtype {q.dtype}; expected int8 or uint8")
+    if q.ndim != 3 or q.shape[0] != D or q.shape[2] != 4 * H or (
+            rows is not None and q.shape[1] != rows):
+        want = f"({D}, {'?' if rows is None else rows}, {4 * H})"
+        raise ConversionError(f"{where}: {what} has shape {q.shape}; expected {want} = "
+                              "[num_directions, rows, 4*hidden] (onnxruntime's layout)")
+    if zero.dtype != q.dtype:
+        raise ConversionError(f"{where}: {what}_zero_point has dtype {zero.dtype}; expected "
+                              f"{q.dtype} (as {what})")
+    real_array(scale, f"{where}: {what}_scale")
+    for arr, name in ((scale, "scale"), (zero, "zero_point")):
+        if arr.shape not in ((D,), (D, 4 * H)):
+            raise ConversionError(f"{where}: {what}_{name} has shape {arr.shape}; expected "
+                                  f"({D},) per tensor or ({D}, {4 * H}) per output channel")
+    if zero.shape != scale.shape:
+        raise ConversionError(f"{where}: {what}_zero_point has shape {zero.shape}, "
+                              f"{what}_scale {scale.shape}; expected the same")
+    # the float32 copy is four times the int8 initializer: bounded as any other tensor
+    limits.check_array_size(q.shape, np.float32, f"{where}: the dequantized {what}",
+                            error=ConversionError)
+    scale = scale.astype(np.float32)
+    if not np.all(np.isfinite(scale)):
+        raise ConversionError(f"{where}: {what}_scale has non-finite values")
+    # per tensor: one scale per direction; per channel: one per output column
+    ix = (slice(None), None, None) if scale.ndim == 1 else (slice(None), None, slice(None))
+    deq = (q.astype(np.float32) - zero.astype(np.float32)[ix]) * scale[ix]
+    return np.ascontiguousarray(deq.transpose(0, 2, 1))
+
+
+def _float_lstm(onnx, reader, node, inits, taken):
+    """The float ONNX ``LSTM`` node of a DynamicQuantizeLSTM node, and the initializers of
+    its dequantized W and R."""
+    where = f"from_onnx: node {node.name or node.op_type!r} (DynamicQuantizeLSTM)"
+    if len(node.input) != len(_QLSTM_INPUTS):
+        raise ConversionError(f"{where}: has {len(node.input)} inputs; DynamicQuantizeLSTM "
+                              f"takes {len(_QLSTM_INPUTS)} ({', '.join(_QLSTM_INPUTS)})")
+    if len(node.output) > 3:
+        raise ConversionError(f"{where}: has {len(node.output)} outputs; DynamicQuantizeLSTM "
+                              "has 0 to 3 (Y, Y_h, Y_c)")
+    lstm = onnx.defs.get_schema("LSTM", 14, "")     # the attributes' types are LSTM's
+    for at in node.attribute:
+        if at.name not in _QLSTM_ATTRS:
+            raise ConversionError(f"{where}: DynamicQuantizeLSTM has no attribute {at.name!r} "
+                                  f"(it has: {', '.join(_QLSTM_ATTRS)})")
+        want = lstm.attributes[at.name].type
+        if at.type != int(want):
+            got = onnx.AttributeProto.AttributeType.Name(at.type)
+            raise ConversionError(f"{where}: attribute {at.name} is {got}; expected "
+                                  f"{want.name}")
+    a = reader.attrs(node)
+    direction = a.get("direction", "forward")
+    if direction not in _DIRECTIONS:
+        raise ConversionError(f"{where}: direction={direction!r}; allowed: "
+                              f"{', '.join(map(repr, _DIRECTIONS))}")
+    D = 2 if direction == "bidirectional" else 1
+
+    def init(k):
+        name = node.input[k]
+        if not name:
+            raise ConversionError(f"{where}: input {_QLSTM_INPUTS[k]} is missing")
+        if name not in inits:
+            raise ConversionError(f"{where}: {_QLSTM_INPUTS[k]} ({name!r}) must be an "
+                                  "initializer")
+        return reader.array(inits[name], f"{where}: {_QLSTM_INPUTS[k]}")
+
+    W, R = init(1), init(2)
+    if "hidden_size" in a:
+        H = int(a["hidden_size"])
+        if H < 1:
+            raise ConversionError(f"{where}: hidden_size={H}; expected a positive integer")
+    elif R.ndim == 3:
+        H = R.shape[1]
+    else:
+        raise ConversionError(f"{where}: R has shape {R.shape}; expected (num_directions, "
+                              "hidden, 4*hidden)")
+    Wf = _dequantize(where, W, init(8), init(9), "W", D, None, H)
+    Rf = _dequantize(where, R, init(10), init(11), "R", D, H, H)
+    names = []
+    for k, arr in ((1, Wf), (2, Rf)):
+        name = f"{node.input[k]}_dequantized"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        names.append(name)
+        inits[name] = onnx.numpy_helper.from_array(arr, name)
+    ins = [node.input[0], *names, *node.input[3:8]]
+    while ins and not ins[-1]:
+        ins.pop()
+    # named after the source node, so that later refusals name it
+    out = onnx.helper.make_node("LSTM", ins, list(node.output),
+                                name=f"{node.name or 'DynamicQuantizeLSTM'} (DynamicQuantizeLSTM"
+                                     ", dequantized)")
+    out.attribute.extend(node.attribute)
+    return out, [inits[n] for n in names]
+
+
+def _dequantized(onnx, model):
+    """``model`` with each DynamicQuantizeLSTM node replaced by the float LSTM node of its
+    dequantized weights (a copy; ``model`` itself when there is none)."""
+    if not any(_is_quantized_lstm(n) for n in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    reader = _Reader(onnx, out, None)       # its initializer checks and attribute decoding
+    inits = {i.name: i for i in g.initializer}
+    taken = set(inits) | {i.name for i in g.input} | {o for n in g.node for o in n.output}
+    added = []
+    for k in range(len(g.node)):
+        if _is_quantized_lstm(g.node[k]):
+            node, new = _float_lstm(onnx, reader, g.node[k], inits, taken)
+            g.node[k].CopyFrom(node)
+            added += new
+    g.initializer.extend(added)
+    return out
+
+
+def _quantized_copy(model, quantize):
+    if quantize is None:
+        return model
+    from ..quantization import quantize as quantize_model
+    return quantize_model(model, quantize)
+
+
+def from_onnx(model, dtype=None, quantize=None):
     """A fastlstm layer or ``fl.Sequential`` computing an ONNX graph's first output, or a
     functional ``fl.Model`` for a graph with several inputs or outputs or that is not a chain
     (_onnx_import_graph; what ``to_onnx`` writes for functional models).
@@ -958,7 +1101,19 @@ def from_onnx(model, dtype=None):
     ``clip``, non-zero initial states, other operators), and so do malformed graphs (an
     attribute or input the operator does not have, a tensor of the wrong shape, an undefined
     input, corrupt bytes). ``dtype``: float32 or float64, default the graph's.
+
+    ONNX Runtime's quantized LSTM (``com.microsoft`` ``DynamicQuantizeLSTM``, what
+    ``onnxruntime.quantization.quantize_dynamic`` writes) is read as the float LSTM of its
+    dequantized weights, ``(q - zero_point) * scale`` per tensor or per output channel; it
+    computes what ONNX Runtime's node does up to ONNX Runtime's dynamic quantization of the
+    activations. ``quantize``: None (that float model), ``"int8"`` or ``"bfloat16"``
+    (``fl.quantize`` of it: fastlstm's own scales, per output column, over the dequantized
+    weights; not bit-identical to ONNX Runtime's int8).
     """
+    if quantize is not None and not (isinstance(quantize, str)
+                                     and quantize in ("int8", "bfloat16")):
+        raise ValueError(f"from_onnx: quantize={quantize!r}; expected None, 'int8' or "
+                         "'bfloat16'")
     onnx = require("onnx", "fastlstm.convert.from_onnx")
     from google.protobuf.message import DecodeError     # onnx's own dependency
     try:
@@ -974,6 +1129,12 @@ def from_onnx(model, dtype=None):
         raise ConversionError(f"from_onnx: not a valid ONNX model (corrupt or truncated: "
                               f"{exc})") from None
     dt = None if dtype is None else resolve_dtype(dtype)
+    model = _dequantized(onnx, model)
+    return _quantized_copy(_read(onnx, model, dt), quantize)
+
+
+def _read(onnx, model, dt):
+    """The chain or functional reading of ``model`` (see ``from_onnx``)."""
     from ._onnx_import_graph import _GraphReader
     g = model.graph
     inits = {i.name for i in g.initializer}
