@@ -235,3 +235,21 @@ def test_layer_with_sequence_lengths_and_bidirectional():
     outs, back = bi.forward_train(x, sequence_lengths=lengths)
     g = back(np.ones_like(outs))
     assert not g.inputs[2].any() and not g.inputs[1, 2:].any()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN"])
+def test_converters_refuse_zoneout(kind):
+    """Zoneout changes inference too (h_t = (1-p) h~_t + p h_{t-1}): a converter that dropped
+    it would give other outputs, so each refuses it by name."""
+    import importlib.util
+    from fastlstm.convert import ConversionError, to_keras, to_onnx, to_torch
+    layer = getattr(fl.layers, kind)(5, zoneout=0.25, name="zoned")
+    layer.build((None, 6, 4))
+    bi = fl.layers.Bidirectional(getattr(fl.layers, kind)(5, zoneout=0.25, name="zoned_dir"))
+    bi.build((None, 6, 4))
+    for convert, module in ((to_keras, "keras"), (to_torch, "torch"), (to_onnx, "onnx")):
+        if importlib.util.find_spec(module) is None:    # that framework is not installed
+            continue
+        for obj in (layer, bi):
+            with pytest.raises(ConversionError, match=r"zoned.*zoneout=0.25.*no zoneout"):
+                convert(obj)

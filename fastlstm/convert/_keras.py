@@ -987,6 +987,10 @@ def _to_keras_layer(keras, layer):
         if getattr(layer, "layer_norm", False):
             raise ConversionError(f"to_keras: {where} has layer_norm=True; Keras has no "
                                   f"layer-normalized {kind} layer")
+        if getattr(layer, "zoneout", 0):
+            raise ConversionError(f"to_keras: {where} has zoneout={layer.zoneout}; Keras has no "
+                                  "zoneout, and it changes inference too (h_t = (1-p) h~_t + "
+                                  "p h_{t-1})")
         if kind == "LSTM":
             if layer.use_peepholes:
                 raise ConversionError(f"to_keras: {where} has use_peepholes=True; Keras's LSTM "

@@ -219,6 +219,11 @@ def _recurrent_node(b, dirs, direction, x_tbf, lens, where, initial=(None, None)
             raise ConversionError(
                 f"to_onnx: {who} has layer_norm=True: ONNX has no layer-normalized {kind} "
                 f"(its {_ONNX_KIND[kind]} operator normalizes nothing)")
+        if getattr(layer, "zoneout", 0):
+            raise ConversionError(
+                f"to_onnx: {where} ({type(layer).__name__} {layer.name!r}) has "
+                f"zoneout={layer.zoneout}: ONNX's {_ONNX_KIND[kind]} operator has no zoneout, "
+                "which changes inference too (h_t = (1-p) h~_t + p h_{t-1})")
     H = dirs[0].units
     parts = [_direction(layer, kind, f"{where}") for layer in dirs]
     attrs = dict(hidden_size=H, direction=direction)

@@ -375,6 +375,9 @@ def _describe_rnn(layer, drop_training_options, in_bidirectional):
     act = layer.activation.name
     if getattr(layer, "layer_norm", False):
         no("layer_norm", True, f"PyTorch has no layer-normalized nn.{_TORCH_KIND[kind]}")
+    if getattr(layer, "zoneout", 0):
+        no("zoneout", layer.zoneout, f"nn.{_TORCH_KIND[kind]} has no zoneout, and it changes "
+           "inference too (h_t = (1-p) h~_t + p h_{t-1})")
     if kind == "LSTM":
         if layer.use_peepholes:
             no("use_peepholes", True, "nn.LSTM has no peephole connections")
