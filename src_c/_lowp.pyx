@@ -402,3 +402,78 @@ def weight_grads(list ats, list outs, dz, int depth, int threads):
             weight_grads_cols(npairs, pa, po, rows, TB, pz, ldz, N, (k * nb // n) * 16,
                               min(N, ((k + 1) * nb // n) * 16), depth, pb + k * part)
     return outs
+
+
+cdef extern from "lowp.h" nogil:
+    int fl_q_gemm_bf16_packed(int M, const void *Ap, long aG, const fl_qmat *W, int j0,
+                              int j1, int beta, float *C, long ldc)
+
+
+cdef void weight_grads_cols_packed(int npairs, const unsigned char **pa, const long *ag,
+                                   float **po, const int *rows, long TB, const float *pz,
+                                   long ldz, int N, int j0, int j1, int depth,
+                                   unsigned char *buf) noexcept nogil:
+    cdef fl_qmat w
+    cdef long k0 = 0
+    cdef int kc, i
+    if j1 <= j0:
+        return
+    w.kind, w.N = FL_Q_BF16, j1 - j0
+    w.packed, w.scale, w.comp = <const void *>buf, NULL, NULL
+    while k0 < TB:
+        kc = <int>min(<long>depth, TB - k0)
+        fl_q_pack_bf16_float(kc, j1 - j0, pz + k0 * ldz + j0, ldz, buf)
+        w.K = kc
+        for i in range(npairs):
+            fl_q_gemm_bf16_packed(rows[i], pa[i] + (k0 // 2) * 64, ag[i], &w, 0, j1 - j0,
+                                  1 if k0 else 0, po[i] + j0, N)
+        k0 += kc
+
+
+def packed_level_ok():
+    """Whether weight_grads_packed runs here (the AVX512_BF16 variant is the one that runs)."""
+    return fl_q_level(FL_Q_BF16) >= 3
+
+
+def weight_grads_packed(list aps, list outs, dz, int depth, int threads):
+    """outs[i] [K_i, N] = bf16(x_i)^T bf16(dz) as weight_grads, with each x_i [TB, K_i] given
+    packed (pack_float_bf16(x_i): no transposed copy), dz's slices of `depth` (even) rows
+    packed in the threads' buffers; the threads split dz's columns in 16-column blocks. Only
+    where packed_level_ok()."""
+    cdef int npairs = len(aps), i
+    if npairs == 0 or npairs > 8:
+        raise ValueError("aps: expected 1 to 8 arrays")
+    cdef long TB = dz.shape[0], ldz = dz.strides[0] // 4 if dz.shape[0] > 1 else dz.shape[1]
+    cdef int N = dz.shape[1], nb = (N + 15) // 16
+    cdef int n = max(1, min(threads, nb)), k
+    cdef long part
+    cdef const unsigned char *pa[8]
+    cdef long ag[8]
+    cdef float *po[8]
+    cdef int rows[8]
+    if not packed_level_ok():
+        raise ValueError("weight_grads_packed: needs the AVX512_BF16 variant")
+    for i in range(npairs):
+        pa[i] = <const unsigned char *><uintptr_t>aps[i].ctypes.data
+        po[i] = <float *><uintptr_t>outs[i].ctypes.data
+        rows[i] = outs[i].shape[0]
+        ag[i] = (TB + 1) // 2
+        if aps[i].shape[0] != fl_q_packed_bytes(FL_Q_BF16, <int>TB, rows[i]):
+            raise ValueError(f"aps[{i}]: expected the packing of a [{TB}, {rows[i]}] array")
+    cdef const float *pz = <const float *><uintptr_t>dz.ctypes.data
+    depth = max(2, min(<long>depth, TB)) if TB > 0 else 2
+    if depth < TB:
+        depth -= depth % 2          # every slice but the last starts a whole group of A
+    part = (fl_q_packed_bytes(FL_Q_BF16, depth, ((nb + n - 1) // n) * 16) + 63) // 64 * 64
+    bufs = aligned_empty(max(1, n * part), np.uint8)
+    cdef unsigned char *pb = <unsigned char *><uintptr_t>bufs.ctypes.data
+    if TB == 0:
+        for o in outs:
+            o[...] = 0
+        return outs
+    with nogil:
+        for k in prange(n, num_threads=n, schedule="static"):
+            weight_grads_cols_packed(npairs, pa, ag, po, rows, TB, pz, ldz, N,
+                                     (k * nb // n) * 16, min(N, ((k + 1) * nb // n) * 16),
+                                     depth, pb + k * part)
+    return outs

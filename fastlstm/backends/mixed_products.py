@@ -99,9 +99,21 @@ def weight_grads(inputs, dz, threads=None):
         n = 1
     if dz.shape[1] > 1 and dz.strides[1] != 4:
         dz = np.ascontiguousarray(dz)
-    ats = [_transposed(x, n) for x in inputs]
     outs = [np.empty((x.shape[1], N), np.float32) for x in inputs]
+    if _lowp.packed_level_ok():
+        # x packed as it lies (16 rows of x^T share a line per pair of k): no transposed copy.
+        aps = [_lowp.pack_float_bf16(_rows(x)) for x in inputs]
+        return _lowp.weight_grads_packed(aps, outs, dz, WEIGHT_GRAD_DEPTH, n)
+    ats = [_transposed(x, n) for x in inputs]
     return _lowp.weight_grads(ats, outs, dz, WEIGHT_GRAD_DEPTH, n)
+
+
+def _rows(x):
+    """x as float32 with contiguous rows (any row stride)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[1] > 1 and x.strides[1] != 4:
+        x = np.ascontiguousarray(x)
+    return x
 
 
 def input_grad(dz, kernel, out=None):
