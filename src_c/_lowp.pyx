@@ -294,10 +294,11 @@ cdef void transpose_block(const float *a, long lda, float *o, long ldo, long r0,
 
 
 def transpose(a, out, int threads=1):
-    """out [C,R] = a [R,C]^T for float32 C-contiguous arrays, in 32x32 tiles (NumPy's
-    transposed copy walks one side with a large stride), the rows of out split over the
-    threads."""
+    """out [C,R] = a [R,C]^T for float32 a with contiguous rows (any row stride) and
+    C-contiguous out, in 32x32 tiles (NumPy's transposed copy walks one side with a large
+    stride), the rows of out split over the threads."""
     cdef long R = a.shape[0], C = a.shape[1], t, nt, c0, r0
+    cdef long lda = a.strides[0] // 4 if R > 1 else C
     cdef uintptr_t pa = a.ctypes.data, po = out.ctypes.data
     if R == 0 or C == 0:
         return out
@@ -307,7 +308,7 @@ def transpose(a, out, int threads=1):
             c0 = t * 32
             r0 = 0
             while r0 < R:
-                transpose_block(<const float *>pa, C, <float *>po, R, r0, min(R, r0 + 32), c0,
+                transpose_block(<const float *>pa, lda, <float *>po, R, r0, min(R, r0 + 32), c0,
                                 min(C, c0 + 32))
                 r0 = r0 + 32
     return out

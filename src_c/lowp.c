@@ -119,7 +119,7 @@ static inline float fl_q_bf16_float(uint16_t b) {
     return x;
 }
 
-void fl_q_round_bf16(long n, const float *x, uint16_t *out) {
+static void fl_q_round_bf16_c(long n, const float *x, uint16_t *out) {
     long i;
     for (i = 0; i < n; i++) out[i] = fl_q_bf16(x[i]);
 }
@@ -831,6 +831,16 @@ FL_B16_PA_ROW(6)
 static const fl_b16_pa_fn fl_b16_pa[7][5] = {{NULL}, FL_B16_PA_PTRS(1), FL_B16_PA_PTRS(2),
     FL_B16_PA_PTRS(3), FL_B16_PA_PTRS(4), FL_B16_PA_PTRS(5), FL_B16_PA_PTRS(6)};
 
+/* fl_q_round_bf16, AVX-512F: 16 values a store, the same integer rounding. */
+FL_Q_TGT_512 static void fl_q_round_bf16_512(long n, const float *x, uint16_t *out) {
+    long i;
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 mk = fl_q_mask16(n - i > 16 ? 16 : (int)(n - i));
+        _mm512_mask_cvtepi32_storeu_epi16(out + i, mk,
+                                          fl_q_bf16_512(_mm512_maskz_loadu_ps(mk, x + i)));
+    }
+}
+
 /* fl_q_pack_bf16_float, AVX-512F: a pair of rows at a time, 16 columns a store (row 2p in
  * the low, row 2p+1 in the high half of each 32-bit lane: the packed pair order). */
 FL_Q_TGT_512 static void fl_q_pack_bf16_float_512(int K, int N, const float *A, long lda,
@@ -898,6 +908,16 @@ const char *fl_q_level_name(int kind) {
 }
 
 void fl_q_force_level(int level) { fl_q_forced = level < 0 ? -1 : level; }
+
+void fl_q_round_bf16(long n, const float *x, uint16_t *out) {
+#if FL_Q_X86
+    if (fl_q_level(FL_Q_BF16) >= FL_Q_LEVEL_AVX512) {
+        fl_q_round_bf16_512(n, x, out);
+        return;
+    }
+#endif
+    fl_q_round_bf16_c(n, x, out);
+}
 
 /* float32 A [K,N] (row stride lda) rounded to bf16 (as fl_q_round_bf16) and packed as
  * fl_q_pack packs bf16 bits, in one pass: mixed_bfloat16 training packs dZ so at every

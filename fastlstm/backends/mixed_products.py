@@ -32,10 +32,21 @@ PARALLEL_MIN_MACS = 1 << 21
 # ... and below this many elements a transposed copy.
 TRANSPOSE_PARALLEL_MIN = 1 << 20
 
+def _c_contiguous(a):
+    """float32 a as a C-contiguous array; a transposed view of rows (a weight's ``.T``) is
+    copied in tiles (_lowp.transpose: NumPy's copy of it walks memory with a large stride)."""
+    a = np.asarray(a, dtype=np.float32)
+    if (a.ndim == 2 and not a.flags.c_contiguous and a.shape[0] > 1 and a.shape[1] > 1
+            and a.strides[0] == 4 and a.strides[1] % 4 == 0 and a.strides[1] >= 4 * a.shape[0]
+            and _lowp is not None):
+        return _lowp.transpose(a.T, np.empty(a.shape, np.float32), 1)
+    return np.ascontiguousarray(a)
+
+
 def bf16_matrix(a, split=0):
     """float32 a [K,N] rounded to bf16 as a QuantizedMatrix (the kernels' packed operand;
     ``split`` as QuantizedMatrix's)."""
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = _c_contiguous(a)
     qm = QuantizedMatrix("bfloat16", _lowp.round_bf16(a), None, split)
     edges = [0, split, a.shape[1]] if split else [0, a.shape[1]]
     # Packed from the float32 values in one pass (the same bits as packing qm.values).
@@ -56,7 +67,7 @@ class Packed:
     def __init__(self, b):
         b = np.asarray(b, dtype=np.float32)
         if b.ndim != 2 or (b.shape[1] > 1 and b.strides[1] != 4):
-            b = np.ascontiguousarray(b)
+            b = _c_contiguous(b)
         self.K, self.N = b.shape
         self.packed = _lowp.pack_float_bf16(b)      # rounded and packed in one pass
 
