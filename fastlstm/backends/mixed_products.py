@@ -6,8 +6,9 @@ run the input projection and the per-step products themselves (the weights come 
 ``QuantizedMatrix`` pairs, U^T's blocks for the backward); after their backward time loop
 they leave dZ [T*B, ZW], and the products over all T*B rows run here:
 
-    dW = X^T dZ,  dU = Hin^T dZ   (dZ packed once as the kernels' weight operand; X^T, Hin^T
-                                   transposed copies as their rows)
+    dW = X^T dZ,  dU = Hin^T dZ   (dZ packed once as the kernels' weight operand; X, Hin
+                                   packed as they lie with AVX512_BF16, else transposed
+                                   copies as the rows)
     dX = dZ W^T                   (W^T packed)
 
 each split over the kernel threads (fastlstm.threads; OpenMP regions of src_c/_lowp.pyx, as
