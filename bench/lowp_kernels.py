@@ -4,6 +4,12 @@ same shapes. Medians of many runs; the one-row products run `repeat` times per c
 the Python call does not count.
 
     python bench/lowp_kernels.py [--quick] [--blas-threads N]
+    python bench/lowp_kernels.py --weight-grads [--threads N]
+
+--weight-grads: mixed_bfloat16 training's weight gradients (dW = X^T dZ, dU = H^T dZ,
+fastlstm/backends/mixed_products.py) on the LSTM shapes of bench/mixed_training.py, X and H
+packed as they lie against the transposed copies, medians of alternating blocks
+(fastlstm.benchmarking.timed_blocks), on N kernel threads.
 
 Compare with the instructions' peak and the read rate of one core (bench/lowp_peak.c).
 """
@@ -16,6 +22,9 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--blas-threads", type=int, default=1)
 parser.add_argument("--quick", action="store_true", help="fewer runs and shapes")
 parser.add_argument("--levels", default=None, help="comma-separated levels (default: all)")
+parser.add_argument("--weight-grads", action="store_true",
+                    help="time the mixed training's weight gradients instead")
+parser.add_argument("--threads", type=int, default=1, help="kernel threads (--weight-grads)")
 args = parser.parse_args()
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(args.blas_threads)
@@ -99,5 +108,42 @@ def main():
             _lowp.force_level(-1)
 
 
+def weight_grads_main():
+    import fastlstm as fl
+    from fastlstm.backends import mixed_products as mp
+    from fastlstm.benchmarking import timed_blocks
+    fl.set_num_threads(args.threads)
+    n = args.threads
+    print(f"CPU: {model_name()}; {n} kernel thread(s); load average {os.getloadavg()[0]:.2f}")
+    if not _lowp.packed_level_ok():
+        print("the packed path needs the AVX512_BF16 variant: not this CPU")
+        return
+
+    def transposed(inputs, dz):
+        ats = [mp._transposed(x, n) for x in inputs]
+        outs = [np.empty((x.shape[1], dz.shape[1]), np.float32) for x in inputs]
+        return _lowp.weight_grads(ats, outs, dz, mp.WEIGHT_GRAD_DEPTH, n)
+
+    rng = np.random.default_rng(0)
+    for T, B, H in [(100, 16, 128), (100, 32, 256), (50, 64, 512)]:
+        TB = T * B
+        X, Hs = (rng.standard_normal((TB, H)).astype(np.float32) for _ in range(2))
+        dz = rng.standard_normal((TB, 4 * H)).astype(np.float32)
+        fns = {"packed": lambda: mp.weight_grads([X, Hs], dz, n),
+               "transposed": lambda: transposed([X, Hs], dz)}
+        # Alternating blocks of several calls (a single call after the other's can pay
+        # for waking the idle threads of this virtual machine).
+        med = timed_blocks(fns, reps=5 if args.quick else 9, per_block=3)
+        ops = 2.0 * TB * 4 * H * 2 * H
+        print(f"LSTM ({T},{B},{H}) dW + dU: packed {med['packed'] * 1e3:.2f} ms "
+              f"({ops / med['packed'] / 1e9:.0f} GFLOP/s), transposed "
+              f"{med['transposed'] * 1e3:.2f} ms ({ops / med['transposed'] / 1e9:.0f} "
+              f"GFLOP/s), packed / transposed {med['packed'] / med['transposed']:.2f}",
+              flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if args.weight_grads:
+        weight_grads_main()
+    else:
+        main()

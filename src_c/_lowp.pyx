@@ -294,10 +294,11 @@ cdef void transpose_block(const float *a, long lda, float *o, long ldo, long r0,
 
 
 def transpose(a, out, int threads=1):
-    """out [C,R] = a [R,C]^T for float32 C-contiguous arrays, in 32x32 tiles (NumPy's
-    transposed copy walks one side with a large stride), the rows of out split over the
-    threads."""
+    """out [C,R] = a [R,C]^T for float32 a with contiguous rows (any row stride) and
+    C-contiguous out, in 32x32 tiles (NumPy's transposed copy walks one side with a large
+    stride), the rows of out split over the threads."""
     cdef long R = a.shape[0], C = a.shape[1], t, nt, c0, r0
+    cdef long lda = a.strides[0] // 4 if R > 1 else C
     cdef uintptr_t pa = a.ctypes.data, po = out.ctypes.data
     if R == 0 or C == 0:
         return out
@@ -307,7 +308,7 @@ def transpose(a, out, int threads=1):
             c0 = t * 32
             r0 = 0
             while r0 < R:
-                transpose_block(<const float *>pa, C, <float *>po, R, r0, min(R, r0 + 32), c0,
+                transpose_block(<const float *>pa, lda, <float *>po, R, r0, min(R, r0 + 32), c0,
                                 min(C, c0 + 32))
                 r0 = r0 + 32
     return out
@@ -401,4 +402,79 @@ def weight_grads(list ats, list outs, dz, int depth, int threads):
         for k in prange(n, num_threads=n, schedule="static"):
             weight_grads_cols(npairs, pa, po, rows, TB, pz, ldz, N, (k * nb // n) * 16,
                               min(N, ((k + 1) * nb // n) * 16), depth, pb + k * part)
+    return outs
+
+
+cdef extern from "lowp.h" nogil:
+    int fl_q_gemm_bf16_packed(int M, const void *Ap, long aG, const fl_qmat *W, int j0,
+                              int j1, int beta, float *C, long ldc)
+
+
+cdef void weight_grads_cols_packed(int npairs, const unsigned char **pa, const long *ag,
+                                   float **po, const int *rows, long TB, const float *pz,
+                                   long ldz, int N, int j0, int j1, int depth,
+                                   unsigned char *buf) noexcept nogil:
+    cdef fl_qmat w
+    cdef long k0 = 0
+    cdef int kc, i
+    if j1 <= j0:
+        return
+    w.kind, w.N = FL_Q_BF16, j1 - j0
+    w.packed, w.scale, w.comp = <const void *>buf, NULL, NULL
+    while k0 < TB:
+        kc = <int>min(<long>depth, TB - k0)
+        fl_q_pack_bf16_float(kc, j1 - j0, pz + k0 * ldz + j0, ldz, buf)
+        w.K = kc
+        for i in range(npairs):
+            fl_q_gemm_bf16_packed(rows[i], pa[i] + (k0 // 2) * 64, ag[i], &w, 0, j1 - j0,
+                                  1 if k0 else 0, po[i] + j0, N)
+        k0 += kc
+
+
+def packed_level_ok():
+    """Whether weight_grads_packed runs here (the AVX512_BF16 variant is the one that runs)."""
+    return fl_q_level(FL_Q_BF16) >= 3
+
+
+def weight_grads_packed(list aps, list outs, dz, int depth, int threads):
+    """outs[i] [K_i, N] = bf16(x_i)^T bf16(dz) as weight_grads, with each x_i [TB, K_i] given
+    packed (pack_float_bf16(x_i): no transposed copy), dz's slices of `depth` (even) rows
+    packed in the threads' buffers; the threads split dz's columns in 16-column blocks. Only
+    where packed_level_ok()."""
+    cdef int npairs = len(aps), i
+    if npairs == 0 or npairs > 8:
+        raise ValueError("aps: expected 1 to 8 arrays")
+    cdef long TB = dz.shape[0], ldz = dz.strides[0] // 4 if dz.shape[0] > 1 else dz.shape[1]
+    cdef int N = dz.shape[1], nb = (N + 15) // 16
+    cdef int n = max(1, min(threads, nb)), k
+    cdef long part
+    cdef const unsigned char *pa[8]
+    cdef long ag[8]
+    cdef float *po[8]
+    cdef int rows[8]
+    if not packed_level_ok():
+        raise ValueError("weight_grads_packed: needs the AVX512_BF16 variant")
+    for i in range(npairs):
+        pa[i] = <const unsigned char *><uintptr_t>aps[i].ctypes.data
+        po[i] = <float *><uintptr_t>outs[i].ctypes.data
+        rows[i] = outs[i].shape[0]
+        ag[i] = (TB + 1) // 2
+        if aps[i].shape[0] != fl_q_packed_bytes(FL_Q_BF16, <int>TB, rows[i]):
+            raise ValueError(f"aps[{i}]: expected the packing of a [{TB}, {rows[i]}] array")
+    cdef const float *pz = <const float *><uintptr_t>dz.ctypes.data
+    depth = max(2, min(<long>depth, TB)) if TB > 0 else 2
+    if depth < TB:
+        depth -= depth % 2          # every slice but the last starts a whole group of A
+    part = (fl_q_packed_bytes(FL_Q_BF16, depth, ((nb + n - 1) // n) * 16) + 63) // 64 * 64
+    bufs = aligned_empty(max(1, n * part), np.uint8)
+    cdef unsigned char *pb = <unsigned char *><uintptr_t>bufs.ctypes.data
+    if TB == 0:
+        for o in outs:
+            o[...] = 0
+        return outs
+    with nogil:
+        for k in prange(n, num_threads=n, schedule="static"):
+            weight_grads_cols_packed(npairs, pa, ag, po, rows, TB, pz, ldz, N,
+                                     (k * nb // n) * 16, min(N, ((k + 1) * nb // n) * 16),
+                                     depth, pb + k * part)
     return outs

@@ -119,7 +119,7 @@ static inline float fl_q_bf16_float(uint16_t b) {
     return x;
 }
 
-void fl_q_round_bf16(long n, const float *x, uint16_t *out) {
+static void fl_q_round_bf16_c(long n, const float *x, uint16_t *out) {
     long i;
     for (i = 0; i < n; i++) out[i] = fl_q_bf16(x[i]);
 }
@@ -778,6 +778,69 @@ FL_Q_TGT_AVX2 static void fl_b16_tile_avx2(FL_Q_TILE_PARAMS) {
         }
     }
 }
+/* --- bf16, AVX512_BF16, both operands packed (fl_q_gemm_bf16_packed): the rows of A are
+ * the columns of a packed [K, M] matrix, so a group's words of 16 rows lie in one 64-byte
+ * line (row m of the block at 4 m, group g at 64 g) --- */
+FL_Q_TGT_BF16 FL_Q_INLINE void fl_b16_pa_k(const int MR, const int NB,
+        const unsigned char *ap, const unsigned char *wp, long bstride, long G, void *t) {
+    __m512 acc[8][4];
+    float (*out)[4][16] = (float (*)[4][16])t;
+    long g;
+    int m, b;
+#pragma GCC unroll 8
+    for (m = 0; m < MR; m++)
+#pragma GCC unroll 4
+        for (b = 0; b < NB; b++) acc[m][b] = _mm512_setzero_ps();
+    for (g = 0; g < G; g++) {
+        __m512i w[4];
+#pragma GCC unroll 4
+        for (b = 0; b < NB; b++) w[b] = _mm512_loadu_si512(wp + b * bstride + g * 64);
+#pragma GCC unroll 8
+        for (m = 0; m < MR; m++) {
+            const __m512i a = _mm512_set1_epi32(fl_q_ld32(ap + g * 64 + 4 * m));
+#pragma GCC unroll 4
+            for (b = 0; b < NB; b++)
+                acc[m][b] = _mm512_dpbf16_ps(acc[m][b], (__m512bh)a, (__m512bh)w[b]);
+        }
+    }
+#pragma GCC unroll 8
+    for (m = 0; m < MR; m++)
+#pragma GCC unroll 4
+        for (b = 0; b < NB; b++) _mm512_store_ps(out[m][b], acc[m][b]);
+}
+
+typedef void (*fl_b16_pa_fn)(const unsigned char *ap, const unsigned char *wp, long bstride,
+                             long G, const float *bias, int beta, float *C, long ldc,
+                             int ncols);
+#define FL_B16_PA(MR, NB)                                                                   \
+    FL_Q_TGT_BF16 __attribute__((noinline)) static void fl_b16_pa_k_##MR##x##NB(            \
+            const unsigned char *ap, const unsigned char *wp, long bstride, long G,         \
+            void *t) { fl_b16_pa_k(MR, NB, ap, wp, bstride, G, t); }                        \
+    FL_Q_TGT_BF16 __attribute__((noinline)) static void fl_b16_pa_##MR##x##NB(              \
+            const unsigned char *ap, const unsigned char *wp, long bstride, long G,         \
+            const float *bias, int beta, float *C, long ldc, int ncols) {                   \
+        float t[8 * 4 * 16 + 16];                                                           \
+        void *ta = (void *)(((uintptr_t)t + 63) & ~(uintptr_t)63);                          \
+        fl_b16_pa_k_##MR##x##NB(ap, wp, bstride, G, ta);                                    \
+        fl_b16_e(MR, NB, ta, NULL, NULL, NULL, bias, beta, C, ldc, ncols); }
+#define FL_B16_PA_ROW(MR) FL_B16_PA(MR, 1) FL_B16_PA(MR, 2) FL_B16_PA(MR, 3) FL_B16_PA(MR, 4)
+FL_B16_PA_ROW(1) FL_B16_PA_ROW(2) FL_B16_PA_ROW(3) FL_B16_PA_ROW(4) FL_B16_PA_ROW(5)
+FL_B16_PA_ROW(6)
+#define FL_B16_PA_PTRS(MR) {NULL, fl_b16_pa_##MR##x1, fl_b16_pa_##MR##x2, fl_b16_pa_##MR##x3, \
+                            fl_b16_pa_##MR##x4}
+static const fl_b16_pa_fn fl_b16_pa[7][5] = {{NULL}, FL_B16_PA_PTRS(1), FL_B16_PA_PTRS(2),
+    FL_B16_PA_PTRS(3), FL_B16_PA_PTRS(4), FL_B16_PA_PTRS(5), FL_B16_PA_PTRS(6)};
+
+/* fl_q_round_bf16, AVX-512F: 16 values a store, the same integer rounding. */
+FL_Q_TGT_512 static void fl_q_round_bf16_512(long n, const float *x, uint16_t *out) {
+    long i;
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 mk = fl_q_mask16(n - i > 16 ? 16 : (int)(n - i));
+        _mm512_mask_cvtepi32_storeu_epi16(out + i, mk,
+                                          fl_q_bf16_512(_mm512_maskz_loadu_ps(mk, x + i)));
+    }
+}
+
 /* fl_q_pack_bf16_float, AVX-512F: a pair of rows at a time, 16 columns a store (row 2p in
  * the low, row 2p+1 in the high half of each 32-bit lane: the packed pair order). */
 FL_Q_TGT_512 static void fl_q_pack_bf16_float_512(int K, int N, const float *A, long lda,
@@ -845,6 +908,16 @@ const char *fl_q_level_name(int kind) {
 }
 
 void fl_q_force_level(int level) { fl_q_forced = level < 0 ? -1 : level; }
+
+void fl_q_round_bf16(long n, const float *x, uint16_t *out) {
+#if FL_Q_X86
+    if (fl_q_level(FL_Q_BF16) >= FL_Q_LEVEL_AVX512) {
+        fl_q_round_bf16_512(n, x, out);
+        return;
+    }
+#endif
+    fl_q_round_bf16_c(n, x, out);
+}
 
 /* float32 A [K,N] (row stride lda) rounded to bf16 (as fl_q_round_bf16) and packed as
  * fl_q_pack packs bf16 bits, in one pass: mixed_bfloat16 training packs dZ so at every
@@ -993,4 +1066,43 @@ void fl_q_gemm(int M, const float *A, long lda, const fl_qmat *W, int j0, int j1
         }
     }
     free(heap);
+}
+
+int fl_q_gemm_bf16_packed(int M, const void *Ap, long aG, const fl_qmat *W, int j0, int j1,
+                          int beta, float *C, long ldc) {
+#if FL_Q_X86
+    const unsigned char *ap = (const unsigned char *)Ap;
+    long G, bstride;
+    int r0, m0, jb;
+    if (W == NULL || W->kind != FL_Q_BF16 || fl_q_level(FL_Q_BF16) < FL_Q_LEVEL_DOT)
+        return 0;
+    if (M <= 0 || j0 < 0 || (j0 & 15) != 0) return 1;
+    if (j1 > W->N) j1 = W->N;
+    if (j1 <= j0) return 1;
+    if (W->K <= 0) {
+        fl_q_fill_cols(M, j0, j1, NULL, beta != 0, C, ldc, 0);
+        return 1;
+    }
+    G = fl_q_groups(FL_Q_BF16, W->K);
+    bstride = G * 64;
+    /* A block of 16 rows (G * 64 bytes) stays in L2 while the panels of W go by; each
+     * panel of 64 columns (G * 256 bytes) serves the block's three tiles in turn. */
+    for (r0 = 0; r0 < M; r0 += 16) {
+        const unsigned char *ab = ap + (long)(r0 / 16) * aG * 64;
+        const int rows = M - r0 < 16 ? M - r0 : 16;
+        for (jb = j0; jb < j1; jb += 64) {
+            const int ncols = j1 - jb < 64 ? j1 - jb : 64;
+            const unsigned char *wp = (const unsigned char *)W->packed + (jb / 16) * bstride;
+            for (m0 = 0; m0 < rows; m0 += 6) {
+                const int mr = rows - m0 < 6 ? rows - m0 : 6;
+                fl_b16_pa[mr][(ncols + 15) / 16](ab + 4 * m0, wp, bstride, G, NULL, beta != 0,
+                                                 C + (long)(r0 + m0) * ldc + jb, ldc, ncols);
+            }
+        }
+    }
+    return 1;
+#else
+    (void)M; (void)Ap; (void)aG; (void)W; (void)j0; (void)j1; (void)beta; (void)C; (void)ldc;
+    return 0;
+#endif
 }

@@ -81,6 +81,16 @@ void fl_q_round_bf16(long n, const float *x, uint16_t *out);
    bf16 bits (fl_q_packed_bytes(FL_Q_BF16, K, N) bytes), in one pass. */
 void fl_q_pack_bf16_float(int K, int N, const float *A, long lda, void *packed);
 
+/* C[M, j0:j1] = beta*C + A[M,K] . W[:, j0:j1] with A given packed as well: the bf16
+   packing (fl_q_pack_bf16_float, fl_q_pack) of A^T [K,M] for aG >= the groups of W->K
+   ((K+1)/2), columns of A^T past W->K zero (the rows of a weight gradient's product, X^T,
+   packed straight from X [K,M] with no transposed copy; a slice of its rows k0:k0+K, k0
+   even, starts at group k0/2 of each block). The same bits as fl_q_gemm on A. Runs only
+   with the AVX512_BF16 variant: returns 0 (and writes nothing) where that is not the
+   variant that runs, or W is not bf16; else 1. */
+int fl_q_gemm_bf16_packed(int M, const void *Ap, long aG, const fl_qmat *W, int j0, int j1,
+                          int beta, float *C, long ldc);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,8 +6,9 @@ run the input projection and the per-step products themselves (the weights come 
 ``QuantizedMatrix`` pairs, U^T's blocks for the backward); after their backward time loop
 they leave dZ [T*B, ZW], and the products over all T*B rows run here:
 
-    dW = X^T dZ,  dU = Hin^T dZ   (dZ packed once as the kernels' weight operand; X^T, Hin^T
-                                   transposed copies as their rows)
+    dW = X^T dZ,  dU = Hin^T dZ   (dZ packed once as the kernels' weight operand; X, Hin
+                                   packed as they lie with AVX512_BF16, else transposed
+                                   copies as the rows)
     dX = dZ W^T                   (W^T packed)
 
 each split over the kernel threads (fastlstm.threads; OpenMP regions of src_c/_lowp.pyx, as
@@ -32,10 +33,21 @@ PARALLEL_MIN_MACS = 1 << 21
 # ... and below this many elements a transposed copy.
 TRANSPOSE_PARALLEL_MIN = 1 << 20
 
+def _c_contiguous(a):
+    """float32 a as a C-contiguous array; a transposed view of rows (a weight's ``.T``) is
+    copied in tiles (_lowp.transpose: NumPy's copy of it walks memory with a large stride)."""
+    a = np.asarray(a, dtype=np.float32)
+    if (a.ndim == 2 and not a.flags.c_contiguous and a.shape[0] > 1 and a.shape[1] > 1
+            and a.strides[0] == 4 and a.strides[1] % 4 == 0 and a.strides[1] >= 4 * a.shape[0]
+            and _lowp is not None):
+        return _lowp.transpose(a.T, np.empty(a.shape, np.float32), 1)
+    return np.ascontiguousarray(a)
+
+
 def bf16_matrix(a, split=0):
     """float32 a [K,N] rounded to bf16 as a QuantizedMatrix (the kernels' packed operand;
     ``split`` as QuantizedMatrix's)."""
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = _c_contiguous(a)
     qm = QuantizedMatrix("bfloat16", _lowp.round_bf16(a), None, split)
     edges = [0, split, a.shape[1]] if split else [0, a.shape[1]]
     # Packed from the float32 values in one pass (the same bits as packing qm.values).
@@ -56,7 +68,7 @@ class Packed:
     def __init__(self, b):
         b = np.asarray(b, dtype=np.float32)
         if b.ndim != 2 or (b.shape[1] > 1 and b.strides[1] != 4):
-            b = np.ascontiguousarray(b)
+            b = _c_contiguous(b)
         self.K, self.N = b.shape
         self.packed = _lowp.pack_float_bf16(b)      # rounded and packed in one pass
 
@@ -99,9 +111,21 @@ def weight_grads(inputs, dz, threads=None):
         n = 1
     if dz.shape[1] > 1 and dz.strides[1] != 4:
         dz = np.ascontiguousarray(dz)
-    ats = [_transposed(x, n) for x in inputs]
     outs = [np.empty((x.shape[1], N), np.float32) for x in inputs]
+    if _lowp.packed_level_ok():
+        # x packed as it lies (16 rows of x^T share a line per pair of k): no transposed copy.
+        aps = [_lowp.pack_float_bf16(_rows(x)) for x in inputs]
+        return _lowp.weight_grads_packed(aps, outs, dz, WEIGHT_GRAD_DEPTH, n)
+    ats = [_transposed(x, n) for x in inputs]
     return _lowp.weight_grads(ats, outs, dz, WEIGHT_GRAD_DEPTH, n)
+
+
+def _rows(x):
+    """x as float32 with contiguous rows (any row stride)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[1] > 1 and x.strides[1] != 4:
+        x = np.ascontiguousarray(x)
+    return x
 
 
 def input_grad(dz, kernel, out=None):
