@@ -482,3 +482,26 @@ def test_oracle_takes_nd_rows():
         flat = w.run(np.ascontiguousarray(A.reshape(6, 20)))
         w.check(flat, A.reshape(6, 20))
         w.check(nd.reshape(6, 9), A.reshape(6, 20))
+
+
+@pytest.mark.skipif(not _lowp.packed_level_ok(), reason="needs the AVX512_BF16 variant")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_grads_packed_matches_the_transposed_path(threads):
+    """mixed_bfloat16's weight gradients from x packed as it lies (weight_grads_packed) give
+    the bits of the transposed path (weight_grads): odd row counts, widths that are not
+    multiples of 16, slices shallower than the rows, several inputs at once."""
+    rng = np.random.default_rng(seed_of("weight-grads-packed", threads))
+    for TB, widths, N, depth in [(7, [5], 33, 4), (101, [17, 3], 50, 24), (64, [16, 48], 16, 64),
+                                 (1, [9], 20, 2), (333, [130], 70, 2048)]:
+        xs = [rng.standard_normal((TB, k)).astype(np.float32) for k in widths]
+        dz = rng.standard_normal((TB, N)).astype(np.float32)
+        want = _lowp.weight_grads([np.ascontiguousarray(x.T) for x in xs],
+                                  [np.empty((k, N), np.float32) for k in widths], dz, depth,
+                                  threads)
+        got = _lowp.weight_grads_packed([_lowp.pack_float_bf16(x) for x in xs],
+                                        [np.empty((k, N), np.float32) for k in widths], dz,
+                                        depth, threads)
+        for x, w, g in zip(xs, want, got):
+            np.testing.assert_array_equal(g, w)
+            exact = O.bf16_round(x).astype(np.float64).T @ O.bf16_round(dz).astype(np.float64)
+            np.testing.assert_allclose(w, exact, rtol=0, atol=1e-5 * np.abs(exact).max() * TB)
