@@ -350,9 +350,17 @@ def gemm_split(a, packed, int K, int N, out, int threads, bint by_rows):
     return out
 
 
-cdef void weight_grads_cols(int npairs, const float **pa, float **po, const int *rows,
-                            long TB, const float *pz, long ldz, int N, int j0, int j1,
-                            int depth, unsigned char *buf) noexcept nogil:
+cdef extern from "lowp.h" nogil:
+    int fl_q_gemm_bf16_packed(int M, const void *Ap, long aG, const fl_qmat *W, int j0,
+                              int j1, int beta, float *C, long ldc)
+
+
+cdef void weight_grads_cols(int npairs, const void **pa, const long *ag, float **po,
+                            const int *rows, long TB, const float *pz, long ldz, int N, int j0,
+                            int j1, int depth, unsigned char *buf) noexcept nogil:
+    """Columns [j0, j1) of every outs[i] = a_i dz, over slices of `depth` rows of dz rounded
+    and packed into buf: a_i float32 [K_i, TB] (ag NULL), or the bf16 packing of a_i^T with
+    ag[i] groups (fl_q_gemm_bf16_packed)."""
     cdef fl_qmat w
     cdef long k0 = 0
     cdef int kc, i
@@ -365,33 +373,40 @@ cdef void weight_grads_cols(int npairs, const float **pa, float **po, const int 
         fl_q_pack_bf16_float(kc, j1 - j0, pz + k0 * ldz + j0, ldz, buf)
         w.K = kc
         for i in range(npairs):
-            fl_q_gemm(rows[i], pa[i] + k0, TB, &w, 0, j1 - j0, NULL, 1 if k0 else 0,
-                      po[i] + j0, N)
+            if ag == NULL:
+                fl_q_gemm(rows[i], <const float *>pa[i] + k0, TB, &w, 0, j1 - j0, NULL,
+                          1 if k0 else 0, po[i] + j0, N)
+            else:
+                fl_q_gemm_bf16_packed(rows[i], <const unsigned char *>pa[i] + (k0 // 2) * 64,
+                                      ag[i], &w, 0, j1 - j0, 1 if k0 else 0, po[i] + j0, N)
         k0 += kc
 
 
-def weight_grads(list ats, list outs, dz, int depth, int threads):
-    """outs[i] [K_i, N] = bf16(ats[i]) [K_i, TB] bf16(dz) [TB, N] with float32 sums, over
-    slices of `depth` rows of dz (each rounded and packed once into the thread's buffer,
-    summed into outs in float32); the threads split dz's columns in 16-column blocks. ats:
-    float32 C-contiguous; dz: float32 with contiguous rows."""
-    cdef int npairs = len(ats), i
-    if npairs == 0 or npairs > 8:
-        raise ValueError("ats: expected 1 to 8 arrays")
+cdef object run_weight_grads(list arrays, list outs, dz, long depth, int threads, bint packed):
+    """weight_grads (packed False: arrays the float32 a_i [K_i, TB]) or weight_grads_packed
+    (arrays the bf16 packings of the x_i [TB, K_i]): the threads split dz's columns in
+    16-column blocks, each with its buffer for dz's slices."""
+    cdef int npairs = len(arrays), i
     cdef long TB = dz.shape[0], ldz = dz.strides[0] // 4 if dz.shape[0] > 1 else dz.shape[1]
     cdef int N = dz.shape[1], nb = (N + 15) // 16
-    cdef int n = max(1, min(threads, nb)), k, lo, hi, kc
-    cdef long k0, part
-    cdef const float *pa[8]
+    cdef int n = max(1, min(threads, nb)), k
+    cdef long part
+    cdef const void *pa[8]
+    cdef long ag[8]
     cdef float *po[8]
     cdef int rows[8]
     for i in range(npairs):
-        pa[i] = <const float *><uintptr_t>ats[i].ctypes.data
+        pa[i] = <const void *><uintptr_t>arrays[i].ctypes.data
         po[i] = <float *><uintptr_t>outs[i].ctypes.data
-        rows[i] = ats[i].shape[0]
+        rows[i] = outs[i].shape[0]
+        ag[i] = (TB + 1) // 2
+        if packed and arrays[i].shape[0] != fl_q_packed_bytes(FL_Q_BF16, <int>TB, rows[i]):
+            raise ValueError(f"aps[{i}]: expected the packing of a [{TB}, {rows[i]}] array")
     cdef const float *pz = <const float *><uintptr_t>dz.ctypes.data
-    depth = max(2, min(<long>depth, TB)) if TB > 0 else 2
-    part = (fl_q_packed_bytes(FL_Q_BF16, depth, ((nb + n - 1) // n) * 16) + 63) // 64 * 64
+    depth = max(2, min(depth, TB)) if TB > 0 else 2
+    if packed and depth < TB:
+        depth -= depth % 2          # every slice but the last starts a whole group of A
+    part = (fl_q_packed_bytes(FL_Q_BF16, <int>depth, ((nb + n - 1) // n) * 16) + 63) // 64 * 64
     bufs = aligned_empty(max(1, n * part), np.uint8)
     cdef unsigned char *pb = <unsigned char *><uintptr_t>bufs.ctypes.data
     if TB == 0:
@@ -400,35 +415,20 @@ def weight_grads(list ats, list outs, dz, int depth, int threads):
         return outs
     with nogil:
         for k in prange(n, num_threads=n, schedule="static"):
-            weight_grads_cols(npairs, pa, po, rows, TB, pz, ldz, N, (k * nb // n) * 16,
-                              min(N, ((k + 1) * nb // n) * 16), depth, pb + k * part)
+            weight_grads_cols(npairs, pa, ag if packed else NULL, po, rows, TB, pz, ldz, N,
+                              (k * nb // n) * 16, min(N, ((k + 1) * nb // n) * 16),
+                              <int>depth, pb + k * part)
     return outs
 
 
-cdef extern from "lowp.h" nogil:
-    int fl_q_gemm_bf16_packed(int M, const void *Ap, long aG, const fl_qmat *W, int j0,
-                              int j1, int beta, float *C, long ldc)
-
-
-cdef void weight_grads_cols_packed(int npairs, const unsigned char **pa, const long *ag,
-                                   float **po, const int *rows, long TB, const float *pz,
-                                   long ldz, int N, int j0, int j1, int depth,
-                                   unsigned char *buf) noexcept nogil:
-    cdef fl_qmat w
-    cdef long k0 = 0
-    cdef int kc, i
-    if j1 <= j0:
-        return
-    w.kind, w.N = FL_Q_BF16, j1 - j0
-    w.packed, w.scale, w.comp = <const void *>buf, NULL, NULL
-    while k0 < TB:
-        kc = <int>min(<long>depth, TB - k0)
-        fl_q_pack_bf16_float(kc, j1 - j0, pz + k0 * ldz + j0, ldz, buf)
-        w.K = kc
-        for i in range(npairs):
-            fl_q_gemm_bf16_packed(rows[i], pa[i] + (k0 // 2) * 64, ag[i], &w, 0, j1 - j0,
-                                  1 if k0 else 0, po[i] + j0, N)
-        k0 += kc
+def weight_grads(list ats, list outs, dz, int depth, int threads):
+    """outs[i] [K_i, N] = bf16(ats[i]) [K_i, TB] bf16(dz) [TB, N] with float32 sums, over
+    slices of `depth` rows of dz (each rounded and packed once into the thread's buffer,
+    summed into outs in float32); the threads split dz's columns in 16-column blocks. ats:
+    float32 C-contiguous; dz: float32 with contiguous rows."""
+    if len(ats) == 0 or len(ats) > 8:
+        raise ValueError("ats: expected 1 to 8 arrays")
+    return run_weight_grads(ats, outs, dz, depth, threads, False)
 
 
 def packed_level_ok():
@@ -441,37 +441,11 @@ def weight_grads_packed(list aps, list outs, dz, int depth, int threads):
     packed (pack_float_bf16(x_i): no transposed copy), dz's slices of `depth` (even) rows
     packed in the threads' buffers; the threads split dz's columns in 16-column blocks. Only
     where packed_level_ok()."""
-    cdef int npairs = len(aps), i
-    if npairs == 0 or npairs > 8:
+    if len(aps) == 0 or len(aps) > 8:
         raise ValueError("aps: expected 1 to 8 arrays")
-    cdef long TB = dz.shape[0], ldz = dz.strides[0] // 4 if dz.shape[0] > 1 else dz.shape[1]
-    cdef int N = dz.shape[1], nb = (N + 15) // 16
-    cdef int n = max(1, min(threads, nb)), k
-    cdef long part
-    cdef const unsigned char *pa[8]
-    cdef long ag[8]
-    cdef float *po[8]
-    cdef int rows[8]
     if not packed_level_ok():
         raise ValueError("weight_grads_packed: needs the AVX512_BF16 variant")
-    for i in range(npairs):
-        pa[i] = <const unsigned char *><uintptr_t>aps[i].ctypes.data
-        po[i] = <float *><uintptr_t>outs[i].ctypes.data
-        rows[i] = outs[i].shape[0]
-        ag[i] = (TB + 1) // 2
-        if aps[i].shape[0] != fl_q_packed_bytes(FL_Q_BF16, <int>TB, rows[i]):
-            raise ValueError(f"aps[{i}]: expected the packing of a [{TB}, {rows[i]}] array")
-    cdef const float *pz = <const float *><uintptr_t>dz.ctypes.data
-    depth = max(2, min(<long>depth, TB)) if TB > 0 else 2
-    if depth < TB:
-        depth -= depth % 2          # every slice but the last starts a whole group of A
-    part = (fl_q_packed_bytes(FL_Q_BF16, depth, ((nb + n - 1) // n) * 16) + 63) // 64 * 64
-    bufs = aligned_empty(max(1, n * part), np.uint8)
-    cdef unsigned char *pb = <unsigned char *><uintptr_t>bufs.ctypes.data
-    if TB == 0:
-        for o in outs:
-            o[...] = 0
-        return outs
+    return run_weight_grads(aps, outs, dz, depth, threads, True)
     with nogil:
         for k in prange(n, num_threads=n, schedule="static"):
             weight_grads_cols_packed(npairs, pa, ag, po, rows, TB, pz, ldz, N,
