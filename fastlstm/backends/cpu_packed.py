@@ -60,16 +60,42 @@ def _cache(cell, pk, saved, training, **options):
     return Cache("cpu", cell, saved, made_by="packed")
 
 
+def _packed(module, x, kernel, recurrent_kernel, lengths, zoneout, go_backwards,
+            input_dropout_mask, recurrent_dropout_mask):
+    """(settings, the packing, x's packed rows, the sorted recurrent dropout mask) of a
+    forward pass of `module`'s cell."""
+    H, G = recurrent_kernel.shape
+    settings = kernel_settings()
+    pk = _layout(module, x, _full(lengths, x), G, H, settings)
+    _zoned(pk, zoneout, go_backwards, kernel.dtype)
+    return (settings, pk, _packed_inputs(pk, x, input_dropout_mask),
+            _sorted(pk, recurrent_dropout_mask))
+
+
+def _taken(cache, cell, dy, dh):
+    """(the saved dict, the packing, dy packed, dh_T sorted) of a backward pass."""
+    d = cache.take("cpu", cell)
+    pk = d["packing"]
+    H = d["recurrent_kernel"].shape[0]
+    dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H,
+                              d["z"].dtype)
+    return d, pk, dyp, pk.sort(dh)
+
+
+def _grads(d, pk, out, n, **fields):
+    """Grads from a kernel's backward `out`: dx unpacked (times the input dropout mask),
+    dh0 unsorted, the given fields, and layer norm's past the first n outputs."""
+    I = d["kernel"].shape[0]
+    return Grads(inputs=_input_grads(pk, out[0], d["input_dropout_mask"], I, d["z"].dtype),
+                 h0=pk.unsort(out[1]), **fields, **_ln_grads(out, n))
+
+
 def lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0, lengths, *, peephole,
                  zoneout=None, mask=None,
                  input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
                  coupled, go_backwards, return_sequences, training, layer_norm=None):
-    H, G = recurrent_kernel.shape
-    settings = kernel_settings()
-    pk = _layout(_lstm, x, _full(lengths, x), G, H, settings)
-    _zoned(pk, zoneout, go_backwards, kernel.dtype)
-    xp = _packed_inputs(pk, x, input_dropout_mask)
-    rdm = _sorted(pk, recurrent_dropout_mask)
+    settings, pk, xp, rdm = _packed(_lstm, x, kernel, recurrent_kernel, lengths, zoneout,
+                                    go_backwards, input_dropout_mask, recurrent_dropout_mask)
     with single_threaded_blas():
         y, h, c, saved = _lstm.forward(
             xp, kernel, recurrent_kernel, bias, pk.sort(h0), pk.sort(c0), peephole, None, None,
@@ -87,35 +113,25 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0, lengths, *, peephole
 
 
 def lstm_backward(cache, dy, dh, dc):
-    d = cache.take("cpu", "lstm")
-    pk = d["packing"]
-    I, H = d["kernel"].shape[0], d["recurrent_kernel"].shape[0]
-    dtype = d["z"].dtype
-    dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
-    dc = np.zeros((pk.B, H), dtype) if dc is None else dc
+    d, pk, dyp, dh = _taken(cache, "lstm", dy, dh)
+    dc = np.zeros_like(dh) if dc is None else pk.sort(dc)
     with single_threaded_blas():
         out = _lstm.backward(
             d["x"], d["z"], d["c"], d["hin"], d["c0"], d["kernel"], d["recurrent_kernel"],
             d["peephole"], None, None, d["recurrent_dropout_mask"], d["activation"],
             d["recurrent_activation"], d["coupled"], d["go_backwards"], d["return_sequences"],
-            d["has_bias"], dyp, pk.sort(dh), pk.sort(dc), d["x"], kernel_settings(),
+            d["has_bias"], dyp, dh, dc, d["x"], kernel_settings(),
             packing=pk.kernel, ln_saved=d["ln"])
-    dx, dh0, dc0, dW, dU, db, dP = out[:7]
-    return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
-                 h0=pk.unsort(dh0), c0=pk.unsort(dc0), kernel=dW, recurrent_kernel=dU,
-                 bias=db, peephole=dP, **_ln_grads(out, 7))
+    return _grads(d, pk, out, 7, c0=pk.unsort(out[2]), kernel=out[3], recurrent_kernel=out[4],
+                  bias=out[5], peephole=out[6])
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, reset_after,
                 zoneout=None, mask=None,
                 input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
                 go_backwards, return_sequences, training, layer_norm=None):
-    H, G = recurrent_kernel.shape
-    settings = kernel_settings()
-    pk = _layout(_gru, x, _full(lengths, x), G, H, settings)
-    _zoned(pk, zoneout, go_backwards, kernel.dtype)
-    xp = _packed_inputs(pk, x, input_dropout_mask)
-    rdm = _sorted(pk, recurrent_dropout_mask)
+    settings, pk, xp, rdm = _packed(_gru, x, kernel, recurrent_kernel, lengths, zoneout,
+                                    go_backwards, input_dropout_mask, recurrent_dropout_mask)
     with single_threaded_blas():
         y, h, saved = _gru.forward(
             xp, kernel, recurrent_kernel, None if bias is None else bias.reshape(-1),
@@ -134,34 +150,23 @@ def gru_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, reset_after,
 
 
 def gru_backward(cache, dy, dh):
-    d = cache.take("cpu", "gru")
-    pk = d["packing"]
-    I, H = d["kernel"].shape[0], d["recurrent_kernel"].shape[0]
-    dtype = d["z"].dtype
-    dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
+    d, pk, dyp, dh = _taken(cache, "gru", dy, dh)
     with single_threaded_blas():
         out = _gru.backward(
             d["x"], d["z"], d["h_prev"], d["hin"], d["rh"], d["kernel"],
             d["recurrent_kernel"], None, None, d["recurrent_dropout_mask"], d["activation"],
             d["recurrent_activation"], d["reset_after"], d["go_backwards"],
-            d["return_sequences"], d["has_bias"], dyp, pk.sort(dh), d["x"],
+            d["return_sequences"], d["has_bias"], dyp, dh, d["x"],
             kernel_settings(), packing=pk.kernel, ln_saved=d["ln"])
-    dx, dh0, dW, dU, db = out[:5]
-    return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
-                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db,
-                 **_ln_grads(out, 5))
+    return _grads(d, pk, out, 5, kernel=out[2], recurrent_kernel=out[3], bias=out[4])
 
 
 def simple_rnn_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, input_dropout_mask,
                        zoneout=None, mask=None,
                        recurrent_dropout_mask, activation, go_backwards, return_sequences,
                        training, layer_norm=None):
-    H, G = recurrent_kernel.shape
-    settings = kernel_settings()
-    pk = _layout(_simple_rnn, x, _full(lengths, x), G, H, settings)
-    _zoned(pk, zoneout, go_backwards, kernel.dtype)
-    xp = _packed_inputs(pk, x, input_dropout_mask)
-    rdm = _sorted(pk, recurrent_dropout_mask)
+    settings, pk, xp, rdm = _packed(_simple_rnn, x, kernel, recurrent_kernel, lengths, zoneout,
+                                    go_backwards, input_dropout_mask, recurrent_dropout_mask)
     with single_threaded_blas():
         y, h, saved = _simple_rnn.forward(
             xp, kernel, recurrent_kernel, bias, pk.sort(h0), None, None, rdm, activation,
@@ -178,18 +183,11 @@ def simple_rnn_forward(x, kernel, recurrent_kernel, bias, h0, lengths, *, input_
 
 
 def simple_rnn_backward(cache, dy, dh):
-    d = cache.take("cpu", "simple_rnn")
-    pk = d["packing"]
-    I, H = d["kernel"].shape[0], d["recurrent_kernel"].shape[0]
-    dtype = d["z"].dtype
-    dyp, dh = pk.output_grads(dy, dh, d["go_backwards"], d["return_sequences"], pk.B, H, dtype)
+    d, pk, dyp, dh = _taken(cache, "simple_rnn", dy, dh)
     with single_threaded_blas():
         out = _simple_rnn.backward(
             d["x"], d["z"], d["hin"], d["kernel"], d["recurrent_kernel"], None, None,
             d["recurrent_dropout_mask"], d["activation"], d["go_backwards"],
-            d["return_sequences"], d["has_bias"], dyp, pk.sort(dh), d["x"],
+            d["return_sequences"], d["has_bias"], dyp, dh, d["x"],
             kernel_settings(), packing=pk.kernel, ln_saved=d["ln"])
-    dx, dh0, dW, dU, db = out[:5]
-    return Grads(inputs=_input_grads(pk, dx, d["input_dropout_mask"], I, dtype),
-                 h0=pk.unsort(dh0), kernel=dW, recurrent_kernel=dU, bias=db,
-                 **_ln_grads(out, 5))
+    return _grads(d, pk, out, 5, kernel=out[2], recurrent_kernel=out[3], bias=out[4])
