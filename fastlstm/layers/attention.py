@@ -19,7 +19,6 @@ key, the value's gradient includes its use as the key. Everything is batched Num
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -118,16 +117,6 @@ class _AttentionLayer(Layer, abstract=True):
         if dy.shape != tuple(shape):
             raise ValueError(f"{name}: expected shape {tuple(shape)}, got {dy.shape}")
         return dy
-
-    @staticmethod
-    def _once(name):
-        used = [False]
-
-        def check():
-            if used[0]:
-                raise RuntimeError(f"{name}: backprop of this forward_train was already run")
-            used[0] = True
-        return check
 
 
 # ------------------------------------------------------------------------------ Attention

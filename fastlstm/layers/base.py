@@ -242,6 +242,17 @@ class Layer:
 
     _registry: dict = {}
 
+    @staticmethod
+    def _once(name):
+        """A check that a forward_train's backprop runs once: the second call raises."""
+        used = [False]
+
+        def check():
+            if used[0]:
+                raise RuntimeError(f"{name}: backprop of this forward_train was already run")
+            used[0] = True
+        return check
+
     def __init_subclass__(cls, abstract=False, **kw):
         # Concrete layers register by class name for deserialize; a shared base such as
         # RecurrentLayer (``abstract=True``) cannot be built, so a file may not name it.

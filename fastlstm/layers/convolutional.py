@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, initializers
-from .base import Gradients, as_float_array, check_positive_int, input_features
+from .base import Gradients, check_positive_int, input_features
 from .core import _SOFTMAX, _KernelBias
 from .recurrent import _serialize_regularizer
 
@@ -124,17 +124,9 @@ class Conv1D(_KernelBias):
     def compute_mask(self, inputs, mask=None):
         return None
 
-    def _prepare(self, x):
-        x = as_float_array("x", x, self.dtype, device=self.device)
-        if x.ndim != 3:
-            raise ValueError(f"x: {self.name} expects a 3-D array (batch, steps, channels), "
-                             f"got shape {x.shape}")
-        if not self.built:
-            self.build(x.shape)
-        elif x.shape[-1] != self.input_dim:
-            raise ValueError(f"x: {self.name} was built for {self.input_dim} channels on the "
-                             f"last axis, got {x.shape[-1]} (shape {x.shape})")
-        return x
+    _ranks = (3, 3)
+    _input_layout = "a 3-D array (batch, steps, channels)"
+    _last_axis = "channels"
 
     def _patches(self, x):
         """(padded input, its (batch, out_steps, kernel_size, channels) strided view)."""

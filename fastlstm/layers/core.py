@@ -104,16 +104,6 @@ class _CoreLayer(Layer, abstract=True):
             raise ValueError(f"d_out: expected shape {tuple(shape)}, got {dy.shape}")
         return dy
 
-    @staticmethod
-    def _once(name):
-        used = [False]
-
-        def check():
-            if used[0]:
-                raise RuntimeError(f"{name}: backprop of this forward_train was already run")
-            used[0] = True
-        return check
-
 
 class _KernelBias(_CoreLayer, abstract=True):
     """A kernel, an optional bias and an activation, with their initializers and
@@ -136,6 +126,26 @@ class _KernelBias(_CoreLayer, abstract=True):
     def _regularized(self):
         return [(self.kernel_regularizer, "kernel")] + (
             [(self.bias_regularizer, "bias")] if self.use_bias else [])
+
+    # The input's ranks and what its last axis holds (Dense: any rank from 2, features).
+    _ranks = (2, None)
+    _input_layout = "an array of at least 2 dimensions (batch, ..., features)"
+    _last_axis = "features"
+
+    def _prepare(self, x):
+        """x as an array of the layer's dtype, checked against the layer (built on first
+        call)."""
+        x = as_float_array("x", x, self.dtype, device=self.device)
+        low, high = self._ranks
+        if x.ndim < low or (high is not None and x.ndim > high):
+            raise ValueError(f"x: {self.name} expects {self._input_layout}, got shape "
+                             f"{x.shape}")
+        if not self.built:
+            self.build(x.shape)
+        elif x.shape[-1] != self.input_dim:
+            raise ValueError(f"x: {self.name} was built for {self.input_dim} {self._last_axis} "
+                             f"on the last axis, got {x.shape[-1]} (shape {x.shape})")
+        return x
 
     def _activation_grad(self, y, dy):
         """dL/dz of ``y = activation(z)`` from the output and dL/dy."""
@@ -189,17 +199,6 @@ class Dense(_KernelBias):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.units,)
 
-    def _prepare(self, x):
-        x = as_float_array("x", x, self.dtype, device=self.device)
-        if x.ndim < 2:
-            raise ValueError(f"x: {self.name} expects an array of at least 2 dimensions "
-                             f"(batch, ..., features), got shape {x.shape}")
-        if not self.built:
-            self.build(x.shape)
-        elif x.shape[-1] != self.input_dim:
-            raise ValueError(f"x: {self.name} was built for {self.input_dim} features on the "
-                             f"last axis, got {x.shape[-1]} (shape {x.shape})")
-        return x
 
     def _forward(self, x):
         z = self.kernel.matmul(x) if self.quantization else self._matmul(x, self.kernel)
