@@ -273,29 +273,25 @@ class Trainer:
         """One optimizer step on one batch. Returns the loss (with metrics, a list
         ``[loss, *metrics]``; ``return_dict=True``: a dict), from the forward pass before the
         update, as Keras does."""
-        self._assert_compiled("train_on_batch")
-        self._require_layers("train_on_batch")
-        x, y = self._x_data("x", x), self._y_data("y", y)
-        sw = self._sw_data("sample_weight", sample_weight)
-        if _check_lengths(x, y, sw) == 0:      # as fit: no step (nor a counted iteration)
-            raise ValueError(f"x: expected at least one sample, got shape {_shape_text(x)}")
-        self._record_input(x)
-        self.reset_metrics()
-        self._train_step(x, y, sw)
-        logs = self._results()
-        return logs if return_dict else self._flatten(logs)
+        return self._on_batch("train_on_batch", self._train_step, x, y, sample_weight,
+                              return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         """Loss and metrics of one batch in inference mode."""
-        self._assert_compiled("test_on_batch")
-        self._require_layers("test_on_batch")
+        return self._on_batch("test_on_batch", self._test_step, x, y, sample_weight,
+                              return_dict)
+
+    def _on_batch(self, what, step, x, y, sample_weight, return_dict):
+        """train_on_batch / test_on_batch: the checked batch through `step`, its logs."""
+        self._assert_compiled(what)
+        self._require_layers(what)
         x, y = self._x_data("x", x), self._y_data("y", y)
         sw = self._sw_data("sample_weight", sample_weight)
         if _check_lengths(x, y, sw) == 0:      # as fit: no step (nor a counted iteration)
             raise ValueError(f"x: expected at least one sample, got shape {_shape_text(x)}")
         self._record_input(x)
         self.reset_metrics()
-        self._test_step(x, y, sw)
+        step(x, y, sw)
         logs = self._results()
         return logs if return_dict else self._flatten(logs)
 
