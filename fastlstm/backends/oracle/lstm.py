@@ -25,6 +25,26 @@ from .zoneout import keep as _keep
 from .lowp import matmul_for
 
 
+def step_gates(xp, z, c, H, coupled, peephole, a, ra):
+    """One step's gates from the pre-activations z [B,G] and c_{t-1}: (i, f, g, o, c_t),
+    with the peephole terms when given (CIFG: i = 1 - f)."""
+    if coupled:
+        zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
+    else:
+        zi, zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+    if peephole is not None:
+        zf = zf + peephole[1] * c
+        if not coupled:
+            zi = zi + peephole[0] * c
+    f = ra(zf, xp)
+    i = 1 - f if coupled else ra(zi, xp)
+    g = a(zc, xp)
+    c_new = f * c + i * g
+    if peephole is not None:
+        zo = zo + peephole[2] * c_new
+    return i, f, g, ra(zo, xp), c_new
+
+
 def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
             input_dropout_mask, recurrent_dropout_mask, activation, recurrent_activation,
             coupled, go_backwards, return_sequences, training, backend="numpy", zoneout=None,
@@ -64,22 +84,7 @@ def forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, *, peephole, mask,
         if ln:
             nh, rh = _ln.forward(xp, rec)
             rec = nh * gamma[1]
-        z = xw[t] + rec
-        if coupled:
-            zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
-        else:
-            zi, zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-        if peephole is not None:
-            zf = zf + peephole[1] * c
-            if not coupled:
-                zi = zi + peephole[0] * c
-        f = ra(zf, xp)
-        i = 1 - f if coupled else ra(zi, xp)
-        g = a(zc, xp)
-        c_new = f * c + i * g
-        if peephole is not None:
-            zo = zo + peephole[2] * c_new
-        o = ra(zo, xp)
+        i, f, g, o, c_new = step_gates(xp, xw[t] + rec, c, H, coupled, peephole, a, ra)
         if ln:
             nc, rc = _ln.forward(xp, c_new)
             h_new = o * a(nc * gamma_h + beta_h, xp)

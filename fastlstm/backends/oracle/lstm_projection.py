@@ -8,6 +8,8 @@ A masked step carries h and c and repeats the last output, as the LSTM's.
 """
 from __future__ import annotations
 
+from .lstm import step_gates
+
 
 def forward(xp, x, kernel, recurrent_kernel, bias, projection, h0, c0, *, peephole, mask,
             input_dropout_mask, activation, recurrent_activation, coupled, go_backwards,
@@ -25,20 +27,8 @@ def forward(xp, x, kernel, recurrent_kernel, bias, projection, h0, c0, *, peepho
         z = xin[t] @ kernel + h @ recurrent_kernel
         if bias is not None:
             z = z + bias
-        if coupled:
-            zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:]
-        else:
-            zi, zf, zc, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-        if peephole is not None:
-            zf = zf + peephole[1] * c
-            if not coupled:
-                zi = zi + peephole[0] * c
-        f = ra(zf, xp)
-        i = 1 - f if coupled else ra(zi, xp)
-        c_new = f * c + i * a(zc, xp)
-        if peephole is not None:
-            zo = zo + peephole[2] * c_new
-        h_new = (ra(zo, xp) * a(c_new, xp)) @ projection
+        _, _, _, o, c_new = step_gates(xp, z, c, H, coupled, peephole, a, ra)
+        h_new = (o * a(c_new, xp)) @ projection
         if mask is not None:
             m = mask[t][:, None]
             h_new = xp.where(m, h_new, h)
