@@ -207,16 +207,20 @@ class _Reader:
         return needed
 
     # -- one node -------------------------------------------------------------------------
-    def step(self, node):
+    def node_inputs(self, node, supported, where=""):
+        """(op, the node's input values, its attributes) of a node of an operator in
+        `supported`, its signature checked; else a ConversionError naming it."""
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
             raise self.err(node, f"operator domain {node.domain!r} is not supported")
-        if op not in _SUPPORTED_OPS:
-            raise self.err(node, f"operator {op} is not supported by from_onnx (supported: "
-                           f"{', '.join(_SUPPORTED_OPS)})")
+        if op not in supported:
+            raise self.err(node, f"operator {op} is not supported by from_onnx{where} "
+                           f"(supported: {', '.join(supported)})")
         self.check_signature(node)
-        ins = [self.get(n, node) for n in node.input]
-        a = self.attrs(node)
+        return op, [self.get(n, node) for n in node.input], self.attrs(node)
+
+    def step(self, node):
+        op, ins, a = self.node_inputs(node, _SUPPORTED_OPS)
         if op == "Constant":
             self.vals[node.output[0]] = _Const(self._constant(node, a))
             return

@@ -201,15 +201,7 @@ class _GraphReader(_Reader):
 
     # -- one node -------------------------------------------------------------------------
     def step(self, node):
-        op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            raise self.err(node, f"operator domain {node.domain!r} is not supported")
-        if op not in _OPS:
-            raise self.err(node, f"operator {op} is not supported by from_onnx in a "
-                           f"functional graph (supported: {', '.join(_OPS)})")
-        self.check_signature(node)
-        ins = [self.get(n, node) for n in node.input]
-        a = self.attrs(node)
+        op, ins, a = self.node_inputs(node, _OPS, " in a functional graph")
         try:
             if op == "Constant":
                 self.vals[node.output[0]] = _Const(self._constant(node, a))
