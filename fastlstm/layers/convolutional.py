@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, initializers
-from .base import Gradients, check_positive_int, input_features
+from .base import check_positive_int, input_features
 from .core import _SOFTMAX, _KernelBias
 from .recurrent import _serialize_regularizer
 
@@ -160,38 +160,24 @@ class Conv1D(_KernelBias):
     def __call__(self, x, mask=None, training=False):
         return self._forward(self._prepare(x))[0]
 
-    def forward_train(self, x, mask=None):
-        """Returns ``(y, backprop)``; ``backprop(dy)`` gives ``Gradients`` with
-        ``weights = [d kernel, d bias]``."""
-        self.check_float("forward_train")
-        x = self._prepare(x)
-        y, cols = self._forward(x)
-        act_grad = self._activity(y)
-        once = self._once(self.name)
+    def _forward_saving(self, x):
+        return self._forward(x)         # (y, the patches the kernel's gradient reads)
 
-        def backprop(dy):
-            once()
-            dy = self._check_dy(dy, y.shape)
-            if act_grad is not None:
-                dy = dy + act_grad
-            dz = self._activation_grad(y, dy)
-            B, T, F = dz.shape
-            K, C = self.kernel_size, x.shape[-1]
-            dz2 = dz.reshape(B * T, F)
-            d_kernel = (cols.T @ dz2).reshape(K, C, F)
-            d_cols = (dz2 @ self.kernel.reshape(K * C, F).T).reshape(B, T, K, C)
-            left, right = self._pads(x.shape[1])
-            dxp = np.zeros((B, x.shape[1] + left + right, C), self.dtype)
-            s, d = self.strides, self.dilation_rate
-            for j in range(K):          # one strided slice per tap, all steps at once
-                start = j * d
-                dxp[:, start:start + s * (T - 1) + 1:s] += d_cols[:, :, j]
-            dx = dxp[:, left:left + x.shape[1]]
-            weights = [d_kernel] + ([dz2.sum(axis=0)] if self.use_bias else [])
-            return Gradients(inputs=np.ascontiguousarray(dx), initial_state=None,
-                             weights=weights)
-
-        return y, backprop
+    def _backward(self, x, cols, dz):
+        B, T, F = dz.shape
+        K, C = self.kernel_size, x.shape[-1]
+        dz2 = dz.reshape(B * T, F)
+        d_kernel = (cols.T @ dz2).reshape(K, C, F)
+        d_cols = (dz2 @ self.kernel.reshape(K * C, F).T).reshape(B, T, K, C)
+        left, right = self._pads(x.shape[1])
+        dxp = np.zeros((B, x.shape[1] + left + right, C), self.dtype)
+        s, d = self.strides, self.dilation_rate
+        for j in range(K):          # one strided slice per tap, all steps at once
+            start = j * d
+            dxp[:, start:start + s * (T - 1) + 1:s] += d_cols[:, :, j]
+        dx = dxp[:, left:left + x.shape[1]]
+        weights = [d_kernel] + ([dz2.sum(axis=0)] if self.use_bias else [])
+        return np.ascontiguousarray(dx), weights
 
     def get_config(self):
         cfg = super().get_config()

@@ -147,6 +147,27 @@ class _KernelBias(_CoreLayer, abstract=True):
                              f"on the last axis, got {x.shape[-1]} (shape {x.shape})")
         return x
 
+    def forward_train(self, x, mask=None):
+        """Returns ``(y, backprop)``; ``backprop(dy)`` returns ``Gradients`` with
+        ``weights = [d kernel, d bias]`` (data gradients only). The layer's own parts:
+        ``_forward_saving(x) -> (y, saved)`` and ``_backward(x, saved, dz) -> (dx,
+        weights)``, dz the gradient before the activation."""
+        self.check_float("forward_train")
+        x = self._prepare(x)
+        y, saved = self._forward_saving(x)
+        act_grad = self._activity(y)
+        once = self._once(self.name)
+
+        def backprop(dy):
+            once()
+            dy = self._check_dy(dy, y.shape)
+            if act_grad is not None:
+                dy = dy + act_grad
+            dx, weights = self._backward(x, saved, self._activation_grad(y, dy))
+            return Gradients(inputs=dx, initial_state=None, weights=weights)
+
+        return y, backprop
+
     def _activation_grad(self, y, dy):
         """dL/dz of ``y = activation(z)`` from the output and dL/dy."""
         if self.activation is _SOFTMAX:
@@ -213,28 +234,14 @@ class Dense(_KernelBias):
     def __call__(self, x, mask=None, training=False):
         return self._forward(self._prepare(x))
 
-    def forward_train(self, x, mask=None):
-        """Returns ``(y, backprop)``; ``backprop(dy)`` returns ``Gradients`` with
-        ``weights = [d kernel, d bias]`` (data gradients only)."""
-        self.check_float("forward_train")
-        x = self._prepare(x)
-        y = self._forward(x)
-        act_grad = self._activity(y)
-        once = self._once(self.name)
+    def _forward_saving(self, x):
+        return self._forward(x), None
 
-        def backprop(dy):
-            once()
-            dy = self._check_dy(dy, y.shape)
-            if act_grad is not None:
-                dy = dy + act_grad
-            dz = self._activation_grad(y, dy)
-            dz2 = dz.reshape(-1, self.units)
-            x2 = x.reshape(-1, x.shape[-1])
-            weights = [self._matmul(x2.T, dz2)] + ([dz2.sum(axis=0)] if self.use_bias else [])
-            return Gradients(inputs=self._matmul(dz, self.kernel.T), initial_state=None,
-                             weights=weights)
-
-        return y, backprop
+    def _backward(self, x, saved, dz):
+        dz2 = dz.reshape(-1, self.units)
+        x2 = x.reshape(-1, x.shape[-1])
+        weights = [self._matmul(x2.T, dz2)] + ([dz2.sum(axis=0)] if self.use_bias else [])
+        return self._matmul(dz, self.kernel.T), weights
 
     def get_config(self):
         cfg = super().get_config()
