@@ -88,6 +88,25 @@ def _zoneout_lengths(x, mask, lengths):
     return lengths, False
 
 
+def _path(x, kernel, mask, lengths, zoneout, mixed, layer_norm):
+    """(where a forward runs: "oracle", "packed" or "kernel", its mask, its lengths).
+    Layer norm in bf16 or on quantized weights, zoneout under a mask with gaps or in bf16,
+    an empty batch and no features go to the oracle (NumPy); rows of different lengths and
+    zoneout to the packed loop (cpu_packed.py); the rest to the row loop."""
+    if layer_norm is not None and (mixed or quantized(kernel)):
+        return "oracle", mask, lengths
+    if mixed and lengths is not None:
+        mask, lengths = _mixed_unpacked(x, mask, lengths), None
+    if zoneout is not None:
+        lengths, oracle = _zoneout_lengths(x, mask, lengths)
+        return ("oracle" if oracle or mixed else "packed"), mask, lengths
+    if lengths is not None:
+        return "packed", mask, lengths
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        return "oracle", mask, lengths
+    return "kernel", mask, lengths
+
+
 def _dx_into(saved, x, copied, input_dropout_mask):
     """A buffer of x's shape that the backward pass may overwrite: x times the dropout mask
     (the forward pass's own array), or the copy _time_major made."""
@@ -115,29 +134,16 @@ class CpuOps(NumpyOps):
                      activation, recurrent_activation, coupled=False, go_backwards=False,
                      return_sequences=True, training=False, lengths=None, zoneout=None,
                      mixed=False, layer_norm=None):
-        ln = _ln(layer_norm)
-        if layer_norm is not None and (mixed or quantized(kernel)):   # bf16, int8: the oracle
+        path, mask, lengths = _path(x, kernel, mask, lengths, zoneout, mixed, layer_norm)
+        if path == "oracle":
             return super().lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences, training=training,
-                mixed=mixed, lengths=lengths, zoneout=zoneout, **ln)
-        if mixed and lengths is not None:
-            mask, lengths = _mixed_unpacked(x, mask, lengths), None
-        if zoneout is not None:
-            lengths, oracle = _zoneout_lengths(x, mask, lengths)
-            if oracle or mixed:           # a mask with gaps, no row or step to run; bf16
-                return super().lstm_forward(
-                    x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
-                    zoneout=zoneout,
-                    input_dropout_mask=input_dropout_mask,
-                    recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
-                    go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training, recurrent_activation=recurrent_activation, coupled=coupled,
-                    mixed=mixed, **ln)
-        if lengths is not None or zoneout is not None:
+                mixed=mixed, lengths=lengths, zoneout=zoneout, **_ln(layer_norm))
+        if path == "packed":
             return cpu_packed.lstm_forward(
                 x, kernel, recurrent_kernel, bias, h0, c0, lengths, zoneout=zoneout,
                 mask=mask, peephole=peephole,
@@ -146,14 +152,6 @@ class CpuOps(NumpyOps):
                 recurrent_activation=recurrent_activation, coupled=coupled,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training, **_ln_kernel(layer_norm))
-        if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle shapes it
-            return super().lstm_forward(
-                x, kernel, recurrent_kernel, bias, h0, c0, peephole=peephole, mask=mask,
-                input_dropout_mask=input_dropout_mask,
-                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
-                recurrent_activation=recurrent_activation, coupled=coupled,
-                go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training, mixed=mixed, **ln)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():      # the kernel threads itself (fastlstm.threads)
             W, U, quant = _mixed_weights(kernel, recurrent_kernel, mixed)
@@ -176,7 +174,7 @@ class CpuOps(NumpyOps):
         return y, h, c, cache
 
     def lstm_backward(self, cache, dy=None, dh=None, dc=None):
-        if cache.made_by == "oracle":      # the empty-batch case above
+        if cache.made_by == "oracle":      # the oracle paths of _path
             return super().lstm_backward(cache, dy, dh, dc)
         if cache.made_by == "packed":
             return cpu_packed.lstm_backward(cache, dy, dh, dc)
@@ -205,28 +203,16 @@ class CpuOps(NumpyOps):
                     activation, recurrent_activation, go_backwards=False,
                     return_sequences=True, training=False, lengths=None, zoneout=None,
                     mixed=False, layer_norm=None):
-        ln = _ln(layer_norm)
-        if layer_norm is not None and (mixed or quantized(kernel)):   # bf16, int8: the oracle
+        path, mask, lengths = _path(x, kernel, mask, lengths, zoneout, mixed, layer_norm)
+        if path == "oracle":
             return super().gru_forward(
                 x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
                 return_sequences=return_sequences, training=training, mixed=mixed,
-                lengths=lengths, zoneout=zoneout, **ln)
-        if mixed and lengths is not None:
-            mask, lengths = _mixed_unpacked(x, mask, lengths), None
-        if zoneout is not None:
-            lengths, oracle = _zoneout_lengths(x, mask, lengths)
-            if oracle or mixed:           # a mask with gaps, no row or step to run; bf16
-                return super().gru_forward(
-                    x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask, zoneout=zoneout,
-                    input_dropout_mask=input_dropout_mask,
-                    recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
-                    go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training, recurrent_activation=recurrent_activation, mixed=mixed,
-                    **ln)
-        if lengths is not None or zoneout is not None:
+                lengths=lengths, zoneout=zoneout, **_ln(layer_norm))
+        if path == "packed":
             return cpu_packed.gru_forward(
                 x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
                 reset_after=reset_after,
@@ -234,13 +220,6 @@ class CpuOps(NumpyOps):
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 recurrent_activation=recurrent_activation, go_backwards=go_backwards,
                 return_sequences=return_sequences, training=training, **_ln_kernel(layer_norm))
-        if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
-            return super().gru_forward(
-                x, kernel, recurrent_kernel, bias, h0, reset_after=reset_after, mask=mask,
-                input_dropout_mask=input_dropout_mask,
-                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
-                recurrent_activation=recurrent_activation, go_backwards=go_backwards,
-                return_sequences=return_sequences, training=training, mixed=mixed, **ln)
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
             H = recurrent_kernel.shape[0]
@@ -299,40 +278,22 @@ class CpuOps(NumpyOps):
                            input_dropout_mask=None, recurrent_dropout_mask=None, activation,
                            go_backwards=False, return_sequences=True, training=False,
                            lengths=None, zoneout=None, mixed=False, layer_norm=None):
-        ln = _ln(layer_norm)
-        if layer_norm is not None and (mixed or quantized(kernel)):   # bf16, int8: the oracle
+        path, mask, lengths = _path(x, kernel, mask, lengths, zoneout, mixed, layer_norm)
+        if path == "oracle":
             return super().simple_rnn_forward(
                 x, kernel, recurrent_kernel, bias, h0, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training, mixed=mixed,
-                lengths=lengths, zoneout=zoneout, **ln)
-        if mixed and lengths is not None:
-            mask, lengths = _mixed_unpacked(x, mask, lengths), None
-        if zoneout is not None:
-            lengths, oracle = _zoneout_lengths(x, mask, lengths)
-            if oracle or mixed:           # a mask with gaps, no row or step to run; bf16
-                return super().simple_rnn_forward(
-                    x, kernel, recurrent_kernel, bias, h0, mask=mask, zoneout=zoneout,
-                    input_dropout_mask=input_dropout_mask,
-                    recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
-                    go_backwards=go_backwards, return_sequences=return_sequences,
-                    training=training, mixed=mixed, **ln)
-        if lengths is not None or zoneout is not None:
+                training=training, mixed=mixed, lengths=lengths, zoneout=zoneout,
+                **_ln(layer_norm))
+        if path == "packed":
             return cpu_packed.simple_rnn_forward(
                 x, kernel, recurrent_kernel, bias, h0, lengths, zoneout=zoneout, mask=mask,
                 input_dropout_mask=input_dropout_mask,
                 recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
                 go_backwards=go_backwards, return_sequences=return_sequences,
                 training=training, **_ln_kernel(layer_norm))
-        if x.shape[1] == 0 or x.shape[2] == 0:   # empty batch or no features: the oracle
-            return super().simple_rnn_forward(
-                x, kernel, recurrent_kernel, bias, h0, mask=mask,
-                input_dropout_mask=input_dropout_mask,
-                recurrent_dropout_mask=recurrent_dropout_mask, activation=activation,
-                go_backwards=go_backwards, return_sequences=return_sequences,
-                training=training, mixed=mixed, **ln)
         # The kernel threads itself, as the LSTM's: BLAS (if it runs) single-threaded inside.
         x, copied = _time_major(x, training or input_dropout_mask is not None)
         with single_threaded_blas():
