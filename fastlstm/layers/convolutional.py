@@ -12,7 +12,6 @@ import numpy as np
 from .. import activations, initializers
 from .base import check_positive_int, input_features
 from .core import _SOFTMAX, _KernelBias
-from .recurrent import _serialize_regularizer
 
 __all__ = ["Conv1D"]
 
@@ -184,13 +183,5 @@ class Conv1D(_KernelBias):
         cfg.update(
             filters=self.filters, kernel_size=[self.kernel_size], strides=[self.strides],
             padding=self.padding, data_format=self.data_format,
-            dilation_rate=[self.dilation_rate], groups=1,
-            activation=(self.activation.get_config() if self.activation is _SOFTMAX
-                        else activations.serialize(self.activation)),
-            use_bias=self.use_bias,
-            kernel_initializer=initializers.serialize(self.kernel_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            kernel_regularizer=_serialize_regularizer(self.kernel_regularizer),
-            bias_regularizer=_serialize_regularizer(self.bias_regularizer),
-            activity_regularizer=_serialize_regularizer(self.activity_regularizer))
+            dilation_rate=[self.dilation_rate], groups=1, **self._kernel_bias_config())
         return cfg

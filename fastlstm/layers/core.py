@@ -119,6 +119,18 @@ class _KernelBias(_CoreLayer, abstract=True):
         self.bias_regularizer = regularizers.get(bias_regularizer, "bias_regularizer")
         self.activity_regularizer = regularizers.get(activity_regularizer, "activity_regularizer")
 
+    def _kernel_bias_config(self):
+        """The config entries of _kernel_and_bias's options, in Keras's names."""
+        return dict(
+            activation=(self.activation.get_config() if self.activation is _SOFTMAX
+                        else activations.serialize(self.activation)),
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=_serialize_regularizer(self.kernel_regularizer),
+            bias_regularizer=_serialize_regularizer(self.bias_regularizer),
+            activity_regularizer=_serialize_regularizer(self.activity_regularizer))
+
     @property
     def weight_names(self):
         return ["kernel"] + (["bias"] if self.use_bias else [])
@@ -245,16 +257,7 @@ class Dense(_KernelBias):
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(
-            units=self.units,
-            activation=(self.activation.get_config() if self.activation is _SOFTMAX
-                        else activations.serialize(self.activation)),
-            use_bias=self.use_bias,
-            kernel_initializer=initializers.serialize(self.kernel_initializer),
-            bias_initializer=initializers.serialize(self.bias_initializer),
-            kernel_regularizer=_serialize_regularizer(self.kernel_regularizer),
-            bias_regularizer=_serialize_regularizer(self.bias_regularizer),
-            activity_regularizer=_serialize_regularizer(self.activity_regularizer))
+        cfg.update(units=self.units, **self._kernel_bias_config())
         return cfg
 
 
